@@ -1,0 +1,53 @@
+# The two commands of the README: `make demo` and `make test`. Everything else is a helper.
+#
+# On a fresh Debian machine `make test` installs the system packages it needs when run as root
+# (or prints the apt-get command otherwise), so no manual set-up step exists.
+
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+APT_PACKAGES := redis-server postgresql build-essential pkg-config zlib1g-dev python3
+
+.PHONY: help deps test fmt-check clippy unit bench fmt
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+deps: ## install missing system packages (Debian, as root) and cargo-nextest
+	@missing=(); \
+	command -v redis-server >/dev/null || missing+=(redis-server); \
+	{ command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; } || missing+=(postgresql); \
+	command -v cc >/dev/null || missing+=(build-essential); \
+	command -v make >/dev/null || missing+=(make); \
+	command -v pkg-config >/dev/null || missing+=(pkg-config); \
+	[ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev); \
+	command -v python3 >/dev/null || missing+=(python3); \
+	if [ $${#missing[@]} -gt 0 ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "deps: installing $${missing[*]}"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$${missing[@]}" >/dev/null; \
+	  else \
+	    echo "deps: missing packages; run: sudo apt-get install -y $${missing[*]}" >&2; exit 1; \
+	  fi; \
+	fi
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+unit:
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --locked --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --locked --no-fail-fast; \
+	fi
+
+test: deps fmt-check clippy unit ## fmt check, clippy -D warnings, and every test against real servers
+
+bench: deps ## criterion benchmarks (figures in target/criterion)
+	$(CARGO) bench --workspace --locked

@@ -1,0 +1,18 @@
+//! The contracts every stage of the odds pipeline agrees on.
+//!
+//! Stages are separate processes that only meet through Kafka, Redis and WebSockets, so the
+//! shapes and names that cross those boundaries live here, once: the [`OddsUpdate`] event and
+//! its validation, the reasons an input is rejected ([`RejectReason`]), topic and Redis names
+//! ([`names`]), and the client protocol of `/ws/odds` ([`ws`]). A workload crate depends on
+//! this crate and never on another workload.
+
+pub mod names;
+mod reject;
+mod update;
+pub mod ws;
+
+pub use reject::{parse_update, RejectReason, MAX_UPDATE_BYTES};
+pub use update::{
+    validate_event_id, Market, Odds, OddsUpdate, ValidationError, MAX_EVENT_ID_LEN, MAX_ODDS,
+    MAX_SOURCE_LEN, MAX_TEAM_LEN,
+};

@@ -1,0 +1,45 @@
+//! Names shared across process boundaries: Kafka topics, DLQ headers, Redis keys and channels.
+//!
+//! A rename here is a wire change: every stage must be deployed with the same version.
+
+/// Topic carrying valid [`crate::OddsUpdate`]s, keyed by `event_id`.
+pub const TOPIC_ODDS_UPDATES: &str = "odds_updates";
+/// Topic carrying rejected input together with why it was rejected.
+pub const TOPIC_ODDS_UPDATES_DLQ: &str = "odds_updates_dlq";
+
+/// Headers every dead-lettered record carries.
+pub mod dlq_headers {
+    /// Machine-readable reason code, see [`crate::RejectReason::code`].
+    pub const REASON: &str = "odds-reject-reason";
+    /// Human-readable detail (the parser's or validator's message).
+    pub const DETAIL: &str = "odds-reject-detail";
+    /// RFC 3339 time of rejection.
+    pub const REJECTED_AT: &str = "odds-rejected-at";
+    /// Which stage rejected it (`odds-ingest`, `odds-processor`).
+    pub const STAGE: &str = "odds-reject-stage";
+    /// For records rejected after Kafka: where they were read from.
+    pub const SOURCE_TOPIC: &str = "odds-source-topic";
+    pub const SOURCE_PARTITION: &str = "odds-source-partition";
+    pub const SOURCE_OFFSET: &str = "odds-source-offset";
+}
+
+/// Redis key prefix of the current-odds cache: `odds:current:{event_id}` holds the JSON of the
+/// newest [`crate::OddsUpdate`] of that event.
+pub const REDIS_CURRENT_PREFIX: &str = "odds:current:";
+/// Pub/sub channel on which the processor publishes every update that advanced an event.
+pub const REDIS_UPDATES_CHANNEL: &str = "odds:updates";
+
+/// The cache key of one event's current odds.
+pub fn redis_current_key(event_id: &str) -> String {
+    format!("{REDIS_CURRENT_PREFIX}{event_id}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_key_embeds_event_id() {
+        assert_eq!(redis_current_key("MATCH_001"), "odds:current:MATCH_001");
+    }
+}

@@ -1,0 +1,184 @@
+//! The `OddsUpdate` event and the rules that make one valid.
+//!
+//! Validation is a separate step from decoding so that a well-formed but wrong update can be
+//! rejected with the field and the reason, which is what lands in the DLQ and in logs.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Longest accepted `event_id`, in bytes. Ids end up in Redis keys and URLs, so they stay short.
+pub const MAX_EVENT_ID_LEN: usize = 64;
+/// Longest accepted team name, in characters.
+pub const MAX_TEAM_LEN: usize = 128;
+/// Longest accepted `source`, in characters.
+pub const MAX_SOURCE_LEN: usize = 64;
+/// Highest accepted decimal odds; anything above is a feed error, not a price (exchanges cap at 1000).
+pub const MAX_ODDS: f64 = 1000.0;
+
+/// One price change of one event, as sent by a supplier and carried through the pipeline.
+///
+/// JSON is snake_case with an RFC 3339 `updated_at`. `version` rises by one with every update of
+/// an event; consumers use it to ignore anything not newer than what they hold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OddsUpdate {
+    pub event_id: String,
+    pub home_team: String,
+    pub away_team: String,
+    pub market: String,
+    pub odds: Odds,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default)]
+    pub source: String,
+    pub version: u64,
+}
+
+/// Decimal odds of the three outcomes of a 1X2-style market.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Odds {
+    pub home: f64,
+    pub draw: f64,
+    pub away: f64,
+}
+
+/// The markets the pipeline knows. All are three-way (home / draw / away).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Market {
+    /// Full-time result, "1X2".
+    MatchResult,
+    /// Half-time result, "HT_1X2".
+    HalfTimeResult,
+}
+
+impl Market {
+    pub const ALL: [Market; 2] = [Market::MatchResult, Market::HalfTimeResult];
+
+    /// The wire name used in `OddsUpdate::market`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Market::MatchResult => "1X2",
+            Market::HalfTimeResult => "HT_1X2",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Market> {
+        Market::ALL.into_iter().find(|m| m.as_str() == name)
+    }
+}
+
+impl fmt::Display for Market {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a decoded update is not acceptable. Each variant names its field.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ValidationError {
+    #[error("event_id: must not be empty")]
+    EmptyEventId,
+    #[error("event_id: {len} bytes, at most {MAX_EVENT_ID_LEN} allowed")]
+    EventIdTooLong { len: usize },
+    #[error("event_id: only printable ASCII without spaces is allowed")]
+    EventIdNotPrintable,
+    #[error("{field}: team name must not be empty")]
+    MissingTeam { field: &'static str },
+    #[error("{field}: team name longer than {MAX_TEAM_LEN} characters")]
+    TeamTooLong { field: &'static str },
+    #[error("market: unknown market {0:?} (known: 1X2, HT_1X2)")]
+    UnknownMarket(String),
+    #[error("{field}: odds must be a finite number, got {value}")]
+    OddsNotFinite { field: &'static str, value: f64 },
+    #[error("{field}: odds must be greater than 1.0, got {value}")]
+    OddsTooLow { field: &'static str, value: f64 },
+    #[error("{field}: odds must be at most {MAX_ODDS}, got {value}")]
+    OddsTooHigh { field: &'static str, value: f64 },
+    #[error("version: must be at least 1")]
+    ZeroVersion,
+    #[error("source: longer than {MAX_SOURCE_LEN} characters")]
+    SourceTooLong,
+}
+
+impl ValidationError {
+    /// The JSON path of the offending field, e.g. `odds.home`.
+    pub fn field(&self) -> &'static str {
+        match self {
+            ValidationError::EmptyEventId
+            | ValidationError::EventIdTooLong { .. }
+            | ValidationError::EventIdNotPrintable => "event_id",
+            ValidationError::MissingTeam { field }
+            | ValidationError::TeamTooLong { field }
+            | ValidationError::OddsNotFinite { field, .. }
+            | ValidationError::OddsTooLow { field, .. }
+            | ValidationError::OddsTooHigh { field, .. } => field,
+            ValidationError::UnknownMarket(_) => "market",
+            ValidationError::ZeroVersion => "version",
+            ValidationError::SourceTooLong => "source",
+        }
+    }
+}
+
+/// Checks an event id on its own; the odds service uses it for ids in URLs and subscriptions.
+pub fn validate_event_id(id: &str) -> Result<(), ValidationError> {
+    if id.is_empty() {
+        return Err(ValidationError::EmptyEventId);
+    }
+    if id.len() > MAX_EVENT_ID_LEN {
+        return Err(ValidationError::EventIdTooLong { len: id.len() });
+    }
+    if !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ValidationError::EventIdNotPrintable);
+    }
+    Ok(())
+}
+
+fn validate_team(field: &'static str, name: &str) -> Result<(), ValidationError> {
+    if name.trim().is_empty() {
+        return Err(ValidationError::MissingTeam { field });
+    }
+    if name.chars().count() > MAX_TEAM_LEN {
+        return Err(ValidationError::TeamTooLong { field });
+    }
+    Ok(())
+}
+
+fn validate_price(field: &'static str, value: f64) -> Result<(), ValidationError> {
+    if !value.is_finite() {
+        Err(ValidationError::OddsNotFinite { field, value })
+    } else if value <= 1.0 {
+        Err(ValidationError::OddsTooLow { field, value })
+    } else if value > MAX_ODDS {
+        Err(ValidationError::OddsTooHigh { field, value })
+    } else {
+        Ok(())
+    }
+}
+
+impl OddsUpdate {
+    /// Checks every rule of the contract; the first broken one is returned.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        validate_event_id(&self.event_id)?;
+        validate_team("home_team", &self.home_team)?;
+        validate_team("away_team", &self.away_team)?;
+        if Market::parse(&self.market).is_none() {
+            return Err(ValidationError::UnknownMarket(self.market.clone()));
+        }
+        validate_price("odds.home", self.odds.home)?;
+        validate_price("odds.draw", self.odds.draw)?;
+        validate_price("odds.away", self.odds.away)?;
+        if self.version == 0 {
+            return Err(ValidationError::ZeroVersion);
+        }
+        if self.source.chars().count() > MAX_SOURCE_LEN {
+            return Err(ValidationError::SourceTooLong);
+        }
+        Ok(())
+    }
+
+    /// JSON encoding. Serializing this type cannot fail: it holds only strings, numbers
+    /// (serde_json writes non-finite floats as `null`) and a timestamp.
+    #[allow(clippy::expect_used)]
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("OddsUpdate serialization is infallible")
+    }
+}

@@ -1,0 +1,150 @@
+//! The `/ws/odds` protocol: JSON text frames tagged by `"type"`.
+//!
+//! Envelope fields are camelCase (`eventId`), matching what browser clients already send
+//! (`{"type":"subscribe","eventId":"MATCH_002"}`); the embedded update keeps the event
+//! contract's snake_case so it is byte-for-byte what the pipeline carries.
+
+use crate::update::OddsUpdate;
+use serde::{Deserialize, Serialize};
+
+/// `eventId` that subscribes to (or unsubscribes from) every event.
+pub const ALL_EVENTS: &str = "*";
+
+/// What a client may send.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    Subscribe {
+        #[serde(rename = "eventId")]
+        event_id: String,
+    },
+    Unsubscribe {
+        #[serde(rename = "eventId")]
+        event_id: String,
+    },
+    Ping,
+}
+
+/// What the server sends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    Subscribed {
+        #[serde(rename = "eventId")]
+        event_id: String,
+    },
+    Unsubscribed {
+        #[serde(rename = "eventId")]
+        event_id: String,
+    },
+    /// Current odds of one event, sent right after `subscribed` (and after a resync).
+    Snapshot {
+        data: OddsUpdate,
+    },
+    /// A newer version of an event the client follows.
+    Odds {
+        data: OddsUpdate,
+    },
+    Pong,
+    Error {
+        code: ErrorCode,
+        message: String,
+        #[serde(rename = "eventId", default, skip_serializing_if = "Option::is_none")]
+        event_id: Option<String>,
+    },
+}
+
+/// Machine-readable error codes of `error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame is not a JSON object.
+    BadJson,
+    /// `type` is missing or not one of the client messages.
+    UnknownType,
+    /// A known type with missing or wrong fields.
+    InvalidMessage,
+    /// Binary frames are not part of the protocol.
+    BinaryNotSupported,
+    /// The connection already follows the maximum number of events.
+    TooManySubscriptions,
+    /// The frame exceeds the server's message size limit.
+    MessageTooLarge,
+    /// The event id is not a valid id.
+    InvalidEventId,
+    /// No odds are known for the event.
+    UnknownEvent,
+    /// Neither cache nor database could answer.
+    Unavailable,
+}
+
+/// A client frame that could not be understood.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProtocolError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ClientMessage {
+    /// Parses a client text frame, telling apart bad JSON, an unknown type and bad fields.
+    pub fn parse(text: &str) -> Result<ClientMessage, ProtocolError> {
+        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| ProtocolError {
+            code: ErrorCode::BadJson,
+            message: format!("frame is not valid JSON: {e}"),
+        })?;
+        let Some(object) = value.as_object() else {
+            return Err(ProtocolError {
+                code: ErrorCode::BadJson,
+                message: "frame must be a JSON object".into(),
+            });
+        };
+        let Some(kind) = object
+            .get("type")
+            .and_then(|t| t.as_str())
+            .map(str::to_owned)
+        else {
+            return Err(ProtocolError {
+                code: ErrorCode::UnknownType,
+                message: "missing string field \"type\"".into(),
+            });
+        };
+        if !matches!(kind.as_str(), "subscribe" | "unsubscribe" | "ping") {
+            return Err(ProtocolError {
+                code: ErrorCode::UnknownType,
+                message: format!("unknown type {kind:?}; expected subscribe, unsubscribe or ping"),
+            });
+        }
+        serde_json::from_value(value).map_err(|e| ProtocolError {
+            code: ErrorCode::InvalidMessage,
+            message: format!("invalid {kind} message: {e}"),
+        })
+    }
+}
+
+impl ServerMessage {
+    /// JSON text of this message. Serializing these types cannot fail (string keys only).
+    #[allow(clippy::expect_used)]
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("ServerMessage serialization is infallible")
+    }
+
+    /// The `odds` frame for an update already encoded as JSON, so a fan-out can encode each
+    /// update once and share the text among all subscribers.
+    pub fn odds_frame(update_json: &str) -> String {
+        format!(r#"{{"type":"odds","data":{update_json}}}"#)
+    }
+
+    /// The `snapshot` frame for an update already encoded as JSON.
+    pub fn snapshot_frame(update_json: &str) -> String {
+        format!(r#"{{"type":"snapshot","data":{update_json}}}"#)
+    }
+
+    pub fn error(code: ErrorCode, message: impl Into<String>, event_id: Option<&str>) -> Self {
+        ServerMessage::Error {
+            code,
+            message: message.into(),
+            event_id: event_id.map(str::to_owned),
+        }
+    }
+}

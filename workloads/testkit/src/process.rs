@@ -1,0 +1,91 @@
+//! Small helpers for running server binaries: free ports, locating binaries, waiting.
+
+use crate::{Result, TestkitError};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// A TCP port on 127.0.0.1 that was free a moment ago. The OS hands out ephemeral ports in
+/// rotation, so the tiny window before the server binds it is good enough for tests.
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|source| TestkitError::Io {
+        what: "binding a probe socket".into(),
+        source,
+    })?;
+    let port = listener
+        .local_addr()
+        .map_err(|source| TestkitError::Io {
+            what: "reading the probe socket's address".into(),
+            source,
+        })?
+        .port();
+    Ok(port)
+}
+
+/// Finds a server binary on PATH or in the usual Debian location for versioned servers.
+pub(crate) fn find_binary(name: &str) -> Result<PathBuf> {
+    let from_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|dir| dir.join(name));
+    let debian = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin").join(name));
+    from_path
+        .chain(debian)
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            TestkitError::Setup(format!(
+                "`{name}` not found on PATH or under /usr/lib/postgresql/*/bin; \
+                 install it (Debian: apt-get install postgresql redis-server)"
+            ))
+        })
+}
+
+/// Runs a command to completion, turning a non-zero exit into an error with its output.
+pub(crate) fn run(cmd: &mut Command, what: &str) -> Result<()> {
+    let output = cmd.output().map_err(|source| TestkitError::Io {
+        what: what.into(),
+        source,
+    })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(TestkitError::Setup(format!(
+            "{what} failed ({}): {}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )))
+    }
+}
+
+/// Polls `ready` until it returns true or `timeout` passes.
+pub(crate) async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut ready: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if ready().await {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    Err(TestkitError::Setup(format!(
+        "{what} not ready after {timeout:?}"
+    )))
+}
+
+/// True when this process runs as root (servers like Postgres refuse to run as root).
+pub(crate) fn running_as_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
