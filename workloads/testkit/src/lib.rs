@@ -6,11 +6,13 @@
 //! cluster, so tests run in parallel without seeing each other's data and nobody has to start
 //! anything by hand.
 
+mod http;
 mod kafka;
 mod postgres;
 mod process;
 mod redis_server;
 
+pub use http::{http_get, HttpResponse};
 pub use kafka::TestKafka;
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::free_port;

@@ -1,0 +1,95 @@
+//! The operations endpoints every service exposes: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! `/healthz` answers while the process runs (liveness: restart me if this fails);
+//! `/readyz` answers 200 only while every [`Readiness`] check passes (send me traffic);
+//! `/metrics` is the Prometheus text format of the service's registry.
+
+use crate::{Readiness, RuntimeError};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::{Encoder, Registry, TextEncoder};
+use std::net::SocketAddr;
+use tokio_util::sync::CancellationToken;
+
+/// Flags every service shares; flattened into each binary's clap config.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OpsArgs {
+    /// Address of the health, readiness and metrics server.
+    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9000")]
+    pub http_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: crate::LogFormat,
+    /// Log filter in RUST_LOG syntax, e.g. `info` or `info,odds_ingest=debug`.
+    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    pub log_filter: String,
+}
+
+#[derive(Clone)]
+struct OpsState {
+    readiness: Readiness,
+    registry: Registry,
+}
+
+/// The ops routes, to serve on their own port or merge into a service's router.
+pub fn ops_router(readiness: Readiness, registry: Registry) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(serde_json::json!({"status": "ok"})) }),
+        )
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(OpsState {
+            readiness,
+            registry,
+        })
+}
+
+async fn readyz(State(state): State<OpsState>) -> Response {
+    let checks = state.readiness.snapshot();
+    let status = if state.readiness.is_ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::json!({
+        "ready": status == StatusCode::OK,
+        "checks": checks,
+    });
+    (status, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<OpsState>) -> Response {
+    let mut buf = Vec::new();
+    match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
+        Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Binds `addr` and serves `router` until `shutdown` is cancelled. Returns the bound address
+/// (useful with port 0) and the server task.
+pub async fn serve_http(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), RuntimeError> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| RuntimeError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| RuntimeError::Bind { addr, source })?;
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, router.into_make_service())
+            .with_graceful_shutdown(async move { shutdown.cancelled_owned().await });
+        if let Err(error) = server.await {
+            tracing::error!(%error, "ops server failed");
+        }
+    });
+    Ok((bound, task))
+}
