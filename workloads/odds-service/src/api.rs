@@ -1,0 +1,299 @@
+//! The public HTTP surface: REST `/v1/...`, the WebSocket upgrade at `/ws/odds`, the live
+//! page at `/` and the OpenAPI document at `/openapi.json`.
+//!
+//! Every error is a JSON body `{"error":{"code","message"}}` with 400 (bad id or parameter),
+//! 404 (unknown event or route) or 503 (neither Redis nor Postgres can answer); store errors
+//! are never shown as 500s with internals.
+
+use crate::metrics::Metrics;
+use crate::store::{OddsStore, StoreError};
+use crate::ws::{serve_connection, WsContext};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::Semaphore;
+
+/// Page size of `/v1/events` when `limit` is not given, and the largest allowed.
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 500;
+/// Rows of `/v1/events/{id}/history` when `limit` is not given, and the largest allowed.
+pub const DEFAULT_HISTORY: u32 = 50;
+pub const MAX_HISTORY: u32 = 1000;
+
+const PAGE_HTML: &str = include_str!("../static/index.html");
+const OPENAPI_JSON: &str = include_str!("../static/openapi.json");
+
+/// Shared by every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Arc<OddsStore>,
+    pub ws: Arc<WsContext>,
+    pub metrics: Metrics,
+    /// One permit per open WebSocket: the connection limit.
+    pub connections: Arc<Semaphore>,
+    pub allowed_origins: Arc<Vec<String>>,
+}
+
+/// A JSON error response.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn unknown_event(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "unknown_event",
+            format!("no odds known for event {id:?}"),
+        )
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        tracing::warn!(%error, "read failed");
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "odds storage is unavailable, retry later",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// The public router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(PAGE_HTML) }))
+        .route("/openapi.json", get(openapi))
+        .route("/v1/events", get(list_events))
+        .route("/v1/events/{id}/markets", get(markets))
+        .route("/v1/events/{id}/odds", get(current_odds))
+        .route("/v1/events/{id}/history", get(history))
+        .route("/ws/odds", get(ws_upgrade))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            track,
+        ))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .with_state(state)
+}
+
+/// Counts and times every request by matched route and status.
+async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let started = Instant::now();
+    let response = next.run(request).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [route.as_str(), status.as_str()];
+    metrics.api_requests.with_label_values(&labels).inc();
+    metrics
+        .api_latency
+        .with_label_values(&labels)
+        .observe(started.elapsed().as_secs_f64());
+    response
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON).into_response()
+}
+
+fn event_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let Path(id) = path.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    odds_contracts::validate_event_id(&id).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    Ok(id)
+}
+
+fn limit(value: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
+    match value.unwrap_or(default) {
+        n if (1..=max).contains(&n) => Ok(n),
+        n => Err(ApiError::bad_request(format!(
+            "limit must be between 1 and {max}, got {n}"
+        ))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+async fn list_events(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
+    if let Some(cursor) = &query.cursor {
+        odds_contracts::validate_event_id(cursor)
+            .map_err(|e| ApiError::bad_request(format!("cursor: {e}")))?;
+    }
+    // One extra row tells whether another page exists.
+    let mut events = state
+        .store
+        .list_events(query.cursor.as_deref(), limit + 1)
+        .await?;
+    let next_cursor = if events.len() > limit as usize {
+        events.truncate(limit as usize);
+        events.last().map(|e| e.event_id.clone())
+    } else {
+        None
+    };
+    Ok(Json(json!({"events": events, "next_cursor": next_cursor})).into_response())
+}
+
+async fn current_odds(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = event_id(path)?;
+    let (update, source) = state
+        .store
+        .current(&id)
+        .await?
+        .ok_or_else(|| ApiError::unknown_event(&id))?;
+    Ok(([("x-odds-source", source.as_str())], Json(update)).into_response())
+}
+
+async fn markets(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = event_id(path)?;
+    let (update, _) = state
+        .store
+        .current(&id)
+        .await?
+        .ok_or_else(|| ApiError::unknown_event(&id))?;
+    let mut markets = vec![json!({
+        "market": update.market,
+        "current": true,
+        "odds": update.odds,
+        "version": update.version,
+        "updated_at": update.updated_at,
+    })];
+    // Earlier markets are a nicety: without Postgres the current one still answers.
+    if let Ok(seen) = state.store.history_markets(&id).await {
+        markets.extend(
+            seen.into_iter()
+                .filter(|m| *m != update.market)
+                .map(|m| json!({"market": m, "current": false})),
+        );
+    }
+    Ok(Json(json!({"event_id": id, "markets": markets})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryQuery {
+    limit: Option<u32>,
+}
+
+async fn history(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    query: Result<Query<HistoryQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = event_id(path)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let limit = limit(query.limit, DEFAULT_HISTORY, MAX_HISTORY)?;
+    let entries = state.store.history(&id, limit).await?;
+    if entries.is_empty() && state.store.current(&id).await?.is_none() {
+        return Err(ApiError::unknown_event(&id));
+    }
+    Ok(Json(json!({"event_id": id, "history": entries})).into_response())
+}
+
+async fn ws_upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
+        let allowed = state.allowed_origins.is_empty()
+            || state
+                .allowed_origins
+                .iter()
+                .any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
+        if !allowed {
+            state
+                .metrics
+                .ws_connections_rejected
+                .with_label_values(&["origin"])
+                .inc();
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                "origin_not_allowed",
+                format!("origin {origin:?} is not allowed"),
+            )
+            .into_response();
+        }
+    }
+    if state.ws.shutdown.is_cancelled() {
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "server is shutting down",
+        )
+        .into_response();
+    }
+    let Ok(permit) = state.connections.clone().try_acquire_owned() else {
+        state
+            .metrics
+            .ws_connections_rejected
+            .with_label_values(&["limit"])
+            .inc();
+        return ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections",
+            "connection limit reached",
+        )
+        .into_response();
+    };
+    // tungstenite defaults to 128 KiB read and write buffers per connection; our frames are
+    // ~300 bytes, so small buffers keep 10k idle clients in a few hundred MiB.
+    let hard_limit = (state.ws.max_message_bytes * 16).max(16 * 1024);
+    let ctx = state.ws.clone();
+    upgrade
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(8 * 1024)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
+        .on_upgrade(move |socket| serve_connection(socket, ctx, permit))
+}

@@ -1,0 +1,135 @@
+//! The service's configuration: one clap struct, every option also an environment variable.
+//!
+//! Kubernetes sets the environment, people use `--flags`; `--help` is the reference. Limits
+//! that protect the process (connections, subscriptions, message size, queue depth) are all
+//! here so an operator can tune them without a rebuild.
+
+use odds_runtime::OpsArgs;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// odds-service: REST and WebSocket access to current odds.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "odds-service", version, about)]
+pub struct ServiceConfig {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+
+    /// Address of the public server: REST `/v1/...`, WebSocket `/ws/odds`, page `/`,
+    /// `/openapi.json`.
+    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    pub listen_addr: SocketAddr,
+
+    /// Redis holding the current-odds cache and the `odds:updates` pub/sub channel.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+
+    /// Postgres with the `odds_current` and `odds_history` read models.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+
+    /// Optional read replica used for every query instead of DATABASE_URL.
+    #[arg(long, env = "DATABASE_READ_URL")]
+    pub database_read_url: Option<String>,
+
+    /// Largest number of Postgres connections in the pool.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
+    pub database_max_connections: u32,
+
+    /// Most WebSocket connections this process accepts; further upgrades get 503.
+    #[arg(long, env = "WS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    pub ws_max_connections: usize,
+
+    /// Most events one connection may follow (`*` counts as one).
+    #[arg(long, env = "WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    pub ws_max_subscriptions: usize,
+
+    /// Largest client message in bytes; larger ones get a `message_too_large` error, and
+    /// frames over 16 times this close the connection (1009).
+    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    pub ws_max_message_bytes: usize,
+
+    /// Comma-separated origins allowed to open WebSockets (e.g. `https://odds.example`);
+    /// empty allows every origin. Requests without an Origin header (non-browsers) are allowed.
+    #[arg(
+        long,
+        env = "WS_ALLOWED_ORIGINS",
+        default_value = "",
+        value_delimiter = ','
+    )]
+    pub ws_allowed_origins: Vec<String>,
+
+    /// Most distinct events waiting to be sent to one connection; a client that falls
+    /// further behind is closed as a slow consumer.
+    #[arg(long, env = "WS_MAX_PENDING_EVENTS", default_value_t = 1024)]
+    pub ws_max_pending_events: usize,
+
+    /// How long one write to a client may stay blocked before the client is closed as slow.
+    #[arg(long, env = "WS_SLOW_CLIENT_TIMEOUT_MS", default_value_t = 10_000)]
+    pub ws_slow_client_timeout_ms: u64,
+
+    /// Interval of server pings; a client silent for three intervals is disconnected.
+    #[arg(long, env = "WS_PING_INTERVAL_SECS", default_value_t = 20)]
+    pub ws_ping_interval_secs: u64,
+
+    /// Timeout of one Redis command or connection attempt before falling back to Postgres.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]
+    pub redis_timeout_ms: u64,
+}
+
+impl ServiceConfig {
+    /// The URL every query uses: the read replica when one is configured.
+    pub fn read_database_url(&self) -> &str {
+        self.database_read_url
+            .as_deref()
+            .filter(|url| !url.is_empty())
+            .unwrap_or(&self.database_url)
+    }
+
+    /// Origins allowed to connect, without empty entries.
+    pub fn allowed_origins(&self) -> Vec<String> {
+        self.ws_allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect()
+    }
+
+    pub fn slow_client_timeout(&self) -> Duration {
+        Duration::from_millis(self.ws_slow_client_timeout_ms)
+    }
+
+    pub fn ping_interval(&self) -> Duration {
+        Duration::from_secs(self.ws_ping_interval_secs.max(1))
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms.max(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServiceConfig;
+    use clap::Parser;
+
+    #[test]
+    fn read_url_prefers_the_replica_and_origins_are_trimmed() {
+        let config = ServiceConfig::try_parse_from([
+            "odds-service",
+            "--database-url",
+            "postgres://primary/db",
+            "--database-read-url",
+            "postgres://replica/db",
+            "--ws-allowed-origins",
+            "https://a.example/, ,http://b.example",
+        ])
+        .unwrap();
+        assert_eq!(config.read_database_url(), "postgres://replica/db");
+        assert_eq!(
+            config.allowed_origins(),
+            vec!["https://a.example", "http://b.example"]
+        );
+        assert_eq!(config.listen_addr.port(), 8080);
+    }
+}

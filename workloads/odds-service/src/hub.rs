@@ -1,0 +1,406 @@
+//! Fan-out of updates to WebSocket clients: who follows what, and each client's queue.
+//!
+//! An update is encoded once ([`EncodedUpdate`]) and the same bytes are handed to every
+//! subscriber. Each connection has a [`ClientQueue`] that holds at most one pending update per
+//! event (the newest: conflation) and remembers the highest version it accepted per event, so
+//! a client never receives an older or equal version after a newer one, whatever order
+//! pub/sub and resync deliver them in. A queue that would hold more than its limit of events
+//! is marked overflowed and its connection is closed as a slow consumer.
+
+use crate::metrics::Metrics;
+use axum::extract::ws::Utf8Bytes;
+use odds_contracts::ws::ServerMessage;
+use odds_contracts::OddsUpdate;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Instant;
+use tokio::sync::Notify;
+
+/// An update encoded once for all subscribers.
+#[derive(Debug)]
+pub struct EncodedUpdate {
+    pub event_id: Arc<str>,
+    pub version: u64,
+    /// The update's JSON, for the rarer `snapshot` frames.
+    pub data_json: Arc<str>,
+    /// The complete `odds` frame, shared (reference-counted) by every subscriber.
+    pub odds_frame: Utf8Bytes,
+    /// When this process received it, for the fan-out latency histogram.
+    pub received_at: Instant,
+}
+
+impl EncodedUpdate {
+    pub fn new(update: &OddsUpdate) -> Arc<EncodedUpdate> {
+        let json = update.to_json();
+        Arc::new(EncodedUpdate {
+            event_id: Arc::from(update.event_id.as_str()),
+            version: update.version,
+            odds_frame: Utf8Bytes::from(ServerMessage::odds_frame(&json)),
+            data_json: Arc::from(json),
+            received_at: Instant::now(),
+        })
+    }
+
+    /// The frame to send: the shared `odds` frame, or a `snapshot` frame built for this client.
+    pub fn frame(&self, as_snapshot: bool) -> Utf8Bytes {
+        if as_snapshot {
+            Utf8Bytes::from(ServerMessage::snapshot_frame(&self.data_json))
+        } else {
+            self.odds_frame.clone()
+        }
+    }
+}
+
+/// One update waiting to be written to a client.
+#[derive(Debug)]
+pub struct Pending {
+    pub update: Arc<EncodedUpdate>,
+    /// Send as `snapshot` (answer to subscribe) rather than `odds`.
+    pub as_snapshot: bool,
+}
+
+/// What [`ClientQueue::push`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// Queued as a new pending event.
+    Queued,
+    /// Replaced an older pending version of the same event.
+    Conflated,
+    /// Not newer than what the client has or will get: dropped.
+    Stale,
+    /// The client is too far behind; its connection must close.
+    Overflow,
+}
+
+#[derive(Default)]
+struct QueueState {
+    order: VecDeque<Arc<str>>,
+    pending: HashMap<Arc<str>, Pending>,
+    versions: HashMap<Arc<str>, u64>,
+    overflowed: bool,
+}
+
+/// A connection's bounded, conflating queue of updates.
+pub struct ClientQueue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+    max_pending: usize,
+}
+
+impl ClientQueue {
+    pub fn new(max_pending: usize) -> ClientQueue {
+        ClientQueue {
+            state: Mutex::new(QueueState::default()),
+            notify: Notify::new(),
+            max_pending: max_pending.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Offers an update; only a version newer than any this client accepted is kept.
+    pub fn push(&self, update: &Arc<EncodedUpdate>, as_snapshot: bool) -> PushOutcome {
+        let mut state = self.lock();
+        if state.overflowed {
+            return PushOutcome::Overflow;
+        }
+        let last = state.versions.get(&update.event_id).copied().unwrap_or(0);
+        if update.version <= last {
+            if as_snapshot {
+                // Something newer is already pending: deliver that as the snapshot.
+                if let Some(pending) = state.pending.get_mut(&update.event_id) {
+                    pending.as_snapshot = true;
+                }
+            }
+            return PushOutcome::Stale;
+        }
+        state
+            .versions
+            .insert(update.event_id.clone(), update.version);
+        if let Some(pending) = state.pending.get_mut(&update.event_id) {
+            pending.update = update.clone();
+            pending.as_snapshot |= as_snapshot;
+            return PushOutcome::Conflated;
+        }
+        if state.pending.len() >= self.max_pending {
+            state.overflowed = true;
+            state.pending.clear();
+            state.order.clear();
+            drop(state);
+            self.notify.notify_one();
+            return PushOutcome::Overflow;
+        }
+        state.order.push_back(update.event_id.clone());
+        state.pending.insert(
+            update.event_id.clone(),
+            Pending {
+                update: update.clone(),
+                as_snapshot,
+            },
+        );
+        drop(state);
+        self.notify.notify_one();
+        PushOutcome::Queued
+    }
+
+    /// Moves up to `max` pending updates, oldest event first, into `out`. Returns true when
+    /// the queue overflowed (the connection must be closed instead).
+    pub fn drain(&self, max: usize, out: &mut Vec<Pending>) -> bool {
+        let mut state = self.lock();
+        if state.overflowed {
+            return true;
+        }
+        while out.len() < max {
+            let Some(event_id) = state.order.pop_front() else {
+                break;
+            };
+            if let Some(pending) = state.pending.remove(&event_id) {
+                out.push(pending);
+            }
+        }
+        if !state.order.is_empty() {
+            // More is waiting: make sure the writer comes back for it.
+            self.notify.notify_one();
+        }
+        false
+    }
+
+    /// Drops what is pending for an event and its version memory (after unsubscribe).
+    pub fn forget(&self, event_id: &str) {
+        let mut state = self.lock();
+        state.pending.remove(event_id);
+        state.order.retain(|e| &**e != event_id);
+        state.versions.remove(event_id);
+    }
+
+    /// Number of events waiting (for tests and diagnostics).
+    pub fn pending_len(&self) -> usize {
+        self.lock().pending.len()
+    }
+
+    /// Completes when something was pushed since the last drain.
+    pub async fn notified(&self) {
+        self.notify.notified().await;
+    }
+}
+
+type Subscribers = Vec<(u64, Arc<ClientQueue>)>;
+
+/// Who follows which event, and the fan-out itself.
+pub struct Hub {
+    by_event: RwLock<HashMap<Arc<str>, Subscribers>>,
+    all_events: RwLock<Subscribers>,
+    next_client: AtomicU64,
+    metrics: Metrics,
+}
+
+impl Hub {
+    pub fn new(metrics: Metrics) -> Hub {
+        Hub {
+            by_event: RwLock::new(HashMap::new()),
+            all_events: RwLock::new(Vec::new()),
+            next_client: AtomicU64::new(1),
+            metrics,
+        }
+    }
+
+    /// A new client id.
+    pub fn client_id(&self) -> u64 {
+        self.next_client.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub fn subscribe(&self, client: u64, queue: &Arc<ClientQueue>, event_id: Arc<str>) {
+        let mut map = self
+            .by_event
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let subscribers = map.entry(event_id).or_default();
+        if !subscribers.iter().any(|(id, _)| *id == client) {
+            subscribers.push((client, queue.clone()));
+        }
+    }
+
+    pub fn unsubscribe(&self, client: u64, event_id: &str) {
+        let mut map = self
+            .by_event
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(subscribers) = map.get_mut(event_id) {
+            subscribers.retain(|(id, _)| *id != client);
+            if subscribers.is_empty() {
+                map.remove(event_id);
+            }
+        }
+    }
+
+    pub fn subscribe_all(&self, client: u64, queue: &Arc<ClientQueue>) {
+        let mut all = self
+            .all_events
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !all.iter().any(|(id, _)| *id == client) {
+            all.push((client, queue.clone()));
+        }
+    }
+
+    pub fn unsubscribe_all(&self, client: u64) {
+        self.all_events
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(id, _)| *id != client);
+    }
+
+    /// Hands one update to every client following its event (or all events).
+    pub fn publish(&self, update: &Arc<EncodedUpdate>) {
+        let map = self.by_event.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(subscribers) = map.get(&update.event_id) {
+            for (_, queue) in subscribers {
+                self.count(queue.push(update, false));
+            }
+        }
+        drop(map);
+        let all = self
+            .all_events
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (_, queue) in all.iter() {
+            self.count(queue.push(update, false));
+        }
+    }
+
+    fn count(&self, outcome: PushOutcome) {
+        match outcome {
+            PushOutcome::Conflated => self.metrics.ws_conflated.inc(),
+            PushOutcome::Stale => self.metrics.ws_stale_skipped.inc(),
+            PushOutcome::Queued | PushOutcome::Overflow => {}
+        }
+    }
+
+    /// Events some client follows, and whether any client follows all events (for resync).
+    pub fn followed_events(&self) -> (Vec<Arc<str>>, bool) {
+        let events = self
+            .by_event
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keys()
+            .cloned()
+            .collect();
+        let any_all = !self
+            .all_events
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty();
+        (events, any_all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use odds_contracts::Odds;
+
+    fn update(event: &str, version: u64) -> Arc<EncodedUpdate> {
+        EncodedUpdate::new(&OddsUpdate {
+            event_id: event.into(),
+            home_team: "A".into(),
+            away_team: "B".into(),
+            market: "1X2".into(),
+            odds: Odds {
+                home: 2.0,
+                draw: 3.0,
+                away: 4.0,
+            },
+            updated_at: Utc::now(),
+            source: "test".into(),
+            version,
+        })
+    }
+
+    fn drain_versions(queue: &ClientQueue) -> Vec<(String, u64, bool)> {
+        let mut out = Vec::new();
+        assert!(!queue.drain(usize::MAX, &mut out));
+        out.into_iter()
+            .map(|p| {
+                (
+                    p.update.event_id.to_string(),
+                    p.update.version,
+                    p.as_snapshot,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn keeps_only_the_newest_version_per_event_and_never_goes_back() {
+        let queue = ClientQueue::new(10);
+        assert_eq!(queue.push(&update("E1", 1), false), PushOutcome::Queued);
+        assert_eq!(queue.push(&update("E2", 1), false), PushOutcome::Queued);
+        assert_eq!(queue.push(&update("E1", 3), false), PushOutcome::Conflated);
+        assert_eq!(queue.push(&update("E1", 2), false), PushOutcome::Stale);
+        assert_eq!(
+            drain_versions(&queue),
+            vec![("E1".into(), 3, false), ("E2".into(), 1, false)]
+        );
+        // Already delivered: equal and older versions are never queued again.
+        assert_eq!(queue.push(&update("E1", 3), false), PushOutcome::Stale);
+        assert_eq!(queue.push(&update("E1", 4), false), PushOutcome::Queued);
+    }
+
+    #[test]
+    fn stale_snapshot_marks_the_newer_pending_update_as_snapshot() {
+        let queue = ClientQueue::new(10);
+        queue.push(&update("E1", 7), false);
+        assert_eq!(queue.push(&update("E1", 5), true), PushOutcome::Stale);
+        assert_eq!(drain_versions(&queue), vec![("E1".into(), 7, true)]);
+    }
+
+    #[test]
+    fn overflow_when_too_many_events_are_pending() {
+        let queue = ClientQueue::new(2);
+        queue.push(&update("E1", 1), false);
+        queue.push(&update("E2", 1), false);
+        assert_eq!(queue.push(&update("E3", 1), false), PushOutcome::Overflow);
+        let mut out = Vec::new();
+        assert!(queue.drain(10, &mut out));
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn forget_resets_an_event_so_a_resubscribe_gets_a_snapshot() {
+        let queue = ClientQueue::new(10);
+        queue.push(&update("E1", 4), false);
+        queue.forget("E1");
+        assert_eq!(queue.pending_len(), 0);
+        assert_eq!(queue.push(&update("E1", 4), true), PushOutcome::Queued);
+    }
+
+    #[test]
+    fn publish_reaches_only_followers_of_the_event_and_all_event_clients() {
+        let hub = Hub::new(Metrics::new().unwrap());
+        let (a, b, c) = (
+            Arc::new(ClientQueue::new(10)),
+            Arc::new(ClientQueue::new(10)),
+            Arc::new(ClientQueue::new(10)),
+        );
+        hub.subscribe(1, &a, "E1".into());
+        hub.subscribe(2, &b, "E2".into());
+        hub.subscribe_all(3, &c);
+        hub.publish(&update("E1", 1));
+        assert_eq!(
+            (a.pending_len(), b.pending_len(), c.pending_len()),
+            (1, 0, 1)
+        );
+        hub.unsubscribe(1, "E1");
+        hub.unsubscribe_all(3);
+        hub.publish(&update("E1", 2));
+        assert_eq!(drain_versions(&a), vec![("E1".into(), 1, false)]);
+        assert_eq!(drain_versions(&c), vec![("E1".into(), 1, false)]);
+        let (events, any_all) = hub.followed_events();
+        assert_eq!(events, vec![Arc::<str>::from("E2")]);
+        assert!(!any_all);
+    }
+}

@@ -1,0 +1,139 @@
+//! odds-service: the read side of the odds pipeline.
+//!
+//! Clients get current odds over REST (cache-first, Postgres fallback) and live updates over
+//! WebSocket. One Redis pub/sub subscription per process feeds a fan-out [`hub`] that encodes
+//! each update once and keeps every client's queue bounded and strictly version-ordered; a
+//! lost subscription is followed by a resync from the stores. [`start`] wires it together so
+//! `main` and the tests run exactly the same service.
+
+pub mod api;
+pub mod config;
+pub mod hub;
+pub mod metrics;
+pub mod pubsub;
+pub mod store;
+pub mod ws;
+
+pub use config::ServiceConfig;
+
+use odds_runtime::Readiness;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Runtime(#[from] odds_runtime::RuntimeError),
+}
+
+/// A started service: its bound addresses and a handle that ends after a graceful shutdown.
+pub struct RunningService {
+    pub listen_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    pub metrics: metrics::Metrics,
+    task: JoinHandle<()>,
+}
+
+impl RunningService {
+    /// Waits until the service has shut down (after `shutdown` was cancelled).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// Readiness check name: Redis or Postgres answers.
+const STORE_CHECK: &str = "redis-or-postgres";
+/// How long shutdown waits for WebSocket clients to receive their close frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Starts the public server, the ops server, the pub/sub subscriber and the readiness probe.
+pub async fn start(
+    config: &ServiceConfig,
+    shutdown: CancellationToken,
+) -> Result<RunningService, StartError> {
+    let metrics = metrics::Metrics::new()?;
+    let store = Arc::new(store::OddsStore::new(
+        &config.redis_url,
+        config.read_database_url(),
+        config.database_max_connections,
+        config.redis_timeout(),
+        metrics.clone(),
+    )?);
+    let hub = Arc::new(hub::Hub::new(metrics.clone()));
+    let readiness = Readiness::new(&[STORE_CHECK]);
+    let ws = Arc::new(ws::WsContext {
+        hub: hub.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        shutdown: shutdown.clone(),
+        max_subscriptions: config.ws_max_subscriptions.max(1),
+        max_message_bytes: config.ws_max_message_bytes.max(64),
+        max_pending_events: config.ws_max_pending_events.max(1),
+        slow_client_timeout: config.slow_client_timeout(),
+        ping_interval: config.ping_interval(),
+    });
+    let max_connections = config.ws_max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let state = api::AppState {
+        store: store.clone(),
+        ws,
+        metrics: metrics.clone(),
+        connections: connections.clone(),
+        allowed_origins: Arc::new(config.allowed_origins()),
+    };
+    let (ops_addr, ops_task) = odds_runtime::serve_http(
+        config.ops.http_addr,
+        odds_runtime::ops::ops_router(readiness.clone(), metrics.registry.clone()),
+        shutdown.clone(),
+    )
+    .await?;
+    let (listen_addr, api_task) =
+        odds_runtime::serve_http(config.listen_addr, api::router(state), shutdown.clone()).await?;
+    let subscriber = pubsub::Subscriber {
+        redis_url: config.redis_url.clone(),
+        timeout: config.redis_timeout(),
+        hub,
+        store: store.clone(),
+        metrics: metrics.clone(),
+    };
+    let pubsub_task = tokio::spawn(subscriber.run(shutdown.clone()));
+    let probe_task = tokio::spawn(probe_readiness(store, readiness, shutdown.clone()));
+    let task = tokio::spawn(async move {
+        shutdown.cancelled().await;
+        // Upgraded connections outlive the HTTP server; each returns its permit once its
+        // "going away" close frame is out, so holding every permit means all are closed.
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+        let _ = tokio::time::timeout(CLOSE_GRACE, connections.acquire_many(all)).await;
+        let _ = tokio::join!(ops_task, api_task, pubsub_task, probe_task);
+    });
+    tracing::info!(%listen_addr, %ops_addr, "odds-service started");
+    Ok(RunningService {
+        listen_addr,
+        ops_addr,
+        metrics,
+        task,
+    })
+}
+
+async fn probe_readiness(
+    store: Arc<store::OddsStore>,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) {
+    loop {
+        readiness.set(STORE_CHECK, store.reachable().await);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+        }
+    }
+}

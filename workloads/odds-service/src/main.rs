@@ -1,0 +1,15 @@
+//! Entry point: parse configuration, start logging and the service, run until SIGTERM.
+
+use clap::Parser;
+use odds_service::ServiceConfig;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = ServiceConfig::parse();
+    odds_runtime::telemetry::init(config.ops.log_format, &config.ops.log_filter)?;
+    let shutdown = odds_runtime::shutdown::on_signals();
+    let service = odds_service::start(&config, shutdown).await?;
+    service.wait().await;
+    tracing::info!("odds-service stopped");
+    Ok(())
+}

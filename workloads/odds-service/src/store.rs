@@ -1,0 +1,358 @@
+//! The read side: current odds from the Redis cache first, Postgres when the cache misses or
+//! Redis is down, and history and listings from Postgres.
+//!
+//! The processor writes Postgres first and the cache second, so Postgres is the truth and the
+//! cache an accelerator. A miss fills the cache with `SET NX`: if the processor wrote a newer
+//! version meanwhile, its value stays (ours is never newer than what Postgres had).
+
+use crate::metrics::Metrics;
+use chrono::{DateTime, Utc};
+use odds_contracts::names::{redis_current_key, REDIS_CURRENT_PREFIX};
+use odds_contracts::{Odds, OddsUpdate};
+use redis::aio::MultiplexedConnection;
+use redis::AsyncConnectionConfig;
+use serde::Serialize;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+
+/// Why a read could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("neither Redis nor Postgres can answer: {0}")]
+    Unavailable(String),
+    #[error("Postgres: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Where an answer came from (sent as the `x-odds-source` header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Cache,
+    Database,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Cache => "cache",
+            Source::Database => "database",
+        }
+    }
+}
+
+/// One row of an event's history.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HistoryEntry {
+    pub version: u64,
+    pub market: String,
+    pub odds: Odds,
+    pub updated_at: DateTime<Utc>,
+    pub source: String,
+}
+
+/// A Redis connection that is re-established on demand, with a pause after a failure so a
+/// dead Redis costs each request one fast error instead of a connect timeout.
+struct RedisCache {
+    client: redis::Client,
+    timeout: Duration,
+    state: Mutex<(Option<MultiplexedConnection>, Option<Instant>)>,
+}
+
+const REDIS_RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+impl RedisCache {
+    async fn connection(&self) -> Result<MultiplexedConnection, String> {
+        let mut state = self.state.lock().await;
+        if let Some(conn) = &state.0 {
+            return Ok(conn.clone());
+        }
+        if let Some(failed_at) = state.1 {
+            if failed_at.elapsed() < REDIS_RETRY_PAUSE {
+                return Err("Redis unreachable (retrying shortly)".into());
+            }
+        }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout));
+        match self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(conn) => {
+                *state = (Some(conn.clone()), None);
+                Ok(conn)
+            }
+            Err(e) => {
+                *state = (None, Some(Instant::now()));
+                Err(e.to_string())
+            }
+        }
+    }
+
+    async fn forget(&self) {
+        *self.state.lock().await = (None, Some(Instant::now()));
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
+        let mut conn = self.connection().await?;
+        match cmd.query_async(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                if !matches!(e.kind(), redis::ErrorKind::Parse) {
+                    self.forget().await;
+                }
+                Err(e.to_string())
+            }
+        }
+    }
+}
+
+/// Cache-first access to the read models.
+pub struct OddsStore {
+    redis: RedisCache,
+    pg: PgPool,
+    metrics: Metrics,
+}
+
+#[derive(sqlx::FromRow)]
+struct CurrentRow {
+    event_id: String,
+    home_team: String,
+    away_team: String,
+    market: String,
+    home: f64,
+    draw: f64,
+    away: f64,
+    version: i64,
+    updated_at: DateTime<Utc>,
+    source: String,
+}
+
+impl From<CurrentRow> for OddsUpdate {
+    fn from(r: CurrentRow) -> OddsUpdate {
+        OddsUpdate {
+            event_id: r.event_id,
+            home_team: r.home_team,
+            away_team: r.away_team,
+            market: r.market,
+            odds: Odds {
+                home: r.home,
+                draw: r.draw,
+                away: r.away,
+            },
+            updated_at: r.updated_at,
+            source: r.source,
+            // The schema's CHECK (version >= 1) makes this conversion total.
+            version: u64::try_from(r.version).unwrap_or(0),
+        }
+    }
+}
+
+/// version, market, home, draw, away, updated_at, source
+type HistoryRow = (i64, String, f64, f64, f64, DateTime<Utc>, String);
+
+const CURRENT_COLUMNS: &str = "event_id, home_team, away_team, market, \
+    home_odds::float8 AS home, draw_odds::float8 AS draw, away_odds::float8 AS away, \
+    version, updated_at, source";
+
+impl OddsStore {
+    /// Connects lazily: the service starts (and answers 503) while a dependency is down.
+    pub fn new(
+        redis_url: &str,
+        database_url: &str,
+        max_db_connections: u32,
+        redis_timeout: Duration,
+        metrics: Metrics,
+    ) -> Result<OddsStore, StoreError> {
+        let client = redis::Client::open(redis_url)
+            .map_err(|e| StoreError::Config(format!("REDIS_URL: {e}")))?;
+        let pg = PgPoolOptions::new()
+            .max_connections(max_db_connections.max(1))
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy(database_url)
+            .map_err(|e| StoreError::Config(format!("DATABASE_URL: {e}")))?;
+        Ok(OddsStore {
+            redis: RedisCache {
+                client,
+                timeout: redis_timeout,
+                state: Mutex::new((None, None)),
+            },
+            pg,
+            metrics,
+        })
+    }
+
+    /// Current odds of one event: cache, else Postgres (filling the cache). `Ok(None)` when
+    /// the event is unknown to whichever store answered.
+    pub async fn current(
+        &self,
+        event_id: &str,
+    ) -> Result<Option<(OddsUpdate, Source)>, StoreError> {
+        let key = redis_current_key(event_id);
+        let redis_error = match self
+            .redis
+            .run::<Option<String>>(redis::cmd("GET").arg(&key))
+            .await
+        {
+            Ok(Some(json)) => match odds_contracts::parse_update(json.as_bytes()) {
+                Ok(update) if update.event_id == event_id => {
+                    return Ok(Some((update, Source::Cache)))
+                }
+                Ok(_) | Err(_) => {
+                    tracing::warn!(%key, "cache entry is not a valid update for its key; reading Postgres");
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => Some(e),
+        };
+        let sql = format!("SELECT {CURRENT_COLUMNS} FROM odds_current WHERE event_id = $1");
+        let row = sqlx::query_as::<_, CurrentRow>(&sql)
+            .bind(event_id)
+            .fetch_optional(&self.pg)
+            .await;
+        let row = match (row, &redis_error) {
+            (Ok(row), _) => row,
+            (Err(db), Some(redis)) => {
+                return Err(StoreError::Unavailable(format!(
+                    "Redis: {redis}; Postgres: {db}"
+                )))
+            }
+            (Err(db), None) => return Err(StoreError::Database(db)),
+        };
+        let Some(update) = row.map(OddsUpdate::from) else {
+            return Ok(None);
+        };
+        if redis_error.is_some() {
+            self.metrics.store_fallbacks.inc();
+        } else {
+            // NX: never overwrite what the processor may have written meanwhile (newer).
+            let fill = redis::cmd("SET")
+                .arg(&key)
+                .arg(update.to_json())
+                .arg("NX")
+                .clone();
+            if let Err(e) = self.redis.run::<Option<String>>(&fill).await {
+                tracing::debug!(%key, error = %e, "cache fill failed");
+            }
+        }
+        Ok(Some((update, Source::Database)))
+    }
+
+    /// A page of events ordered by id, starting after `after`.
+    pub async fn list_events(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OddsUpdate>, StoreError> {
+        let sql = format!(
+            "SELECT {CURRENT_COLUMNS} FROM odds_current \
+             WHERE $1::text IS NULL OR event_id > $1 ORDER BY event_id LIMIT $2"
+        );
+        let rows = sqlx::query_as::<_, CurrentRow>(&sql)
+            .bind(after)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pg)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
+        Ok(rows.into_iter().map(OddsUpdate::from).collect())
+    }
+
+    /// Current odds of every event (up to `limit`): Postgres, else the cache (SCAN).
+    pub async fn all_current(&self, limit: u32) -> Result<Vec<OddsUpdate>, StoreError> {
+        let db_error = match self.list_events(None, limit).await {
+            Ok(all) => return Ok(all),
+            Err(e) => e,
+        };
+        let mut cursor: u64 = 0;
+        let mut updates = Vec::new();
+        loop {
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{REDIS_CURRENT_PREFIX}*"))
+                .arg("COUNT")
+                .arg(500)
+                .clone();
+            let (next, keys): (u64, Vec<String>) = self
+                .redis
+                .run(&scan)
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("{db_error}; Redis: {e}")))?;
+            if !keys.is_empty() {
+                let values: Vec<Option<String>> = self
+                    .redis
+                    .run(redis::cmd("MGET").arg(&keys))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(format!("{db_error}; Redis: {e}")))?;
+                updates.extend(
+                    values
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|json| odds_contracts::parse_update(json.as_bytes()).ok()),
+                );
+            }
+            cursor = next;
+            if cursor == 0 || updates.len() >= limit as usize {
+                break;
+            }
+        }
+        updates.sort_by(|a, b| a.event_id.cmp(&b.event_id));
+        updates.truncate(limit as usize);
+        Ok(updates)
+    }
+
+    /// Newest-first history of one event.
+    pub async fn history(
+        &self,
+        event_id: &str,
+        limit: u32,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows: Vec<HistoryRow> = sqlx::query_as(
+            "SELECT version, market, home_odds::float8, draw_odds::float8, away_odds::float8, \
+             updated_at, source FROM odds_history WHERE event_id = $1 \
+             ORDER BY version DESC LIMIT $2",
+        )
+        .bind(event_id)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pg)
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(version, market, home, draw, away, updated_at, source)| HistoryEntry {
+                    version: u64::try_from(version).unwrap_or(0),
+                    market,
+                    odds: Odds { home, draw, away },
+                    updated_at,
+                    source,
+                },
+            )
+            .collect())
+    }
+
+    /// Markets seen in an event's history (the current market comes from [`Self::current`]).
+    pub async fn history_markets(&self, event_id: &str) -> Result<Vec<String>, StoreError> {
+        let markets: Vec<(String,)> = sqlx::query_as(
+            "SELECT DISTINCT market FROM odds_history WHERE event_id = $1 ORDER BY market",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pg)
+        .await?;
+        Ok(markets.into_iter().map(|(m,)| m).collect())
+    }
+
+    /// True when Redis or Postgres answers (readiness: either can serve reads).
+    pub async fn reachable(&self) -> bool {
+        if self.redis.run::<String>(&redis::cmd("PING")).await.is_ok() {
+            return true;
+        }
+        sqlx::query("SELECT 1").execute(&self.pg).await.is_ok()
+    }
+}

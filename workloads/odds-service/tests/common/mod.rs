@@ -1,0 +1,239 @@
+//! Shared test harness: real Redis and Postgres, the service started in-process, a
+//! processor-style writer, and a WebSocket client.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::Utc;
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL};
+use odds_contracts::{Odds, OddsUpdate};
+use odds_service::{RunningService, ServiceConfig};
+use odds_testkit::{TestDatabase, TestRedis};
+use serde_json::Value;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_util::sync::CancellationToken;
+
+pub type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+pub struct Env {
+    pub redis: TestRedis,
+    pub db: TestDatabase,
+    pub service: Option<RunningService>,
+    pub shutdown: CancellationToken,
+}
+
+pub fn update(event: &str, version: u64, home: f64) -> OddsUpdate {
+    OddsUpdate {
+        event_id: event.into(),
+        home_team: format!("{event} Home"),
+        away_team: format!("{event} Away"),
+        market: "1X2".into(),
+        odds: Odds {
+            home,
+            draw: 3.25,
+            away: 4.5,
+        },
+        updated_at: Utc::now(),
+        source: "test".into(),
+        version,
+    }
+}
+
+impl Env {
+    pub async fn start(extra: &[&str]) -> Env {
+        Self::start_with(TestDatabase::create().await.unwrap(), extra).await
+    }
+
+    pub async fn start_with(db: TestDatabase, extra: &[&str]) -> Env {
+        odds_schema::migrate(db.pool()).await.unwrap();
+        let redis = TestRedis::start().await.unwrap();
+        let shutdown = CancellationToken::new();
+        let mut args = vec![
+            "odds-service".to_owned(),
+            "--listen-addr=127.0.0.1:0".into(),
+            "--http-addr=127.0.0.1:0".into(),
+            format!("--redis-url={}", redis.url()),
+            format!("--database-url={}", db.url()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let config = ServiceConfig::try_parse_from(args).unwrap();
+        let service = odds_service::start(&config, shutdown.clone())
+            .await
+            .unwrap();
+        Env {
+            redis,
+            db,
+            service: Some(service),
+            shutdown,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.service.as_ref().unwrap().listen_addr
+    }
+
+    pub fn metrics(&self) -> &odds_service::metrics::Metrics {
+        &self.service.as_ref().unwrap().metrics
+    }
+
+    /// What the processor does for a new version: Postgres, then the cache, then PUBLISH.
+    pub async fn write(&self, update: &OddsUpdate) {
+        self.write_postgres(update).await;
+        self.write_cache(update).await;
+        self.publish(update).await;
+    }
+
+    pub async fn write_postgres(&self, u: &OddsUpdate) {
+        sqlx::query(
+            "INSERT INTO odds_current (event_id, home_team, away_team, market, home_odds, \
+             draw_odds, away_odds, version, updated_at, source) VALUES ($1,$2,$3,$4,$5::float8::numeric, \
+             $6::float8::numeric,$7::float8::numeric,$8,$9,$10) ON CONFLICT (event_id) DO UPDATE SET \
+             home_team=EXCLUDED.home_team, away_team=EXCLUDED.away_team, market=EXCLUDED.market, \
+             home_odds=EXCLUDED.home_odds, draw_odds=EXCLUDED.draw_odds, away_odds=EXCLUDED.away_odds, \
+             version=EXCLUDED.version, updated_at=EXCLUDED.updated_at, source=EXCLUDED.source \
+             WHERE odds_current.version < EXCLUDED.version",
+        )
+        .bind(&u.event_id)
+        .bind(&u.home_team)
+        .bind(&u.away_team)
+        .bind(&u.market)
+        .bind(u.odds.home)
+        .bind(u.odds.draw)
+        .bind(u.odds.away)
+        .bind(u.version as i64)
+        .bind(u.updated_at)
+        .bind(&u.source)
+        .execute(self.db.pool())
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO odds_history (event_id, version, market, home_odds, draw_odds, away_odds, \
+             updated_at, source) VALUES ($1,$2,$3,$4::float8::numeric,$5::float8::numeric,\
+             $6::float8::numeric,$7,$8) ON CONFLICT DO NOTHING",
+        )
+        .bind(&u.event_id)
+        .bind(u.version as i64)
+        .bind(&u.market)
+        .bind(u.odds.home)
+        .bind(u.odds.draw)
+        .bind(u.odds.away)
+        .bind(u.updated_at)
+        .bind(&u.source)
+        .execute(self.db.pool())
+        .await
+        .unwrap();
+    }
+
+    pub async fn write_cache(&self, u: &OddsUpdate) {
+        let mut conn = self.redis.connection().await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(redis_current_key(&u.event_id))
+            .arg(u.to_json())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    pub async fn cached(&self, event: &str) -> Option<String> {
+        let mut conn = self.redis.connection().await.unwrap();
+        redis::cmd("GET")
+            .arg(redis_current_key(event))
+            .query_async(&mut conn)
+            .await
+            .unwrap()
+    }
+
+    pub async fn publish(&self, u: &OddsUpdate) {
+        let mut conn = self.redis.connection().await.unwrap();
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(REDIS_UPDATES_CHANNEL)
+            .arg(u.to_json())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    }
+
+    /// Waits until the service's pub/sub subscription is live (a PUBLISH reaches a subscriber).
+    pub async fn wait_for_pubsub(&self) {
+        let mut conn = self.redis.connection().await.unwrap();
+        for _ in 0..400 {
+            let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(REDIS_UPDATES_CHANNEL)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            if n.first().map(|(_, c)| *c).unwrap_or(0) > 0 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("service never subscribed to {REDIS_UPDATES_CHANNEL}");
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(service) = self.service.take() {
+            tokio::time::timeout(Duration::from_secs(20), service.wait())
+                .await
+                .unwrap();
+        }
+    }
+}
+
+pub async fn connect(addr: std::net::SocketAddr) -> Client {
+    let (client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/odds"))
+        .await
+        .unwrap();
+    client
+}
+
+pub async fn send(client: &mut Client, json: &str) {
+    client.send(Message::text(json)).await.unwrap();
+}
+
+/// Next text frame as JSON (skipping pings), failing after a generous timeout.
+pub async fn next_json(client: &mut Client) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(15), client.next())
+            .await
+            .expect("no message within 15 s")
+            .expect("connection ended")
+            .expect("read error");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected frame {other:?}"),
+        }
+    }
+}
+
+/// Asserts nothing but pings arrives within `wait`.
+pub async fn assert_silent(client: &mut Client, wait: Duration) {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, client.next()).await {
+            Err(_) => return,
+            Ok(Some(Ok(Message::Ping(_) | Message::Pong(_)))) => continue,
+            Ok(other) => panic!("expected silence, got {other:?}"),
+        }
+    }
+}
+
+/// Subscribes and returns the snapshot frame (after checking `subscribed`).
+pub async fn subscribe(client: &mut Client, event: &str) -> Value {
+    send(
+        client,
+        &format!(r#"{{"type":"subscribe","eventId":"{event}"}}"#),
+    )
+    .await;
+    let subscribed = next_json(client).await;
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    assert_eq!(subscribed["eventId"], event);
+    let snapshot = next_json(client).await;
+    assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
+    snapshot
+}

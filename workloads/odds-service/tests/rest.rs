@@ -1,0 +1,213 @@
+//! REST API against real Redis and Postgres: cache-first reads, fallbacks, errors, paging.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{update, Env};
+use odds_testkit::{http_get, TestDatabase};
+
+#[tokio::test]
+async fn cache_hit_is_served_from_redis() {
+    let env = Env::start(&[]).await;
+    // Only in the cache: Postgres does not know it, so a 200 proves the cache answered.
+    env.write_cache(&update("CACHE_ONLY", 3, 2.1)).await;
+    let response = http_get(env.addr(), "/v1/events/CACHE_ONLY/odds")
+        .await
+        .unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.header("x-odds-source"), Some("cache"));
+    let body = response.json().unwrap();
+    assert_eq!(body["version"], 3);
+    assert_eq!(body["odds"]["home"], 2.1);
+    assert_eq!(body["home_team"], "CACHE_ONLY Home");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn cache_miss_reads_postgres_and_fills_the_cache() {
+    let env = Env::start(&[]).await;
+    env.write_postgres(&update("PG_ONLY", 7, 1.85)).await;
+    assert_eq!(env.cached("PG_ONLY").await, None);
+    let first = http_get(env.addr(), "/v1/events/PG_ONLY/odds")
+        .await
+        .unwrap();
+    assert_eq!(first.status, 200, "{}", first.body);
+    assert_eq!(first.header("x-odds-source"), Some("database"));
+    assert_eq!(first.json().unwrap()["odds"]["home"], 1.85);
+    let cached = env.cached("PG_ONLY").await.expect("cache filled on miss");
+    let cached: serde_json::Value = serde_json::from_str(&cached).unwrap();
+    assert_eq!(cached["version"], 7);
+    let second = http_get(env.addr(), "/v1/events/PG_ONLY/odds")
+        .await
+        .unwrap();
+    assert_eq!(second.header("x-odds-source"), Some("cache"));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn redis_down_postgres_answers_and_both_down_is_503() {
+    let db = TestDatabase::on_own_server().await.unwrap();
+    let mut env = Env::start_with(db, &["--redis-timeout-ms=300"]).await;
+    env.write(&update("E1", 2, 2.5)).await;
+    env.redis.stop();
+    let response = http_get(env.addr(), "/v1/events/E1/odds").await.unwrap();
+    assert_eq!(response.status, 200, "{}", response.body);
+    assert_eq!(response.header("x-odds-source"), Some("database"));
+    assert_eq!(response.json().unwrap()["version"], 2);
+
+    env.db.server_mut().unwrap().stop().unwrap();
+    for path in ["/v1/events/E1/odds", "/v1/events", "/v1/events/E1/history"] {
+        let response = http_get(env.addr(), path).await.unwrap();
+        assert_eq!(response.status, 503, "{path}: {}", response.body);
+        assert_eq!(
+            response.json().unwrap()["error"]["code"],
+            "unavailable",
+            "{path}"
+        );
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_event_is_404_and_bad_input_is_400_with_json_bodies() {
+    let env = Env::start(&[]).await;
+    let cases = [
+        ("/v1/events/NOPE/odds", 404, "unknown_event"),
+        ("/v1/events/NOPE/markets", 404, "unknown_event"),
+        ("/v1/events/NOPE/history", 404, "unknown_event"),
+        ("/v1/events/bad%20id/odds", 400, "bad_request"),
+        (
+            &format!("/v1/events/{}/odds", "x".repeat(65)),
+            400,
+            "bad_request",
+        ),
+        ("/v1/events?limit=0", 400, "bad_request"),
+        ("/v1/events?limit=100000", 400, "bad_request"),
+        ("/v1/events?limit=abc", 400, "bad_request"),
+        ("/v1/events?cursor=a%20b", 400, "bad_request"),
+        ("/v1/events/E1/history?limit=-1", 400, "bad_request"),
+        ("/v1/nothing", 404, "not_found"),
+    ];
+    for (path, status, code) in cases {
+        let response = http_get(env.addr(), path).await.unwrap();
+        assert_eq!(response.status, status, "{path}: {}", response.body);
+        assert_eq!(response.json().unwrap()["error"]["code"], code, "{path}");
+    }
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn events_are_paged_with_a_cursor() {
+    let env = Env::start(&[]).await;
+    for i in 0..5 {
+        env.write_postgres(&update(&format!("EV_{i}"), 1, 2.0 + i as f64))
+            .await;
+    }
+    let mut seen = Vec::new();
+    let mut path = "/v1/events?limit=2".to_owned();
+    for _ in 0..5 {
+        let body = http_get(env.addr(), &path).await.unwrap().json().unwrap();
+        for event in body["events"].as_array().unwrap() {
+            seen.push(event["event_id"].as_str().unwrap().to_owned());
+            assert_eq!(event["market"], "1X2");
+        }
+        match body["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/events?limit=2&cursor={cursor}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ["EV_0", "EV_1", "EV_2", "EV_3", "EV_4"]);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn history_is_newest_first_and_markets_list_the_current_market() {
+    let env = Env::start(&[]).await;
+    for v in 1..=4 {
+        env.write(&update("HIST", v, 2.0 + v as f64 / 10.0)).await;
+    }
+    let body = http_get(env.addr(), "/v1/events/HIST/history?limit=3")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    let versions: Vec<u64> = body["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [4, 3, 2]);
+    assert_eq!(body["history"][0]["odds"]["home"], 2.4);
+
+    let markets = http_get(env.addr(), "/v1/events/HIST/markets")
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(markets["markets"][0]["market"], "1X2");
+    assert_eq!(markets["markets"][0]["current"], true);
+    assert_eq!(markets["markets"][0]["version"], 4);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn openapi_document_describes_the_real_routes_and_the_page_is_served() {
+    let env = Env::start(&[]).await;
+    let response = http_get(env.addr(), "/openapi.json").await.unwrap();
+    assert_eq!(response.status, 200);
+    assert!(response
+        .header("content-type")
+        .unwrap()
+        .starts_with("application/json"));
+    let doc = response.json().unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/events",
+        "/v1/events/{id}/markets",
+        "/v1/events/{id}/odds",
+        "/v1/events/{id}/history",
+        "/ws/odds",
+    ] {
+        assert!(doc["paths"][path]["get"].is_object(), "{path} missing");
+    }
+    // Every documented path is really routed (a 404 body would say not_found).
+    for path in doc["paths"].as_object().unwrap().keys() {
+        let concrete = path.replace("{id}", "NOPE");
+        let response = http_get(env.addr(), &concrete).await.unwrap();
+        assert_ne!(
+            response.json().ok().map(|b| b["error"]["code"].clone()),
+            Some(serde_json::json!("not_found")),
+            "{path} is documented but not routed"
+        );
+    }
+    let page = http_get(env.addr(), "/").await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("/ws/odds"));
+    assert!(page.body.contains("id=\"odds-table\""));
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn ops_endpoints_report_readiness_and_metrics() {
+    let env = Env::start(&[]).await;
+    let ops = env.service.as_ref().unwrap().ops_addr;
+    let _ = http_get(env.addr(), "/v1/events/NOPE/odds").await.unwrap();
+    let mut ready = None;
+    for _ in 0..100 {
+        let response = http_get(ops, "/readyz").await.unwrap();
+        if response.status == 200 {
+            ready = Some(response);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(ready.is_some(), "never ready");
+    let metrics = http_get(ops, "/metrics").await.unwrap().body;
+    assert!(
+        metrics.contains(r#"odds_api_requests_total{route="/v1/events/{id}/odds",status="404"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("odds_ws_connections 0"));
+    env.stop().await;
+}
