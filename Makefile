@@ -38,16 +38,16 @@ fmt: ## format the code
 	$(CARGO) fmt --all
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --locked --no-fail-fast; \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
-	  $(CARGO) test --workspace --locked --no-fail-fast; \
+	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
 
 test: deps fmt-check clippy unit ## fmt check, clippy -D warnings, and every test against real servers
 
 bench: deps ## criterion benchmarks (figures in target/criterion)
-	$(CARGO) bench --workspace --locked
+	$(CARGO) bench --workspace

@@ -1,0 +1,203 @@
+//! The price generator: a reproducible stream of plausible odds movements.
+//!
+//! Each event holds implied probabilities for home/draw/away that drift as a bounded random
+//! walk; prices are quoted with a bookmaker margin, so the implied probabilities of the three
+//! quoted odds sum to a little over 1 (as real books do) and every price stays above 1.0.
+
+use chrono::{DateTime, Utc};
+use odds_contracts::{Market, Odds, OddsUpdate};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+
+/// Bookmaker margin (overround): quoted prices imply probabilities summing to 1 + MARGIN.
+pub const MARGIN: f64 = 0.05;
+/// Bounds of each outcome's probability, keeping prices between ~1.06 and ~24.
+const MIN_PROB: f64 = 0.04;
+const MAX_PROB: f64 = 0.90;
+/// Largest relative move of a probability in one update.
+const STEP: f64 = 0.04;
+
+/// `source` of every update the simulator sends.
+pub const SOURCE: &str = "supplier-simulator";
+
+/// The seed's fixtures; events beyond these get generated names.
+const SEED_MATCHES: [(&str, &str); 4] = [
+    ("Arsenal", "Chelsea"),
+    ("Liverpool", "Everton"),
+    ("Real Madrid", "Barcelona"),
+    ("Bayern Munich", "Borussia Dortmund"),
+];
+const CITIES: [&str; 16] = [
+    "Lisbon",
+    "Porto",
+    "Milan",
+    "Turin",
+    "Lyon",
+    "Marseille",
+    "Seville",
+    "Valencia",
+    "Leeds",
+    "Glasgow",
+    "Vienna",
+    "Prague",
+    "Athens",
+    "Istanbul",
+    "Ajax",
+    "Bruges",
+];
+
+#[derive(Debug, Clone)]
+struct EventState {
+    event_id: String,
+    home_team: String,
+    away_team: String,
+    market: Market,
+    probs: [f64; 3],
+    version: u64,
+}
+
+/// Generates updates for a fixed set of events. Same seed and config, same sequence
+/// (event, version, prices); only `updated_at` reflects when each update is made.
+#[derive(Debug, Clone)]
+pub struct OddsFeed {
+    rng: SmallRng,
+    events: Vec<EventState>,
+}
+
+impl OddsFeed {
+    /// `markets` are assigned to events round-robin; an empty list means `1X2`.
+    pub fn new(seed: u64, events: u32, markets: &[Market]) -> OddsFeed {
+        let mut rng = SmallRng::seed_from_u64(seed);
+        let markets = if markets.is_empty() {
+            &[Market::MatchResult][..]
+        } else {
+            markets
+        };
+        let events = (0..events as usize)
+            .map(|i| {
+                let (home_team, away_team) = match SEED_MATCHES.get(i) {
+                    Some((home, away)) => ((*home).to_owned(), (*away).to_owned()),
+                    None => generated_teams(i),
+                };
+                let home = rng.random_range(0.30..0.55);
+                let draw = rng.random_range(0.20..0.30);
+                EventState {
+                    event_id: format!("MATCH_{:03}", i + 1),
+                    home_team,
+                    away_team,
+                    market: markets[i % markets.len()],
+                    probs: [home, draw, 1.0 - home - draw],
+                    version: 0,
+                }
+            })
+            .collect();
+        OddsFeed { rng, events }
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    /// The next price change of a randomly chosen event, stamped `now`.
+    pub fn next_update(&mut self, now: DateTime<Utc>) -> OddsUpdate {
+        let index = self.rng.random_range(0..self.events.len());
+        let event = &mut self.events[index];
+        for p in &mut event.probs {
+            *p *= 1.0 + self.rng.random_range(-STEP..STEP);
+        }
+        normalise(&mut event.probs);
+        event.version += 1;
+        OddsUpdate {
+            event_id: event.event_id.clone(),
+            home_team: event.home_team.clone(),
+            away_team: event.away_team.clone(),
+            market: event.market.as_str().to_owned(),
+            odds: Odds {
+                home: price(event.probs[0]),
+                draw: price(event.probs[1]),
+                away: price(event.probs[2]),
+            },
+            updated_at: now,
+            source: SOURCE.to_owned(),
+            version: event.version,
+        }
+    }
+}
+
+fn generated_teams(i: usize) -> (String, String) {
+    let home = CITIES[i % CITIES.len()];
+    let away = CITIES[(i / CITIES.len() + i + 1) % CITIES.len()];
+    (format!("{home} FC {i}"), format!("{away} United {i}"))
+}
+
+/// Scales probabilities to sum to 1 and clamps each into its band (twice, since clamping
+/// one moves the sum; two rounds keep every value within a hair of the bounds).
+fn normalise(probs: &mut [f64; 3]) {
+    for _ in 0..2 {
+        let sum: f64 = probs.iter().sum();
+        for p in probs.iter_mut() {
+            *p = (*p / sum).clamp(MIN_PROB, MAX_PROB);
+        }
+    }
+}
+
+/// Decimal odds for a probability with the margin applied, to two decimals, never below 1.01.
+fn price(probability: f64) -> f64 {
+    let raw = 1.0 / (probability * (1.0 + MARGIN));
+    ((raw * 100.0).round() / 100.0).max(1.01)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strip_time(mut u: OddsUpdate) -> OddsUpdate {
+        u.updated_at = DateTime::<Utc>::UNIX_EPOCH;
+        u
+    }
+
+    #[test]
+    fn same_seed_same_stream_other_seed_other_stream() {
+        let markets = [Market::MatchResult, Market::HalfTimeResult];
+        let mut a = OddsFeed::new(7, 10, &markets);
+        let mut b = OddsFeed::new(7, 10, &markets);
+        let mut c = OddsFeed::new(8, 10, &markets);
+        let now = Utc::now;
+        let sa: Vec<_> = (0..500).map(|_| strip_time(a.next_update(now()))).collect();
+        let sb: Vec<_> = (0..500).map(|_| strip_time(b.next_update(now()))).collect();
+        let sc: Vec<_> = (0..500).map(|_| strip_time(c.next_update(now()))).collect();
+        assert_eq!(sa, sb);
+        assert_ne!(sa, sc);
+    }
+
+    #[test]
+    fn updates_are_valid_versioned_and_carry_a_margin() {
+        let mut feed = OddsFeed::new(1, 6, &[]);
+        let mut last_version = std::collections::HashMap::new();
+        for _ in 0..20_000 {
+            let u = feed.next_update(Utc::now());
+            assert_eq!(u.validate(), Ok(()), "{u:?}");
+            let prev = last_version
+                .insert(u.event_id.clone(), u.version)
+                .unwrap_or(0);
+            assert_eq!(u.version, prev + 1, "versions rise by one per event");
+            let overround = 1.0 / u.odds.home + 1.0 / u.odds.draw + 1.0 / u.odds.away;
+            assert!(
+                (1.02..1.09).contains(&overround),
+                "overround {overround} for {u:?}"
+            );
+        }
+        assert_eq!(last_version.len(), 6);
+    }
+
+    #[test]
+    fn seed_fixtures_come_first() {
+        let mut feed = OddsFeed::new(3, 5, &[]);
+        let names: std::collections::BTreeMap<_, _> = (0..200)
+            .map(|_| feed.next_update(Utc::now()))
+            .map(|u| (u.event_id, (u.home_team, u.away_team)))
+            .collect();
+        assert_eq!(names["MATCH_002"], ("Liverpool".into(), "Everton".into()));
+        assert!(names.contains_key("MATCH_005"));
+    }
+}

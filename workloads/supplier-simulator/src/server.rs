@@ -1,0 +1,245 @@
+//! The WebSocket server: one generator, many clients, nobody waits for the slowest.
+//!
+//! The generator encodes each update once and broadcasts the frame; every client drains its
+//! own bounded slice of the broadcast ring. A client that falls further behind than the ring
+//! holds is disconnected with a close reason rather than stalling the generator or the others.
+//! The generator runs only while at least one client is connected, so a restarted consumer
+//! does not miss a stream that was produced into the void.
+
+use crate::config::SimulatorConfig;
+use crate::feed::OddsFeed;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use odds_runtime::ops::ops_router;
+use odds_runtime::{serve_http, Readiness, RuntimeError};
+use prometheus::{IntCounter, IntGauge, Registry};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+/// WebSocket close code for "try again later" (RFC 6455 registry): used for slow clients.
+const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
+/// How long one frame may wait for a client's socket before the client counts as stuck.
+const SEND_TIMEOUT: Duration = Duration::from_secs(2);
+/// "Going away": the server is shutting down.
+const CLOSE_GOING_AWAY: u16 = 1001;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimulatorError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("metrics registration: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+#[derive(Clone)]
+struct Metrics {
+    updates_sent: IntCounter,
+    clients: IntGauge,
+    slow_disconnects: IntCounter,
+}
+
+impl Metrics {
+    fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let m = Metrics {
+            updates_sent: IntCounter::new(
+                "odds_sim_updates_sent_total",
+                "Updates generated and broadcast to connected clients",
+            )?,
+            clients: IntGauge::new("odds_sim_clients", "Connected WebSocket clients")?,
+            slow_disconnects: IntCounter::new(
+                "odds_sim_slow_client_disconnects_total",
+                "Clients disconnected because they fell too far behind",
+            )?,
+        };
+        registry.register(Box::new(m.updates_sent.clone()))?;
+        registry.register(Box::new(m.clients.clone()))?;
+        registry.register(Box::new(m.slow_disconnects.clone()))?;
+        Ok(m)
+    }
+}
+
+#[derive(Clone)]
+struct Shared {
+    frames: broadcast::Sender<Utf8Bytes>,
+    clients: Arc<watch::Sender<usize>>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+}
+
+/// A running simulator.
+pub struct SimulatorServer {
+    /// Where clients connect: `ws://{ws_addr}/ws`.
+    pub ws_addr: SocketAddr,
+    /// Health, readiness and metrics.
+    pub ops_addr: SocketAddr,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl SimulatorServer {
+    /// Binds both servers and starts the generator; returns once clients can connect.
+    pub async fn start(
+        config: SimulatorConfig,
+        shutdown: CancellationToken,
+    ) -> Result<SimulatorServer, SimulatorError> {
+        let registry = Registry::new();
+        let metrics = Metrics::register(&registry)?;
+        let (frames, _) = broadcast::channel(config.client_queue.max(1));
+        let (clients, _) = watch::channel(0usize);
+        let shared = Shared {
+            frames,
+            clients: Arc::new(clients),
+            metrics,
+            shutdown: shutdown.clone(),
+        };
+
+        let app = Router::new()
+            .route("/ws", get(upgrade))
+            .with_state(shared.clone());
+        let (ws_addr, ws_task) = serve_http(config.listen_addr, app, shutdown.clone()).await?;
+        let (ops_addr, ops_task) = serve_http(
+            config.ops.http_addr,
+            ops_router(Readiness::new(&[]), registry),
+            shutdown.clone(),
+        )
+        .await?;
+        let generator = tokio::spawn(generate(config, shared));
+        tracing::info!(%ws_addr, %ops_addr, "supplier-simulator listening on ws://{ws_addr}/ws");
+        Ok(SimulatorServer {
+            ws_addr,
+            ops_addr,
+            tasks: vec![ws_task, ops_task, generator],
+        })
+    }
+
+    /// The WebSocket URL clients connect to.
+    pub fn url(&self) -> String {
+        format!("ws://{}/ws", self.ws_addr)
+    }
+
+    /// Waits until every task has stopped (after the shutdown token is cancelled).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Runs the simulator until `shutdown` is cancelled.
+pub async fn run(
+    config: SimulatorConfig,
+    shutdown: CancellationToken,
+) -> Result<(), SimulatorError> {
+    SimulatorServer::start(config, shutdown).await?.wait().await;
+    Ok(())
+}
+
+/// Emits `rate` updates per second in bursts of `burst`, only while clients are connected.
+async fn generate(config: SimulatorConfig, shared: Shared) {
+    let mut feed = OddsFeed::new(config.seed, config.events, &config.markets);
+    let mut clients = shared.clients.subscribe();
+    let rate = f64::from(config.rate);
+    let period =
+        Duration::from_secs_f64(f64::from(config.burst) / rate).max(Duration::from_millis(1));
+    let mut sent: u64 = 0;
+    loop {
+        // Pause while nobody listens: wait for the first client (or shutdown).
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            r = clients.wait_for(|n| *n > 0) => if r.is_err() { return },
+        }
+        let started = Instant::now();
+        let sent_at_start = sent;
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            if *clients.borrow() == 0 {
+                break;
+            }
+            let due = (started.elapsed().as_secs_f64() * rate) as u64 + sent_at_start;
+            // Whole bursts only, so `--burst` shapes the traffic even at low rates.
+            let mut batch = due.saturating_sub(sent);
+            if config.burst > 1 {
+                batch -= batch % u64::from(config.burst);
+            }
+            if config.total > 0 {
+                batch = batch.min(config.total - sent);
+            }
+            for _ in 0..batch {
+                let update = feed.next_update(chrono::Utc::now());
+                // No receivers right now is fine: the frame is simply not delivered.
+                let _ = shared.frames.send(Utf8Bytes::from(update.to_json()));
+            }
+            sent += batch;
+            shared.metrics.updates_sent.inc_by(batch);
+            if config.total > 0 && sent >= config.total {
+                tracing::info!(sent, "total reached; no more updates will be generated");
+                shared.shutdown.cancelled().await;
+                return;
+            }
+        }
+    }
+}
+
+async fn upgrade(ws: WebSocketUpgrade, State(shared): State<Shared>) -> Response {
+    ws.on_upgrade(move |socket| serve_client(socket, shared))
+}
+
+async fn serve_client(mut socket: WebSocket, shared: Shared) {
+    let mut frames = shared.frames.subscribe();
+    shared.clients.send_modify(|n| *n += 1);
+    shared.metrics.clients.inc();
+    let close = loop {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down".to_owned())),
+            frame = frames.recv() => match frame {
+                Ok(text) => match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break None,
+                    // The client stopped draining its socket altogether.
+                    Err(_) => {
+                        shared.metrics.slow_disconnects.inc();
+                        tracing::warn!("disconnecting a client that stopped reading");
+                        break None;
+                    }
+                },
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    shared.metrics.slow_disconnects.inc();
+                    tracing::warn!(missed, "disconnecting a client that fell behind");
+                    break Some((CLOSE_TRY_AGAIN_LATER, format!("client too slow: {missed} updates behind")));
+                }
+                Err(broadcast::error::RecvError::Closed) => break Some((CLOSE_GOING_AWAY, "stream ended".to_owned())),
+            },
+            incoming = socket.recv() => match incoming {
+                // Clients have nothing to say; pings are answered by the WebSocket layer.
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                Some(Ok(_)) => {}
+            },
+        }
+    };
+    if let Some((code, reason)) = close {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        // A stuck client may never drain its socket: do not wait on it for long.
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            socket.send(Message::Close(Some(frame))),
+        )
+        .await;
+    }
+    shared.clients.send_modify(|n| *n = n.saturating_sub(1));
+    shared.metrics.clients.dec();
+}
