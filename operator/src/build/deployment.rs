@@ -1,0 +1,239 @@
+//! Deployments of the workloads (simulator, ingest, processor, odds service).
+//!
+//! One builder for all of them: same probes on the shared ops port, same restricted security
+//! context, env from the pipeline ConfigMap plus per-container Secret references, and the
+//! config hash on the pod template so config and Secret changes roll the pods.
+
+use super::{configmap, metadata, selector_labels, Component, CONFIG_HASH_ANNOTATION};
+use super::{API_PORT, OPS_PORT, SIMULATOR_PORT};
+use crate::crd::{ComponentSpec, OddsPipeline, SecretKeyRef};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector, SecurityContext, Volume,
+    VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// The components this pipeline runs, in start order.
+pub fn components(pipeline: &OddsPipeline) -> Vec<Component> {
+    let mut out = Vec::new();
+    if configmap::simulator_enabled(pipeline) {
+        out.push(Component::Simulator);
+    }
+    out.extend([
+        Component::Ingest,
+        Component::Processor,
+        Component::OddsService,
+    ]);
+    out
+}
+
+/// The spec section of a component (the simulator uses defaults: one small pod).
+pub fn component_spec(pipeline: &OddsPipeline, component: Component) -> ComponentSpec {
+    match component {
+        Component::Simulator => ComponentSpec::default(),
+        Component::Ingest => pipeline.spec.ingest.clone(),
+        Component::Processor => pipeline.spec.processor.clone(),
+        Component::OddsService => pipeline.spec.odds_service.workload.clone(),
+    }
+}
+
+/// Whether an autoscaler owns the component's replica count (only the odds service scales
+/// horizontally: ingest replicas are duplicates, processor parallelism is the partitions).
+pub fn autoscaled(pipeline: &OddsPipeline, component: Component) -> bool {
+    component == Component::OddsService && pipeline.spec.odds_service.workload.autoscaling.is_some()
+}
+
+/// Builds the Deployment of `component`. `config_hash` goes on the pod template.
+pub fn build(pipeline: &OddsPipeline, component: Component, config_hash: &str) -> Deployment {
+    let spec = component_spec(pipeline, component);
+    let labels = super::labels(pipeline, component.suffix());
+    let pod_meta = ObjectMeta {
+        labels: Some(labels),
+        annotations: Some(BTreeMap::from([(
+            CONFIG_HASH_ANNOTATION.to_string(),
+            config_hash.to_string(),
+        )])),
+        ..ObjectMeta::default()
+    };
+    let overrides = &spec.pod_overrides;
+    Deployment {
+        metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
+        spec: Some(DeploymentSpec {
+            // Left out while an HPA owns it, so server-side apply never fights the autoscaler.
+            replicas: (!autoscaled(pipeline, component)).then_some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(pipeline, component.suffix())),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta),
+                spec: Some(PodSpec {
+                    containers: vec![container(pipeline, component, &spec)],
+                    security_context: Some(pod_security_context()),
+                    automount_service_account_token: Some(false),
+                    termination_grace_period_seconds: Some(30),
+                    node_selector: (!overrides.node_selector.is_empty())
+                        .then(|| overrides.node_selector.clone()),
+                    tolerations: (!overrides.tolerations.is_empty())
+                        .then(|| overrides.tolerations.clone()),
+                    affinity: overrides.affinity.clone(),
+                    volumes: Some(vec![Volume {
+                        name: "tmp".into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    }
+}
+
+fn container(pipeline: &OddsPipeline, component: Component, spec: &ComponentSpec) -> Container {
+    let mut ports = vec![port("metrics", OPS_PORT)];
+    match component {
+        Component::OddsService => ports.insert(0, port("http", API_PORT)),
+        Component::Simulator => ports.insert(0, port("feed", SIMULATOR_PORT)),
+        Component::Ingest | Component::Processor => {}
+    }
+    Container {
+        name: component.suffix().into(),
+        image: Some(pipeline.spec.image.reference()),
+        image_pull_policy: Some(pipeline.spec.image.pull_policy.as_str().into()),
+        command: Some(vec![component.binary().into()]),
+        env_from: Some(vec![EnvFromSource {
+            config_map_ref: Some(ConfigMapEnvSource {
+                name: configmap::name(pipeline),
+                optional: Some(false),
+            }),
+            ..EnvFromSource::default()
+        }]),
+        env: Some(env(pipeline, component, spec)),
+        ports: Some(ports),
+        resources: spec.resources.clone(),
+        readiness_probe: Some(probe("/readyz", 5, 3)),
+        liveness_probe: Some(probe("/healthz", 10, 6)),
+        security_context: Some(security_context()),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".into(),
+            mount_path: "/tmp".into(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    }
+}
+
+/// Per-container env: listen addresses, Secret references, then the user's extra env (which
+/// wins over ours when names clash).
+fn env(pipeline: &OddsPipeline, component: Component, spec: &ComponentSpec) -> Vec<EnvVar> {
+    let p = &pipeline.spec;
+    let mut env = Vec::new();
+    match component {
+        Component::Simulator => env.push(value("LISTEN_ADDR", format!("0.0.0.0:{SIMULATOR_PORT}"))),
+        Component::Ingest => {}
+        Component::Processor => {
+            env.push(secret_env("DATABASE_URL", &p.postgres.url_secret_ref));
+            env.push(secret_env("REDIS_URL", &p.redis.url_secret_ref));
+        }
+        Component::OddsService => {
+            env.push(value("LISTEN_ADDR", format!("0.0.0.0:{API_PORT}")));
+            env.push(secret_env("DATABASE_URL", &p.postgres.url_secret_ref));
+            env.push(secret_env("REDIS_URL", &p.redis.url_secret_ref));
+            if let Some(read) = &p.postgres.read_url_secret_ref {
+                env.push(secret_env("DATABASE_READ_URL", read));
+            }
+        }
+    }
+    for extra in &spec.pod_overrides.env {
+        env.retain(|e| e.name != extra.name);
+        env.push(extra.clone());
+    }
+    env
+}
+
+fn value(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        ..EnvVar::default()
+    }
+}
+
+/// An env var read from a Secret key (the value never appears in any spec).
+pub fn secret_env(name: &str, secret: &SecretKeyRef) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.name.clone(),
+                key: secret.key.clone(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn port(name: &str, number: i32) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: number,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("metrics".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+/// The restricted Pod Security Standard, container part.
+pub fn security_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            ..Capabilities::default()
+        }),
+        seccomp_profile: Some(runtime_default()),
+        ..SecurityContext::default()
+    }
+}
+
+/// The restricted Pod Security Standard, pod part (uid 65532: the image's non-root user).
+pub fn pod_security_context() -> PodSecurityContext {
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(65532),
+        run_as_group: Some(65532),
+        seccomp_profile: Some(runtime_default()),
+        ..PodSecurityContext::default()
+    }
+}
+
+fn runtime_default() -> SeccompProfile {
+    SeccompProfile {
+        type_: "RuntimeDefault".into(),
+        ..SeccompProfile::default()
+    }
+}

@@ -1,0 +1,105 @@
+//! The migration Job: runs `odds-processor migrate` once per image and schema version.
+//!
+//! Its name carries a hash of the image reference and the newest migration compiled into
+//! this operator, so a new image (or schema) gets a new Job and an unchanged one never
+//! migrates twice. Processor and odds-service roll out only after it succeeded.
+
+use super::deployment::{pod_security_context, secret_env, security_context};
+use super::{metadata, short_hex, Component};
+use crate::crd::OddsPipeline;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Container, EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
+use sha2::{Digest, Sha256};
+
+/// Name of the migration Job for the pipeline's current image.
+pub fn name(pipeline: &OddsPipeline) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(pipeline.spec.image.reference().as_bytes());
+    hasher.update(format!("\nschema {}", odds_schema::latest_version()).as_bytes());
+    let digest = hasher.finalize();
+    format!(
+        "{}-migrate-{}",
+        pipeline.name_any(),
+        &short_hex(&digest)[..10]
+    )
+}
+
+/// Builds the Job.
+pub fn build(pipeline: &OddsPipeline) -> Job {
+    let component = "migration";
+    let pod_meta = ObjectMeta {
+        labels: Some(super::labels(pipeline, component)),
+        ..ObjectMeta::default()
+    };
+    Job {
+        metadata: metadata(pipeline, name(pipeline), component),
+        spec: Some(JobSpec {
+            backoff_limit: Some(3),
+            template: PodTemplateSpec {
+                metadata: Some(pod_meta),
+                spec: Some(PodSpec {
+                    restart_policy: Some("Never".into()),
+                    security_context: Some(pod_security_context()),
+                    containers: vec![Container {
+                        name: "migrate".into(),
+                        image: Some(pipeline.spec.image.reference()),
+                        image_pull_policy: Some(pipeline.spec.image.pull_policy.as_str().into()),
+                        command: Some(vec![Component::Processor.binary().into(), "migrate".into()]),
+                        env: Some(vec![secret_env(
+                            "DATABASE_URL",
+                            &pipeline.spec.postgres.url_secret_ref,
+                        )]),
+                        security_context: Some(security_context()),
+                        volume_mounts: Some(vec![VolumeMount {
+                            name: "tmp".into(),
+                            mount_path: "/tmp".into(),
+                            ..VolumeMount::default()
+                        }]),
+                        ..Container::default()
+                    }],
+                    volumes: Some(vec![Volume {
+                        name: "tmp".into(),
+                        empty_dir: Some(EmptyDirVolumeSource::default()),
+                        ..Volume::default()
+                    }]),
+                    ..PodSpec::default()
+                }),
+            },
+            ..JobSpec::default()
+        }),
+        status: None,
+    }
+}
+
+/// The migration outcome a Job reports.
+pub fn state(job: &Job) -> super::MigrationState {
+    let Some(status) = &job.status else {
+        return super::MigrationState::Pending;
+    };
+    for condition in status.conditions.iter().flatten() {
+        if condition.status != "True" {
+            continue;
+        }
+        match condition.type_.as_str() {
+            "Complete" => return super::MigrationState::Succeeded,
+            "Failed" => {
+                let message = condition
+                    .message
+                    .clone()
+                    .or_else(|| condition.reason.clone())
+                    .unwrap_or_else(|| "the migration Job failed".into());
+                return super::MigrationState::Failed(message);
+            }
+            _ => {}
+        }
+    }
+    if status.succeeded.unwrap_or(0) > 0 {
+        super::MigrationState::Succeeded
+    } else {
+        super::MigrationState::Pending
+    }
+}

@@ -1,0 +1,117 @@
+//! Strimzi `KafkaTopic`s for the updates topic and its DLQ.
+//!
+//! A small typed mirror of Strimzi's `kafka.strimzi.io/v1` KafkaTopic (only the fields the
+//! operator sets or reads; see the vendored CRD), so builders stay typed and tests can register
+//! it with the in-memory API. Only created when the pipeline references a Strimzi cluster.
+
+use super::metadata;
+use crate::crd::{OddsPipeline, TopicSpec};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Label the Strimzi topic operator uses to pick the cluster.
+pub const STRIMZI_CLUSTER_LABEL: &str = "strimzi.io/cluster";
+
+/// Strimzi KafkaTopic spec (subset).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kafka.strimzi.io",
+    version = "v1",
+    kind = "KafkaTopic",
+    namespaced,
+    status = "KafkaTopicStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTopicSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partitions: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, serde_json::Value>,
+}
+
+/// Strimzi KafkaTopic status (subset).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaTopicStatus {
+    #[serde(default)]
+    pub conditions: Vec<StrimziCondition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Strimzi condition (subset).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StrimziCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl KafkaTopic {
+    /// Strimzi reports `Ready=True` for the generation it reconciled.
+    pub fn is_ready(&self) -> bool {
+        let Some(status) = &self.status else {
+            return false;
+        };
+        let current = match (status.observed_generation, self.metadata.generation) {
+            (Some(observed), Some(generation)) => observed >= generation,
+            _ => true,
+        };
+        current
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    }
+}
+
+/// Kubernetes name of the KafkaTopic for a topic (`_` is not allowed in names).
+pub fn resource_name(pipeline: &OddsPipeline, topic: &TopicSpec) -> String {
+    use kube::ResourceExt;
+    format!(
+        "{}-{}",
+        pipeline.name_any(),
+        topic.name.to_lowercase().replace(['_', '.'], "-")
+    )
+}
+
+/// The updates topic and the DLQ, when a Strimzi cluster is referenced; none otherwise.
+pub fn build(pipeline: &OddsPipeline) -> Vec<KafkaTopic> {
+    let Some(cluster) = &pipeline.spec.kafka.cluster_ref else {
+        return Vec::new();
+    };
+    [&pipeline.spec.kafka.topic, &pipeline.spec.kafka.dlq_topic]
+        .into_iter()
+        .map(|topic| {
+            let mut meta = metadata(pipeline, resource_name(pipeline, topic), "kafka-topic");
+            meta.labels
+                .get_or_insert_with(BTreeMap::new)
+                .insert(STRIMZI_CLUSTER_LABEL.into(), cluster.clone());
+            KafkaTopic {
+                metadata: meta,
+                spec: KafkaTopicSpec {
+                    topic_name: Some(topic.name.clone()),
+                    partitions: Some(topic.partitions),
+                    replicas: Some(topic.replicas),
+                    config: topic
+                        .config
+                        .iter()
+                        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                        .collect(),
+                },
+                status: None,
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,418 @@
+//! The reconcile loop: dereference → validate → build → apply → status, and the kube-runtime
+//! `Controller` that calls it for every pipeline and every change of a child it owns.
+
+use crate::apply::{apply, Outcome};
+use crate::build::{self, job, service, Component, Facts, KafkaTopic, MigrationState};
+use crate::crd::{OddsPipeline, OddsPipelineStatus};
+use crate::metrics::Metrics;
+use crate::status::{self, Observed};
+use crate::validate::validate;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Resource, ResourceExt};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Why a reconcile failed (all transient: the controller retries with backoff).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the pipeline has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// Short label for the error metric.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "kube",
+            Self::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub metrics: Option<Metrics>,
+    /// Consecutive failures, for the backoff of `error_policy`.
+    pub failures: std::sync::atomic::AtomicU32,
+}
+
+impl Context {
+    /// A context that reports events as `odds-operator` (instance `instance`).
+    pub fn new(client: kube::Client, instance: Option<String>, metrics: Option<Metrics>) -> Self {
+        let reporter = Reporter {
+            controller: build::FIELD_MANAGER.into(),
+            instance,
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            failures: std::sync::atomic::AtomicU32::new(0),
+        }
+    }
+}
+
+/// Requeue interval while something is still rolling out or waiting.
+const REQUEUE_BUSY: Duration = Duration::from_secs(15);
+/// Requeue interval of a settled pipeline (drift check).
+const REQUEUE_IDLE: Duration = Duration::from_secs(300);
+
+/// Reconciles one pipeline.
+pub async fn reconcile(pipeline: Arc<OddsPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.as_ref().map(|m| {
+        m.reconciles.inc();
+        m.duration.start_timer()
+    });
+    let result = reconcile_inner(&pipeline, &ctx).await;
+    drop(timer);
+    if result.is_ok() {
+        ctx.failures.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+    result
+}
+
+async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Action, Error> {
+    let namespace = pipeline.namespace().ok_or(Error::NoNamespace)?;
+    let client = &ctx.client;
+    let previous = pipeline.status.clone().unwrap_or_default();
+    let now = now();
+
+    if pipeline.is_paused() {
+        let paused = status::paused(&previous, pipeline.metadata.generation, &now);
+        if paused != previous {
+            publish(
+                ctx,
+                pipeline,
+                EventType::Normal,
+                "ReconciliationPaused",
+                "Paused",
+                "reconciliation paused; children are left as they are".into(),
+            )
+            .await;
+            write_status(client, pipeline, &namespace, &paused).await?;
+        }
+        return Ok(Action::await_change());
+    }
+
+    let facts = observe(client, pipeline, &namespace).await?;
+    let mut observed = Observed {
+        generation: pipeline.metadata.generation,
+        topics_ready: facts.topics_ready,
+        external_kafka: pipeline.spec.kafka.cluster_ref.is_none(),
+        migration: facts.migration.clone(),
+        web_socket_url: Some(service::web_socket_url(pipeline)),
+        ..Observed::default()
+    };
+
+    let missing = missing_secrets(pipeline, &facts);
+    let invalid = match validate(&pipeline.spec, &facts) {
+        Err(invalid) => Some(invalid.to_string()),
+        Ok(()) if !missing.is_empty() => Some(format!("missing Secret(s): {}", missing.join(", "))),
+        Ok(()) => None,
+    };
+    if let Some(why) = invalid {
+        // Nothing is applied: what runs keeps running until the spec is fixed.
+        if previous
+            .conditions
+            .iter()
+            .all(|c| !(c.type_ == "Degraded" && c.status == "True" && c.message == why))
+        {
+            publish(
+                ctx,
+                pipeline,
+                EventType::Warning,
+                "InvalidSpec",
+                "Validate",
+                why.clone(),
+            )
+            .await;
+        }
+        observed.invalid = Some(why);
+        observed.components = observe_components(client, pipeline, &namespace).await?;
+        return finish(ctx, pipeline, &namespace, &previous, &observed, &now).await;
+    }
+
+    let children = build::children(pipeline, &facts);
+    let mut changes = Vec::new();
+    let mut note = |kind: &str, name: String, outcome: Outcome| {
+        if outcome != Outcome::Unchanged {
+            changes.push((format!("{outcome:?}"), format!("{kind} {name}")));
+        }
+    };
+    if let Some(cm) = &children.config_map {
+        let (outcome, _) = apply(client, &namespace, cm).await?;
+        note("ConfigMap", cm.name_any(), outcome);
+    }
+    for topic in &children.topics {
+        let (outcome, _) = apply(client, &namespace, topic).await?;
+        note("KafkaTopic", topic.name_any(), outcome);
+    }
+    if let Some(job) = &children.migration_job {
+        let (outcome, _) = apply(client, &namespace, job).await?;
+        note("Job", job.name_any(), outcome);
+    }
+    for deployment in &children.deployments {
+        let (outcome, _) = apply(client, &namespace, deployment).await?;
+        note("Deployment", deployment.name_any(), outcome);
+    }
+    for svc in &children.services {
+        let (outcome, _) = apply(client, &namespace, svc).await?;
+        note("Service", svc.name_any(), outcome);
+    }
+    for pdb in &children.pdbs {
+        let (outcome, _) = apply(client, &namespace, pdb).await?;
+        note("PodDisruptionBudget", pdb.name_any(), outcome);
+    }
+    for hpa in &children.hpas {
+        let (outcome, _) = apply(client, &namespace, hpa).await?;
+        note("HorizontalPodAutoscaler", hpa.name_any(), outcome);
+    }
+    if let Some(ingress) = &children.ingress {
+        let (outcome, _) = apply(client, &namespace, ingress).await?;
+        note("Ingress", ingress.name_any(), outcome);
+    }
+    for (action, what) in changes {
+        publish(
+            ctx,
+            pipeline,
+            EventType::Normal,
+            &action,
+            "Apply",
+            format!("{action} {what}"),
+        )
+        .await;
+    }
+    for (component, why) in &children.blocked {
+        let was_blocked = previous.conditions.iter().any(|c| {
+            c.type_ == "Progressing" && c.message.contains(&format!("{} {why}", component.suffix()))
+        });
+        if !was_blocked {
+            publish(
+                ctx,
+                pipeline,
+                EventType::Normal,
+                "RolloutBlocked",
+                "Rollout",
+                format!("{} waits: {why}", component.suffix()),
+            )
+            .await;
+        }
+    }
+    if let MigrationState::Failed(why) = &facts.migration {
+        if !previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Migrated" && c.reason == "MigrationFailed")
+        {
+            publish(
+                ctx,
+                pipeline,
+                EventType::Warning,
+                "MigrationFailed",
+                "Migrate",
+                why.clone(),
+            )
+            .await;
+        }
+    }
+
+    observed.blocked = children.blocked.clone();
+    observed.components = observe_components(client, pipeline, &namespace).await?;
+    finish(ctx, pipeline, &namespace, &previous, &observed, &now).await
+}
+
+/// Computes and (only if it changed) writes the status; picks the requeue interval.
+async fn finish(
+    ctx: &Context,
+    pipeline: &OddsPipeline,
+    namespace: &str,
+    previous: &OddsPipelineStatus,
+    observed: &Observed,
+    now: &str,
+) -> Result<Action, Error> {
+    let next = status::compute(previous, observed, now);
+    if &next != previous {
+        write_status(&ctx.client, pipeline, namespace, &next).await?;
+    }
+    let ready = next
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if observed.invalid.is_some() {
+        // A bad spec waits for the user's fix (a spec change triggers a reconcile), with a
+        // slow recheck in case a missing Secret appears.
+        Ok(Action::requeue(REQUEUE_IDLE))
+    } else if ready {
+        Ok(Action::requeue(REQUEUE_IDLE))
+    } else {
+        Ok(Action::requeue(REQUEUE_BUSY))
+    }
+}
+
+/// Reads what the build needs to know: Secrets, topic readiness, migration outcome.
+pub async fn observe(
+    client: &kube::Client,
+    pipeline: &OddsPipeline,
+    namespace: &str,
+) -> Result<Facts, Error> {
+    let mut facts = Facts::default();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    for name in secret_names(pipeline) {
+        if let Some(secret) = secrets.get_metadata_opt(&name).await? {
+            facts
+                .secret_versions
+                .insert(name, secret.metadata.resource_version.unwrap_or_default());
+        }
+    }
+    let topics = build::topic::build(pipeline);
+    if topics.is_empty() {
+        facts.topics_ready = true;
+    } else {
+        let api: Api<KafkaTopic> = Api::namespaced(client.clone(), namespace);
+        let mut all_ready = true;
+        for (index, desired) in topics.iter().enumerate() {
+            let existing = api.get_opt(&desired.name_any()).await?;
+            if index == 0 {
+                facts.existing_partitions = existing.as_ref().and_then(|t| t.spec.partitions);
+            }
+            all_ready &= existing.as_ref().is_some_and(KafkaTopic::is_ready);
+        }
+        facts.topics_ready = all_ready;
+    }
+    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
+    facts.migration = match jobs.get_opt(&job::name(pipeline)).await? {
+        Some(found) => job::state(&found),
+        None => MigrationState::Pending,
+    };
+    Ok(facts)
+}
+
+fn secret_names(pipeline: &OddsPipeline) -> Vec<String> {
+    let spec = &pipeline.spec;
+    let mut names = vec![
+        spec.redis.url_secret_ref.name.clone(),
+        spec.postgres.url_secret_ref.name.clone(),
+    ];
+    if let Some(read) = &spec.postgres.read_url_secret_ref {
+        names.push(read.name.clone());
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn missing_secrets(pipeline: &OddsPipeline, facts: &Facts) -> Vec<String> {
+    secret_names(pipeline)
+        .into_iter()
+        .filter(|name| !facts.secret_versions.contains_key(name))
+        .collect()
+}
+
+/// Ready and desired pods of each workload Deployment that exists.
+async fn observe_components(
+    client: &kube::Client,
+    pipeline: &OddsPipeline,
+    namespace: &str,
+) -> Result<std::collections::BTreeMap<Component, crate::crd::ComponentStatus>, Error> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let mut out = std::collections::BTreeMap::new();
+    for component in build::deployment::components(pipeline) {
+        let Some(deployment) = api.get_opt(&component.name(pipeline)).await? else {
+            continue;
+        };
+        let desired = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.replicas)
+            .unwrap_or(1);
+        let status = deployment.status.unwrap_or_default();
+        // A pod counts once it runs the current template and passes readiness.
+        let ready = status
+            .ready_replicas
+            .unwrap_or(0)
+            .min(status.updated_replicas.unwrap_or(0));
+        out.insert(component, status::component_status(ready, desired));
+    }
+    Ok(out)
+}
+
+async fn write_status(
+    client: &kube::Client,
+    pipeline: &OddsPipeline,
+    namespace: &str,
+    status: &OddsPipelineStatus,
+) -> Result<(), Error> {
+    let api: Api<OddsPipeline> = Api::namespaced(client.clone(), namespace);
+    let body = serde_json::json!({
+        "apiVersion": OddsPipeline::api_version(&()),
+        "kind": OddsPipeline::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &pipeline.name_any(),
+        &PatchParams::apply(build::FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Publishes an event; a failure to publish is logged, never fails the reconcile.
+async fn publish(
+    ctx: &Context,
+    pipeline: &OddsPipeline,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: action.into(),
+        secondary: None,
+    };
+    if let Err(error) = ctx
+        .recorder
+        .publish(&event, &pipeline.object_ref(&()))
+        .await
+    {
+        tracing::warn!(%error, reason, "cannot publish event");
+    }
+}
+
+/// Transient failures retry with exponential backoff (5 s doubling up to 5 min).
+pub fn error_policy(pipeline: Arc<OddsPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx
+        .failures
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if let Some(metrics) = &ctx.metrics {
+        metrics
+            .failures
+            .with_label_values(&[error.metric_label()])
+            .inc();
+    }
+    let delay = backoff(failures);
+    tracing::warn!(pipeline = %pipeline.name_any(), %error, ?delay, "reconcile failed; retrying");
+    Action::requeue(delay)
+}
+
+/// Backoff after `failures` consecutive failures.
+pub fn backoff(failures: u32) -> Duration {
+    let seconds = 5u64.saturating_mul(1u64 << failures.min(6));
+    Duration::from_secs(seconds.min(300))
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}

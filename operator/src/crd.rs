@@ -1,0 +1,515 @@
+//! The `OddsPipeline` custom resource: what a user asks for, and what the operator reports.
+//!
+//! The Rust types are the single source of the CRD (`odds-operator crd` prints it, `crds/`
+//! holds that output). Every field carries a doc comment because it becomes the field's
+//! description in the schema (`kubectl explain oddspipeline.spec...`). Rules the API server
+//! can check on its own are CEL `x-kubernetes-validations`; [`crate::validate`] repeats them
+//! (and adds the ones that need observed state) so a cluster without CEL is still safe.
+
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// API group of the project's resources (a domain the project owns).
+pub const GROUP: &str = "odds-pipeline.github.io";
+/// Annotation that pauses reconciliation, as Strimzi users know it (`"true"` pauses).
+pub const PAUSE_ANNOTATION: &str = "odds-pipeline.github.io/pause-reconciliation";
+
+/// Desired state of an odds pipeline: the workloads, their Kafka topics, and their wiring.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "odds-pipeline.github.io",
+    version = "v1alpha1",
+    kind = "OddsPipeline",
+    plural = "oddspipelines",
+    namespaced,
+    status = "OddsPipelineStatus",
+    shortname = "op",
+    shortname = "oddsp",
+    category = "odds",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Ingest","type":"string","jsonPath":".status.ingest.summary"}"#,
+    printcolumn = r#"{"name":"Processor","type":"string","jsonPath":".status.processor.summary"}"#,
+    printcolumn = r#"{"name":"Odds-Service","type":"string","jsonPath":".status.oddsService.summary"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.processor.autoscaling) ? self.processor.replicas <= self.kafka.topic.partitions : self.processor.autoscaling.maxReplicas <= self.kafka.topic.partitions"
+).message("processor replicas (or autoscaling.maxReplicas) must not exceed kafka.topic.partitions: extra consumers would sit idle"))]
+#[serde(rename_all = "camelCase")]
+pub struct OddsPipelineSpec {
+    /// Container image holding every pipeline binary.
+    #[serde(default)]
+    pub image: ImageSpec,
+    /// Kafka cluster and topics.
+    pub kafka: KafkaSpec,
+    /// Redis connection (cache and pub/sub).
+    pub redis: RedisSpec,
+    /// Postgres connection (read models).
+    pub postgres: PostgresSpec,
+    /// Where odds come from: an external WebSocket feed or the in-cluster simulator.
+    #[serde(default)]
+    pub supplier: SupplierSpec,
+    /// The ingest workload (supplier feed to Kafka).
+    #[serde(default)]
+    pub ingest: ComponentSpec,
+    /// The processor workload (Kafka to Postgres and Redis).
+    #[serde(default)]
+    pub processor: ComponentSpec,
+    /// The odds service (REST and WebSocket API for clients).
+    #[serde(default)]
+    pub odds_service: OddsServiceSpec,
+    /// Stop all changes to the children (they keep running as they are).
+    #[serde(default)]
+    pub paused: bool,
+}
+
+/// Which image to run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSpec {
+    /// Image repository, e.g. `ghcr.io/odds-pipeline/odds-pipeline`.
+    #[serde(default = "default_repository")]
+    pub repository: String,
+    /// Image tag.
+    #[serde(default = "default_tag")]
+    pub tag: String,
+    /// Kubernetes image pull policy.
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+}
+
+impl Default for ImageSpec {
+    fn default() -> Self {
+        Self {
+            repository: default_repository(),
+            tag: default_tag(),
+            pull_policy: PullPolicy::default(),
+        }
+    }
+}
+
+impl ImageSpec {
+    /// `repository:tag`, the reference the pods run.
+    pub fn reference(&self) -> String {
+        format!("{}:{}", self.repository, self.tag)
+    }
+}
+
+fn default_repository() -> String {
+    "odds-pipeline".to_string()
+}
+fn default_tag() -> String {
+    "latest".to_string()
+}
+
+/// Kubernetes image pull policy.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum PullPolicy {
+    Always,
+    #[default]
+    IfNotPresent,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Kafka: a Strimzi cluster in this namespace, or any brokers by address.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("has(self.clusterRef) != has(self.bootstrapServers)")
+    .message("set exactly one of kafka.clusterRef and kafka.bootstrapServers"))]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaSpec {
+    /// Name of a Strimzi `Kafka` in this namespace; the operator then creates the topics as
+    /// `KafkaTopic`s and connects to `<clusterRef>-kafka-bootstrap:9092`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_ref: Option<String>,
+    /// Comma-separated `host:port` list of brokers managed elsewhere (topics must exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_servers: Option<String>,
+    /// The odds update topic.
+    #[serde(default = "TopicSpec::updates")]
+    pub topic: TopicSpec,
+    /// The dead-letter topic for rejected updates.
+    #[serde(default = "TopicSpec::dlq")]
+    pub dlq_topic: TopicSpec,
+}
+
+/// One Kafka topic.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicSpec {
+    /// Topic name in Kafka.
+    pub name: String,
+    /// Partition count; updates are keyed by event id, so this bounds processor parallelism.
+    /// May grow, never shrink (Kafka cannot remove partitions).
+    #[x_kube(validation = Rule::new("self >= oldSelf").message("partitions may not shrink"))]
+    #[schemars(range(min = 1))]
+    pub partitions: i32,
+    /// Replication factor.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 32767))]
+    pub replicas: i32,
+    /// Topic configuration, e.g. `retention.ms: "604800000"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub config: BTreeMap<String, String>,
+}
+
+impl TopicSpec {
+    fn updates() -> Self {
+        Self {
+            name: odds_contracts::names::TOPIC_ODDS_UPDATES.to_string(),
+            partitions: 6,
+            replicas: 1,
+            config: BTreeMap::new(),
+        }
+    }
+    fn dlq() -> Self {
+        Self {
+            name: odds_contracts::names::TOPIC_ODDS_UPDATES_DLQ.to_string(),
+            partitions: 1,
+            replicas: 1,
+            config: BTreeMap::new(),
+        }
+    }
+}
+
+fn one() -> i32 {
+    1
+}
+
+/// A key of a Secret in the pipeline's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub name: String,
+    /// Key within the Secret.
+    #[serde(default = "default_secret_key")]
+    pub key: String,
+}
+
+fn default_secret_key() -> String {
+    "url".to_string()
+}
+
+/// Redis connection.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedisSpec {
+    /// Secret key holding the `redis://` URL.
+    pub url_secret_ref: SecretKeyRef,
+}
+
+/// Postgres connection.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PostgresSpec {
+    /// Secret key holding the `postgres://` URL (read-write: processor and migrations).
+    pub url_secret_ref: SecretKeyRef,
+    /// Optional Secret key holding a read replica URL for the odds service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_url_secret_ref: Option<SecretKeyRef>,
+}
+
+/// Where the odds come from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new("has(self.url) != (has(self.simulator) && self.simulator.enabled)")
+    .message("set exactly one of supplier.url and an enabled supplier.simulator"))]
+#[serde(rename_all = "camelCase")]
+pub struct SupplierSpec {
+    /// WebSocket URL of an external supplier feed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The in-cluster simulator, deployed by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub simulator: Option<SimulatorSpec>,
+}
+
+/// The supplier simulator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SimulatorSpec {
+    /// Deploy the simulator and point ingest at it.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Number of simulated sports events.
+    #[serde(default = "default_events")]
+    #[schemars(range(min = 1))]
+    pub events: i32,
+    /// Updates per second over all events.
+    #[serde(default = "default_rate")]
+    #[schemars(range(min = 1))]
+    pub rate: i32,
+    /// Random seed (same seed, same feed).
+    #[serde(default = "default_seed")]
+    pub seed: i64,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_events() -> i32 {
+    4
+}
+fn default_rate() -> i32 {
+    10
+}
+fn default_seed() -> i64 {
+    42
+}
+
+/// Settings every workload has.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentSpec {
+    /// Pod count (ignored while `autoscaling` is set: the autoscaler owns it).
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Container resource requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Horizontal pod autoscaling on CPU (applied to the odds service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Pod disruption budget.
+    #[serde(default)]
+    pub pod_disruption_budget: PdbSpec,
+    /// Scheduling and environment overrides for the pods.
+    #[serde(default)]
+    pub pod_overrides: PodOverrides,
+}
+
+impl Default for ComponentSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            resources: None,
+            autoscaling: None,
+            pod_disruption_budget: PdbSpec::default(),
+            pod_overrides: PodOverrides::default(),
+        }
+    }
+}
+
+/// Autoscaler bounds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Lower bound of the pod count.
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Upper bound of the pod count.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Target average CPU utilisation in percent of the request.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// Pod disruption budget settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PdbSpec {
+    /// Create a PodDisruptionBudget.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Pods that voluntary disruptions (drains) may take down at once.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub max_unavailable: i32,
+}
+
+impl Default for PdbSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_unavailable: 1,
+        }
+    }
+}
+
+/// Pod-level overrides.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Node labels the pods must land on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Pod affinity rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra environment variables (they win over the operator's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+/// The odds service: a workload plus how clients reach it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OddsServiceSpec {
+    /// Pods, resources, autoscaling, disruption budget, overrides.
+    #[serde(flatten)]
+    pub workload: ComponentSpec,
+    /// The Service in front of the pods.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Optional Ingress for HTTP and WebSocket clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+}
+
+/// Service exposure of the odds service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Kubernetes Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port of the HTTP and WebSocket API on the Service.
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            port: default_service_port(),
+        }
+    }
+}
+
+fn default_service_port() -> i32 {
+    8080
+}
+
+/// Kubernetes Service type.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Ingress exposure.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name clients use.
+    pub host: String,
+    /// IngressClass name (cluster default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+}
+
+/// What the operator observed and did.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OddsPipelineStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Degraded`, `TopicReady`, `Migrated`, `ReconciliationPaused`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Ingest pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingest: Option<ComponentStatus>,
+    /// Processor pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub processor: Option<ComponentStatus>,
+    /// Odds service pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub odds_service: Option<ComponentStatus>,
+    /// In-cluster WebSocket URL of the odds service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub web_socket_url: Option<String>,
+}
+
+/// Pod counts of one workload.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentStatus {
+    /// Pods passing readiness.
+    pub ready_replicas: i32,
+    /// Pods wanted.
+    pub desired_replicas: i32,
+    /// `ready/desired`, for `kubectl get`.
+    pub summary: String,
+}
+
+/// The standard Kubernetes condition shape (`metav1.Condition`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// One CamelCase word saying why.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// The generation the condition was computed for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// When `status` last changed (RFC 3339).
+    pub last_transition_time: String,
+}
+
+impl OddsPipeline {
+    /// Whether the user asked to stop all changes (spec field or Strimzi-style annotation).
+    pub fn is_paused(&self) -> bool {
+        self.spec.paused
+            || self
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(PAUSE_ANNOTATION))
+                .is_some_and(|v| v == "true")
+    }
+}
+
+/// The CRD as YAML, exactly what `odds-operator crd` prints and `crds/` holds.
+pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+    use kube::CustomResourceExt;
+    serde_saphyr::to_string(&OddsPipeline::crd())
+}

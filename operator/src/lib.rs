@@ -1,0 +1,15 @@
+//! The odds-pipeline operator: the `OddsPipeline` CRD and the reconciler that keeps a
+//! pipeline's children (topics, migration Job, Deployments, Services, budgets, autoscaler,
+//! Ingress) in the shape the spec asks for, and reports health in the status.
+//!
+//! Reconcile is dereference → [`validate`] → [`build`] (pure) → [`apply`] → [`status`].
+
+pub mod apply;
+pub mod build;
+pub mod controller;
+pub mod crd;
+pub mod leader;
+pub mod metrics;
+pub mod run;
+pub mod status;
+pub mod validate;

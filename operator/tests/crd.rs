@@ -1,0 +1,150 @@
+//! The CRD in `crds/` is current, and the sample CR passes the CRD's own validation rules
+//! (CEL `x-kubernetes-validations` evaluated client-side with kube's CEL engine, after the
+//! schema's defaults are applied, as the API server does).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use kube::core::cel::Validator;
+use odds_operator::crd::{crd_yaml, OddsPipeline};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+
+fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+#[test]
+fn crds_directory_is_up_to_date() {
+    let committed =
+        std::fs::read_to_string(repo_file("crds/oddspipelines.yaml")).unwrap_or_default();
+    let generated = crd_yaml().unwrap();
+    assert!(
+        committed == generated,
+        "crds/oddspipelines.yaml is stale: run `cargo run -p odds-operator -- crd > crds/oddspipelines.yaml`"
+    );
+}
+
+/// The openAPIV3Schema of the committed CRD (what a cluster would enforce).
+fn schema() -> Value {
+    let text = std::fs::read_to_string(repo_file("crds/oddspipelines.yaml")).unwrap();
+    let crd: Value = serde_saphyr::from_str(&text).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+fn sample() -> Value {
+    let text = std::fs::read_to_string(repo_file("operator/samples/oddspipeline.yaml")).unwrap();
+    serde_saphyr::from_str(&text).unwrap()
+}
+
+fn rejection(object: &Value, old: Option<&Value>) -> String {
+    match Validator::new().validate(&schema(), object, old) {
+        Ok(()) => String::new(),
+        Err(errors) => errors.to_string(),
+    }
+}
+
+#[test]
+fn sample_cr_deserializes_and_passes_the_crd_rules() {
+    let sample = sample();
+    let typed: OddsPipeline = serde_json::from_value(sample.clone()).unwrap();
+    assert_eq!(typed.spec.kafka.cluster_ref.as_deref(), Some("odds"));
+    assert_eq!(rejection(&sample, None), "");
+    // An update that leaves the partitions alone passes the transition rules too.
+    assert_eq!(rejection(&sample, Some(&sample)), "");
+}
+
+#[test]
+fn minimal_cr_passes_with_defaults_applied() {
+    let minimal = json!({
+        "apiVersion": "odds-pipeline.github.io/v1alpha1", "kind": "OddsPipeline",
+        "metadata": {"name": "m", "namespace": "default"},
+        "spec": {
+            "kafka": {"bootstrapServers": "kafka:9092"},
+            "redis": {"urlSecretRef": {"name": "r"}},
+            "postgres": {"urlSecretRef": {"name": "p"}},
+            "supplier": {"url": "ws://feed/ws"}
+        }
+    });
+    assert_eq!(rejection(&minimal, None), "");
+    let typed: OddsPipeline = serde_json::from_value(minimal).unwrap();
+    assert_eq!(typed.spec.kafka.topic.partitions, 6);
+    assert_eq!(typed.spec.processor.replicas, 1);
+}
+
+#[test]
+fn both_kafka_sources_are_rejected() {
+    let mut cr = sample();
+    cr["spec"]["kafka"]["bootstrapServers"] = json!("kafka:9092");
+    assert!(
+        rejection(&cr, None).contains("exactly one of kafka.clusterRef and kafka.bootstrapServers")
+    );
+    cr["spec"]["kafka"]
+        .as_object_mut()
+        .unwrap()
+        .remove("clusterRef");
+    cr["spec"]["kafka"]
+        .as_object_mut()
+        .unwrap()
+        .remove("bootstrapServers");
+    assert!(rejection(&cr, None).contains("exactly one of kafka.clusterRef"));
+}
+
+#[test]
+fn processor_replicas_above_partitions_are_rejected() {
+    let mut cr = sample();
+    cr["spec"]["processor"]["replicas"] = json!(7);
+    assert!(rejection(&cr, None).contains("must not exceed kafka.topic.partitions"));
+    cr["spec"]["processor"]["replicas"] = json!(6);
+    assert_eq!(rejection(&cr, None), "");
+}
+
+#[test]
+fn autoscaling_min_above_max_is_rejected() {
+    let mut cr = sample();
+    cr["spec"]["oddsService"]["autoscaling"]["minReplicas"] = json!(9);
+    assert!(rejection(&cr, None).contains("minReplicas must not exceed"));
+}
+
+#[test]
+fn partitions_may_grow_but_not_shrink() {
+    let old = sample();
+    let mut grown = old.clone();
+    grown["spec"]["kafka"]["topic"]["partitions"] = json!(12);
+    assert_eq!(rejection(&grown, Some(&old)), "");
+    let mut shrunk = old.clone();
+    shrunk["spec"]["kafka"]["topic"]["partitions"] = json!(3);
+    shrunk["spec"]["processor"]["replicas"] = json!(1);
+    assert!(rejection(&shrunk, Some(&old)).contains("partitions may not shrink"));
+}
+
+#[test]
+fn simulator_and_url_are_exclusive() {
+    let mut cr = sample();
+    cr["spec"]["supplier"]["url"] = json!("ws://feed/ws");
+    assert!(rejection(&cr, None).contains("exactly one of supplier.url"));
+}
+
+#[test]
+fn crd_has_names_columns_and_status_subresource() {
+    let text = crd_yaml().unwrap();
+    let crd: Value = serde_saphyr::from_str(&text).unwrap();
+    assert_eq!(
+        crd["metadata"]["name"],
+        "oddspipelines.odds-pipeline.github.io"
+    );
+    assert_eq!(crd["spec"]["names"]["shortNames"], json!(["op", "oddsp"]));
+    assert_eq!(crd["spec"]["names"]["categories"], json!(["odds"]));
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["subresources"]["status"], json!({}));
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        ["Ready", "Ingest", "Processor", "Odds-Service", "Age"]
+    );
+}
