@@ -1,0 +1,240 @@
+//! A batch of Kafka records and what it decodes to.
+//!
+//! Batching is where the throughput comes from (one Postgres statement and one Redis call per
+//! batch instead of per update), and a batch is also the unit of offset commits: it remembers
+//! the next offset of every partition it read, so the processor can commit exactly what it
+//! made durable. Decoding splits it into valid updates and rejections for the DLQ.
+
+use odds_contracts::{parse_update, OddsUpdate, RejectReason};
+use std::collections::{BTreeMap, HashMap};
+
+/// One record as read from Kafka, owned (the consumer's borrowed message can't be kept).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceRecord {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    /// `None` for a record without a value (a tombstone): rejected as invalid JSON.
+    pub payload: Option<Vec<u8>>,
+}
+
+/// Why a record was dead-lettered: the contract's reason code and a readable detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+impl From<RejectReason> for Rejection {
+    fn from(reason: RejectReason) -> Rejection {
+        Rejection {
+            code: reason.code(),
+            detail: reason.to_string(),
+        }
+    }
+}
+
+/// A (topic, partition) pair.
+pub type PartitionKey = (String, i32);
+
+/// Records collected for one round of processing.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    pub records: Vec<SourceRecord>,
+}
+
+/// A batch split into what gets applied and what gets dead-lettered.
+#[derive(Debug, Default)]
+pub struct Decoded {
+    /// Every valid update, in the order read (all go to history).
+    pub updates: Vec<OddsUpdate>,
+    pub rejected: Vec<(SourceRecord, Rejection)>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// Drops the records of partitions this consumer no longer owns; their new owner reads
+    /// them again from the last committed offset.
+    pub fn drop_partitions(&mut self, revoked: &[PartitionKey]) -> usize {
+        let before = self.records.len();
+        self.records.retain(|r| {
+            !revoked
+                .iter()
+                .any(|(t, p)| *t == r.topic && *p == r.partition)
+        });
+        before - self.records.len()
+    }
+
+    /// The offset to commit per partition: one past the highest offset read.
+    pub fn next_offsets(&self) -> BTreeMap<PartitionKey, i64> {
+        let mut next = BTreeMap::new();
+        for r in &self.records {
+            let entry = next.entry((r.topic.clone(), r.partition)).or_insert(0);
+            *entry = (*entry).max(r.offset + 1);
+        }
+        next
+    }
+
+    /// Decodes and validates every record.
+    pub fn decode(&self) -> Decoded {
+        let mut decoded = Decoded::default();
+        for record in &self.records {
+            match decode_record(record) {
+                Ok(update) => decoded.updates.push(update),
+                Err(rejection) => decoded.rejected.push((record.clone(), rejection)),
+            }
+        }
+        decoded
+    }
+}
+
+/// One record's update, or why it is not one. Postgres stores versions as BIGINT, so a
+/// version beyond `i64::MAX` is rejected here rather than failing the whole batch later.
+pub fn decode_record(record: &SourceRecord) -> Result<OddsUpdate, Rejection> {
+    let payload = record.payload.as_deref().unwrap_or_default();
+    let update = parse_update(payload).map_err(Rejection::from)?;
+    if i64::try_from(update.version).is_err() {
+        return Err(Rejection {
+            code: "invalid_update",
+            detail: format!(
+                "invalid update: version: {} exceeds the largest storable version {}",
+                update.version,
+                i64::MAX
+            ),
+        });
+    }
+    Ok(update)
+}
+
+/// The newest update of each event in `updates`, ordered by event id (a stable order keeps
+/// row locks in Postgres and keys in Redis in the same order for every batch).
+pub fn newest_per_event(updates: &[OddsUpdate]) -> Vec<&OddsUpdate> {
+    let mut newest: HashMap<&str, &OddsUpdate> = HashMap::with_capacity(updates.len());
+    for update in updates {
+        newest
+            .entry(update.event_id.as_str())
+            .and_modify(|held| {
+                if update.version > held.version {
+                    *held = update;
+                }
+            })
+            .or_insert(update);
+    }
+    let mut out: Vec<&OddsUpdate> = newest.into_values().collect();
+    out.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use odds_contracts::Odds;
+
+    fn update(id: &str, version: u64) -> OddsUpdate {
+        OddsUpdate {
+            event_id: id.into(),
+            home_team: "A".into(),
+            away_team: "B".into(),
+            market: "1X2".into(),
+            odds: Odds {
+                home: 2.0,
+                draw: 3.0,
+                away: 4.0,
+            },
+            updated_at: Utc::now(),
+            source: "test".into(),
+            version,
+        }
+    }
+
+    fn record(partition: i32, offset: i64, payload: &[u8]) -> SourceRecord {
+        SourceRecord {
+            topic: "t".into(),
+            partition,
+            offset,
+            key: None,
+            payload: Some(payload.to_vec()),
+        }
+    }
+
+    #[test]
+    fn newest_wins_per_event_in_id_order() {
+        let updates = vec![
+            update("B", 5),
+            update("A", 1),
+            update("B", 3),
+            update("B", 7),
+        ];
+        let newest = newest_per_event(&updates);
+        let got: Vec<(&str, u64)> = newest
+            .iter()
+            .map(|u| (u.event_id.as_str(), u.version))
+            .collect();
+        assert_eq!(got, vec![("A", 1), ("B", 7)]);
+    }
+
+    #[test]
+    fn next_offsets_are_one_past_the_highest_per_partition() {
+        let batch = Batch {
+            records: vec![record(0, 5, b""), record(1, 2, b""), record(0, 9, b"")],
+        };
+        let next = batch.next_offsets();
+        assert_eq!(next.get(&("t".to_owned(), 0)), Some(&10));
+        assert_eq!(next.get(&("t".to_owned(), 1)), Some(&3));
+    }
+
+    #[test]
+    fn revoked_partitions_leave_the_batch() {
+        let mut batch = Batch {
+            records: vec![record(0, 5, b""), record(1, 2, b""), record(0, 9, b"")],
+        };
+        assert_eq!(batch.drop_partitions(&[("t".to_owned(), 0)]), 2);
+        assert_eq!(batch.records, vec![record(1, 2, b"")]);
+    }
+
+    #[test]
+    fn decode_splits_valid_and_rejected_with_reasons() {
+        let good = update("A", 1).to_json();
+        let mut huge = update("A", 1);
+        huge.version = u64::MAX;
+        let batch = Batch {
+            records: vec![
+                record(0, 0, good.as_bytes()),
+                record(0, 1, b"not json"),
+                SourceRecord {
+                    payload: None,
+                    ..record(0, 2, b"")
+                },
+                record(0, 3, huge.to_json().as_bytes()),
+                record(0, 4, update("", 1).to_json().as_bytes()),
+            ],
+        };
+        let decoded = batch.decode();
+        assert_eq!(decoded.updates.len(), 1);
+        let codes: Vec<(i64, &str)> = decoded
+            .rejected
+            .iter()
+            .map(|(r, why)| (r.offset, why.code))
+            .collect();
+        assert_eq!(
+            codes,
+            vec![
+                (1, "invalid_json"),
+                (2, "invalid_json"),
+                (3, "invalid_update"),
+                (4, "invalid_update")
+            ]
+        );
+        assert!(decoded.rejected[2].1.detail.contains("version"));
+        assert!(decoded.rejected[3].1.detail.contains("event_id"));
+    }
+}

@@ -1,0 +1,178 @@
+//! The Redis side: the current-odds cache (`odds:current:{id}`) and the `odds:updates` channel.
+//!
+//! One Lua script per batch does, atomically and in one round trip, for each event: compare
+//! the cached version with the update's, SET the key only if the update is strictly newer, and
+//! PUBLISH exactly the updates that advanced a key. So the channel carries each version at
+//! most once per cache state and never a regression, however often Kafka redelivers.
+//!
+//! Redis is a cache: when it is unreachable the batch still commits (Postgres is the truth)
+//! and the cache is marked stale. Repair (see [`Cache::repair_from`]) replays every row of
+//! `odds_current` through the same script once Redis answers again, which also publishes the
+//! versions subscribers missed.
+
+use crate::store::{Store, StoreError};
+use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL};
+use odds_contracts::OddsUpdate;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, Script};
+use std::time::Duration;
+
+/// KEYS[i] is the cache key of the i-th update; ARGV[1] the channel; ARGV[2i] the update's
+/// version and ARGV[2i+1] its JSON. Returns the (1-based) indexes of the updates that advanced.
+const SET_IF_NEWER: &str = r#"
+local advanced = {}
+for i, key in ipairs(KEYS) do
+  local version = tonumber(ARGV[2 * i])
+  local json = ARGV[2 * i + 1]
+  local held = redis.call('GET', key)
+  local held_version = nil
+  if held then
+    local ok, decoded = pcall(cjson.decode, held)
+    if ok and type(decoded) == 'table' then
+      held_version = tonumber(decoded['version'])
+    end
+  end
+  -- A missing or unreadable cached value is replaced: the update is the best we know.
+  if held_version == nil or held_version < version then
+    redis.call('SET', key, json)
+    redis.call('PUBLISH', ARGV[1], json)
+    advanced[#advanced + 1] = i
+  end
+end
+return advanced
+"#;
+
+/// Rows read from Postgres per repair round trip.
+const REPAIR_PAGE: i64 = 1000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("repair could not read Postgres: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub struct Cache {
+    client: Client,
+    config: AsyncConnectionConfig,
+    connection: Option<MultiplexedConnection>,
+    script: Script,
+    /// True while Redis may miss updates that Postgres has. Starts true: a (re)started
+    /// processor cannot know what happened to Redis while it was away.
+    stale: bool,
+}
+
+impl Cache {
+    /// A cache client; nothing connects until first use.
+    pub fn new(redis_url: &str, timeout: Duration) -> Result<Cache, CacheError> {
+        Ok(Cache {
+            client: Client::open(redis_url)?,
+            config: AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(timeout))
+                .set_response_timeout(Some(timeout)),
+            connection: None,
+            script: Script::new(SET_IF_NEWER),
+            stale: true,
+        })
+    }
+
+    pub fn is_stale(&self) -> bool {
+        self.stale
+    }
+
+    async fn connection(&mut self) -> Result<MultiplexedConnection, CacheError> {
+        if let Some(connection) = &self.connection {
+            return Ok(connection.clone());
+        }
+        let connection = self
+            .client
+            .get_multiplexed_async_connection_with_config(&self.config)
+            .await?;
+        self.connection = Some(connection.clone());
+        Ok(connection)
+    }
+
+    /// Any Redis error may mean lost writes: drop the connection (the next use reconnects)
+    /// and remember that the cache needs a repair.
+    fn failed<T>(&mut self, error: CacheError) -> Result<T, CacheError> {
+        if matches!(error, CacheError::Redis(_)) {
+            self.connection = None;
+            self.stale = true;
+        }
+        Err(error)
+    }
+
+    /// Sets each update whose version is newer than the cached one and publishes those.
+    /// Returns the updates that advanced. `updates` must hold at most one update per event.
+    pub async fn set_newest(
+        &mut self,
+        updates: &[&OddsUpdate],
+    ) -> Result<Vec<OddsUpdate>, CacheError> {
+        if updates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut connection = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => return self.failed(e),
+        };
+        let result: redis::RedisResult<Vec<usize>> = {
+            let mut invocation = self.script.prepare_invoke();
+            invocation.arg(REDIS_UPDATES_CHANNEL);
+            for update in updates {
+                invocation
+                    .key(redis_current_key(&update.event_id))
+                    .arg(update.version)
+                    .arg(update.to_json());
+            }
+            invocation.invoke_async(&mut connection).await
+        };
+        let advanced = match result {
+            Ok(a) => a,
+            Err(e) => return self.failed(e.into()),
+        };
+        Ok(advanced
+            .into_iter()
+            .filter_map(|i| i.checked_sub(1).and_then(|i| updates.get(i)))
+            .map(|u| (*u).clone())
+            .collect())
+    }
+
+    /// Checks that Redis answers; a failure marks the cache stale (Redis may have restarted
+    /// empty while the processor was idle).
+    pub async fn check(&mut self) -> Result<(), CacheError> {
+        let mut connection = match self.connection().await {
+            Ok(c) => c,
+            Err(e) => return self.failed(e),
+        };
+        match redis::cmd("PING")
+            .query_async::<String>(&mut connection)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => self.failed(e.into()),
+        }
+    }
+
+    /// Repairs a stale cache: every row of `odds_current` goes through the same
+    /// set-if-newer script, so keys only move forward and subscribers get the versions they
+    /// missed. Returns how many keys advanced; clears the stale mark only on full success.
+    pub async fn repair_from(&mut self, store: &Store) -> Result<usize, CacheError> {
+        let mut after = String::new();
+        let mut advanced = 0;
+        loop {
+            let page = store.current_page(&after, REPAIR_PAGE).await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = last.event_id.clone();
+            let refs: Vec<&OddsUpdate> = page.iter().collect();
+            advanced += self.set_newest(&refs).await?.len();
+            if page.len() < REPAIR_PAGE as usize {
+                break;
+            }
+        }
+        self.stale = false;
+        Ok(advanced)
+    }
+}

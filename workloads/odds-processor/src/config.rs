@@ -1,0 +1,265 @@
+//! Command line and environment configuration of `odds-processor`.
+//!
+//! Every option has a `--long-flag` and an environment variable (the operator sets the
+//! variables named in the configuration contract). `odds-processor migrate` is a subcommand
+//! with its own, smaller set of options, so a migration Job needs only `DATABASE_URL`.
+
+use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
+use odds_contracts::names::{TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
+use odds_runtime::OpsArgs;
+use std::time::Duration;
+
+/// Prefix of environment variables passed through to librdkafka: `KAFKA_PROP_FETCH_MAX_BYTES=…`
+/// sets `fetch.max.bytes`.
+pub const KAFKA_PROP_ENV_PREFIX: &str = "KAFKA_PROP_";
+
+/// Consumes odds updates from Kafka and makes them durable in Postgres and current in Redis.
+#[derive(Debug, Parser)]
+#[command(
+    name = "odds-processor",
+    version,
+    about,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What the command line asks for.
+#[derive(Debug)]
+pub enum Invocation {
+    Run(Box<RunArgs>),
+    Migrate(MigrateArgs),
+}
+
+impl Cli {
+    /// Parses the process arguments, exiting with usage on error (like `Parser::parse`).
+    pub fn invocation() -> Invocation {
+        Cli::try_invocation_from(std::env::args_os()).unwrap_or_else(|e| e.exit())
+    }
+
+    /// Parses `args`. The run options are read only without a subcommand, so `migrate` does
+    /// not need the Kafka and Redis settings (derive's `Cli::parse` would insist on them).
+    pub fn try_invocation_from<I, T>(args: I) -> Result<Invocation, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let matches: ArgMatches = Cli::command().try_get_matches_from(args)?;
+        match matches.subcommand() {
+            Some(("migrate", sub)) => Ok(Invocation::Migrate(MigrateArgs::from_arg_matches(sub)?)),
+            _ => Ok(Invocation::Run(Box::new(RunArgs::from_arg_matches(
+                &matches,
+            )?))),
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Applies the database migrations (DATABASE_URL) and exits 0; run it as a Job before the
+    /// processors start.
+    Migrate(MigrateArgs),
+}
+
+/// Options of `odds-processor migrate`.
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Postgres URL of the database to migrate.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+}
+
+/// Options of the processor itself (no subcommand).
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(flatten)]
+    pub processor: ProcessorConfig,
+}
+
+/// What the processor connects to and how it batches.
+#[derive(Debug, Clone, Args)]
+pub struct ProcessorConfig {
+    /// Kafka bootstrap servers, `host:port[,host:port...]`.
+    #[arg(long, env = "KAFKA_BROKERS")]
+    pub kafka_brokers: String,
+    /// Topic of odds updates to consume.
+    #[arg(long, env = "KAFKA_TOPIC", default_value = TOPIC_ODDS_UPDATES)]
+    pub kafka_topic: String,
+    /// Topic that receives records that are not valid updates.
+    #[arg(long, env = "KAFKA_DLQ_TOPIC", default_value = TOPIC_ODDS_UPDATES_DLQ)]
+    pub kafka_dlq_topic: String,
+    /// Consumer group; processors of one pipeline share it and split the partitions.
+    #[arg(long, env = "KAFKA_GROUP", default_value = "odds-processor")]
+    pub kafka_group: String,
+    /// Postgres URL of the read-model database (odds_current, odds_history).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: String,
+    /// Redis URL of the current-odds cache and the odds:updates channel.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: String,
+    /// Most messages per batch (one Postgres statement and one Redis script call per batch).
+    #[arg(long, env = "BATCH_MAX", default_value_t = 2000,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub batch_max: u32,
+    /// Longest time a batch waits for more messages once it has one, in milliseconds.
+    #[arg(long, env = "BATCH_MAX_WAIT_MS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub batch_max_wait_ms: u64,
+    /// Cap of the backoff between retries of a batch while Postgres is unavailable, in ms.
+    #[arg(long, env = "DB_RETRY_MAX_BACKOFF_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
+    pub db_retry_max_backoff_ms: u64,
+    /// Timeout of one Redis request (connect or script call), in milliseconds.
+    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    pub redis_timeout_ms: u64,
+    /// Extra librdkafka consumer/producer properties, `name=value` (repeatable); environment
+    /// variables `KAFKA_PROP_<NAME>` add more (`KAFKA_PROP_FETCH_MAX_BYTES` → fetch.max.bytes).
+    #[arg(long = "kafka-prop", value_parser = parse_kafka_prop)]
+    pub kafka_props: Vec<(String, String)>,
+}
+
+impl ProcessorConfig {
+    /// A configuration with every default, for embedding the processor (tests, demo, bench).
+    pub fn new(kafka_brokers: &str, database_url: &str, redis_url: &str) -> ProcessorConfig {
+        ProcessorConfig {
+            kafka_brokers: kafka_brokers.to_owned(),
+            kafka_topic: TOPIC_ODDS_UPDATES.to_owned(),
+            kafka_dlq_topic: TOPIC_ODDS_UPDATES_DLQ.to_owned(),
+            kafka_group: "odds-processor".to_owned(),
+            database_url: database_url.to_owned(),
+            redis_url: redis_url.to_owned(),
+            batch_max: 2000,
+            batch_max_wait_ms: 10,
+            db_retry_max_backoff_ms: 5000,
+            redis_timeout_ms: 2000,
+            kafka_props: Vec::new(),
+        }
+    }
+
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_wait_ms)
+    }
+
+    pub fn db_retry_max_backoff(&self) -> Duration {
+        Duration::from_millis(self.db_retry_max_backoff_ms)
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    /// Adds the `KAFKA_PROP_*` variables of `vars` (usually `std::env::vars()`).
+    pub fn add_kafka_props_from_env(&mut self, vars: impl IntoIterator<Item = (String, String)>) {
+        for (name, value) in vars {
+            if let Some(prop) = name.strip_prefix(KAFKA_PROP_ENV_PREFIX) {
+                if !prop.is_empty() {
+                    self.kafka_props
+                        .push((prop.to_ascii_lowercase().replace('_', "."), value));
+                }
+            }
+        }
+    }
+}
+
+fn parse_kafka_prop(raw: &str) -> Result<(String, String), String> {
+    match raw.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => {
+            Ok((name.trim().to_owned(), value.to_owned()))
+        }
+        _ => Err(format!(
+            "expected name=value (a librdkafka property), got {raw:?}"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_needs_brokers_database_and_redis() {
+        let err = Cli::try_invocation_from(["odds-processor"]).unwrap_err();
+        assert!(err.to_string().contains("--kafka-brokers"), "{err}");
+    }
+
+    #[test]
+    fn run_flags_parse_with_defaults() {
+        let invocation = Cli::try_invocation_from([
+            "odds-processor",
+            "--kafka-brokers=k:9092",
+            "--database-url=postgres://db/odds",
+            "--redis-url=redis://r",
+            "--kafka-prop=fetch.max.bytes=1000",
+        ])
+        .unwrap();
+        let Invocation::Run(run) = invocation else {
+            panic!("expected the run invocation");
+        };
+        let p = run.processor;
+        assert_eq!(p.kafka_group, "odds-processor");
+        assert_eq!(p.kafka_topic, "odds_updates");
+        assert_eq!(p.batch_max, 2000);
+        assert_eq!(
+            p.kafka_props,
+            vec![("fetch.max.bytes".to_owned(), "1000".to_owned())]
+        );
+    }
+
+    #[test]
+    fn migrate_needs_only_the_database() {
+        let invocation = Cli::try_invocation_from([
+            "odds-processor",
+            "migrate",
+            "--database-url=postgres://x/y",
+        ])
+        .unwrap();
+        match invocation {
+            Invocation::Migrate(m) => assert_eq!(m.database_url, "postgres://x/y"),
+            Invocation::Run(_) => panic!("migrate subcommand not parsed"),
+        }
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_flag_named() {
+        let err = Cli::try_invocation_from([
+            "odds-processor",
+            "--kafka-brokers=k",
+            "--database-url=d",
+            "--redis-url=r",
+            "--batch-max=0",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("--batch-max"), "{err}");
+        let err = Cli::try_invocation_from([
+            "odds-processor",
+            "--kafka-brokers=k",
+            "--database-url=d",
+            "--redis-url=r",
+            "--kafka-prop=novalue",
+        ])
+        .unwrap_err();
+        assert!(err.to_string().contains("name=value"), "{err}");
+    }
+
+    #[test]
+    fn kafka_props_come_from_prefixed_env_vars() {
+        let mut config = ProcessorConfig::new("k", "d", "r");
+        config.add_kafka_props_from_env([
+            ("KAFKA_PROP_FETCH_MAX_BYTES".to_owned(), "42".to_owned()),
+            ("KAFKA_BROKERS".to_owned(), "ignored".to_owned()),
+        ]);
+        assert_eq!(
+            config.kafka_props,
+            vec![("fetch.max.bytes".to_owned(), "42".to_owned())]
+        );
+    }
+}

@@ -1,0 +1,161 @@
+//! The Kafka consumer: group membership, manual offset commits, rebalance handling, lag.
+//!
+//! Auto-commit is off. The processor records, per partition, the offset up to which records
+//! are durable ([`CommitLedger`]) and commits it after every batch. When partitions are
+//! revoked (rebalance or shutdown), the context commits what is durable for them, forgets
+//! them (committing a stale offset later would move the group backwards), and tells the
+//! processor so no batch spans a partition it no longer owns.
+
+use crate::batch::PartitionKey;
+use crate::metrics::Metrics;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+pub type ProcessorConsumer = rdkafka::consumer::StreamConsumer<ProcessorContext>;
+
+/// Offsets made durable (next offset to read per partition) and partitions revoked since the
+/// processor last looked; shared between the processor and the rebalance callbacks.
+#[derive(Clone, Default, Debug)]
+pub struct CommitLedger {
+    durable: Arc<Mutex<BTreeMap<PartitionKey, i64>>>,
+    revoked: Arc<Mutex<Vec<PartitionKey>>>,
+}
+
+impl CommitLedger {
+    /// Records offsets whose records are durable (only ever moves forward).
+    pub fn mark_durable(&self, offsets: &BTreeMap<PartitionKey, i64>) {
+        let mut durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+        for (partition, offset) in offsets {
+            let entry = durable.entry(partition.clone()).or_insert(*offset);
+            *entry = (*entry).max(*offset);
+        }
+    }
+
+    /// The durable offsets as a commit list (empty when nothing is recorded).
+    pub fn durable_list(&self) -> KafkaResult<TopicPartitionList> {
+        let durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+        to_list(durable.iter())
+    }
+
+    /// Partitions revoked since the last call.
+    pub fn take_revoked(&self) -> Vec<PartitionKey> {
+        std::mem::take(&mut *self.revoked.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// Removes and returns the durable offsets of `partitions`, remembering them as revoked.
+    fn revoke(&self, partitions: &[PartitionKey]) -> KafkaResult<TopicPartitionList> {
+        let mut durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut to_commit = BTreeMap::new();
+        for p in partitions {
+            if let Some(offset) = durable.remove(p) {
+                to_commit.insert(p.clone(), offset);
+            }
+        }
+        self.revoked
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(partitions.iter().cloned());
+        to_list(to_commit.iter())
+    }
+}
+
+fn to_list<'a>(
+    offsets: impl Iterator<Item = (&'a PartitionKey, &'a i64)>,
+) -> KafkaResult<TopicPartitionList> {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        list.add_partition_offset(topic, *partition, Offset::Offset(*offset))?;
+    }
+    Ok(list)
+}
+
+/// Callbacks librdkafka runs inside `poll`: rebalances and statistics.
+pub struct ProcessorContext {
+    ledger: CommitLedger,
+    metrics: Metrics,
+}
+
+impl ProcessorContext {
+    pub fn new(ledger: CommitLedger, metrics: Metrics) -> Self {
+        ProcessorContext { ledger, metrics }
+    }
+}
+
+impl ClientContext for ProcessorContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic_name, topic) in &statistics.topics {
+            for (partition, stats) in &topic.partitions {
+                // -1 is the internal "unassigned" partition; a negative lag means unknown.
+                if *partition >= 0 && stats.consumer_lag >= 0 {
+                    self.metrics
+                        .consumer_lag
+                        .with_label_values(&[topic_name.as_str(), &partition.to_string()])
+                        .set(stats.consumer_lag);
+                }
+            }
+        }
+    }
+}
+
+impl ConsumerContext for ProcessorContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let partitions: Vec<PartitionKey> = list
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                tracing::info!(?partitions, "partitions revoked");
+                match self.ledger.revoke(&partitions) {
+                    Ok(commit) if commit.count() > 0 => {
+                        if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
+                            self.metrics.error(crate::metrics::phase::COMMIT);
+                            tracing::warn!(%error, "commit on revoke failed; records will be redelivered");
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "building the revoke commit list"),
+                }
+            }
+            Rebalance::Assign(list) => {
+                tracing::info!(partitions = list.count(), "partitions assigned");
+            }
+            Rebalance::Error(error) => {
+                self.metrics.error(crate::metrics::phase::CONSUME);
+                tracing::warn!(%error, "rebalance error");
+            }
+        }
+    }
+}
+
+/// Creates the group consumer and subscribes it to `topic`.
+pub fn subscribe(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    props: &[(String, String)],
+    context: ProcessorContext,
+) -> KafkaResult<ProcessorConsumer> {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("statistics.interval.ms", "5000")
+        // Bounds what librdkafka prefetches while the processor is paused (Postgres down).
+        .set("queued.max.messages.kbytes", "16384");
+    for (name, value) in props {
+        config.set(name, value);
+    }
+    let consumer: ProcessorConsumer = config.create_with_context(context)?;
+    consumer.subscribe(&[topic])?;
+    Ok(consumer)
+}

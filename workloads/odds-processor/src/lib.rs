@@ -1,0 +1,42 @@
+//! `odds-processor`: the stage that turns Kafka odds updates into durable read models.
+//!
+//! It consumes `odds_updates` in a consumer group, writes each batch to Postgres in one
+//! transaction (history + version-guarded current snapshot), updates the Redis cache and
+//! publishes what advanced, dead-letters what is not a valid update, and commits offsets only
+//! after the batch is durable. See [`processor`] for the phases and [`run`] for the service.
+
+pub mod batch;
+pub mod cache;
+pub mod config;
+pub mod consumer;
+pub mod dlq;
+pub mod metrics;
+pub mod processor;
+pub mod run;
+pub mod store;
+
+pub use config::{Cli, Command, MigrateArgs, ProcessorConfig, RunArgs};
+pub use metrics::Metrics;
+pub use processor::{DurableBatch, Processor, StepOutcome};
+pub use store::{Applied, Store};
+
+/// Why the processor could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessorError {
+    #[error("kafka consumer: {0}")]
+    Kafka(#[source] rdkafka::error::KafkaError),
+    #[error(transparent)]
+    Dlq(#[from] dlq::DlqError),
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error(transparent)]
+    Cache(#[from] cache::CacheError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Runtime(#[from] odds_runtime::RuntimeError),
+    #[error("migrating the database: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("connecting to the database: {0}")]
+    Database(#[from] sqlx::Error),
+}

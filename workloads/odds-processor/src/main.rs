@@ -1,0 +1,20 @@
+//! `odds-processor` binary: parse the configuration, then run or migrate.
+
+use odds_processor::config::Invocation;
+use odds_processor::{run, Cli};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::invocation() {
+        Invocation::Migrate(args) => {
+            odds_runtime::telemetry::init(args.ops.log_format, &args.ops.log_filter)?;
+            run::migrate(&args).await?;
+        }
+        Invocation::Run(args) => {
+            odds_runtime::telemetry::init(args.ops.log_format, &args.ops.log_filter)?;
+            let shutdown = odds_runtime::shutdown::on_signals();
+            run::run(*args, shutdown).await?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,155 @@
+//! Prometheus metrics of the processor (`odds_proc_` prefix).
+//!
+//! They answer the operator's questions: is it keeping up (lag, batch latency, update age),
+//! is it writing (db writes, cache sets), and what goes wrong where (errors by phase, DLQ by
+//! reason, stale updates skipped).
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
+};
+
+/// Phases that count errors in `odds_proc_errors_total{phase}`.
+pub mod phase {
+    pub const CONSUME: &str = "consume";
+    pub const DECODE: &str = "decode";
+    pub const DLQ: &str = "dlq";
+    pub const DB: &str = "db";
+    pub const CACHE: &str = "cache";
+    pub const COMMIT: &str = "commit";
+    pub const ALL: [&str; 6] = [CONSUME, DECODE, DLQ, DB, CACHE, COMMIT];
+}
+
+#[derive(Clone)]
+pub struct Metrics {
+    /// Records read from Kafka (valid or not).
+    pub messages_consumed: IntCounter,
+    /// Postgres batch statements committed.
+    pub db_writes: IntCounter,
+    /// Rows that changed, by table (`odds_current` advanced, `odds_history` inserted).
+    pub db_rows: IntCounterVec,
+    /// Cache keys advanced (each one also published on the updates channel).
+    pub cache_sets: IntCounter,
+    pub errors: IntCounterVec,
+    /// Records sent to the DLQ, by reason code.
+    pub dead_lettered: IntCounterVec,
+    /// Updates not newer than what Postgres holds: stored in history only, never cached/published.
+    pub stale_skipped: IntCounter,
+    pub batch_size: Histogram,
+    /// Time from the first record of a batch to its offsets being committed.
+    pub batch_seconds: Histogram,
+    /// `now - updated_at` of each applied update: supplier to Postgres delay.
+    pub update_age_seconds: Histogram,
+    /// Consumer lag by partition, from librdkafka statistics.
+    pub consumer_lag: IntGaugeVec,
+    /// 1 while the cache is known to miss updates (Redis was unreachable) and awaits repair.
+    pub cache_stale: IntGauge,
+    pub cache_repairs: IntCounter,
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+        let metrics = Metrics {
+            messages_consumed: IntCounter::new(
+                "odds_proc_messages_consumed_total",
+                "Records read from Kafka, valid or not.",
+            )?,
+            db_writes: IntCounter::new(
+                "odds_proc_db_writes_total",
+                "Batches committed to Postgres (one transaction each).",
+            )?,
+            db_rows: IntCounterVec::new(
+                Opts::new(
+                    "odds_proc_db_rows_total",
+                    "Rows changed in Postgres, by table.",
+                ),
+                &["table"],
+            )?,
+            cache_sets: IntCounter::new(
+                "odds_proc_cache_sets_total",
+                "Cache keys advanced to a newer version (each also published).",
+            )?,
+            errors: IntCounterVec::new(
+                Opts::new("odds_proc_errors_total", "Errors by processing phase."),
+                &["phase"],
+            )?,
+            dead_lettered: IntCounterVec::new(
+                Opts::new(
+                    "odds_proc_dead_lettered_total",
+                    "Records sent to the DLQ, by reason code.",
+                ),
+                &["reason"],
+            )?,
+            stale_skipped: IntCounter::new(
+                "odds_proc_stale_updates_skipped_total",
+                "Updates not newer than the stored version: not cached, not published.",
+            )?,
+            batch_size: Histogram::with_opts(
+                HistogramOpts::new("odds_proc_batch_size", "Records per batch.")
+                    .buckets(exponential_buckets(1.0, 4.0, 9)?),
+            )?,
+            batch_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "odds_proc_batch_seconds",
+                    "Batch latency: first record received to offsets committed.",
+                )
+                .buckets(exponential_buckets(0.0005, 2.0, 16)?),
+            )?,
+            update_age_seconds: Histogram::with_opts(
+                HistogramOpts::new(
+                    "odds_proc_update_age_seconds",
+                    "End-to-end age of applied updates (now - updated_at).",
+                )
+                .buckets(exponential_buckets(0.001, 2.0, 18)?),
+            )?,
+            consumer_lag: IntGaugeVec::new(
+                Opts::new(
+                    "odds_proc_consumer_lag",
+                    "Messages behind the high watermark, by partition.",
+                ),
+                &["topic", "partition"],
+            )?,
+            cache_stale: IntGauge::new(
+                "odds_proc_cache_stale",
+                "1 while the Redis cache awaits repair from Postgres.",
+            )?,
+            cache_repairs: IntCounter::new(
+                "odds_proc_cache_repairs_total",
+                "Completed repairs of the Redis cache from Postgres.",
+            )?,
+        };
+        registry.register(Box::new(metrics.messages_consumed.clone()))?;
+        registry.register(Box::new(metrics.db_writes.clone()))?;
+        registry.register(Box::new(metrics.db_rows.clone()))?;
+        registry.register(Box::new(metrics.cache_sets.clone()))?;
+        registry.register(Box::new(metrics.errors.clone()))?;
+        registry.register(Box::new(metrics.dead_lettered.clone()))?;
+        registry.register(Box::new(metrics.stale_skipped.clone()))?;
+        registry.register(Box::new(metrics.batch_size.clone()))?;
+        registry.register(Box::new(metrics.batch_seconds.clone()))?;
+        registry.register(Box::new(metrics.update_age_seconds.clone()))?;
+        registry.register(Box::new(metrics.consumer_lag.clone()))?;
+        registry.register(Box::new(metrics.cache_stale.clone()))?;
+        registry.register(Box::new(metrics.cache_repairs.clone()))?;
+        // Pre-create the labelled series so dashboards show zeros instead of gaps.
+        for p in phase::ALL {
+            metrics.errors.with_label_values(&[p]);
+        }
+        for code in odds_contracts::RejectReason::CODES {
+            metrics.dead_lettered.with_label_values(&[code]);
+        }
+        metrics.db_rows.with_label_values(&["odds_current"]);
+        metrics.db_rows.with_label_values(&["odds_history"]);
+        Ok(metrics)
+    }
+
+    /// Metrics in a registry of their own, for embedding (tests, bench).
+    pub fn unregistered() -> Result<Metrics, prometheus::Error> {
+        Metrics::register(&Registry::new())
+    }
+
+    pub fn error(&self, phase: &str) {
+        self.errors.with_label_values(&[phase]).inc();
+    }
+}

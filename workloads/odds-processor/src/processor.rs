@@ -1,0 +1,484 @@
+//! The processing loop, in phases a test can drive one at a time.
+//!
+//! One step is: collect a batch ([`Processor::next_batch`]) → make it durable (DLQ + Postgres,
+//! retried while Postgres is down: [`Processor::make_durable`]) → update the cache
+//! ([`Processor::update_cache`]) → commit its offsets ([`Processor::commit`]). Offsets are
+//! committed only after the durable phase, so a processor that dies anywhere before the
+//! commit leaves its batch to be read again, and the version guards make that replay change
+//! nothing. Tests stop between phases by calling them separately and dropping the processor.
+
+use crate::batch::{newest_per_event, Batch, SourceRecord};
+use crate::cache::Cache;
+use crate::config::ProcessorConfig;
+use crate::consumer::{self, CommitLedger, ProcessorConsumer, ProcessorContext};
+use crate::dlq::DeadLetters;
+use crate::metrics::{phase, Metrics};
+use crate::store::{Applied, Store};
+use crate::ProcessorError;
+use odds_contracts::OddsUpdate;
+use odds_runtime::Readiness;
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::Message;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Readiness check names.
+pub const CHECK_KAFKA: &str = "kafka";
+pub const CHECK_POSTGRES: &str = "postgres";
+
+/// With nothing to read, the loop wakes this often to check its dependencies.
+const IDLE_TICK: Duration = Duration::from_millis(500);
+/// How often an idle processor checks that Redis still answers (a restart empties it).
+const CACHE_CHECK_EVERY: Duration = Duration::from_secs(5);
+const DB_FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const REPAIR_FIRST_BACKOFF: Duration = Duration::from_millis(250);
+const REPAIR_MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// A batch whose effects are durable and whose offsets may be committed.
+#[derive(Debug)]
+pub struct DurableBatch {
+    pub next_offsets: BTreeMap<(String, i32), i64>,
+    /// The newest update per event that is also what Postgres now holds: cache candidates.
+    pub current: Vec<OddsUpdate>,
+    pub applied: Applied,
+    pub records: usize,
+    pub dead_lettered: usize,
+    started: Instant,
+}
+
+/// What one [`Processor::step`] did.
+#[derive(Debug, PartialEq)]
+pub enum StepOutcome {
+    /// Nothing arrived within the idle tick.
+    Idle,
+    Processed {
+        records: usize,
+        dead_lettered: usize,
+        cache_advanced: usize,
+    },
+    /// Shutdown was requested; the batch in flight (if any) was abandoned uncommitted.
+    Stopped,
+}
+
+enum Received {
+    Record(SourceRecord),
+    Timeout,
+    Shutdown,
+}
+
+pub struct Processor {
+    consumer: ProcessorConsumer,
+    ledger: CommitLedger,
+    store: Store,
+    cache: Cache,
+    dlq: DeadLetters,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+    batch_max: usize,
+    batch_max_wait: Duration,
+    db_max_backoff: Duration,
+    /// Records received while paused (Postgres down); bounded by librdkafka's prefetch.
+    pending: Vec<SourceRecord>,
+    next_repair: Instant,
+    repair_backoff: Duration,
+    next_cache_check: Instant,
+}
+
+impl Processor {
+    /// Builds every client and joins the consumer group. Nothing here needs Postgres or Redis
+    /// to be up: they are connected on first use and reported through `readiness`.
+    pub fn new(
+        config: &ProcessorConfig,
+        metrics: Metrics,
+        readiness: Readiness,
+        shutdown: CancellationToken,
+    ) -> Result<Processor, ProcessorError> {
+        let ledger = CommitLedger::default();
+        let consumer = consumer::subscribe(
+            &config.kafka_brokers,
+            &config.kafka_group,
+            &config.kafka_topic,
+            &config.kafka_props,
+            ProcessorContext::new(ledger.clone(), metrics.clone()),
+        )
+        .map_err(ProcessorError::Kafka)?;
+        readiness.set(CHECK_KAFKA, true);
+        let now = Instant::now();
+        metrics.cache_stale.set(1);
+        Ok(Processor {
+            consumer,
+            ledger,
+            store: Store::connect_lazy(&config.database_url)?,
+            cache: Cache::new(&config.redis_url, config.redis_timeout())?,
+            dlq: DeadLetters::new(
+                &config.kafka_brokers,
+                &config.kafka_dlq_topic,
+                &config.kafka_props,
+            )?,
+            metrics,
+            readiness,
+            shutdown,
+            batch_max: usize::try_from(config.batch_max)
+                .unwrap_or(usize::MAX)
+                .max(1),
+            batch_max_wait: config.batch_max_wait(),
+            db_max_backoff: config.db_retry_max_backoff(),
+            pending: Vec::new(),
+            next_repair: now,
+            repair_backoff: REPAIR_FIRST_BACKOFF,
+            next_cache_check: now + CACHE_CHECK_EVERY,
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// How many partitions this processor currently owns.
+    pub fn assigned_partitions(&self) -> usize {
+        self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
+    }
+
+    /// Whether the Redis cache awaits a repair from Postgres.
+    pub fn cache_is_stale(&self) -> bool {
+        self.cache.is_stale()
+    }
+
+    /// One full round: batch → durable → cache → commit. Idle rounds do maintenance.
+    pub async fn step(&mut self) -> StepOutcome {
+        let Some(batch) = self.next_batch().await else {
+            if self.shutdown.is_cancelled() {
+                return StepOutcome::Stopped;
+            }
+            self.maintain().await;
+            return StepOutcome::Idle;
+        };
+        let Some(durable) = self.make_durable(batch).await else {
+            return StepOutcome::Stopped;
+        };
+        let cache_advanced = self.update_cache(&durable).await;
+        self.commit(&durable);
+        StepOutcome::Processed {
+            records: durable.records,
+            dead_lettered: durable.dead_lettered,
+            cache_advanced,
+        }
+    }
+
+    /// Runs steps until shutdown, then commits what is durable and leaves the group.
+    pub async fn run(mut self) {
+        while self.step().await != StepOutcome::Stopped {}
+        self.close();
+    }
+
+    /// Commits the durable offsets synchronously and leaves the group (dropping the consumer
+    /// closes it, which revokes its partitions).
+    pub fn close(self) {
+        match self.ledger.durable_list() {
+            Ok(list) if list.count() > 0 => {
+                if let Err(error) = self.consumer.commit(&list, CommitMode::Sync) {
+                    self.metrics.error(phase::COMMIT);
+                    tracing::warn!(%error, "final commit failed; records will be redelivered");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "building the final commit list"),
+        }
+        self.consumer.unsubscribe();
+        tracing::info!("processor stopped");
+    }
+
+    async fn receive(&self, timeout: Duration) -> Received {
+        tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => Received::Shutdown,
+            received = self.consumer.recv() => match received {
+                Ok(message) => {
+                    self.metrics.messages_consumed.inc();
+                    Received::Record(SourceRecord {
+                        topic: message.topic().to_owned(),
+                        partition: message.partition(),
+                        offset: message.offset(),
+                        key: message.key().map(<[u8]>::to_vec),
+                        payload: message.payload().map(<[u8]>::to_vec),
+                    })
+                }
+                Err(error) => {
+                    self.metrics.error(phase::CONSUME);
+                    tracing::warn!(%error, "consumer error");
+                    Received::Timeout
+                }
+            },
+            _ = tokio::time::sleep(timeout) => Received::Timeout,
+        }
+    }
+
+    /// Collects up to `batch_max` records: waits up to the idle tick for the first, then up
+    /// to `batch_max_wait` for more. `None` when idle or shutting down.
+    pub async fn next_batch(&mut self) -> Option<Batch> {
+        let mut batch = Batch::default();
+        let take = self.pending.len().min(self.batch_max);
+        batch.records.extend(self.pending.drain(..take));
+        if batch.is_empty() {
+            match self.receive(IDLE_TICK).await {
+                Received::Record(record) => batch.records.push(record),
+                Received::Timeout | Received::Shutdown => return None,
+            }
+        }
+        let deadline = Instant::now() + self.batch_max_wait;
+        while batch.len() < self.batch_max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.receive(left).await {
+                Received::Record(record) => batch.records.push(record),
+                Received::Timeout => break,
+                Received::Shutdown => return None,
+            }
+            if left.is_zero() {
+                break;
+            }
+        }
+        self.drop_revoked(&mut batch);
+        (!batch.is_empty()).then_some(batch)
+    }
+
+    fn drop_revoked(&mut self, batch: &mut Batch) -> usize {
+        let revoked = self.ledger.take_revoked();
+        if revoked.is_empty() {
+            return 0;
+        }
+        let mut pending = Batch {
+            records: std::mem::take(&mut self.pending),
+        };
+        pending.drop_partitions(&revoked);
+        self.pending = pending.records;
+        let dropped = batch.drop_partitions(&revoked);
+        tracing::info!(
+            dropped,
+            "records of revoked partitions left for their new owner"
+        );
+        dropped
+    }
+
+    /// Dead-letters the invalid records and writes the valid ones to Postgres, retrying with
+    /// capped backoff (consumption paused, readiness false) until both succeed. `None` when
+    /// shutdown came first: the batch is abandoned and its offsets stay uncommitted.
+    pub async fn make_durable(&mut self, mut batch: Batch) -> Option<DurableBatch> {
+        let started = Instant::now();
+        let mut decoded = batch.decode();
+        let mut dead_lettered = false;
+        let mut backoff = DB_FIRST_BACKOFF;
+        let mut paused = false;
+        let applied = loop {
+            if self.drop_revoked(&mut batch) > 0 {
+                decoded = batch.decode();
+            }
+            let dlq = async {
+                if dead_lettered || decoded.rejected.is_empty() {
+                    return Ok(());
+                }
+                self.dlq.send_all(&decoded.rejected).await
+            };
+            let (dlq_result, db_result) =
+                tokio::join!(dlq, self.store.apply_batch(&decoded.updates));
+            match &dlq_result {
+                Ok(()) if !dead_lettered => {
+                    dead_lettered = true;
+                    for (_, why) in &decoded.rejected {
+                        self.metrics
+                            .dead_lettered
+                            .with_label_values(&[why.code])
+                            .inc();
+                        self.metrics.error(phase::DECODE);
+                    }
+                }
+                Ok(()) => {}
+                Err(error) => {
+                    self.metrics.error(phase::DLQ);
+                    tracing::warn!(%error, "dead-lettering failed; retrying the batch");
+                }
+            }
+            match db_result {
+                Ok(applied) if dlq_result.is_ok() => break applied,
+                Ok(_) => {}
+                Err(error) => {
+                    self.metrics.error(phase::DB);
+                    self.readiness.set(CHECK_POSTGRES, false);
+                    tracing::warn!(%error, retry_in = ?backoff, "batch not durable; retrying");
+                }
+            }
+            paused = true;
+            if !self.wait_paused(backoff).await {
+                return None;
+            }
+            backoff = (backoff * 2).min(self.db_max_backoff);
+        };
+        if paused {
+            self.set_paused(false);
+        }
+        self.readiness.set(CHECK_POSTGRES, true);
+        self.record_applied(&decoded.updates, &applied);
+        let current = newest_per_event(&decoded.updates)
+            .into_iter()
+            .filter(|u| applied.current_events.contains(&u.event_id))
+            .cloned()
+            .collect::<Vec<_>>();
+        self.metrics
+            .stale_skipped
+            .inc_by((newest_per_event(&decoded.updates).len() - current.len()) as u64);
+        Some(DurableBatch {
+            next_offsets: batch.next_offsets(),
+            current,
+            applied,
+            records: batch.len(),
+            dead_lettered: decoded.rejected.len(),
+            started,
+        })
+    }
+
+    fn record_applied(&self, updates: &[OddsUpdate], applied: &Applied) {
+        if !updates.is_empty() {
+            self.metrics.db_writes.inc();
+        }
+        self.metrics
+            .db_rows
+            .with_label_values(&["odds_history"])
+            .inc_by(applied.history_inserted);
+        self.metrics
+            .db_rows
+            .with_label_values(&["odds_current"])
+            .inc_by(applied.current_advanced);
+        let now = chrono::Utc::now();
+        for update in updates {
+            let age = (now - update.updated_at).num_microseconds().unwrap_or(0);
+            self.metrics
+                .update_age_seconds
+                .observe(age.max(0) as f64 / 1e6);
+        }
+    }
+
+    /// Pauses fetching and keeps polling for `delay` (so the group membership and rebalances
+    /// stay serviced). `false` on shutdown.
+    async fn wait_paused(&mut self, delay: Duration) -> bool {
+        self.set_paused(true);
+        let deadline = Instant::now() + delay;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            match self.receive(left).await {
+                Received::Record(record) => self.pending.push(record),
+                Received::Timeout => return true,
+                Received::Shutdown => return false,
+            }
+        }
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let result = self.consumer.assignment().and_then(|assignment| {
+            if paused {
+                self.consumer.pause(&assignment)
+            } else {
+                self.consumer.resume(&assignment)
+            }
+        });
+        if let Err(error) = result {
+            tracing::warn!(%error, paused, "pausing/resuming the assignment failed");
+        }
+    }
+
+    /// Sets and publishes the batch's current updates in Redis; a Redis failure is counted
+    /// and leaves the cache stale (repaired later), it never fails the batch. Returns how many
+    /// keys advanced.
+    pub async fn update_cache(&mut self, durable: &DurableBatch) -> usize {
+        if self.cache.is_stale() {
+            // A repair reads Postgres after this batch committed, so it covers the batch.
+            return self.repair_cache_if_due().await.unwrap_or(0);
+        }
+        let current: Vec<&OddsUpdate> = durable.current.iter().collect();
+        match self.cache.set_newest(&current).await {
+            Ok(advanced) => {
+                self.metrics.cache_sets.inc_by(advanced.len() as u64);
+                advanced.len()
+            }
+            Err(error) => {
+                self.metrics.error(phase::CACHE);
+                self.metrics.cache_stale.set(1);
+                tracing::warn!(%error, "cache update failed; cache will be repaired from Postgres");
+                0
+            }
+        }
+    }
+
+    /// Repairs the cache when a retry is due; `None` if not attempted or failed.
+    async fn repair_cache_if_due(&mut self) -> Option<usize> {
+        let now = Instant::now();
+        if now < self.next_repair {
+            return None;
+        }
+        match self.cache.repair_from(&self.store).await {
+            Ok(advanced) => {
+                self.metrics.cache_repairs.inc();
+                self.metrics.cache_sets.inc_by(advanced as u64);
+                self.metrics.cache_stale.set(0);
+                self.repair_backoff = REPAIR_FIRST_BACKOFF;
+                tracing::info!(advanced, "cache repaired from Postgres");
+                Some(advanced)
+            }
+            Err(error) => {
+                self.metrics.error(phase::CACHE);
+                self.next_repair = now + self.repair_backoff;
+                self.repair_backoff = (self.repair_backoff * 2).min(REPAIR_MAX_BACKOFF);
+                tracing::warn!(%error, retry_in = ?self.repair_backoff, "cache repair failed");
+                None
+            }
+        }
+    }
+
+    /// Marks the batch's offsets durable and commits every durable offset.
+    pub fn commit(&mut self, durable: &DurableBatch) {
+        self.ledger.mark_durable(&durable.next_offsets);
+        match self.ledger.durable_list() {
+            Ok(list) if list.count() > 0 => {
+                // Async: the effects are already durable; a lost commit only means redelivery.
+                if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
+                    self.metrics.error(phase::COMMIT);
+                    tracing::warn!(%error, "offset commit failed; records will be redelivered");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "building the commit list"),
+        }
+        self.metrics.batch_size.observe(durable.records as f64);
+        self.metrics
+            .batch_seconds
+            .observe(durable.started.elapsed().as_secs_f64());
+    }
+
+    /// Idle-time upkeep: readiness of Postgres, liveness of Redis, a due cache repair.
+    pub async fn maintain(&mut self) {
+        if !self
+            .readiness
+            .snapshot()
+            .get(CHECK_POSTGRES)
+            .copied()
+            .unwrap_or(false)
+        {
+            let ok = self.store.ping().await.is_ok();
+            self.readiness.set(CHECK_POSTGRES, ok);
+        }
+        if !self.cache.is_stale() && Instant::now() >= self.next_cache_check {
+            self.next_cache_check = Instant::now() + CACHE_CHECK_EVERY;
+            if self.cache.check().await.is_err() {
+                self.metrics.cache_stale.set(1);
+                self.metrics.error(phase::CACHE);
+            }
+        }
+        if self.cache.is_stale() {
+            self.repair_cache_if_due().await;
+        }
+    }
+}

@@ -1,0 +1,56 @@
+//! The service around the processor: ops server, readiness, graceful shutdown, `migrate`.
+//!
+//! SIGTERM cancels the token; the processor finishes or abandons (uncommitted) the batch in
+//! flight, commits what is durable and leaves the group, then the ops server stops.
+
+use crate::config::{MigrateArgs, RunArgs};
+use crate::metrics::Metrics;
+use crate::processor::{Processor, CHECK_KAFKA, CHECK_POSTGRES};
+use crate::ProcessorError;
+use odds_runtime::{ops::ops_router, serve_http, Readiness};
+use prometheus::Registry;
+use sqlx::postgres::PgPoolOptions;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Runs the processor until `shutdown` is cancelled.
+pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), ProcessorError> {
+    let registry = Registry::new();
+    let metrics = Metrics::register(&registry)?;
+    let readiness = Readiness::new(&[CHECK_KAFKA, CHECK_POSTGRES]);
+    let ops_stop = CancellationToken::new();
+    let (addr, ops_task) = serve_http(
+        args.ops.http_addr,
+        ops_router(readiness.clone(), registry),
+        ops_stop.clone(),
+    )
+    .await?;
+    tracing::info!(%addr, "ops server listening");
+    let mut config = args.processor;
+    config.add_kafka_props_from_env(std::env::vars());
+    let processor = Processor::new(&config, metrics, readiness, shutdown)?;
+    tracing::info!(
+        topic = %config.kafka_topic,
+        group = %config.kafka_group,
+        batch_max = config.batch_max,
+        batch_max_wait_ms = config.batch_max_wait_ms,
+        "processor started"
+    );
+    processor.run().await;
+    ops_stop.cancel();
+    let _ = ops_task.await;
+    Ok(())
+}
+
+/// Applies the migrations and returns; the operator runs this as a Job.
+pub async fn migrate(args: &MigrateArgs) -> Result<(), ProcessorError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(30))
+        .connect(&args.database_url)
+        .await?;
+    odds_schema::migrate(&pool).await?;
+    tracing::info!(version = odds_schema::latest_version(), "database migrated");
+    pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! The Postgres read models: `odds_current` and `odds_history`, written one batch at a time.
+//!
+//! A batch is one SQL statement (hence one transaction): the arrays of the batch are UNNESTed
+//! once, every update is inserted into history (`ON CONFLICT DO NOTHING`, so replays are
+//! harmless), and the newest update per event is upserted into `odds_current` only where it
+//! is strictly newer than the stored row. Set-based statements keep a batch of thousands of
+//! updates at one round trip.
+
+use chrono::{DateTime, Utc};
+use odds_contracts::{Odds, OddsUpdate};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+use std::collections::HashSet;
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+#[error("postgres: {0}")]
+pub struct StoreError(#[from] sqlx::Error);
+
+/// What one batch changed.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Applied {
+    pub history_inserted: u64,
+    pub current_advanced: u64,
+    /// Events whose stored current version is, after the batch, the batch's newest update:
+    /// exactly these may go to the cache. An event missing here had a newer stored version
+    /// already (a stale or replayed update).
+    pub current_events: HashSet<String>,
+}
+
+const APPLY_BATCH: &str = r#"
+WITH input AS (
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
+                         $5::float8[], $6::float8[], $7::float8[], $8::int8[],
+                         $9::timestamptz[], $10::text[])
+        AS t(event_id, home_team, away_team, market, home_odds, draw_odds, away_odds,
+             version, updated_at, source)
+), newest AS (
+    SELECT DISTINCT ON (event_id) * FROM input ORDER BY event_id, version DESC
+), history AS (
+    INSERT INTO odds_history (event_id, version, market, home_odds, draw_odds, away_odds,
+                              updated_at, source)
+    SELECT event_id, version, market, home_odds::numeric, draw_odds::numeric,
+           away_odds::numeric, updated_at, source
+    FROM input
+    ON CONFLICT (event_id, version) DO NOTHING
+    RETURNING 1
+), upsert AS (
+    INSERT INTO odds_current (event_id, home_team, away_team, market, home_odds, draw_odds,
+                              away_odds, version, updated_at, source)
+    SELECT event_id, home_team, away_team, market, home_odds::numeric, draw_odds::numeric,
+           away_odds::numeric, version, updated_at, source
+    FROM newest
+    ON CONFLICT (event_id) DO UPDATE SET
+        home_team = EXCLUDED.home_team, away_team = EXCLUDED.away_team,
+        market = EXCLUDED.market, home_odds = EXCLUDED.home_odds,
+        draw_odds = EXCLUDED.draw_odds, away_odds = EXCLUDED.away_odds,
+        version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
+        source = EXCLUDED.source, stored_at = now()
+    WHERE odds_current.version < EXCLUDED.version
+    RETURNING 1
+)
+-- The main query sees odds_current as it was before this statement: the batch's newest is
+-- current afterwards exactly when nothing newer (or nothing at all) was stored before.
+SELECT n.event_id,
+       (c.version IS NULL OR c.version <= n.version) AS is_current,
+       (SELECT count(*) FROM history) AS history_inserted,
+       (SELECT count(*) FROM upsert) AS current_advanced
+FROM newest n LEFT JOIN odds_current c ON c.event_id = n.event_id
+"#;
+
+const CURRENT_PAGE: &str = r#"
+SELECT event_id, home_team, away_team, market, home_odds::float8 AS home_odds,
+       draw_odds::float8 AS draw_odds, away_odds::float8 AS away_odds, version,
+       updated_at, source
+FROM odds_current WHERE event_id > $1 ORDER BY event_id LIMIT $2
+"#;
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// A store over a lazily connecting pool: the processor starts (and reports not ready)
+    /// even when Postgres is down, and connects once it is up.
+    pub fn connect_lazy(database_url: &str) -> Result<Store, StoreError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy(database_url)?;
+        Ok(Store { pool })
+    }
+
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Whether Postgres answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Applies a batch of valid updates atomically (see the module doc).
+    pub async fn apply_batch(&self, updates: &[OddsUpdate]) -> Result<Applied, StoreError> {
+        if updates.is_empty() {
+            return Ok(Applied::default());
+        }
+        let n = updates.len();
+        let mut event_ids = Vec::with_capacity(n);
+        let mut home_teams = Vec::with_capacity(n);
+        let mut away_teams = Vec::with_capacity(n);
+        let mut markets = Vec::with_capacity(n);
+        let mut home = Vec::with_capacity(n);
+        let mut draw = Vec::with_capacity(n);
+        let mut away = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut updated_at = Vec::with_capacity(n);
+        let mut sources = Vec::with_capacity(n);
+        for u in updates {
+            event_ids.push(u.event_id.as_str());
+            home_teams.push(u.home_team.as_str());
+            away_teams.push(u.away_team.as_str());
+            markets.push(u.market.as_str());
+            home.push(u.odds.home);
+            draw.push(u.odds.draw);
+            away.push(u.odds.away);
+            // Decoding rejects versions beyond i64::MAX; saturate rather than wrap regardless.
+            versions.push(i64::try_from(u.version).unwrap_or(i64::MAX));
+            updated_at.push(u.updated_at);
+            sources.push(u.source.as_str());
+        }
+        let rows = sqlx::query(APPLY_BATCH)
+            .bind(&event_ids)
+            .bind(&home_teams)
+            .bind(&away_teams)
+            .bind(&markets)
+            .bind(&home)
+            .bind(&draw)
+            .bind(&away)
+            .bind(&versions)
+            .bind(&updated_at)
+            .bind(&sources)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut applied = Applied::default();
+        for row in rows {
+            applied.history_inserted = count(row.try_get("history_inserted")?);
+            applied.current_advanced = count(row.try_get("current_advanced")?);
+            if row.try_get::<bool, _>("is_current")? {
+                applied.current_events.insert(row.try_get("event_id")?);
+            }
+        }
+        Ok(applied)
+    }
+
+    /// Up to `limit` current rows with `event_id > after`, in id order (keyset paging for the
+    /// cache repair).
+    pub async fn current_page(
+        &self,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<OddsUpdate>, StoreError> {
+        let rows = sqlx::query(CURRENT_PAGE)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok(OddsUpdate {
+                    event_id: row.try_get("event_id")?,
+                    home_team: row.try_get("home_team")?,
+                    away_team: row.try_get("away_team")?,
+                    market: row.try_get("market")?,
+                    odds: Odds {
+                        home: row.try_get("home_odds")?,
+                        draw: row.try_get("draw_odds")?,
+                        away: row.try_get("away_odds")?,
+                    },
+                    updated_at: row.try_get::<DateTime<Utc>, _>("updated_at")?,
+                    source: row.try_get("source")?,
+                    version: u64::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0),
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError)
+    }
+}
+
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}

@@ -1,0 +1,235 @@
+//! Shared set-up of the processor's integration tests: real Postgres, Redis and mock Kafka.
+#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
+
+use chrono::Utc;
+use futures_util::StreamExt;
+use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL, TOPIC_ODDS_UPDATES};
+use odds_contracts::{Odds, OddsUpdate};
+use odds_processor::processor::{CHECK_KAFKA, CHECK_POSTGRES};
+use odds_processor::{Metrics, Processor, ProcessorConfig};
+use odds_runtime::Readiness;
+use odds_testkit::{TestDatabase, TestKafka, TestRedis};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::ClientConfig;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Generous: the machine is shared and loaded.
+pub const PATIENCE: Duration = Duration::from_secs(90);
+
+pub async fn migrated_database() -> TestDatabase {
+    let db = TestDatabase::create().await.unwrap();
+    odds_schema::migrate(db.pool()).await.unwrap();
+    db
+}
+
+pub fn config(kafka: &TestKafka, db: &TestDatabase, redis: &TestRedis) -> ProcessorConfig {
+    let mut config = ProcessorConfig::new(kafka.bootstrap_servers(), db.url(), &redis.url());
+    config.kafka_group = format!("test-{}", uuid_like());
+    config.batch_max = 50;
+    config.db_retry_max_backoff_ms = 500;
+    config.redis_timeout_ms = 1000;
+    config
+}
+
+fn uuid_like() -> String {
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )
+}
+
+pub struct Harness {
+    pub processor: Processor,
+    pub readiness: Readiness,
+    pub metrics: Metrics,
+    pub shutdown: CancellationToken,
+}
+
+pub fn processor(config: &ProcessorConfig) -> Harness {
+    let readiness = Readiness::new(&[CHECK_KAFKA, CHECK_POSTGRES]);
+    let metrics = Metrics::unregistered().unwrap();
+    let shutdown = CancellationToken::new();
+    let processor =
+        Processor::new(config, metrics.clone(), readiness.clone(), shutdown.clone()).unwrap();
+    Harness {
+        processor,
+        readiness,
+        metrics,
+        shutdown,
+    }
+}
+
+pub fn update(event: &str, version: u64) -> OddsUpdate {
+    OddsUpdate {
+        event_id: event.into(),
+        home_team: format!("{event} home"),
+        away_team: format!("{event} away"),
+        market: "1X2".into(),
+        odds: Odds {
+            home: 1.5 + version as f64 / 100.0,
+            draw: 3.25,
+            away: 4.75,
+        },
+        updated_at: Utc::now(),
+        source: "test".into(),
+        version,
+    }
+}
+
+pub fn producer(kafka: &TestKafka) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .set("enable.idempotence", "true")
+        .create()
+        .unwrap()
+}
+
+pub async fn produce_raw(producer: &FutureProducer, key: &str, payload: Option<&[u8]>) {
+    let mut record = FutureRecord::<str, [u8]>::to(TOPIC_ODDS_UPDATES).key(key);
+    if let Some(payload) = payload {
+        record = record.payload(payload);
+    }
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
+pub async fn produce(producer: &FutureProducer, updates: &[OddsUpdate]) {
+    for u in updates {
+        produce_raw(producer, &u.event_id, Some(u.to_json().as_bytes())).await;
+    }
+}
+
+/// Steps the processor until `done` holds (checked after every step).
+pub async fn step_until<F, Fut>(processor: &mut Processor, what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if done().await {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        processor.step().await;
+    }
+}
+
+/// Polls `done` until it holds.
+pub async fn wait_until<F, Fut>(what: &str, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while !done().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sum of the group's committed offsets over `partitions` partitions of odds_updates.
+pub fn committed_total(kafka: &TestKafka, group: &str, partitions: i32) -> i64 {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(TOPIC_ODDS_UPDATES, p);
+    }
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(30))
+        .unwrap();
+    committed
+        .elements()
+        .iter()
+        .map(|e| match e.offset() {
+            Offset::Offset(o) => o,
+            _ => 0,
+        })
+        .sum()
+}
+
+pub async fn count(db: &TestDatabase, sql: &str) -> i64 {
+    let (n,): (i64,) = sqlx::query_as(sql).fetch_one(db.pool()).await.unwrap();
+    n
+}
+
+pub async fn current_version(db: &TestDatabase, event: &str) -> Option<i64> {
+    sqlx::query_scalar("SELECT version FROM odds_current WHERE event_id = $1")
+        .bind(event)
+        .fetch_optional(db.pool())
+        .await
+        .unwrap()
+}
+
+pub async fn history_versions(db: &TestDatabase, event: &str) -> Vec<i64> {
+    sqlx::query_scalar("SELECT version FROM odds_history WHERE event_id = $1 ORDER BY version")
+        .bind(event)
+        .fetch_all(db.pool())
+        .await
+        .unwrap()
+}
+
+/// The cached update of `event`, if any.
+pub async fn cached(redis: &TestRedis, event: &str) -> Option<OddsUpdate> {
+    let mut conn = redis.connection().await.ok()?;
+    let json: Option<String> = redis::cmd("GET")
+        .arg(redis_current_key(event))
+        .query_async(&mut conn)
+        .await
+        .ok()?;
+    json.map(|j| serde_json::from_str(&j).unwrap())
+}
+
+/// Everything published on the updates channel, collected in the background.
+#[derive(Clone, Default)]
+pub struct Subscriber {
+    pub seen: Arc<Mutex<Vec<OddsUpdate>>>,
+}
+
+impl Subscriber {
+    pub async fn start(redis: &TestRedis) -> Subscriber {
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut pubsub = client.get_async_pubsub().await.unwrap();
+        pubsub.subscribe(REDIS_UPDATES_CHANNEL).await.unwrap();
+        let subscriber = Subscriber::default();
+        let seen = subscriber.seen.clone();
+        tokio::spawn(async move {
+            let mut messages = pubsub.into_on_message();
+            while let Some(message) = messages.next().await {
+                let payload: String = message.get_payload().unwrap();
+                // The payload must be exactly an OddsUpdate.
+                let update: OddsUpdate = serde_json::from_str(&payload).unwrap();
+                seen.lock().unwrap().push(update);
+            }
+        });
+        subscriber
+    }
+
+    pub fn versions_of(&self, event: &str) -> Vec<u64> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|u| u.event_id == event)
+            .map(|u| u.version)
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+}
