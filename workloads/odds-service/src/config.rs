@@ -68,6 +68,11 @@ pub struct ServiceConfig {
     #[arg(long, env = "WS_SLOW_CLIENT_TIMEOUT_MS", default_value_t = 10_000)]
     pub ws_slow_client_timeout_ms: u64,
 
+    /// Kernel send buffer (SO_SNDBUF) of each client socket, in bytes; 0 keeps the OS default
+    /// (which autotunes up to megabytes per stuck client).
+    #[arg(long, env = "WS_SEND_BUFFER_BYTES", default_value_t = 32 * 1024)]
+    pub ws_send_buffer_bytes: usize,
+
     /// Interval of server pings; a client silent for three intervals is disconnected.
     #[arg(long, env = "WS_PING_INTERVAL_SECS", default_value_t = 20)]
     pub ws_ping_interval_secs: u64,

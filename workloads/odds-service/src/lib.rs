@@ -96,8 +96,13 @@ pub async fn start(
         shutdown.clone(),
     )
     .await?;
-    let (listen_addr, api_task) =
-        odds_runtime::serve_http(config.listen_addr, api::router(state), shutdown.clone()).await?;
+    let (listen_addr, api_task) = serve_public(
+        config.listen_addr,
+        config.ws_send_buffer_bytes,
+        api::router(state),
+        shutdown.clone(),
+    )
+    .await?;
     let subscriber = pubsub::Subscriber {
         redis_url: config.redis_url.clone(),
         timeout: config.redis_timeout(),
@@ -122,6 +127,40 @@ pub async fn start(
         metrics,
         task,
     })
+}
+
+/// Serves the public router with a bounded kernel send buffer per connection: the default
+/// autotuning lets one stuck client park megabytes in the kernel, hiding it from the
+/// slow-client logic (which then never conflates) and costing memory outside our accounting.
+async fn serve_public(
+    addr: SocketAddr,
+    send_buffer: usize,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    use axum::serve::ListenerExt;
+    let bind_error = |source| odds_runtime::RuntimeError::Bind { addr, source };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(bind_error)?;
+    let bound = listener.local_addr().map_err(bind_error)?;
+    let listener = listener.tap_io(move |tcp| {
+        let socket = socket2::SockRef::from(&*tcp);
+        if send_buffer > 0 {
+            if let Err(error) = socket.set_send_buffer_size(send_buffer) {
+                tracing::debug!(%error, "cannot set SO_SNDBUF");
+            }
+        }
+        let _ = socket.set_tcp_nodelay(true);
+    });
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, router.into_make_service())
+            .with_graceful_shutdown(async move { shutdown.cancelled_owned().await });
+        if let Err(error) = server.await {
+            tracing::error!(%error, "public server failed");
+        }
+    });
+    Ok((bound, task))
 }
 
 async fn probe_readiness(

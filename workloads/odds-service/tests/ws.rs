@@ -1,0 +1,357 @@
+//! WebSocket fan-out against real Redis and Postgres with real WebSocket clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{assert_silent, connect, next_json, send, subscribe, update, Client, Env};
+use futures_util::{SinkExt, StreamExt};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+#[tokio::test]
+async fn subscribe_snapshot_update_unsubscribe_and_ping() {
+    let env = Env::start(&[]).await;
+    env.write(&update("E1", 1, 2.0)).await;
+    env.write(&update("E2", 1, 2.0)).await;
+    env.wait_for_pubsub().await;
+    let mut client = connect(env.addr()).await;
+    let snapshot = subscribe(&mut client, "E1").await;
+    assert_eq!(snapshot["data"]["version"], 1);
+    assert_eq!(snapshot["data"]["home_team"], "E1 Home");
+
+    env.write(&update("E2", 2, 2.2)).await; // not followed: must not arrive
+    env.write(&update("E1", 2, 2.1)).await;
+    let odds = next_json(&mut client).await;
+    assert_eq!(odds["type"], "odds", "{odds}");
+    assert_eq!(odds["data"]["event_id"], "E1");
+    assert_eq!(odds["data"]["version"], 2);
+    assert_eq!(odds["data"]["odds"]["home"], 2.1);
+
+    send(&mut client, r#"{"type":"ping"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "pong");
+
+    send(&mut client, r#"{"type":"unsubscribe","eventId":"E1"}"#).await;
+    let reply = next_json(&mut client).await;
+    assert_eq!(reply["type"], "unsubscribed");
+    assert_eq!(reply["eventId"], "E1");
+    env.write(&update("E1", 3, 2.3)).await;
+    assert_silent(&mut client, Duration::from_millis(500)).await;
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_and_invalid_events_get_errors() {
+    let env = Env::start(&[]).await;
+    let mut client = connect(env.addr()).await;
+    send(&mut client, r#"{"type":"subscribe","eventId":"NOPE"}"#).await;
+    let error = next_json(&mut client).await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["code"], "unknown_event");
+    assert_eq!(error["eventId"], "NOPE");
+    send(&mut client, r#"{"type":"subscribe","eventId":"has space"}"#).await;
+    assert_eq!(next_json(&mut client).await["code"], "invalid_event_id");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn all_events_subscription_gets_snapshots_and_every_event() {
+    let env = Env::start(&[]).await;
+    env.write(&update("A1", 4, 2.0)).await;
+    env.write(&update("A2", 9, 2.0)).await;
+    env.wait_for_pubsub().await;
+    let mut client = connect(env.addr()).await;
+    send(&mut client, r#"{"type":"subscribe","eventId":"*"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "subscribed");
+    let mut snapshots = Vec::new();
+    for _ in 0..2 {
+        let s = next_json(&mut client).await;
+        assert_eq!(s["type"], "snapshot");
+        snapshots.push((
+            s["data"]["event_id"].as_str().unwrap().to_owned(),
+            s["data"]["version"].as_u64().unwrap(),
+        ));
+    }
+    snapshots.sort();
+    assert_eq!(snapshots, [("A1".to_owned(), 4), ("A2".to_owned(), 9)]);
+    env.write(&update("A3", 1, 2.0)).await;
+    let odds = next_json(&mut client).await;
+    assert_eq!(
+        (odds["type"].as_str(), odds["data"]["event_id"].as_str()),
+        (Some("odds"), Some("A3"))
+    );
+    env.stop().await;
+}
+
+/// Reads `odds` frames of one event until `last` arrives; returns the versions seen.
+async fn versions_until(client: &mut Client, last: u64) -> Vec<u64> {
+    let mut versions = Vec::new();
+    loop {
+        let frame = next_json(client).await;
+        assert_eq!(frame["type"], "odds", "{frame}");
+        let version = frame["data"]["version"].as_u64().unwrap();
+        versions.push(version);
+        if version >= last {
+            return versions;
+        }
+    }
+}
+
+#[tokio::test]
+async fn thousand_versions_fast_client_sees_all_slow_client_sees_increasing_up_to_the_last() {
+    let env = Env::start(&[]).await;
+    env.write(&update("ORD", 1, 2.0)).await;
+    env.wait_for_pubsub().await;
+    let mut fast = connect(env.addr()).await;
+    subscribe(&mut fast, "ORD").await;
+    // A slow client with a tiny receive buffer, so the server cannot park everything in TCP.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let stream = socket.connect(env.addr()).await.unwrap();
+    let (mut slow, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/ws/odds", env.addr()), stream)
+            .await
+            .unwrap();
+    let slow_stream: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> = &mut slow;
+    slow_stream
+        .send(Message::text(r#"{"type":"subscribe","eventId":"ORD"}"#))
+        .await
+        .unwrap();
+
+    let fast_reader = tokio::spawn(async move { versions_until(&mut fast, 1000).await });
+    for v in 2..=1000 {
+        let mut u = update("ORD", v, 2.0 + (v % 50) as f64 / 100.0);
+        u.source = "x".repeat(64); // bigger frames fill the slow client's buffers sooner
+        env.publish(&u).await;
+    }
+    let fast_versions = tokio::time::timeout(Duration::from_secs(60), fast_reader)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        fast_versions,
+        (2..=1000).collect::<Vec<_>>(),
+        "fast client must see every version in order"
+    );
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Now the slow client reads: subscribed, snapshot, then strictly increasing versions to 1000.
+    let mut slow_versions = Vec::new();
+    let mut kinds = Vec::new();
+    while slow_versions.last() != Some(&1000) {
+        let message = tokio::time::timeout(Duration::from_secs(15), slow.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let Message::Text(text) = message else {
+            continue;
+        };
+        let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+        kinds.push(frame["type"].as_str().unwrap().to_owned());
+        if let Some(v) = frame["data"]["version"].as_u64() {
+            slow_versions.push(v);
+        }
+    }
+    assert_eq!(&kinds[..2], ["subscribed", "snapshot"]);
+    assert!(
+        slow_versions.windows(2).all(|w| w[0] < w[1]),
+        "not strictly increasing: {slow_versions:?}"
+    );
+    let conflated = env.metrics().ws_conflated.get();
+    assert!(
+        slow_versions.len() < 1000 && conflated > 0,
+        "slow client got {} frames, {conflated} conflated: its queue was not conflated",
+        slow_versions.len()
+    );
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn stuck_client_is_closed_as_slow_while_others_keep_receiving() {
+    let env = Env::start(&[
+        "--ws-slow-client-timeout-ms=300",
+        "--ws-max-pending-events=4",
+    ])
+    .await;
+    for i in 0..20 {
+        env.write(&update(&format!("S{i:02}"), 1, 2.0)).await;
+    }
+    env.wait_for_pubsub().await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let stream = socket.connect(env.addr()).await.unwrap();
+    let (mut stuck, _) =
+        tokio_tungstenite::client_async(format!("ws://{}/ws/odds", env.addr()), stream)
+            .await
+            .unwrap();
+    stuck
+        .send(Message::text(r#"{"type":"subscribe","eventId":"*"}"#))
+        .await
+        .unwrap();
+    let mut healthy = connect(env.addr()).await;
+    subscribe(&mut healthy, "S00").await;
+    let mut healthy_versions = Vec::new();
+    for v in 2..=300 {
+        for i in 0..20 {
+            let mut u = update(&format!("S{i:02}"), v, 2.0);
+            u.source = "y".repeat(64);
+            env.publish(&u).await;
+        }
+    }
+    healthy_versions.extend(versions_until(&mut healthy, 300).await);
+    assert!(healthy_versions.windows(2).all(|w| w[0] < w[1]));
+
+    // The stuck client finds a 1008 close once it reads what was buffered.
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(15), stuck.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    let close = close.expect("close frame with a reason");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert!(close.reason.contains("slow consumer"), "{}", close.reason);
+    assert!(env.metrics().ws_slow_client_closes.get() >= 1);
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn bad_input_gets_errors_and_the_connection_survives() {
+    let env = Env::start(&["--ws-max-message-bytes=1024", "--ws-max-subscriptions=5"]).await;
+    env.write(&update("OK1", 1, 2.0)).await;
+    env.wait_for_pubsub().await;
+    let mut client = connect(env.addr()).await;
+    let mut bystander = connect(env.addr()).await;
+    subscribe(&mut bystander, "OK1").await;
+
+    let cases: [(Message, &str); 5] = [
+        (Message::text("{not json"), "bad_json"),
+        (Message::text(r#"{"type":"dance"}"#), "unknown_type"),
+        (Message::text(r#"{"type":"subscribe"}"#), "invalid_message"),
+        (Message::binary(vec![1u8, 2, 3]), "binary_not_supported"),
+        (
+            Message::text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "p".repeat(2000))),
+            "message_too_large",
+        ),
+    ];
+    for (message, code) in cases {
+        client.send(message).await.unwrap();
+        let error = next_json(&mut client).await;
+        assert_eq!(error["type"], "error");
+        assert_eq!(error["code"], code, "{error}");
+    }
+    // 10 000 subscriptions: the first are answered (unknown events), the rest are refused.
+    for i in 0..10_000 {
+        client
+            .feed(Message::text(format!(
+                r#"{{"type":"subscribe","eventId":"N{i}"}}"#
+            )))
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let mut too_many = 0;
+    for _ in 0..10_000 {
+        let reply = next_json(&mut client).await;
+        assert_eq!(reply["type"], "error");
+        if reply["code"] == "too_many_subscriptions" {
+            too_many += 1;
+        }
+    }
+    // Unknown events are not kept as subscriptions, so none counted against the limit.
+    assert_eq!(too_many, 0);
+    for i in 0..5 {
+        env.write(&update(&format!("K{i}"), 1, 2.0)).await;
+        subscribe(&mut client, &format!("K{i}")).await;
+    }
+    send(&mut client, r#"{"type":"subscribe","eventId":"OK1"}"#).await;
+    assert_eq!(
+        next_json(&mut client).await["code"],
+        "too_many_subscriptions"
+    );
+    send(&mut client, r#"{"type":"ping"}"#).await;
+    assert_eq!(
+        next_json(&mut client).await["type"],
+        "pong",
+        "connection survived"
+    );
+
+    // A frame over the hard limit (16x the message limit) closes with 1009.
+    client
+        .send(Message::text("z".repeat(64 * 1024)))
+        .await
+        .unwrap();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(15), client.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected close, got {other:?}"),
+        }
+    };
+    assert_eq!(close.unwrap().code, CloseCode::Size);
+
+    env.write(&update("OK1", 2, 2.5)).await;
+    let odds = next_json(&mut bystander).await;
+    assert_eq!(odds["data"]["version"], 2, "other clients are unaffected");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn disallowed_origin_is_refused_and_connection_limit_holds() {
+    let env = Env::start(&[
+        "--ws-allowed-origins=https://ok.example",
+        "--ws-max-connections=2",
+    ])
+    .await;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut request = format!("ws://{}/ws/odds", env.addr())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "https://evil.example".parse().unwrap());
+    let err = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    assert!(err.to_string().contains("403"), "{err}");
+    let mut request = format!("ws://{}/ws/odds", env.addr())
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("origin", "https://ok.example".parse().unwrap());
+    let (_first, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let _second = connect(env.addr()).await;
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/ws/odds", env.addr()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("503"), "{err}");
+    env.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_sends_going_away() {
+    let env = Env::start(&[]).await;
+    let mut client = connect(env.addr()).await;
+    send(&mut client, r#"{"type":"ping"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "pong");
+    env.shutdown.cancel();
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(15), client.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected close, got {other:?}"),
+        }
+    };
+    assert_eq!(close.unwrap().code, CloseCode::Away);
+    env.stop().await;
+}
