@@ -59,20 +59,15 @@ pub struct StrimziCondition {
 }
 
 impl KafkaTopic {
-    /// Strimzi reports `Ready=True` for the generation it reconciled.
+    /// Strimzi reports `Ready=True` once the topic exists in Kafka as specified. (Its
+    /// `observedGeneration` is not compared: a later partition increase keeps the topic usable.)
     pub fn is_ready(&self) -> bool {
-        let Some(status) = &self.status else {
-            return false;
-        };
-        let current = match (status.observed_generation, self.metadata.generation) {
-            (Some(observed), Some(generation)) => observed >= generation,
-            _ => true,
-        };
-        current
-            && status
+        self.status.as_ref().is_some_and(|status| {
+            status
                 .conditions
                 .iter()
                 .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
     }
 }
 
