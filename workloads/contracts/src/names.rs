@@ -15,6 +15,8 @@ pub mod dlq_headers {
     pub const DETAIL: &str = "odds-reject-detail";
     /// RFC 3339 time of rejection.
     pub const REJECTED_AT: &str = "odds-rejected-at";
+    /// Size of the rejected input when the DLQ payload holds only its beginning.
+    pub const ORIGINAL_BYTES: &str = "odds-original-bytes";
     /// Which stage rejected it (`odds-ingest`, `odds-processor`).
     pub const STAGE: &str = "odds-reject-stage";
     /// For records rejected after Kafka: where they were read from.

@@ -35,3 +35,106 @@ impl TestKafka {
         &self.cluster
     }
 }
+
+/// A record read back from a topic, owned.
+#[derive(Debug, Clone)]
+pub struct ReadRecord {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Vec<u8>)>,
+}
+
+impl ReadRecord {
+    /// A header's value as text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+    }
+
+    pub fn key_str(&self) -> Option<String> {
+        self.key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+    }
+}
+
+impl TestKafka {
+    /// Reads `topic` from the beginning of every partition until at least `expected` records
+    /// arrived and then none for `quiet` (so extra, duplicate records are caught too), or
+    /// until `timeout`. Records come in partition order, offsets rising within each.
+    pub async fn read_topic(
+        &self,
+        topic: &str,
+        expected: usize,
+        quiet: std::time::Duration,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<ReadRecord>> {
+        read_topic(&self.bootstrap, topic, expected, quiet, timeout).await
+    }
+}
+
+/// [`TestKafka::read_topic`] for any bootstrap address.
+pub async fn read_topic(
+    bootstrap: &str,
+    topic: &str,
+    expected: usize,
+    quiet: std::time::Duration,
+    timeout: std::time::Duration,
+) -> Result<Vec<ReadRecord>> {
+    use rdkafka::consumer::{Consumer, StreamConsumer};
+    use rdkafka::message::Headers;
+    use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set(
+            "group.id",
+            format!("testkit-reader-{}", uuid::Uuid::new_v4()),
+        )
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(topic), std::time::Duration::from_secs(10))?;
+    let mut assignment = TopicPartitionList::new();
+    for t in metadata.topics() {
+        for p in t.partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::Beginning)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut records = Vec::new();
+    loop {
+        let wait = if records.len() >= expected {
+            quiet
+        } else {
+            deadline.saturating_duration_since(tokio::time::Instant::now())
+        };
+        match tokio::time::timeout(wait, consumer.recv()).await {
+            Ok(Ok(m)) => records.push(ReadRecord {
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers: m
+                    .headers()
+                    .map(|h| {
+                        h.iter()
+                            .map(|h| (h.key.to_owned(), h.value.unwrap_or_default().to_vec()))
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            }),
+            Ok(Err(e)) => return Err(e.into()),
+            Err(_) => break,
+        }
+        if tokio::time::Instant::now() >= deadline {
+            break;
+        }
+    }
+    records.sort_by_key(|r| (r.partition, r.offset));
+    Ok(records)
+}

@@ -13,7 +13,7 @@ mod process;
 mod redis_server;
 
 pub use http::{http_get, HttpResponse};
-pub use kafka::TestKafka;
+pub use kafka::{read_topic, ReadRecord, TestKafka};
 pub use postgres::{PostgresServer, TestDatabase};
 pub use process::free_port;
 pub use redis_server::TestRedis;

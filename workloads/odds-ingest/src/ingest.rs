@@ -1,0 +1,156 @@
+//! The ingest loop: each supplier frame becomes a Kafka record, on the topic or on the DLQ.
+//!
+//! Valid updates are re-encoded from the parsed value, so what goes on the topic is exactly the
+//! contract's shape whatever extra fields a supplier sends. Everything else is dead-lettered
+//! with its reason. On shutdown the supplier socket is closed first, frames already read are
+//! still produced, and the producer is drained for a bounded time.
+
+use crate::config::IngestConfig;
+use crate::metrics::IngestMetrics;
+use crate::publisher::Publisher;
+use crate::supplier::{stream_supplier, SupplierFrame, SupplierLink, READY_SUPPLIER};
+use crate::IngestError;
+use odds_contracts::{parse_update, RejectReason};
+use odds_runtime::ops::ops_router;
+use odds_runtime::{serve_http, Readiness};
+use prometheus::Registry;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Readiness check name: a Kafka broker answered recently.
+pub const READY_KAFKA: &str = "kafka";
+/// Frames read ahead of the producer; small, since the in-flight limit is the real buffer.
+const FRAME_QUEUE: usize = 1024;
+const KAFKA_PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// A running ingest stage.
+pub struct Ingest {
+    /// Health, readiness and metrics server.
+    pub ops_addr: SocketAddr,
+    pub metrics: IngestMetrics,
+    pub readiness: Readiness,
+    task: JoinHandle<()>,
+    ops_task: JoinHandle<()>,
+}
+
+impl Ingest {
+    /// Starts every task of the stage; returns once the ops server listens.
+    pub async fn start(
+        config: IngestConfig,
+        shutdown: CancellationToken,
+    ) -> Result<Ingest, IngestError> {
+        let registry = Registry::new();
+        let metrics = IngestMetrics::register(&registry)?;
+        let readiness = Readiness::new(&[READY_SUPPLIER, READY_KAFKA]);
+        let publisher = Publisher::new(&config, metrics.clone())?;
+        let (reconnect_min, reconnect_max) = config.reconnect_bounds();
+        let link = SupplierLink {
+            url: config.supplier_url.clone(),
+            max_message_bytes: config.max_ws_message_bytes,
+            reconnect_min,
+            reconnect_max,
+        };
+        // The ops server outlives the pipeline a little so /metrics shows the final drain.
+        let ops_shutdown = CancellationToken::new();
+        let (ops_addr, ops_task) = serve_http(
+            config.ops.http_addr,
+            ops_router(readiness.clone(), registry),
+            ops_shutdown.clone(),
+        )
+        .await?;
+
+        let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
+        let reader = tokio::spawn(stream_supplier(
+            link,
+            frames_tx,
+            readiness.clone(),
+            metrics.clone(),
+            shutdown.clone(),
+        ));
+        let probe = tokio::spawn(probe_kafka(
+            publisher.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        ));
+        let flush = Duration::from_millis(config.shutdown_flush_ms);
+        let task = tokio::spawn(async move {
+            process_frames(frames_rx, &publisher).await;
+            let _ = reader.await;
+            probe.abort();
+            let left = publisher.drain(flush).await;
+            if left > 0 {
+                tracing::error!(left, "shutdown: records still unacknowledged by Kafka");
+            } else {
+                tracing::info!("shutdown: every record acknowledged");
+            }
+            ops_shutdown.cancel();
+        });
+        tracing::info!(%ops_addr, supplier = %config.supplier_url, brokers = %config.kafka_brokers, "odds-ingest started");
+        Ok(Ingest {
+            ops_addr,
+            metrics,
+            readiness,
+            task,
+            ops_task,
+        })
+    }
+
+    /// Waits for the stage to stop (after shutdown is cancelled and in-flight records drained).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+        let _ = self.ops_task.await;
+    }
+}
+
+/// Runs ingest until `shutdown` is cancelled.
+pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<(), IngestError> {
+    Ingest::start(config, shutdown).await?.wait().await;
+    Ok(())
+}
+
+/// Produces every frame until the supplier reader is gone and the queue is empty.
+async fn process_frames(mut frames: mpsc::Receiver<SupplierFrame>, publisher: &Publisher) {
+    while let Some(frame) = frames.recv().await {
+        match frame {
+            SupplierFrame::Text(text) => match parse_update(text.as_bytes()) {
+                Ok(update) => publisher.publish(&update).await,
+                Err(reason) => {
+                    tracing::debug!(reason = reason.code(), detail = %reason, "rejecting frame");
+                    publisher.dead_letter(text.as_bytes(), &reason).await;
+                }
+            },
+            SupplierFrame::Binary(bytes) => {
+                publisher
+                    .dead_letter(&bytes, &RejectReason::BinaryFrame)
+                    .await;
+            }
+        }
+    }
+}
+
+async fn probe_kafka(publisher: Publisher, readiness: Readiness, shutdown: CancellationToken) {
+    let mut was_reachable = None;
+    loop {
+        let probe = publisher.clone();
+        let reachable =
+            tokio::task::spawn_blocking(move || probe.kafka_reachable(KAFKA_PROBE_EVERY))
+                .await
+                .unwrap_or(false);
+        readiness.set(READY_KAFKA, reachable);
+        if was_reachable != Some(reachable) {
+            if reachable {
+                tracing::info!("Kafka reachable");
+            } else {
+                tracing::warn!("Kafka unreachable");
+            }
+            was_reachable = Some(reachable);
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(KAFKA_PROBE_EVERY) => {}
+        }
+    }
+}

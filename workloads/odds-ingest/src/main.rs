@@ -1,0 +1,11 @@
+use anyhow::Context;
+use clap::Parser;
+use odds_ingest::{run, IngestConfig};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = IngestConfig::parse();
+    odds_runtime::telemetry::init(config.ops.log_format, &config.ops.log_filter)?;
+    let shutdown = odds_runtime::shutdown::on_signals();
+    run(config, shutdown).await.context("odds-ingest failed")
+}

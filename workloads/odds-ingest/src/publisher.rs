@@ -1,0 +1,207 @@
+//! Producing to Kafka without losing anything and without unbounded memory.
+//!
+//! Every record takes a permit from a semaphore sized `max_in_flight` and gives it back only
+//! when Kafka has acknowledged it (or refused it for good). The producer is idempotent with
+//! `acks=all` and never times a record out, so while Kafka is away records wait and are
+//! retried in order, permits run out, and the caller stops taking input.
+
+use crate::config::IngestConfig;
+use crate::metrics::IngestMetrics;
+use chrono::Utc;
+use odds_contracts::names::dlq_headers;
+use odds_contracts::{OddsUpdate, RejectReason};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::ClientConfig;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Most bytes of a rejected frame kept in its DLQ record; the original size goes in a header.
+pub const DLQ_MAX_PAYLOAD: usize = 64 * 1024;
+/// Name of this stage in DLQ headers.
+pub const STAGE: &str = "odds-ingest";
+
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: Arc<str>,
+    dlq_topic: Arc<str>,
+    permits: Arc<Semaphore>,
+    max_in_flight: usize,
+    metrics: IngestMetrics,
+}
+
+/// What a record is, for accounting when Kafka acknowledges it.
+#[derive(Clone, Copy)]
+enum RecordKind {
+    Update,
+    DeadLetter(&'static str),
+}
+
+impl Publisher {
+    pub fn new(config: &IngestConfig, metrics: IngestMetrics) -> Result<Publisher, KafkaError> {
+        let mut client = ClientConfig::new();
+        for (name, value) in config.producer_properties() {
+            client.set(name, value);
+        }
+        let max_in_flight = config.max_in_flight.max(1);
+        Ok(Publisher {
+            producer: client.create()?,
+            topic: config.topic.as_str().into(),
+            dlq_topic: config.dlq_topic.as_str().into(),
+            permits: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+            metrics,
+        })
+    }
+
+    /// Produces a valid update to the updates topic, keyed by its event id. Returns once the
+    /// record is handed to the producer (waiting for a permit if too many are in flight).
+    pub async fn publish(&self, update: &OddsUpdate) {
+        let payload = update.to_json();
+        let permit = self.permit().await;
+        let delivery = self
+            .send_retrying_when_full(|| {
+                FutureRecord::to(&self.topic)
+                    .key(update.event_id.as_str())
+                    .payload(payload.as_str())
+            })
+            .await;
+        self.track(delivery, permit, RecordKind::Update);
+    }
+
+    /// Produces rejected input to the DLQ with the reason, detail and time as headers.
+    pub async fn dead_letter(&self, payload: &[u8], reason: &RejectReason) {
+        self.dead_letter_code(payload, reason.code(), &reason.to_string())
+            .await;
+    }
+
+    async fn dead_letter_code(&self, payload: &[u8], code: &'static str, detail: &str) {
+        let kept = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
+        let rejected_at = Utc::now().to_rfc3339();
+        let original = payload.len().to_string();
+        let headers = || {
+            OwnedHeaders::new()
+                .insert(header(dlq_headers::REASON, code))
+                .insert(header(dlq_headers::DETAIL, detail))
+                .insert(header(dlq_headers::REJECTED_AT, &rejected_at))
+                .insert(header(dlq_headers::STAGE, STAGE))
+                .insert(header(dlq_headers::ORIGINAL_BYTES, &original))
+        };
+        let permit = self.permit().await;
+        let delivery = self
+            .send_retrying_when_full(|| {
+                FutureRecord::<(), [u8]>::to(&self.dlq_topic)
+                    .payload(kept)
+                    .headers(headers())
+            })
+            .await;
+        self.track(delivery, permit, RecordKind::DeadLetter(code));
+    }
+
+    /// A slot for one record in flight. The semaphore is never closed, so `None` cannot
+    /// happen in practice; if it did, sending without a slot is still correct.
+    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().acquire_owned().await.ok()
+    }
+
+    /// librdkafka's local queue can still fill (e.g. tiny `queue.buffering.max.messages`):
+    /// wait briefly and try again rather than drop.
+    async fn send_retrying_when_full<'a, K, P>(
+        &self,
+        record: impl Fn() -> FutureRecord<'a, K, P>,
+    ) -> DeliveryFuture
+    where
+        K: rdkafka::message::ToBytes + ?Sized + 'a,
+        P: rdkafka::message::ToBytes + ?Sized + 'a,
+    {
+        loop {
+            match self.producer.send_result(record()) {
+                Ok(delivery) => return delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((error, _)) => {
+                    // Only a malformed record gets here (e.g. larger than message.max.bytes).
+                    tracing::error!(%error, "record refused by the producer; retrying");
+                    self.metrics.produce_errors.inc();
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    }
+
+    fn track(
+        &self,
+        delivery: DeliveryFuture,
+        permit: Option<OwnedSemaphorePermit>,
+        kind: RecordKind,
+    ) {
+        let publisher = self.clone();
+        let sent = Instant::now();
+        self.metrics.in_flight.inc();
+        tokio::spawn(async move {
+            let outcome = delivery.await;
+            publisher.metrics.in_flight.dec();
+            publisher
+                .metrics
+                .produce_latency
+                .observe(sent.elapsed().as_secs_f64());
+            match (outcome, kind) {
+                (Ok(Ok(_)), RecordKind::Update) => publisher.metrics.updates_produced.inc(),
+                (Ok(Ok(_)), RecordKind::DeadLetter(code)) => publisher
+                    .metrics
+                    .dead_lettered
+                    .with_label_values(&[code])
+                    .inc(),
+                (Ok(Err((error, message))), RecordKind::Update) => {
+                    publisher.metrics.produce_errors.inc();
+                    tracing::error!(%error, "Kafka refused an update for good; dead-lettering it");
+                    drop(permit);
+                    let payload = rdkafka::Message::payload(&message).unwrap_or_default();
+                    publisher
+                        .dead_letter_code(payload, "produce_failed", &error.to_string())
+                        .await;
+                    return;
+                }
+                (Ok(Err((error, _))), RecordKind::DeadLetter(code)) => {
+                    publisher.metrics.produce_errors.inc();
+                    tracing::error!(%error, code, "Kafka refused a dead letter for good");
+                }
+                (Err(_canceled), _) => {
+                    publisher.metrics.produce_errors.inc();
+                    tracing::error!("producer dropped before acknowledging a record");
+                }
+            }
+            drop(permit);
+        });
+    }
+
+    /// Waits up to `timeout` for every in-flight record to be acknowledged; returns how many
+    /// were still unacknowledged.
+    pub async fn drain(&self, timeout: Duration) -> usize {
+        let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
+        let drained = tokio::time::timeout(timeout, self.permits.acquire_many(all)).await;
+        match drained {
+            Ok(Ok(_all_back)) => 0,
+            _ => self.max_in_flight - self.permits.available_permits(),
+        }
+    }
+
+    /// Whether a broker answers a metadata request for our topic within `timeout` (blocking).
+    pub fn kafka_reachable(&self, timeout: Duration) -> bool {
+        self.producer
+            .client()
+            .fetch_metadata(Some(&self.topic), timeout)
+            .is_ok()
+    }
+}
+
+fn header<'a>(key: &'a str, value: &'a str) -> Header<'a, &'a str> {
+    Header {
+        key,
+        value: Some(value),
+    }
+}

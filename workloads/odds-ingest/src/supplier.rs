@@ -1,0 +1,147 @@
+//! The supplier connection: connect, read frames, reconnect forever.
+//!
+//! Suppliers drop connections; ingest must come back without a human. Delays grow
+//! exponentially up to a cap and are jittered so that many replicas do not reconnect in lock
+//! step. Frames go into a bounded channel: when it is full this task stops reading the socket,
+//! which is how Kafka trouble turns into TCP backpressure instead of memory growth.
+
+use crate::metrics::IngestMetrics;
+use futures_util::StreamExt;
+use odds_runtime::Readiness;
+use rand::Rng;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+
+/// Readiness check name: connected to the supplier.
+pub const READY_SUPPLIER: &str = "supplier";
+
+/// One data frame as received.
+#[derive(Debug, Clone)]
+pub enum SupplierFrame {
+    Text(Utf8Bytes),
+    Binary(Bytes),
+}
+
+/// Where and how to connect.
+#[derive(Debug, Clone)]
+pub struct SupplierLink {
+    pub url: String,
+    pub max_message_bytes: usize,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// The delay before reconnect attempt `attempt` (1-based): a random point in the upper half
+/// of `min * 2^(attempt-1)`, capped at `max`.
+pub fn backoff_delay(attempt: u32, min: Duration, max: Duration, rng: &mut impl Rng) -> Duration {
+    let step = min
+        .saturating_mul(1u32 << attempt.saturating_sub(1).min(20))
+        .min(max);
+    let half = step / 2;
+    half + Duration::from_nanos(
+        rng.random_range(0..=half.as_nanos().min(u128::from(u64::MAX)) as u64),
+    )
+}
+
+/// Reads the supplier until `shutdown`; frames go to `frames`. Returns when shut down or when
+/// the receiving side is gone.
+pub async fn stream_supplier(
+    link: SupplierLink,
+    frames: mpsc::Sender<SupplierFrame>,
+    readiness: Readiness,
+    metrics: IngestMetrics,
+    shutdown: CancellationToken,
+) {
+    let ws_config = WebSocketConfig::default()
+        .max_message_size(Some(link.max_message_bytes))
+        .max_frame_size(Some(link.max_message_bytes));
+    let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng();
+    let mut attempt: u32 = 0;
+    loop {
+        let connect =
+            tokio_tungstenite::connect_async_with_config(&link.url, Some(ws_config), false);
+        let connected = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = connect => r,
+        };
+        match connected {
+            Ok((mut ws, _)) => {
+                tracing::info!(url = %link.url, "connected to supplier");
+                readiness.set(READY_SUPPLIER, true);
+                attempt = 0;
+                loop {
+                    let next = tokio::select! {
+                        _ = shutdown.cancelled() => {
+                            readiness.set(READY_SUPPLIER, false);
+                            let _ = ws.close(None).await;
+                            return;
+                        }
+                        next = ws.next() => next,
+                    };
+                    let frame = match next {
+                        Some(Ok(Message::Text(text))) => SupplierFrame::Text(text),
+                        Some(Ok(Message::Binary(bytes))) => SupplierFrame::Binary(bytes),
+                        Some(Ok(Message::Close(reason))) => {
+                            tracing::warn!(?reason, "supplier closed the connection");
+                            break;
+                        }
+                        Some(Ok(_)) => continue, // ping/pong are handled by tungstenite
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "supplier connection failed");
+                            break;
+                        }
+                        None => {
+                            tracing::warn!("supplier connection ended");
+                            break;
+                        }
+                    };
+                    metrics.frames_received.inc();
+                    // Blocks while the pipeline behind us is full: backpressure, not buffering.
+                    if frames.send(frame).await.is_err() {
+                        return;
+                    }
+                }
+                readiness.set(READY_SUPPLIER, false);
+            }
+            Err(error) => {
+                tracing::warn!(url = %link.url, attempt, %error, "cannot connect to supplier")
+            }
+        }
+        attempt = attempt.saturating_add(1);
+        metrics.reconnects.inc();
+        let delay = backoff_delay(attempt, link.reconnect_min, link.reconnect_max, &mut rng);
+        tracing::info!(
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            "reconnecting to supplier"
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn backoff_grows_jittered_and_capped() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(1);
+        let (min, max) = (Duration::from_millis(100), Duration::from_secs(10));
+        for attempt in 1..40 {
+            let d = backoff_delay(attempt, min, max, &mut rng);
+            let step = (min * 2u32.pow((attempt - 1).min(20))).min(max);
+            assert!(
+                d >= step / 2 && d <= step,
+                "attempt {attempt}: {d:?} vs step {step:?}"
+            );
+            assert!(d <= max);
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Helpers shared by ingest's integration tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use futures_util::SinkExt;
+use odds_contracts::OddsUpdate;
+use odds_testkit::ReadRecord;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A supplier that plays one script per connection, closing each connection after its script
+/// except the last, which stays open until the test ends.
+pub async fn scripted_supplier(scripts: Vec<Vec<Message>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let last = scripts.len().saturating_sub(1);
+        for (i, script) in scripts.into_iter().enumerate() {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async_with_config(
+                tcp,
+                Some(
+                    tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                        .max_message_size(None)
+                        .max_frame_size(None),
+                ),
+            )
+            .await
+            .unwrap();
+            for msg in script {
+                ws.send(msg).await.unwrap();
+            }
+            if i == last {
+                std::future::pending::<()>().await;
+            }
+            ws.close(None).await.unwrap();
+        }
+    });
+    addr
+}
+
+pub fn update(event_id: &str, version: u64) -> OddsUpdate {
+    serde_json::from_value(serde_json::json!({
+        "event_id": event_id, "home_team": "Home", "away_team": "Away", "market": "1X2",
+        "odds": {"home": 2.1, "draw": 3.3, "away": 3.6},
+        "updated_at": "2026-11-28T10:00:00Z", "source": "test", "version": version
+    }))
+    .unwrap()
+}
+
+pub fn text(update: &OddsUpdate) -> Message {
+    Message::text(update.to_json())
+}
+
+/// Decodes the records of `odds_updates`, checking each is keyed by its event id.
+pub fn decode_keyed(records: &[ReadRecord]) -> Vec<OddsUpdate> {
+    records
+        .iter()
+        .map(|r| {
+            let u: OddsUpdate = serde_json::from_slice(r.payload.as_deref().unwrap()).unwrap();
+            assert_eq!(
+                r.key_str().as_deref(),
+                Some(u.event_id.as_str()),
+                "keyed by event id"
+            );
+            u
+        })
+        .collect()
+}
+
+/// Asserts that every event's versions appear exactly once each, 1..=n, in order.
+pub fn assert_complete_in_order(updates: &[OddsUpdate]) -> HashMap<String, u64> {
+    let mut last: HashMap<String, u64> = HashMap::new();
+    for u in updates {
+        let prev = last.insert(u.event_id.clone(), u.version).unwrap_or(0);
+        assert_eq!(
+            u.version,
+            prev + 1,
+            "event {} jumped from {prev} to {}",
+            u.event_id,
+            u.version
+        );
+    }
+    last
+}

@@ -1,0 +1,222 @@
+//! simulator → ingest → Kafka (mock cluster): every update arrives once, keyed, in order;
+//! bad input is dead-lettered with its reason; broker outages and supplier drops lose nothing.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::*;
+use odds_contracts::names::{dlq_headers, TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
+use odds_ingest::{Ingest, IngestConfig};
+use odds_testkit::{http_get, TestKafka};
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use std::time::Duration;
+use supplier_simulator::{SimulatorConfig, SimulatorServer};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+const QUIET: Duration = Duration::from_secs(2);
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+async fn simulator(
+    rate: u32,
+    total: u64,
+    events: u32,
+    shutdown: &CancellationToken,
+) -> SimulatorServer {
+    let mut config = SimulatorConfig::local();
+    config.rate = rate;
+    config.total = total;
+    config.events = events;
+    SimulatorServer::start(config, shutdown.clone())
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_simulated_update_lands_once_keyed_and_in_order() {
+    let kafka = TestKafka::start(1, 4).unwrap();
+    let shutdown = CancellationToken::new();
+    let sim = simulator(2_000, 3_000, 12, &shutdown).await;
+    let ingest = Ingest::start(
+        IngestConfig::local(&sim.url(), kafka.bootstrap_servers()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
+    let records = kafka
+        .read_topic(TOPIC_ODDS_UPDATES, 3_000, QUIET, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 3_000, "exactly N records");
+    let updates = decode_keyed(&records);
+    let last = assert_complete_in_order(&updates);
+    assert_eq!(last.len(), 12);
+    assert_eq!(last.values().sum::<u64>(), 3_000);
+
+    let ready = http_get(ingest.ops_addr, "/readyz").await.unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let metrics = http_get(ingest.ops_addr, "/metrics").await.unwrap().body;
+    assert!(
+        metrics.contains("odds_ingest_updates_produced_total 3000"),
+        "{metrics}"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), ingest.wait())
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_are_dead_lettered_with_reasons_and_good_ones_pass() {
+    let kafka = TestKafka::start(1, 2).unwrap();
+    let mut low_odds = update("E1", 9);
+    low_odds.odds.home = 0.5;
+    let mut empty_id = update("E1", 9);
+    empty_id.event_id.clear();
+    let nan = update("E1", 9).to_json().replace("2.1", "NaN");
+    let huge = "x".repeat(10 * 1024 * 1024);
+    let script = vec![
+        text(&update("E1", 1)),
+        Message::text("this is not json"),
+        Message::binary(vec![0u8, 159, 146, 150]),
+        text(&low_odds),
+        Message::text(nan),
+        text(&empty_id),
+        Message::text(huge),
+        text(&update("E1", 2)),
+        text(&update("E2", 1)),
+    ];
+    let addr = scripted_supplier(vec![script]).await;
+    let shutdown = CancellationToken::new();
+    let ingest = Ingest::start(
+        IngestConfig::local(&format!("ws://{addr}/"), kafka.bootstrap_servers()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
+    let good = kafka
+        .read_topic(TOPIC_ODDS_UPDATES, 3, QUIET, TIMEOUT)
+        .await
+        .unwrap();
+    let good = decode_keyed(&good);
+    let mut ids: Vec<_> = good
+        .iter()
+        .map(|u| (u.event_id.as_str(), u.version))
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec![("E1", 1), ("E1", 2), ("E2", 1)]);
+
+    let dlq = kafka
+        .read_topic(TOPIC_ODDS_UPDATES_DLQ, 6, QUIET, TIMEOUT)
+        .await
+        .unwrap();
+    let reasons: Vec<_> = dlq
+        .iter()
+        .map(|r| r.header(dlq_headers::REASON).unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "invalid_json",
+            "binary_frame",
+            "invalid_update",
+            "invalid_json",
+            "invalid_update",
+            "oversize"
+        ]
+    );
+    let detail = |i: usize| dlq[i].header(dlq_headers::DETAIL).unwrap();
+    assert!(detail(2).contains("odds.home"), "{}", detail(2));
+    assert!(detail(4).contains("event_id"), "{}", detail(4));
+    assert_eq!(
+        dlq[0].payload.as_deref(),
+        Some(&b"this is not json"[..]),
+        "raw payload kept"
+    );
+    assert_eq!(
+        dlq[5].header(dlq_headers::ORIGINAL_BYTES).as_deref(),
+        Some("10485760")
+    );
+    assert!(
+        dlq[5].payload.as_ref().unwrap().len() <= 64 * 1024,
+        "oversize payload truncated"
+    );
+    assert!(dlq
+        .iter()
+        .all(|r| r.header(dlq_headers::REJECTED_AT).is_some()
+            && r.header(dlq_headers::STAGE).as_deref() == Some("odds-ingest")));
+
+    let metrics = http_get(ingest.ops_addr, "/metrics").await.unwrap().body;
+    assert!(
+        metrics.contains(r#"odds_ingest_dlq_total{reason="invalid_json"} 2"#),
+        "{metrics}"
+    );
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_outage_and_request_errors_lose_and_duplicate_nothing() {
+    let kafka = TestKafka::start(1, 3).unwrap();
+    // Retriable produce errors first: the idempotent producer retries without duplicating.
+    kafka.cluster().request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS; 4],
+    );
+    let shutdown = CancellationToken::new();
+    let sim = simulator(500, 3_000, 6, &shutdown).await;
+    let _ingest = Ingest::start(
+        IngestConfig::local(&sim.url(), kafka.bootstrap_servers()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kafka.cluster().broker_down(1).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.cluster().broker_up(1).unwrap();
+
+    let records = kafka
+        .read_topic(TOPIC_ODDS_UPDATES, 3_000, QUIET, TIMEOUT)
+        .await
+        .unwrap();
+    let updates = decode_keyed(&records);
+    assert_eq!(updates.len(), 3_000, "every update once");
+    let last = assert_complete_in_order(&updates);
+    assert_eq!(last.values().sum::<u64>(), 3_000);
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn supplier_drop_is_followed_by_reconnect_and_resume() {
+    let kafka = TestKafka::start(1, 2).unwrap();
+    let first: Vec<_> = (1..=50).map(|v| text(&update("E1", v))).collect();
+    let second: Vec<_> = (51..=100).map(|v| text(&update("E1", v))).collect();
+    let addr = scripted_supplier(vec![first, second]).await;
+    let shutdown = CancellationToken::new();
+    let ingest = Ingest::start(
+        IngestConfig::local(&format!("ws://{addr}/"), kafka.bootstrap_servers()),
+        shutdown.clone(),
+    )
+    .await
+    .unwrap();
+
+    let records = kafka
+        .read_topic(TOPIC_ODDS_UPDATES, 100, QUIET, TIMEOUT)
+        .await
+        .unwrap();
+    let updates = decode_keyed(&records);
+    assert_eq!(updates.len(), 100);
+    assert_complete_in_order(&updates);
+    let metrics = http_get(ingest.ops_addr, "/metrics").await.unwrap().body;
+    assert!(
+        metrics.contains("odds_ingest_reconnects_total 1"),
+        "{metrics}"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), ingest.wait())
+        .await
+        .unwrap();
+}
