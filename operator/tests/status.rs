@@ -1,0 +1,135 @@
+//! Status computation: conditions, stable transition times, backoff.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use odds_operator::build::{Component, MigrationState};
+use odds_operator::controller::backoff;
+use odds_operator::crd::OddsPipelineStatus;
+use odds_operator::status::{component_status, compute, paused, Observed};
+use std::time::Duration;
+
+fn healthy() -> Observed {
+    Observed {
+        generation: Some(3),
+        topics_ready: true,
+        migration: MigrationState::Succeeded,
+        components: [
+            (Component::Ingest, component_status(1, 1)),
+            (Component::Processor, component_status(2, 2)),
+            (Component::OddsService, component_status(2, 2)),
+        ]
+        .into(),
+        web_socket_url: Some("ws://x/ws/odds".into()),
+        ..Observed::default()
+    }
+}
+
+fn condition<'a>(status: &'a OddsPipelineStatus, type_: &str) -> &'a odds_operator::crd::Condition {
+    status.conditions.iter().find(|c| c.type_ == type_).unwrap()
+}
+
+#[test]
+fn healthy_pipeline_is_ready_and_not_progressing() {
+    let status = compute(
+        &OddsPipelineStatus::default(),
+        &healthy(),
+        "2026-01-01T00:00:00Z",
+    );
+    assert_eq!(condition(&status, "Ready").status, "True");
+    assert_eq!(condition(&status, "Progressing").status, "False");
+    assert_eq!(condition(&status, "Degraded").status, "False");
+    assert_eq!(condition(&status, "ReconciliationPaused").status, "False");
+    assert!(status
+        .conditions
+        .iter()
+        .all(|c| c.observed_generation == Some(3)));
+    assert_eq!(status.observed_generation, Some(3));
+    assert_eq!(status.odds_service.unwrap().summary, "2/2");
+}
+
+#[test]
+fn transition_time_is_kept_while_status_stays() {
+    let first = compute(
+        &OddsPipelineStatus::default(),
+        &healthy(),
+        "2026-01-01T00:00:00Z",
+    );
+    let again = compute(&first, &healthy(), "2026-01-01T01:00:00Z");
+    assert_eq!(
+        again, first,
+        "same observations at a later time give the same status"
+    );
+    let mut slow = healthy();
+    slow.components
+        .insert(Component::Processor, component_status(1, 2));
+    let changed = compute(&first, &slow, "2026-01-01T02:00:00Z");
+    let ready = condition(&changed, "Ready");
+    assert_eq!(
+        (ready.status.as_str(), ready.last_transition_time.as_str()),
+        ("False", "2026-01-01T02:00:00Z")
+    );
+    assert!(ready.message.contains("processor 1/2"), "{}", ready.message);
+    assert_eq!(
+        condition(&changed, "TopicReady").last_transition_time,
+        "2026-01-01T00:00:00Z"
+    );
+    assert_eq!(condition(&changed, "Progressing").status, "True");
+}
+
+#[test]
+fn invalid_spec_and_failed_migration_are_degraded() {
+    let mut invalid = healthy();
+    invalid.invalid = Some("invalid spec: x".into());
+    let status = compute(&OddsPipelineStatus::default(), &invalid, "t");
+    assert_eq!(
+        (
+            condition(&status, "Degraded").status.as_str(),
+            condition(&status, "Degraded").reason.as_str()
+        ),
+        ("True", "InvalidSpec")
+    );
+    assert_eq!(condition(&status, "Ready").status, "False");
+    assert_eq!(
+        condition(&status, "Progressing").status,
+        "False",
+        "a bad spec is not progress"
+    );
+
+    let mut failed = healthy();
+    failed.migration = MigrationState::Failed("relation exists".into());
+    let status = compute(&OddsPipelineStatus::default(), &failed, "t");
+    assert_eq!(condition(&status, "Degraded").reason, "MigrationFailed");
+    assert!(condition(&status, "Degraded")
+        .message
+        .contains("relation exists"));
+    assert_eq!(condition(&status, "Migrated").status, "False");
+}
+
+#[test]
+fn pausing_keeps_the_rest_of_the_status() {
+    let before = compute(&OddsPipelineStatus::default(), &healthy(), "t0");
+    let status = paused(&before, Some(4), "t1");
+    let pause = condition(&status, "ReconciliationPaused");
+    assert_eq!(
+        (pause.status.as_str(), pause.last_transition_time.as_str()),
+        ("True", "t1")
+    );
+    assert_eq!(condition(&status, "Ready"), condition(&before, "Ready"));
+    assert_eq!(
+        status.observed_generation,
+        Some(3),
+        "a paused generation is not observed"
+    );
+    assert_eq!(
+        paused(&status, Some(4), "t2"),
+        status,
+        "pausing again changes nothing"
+    );
+}
+
+#[test]
+fn backoff_doubles_up_to_five_minutes() {
+    assert_eq!(backoff(0), Duration::from_secs(5));
+    assert_eq!(backoff(1), Duration::from_secs(10));
+    assert_eq!(backoff(3), Duration::from_secs(40));
+    assert_eq!(backoff(30), Duration::from_secs(300));
+}
