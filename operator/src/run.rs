@@ -66,7 +66,7 @@ pub enum RunError {
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
     let registry = prometheus::Registry::new();
     let metrics = Metrics::register(&registry)?;
-    let readiness = Readiness::new(&["kubernetes", "controller"]);
+    let readiness = Readiness::new(&["kubernetes"]);
     let (addr, ops_task) = serve_http(
         args.ops.http_addr,
         ops_router(readiness.clone(), registry),
@@ -76,6 +76,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     tracing::info!(%addr, "ops server listening");
 
     let client = kube::Client::try_default().await?;
+    // Followers are ready too: a rolling update of the operator must not wait for leadership.
     readiness.set("kubernetes", true);
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
     let lease = LeaseConfig {
@@ -100,8 +101,6 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
             lost.clone(),
         ));
     }
-    // A leader is ready; a follower stays unready so `kubectl get pods` shows who leads.
-    readiness.set("controller", true);
 
     let ctx = Arc::new(Context::new(
         client.clone(),

@@ -23,6 +23,13 @@ fn crds_directory_is_up_to_date() {
         committed == generated,
         "crds/oddspipelines.yaml is stale: run `cargo run -p odds-operator -- crd > crds/oddspipelines.yaml`"
     );
+    let packaged =
+        std::fs::read_to_string(repo_file("charts/odds-operator/crds/oddspipelines.yaml"))
+            .unwrap_or_default();
+    assert!(
+        packaged == generated,
+        "charts/odds-operator/crds/oddspipelines.yaml is stale: run `cp crds/oddspipelines.yaml charts/odds-operator/crds/`"
+    );
 }
 
 /// The openAPIV3Schema of the committed CRD (what a cluster would enforce).
@@ -147,4 +154,15 @@ fn crd_has_names_columns_and_status_subresource() {
         columns,
         ["Ready", "Ingest", "Processor", "Odds-Service", "Age"]
     );
+}
+
+#[test]
+fn crd_subcommand_prints_the_committed_crd() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_odds-operator"))
+        .arg("crd")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let committed = std::fs::read_to_string(repo_file("crds/oddspipelines.yaml")).unwrap();
+    assert_eq!(String::from_utf8(output.stdout).unwrap(), committed);
 }

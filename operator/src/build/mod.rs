@@ -243,8 +243,3 @@ fn config_hash(config_map: &ConfigMap, facts: &Facts) -> String {
 pub fn short_hex(digest: &[u8]) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
-
-/// The `Resource` metadata type check used by tests and the applier.
-pub fn kind_of<K: Resource<DynamicType = ()>>() -> String {
-    K::kind(&()).into_owned()
-}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Renders the odds-operator chart with the Helm library (PyPI helm-python-sdk: Helm's Go SDK
+# behind a C ABI, no helm binary, no cluster) and validates every manifest, the operator's
+# built children (golden file) and the samples against the Kubernetes JSON schemas (PyPI
+# kubernetes-validate) and the CRDs. Installs both into a venv under the cargo target dir.
+#
+#   bash charts/test.sh            # from the repository root; exits non-zero on any failure
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+target="${CARGO_TARGET_DIR:-$root/target}"
+venv="$target/chart-venv"
+if [ ! -x "$venv/bin/python" ]; then
+  python3 -m venv "$venv"
+fi
+if ! "$venv/bin/python" -c "import helm_python, kubernetes_validate" 2>/dev/null; then
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0"
+fi
+exec "$venv/bin/python" "$root/charts/test.py" "$root"
