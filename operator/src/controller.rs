@@ -2,14 +2,12 @@
 //! `Controller` that calls it for every pipeline and every change of a child it owns.
 
 use crate::apply::{apply, Outcome};
-use crate::build::{self, job, service, Component, Facts, KafkaTopic, MigrationState};
+use crate::build::{self, service, MigrationState};
 use crate::crd::{OddsPipeline, OddsPipelineStatus};
 use crate::metrics::Metrics;
+use crate::observe;
 use crate::status::{self, Observed};
 use crate::validate::validate;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -103,7 +101,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         return Ok(Action::await_change());
     }
 
-    let facts = observe(client, pipeline, &namespace).await?;
+    let facts = observe::facts(client, pipeline, &namespace).await?;
     let mut observed = Observed {
         generation: pipeline.metadata.generation,
         topics_ready: facts.topics_ready,
@@ -113,7 +111,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         ..Observed::default()
     };
 
-    let missing = missing_secrets(pipeline, &facts);
+    let missing = observe::missing_secrets(pipeline, &facts);
     let invalid = match validate(&pipeline.spec, &facts) {
         Err(invalid) => Some(invalid.to_string()),
         Ok(()) if !missing.is_empty() => Some(format!("missing Secret(s): {}", missing.join(", "))),
@@ -137,7 +135,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
             .await;
         }
         observed.invalid = Some(why);
-        observed.components = observe_components(client, pipeline, &namespace).await?;
+        observed.components = observe::components(client, pipeline, &namespace).await?;
         return finish(ctx, pipeline, &namespace, &previous, &observed, &now).await;
     }
 
@@ -226,7 +224,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
     }
 
     observed.blocked = children.blocked.clone();
-    observed.components = observe_components(client, pipeline, &namespace).await?;
+    observed.components = observe::components(client, pipeline, &namespace).await?;
     finish(ctx, pipeline, &namespace, &previous, &observed, &now).await
 }
 
@@ -256,93 +254,6 @@ async fn finish(
     } else {
         Ok(Action::requeue(REQUEUE_BUSY))
     }
-}
-
-/// Reads what the build needs to know: Secrets, topic readiness, migration outcome.
-pub async fn observe(
-    client: &kube::Client,
-    pipeline: &OddsPipeline,
-    namespace: &str,
-) -> Result<Facts, Error> {
-    let mut facts = Facts::default();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    for name in secret_names(pipeline) {
-        if let Some(secret) = secrets.get_metadata_opt(&name).await? {
-            facts
-                .secret_versions
-                .insert(name, secret.metadata.resource_version.unwrap_or_default());
-        }
-    }
-    let topics = build::topic::build(pipeline);
-    if topics.is_empty() {
-        facts.topics_ready = true;
-    } else {
-        let api: Api<KafkaTopic> = Api::namespaced(client.clone(), namespace);
-        let mut all_ready = true;
-        for (index, desired) in topics.iter().enumerate() {
-            let existing = api.get_opt(&desired.name_any()).await?;
-            if index == 0 {
-                facts.existing_partitions = existing.as_ref().and_then(|t| t.spec.partitions);
-            }
-            all_ready &= existing.as_ref().is_some_and(KafkaTopic::is_ready);
-        }
-        facts.topics_ready = all_ready;
-    }
-    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    facts.migration = match jobs.get_opt(&job::name(pipeline)).await? {
-        Some(found) => job::state(&found),
-        None => MigrationState::Pending,
-    };
-    Ok(facts)
-}
-
-fn secret_names(pipeline: &OddsPipeline) -> Vec<String> {
-    let spec = &pipeline.spec;
-    let mut names = vec![
-        spec.redis.url_secret_ref.name.clone(),
-        spec.postgres.url_secret_ref.name.clone(),
-    ];
-    if let Some(read) = &spec.postgres.read_url_secret_ref {
-        names.push(read.name.clone());
-    }
-    names.sort();
-    names.dedup();
-    names
-}
-
-fn missing_secrets(pipeline: &OddsPipeline, facts: &Facts) -> Vec<String> {
-    secret_names(pipeline)
-        .into_iter()
-        .filter(|name| !facts.secret_versions.contains_key(name))
-        .collect()
-}
-
-/// Ready and desired pods of each workload Deployment that exists.
-async fn observe_components(
-    client: &kube::Client,
-    pipeline: &OddsPipeline,
-    namespace: &str,
-) -> Result<std::collections::BTreeMap<Component, crate::crd::ComponentStatus>, Error> {
-    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let mut out = std::collections::BTreeMap::new();
-    for component in build::deployment::components(pipeline) {
-        let Some(deployment) = api.get_opt(&component.name(pipeline)).await? else {
-            continue;
-        };
-        let desired = deployment
-            .spec
-            .as_ref()
-            .and_then(|s| s.replicas)
-            .unwrap_or(1);
-        let status = deployment.status.unwrap_or_default();
-        // A pod counts once it runs the current template and passes readiness.
-        let ready = status
-            .ready_replicas
-            .unwrap_or(0)
-            .min(status.updated_replicas.unwrap_or(0));
-        out.insert(component, status::component_status(ready, desired));
-    }
-    Ok(out)
 }
 
 async fn write_status(

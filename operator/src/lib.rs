@@ -2,7 +2,7 @@
 //! pipeline's children (topics, migration Job, Deployments, Services, budgets, autoscaler,
 //! Ingress) in the shape the spec asks for, and reports health in the status.
 //!
-//! Reconcile is dereference → [`validate`] → [`build`] (pure) → [`apply`] → [`status`].
+//! Reconcile is dereference ([`observe`]) → [`validate`] → [`build`] (pure) → [`apply`] → [`status`].
 
 pub mod apply;
 pub mod build;
@@ -10,6 +10,7 @@ pub mod controller;
 pub mod crd;
 pub mod leader;
 pub mod metrics;
+pub mod observe;
 pub mod run;
 pub mod status;
 pub mod validate;

@@ -1,0 +1,177 @@
+//! Per-workload settings of an `OddsPipeline`: replicas, resources, autoscaling, disruption
+//! budget, pod overrides, and how clients reach the odds service.
+
+use super::{one, yes};
+use k8s_openapi::api::core::v1::{Affinity, EnvVar, ResourceRequirements, Toleration};
+use kube::KubeSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Settings every workload has.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ComponentSpec {
+    /// Pod count (ignored while `autoscaling` is set: the autoscaler owns it).
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub replicas: i32,
+    /// Container resource requests and limits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Horizontal pod autoscaling on CPU (applied to the odds service).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Pod disruption budget.
+    #[serde(default)]
+    pub pod_disruption_budget: PdbSpec,
+    /// Scheduling and environment overrides for the pods.
+    #[serde(default)]
+    pub pod_overrides: PodOverrides,
+}
+
+impl Default for ComponentSpec {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            resources: None,
+            autoscaling: None,
+            pod_disruption_budget: PdbSpec::default(),
+            pod_overrides: PodOverrides::default(),
+        }
+    }
+}
+
+/// Autoscaler bounds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
+    .message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Lower bound of the pod count.
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Upper bound of the pod count.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Target average CPU utilisation in percent of the request.
+    #[serde(default = "default_cpu_target")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: i32,
+}
+
+fn default_cpu_target() -> i32 {
+    70
+}
+
+/// Pod disruption budget settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PdbSpec {
+    /// Create a PodDisruptionBudget.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Pods that voluntary disruptions (drains) may take down at once.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0))]
+    pub max_unavailable: i32,
+}
+
+impl Default for PdbSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_unavailable: 1,
+        }
+    }
+}
+
+/// Pod-level overrides.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Node labels the pods must land on.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Pod affinity rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Extra environment variables (they win over the operator's own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+}
+
+/// The odds service: a workload plus how clients reach it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct OddsServiceSpec {
+    /// Pods, resources, autoscaling, disruption budget, overrides.
+    #[serde(flatten)]
+    pub workload: ComponentSpec,
+    /// The Service in front of the pods.
+    #[serde(default)]
+    pub service: ServiceSpec,
+    /// Optional Ingress for HTTP and WebSocket clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress: Option<IngressSpec>,
+}
+
+/// Service exposure of the odds service.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceSpec {
+    /// Kubernetes Service type.
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Port of the HTTP and WebSocket API on the Service.
+    #[serde(default = "default_service_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+}
+
+impl Default for ServiceSpec {
+    fn default() -> Self {
+        Self {
+            type_: ServiceType::default(),
+            port: default_service_port(),
+        }
+    }
+}
+
+fn default_service_port() -> i32 {
+    8080
+}
+
+/// Kubernetes Service type.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClusterIP => "ClusterIP",
+            Self::NodePort => "NodePort",
+            Self::LoadBalancer => "LoadBalancer",
+        }
+    }
+}
+
+/// Ingress exposure.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec {
+    /// Host name clients use.
+    pub host: String,
+    /// IngressClass name (cluster default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_name: Option<String>,
+}

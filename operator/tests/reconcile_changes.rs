@@ -1,0 +1,204 @@
+//! Reconcile against an in-memory Kubernetes API: changes, steady state, bad specs, pause.
+//! State-based: the tests assert which objects exist and what they contain.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use common::{harness, hash, sample};
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, Patch, PatchParams};
+use odds_operator::crd::OddsPipeline;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+mod common;
+
+#[tokio::test]
+async fn unchanged_pipeline_writes_no_status_and_changes_no_child() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    let before_status = h.pipeline().await.status;
+    let before = h.deployment("demo-processor").await.unwrap().spec;
+    let writes = h.status_writes.load(Ordering::SeqCst);
+    // Let the clock move on: a recomputed lastTransitionTime would now differ.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    h.reconcile().await;
+    h.reconcile().await;
+    assert_eq!(
+        h.status_writes.load(Ordering::SeqCst),
+        writes,
+        "steady state must not write status"
+    );
+    assert_eq!(h.pipeline().await.status, before_status);
+    assert_eq!(h.deployment("demo-processor").await.unwrap().spec, before);
+}
+
+#[tokio::test]
+async fn spec_change_updates_children_and_rolls_pods() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    let old_hash = hash(&h.deployment("demo-ingest").await.unwrap());
+    let patch =
+        json!({"spec": {"supplier": {"simulator": {"rate": 50}}, "processor": {"replicas": 3}}});
+    h.api::<OddsPipeline>()
+        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    h.reconcile().await;
+    let cm = h.api::<ConfigMap>().get("demo-config").await.unwrap();
+    assert_eq!(cm.data.unwrap()["SIM_RATE"], "50");
+    let ingest = h.deployment("demo-ingest").await.unwrap();
+    assert_ne!(hash(&ingest), old_hash, "config change must roll the pods");
+    assert_eq!(
+        h.deployment("demo-processor")
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(3)
+    );
+    let pipeline = h.pipeline().await;
+    assert_eq!(
+        h.condition("Ready").await.observed_generation,
+        pipeline.metadata.generation
+    );
+}
+
+#[tokio::test]
+async fn secret_change_rolls_pods() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    let old_hash = hash(&h.deployment("demo-processor").await.unwrap());
+    let patch = json!({"stringData": {"url": "postgres://new"}});
+    h.api::<Secret>()
+        .patch(
+            "odds-postgres",
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
+        .unwrap();
+    h.reconcile().await;
+    assert_ne!(
+        hash(&h.deployment("demo-processor").await.unwrap()),
+        old_hash
+    );
+}
+
+#[tokio::test]
+async fn autoscaled_odds_service_is_applied_without_replicas() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    let applied = h.applied("Deployment/demo-odds-service");
+    assert!(!applied.is_empty());
+    assert!(
+        applied
+            .iter()
+            .all(|body| body["spec"].get("replicas").is_none()),
+        "the HPA owns replicas"
+    );
+    assert!(h
+        .applied("Deployment/demo-ingest")
+        .iter()
+        .all(|body| body["spec"]["replicas"] == json!(1)));
+    let hpa = h
+        .api::<HorizontalPodAutoscaler>()
+        .get("demo-odds-service")
+        .await
+        .unwrap()
+        .spec
+        .unwrap();
+    assert_eq!((hpa.min_replicas, hpa.max_replicas), (Some(2), 5));
+    assert_eq!(hpa.scale_target_ref.name, "demo-odds-service");
+}
+
+#[tokio::test]
+async fn processor_replicas_above_partitions_are_rejected_with_a_condition() {
+    let mut pipeline = sample();
+    pipeline.spec.processor.replicas = 10;
+    let h = harness(pipeline, true).await;
+    h.reconcile().await;
+    let degraded = h.condition("Degraded").await;
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(
+        degraded
+            .message
+            .contains("processor replicas (10) exceed kafka.topic.partitions (6)"),
+        "{}",
+        degraded.message
+    );
+    assert!(
+        h.api::<ConfigMap>()
+            .get_opt("demo-config")
+            .await
+            .unwrap()
+            .is_none(),
+        "nothing applied"
+    );
+    assert!(h.applies.lock().unwrap().is_empty());
+    let events: Api<k8s_openapi::api::events::v1::Event> = h.api();
+    let events = events.list(&Default::default()).await.unwrap().items;
+    let warning = events
+        .iter()
+        .find(|e| e.reason.as_deref() == Some("InvalidSpec"))
+        .expect("InvalidSpec event");
+    assert_eq!(warning.type_.as_deref(), Some("Warning"));
+    assert!(warning
+        .note
+        .as_deref()
+        .unwrap_or("")
+        .contains("exceed kafka.topic.partitions"));
+    // Reconciling the same bad spec again neither errors nor rewrites the status.
+    let writes = h.status_writes.load(Ordering::SeqCst);
+    h.reconcile().await;
+    assert_eq!(h.status_writes.load(Ordering::SeqCst), writes);
+}
+
+#[tokio::test]
+async fn missing_secret_is_degraded() {
+    let h = harness(sample(), false).await;
+    h.reconcile().await;
+    let degraded = h.condition("Degraded").await;
+    assert_eq!(degraded.status, "True");
+    assert!(
+        degraded
+            .message
+            .contains("missing Secret(s): odds-postgres, odds-redis"),
+        "{}",
+        degraded.message
+    );
+}
+
+#[tokio::test]
+async fn paused_pipeline_changes_nothing() {
+    for annotation in [false, true] {
+        let h = harness(sample(), true).await;
+        h.roll_out().await;
+        let before = h.deployment("demo-ingest").await.unwrap().spec;
+        let applies = h.applies.lock().unwrap().len();
+        let patch = if annotation {
+            json!({"metadata": {"annotations": {"odds-pipeline.github.io/pause-reconciliation": "true"}}, "spec": {"image": {"tag": "v9"}}})
+        } else {
+            json!({"spec": {"paused": true, "image": {"tag": "v9"}}})
+        };
+        h.api::<OddsPipeline>()
+            .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+        h.reconcile().await;
+        assert_eq!(
+            h.applies.lock().unwrap().len(),
+            applies,
+            "no child applied while paused"
+        );
+        assert_eq!(h.deployment("demo-ingest").await.unwrap().spec, before);
+        let paused = h.condition("ReconciliationPaused").await;
+        assert_eq!(
+            (paused.status.as_str(), paused.reason.as_str()),
+            ("True", "Paused")
+        );
+    }
+}

@@ -1,0 +1,253 @@
+//! Reconcile against an in-memory Kubernetes API: a pipeline rolling out, step by step.
+//! State-based: the tests assert which objects exist and what they contain.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use common::{harness, sample};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
+use odds_operator::build::{job, KafkaTopic};
+use odds_operator::crd::OddsPipeline;
+use serde_json::json;
+
+mod common;
+
+#[tokio::test]
+async fn create_builds_owned_labelled_children() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+
+    let cm = h.api::<ConfigMap>().get("demo-config").await.unwrap();
+    let data = cm.data.clone().unwrap();
+    assert_eq!(data["KAFKA_BROKERS"], "odds-kafka-bootstrap:9092");
+    assert_eq!(data["SUPPLIER_URL"], "ws://demo-simulator:8090/ws");
+    assert!(
+        data.values().all(|v| !v.contains("odds:odds@")),
+        "no secret in the ConfigMap"
+    );
+
+    let topic = h
+        .api::<KafkaTopic>()
+        .get("demo-odds-updates")
+        .await
+        .unwrap();
+    assert_eq!(topic.labels()["strimzi.io/cluster"], "odds");
+    assert_eq!(topic.spec.partitions, Some(6));
+    assert_eq!(topic.spec.config["retention.ms"], json!("604800000"));
+    assert!(h
+        .api::<KafkaTopic>()
+        .get_opt("demo-odds-updates-dlq")
+        .await
+        .unwrap()
+        .is_some());
+
+    for name in [
+        "demo-simulator",
+        "demo-ingest",
+        "demo-processor",
+        "demo-odds-service",
+    ] {
+        let d = h.deployment(name).await.expect(name);
+        let owner = &d.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+            ("OddsPipeline", "demo", "0c6f-uid")
+        );
+        assert_eq!(owner.controller, Some(true));
+        assert_eq!(d.labels()["app.kubernetes.io/managed-by"], "odds-operator");
+        assert_eq!(d.labels()["app.kubernetes.io/instance"], "demo");
+        let pod = d.spec.unwrap().template.spec.unwrap();
+        let c = &pod.containers[0];
+        assert_eq!(c.image.as_deref(), Some("odds-pipeline:dev"));
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/healthz")
+        );
+        let sc = c.security_context.as_ref().unwrap();
+        assert_eq!(
+            (
+                sc.run_as_non_root,
+                sc.read_only_root_filesystem,
+                sc.allow_privilege_escalation
+            ),
+            (Some(true), Some(true), Some(false))
+        );
+        assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+    }
+    let processor = h.deployment("demo-processor").await.unwrap();
+    let env = processor.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap();
+    let db = env.iter().find(|e| e.name == "DATABASE_URL").unwrap();
+    let from = db
+        .value_from
+        .as_ref()
+        .unwrap()
+        .secret_key_ref
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (from.name.as_str(), from.key.as_str()),
+        ("odds-postgres", "url")
+    );
+    assert!(db.value.is_none());
+
+    let svc = h.api::<Service>().get("demo-odds-service").await.unwrap();
+    let ports: Vec<i32> = svc
+        .spec
+        .unwrap()
+        .ports
+        .unwrap()
+        .iter()
+        .map(|p| p.port)
+        .collect();
+    assert_eq!(ports, [8080, 9000]);
+    assert!(h
+        .api::<PodDisruptionBudget>()
+        .get_opt("demo-processor")
+        .await
+        .unwrap()
+        .is_some());
+    let job = h.api::<Job>().get(&job::name(&sample())).await.unwrap();
+    assert_eq!(
+        job.spec.unwrap().template.spec.unwrap().containers[0].command,
+        Some(vec!["odds-processor".to_string(), "migrate".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn topic_not_ready_holds_the_workloads_back() {
+    let h = harness(sample(), true).await;
+    h.reconcile().await;
+    h.migration_done().await;
+    h.reconcile().await;
+    assert!(
+        h.deployment("demo-simulator").await.is_some(),
+        "the simulator needs no topic"
+    );
+    for name in ["demo-ingest", "demo-processor", "demo-odds-service"] {
+        assert!(
+            h.deployment(name).await.is_none(),
+            "{name} must wait for the topic"
+        );
+    }
+    assert_eq!(h.condition("TopicReady").await.status, "False");
+    assert_eq!(h.condition("Ready").await.status, "False");
+    let progressing = h.condition("Progressing").await;
+    assert_eq!(progressing.status, "True");
+    assert!(
+        progressing.message.contains("ingest WaitingForTopic"),
+        "{}",
+        progressing.message
+    );
+}
+
+#[tokio::test]
+async fn failed_migration_is_degraded_with_the_jobs_message() {
+    let h = harness(sample(), true).await;
+    h.reconcile().await;
+    h.topics_ready().await;
+    let name = job::name(&h.pipeline().await);
+    h.patch_status::<Job>(&name, json!({"failed": 4, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})).await;
+    h.reconcile().await;
+    let degraded = h.condition("Degraded").await;
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "MigrationFailed")
+    );
+    assert!(
+        degraded.message.contains("backoff limit"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(h.condition("Migrated").await.status, "False");
+    assert!(
+        h.deployment("demo-ingest").await.is_some(),
+        "ingest needs no schema"
+    );
+    assert!(h.deployment("demo-processor").await.is_none());
+    assert!(h.deployment("demo-odds-service").await.is_none());
+}
+
+#[tokio::test]
+async fn ready_deployments_make_the_pipeline_ready() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    let pipeline = h.pipeline().await;
+    let status = pipeline.status.clone().unwrap();
+    let ready = h.condition("Ready").await;
+    assert_eq!(ready.status, "True", "{ready:?}");
+    assert_eq!(ready.observed_generation, pipeline.metadata.generation);
+    assert_eq!(status.observed_generation, pipeline.metadata.generation);
+    assert_eq!(status.processor.unwrap().summary, "2/2");
+    assert_eq!(
+        status.web_socket_url.as_deref(),
+        Some("ws://demo-odds-service.default.svc:8080/ws/odds")
+    );
+    assert_eq!(h.condition("Degraded").await.status, "False");
+    assert_eq!(h.condition("Progressing").await.status, "False");
+}
+
+#[tokio::test]
+async fn new_image_waits_for_its_migration() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    let old_job = job::name(&h.pipeline().await);
+    let patch = json!({"spec": {"image": {"tag": "v2"}}});
+    h.api::<OddsPipeline>()
+        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    h.reconcile().await;
+    let new_job = job::name(&h.pipeline().await);
+    assert_ne!(new_job, old_job);
+    assert!(h.api::<Job>().get_opt(&new_job).await.unwrap().is_some());
+    let image = |d: Deployment| {
+        d.spec.unwrap().template.spec.unwrap().containers[0]
+            .image
+            .clone()
+            .unwrap()
+    };
+    assert_eq!(
+        image(h.deployment("demo-processor").await.unwrap()),
+        "odds-pipeline:dev",
+        "old image keeps running"
+    );
+    assert_eq!(
+        image(h.deployment("demo-ingest").await.unwrap()),
+        "odds-pipeline:v2"
+    );
+    h.migration_done().await;
+    h.reconcile().await;
+    assert_eq!(
+        image(h.deployment("demo-processor").await.unwrap()),
+        "odds-pipeline:v2"
+    );
+    assert_eq!(
+        image(h.deployment("demo-odds-service").await.unwrap()),
+        "odds-pipeline:v2"
+    );
+}
