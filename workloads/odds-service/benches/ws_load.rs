@@ -1,1 +1,344 @@
-fn main() {}
+//! ws-load: N WebSocket clients following M events while updates are PUBLISHed at R/s.
+//!
+//! Starts its own Redis and Postgres (testkit), seeds M events, runs the real `odds-service`
+//! binary as a child process (so its RSS is its own), opens the clients in this process, and
+//! publishes processor-style updates whose `updated_at` is the publish time. Reports delivered
+//! messages/s, publish→receive latency percentiles, and the service's RSS.
+//!
+//! `cargo bench -p odds-service --bench ws-load -- --clients 1000 --events 25 --rate 5000 --seconds 20`
+//! (or build the service alone with `cargo build --release -p odds-service --bin odds-service`
+//! and run the tool from the dev profile: `cargo test -p odds-service --bench ws-load --
+//! --service-bin $CARGO_TARGET_DIR/release/odds-service ...`, which skips a release build of
+//! the test kit's librdkafka).
+//! (raise `ulimit -n` first for many clients: both ends hold one socket per client).
+
+use anyhow::{bail, Context, Result};
+use chrono::{DateTime, Utc};
+use futures_util::{SinkExt, StreamExt};
+use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL};
+use odds_contracts::{Odds, OddsUpdate};
+use odds_testkit::{free_port, http_get, TestDatabase, TestRedis};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+struct Args {
+    clients: usize,
+    events: usize,
+    rate: u64,
+    seconds: u64,
+    /// The service binary; defaults to the one built with this tool's profile.
+    service_bin: String,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        clients: 1000,
+        events: 25,
+        rate: 5000,
+        seconds: 20,
+        service_bin: env!("CARGO_BIN_EXE_odds-service").to_owned(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().context("missing value");
+        match flag.as_str() {
+            "--clients" => args.clients = value()?.parse()?,
+            "--events" => args.events = value()?.parse()?,
+            "--rate" => args.rate = value()?.parse()?,
+            "--seconds" => args.seconds = value()?.parse()?,
+            "--service-bin" => args.service_bin = value()?,
+            _ => {} // cargo bench passes `--bench`
+        }
+    }
+    if args.clients == 0 || args.events == 0 || args.rate == 0 {
+        bail!("--clients, --events and --rate must be positive");
+    }
+    Ok(args)
+}
+
+fn event_id(i: usize) -> String {
+    format!("LOAD_{i:05}")
+}
+
+fn update(event: usize, version: u64) -> OddsUpdate {
+    OddsUpdate {
+        event_id: event_id(event),
+        home_team: format!("Home {event}"),
+        away_team: format!("Away {event}"),
+        market: "1X2".into(),
+        odds: Odds {
+            home: 1.5 + (version % 100) as f64 / 100.0,
+            draw: 3.2,
+            away: 4.1,
+        },
+        updated_at: Utc::now(),
+        source: "ws-load".into(),
+        version,
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[derive(Deserialize)]
+struct Frame {
+    #[serde(rename = "type")]
+    kind: String,
+    data: Option<FrameData>,
+}
+
+#[derive(Deserialize)]
+struct FrameData {
+    updated_at: DateTime<Utc>,
+}
+
+/// Latency histogram in 50 µs buckets up to 2 s (lock-free: clients record concurrently).
+const BUCKET_US: u64 = 50;
+const BUCKETS: usize = 40_000;
+
+struct Shared {
+    measuring: AtomicBool,
+    delivered: AtomicU64,
+    latency_buckets: Vec<AtomicU64>,
+}
+
+impl Shared {
+    fn record(&self, micros: u64) {
+        let bucket = usize::try_from(micros / BUCKET_US)
+            .unwrap_or(BUCKETS)
+            .min(BUCKETS - 1);
+        self.latency_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The latency (ms) below which `p` of the samples fall.
+    fn percentile_ms(&self, p: f64) -> f64 {
+        let counts: Vec<u64> = self
+            .latency_buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        let target = ((total as f64) * p).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, count) in counts.iter().enumerate() {
+            seen += count;
+            if seen >= target {
+                return ((i as u64 + 1) * BUCKET_US) as f64 / 1000.0;
+            }
+        }
+        f64::NAN
+    }
+}
+
+async fn client(
+    addr: SocketAddr,
+    event: String,
+    shared: Arc<Shared>,
+    ready: tokio::sync::mpsc::Sender<()>,
+) -> Result<()> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/odds")).await?;
+    ws.send(Message::text(format!(
+        r#"{{"type":"subscribe","eventId":"{event}"}}"#
+    )))
+    .await?;
+    let mut signalled = false;
+    while let Some(message) = ws.next().await {
+        let Message::Text(text) = message? else {
+            continue;
+        };
+        let frame: Frame = serde_json::from_str(&text)?;
+        if frame.kind == "snapshot" && !signalled {
+            signalled = true;
+            let _ = ready.send(()).await;
+        }
+        if frame.kind != "odds" || !shared.measuring.load(Ordering::Relaxed) {
+            continue;
+        }
+        if let Some(data) = frame.data {
+            let micros = (Utc::now() - data.updated_at)
+                .num_microseconds()
+                .unwrap_or(0);
+            shared.record(u64::try_from(micros).unwrap_or(0));
+            shared.delivered.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+/// Publishes `rate` updates/s in 10 ms ticks (pipelined) on its own thread and runtime, so
+/// the clients' work does not slow the publisher down. Returns how many it published.
+fn publish(redis_url: String, events: usize, rate: u64, seconds: u64) -> Result<u64> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let client = redis::Client::open(redis_url)?;
+        let mut conn = client.get_multiplexed_async_connection().await?;
+        let per_tick = (rate / 100).max(1);
+        let mut versions = vec![1u64; events];
+        let mut tick = tokio::time::interval(Duration::from_millis(10));
+        let mut published = 0u64;
+        let mut next_event = 0usize;
+        let run = Instant::now();
+        while run.elapsed() < Duration::from_secs(seconds) {
+            tick.tick().await;
+            let mut pipe = redis::pipe();
+            for _ in 0..per_tick {
+                versions[next_event] += 1;
+                let json = update(next_event, versions[next_event]).to_json();
+                pipe.cmd("PUBLISH")
+                    .arg(REDIS_UPDATES_CHANNEL)
+                    .arg(json)
+                    .ignore();
+                next_event = (next_event + 1) % events;
+                published += 1;
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        Ok(published)
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let db = TestDatabase::create().await?;
+    odds_schema::migrate(db.pool()).await?;
+    let redis = TestRedis::start().await?;
+    let mut conn = redis.connection().await?;
+    for e in 0..args.events {
+        let u = update(e, 1);
+        let _: () = redis::cmd("SET")
+            .arg(redis_current_key(&u.event_id))
+            .arg(u.to_json())
+            .query_async(&mut conn)
+            .await?;
+    }
+    let (port, ops_port) = (free_port()?, free_port()?);
+    let mut service = tokio::process::Command::new(&args.service_bin)
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("HTTP_ADDR", format!("127.0.0.1:{ops_port}"))
+        .env("REDIS_URL", redis.url())
+        .env("DATABASE_URL", db.url())
+        .env("WS_MAX_CONNECTIONS", (args.clients + 100).to_string())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting odds-service")?;
+    let pid = service.id().context("service pid")?;
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let ops: SocketAddr = format!("127.0.0.1:{ops_port}").parse()?;
+    let started = Instant::now();
+    while !matches!(http_get(ops, "/readyz").await, Ok(r) if r.status == 200) {
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("service not ready after 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_idle = rss_kib(pid);
+
+    let shared = Arc::new(Shared {
+        measuring: AtomicBool::new(false),
+        delivered: AtomicU64::new(0),
+        latency_buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+    });
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.clients);
+    let connecting = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients);
+    for i in 0..args.clients {
+        let task = tokio::spawn(client(
+            addr,
+            event_id(i % args.events),
+            shared.clone(),
+            ready_tx.clone(),
+        ));
+        tasks.push(task);
+        if i % 200 == 199 {
+            tokio::time::sleep(Duration::from_millis(20)).await; // do not flood the accept queue
+        }
+    }
+    for _ in 0..args.clients {
+        tokio::time::timeout(Duration::from_secs(120), ready_rx.recv())
+            .await
+            .context("clients did not all subscribe")?;
+    }
+    let connect_secs = connecting.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_connected = rss_kib(pid);
+
+    shared.measuring.store(true, Ordering::Relaxed);
+    let run = Instant::now();
+    let (url, events, rate, seconds) = (redis.url(), args.events, args.rate, args.seconds);
+    let publisher = std::thread::spawn(move || publish(url, events, rate, seconds));
+    let mut rss_peak = rss_connected;
+    while !publisher.is_finished() {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss_peak = rss_peak.max(rss_kib(pid));
+    }
+    let published = publisher
+        .join()
+        .map_err(|_| anyhow::anyhow!("publisher panicked"))??;
+    let elapsed = run.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    shared.measuring.store(false, Ordering::Relaxed);
+    let delivered = shared.delivered.load(Ordering::Relaxed);
+    let fanout = http_get(ops, "/metrics")
+        .await
+        .map(|r| r.body)
+        .unwrap_or_default();
+    let _ = service.start_kill();
+    let _ = service.wait().await;
+    for task in &tasks {
+        task.abort();
+    }
+    let expected = published * (args.clients as u64) / (args.events as u64);
+    println!(
+        "ws-load: {} clients, {} events, {} updates/s target, {:.1} s",
+        args.clients, args.events, args.rate, elapsed
+    );
+    println!("  connect+subscribe: {connect_secs:.1} s");
+    println!(
+        "  published: {published} ({:.0}/s)",
+        published as f64 / elapsed
+    );
+    println!(
+        "  delivered: {delivered} ({:.0} msgs/s; {:.1}% of {expected} fan-out, rest conflated)",
+        delivered as f64 / elapsed,
+        100.0 * delivered as f64 / expected.max(1) as f64
+    );
+    println!(
+        "  latency publish->receive: p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms (50 us buckets)",
+        shared.percentile_ms(0.5),
+        shared.percentile_ms(0.99),
+        shared.percentile_ms(0.999)
+    );
+    for line in fanout.lines().filter(|l| {
+        l.starts_with("odds_ws_conflated_total")
+            || l.starts_with("odds_ws_slow_client_closes_total")
+            || l.starts_with("odds_ws_fanout_latency_seconds_count")
+    }) {
+        println!("  service metric: {line}");
+    }
+    println!(
+        "  service RSS: idle {} KiB, with clients {} KiB ({:.1} KiB/client), peak {} KiB",
+        rss_idle,
+        rss_connected,
+        (rss_connected.saturating_sub(rss_idle)) as f64 / args.clients as f64,
+        rss_peak
+    );
+    Ok(())
+}

@@ -99,7 +99,8 @@ impl Subscriber {
                     }
                 }
                 _ = ping.tick() => {
-                    let pong = tokio::time::timeout(self.timeout * 4, sink.ping::<String>()).await;
+                    // In subscriber mode PING answers ["pong", ""], not "PONG": any reply will do.
+                    let pong = tokio::time::timeout(self.timeout * 4, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         tracing::warn!("pub/sub ping failed; reconnecting");
                         return;

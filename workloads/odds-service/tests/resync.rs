@@ -57,3 +57,22 @@ async fn redis_restart_is_followed_by_a_resync_of_newer_versions_only() {
     assert_eq!(next_json(&mut everything).await["data"]["version"], 4);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn healthy_subscription_is_kept_without_reconnects() {
+    let env = Env::start(&[]).await;
+    env.write(&update("K1", 1, 2.0)).await;
+    env.wait_for_pubsub().await;
+    let mut client = connect(env.addr()).await;
+    subscribe(&mut client, "K1").await;
+    // Longer than the subscriber's keep-alive ping interval (5 s).
+    tokio::time::sleep(Duration::from_millis(6500)).await;
+    assert_eq!(
+        env.metrics().ws_pubsub_reconnects.get(),
+        0,
+        "keep-alive ping must not break the subscription"
+    );
+    env.write(&update("K1", 2, 2.1)).await;
+    assert_eq!(next_json(&mut client).await["data"]["version"], 2);
+    env.stop().await;
+}

@@ -355,3 +355,26 @@ async fn shutdown_sends_going_away() {
     assert_eq!(close.unwrap().code, CloseCode::Away);
     env.stop().await;
 }
+
+#[tokio::test]
+async fn silent_clients_are_pinged_then_reaped() {
+    use tokio::io::AsyncReadExt;
+    let env = Env::start(&["--ws-ping-interval-secs=1"]).await;
+    let client = connect(env.addr()).await;
+    // Read the raw bytes without ever answering a ping: after three intervals the server
+    // sends a close frame and hangs up.
+    let mut raw = client.into_inner();
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(20), raw.read_to_end(&mut bytes))
+        .await
+        .expect("server never hung up")
+        .unwrap();
+    assert_eq!(bytes[0], 0x89, "first frame is a ping");
+    let close = bytes
+        .windows(2)
+        .position(|w| w == [0x88, 19])
+        .expect("a close frame");
+    assert_eq!(&bytes[close + 2..close + 4], &1008u16.to_be_bytes());
+    assert_eq!(&bytes[close + 4..close + 21], b"heartbeat timeout");
+    env.stop().await;
+}
