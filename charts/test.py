@@ -5,6 +5,7 @@ reason; the last line is 'N passed, N failed' and the exit code is non-zero on a
 """
 
 import json
+import os
 import pathlib
 import sys
 
@@ -124,15 +125,19 @@ def children_valid():
     return validate_builtin(builtin)
 
 
+def strimzi_schema(file_name):
+    """A Strimzi CRD schema from STRIMZI_CRDS (default ../shared/vendor/strimzi-1.2.0)."""
+    folder = pathlib.Path(os.environ.get("STRIMZI_CRDS", ROOT.parent / "shared" / "vendor" / "strimzi-1.2.0"))
+    path = folder / file_name
+    if not path.exists():
+        raise AssertionError(f"Strimzi CRD {path} not found: set STRIMZI_CRDS to the folder holding Strimzi 1.2's CRDs")
+    return crd_schema(path)
+
+
 def topics_valid():
-    vendored = ROOT.parent / "shared" / "vendor" / "strimzi-1.2.0" / "043-Crd-kafkatopic.yaml"
-    if not vendored.exists():
-        vendored = pathlib.Path("/work/shared/vendor/strimzi-1.2.0/043-Crd-kafkatopic.yaml")
-    if not vendored.exists():
-        raise AssertionError(f"Strimzi KafkaTopic CRD not found at {vendored}")
     topics = [c for c in golden_children() if c["kind"] == "KafkaTopic"]
     assert len(topics) == 2, "updates topic and DLQ"
-    schema = crd_schema(vendored)
+    schema = strimzi_schema("043-Crd-kafkatopic.yaml")
     for topic in topics:
         validate_against(schema, topic)
     return f"{len(topics)} KafkaTopics valid against Strimzi's CRD"
@@ -170,11 +175,16 @@ def rbac_covers_children():
 
 def samples_valid():
     samples = ROOT / "operator" / "samples"
-    secrets = docs((samples / "secrets.yaml").read_text())
-    validate_builtin(secrets)
+    builtin = docs((samples / "secrets.yaml").read_text()) + docs((samples / "datastores.yaml").read_text())
+    validate_builtin(builtin)
+    schemas = {"Kafka": strimzi_schema("040-Crd-kafka.yaml"), "KafkaNodePool": strimzi_schema("045-Crd-kafkanodepool.yaml")}
+    kafka = docs((samples / "kafka.yaml").read_text())
+    assert sorted(o["kind"] for o in kafka) == ["Kafka", "KafkaNodePool"]
+    for obj in kafka:
+        validate_against(schemas[obj["kind"]], obj)
     pipeline = docs((samples / "oddspipeline.yaml").read_text())[0]
     validate_against(crd_schema(ROOT / "crds" / "oddspipelines.yaml"), pipeline)
-    return "Secrets and OddsPipeline sample valid (CEL rules: cargo test --test crd)"
+    return "Secrets, datastores, Kafka, KafkaNodePool and OddsPipeline samples valid (CEL rules: cargo test --test crd)"
 
 
 check("helm lint --strict", lint)
