@@ -167,7 +167,7 @@ def rbac_covers_children():
         granted(cluster_rules, group, resource, ["get", "list", "watch", "create", "patch"])
     granted(cluster_rules, "odds-pipeline.github.io", "oddspipelines", ["get", "list", "watch"])
     granted(cluster_rules, "odds-pipeline.github.io", "oddspipelines/status", ["patch"])
-    granted(cluster_rules, "", "secrets", ["get"])
+    granted(cluster_rules, "", "secrets", ["get", "list", "watch"])
     granted(cluster_rules, "events.k8s.io", "events", ["create", "patch"])
     granted(role_rules, "coordination.k8s.io", "leases", ["get", "create", "update"])
     return f"{len(kinds)} child kinds, pipelines, status, secrets, events, leases"

@@ -101,3 +101,18 @@ pub async fn components(
     }
     Ok(out)
 }
+
+/// The pipelines in `namespace` that reference Secret `name`: a change of that Secret must
+/// reconcile them (their pods roll through the config hash).
+pub fn pipelines_using_secret<'a>(
+    pipelines: impl IntoIterator<Item = &'a OddsPipeline>,
+    namespace: Option<&str>,
+    name: &str,
+) -> Vec<kube::runtime::reflector::ObjectRef<OddsPipeline>> {
+    pipelines
+        .into_iter()
+        .filter(|p| p.namespace().as_deref() == namespace)
+        .filter(|p| secret_names(p).iter().any(|s| s == name))
+        .map(kube::runtime::reflector::ObjectRef::from_obj)
+        .collect()
+}

@@ -9,16 +9,18 @@ use crate::controller::{error_policy, reconcile, Context};
 use crate::crd::OddsPipeline;
 use crate::leader::{self, LeaseConfig};
 use crate::metrics::Metrics;
+use crate::observe;
 use futures_util::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::runtime::{watcher, Controller};
+use kube::ResourceExt;
 use odds_runtime::{ops::ops_router, serve_http, OpsArgs, Readiness};
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,8 +152,8 @@ where
     }
 }
 
-/// The controller: pipelines, plus every kind of child it owns (a child's change
-/// reconciles its owner).
+/// The controller: pipelines, every kind of child it owns (a child's change reconciles its
+/// owner), and the Secrets pipelines reference.
 fn controller(
     client: &kube::Client,
     namespace: Option<&str>,
@@ -176,5 +178,18 @@ fn controller(
     if watch_topics {
         controller = controller.owns(api::<KafkaTopic>(client, namespace), children);
     }
-    controller
+    // Secrets are referenced, not owned: map a changed Secret to the pipelines using it.
+    let pipelines = controller.store();
+    controller.watches(
+        api::<Secret>(client, namespace),
+        watcher::Config::default(),
+        move |secret| {
+            let state = pipelines.state();
+            observe::pipelines_using_secret(
+                state.iter().map(|p| p.as_ref()),
+                secret.namespace().as_deref(),
+                &secret.name_any(),
+            )
+        },
+    )
 }

@@ -9,6 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::EnvVar;
 use odds_operator::build::{self, job, Component, Facts, MigrationState, CONFIG_HASH_ANNOTATION};
 use odds_operator::crd::{IngressSpec, OddsPipeline, PdbSpec};
+use odds_operator::observe;
 use odds_operator::validate::validate;
 use std::collections::BTreeMap;
 
@@ -273,14 +274,43 @@ fn disabled_budget_and_optional_ingress() {
 }
 
 #[test]
-fn migration_job_name_tracks_the_image_only() {
+fn migration_job_name_tracks_image_and_job_template() {
     let a = job::name(&sample());
     let mut p = sample();
     p.spec.processor.replicas = 4;
-    assert_eq!(job::name(&p), a);
+    p.spec.ingest.replicas = 2;
+    assert_eq!(job::name(&p), a, "workload settings do not re-migrate");
     p.spec.image.tag = "v2".into();
-    assert_ne!(job::name(&p), a);
+    assert_ne!(job::name(&p), a, "a new image migrates");
+    let mut moved = sample();
+    moved.spec.postgres.url_secret_ref.name = "other-db".into();
+    assert_ne!(
+        job::name(&moved),
+        a,
+        "a Job template change is a new Job (templates are immutable)"
+    );
     assert!(a.starts_with("demo-migrate-") && a.len() <= 63);
+}
+
+#[test]
+fn secret_changes_map_to_the_pipelines_using_them() {
+    let mut other = sample();
+    other.metadata.name = Some("other".into());
+    other.spec.redis.url_secret_ref.name = "other-redis".into();
+    let mut elsewhere = sample();
+    elsewhere.metadata.namespace = Some("prod".into());
+    let pipelines = [sample(), other, elsewhere];
+    let names = |ns: &str, secret: &str| -> Vec<String> {
+        observe::pipelines_using_secret(pipelines.iter(), Some(ns), secret)
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    };
+    assert_eq!(names("default", "odds-postgres"), ["demo", "other"]);
+    assert_eq!(names("default", "odds-redis"), ["demo"]);
+    assert_eq!(names("default", "other-redis"), ["other"]);
+    assert_eq!(names("prod", "odds-redis"), ["demo"]);
+    assert!(names("default", "unrelated").is_empty());
 }
 
 #[test]

@@ -1,8 +1,12 @@
 //! The migration Job: runs `odds-processor migrate` once per image and schema version.
 //!
-//! Its name carries a hash of the image reference and the newest migration compiled into
-//! this operator, so a new image (or schema) gets a new Job and an unchanged one never
-//! migrates twice. Processor and odds-service roll out only after it succeeded.
+//! Its name carries a hash of the image reference, the newest migration compiled into this
+//! operator and the Job's pod template, so a new image (or schema) gets a new Job and an
+//! unchanged one never migrates twice. The template is in the hash because a Job's template
+//! is immutable: any change to it (a new Secret reference, a newer operator's builder) must
+//! become a new Job rather than an apply the API server rejects forever. Migrations are
+//! idempotent, so such an extra run is harmless. Processor and odds-service roll out only
+//! after it succeeded.
 
 use super::deployment::{pod_security_context, secret_env, security_context};
 use super::{metadata, short_hex, Component};
@@ -19,7 +23,9 @@ use sha2::{Digest, Sha256};
 pub fn name(pipeline: &OddsPipeline) -> String {
     let mut hasher = Sha256::new();
     hasher.update(pipeline.spec.image.reference().as_bytes());
-    hasher.update(format!("\nschema {}", odds_schema::latest_version()).as_bytes());
+    hasher.update(format!("\nschema {}\n", odds_schema::latest_version()).as_bytes());
+    // Serializing k8s-openapi types cannot fail; an empty hash input would still be stable.
+    hasher.update(serde_json::to_vec(&template(pipeline)).unwrap_or_default());
     let digest = hasher.finalize();
     format!(
         "{}-migrate-{}",
@@ -30,48 +36,54 @@ pub fn name(pipeline: &OddsPipeline) -> String {
 
 /// Builds the Job.
 pub fn build(pipeline: &OddsPipeline) -> Job {
-    let component = "migration";
-    let pod_meta = ObjectMeta {
-        labels: Some(super::labels(pipeline, component)),
-        ..ObjectMeta::default()
-    };
     Job {
-        metadata: metadata(pipeline, name(pipeline), component),
+        metadata: metadata(pipeline, name(pipeline), COMPONENT),
         spec: Some(JobSpec {
             backoff_limit: Some(3),
-            template: PodTemplateSpec {
-                metadata: Some(pod_meta),
-                spec: Some(PodSpec {
-                    restart_policy: Some("Never".into()),
-                    security_context: Some(pod_security_context()),
-                    containers: vec![Container {
-                        name: "migrate".into(),
-                        image: Some(pipeline.spec.image.reference()),
-                        image_pull_policy: Some(pipeline.spec.image.pull_policy.as_str().into()),
-                        command: Some(vec![Component::Processor.binary().into(), "migrate".into()]),
-                        env: Some(vec![secret_env(
-                            "DATABASE_URL",
-                            &pipeline.spec.postgres.url_secret_ref,
-                        )]),
-                        security_context: Some(security_context()),
-                        volume_mounts: Some(vec![VolumeMount {
-                            name: "tmp".into(),
-                            mount_path: "/tmp".into(),
-                            ..VolumeMount::default()
-                        }]),
-                        ..Container::default()
-                    }],
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
-            },
+            template: template(pipeline),
             ..JobSpec::default()
         }),
         status: None,
+    }
+}
+
+const COMPONENT: &str = "migration";
+
+/// The Job's pod: the processor binary's `migrate` command with the read-write database URL.
+fn template(pipeline: &OddsPipeline) -> PodTemplateSpec {
+    let pod_meta = ObjectMeta {
+        labels: Some(super::labels(pipeline, COMPONENT)),
+        ..ObjectMeta::default()
+    };
+    PodTemplateSpec {
+        metadata: Some(pod_meta),
+        spec: Some(PodSpec {
+            restart_policy: Some("Never".into()),
+            security_context: Some(pod_security_context()),
+            containers: vec![Container {
+                name: "migrate".into(),
+                image: Some(pipeline.spec.image.reference()),
+                image_pull_policy: Some(pipeline.spec.image.pull_policy.as_str().into()),
+                command: Some(vec![Component::Processor.binary().into(), "migrate".into()]),
+                env: Some(vec![secret_env(
+                    "DATABASE_URL",
+                    &pipeline.spec.postgres.url_secret_ref,
+                )]),
+                security_context: Some(security_context()),
+                volume_mounts: Some(vec![VolumeMount {
+                    name: "tmp".into(),
+                    mount_path: "/tmp".into(),
+                    ..VolumeMount::default()
+                }]),
+                ..Container::default()
+            }],
+            volumes: Some(vec![Volume {
+                name: "tmp".into(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            }]),
+            ..PodSpec::default()
+        }),
     }
 }
 
