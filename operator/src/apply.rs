@@ -5,7 +5,7 @@
 //! whether the object was created, changed or already as desired, so events are only
 //! published for real changes and a steady state writes nothing that changes.
 
-use crate::build::FIELD_MANAGER;
+use crate::build::{Children, FIELD_MANAGER};
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -66,4 +66,64 @@ fn comparable<K: Serialize>(object: &K) -> Result<serde_json::Value, kube::Error
         }
     }
     Ok(value)
+}
+
+/// A child that an apply created or changed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Change {
+    pub outcome: Outcome,
+    pub kind: String,
+    pub name: String,
+    /// The child, as the event's `related` object (events about different children are
+    /// then kept apart instead of being folded into one series).
+    pub reference: k8s_openapi::api::core::v1::ObjectReference,
+}
+
+/// Applies every child, in dependency order (config and topics before the workloads that
+/// read them); returns what was created or changed.
+pub async fn apply_all(
+    client: &kube::Client,
+    namespace: &str,
+    children: &Children,
+) -> Result<Vec<Change>, kube::Error> {
+    let mut changes = Vec::new();
+    if let Some(cm) = &children.config_map {
+        record(&mut changes, apply(client, namespace, cm).await?);
+    }
+    for topic in &children.topics {
+        record(&mut changes, apply(client, namespace, topic).await?);
+    }
+    if let Some(job) = &children.migration_job {
+        record(&mut changes, apply(client, namespace, job).await?);
+    }
+    for deployment in &children.deployments {
+        record(&mut changes, apply(client, namespace, deployment).await?);
+    }
+    for service in &children.services {
+        record(&mut changes, apply(client, namespace, service).await?);
+    }
+    for pdb in &children.pdbs {
+        record(&mut changes, apply(client, namespace, pdb).await?);
+    }
+    for hpa in &children.hpas {
+        record(&mut changes, apply(client, namespace, hpa).await?);
+    }
+    if let Some(ingress) = &children.ingress {
+        record(&mut changes, apply(client, namespace, ingress).await?);
+    }
+    Ok(changes)
+}
+
+fn record<K: Resource<DynamicType = ()>>(
+    changes: &mut Vec<Change>,
+    (outcome, stored): (Outcome, K),
+) {
+    if outcome != Outcome::Unchanged {
+        changes.push(Change {
+            outcome,
+            kind: K::kind(&()).into_owned(),
+            name: stored.name_any(),
+            reference: stored.object_ref(&()),
+        });
+    }
 }

@@ -1,7 +1,7 @@
 //! The reconcile loop: dereference → validate → build → apply → status, and the kube-runtime
 //! `Controller` that calls it for every pipeline and every change of a child it owns.
 
-use crate::apply::{apply, Outcome};
+use crate::apply::apply_all;
 use crate::build::{self, service, MigrationState};
 use crate::crd::{OddsPipeline, OddsPipelineStatus};
 use crate::metrics::Metrics;
@@ -140,54 +140,17 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
     }
 
     let children = build::children(pipeline, &facts);
-    let mut changes = Vec::new();
-    let mut note = |kind: &str, name: String, outcome: Outcome| {
-        if outcome != Outcome::Unchanged {
-            changes.push((format!("{outcome:?}"), format!("{kind} {name}")));
-        }
-    };
-    if let Some(cm) = &children.config_map {
-        let (outcome, _) = apply(client, &namespace, cm).await?;
-        note("ConfigMap", cm.name_any(), outcome);
-    }
-    for topic in &children.topics {
-        let (outcome, _) = apply(client, &namespace, topic).await?;
-        note("KafkaTopic", topic.name_any(), outcome);
-    }
-    if let Some(job) = &children.migration_job {
-        let (outcome, _) = apply(client, &namespace, job).await?;
-        note("Job", job.name_any(), outcome);
-    }
-    for deployment in &children.deployments {
-        let (outcome, _) = apply(client, &namespace, deployment).await?;
-        note("Deployment", deployment.name_any(), outcome);
-    }
-    for svc in &children.services {
-        let (outcome, _) = apply(client, &namespace, svc).await?;
-        note("Service", svc.name_any(), outcome);
-    }
-    for pdb in &children.pdbs {
-        let (outcome, _) = apply(client, &namespace, pdb).await?;
-        note("PodDisruptionBudget", pdb.name_any(), outcome);
-    }
-    for hpa in &children.hpas {
-        let (outcome, _) = apply(client, &namespace, hpa).await?;
-        note("HorizontalPodAutoscaler", hpa.name_any(), outcome);
-    }
-    if let Some(ingress) = &children.ingress {
-        let (outcome, _) = apply(client, &namespace, ingress).await?;
-        note("Ingress", ingress.name_any(), outcome);
-    }
-    for (action, what) in changes {
-        publish(
-            ctx,
-            pipeline,
-            EventType::Normal,
-            &action,
-            "Apply",
-            format!("{action} {what}"),
-        )
-        .await;
+    for change in apply_all(client, &namespace, &children).await? {
+        let action = format!("{:?}", change.outcome);
+        let note = format!("{action} {} {}", change.kind, change.name);
+        let event = Event {
+            type_: EventType::Normal,
+            reason: action,
+            note: Some(note),
+            action: "Apply".into(),
+            secondary: Some(change.reference),
+        };
+        send(ctx, pipeline, &event).await;
     }
     for (component, why) in &children.blocked {
         let was_blocked = previous.conditions.iter().any(|c| {
@@ -277,7 +240,7 @@ async fn write_status(
     Ok(())
 }
 
-/// Publishes an event; a failure to publish is logged, never fails the reconcile.
+/// Publishes an event about the pipeline itself.
 async fn publish(
     ctx: &Context,
     pipeline: &OddsPipeline,
@@ -293,12 +256,13 @@ async fn publish(
         action: action.into(),
         secondary: None,
     };
-    if let Err(error) = ctx
-        .recorder
-        .publish(&event, &pipeline.object_ref(&()))
-        .await
-    {
-        tracing::warn!(%error, reason, "cannot publish event");
+    send(ctx, pipeline, &event).await;
+}
+
+/// Publishes `event` about `pipeline`; a failure is logged, never fails the reconcile.
+async fn send(ctx: &Context, pipeline: &OddsPipeline, event: &Event) {
+    if let Err(error) = ctx.recorder.publish(event, &pipeline.object_ref(&())).await {
+        tracing::warn!(%error, reason = %event.reason, "cannot publish event");
     }
 }
 

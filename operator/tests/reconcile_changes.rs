@@ -2,7 +2,7 @@
 //! State-based: the tests assert which objects exist and what they contain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use common::{harness, hash, sample};
+use common::{events, harness, hash, sample};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, Patch, PatchParams};
@@ -30,6 +30,11 @@ async fn unchanged_pipeline_writes_no_status_and_changes_no_child() {
     );
     assert_eq!(h.pipeline().await.status, before_status);
     assert_eq!(h.deployment("demo-processor").await.unwrap().spec, before);
+    let events = events(&h).await;
+    assert!(
+        !events.iter().any(|(_, reason, _)| reason == "Updated"),
+        "steady state changes no child: {events:?}"
+    );
 }
 
 #[tokio::test]
@@ -57,6 +62,16 @@ async fn spec_change_updates_children_and_rolls_pods() {
             .replicas,
         Some(3)
     );
+    let events = events(&h).await;
+    for note in [
+        "Updated ConfigMap demo-config",
+        "Updated Deployment demo-processor",
+    ] {
+        assert!(
+            events.iter().any(|(_, r, n)| r == "Updated" && n == note),
+            "{note}: {events:?}"
+        );
+    }
     let pipeline = h.pipeline().await;
     assert_eq!(
         h.condition("Ready").await.observed_generation,

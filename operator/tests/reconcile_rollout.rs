@@ -2,7 +2,7 @@
 //! State-based: the tests assert which objects exist and what they contain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use common::{harness, sample};
+use common::{events, harness, sample};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -131,6 +131,13 @@ async fn create_builds_owned_labelled_children() {
         .await
         .unwrap()
         .is_some());
+    let events = events(&h).await;
+    assert!(
+        events.iter().any(|(t, r, n)| t == "Normal"
+            && r == "Created"
+            && n == "Created Deployment demo-processor"),
+        "{events:?}"
+    );
     let job = h.api::<Job>().get(&job::name(&sample())).await.unwrap();
     assert_eq!(
         job.spec.unwrap().template.spec.unwrap().containers[0].command,

@@ -204,3 +204,21 @@ pub fn hash(deployment: &Deployment) -> String {
         .unwrap()[CONFIG_HASH_ANNOTATION]
         .clone()
 }
+
+/// Events published for the pipeline, as `(type, reason, note)`.
+pub async fn events(h: &Harness) -> Vec<(String, String, String)> {
+    let api: Api<k8s_openapi::api::events::v1::Event> = h.api();
+    api.list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.type_.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+                e.note.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
