@@ -337,3 +337,42 @@ fn validation_reports_every_problem() {
     assert!(problems[2].contains("processor replicas (9) exceed"));
     assert!(validate(&sample().spec, &ready_facts()).is_ok());
 }
+
+#[test]
+fn processor_autoscaling_gets_its_own_hpa_and_no_replicas() {
+    let mut p = sample();
+    p.spec.processor.autoscaling = Some(odds_operator::crd::AutoscalingSpec {
+        min_replicas: 2,
+        max_replicas: 6,
+        target_cpu_utilization: 80,
+    });
+    let children = build::children(&p, &ready_facts());
+    let targets: Vec<_> = children
+        .hpas
+        .iter()
+        .map(|h| h.spec.as_ref().unwrap().scale_target_ref.name.clone())
+        .collect();
+    assert_eq!(targets, ["demo-processor", "demo-odds-service"]);
+    assert_eq!(
+        deployment(&children, "demo-processor")
+            .spec
+            .as_ref()
+            .unwrap()
+            .replicas,
+        None
+    );
+    assert_eq!(
+        deployment(&children, "demo-ingest")
+            .spec
+            .as_ref()
+            .unwrap()
+            .replicas,
+        Some(1)
+    );
+    p.spec.processor.autoscaling.as_mut().unwrap().max_replicas = 7;
+    let problems = validate(&p.spec, &ready_facts()).unwrap_err().problems;
+    assert!(
+        problems[0].contains("processor replicas (7) exceed"),
+        "{problems:?}"
+    );
+}

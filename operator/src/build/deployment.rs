@@ -42,10 +42,9 @@ pub fn component_spec(pipeline: &OddsPipeline, component: Component) -> Componen
     }
 }
 
-/// Whether an autoscaler owns the component's replica count (only the odds service scales
-/// horizontally: ingest replicas are duplicates, processor parallelism is the partitions).
+/// Whether an autoscaler owns the component's replica count.
 pub fn autoscaled(pipeline: &OddsPipeline, component: Component) -> bool {
-    component == Component::OddsService && pipeline.spec.odds_service.workload.autoscaling.is_some()
+    component_spec(pipeline, component).autoscaling.is_some()
 }
 
 /// Builds the Deployment of `component`. `config_hash` goes on the pod template.

@@ -18,7 +18,8 @@ pub struct ComponentSpec {
     /// Container resource requests and limits.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
-    /// Horizontal pod autoscaling on CPU (applied to the odds service).
+    /// Horizontal pod autoscaling on CPU (for the processor, `maxReplicas` may not exceed
+    /// the topic's partitions).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
     /// Pod disruption budget.
