@@ -10,7 +10,11 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 target="${CARGO_TARGET_DIR:-$root/target}"
 venv="$target/chart-venv"
 if [ ! -x "$venv/bin/python" ]; then
-  python3 -m venv "$venv"
+  if ! python3 -m venv "$venv"; then
+    rm -rf "$venv"
+    echo "charts/test.sh: python3 cannot create a venv; on Debian: apt-get install python3-venv" >&2
+    exit 1
+  fi
 fi
 if ! "$venv/bin/python" -c "import helm_python, kubernetes_validate" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
