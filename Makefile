@@ -8,7 +8,12 @@ SHELL := bash
 CARGO ?= cargo
 APT_PACKAGES := redis-server postgresql build-essential pkg-config zlib1g-dev python3
 
-.PHONY: help deps test fmt-check clippy unit bench fmt
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+STAGES := -p supplier-simulator -p odds-ingest -p odds-processor -p odds-service -p odds-demo
+DEMO_ARGS ?=
+BENCH_ARGS ?=
+
+.PHONY: help deps demo test fmt-check clippy unit bench bench-criterion bench-pipeline fmt
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +36,10 @@ deps: ## install missing system packages (Debian, as root) and cargo-nextest
 	  fi; \
 	fi
 
+demo: deps ## run the whole pipeline locally on embedded defaults (Ctrl-C stops it)
+	$(CARGO) build --release --bins $(STAGES)
+	ulimit -n 65536 2>/dev/null || true; exec $(TARGET_DIR)/release/odds-demo $(DEMO_ARGS)
+
 fmt-check:
 	$(CARGO) fmt --all -- --check
 
@@ -49,5 +58,11 @@ unit:
 
 test: deps fmt-check clippy unit ## fmt check, clippy -D warnings, and every test against real servers
 
-bench: deps ## criterion benchmarks (figures in target/criterion)
+bench: bench-criterion bench-pipeline ## criterion benchmarks, then the pipeline benchmark
+
+bench-criterion: deps ## criterion benchmarks (reports under the target dir's criterion/)
 	$(CARGO) bench --workspace
+
+bench-pipeline: deps ## whole-pipeline benchmark; writes target/bench/pipeline.json (BENCH_ARGS="--find-max" etc.)
+	$(CARGO) build --release --bins $(STAGES)
+	ulimit -n 65536 2>/dev/null || true; $(TARGET_DIR)/release/odds-demo bench --out target/bench/pipeline.json $(BENCH_ARGS)

@@ -1,0 +1,68 @@
+//! The infrastructure a cluster would provide: Postgres, Redis and Kafka.
+//!
+//! Each comes from the environment when set (`DATABASE_URL`, `REDIS_URL`, `KAFKA_BROKERS`),
+//! otherwise it is started here and removed on drop: a throwaway Postgres and Redis from the
+//! machine's binaries, and librdkafka's mock cluster for Kafka (real protocol over TCP, so
+//! kcat or any client can read the topics while the demo runs).
+
+use anyhow::Context;
+use odds_contracts::names::{TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
+use odds_testkit::{PostgresServer, TestRedis};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+
+/// Partitions of `odds_updates` on the mock cluster.
+pub const DEMO_PARTITIONS: i32 = 6;
+
+pub struct Infra {
+    pub database_url: String,
+    pub redis_url: String,
+    pub kafka_brokers: String,
+    // Owned servers, stopped and deleted when the infra is dropped.
+    _postgres: Option<PostgresServer>,
+    _redis: Option<TestRedis>,
+    _kafka: Option<MockCluster<'static, DefaultProducerContext>>,
+}
+
+impl Infra {
+    /// Uses the URLs from the environment where set, starting the rest.
+    pub async fn provide() -> anyhow::Result<Infra> {
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+
+        let (database_url, postgres) = match env("DATABASE_URL") {
+            Some(url) => (url, None),
+            None => {
+                let server = PostgresServer::start()
+                    .await
+                    .context("starting a throwaway Postgres (set DATABASE_URL to use yours)")?;
+                (server.admin_url(), Some(server))
+            }
+        };
+        let (redis_url, redis) = match env("REDIS_URL") {
+            Some(url) => (url, None),
+            None => {
+                let server = TestRedis::start()
+                    .await
+                    .context("starting a throwaway redis-server (set REDIS_URL to use yours)")?;
+                (server.url(), Some(server))
+            }
+        };
+        let (kafka_brokers, kafka) = match env("KAFKA_BROKERS") {
+            Some(brokers) => (brokers, None),
+            None => {
+                let cluster = MockCluster::new(1).context("starting the Kafka mock cluster")?;
+                cluster.create_topic(TOPIC_ODDS_UPDATES, DEMO_PARTITIONS, 1)?;
+                cluster.create_topic(TOPIC_ODDS_UPDATES_DLQ, 1, 1)?;
+                (cluster.bootstrap_servers(), Some(cluster))
+            }
+        };
+        Ok(Infra {
+            database_url,
+            redis_url,
+            kafka_brokers,
+            _postgres: postgres,
+            _redis: redis,
+            _kafka: kafka,
+        })
+    }
+}

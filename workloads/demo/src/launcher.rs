@@ -1,0 +1,225 @@
+//! Starting and stopping the four stages in the right order.
+//!
+//! Consumers first (processor, odds-service), then the supplier, then ingest: nothing is
+//! produced before something is ready to consume it. Stopping goes the other way round, so
+//! each stage drains what the one before it handed over.
+
+use crate::children::{ChildProcess, ChildSpec};
+use crate::infra::Infra;
+use anyhow::{bail, Context};
+use odds_testkit::free_port;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const READY_TIMEOUT: Duration = Duration::from_secs(90);
+const STOP_GRACE: Duration = Duration::from_secs(15);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct LauncherOptions {
+    /// Directory holding the stage binaries.
+    pub bin_dir: PathBuf,
+    /// Port of odds-service (REST, `/ws/odds`, the odds page).
+    pub port: u16,
+    pub rate: u32,
+    pub events: u32,
+    pub seed: u64,
+    /// Stop the supplier after this many updates (0 = never).
+    pub total: u64,
+    /// Log level of the stages (RUST_LOG syntax).
+    pub log_filter: String,
+}
+
+impl LauncherOptions {
+    /// Options for tests: binaries next to the running test executable, an ephemeral port.
+    pub fn for_tests(rate: u32, events: u32, total: u64) -> anyhow::Result<LauncherOptions> {
+        Ok(LauncherOptions {
+            bin_dir: default_bin_dir()?,
+            port: free_port()?,
+            rate,
+            events,
+            seed: 7,
+            total,
+            log_filter: "warn".into(),
+        })
+    }
+}
+
+/// Where cargo put the binaries: beside this executable, or one level up from `deps/` when
+/// this is a test or bench executable.
+pub fn default_bin_dir() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the running executable")?;
+    let dir = exe.parent().context("executable has no directory")?;
+    Ok(if dir.ends_with("deps") {
+        dir.parent().unwrap_or(dir).to_path_buf()
+    } else {
+        dir.to_path_buf()
+    })
+}
+
+/// The running pipeline.
+pub struct Launcher {
+    pub infra: Infra,
+    /// In start order: processor, odds-service, supplier-simulator, odds-ingest.
+    pub children: Vec<ChildProcess>,
+    /// odds-service's REST/WebSocket address.
+    pub service_addr: SocketAddr,
+    /// The stages' log files (`<stage>.log`), removed with the launcher.
+    log_dir: tempfile::TempDir,
+}
+
+impl Launcher {
+    pub async fn start(options: LauncherOptions) -> anyhow::Result<Launcher> {
+        for name in [
+            "supplier-simulator",
+            "odds-ingest",
+            "odds-processor",
+            "odds-service",
+        ] {
+            if !options.bin_dir.join(name).is_file() {
+                bail!(
+                    "{name} not found in {}; build the stages first: cargo build --release --bins",
+                    options.bin_dir.display()
+                );
+            }
+        }
+        let infra = Infra::provide().await?;
+        let log_dir = tempfile::Builder::new()
+            .prefix("odds-demo-logs-")
+            .tempdir()
+            .context("creating the log directory")?;
+
+        migrate(&options.bin_dir, &infra.database_url).await?;
+
+        let service_addr: SocketAddr = ([127, 0, 0, 1], options.port).into();
+        let sim_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let common = |ops: SocketAddr| {
+            vec![
+                ("HTTP_ADDR".to_owned(), ops.to_string()),
+                ("LOG_FORMAT".to_owned(), "text".to_owned()),
+                ("RUST_LOG".to_owned(), options.log_filter.clone()),
+                ("NO_COLOR".to_owned(), "1".to_owned()),
+            ]
+        };
+        let spec = |name: &'static str, env: Vec<(&str, String)>| -> anyhow::Result<ChildSpec> {
+            let ops: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let mut all = common(ops);
+            all.extend(env.into_iter().map(|(k, v)| (k.to_owned(), v)));
+            Ok(ChildSpec {
+                name,
+                binary: options.bin_dir.join(name),
+                args: Vec::new(),
+                env: all,
+                ops_addr: ops,
+            })
+        };
+        let specs = vec![
+            spec(
+                "odds-processor",
+                vec![
+                    ("KAFKA_BROKERS", infra.kafka_brokers.clone()),
+                    ("DATABASE_URL", infra.database_url.clone()),
+                    ("REDIS_URL", infra.redis_url.clone()),
+                ],
+            )?,
+            spec(
+                "odds-service",
+                vec![
+                    ("LISTEN_ADDR", service_addr.to_string()),
+                    ("DATABASE_URL", infra.database_url.clone()),
+                    ("REDIS_URL", infra.redis_url.clone()),
+                ],
+            )?,
+            spec(
+                "supplier-simulator",
+                vec![
+                    ("LISTEN_ADDR", sim_addr.to_string()),
+                    ("SIM_RATE", options.rate.to_string()),
+                    ("SIM_EVENTS", options.events.to_string()),
+                    ("SIM_SEED", options.seed.to_string()),
+                    ("SIM_TOTAL", options.total.to_string()),
+                ],
+            )?,
+            spec(
+                "odds-ingest",
+                vec![
+                    ("SUPPLIER_URL", format!("ws://{sim_addr}/ws")),
+                    ("KAFKA_BROKERS", infra.kafka_brokers.clone()),
+                ],
+            )?,
+        ];
+        let mut launcher = Launcher {
+            infra,
+            children: Vec::new(),
+            service_addr,
+            log_dir,
+        };
+        for spec in specs {
+            let child = ChildProcess::spawn(spec, launcher.log_dir.path())?;
+            let ready = child.wait_ready(READY_TIMEOUT).await;
+            let name = child.name;
+            let lines = child.last_lines();
+            launcher.children.push(child);
+            if let Err(error) = ready {
+                launcher.stop().await;
+                bail!("{error}\nlast output of {name}:\n{}", lines.join("\n"));
+            }
+        }
+        Ok(launcher)
+    }
+
+    pub fn child(&self, name: &str) -> Option<&ChildProcess> {
+        self.children.iter().find(|c| c.name == name)
+    }
+
+    /// Resolves when any stage exits, with its name, status and last output.
+    pub async fn first_exit(&self) -> (&'static str, String, Vec<String>) {
+        let waits = self.children.iter().map(|c| {
+            Box::pin(async move {
+                let status = c.wait_exit().await;
+                // Give the output readers a moment to catch the last lines.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let status = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
+                (c.name, status, c.last_lines())
+            })
+        });
+        futures_util::future::select_all(waits).await.0
+    }
+
+    /// Stops every stage, newest first, each with SIGTERM and a grace period.
+    pub async fn stop(&mut self) {
+        for child in self.children.iter().rev() {
+            match child.terminate(STOP_GRACE).await {
+                Some(status) if !status.success() => {
+                    tracing::warn!(name = child.name, %status, "stage exited uncleanly")
+                }
+                _ => {}
+            }
+        }
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        self.log_dir.path()
+    }
+}
+
+/// Applies the migrations with the processor's own `migrate` command, as the operator's Job does.
+async fn migrate(bin_dir: &Path, database_url: &str) -> anyhow::Result<()> {
+    let output = tokio::process::Command::new(bin_dir.join("odds-processor"))
+        .arg("migrate")
+        .env("DATABASE_URL", database_url)
+        .env("NO_COLOR", "1")
+        .output()
+        .await
+        .context("running odds-processor migrate")?;
+    if !output.status.success() {
+        bail!(
+            "odds-processor migrate failed ({}):\n{}{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}

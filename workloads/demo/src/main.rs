@@ -1,0 +1,184 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use odds_demo::bench::{self, BenchArgs};
+use odds_demo::launcher::default_bin_dir;
+use odds_demo::status::StatusBoard;
+use odds_demo::{Launcher, LauncherOptions};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// odds-demo: runs the whole odds pipeline on this machine.
+///
+/// Postgres, Redis and Kafka come from DATABASE_URL, REDIS_URL and KAFKA_BROKERS when set;
+/// otherwise a throwaway Postgres and Redis are started from the machine's binaries and a
+/// Kafka mock cluster is hosted in this process. Everything is removed on exit.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// Directory with the stage binaries (default: next to this executable).
+    #[arg(long, global = true, env = "ODDS_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the pipeline until Ctrl-C (the default).
+    Run(RunArgs),
+    /// Measure the pipeline and write target/bench/pipeline.json.
+    Bench(BenchArgs),
+    /// Subscribe to an event (or `*` for all) on /ws/odds and print every message.
+    Watch {
+        /// The odds-service WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8080/ws/odds")]
+        url: String,
+        /// Event id to follow, `*` for every event.
+        #[arg(default_value = "*")]
+        event: String,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct RunArgs {
+    /// Port of odds-service: the odds page, REST /v1 and WebSocket /ws/odds.
+    #[arg(long, env = "DEMO_PORT", default_value_t = 8080)]
+    port: u16,
+    /// Supplier updates per second.
+    #[arg(long, env = "SIM_RATE", default_value_t = 50)]
+    rate: u32,
+    /// Number of events.
+    #[arg(long, env = "SIM_EVENTS", default_value_t = 8)]
+    events: u32,
+    /// Random seed of the supplier.
+    #[arg(long, env = "SIM_SEED", default_value_t = 42)]
+    seed: u64,
+    /// Stop after this many seconds (0 = until Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    duration: u64,
+    /// Seconds between status lines.
+    #[arg(long, default_value_t = 2)]
+    status_every: u64,
+    /// Log level of the stages (RUST_LOG syntax); their logs are kept in files.
+    #[arg(long, default_value = "info")]
+    log_filter: String,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let bin_dir = match cli.bin_dir {
+        Some(dir) => dir,
+        None => default_bin_dir()?,
+    };
+    match cli.command {
+        Some(Command::Bench(args)) => {
+            bench::run(args, bin_dir).await?;
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(args, bin_dir).await,
+        Some(Command::Watch { url, event }) => watch(&url, &event).await,
+        None => run(cli.run, bin_dir).await,
+    }
+}
+
+async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
+    println!("starting Postgres, Redis, Kafka (mock) and the four stages…");
+    let mut launcher = Launcher::start(LauncherOptions {
+        bin_dir,
+        port: args.port,
+        rate: args.rate,
+        events: args.events,
+        seed: args.seed,
+        total: 0,
+        log_filter: args.log_filter.clone(),
+    })
+    .await
+    .context("starting the pipeline")?;
+    print_banner(&launcher);
+
+    let shutdown = odds_runtime::shutdown::on_signals();
+    let mut ticks = tokio::time::interval(Duration::from_secs(args.status_every.max(1)));
+    let until = (args.duration > 0)
+        .then(|| tokio::time::Instant::now() + Duration::from_secs(args.duration));
+    let tty = std::io::stdout().is_terminal();
+    let mut board = StatusBoard::default();
+    let outcome = loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = async { match until { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => break Ok(()),
+            (name, status, lines) = launcher.first_exit() => {
+                break Err(anyhow::anyhow!(
+                    "{name} exited unexpectedly ({status}); its last output:\n{}",
+                    lines.join("\n")
+                ));
+            }
+            _ = ticks.tick() => {
+                let line = board.line(&launcher).await;
+                if tty {
+                    print!("\r\x1b[2K{line}");
+                    let _ = std::io::stdout().flush();
+                } else {
+                    println!("{line}");
+                }
+            }
+        }
+    };
+    println!("\nstopping…");
+    launcher.stop().await;
+    drop(launcher);
+    println!("stopped; throwaway data removed");
+    outcome
+}
+
+async fn watch(url: &str, event: &str) -> anyhow::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    let subscribe = serde_json::json!({"type": "subscribe", "eventId": event}).to_string();
+    ws.send(Message::text(subscribe)).await?;
+    while let Some(msg) = ws.next().await {
+        match msg? {
+            Message::Text(text) => println!("{text}"),
+            Message::Close(frame) => {
+                println!("closed: {frame:?}");
+                break;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn print_banner(launcher: &Launcher) {
+    let addr = launcher.service_addr;
+    println!("\nthe odds pipeline is running (Ctrl-C stops it and removes its data)\n");
+    println!("  odds page:   http://{addr}/");
+    println!("  websocket:   ws://{addr}/ws/odds");
+    println!("  REST:        http://{addr}/v1/events");
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "odds-demo".into());
+    println!("  try:         {me} watch --url ws://{addr}/ws/odds MATCH_001");
+    println!("kafka: {}", launcher.infra.kafka_brokers);
+    println!("  postgres:    {}", launcher.infra.database_url);
+    println!("  redis:       {}", launcher.infra.redis_url);
+    for child in &launcher.children {
+        println!(
+            "  {:<19} http://{}/metrics  (pid {})",
+            format!("{}:", child.name),
+            child.ops_addr,
+            child.pid
+        );
+    }
+    println!("  logs:        {}\n", launcher.log_dir().display());
+}

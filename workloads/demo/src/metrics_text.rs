@@ -1,0 +1,109 @@
+//! Just enough of the Prometheus text format to read our own services' `/metrics`.
+
+use std::collections::BTreeMap;
+
+/// Samples by full series name (`name{labels}`), e.g. `odds_proc_consumer_lag{partition="0"}`.
+#[derive(Debug, Clone, Default)]
+pub struct Samples(pub BTreeMap<String, f64>);
+
+impl Samples {
+    pub fn parse(text: &str) -> Samples {
+        let series = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse::<f64>().ok()?))
+            })
+            .collect();
+        Samples(series)
+    }
+
+    /// Sum of every series of metric `name` (all label sets).
+    pub fn sum(&self, name: &str) -> f64 {
+        self.0
+            .iter()
+            .filter(|(series, _)| {
+                series.as_str() == name || series.starts_with(&format!("{name}{{"))
+            })
+            .map(|(_, v)| v)
+            .sum()
+    }
+
+    /// Cumulative histogram buckets of `name` as (upper bound, count), summed over labels.
+    pub fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
+        let prefix = format!("{name}_bucket{{");
+        let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
+        for (series, value) in &self.0 {
+            let Some(labels) = series.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some(le) = labels
+                .split("le=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+            else {
+                continue;
+            };
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            let entry = by_le.entry(bound.to_bits()).or_insert((bound, 0.0));
+            entry.1 += value;
+        }
+        let mut buckets: Vec<_> = by_le.into_values().collect();
+        buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+        buckets
+    }
+}
+
+/// The `q` quantile (0..1) of the observations between two scrapes of a histogram, as the
+/// upper bound of the bucket it falls in. `None` when nothing was observed.
+pub fn quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
+    let counts: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, n)| {
+            let prev = before
+                .iter()
+                .find(|(b, _)| b.to_bits() == le.to_bits())
+                .map_or(0.0, |(_, n)| *n);
+            (*le, n - prev)
+        })
+        .collect();
+    let total = counts.last()?.1;
+    if total <= 0.0 {
+        return None;
+    }
+    counts
+        .iter()
+        .find(|(_, n)| *n >= q * total)
+        .map(|(le, _)| *le)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# HELP x
+odds_proc_consumer_lag{partition="0"} 3
+odds_proc_consumer_lag{partition="1"} 4
+odds_ws_connections 2
+h_bucket{le="0.01"} 5
+h_bucket{le="0.1"} 9
+h_bucket{le="+Inf"} 10
+"#;
+
+    #[test]
+    fn sums_and_quantiles() {
+        let s = Samples::parse(TEXT);
+        assert_eq!(s.sum("odds_proc_consumer_lag"), 7.0);
+        assert_eq!(s.sum("odds_ws_connections"), 2.0);
+        let after = s.buckets("h");
+        assert_eq!(quantile_between(&[], &after, 0.5), Some(0.01));
+        assert_eq!(quantile_between(&[], &after, 0.9), Some(0.1));
+        assert_eq!(quantile_between(&[], &after, 0.99), Some(f64::INFINITY));
+        assert_eq!(quantile_between(&after, &after, 0.5), None);
+    }
+}

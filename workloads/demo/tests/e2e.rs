@@ -1,0 +1,162 @@
+//! End to end: the real stages, started by the demo's launcher, at a small rate.
+//!
+//! A WebSocket client gets a snapshot and then strictly newer versions; once the supplier has
+//! sent its last update and the pipeline drained, Postgres and Redis hold exactly the last
+//! update the supplier sent for every event, and `odds_history` holds every version once. The
+//! supplier's stream is deterministic, so the test regenerates it to know what was sent.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use futures_util::{SinkExt, StreamExt};
+use odds_contracts::names::redis_current_key;
+use odds_contracts::ws::ServerMessage;
+use odds_contracts::OddsUpdate;
+use odds_demo::status::Scrape;
+use odds_demo::{Launcher, LauncherOptions};
+use odds_testkit::http_get;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+use supplier_simulator::OddsFeed;
+use tokio_tungstenite::tungstenite::Message;
+
+const EVENTS: u32 = 4;
+const TOTAL: u64 = 800;
+
+async fn next_message(
+    ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
+) -> ServerMessage {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(20), ws.next())
+            .await
+            .expect("a message within 20s")
+            .expect("connection open")
+            .unwrap();
+        if let Message::Text(text) = msg {
+            return serde_json::from_str(&text).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_delivers_live_updates_and_ends_consistent() {
+    let options = LauncherOptions::for_tests(100, EVENTS, TOTAL).unwrap();
+    let seed = options.seed;
+    let mut launcher = Launcher::start(options).await.unwrap();
+
+    // Subscribe once the event is known to the service.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(http_get(launcher.service_addr, "/v1/events/MATCH_001/odds").await, Ok(r) if r.status == 200)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "MATCH_001 never reached odds-service"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = format!("ws://{}/ws/odds", launcher.service_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::text(
+        r#"{"type":"subscribe","eventId":"MATCH_001"}"#,
+    ))
+    .await
+    .unwrap();
+    assert!(matches!(
+        next_message(&mut ws).await,
+        ServerMessage::Subscribed { .. }
+    ));
+    let mut version = match next_message(&mut ws).await {
+        ServerMessage::Snapshot { data } => data.version,
+        other => panic!("expected a snapshot, got {other:?}"),
+    };
+    for _ in 0..5 {
+        match next_message(&mut ws).await {
+            ServerMessage::Odds { data } => {
+                assert_eq!(data.event_id, "MATCH_001");
+                assert!(data.version > version, "{} after {version}", data.version);
+                version = data.version;
+            }
+            other => panic!("expected odds, got {other:?}"),
+        }
+    }
+
+    // Let the supplier finish and the pipeline drain.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let sent = Scrape::take(&launcher)
+            .await
+            .simulator
+            .sum("odds_sim_updates_sent_total");
+        if sent as u64 >= TOTAL {
+            break;
+        }
+        assert!(Instant::now() < deadline, "supplier sent only {sent}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let pool = sqlx::PgPool::connect(&launcher.infra.database_url)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM odds_history")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if n as u64 == TOTAL {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "odds_history holds {n} of {TOTAL}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // What the supplier sent last per event, regenerated from its seed.
+    let mut feed = OddsFeed::new(seed, EVENTS, &[]);
+    let mut last: BTreeMap<String, OddsUpdate> = BTreeMap::new();
+    for _ in 0..TOTAL {
+        let u = feed.next_update(chrono::Utc::now());
+        last.insert(u.event_id.clone(), u);
+    }
+    let client = redis::Client::open(launcher.infra.redis_url.as_str()).unwrap();
+    let mut redis = client.get_multiplexed_async_connection().await.unwrap();
+    for (event_id, sent) in &last {
+        let (version, home, draw, away, versions, distinct): (i64, f64, f64, f64, i64, i64) =
+            sqlx::query_as(
+                "SELECT c.version, c.home_odds::float8, c.draw_odds::float8, c.away_odds::float8,
+                        (SELECT count(*) FROM odds_history h WHERE h.event_id = c.event_id),
+                        (SELECT count(DISTINCT version) FROM odds_history h WHERE h.event_id = c.event_id)
+                 FROM odds_current c WHERE c.event_id = $1",
+            )
+            .bind(event_id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(
+            version as u64, sent.version,
+            "{event_id}: odds_current version"
+        );
+        assert_eq!(
+            (home, draw, away),
+            (sent.odds.home, sent.odds.draw, sent.odds.away)
+        );
+        assert_eq!(
+            versions as u64, sent.version,
+            "{event_id}: every version in history"
+        );
+        assert_eq!(distinct, versions, "{event_id}: each version once");
+
+        let cached: String = redis::cmd("GET")
+            .arg(redis_current_key(event_id))
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let cached: OddsUpdate = serde_json::from_str(&cached).unwrap();
+        assert_eq!(cached.version, sent.version, "{event_id}: Redis version");
+        assert_eq!(cached.odds, sent.odds, "{event_id}: Redis odds");
+    }
+    launcher.stop().await;
+    for child in &launcher.children {
+        let status = child.exited().expect("stopped");
+        assert!(status.success(), "{} exited with {status}", child.name);
+    }
+}
