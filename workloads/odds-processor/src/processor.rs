@@ -222,8 +222,11 @@ impl Processor {
         let mut batch = Batch::default();
         let take = self.pending.len().min(self.batch_max);
         batch.records.extend(self.pending.drain(..take));
+        self.drop_revoked(&mut batch);
         if batch.is_empty() {
-            match self.receive(IDLE_TICK).await {
+            let first = self.receive(IDLE_TICK).await;
+            self.drop_revoked(&mut batch);
+            match first {
                 Received::Record(record) => batch.records.push(record),
                 Received::Timeout | Received::Shutdown => return None,
             }
@@ -231,7 +234,11 @@ impl Processor {
         let deadline = Instant::now() + self.batch_max_wait;
         while batch.len() < self.batch_max {
             let left = deadline.saturating_duration_since(Instant::now());
-            match self.receive(left).await {
+            let received = self.receive(left).await;
+            // A rebalance runs inside `receive`: drop what was read before it, keep what
+            // this call returned (it belongs to the current assignment).
+            self.drop_revoked(&mut batch);
+            match received {
                 Received::Record(record) => batch.records.push(record),
                 Received::Timeout => break,
                 Received::Shutdown => return None,
@@ -240,10 +247,12 @@ impl Processor {
                 break;
             }
         }
-        self.drop_revoked(&mut batch);
         (!batch.is_empty()).then_some(batch)
     }
 
+    /// Drops the records of partitions revoked since the last call from `batch` and from the
+    /// pending records. Must run right after every `receive`, before its record is kept:
+    /// records read after a revoke-and-reassign are new reads and must not be dropped.
     fn drop_revoked(&mut self, batch: &mut Batch) -> usize {
         let revoked = self.ledger.take_revoked();
         if revoked.is_empty() {
@@ -272,8 +281,8 @@ impl Processor {
         let mut backoff = DB_FIRST_BACKOFF;
         let mut paused = false;
         let applied = loop {
-            if self.drop_revoked(&mut batch) > 0 {
-                decoded = batch.decode();
+            if batch.len() != decoded.updates.len() + decoded.rejected.len() {
+                decoded = batch.decode(); // a rebalance while waiting took records away
             }
             let dlq = async {
                 if dead_lettered || decoded.rejected.is_empty() {
@@ -310,7 +319,7 @@ impl Processor {
                 }
             }
             paused = true;
-            if !self.wait_paused(backoff).await {
+            if !self.wait_paused(backoff, &mut batch).await {
                 return None;
             }
             backoff = (backoff * 2).min(self.db_max_backoff);
@@ -361,7 +370,7 @@ impl Processor {
 
     /// Pauses fetching and keeps polling for `delay` (so the group membership and rebalances
     /// stay serviced). `false` on shutdown.
-    async fn wait_paused(&mut self, delay: Duration) -> bool {
+    async fn wait_paused(&mut self, delay: Duration, held: &mut Batch) -> bool {
         self.set_paused(true);
         let deadline = Instant::now() + delay;
         loop {
@@ -369,7 +378,11 @@ impl Processor {
             if left.is_zero() {
                 return true;
             }
-            match self.receive(left).await {
+            let received = self.receive(left).await;
+            self.drop_revoked(held);
+            // A rebalance may have assigned new partitions: keep the whole assignment paused.
+            self.set_paused(true);
+            match received {
                 Received::Record(record) => self.pending.push(record),
                 Received::Timeout => return true,
                 Received::Shutdown => return false,
