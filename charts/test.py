@@ -164,7 +164,12 @@ def rbac_covers_children():
     kinds = {c["kind"] for c in golden_children()} | {"Ingress"}
     for kind in sorted(kinds):
         group, resource = plural[kind]
-        granted(cluster_rules, group, resource, ["get", "list", "watch", "create", "patch"])
+        verbs = ["get", "list", "watch", "create", "patch"]
+        if kind != "KafkaTopic":  # pruned when no longer wanted; topics never (their data)
+            verbs.append("delete")
+        granted(cluster_rules, group, resource, verbs)
+    for rule in cluster_rules:
+        assert not ("kafkatopics" in rule["resources"] and "delete" in rule["verbs"]), "never delete topics"
     granted(cluster_rules, "odds-pipeline.github.io", "oddspipelines", ["get", "list", "watch"])
     granted(cluster_rules, "odds-pipeline.github.io", "oddspipelines/status", ["patch"])
     granted(cluster_rules, "", "secrets", ["get", "list", "watch"])

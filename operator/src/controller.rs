@@ -6,6 +6,7 @@ use crate::build::{self, service, MigrationState};
 use crate::crd::{OddsPipeline, OddsPipelineStatus};
 use crate::metrics::Metrics;
 use crate::observe;
+use crate::prune;
 use crate::status::{self, Observed};
 use crate::validate::validate;
 use kube::api::{Api, Patch, PatchParams};
@@ -149,6 +150,18 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
             note: Some(note),
             action: "Apply".into(),
             secondary: Some(change.reference),
+        };
+        send(ctx, pipeline, &event).await;
+    }
+    let keep = prune::Keep::of(pipeline, &children);
+    let migrated = facts.migration == MigrationState::Succeeded;
+    for (what, reference) in prune::prune(client, pipeline, &keep, migrated).await? {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Deleted".into(),
+            note: Some(format!("Deleted {what}: no longer in the spec")),
+            action: "Prune".into(),
+            secondary: Some(reference),
         };
         send(ctx, pipeline, &event).await;
     }

@@ -11,6 +11,7 @@ pub mod crd;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
+pub mod prune;
 pub mod run;
 pub mod status;
 pub mod validate;

@@ -2,10 +2,14 @@
 //! State-based: the tests assert which objects exist and what they contain.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use common::{events, harness, hash, sample};
+use common::{events, harness, hash, sample, NS};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
+use odds_operator::build::job;
 use odds_operator::crd::OddsPipeline;
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -216,4 +220,95 @@ async fn paused_pipeline_changes_nothing() {
             ("True", "Paused")
         );
     }
+}
+
+#[tokio::test]
+async fn children_no_longer_wanted_are_pruned() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    let patch = json!({"spec": {
+        "supplier": {"simulator": null, "url": "wss://feed.example/ws"},
+        "oddsService": {"autoscaling": null, "replicas": 2}
+    }});
+    h.api::<OddsPipeline>()
+        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    h.reconcile().await;
+    assert!(h.deployment("demo-simulator").await.is_none());
+    assert!(h
+        .api::<Service>()
+        .get_opt("demo-simulator")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(h
+        .api::<PodDisruptionBudget>()
+        .get_opt("demo-simulator")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(h
+        .api::<HorizontalPodAutoscaler>()
+        .get_opt("demo-odds-service")
+        .await
+        .unwrap()
+        .is_none());
+    assert!(
+        h.deployment("demo-odds-service").await.is_some(),
+        "wanted children stay"
+    );
+    let events = events(&h).await;
+    assert!(
+        events.iter().any(|(_, r, n)| r == "Deleted"
+            && n == "Deleted Deployment demo-simulator: no longer in the spec"),
+        "{events:?}"
+    );
+}
+
+#[tokio::test]
+async fn old_migration_job_goes_once_the_new_one_succeeded() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    let old = job::name(&h.pipeline().await);
+    let patch = json!({"spec": {"image": {"tag": "v2"}}});
+    h.api::<OddsPipeline>()
+        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    h.reconcile().await;
+    assert!(
+        h.api::<Job>().get_opt(&old).await.unwrap().is_some(),
+        "kept while the new one runs"
+    );
+    assert!(
+        h.deployment("demo-processor").await.is_some(),
+        "held-back workloads are never pruned"
+    );
+    h.migration_done().await;
+    h.reconcile().await;
+    assert!(h.api::<Job>().get_opt(&old).await.unwrap().is_none());
+    let new = job::name(&h.pipeline().await);
+    assert!(h.api::<Job>().get_opt(&new).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn objects_of_others_are_never_pruned() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    // Same labels, but not controlled by this pipeline (e.g. copied by hand).
+    let mut stranger = h.deployment("demo-ingest").await.unwrap();
+    stranger.metadata = kube::api::ObjectMeta {
+        name: Some("demo-copy".into()),
+        namespace: Some(NS.into()),
+        labels: stranger.metadata.labels.clone(),
+        ..Default::default()
+    };
+    stranger.status = None;
+    h.api::<Deployment>()
+        .create(&Default::default(), &stranger)
+        .await
+        .unwrap();
+    h.reconcile().await;
+    assert!(h.deployment("demo-copy").await.is_some());
 }

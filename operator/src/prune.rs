@@ -1,0 +1,128 @@
+//! Removal of children the spec no longer asks for (simulator turned off, autoscaling or
+//! Ingress removed, a finished migration Job of an older image).
+//!
+//! Only objects this pipeline controls are candidates: labelled as ours and carrying this
+//! pipeline's uid in a controller owner reference. Two kinds are never pruned: Deployments of
+//! workloads that are merely held back (they keep serving the old version until their gate
+//! opens) and `KafkaTopic`s (deleting one deletes the topic's data in Kafka).
+
+use crate::build::{configmap, deployment, job, Children};
+use crate::crd::OddsPipeline;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::NamespaceResourceScope;
+use kube::api::{Api, DeleteParams, ListParams};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+
+/// Names that must stay, per kind.
+#[derive(Debug, Default)]
+pub struct Keep {
+    pub config_maps: BTreeSet<String>,
+    pub deployments: BTreeSet<String>,
+    pub services: BTreeSet<String>,
+    pub pdbs: BTreeSet<String>,
+    pub hpas: BTreeSet<String>,
+    pub ingresses: BTreeSet<String>,
+}
+
+impl Keep {
+    /// What the pipeline wants to exist, including Deployments that are held back.
+    pub fn of(pipeline: &OddsPipeline, children: &Children) -> Self {
+        let names = |items: Vec<String>| items.into_iter().collect::<BTreeSet<_>>();
+        Self {
+            config_maps: names(vec![configmap::name(pipeline)]),
+            deployments: names(
+                deployment::components(pipeline)
+                    .into_iter()
+                    .map(|c| c.name(pipeline))
+                    .collect(),
+            ),
+            services: names(
+                children
+                    .services
+                    .iter()
+                    .map(ResourceExt::name_any)
+                    .collect(),
+            ),
+            pdbs: names(children.pdbs.iter().map(ResourceExt::name_any).collect()),
+            hpas: names(children.hpas.iter().map(ResourceExt::name_any).collect()),
+            ingresses: names(children.ingress.iter().map(ResourceExt::name_any).collect()),
+        }
+    }
+}
+
+/// One deleted child: `Kind name` and its reference (the event's related object).
+pub type Deleted = (String, ObjectReference);
+
+/// Deletes what this pipeline owns but no longer wants; returns each deleted child.
+/// Old migration Jobs go only once the current one succeeded (`migrated`).
+pub async fn prune(
+    client: &kube::Client,
+    pipeline: &OddsPipeline,
+    keep: &Keep,
+    migrated: bool,
+) -> Result<Vec<Deleted>, kube::Error> {
+    let mut deleted = Vec::new();
+    deleted.extend(unwanted::<ConfigMap>(client, pipeline, &keep.config_maps).await?);
+    deleted.extend(unwanted::<Deployment>(client, pipeline, &keep.deployments).await?);
+    deleted.extend(unwanted::<Service>(client, pipeline, &keep.services).await?);
+    deleted.extend(unwanted::<PodDisruptionBudget>(client, pipeline, &keep.pdbs).await?);
+    deleted.extend(unwanted::<HorizontalPodAutoscaler>(client, pipeline, &keep.hpas).await?);
+    deleted.extend(unwanted::<Ingress>(client, pipeline, &keep.ingresses).await?);
+    if migrated {
+        let current = BTreeSet::from([job::name(pipeline)]);
+        deleted.extend(unwanted::<Job>(client, pipeline, &current).await?);
+    }
+    Ok(deleted)
+}
+
+/// Deletes the objects of kind `K` that this pipeline controls and `keep` does not name.
+async fn unwanted<K>(
+    client: &kube::Client,
+    pipeline: &OddsPipeline,
+    keep: &BTreeSet<String>,
+) -> Result<Vec<Deleted>, kube::Error>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let (Some(namespace), Some(uid)) = (pipeline.namespace(), pipeline.uid()) else {
+        return Ok(Vec::new());
+    };
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let selector = format!(
+        "app.kubernetes.io/managed-by=odds-operator,app.kubernetes.io/instance={}",
+        pipeline.name_any()
+    );
+    let mut deleted = Vec::new();
+    for object in api.list(&ListParams::default().labels(&selector)).await? {
+        let ours = object
+            .owner_references()
+            .iter()
+            .any(|r| r.uid == uid && r.controller == Some(true));
+        if ours && !keep.contains(&object.name_any()) {
+            // Background propagation also removes the Job's pods and the ReplicaSets.
+            match api
+                .delete(&object.name_any(), &DeleteParams::background())
+                .await
+            {
+                Ok(_) => deleted.push((
+                    format!("{} {}", K::kind(&()), object.name_any()),
+                    object.object_ref(&()),
+                )),
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(error),
+            }
+        }
+    }
+    Ok(deleted)
+}
