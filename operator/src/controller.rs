@@ -13,7 +13,8 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Why a reconcile failed (all transient: the controller retries with backoff).
@@ -40,8 +41,9 @@ pub struct Context {
     pub client: kube::Client,
     pub recorder: Recorder,
     pub metrics: Option<Metrics>,
-    /// Consecutive failures, for the backoff of `error_policy`.
-    pub failures: std::sync::atomic::AtomicU32,
+    /// Consecutive failures per pipeline (`namespace/name`), for the backoff of
+    /// `error_policy`: one failing pipeline must not slow the retries of another.
+    pub failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
@@ -55,7 +57,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
-            failures: std::sync::atomic::AtomicU32::new(0),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -74,7 +76,9 @@ pub async fn reconcile(pipeline: Arc<OddsPipeline>, ctx: Arc<Context>) -> Result
     let result = reconcile_inner(&pipeline, &ctx).await;
     drop(timer);
     if result.is_ok() {
-        ctx.failures.store(0, std::sync::atomic::Ordering::Relaxed);
+        if let Ok(mut failures) = ctx.failures.lock() {
+            failures.remove(&key(&pipeline));
+        }
     }
     result
 }
@@ -85,6 +89,11 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
     let previous = pipeline.status.clone().unwrap_or_default();
     let now = now();
 
+    if pipeline.metadata.deletion_timestamp.is_some() {
+        // Being deleted: garbage collection removes the children; re-applying them would
+        // fight a foreground deletion.
+        return Ok(Action::await_change());
+    }
     if pipeline.is_paused() {
         let paused = status::paused(&previous, pipeline.metadata.generation, &now);
         if paused != previous {
@@ -281,9 +290,15 @@ async fn send(ctx: &Context, pipeline: &OddsPipeline, event: &Event) {
 
 /// Transient failures retry with exponential backoff (5 s doubling up to 5 min).
 pub fn error_policy(pipeline: Arc<OddsPipeline>, error: &Error, ctx: Arc<Context>) -> Action {
-    let failures = ctx
-        .failures
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let failures = match ctx.failures.lock() {
+        Ok(mut failures) => {
+            let count = failures.entry(key(&pipeline)).or_insert(0);
+            *count = count.saturating_add(1);
+            *count - 1
+        }
+        // A poisoned lock only loses the backoff history; retry at the base delay.
+        Err(_) => 0,
+    };
     if let Some(metrics) = &ctx.metrics {
         metrics
             .failures
@@ -293,6 +308,14 @@ pub fn error_policy(pipeline: Arc<OddsPipeline>, error: &Error, ctx: Arc<Context
     let delay = backoff(failures);
     tracing::warn!(pipeline = %pipeline.name_any(), %error, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)
+}
+
+fn key(pipeline: &OddsPipeline) -> String {
+    format!(
+        "{}/{}",
+        pipeline.namespace().unwrap_or_default(),
+        pipeline.name_any()
+    )
 }
 
 /// Backoff after `failures` consecutive failures.

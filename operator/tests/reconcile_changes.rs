@@ -312,3 +312,19 @@ async fn objects_of_others_are_never_pruned() {
     h.reconcile().await;
     assert!(h.deployment("demo-copy").await.is_some());
 }
+
+#[tokio::test]
+async fn a_pipeline_being_deleted_is_left_to_garbage_collection() {
+    let mut pipeline = sample();
+    pipeline.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    pipeline.metadata.finalizers = Some(vec!["foregroundDeletion".into()]);
+    let h = harness(pipeline, true).await;
+    h.reconcile().await;
+    assert!(
+        h.applies.lock().unwrap().is_empty(),
+        "nothing re-created during deletion"
+    );
+    assert_eq!(h.status_writes.load(Ordering::SeqCst), 0);
+}

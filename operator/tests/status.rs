@@ -133,3 +133,47 @@ fn backoff_doubles_up_to_five_minutes() {
     assert_eq!(backoff(3), Duration::from_secs(40));
     assert_eq!(backoff(30), Duration::from_secs(300));
 }
+
+#[tokio::test]
+async fn error_backoff_is_counted_per_pipeline_and_reset_by_success() {
+    use odds_operator::controller::{error_policy, Context, Error};
+    use odds_operator::crd::OddsPipeline;
+    use std::sync::Arc;
+    let client = kube_fake_client::ClientBuilder::new()
+        .build()
+        .await
+        .unwrap();
+    let ctx = Arc::new(Context::new(client, None, None));
+    let pipeline = |name: &str| {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/samples/oddspipeline.yaml"
+        ))
+        .unwrap();
+        let mut p: OddsPipeline = serde_saphyr::from_str(&text).unwrap();
+        p.metadata.name = Some(name.into());
+        Arc::new(p)
+    };
+    let error = Error::NoNamespace;
+    let a1 = error_policy(pipeline("a"), &error, ctx.clone());
+    let a2 = error_policy(pipeline("a"), &error, ctx.clone());
+    let b1 = error_policy(pipeline("b"), &error, ctx.clone());
+    assert_eq!(a1, kube::runtime::controller::Action::requeue(backoff(0)));
+    assert_eq!(a2, kube::runtime::controller::Action::requeue(backoff(1)));
+    assert_eq!(
+        b1,
+        kube::runtime::controller::Action::requeue(backoff(0)),
+        "b has its own count"
+    );
+    // A successful reconcile of `a` (one being deleted returns at once) resets its count.
+    let mut deleting = (*pipeline("a")).clone();
+    deleting.metadata.namespace = Some("default".into());
+    deleting.metadata.deletion_timestamp = Some(
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+    );
+    odds_operator::controller::reconcile(Arc::new(deleting), ctx.clone())
+        .await
+        .unwrap();
+    let a3 = error_policy(pipeline("a"), &error, ctx.clone());
+    assert_eq!(a3, kube::runtime::controller::Action::requeue(backoff(0)));
+}
