@@ -73,6 +73,13 @@ pub struct ServiceConfig {
     #[arg(long, env = "WS_SEND_BUFFER_BYTES", default_value_t = 32 * 1024)]
     pub ws_send_buffer_bytes: usize,
 
+    /// Least milliseconds between two writes of updates to one client: updates arriving
+    /// meanwhile go out in one flush (fewer syscalls, at most this much added latency), and
+    /// an event updated several times within the window is sent once, at its newest version.
+    /// 0 (the default) writes at once, so a client that keeps up receives every version.
+    #[arg(long, env = "WS_WRITE_COALESCE_MS", default_value_t = 0)]
+    pub ws_write_coalesce_ms: u64,
+
     /// Interval of server pings; a client silent for three intervals is disconnected.
     #[arg(long, env = "WS_PING_INTERVAL_SECS", default_value_t = 20)]
     pub ws_ping_interval_secs: u64,

@@ -80,6 +80,7 @@ pub async fn start(
         max_pending_events: config.ws_max_pending_events.max(1),
         slow_client_timeout: config.slow_client_timeout(),
         ping_interval: config.ping_interval(),
+        write_coalesce: std::time::Duration::from_millis(config.ws_write_coalesce_ms),
     });
     let max_connections = config.ws_max_connections.clamp(1, Semaphore::MAX_PERMITS);
     let connections = Arc::new(Semaphore::new(max_connections));

@@ -34,6 +34,8 @@ pub struct WsContext {
     pub max_pending_events: usize,
     pub slow_client_timeout: Duration,
     pub ping_interval: Duration,
+    /// Least time between two writes of queued updates to one client (0 = write at once).
+    pub write_coalesce: Duration,
 }
 
 /// Why the server ends a connection.
@@ -89,6 +91,7 @@ impl Connection {
         let mut ping = tokio::time::interval(self.ctx.ping_interval);
         ping.reset();
         let mut batch = Vec::with_capacity(BATCH);
+        let mut last_write = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -96,9 +99,15 @@ impl Connection {
                     return Exit::Close(close_code::AWAY, "server shutting down");
                 }
                 _ = self.queue.notified() => {
+                    // Let a few more updates gather so one flush (syscall) carries several.
+                    let since = last_write.elapsed();
+                    if since < self.ctx.write_coalesce {
+                        tokio::time::sleep(self.ctx.write_coalesce - since).await;
+                    }
                     if let Some(exit) = self.write_pending(socket, &mut batch).await {
                         return exit;
                     }
+                    last_write = Instant::now();
                 }
                 incoming = socket.recv() => {
                     self.last_seen = Instant::now();
