@@ -109,16 +109,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         Some(args.identity.clone()),
         Some(metrics),
     ));
-    let stop = CancellationToken::new();
     let controller = controller(&client, args.namespace.as_deref(), args.watch_kafka_topics)
         .graceful_shutdown_on({
-            let (shutdown, lost, stop) = (shutdown.clone(), lost.clone(), stop.clone());
+            let (shutdown, lost) = (shutdown.clone(), lost.clone());
             async move {
                 tokio::select! {
                     () = shutdown.cancelled() => {}
                     () = lost.cancelled() => {}
                 }
-                stop.cancel();
             }
         })
         .run(reconcile, error_policy, ctx)
@@ -129,7 +127,6 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
             }
         });
     controller.await;
-    stop.cancel();
     if lost.is_cancelled() {
         return Err(RunError::LeadershipLost);
     }

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     pub generation: Option<i64>,
-    pub paused: bool,
     /// Why the spec was rejected (validation or missing Secrets), if it was.
     pub invalid: Option<String>,
     pub topics_ready: bool,
@@ -113,8 +112,7 @@ pub fn compute(
         None => set("Degraded", false, "AsExpected", "no problems found".into()),
     }
 
-    let progressing =
-        degraded.is_none() && !observed.paused && (!blocked.is_empty() || !not_ready.is_empty());
+    let progressing = degraded.is_none() && (!blocked.is_empty() || !not_ready.is_empty());
     if progressing {
         let mut parts = blocked.clone();
         parts.extend(not_ready.iter().map(|s| format!("{s} ready")));
@@ -154,21 +152,13 @@ pub fn compute(
     };
     set("Ready", ready, ready_reason, ready_message);
 
-    if observed.paused {
-        set(
-            "ReconciliationPaused",
-            true,
-            "Paused",
-            "reconciliation is paused; children are left as they are".into(),
-        );
-    } else {
-        set(
-            "ReconciliationPaused",
-            false,
-            "Reconciling",
-            "reconciliation is active".into(),
-        );
-    }
+    // A paused pipeline never gets here: its status comes from [`paused`].
+    set(
+        "ReconciliationPaused",
+        false,
+        "Reconciling",
+        "reconciliation is active".into(),
+    );
 
     let component = |c: Component| observed.components.get(&c).cloned();
     OddsPipelineStatus {

@@ -219,6 +219,21 @@ async fn paused_pipeline_changes_nothing() {
             (paused.status.as_str(), paused.reason.as_str()),
             ("True", "Paused")
         );
+        // Unpausing applies what changed meanwhile.
+        let unpause = if annotation {
+            json!({"metadata": {"annotations": {"odds-pipeline.github.io/pause-reconciliation": "false"}}})
+        } else {
+            json!({"spec": {"paused": false}})
+        };
+        h.api::<OddsPipeline>()
+            .patch("demo", &PatchParams::default(), &Patch::Merge(&unpause))
+            .await
+            .unwrap();
+        h.reconcile().await;
+        let ingest = h.deployment("demo-ingest").await.unwrap().spec.unwrap();
+        let image = ingest.template.spec.unwrap().containers[0].image.clone();
+        assert_eq!(image.as_deref(), Some("odds-pipeline:v9"));
+        assert_eq!(h.condition("ReconciliationPaused").await.status, "False");
     }
 }
 
