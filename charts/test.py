@@ -106,6 +106,22 @@ def custom_render():
     return validate_builtin(objects)
 
 
+def values_schema():
+    chart = helm.Chart.load(str(CHART))
+    assert chart.schema is not None, "values.schema.json missing"
+    chart.validate_schema({})
+    accepted = []
+    for bad in ({"replicaCount": 0}, {"image": {"pullPolicy": "Sometimes"}}, {"logFormat": "xml"},
+                {"leaderElection": False, "replicaCount": 2}, {"replicas": 2}):
+        try:
+            chart.validate_schema(bad)
+            accepted.append(bad)
+        except helm.HelmValuesError:
+            pass
+    assert not accepted, f"bad values accepted: {accepted}"
+    return "defaults accepted, 5 bad value sets rejected"
+
+
 def chart_crd_is_current():
     generated = (ROOT / "crds" / "oddspipelines.yaml").read_text()
     packaged = (CHART / "crds" / "oddspipelines.yaml").read_text()
@@ -195,6 +211,7 @@ def samples_valid():
 check("helm lint --strict", lint)
 check("render with default values", default_render)
 check("render with custom values", custom_render)
+check("values.schema.json guards the values", values_schema)
 check("chart CRD is current and valid", chart_crd_is_current)
 check("operator-built children are valid", children_valid)
 check("KafkaTopics match Strimzi's schema", topics_valid)
