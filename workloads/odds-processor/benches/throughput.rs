@@ -14,10 +14,13 @@ use odds_processor::processor::{CHECK_KAFKA, CHECK_POSTGRES};
 use odds_processor::{Metrics, Processor, ProcessorConfig};
 use odds_runtime::Readiness;
 use odds_testkit::{TestDatabase, TestKafka, TestRedis};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::ClientConfig;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+
+const PARTITIONS: i32 = 8;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -41,7 +44,9 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let kafka = TestKafka::start(1, 4).unwrap();
+        // 8 partitions: the mock cluster keeps ~5 MB per partition log and drops older
+        // segments, which would silently shorten a 100k-update run on fewer partitions.
+        let kafka = TestKafka::start(1, PARTITIONS).unwrap();
         let redis = TestRedis::start().await.unwrap();
         let started = Instant::now();
         produce_all(&kafka, updates, events).await;
@@ -49,6 +54,7 @@ fn main() {
             "produced {updates} updates over {events} events in {:.1}s",
             started.elapsed().as_secs_f64()
         );
+        assert_log_complete(&kafka, updates);
         println!("| batch max | updates/s | batch p50 | batch p99 | batches |");
         println!("| ---: | ---: | ---: | ---: | ---: |");
         for size in sizes {
@@ -73,6 +79,23 @@ fn main() {
             assert_eq!(n as u64, updates, "every update in history");
         }
     });
+}
+
+/// Fails if the mock cluster's retention dropped records (low watermark above 0).
+fn assert_log_complete(kafka: &TestKafka, updates: u64) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .create()
+        .unwrap();
+    let mut kept = 0;
+    for partition in 0..PARTITIONS {
+        let (low, high) = consumer
+            .fetch_watermarks(TOPIC_ODDS_UPDATES, partition, Duration::from_secs(10))
+            .unwrap();
+        assert_eq!(low, 0, "partition {partition} lost records to retention");
+        kept += high;
+    }
+    assert_eq!(kept as u64, updates);
 }
 
 async fn produce_all(kafka: &TestKafka, updates: u64, events: u64) {
@@ -125,28 +148,49 @@ async fn run_once(config: &ProcessorConfig, updates: u64) -> (f64, Duration, Dur
     processor.maintain().await;
     assert!(!processor.cache_is_stale());
     let mut latencies = Vec::new();
+    let (mut durable_times, mut cache_times) = (Vec::new(), Vec::new());
     let mut done = 0u64;
     let mut started = None;
+    let mut last_progress = Instant::now();
     while done < updates {
         let Some(batch) = processor.next_batch().await else {
+            assert!(
+                last_progress.elapsed() < Duration::from_secs(30),
+                "stalled: {done} of {updates} processed, {} consumed",
+                metrics.messages_consumed.get()
+            );
             continue;
         };
+        last_progress = Instant::now();
         let t = Instant::now();
         started.get_or_insert(t);
         let durable = processor.make_durable(batch).await.unwrap();
+        let durable_at = t.elapsed();
         processor.update_cache(&durable).await;
+        cache_times.push(t.elapsed() - durable_at);
+        durable_times.push(durable_at);
         processor.commit(&durable);
         latencies.push(t.elapsed());
         done += durable.records as u64;
     }
     let elapsed = started.map(|s| s.elapsed()).unwrap_or_default();
     processor.close();
-    latencies.sort();
-    let pick = |q: f64| latencies[((latencies.len() - 1) as f64 * q).round() as usize];
+    let p50 = |v: &mut Vec<Duration>| percentile(v, 0.5).as_secs_f64() * 1e3;
+    eprintln!(
+        "  batch max {}: durable phase p50 {:.1} ms, cache phase p50 {:.1} ms",
+        config.batch_max,
+        p50(&mut durable_times),
+        p50(&mut cache_times)
+    );
     (
         updates as f64 / elapsed.as_secs_f64(),
-        pick(0.5),
-        pick(0.99),
+        percentile(&mut latencies, 0.5),
+        percentile(&mut latencies, 0.99),
         latencies.len(),
     )
+}
+
+fn percentile(values: &mut [Duration], q: f64) -> Duration {
+    values.sort();
+    values[((values.len() - 1) as f64 * q).round() as usize]
 }

@@ -42,7 +42,11 @@ async fn bad_configuration_fails_with_a_clear_error() {
     assert!(stderr.contains("--kafka-brokers"), "{stderr}");
 
     let output = Command::new(BINARY)
-        .args(["migrate", "--database-url", "mysql://127.0.0.1:1/none"])
+        .args([
+            "migrate",
+            "--database-url",
+            "postgres://127.0.0.1:notaport/none",
+        ])
         .output()
         .unwrap();
     assert!(
