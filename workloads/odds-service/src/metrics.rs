@@ -15,6 +15,9 @@ pub struct Metrics {
     pub ws_connections_rejected: IntCounterVec,
     pub ws_subscriptions: IntGauge,
     pub ws_messages_sent: IntCounterVec,
+    /// `ws_messages_sent{type="odds"}` and `{type="snapshot"}`, resolved once: bumped per delivery.
+    pub ws_odds_sent: IntCounter,
+    pub ws_snapshots_sent: IntCounter,
     pub ws_conflated: IntCounter,
     pub ws_stale_skipped: IntCounter,
     pub ws_slow_client_closes: IntCounter,
@@ -37,6 +40,13 @@ impl Metrics {
         let latency_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
+        let ws_messages_sent = IntCounterVec::new(
+            Opts::new(
+                "odds_ws_messages_sent_total",
+                "Frames sent to clients, by type",
+            ),
+            &["type"],
+        )?;
         let metrics = Metrics {
             ws_connections: IntGauge::new("odds_ws_connections", "Open WebSocket connections")?,
             ws_connections_rejected: IntCounterVec::new(
@@ -50,13 +60,9 @@ impl Metrics {
                 "odds_ws_subscriptions",
                 "Event subscriptions over all connections (`*` counts once)",
             )?,
-            ws_messages_sent: IntCounterVec::new(
-                Opts::new(
-                    "odds_ws_messages_sent_total",
-                    "Frames sent to clients, by type",
-                ),
-                &["type"],
-            )?,
+            ws_odds_sent: ws_messages_sent.with_label_values(&["odds"]),
+            ws_snapshots_sent: ws_messages_sent.with_label_values(&["snapshot"]),
+            ws_messages_sent,
             ws_conflated: IntCounter::new(
                 "odds_ws_conflated_total",
                 "Updates replaced by a newer version before a slow client received them",

@@ -161,13 +161,10 @@ impl Connection {
         match tokio::time::timeout(self.ctx.slow_client_timeout, write).await {
             Ok(Ok(())) => {
                 for pending in batch.drain(..) {
-                    let kind = if pending.as_snapshot {
-                        "snapshot"
+                    if pending.as_snapshot {
+                        metrics.ws_snapshots_sent.inc();
                     } else {
-                        "odds"
-                    };
-                    metrics.ws_messages_sent.with_label_values(&[kind]).inc();
-                    if !pending.as_snapshot {
+                        metrics.ws_odds_sent.inc();
                         metrics
                             .ws_fanout_latency
                             .observe(pending.update.received_at.elapsed().as_secs_f64());
