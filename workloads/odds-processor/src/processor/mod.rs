@@ -6,6 +6,10 @@
 //! committed only after the durable phase, so a processor that dies anywhere before the
 //! commit leaves its batch to be read again, and the version guards make that replay change
 //! nothing. Tests stop between phases by calling them separately and dropping the processor.
+//!
+//! The phases are not cancel-safe: dropping a phase's future mid-way forgets records this
+//! consumer has already read, and a later commit would skip them. Stop a running processor
+//! with its shutdown token (the phases return at safe points), never by dropping `step`.
 
 mod durable;
 
