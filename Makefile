@@ -6,14 +6,13 @@
 SHELL := bash
 .SHELLFLAGS := -eu -o pipefail -c
 CARGO ?= cargo
-APT_PACKAGES := redis-server postgresql build-essential pkg-config zlib1g-dev python3
 
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 STAGES := -p supplier-simulator -p odds-ingest -p odds-processor -p odds-service -p odds-demo
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help deps demo test fmt-check clippy unit bench bench-criterion bench-pipeline fmt
+.PHONY: help deps demo test chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +26,8 @@ deps: ## install missing system packages (Debian, as root) and cargo-nextest
 	command -v pkg-config >/dev/null || missing+=(pkg-config); \
 	[ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev); \
 	command -v python3 >/dev/null || missing+=(python3); \
+	python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); \
+	{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } || missing+=(chromium); \
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "deps: installing $${missing[*]}"; \
@@ -56,7 +57,10 @@ unit:
 	  $(CARGO) test --workspace --no-fail-fast; \
 	fi
 
-test: deps fmt-check clippy unit ## fmt check, clippy -D warnings, and every test against real servers
+chart-test: ## render the Helm chart with the Helm library and validate every manifest (no cluster)
+	bash charts/test.sh
+
+test: deps fmt-check clippy unit chart-test ## fmt check, clippy -D warnings, every test against real servers, chart validation
 
 bench: bench-criterion bench-pipeline ## criterion benchmarks, then the pipeline benchmark
 

@@ -40,12 +40,39 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
         .write_all(request.as_bytes())
         .await
         .map_err(io("writing request"))?;
+    // Read until the body announced by Content-Length is complete (some servers keep the
+    // connection open despite `Connection: close`), or to the end of the stream.
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .await
-        .map_err(io("reading response"))?;
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream
+            .read(&mut chunk)
+            .await
+            .map_err(io("reading response"))?;
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&chunk[..n]);
+        if let Some(expected) = complete_length(&raw) {
+            if raw.len() >= expected {
+                break;
+            }
+        }
+    }
     parse_response(&raw)
+}
+
+/// Total response length when the head is complete and declares a Content-Length.
+fn complete_length(raw: &[u8]) -> Option<usize> {
+    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&raw[..head_end]);
+    let length = head.lines().find_map(|l| {
+        let (name, value) = l.split_once(':')?;
+        name.trim()
+            .eq_ignore_ascii_case("content-length")
+            .then(|| value.trim().parse::<usize>().ok())?
+    })?;
+    Some(head_end + length)
 }
 
 fn parse_response(raw: &[u8]) -> Result<HttpResponse> {
