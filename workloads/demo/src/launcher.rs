@@ -121,6 +121,9 @@ impl Launcher {
                     ("KAFKA_BROKERS", infra.kafka_brokers.clone()),
                     ("DATABASE_URL", infra.database_url.clone()),
                     ("REDIS_URL", infra.redis_url.clone()),
+                    // librdkafka waits up to 500 ms for a fetch to fill by default; measured
+                    // with `odds-demo bench` (5000/s, 1000 clients): p50 363 ms → 49 ms at 10.
+                    ("KAFKA_PROP_FETCH_WAIT_MAX_MS", "10".to_owned()),
                 ],
             )?,
             spec(
