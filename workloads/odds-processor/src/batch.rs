@@ -136,24 +136,9 @@ pub fn newest_per_event(updates: &[OddsUpdate]) -> Vec<&OddsUpdate> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
-    use odds_contracts::Odds;
 
     fn update(id: &str, version: u64) -> OddsUpdate {
-        OddsUpdate {
-            event_id: id.into(),
-            home_team: "A".into(),
-            away_team: "B".into(),
-            market: "1X2".into(),
-            odds: Odds {
-                home: 2.0,
-                draw: 3.0,
-                away: 4.0,
-            },
-            updated_at: Utc::now(),
-            source: "test".into(),
-            version,
-        }
+        odds_testkit::sample_update(id, version)
     }
 
     fn record(partition: i32, offset: i64, payload: &[u8]) -> SourceRecord {

@@ -300,24 +300,9 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::Utc;
-    use odds_contracts::Odds;
 
     fn update(event: &str, version: u64) -> Arc<EncodedUpdate> {
-        EncodedUpdate::new(&OddsUpdate {
-            event_id: event.into(),
-            home_team: "A".into(),
-            away_team: "B".into(),
-            market: "1X2".into(),
-            odds: Odds {
-                home: 2.0,
-                draw: 3.0,
-                away: 4.0,
-            },
-            updated_at: Utc::now(),
-            source: "test".into(),
-            version,
-        })
+        EncodedUpdate::new(&odds_testkit::sample_update(event, version))
     }
 
     fn drain_versions(queue: &ClientQueue) -> Vec<(String, u64, bool)> {

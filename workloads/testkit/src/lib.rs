@@ -6,12 +6,14 @@
 //! cluster, so tests run in parallel without seeing each other's data and nobody has to start
 //! anything by hand.
 
+mod fixtures;
 mod http;
 mod kafka;
 mod postgres;
 mod process;
 mod redis_server;
 
+pub use fixtures::sample_update;
 pub use http::{http_get, HttpResponse};
 pub use kafka::{read_topic, ReadRecord, TestKafka};
 pub use postgres::{PostgresServer, TestDatabase};

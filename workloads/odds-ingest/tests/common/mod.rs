@@ -40,14 +40,7 @@ pub async fn scripted_supplier(scripts: Vec<Vec<Message>>) -> SocketAddr {
     addr
 }
 
-pub fn update(event_id: &str, version: u64) -> OddsUpdate {
-    serde_json::from_value(serde_json::json!({
-        "event_id": event_id, "home_team": "Home", "away_team": "Away", "market": "1X2",
-        "odds": {"home": 2.1, "draw": 3.3, "away": 3.6},
-        "updated_at": "2026-11-28T10:00:00Z", "source": "test", "version": version
-    }))
-    .unwrap()
-}
+pub use odds_testkit::sample_update as update;
 
 pub fn text(update: &OddsUpdate) -> Message {
     Message::text(update.to_json())
