@@ -13,9 +13,10 @@ DEMO_ARGS ?=
 BENCH_ARGS ?=
 
 .PHONY: help deps demo test chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt
+.PHONY: kind-up images deploy port-forward e2e-kind kind-down
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 deps: ## install missing system packages (Debian, as root) and cargo-nextest
 	@missing=(); \
@@ -28,6 +29,7 @@ deps: ## install missing system packages (Debian, as root) and cargo-nextest
 	command -v python3 >/dev/null || missing+=(python3); \
 	python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); \
 	{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } || missing+=(chromium); \
+	command -v shellcheck >/dev/null || missing+=(shellcheck); \
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "deps: installing $${missing[*]}"; \
@@ -70,3 +72,25 @@ bench-criterion: deps ## criterion benchmarks (reports under the target dir's cr
 bench-pipeline: deps ## whole-pipeline benchmark; writes target/bench/pipeline.json (BENCH_ARGS="--find-max" etc.)
 	$(CARGO) build --release --bins $(STAGES)
 	ulimit -n 65536 2>/dev/null || true; $(TARGET_DIR)/release/odds-demo bench --out target/bench/pipeline.json $(BENCH_ARGS)
+
+# The kind flow (needs docker, kind, kubectl and helm; each script says what is missing and how
+# to get it). The scripts live in charts/kind/; `make chart-test` shellchecks them and validates
+# every manifest they apply.
+
+kind-up: ## kind cluster + Strimzi 1.2 + KEDA + Kafka, Redis, Postgres (waits until Kafka is Ready)
+	bash charts/kind/kind-up.sh
+
+images: ## build the odds-pipeline image and load it into the kind nodes
+	bash charts/kind/images.sh
+
+deploy: ## install the operator chart and the sample OddsPipeline; waits for condition=Ready
+	bash charts/kind/deploy.sh
+
+port-forward: ## the odds page, REST and /ws/odds on localhost:8080, metrics on :9000 (Ctrl-C stops)
+	bash charts/kind/port-forward.sh
+
+e2e-kind: kind-up images ## on kind: apply, Ready, live odds over WebSocket, scale, delete, children gone
+	bash charts/kind/e2e.sh
+
+kind-down: ## delete the kind cluster
+	bash charts/kind/kind-down.sh

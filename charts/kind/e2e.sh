@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# make e2e-kind: the pipeline's life on the kind cluster, step by step, against the image in the
+# nodes (the Makefile runs kind-up and images first):
+#   operator installed -> pipeline applied -> Ready -> live odds over the WebSocket through a
+#   port-forward -> processor scaled by a patch -> status shows it -> pipeline deleted ->
+#   children gone.
+# Exits non-zero at the first failing step and names it.
+#
+# Topics: the KafkaTopics are owned by the pipeline like every child, so deleting the pipeline
+# deletes them and Strimzi deletes the topics and their data (operator/README.md). The last
+# step checks that; E2E_TOPICS=kept checks the opposite, for an operator that keeps them.
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$(dirname "$0")/lib.sh"
+need docker kind kubectl helm python3 curl
+need_cluster
+port="${E2E_PORT:-18080}"
+topics_expected="${E2E_TOPICS:-deleted}"
+selector="app.kubernetes.io/instance=${PIPELINE},app.kubernetes.io/managed-by=odds-operator"
+pf_pid=""
+cleanup() {
+  local code=$?
+  if [ -n "$pf_pid" ]; then kill "$pf_pid" 2>/dev/null || true; fi
+  if [ "$code" -ne 0 ]; then
+    diagnose_pipeline || true
+    say "FAILED at step: $CURRENT_STEP (exit $code)" >&2
+  fi
+}
+trap cleanup EXIT
+
+step "image $IMAGE loaded in the cluster"
+docker exec "${CLUSTER}-control-plane" crictl inspecti "docker.io/library/$IMAGE" >/dev/null ||
+  die "image $IMAGE is not in the kind nodes: run 'make images'"
+
+step "Kafka 'odds' Ready"
+k wait -n "$NAMESPACE" kafka/odds --for=condition=Ready --timeout=60s
+
+step "operator installed"
+h upgrade --install odds-operator "$ROOT/charts/odds-operator" \
+  --namespace "$OPERATOR_NAMESPACE" --create-namespace --wait --timeout 5m
+
+step "a fresh pipeline '$PIPELINE' applied"
+if k get -n "$NAMESPACE" "oddspipeline/$PIPELINE" >/dev/null 2>&1; then
+  say "deleting the existing pipeline '$PIPELINE' first"
+  k delete -n "$NAMESPACE" "oddspipeline/$PIPELINE" --wait --timeout=3m
+fi
+k apply -n "$NAMESPACE" -f "$SAMPLES/oddspipeline.yaml"
+
+step "pipeline Ready"
+k wait -n "$NAMESPACE" "oddspipeline/$PIPELINE" --for=condition=Ready --timeout=10m
+k get oddspipelines -n "$NAMESPACE"
+
+step "port-forward to ${PIPELINE}-odds-service on localhost:$port"
+kubectl --context "$CONTEXT" port-forward -n "$NAMESPACE" "service/${PIPELINE}-odds-service" \
+  "${port}:8080" >/dev/null 2>&1 &
+pf_pid=$!
+rest_answers() { curl -fsS -o /dev/null "http://127.0.0.1:${port}/v1/events"; }
+retry_until 60 "GET /v1/events through the port-forward" rest_answers
+
+step "a WebSocket client receives live odds"
+python3 "$ROOT/charts/kind/ws_check.py" --url "ws://127.0.0.1:${port}/ws/odds" \
+  --min-updates 5 --timeout 60
+kill "$pf_pid" 2>/dev/null || true
+pf_pid=""
+
+step "processor scaled to 3 by a patch of the pipeline"
+k patch -n "$NAMESPACE" "oddspipeline/$PIPELINE" --type merge \
+  -p '{"spec":{"processor":{"replicas":3}}}'
+processor_scaled() {
+  [ "$(k get -n "$NAMESPACE" "deployment/${PIPELINE}-processor" -o jsonpath='{.spec.replicas}')" = 3 ]
+}
+retry_until 120 "deployment ${PIPELINE}-processor at 3 replicas" processor_scaled
+
+step "status shows processor 3/3"
+status_shows_three() {
+  [ "$(k get -n "$NAMESPACE" "oddspipeline/$PIPELINE" -o jsonpath='{.status.processor.summary}')" = "3/3" ]
+}
+retry_until 300 "status.processor.summary = 3/3" status_shows_three
+k get oddspipelines -n "$NAMESPACE"
+
+step "pipeline deleted"
+k delete -n "$NAMESPACE" "oddspipeline/$PIPELINE" --wait --timeout=3m
+
+step "children gone"
+children_gone() {
+  [ -z "$(k get -n "$NAMESPACE" deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses \
+    -l "$selector" -o name 2>/dev/null)" ]
+}
+retry_until 180 "no Deployment, Service, Job, ConfigMap, PDB, HPA or Ingress labelled $selector" children_gone
+
+step "KafkaTopics $topics_expected with the pipeline"
+topics_left() { k get -n "$NAMESPACE" kafkatopics -l "$selector" -o name 2>/dev/null; }
+case "$topics_expected" in
+  deleted)
+    topics_gone() { [ -z "$(topics_left)" ]; }
+    retry_until 180 "the pipeline's KafkaTopics deleted" topics_gone ;;
+  kept)
+    [ -n "$(topics_left)" ] || die "the pipeline's KafkaTopics were deleted, expected kept" ;;
+  *) die "E2E_TOPICS must be 'deleted' or 'kept', not '$topics_expected'" ;;
+esac
+
+CURRENT_STEP="done"
+say ""
+say "e2e-kind: every step passed"
