@@ -4,10 +4,19 @@ Run through charts/test.sh (it provides the venv). Every check prints PASS or FA
 reason; the last line is 'N passed, N failed' and the exit code is non-zero on any failure.
 """
 
+import base64
+import hashlib
 import json
 import os
 import pathlib
+import re
+import shutil
+import socket
+import struct
+import subprocess
 import sys
+import threading
+import time
 
 import helm_python as helm
 import jsonschema
@@ -77,7 +86,8 @@ def lint():
 def default_render():
     objects = render({})
     kinds = sorted(o["kind"] for o in objects)
-    expected = sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "Service"])
+    expected = sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "Service",
+                       "ConfigMap"])  # ConfigMap: the Grafana dashboard
     assert kinds == expected, f"kinds {kinds} != {expected}"
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -112,14 +122,17 @@ def values_schema():
     chart.validate_schema({})
     accepted = []
     for bad in ({"replicaCount": 0}, {"image": {"pullPolicy": "Sometimes"}}, {"logFormat": "xml"},
-                {"leaderElection": False, "replicaCount": 2}, {"replicas": 2}):
+                {"leaderElection": False, "replicaCount": 2}, {"replicas": 2},
+                {"monitoring": {"serviceMonitor": {"interval": "soon"}}},
+                {"monitoring": {"prometheusRule": {"staleSkipRatio": 2}}},
+                {"monitoring": {"grafanaDashboard": {"labels": {"grafana_dashboard": 1}}}}):
         try:
             chart.validate_schema(bad)
             accepted.append(bad)
         except helm.HelmValuesError:
             pass
     assert not accepted, f"bad values accepted: {accepted}"
-    return "defaults accepted, 5 bad value sets rejected"
+    return "defaults accepted, 8 bad value sets rejected"
 
 
 def chart_crd_is_current():
@@ -208,6 +221,538 @@ def samples_valid():
     return "Secrets, datastores, Kafka, KafkaNodePool and OddsPipeline samples valid (CEL rules: cargo test --test crd)"
 
 
+# --- restricted Pod Security Standard -----------------------------------------------------
+
+ALLOWED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
+                   "persistentVolumeClaim", "projected", "secret"}
+SAFE_SYSCTLS = {"kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.ip_unprivileged_port_start",
+                "net.ipv4.tcp_syncookies", "net.ipv4.ping_group_range", "net.ipv4.ip_local_reserved_ports",
+                "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+                "net.ipv4.tcp_keepalive_probes"}
+
+
+def restricted_violations(pod):
+    """What in a pod spec breaks the restricted Pod Security Standard (Kubernetes 1.32)."""
+    problems = []
+    psc = pod.get("securityContext") or {}
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(flag):
+            problems.append(f"{flag}: true")
+    for volume in pod.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= ALLOWED_VOLUMES:
+            problems.append(f"volume {volume['name']}: {sorted(kinds - ALLOWED_VOLUMES)} not allowed")
+    for sysctl in psc.get("sysctls") or []:
+        if sysctl["name"] not in SAFE_SYSCTLS:
+            problems.append(f"sysctl {sysctl['name']} not allowed")
+    if (psc.get("seLinuxOptions") or {}).get("user") or (psc.get("seLinuxOptions") or {}).get("role"):
+        problems.append("pod seLinuxOptions user/role set")
+    pod_seccomp = (psc.get("seccompProfile") or {}).get("type")
+    if pod_seccomp not in (None, "RuntimeDefault", "Localhost"):
+        problems.append(f"pod seccompProfile {pod_seccomp}")
+    if (psc.get("appArmorProfile") or {}).get("type") not in (None, "RuntimeDefault", "Localhost"):
+        problems.append("pod appArmorProfile not RuntimeDefault/Localhost")
+    if psc.get("runAsUser") == 0:
+        problems.append("pod runAsUser: 0")
+    containers = [("container", c) for c in pod.get("containers") or []]
+    containers += [("initContainer", c) for c in pod.get("initContainers") or []]
+    containers += [("ephemeralContainer", c) for c in pod.get("ephemeralContainers") or []]
+    if not containers:
+        problems.append("no containers")
+    for kind, c in containers:
+        where = f"{kind} {c['name']}"
+        sc = c.get("securityContext") or {}
+        if sc.get("privileged"):
+            problems.append(f"{where}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation must be false")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            problems.append(f"{where}: capabilities must drop ALL")
+        if set(caps.get("add") or []) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{where}: capabilities.add beyond NET_BIND_SERVICE")
+        non_root = sc.get("runAsNonRoot", psc.get("runAsNonRoot"))
+        if non_root is not True:
+            problems.append(f"{where}: runAsNonRoot must be true (pod or container)")
+        if sc.get("runAsUser") == 0:
+            problems.append(f"{where}: runAsUser: 0")
+        seccomp = (sc.get("seccompProfile") or {}).get("type", pod_seccomp)
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{where}: seccompProfile must be RuntimeDefault or Localhost (pod or container)")
+        if (sc.get("appArmorProfile") or {}).get("type") not in (None, "RuntimeDefault", "Localhost"):
+            problems.append(f"{where}: appArmorProfile not RuntimeDefault/Localhost")
+        if sc.get("procMount") not in (None, "Default"):
+            problems.append(f"{where}: procMount {sc['procMount']}")
+        if (sc.get("seLinuxOptions") or {}).get("user") or (sc.get("seLinuxOptions") or {}).get("role"):
+            problems.append(f"{where}: seLinuxOptions user/role set")
+        if (sc.get("windowsOptions") or {}).get("hostProcess"):
+            problems.append(f"{where}: windowsOptions.hostProcess")
+        for port in c.get("ports") or []:
+            if port.get("hostPort"):
+                problems.append(f"{where}: hostPort {port['hostPort']}")
+    return problems
+
+
+def pod_specs(objects):
+    """(name, pod spec) of every pod template among the objects."""
+    out = []
+    for obj in objects:
+        spec = obj.get("spec") or {}
+        name = f"{obj['kind']}/{obj['metadata']['name']}"
+        if obj["kind"] == "Pod":
+            out.append((name, spec))
+        elif obj["kind"] == "CronJob":
+            out.append((name, spec["jobTemplate"]["spec"]["template"]["spec"]))
+        elif "template" in spec and isinstance(spec["template"], dict) and "spec" in spec["template"]:
+            if obj["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "ReplicationController"):
+                out.append((name, spec["template"]["spec"]))
+    return out
+
+
+def kind_manifests():
+    """Every object the kind flow's scripts apply with kubectl (read from the scripts)."""
+    objects = []
+    files = []
+    for script in sorted((ROOT / "charts" / "kind").glob("*.sh")):
+        for match in re.finditer(r'apply\b[^\n]*?-f "\$SAMPLES/([\w.-]+)"', script.read_text()):
+            files.append(ROOT / "operator" / "samples" / match.group(1))
+    assert files, "no 'kubectl apply -f' found in charts/kind/*.sh"
+    for path in dict.fromkeys(files):
+        assert path.exists(), f"{path} applied by the kind flow does not exist"
+        objects.extend((path.name, o) for o in docs(path.read_text()))
+    return objects
+
+
+def pss_restricted():
+    sources = {
+        "chart (default values)": render({}),
+        "chart (custom values)": render({"leaderElection": False, "replicaCount": 1}),
+        "operator-built children (golden)": golden_children(),
+        "kind flow manifests": [o for _, o in kind_manifests()],
+    }
+    problems, count = [], 0
+    for source, objects in sources.items():
+        for name, pod in pod_specs(objects):
+            count += 1
+            problems += [f"{source}: {name}: {p}" for p in restricted_violations(pod)]
+    assert not problems, "; ".join(problems)
+    bad = {"hostNetwork": True, "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+           "containers": [{"name": "c", "securityContext": {"privileged": True, "capabilities": {"add": ["SYS_ADMIN"]}},
+                           "ports": [{"containerPort": 80, "hostPort": 80}]}]}
+    flagged = restricted_violations(bad)
+    assert len(flagged) >= 7, f"the checker missed violations of a bad pod: {flagged}"
+    assert count >= 7, f"only {count} pod templates found"
+    return f"{count} pod templates restricted (and a bad pod is caught: {len(flagged)} violations)"
+
+
+# --- the kind flow --------------------------------------------------------------------------
+
+def shellcheck():
+    tool = shutil.which("shellcheck")
+    if not tool:
+        raise AssertionError("shellcheck not installed: apt-get install shellcheck (make deps installs it)")
+    scripts = sorted(str(p) for p in (ROOT / "charts").rglob("*.sh")) + [str(ROOT / ".ci" / "run")]
+    scripts = [s for s in scripts if pathlib.Path(s).exists()]
+    result = subprocess.run([tool, "-x", *scripts], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise AssertionError(result.stdout[-3000:] + result.stderr[-1000:])
+    return f"{len(scripts)} scripts clean"
+
+
+def lib_value(name):
+    match = re.search(rf'^{name}="([^"$]*)"', (ROOT / "charts" / "kind" / "lib.sh").read_text(), re.M)
+    assert match, f"{name} not set in charts/kind/lib.sh"
+    return match.group(1)
+
+
+def kind_flow_manifests():
+    objects = kind_manifests()
+    builtin = [o for _, o in objects if not o["apiVersion"].startswith(("kafka.strimzi.io/", "odds-pipeline.github.io/"))]
+    validate_builtin(builtin)
+    schemas = {"Kafka": strimzi_schema("040-Crd-kafka.yaml"), "KafkaNodePool": strimzi_schema("045-Crd-kafkanodepool.yaml")}
+    strimzi = [o for _, o in objects if o["apiVersion"].startswith("kafka.strimzi.io/")]
+    for obj in strimzi:
+        assert obj["apiVersion"] == "kafka.strimzi.io/v1", f"{obj['kind']} must use kafka.strimzi.io/v1"
+        validate_against(schemas[obj["kind"]], obj)
+    assert sorted(o["kind"] for o in strimzi) == ["Kafka", "KafkaNodePool"], "one Kafka and one KafkaNodePool"
+    kafka = next(o for o in strimzi if o["kind"] == "Kafka")
+    pool = next(o for o in strimzi if o["kind"] == "KafkaNodePool")
+    assert pool["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
+    assert set(pool["spec"]["roles"]) == {"controller", "broker"}, "single-node KRaft: one dual-role pool"
+
+    by_kind_name = {(o["kind"], o["metadata"]["name"]): o for _, o in objects}
+    secrets = {name: o for (kind, name), o in by_kind_name.items() if kind == "Secret"}
+    services = {name for (kind, name) in by_kind_name if kind == "Service"}
+    # The pipeline the flow deploys, and what it references.
+    pipeline = docs((ROOT / "operator" / "samples" / "oddspipeline.yaml").read_text())[0]
+    validate_against(crd_schema(ROOT / "crds" / "oddspipelines.yaml"), pipeline)
+    assert pipeline["metadata"]["name"] == lib_value("PIPELINE"), "PIPELINE in lib.sh != the sample's name"
+    assert pipeline["spec"]["kafka"]["clusterRef"] == kafka["metadata"]["name"], "clusterRef != the Kafka"
+    for store in ("redis", "postgres"):
+        ref = pipeline["spec"][store]["urlSecretRef"]
+        secret = secrets.get(ref["name"])
+        assert secret, f"Secret {ref['name']} (spec.{store}) is not applied by the kind flow"
+        url = secret["stringData"][ref.get("key", "url")]
+        host = re.match(r"\w+://(?:[^@/]*@)?([^:/]+)", url).group(1)
+        assert host in services, f"{ref['name']} points at host {host}, no such Service applied"
+    # Every secretKeyRef / configMap volume of the datastores resolves.
+    for name, pod in pod_specs([o for _, o in objects]):
+        for c in pod["containers"]:
+            for env in c.get("env") or []:
+                ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in (secrets.get(ref["name"]) or {}).get("stringData", {}), f"{name}: {ref}"
+        for volume in pod.get("volumes") or []:
+            if "configMap" in volume:
+                assert ("ConfigMap", volume["configMap"]["name"]) in by_kind_name, f"{name}: {volume}"
+    # Redis is a cache: bounded memory with LRU eviction.
+    redis_conf = by_kind_name[("ConfigMap", "redis-config")]["data"]["redis.conf"]
+    assert re.search(r"^maxmemory \d+[kmg]b$", redis_conf, re.M) and "maxmemory-policy allkeys-lru" in redis_conf
+    # Postgres keeps its data on a PVC; everything has probes and requests.
+    postgres = by_kind_name[("StatefulSet", "postgres")]
+    assert postgres["spec"]["volumeClaimTemplates"], "Postgres needs a PersistentVolumeClaim"
+    for name, pod in pod_specs([o for _, o in objects]):
+        for c in pod["containers"]:
+            assert c.get("readinessProbe") and c.get("livenessProbe"), f"{name}: probes"
+            assert (c.get("resources") or {}).get("requests"), f"{name}: resource requests"
+    # The image the scripts build is the one the chart and the pipeline run.
+    repo, tag = lib_value("IMAGE").split(":")
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert (values["image"]["repository"], values["image"]["tag"]) == (repo, tag), "chart image != IMAGE"
+    assert (pipeline["spec"]["image"]["repository"], pipeline["spec"]["image"]["tag"]) == (repo, tag), "sample image != IMAGE"
+    # The cluster and the Strimzi values.
+    cluster = yaml.safe_load((ROOT / "kind-config.yaml").read_text())
+    assert cluster["kind"] == "Cluster" and cluster["apiVersion"] == "kind.x-k8s.io/v1alpha4"
+    assert cluster["name"] == "odds" and re.search(r'CLUSTER="\$\{KIND_CLUSTER:-odds\}"', (ROOT / "charts/kind/lib.sh").read_text())
+    strimzi_values = yaml.safe_load((ROOT / "charts" / "kind" / "strimzi-values.yaml").read_text())
+    assert {"name": "STRIMZI_POD_SECURITY_PROVIDER_CLASS", "value": "restricted"} in strimzi_values["extraEnvs"]
+    assert lib_value("STRIMZI_VERSION") == "1.2.0" and lib_value("KEDA_VERSION") == "2.20.2"
+    # Every repository file a script names exists.
+    for script in sorted((ROOT / "charts" / "kind").glob("*.sh")):
+        for rel in re.findall(r'"\$ROOT/([\w./-]+)"', script.read_text()):
+            assert (ROOT / rel).exists(), f"{script.name} names $ROOT/{rel}, which does not exist"
+    return (f"{len(objects)} objects ({len(builtin)} Kubernetes, {len(strimzi)} Strimzi) valid; "
+            "references, image, probes, PVC and Redis policy consistent")
+
+
+def makefile_targets():
+    makefile = (ROOT / "Makefile").read_text()
+    for target, script in [("kind-up", "kind-up"), ("images", "images"), ("deploy", "deploy"),
+                           ("port-forward", "port-forward"), ("e2e-kind", "e2e"), ("kind-down", "kind-down")]:
+        match = re.search(rf"^{target}:[^\n]*\n\tbash charts/kind/{script}\.sh$", makefile, re.M)
+        assert match, f"make {target} must run charts/kind/{script}.sh"
+    assert re.search(r"missing\+=\(shellcheck\)", makefile), "make deps must install shellcheck"
+    return "6 kind-flow targets, deps installs shellcheck"
+
+
+def ws_check_client():
+    """charts/kind/ws_check.py against a WebSocket server stub speaking the /ws/odds protocol."""
+    sys.path.insert(0, str(ROOT / "charts" / "kind"))
+    import ws_check
+
+    def serve(frames_after_subscribe):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def run():
+            conn, _ = listener.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(4096)
+                key = re.search(rb"Sec-WebSocket-Key: (\S+)", data).group(1).decode()
+                accept = base64.b64encode(hashlib.sha1((key + ws_check.GUID).encode()).digest()).decode()
+                conn.sendall(("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+                head = conn.recv(2)
+                n = head[1] & 0x7F
+                body = conn.recv(4 + n)
+                mask, payload = body[:4], body[4:]
+                text = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)).decode()
+                assert json.loads(text) == {"type": "subscribe", "eventId": "*"}, text
+                for opcode, frame in frames_after_subscribe:
+                    raw = frame.encode() if isinstance(frame, str) else frame
+                    length = bytes([len(raw)]) if len(raw) < 126 else bytes([126]) + struct.pack("!H", len(raw))
+                    conn.sendall(bytes([0x80 | opcode]) + length + raw)
+                conn.settimeout(15)
+                try:  # stay open until the client closes
+                    while conn.recv(4096):
+                        pass
+                except OSError:
+                    pass
+            listener.close()
+
+        threading.Thread(target=run, daemon=True).start()
+        return f"ws://127.0.0.1:{listener.getsockname()[1]}/ws/odds"
+
+    def update(kind, version):
+        data = {"event_id": "MATCH_001", "home_team": "A", "away_team": "B", "market": "1X2",
+                "odds": {"home": 2.0, "draw": 3.0, "away": 4.0}, "updated_at": "2026-11-28T10:00:00Z",
+                "source": "stub", "version": version}
+        return (1, json.dumps({"type": kind, "data": data}))
+
+    good = [(1, '{"type":"subscribed","eventId":"*"}'), update("snapshot", 3), (9, "hi"),
+            update("odds", 4), update("odds", 5), update("odds", 6)]
+    counts = ws_check.check(serve(good), min_updates=3, timeout=10, out=lambda _: None)
+    assert counts["odds"] == 3 and counts["snapshot"] == 1, counts
+    for bad, expected in [([update("odds", 5), update("odds", 5)], "versions must rise"),
+                          ([update("odds", 5)], "live odds updates within")]:
+        try:
+            ws_check.check(serve(bad), min_updates=2, timeout=2, out=lambda _: None)
+        except ws_check.WsError as error:
+            assert expected in str(error), error
+        else:
+            raise AssertionError(f"ws_check accepted {bad}")
+    return "live updates counted, ping answered, a version regression and a silent feed rejected"
+
+
+# --- dashboards and alerts ------------------------------------------------------------------
+
+TARGET_LABELS = {"namespace", "pod", "container", "job", "instance", "service", "endpoint", "pipeline", "component"}
+HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
+
+
+def exported_metrics():
+    """Metric name -> (type, labels), from the metric constructors in the Rust sources."""
+    pattern = re.compile(
+        r'\b(IntCounter|IntGauge|Counter|Gauge|IntCounterVec|IntGaugeVec|CounterVec|GaugeVec|Histogram|HistogramVec)'
+        r'::(?:new|with_opts)\(\s*(?:(?:Histogram)?Opts::new\(\s*)?"([a-z_:][a-z0-9_:]*)"', re.S)
+    found = {}
+    for base in ("workloads", "operator"):
+        for path in (ROOT / base).rglob("*.rs"):
+            parts = path.relative_to(ROOT).parts
+            if "target" in parts or "tests" in parts or "benches" in parts:
+                continue
+            text = path.read_text()
+            matches = list(pattern.finditer(text))
+            for i, m in enumerate(matches):
+                end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
+                labels = set()
+                if m.group(1).endswith("Vec"):
+                    window = text[m.end():end]
+                    slice_match = re.search(r'&\[([^\]]*)\]', window)
+                    labels = set(re.findall(r'"(\w+)"', slice_match.group(1))) if slice_match else set()
+                if m.group(1).startswith("Histogram"):
+                    labels.add("le")
+                found[m.group(2)] = (m.group(1), labels)
+    assert len(found) >= 30, f"only {len(found)} metrics found in the Rust sources"
+    return found
+
+
+def grafana_to_promql(expr):
+    return expr.replace("$__rate_interval", "5m").replace("$namespace", ".*").replace("$pipeline", ".*")
+
+
+def query_metrics(expr, exported, where):
+    """The metric names an expression reads, checking labels of the project's metrics."""
+    import promql_parser
+
+    try:
+        ast = promql_parser.parse(expr)
+    except ValueError as error:
+        raise AssertionError(f"{where}: PromQL does not parse: {error}: {expr}")
+    names, problems = set(), []
+
+    def base(name):
+        if name in exported:
+            return name
+        for suffix in HISTOGRAM_SUFFIXES:
+            if name.endswith(suffix) and exported.get(name[: -len(suffix)], ("",))[0].startswith("Histogram"):
+                return name[: -len(suffix)]
+        return name
+
+    def subtree(node):
+        selectors, created = [], set()
+
+        def visit(n):
+            kind = type(n).__name__
+            if kind == "VectorSelector":
+                selectors.append(n)
+            if kind == "Call" and n.func.name == "label_replace":
+                created.add(n.args[1].val)
+
+        promql_parser.walk(node, visit)
+        return selectors, created
+
+    def visit(node):
+        kind = type(node).__name__
+        if kind == "VectorSelector":
+            name = base(node.name)
+            names.add(name)
+            if name in exported:
+                for matcher in node.matchers.matchers:
+                    if matcher.name not in exported[name][1] | TARGET_LABELS:
+                        problems.append(f"{name} has no label {matcher.name}")
+        if kind == "AggregateExpr" and node.modifier is not None:
+            selectors, created = subtree(node.expr)
+            known = set(TARGET_LABELS) | created
+            project = False
+            for s in selectors:
+                name = base(s.name)
+                if name in exported:
+                    project = True
+                    known |= exported[name][1]
+                else:
+                    known = None
+                    break
+            if known is not None and project:
+                missing = set(node.modifier.labels) - known
+                if missing:
+                    problems.append(f"grouping by {sorted(missing)}, which no metric below has")
+
+    promql_parser.walk(ast, visit)
+    if problems:
+        raise AssertionError(f"{where}: {'; '.join(problems)}: {expr}")
+    return names
+
+
+def dashboard():
+    path = CHART / "dashboards" / "odds-pipeline.json"
+    board = json.loads(path.read_text())
+    assert board["uid"] and board["title"], "uid and title"
+    variables = {v["name"] for v in board["templating"]["list"]}
+    assert {"datasource", "namespace", "pipeline"} <= variables, variables
+    panels = board["panels"]
+    ids = [p["id"] for p in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    exported = exported_metrics()
+    queried, exprs = set(), 0
+    for panel in panels:
+        g = panel["gridPos"]
+        assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, f"panel {panel['title']}: gridPos {g}"
+        if panel["type"] == "row":
+            continue
+        assert panel["targets"], f"panel {panel['title']} has no query"
+        for target in panel["targets"]:
+            exprs += 1
+            queried |= query_metrics(grafana_to_promql(target["expr"]), exported, f"panel '{panel['title']}'")
+    for v in board["templating"]["list"]:
+        if v["type"] == "query":
+            m = re.match(r"label_values\((.*),\s*(\w+)\)$", v["query"]["query"])
+            assert m, v["query"]
+            queried |= query_metrics(grafana_to_promql(m.group(1)), exported, f"variable {v['name']}")
+    titles = " ".join(p["title"].lower() for p in panels)
+    for topic in ["updates/s per stage", "dlq rate by reason", "lag per partition", "end-to-end age",
+                  "websocket connections", "deliveries/s", "slow consumers", "rest latency", "rest requests by status",
+                  "errors by phase", "redis cache", "reconcile"]:
+        assert topic in titles, f"no panel for {topic}"
+    return queried, f"{len(panels)} panels, {exprs} queries parse"
+
+
+def dashboard_valid():
+    _, detail = dashboard()
+    return detail
+
+
+def rules_rendered():
+    objects = render({"monitoring": {"prometheusRule": {"enabled": True}}})
+    return next(o for o in objects if o["kind"] == "PrometheusRule")
+
+
+def prometheus_rule():
+    rule = rules_rendered()
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    assert rule["metadata"]["name"] and rule["metadata"]["namespace"] == "odds-system"
+    runbook = (CHART / "RUNBOOK.md").read_text()
+    headings = set(re.findall(r"^## (\w+)$", runbook, re.M))
+    exported = exported_metrics()
+    alerts, queried = [], set()
+    groups = rule["spec"]["groups"]
+    assert groups and len({g["name"] for g in groups}) == len(groups), "named, unique groups"
+    for group in groups:
+        assert group["rules"], f"group {group['name']} has no rules"
+        for r in group["rules"]:
+            name = r.get("alert")
+            assert name and re.fullmatch(r"[A-Z][A-Za-z0-9]+", name), f"alert name {name!r}"
+            assert set(r) <= {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}, sorted(r)
+            assert re.fullmatch(r"([0-9]+(ms|s|m|h|d|w|y))+", r["for"]), f"{name}: for {r['for']!r}"
+            assert r["labels"]["severity"] in ("critical", "warning", "info"), f"{name}: severity"
+            annotations = r["annotations"]
+            assert annotations.get("summary") and annotations.get("description"), f"{name}: summary, description"
+            url = annotations["runbook_url"]
+            assert url.endswith("RUNBOOK.md#" + name.lower()), f"{name}: runbook_url {url}"
+            assert name in headings, f"RUNBOOK.md has no section '## {name}'"
+            for text in annotations.values():
+                assert text.count("{{") == text.count("}}"), f"{name}: unbalanced template {text}"
+            queried |= query_metrics(r["expr"], exported, f"alert {name}")
+            alerts.append(name)
+    assert len(alerts) == len(set(alerts)), "alert names must be unique"
+    required = {"OddsConsumerLagGrowing", "OddsDeadLetterRate", "OddsNoUpdates", "OddsUpdateAgeP99High",
+                "OddsStaleVersionSkips", "OddsComponentNotReady", "OddsPipelineDegraded"}
+    assert required <= set(alerts), f"missing alerts {sorted(required - set(alerts))}"
+    assert not (headings - set(alerts)), f"runbook sections without an alert: {sorted(headings - set(alerts))}"
+    return queried, f"{len(alerts)} alerts with runbook sections, every expr parses"
+
+
+def prometheus_rule_valid():
+    _, detail = prometheus_rule()
+    return detail
+
+
+def queried_metrics_listed():
+    exported = exported_metrics()
+    queried = dashboard()[0] | prometheus_rule()[0]
+    listed = [l.strip() for l in (CHART / "dashboards" / "queried-metrics.txt").read_text().splitlines()]
+    listed = {l for l in listed if l and not l.startswith("#")}
+    external = {l.split()[0] for l in (CHART / "dashboards" / "external-metrics.txt").read_text().splitlines()
+                if l.strip() and not l.startswith("#")}
+    ours = {m for m in queried if m in exported}
+    others = queried - ours
+    assert not (others - external), f"queried but neither exported by a binary nor listed external: {sorted(others - external)}"
+    assert ours == listed, (f"dashboards/queried-metrics.txt is stale: add {sorted(ours - listed)}, "
+                            f"remove {sorted(listed - ours)}")
+    unused = set(exported) - ours
+    return f"{len(ours)} project metrics queried, all registered in the Rust sources ({len(unused)} not charted: {sorted(unused)})"
+
+
+def monitoring_render():
+    values = {"monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                             "podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True},
+                             "grafanaDashboard": {"enabled": True, "namespace": "monitoring"}}}
+    objects = render(values)
+    kinds = sorted(o["kind"] for o in objects)
+    for kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule", "ConfigMap"):
+        assert kind in kinds, f"{kind} not rendered: {kinds}"
+    builtin = [o for o in objects if not o["apiVersion"].startswith("monitoring.coreos.com/")]
+    validate_builtin(builtin)
+    service = next(o for o in objects if o["kind"] == "Service")
+    sm = next(o for o in objects if o["kind"] == "ServiceMonitor")
+    assert sm["apiVersion"] == "monitoring.coreos.com/v1" and sm["metadata"]["labels"]["release"] == "prom"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items(), "ServiceMonitor selects the metrics Service"
+    assert sm["spec"]["namespaceSelector"]["matchNames"] == [service["metadata"]["namespace"]]
+    port_names = {p["name"] for p in service["spec"]["ports"]}
+    for endpoint in sm["spec"]["endpoints"]:
+        assert endpoint["port"] in port_names, f"ServiceMonitor port {endpoint['port']} not in {port_names}"
+        assert endpoint["path"] == "/metrics" and re.fullmatch(r"([0-9]+(ms|s|m|h))+", endpoint["interval"])
+    pm = next(o for o in objects if o["kind"] == "PodMonitor")
+    assert pm["apiVersion"] == "monitoring.coreos.com/v1" and pm["spec"]["namespaceSelector"] == {"any": True}
+    selected = 0
+    for obj in golden_children():
+        if obj["kind"] != "Deployment":
+            continue
+        template = obj["spec"]["template"]
+        if pm["spec"]["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items():
+            selected += 1
+            ports = {p.get("name") for c in template["spec"]["containers"] for p in c.get("ports", [])}
+            for endpoint in pm["spec"]["podMetricsEndpoints"]:
+                assert endpoint["port"] in ports, f"{obj['metadata']['name']} has no port {endpoint['port']}"
+    assert selected >= 4, f"the PodMonitor selects {selected} of the pipeline's Deployments"
+    relabeled = {r["targetLabel"] for e in pm["spec"]["podMetricsEndpoints"] for r in e.get("relabelings", [])}
+    assert {"pipeline", "component"} <= relabeled, relabeled
+    dashboard_cm = next(o for o in objects if o["kind"] == "ConfigMap")
+    assert dashboard_cm["metadata"]["namespace"] == "monitoring"
+    assert dashboard_cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = (CHART / "dashboards" / "odds-pipeline.json").read_text()
+    assert json.loads(dashboard_cm["data"]["odds-pipeline.json"]) == json.loads(shipped), "ConfigMap != dashboard file"
+    default = render({})
+    assert not any(o["apiVersion"].startswith("monitoring.coreos.com/") for o in default), "monitoring CRs must be opt-in"
+    notes = helm.Chart.load(str(CHART)).render({}, name="odds-operator", namespace="odds-system", is_install=True)
+    note = next(text for path, text in notes.items() if path.endswith("NOTES.txt"))
+    assert "kubectl apply -f operator/samples/oddspipeline.yaml" in note and "make port-forward" in note, note
+    return f"ServiceMonitor, PodMonitor ({selected} Deployments), PrometheusRule, dashboard ConfigMap; NOTES.txt names the next command"
+
+
 check("helm lint --strict", lint)
 check("render with default values", default_render)
 check("render with custom values", custom_render)
@@ -217,6 +762,15 @@ check("operator-built children are valid", children_valid)
 check("KafkaTopics match Strimzi's schema", topics_valid)
 check("RBAC covers what the operator does", rbac_covers_children)
 check("samples are valid", samples_valid)
+check("restricted Pod Security Standard for every pod template", pss_restricted)
+check("kind flow scripts pass shellcheck", shellcheck)
+check("kind flow manifests render and validate", kind_flow_manifests)
+check("Makefile runs the kind flow", makefile_targets)
+check("WebSocket check client (ws_check.py)", ws_check_client)
+check("Grafana dashboard parses", dashboard_valid)
+check("PrometheusRule is well-formed", prometheus_rule_valid)
+check("queried metrics are exported and listed", queried_metrics_listed)
+check("monitoring objects render", monitoring_render)
 
 print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
 sys.exit(1 if RESULTS["failed"] else 0)

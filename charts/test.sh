@@ -2,7 +2,10 @@
 # Renders the odds-operator chart with the Helm library (PyPI helm-python-sdk: Helm's Go SDK
 # behind a C ABI, no helm binary, no cluster) and validates every manifest, the operator's
 # built children (golden file) and the samples against the Kubernetes JSON schemas (PyPI
-# kubernetes-validate) and the CRDs. Installs both into a venv under the cargo target dir.
+# kubernetes-validate) and the CRDs; checks the restricted Pod Security Standard, the kind
+# flow's scripts (shellcheck) and manifests, the dashboard and the alerts (PromQL parsed with
+# PyPI promql-parser, metric names checked against the Rust sources). Installs the Python
+# packages into a venv under the cargo target dir.
 #
 #   bash charts/test.sh            # from the repository root; exits non-zero on any failure
 set -euo pipefail
@@ -16,8 +19,8 @@ if [ ! -x "$venv/bin/python" ]; then
     exit 1
   fi
 fi
-if ! "$venv/bin/python" -c "import helm_python, kubernetes_validate" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import helm_python, kubernetes_validate, promql_parser" 2>/dev/null; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0"
+    "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" "promql-parser==0.11.0"
 fi
 exec "$venv/bin/python" "$root/charts/test.py" "$root"
