@@ -15,6 +15,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -507,6 +508,94 @@ def ws_check_client():
     return "live updates counted, ping answered, a version regression and a silent feed rejected"
 
 
+STUB = r'''#!/usr/bin/env bash
+# Stand-in for {tool} in the kind-flow dry run: logs the call, answers what the scripts ask.
+printf '%s\n' "{tool} $*" >> "$STUB_LOG"
+args=" $* "
+case "{tool}" in
+  kind) [[ "$args" == *" get clusters "* ]] && echo odds; exit 0 ;;
+  kubectl)
+    [[ "$args" == *" wait "* ]] && [ -n "${{STUB_FAIL_WAIT:-}}" ] && {{ echo "timed out" >&2; exit 1; }}
+    [[ "$args" == *" port-forward "* ]] && exec sleep 30
+    [[ "$args" == *"{{.spec.replicas}}"* ]] && {{ printf 3; exit 0; }}
+    [[ "$args" == *"{{.status.processor.summary}}"* ]] && {{ printf 3/3; exit 0; }}
+    [[ "$args" == *" get -n default oddspipeline/demo "* ]] && exit 1
+    [[ "$args" == *" -o name "* ]] && exit 0
+    exit 0 ;;
+  *) exit 0 ;;
+esac
+'''
+
+
+def kind_flow_dry_run():
+    """Runs the kind-flow scripts against stand-ins for docker, kind, kubectl, helm, curl and
+    python3: the control flow, the order of the steps and the failure report, not a cluster."""
+    with tempfile.TemporaryDirectory() as tmp:
+        bin_dir = pathlib.Path(tmp) / "bin"
+        bin_dir.mkdir()
+        for tool in ("docker", "kind", "kubectl", "helm", "curl", "python3"):
+            (bin_dir / tool).write_text(STUB.format(tool=tool))
+            (bin_dir / tool).chmod(0o755)
+        log = pathlib.Path(tmp) / "calls.log"
+
+        def run(script, **env):
+            log.write_text("")
+            environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log), **env}
+            result = subprocess.run(["bash", str(ROOT / "charts" / "kind" / script)], capture_output=True,
+                                    text=True, env=environment, timeout=120)
+            return result, log.read_text().splitlines()
+
+        def expect_in_order(calls, patterns, script):
+            i = 0
+            for pattern in patterns:
+                while i < len(calls) and not re.search(pattern, calls[i]):
+                    i += 1
+                assert i < len(calls), f"{script}: no call matching {pattern!r} (in order) among {calls}"
+                i += 1
+
+        ctx = "--context kind-odds"
+        result, calls = run("kind-up.sh")
+        assert result.returncode == 0, result.stdout + result.stderr
+        expect_in_order(calls, [
+            r"^helm --kube-context kind-odds upgrade --install strimzi oci://quay.io/strimzi-helm/strimzi-kafka-operator --version 1\.2\.0 ",
+            r"^helm .* upgrade --install keda keda --repo https://kedacore.github.io/charts --version 2\.20\.2 ",
+            rf"^kubectl {ctx} apply -n default -f .*/operator/samples/kafka\.yaml",
+            rf"^kubectl {ctx} apply -n default -f .*/operator/samples/secrets\.yaml",
+            rf"^kubectl {ctx} apply -n default -f .*/operator/samples/datastores\.yaml",
+            rf"^kubectl {ctx} wait -n default kafka/odds --for=condition=Ready",
+        ], "kind-up")
+        assert "next: make images" in result.stdout
+        result, calls = run("images.sh")
+        assert result.returncode == 0, result.stdout + result.stderr
+        expect_in_order(calls, [r"^docker build -f .*/workloads/Dockerfile -t odds-pipeline:dev ",
+                                r"^kind load docker-image odds-pipeline:dev --name odds$"], "images")
+        result, calls = run("deploy.sh")
+        assert result.returncode == 0, result.stdout + result.stderr
+        expect_in_order(calls, [r"^helm .* upgrade --install odds-operator .*/charts/odds-operator --namespace odds-system",
+                                rf"^kubectl {ctx} apply -n default -f .*/oddspipeline\.yaml",
+                                rf"^kubectl {ctx} wait -n default oddspipeline/demo --for=condition=Ready"], "deploy")
+        result, calls = run("e2e.sh")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "e2e-kind: every step passed" in result.stdout, result.stdout
+        expect_in_order(calls, [
+            rf"^kubectl {ctx} apply -n default -f .*/oddspipeline\.yaml",
+            rf"^kubectl {ctx} wait -n default oddspipeline/demo --for=condition=Ready",
+            r"^curl -fsS -o /dev/null http://127\.0\.0\.1:18080/v1/events",
+            r"^python3 .*/ws_check\.py --url ws://127\.0\.0\.1:18080/ws/odds --min-updates 5",
+            r'^kubectl .* patch -n default oddspipeline/demo --type merge -p \{"spec":\{"processor":\{"replicas":3\}\}\}',
+            r"\{\.status\.processor\.summary\}",
+            rf"^kubectl {ctx} delete -n default oddspipeline/demo --wait",
+            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses -l app\.kubernetes\.io/instance=demo",
+            r"get -n default kafkatopics -l app\.kubernetes\.io/instance=demo",
+        ], "e2e")
+        assert f"kubectl {ctx} port-forward -n default service/demo-odds-service 18080:8080" in calls, calls
+        result, _ = run("e2e.sh", STUB_FAIL_WAIT="1")
+        assert result.returncode != 0 and "FAILED at step: Kafka 'odds' Ready" in result.stderr, result.stderr[-500:]
+        result, calls = run("kind-down.sh")
+        assert result.returncode == 0 and "kind delete cluster --name odds" in calls, calls
+    return "kind-up, images, deploy, e2e (and a failing wait named), kind-down call the tools in order"
+
+
 # --- dashboards and alerts ------------------------------------------------------------------
 
 TARGET_LABELS = {"namespace", "pod", "container", "job", "instance", "service", "endpoint", "pipeline", "component"}
@@ -766,6 +855,7 @@ check("restricted Pod Security Standard for every pod template", pss_restricted)
 check("kind flow scripts pass shellcheck", shellcheck)
 check("kind flow manifests render and validate", kind_flow_manifests)
 check("Makefile runs the kind flow", makefile_targets)
+check("kind flow dry run against stand-in tools", kind_flow_dry_run)
 check("WebSocket check client (ws_check.py)", ws_check_client)
 check("Grafana dashboard parses", dashboard_valid)
 check("PrometheusRule is well-formed", prometheus_rule_valid)

@@ -18,9 +18,8 @@ step "Strimzi $STRIMZI_VERSION (Helm chart, watching namespace $NAMESPACE)"
 h upgrade --install strimzi "$STRIMZI_CHART" --version "$STRIMZI_VERSION" \
   --namespace "$NAMESPACE" -f "$ROOT/charts/kind/strimzi-values.yaml" --wait --timeout 10m
 
-step "KEDA $KEDA_VERSION (Helm chart, namespace keda)"
-h repo add kedacore "$KEDA_REPO" --force-update >/dev/null
-h upgrade --install keda kedacore/keda --version "$KEDA_VERSION" \
+step "KEDA $KEDA_VERSION (Helm chart kedacore/keda, namespace keda)"
+h upgrade --install keda keda --repo "$KEDA_REPO" --version "$KEDA_VERSION" \
   --namespace keda --create-namespace --wait --timeout 10m
 
 step "Kafka 'odds' (KRaft, one node) and the datastores"
