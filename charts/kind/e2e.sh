@@ -38,10 +38,27 @@ step "operator installed"
 h upgrade --install odds-operator "$ROOT/charts/odds-operator" \
   --namespace "$OPERATOR_NAMESPACE" --create-namespace --wait --timeout 5m
 
+# Each listing must succeed: an API error is not "gone".
+children_gone() {
+  local left
+  left="$(k get -n "$NAMESPACE" deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses \
+    -l "$selector" -o name)" || return 1
+  [ -z "$left" ]
+}
+topics_gone() {
+  local left
+  left="$(k get -n "$NAMESPACE" kafkatopics -l "$selector" -o name)" || return 1
+  [ -z "$left" ]
+}
+
 step "a fresh pipeline '$PIPELINE' applied"
 if k get -n "$NAMESPACE" "oddspipeline/$PIPELINE" >/dev/null 2>&1; then
-  say "deleting the existing pipeline '$PIPELINE' first"
-  k delete -n "$NAMESPACE" "oddspipeline/$PIPELINE" --wait --timeout=3m
+  say "deleting the existing pipeline '$PIPELINE' and its children first"
+  k delete -n "$NAMESPACE" "oddspipeline/$PIPELINE" --cascade=foreground --wait --timeout=5m
+  retry_until 180 "the old pipeline's children gone" children_gone
+  if [ "$topics_expected" = deleted ]; then
+    retry_until 180 "the old pipeline's KafkaTopics gone" topics_gone
+  fi
 fi
 k apply -n "$NAMESPACE" -f "$SAMPLES/oddspipeline.yaml"
 
@@ -78,23 +95,17 @@ retry_until 300 "status.processor.summary = 3/3" status_shows_three
 k get oddspipelines -n "$NAMESPACE"
 
 step "pipeline deleted"
-k delete -n "$NAMESPACE" "oddspipeline/$PIPELINE" --wait --timeout=3m
+k delete -n "$NAMESPACE" "oddspipeline/$PIPELINE" --wait --timeout=5m
 
 step "children gone"
-children_gone() {
-  [ -z "$(k get -n "$NAMESPACE" deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses \
-    -l "$selector" -o name 2>/dev/null)" ]
-}
 retry_until 180 "no Deployment, Service, Job, ConfigMap, PDB, HPA or Ingress labelled $selector" children_gone
 
 step "KafkaTopics $topics_expected with the pipeline"
-topics_left() { k get -n "$NAMESPACE" kafkatopics -l "$selector" -o name 2>/dev/null; }
 case "$topics_expected" in
   deleted)
-    topics_gone() { [ -z "$(topics_left)" ]; }
     retry_until 180 "the pipeline's KafkaTopics deleted" topics_gone ;;
   kept)
-    [ -n "$(topics_left)" ] || die "the pipeline's KafkaTopics were deleted, expected kept" ;;
+    ! topics_gone || die "the pipeline's KafkaTopics were deleted, expected kept" ;;
   *) die "E2E_TOPICS must be 'deleted' or 'kept', not '$topics_expected'" ;;
 esac
 
