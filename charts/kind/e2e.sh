@@ -105,7 +105,8 @@ case "$topics_expected" in
   deleted)
     retry_until 180 "the pipeline's KafkaTopics deleted" topics_gone ;;
   kept)
-    ! topics_gone || die "the pipeline's KafkaTopics were deleted, expected kept" ;;
+    left="$(k get -n "$NAMESPACE" kafkatopics -l "$selector" -o name)"
+    [ -n "$left" ] || die "the pipeline's KafkaTopics were deleted, expected kept" ;;
   *) die "E2E_TOPICS must be 'deleted' or 'kept', not '$topics_expected'" ;;
 esac
 
