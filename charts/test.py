@@ -718,7 +718,7 @@ def dashboard():
             queried |= query_metrics(grafana_to_promql(target["expr"]), exported, f"panel '{panel['title']}'")
     for v in board["templating"]["list"]:
         if v["type"] == "query":
-            m = re.match(r"label_values\((.*),\s*(\w+)\)$", v["query"]["query"])
+            m = re.match(r"label_values\((.*),\s*(\w+)\)$", v["query"])
             assert m, v["query"]
             queried |= query_metrics(grafana_to_promql(m.group(1)), exported, f"variable {v['name']}")
     titles = " ".join(p["title"].lower() for p in panels)
