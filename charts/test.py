@@ -6,6 +6,7 @@ reason; the last line is 'N passed, N failed' and the exit code is non-zero on a
 
 import base64
 import hashlib
+import importlib.util
 import json
 import os
 import pathlib
@@ -698,6 +699,11 @@ def query_metrics(expr, exported, where):
 
 def dashboard():
     path = CHART / "dashboards" / "odds-pipeline.json"
+    spec = importlib.util.spec_from_file_location("generate", CHART / "dashboards" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    assert path.read_text(encoding="utf-8") == generate.render(), \
+        "dashboards/odds-pipeline.json is stale: python3 charts/odds-operator/dashboards/generate.py"
     board = json.loads(path.read_text())
     assert board["uid"] and board["title"], "uid and title"
     variables = {v["name"] for v in board["templating"]["list"]}
