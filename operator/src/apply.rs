@@ -4,13 +4,26 @@
 //! fields it leaves out (an HPA's `replicas`) stay with whoever owns them. Each apply reports
 //! whether the object was created, changed or already as desired, so events are only
 //! published for real changes and a steady state writes nothing that changes.
+//!
+//! Server-side apply removes a field that the manager applied before and leaves out now,
+//! unless another manager also owns it. That is what makes turning on autoscaling dangerous:
+//! the Deployment would drop `replicas` (to the default, 1) until the HPA's first sync. So
+//! before `replicas` is left out, [`hand_over_replicas`] gives it to a second field manager
+//! at its current value, as the Kubernetes documentation describes ("Transferring
+//! ownership"); the HPA takes it from there when it first scales.
 
-use crate::build::{Children, FIELD_MANAGER};
+use crate::build::{Children, KafkaTopic, FIELD_MANAGER};
+use crate::crd::Reason;
+use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
+
+/// Field manager that holds a Deployment's `replicas` between the operator letting go of it
+/// and the HorizontalPodAutoscaler's first scale.
+pub const HANDOVER_MANAGER: &str = "odds-operator-handover";
 
 /// What an apply did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -20,13 +33,65 @@ pub enum Outcome {
     Unchanged,
 }
 
+/// The API server refused to write (or delete) a child.
+#[derive(Debug, thiserror::Error)]
+#[error("{verb} {kind} {name}: {}", message(.source))]
+pub struct ApplyError {
+    pub verb: &'static str,
+    pub kind: String,
+    pub name: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+/// The API server's own message when it sent one (what `kubectl` would print).
+fn message(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+impl ApplyError {
+    fn new<K: Resource<DynamicType = ()>>(
+        verb: &'static str,
+        name: &str,
+        source: kube::Error,
+    ) -> Self {
+        Self {
+            verb,
+            kind: K::kind(&()).into_owned(),
+            name: name.to_string(),
+            source,
+        }
+    }
+
+    /// The `Degraded` reason this failure shows as.
+    pub fn reason(&self) -> Reason {
+        classify(&self.kind, &self.source)
+    }
+}
+
+/// The reason a failed request against an object of `kind` shows as: a 403 is RBAC or a
+/// quota (`Forbidden`), a 404 for a Strimzi kind means its CRD is gone
+/// (`StrimziNotInstalled`), anything else the API server refused is `ApplyFailed`.
+pub fn classify(kind: &str, error: &kube::Error) -> Reason {
+    match error {
+        kube::Error::Api(status) if status.code == 403 => Reason::Forbidden,
+        kube::Error::Api(status) if status.code == 404 && kind == KafkaTopic::kind(&()) => {
+            Reason::StrimziNotInstalled
+        }
+        _ => Reason::ApplyFailed,
+    }
+}
+
 /// Applies `desired` in `namespace`; returns what happened and the object as stored (with
 /// its status, which the status computation reads).
 pub async fn apply<K>(
     client: &kube::Client,
     namespace: &str,
     desired: &K,
-) -> Result<(Outcome, K), kube::Error>
+) -> Result<(Outcome, K), ApplyError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -36,18 +101,25 @@ where
 {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = desired.name_any();
-    let before = api.get_opt(&name).await?;
+    let named = name.as_str();
+    let failed = |verb: &'static str| move |error| ApplyError::new::<K>(verb, named, error);
+    let before = api.get_opt(&name).await.map_err(failed("get"))?;
     let params = PatchParams::apply(FIELD_MANAGER).force();
-    let mut body = serde_json::to_value(desired).map_err(kube::Error::SerdeError)?;
+    let mut body = serde_json::to_value(desired)
+        .map_err(kube::Error::SerdeError)
+        .map_err(failed("serialize"))?;
     // Apply bodies carry type information; k8s-openapi types serialize it, typed CRs too.
     if let Some(object) = body.as_object_mut() {
         object.insert("apiVersion".into(), K::api_version(&()).into());
         object.insert("kind".into(), K::kind(&()).into());
     }
-    let after = api.patch(&name, &params, &Patch::Apply(&body)).await?;
+    let after = api
+        .patch(&name, &params, &Patch::Apply(&body))
+        .await
+        .map_err(failed("apply"))?;
     let outcome = match &before {
         None => Outcome::Created,
-        Some(before) if comparable(before)? == comparable(&after)? => Outcome::Unchanged,
+        Some(before) if comparable(before) == comparable(&after) => Outcome::Unchanged,
         Some(_) => Outcome::Updated,
     };
     Ok((outcome, after))
@@ -55,8 +127,8 @@ where
 
 /// The object without what the server changes on every write (versions, field ownership,
 /// status), so two stored versions compare equal when nothing the operator controls changed.
-fn comparable<K: Serialize>(object: &K) -> Result<serde_json::Value, kube::Error> {
-    let mut value = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
+fn comparable<K: Serialize>(object: &K) -> Option<serde_json::Value> {
+    let mut value = serde_json::to_value(object).ok()?;
     if let Some(map) = value.as_object_mut() {
         map.remove("status");
         if let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
@@ -65,7 +137,60 @@ fn comparable<K: Serialize>(object: &K) -> Result<serde_json::Value, kube::Error
             }
         }
     }
-    Ok(value)
+    Some(value)
+}
+
+/// Whether `manager` owns `spec.replicas` of `deployment` (by its `managedFields`).
+pub fn owns_replicas(deployment: &Deployment, manager: &str) -> bool {
+    deployment.managed_fields().iter().any(|entry| {
+        entry.manager.as_deref() == Some(manager)
+            && entry.subresource.as_deref().unwrap_or("").is_empty()
+            && entry
+                .fields_v1
+                .as_ref()
+                .and_then(|f| f.0.get("f:spec"))
+                .and_then(|spec| spec.get("f:replicas"))
+                .is_some()
+    })
+}
+
+/// Before `desired` (which leaves `replicas` to an autoscaler) is applied: if the operator
+/// still owns the live Deployment's `replicas`, applies the current value under
+/// [`HANDOVER_MANAGER`], so the operator's next apply drops only its own claim and the value
+/// stays until the HPA scales. Returns whether a hand-over was written.
+pub async fn hand_over_replicas(
+    client: &kube::Client,
+    namespace: &str,
+    desired: &Deployment,
+) -> Result<bool, ApplyError> {
+    if desired.spec.as_ref().is_some_and(|s| s.replicas.is_some()) {
+        return Ok(false);
+    }
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let name = desired.name_any();
+    let named = name.as_str();
+    let failed =
+        |verb: &'static str| move |error| ApplyError::new::<Deployment>(verb, named, error);
+    let Some(live) = api.get_opt(&name).await.map_err(failed("get"))? else {
+        return Ok(false);
+    };
+    let current = live.spec.as_ref().and_then(|s| s.replicas);
+    let Some(current) = current.filter(|_| owns_replicas(&live, FIELD_MANAGER)) else {
+        return Ok(false);
+    };
+    let body = serde_json::json!({
+        "apiVersion": Deployment::api_version(&()),
+        "kind": Deployment::kind(&()),
+        "metadata": {"name": name},
+        "spec": {"replicas": current},
+    });
+    // Forced: the only other owner is the operator itself, or an HPA that already scaled
+    // to this very value (it takes the field back on its next scale).
+    let params = PatchParams::apply(HANDOVER_MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(&body))
+        .await
+        .map_err(failed("hand over replicas of"))?;
+    Ok(true)
 }
 
 /// A child that an apply created or changed.
@@ -80,38 +205,50 @@ pub struct Change {
 }
 
 /// Applies every child, in dependency order (config and topics before the workloads that
-/// read them); returns what was created or changed.
+/// read them). Returns what was created or changed, and the first refusal, if any: what was
+/// applied before it stays applied and is reported, so events match the cluster.
 pub async fn apply_all(
     client: &kube::Client,
     namespace: &str,
     children: &Children,
-) -> Result<Vec<Change>, kube::Error> {
+) -> (Vec<Change>, Result<(), ApplyError>) {
     let mut changes = Vec::new();
+    let result = apply_each(client, namespace, children, &mut changes).await;
+    (changes, result)
+}
+
+async fn apply_each(
+    client: &kube::Client,
+    namespace: &str,
+    children: &Children,
+    changes: &mut Vec<Change>,
+) -> Result<(), ApplyError> {
     if let Some(cm) = &children.config_map {
-        record(&mut changes, apply(client, namespace, cm).await?);
+        record(changes, apply(client, namespace, cm).await?);
     }
     for topic in &children.topics {
-        record(&mut changes, apply(client, namespace, topic).await?);
+        record(changes, apply(client, namespace, topic).await?);
     }
     if let Some(job) = &children.migration_job {
-        record(&mut changes, apply(client, namespace, job).await?);
+        record(changes, apply(client, namespace, job).await?);
     }
     for deployment in &children.deployments {
-        record(&mut changes, apply(client, namespace, deployment).await?);
+        hand_over_replicas(client, namespace, deployment).await?;
+        record(changes, apply(client, namespace, deployment).await?);
     }
     for service in &children.services {
-        record(&mut changes, apply(client, namespace, service).await?);
+        record(changes, apply(client, namespace, service).await?);
     }
     for pdb in &children.pdbs {
-        record(&mut changes, apply(client, namespace, pdb).await?);
+        record(changes, apply(client, namespace, pdb).await?);
     }
     for hpa in &children.hpas {
-        record(&mut changes, apply(client, namespace, hpa).await?);
+        record(changes, apply(client, namespace, hpa).await?);
     }
     if let Some(ingress) = &children.ingress {
-        record(&mut changes, apply(client, namespace, ingress).await?);
+        record(changes, apply(client, namespace, ingress).await?);
     }
-    Ok(changes)
+    Ok(())
 }
 
 fn record<K: Resource<DynamicType = ()>>(

@@ -1,38 +1,68 @@
-//! The reconcile loop: dereference → validate → build → apply → status, and the kube-runtime
-//! `Controller` that calls it for every pipeline and every change of a child it owns.
+//! The reconcile loop: dereference → validate → build → apply → status, and what the
+//! kube-runtime `Controller` calls for every pipeline and every change of a child it owns.
+//!
+//! Every outcome lands in the pipeline's status: a bad spec, a child the API server refuses,
+//! a missing permission or a missing Strimzi all end as `Degraded=True` with a specific reason
+//! and the API server's message, plus one Warning event when that state begins. Failures that
+//! may heal on their own (a refused apply, an unreachable API server) are also returned as
+//! errors, so the controller retries them with backoff and the error metric counts them by
+//! step.
 
-use crate::apply::apply_all;
+use crate::apply::{self, apply_all, ApplyError};
 use crate::build::{self, service, MigrationState};
-use crate::crd::{OddsPipeline, OddsPipelineStatus};
+use crate::crd::{ConditionType, OddsPipeline, OddsPipelineStatus, Reason};
 use crate::metrics::Metrics;
-use crate::observe;
+use crate::observe::{self, DereferenceError};
 use crate::prune;
-use crate::status::{self, Observed};
+use crate::status::{self, Failure, Observed};
 use crate::validate::validate;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Why a reconcile failed (all transient: the controller retries with backoff).
+/// Why a reconcile failed, one variant per step; the controller retries with backoff.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
     #[error("the pipeline has no namespace")]
     NoNamespace,
+    #[error(transparent)]
+    Dereference(#[from] DereferenceError),
+    #[error(transparent)]
+    Apply(#[from] ApplyError),
+    #[error("writing the status: {0}")]
+    Status(#[source] kube::Error),
 }
 
 impl Error {
-    /// Short label for the error metric.
+    /// Label of `odds_operator_reconcile_errors_total`: the step that failed.
     pub fn metric_label(&self) -> &'static str {
         match self {
-            Self::Kube(_) => "kube",
             Self::NoNamespace => "no_namespace",
+            Self::Dereference(_) => "dereference",
+            Self::Apply(_) => "apply",
+            Self::Status(_) => "status",
         }
+    }
+
+    /// How the failure shows in `Degraded`, when the step could still write the status.
+    fn failure(&self) -> Option<Failure> {
+        let reason = match self {
+            Self::Dereference(e) => match apply::classify("", &e.source) {
+                Reason::Forbidden => Reason::Forbidden,
+                _ => Reason::ReadFailed,
+            },
+            Self::Apply(e) => e.reason(),
+            Self::NoNamespace | Self::Status(_) => return None,
+        };
+        Some(Failure {
+            reason,
+            message: self.to_string(),
+        })
     }
 }
 
@@ -44,10 +74,14 @@ pub struct Context {
     /// Consecutive failures per pipeline (`namespace/name`), for the backoff of
     /// `error_policy`: one failing pipeline must not slow the retries of another.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// Whether the cluster serves Strimzi's `KafkaTopic` (discovered at start-up and
+    /// rechecked by `run` until it appears).
+    pub strimzi: Arc<AtomicBool>,
 }
 
 impl Context {
-    /// A context that reports events as `odds-operator` (instance `instance`).
+    /// A context that reports events as `odds-operator` (instance `instance`); Strimzi is
+    /// assumed present until `strimzi` says otherwise.
     pub fn new(client: kube::Client, instance: Option<String>, metrics: Option<Metrics>) -> Self {
         let reporter = Reporter {
             controller: build::FIELD_MANAGER.into(),
@@ -58,13 +92,18 @@ impl Context {
             client,
             metrics,
             failures: Mutex::new(HashMap::new()),
+            strimzi: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    fn strimzi_installed(&self) -> bool {
+        self.strimzi.load(Ordering::Relaxed)
     }
 }
 
 /// Requeue interval while something is still rolling out or waiting.
 const REQUEUE_BUSY: Duration = Duration::from_secs(15);
-/// Requeue interval of a settled pipeline (drift check).
+/// Requeue interval of a settled pipeline (drift check), or of one waiting for the user.
 const REQUEUE_IDLE: Duration = Duration::from_secs(300);
 
 /// Reconciles one pipeline.
@@ -75,9 +114,19 @@ pub async fn reconcile(pipeline: Arc<OddsPipeline>, ctx: Arc<Context>) -> Result
     });
     let result = reconcile_inner(&pipeline, &ctx).await;
     drop(timer);
-    if result.is_ok() {
-        if let Ok(mut failures) = ctx.failures.lock() {
-            failures.remove(&key(&pipeline));
+    match &result {
+        Ok(_) => {
+            if let Ok(mut failures) = ctx.failures.lock() {
+                failures.remove(&key(&pipeline));
+            }
+        }
+        Err(error) => {
+            if let Some(metrics) = &ctx.metrics {
+                metrics
+                    .failures
+                    .with_label_values(&[error.metric_label()])
+                    .inc();
+            }
         }
     }
     result
@@ -101,7 +150,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
                 ctx,
                 pipeline,
                 EventType::Normal,
-                "ReconciliationPaused",
+                Reason::Paused.as_str(),
                 "Paused",
                 "reconciliation paused; children are left as they are".into(),
             )
@@ -111,46 +160,56 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         return Ok(Action::await_change());
     }
 
-    let facts = observe::facts(client, pipeline, &namespace).await?;
+    let strimzi = pipeline.spec.kafka.cluster_ref.is_some();
     let mut observed = Observed {
         generation: pipeline.metadata.generation,
-        topics_ready: facts.topics_ready,
-        external_kafka: pipeline.spec.kafka.cluster_ref.is_none(),
-        migration: facts.migration.clone(),
+        external_kafka: !strimzi,
         web_socket_url: Some(service::web_socket_url(pipeline)),
         ..Observed::default()
     };
-
-    let missing = observe::missing_secrets(pipeline, &facts);
-    let invalid = match validate(&pipeline.spec, &facts) {
-        Err(invalid) => Some(invalid.to_string()),
-        Ok(()) if !missing.is_empty() => Some(format!("missing Secret(s): {}", missing.join(", "))),
-        Ok(()) => None,
+    let report = Report {
+        ctx,
+        pipeline,
+        namespace: &namespace,
+        previous: &previous,
+        now: &now,
     };
-    if let Some(why) = invalid {
-        // Nothing is applied: what runs keeps running until the spec is fixed.
-        if previous
-            .conditions
-            .iter()
-            .all(|c| !(c.type_ == "Degraded" && c.status == "True" && c.message == why))
-        {
-            publish(
-                ctx,
-                pipeline,
-                EventType::Warning,
-                "InvalidSpec",
-                "Validate",
-                why.clone(),
-            )
-            .await;
-        }
-        observed.invalid = Some(why);
-        observed.components = observe::components(client, pipeline, &namespace).await?;
-        return finish(ctx, pipeline, &namespace, &previous, &observed, &now).await;
+
+    if strimzi && !ctx.strimzi_installed() {
+        // Nothing is applied: the workloads would only wait for topics nobody creates.
+        observed.failure = Some(Failure {
+            reason: Reason::StrimziNotInstalled,
+            message: "kafka.clusterRef is set, but the cluster has no Strimzi KafkaTopic CRD (kafka.strimzi.io/v1): install Strimzi, or set kafka.bootstrapServers instead".into(),
+        });
+        return report.finish(observed).await;
     }
 
-    let children = build::children(pipeline, &facts);
-    for change in apply_all(client, &namespace, &children).await? {
+    let facts = match observe::facts(client, pipeline, &namespace).await {
+        Ok(facts) => facts,
+        Err(error) => return report.fail(observed, error.into()).await,
+    };
+    observed.topics_ready = facts.topics_ready;
+    let valid = match validate(pipeline, &facts) {
+        Ok(valid) => valid,
+        Err(invalid) => {
+            // Nothing is applied: what runs keeps running until the spec is fixed.
+            observed.failure = Some(Failure {
+                reason: Reason::InvalidSpec,
+                message: invalid.to_string(),
+            });
+            return report.finish(observed).await;
+        }
+    };
+    let migration = match observe::migration(client, &valid).await {
+        Ok(migration) => migration,
+        Err(error) => return report.fail(observed, error.into()).await,
+    };
+    observed.migration = migration.clone();
+
+    let children = build::children(&valid, &migration);
+    observed.blocked = children.blocked.clone();
+    let (changes, applied) = apply_all(client, &namespace, &children).await;
+    for change in changes {
         let action = format!("{:?}", change.outcome);
         let note = format!("{action} {} {}", change.kind, change.name);
         let event = Event {
@@ -162,23 +221,33 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         };
         send(ctx, pipeline, &event).await;
     }
-    let keep = prune::Keep::of(pipeline, &children);
-    let migrated = facts.migration == MigrationState::Succeeded;
-    for (what, reference) in prune::prune(client, pipeline, &keep, migrated).await? {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "Deleted".into(),
-            note: Some(format!("Deleted {what}: no longer in the spec")),
-            action: "Prune".into(),
-            secondary: Some(reference),
-        };
-        send(ctx, pipeline, &event).await;
+    if let Err(error) = applied {
+        return report.fail(observed, error.into()).await;
+    }
+    let keep = prune::Keep::of(&valid, &children);
+    let migrated = migration == MigrationState::Succeeded;
+    match prune::prune(client, &valid, &keep, migrated).await {
+        Ok(deleted) => {
+            for (what, reference) in deleted {
+                let event = Event {
+                    type_: EventType::Normal,
+                    reason: "Deleted".into(),
+                    note: Some(format!("Deleted {what}: no longer in the spec")),
+                    action: "Prune".into(),
+                    secondary: Some(reference),
+                };
+                send(ctx, pipeline, &event).await;
+            }
+        }
+        Err(error) => return report.fail(observed, error.into()).await,
     }
     for (component, why) in &children.blocked {
-        let was_blocked = previous.conditions.iter().any(|c| {
-            c.type_ == "Progressing" && c.message.contains(&format!("{} {why}", component.suffix()))
-        });
-        if !was_blocked {
+        // On transitions only: a workload that stays held back is not news.
+        let was = previous
+            .held_back
+            .iter()
+            .any(|h| h.component == component.suffix() && h.reason == why.as_str());
+        if !was {
             publish(
                 ctx,
                 pipeline,
@@ -190,54 +259,101 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
             .await;
         }
     }
-    if let MigrationState::Failed(why) = &facts.migration {
-        if !previous
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Migrated" && c.reason == "MigrationFailed")
-        {
-            publish(
-                ctx,
-                pipeline,
-                EventType::Warning,
-                "MigrationFailed",
-                "Migrate",
-                why.clone(),
-            )
-            .await;
+    observed.components = match observe::components(client, &valid.name, &namespace).await {
+        Ok(components) => components,
+        Err(error) => return report.fail(observed, error.into()).await,
+    };
+    report.finish(observed).await
+}
+
+/// Writes what a reconcile found into the status.
+struct Report<'a> {
+    ctx: &'a Context,
+    pipeline: &'a OddsPipeline,
+    namespace: &'a str,
+    previous: &'a OddsPipelineStatus,
+    now: &'a str,
+}
+
+impl Report<'_> {
+    /// Computes and (only if it changed) writes the status, publishes a Warning event when a
+    /// degradation begins or changes, and picks the requeue interval.
+    async fn finish(&self, observed: Observed) -> Result<Action, Error> {
+        let next = status::compute(self.previous, &observed, self.now);
+        if let Some(failure) = status::degradation(&observed) {
+            let before = self
+                .previous
+                .condition(ConditionType::Degraded)
+                .filter(|c| c.status == "True");
+            let news = before.is_none_or(|c| {
+                c.reason != failure.reason.as_str() || c.message != failure.message
+            });
+            if news {
+                publish(
+                    self.ctx,
+                    self.pipeline,
+                    EventType::Warning,
+                    failure.reason.as_str(),
+                    action_of(failure.reason),
+                    failure.message.clone(),
+                )
+                .await;
+            }
+        }
+        if &next != self.previous {
+            write_status(&self.ctx.client, self.pipeline, self.namespace, &next).await?;
+        }
+        let ready = next.is_true(ConditionType::Ready);
+        let degraded = next.is_true(ConditionType::Degraded);
+        // A degraded pipeline waits for a change (the spec, a Secret, a retry annotation,
+        // or the controller's own retry of a transient error), with a slow recheck.
+        if ready || degraded {
+            Ok(Action::requeue(REQUEUE_IDLE))
+        } else {
+            Ok(Action::requeue(REQUEUE_BUSY))
         }
     }
 
-    observed.blocked = children.blocked.clone();
-    observed.components = observe::components(client, pipeline, &namespace).await?;
-    finish(ctx, pipeline, &namespace, &previous, &observed, &now).await
+    /// Reports `error` in the status (as far as the API server lets us) and returns it, so
+    /// the controller retries with backoff.
+    async fn fail(&self, mut observed: Observed, error: Error) -> Result<Action, Error> {
+        observed.failure = error.failure();
+        if observed.failure.is_some() {
+            match observe::components(&self.ctx.client, &self.pipeline.name_any(), self.namespace)
+                .await
+            {
+                Ok(components) => observed.components = components,
+                Err(_) => keep_components(&mut observed, self.previous),
+            }
+            if let Err(status_error) = self.finish(observed).await {
+                tracing::warn!(error = %status_error, "cannot report the failure in the status");
+            }
+        }
+        Err(error)
+    }
 }
 
-/// Computes and (only if it changed) writes the status; picks the requeue interval.
-async fn finish(
-    ctx: &Context,
-    pipeline: &OddsPipeline,
-    namespace: &str,
-    previous: &OddsPipelineStatus,
-    observed: &Observed,
-    now: &str,
-) -> Result<Action, Error> {
-    let next = status::compute(previous, observed, now);
-    if &next != previous {
-        write_status(&ctx.client, pipeline, namespace, &next).await?;
+/// Keeps the pod counts of the previous status when they cannot be read now.
+fn keep_components(observed: &mut Observed, previous: &OddsPipelineStatus) {
+    use crate::build::Component;
+    for (component, status) in [
+        (Component::Ingest, &previous.ingest),
+        (Component::Processor, &previous.processor),
+        (Component::OddsService, &previous.odds_service),
+    ] {
+        if let Some(status) = status {
+            observed.components.insert(component, status.clone());
+        }
     }
-    let ready = next
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    if observed.invalid.is_some() {
-        // A bad spec waits for the user's fix (a spec change triggers a reconcile), with a
-        // slow recheck in case a missing Secret appears.
-        Ok(Action::requeue(REQUEUE_IDLE))
-    } else if ready {
-        Ok(Action::requeue(REQUEUE_IDLE))
-    } else {
-        Ok(Action::requeue(REQUEUE_BUSY))
+}
+
+/// The event `action` of a degradation.
+fn action_of(reason: Reason) -> &'static str {
+    match reason {
+        Reason::InvalidSpec => "Validate",
+        Reason::MigrationFailed => "Migrate",
+        Reason::ReadFailed => "Read",
+        _ => "Apply",
     }
 }
 
@@ -258,7 +374,8 @@ async fn write_status(
         &PatchParams::apply(build::FIELD_MANAGER).force(),
         &Patch::Apply(&body),
     )
-    .await?;
+    .await
+    .map_err(Error::Status)?;
     Ok(())
 }
 
@@ -299,12 +416,6 @@ pub fn error_policy(pipeline: Arc<OddsPipeline>, error: &Error, ctx: Arc<Context
         // A poisoned lock only loses the backoff history; retry at the base delay.
         Err(_) => 0,
     };
-    if let Some(metrics) = &ctx.metrics {
-        metrics
-            .failures
-            .with_label_values(&[error.metric_label()])
-            .inc();
-    }
     let delay = backoff(failures);
     tracing::warn!(pipeline = %pipeline.name_any(), %error, ?delay, "reconcile failed; retrying");
     Action::requeue(delay)

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 use odds_operator::run::{run, RunArgs};
+use std::io::Write;
 
 /// Kubernetes operator for the odds pipeline.
 #[derive(Debug, Parser)]
@@ -25,10 +26,7 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
-        Some(Command::Crd) => {
-            print!("{}", odds_operator::crd::crd_yaml()?);
-            return Ok(());
-        }
+        Some(Command::Crd) => return print_crd(),
         Some(Command::Run(args)) => *args,
         None => cli.run,
     };
@@ -36,4 +34,18 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = odds_runtime::shutdown::on_signals();
     run(args, shutdown).await?;
     Ok(())
+}
+
+/// Prints the CRD. A reader that stops early (`odds-operator crd | head`) closes the pipe;
+/// that is the reader's choice, not an error, so EPIPE ends the command quietly.
+fn print_crd() -> anyhow::Result<()> {
+    let yaml = odds_operator::crd::crd_yaml()?;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(yaml.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
+    }
 }

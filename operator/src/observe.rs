@@ -1,43 +1,74 @@
 //! Dereference: what the reconciler reads from the cluster before and after applying.
 //!
-//! Kept apart from the loop so the facts the pure builders depend on (Secrets' presence and
-//! versions, topic readiness, migration outcome) and the pod counts the status reports are
-//! gathered in one place, each with a single GET per object.
+//! Kept apart from the loop so the facts validation and the pure builders depend on
+//! (Secrets' presence and key digests, topic readiness, migration outcome) and the pod counts
+//! the status reports are gathered in one place, each with a single GET per object.
 
-use crate::build::{self, job, Component, Facts, KafkaTopic, MigrationState};
-use crate::controller::Error;
+use crate::build::{job, topic, Component, Facts, KafkaTopic, MigrationState};
 use crate::crd::{ComponentStatus, OddsPipeline};
 use crate::status;
+use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use kube::ResourceExt;
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
-/// Reads what the build needs to know: Secrets, topic readiness, migration outcome.
+/// A read the reconcile needed failed.
+#[derive(Debug, thiserror::Error)]
+#[error("reading {what}: {source}")]
+pub struct DereferenceError {
+    /// What was being read, e.g. `Secret odds-redis`.
+    pub what: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+fn reading(what: impl Into<String>) -> impl FnOnce(kube::Error) -> DereferenceError {
+    let what = what.into();
+    move |source| DereferenceError { what, source }
+}
+
+/// Reads what validation and the build need to know: Secrets and topics.
+///
+/// A referenced Secret is read in full, but only digests of its values leave this
+/// function; the values themselves are never stored, logged or written anywhere.
 pub async fn facts(
     client: &kube::Client,
     pipeline: &OddsPipeline,
     namespace: &str,
-) -> Result<Facts, Error> {
+) -> Result<Facts, DereferenceError> {
     let mut facts = Facts::default();
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     for name in secret_names(pipeline) {
-        if let Some(secret) = secrets.get_metadata_opt(&name).await? {
-            facts
-                .secret_versions
-                .insert(name, secret.metadata.resource_version.unwrap_or_default());
+        let found = secrets
+            .get_opt(&name)
+            .await
+            .map_err(reading(format!("Secret {name}")))?;
+        if let Some(secret) = found {
+            let keys = secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(key, value)| (key.clone(), digest(&value.0)))
+                .collect();
+            facts.secrets.insert(name, keys);
         }
     }
-    let topics = build::topic::build(pipeline);
-    if topics.is_empty() {
+    if pipeline.spec.kafka.cluster_ref.is_none() {
         facts.topics_ready = true;
     } else {
         let api: Api<KafkaTopic> = Api::namespaced(client.clone(), namespace);
         let mut all_ready = true;
-        for (index, desired) in topics.iter().enumerate() {
-            let existing = api.get_opt(&desired.name_any()).await?;
+        let kafka = &pipeline.spec.kafka;
+        for (index, spec) in [&kafka.topic, &kafka.dlq_topic].into_iter().enumerate() {
+            let name = topic::resource_name(&pipeline.name_any(), spec);
+            let existing = api
+                .get_opt(&name)
+                .await
+                .map_err(reading(format!("KafkaTopic {name}")))?;
             if index == 0 {
                 facts.existing_partitions = existing.as_ref().and_then(|t| t.spec.partitions);
             }
@@ -45,14 +76,33 @@ pub async fn facts(
         }
         facts.topics_ready = all_ready;
     }
-    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    facts.migration = match jobs.get_opt(&job::name(pipeline)).await? {
-        Some(found) => job::state(&found),
-        None => MigrationState::Pending,
-    };
     Ok(facts)
 }
 
+fn digest(value: &[u8]) -> String {
+    crate::build::short_hex(&Sha256::digest(value))
+}
+
+/// The state of the migration Job of `pipeline`'s current image.
+pub async fn migration(
+    client: &kube::Client,
+    pipeline: &ValidPipeline,
+) -> Result<MigrationState, DereferenceError> {
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &pipeline.namespace);
+    let name = job::name(pipeline);
+    Ok(
+        match jobs
+            .get_opt(&name)
+            .await
+            .map_err(reading(format!("Job {name}")))?
+        {
+            Some(found) => job::state(&found),
+            None => MigrationState::Pending,
+        },
+    )
+}
+
+/// The Secrets `pipeline` references, sorted, each once.
 pub fn secret_names(pipeline: &OddsPipeline) -> Vec<String> {
     let spec = &pipeline.spec;
     let mut names = vec![
@@ -67,23 +117,26 @@ pub fn secret_names(pipeline: &OddsPipeline) -> Vec<String> {
     names
 }
 
-pub fn missing_secrets(pipeline: &OddsPipeline, facts: &Facts) -> Vec<String> {
-    secret_names(pipeline)
-        .into_iter()
-        .filter(|name| !facts.secret_versions.contains_key(name))
-        .collect()
-}
-
-/// Ready and desired pods of each workload Deployment that exists.
+/// Ready and desired pods of each workload Deployment of pipeline `name` that exists.
 pub async fn components(
     client: &kube::Client,
-    pipeline: &OddsPipeline,
+    name: &str,
     namespace: &str,
-) -> Result<BTreeMap<Component, ComponentStatus>, Error> {
+) -> Result<BTreeMap<Component, ComponentStatus>, DereferenceError> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
     let mut out = BTreeMap::new();
-    for component in build::deployment::components(pipeline) {
-        let Some(deployment) = api.get_opt(&component.name(pipeline)).await? else {
+    for component in [
+        Component::Simulator,
+        Component::Ingest,
+        Component::Processor,
+        Component::OddsService,
+    ] {
+        let deployment_name = component.name_in(name);
+        let found = api
+            .get_opt(&deployment_name)
+            .await
+            .map_err(reading(format!("Deployment {deployment_name}")))?;
+        let Some(deployment) = found else {
             continue;
         };
         let desired = deployment
@@ -103,7 +156,7 @@ pub async fn components(
 }
 
 /// The pipelines in `namespace` that reference Secret `name`: a change of that Secret must
-/// reconcile them (their pods roll through the config hash).
+/// reconcile them (their pods roll through the config hash when a value they read changed).
 pub fn pipelines_using_secret<'a>(
     pipelines: impl IntoIterator<Item = &'a OddsPipeline>,
     namespace: Option<&str>,

@@ -1,17 +1,20 @@
 //! Removal of children the spec no longer asks for (simulator turned off, autoscaling or
-//! Ingress removed, a finished migration Job of an older image).
+//! Ingress removed, a finished migration Job of an older image). A pipeline has exactly one
+//! ConfigMap, always wanted, so ConfigMaps are never pruned (and the operator needs no
+//! `delete` on them).
 //!
 //! Only objects this pipeline controls are candidates: labelled as ours and carrying this
 //! pipeline's uid in a controller owner reference. Two kinds are never pruned: Deployments of
 //! workloads that are merely held back (they keep serving the old version until their gate
 //! opens) and `KafkaTopic`s (deleting one deletes the topic's data in Kafka).
 
-use crate::build::{configmap, deployment, job, Children};
-use crate::crd::OddsPipeline;
+use crate::apply::ApplyError;
+use crate::build::{job, Children};
+use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
@@ -24,7 +27,6 @@ use std::fmt::Debug;
 /// Names that must stay, per kind.
 #[derive(Debug, Default)]
 pub struct Keep {
-    pub config_maps: BTreeSet<String>,
     pub deployments: BTreeSet<String>,
     pub services: BTreeSet<String>,
     pub pdbs: BTreeSet<String>,
@@ -34,12 +36,12 @@ pub struct Keep {
 
 impl Keep {
     /// What the pipeline wants to exist, including Deployments that are held back.
-    pub fn of(pipeline: &OddsPipeline, children: &Children) -> Self {
+    pub fn of(pipeline: &ValidPipeline, children: &Children) -> Self {
         let names = |items: Vec<String>| items.into_iter().collect::<BTreeSet<_>>();
         Self {
-            config_maps: names(vec![configmap::name(pipeline)]),
             deployments: names(
-                deployment::components(pipeline)
+                pipeline
+                    .components()
                     .into_iter()
                     .map(|c| c.name(pipeline))
                     .collect(),
@@ -65,12 +67,11 @@ pub type Deleted = (String, ObjectReference);
 /// Old migration Jobs go only once the current one succeeded (`migrated`).
 pub async fn prune(
     client: &kube::Client,
-    pipeline: &OddsPipeline,
+    pipeline: &ValidPipeline,
     keep: &Keep,
     migrated: bool,
-) -> Result<Vec<Deleted>, kube::Error> {
+) -> Result<Vec<Deleted>, ApplyError> {
     let mut deleted = Vec::new();
-    deleted.extend(unwanted::<ConfigMap>(client, pipeline, &keep.config_maps).await?);
     deleted.extend(unwanted::<Deployment>(client, pipeline, &keep.deployments).await?);
     deleted.extend(unwanted::<Service>(client, pipeline, &keep.services).await?);
     deleted.extend(unwanted::<PodDisruptionBudget>(client, pipeline, &keep.pdbs).await?);
@@ -86,25 +87,34 @@ pub async fn prune(
 /// Deletes the objects of kind `K` that this pipeline controls and `keep` does not name.
 async fn unwanted<K>(
     client: &kube::Client,
-    pipeline: &OddsPipeline,
+    pipeline: &ValidPipeline,
     keep: &BTreeSet<String>,
-) -> Result<Vec<Deleted>, kube::Error>
+) -> Result<Vec<Deleted>, ApplyError>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
         + Debug
         + DeserializeOwned,
 {
-    let (Some(namespace), Some(uid)) = (pipeline.namespace(), pipeline.uid()) else {
+    let Some(uid) = pipeline.owner.as_ref().map(|o| o.uid.clone()) else {
         return Ok(Vec::new());
     };
-    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let api: Api<K> = Api::namespaced(client.clone(), &pipeline.namespace);
     let selector = format!(
         "app.kubernetes.io/managed-by=odds-operator,app.kubernetes.io/instance={}",
-        pipeline.name_any()
+        pipeline.name
     );
     let mut deleted = Vec::new();
-    for object in api.list(&ListParams::default().labels(&selector)).await? {
+    let listed = api
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|error| ApplyError {
+            verb: "list",
+            kind: K::kind(&()).into_owned(),
+            name: selector.clone(),
+            source: error,
+        })?;
+    for object in listed {
         let ours = object
             .owner_references()
             .iter()
@@ -120,7 +130,14 @@ where
                     object.object_ref(&()),
                 )),
                 Err(kube::Error::Api(status)) if status.code == 404 => {}
-                Err(error) => return Err(error),
+                Err(error) => {
+                    return Err(ApplyError {
+                        verb: "delete",
+                        kind: K::kind(&()).into_owned(),
+                        name: object.name_any(),
+                        source: error,
+                    })
+                }
             }
         }
     }

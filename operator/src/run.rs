@@ -19,9 +19,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
+use kube::core::PartialObjectMeta;
 use kube::runtime::{watcher, Controller};
 use kube::ResourceExt;
 use odds_runtime::{ops::ops_router, serve_http, OpsArgs, Readiness};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -44,7 +46,8 @@ pub struct RunArgs {
     /// This replica's identity in the Lease (the pod name).
     #[arg(long, env = "POD_NAME", default_value = "odds-operator")]
     pub identity: String,
-    /// Watch Strimzi KafkaTopics (needs Strimzi's CRDs in the cluster).
+    /// Watch Strimzi KafkaTopics when the cluster has their CRD (discovered at start-up and
+    /// rechecked every minute until it appears); `false` never watches them.
     #[arg(long, env = "WATCH_KAFKA_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_kafka_topics: bool,
     #[command(flatten)]
@@ -109,24 +112,49 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         Some(args.identity.clone()),
         Some(metrics),
     ));
-    let controller = controller(&client, args.namespace.as_deref(), args.watch_kafka_topics)
-        .graceful_shutdown_on({
-            let (shutdown, lost) = (shutdown.clone(), lost.clone());
-            async move {
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = lost.cancelled() => {}
+    let mut warned = false;
+    loop {
+        let strimzi = args.watch_kafka_topics && strimzi_installed(&client).await;
+        ctx.strimzi.store(strimzi, Ordering::Relaxed);
+        if !strimzi && !warned {
+            tracing::warn!(
+                "Strimzi's KafkaTopic CRD (kafka.strimzi.io/v1) is not installed: KafkaTopics are not watched, and pipelines with kafka.clusterRef report Degraded/StrimziNotInstalled until it is"
+            );
+            warned = true;
+        }
+        // Without Strimzi, a poll notices its installation and restarts the controller with
+        // the KafkaTopic watch (a controller's watches are fixed once it runs).
+        let appeared = CancellationToken::new();
+        let poll = (!strimzi && args.watch_kafka_topics)
+            .then(|| tokio::spawn(poll_strimzi(client.clone(), appeared.clone())));
+        controller(&client, args.namespace.as_deref(), strimzi)
+            .graceful_shutdown_on({
+                let (shutdown, lost, appeared) = (shutdown.clone(), lost.clone(), appeared.clone());
+                async move {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = lost.cancelled() => {}
+                        () = appeared.cancelled() => {}
+                    }
                 }
-            }
-        })
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
-                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
-            }
-        });
-    controller.await;
+            })
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
+                    Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+                }
+            })
+            .await;
+        if let Some(poll) = poll {
+            poll.abort();
+        }
+        if appeared.is_cancelled() && !shutdown.is_cancelled() && !lost.is_cancelled() {
+            tracing::info!("Strimzi's KafkaTopic CRD appeared: watching KafkaTopics");
+            continue;
+        }
+        break;
+    }
     if lost.is_cancelled() {
         return Err(RunError::LeadershipLost);
     }
@@ -139,6 +167,33 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     Ok(())
 }
 
+/// Whether the API server serves Strimzi's `kafkatopics` in `kafka.strimzi.io/v1`. An
+/// error other than "not found" counts as absent too, and is logged: the poll retries.
+async fn strimzi_installed(client: &kube::Client) -> bool {
+    match client.list_api_group_resources("kafka.strimzi.io/v1").await {
+        Ok(list) => list.resources.iter().any(|r| r.name == "kafkatopics"),
+        Err(kube::Error::Api(status)) if status.code == 404 => false,
+        Err(error) => {
+            tracing::warn!(%error, "cannot discover Strimzi's API");
+            false
+        }
+    }
+}
+
+/// Cancels `appeared` once Strimzi's KafkaTopic CRD is served.
+async fn poll_strimzi(client: kube::Client, appeared: CancellationToken) {
+    loop {
+        tokio::time::sleep(STRIMZI_POLL).await;
+        if strimzi_installed(&client).await {
+            appeared.cancel();
+            return;
+        }
+    }
+}
+
+/// How often an operator without Strimzi checks whether it has been installed.
+const STRIMZI_POLL: Duration = Duration::from_secs(60);
+
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
     K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
@@ -147,6 +202,26 @@ where
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     }
+}
+
+/// `(api group, plural)` of every kind the controller watches (list + watch): the same types
+/// [`controller`] passes to `Controller::new`, `owns` and `watches`.
+pub fn watched_resources() -> Vec<(String, String)> {
+    fn of<K: kube::Resource<DynamicType = ()>>() -> (String, String) {
+        (K::group(&()).into_owned(), K::plural(&()).into_owned())
+    }
+    vec![
+        of::<OddsPipeline>(),
+        of::<ConfigMap>(),
+        of::<Job>(),
+        of::<Deployment>(),
+        of::<Service>(),
+        of::<PodDisruptionBudget>(),
+        of::<HorizontalPodAutoscaler>(),
+        of::<Ingress>(),
+        of::<KafkaTopic>(),
+        of::<Secret>(),
+    ]
 }
 
 /// The controller: pipelines, every kind of child it owns (a child's change reconciles its
@@ -176,9 +251,12 @@ fn controller(
         controller = controller.owns(api::<KafkaTopic>(client, namespace), children);
     }
     // Secrets are referenced, not owned: map a changed Secret to the pipelines using it.
+    // Metadata only: a cluster-wide watch of full Secrets would hold every Secret's data in
+    // memory (Helm release Secrets alone can be ~1 MiB each). The reconcile reads the few
+    // Secrets a pipeline references by name.
     let pipelines = controller.store();
     controller.watches(
-        api::<Secret>(client, namespace),
+        api::<PartialObjectMeta<Secret>>(client, namespace),
         watcher::Config::default(),
         move |secret| {
             let state = pipelines.state();

@@ -5,15 +5,23 @@
 //! status equal to the stored one and the reconciler writes nothing (no hot loop).
 
 use crate::build::{Component, MigrationState};
-use crate::crd::{ComponentStatus, Condition, OddsPipelineStatus};
+use crate::crd::{ComponentStatus, Condition, ConditionType, HeldBack, OddsPipelineStatus, Reason};
 use std::collections::BTreeMap;
+
+/// Why the reconcile could not bring the pipeline into shape: becomes `Degraded=True` with
+/// this reason and message, and a Warning event when it first appears.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: Reason,
+    pub message: String,
+}
 
 /// What the reconcile saw, input of [`compute`].
 #[derive(Clone, Debug, Default)]
 pub struct Observed {
     pub generation: Option<i64>,
-    /// Why the spec was rejected (validation or missing Secrets), if it was.
-    pub invalid: Option<String>,
+    /// What stopped the reconcile (bad spec, refused apply, missing Strimzi), if anything.
+    pub failure: Option<Failure>,
     pub topics_ready: bool,
     /// True when the topics are managed outside Strimzi (assumed to exist).
     pub external_kafka: bool,
@@ -21,7 +29,7 @@ pub struct Observed {
     /// Ready and desired pods per component, from the Deployments as stored.
     pub components: BTreeMap<Component, ComponentStatus>,
     /// Workloads held back, with the reason.
-    pub blocked: Vec<(Component, &'static str)>,
+    pub blocked: Vec<(Component, Reason)>,
     pub web_socket_url: Option<String>,
 }
 
@@ -34,6 +42,19 @@ pub fn component_status(ready: i32, desired: i32) -> ComponentStatus {
     }
 }
 
+/// The `Degraded` cause of `observed`, if any: a reconcile failure first, then a failed
+/// migration.
+pub fn degradation(observed: &Observed) -> Option<Failure> {
+    match (&observed.failure, &observed.migration) {
+        (Some(failure), _) => Some(failure.clone()),
+        (None, MigrationState::Failed(why)) => Some(Failure {
+            reason: Reason::MigrationFailed,
+            message: format!("migration Job failed: {why}"),
+        }),
+        _ => None,
+    }
+}
+
 /// Computes the new status; `previous` supplies stable transition times, `now` the time of
 /// transitions that happen in this reconcile.
 pub fn compute(
@@ -42,21 +63,16 @@ pub fn compute(
     now: &str,
 ) -> OddsPipelineStatus {
     let mut conditions = Vec::new();
-    let mut set = |type_: &str, ok: bool, reason: &str, message: String| {
-        let status = if ok { "True" } else { "False" };
-        let last_transition_time = previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == type_ && c.status == status)
-            .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
-        conditions.push(Condition {
-            type_: type_.into(),
-            status: status.into(),
-            reason: reason.into(),
+    let mut set = |type_: ConditionType, ok: bool, reason: Reason, message: String| {
+        conditions.push(condition(
+            previous,
+            type_,
+            ok,
+            reason,
             message,
-            observed_generation: observed.generation,
-            last_transition_time,
-        });
+            observed.generation,
+            now,
+        ));
     };
 
     let not_ready: Vec<String> = observed
@@ -73,55 +89,73 @@ pub fn compute(
 
     let (topic_reason, topic_message) = match (observed.topics_ready, observed.external_kafka) {
         (true, true) => (
-            "ExternalKafka",
+            Reason::ExternalKafka,
             "topics are managed outside Strimzi".to_string(),
         ),
-        (true, false) => ("TopicsReady", "KafkaTopics are Ready".to_string()),
+        (true, false) => (Reason::TopicsReady, "KafkaTopics are Ready".to_string()),
         (false, _) => (
-            "WaitingForTopic",
+            Reason::WaitingForTopic,
             "waiting for the KafkaTopics to become Ready".to_string(),
         ),
     };
     set(
-        "TopicReady",
+        ConditionType::TopicReady,
         observed.topics_ready,
         topic_reason,
         topic_message,
     );
 
     let (migrated, migration_reason, migration_message) = match &observed.migration {
-        MigrationState::Succeeded => (true, "Migrated", "schema migration succeeded".to_string()),
+        MigrationState::Succeeded => (
+            true,
+            Reason::Migrated,
+            "schema migration succeeded".to_string(),
+        ),
         MigrationState::Pending => (
             false,
-            "MigrationPending",
+            Reason::MigrationPending,
             "schema migration has not finished".to_string(),
         ),
-        MigrationState::Failed(why) => (false, "MigrationFailed", why.clone()),
+        MigrationState::Failed(why) => (false, Reason::MigrationFailed, why.clone()),
     };
-    set("Migrated", migrated, migration_reason, migration_message);
+    set(
+        ConditionType::Migrated,
+        migrated,
+        migration_reason,
+        migration_message,
+    );
 
-    let degraded = match (&observed.invalid, &observed.migration) {
-        (Some(why), _) => Some(("InvalidSpec", why.clone())),
-        (None, MigrationState::Failed(why)) => {
-            Some(("MigrationFailed", format!("migration Job failed: {why}")))
-        }
-        _ => None,
-    };
+    let degraded = degradation(observed);
     match &degraded {
-        Some((reason, message)) => set("Degraded", true, reason, message.clone()),
-        None => set("Degraded", false, "AsExpected", "no problems found".into()),
+        Some(failure) => set(
+            ConditionType::Degraded,
+            true,
+            failure.reason,
+            failure.message.clone(),
+        ),
+        None => set(
+            ConditionType::Degraded,
+            false,
+            Reason::AsExpected,
+            "no problems found".into(),
+        ),
     }
 
     let progressing = degraded.is_none() && (!blocked.is_empty() || !not_ready.is_empty());
     if progressing {
         let mut parts = blocked.clone();
         parts.extend(not_ready.iter().map(|s| format!("{s} ready")));
-        set("Progressing", true, "RollingOut", parts.join(", "));
+        set(
+            ConditionType::Progressing,
+            true,
+            Reason::RollingOut,
+            parts.join(", "),
+        );
     } else {
         set(
-            "Progressing",
+            ConditionType::Progressing,
             false,
-            "Idle",
+            Reason::Idle,
             "nothing is rolling out".into(),
         );
     }
@@ -132,31 +166,37 @@ pub fn compute(
         && blocked.is_empty()
         && not_ready.is_empty();
     let (ready_reason, ready_message) = if ready {
-        ("AllComponentsReady", "every component is ready".to_string())
-    } else if let Some((reason, message)) = &degraded {
-        (*reason, message.clone())
+        (
+            Reason::AllComponentsReady,
+            "every component is ready".to_string(),
+        )
+    } else if let Some(failure) = &degraded {
+        (failure.reason, failure.message.clone())
     } else if !blocked.is_empty() {
-        ("Waiting", blocked.join(", "))
+        (Reason::Waiting, blocked.join(", "))
     } else if !observed.topics_ready {
-        ("WaitingForTopic", "waiting for the KafkaTopics".to_string())
+        (
+            Reason::WaitingForTopic,
+            "waiting for the KafkaTopics".to_string(),
+        )
     } else if !migrated {
         (
-            "MigrationPending",
+            Reason::MigrationPending,
             "waiting for the schema migration".to_string(),
         )
     } else {
         (
-            "ComponentsNotReady",
+            Reason::ComponentsNotReady,
             format!("not ready: {}", not_ready.join(", ")),
         )
     };
-    set("Ready", ready, ready_reason, ready_message);
+    set(ConditionType::Ready, ready, ready_reason, ready_message);
 
     // A paused pipeline never gets here: its status comes from [`paused`].
     set(
-        "ReconciliationPaused",
+        ConditionType::ReconciliationPaused,
         false,
-        "Reconciling",
+        Reason::Reconciling,
         "reconciliation is active".into(),
     );
 
@@ -168,6 +208,39 @@ pub fn compute(
         processor: component(Component::Processor),
         odds_service: component(Component::OddsService),
         web_socket_url: observed.web_socket_url.clone(),
+        held_back: observed
+            .blocked
+            .iter()
+            .map(|(c, why)| HeldBack {
+                component: c.suffix().to_string(),
+                reason: why.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// One condition; its transition time is kept from `previous` while its status stays.
+fn condition(
+    previous: &OddsPipelineStatus,
+    type_: ConditionType,
+    ok: bool,
+    reason: Reason,
+    message: String,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
+    let status = if ok { "True" } else { "False" };
+    let last_transition_time = previous
+        .condition(type_)
+        .filter(|c| c.status == status)
+        .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.as_str().into(),
+        status: status.into(),
+        reason: reason.as_str().into(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
     }
 }
 
@@ -178,29 +251,17 @@ pub fn paused(
     now: &str,
 ) -> OddsPipelineStatus {
     let mut status = previous.clone();
-    let already = status
-        .conditions
-        .iter()
-        .any(|c| c.type_ == "ReconciliationPaused" && c.status == "True");
-    status
-        .conditions
-        .retain(|c| c.type_ != "ReconciliationPaused");
-    let time = if already {
-        previous
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "ReconciliationPaused")
-            .map_or_else(|| now.to_string(), |c| c.last_transition_time.clone())
-    } else {
-        now.to_string()
-    };
-    status.conditions.push(Condition {
-        type_: "ReconciliationPaused".into(),
-        status: "True".into(),
-        reason: "Paused".into(),
-        message: "reconciliation is paused; children are left as they are".into(),
-        observed_generation: generation,
-        last_transition_time: time,
-    });
+    let type_ = ConditionType::ReconciliationPaused;
+    let pause = condition(
+        previous,
+        type_,
+        true,
+        Reason::Paused,
+        "reconciliation is paused; children are left as they are".into(),
+        generation,
+        now,
+    );
+    status.conditions.retain(|c| c.type_ != type_.as_str());
+    status.conditions.push(pause);
     status
 }

@@ -1,12 +1,25 @@
-//! Checks of a pipeline that the reconciler makes before building anything.
+//! Validation: the only way from a raw `OddsPipeline` to the [`ValidPipeline`] the builders take.
 //!
 //! The CRD's CEL rules reject most bad specs at admission, but a cluster may run the CRD
 //! without them (old API server, `--validate=false`, a CRD applied by hand), and some rules
-//! need observed state (partitions may not shrink below the existing topic's). A failure here
-//! becomes a `Degraded` condition and a Warning event, never a crash or a retry loop.
+//! need observed state (partitions may not shrink below the existing topic's, referenced
+//! Secrets must exist). A failure here becomes a `Degraded` condition and a Warning event,
+//! never a crash or a retry loop. What passes is turned into types that cannot express the
+//! invalid cases (one Kafka source, one supplier), so the builders never re-check the spec.
 
-use crate::build::Facts;
-use crate::crd::{ComponentSpec, OddsPipelineSpec};
+use crate::build::{Component, Facts};
+use crate::crd::{
+    ComponentSpec, ImageSpec, OddsPipeline, OddsServiceSpec, SecretKeyRef, SimulatorSpec, TopicSpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::{Resource, ResourceExt};
+
+/// Longest pipeline name: the migration Job is `<name>-migrate-<10 hex>` and Job names are
+/// label values (at most 63 characters).
+pub const MAX_NAME_LENGTH: usize = 44;
+/// Annotation whose value goes into the migration Job's name: changing it (e.g. to the
+/// current time) starts a new migration Job after a failed one.
+pub const RETRY_MIGRATION_ANNOTATION: &str = "odds-pipeline.github.io/retry-migration";
 
 /// Everything wrong with a spec, one message per problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -15,17 +28,125 @@ pub struct InvalidSpec {
     pub problems: Vec<String>,
 }
 
-/// Validates `spec` against the rules and what the cluster already has.
-pub fn validate(spec: &OddsPipelineSpec, facts: &Facts) -> Result<(), InvalidSpec> {
+/// Where the pipeline's Kafka is.
+#[derive(Clone, Debug, PartialEq)]
+pub enum KafkaSource {
+    /// A Strimzi `Kafka` in the pipeline's namespace: the operator creates the topics.
+    Strimzi { cluster: String },
+    /// Brokers managed elsewhere: the topics must exist.
+    External { bootstrap_servers: String },
+}
+
+/// Where the odds come from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Supplier {
+    External { url: String },
+    Simulator(SimulatorSpec),
+}
+
+/// A pipeline that passed [`validate`], with the facts it was validated against.
+#[derive(Clone, Debug)]
+pub struct ValidPipeline {
+    pub name: String,
+    pub namespace: String,
+    /// The controller owner reference children carry (absent only for a pipeline that was
+    /// never stored, as in pure builder tests without a uid).
+    pub owner: Option<OwnerReference>,
+    pub image: ImageSpec,
+    pub kafka: KafkaSource,
+    pub topic: TopicSpec,
+    pub dlq_topic: TopicSpec,
+    pub supplier: Supplier,
+    pub redis_url: SecretKeyRef,
+    pub postgres_url: SecretKeyRef,
+    pub postgres_read_url: Option<SecretKeyRef>,
+    pub ingest: ComponentSpec,
+    pub processor: ComponentSpec,
+    pub odds_service: OddsServiceSpec,
+    /// Value of [`RETRY_MIGRATION_ANNOTATION`], if set.
+    pub migration_retry: Option<String>,
+    pub facts: Facts,
+}
+
+impl ValidPipeline {
+    /// The spec section of a component (the simulator uses defaults: one small pod).
+    pub fn component(&self, component: Component) -> ComponentSpec {
+        match component {
+            Component::Simulator => ComponentSpec::default(),
+            Component::Ingest => self.ingest.clone(),
+            Component::Processor => self.processor.clone(),
+            Component::OddsService => self.odds_service.workload.clone(),
+        }
+    }
+
+    /// The components this pipeline runs, in start order.
+    pub fn components(&self) -> Vec<Component> {
+        let mut out = Vec::new();
+        if matches!(self.supplier, Supplier::Simulator(_)) {
+            out.push(Component::Simulator);
+        }
+        out.extend([
+            Component::Ingest,
+            Component::Processor,
+            Component::OddsService,
+        ]);
+        out
+    }
+
+    /// The Secret keys a component's pods read, as `(env var, Secret key)`.
+    pub fn secret_env(&self, component: Component) -> Vec<(&'static str, &SecretKeyRef)> {
+        use odds_contracts::env;
+        let mut out = Vec::new();
+        match component {
+            Component::Simulator | Component::Ingest => {}
+            Component::Processor => {
+                out.push((env::DATABASE_URL, &self.postgres_url));
+                out.push((env::REDIS_URL, &self.redis_url));
+            }
+            Component::OddsService => {
+                out.push((env::DATABASE_URL, &self.postgres_url));
+                out.push((env::REDIS_URL, &self.redis_url));
+                if let Some(read) = &self.postgres_read_url {
+                    out.push((env::DATABASE_READ_URL, read));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Validates `pipeline` against the rules and what the cluster already has (`facts`).
+pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline, InvalidSpec> {
+    let spec = &pipeline.spec;
     let mut problems = Vec::new();
+    let name = pipeline.name_any();
+    if let Some(problem) = name_problem(&name) {
+        problems.push(problem);
+    }
+    let namespace = pipeline.namespace().unwrap_or_default();
     let kafka = &spec.kafka;
-    if kafka.cluster_ref.is_some() == kafka.bootstrap_servers.is_some() {
-        problems.push("set exactly one of kafka.clusterRef and kafka.bootstrapServers".into());
-    }
-    let simulator = spec.supplier.simulator.as_ref().is_some_and(|s| s.enabled);
-    if spec.supplier.url.is_some() == simulator {
-        problems.push("set exactly one of supplier.url and an enabled supplier.simulator".into());
-    }
+    let source = match (&kafka.cluster_ref, &kafka.bootstrap_servers) {
+        (Some(cluster), None) => Some(KafkaSource::Strimzi {
+            cluster: cluster.clone(),
+        }),
+        (None, Some(servers)) => Some(KafkaSource::External {
+            bootstrap_servers: servers.clone(),
+        }),
+        _ => {
+            problems.push("set exactly one of kafka.clusterRef and kafka.bootstrapServers".into());
+            None
+        }
+    };
+    let supplier = match (&spec.supplier.url, &spec.supplier.simulator) {
+        (Some(url), None) => Some(Supplier::External { url: url.clone() }),
+        (Some(url), Some(sim)) if !sim.enabled => Some(Supplier::External { url: url.clone() }),
+        (None, Some(sim)) if sim.enabled => Some(Supplier::Simulator(sim.clone())),
+        _ => {
+            problems
+                .push("set exactly one of supplier.url and an enabled supplier.simulator".into());
+            None
+        }
+    };
     if kafka.topic.partitions < 1 {
         problems.push("kafka.topic.partitions must be at least 1".into());
     }
@@ -36,6 +157,14 @@ pub fn validate(spec: &OddsPipelineSpec, facts: &Facts) -> Result<(), InvalidSpe
                 kafka.topic.partitions
             ));
         }
+    }
+    if crate::build::topic::kube_name(&kafka.topic.name)
+        == crate::build::topic::kube_name(&kafka.dlq_topic.name)
+    {
+        problems.push(format!(
+            "kafka.topic.name ({}) and kafka.dlqTopic.name ({}) differ only by case, `_` or `.`: they would be one KafkaTopic",
+            kafka.topic.name, kafka.dlq_topic.name
+        ));
     }
     let processor_max = spec
         .processor
@@ -55,10 +184,76 @@ pub fn validate(spec: &OddsPipelineSpec, facts: &Facts) -> Result<(), InvalidSpe
     ] {
         check_component(name, component, &mut problems);
     }
-    if problems.is_empty() {
-        Ok(())
+    let mut refs = vec![&spec.redis.url_secret_ref, &spec.postgres.url_secret_ref];
+    refs.extend(spec.postgres.read_url_secret_ref.as_ref());
+    let mut missing = Vec::new();
+    for reference in refs {
+        match facts.secrets.get(&reference.name) {
+            None => missing.push(reference.name.clone()),
+            Some(keys) if !keys.contains_key(&reference.key) => problems.push(format!(
+                "Secret {} has no key {}",
+                reference.name, reference.key
+            )),
+            Some(_) => {}
+        }
+    }
+    missing.sort();
+    missing.dedup();
+    if !missing.is_empty() {
+        problems.push(format!("missing Secret(s): {}", missing.join(", ")));
+    }
+
+    match (source, supplier) {
+        (Some(kafka), Some(supplier)) if problems.is_empty() => {
+            let mut owner = pipeline.controller_owner_ref(&());
+            if let Some(owner) = owner.as_mut() {
+                owner.block_owner_deletion = Some(true);
+            }
+            Ok(ValidPipeline {
+                name,
+                namespace,
+                owner,
+                image: spec.image.clone(),
+                kafka,
+                topic: spec.kafka.topic.clone(),
+                dlq_topic: spec.kafka.dlq_topic.clone(),
+                supplier,
+                redis_url: spec.redis.url_secret_ref.clone(),
+                postgres_url: spec.postgres.url_secret_ref.clone(),
+                postgres_read_url: spec.postgres.read_url_secret_ref.clone(),
+                ingest: spec.ingest.clone(),
+                processor: spec.processor.clone(),
+                odds_service: spec.odds_service.clone(),
+                migration_retry: pipeline
+                    .annotations()
+                    .get(RETRY_MIGRATION_ANNOTATION)
+                    .cloned(),
+                facts: facts.clone(),
+            })
+        }
+        _ => Err(InvalidSpec { problems }),
+    }
+}
+
+/// Why `name` cannot name a pipeline, if it cannot: it becomes Service names (DNS-1035
+/// labels), label values and the migration Job's name. The CRD has the same rule in CEL.
+pub fn name_problem(name: &str) -> Option<String> {
+    let dns_1035 = name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !name.ends_with('-');
+    if name.len() > MAX_NAME_LENGTH {
+        Some(format!(
+            "metadata.name must be at most {MAX_NAME_LENGTH} characters (has {})",
+            name.len()
+        ))
+    } else if !dns_1035 {
+        Some(format!(
+            "metadata.name {name:?} must be lower-case letters, digits and '-', start with a letter and end with a letter or digit"
+        ))
     } else {
-        Err(InvalidSpec { problems })
+        None
     }
 }
 
@@ -71,6 +266,31 @@ fn check_component(name: &str, spec: &ComponentSpec, problems: &mut Vec<String>)
             problems.push(format!(
                 "{name}.autoscaling needs 1 <= minReplicas ({}) <= maxReplicas ({})",
                 scaling.min_replicas, scaling.max_replicas
+            ));
+        }
+        let has_cpu_request = spec
+            .resources
+            .as_ref()
+            .and_then(|r| r.requests.as_ref())
+            .is_some_and(|r| r.contains_key("cpu"));
+        if !has_cpu_request {
+            problems.push(format!(
+                "{name}.autoscaling scales on CPU utilisation, which needs {name}.resources.requests.cpu"
+            ));
+        }
+    }
+    let mut names: Vec<&str> = spec
+        .pod_overrides
+        .env
+        .iter()
+        .map(|e| e.name.as_str())
+        .collect();
+    names.sort_unstable();
+    for pair in names.windows(2) {
+        if pair[0] == pair[1] {
+            problems.push(format!(
+                "{name}.podOverrides.env sets {} more than once",
+                pair[0]
             ));
         }
     }

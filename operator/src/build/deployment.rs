@@ -6,7 +6,8 @@
 
 use super::{configmap, metadata, selector_labels, Component, CONFIG_HASH_ANNOTATION};
 use super::{API_PORT, OPS_PORT, SIMULATOR_PORT};
-use crate::crd::{ComponentSpec, OddsPipeline, SecretKeyRef};
+use crate::crd::{ComponentSpec, SecretKeyRef};
+use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapEnvSource, Container, ContainerPort, EmptyDirVolumeSource,
@@ -16,40 +17,17 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use odds_contracts::env;
 use std::collections::BTreeMap;
 
-/// The components this pipeline runs, in start order.
-pub fn components(pipeline: &OddsPipeline) -> Vec<Component> {
-    let mut out = Vec::new();
-    if configmap::simulator_enabled(pipeline) {
-        out.push(Component::Simulator);
-    }
-    out.extend([
-        Component::Ingest,
-        Component::Processor,
-        Component::OddsService,
-    ]);
-    out
-}
-
-/// The spec section of a component (the simulator uses defaults: one small pod).
-pub fn component_spec(pipeline: &OddsPipeline, component: Component) -> ComponentSpec {
-    match component {
-        Component::Simulator => ComponentSpec::default(),
-        Component::Ingest => pipeline.spec.ingest.clone(),
-        Component::Processor => pipeline.spec.processor.clone(),
-        Component::OddsService => pipeline.spec.odds_service.workload.clone(),
-    }
-}
-
 /// Whether an autoscaler owns the component's replica count.
-pub fn autoscaled(pipeline: &OddsPipeline, component: Component) -> bool {
-    component_spec(pipeline, component).autoscaling.is_some()
+pub fn autoscaled(pipeline: &ValidPipeline, component: Component) -> bool {
+    pipeline.component(component).autoscaling.is_some()
 }
 
 /// Builds the Deployment of `component`. `config_hash` goes on the pod template.
-pub fn build(pipeline: &OddsPipeline, component: Component, config_hash: &str) -> Deployment {
-    let spec = component_spec(pipeline, component);
+pub fn build(pipeline: &ValidPipeline, component: Component, config_hash: &str) -> Deployment {
+    let spec = pipeline.component(component);
     let labels = super::labels(pipeline, component.suffix());
     let pod_meta = ObjectMeta {
         labels: Some(labels),
@@ -63,7 +41,8 @@ pub fn build(pipeline: &OddsPipeline, component: Component, config_hash: &str) -
     Deployment {
         metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
         spec: Some(DeploymentSpec {
-            // Left out while an HPA owns it, so server-side apply never fights the autoscaler.
+            // Left out while an HPA owns it, so server-side apply never fights the autoscaler
+            // (`crate::apply` hands the field over without a drop to one replica).
             replicas: (!autoscaled(pipeline, component)).then_some(spec.replicas),
             selector: LabelSelector {
                 match_labels: Some(selector_labels(pipeline, component.suffix())),
@@ -95,7 +74,7 @@ pub fn build(pipeline: &OddsPipeline, component: Component, config_hash: &str) -
     }
 }
 
-fn container(pipeline: &OddsPipeline, component: Component, spec: &ComponentSpec) -> Container {
+fn container(pipeline: &ValidPipeline, component: Component, spec: &ComponentSpec) -> Container {
     let mut ports = vec![port("metrics", OPS_PORT)];
     match component {
         Component::OddsService => ports.insert(0, port("http", API_PORT)),
@@ -104,12 +83,12 @@ fn container(pipeline: &OddsPipeline, component: Component, spec: &ComponentSpec
     }
     Container {
         name: component.suffix().into(),
-        image: Some(pipeline.spec.image.reference()),
-        image_pull_policy: Some(pipeline.spec.image.pull_policy.as_str().into()),
+        image: Some(pipeline.image.reference()),
+        image_pull_policy: Some(pipeline.image.pull_policy.as_str().into()),
         command: Some(vec![component.binary().into()]),
         env_from: Some(vec![EnvFromSource {
             config_map_ref: Some(ConfigMapEnvSource {
-                name: configmap::name(pipeline),
+                name: configmap::name_in(&pipeline.name),
                 optional: Some(false),
             }),
             ..EnvFromSource::default()
@@ -129,32 +108,39 @@ fn container(pipeline: &OddsPipeline, component: Component, spec: &ComponentSpec
     }
 }
 
-/// Per-container env: listen addresses, Secret references, then the user's extra env (which
-/// wins over ours when names clash).
-fn env(pipeline: &OddsPipeline, component: Component, spec: &ComponentSpec) -> Vec<EnvVar> {
-    let p = &pipeline.spec;
+/// Per-container env: listen addresses and Secret references, merged with the user's
+/// `podOverrides.env` by name. The merge is deterministic: the operator's entries keep their
+/// order, a user entry with the same name replaces the operator's in place, and the user's
+/// other entries follow in the order given. The result never holds a name twice (the
+/// container's `env` is a list map keyed by name under server-side apply, which rejects
+/// duplicates).
+fn env(pipeline: &ValidPipeline, component: Component, spec: &ComponentSpec) -> Vec<EnvVar> {
     let mut env = Vec::new();
     match component {
-        Component::Simulator => env.push(value("LISTEN_ADDR", format!("0.0.0.0:{SIMULATOR_PORT}"))),
-        Component::Ingest => {}
-        Component::Processor => {
-            env.push(secret_env("DATABASE_URL", &p.postgres.url_secret_ref));
-            env.push(secret_env("REDIS_URL", &p.redis.url_secret_ref));
+        Component::Simulator => {
+            env.push(value(env::LISTEN_ADDR, format!("0.0.0.0:{SIMULATOR_PORT}")))
         }
         Component::OddsService => {
-            env.push(value("LISTEN_ADDR", format!("0.0.0.0:{API_PORT}")));
-            env.push(secret_env("DATABASE_URL", &p.postgres.url_secret_ref));
-            env.push(secret_env("REDIS_URL", &p.redis.url_secret_ref));
-            if let Some(read) = &p.postgres.read_url_secret_ref {
-                env.push(secret_env("DATABASE_READ_URL", read));
-            }
+            env.push(value(env::LISTEN_ADDR, format!("0.0.0.0:{API_PORT}")));
+        }
+        Component::Ingest | Component::Processor => {}
+    }
+    for (name, secret) in pipeline.secret_env(component) {
+        env.push(secret_env(name, secret));
+    }
+    merge_env(env, &spec.pod_overrides.env)
+}
+
+/// `ours` with `theirs` merged in by name (see [`env`]); a name the user repeats keeps its
+/// last entry.
+pub fn merge_env(mut ours: Vec<EnvVar>, theirs: &[EnvVar]) -> Vec<EnvVar> {
+    for extra in theirs {
+        match ours.iter_mut().find(|e| e.name == extra.name) {
+            Some(existing) => *existing = extra.clone(),
+            None => ours.push(extra.clone()),
         }
     }
-    for extra in &spec.pod_overrides.env {
-        env.retain(|e| e.name != extra.name);
-        env.push(extra.clone());
-    }
-    env
+    ours
 }
 
 fn value(name: &str, value: String) -> EnvVar {

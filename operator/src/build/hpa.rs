@@ -5,19 +5,20 @@
 //! `maxReplicas` by it), and extra ingest replicas only duplicate the feed, which the
 //! version-guarded processor absorbs.
 
-use super::{deployment, metadata};
-use crate::crd::OddsPipeline;
+use super::metadata;
+use crate::validate::ValidPipeline;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
 
 /// One autoscaler per component with `autoscaling`.
-pub fn build(pipeline: &OddsPipeline) -> Vec<HorizontalPodAutoscaler> {
-    deployment::components(pipeline)
+pub fn build(pipeline: &ValidPipeline) -> Vec<HorizontalPodAutoscaler> {
+    pipeline
+        .components()
         .into_iter()
         .filter_map(|component| {
-            let scaling = deployment::component_spec(pipeline, component).autoscaling?;
+            let scaling = pipeline.component(component).autoscaling?;
             Some(HorizontalPodAutoscaler {
                 metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
                 spec: Some(HorizontalPodAutoscalerSpec {

@@ -1,15 +1,15 @@
 //! Optional Ingress to the odds service (REST and WebSocket on one host).
 
 use super::{metadata, Component};
-use crate::crd::OddsPipeline;
+use crate::validate::ValidPipeline;
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, ServiceBackendPort,
 };
 
 /// The Ingress, if the spec asks for one.
-pub fn build(pipeline: &OddsPipeline) -> Option<Ingress> {
-    let ingress = pipeline.spec.odds_service.ingress.as_ref()?;
+pub fn build(pipeline: &ValidPipeline) -> Option<Ingress> {
+    let ingress = pipeline.odds_service.ingress.as_ref()?;
     let component = Component::OddsService;
     Some(Ingress {
         metadata: metadata(pipeline, component.name(pipeline), component.suffix()),

@@ -7,35 +7,39 @@
 //! become a new Job rather than an apply the API server rejects forever. Migrations are
 //! idempotent, so such an extra run is harmless. Processor and odds-service roll out only
 //! after it succeeded.
+//!
+//! A Job that failed stays failed (its pods' logs are the evidence). Recovery is an explicit
+//! user action: setting or changing the pipeline's `odds-pipeline.github.io/retry-migration`
+//! annotation puts its value into the hash, so a new Job runs; the failed one is pruned once
+//! a newer one succeeded.
 
 use super::deployment::{pod_security_context, secret_env, security_context};
 use super::{metadata, short_hex, Component};
-use crate::crd::OddsPipeline;
+use crate::validate::ValidPipeline;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
     Container, EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 
 /// Name of the migration Job for the pipeline's current image.
-pub fn name(pipeline: &OddsPipeline) -> String {
+pub fn name(pipeline: &ValidPipeline) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(pipeline.spec.image.reference().as_bytes());
+    hasher.update(pipeline.image.reference().as_bytes());
     hasher.update(format!("\nschema {}\n", odds_schema::latest_version()).as_bytes());
+    // Only when set, so that pipelines that never retried keep their Job names.
+    if let Some(retry) = &pipeline.migration_retry {
+        hasher.update(format!("retry {retry}\n").as_bytes());
+    }
     // Serializing k8s-openapi types cannot fail; an empty hash input would still be stable.
     hasher.update(serde_json::to_vec(&template(pipeline)).unwrap_or_default());
     let digest = hasher.finalize();
-    format!(
-        "{}-migrate-{}",
-        pipeline.name_any(),
-        &short_hex(&digest)[..10]
-    )
+    format!("{}-migrate-{}", pipeline.name, &short_hex(&digest)[..10])
 }
 
 /// Builds the Job.
-pub fn build(pipeline: &OddsPipeline) -> Job {
+pub fn build(pipeline: &ValidPipeline) -> Job {
     Job {
         metadata: metadata(pipeline, name(pipeline), COMPONENT),
         spec: Some(JobSpec {
@@ -50,7 +54,7 @@ pub fn build(pipeline: &OddsPipeline) -> Job {
 const COMPONENT: &str = "migration";
 
 /// The Job's pod: the processor binary's `migrate` command with the read-write database URL.
-fn template(pipeline: &OddsPipeline) -> PodTemplateSpec {
+fn template(pipeline: &ValidPipeline) -> PodTemplateSpec {
     let pod_meta = ObjectMeta {
         labels: Some(super::labels(pipeline, COMPONENT)),
         ..ObjectMeta::default()
@@ -62,12 +66,12 @@ fn template(pipeline: &OddsPipeline) -> PodTemplateSpec {
             security_context: Some(pod_security_context()),
             containers: vec![Container {
                 name: "migrate".into(),
-                image: Some(pipeline.spec.image.reference()),
-                image_pull_policy: Some(pipeline.spec.image.pull_policy.as_str().into()),
+                image: Some(pipeline.image.reference()),
+                image_pull_policy: Some(pipeline.image.pull_policy.as_str().into()),
                 command: Some(vec![Component::Processor.binary().into(), "migrate".into()]),
                 env: Some(vec![secret_env(
-                    "DATABASE_URL",
-                    &pipeline.spec.postgres.url_secret_ref,
+                    odds_contracts::env::DATABASE_URL,
+                    &pipeline.postgres_url,
                 )]),
                 security_context: Some(security_context()),
                 volume_mounts: Some(vec![VolumeMount {

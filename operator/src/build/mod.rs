@@ -1,9 +1,9 @@
-//! Pure builders: from a pipeline's spec and the facts observed in the cluster to every child
-//! object, with no I/O.
+//! Pure builders: from a [`ValidPipeline`] to every child object, with no I/O.
 //!
 //! Keeping the "what should exist" decision free of I/O is what makes it testable without a
 //! cluster (golden files, property checks) and keeps the reconciler a thin loop of
-//! dereference → validate → build → apply → status. One module per kind of child.
+//! dereference → validate → build → apply → status. The builders take only what validation
+//! produced, so they never meet a spec that breaks a rule. One module per kind of child.
 
 pub mod configmap;
 pub mod deployment;
@@ -14,15 +14,15 @@ pub mod pdb;
 pub mod service;
 pub mod topic;
 
-use crate::crd::OddsPipeline;
+use crate::crd::Reason;
+use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use kube::{Resource, ResourceExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
@@ -69,22 +69,26 @@ impl Component {
         }
     }
 
+    /// Name of this component's children (Deployment, PDB, Service...) in pipeline `name`.
+    pub fn name_in(self, pipeline: &str) -> String {
+        format!("{pipeline}-{}", self.suffix())
+    }
+
     /// Name of this component's children (Deployment, PDB, Service...).
-    pub fn name(self, pipeline: &OddsPipeline) -> String {
-        format!("{}-{}", pipeline.name_any(), self.suffix())
+    pub fn name(self, pipeline: &ValidPipeline) -> String {
+        self.name_in(&pipeline.name)
     }
 }
 
-/// What the reconciler observed before building: facts the spec alone does not give.
+/// What the reconciler observed before validating: facts the spec alone does not give.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Facts {
-    /// `resourceVersion` of each referenced Secret that exists, by Secret name. A change of
-    /// a Secret changes the config hash, which rolls the pods that read it.
-    pub secret_versions: BTreeMap<String, String>,
+    /// Referenced Secrets that exist, by name: for each key, a digest of its value. Only
+    /// the digests of keys a component reads go into its config hash, so rotating a
+    /// credential rolls exactly the pods that use it, and a label edit rolls nothing.
+    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
     /// Whether the updates and DLQ topics are usable (Strimzi `Ready`, or external Kafka).
     pub topics_ready: bool,
-    /// Outcome of this image's migration Job.
-    pub migration: MigrationState,
     /// Partition count of the existing updates `KafkaTopic`, if one exists.
     pub existing_partitions: Option<i32>,
 }
@@ -113,13 +117,12 @@ pub struct Children {
     pub hpas: Vec<HorizontalPodAutoscaler>,
     pub ingress: Option<Ingress>,
     /// Workloads held back, with the reason (`WaitingForTopic`, `WaitingForMigration`).
-    pub blocked: Vec<(Component, &'static str)>,
+    pub blocked: Vec<(Component, Reason)>,
 }
 
-/// Builds every child of `pipeline` given `facts`.
-pub fn children(pipeline: &OddsPipeline, facts: &Facts) -> Children {
+/// Builds every child of `pipeline`; `migration` is the state of its migration Job.
+pub fn children(pipeline: &ValidPipeline, migration: &MigrationState) -> Children {
     let config_map = configmap::build(pipeline);
-    let hash = config_hash(&config_map, facts);
     let mut out = Children {
         topics: topic::build(pipeline),
         migration_job: Some(job::build(pipeline)),
@@ -127,38 +130,40 @@ pub fn children(pipeline: &OddsPipeline, facts: &Facts) -> Children {
         pdbs: pdb::build(pipeline),
         hpas: hpa::build(pipeline),
         ingress: ingress::build(pipeline),
-        config_map: Some(config_map),
         ..Children::default()
     };
-    for component in deployment::components(pipeline) {
-        match gate(component, facts) {
+    for component in pipeline.components() {
+        match gate(component, pipeline.facts.topics_ready, migration) {
             Some(reason) => out.blocked.push((component, reason)),
-            None => out
-                .deployments
-                .push(deployment::build(pipeline, component, &hash)),
+            None => {
+                let hash = config_hash(pipeline, &config_map, component);
+                out.deployments
+                    .push(deployment::build(pipeline, component, &hash));
+            }
         }
     }
+    out.config_map = Some(config_map);
     out
 }
 
 /// Why `component` must wait, if it must.
-fn gate(component: Component, facts: &Facts) -> Option<&'static str> {
+fn gate(component: Component, topics_ready: bool, migration: &MigrationState) -> Option<Reason> {
     let needs_topic = matches!(
         component,
         Component::Ingest | Component::Processor | Component::OddsService
     );
     let needs_schema = matches!(component, Component::Processor | Component::OddsService);
-    if needs_topic && !facts.topics_ready {
-        Some("WaitingForTopic")
-    } else if needs_schema && facts.migration != MigrationState::Succeeded {
-        Some("WaitingForMigration")
+    if needs_topic && !topics_ready {
+        Some(Reason::WaitingForTopic)
+    } else if needs_schema && migration != &MigrationState::Succeeded {
+        Some(Reason::WaitingForMigration)
     } else {
         None
     }
 }
 
 /// The labels every child carries; the selector uses the stable subset.
-pub fn labels(pipeline: &OddsPipeline, component: &str) -> BTreeMap<String, String> {
+pub fn labels(pipeline: &ValidPipeline, component: &str) -> BTreeMap<String, String> {
     let mut labels = selector_labels(pipeline, component);
     labels.insert(
         "app.kubernetes.io/managed-by".into(),
@@ -167,13 +172,13 @@ pub fn labels(pipeline: &OddsPipeline, component: &str) -> BTreeMap<String, Stri
     labels.insert("app.kubernetes.io/part-of".into(), "odds-pipeline".into());
     labels.insert(
         "app.kubernetes.io/version".into(),
-        label_safe(&pipeline.spec.image.tag),
+        label_safe(&pipeline.image.tag),
     );
     labels
 }
 
 /// Labels that identify one component's pods (never change: selectors are immutable).
-pub fn selector_labels(pipeline: &OddsPipeline, component: &str) -> BTreeMap<String, String> {
+pub fn selector_labels(pipeline: &ValidPipeline, component: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_string(),
@@ -181,7 +186,7 @@ pub fn selector_labels(pipeline: &OddsPipeline, component: &str) -> BTreeMap<Str
         ),
         (
             "app.kubernetes.io/instance".to_string(),
-            pipeline.name_any(),
+            pipeline.name.clone(),
         ),
         (
             "app.kubernetes.io/component".to_string(),
@@ -192,21 +197,14 @@ pub fn selector_labels(pipeline: &OddsPipeline, component: &str) -> BTreeMap<Str
 
 /// Metadata of a child: name, namespace, labels, and the controller owner reference that
 /// makes Kubernetes garbage-collect it with the pipeline.
-pub fn metadata(pipeline: &OddsPipeline, name: String, component: &str) -> ObjectMeta {
+pub fn metadata(pipeline: &ValidPipeline, name: String, component: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name),
-        namespace: pipeline.namespace(),
+        namespace: Some(pipeline.namespace.clone()),
         labels: Some(labels(pipeline, component)),
-        owner_references: owner_reference(pipeline).map(|r| vec![r]),
+        owner_references: pipeline.owner.clone().map(|r| vec![r]),
         ..ObjectMeta::default()
     }
-}
-
-/// The controller owner reference (absent only for a pipeline that was never stored).
-pub fn owner_reference(pipeline: &OddsPipeline) -> Option<OwnerReference> {
-    let mut reference = pipeline.controller_owner_ref(&())?;
-    reference.block_owner_deletion = Some(true);
-    Some(reference)
 }
 
 /// Label values allow 63 characters of `[A-Za-z0-9._-]`.
@@ -224,8 +222,12 @@ fn label_safe(value: &str) -> String {
         .collect()
 }
 
-/// Hash of the pods' configuration: the ConfigMap's data and the referenced Secrets' versions.
-fn config_hash(config_map: &ConfigMap, facts: &Facts) -> String {
+/// Hash of what `component`'s pods read at start-up and never re-read: the ConfigMap's data
+/// (every pod loads all of it with `envFrom`) and the values of the Secret keys this
+/// component references (as digests; a Secret's labels, annotations or other keys do not
+/// count). A change of the hash rolls the pods. Replicas, resources and the image are not in
+/// it: a change to those rolls the pods through the template itself.
+fn config_hash(pipeline: &ValidPipeline, config_map: &ConfigMap, component: Component) -> String {
     let mut hasher = Sha256::new();
     for (key, value) in config_map.data.iter().flatten() {
         hasher.update(key.as_bytes());
@@ -233,8 +235,16 @@ fn config_hash(config_map: &ConfigMap, facts: &Facts) -> String {
         hasher.update(value.as_bytes());
         hasher.update(b"\n");
     }
-    for (secret, version) in &facts.secret_versions {
-        hasher.update(format!("secret {secret}@{version}\n").as_bytes());
+    for (env, secret) in pipeline.secret_env(component) {
+        let digest = pipeline
+            .facts
+            .secrets
+            .get(&secret.name)
+            .and_then(|keys| keys.get(&secret.key))
+            .map_or("", String::as_str);
+        hasher.update(
+            format!("{env} <- secret {}/{}: {digest}\n", secret.name, secret.key).as_bytes(),
+        );
     }
     short_hex(&hasher.finalize())
 }

@@ -1,8 +1,9 @@
 //! Services: the odds service's (the pipeline's "API gateway": HTTP, WebSocket, metrics)
 //! and, with the simulator enabled, the simulator feed's.
 
-use super::{configmap, metadata, selector_labels, Component, OPS_PORT, SIMULATOR_PORT};
+use super::{metadata, selector_labels, Component, OPS_PORT, SIMULATOR_PORT};
 use crate::crd::OddsPipeline;
+use crate::validate::{Supplier, ValidPipeline};
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::ResourceExt;
@@ -11,15 +12,15 @@ use kube::ResourceExt;
 pub fn web_socket_url(pipeline: &OddsPipeline) -> String {
     format!(
         "ws://{}.{}.svc:{}/ws/odds",
-        Component::OddsService.name(pipeline),
+        Component::OddsService.name_in(&pipeline.name_any()),
         pipeline.namespace().unwrap_or_else(|| "default".into()),
         pipeline.spec.odds_service.service.port
     )
 }
 
 /// Builds the Services.
-pub fn build(pipeline: &OddsPipeline) -> Vec<Service> {
-    let exposure = &pipeline.spec.odds_service.service;
+pub fn build(pipeline: &ValidPipeline) -> Vec<Service> {
+    let exposure = &pipeline.odds_service.service;
     let mut out = vec![service(
         pipeline,
         Component::OddsService,
@@ -29,7 +30,7 @@ pub fn build(pipeline: &OddsPipeline) -> Vec<Service> {
             service_port("metrics", OPS_PORT, "metrics"),
         ],
     )];
-    if configmap::simulator_enabled(pipeline) {
+    if matches!(pipeline.supplier, Supplier::Simulator(_)) {
         out.push(service(
             pipeline,
             Component::Simulator,
@@ -41,7 +42,7 @@ pub fn build(pipeline: &OddsPipeline) -> Vec<Service> {
 }
 
 fn service(
-    pipeline: &OddsPipeline,
+    pipeline: &ValidPipeline,
     component: Component,
     type_: &str,
     ports: Vec<ServicePort>,

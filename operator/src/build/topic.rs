@@ -5,7 +5,8 @@
 //! it with the in-memory API. Only created when the pipeline references a Strimzi cluster.
 
 use super::metadata;
-use crate::crd::{OddsPipeline, TopicSpec};
+use crate::crd::TopicSpec;
+use crate::validate::{KafkaSource, ValidPipeline};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -71,25 +72,31 @@ impl KafkaTopic {
     }
 }
 
-/// Kubernetes name of the KafkaTopic for a topic (`_` is not allowed in names).
-pub fn resource_name(pipeline: &OddsPipeline, topic: &TopicSpec) -> String {
-    use kube::ResourceExt;
-    format!(
-        "{}-{}",
-        pipeline.name_any(),
-        topic.name.to_lowercase().replace(['_', '.'], "-")
-    )
+/// Kubernetes name of the KafkaTopic for topic `topic` of pipeline `pipeline`.
+pub fn resource_name(pipeline: &str, topic: &TopicSpec) -> String {
+    format!("{pipeline}-{}", kube_name(&topic.name))
+}
+
+/// A Kafka topic name as a Kubernetes name: `_` and `.` are not allowed there, nor upper
+/// case. Two topics with the same `kube_name` would be one KafkaTopic, so validation
+/// rejects that.
+pub fn kube_name(topic: &str) -> String {
+    topic.to_lowercase().replace(['_', '.'], "-")
 }
 
 /// The updates topic and the DLQ, when a Strimzi cluster is referenced; none otherwise.
-pub fn build(pipeline: &OddsPipeline) -> Vec<KafkaTopic> {
-    let Some(cluster) = &pipeline.spec.kafka.cluster_ref else {
+pub fn build(pipeline: &ValidPipeline) -> Vec<KafkaTopic> {
+    let KafkaSource::Strimzi { cluster } = &pipeline.kafka else {
         return Vec::new();
     };
-    [&pipeline.spec.kafka.topic, &pipeline.spec.kafka.dlq_topic]
+    [&pipeline.topic, &pipeline.dlq_topic]
         .into_iter()
         .map(|topic| {
-            let mut meta = metadata(pipeline, resource_name(pipeline, topic), "kafka-topic");
+            let mut meta = metadata(
+                pipeline,
+                resource_name(&pipeline.name, topic),
+                "kafka-topic",
+            );
             meta.labels
                 .get_or_insert_with(BTreeMap::new)
                 .insert(STRIMZI_CLUSTER_LABEL.into(), cluster.clone());

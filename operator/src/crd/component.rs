@@ -9,6 +9,9 @@ use std::collections::BTreeMap;
 
 /// Settings every workload has.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(
+    "!has(self.autoscaling) || (has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)"
+).message("autoscaling scales on CPU utilisation of the request: set resources.requests.cpu"))]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentSpec {
     /// Pod count (ignored while `autoscaling` is set: the autoscaler owns it).
@@ -99,8 +102,11 @@ pub struct PodOverrides {
     /// Pod affinity rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
-    /// Extra environment variables (they win over the operator's own).
+    /// Extra environment variables. An entry replaces the operator's variable of the same
+    /// name; each name may appear once (the list is a map keyed by `name`, as a container's
+    /// `env` is under server-side apply).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub env: Vec<EnvVar>,
 }
 

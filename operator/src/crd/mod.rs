@@ -16,7 +16,7 @@ pub use component::{
     AutoscalingSpec, ComponentSpec, IngressSpec, OddsServiceSpec, PdbSpec, PodOverrides,
     ServiceSpec, ServiceType,
 };
-pub use status::{ComponentStatus, Condition, OddsPipelineStatus};
+pub use status::{ComponentStatus, Condition, ConditionType, HeldBack, OddsPipelineStatus, Reason};
 
 /// API group of the project's resources (a domain the project owns).
 pub const GROUP: &str = "odds-pipeline.github.io";
@@ -39,7 +39,12 @@ pub const PAUSE_ANNOTATION: &str = "odds-pipeline.github.io/pause-reconciliation
     printcolumn = r#"{"name":"Ingest","type":"string","jsonPath":".status.ingest.summary"}"#,
     printcolumn = r#"{"name":"Processor","type":"string","jsonPath":".status.processor.summary"}"#,
     printcolumn = r#"{"name":"Odds-Service","type":"string","jsonPath":".status.oddsService.summary"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // Same rule as `validate::name_problem`: the name becomes Service names (DNS-1035),
+    // label values and `<name>-migrate-<10 hex>` (a Job name, at most 63 characters).
+    validation = Rule::new(
+        "self.metadata.name.size() <= 44 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
+    ).message("metadata.name must be at most 44 characters of lower-case letters, digits and '-', start with a letter and end with a letter or digit (it names Services and the migration Job)")
 )]
 #[x_kube(validation = Rule::new(
     "!has(self.processor.autoscaling) ? self.processor.replicas <= self.kafka.topic.partitions : self.processor.autoscaling.maxReplicas <= self.kafka.topic.partitions"
@@ -136,6 +141,9 @@ impl PullPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("has(self.clusterRef) != has(self.bootstrapServers)")
     .message("set exactly one of kafka.clusterRef and kafka.bootstrapServers"))]
+#[x_kube(validation = Rule::new(
+    "self.topic.name.lowerAscii().replace('_', '-').replace('.', '-') != self.dlqTopic.name.lowerAscii().replace('_', '-').replace('.', '-')"
+).message("kafka.topic.name and kafka.dlqTopic.name must differ by more than case, '_' or '.': they would map to one KafkaTopic"))]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSpec {
     /// Name of a Strimzi `Kafka` in this namespace; the operator then creates the topics as
@@ -157,7 +165,8 @@ pub struct KafkaSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicSpec {
-    /// Topic name in Kafka.
+    /// Topic name in Kafka (at most 249 of `a-z A-Z 0-9 . _ -`, Kafka's own rule).
+    #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub name: String,
     /// Partition count; updates are keyed by event id, so this bounds processor parallelism.
     /// May grow, never shrink (Kafka cannot remove partitions).
@@ -291,7 +300,7 @@ impl OddsPipeline {
 }
 
 /// The CRD as YAML, exactly what `odds-operator crd` prints and `crds/` holds.
-pub fn crd_yaml() -> Result<String, serde_saphyr::ser::Error> {
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     use kube::CustomResourceExt;
-    serde_saphyr::to_string(&OddsPipeline::crd())
+    serde_yaml::to_string(&OddsPipeline::crd())
 }

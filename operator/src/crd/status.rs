@@ -28,6 +28,20 @@ pub struct OddsPipelineStatus {
     /// In-cluster WebSocket URL of the odds service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_socket_url: Option<String>,
+    /// Workloads kept at their previous version, and why. Always written, empty too, so an
+    /// apply of the status replaces the list as a whole.
+    #[serde(default)]
+    pub held_back: Vec<HeldBack>,
+}
+
+/// A workload kept at its previous version.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HeldBack {
+    /// The component, e.g. `processor`.
+    pub component: String,
+    /// Why it waits: `WaitingForTopic` or `WaitingForMigration`.
+    pub reason: String,
 }
 
 /// Pod counts of one workload.
@@ -60,4 +74,105 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
     /// When `status` last changed (RFC 3339).
     pub last_transition_time: String,
+}
+
+impl OddsPipelineStatus {
+    /// The condition of `type_`, if the status has one.
+    pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_.as_str())
+    }
+
+    /// Whether condition `type_` is `True`.
+    pub fn is_true(&self, type_: ConditionType) -> bool {
+        self.condition(type_).is_some_and(|c| c.status == "True")
+    }
+}
+
+/// The condition types the operator sets. The stored form is the string (`metav1.Condition`);
+/// code compares these, never literals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ConditionType {
+    Ready,
+    Progressing,
+    Degraded,
+    TopicReady,
+    Migrated,
+    ReconciliationPaused,
+}
+
+impl ConditionType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "Ready",
+            Self::Progressing => "Progressing",
+            Self::Degraded => "Degraded",
+            Self::TopicReady => "TopicReady",
+            Self::Migrated => "Migrated",
+            Self::ReconciliationPaused => "ReconciliationPaused",
+        }
+    }
+}
+
+/// Every reason the operator puts in a condition or a held-back workload, so the reasons a
+/// user can see are listed in one place (README "Status conditions").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Reason {
+    AllComponentsReady,
+    ComponentsNotReady,
+    Waiting,
+    TopicsReady,
+    ExternalKafka,
+    WaitingForTopic,
+    WaitingForMigration,
+    Migrated,
+    MigrationPending,
+    MigrationFailed,
+    AsExpected,
+    /// The spec breaks a rule, or a referenced Secret (or key) is missing.
+    InvalidSpec,
+    /// The API server refused a child (validation, admission webhook, conflict...).
+    ApplyFailed,
+    /// The operator's ServiceAccount may not do what the reconcile needs (RBAC, quota).
+    Forbidden,
+    /// `kafka.clusterRef` is set but the cluster has no Strimzi `KafkaTopic` CRD.
+    StrimziNotInstalled,
+    /// Reading the cluster failed (the API server is unreachable or refused a read).
+    ReadFailed,
+    RollingOut,
+    Idle,
+    Paused,
+    Reconciling,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllComponentsReady => "AllComponentsReady",
+            Self::ComponentsNotReady => "ComponentsNotReady",
+            Self::Waiting => "Waiting",
+            Self::TopicsReady => "TopicsReady",
+            Self::ExternalKafka => "ExternalKafka",
+            Self::WaitingForTopic => "WaitingForTopic",
+            Self::WaitingForMigration => "WaitingForMigration",
+            Self::Migrated => "Migrated",
+            Self::MigrationPending => "MigrationPending",
+            Self::MigrationFailed => "MigrationFailed",
+            Self::AsExpected => "AsExpected",
+            Self::InvalidSpec => "InvalidSpec",
+            Self::ApplyFailed => "ApplyFailed",
+            Self::Forbidden => "Forbidden",
+            Self::StrimziNotInstalled => "StrimziNotInstalled",
+            Self::ReadFailed => "ReadFailed",
+            Self::RollingOut => "RollingOut",
+            Self::Idle => "Idle",
+            Self::Paused => "Paused",
+            Self::Reconciling => "Reconciling",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

@@ -1,19 +1,14 @@
 //! Reconcile against an in-memory Kubernetes API: a pipeline rolling out, step by step.
 //! State-based: the tests assert which objects exist and what they contain.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use common::{events, harness, sample};
-use k8s_openapi::api::apps::v1::Deployment;
+use crate::fixtures::{container, image, pod, sample};
+use crate::harness::harness;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Patch, PatchParams};
 use kube::ResourceExt;
-use odds_operator::build::{job, KafkaTopic};
-use odds_operator::crd::OddsPipeline;
+use odds_operator::build::KafkaTopic;
 use serde_json::json;
-
-mod common;
 
 #[tokio::test]
 async fn create_builds_owned_labelled_children() {
@@ -59,8 +54,7 @@ async fn create_builds_owned_labelled_children() {
         assert_eq!(owner.controller, Some(true));
         assert_eq!(d.labels()["app.kubernetes.io/managed-by"], "odds-operator");
         assert_eq!(d.labels()["app.kubernetes.io/instance"], "demo");
-        let pod = d.spec.unwrap().template.spec.unwrap();
-        let c = &pod.containers[0];
+        let c = container(&d);
         assert_eq!(c.image.as_deref(), Some("odds-pipeline:dev"));
         assert_eq!(
             c.readiness_probe
@@ -94,13 +88,13 @@ async fn create_builds_owned_labelled_children() {
             (Some(true), Some(true), Some(false))
         );
         assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
-        assert_eq!(pod.security_context.unwrap().run_as_non_root, Some(true));
+        assert_eq!(
+            pod(&d).security_context.as_ref().unwrap().run_as_non_root,
+            Some(true)
+        );
     }
     let processor = h.deployment("demo-processor").await.unwrap();
-    let env = processor.spec.unwrap().template.spec.unwrap().containers[0]
-        .env
-        .clone()
-        .unwrap();
+    let env = crate::fixtures::env(&processor);
     let db = env.iter().find(|e| e.name == "DATABASE_URL").unwrap();
     let from = db
         .value_from
@@ -131,14 +125,14 @@ async fn create_builds_owned_labelled_children() {
         .await
         .unwrap()
         .is_some());
-    let events = events(&h).await;
+    let events = h.events().await;
     assert!(
         events.iter().any(|(t, r, n)| t == "Normal"
             && r == "Created"
             && n == "Created Deployment demo-processor"),
         "{events:?}"
     );
-    let job = h.api::<Job>().get(&job::name(&sample())).await.unwrap();
+    let job = h.api::<Job>().get(&h.job_name().await).await.unwrap();
     assert_eq!(
         job.spec.unwrap().template.spec.unwrap().containers[0].command,
         Some(vec!["odds-processor".to_string(), "migrate".to_string()])
@@ -177,8 +171,7 @@ async fn failed_migration_is_degraded_with_the_jobs_message() {
     let h = harness(sample(), true).await;
     h.reconcile().await;
     h.topics_ready().await;
-    let name = job::name(&h.pipeline().await);
-    h.patch_status::<Job>(&name, json!({"failed": 4, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})).await;
+    h.migration_failed().await;
     h.reconcile().await;
     let degraded = h.condition("Degraded").await;
     assert_eq!(
@@ -221,40 +214,27 @@ async fn ready_deployments_make_the_pipeline_ready() {
 #[tokio::test]
 async fn new_image_waits_for_its_migration() {
     let h = harness(sample(), true).await;
-    h.roll_out().await;
-    let old_job = job::name(&h.pipeline().await);
-    let patch = json!({"spec": {"image": {"tag": "v2"}}});
-    h.api::<OddsPipeline>()
-        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    h.reconcile().await;
-    let new_job = job::name(&h.pipeline().await);
+    let old_job = h.rolled_out_then_new_image("v2").await;
+    let new_job = h.job_name().await;
     assert_ne!(new_job, old_job);
     assert!(h.api::<Job>().get_opt(&new_job).await.unwrap().is_some());
-    let image = |d: Deployment| {
-        d.spec.unwrap().template.spec.unwrap().containers[0]
-            .image
-            .clone()
-            .unwrap()
-    };
     assert_eq!(
-        image(h.deployment("demo-processor").await.unwrap()),
+        image(&h.deployment("demo-processor").await.unwrap()),
         "odds-pipeline:dev",
         "old image keeps running"
     );
     assert_eq!(
-        image(h.deployment("demo-ingest").await.unwrap()),
+        image(&h.deployment("demo-ingest").await.unwrap()),
         "odds-pipeline:v2"
     );
     h.migration_done().await;
     h.reconcile().await;
     assert_eq!(
-        image(h.deployment("demo-processor").await.unwrap()),
+        image(&h.deployment("demo-processor").await.unwrap()),
         "odds-pipeline:v2"
     );
     assert_eq!(
-        image(h.deployment("demo-odds-service").await.unwrap()),
+        image(&h.deployment("demo-odds-service").await.unwrap()),
         "odds-pipeline:v2"
     );
 }

@@ -1,10 +1,10 @@
 //! Status computation: conditions, stable transition times, backoff.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::fixtures::{sample, PipelineExt};
 use odds_operator::build::{Component, MigrationState};
 use odds_operator::controller::backoff;
-use odds_operator::crd::OddsPipelineStatus;
-use odds_operator::status::{component_status, compute, paused, Observed};
+use odds_operator::crd::{OddsPipelineStatus, Reason};
+use odds_operator::status::{component_status, compute, paused, Failure, Observed};
 use std::time::Duration;
 
 fn healthy() -> Observed {
@@ -78,7 +78,10 @@ fn transition_time_is_kept_while_status_stays() {
 #[test]
 fn invalid_spec_and_failed_migration_are_degraded() {
     let mut invalid = healthy();
-    invalid.invalid = Some("invalid spec: x".into());
+    invalid.failure = Some(Failure {
+        reason: Reason::InvalidSpec,
+        message: "invalid spec: x".into(),
+    });
     let status = compute(&OddsPipelineStatus::default(), &invalid, "t");
     assert_eq!(
         (
@@ -137,23 +140,13 @@ fn backoff_doubles_up_to_five_minutes() {
 #[tokio::test]
 async fn error_backoff_is_counted_per_pipeline_and_reset_by_success() {
     use odds_operator::controller::{error_policy, Context, Error};
-    use odds_operator::crd::OddsPipeline;
     use std::sync::Arc;
     let client = kube_fake_client::ClientBuilder::new()
         .build()
         .await
         .unwrap();
     let ctx = Arc::new(Context::new(client, None, None));
-    let pipeline = |name: &str| {
-        let text = std::fs::read_to_string(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/samples/oddspipeline.yaml"
-        ))
-        .unwrap();
-        let mut p: OddsPipeline = serde_saphyr::from_str(&text).unwrap();
-        p.metadata.name = Some(name.into());
-        Arc::new(p)
-    };
+    let pipeline = |name: &str| Arc::new(sample().named(name));
     let error = Error::NoNamespace;
     let a1 = error_policy(pipeline("a"), &error, ctx.clone());
     let a2 = error_policy(pipeline("a"), &error, ctx.clone());
@@ -166,8 +159,7 @@ async fn error_backoff_is_counted_per_pipeline_and_reset_by_success() {
         "b has its own count"
     );
     // A successful reconcile of `a` (one being deleted returns at once) resets its count.
-    let mut deleting = (*pipeline("a")).clone();
-    deleting.metadata.namespace = Some("default".into());
+    let mut deleting = sample().named("a");
     deleting.metadata.deletion_timestamp = Some(
         k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
     );

@@ -1,6 +1,5 @@
 //! Lease-based leader election against the in-memory API: one leader at a time, renewal,
 //! takeover after expiry, release on shutdown.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};

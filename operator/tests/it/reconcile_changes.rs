@@ -1,20 +1,16 @@
 //! Reconcile against an in-memory Kubernetes API: changes, steady state, bad specs, pause.
 //! State-based: the tests assert which objects exist and what they contain.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use common::{events, harness, hash, sample, NS};
+use crate::fixtures::{hash, image, replicas, sample, PipelineExt, NS};
+use crate::harness::harness;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, Patch, PatchParams};
-use odds_operator::build::job;
-use odds_operator::crd::OddsPipeline;
 use serde_json::json;
 use std::sync::atomic::Ordering;
-
-mod common;
 
 #[tokio::test]
 async fn unchanged_pipeline_writes_no_status_and_changes_no_child() {
@@ -34,7 +30,7 @@ async fn unchanged_pipeline_writes_no_status_and_changes_no_child() {
     );
     assert_eq!(h.pipeline().await.status, before_status);
     assert_eq!(h.deployment("demo-processor").await.unwrap().spec, before);
-    let events = events(&h).await;
+    let events = h.events().await;
     assert!(
         !events.iter().any(|(_, reason, _)| reason == "Updated"),
         "steady state changes no child: {events:?}"
@@ -46,27 +42,19 @@ async fn spec_change_updates_children_and_rolls_pods() {
     let h = harness(sample(), true).await;
     h.roll_out().await;
     let old_hash = hash(&h.deployment("demo-ingest").await.unwrap());
-    let patch =
-        json!({"spec": {"supplier": {"simulator": {"rate": 50}}, "processor": {"replicas": 3}}});
-    h.api::<OddsPipeline>()
-        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    h.reconcile().await;
+    h.change(
+        json!({"spec": {"supplier": {"simulator": {"rate": 50}}, "processor": {"replicas": 3}}}),
+    )
+    .await;
     let cm = h.api::<ConfigMap>().get("demo-config").await.unwrap();
     assert_eq!(cm.data.unwrap()["SIM_RATE"], "50");
     let ingest = h.deployment("demo-ingest").await.unwrap();
     assert_ne!(hash(&ingest), old_hash, "config change must roll the pods");
     assert_eq!(
-        h.deployment("demo-processor")
-            .await
-            .unwrap()
-            .spec
-            .unwrap()
-            .replicas,
+        replicas(&h.deployment("demo-processor").await.unwrap()),
         Some(3)
     );
-    let events = events(&h).await;
+    let events = h.events().await;
     for note in [
         "Updated ConfigMap demo-config",
         "Updated Deployment demo-processor",
@@ -88,7 +76,7 @@ async fn secret_change_rolls_pods() {
     let h = harness(sample(), true).await;
     h.roll_out().await;
     let old_hash = hash(&h.deployment("demo-processor").await.unwrap());
-    let patch = json!({"stringData": {"url": "postgres://new"}});
+    let patch = json!({"data": {"url": "cG9zdGdyZXM6Ly9uZXc="}});
     h.api::<Secret>()
         .patch(
             "odds-postgres",
@@ -203,11 +191,7 @@ async fn paused_pipeline_changes_nothing() {
         } else {
             json!({"spec": {"paused": true, "image": {"tag": "v9"}}})
         };
-        h.api::<OddsPipeline>()
-            .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-            .unwrap();
-        h.reconcile().await;
+        h.change(patch).await;
         assert_eq!(
             h.applies.lock().unwrap().len(),
             applies,
@@ -225,14 +209,11 @@ async fn paused_pipeline_changes_nothing() {
         } else {
             json!({"spec": {"paused": false}})
         };
-        h.api::<OddsPipeline>()
-            .patch("demo", &PatchParams::default(), &Patch::Merge(&unpause))
-            .await
-            .unwrap();
-        h.reconcile().await;
-        let ingest = h.deployment("demo-ingest").await.unwrap().spec.unwrap();
-        let image = ingest.template.spec.unwrap().containers[0].image.clone();
-        assert_eq!(image.as_deref(), Some("odds-pipeline:v9"));
+        h.change(unpause).await;
+        assert_eq!(
+            image(&h.deployment("demo-ingest").await.unwrap()),
+            "odds-pipeline:v9"
+        );
         assert_eq!(h.condition("ReconciliationPaused").await.status, "False");
     }
 }
@@ -241,15 +222,11 @@ async fn paused_pipeline_changes_nothing() {
 async fn children_no_longer_wanted_are_pruned() {
     let h = harness(sample(), true).await;
     h.roll_out().await;
-    let patch = json!({"spec": {
+    h.change(json!({"spec": {
         "supplier": {"simulator": null, "url": "wss://feed.example/ws"},
         "oddsService": {"autoscaling": null, "replicas": 2}
-    }});
-    h.api::<OddsPipeline>()
-        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    h.reconcile().await;
+    }}))
+    .await;
     assert!(h.deployment("demo-simulator").await.is_none());
     assert!(h
         .api::<Service>()
@@ -273,7 +250,7 @@ async fn children_no_longer_wanted_are_pruned() {
         h.deployment("demo-odds-service").await.is_some(),
         "wanted children stay"
     );
-    let events = events(&h).await;
+    let events = h.events().await;
     assert!(
         events.iter().any(|(_, r, n)| r == "Deleted"
             && n == "Deleted Deployment demo-simulator: no longer in the spec"),
@@ -284,14 +261,7 @@ async fn children_no_longer_wanted_are_pruned() {
 #[tokio::test]
 async fn old_migration_job_goes_once_the_new_one_succeeded() {
     let h = harness(sample(), true).await;
-    h.roll_out().await;
-    let old = job::name(&h.pipeline().await);
-    let patch = json!({"spec": {"image": {"tag": "v2"}}});
-    h.api::<OddsPipeline>()
-        .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .unwrap();
-    h.reconcile().await;
+    let old = h.rolled_out_then_new_image("v2").await;
     assert!(
         h.api::<Job>().get_opt(&old).await.unwrap().is_some(),
         "kept while the new one runs"
@@ -303,7 +273,7 @@ async fn old_migration_job_goes_once_the_new_one_succeeded() {
     h.migration_done().await;
     h.reconcile().await;
     assert!(h.api::<Job>().get_opt(&old).await.unwrap().is_none());
-    let new = job::name(&h.pipeline().await);
+    let new = h.job_name().await;
     assert!(h.api::<Job>().get_opt(&new).await.unwrap().is_some());
 }
 
@@ -342,4 +312,12 @@ async fn a_pipeline_being_deleted_is_left_to_garbage_collection() {
         "nothing re-created during deletion"
     );
     assert_eq!(h.status_writes.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn a_pipeline_created_paused_applies_nothing() {
+    let h = harness(sample().paused(), true).await;
+    h.reconcile().await;
+    assert!(h.applies.lock().unwrap().is_empty());
+    assert_eq!(h.condition("ReconciliationPaused").await.status, "True");
 }

@@ -1,18 +1,11 @@
 //! The CRD in `crds/` is current, and the sample CR passes the CRD's own validation rules
 //! (CEL `x-kubernetes-validations` evaluated client-side with kube's CEL engine, after the
 //! schema's defaults are applied, as the API server does).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::fixtures::{repo_file, sample_json as sample};
 use kube::core::cel::Validator;
 use odds_operator::crd::{crd_yaml, OddsPipeline};
 use serde_json::{json, Value};
-use std::path::PathBuf;
-
-fn repo_file(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
 
 #[test]
 fn crds_directory_is_up_to_date() {
@@ -35,13 +28,8 @@ fn crds_directory_is_up_to_date() {
 /// The openAPIV3Schema of the committed CRD (what a cluster would enforce).
 fn schema() -> Value {
     let text = std::fs::read_to_string(repo_file("crds/oddspipelines.yaml")).unwrap();
-    let crd: Value = serde_saphyr::from_str(&text).unwrap();
+    let crd: Value = serde_yaml::from_str(&text).unwrap();
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
-}
-
-fn sample() -> Value {
-    let text = std::fs::read_to_string(repo_file("operator/samples/oddspipeline.yaml")).unwrap();
-    serde_saphyr::from_str(&text).unwrap()
 }
 
 fn rejection(object: &Value, old: Option<&Value>) -> String {
@@ -135,7 +123,7 @@ fn simulator_and_url_are_exclusive() {
 #[test]
 fn crd_has_names_columns_and_status_subresource() {
     let text = crd_yaml().unwrap();
-    let crd: Value = serde_saphyr::from_str(&text).unwrap();
+    let crd: Value = serde_yaml::from_str(&text).unwrap();
     assert_eq!(
         crd["metadata"]["name"],
         "oddspipelines.odds-pipeline.github.io"
@@ -165,4 +153,64 @@ fn crd_subcommand_prints_the_committed_crd() {
     assert!(output.status.success());
     let committed = std::fs::read_to_string(repo_file("crds/oddspipelines.yaml")).unwrap();
     assert_eq!(String::from_utf8(output.stdout).unwrap(), committed);
+}
+
+#[test]
+fn names_that_cannot_name_children_are_rejected() {
+    for bad in ["demo.v2", "1demo", "Demo", "demo-", &"a".repeat(45)] {
+        let mut cr = sample();
+        cr["metadata"]["name"] = json!(bad);
+        assert!(
+            rejection(&cr, None).contains("metadata.name must be at most 44 characters"),
+            "{bad}: {}",
+            rejection(&cr, None)
+        );
+    }
+    for good in ["demo", "d", "odds-v2", &"a".repeat(44)] {
+        let mut cr = sample();
+        cr["metadata"]["name"] = json!(good);
+        assert_eq!(rejection(&cr, None), "", "{good}");
+    }
+}
+
+#[test]
+fn topic_and_dlq_mapping_to_one_kafka_topic_are_rejected() {
+    for dlq in ["odds_updates", "ODDS.updates", "odds-updates"] {
+        let mut cr = sample();
+        cr["spec"]["kafka"]["dlqTopic"]["name"] = json!(dlq);
+        assert!(
+            rejection(&cr, None).contains("would map to one KafkaTopic"),
+            "{dlq}"
+        );
+    }
+}
+
+#[test]
+fn autoscaling_without_a_cpu_request_is_rejected() {
+    let mut cr = sample();
+    cr["spec"]["oddsService"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resources");
+    assert!(rejection(&cr, None).contains("set resources.requests.cpu"));
+    let mut cr = sample();
+    cr["spec"]["ingest"]["autoscaling"] = json!({"minReplicas": 1, "maxReplicas": 2});
+    assert!(rejection(&cr, None).contains("set resources.requests.cpu"));
+    cr["spec"]["ingest"]["resources"] = json!({"requests": {"cpu": "50m"}});
+    assert_eq!(rejection(&cr, None), "");
+}
+
+#[test]
+fn pod_override_env_is_a_list_map_keyed_by_name() {
+    let schema = schema();
+    for component in ["ingest", "processor", "oddsService"] {
+        let env = &schema["properties"]["spec"]["properties"][component]["properties"]
+            ["podOverrides"]["properties"]["env"];
+        assert_eq!(env["x-kubernetes-list-type"], "map", "{component}");
+        assert_eq!(
+            env["x-kubernetes-list-map-keys"],
+            json!(["name"]),
+            "{component}"
+        );
+    }
 }

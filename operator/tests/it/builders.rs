@@ -1,0 +1,396 @@
+//! The pure builders: validated spec + facts → child objects, checked without any API.
+//!
+//! `golden/sample-children.yaml` is every child of the sample CR; regenerate it with
+//! `UPDATE_GOLDEN=1 cargo test -p odds-operator builders` after an intended change and
+//! review the diff.
+
+use crate::fixtures::{
+    container, env, env_var, hash, ready_facts, replicas, sample, valid, PipelineExt,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use odds_operator::build::{self, job, Children, Component, MigrationState};
+use odds_operator::crd::{IngressSpec, OddsPipeline, PdbSpec, Reason};
+use odds_operator::observe;
+use odds_operator::validate::validate;
+
+fn children(p: &OddsPipeline) -> Children {
+    build::children(&valid(p), &MigrationState::Succeeded)
+}
+
+fn deployment<'a>(children: &'a Children, name: &str) -> &'a Deployment {
+    children
+        .deployments
+        .iter()
+        .find(|d| d.metadata.name.as_deref() == Some(name))
+        .expect(name)
+}
+
+fn ingest_hash(p: &OddsPipeline, facts: &build::Facts) -> String {
+    let children = build::children(&validate(p, facts).unwrap(), &MigrationState::Succeeded);
+    hash(deployment(&children, "demo-ingest"))
+}
+
+#[test]
+fn sample_children_match_the_golden_file() {
+    let children = children(&sample());
+    let mut docs: Vec<serde_json::Value> = Vec::new();
+    let mut push = |o: serde_json::Result<serde_json::Value>| docs.push(o.unwrap());
+    children
+        .config_map
+        .iter()
+        .for_each(|o| push(serde_json::to_value(o)));
+    children
+        .topics
+        .iter()
+        .for_each(|o| push(serde_json::to_value(o)));
+    children
+        .migration_job
+        .iter()
+        .for_each(|o| push(serde_json::to_value(o)));
+    children
+        .deployments
+        .iter()
+        .for_each(|o| push(serde_json::to_value(o)));
+    children
+        .services
+        .iter()
+        .for_each(|o| push(serde_json::to_value(o)));
+    children
+        .pdbs
+        .iter()
+        .for_each(|o| push(serde_json::to_value(o)));
+    children
+        .hpas
+        .iter()
+        .for_each(|o| push(serde_json::to_value(o)));
+    children
+        .ingress
+        .iter()
+        .for_each(|o| push(serde_json::to_value(o)));
+    let rendered: String = docs
+        .iter()
+        .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
+        .collect();
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/sample-children.yaml"
+    );
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &rendered).unwrap();
+    }
+    let golden = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        golden == rendered,
+        "children differ from {path}; if intended, rerun with UPDATE_GOLDEN=1 and review the diff"
+    );
+    assert!(children.blocked.is_empty());
+}
+
+#[test]
+fn external_kafka_needs_no_topics_and_uses_the_given_brokers() {
+    let children = children(&sample().external_kafka("broker-0:9092,broker-1:9092"));
+    assert!(children.topics.is_empty());
+    assert_eq!(
+        children.config_map.unwrap().data.unwrap()["KAFKA_BROKERS"],
+        "broker-0:9092,broker-1:9092"
+    );
+}
+
+#[test]
+fn external_supplier_deploys_no_simulator() {
+    let children = children(&sample().external_supplier("wss://feed.example/ws"));
+    assert!(children
+        .deployments
+        .iter()
+        .all(|d| d.metadata.name.as_deref() != Some("demo-simulator")));
+    assert_eq!(children.services.len(), 1);
+    let data = children.config_map.unwrap().data.unwrap();
+    assert_eq!(data["SUPPLIER_URL"], "wss://feed.example/ws");
+    assert!(!data.contains_key("SIM_RATE"));
+}
+
+#[test]
+fn extra_env_replaces_the_operators_in_place_and_appends_the_rest_in_order() {
+    let p = sample()
+        .with_env(Component::OddsService, "RUST_LOG", "debug")
+        .with_env(Component::OddsService, "LISTEN_ADDR", "0.0.0.0:8081")
+        .with_env(Component::OddsService, "A_FIRST", "1");
+    let names: Vec<String> = env(deployment(&children(&p), "demo-odds-service"))
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "LISTEN_ADDR",
+            "DATABASE_URL",
+            "REDIS_URL",
+            "RUST_LOG",
+            "A_FIRST"
+        ],
+        "ours keep their place, the user's follow in their order"
+    );
+    let listen: Vec<_> = env(deployment(&children(&p), "demo-odds-service"))
+        .into_iter()
+        .filter(|e| e.name == "LISTEN_ADDR")
+        .collect();
+    assert_eq!(listen.len(), 1);
+    assert_eq!(listen[0].value.as_deref(), Some("0.0.0.0:8081"));
+    // The same input always gives the same list (no map ordering, no dedup by hash).
+    assert_eq!(
+        env(deployment(&children(&p), "demo-odds-service")),
+        env(deployment(&children(&p), "demo-odds-service"))
+    );
+}
+
+#[test]
+fn merge_keeps_the_last_of_a_repeated_user_name() {
+    let merged = build::deployment::merge_env(
+        vec![env_var("A", "ours")],
+        &[env_var("B", "1"), env_var("A", "theirs"), env_var("B", "2")],
+    );
+    assert_eq!(merged, [env_var("A", "theirs"), env_var("B", "2")]);
+}
+
+#[test]
+fn read_replica_secret_reaches_only_the_odds_service() {
+    let children = children(&sample().read_replica("ro"));
+    assert!(env(deployment(&children, "demo-odds-service"))
+        .iter()
+        .any(|e| e.name == "DATABASE_READ_URL"));
+    assert!(!env(deployment(&children, "demo-processor"))
+        .iter()
+        .any(|e| e.name == "DATABASE_READ_URL"));
+}
+
+#[test]
+fn config_hash_follows_config_and_read_secret_values_only() {
+    let facts = ready_facts();
+    let base = ingest_hash(&sample(), &facts);
+    assert_eq!(
+        ingest_hash(&sample().replicas(Component::Ingest, 3), &facts),
+        base,
+        "replicas do not roll pods"
+    );
+    let mut retopic = sample();
+    retopic.spec.kafka.topic.name = "odds_v2".into();
+    assert_ne!(ingest_hash(&retopic, &facts), base, "config rolls pods");
+
+    // A rotated Redis URL rolls the pods that read it, not ingest (which reads no Secret).
+    let mut rotated = ready_facts();
+    rotated
+        .secrets
+        .get_mut("odds-redis")
+        .unwrap()
+        .insert("url".into(), "99".into());
+    assert_eq!(ingest_hash(&sample(), &rotated), base);
+    let processor_hash = |facts: &build::Facts| {
+        let c = build::children(
+            &validate(&sample(), facts).unwrap(),
+            &MigrationState::Succeeded,
+        );
+        hash(deployment(&c, "demo-processor"))
+    };
+    assert_ne!(processor_hash(&rotated), processor_hash(&facts));
+    // Another key of the same Secret (or its labels) is not read by any pod.
+    let mut other_key = ready_facts();
+    other_key
+        .secrets
+        .get_mut("odds-redis")
+        .unwrap()
+        .insert("password".into(), "x".into());
+    assert_eq!(processor_hash(&other_key), processor_hash(&facts));
+}
+
+#[test]
+fn workloads_wait_for_topic_and_migration() {
+    let mut facts = ready_facts();
+    facts.topics_ready = false;
+    let pending = validate(&sample(), &facts).unwrap();
+    let children = build::children(&pending, &MigrationState::Pending);
+    assert_eq!(children.deployments.len(), 1, "only the simulator");
+    assert!(children
+        .blocked
+        .contains(&(Component::Processor, Reason::WaitingForTopic)));
+    let children = build::children(&valid(&sample()), &MigrationState::Pending);
+    assert_eq!(
+        children.blocked,
+        vec![
+            (Component::Processor, Reason::WaitingForMigration),
+            (Component::OddsService, Reason::WaitingForMigration)
+        ]
+    );
+    let failed = MigrationState::Failed("boom".into());
+    assert_eq!(build::children(&valid(&sample()), &failed).blocked.len(), 2);
+}
+
+#[test]
+fn disabled_budget_and_optional_ingress() {
+    let p = sample().edit(|p| {
+        p.spec.processor.pod_disruption_budget = PdbSpec {
+            enabled: false,
+            max_unavailable: 1,
+        };
+        p.spec.odds_service.ingress = Some(IngressSpec {
+            host: "odds.local".into(),
+            class_name: Some("nginx".into()),
+        });
+    });
+    let children = children(&p);
+    let names: Vec<_> = children
+        .pdbs
+        .iter()
+        .map(|b| b.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["demo-simulator", "demo-ingest", "demo-odds-service"]
+    );
+    let ingress = children.ingress.unwrap().spec.unwrap();
+    assert_eq!(ingress.ingress_class_name.as_deref(), Some("nginx"));
+    assert_eq!(
+        ingress.rules.unwrap()[0].host.as_deref(),
+        Some("odds.local")
+    );
+}
+
+#[test]
+fn migration_job_name_tracks_image_job_template_and_retry() {
+    let name = |p: OddsPipeline| job::name(&valid(&p));
+    let a = name(sample());
+    assert_eq!(
+        name(
+            sample()
+                .replicas(Component::Processor, 4)
+                .replicas(Component::Ingest, 2)
+        ),
+        a,
+        "workload settings do not re-migrate"
+    );
+    assert_ne!(name(sample().image_tag("v2")), a, "a new image migrates");
+    let moved = sample().edit(|p| p.spec.postgres.url_secret_ref.name = "odds-redis".into());
+    assert_ne!(
+        name(moved),
+        a,
+        "a Job template change is a new Job (templates are immutable)"
+    );
+    let retried = |value: &str| {
+        sample().edit(|p| {
+            p.metadata.annotations = Some(
+                [(
+                    odds_operator::validate::RETRY_MIGRATION_ANNOTATION.to_string(),
+                    value.to_string(),
+                )]
+                .into(),
+            )
+        })
+    };
+    assert_ne!(name(retried("1")), a, "a retry is a new Job");
+    assert_ne!(
+        name(retried("2")),
+        name(retried("1")),
+        "each retry is a new Job"
+    );
+    assert!(a.starts_with("demo-migrate-") && a.len() <= 63);
+    let longest = "a".repeat(odds_operator::validate::MAX_NAME_LENGTH);
+    assert_eq!(name(sample().named(&longest)).len(), 63);
+}
+
+#[test]
+fn secret_changes_map_to_the_pipelines_using_them() {
+    let other = sample()
+        .named("other")
+        .edit(|p| p.spec.redis.url_secret_ref.name = "other-redis".into());
+    let pipelines = [sample(), other, sample().in_namespace("prod")];
+    let names = |ns: &str, secret: &str| -> Vec<String> {
+        observe::pipelines_using_secret(pipelines.iter(), Some(ns), secret)
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    };
+    assert_eq!(names("default", "odds-postgres"), ["demo", "other"]);
+    assert_eq!(names("default", "odds-redis"), ["demo"]);
+    assert_eq!(names("default", "other-redis"), ["other"]);
+    assert_eq!(names("prod", "odds-redis"), ["demo"]);
+    assert!(names("default", "unrelated").is_empty());
+}
+
+#[test]
+fn label_values_stay_valid_for_odd_tags() {
+    let children = children(&sample().image_tag("1.2.3+build/7"));
+    let labels = children.config_map.unwrap().metadata.labels.unwrap();
+    assert_eq!(labels["app.kubernetes.io/version"], "1.2.3_build_7");
+}
+
+#[test]
+fn validation_reports_every_problem() {
+    let p = sample().replicas(Component::Processor, 9).edit(|p| {
+        p.spec.kafka.bootstrap_servers = Some("x:9092".into());
+        p.spec.kafka.topic.partitions = 4;
+    });
+    let problems = validate(&p, &ready_facts()).unwrap_err().problems;
+    assert_eq!(problems.len(), 3, "{problems:?}");
+    assert!(problems[0].contains("exactly one of kafka.clusterRef"));
+    assert!(problems[1].contains("may not shrink (topic has 6, spec asks 4)"));
+    assert!(problems[2].contains("processor replicas (9) exceed"));
+    assert!(validate(&sample(), &ready_facts()).is_ok());
+}
+
+#[test]
+fn validation_rejects_what_would_fail_later() {
+    let problems = |p: OddsPipeline| {
+        validate(&p, &ready_facts())
+            .unwrap_err()
+            .problems
+            .join("; ")
+    };
+    for bad in ["demo.v2", "1demo", "Demo", "demo-", &"a".repeat(45)] {
+        assert!(
+            problems(sample().named(bad)).contains("metadata.name"),
+            "{bad}"
+        );
+    }
+    let collision = sample().edit(|p| p.spec.kafka.dlq_topic.name = "Odds.Updates".into());
+    assert!(problems(collision).contains("would be one KafkaTopic"));
+    let no_cpu = sample().edit(|p| p.spec.odds_service.workload.resources = None);
+    assert!(problems(no_cpu).contains("oddsService.resources.requests.cpu"));
+    let twice = sample()
+        .with_env(Component::Ingest, "RUST_LOG", "info")
+        .with_env(Component::Ingest, "RUST_LOG", "debug");
+    assert!(problems(twice).contains("ingest.podOverrides.env sets RUST_LOG more than once"));
+    let mut facts = ready_facts();
+    facts.secrets.remove("odds-redis");
+    facts.secrets.get_mut("odds-postgres").unwrap().clear();
+    let missing = validate(&sample(), &facts).unwrap_err().problems.join("; ");
+    assert!(
+        missing.contains("missing Secret(s): odds-redis"),
+        "{missing}"
+    );
+    assert!(
+        missing.contains("Secret odds-postgres has no key url"),
+        "{missing}"
+    );
+}
+
+#[test]
+fn processor_autoscaling_gets_its_own_hpa_and_no_replicas() {
+    let p = sample().with_autoscaling(Component::Processor);
+    let children = children(&p);
+    let targets: Vec<_> = children
+        .hpas
+        .iter()
+        .map(|h| h.spec.as_ref().unwrap().scale_target_ref.name.clone())
+        .collect();
+    assert_eq!(targets, ["demo-processor", "demo-odds-service"]);
+    assert_eq!(replicas(deployment(&children, "demo-processor")), None);
+    assert_eq!(replicas(deployment(&children, "demo-ingest")), Some(1));
+    assert!(container(deployment(&children, "demo-processor"))
+        .resources
+        .is_some());
+    let too_many = p.edit(|p| p.spec.processor.autoscaling.as_mut().unwrap().max_replicas = 7);
+    let problems = validate(&too_many, &ready_facts()).unwrap_err().problems;
+    assert!(
+        problems[0].contains("processor replicas (7) exceed"),
+        "{problems:?}"
+    );
+}

@@ -1,0 +1,99 @@
+//! The operator and the workloads agree on configuration. Env names are the constants of
+//! `odds_contracts::env`, which the workloads' clap configs read too, so a rename is one edit
+//! the compiler follows; what remains to check is that each component gets the variables
+//! meant for it and nothing the workloads do not know.
+
+use crate::fixtures::{container, sample, valid, PipelineExt};
+use odds_contracts::env;
+use odds_operator::build::{self, Component, MigrationState};
+use std::collections::BTreeSet;
+
+/// Every variable the operator may set, by the contract's constants.
+fn known() -> BTreeSet<&'static str> {
+    BTreeSet::from([
+        env::HTTP_ADDR,
+        env::LOG_FORMAT,
+        env::LISTEN_ADDR,
+        env::KAFKA_BROKERS,
+        env::KAFKA_TOPIC,
+        env::KAFKA_DLQ_TOPIC,
+        env::KAFKA_GROUP,
+        env::SUPPLIER_URL,
+        env::SIM_EVENTS,
+        env::SIM_RATE,
+        env::SIM_SEED,
+        env::DATABASE_URL,
+        env::DATABASE_READ_URL,
+        env::REDIS_URL,
+    ])
+}
+
+#[test]
+fn every_env_the_operator_sets_is_a_contract_variable() {
+    let pipeline = valid(&sample().read_replica("ro"));
+    let children = build::children(&pipeline, &MigrationState::Succeeded);
+    let config = children.config_map.unwrap().data.unwrap();
+    for key in config.keys() {
+        assert!(known().contains(key.as_str()), "ConfigMap key {key}");
+    }
+    let mut secrets_by_component = Vec::new();
+    for deployment in &children.deployments {
+        let c = container(deployment);
+        for var in c.env.iter().flatten() {
+            assert!(
+                known().contains(var.name.as_str()),
+                "{}: {}",
+                c.name,
+                var.name
+            );
+        }
+        let secret_vars: Vec<_> = c
+            .env
+            .iter()
+            .flatten()
+            .filter(|v| v.value_from.is_some())
+            .map(|v| v.name.clone())
+            .collect();
+        secrets_by_component.push((c.name.clone(), secret_vars));
+    }
+    assert_eq!(
+        secrets_by_component,
+        [
+            ("simulator".to_string(), vec![]),
+            ("ingest".to_string(), vec![]),
+            (
+                "processor".to_string(),
+                vec![env::DATABASE_URL.to_string(), env::REDIS_URL.to_string()]
+            ),
+            (
+                "odds-service".to_string(),
+                vec![
+                    env::DATABASE_URL.to_string(),
+                    env::REDIS_URL.to_string(),
+                    env::DATABASE_READ_URL.to_string()
+                ]
+            ),
+        ],
+        "credentials reach only the pods that use them"
+    );
+}
+
+#[test]
+fn each_component_runs_its_binary_and_the_job_runs_migrate_with_only_the_database_url() {
+    let pipeline = valid(&sample());
+    let children = build::children(&pipeline, &MigrationState::Succeeded);
+    for (deployment, component) in children.deployments.iter().zip(pipeline.components()) {
+        assert_eq!(
+            container(deployment).command.as_deref(),
+            Some(&[component.binary().to_string()][..])
+        );
+    }
+    let job = build::job::build(&pipeline);
+    let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(
+        c.command.clone().unwrap(),
+        [Component::Processor.binary(), "migrate"]
+    );
+    let env: Vec<_> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
+    assert_eq!(env, [env::DATABASE_URL]);
+}

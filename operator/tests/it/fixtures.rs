@@ -1,0 +1,183 @@
+//! Test fixtures in one place: the sample pipeline with chained modifiers
+//! (`sample().paused().with_autoscaling(Component::Processor)`), facts, and accessors for
+//! the parts of built objects the tests look at.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use odds_operator::build::{Component, Facts, CONFIG_HASH_ANNOTATION};
+use odds_operator::crd::{AutoscalingSpec, ComponentSpec, OddsPipeline, SecretKeyRef};
+use odds_operator::validate::{validate, ValidPipeline};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+pub const NS: &str = "default";
+
+/// A file of the repository.
+pub fn repo_file(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// The sample CR as YAML text parsed into JSON (what a user applies).
+pub fn sample_json() -> serde_json::Value {
+    let text = std::fs::read_to_string(repo_file("operator/samples/oddspipeline.yaml")).unwrap();
+    serde_yaml::from_str(&text).unwrap()
+}
+
+/// The sample pipeline, as stored (uid and generation set).
+pub fn sample() -> OddsPipeline {
+    let mut pipeline: OddsPipeline = serde_json::from_value(sample_json()).unwrap();
+    pipeline.metadata.uid = Some("0c6f-uid".into());
+    pipeline.metadata.generation = Some(1);
+    pipeline
+}
+
+/// Chained modifiers of a pipeline, so a test states only what differs from the sample.
+pub trait PipelineExt: Sized {
+    fn edit(self, f: impl FnOnce(&mut OddsPipeline)) -> Self;
+
+    fn named(self, name: &str) -> Self {
+        self.edit(|p| p.metadata.name = Some(name.into()))
+    }
+    fn in_namespace(self, namespace: &str) -> Self {
+        self.edit(|p| p.metadata.namespace = Some(namespace.into()))
+    }
+    fn paused(self) -> Self {
+        self.edit(|p| p.spec.paused = true)
+    }
+    fn image_tag(self, tag: &str) -> Self {
+        self.edit(|p| p.spec.image.tag = tag.into())
+    }
+    fn replicas(self, component: Component, replicas: i32) -> Self {
+        self.edit(|p| component_mut(p, component).replicas = replicas)
+    }
+    /// Autoscaling 2..=6 on CPU, with the CPU request it needs.
+    fn with_autoscaling(self, component: Component) -> Self {
+        self.edit(|p| {
+            let spec = component_mut(p, component);
+            spec.autoscaling = Some(AutoscalingSpec {
+                min_replicas: 2,
+                max_replicas: 6,
+                target_cpu_utilization: 80,
+            });
+            spec.resources = Some(cpu_request("100m"));
+        })
+    }
+    fn with_env(self, component: Component, name: &str, value: &str) -> Self {
+        self.edit(|p| {
+            component_mut(p, component)
+                .pod_overrides
+                .env
+                .push(env_var(name, value))
+        })
+    }
+    fn external_kafka(self, servers: &str) -> Self {
+        self.edit(|p| {
+            p.spec.kafka.cluster_ref = None;
+            p.spec.kafka.bootstrap_servers = Some(servers.into());
+        })
+    }
+    fn external_supplier(self, url: &str) -> Self {
+        self.edit(|p| {
+            p.spec.supplier.simulator = None;
+            p.spec.supplier.url = Some(url.into());
+        })
+    }
+    fn read_replica(self, secret: &str) -> Self {
+        self.edit(|p| {
+            p.spec.postgres.read_url_secret_ref = Some(SecretKeyRef {
+                name: secret.into(),
+                key: "url".into(),
+            })
+        })
+    }
+}
+
+impl PipelineExt for OddsPipeline {
+    fn edit(mut self, f: impl FnOnce(&mut OddsPipeline)) -> Self {
+        f(&mut self);
+        self
+    }
+}
+
+pub fn component_mut(p: &mut OddsPipeline, component: Component) -> &mut ComponentSpec {
+    match component {
+        Component::Ingest => &mut p.spec.ingest,
+        Component::Processor => &mut p.spec.processor,
+        Component::OddsService => &mut p.spec.odds_service.workload,
+        Component::Simulator => panic!("the simulator has no component spec"),
+    }
+}
+
+pub fn cpu_request(cpu: &str) -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([("cpu".to_string(), Quantity(cpu.into()))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+pub fn env_var(name: &str, value: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// Facts of a cluster where everything the sample needs exists and is ready.
+pub fn ready_facts() -> Facts {
+    let keys = |digest: &str| BTreeMap::from([("url".to_string(), digest.to_string())]);
+    Facts {
+        secrets: BTreeMap::from([
+            ("odds-postgres".into(), keys("11")),
+            ("odds-redis".into(), keys("12")),
+            ("ro".into(), keys("13")),
+        ]),
+        topics_ready: true,
+        existing_partitions: Some(6),
+    }
+}
+
+/// `pipeline` validated against [`ready_facts`].
+pub fn valid(pipeline: &OddsPipeline) -> ValidPipeline {
+    validate(pipeline, &ready_facts()).unwrap()
+}
+
+/// The pod spec of a Deployment.
+pub fn pod(d: &Deployment) -> &PodSpec {
+    d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
+}
+
+/// The (only) container of a Deployment.
+pub fn container(d: &Deployment) -> &Container {
+    &pod(d).containers[0]
+}
+
+pub fn env(d: &Deployment) -> Vec<EnvVar> {
+    container(d).env.clone().unwrap_or_default()
+}
+
+pub fn image(d: &Deployment) -> String {
+    container(d).image.clone().unwrap()
+}
+
+pub fn replicas(d: &Deployment) -> Option<i32> {
+    d.spec.as_ref().unwrap().replicas
+}
+
+/// The config hash on a Deployment's pod template.
+pub fn hash(d: &Deployment) -> String {
+    d.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .annotations
+        .as_ref()
+        .unwrap()[CONFIG_HASH_ANNOTATION]
+        .clone()
+}

@@ -1,0 +1,560 @@
+//! The in-memory API the reconcile tests run against (kube-fake-client), made to behave like
+//! a real API server where the operator's correctness depends on it.
+//!
+//! The fake has no watch and no controllers, so tests call `reconcile` directly and play the
+//! other controllers' part through helpers (Strimzi marks topics Ready, the Job controller
+//! completes the migration, the Deployment controller reports ready pods, the HPA scales).
+//! Where the fake is laxer than the API server, the harness adds the real rule:
+//! - server-side apply removes a field its manager applied before and leaves out now, unless
+//!   another manager owns it (the fake merges instead): implemented for Deployment
+//!   `spec.replicas`, the field the operator hands over to autoscalers;
+//! - a container's `env` is a list map keyed by `name`: an apply naming a variable twice is
+//!   rejected with 422 (the fake accepts it).
+//!
+//! Every request goes through a recording layer: tests inject API errors per verb and
+//! resource (403, 422, 404...), and the RBAC test reads the verbs the operator used.
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
+use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::client::Body;
+use kube::Resource;
+use kube_fake_client::{interceptor, ClientBuilder, PatchType};
+use odds_operator::build::{job, KafkaTopic};
+use odds_operator::controller::{reconcile, Context, Error};
+use odds_operator::crd::{Condition, OddsPipeline};
+use odds_operator::metrics::Metrics;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context as TaskContext, Poll};
+
+use crate::fixtures::{self, NS};
+
+/// One request the operator made: `(verb, api group, resource[/subresource])`.
+pub type Call = (String, String, String);
+
+/// `spec.replicas` of each stored state of a Deployment, in order: `(name, replicas)`.
+pub type ReplicaHistory = Arc<Mutex<Vec<(String, Option<i32>)>>>;
+
+/// An injected API error: requests with this verb on this resource get `code`.
+#[derive(Clone)]
+struct Fault {
+    verb: String,
+    resource: String,
+    code: u16,
+    reason: String,
+    message: String,
+}
+
+pub struct Harness {
+    pub client: kube::Client,
+    pub ctx: Arc<Context>,
+    pub metrics: Metrics,
+    /// Every server-side apply body, by `Kind/name`.
+    pub applies: Arc<Mutex<Vec<(String, Value)>>>,
+    pub status_writes: Arc<AtomicUsize>,
+    /// Every request the operator made (inside [`Harness::try_reconcile`] or while
+    /// `operator` is set), in order; the tests' own reads and writes are not in it.
+    pub calls: Arc<Mutex<Vec<Call>>>,
+    /// Whether requests now come from the operator's code.
+    pub operator: Arc<AtomicBool>,
+    /// `spec.replicas` of every stored state of each Deployment, in order, by name.
+    pub replica_history: ReplicaHistory,
+    faults: Arc<Mutex<Vec<Fault>>>,
+}
+
+/// Options of [`harness_with`].
+pub struct Options {
+    pub secrets: bool,
+    /// Whether Strimzi's KafkaTopic CRD is installed (registered with the fake API, and
+    /// what the operator's start-up discovery found).
+    pub strimzi: bool,
+}
+
+pub fn secret(name: &str, value: &str) -> Secret {
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(name.into());
+    secret.metadata.namespace = Some(NS.into());
+    secret.data = Some([("url".to_string(), ByteString(value.as_bytes().to_vec()))].into());
+    secret
+}
+
+pub async fn harness(pipeline: OddsPipeline, secrets: bool) -> Harness {
+    harness_with(
+        pipeline,
+        Options {
+            secrets,
+            strimzi: true,
+        },
+    )
+    .await
+}
+
+pub async fn harness_with(pipeline: OddsPipeline, options: Options) -> Harness {
+    let applies = Arc::new(Mutex::new(Vec::new()));
+    let status_writes = Arc::new(AtomicUsize::new(0));
+    let replica_history = Arc::new(Mutex::new(Vec::new()));
+    let (recorded, writes, history) = (
+        applies.clone(),
+        status_writes.clone(),
+        replica_history.clone(),
+    );
+    let name = pipeline.metadata.name.clone().unwrap_or_default();
+    let funcs = interceptor::Funcs::new()
+        .patch(move |ctx| {
+            if ctx.patch_type != PatchType::ApplyPatch {
+                return Ok(None);
+            }
+            let kind = ctx.patch.get("kind").and_then(Value::as_str).unwrap_or("?");
+            recorded
+                .lock()
+                .unwrap()
+                .push((format!("{kind}/{}", ctx.name), ctx.patch.clone()));
+            if kind == "Deployment" {
+                reject_duplicate_env(ctx.patch)?;
+                let manager = ctx.params.field_manager.clone().unwrap_or_default();
+                if let Ok(mut live) = ctx.client.get::<Deployment>(ctx.namespace, ctx.name) {
+                    history
+                        .lock()
+                        .unwrap()
+                        .push((ctx.name.to_string(), fixtures::replicas(&live)));
+                    let applies_replicas = ctx.patch["spec"].get("replicas").is_some();
+                    if !applies_replicas && sole_owner_of_replicas(&live, &manager) {
+                        // What the API server does: the field goes, and defaulting puts 1.
+                        live.spec.as_mut().unwrap().replicas = Some(1);
+                        ctx.client
+                            .update(ctx.namespace, &live, &PostParams::default())?;
+                        history
+                            .lock()
+                            .unwrap()
+                            .push((ctx.name.to_string(), Some(1)));
+                    }
+                }
+                if let Some(replicas) = ctx.patch["spec"].get("replicas").and_then(Value::as_i64) {
+                    history
+                        .lock()
+                        .unwrap()
+                        .push((ctx.name.to_string(), i32::try_from(replicas).ok()));
+                }
+            }
+            Ok(None)
+        })
+        .patch_status(move |ctx| {
+            if ctx.name == name {
+                writes.fetch_add(1, Ordering::SeqCst);
+            }
+            Ok(None)
+        });
+    let mut builder = ClientBuilder::new()
+        .with_resource::<OddsPipeline>()
+        .with_object(pipeline)
+        .with_return_managed_fields()
+        .with_interceptor_funcs(funcs);
+    if options.strimzi {
+        builder = builder.with_resource::<KafkaTopic>();
+    }
+    if options.secrets {
+        builder = builder
+            .with_object(secret("odds-redis", "redis://redis:6379"))
+            .with_object(secret("odds-postgres", "postgres://odds@postgres/odds"));
+    }
+    let fake = builder.build().await.unwrap();
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    let faults = Arc::new(Mutex::new(Vec::new()));
+    let operator = Arc::new(AtomicBool::new(false));
+    let client = kube::Client::new(
+        Recording {
+            inner: fake,
+            calls: calls.clone(),
+            faults: faults.clone(),
+            operator: operator.clone(),
+        },
+        NS,
+    );
+    let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Some("test".into()),
+        Some(metrics.clone()),
+    ));
+    ctx.strimzi.store(options.strimzi, Ordering::Relaxed);
+    Harness {
+        client,
+        ctx,
+        metrics,
+        applies,
+        status_writes,
+        calls,
+        operator,
+        replica_history,
+        faults,
+    }
+}
+
+/// The API server's list-map rule for a container's `env`: each name once.
+fn reject_duplicate_env(patch: &Value) -> kube_fake_client::Result<()> {
+    let containers = patch["spec"]["template"]["spec"]["containers"].as_array();
+    for container in containers.into_iter().flatten() {
+        let mut seen = BTreeSet::new();
+        for var in container["env"].as_array().into_iter().flatten() {
+            let name = var["name"].as_str().unwrap_or_default();
+            if !seen.insert(name.to_string()) {
+                return Err(kube_fake_client::Error::InvalidRequest(format!(
+                    ".spec.template.spec.containers[name=\"{}\"].env: duplicate entries for key [name=\"{name}\"]",
+                    container["name"].as_str().unwrap_or_default()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn owns_replicas(entry: &ManagedFieldsEntry) -> bool {
+    entry
+        .fields_v1
+        .as_ref()
+        .and_then(|f| f.0.get("f:spec"))
+        .and_then(|s| s.get("f:replicas"))
+        .is_some()
+}
+
+/// Whether `manager` owns `spec.replicas` and no other manager does.
+fn sole_owner_of_replicas(live: &Deployment, manager: &str) -> bool {
+    let entries = live.metadata.managed_fields.iter().flatten();
+    let owners: Vec<_> = entries.filter(|e| owns_replicas(e)).collect();
+    owners.iter().any(|e| e.manager.as_deref() == Some(manager))
+        && owners.iter().all(|e| e.manager.as_deref() == Some(manager))
+}
+
+/// A tower Service in front of the fake API: records each request, injects faults.
+#[derive(Clone)]
+struct Recording {
+    inner: kube::Client,
+    calls: Arc<Mutex<Vec<Call>>>,
+    faults: Arc<Mutex<Vec<Fault>>>,
+    operator: Arc<AtomicBool>,
+}
+
+/// `(verb, group, resource[/subresource])` of a request, as RBAC names them.
+fn describe(request: &http::Request<Body>) -> Call {
+    let path = request.uri().path();
+    let query = request.uri().query().unwrap_or("");
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", _version, rest @ ..] => ("", rest),
+        ["apis", group, _version, rest @ ..] => (*group, rest),
+        _ => ("", &[][..]),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => (resource.to_string(), false),
+        [resource, _name] => (resource.to_string(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => (String::new(), false),
+    };
+    let verb = match (request.method().as_str(), named) {
+        ("GET", true) => "get",
+        ("GET", false) if query.contains("watch=true") => "watch",
+        ("GET", false) => "list",
+        ("POST", _) => "create",
+        ("PUT", _) => "update",
+        ("PATCH", _) => "patch",
+        ("DELETE", true) => "delete",
+        ("DELETE", false) => "deletecollection",
+        _ => "unknown",
+    };
+    (verb.to_string(), group.to_string(), resource)
+}
+
+impl tower::Service<http::Request<Body>> for Recording {
+    type Response = http::Response<Body>;
+    type Error = kube::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let call = describe(&request);
+        let record = self.operator.load(Ordering::SeqCst);
+        if record {
+            self.calls.lock().unwrap().push(call.clone());
+        }
+        // An apply that creates its object is also authorized as `create`.
+        let probe = (record && call.0 == "patch" && !call.2.contains('/')).then(|| {
+            http::Request::get(request.uri().path())
+                .body(Body::empty())
+                .unwrap()
+        });
+        let calls = self.calls.clone();
+        let fault = self
+            .faults
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|f| f.verb == call.0 && f.resource == call.2)
+            .cloned();
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            if let Some(probe) = probe {
+                if inner.send(probe).await?.status() == 404 {
+                    calls
+                        .lock()
+                        .unwrap()
+                        .push(("create".into(), call.1, call.2));
+                }
+            }
+            if let Some(fault) = fault {
+                let body = json!({
+                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                    "message": fault.message, "reason": fault.reason, "code": fault.code,
+                });
+                let response = http::Response::builder()
+                    .status(fault.code)
+                    .header("Content-Type", "application/json")
+                    .body(Body::from(body.to_string().into_bytes()))
+                    .unwrap();
+                return Ok(response);
+            }
+            inner.send(request).await
+        })
+    }
+}
+
+impl Harness {
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// From now on, `verb` requests on `resource` (e.g. `patch`, `deployments`) fail with
+    /// `code` and the API server's `message`.
+    pub fn fail(&self, verb: &str, resource: &str, code: u16, reason: &str, message: &str) {
+        self.faults.lock().unwrap().push(Fault {
+            verb: verb.into(),
+            resource: resource.into(),
+            code,
+            reason: reason.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn heal(&self) {
+        self.faults.lock().unwrap().clear();
+    }
+
+    pub async fn pipeline(&self) -> OddsPipeline {
+        self.api::<OddsPipeline>().get("demo").await.unwrap()
+    }
+
+    /// Reconciles once; the reconcile must succeed.
+    pub async fn reconcile(&self) {
+        self.try_reconcile().await.unwrap();
+    }
+
+    pub async fn try_reconcile(&self) -> Result<kube::runtime::controller::Action, Error> {
+        let pipeline = Arc::new(self.pipeline().await);
+        self.operator.store(true, Ordering::SeqCst);
+        let result = reconcile(pipeline, self.ctx.clone()).await;
+        self.operator.store(false, Ordering::SeqCst);
+        result
+    }
+
+    /// Merge-patches the pipeline (what `kubectl patch --type merge` does).
+    pub async fn patch_pipeline(&self, patch: Value) {
+        self.api::<OddsPipeline>()
+            .patch("demo", &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
+    }
+
+    /// Patches the pipeline and reconciles.
+    pub async fn change(&self, patch: Value) {
+        self.patch_pipeline(patch).await;
+        self.reconcile().await;
+    }
+
+    /// A rolled-out pipeline whose image then changes to `tag`, reconciled once (the new
+    /// migration Job exists, not yet finished). Returns the old migration Job's name.
+    pub async fn rolled_out_then_new_image(&self, tag: &str) -> String {
+        self.roll_out().await;
+        let old = self.job_name().await;
+        self.change(json!({"spec": {"image": {"tag": tag}}})).await;
+        old
+    }
+
+    pub async fn condition(&self, type_: &str) -> Condition {
+        let status = self.pipeline().await.status.expect("status written");
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == type_)
+            .expect(type_)
+    }
+
+    pub async fn deployment(&self, name: &str) -> Option<Deployment> {
+        self.api::<Deployment>().get_opt(name).await.unwrap()
+    }
+
+    pub async fn job_name(&self) -> String {
+        job::name(&fixtures::valid(&self.pipeline().await))
+    }
+
+    pub async fn patch_status<K>(&self, name: &str, status: Value)
+    where
+        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.api::<K>()
+            .patch_status(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": status })),
+            )
+            .await
+            .unwrap();
+    }
+
+    pub async fn topics_ready(&self) {
+        for name in ["demo-odds-updates", "demo-odds-updates-dlq"] {
+            self.patch_status::<KafkaTopic>(
+                name,
+                json!({"conditions": [{"type": "Ready", "status": "True"}]}),
+            )
+            .await;
+        }
+    }
+
+    pub async fn migration_done(&self) {
+        let name = self.job_name().await;
+        self.patch_status::<Job>(
+            &name,
+            json!({"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]}),
+        )
+        .await;
+    }
+
+    pub async fn migration_failed(&self) {
+        let name = self.job_name().await;
+        self.patch_status::<Job>(&name, json!({"failed": 4, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})).await;
+    }
+
+    pub async fn pods_ready(&self) {
+        for name in [
+            "demo-simulator",
+            "demo-ingest",
+            "demo-processor",
+            "demo-odds-service",
+        ] {
+            let deployment = self.deployment(name).await.expect(name);
+            let n = fixtures::replicas(&deployment).unwrap_or(1);
+            self.patch_status::<Deployment>(name, json!({"replicas": n, "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n})).await;
+        }
+    }
+
+    /// What the HPA controller does when it scales: writes `replicas` through the scale
+    /// subresource, which moves the field's ownership to it.
+    pub async fn hpa_scales(&self, name: &str, replicas: i32) {
+        let mut deployment = self.deployment(name).await.unwrap();
+        deployment.spec.as_mut().unwrap().replicas = Some(replicas);
+        let entries = deployment
+            .metadata
+            .managed_fields
+            .get_or_insert_with(Vec::new);
+        for entry in entries.iter_mut() {
+            if let Some(spec) = entry
+                .fields_v1
+                .as_mut()
+                .and_then(|f| f.0.get_mut("f:spec"))
+                .and_then(Value::as_object_mut)
+            {
+                spec.remove("f:replicas");
+            }
+        }
+        entries.push(ManagedFieldsEntry {
+            manager: Some("kube-controller-manager".into()),
+            operation: Some("Update".into()),
+            api_version: Some("apps/v1".into()),
+            subresource: Some("scale".into()),
+            fields_v1: Some(FieldsV1(json!({"f:spec": {"f:replicas": {}}}))),
+            ..ManagedFieldsEntry::default()
+        });
+        deployment.status = None;
+        self.api::<Deployment>()
+            .replace(name, &PostParams::default(), &deployment)
+            .await
+            .unwrap();
+    }
+
+    /// Reconciles, plays Strimzi and the Job controller, reconciles, marks pods ready, and
+    /// reconciles once more: a fully rolled-out pipeline.
+    pub async fn roll_out(&self) {
+        self.reconcile().await;
+        self.topics_ready().await;
+        self.migration_done().await;
+        self.reconcile().await;
+        self.pods_ready().await;
+        self.reconcile().await;
+    }
+
+    pub fn applied(&self, key: &str) -> Vec<Value> {
+        self.applies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// `odds_operator_reconcile_errors_total{error=label}`.
+    pub fn errors(&self, label: &str) -> u64 {
+        self.metrics.failures.with_label_values(&[label]).get()
+    }
+
+    /// Events published for the pipeline, as `(type, reason, note)`.
+    pub async fn events(&self) -> Vec<(String, String, String)> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = self.api();
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|e| {
+                (
+                    e.type_.unwrap_or_default(),
+                    e.reason.unwrap_or_default(),
+                    e.note.unwrap_or_default(),
+                )
+            })
+            .collect()
+    }
+
+    /// How many events with `reason` were published (a series counts once per publish).
+    pub async fn event_count(&self, reason: &str) -> i32 {
+        let api: Api<k8s_openapi::api::events::v1::Event> = self.api();
+        api.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some(reason))
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .sum()
+    }
+}

@@ -1,0 +1,15 @@
+//! The operator's tests, in one binary: kube, k8s-openapi and the fake API are linked once
+//! instead of once per file, which is most of the test build's time.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod builders;
+mod contract;
+mod crd;
+mod fixtures;
+mod harness;
+mod leader;
+mod rbac;
+mod reconcile_changes;
+mod reconcile_failures;
+mod reconcile_rollout;
+mod status;

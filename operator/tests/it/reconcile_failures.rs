@@ -1,0 +1,315 @@
+//! Every reconcile outcome reaches the user: a refused apply, a missing permission, a missing
+//! Strimzi, an unreadable cluster and a failed migration each end in `Degraded` with their
+//! own reason and the API server's message, one Warning event when it begins, and (for the
+//! errors the controller retries) the error metric labelled with the failing step. Also the
+//! server-side apply behaviour the harness adds: the autoscaling hand-over and env list maps.
+
+use crate::fixtures::{replicas, sample, PipelineExt};
+use crate::harness::{harness, harness_with, Options};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use odds_operator::build::{Component, FIELD_MANAGER};
+use odds_operator::controller::Error;
+use odds_operator::validate::RETRY_MIGRATION_ANNOTATION;
+use serde_json::json;
+use std::sync::atomic::Ordering;
+
+const WEBHOOK: &str = "admission webhook \"policy.example.com\" denied the request: images must come from registry.example.com";
+const RBAC: &str = "jobs.batch \"demo-migrate-x\" is forbidden: User \"system:serviceaccount:odds-system:odds-operator\" cannot patch resource \"jobs\" in API group \"batch\" in the namespace \"default\"";
+
+#[tokio::test]
+async fn a_refused_apply_is_degraded_apply_failed_with_the_servers_message() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    h.fail("patch", "deployments", 422, "Invalid", WEBHOOK);
+    h.patch_pipeline(json!({"spec": {"image": {"tag": "v2"}}}))
+        .await;
+    let error = h.try_reconcile().await.unwrap_err();
+    assert!(matches!(error, Error::Apply(_)), "{error}");
+    let degraded = h.condition("Degraded").await;
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "ApplyFailed")
+    );
+    assert!(degraded.message.contains(WEBHOOK), "{}", degraded.message);
+    assert!(
+        degraded.message.contains("Deployment demo-simulator"),
+        "{}",
+        degraded.message
+    );
+    assert_eq!(h.condition("Ready").await.status, "False");
+    let warnings: Vec<_> = h
+        .events()
+        .await
+        .into_iter()
+        .filter(|(t, r, _)| t == "Warning" && r == "ApplyFailed")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].2.contains(WEBHOOK));
+    assert_eq!(h.errors("apply"), 1, "the failing step labels the metric");
+    assert_eq!(h.errors("dereference"), 0);
+
+    // The controller's retry hits the same refusal: no new event, no status write.
+    let (events, writes) = (
+        h.event_count("ApplyFailed").await,
+        h.status_writes.load(Ordering::SeqCst),
+    );
+    assert!(h.try_reconcile().await.is_err());
+    assert_eq!(h.event_count("ApplyFailed").await, events);
+    assert_eq!(h.status_writes.load(Ordering::SeqCst), writes);
+    assert_eq!(h.errors("apply"), 2);
+
+    h.heal();
+    h.reconcile().await;
+    assert_eq!(h.condition("Degraded").await.status, "False");
+}
+
+#[tokio::test]
+async fn a_missing_permission_is_degraded_forbidden() {
+    let h = harness(sample(), true).await;
+    h.fail("patch", "jobs", 403, "Forbidden", RBAC);
+    assert!(matches!(h.try_reconcile().await, Err(Error::Apply(_))));
+    let degraded = h.condition("Degraded").await;
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "Forbidden")
+    );
+    assert!(degraded.message.contains("cannot patch resource \"jobs\""));
+    assert!(h
+        .events()
+        .await
+        .iter()
+        .any(|(t, r, n)| t == "Warning" && r == "Forbidden" && n.contains("is forbidden")));
+    assert_eq!(h.errors("apply"), 1);
+}
+
+#[tokio::test]
+async fn an_unreadable_cluster_is_degraded_read_failed_and_counted_as_dereference() {
+    let h = harness(sample(), true).await;
+    h.fail(
+        "get",
+        "secrets",
+        500,
+        "InternalError",
+        "etcdserver: request timed out",
+    );
+    assert!(matches!(
+        h.try_reconcile().await,
+        Err(Error::Dereference(_))
+    ));
+    let degraded = h.condition("Degraded").await;
+    assert_eq!(degraded.reason, "ReadFailed");
+    assert!(degraded.message.contains("etcdserver: request timed out"));
+    assert_eq!(h.errors("dereference"), 1);
+    assert_eq!(h.errors("apply"), 0);
+}
+
+#[tokio::test]
+async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_applied() {
+    let h = harness_with(
+        sample(),
+        Options {
+            secrets: true,
+            strimzi: false,
+        },
+    )
+    .await;
+    h.reconcile().await;
+    let degraded = h.condition("Degraded").await;
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "StrimziNotInstalled")
+    );
+    assert!(degraded.message.contains("kafka.bootstrapServers"));
+    assert!(h.applies.lock().unwrap().is_empty());
+    assert!(h
+        .events()
+        .await
+        .iter()
+        .any(|(t, r, _)| t == "Warning" && r == "StrimziNotInstalled"));
+    // Brokers managed elsewhere need no Strimzi.
+    let h = harness_with(
+        sample().external_kafka("kafka:9092"),
+        Options {
+            secrets: true,
+            strimzi: false,
+        },
+    )
+    .await;
+    h.reconcile().await;
+    assert_eq!(h.condition("Degraded").await.status, "False");
+    assert!(h.deployment("demo-ingest").await.is_some());
+}
+
+#[tokio::test]
+async fn a_kafka_topic_crd_removed_after_start_up_is_strimzi_not_installed() {
+    let h = harness_with(
+        sample(),
+        Options {
+            secrets: true,
+            strimzi: false,
+        },
+    )
+    .await;
+    // Discovery saw Strimzi, but the API server no longer serves KafkaTopics (404).
+    h.ctx.strimzi.store(true, Ordering::Relaxed);
+    assert!(matches!(h.try_reconcile().await, Err(Error::Apply(_))));
+    let degraded = h.condition("Degraded").await;
+    assert_eq!(degraded.reason, "StrimziNotInstalled");
+    assert!(
+        degraded.message.contains("KafkaTopic demo-odds-updates"),
+        "{}",
+        degraded.message
+    );
+}
+
+#[tokio::test]
+async fn a_failed_migration_is_reported_once_and_recovers_through_the_retry_annotation() {
+    let h = harness(sample(), true).await;
+    h.reconcile().await;
+    h.topics_ready().await;
+    h.migration_failed().await;
+    h.reconcile().await;
+    let failed_job = h.job_name().await;
+    assert_eq!(h.condition("Degraded").await.reason, "MigrationFailed");
+    let (blocked, failed) = (
+        h.event_count("RolloutBlocked").await,
+        h.event_count("MigrationFailed").await,
+    );
+    assert_eq!(failed, 1);
+    for _ in 0..3 {
+        h.reconcile().await;
+    }
+    assert_eq!(
+        h.event_count("RolloutBlocked").await,
+        blocked,
+        "a workload that stays held back is not news"
+    );
+    assert_eq!(h.event_count("MigrationFailed").await, failed);
+    let held = h.pipeline().await.status.unwrap().held_back;
+    assert!(held
+        .iter()
+        .any(|h| h.component == "processor" && h.reason == "WaitingForMigration"));
+
+    h.change(json!({"metadata": {"annotations": {RETRY_MIGRATION_ANNOTATION: "1"}}}))
+        .await;
+    let retry_job = h.job_name().await;
+    assert_ne!(retry_job, failed_job, "the retry is a new Job");
+    assert!(h.api::<Job>().get_opt(&retry_job).await.unwrap().is_some());
+    assert_eq!(
+        h.condition("Migrated").await.reason,
+        "MigrationPending",
+        "the new Job's state counts, not the failed one's"
+    );
+    h.migration_done().await;
+    h.reconcile().await;
+    assert!(h.deployment("demo-processor").await.is_some());
+    assert_eq!(h.condition("Degraded").await.status, "False");
+    assert!(
+        h.api::<Job>().get_opt(&failed_job).await.unwrap().is_none(),
+        "the failed Job is pruned once a newer one succeeded"
+    );
+}
+
+#[tokio::test]
+async fn turning_on_autoscaling_never_drops_below_the_current_replicas() {
+    let h = harness(sample().replicas(Component::Processor, 4), true).await;
+    h.roll_out().await;
+    assert_eq!(
+        replicas(&h.deployment("demo-processor").await.unwrap()),
+        Some(4)
+    );
+    h.replica_history.lock().unwrap().clear();
+
+    h.change(json!({"spec": {"processor": {
+        "autoscaling": {"minReplicas": 2, "maxReplicas": 6},
+        "resources": {"requests": {"cpu": "100m"}}
+    }}}))
+    .await;
+    let stored = replicas(&h.deployment("demo-processor").await.unwrap());
+    let history: Vec<_> = h
+        .replica_history
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| name == "demo-processor")
+        .map(|(_, r)| *r)
+        .chain([stored])
+        .collect();
+    assert!(
+        history.iter().all(|r| r.is_some_and(|r| r >= 4)),
+        "replicas over the hand-over: {history:?}"
+    );
+    assert!(
+        h.applied("Deployment/demo-processor")
+            .last()
+            .is_some_and(|body| body["spec"].get("replicas").is_none()),
+        "the operator no longer applies replicas"
+    );
+
+    // The HPA scales; the operator leaves its value alone from then on.
+    h.hpa_scales("demo-processor", 5).await;
+    h.reconcile().await;
+    h.reconcile().await;
+    assert_eq!(
+        replicas(&h.deployment("demo-processor").await.unwrap()),
+        Some(5)
+    );
+}
+
+#[tokio::test]
+async fn the_harness_applies_real_ssa_rules() {
+    let h = harness(sample().replicas(Component::Ingest, 3), true).await;
+    h.roll_out().await;
+    // Dropping an owned field without a hand-over loses it, as on a real API server.
+    let mut body = h.applied("Deployment/demo-ingest").last().cloned().unwrap();
+    body["spec"].as_object_mut().unwrap().remove("replicas");
+    h.api::<Deployment>()
+        .patch(
+            "demo-ingest",
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        replicas(&h.deployment("demo-ingest").await.unwrap()),
+        Some(1),
+        "removed, then defaulted"
+    );
+    // A container env naming a variable twice is refused (list map keyed by name).
+    let mut twice = h.applied("Deployment/demo-ingest").last().cloned().unwrap();
+    twice["spec"]["template"]["spec"]["containers"][0]["env"] =
+        json!([{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]);
+    let error = h
+        .api::<Deployment>()
+        .patch(
+            "demo-ingest",
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&twice),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.code == 422),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn user_env_overriding_the_operators_applies_cleanly() {
+    let pipeline = sample()
+        .with_env(Component::OddsService, "LISTEN_ADDR", "0.0.0.0:8081")
+        .with_env(Component::OddsService, "RUST_LOG", "debug");
+    let h = harness(pipeline, true).await;
+    h.roll_out().await;
+    assert_eq!(h.condition("Degraded").await.status, "False");
+    assert!(h
+        .api::<ConfigMap>()
+        .get_opt("demo-config")
+        .await
+        .unwrap()
+        .is_some());
+}
