@@ -1,107 +1,220 @@
 //! Leader election on a `coordination.k8s.io` Lease, so two operator replicas are safe.
 //!
-//! A small hand-written loop rather than a crate: the rules fit on a page and are tested here
-//! against the in-memory API. The holder renews every `renew_every`; anyone may take the Lease
-//! over once `renewTime + leaseDurationSeconds` has passed. Every write carries the
-//! `resourceVersion` it read, so two candidates racing for the same Lease cannot both win
-//! (the loser gets a 409 Conflict and stays a follower).
+//! The rules are client-go's (`tools/leaderelection`), the ones every Kubernetes controller
+//! follows, written out here because they fit on a page and are tested against the
+//! in-memory API with a paused clock:
+//! - A candidate judges expiry by its own clock: a Lease is free once its record (holder,
+//!   renew time, resourceVersion) has not changed for `lease_duration` since this candidate
+//!   first saw it. The holder's `renewTime` is never compared with the local clock, so clock
+//!   skew between nodes cannot shorten a lease.
+//! - The holder must renew within `renew_deadline` (shorter than `lease_duration`) counted
+//!   from the start of its last successful renewal; each attempt is cut off at that deadline.
+//!   A holder that cannot renew in time stops leading before any standby may take over:
+//!   standbys wait `lease_duration` from when they saw that renewal, which was written after
+//!   it started.
+//! - Every write carries the `resourceVersion` it read, so two candidates racing for the same
+//!   Lease cannot both win (the loser gets a 409 Conflict).
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
 use std::time::Duration;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Who campaigns for which Lease.
+/// Who campaigns for which Lease, and the timing rules.
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
     pub name: String,
     pub namespace: String,
     /// This replica's identity (the pod name).
     pub identity: String,
-    /// How long a Lease stays valid without renewal.
+    /// How long a standby waits after the Lease last changed before taking it over.
     pub lease_duration: Duration,
-    /// How often the holder renews (well below `lease_duration`).
-    pub renew_every: Duration,
+    /// How long the holder keeps trying to renew before it steps down.
+    pub renew_deadline: Duration,
+    /// Time between attempts (campaign and renewal).
+    pub retry_period: Duration,
 }
 
-/// One attempt to become, or stay, the leader at time `now`. `Ok(true)`: this replica leads.
-pub async fn try_acquire(
-    api: &Api<Lease>,
-    config: &LeaseConfig,
-    now: Timestamp,
-) -> Result<bool, kube::Error> {
-    let duration_seconds = i32::try_from(config.lease_duration.as_secs()).unwrap_or(i32::MAX);
-    let Some(mut lease) = api.get_opt(&config.name).await? else {
-        let lease = Lease {
-            metadata: ObjectMeta {
-                name: Some(config.name.clone()),
-                namespace: Some(config.namespace.clone()),
-                ..ObjectMeta::default()
-            },
-            spec: Some(LeaseSpec {
-                holder_identity: Some(config.identity.clone()),
-                lease_duration_seconds: Some(duration_seconds),
-                acquire_time: Some(MicroTime(now)),
-                renew_time: Some(MicroTime(now)),
-                lease_transitions: Some(0),
-                ..LeaseSpec::default()
-            }),
+/// Timing that would let two leaders overlap.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("renew deadline ({renew:?}) must be shorter than the lease duration ({lease:?})")]
+    RenewDeadline { renew: Duration, lease: Duration },
+    #[error("retry period ({retry:?}) must be well below the renew deadline ({renew:?}): at most 1/1.2 of it")]
+    RetryPeriod { retry: Duration, renew: Duration },
+}
+
+impl LeaseConfig {
+    /// The operator's defaults (client-go's: 15 s lease, 10 s renew deadline, 2 s retry).
+    pub fn new(name: String, namespace: String, identity: String) -> Self {
+        Self {
+            name,
+            namespace,
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+
+    /// Checks client-go's constraints on the timing.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.renew_deadline >= self.lease_duration {
+            return Err(ConfigError::RenewDeadline {
+                renew: self.renew_deadline,
+                lease: self.lease_duration,
+            });
+        }
+        if self.retry_period.mul_f64(1.2) >= self.renew_deadline {
+            return Err(ConfigError::RetryPeriod {
+                retry: self.retry_period,
+                renew: self.renew_deadline,
+            });
+        }
+        Ok(())
+    }
+
+    fn duration_seconds(&self) -> i32 {
+        i32::try_from(self.lease_duration.as_secs()).unwrap_or(i32::MAX)
+    }
+}
+
+/// The parts of a Lease whose change proves its holder alive.
+#[derive(Clone, Debug, PartialEq)]
+struct Record {
+    holder: Option<String>,
+    renew_time: Option<MicroTime>,
+    lease_duration_seconds: Option<i32>,
+    resource_version: Option<String>,
+}
+
+impl Record {
+    fn of(lease: &Lease) -> Self {
+        let spec = lease.spec.clone().unwrap_or_default();
+        Self {
+            holder: spec.holder_identity.filter(|h| !h.is_empty()),
+            renew_time: spec.renew_time,
+            lease_duration_seconds: spec.lease_duration_seconds,
+            resource_version: lease.metadata.resource_version.clone(),
+        }
+    }
+}
+
+/// One replica's view of the Lease: the last record it saw and when, by its own clock.
+pub struct Elector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    observed: Option<(Record, Instant)>,
+}
+
+impl Elector {
+    pub fn new(api: Api<Lease>, config: LeaseConfig) -> Self {
+        Self {
+            api,
+            config,
+            observed: None,
+        }
+    }
+
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    fn observe(&mut self, record: Record) {
+        if self.observed.as_ref().map(|(r, _)| r) != Some(&record) {
+            self.observed = Some((record, Instant::now()));
+        }
+    }
+
+    /// One attempt to become, or stay, the leader. `Ok(true)`: this replica leads.
+    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let now = MicroTime(Timestamp::now());
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(self.config.name.clone()),
+                    namespace: Some(self.config.namespace.clone()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(LeaseSpec {
+                    holder_identity: Some(self.config.identity.clone()),
+                    lease_duration_seconds: Some(self.config.duration_seconds()),
+                    acquire_time: Some(now.clone()),
+                    renew_time: Some(now),
+                    lease_transitions: Some(0),
+                    ..LeaseSpec::default()
+                }),
+            };
+            return match self.api.create(&PostParams::default(), &lease).await {
+                Ok(created) => {
+                    self.observe(Record::of(&created));
+                    Ok(true)
+                }
+                Err(error) if is_conflict(&error) => Ok(false),
+                Err(error) => Err(error),
+            };
         };
-        return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
+        let record = Record::of(&lease);
+        self.observe(record.clone());
+        let mine = record.holder.as_deref() == Some(self.config.identity.as_str());
+        if !mine {
+            if let (Some(_), Some((_, seen))) = (&record.holder, &self.observed) {
+                let seconds = record
+                    .lease_duration_seconds
+                    .unwrap_or(self.config.duration_seconds());
+                let valid_for = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
+                if *seen + valid_for > Instant::now() {
+                    return Ok(false);
+                }
+            }
+        }
+        let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+        if !mine {
+            spec.holder_identity = Some(self.config.identity.clone());
+            spec.acquire_time = Some(now.clone());
+            spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+        }
+        spec.renew_time = Some(now);
+        spec.lease_duration_seconds = Some(self.config.duration_seconds());
+        // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(written) => {
+                self.observe(Record::of(&written));
+                Ok(true)
+            }
             Err(error) if is_conflict(&error) => Ok(false),
             Err(error) => Err(error),
-        };
-    };
-    let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
-    let holder = spec.holder_identity.clone().unwrap_or_default();
-    if holder != config.identity {
-        let expires = spec.renew_time.as_ref().map(|t| {
-            let seconds = spec.lease_duration_seconds.unwrap_or(duration_seconds);
-            t.0 + SignedDuration::from_secs(i64::from(seconds))
-        });
-        let held = !holder.is_empty() && expires.is_some_and(|e| e > now);
-        if held {
-            return Ok(false);
         }
-        spec.holder_identity = Some(config.identity.clone());
-        spec.acquire_time = Some(MicroTime(now));
-        spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
     }
-    spec.renew_time = Some(MicroTime(now));
-    spec.lease_duration_seconds = Some(duration_seconds);
-    // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
-    match api
-        .replace(&config.name, &PostParams::default(), &lease)
-        .await
-    {
-        Ok(_) => Ok(true),
-        Err(error) if is_conflict(&error) => Ok(false),
-        Err(error) => Err(error),
-    }
-}
 
-/// Gives the Lease up on shutdown so a standby takes over at once instead of waiting.
-pub async fn release(api: &Api<Lease>, config: &LeaseConfig) -> Result<(), kube::Error> {
-    let Some(mut lease) = api.get_opt(&config.name).await? else {
-        return Ok(());
-    };
-    let Some(spec) = lease.spec.as_mut() else {
-        return Ok(());
-    };
-    if spec.holder_identity.as_deref() != Some(config.identity.as_str()) {
-        return Ok(());
-    }
-    spec.holder_identity = None;
-    match api
-        .replace(&config.name, &PostParams::default(), &lease)
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(error) if is_conflict(&error) => Ok(()),
-        Err(error) => Err(error),
+    /// Gives the Lease up (on shutdown) so a standby takes over at once instead of waiting.
+    pub async fn release(&mut self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.config.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        match self
+            .api
+            .replace(&self.config.name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if is_conflict(&error) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 }
 
@@ -109,50 +222,61 @@ fn is_conflict(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 409)
 }
 
-/// Campaigns until this replica leads (or `shutdown`); returns false on shutdown.
-pub async fn acquire(api: &Api<Lease>, config: &LeaseConfig, shutdown: &CancellationToken) -> bool {
+/// Campaigns until this replica leads (`true`) or `shutdown` (`false`). Each attempt is cut
+/// off after the renew deadline, so a hanging request cannot stall the campaign.
+pub async fn acquire(elector: &mut Elector, shutdown: &CancellationToken) -> bool {
     loop {
-        match try_acquire(api, config, Timestamp::now()).await {
-            Ok(true) => return true,
-            Ok(false) => tracing::debug!(lease = %config.name, "another replica leads"),
-            Err(error) => tracing::warn!(%error, "cannot read or write the leader Lease"),
+        let limit = elector.config.renew_deadline;
+        let attempt = tokio::time::timeout(limit, elector.try_acquire_or_renew());
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            result = attempt => match result {
+                Ok(Ok(true)) => return true,
+                Ok(Ok(false)) => tracing::debug!(lease = %elector.config.name, "another replica leads"),
+                Ok(Err(error)) => tracing::warn!(%error, "cannot read or write the leader Lease"),
+                Err(_) => tracing::warn!("leader Lease request timed out"),
+            },
         }
         tokio::select! {
             () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(config.renew_every) => {}
+            () = tokio::time::sleep(elector.config.retry_period) => {}
         }
     }
 }
 
-/// Renews the Lease until `shutdown`; cancels `lost` when leadership cannot be kept (another
-/// holder, or no successful renewal within the lease duration).
+/// Renews the Lease every retry period until `stop`; cancels `lost` (and returns) as soon as
+/// leadership cannot be kept: another holder, or no successful renewal within the renew
+/// deadline of the last successful one's start. Call it right after [`acquire`] returned
+/// true, and keep it running until the controller has drained (not just until SIGTERM), so
+/// in-flight reconciles finish under a valid lease.
 pub async fn keep(
-    api: Api<Lease>,
-    config: LeaseConfig,
-    shutdown: CancellationToken,
+    mut elector: Elector,
+    stop: CancellationToken,
     lost: CancellationToken,
-) {
-    let mut last_renewal = tokio::time::Instant::now();
+) -> Elector {
+    let mut last_success_start = Instant::now();
     loop {
+        let deadline = last_success_start + elector.config.renew_deadline;
+        let next = (Instant::now() + elector.config.retry_period).min(deadline);
         tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(config.renew_every) => {}
+            () = stop.cancelled() => return elector,
+            () = tokio::time::sleep_until(next) => {}
         }
-        match try_acquire(&api, &config, Timestamp::now()).await {
-            Ok(true) => last_renewal = tokio::time::Instant::now(),
-            Ok(false) => {
+        if Instant::now() >= deadline {
+            tracing::error!("leader Lease not renewed within the renew deadline: stepping down");
+            lost.cancel();
+            return elector;
+        }
+        let start = Instant::now();
+        match tokio::time::timeout_at(deadline, elector.try_acquire_or_renew()).await {
+            Ok(Ok(true)) => last_success_start = start,
+            Ok(Ok(false)) => {
                 tracing::error!("leadership lost to another replica");
                 lost.cancel();
-                return;
+                return elector;
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot renew the leader Lease");
-                if last_renewal.elapsed() >= config.lease_duration {
-                    tracing::error!("leader Lease expired without renewal");
-                    lost.cancel();
-                    return;
-                }
-            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot renew the leader Lease"),
+            Err(_) => tracing::warn!("renewing the leader Lease timed out"),
         }
     }
 }

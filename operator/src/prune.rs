@@ -1,7 +1,6 @@
 //! Removal of children the spec no longer asks for (simulator turned off, autoscaling or
-//! Ingress removed, a finished migration Job of an older image). A pipeline has exactly one
-//! ConfigMap, always wanted, so ConfigMaps are never pruned (and the operator needs no
-//! `delete` on them).
+//! Ingress removed, a finished migration Job of an older image, a ConfigMap an older operator
+//! version named differently).
 //!
 //! Only objects this pipeline controls are candidates: labelled as ours and carrying this
 //! pipeline's uid in a controller owner reference. Two kinds are never pruned: Deployments of
@@ -9,12 +8,12 @@
 //! opens) and `KafkaTopic`s (deleting one deletes the topic's data in Kafka).
 
 use crate::apply::ApplyError;
-use crate::build::{job, Children};
+use crate::build::{configmap, job, Children};
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
@@ -27,6 +26,7 @@ use std::fmt::Debug;
 /// Names that must stay, per kind.
 #[derive(Debug, Default)]
 pub struct Keep {
+    pub config_maps: BTreeSet<String>,
     pub deployments: BTreeSet<String>,
     pub services: BTreeSet<String>,
     pub pdbs: BTreeSet<String>,
@@ -39,6 +39,7 @@ impl Keep {
     pub fn of(pipeline: &ValidPipeline, children: &Children) -> Self {
         let names = |items: Vec<String>| items.into_iter().collect::<BTreeSet<_>>();
         Self {
+            config_maps: names(vec![configmap::name_in(&pipeline.name)]),
             deployments: names(
                 pipeline
                     .components()
@@ -72,6 +73,7 @@ pub async fn prune(
     migrated: bool,
 ) -> Result<Vec<Deleted>, ApplyError> {
     let mut deleted = Vec::new();
+    deleted.extend(unwanted::<ConfigMap>(client, pipeline, &keep.config_maps).await?);
     deleted.extend(unwanted::<Deployment>(client, pipeline, &keep.deployments).await?);
     deleted.extend(unwanted::<Service>(client, pipeline, &keep.services).await?);
     deleted.extend(unwanted::<PodDisruptionBudget>(client, pipeline, &keep.pdbs).await?);

@@ -7,7 +7,7 @@
 use crate::build::KafkaTopic;
 use crate::controller::{error_policy, reconcile, Context};
 use crate::crd::OddsPipeline;
-use crate::leader::{self, LeaseConfig};
+use crate::leader::{self, Elector, LeaseConfig};
 use crate::metrics::Metrics;
 use crate::observe;
 use futures_util::StreamExt;
@@ -65,6 +65,8 @@ pub enum RunError {
     Runtime(#[from] odds_runtime::RuntimeError),
     #[error("leadership lost")]
     LeadershipLost,
+    #[error("leader election: {0}")]
+    Lease(#[from] leader::ConfigError),
 }
 
 /// Runs until SIGTERM (Ok) or loss of leadership (Err).
@@ -84,27 +86,30 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     // Followers are ready too: a rolling update of the operator must not wait for leadership.
     readiness.set("kubernetes", true);
     let lease_api: Api<Lease> = Api::namespaced(client.clone(), &args.lease_namespace);
-    let lease = LeaseConfig {
-        name: args.lease_name.clone(),
-        namespace: args.lease_namespace.clone(),
-        identity: args.identity.clone(),
-        lease_duration: Duration::from_secs(15),
-        renew_every: Duration::from_secs(5),
-    };
+    let lease = LeaseConfig::new(
+        args.lease_name.clone(),
+        args.lease_namespace.clone(),
+        args.identity.clone(),
+    );
+    lease.check()?;
     let lost = CancellationToken::new();
+    // Renewal stops only after the controller drained, not at SIGTERM: reconciles still in
+    // flight must finish under a valid lease.
+    let stop_renewing = CancellationToken::new();
+    let mut keeper = None;
     if args.leader_election {
         tracing::info!(identity = %lease.identity, "waiting for leadership");
-        if !leader::acquire(&lease_api, &lease, &shutdown).await {
+        let mut elector = Elector::new(lease_api, lease);
+        if !leader::acquire(&mut elector, &shutdown).await {
             let _ = ops_task.await;
             return Ok(());
         }
         tracing::info!("leading");
-        tokio::spawn(leader::keep(
-            lease_api.clone(),
-            lease.clone(),
-            shutdown.clone(),
+        keeper = Some(tokio::spawn(leader::keep(
+            elector,
+            stop_renewing.clone(),
             lost.clone(),
-        ));
+        )));
     }
 
     let ctx = Arc::new(Context::new(
@@ -155,13 +160,20 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         }
         break;
     }
+    stop_renewing.cancel();
+    if let Some(keeper) = keeper {
+        match keeper.await {
+            Ok(mut elector) if !lost.is_cancelled() => {
+                if let Err(error) = elector.release().await {
+                    tracing::warn!(%error, "cannot release the leader Lease");
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "leader election task failed"),
+        }
+    }
     if lost.is_cancelled() {
         return Err(RunError::LeadershipLost);
-    }
-    if args.leader_election {
-        if let Err(error) = leader::release(&lease_api, &lease).await {
-            tracing::warn!(%error, "cannot release the leader Lease");
-        }
     }
     let _ = ops_task.await;
     Ok(())

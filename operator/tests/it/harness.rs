@@ -46,11 +46,73 @@ pub type ReplicaHistory = Arc<Mutex<Vec<(String, Option<i32>)>>>;
 /// An injected API error: requests with this verb on this resource get `code`.
 #[derive(Clone)]
 struct Fault {
+    /// A verb, or `*` for all.
     verb: String,
+    /// A resource, or `*` for all.
     resource: String,
     code: u16,
     reason: String,
     message: String,
+    /// Never answer (a partitioned network) instead of answering `code`.
+    hang: bool,
+}
+
+impl Fault {
+    fn matches(&self, call: &Call) -> bool {
+        (self.verb == "*" || self.verb == call.0)
+            && (self.resource == "*" || self.resource == call.2)
+    }
+}
+
+/// The network between one client and the fake API: faults injected per client.
+#[derive(Clone, Default)]
+pub struct Network {
+    faults: Arc<Mutex<Vec<Fault>>>,
+}
+
+impl Network {
+    /// Every request of this client hangs from now on.
+    pub fn partition(&self) {
+        self.faults.lock().unwrap().push(Fault {
+            verb: "*".into(),
+            resource: "*".into(),
+            code: 0,
+            reason: String::new(),
+            message: String::new(),
+            hang: true,
+        });
+    }
+
+    /// Every request of this client fails with 503 from now on.
+    pub fn refuse(&self) {
+        self.faults.lock().unwrap().push(Fault {
+            verb: "*".into(),
+            resource: "*".into(),
+            code: 503,
+            reason: "ServiceUnavailable".into(),
+            message: "the server is currently unable to handle the request".into(),
+            hang: false,
+        });
+    }
+
+    pub fn heal(&self) {
+        self.faults.lock().unwrap().clear();
+    }
+}
+
+/// A client of `api` (a fake API's client) with its own [`Network`].
+pub fn client_of(api: &kube::Client) -> (kube::Client, Network) {
+    let network = Network::default();
+    let client = kube::Client::new(
+        Recording {
+            inner: api.clone(),
+            calls: Arc::default(),
+            faults: network.faults.clone(),
+            operator: Arc::default(),
+        },
+        NS,
+    );
+    (client, network)
 }
 
 pub struct Harness {
@@ -303,7 +365,7 @@ impl tower::Service<http::Request<Body>> for Recording {
             .lock()
             .unwrap()
             .iter()
-            .find(|f| f.verb == call.0 && f.resource == call.2)
+            .find(|f| f.matches(&call))
             .cloned();
         let inner = self.inner.clone();
         Box::pin(async move {
@@ -314,6 +376,9 @@ impl tower::Service<http::Request<Body>> for Recording {
                         .unwrap()
                         .push(("create".into(), call.1, call.2));
                 }
+            }
+            if fault.as_ref().is_some_and(|f| f.hang) {
+                std::future::pending::<()>().await;
             }
             if let Some(fault) = fault {
                 let body = json!({
@@ -349,6 +414,7 @@ impl Harness {
             code,
             reason: reason.into(),
             message: message.into(),
+            hang: false,
         });
     }
 

@@ -1,94 +1,230 @@
 //! Lease-based leader election against the in-memory API: one leader at a time, renewal,
-//! takeover after expiry, release on shutdown.
+//! takeover after expiry judged by the standby's own clock, release on shutdown, and, with a
+//! paused clock, no overlap of two leaders when the leader's network fails.
 
-use k8s_openapi::api::coordination::v1::Lease;
+use crate::harness::{client_of, Network};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::Api;
 use kube_fake_client::ClientBuilder;
-use odds_operator::leader::{release, try_acquire, LeaseConfig};
+use odds_operator::leader::{acquire, keep, ConfigError, Elector, LeaseConfig};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const LEASE: &str = "odds-operator-leader";
 
 fn config(identity: &str) -> LeaseConfig {
-    LeaseConfig {
-        name: "odds-operator-leader".into(),
-        namespace: "ops".into(),
-        identity: identity.into(),
-        lease_duration: Duration::from_secs(15),
-        renew_every: Duration::from_secs(5),
-    }
+    LeaseConfig::new(LEASE.into(), "default".into(), identity.into())
 }
 
-async fn api() -> Api<Lease> {
-    Api::namespaced(ClientBuilder::new().build().await.unwrap(), "ops")
+async fn fake() -> kube::Client {
+    ClientBuilder::new().build().await.unwrap()
 }
 
-fn at(seconds: i64) -> Timestamp {
-    Timestamp::UNIX_EPOCH + SignedDuration::from_secs(1_800_000_000 + seconds)
+fn elector(api: &kube::Client, identity: &str) -> (Elector, Network) {
+    let (client, network) = client_of(api);
+    (
+        Elector::new(Api::namespaced(client, "default"), config(identity)),
+        network,
+    )
 }
 
-#[tokio::test]
-async fn only_one_replica_leads_until_the_lease_expires() {
-    let api = api().await;
-    let (a, b) = (config("pod-a"), config("pod-b"));
+async fn lease(api: &kube::Client) -> LeaseSpec {
+    let leases: Api<Lease> = Api::namespaced(api.clone(), "default");
+    leases.get(LEASE).await.unwrap().spec.unwrap()
+}
+
+#[test]
+fn timing_that_could_overlap_is_refused() {
+    assert_eq!(config("a").check(), Ok(()));
+    let mut c = config("a");
+    c.renew_deadline = c.lease_duration;
+    assert!(matches!(c.check(), Err(ConfigError::RenewDeadline { .. })));
+    let mut c = config("a");
+    c.retry_period = Duration::from_secs(9);
+    assert!(matches!(c.check(), Err(ConfigError::RetryPeriod { .. })));
+}
+
+#[tokio::test(start_paused = true)]
+async fn only_one_replica_leads_until_the_lease_expires_by_the_standbys_clock() {
+    let api = fake().await;
+    let (mut a, _) = elector(&api, "pod-a");
+    let (mut b, _) = elector(&api, "pod-b");
     assert!(
-        try_acquire(&api, &a, at(0)).await.unwrap(),
+        a.try_acquire_or_renew().await.unwrap(),
         "first candidate creates the Lease"
     );
     assert!(
-        !try_acquire(&api, &b, at(1)).await.unwrap(),
+        !b.try_acquire_or_renew().await.unwrap(),
         "held Lease is not taken"
     );
+    tokio::time::advance(Duration::from_secs(10)).await;
+    assert!(a.try_acquire_or_renew().await.unwrap(), "holder renews");
+    tokio::time::advance(Duration::from_secs(10)).await;
     assert!(
-        try_acquire(&api, &a, at(10)).await.unwrap(),
-        "holder renews"
+        !b.try_acquire_or_renew().await.unwrap(),
+        "b first sees the renewal now: valid for 15 s from now"
     );
+    tokio::time::advance(Duration::from_secs(14)).await;
     assert!(
-        !try_acquire(&api, &b, at(20)).await.unwrap(),
-        "renewed at 10, valid until 25"
+        !b.try_acquire_or_renew().await.unwrap(),
+        "14 s by b's clock"
     );
+    tokio::time::advance(Duration::from_secs(2)).await;
     assert!(
-        try_acquire(&api, &b, at(26)).await.unwrap(),
-        "expired Lease is taken over"
+        b.try_acquire_or_renew().await.unwrap(),
+        "unchanged for 16 s: taken over"
     );
-    let lease = api.get("odds-operator-leader").await.unwrap().spec.unwrap();
-    assert_eq!(lease.holder_identity.as_deref(), Some("pod-b"));
-    assert_eq!(lease.lease_transitions, Some(1));
+    let spec = lease(&api).await;
+    assert_eq!(spec.holder_identity.as_deref(), Some("pod-b"));
+    assert_eq!(spec.lease_transitions, Some(1));
     assert!(
-        !try_acquire(&api, &a, at(27)).await.unwrap(),
+        !a.try_acquire_or_renew().await.unwrap(),
         "the old leader is now a follower"
     );
 }
 
-#[tokio::test]
-async fn released_lease_is_taken_at_once() {
-    let api = api().await;
-    let (a, b) = (config("pod-a"), config("pod-b"));
-    assert!(try_acquire(&api, &a, at(0)).await.unwrap());
-    release(&api, &b).await.unwrap();
+#[tokio::test(start_paused = true)]
+async fn a_renew_time_in_the_future_does_not_extend_the_lease() {
+    let api = fake().await;
+    // A holder whose clock runs an hour ahead wrote its lease, then died.
+    let (mut ghost, _) = elector(&api, "ghost");
+    assert!(ghost.try_acquire_or_renew().await.unwrap());
+    let leases: Api<Lease> = Api::namespaced(api.clone(), "default");
+    let mut skewed = leases.get(LEASE).await.unwrap();
+    skewed.spec.as_mut().unwrap().renew_time =
+        Some(MicroTime(Timestamp::now() + SignedDuration::from_hours(1)));
+    leases
+        .replace(LEASE, &Default::default(), &skewed)
+        .await
+        .unwrap();
+
+    let (mut b, _) = elector(&api, "pod-b");
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    tokio::time::advance(Duration::from_secs(16)).await;
     assert!(
-        !try_acquire(&api, &b, at(1)).await.unwrap(),
+        b.try_acquire_or_renew().await.unwrap(),
+        "expiry is judged by b's own observation, not the holder's renewTime"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn released_lease_is_taken_at_once() {
+    let api = fake().await;
+    let (mut a, _) = elector(&api, "pod-a");
+    let (mut b, _) = elector(&api, "pod-b");
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    b.release().await.unwrap();
+    assert!(
+        !b.try_acquire_or_renew().await.unwrap(),
         "only the holder can release"
     );
-    release(&api, &a).await.unwrap();
-    assert!(try_acquire(&api, &b, at(2)).await.unwrap());
+    a.release().await.unwrap();
+    assert!(b.try_acquire_or_renew().await.unwrap());
 }
 
 #[tokio::test]
 async fn a_stale_write_loses_the_race() {
-    let api = api().await;
-    let a = config("pod-a");
-    assert!(try_acquire(&api, &a, at(0)).await.unwrap());
+    let api = fake().await;
+    let (mut a, _) = elector(&api, "pod-a");
+    assert!(a.try_acquire_or_renew().await.unwrap());
     // Another writer changes the Lease between our read and write: a replace carrying the
     // old resourceVersion must be refused with 409.
-    let mut stale = api.get("odds-operator-leader").await.unwrap();
-    assert!(try_acquire(&api, &config("pod-b"), at(100)).await.unwrap());
+    let leases: Api<Lease> = Api::namespaced(api.clone(), "default");
+    let mut stale = leases.get(LEASE).await.unwrap();
+    let mut fresh = leases.get(LEASE).await.unwrap();
+    fresh.spec.as_mut().unwrap().holder_identity = Some("pod-b".into());
+    leases
+        .replace(LEASE, &Default::default(), &fresh)
+        .await
+        .unwrap();
     stale.spec.as_mut().unwrap().holder_identity = Some("pod-a".into());
-    let error = api
-        .replace("odds-operator-leader", &Default::default(), &stale)
+    let error = leases
+        .replace(LEASE, &Default::default(), &stale)
         .await
         .unwrap_err();
     assert!(
         matches!(error, kube::Error::Api(ref s) if s.code == 409),
         "{error}"
     );
+}
+
+/// When each candidate led: `(identity, from, until)`; `until` is `None` while leading.
+type Terms = Arc<Mutex<Vec<(String, Instant, Option<Instant>)>>>;
+
+/// Runs one replica's election as `run` does: campaign, then renew until lost.
+fn candidate(mut elector: Elector, terms: Terms, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let identity = elector.config().identity.clone();
+        while acquire(&mut elector, &shutdown).await {
+            let index = {
+                let mut terms = terms.lock().unwrap();
+                terms.push((identity.clone(), Instant::now(), None));
+                terms.len() - 1
+            };
+            let lost = CancellationToken::new();
+            elector = keep(elector, shutdown.clone(), lost.clone()).await;
+            terms.lock().unwrap()[index].2 = Some(Instant::now());
+            if !lost.is_cancelled() {
+                return;
+            }
+        }
+    });
+}
+
+fn assert_no_overlap(terms: &Terms) {
+    let terms = terms.lock().unwrap().clone();
+    for (i, (who, from, until)) in terms.iter().enumerate() {
+        for (other, from2, until2) in terms.iter().skip(i + 1) {
+            let ends_before =
+                |until: &Option<Instant>, start: &Instant| until.is_some_and(|u| u < *start);
+            assert!(
+                ends_before(until, from2) || ends_before(until2, from),
+                "{who} {from:?}..{until:?} overlaps {other} {from2:?}..{until2:?}"
+            );
+        }
+    }
+}
+
+async fn failover(fault: fn(&Network)) -> Terms {
+    let api = fake().await;
+    let terms: Terms = Arc::default();
+    let shutdown = CancellationToken::new();
+    let (a, a_net) = elector(&api, "pod-a");
+    let (b, _) = elector(&api, "pod-b");
+    candidate(a, terms.clone(), shutdown.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    candidate(b, terms.clone(), shutdown.clone());
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    fault(&a_net);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    a_net.heal();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    terms
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_partitioned_leader_steps_down_before_the_standby_takes_over() {
+    // Requests that hang forever: only a per-attempt deadline notices.
+    let terms = failover(Network::partition).await;
+    let leaders: Vec<_> = terms.lock().unwrap().iter().map(|t| t.0.clone()).collect();
+    assert_eq!(
+        leaders,
+        ["pod-a", "pod-b"],
+        "b takes over, a stays a follower once healed"
+    );
+    assert_no_overlap(&terms);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_leader_whose_renewals_fail_steps_down_before_the_standby_takes_over() {
+    let terms = failover(Network::refuse).await;
+    let leaders: Vec<_> = terms.lock().unwrap().iter().map(|t| t.0.clone()).collect();
+    assert_eq!(leaders, ["pod-a", "pod-b"]);
+    assert_no_overlap(&terms);
 }

@@ -10,13 +10,14 @@
 use crate::fixtures::{repo_file, sample, PipelineExt};
 use crate::harness::{harness, Harness};
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
 use odds_operator::build::Component;
-use odds_operator::leader::{release, try_acquire, LeaseConfig};
+use odds_operator::leader::{Elector, LeaseConfig};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 type Grant = (String, String, String);
 
@@ -57,6 +58,25 @@ async fn used() -> BTreeSet<Grant> {
     .await;
     h.migration_done().await;
     h.reconcile().await;
+    // A ConfigMap of this pipeline under a name the current version no longer uses.
+    let mut stray = h.api::<ConfigMap>().get("demo-config").await.unwrap();
+    stray.metadata = ObjectMeta {
+        name: Some("demo-settings".into()),
+        ..stray.metadata
+    };
+    stray.metadata.resource_version = None;
+    stray.metadata.uid = None;
+    h.api::<ConfigMap>()
+        .create(&Default::default(), &stray)
+        .await
+        .unwrap();
+    h.reconcile().await;
+    assert!(h
+        .api::<ConfigMap>()
+        .get_opt("demo-settings")
+        .await
+        .unwrap()
+        .is_none());
     h.change(json!({"spec": {"paused": true}})).await;
     collect(&h);
 
@@ -70,18 +90,14 @@ async fn used() -> BTreeSet<Grant> {
     // Leader election: campaign, renew, take over, release.
     let h = harness(sample(), true).await;
     let api: Api<Lease> = h.api();
-    let config = |id: &str| LeaseConfig {
-        name: "odds-operator-leader".into(),
-        namespace: "default".into(),
-        identity: id.into(),
-        lease_duration: Duration::from_secs(15),
-        renew_every: Duration::from_secs(5),
-    };
+    let mut a = Elector::new(
+        api.clone(),
+        LeaseConfig::new("odds-operator-leader".into(), "default".into(), "a".into()),
+    );
     h.operator.store(true, Ordering::SeqCst);
-    let now = k8s_openapi::jiff::Timestamp::now();
-    try_acquire(&api, &config("a"), now).await.unwrap();
-    try_acquire(&api, &config("a"), now).await.unwrap();
-    release(&api, &config("a")).await.unwrap();
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    assert!(a.try_acquire_or_renew().await.unwrap());
+    a.release().await.unwrap();
     h.operator.store(false, Ordering::SeqCst);
     collect(&h);
 
