@@ -47,7 +47,8 @@ pub struct RunArgs {
     #[arg(long, env = "POD_NAME", default_value = "odds-operator")]
     pub identity: String,
     /// Watch Strimzi KafkaTopics when the cluster has their CRD (discovered at start-up and
-    /// rechecked every minute until it appears); `false` never watches them.
+    /// rechecked every minute until it appears); `false` never watches them (topic readiness
+    /// is then only seen on the periodic requeue).
     #[arg(long, env = "WATCH_KAFKA_TOPICS", default_value_t = true, action = clap::ArgAction::Set)]
     pub watch_kafka_topics: bool,
     #[command(flatten)]
@@ -119,7 +120,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     ));
     let mut warned = false;
     loop {
-        let strimzi = args.watch_kafka_topics && strimzi_installed(&client).await;
+        let strimzi = strimzi_installed(&client).await;
         ctx.strimzi.store(strimzi, Ordering::Relaxed);
         if !strimzi && !warned {
             tracing::warn!(
@@ -130,27 +131,30 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         // Without Strimzi, a poll notices its installation and restarts the controller with
         // the KafkaTopic watch (a controller's watches are fixed once it runs).
         let appeared = CancellationToken::new();
-        let poll = (!strimzi && args.watch_kafka_topics)
-            .then(|| tokio::spawn(poll_strimzi(client.clone(), appeared.clone())));
-        controller(&client, args.namespace.as_deref(), strimzi)
-            .graceful_shutdown_on({
-                let (shutdown, lost, appeared) = (shutdown.clone(), lost.clone(), appeared.clone());
-                async move {
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = lost.cancelled() => {}
-                        () = appeared.cancelled() => {}
-                    }
+        let poll = (!strimzi).then(|| tokio::spawn(poll_strimzi(client.clone(), appeared.clone())));
+        controller(
+            &client,
+            args.namespace.as_deref(),
+            strimzi && args.watch_kafka_topics,
+        )
+        .graceful_shutdown_on({
+            let (shutdown, lost, appeared) = (shutdown.clone(), lost.clone(), appeared.clone());
+            async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = lost.cancelled() => {}
+                    () = appeared.cancelled() => {}
                 }
-            })
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                match result {
-                    Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
-                    Err(error) => tracing::debug!(%error, "reconcile did not complete"),
-                }
-            })
-            .await;
+            }
+        })
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+            }
+        })
+        .await;
         if let Some(poll) = poll {
             poll.abort();
         }

@@ -214,3 +214,22 @@ fn pod_override_env_is_a_list_map_keyed_by_name() {
         );
     }
 }
+
+#[test]
+fn crd_subcommand_exits_quietly_when_the_reader_stops_early() {
+    use std::io::Read;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_odds-operator"))
+        .arg("crd")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // What `odds-operator crd | head -c 100` does: read a little, then close the pipe. The
+    // CRD is larger than a pipe's buffer, so the writer meets EPIPE.
+    let mut start = [0u8; 100];
+    child.stdout.take().unwrap().read_exact(&mut start).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "");
+    assert!(String::from_utf8_lossy(&start).starts_with("apiVersion: apiextensions.k8s.io/v1"));
+}
