@@ -3,7 +3,7 @@
 //! the compiler follows; what remains to check is that each component gets the variables
 //! meant for it and nothing the workloads do not know.
 
-use crate::fixtures::{container, sample, valid, PipelineExt};
+use crate::fixtures::{container, job_container, sample, valid, PipelineExt};
 use odds_contracts::env;
 use odds_operator::build::{self, Component, MigrationState};
 use std::collections::BTreeSet;
@@ -26,6 +26,55 @@ fn known() -> BTreeSet<&'static str> {
         env::DATABASE_READ_URL,
         env::REDIS_URL,
     ])
+}
+
+/// The ConfigMap keys each component is meant to read (every pod loads all of them).
+fn config_keys(component: Component) -> &'static [&'static str] {
+    match component {
+        Component::Simulator => &[
+            env::SIM_EVENTS,
+            env::SIM_RATE,
+            env::SIM_SEED,
+            env::HTTP_ADDR,
+            env::LOG_FORMAT,
+        ],
+        Component::Ingest => &[
+            env::SUPPLIER_URL,
+            env::KAFKA_BROKERS,
+            env::KAFKA_TOPIC,
+            env::KAFKA_DLQ_TOPIC,
+            env::HTTP_ADDR,
+            env::LOG_FORMAT,
+        ],
+        Component::Processor => &[
+            env::KAFKA_BROKERS,
+            env::KAFKA_TOPIC,
+            env::KAFKA_DLQ_TOPIC,
+            env::KAFKA_GROUP,
+            env::HTTP_ADDR,
+            env::LOG_FORMAT,
+        ],
+        Component::OddsService => &[env::HTTP_ADDR, env::LOG_FORMAT],
+    }
+}
+
+#[test]
+fn every_config_map_key_is_meant_for_some_workload() {
+    let pipeline = valid(&sample());
+    let children = build::children(&pipeline, &MigrationState::Succeeded);
+    let config: BTreeSet<String> = children
+        .config_map
+        .unwrap()
+        .data
+        .unwrap()
+        .into_keys()
+        .collect();
+    let meant: BTreeSet<String> = pipeline
+        .components()
+        .into_iter()
+        .flat_map(|c| config_keys(c).iter().map(|k| k.to_string()))
+        .collect();
+    assert_eq!(meant, config);
 }
 
 #[test]
@@ -89,7 +138,7 @@ fn each_component_runs_its_binary_and_the_job_runs_migrate_with_only_the_databas
         );
     }
     let job = build::job::build(&pipeline);
-    let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+    let c = job_container(&job);
     assert_eq!(
         c.command.clone().unwrap(),
         [Component::Processor.binary(), "migrate"]

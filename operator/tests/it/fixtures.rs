@@ -3,6 +3,7 @@
 //! the parts of built objects the tests look at.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use odds_operator::build::{Component, Facts, CONFIG_HASH_ANNOTATION};
@@ -153,6 +154,18 @@ pub fn pod(d: &Deployment) -> &PodSpec {
 /// The (only) container of a Deployment.
 pub fn container(d: &Deployment) -> &Container {
     &pod(d).containers[0]
+}
+
+/// The (only) container of a Job.
+pub fn job_container(job: &Job) -> &Container {
+    &job.spec
+        .as_ref()
+        .unwrap()
+        .template
+        .spec
+        .as_ref()
+        .unwrap()
+        .containers[0]
 }
 
 pub fn env(d: &Deployment) -> Vec<EnvVar> {

@@ -2,7 +2,7 @@
 //! State-based: the tests assert which objects exist and what they contain.
 
 use crate::fixtures::{hash, image, replicas, sample, PipelineExt, NS};
-use crate::harness::harness;
+use crate::harness::{harness, Harness};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
@@ -71,12 +71,14 @@ async fn spec_change_updates_children_and_rolls_pods() {
     );
 }
 
-#[tokio::test]
-async fn secret_change_rolls_pods() {
-    let h = harness(sample(), true).await;
-    h.roll_out().await;
-    let old_hash = hash(&h.deployment("demo-processor").await.unwrap());
-    let patch = json!({"data": {"url": "cG9zdGdyZXM6Ly9uZXc="}});
+async fn hashes(h: &Harness) -> (String, String) {
+    (
+        hash(&h.deployment("demo-ingest").await.unwrap()),
+        hash(&h.deployment("demo-processor").await.unwrap()),
+    )
+}
+
+async fn patch_secret(h: &Harness, patch: serde_json::Value) {
     h.api::<Secret>()
         .patch(
             "odds-postgres",
@@ -86,10 +88,26 @@ async fn secret_change_rolls_pods() {
         .await
         .unwrap();
     h.reconcile().await;
-    assert_ne!(
-        hash(&h.deployment("demo-processor").await.unwrap()),
-        old_hash
+}
+
+#[tokio::test]
+async fn a_changed_secret_value_rolls_the_pods_that_read_it_and_nothing_else_does() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    let (ingest, processor) = hashes(&h).await;
+    patch_secret(&h, json!({"metadata": {"labels": {"team": "odds"}}})).await;
+    assert_eq!(
+        hashes(&h).await,
+        (ingest.clone(), processor.clone()),
+        "metadata rolls nothing"
     );
+    patch_secret(&h, json!({"data": {"url": "cG9zdGdyZXM6Ly9uZXc="}})).await;
+    let (ingest_after, processor_after) = hashes(&h).await;
+    assert_ne!(
+        processor_after, processor,
+        "the processor reads the database URL"
+    );
+    assert_eq!(ingest_after, ingest, "ingest reads no Secret");
 }
 
 #[tokio::test]

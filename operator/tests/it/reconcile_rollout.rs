@@ -1,7 +1,7 @@
 //! Reconcile against an in-memory Kubernetes API: a pipeline rolling out, step by step.
 //! State-based: the tests assert which objects exist and what they contain.
 
-use crate::fixtures::{container, image, pod, sample};
+use crate::fixtures::{container, image, job_container, pod, sample};
 use crate::harness::harness;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -134,7 +134,7 @@ async fn create_builds_owned_labelled_children() {
     );
     let job = h.api::<Job>().get(&h.job_name().await).await.unwrap();
     assert_eq!(
-        job.spec.unwrap().template.spec.unwrap().containers[0].command,
+        job_container(&job).command,
         Some(vec!["odds-processor".to_string(), "migrate".to_string()])
     );
 }
