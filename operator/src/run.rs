@@ -185,7 +185,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
 
 /// Whether the API server serves Strimzi's `kafkatopics` in `kafka.strimzi.io/v1`. An
 /// error other than "not found" counts as absent too, and is logged: the poll retries.
-async fn strimzi_installed(client: &kube::Client) -> bool {
+pub async fn strimzi_installed(client: &kube::Client) -> bool {
     match client.list_api_group_resources("kafka.strimzi.io/v1").await {
         Ok(list) => list.resources.iter().any(|r| r.name == "kafkatopics"),
         Err(kube::Error::Api(status)) if status.code == 404 => false,

@@ -279,19 +279,17 @@ fn check_component(name: &str, spec: &ComponentSpec, problems: &mut Vec<String>)
             ));
         }
     }
-    let mut names: Vec<&str> = spec
+    let mut seen = std::collections::BTreeSet::new();
+    let repeated: std::collections::BTreeSet<&str> = spec
         .pod_overrides
         .env
         .iter()
         .map(|e| e.name.as_str())
+        .filter(|name| !seen.insert(*name))
         .collect();
-    names.sort_unstable();
-    for pair in names.windows(2) {
-        if pair[0] == pair[1] {
-            problems.push(format!(
-                "{name}.podOverrides.env sets {} more than once",
-                pair[0]
-            ));
-        }
+    for repeated in repeated {
+        problems.push(format!(
+            "{name}.podOverrides.env sets {repeated} more than once"
+        ));
     }
 }

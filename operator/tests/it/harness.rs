@@ -55,6 +55,8 @@ struct Fault {
     message: String,
     /// Never answer (a partitioned network) instead of answering `code`.
     hang: bool,
+    /// Answer with this body (and `code`) instead of an error Status.
+    body: Option<Value>,
 }
 
 impl Fault {
@@ -80,6 +82,7 @@ impl Network {
             reason: String::new(),
             message: String::new(),
             hang: true,
+            body: None,
         });
     }
 
@@ -92,6 +95,7 @@ impl Network {
             reason: "ServiceUnavailable".into(),
             message: "the server is currently unable to handle the request".into(),
             hang: false,
+            body: None,
         });
     }
 
@@ -381,9 +385,11 @@ impl tower::Service<http::Request<Body>> for Recording {
                 std::future::pending::<()>().await;
             }
             if let Some(fault) = fault {
-                let body = json!({
-                    "kind": "Status", "apiVersion": "v1", "status": "Failure",
-                    "message": fault.message, "reason": fault.reason, "code": fault.code,
+                let body = fault.body.unwrap_or_else(|| {
+                    json!({
+                        "kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "message": fault.message, "reason": fault.reason, "code": fault.code,
+                    })
                 });
                 let response = http::Response::builder()
                     .status(fault.code)
@@ -415,6 +421,22 @@ impl Harness {
             reason: reason.into(),
             message: message.into(),
             hang: false,
+            body: None,
+        });
+    }
+
+    /// From now on, `verb` requests on `resource` are answered with `body` (the fake API
+    /// serves no discovery documents, for instance). Discovery of an API group version is a
+    /// `list` of resource `""`.
+    pub fn answer(&self, verb: &str, resource: &str, body: Value) {
+        self.faults.lock().unwrap().push(Fault {
+            verb: verb.into(),
+            resource: resource.into(),
+            code: 200,
+            reason: String::new(),
+            message: String::new(),
+            hang: false,
+            body: Some(body),
         });
     }
 

@@ -313,3 +313,45 @@ async fn user_env_overriding_the_operators_applies_cleanly() {
         .unwrap()
         .is_some());
 }
+
+#[tokio::test]
+async fn strimzi_is_discovered_by_its_kafka_topic_resource() {
+    use odds_operator::run::strimzi_installed;
+    let resources = |names: &[&str]| {
+        json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "kafka.strimzi.io/v1",
+            "resources": names.iter().map(|n| json!({
+                "name": n, "singularName": "", "namespaced": true, "kind": "K", "verbs": ["get"]
+            })).collect::<Vec<_>>()
+        })
+    };
+    type Serve<'a> = &'a dyn Fn(&crate::harness::Harness);
+    let cases: [(Serve, bool); 4] = [
+        (
+            &|h| h.answer("list", "", resources(&["kafkas", "kafkatopics"])),
+            true,
+        ),
+        (&|h| h.answer("list", "", resources(&["kafkas"])), false),
+        (
+            &|h| {
+                h.fail(
+                    "list",
+                    "",
+                    404,
+                    "NotFound",
+                    "the server could not find the requested resource",
+                )
+            },
+            false,
+        ),
+        (
+            &|h| h.fail("list", "", 503, "ServiceUnavailable", "try later"),
+            false,
+        ),
+    ];
+    for (serve, installed) in cases {
+        let h = harness(sample(), true).await;
+        serve(&h);
+        assert_eq!(strimzi_installed(&h.client).await, installed);
+    }
+}
