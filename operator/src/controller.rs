@@ -34,8 +34,17 @@ pub enum Error {
     Dereference(#[from] DereferenceError),
     #[error(transparent)]
     Apply(#[from] ApplyError),
-    #[error("writing the status: {0}")]
-    Status(#[source] kube::Error),
+    #[error(transparent)]
+    Status(#[from] StatusError),
+}
+
+/// Writing the pipeline's status failed.
+#[derive(Debug, thiserror::Error)]
+#[error("writing the status of {name}: {source}")]
+pub struct StatusError {
+    pub name: String,
+    #[source]
+    pub source: kube::Error,
 }
 
 impl Error {
@@ -375,7 +384,10 @@ async fn write_status(
         &Patch::Apply(&body),
     )
     .await
-    .map_err(Error::Status)?;
+    .map_err(|source| StatusError {
+        name: pipeline.name_any(),
+        source,
+    })?;
     Ok(())
 }
 

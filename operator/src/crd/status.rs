@@ -28,8 +28,8 @@ pub struct OddsPipelineStatus {
     /// In-cluster WebSocket URL of the odds service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_socket_url: Option<String>,
-    /// Workloads kept at their previous version, and why. Always written, empty too, so an
-    /// apply of the status replaces the list as a whole.
+    /// Workloads kept at their previous version, and why.
+    // Serialized when empty too: the status apply then replaces the list as a whole.
     #[serde(default)]
     pub held_back: Vec<HeldBack>,
 }
