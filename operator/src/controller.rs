@@ -86,7 +86,12 @@ pub struct Context {
     /// Whether the cluster serves Strimzi's `KafkaTopic` (discovered at start-up and
     /// rechecked by `run` until it appears).
     pub strimzi: Arc<AtomicBool>,
+    /// The time conditions' transitions are stamped with (tests move it on at will).
+    pub clock: Clock,
 }
+
+/// A source of the current time.
+pub type Clock = Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>;
 
 impl Context {
     /// A context that reports events as `odds-operator` (instance `instance`); Strimzi is
@@ -102,6 +107,7 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             strimzi: Arc::new(AtomicBool::new(true)),
+            clock: Arc::new(chrono::Utc::now),
         }
     }
 
@@ -145,7 +151,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
     let namespace = pipeline.namespace().ok_or(Error::NoNamespace)?;
     let client = &ctx.client;
     let previous = pipeline.status.clone().unwrap_or_default();
-    let now = now();
+    let now = (ctx.clock)().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
 
     if pipeline.metadata.deletion_timestamp.is_some() {
         // Being deleted: garbage collection removes the children; re-applying them would
@@ -445,8 +451,4 @@ fn key(pipeline: &OddsPipeline) -> String {
 pub fn backoff(failures: u32) -> Duration {
     let seconds = 5u64.saturating_mul(1u64 << failures.min(6));
     Duration::from_secs(seconds.min(300))
-}
-
-fn now() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }

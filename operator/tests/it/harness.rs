@@ -245,11 +245,16 @@ pub async fn harness_with(pipeline: OddsPipeline, options: Options) -> Harness {
         NS,
     );
     let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Some("test".into()),
-        Some(metrics.clone()),
-    ));
+    let mut context = Context::new(client.clone(), Some("test".into()), Some(metrics.clone()));
+    // Each reading is a minute later than the one before: a status recomputed with a new
+    // transition time would differ from the stored one, which the steady-state test catches.
+    let minutes = Arc::new(AtomicUsize::new(0));
+    context.clock = Arc::new(move || {
+        let minute = minutes.fetch_add(1, Ordering::SeqCst);
+        let start = chrono::DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default();
+        start + chrono::Duration::minutes(i64::try_from(minute).unwrap())
+    });
+    let ctx = Arc::new(context);
     ctx.strimzi.store(options.strimzi, Ordering::Relaxed);
     Harness {
         client,
