@@ -3,6 +3,9 @@
 //! Ingress) in the shape the spec asks for, and reports health in the status.
 //!
 //! Reconcile is dereference ([`observe`]) → [`validate`] → [`build`] (pure) → [`apply`] → [`status`].
+//! Validation is the only way to a [`validate::ValidPipeline`], and the builders take nothing
+//! else, so they never meet a spec that breaks a rule. Each step has its own error type, and
+//! every outcome, failures included, ends in the pipeline's status ([`controller`]).
 
 pub mod apply;
 pub mod build;
