@@ -153,6 +153,21 @@ async fn the_chart_grants_exactly_what_the_operator_uses() {
         missing.is_empty() && extra.is_empty(),
         "charts/odds-operator/templates/rbac.yaml\n  lacks: {missing:?}\n  grants unused: {extra:?}"
     );
+    // Every kind the operator writes is watched too (a change to a child must reconcile
+    // its owner).
+    let watched: BTreeSet<(String, String)> = odds_operator::run::watched_resources()
+        .into_iter()
+        .collect();
+    for (group, resource, verb) in &used {
+        let child = verb == "patch" && !resource.contains('/');
+        let own = !matches!(resource.as_str(), "events" | "leases");
+        if child && own {
+            assert!(
+                watched.contains(&(group.clone(), resource.clone())),
+                "{group}/{resource} is written but not watched"
+            );
+        }
+    }
     // The derivation itself saw what matters.
     for grant in [
         (
