@@ -257,6 +257,20 @@ async fn turning_on_autoscaling_never_drops_below_the_current_replicas() {
         replicas(&h.deployment("demo-processor").await.unwrap()),
         Some(5)
     );
+
+    // Autoscaling off: the spec's replicas apply again and the HPA goes.
+    h.change(json!({"spec": {"processor": {"autoscaling": null, "replicas": 3}}}))
+        .await;
+    assert_eq!(
+        replicas(&h.deployment("demo-processor").await.unwrap()),
+        Some(3)
+    );
+    assert!(h
+        .api::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>()
+        .get_opt("demo-processor")
+        .await
+        .unwrap()
+        .is_none());
 }
 
 #[tokio::test]
