@@ -6,6 +6,7 @@
 //! ([`names`]), and the client protocol of `/ws/odds` ([`ws`]). A workload crate depends on
 //! this crate and never on another workload.
 
+pub mod env;
 pub mod names;
 mod reject;
 mod update;
@@ -13,6 +14,6 @@ pub mod ws;
 
 pub use reject::{parse_update, RejectReason, MAX_UPDATE_BYTES};
 pub use update::{
-    validate_event_id, Market, Odds, OddsUpdate, ValidationError, MAX_EVENT_ID_LEN, MAX_ODDS,
-    MAX_SOURCE_LEN, MAX_TEAM_LEN,
+    stored_price, validate_event_id, Market, Odds, OddsUpdate, ValidationError, MAX_EVENT_ID_LEN,
+    MAX_ODDS, MAX_SOURCE_LEN, MAX_TEAM_LEN, MAX_VERSION, ODDS_SIGNIFICANT_DIGITS,
 };

@@ -15,6 +15,22 @@ pub const MAX_TEAM_LEN: usize = 128;
 pub const MAX_SOURCE_LEN: usize = 64;
 /// Highest accepted decimal odds; anything above is a feed error, not a price (exchanges cap at 1000).
 pub const MAX_ODDS: f64 = 1000.0;
+/// Significant digits a price keeps in storage. Postgres converts `float8` to `numeric` with 15
+/// significant digits (`DBL_DIG`), so validation judges a price by that rounded value: a price
+/// such as 1.0000000000000002 would be stored as 1 and refused by the `> 1` check.
+pub const ODDS_SIGNIFICANT_DIGITS: usize = 15;
+/// Highest version storage can hold (Postgres `BIGINT`).
+pub const MAX_VERSION: u64 = i64::MAX as u64;
+
+/// A price as storage keeps it: rounded to [`ODDS_SIGNIFICANT_DIGITS`] significant digits.
+pub fn stored_price(value: f64) -> f64 {
+    if !value.is_finite() {
+        return value;
+    }
+    format!("{:.*e}", ODDS_SIGNIFICANT_DIGITS - 1, value)
+        .parse()
+        .unwrap_or(value)
+}
 
 /// One price change of one event, as sent by a supplier and carried through the pipeline.
 ///
@@ -85,16 +101,21 @@ pub enum ValidationError {
     MissingTeam { field: &'static str },
     #[error("{field}: team name longer than {MAX_TEAM_LEN} characters")]
     TeamTooLong { field: &'static str },
+    /// Storage (Postgres `text`) cannot hold NUL, and no control character belongs in a name.
+    #[error("{field}: control characters are not allowed")]
+    ControlCharacter { field: &'static str },
     #[error("market: unknown market {0:?} (known: 1X2, HT_1X2)")]
     UnknownMarket(String),
     #[error("{field}: odds must be a finite number, got {value}")]
     OddsNotFinite { field: &'static str, value: f64 },
-    #[error("{field}: odds must be greater than 1.0, got {value}")]
+    #[error("{field}: odds must be greater than 1.0 at {ODDS_SIGNIFICANT_DIGITS} significant digits, got {value}")]
     OddsTooLow { field: &'static str, value: f64 },
     #[error("{field}: odds must be at most {MAX_ODDS}, got {value}")]
     OddsTooHigh { field: &'static str, value: f64 },
     #[error("version: must be at least 1")]
     ZeroVersion,
+    #[error("version: {0} exceeds the largest storable version {MAX_VERSION}")]
+    VersionTooLarge(u64),
     #[error("source: longer than {MAX_SOURCE_LEN} characters")]
     SourceTooLong,
 }
@@ -108,11 +129,12 @@ impl ValidationError {
             | ValidationError::EventIdNotPrintable => "event_id",
             ValidationError::MissingTeam { field }
             | ValidationError::TeamTooLong { field }
+            | ValidationError::ControlCharacter { field }
             | ValidationError::OddsNotFinite { field, .. }
             | ValidationError::OddsTooLow { field, .. }
             | ValidationError::OddsTooHigh { field, .. } => field,
             ValidationError::UnknownMarket(_) => "market",
-            ValidationError::ZeroVersion => "version",
+            ValidationError::ZeroVersion | ValidationError::VersionTooLarge(_) => "version",
             ValidationError::SourceTooLong => "source",
         }
     }
@@ -139,13 +161,20 @@ fn validate_team(field: &'static str, name: &str) -> Result<(), ValidationError>
     if name.chars().count() > MAX_TEAM_LEN {
         return Err(ValidationError::TeamTooLong { field });
     }
+    reject_control_characters(field, name)
+}
+
+fn reject_control_characters(field: &'static str, text: &str) -> Result<(), ValidationError> {
+    if text.chars().any(char::is_control) {
+        return Err(ValidationError::ControlCharacter { field });
+    }
     Ok(())
 }
 
 fn validate_price(field: &'static str, value: f64) -> Result<(), ValidationError> {
     if !value.is_finite() {
         Err(ValidationError::OddsNotFinite { field, value })
-    } else if value <= 1.0 {
+    } else if stored_price(value) <= 1.0 {
         Err(ValidationError::OddsTooLow { field, value })
     } else if value > MAX_ODDS {
         Err(ValidationError::OddsTooHigh { field, value })
@@ -169,10 +198,13 @@ impl OddsUpdate {
         if self.version == 0 {
             return Err(ValidationError::ZeroVersion);
         }
+        if self.version > MAX_VERSION {
+            return Err(ValidationError::VersionTooLarge(self.version));
+        }
         if self.source.chars().count() > MAX_SOURCE_LEN {
             return Err(ValidationError::SourceTooLong);
         }
-        Ok(())
+        reject_control_characters("source", &self.source)
     }
 
     /// JSON encoding. Serializing this type cannot fail: it holds only strings, numbers

@@ -60,7 +60,12 @@ enum Mutation {
     LowOdds(u8, f64),
     NonFinite(u8, f64),
     HighOdds(u8, f64),
+    /// A price above 1.0 that storage's 15 significant digits round to 1.0.
+    RoundsToOne(u8, u32),
     ZeroVersion,
+    HugeVersion(u64),
+    /// A control character (NUL included, which Postgres text cannot hold) in a team or source.
+    ControlInText(u8, char),
 }
 
 fn mutation() -> impl Strategy<Value = Mutation> {
@@ -79,7 +84,14 @@ fn mutation() -> impl Strategy<Value = Mutation> {
         )
             .prop_map(|(i, v)| Mutation::NonFinite(i, v)),
         (0u8..3, 1000.001f64..1e12).prop_map(|(i, v)| Mutation::HighOdds(i, v)),
+        (0u8..3, 1u32..=4).prop_map(|(i, ulps)| Mutation::RoundsToOne(i, ulps)),
         Just(Mutation::ZeroVersion),
+        ((i64::MAX as u64 + 1)..=u64::MAX).prop_map(Mutation::HugeVersion),
+        (
+            0u8..3,
+            prop::sample::select(vec!['\0', '\u{1}', '\n', '\u{7f}', '\u{85}'])
+        )
+            .prop_map(|(i, c)| Mutation::ControlInText(i, c)),
     ]
 }
 
@@ -134,10 +146,32 @@ fn apply(update: &mut OddsUpdate, mutation: &Mutation) -> &'static str {
         Mutation::LowOdds(i, v) | Mutation::NonFinite(i, v) | Mutation::HighOdds(i, v) => {
             set_price(update, *i, *v)
         }
+        Mutation::RoundsToOne(i, ulps) => {
+            let value = f64::from_bits(1.0f64.to_bits() + u64::from(*ulps));
+            set_price(update, *i, value)
+        }
         Mutation::ZeroVersion => {
             update.version = 0;
             "version"
         }
+        Mutation::HugeVersion(version) => {
+            update.version = *version;
+            "version"
+        }
+        Mutation::ControlInText(which, c) => match which {
+            0 => {
+                update.home_team.push(*c);
+                "home_team"
+            }
+            1 => {
+                update.away_team.insert(1, *c);
+                "away_team"
+            }
+            _ => {
+                update.source.push(*c);
+                "source"
+            }
+        },
     }
 }
 

@@ -6,6 +6,7 @@
 //! kcat or any client can read the topics while the demo runs).
 
 use anyhow::Context;
+use odds_contracts::env;
 use odds_contracts::names::{TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
 use odds_testkit::{PostgresServer, TestRedis};
 use rdkafka::mocking::MockCluster;
@@ -27,9 +28,9 @@ pub struct Infra {
 impl Infra {
     /// Uses the URLs from the environment where set, starting the rest.
     pub async fn provide() -> anyhow::Result<Infra> {
-        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
 
-        let (database_url, postgres) = match env("DATABASE_URL") {
+        let (database_url, postgres) = match set(env::DATABASE_URL) {
             Some(url) => (url, None),
             None => {
                 let server = PostgresServer::start()
@@ -38,7 +39,7 @@ impl Infra {
                 (server.admin_url(), Some(server))
             }
         };
-        let (redis_url, redis) = match env("REDIS_URL") {
+        let (redis_url, redis) = match set(env::REDIS_URL) {
             Some(url) => (url, None),
             None => {
                 let server = TestRedis::start()
@@ -47,7 +48,7 @@ impl Infra {
                 (server.url(), Some(server))
             }
         };
-        let (kafka_brokers, kafka) = match env("KAFKA_BROKERS") {
+        let (kafka_brokers, kafka) = match set(env::KAFKA_BROKERS) {
             Some(brokers) => (brokers, None),
             None => {
                 let cluster = MockCluster::new(1).context("starting the Kafka mock cluster")?;

@@ -7,6 +7,7 @@
 use crate::children::{ChildProcess, ChildSpec};
 use crate::infra::Infra;
 use anyhow::{bail, Context};
+use odds_contracts::env;
 use odds_testkit::free_port;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -96,9 +97,9 @@ impl Launcher {
         let sim_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let common = |ops: SocketAddr| {
             vec![
-                ("HTTP_ADDR".to_owned(), ops.to_string()),
-                ("LOG_FORMAT".to_owned(), "text".to_owned()),
-                ("RUST_LOG".to_owned(), options.log_filter.clone()),
+                (env::HTTP_ADDR.to_owned(), ops.to_string()),
+                (env::LOG_FORMAT.to_owned(), "text".to_owned()),
+                (env::RUST_LOG.to_owned(), options.log_filter.clone()),
                 ("NO_COLOR".to_owned(), "1".to_owned()),
             ]
         };
@@ -118,37 +119,34 @@ impl Launcher {
             spec(
                 "odds-processor",
                 vec![
-                    ("KAFKA_BROKERS", infra.kafka_brokers.clone()),
-                    ("DATABASE_URL", infra.database_url.clone()),
-                    ("REDIS_URL", infra.redis_url.clone()),
-                    // librdkafka waits up to 500 ms for a fetch to fill by default; measured
-                    // with `odds-demo bench` (5000/s, 1000 clients): p50 363 ms → 49 ms at 10.
-                    ("KAFKA_PROP_FETCH_WAIT_MAX_MS", "10".to_owned()),
+                    (env::KAFKA_BROKERS, infra.kafka_brokers.clone()),
+                    (env::DATABASE_URL, infra.database_url.clone()),
+                    (env::REDIS_URL, infra.redis_url.clone()),
                 ],
             )?,
             spec(
                 "odds-service",
                 vec![
-                    ("LISTEN_ADDR", service_addr.to_string()),
-                    ("DATABASE_URL", infra.database_url.clone()),
-                    ("REDIS_URL", infra.redis_url.clone()),
+                    (env::LISTEN_ADDR, service_addr.to_string()),
+                    (env::DATABASE_URL, infra.database_url.clone()),
+                    (env::REDIS_URL, infra.redis_url.clone()),
                 ],
             )?,
             spec(
                 "supplier-simulator",
                 vec![
-                    ("LISTEN_ADDR", sim_addr.to_string()),
-                    ("SIM_RATE", options.rate.to_string()),
-                    ("SIM_EVENTS", options.events.to_string()),
-                    ("SIM_SEED", options.seed.to_string()),
-                    ("SIM_TOTAL", options.total.to_string()),
+                    (env::LISTEN_ADDR, sim_addr.to_string()),
+                    (env::SIM_RATE, options.rate.to_string()),
+                    (env::SIM_EVENTS, options.events.to_string()),
+                    (env::SIM_SEED, options.seed.to_string()),
+                    (env::SIM_TOTAL, options.total.to_string()),
                 ],
             )?,
             spec(
                 "odds-ingest",
                 vec![
-                    ("SUPPLIER_URL", format!("ws://{sim_addr}/ws")),
-                    ("KAFKA_BROKERS", infra.kafka_brokers.clone()),
+                    (env::SUPPLIER_URL, format!("ws://{sim_addr}/ws")),
+                    (env::KAFKA_BROKERS, infra.kafka_brokers.clone()),
                 ],
             )?,
         ];
@@ -211,7 +209,7 @@ impl Launcher {
 async fn migrate(bin_dir: &Path, database_url: &str) -> anyhow::Result<()> {
     let output = tokio::process::Command::new(bin_dir.join("odds-processor"))
         .arg("migrate")
-        .env("DATABASE_URL", database_url)
+        .env(env::DATABASE_URL, database_url)
         .env("NO_COLOR", "1")
         .output()
         .await

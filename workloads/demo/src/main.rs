@@ -1,5 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use odds_contracts::env;
 use odds_demo::bench::{self, BenchArgs};
 use odds_demo::launcher::default_bin_dir;
 use odds_demo::status::StatusBoard;
@@ -48,13 +49,13 @@ struct RunArgs {
     #[arg(long, env = "DEMO_PORT", default_value_t = 8080)]
     port: u16,
     /// Supplier updates per second.
-    #[arg(long, env = "SIM_RATE", default_value_t = 50)]
+    #[arg(long, env = env::SIM_RATE, default_value_t = 50)]
     rate: u32,
     /// Number of events.
-    #[arg(long, env = "SIM_EVENTS", default_value_t = 8)]
+    #[arg(long, env = env::SIM_EVENTS, default_value_t = 8)]
     events: u32,
     /// Random seed of the supplier.
-    #[arg(long, env = "SIM_SEED", default_value_t = 42)]
+    #[arg(long, env = env::SIM_SEED, default_value_t = 42)]
     seed: u64,
     /// Stop after this many seconds (0 = until Ctrl-C).
     #[arg(long, default_value_t = 0)]

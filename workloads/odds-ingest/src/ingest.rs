@@ -49,7 +49,7 @@ impl Ingest {
         let (reconnect_min, reconnect_max) = config.reconnect_bounds();
         let link = SupplierLink {
             url: config.supplier_url.clone(),
-            max_message_bytes: config.max_ws_message_bytes,
+            max_message_bytes: config.max_ws_message_bytes as usize,
             reconnect_min,
             reconnect_max,
         };
@@ -88,7 +88,7 @@ impl Ingest {
             }
             ops_shutdown.cancel();
         });
-        tracing::info!(%ops_addr, supplier = %config.supplier_url, brokers = %config.kafka_brokers, "odds-ingest started");
+        tracing::info!(%ops_addr, supplier = %config.supplier_url, brokers = %config.kafka.brokers, "odds-ingest started");
         Ok(Ingest {
             ops_addr,
             metrics,

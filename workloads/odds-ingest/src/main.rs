@@ -1,10 +1,15 @@
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use odds_ingest::{run, IngestConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = IngestConfig::parse();
+    if let Err(message) = config.check() {
+        IngestConfig::command()
+            .error(clap::error::ErrorKind::ArgumentConflict, message)
+            .exit();
+    }
     odds_runtime::telemetry::init(config.ops.log_format, &config.ops.log_filter)?;
     let shutdown = odds_runtime::shutdown::on_signals();
     run(config, shutdown).await.context("odds-ingest failed")

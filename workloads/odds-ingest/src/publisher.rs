@@ -46,11 +46,11 @@ impl Publisher {
         for (name, value) in config.producer_properties() {
             client.set(name, value);
         }
-        let max_in_flight = config.max_in_flight.max(1);
+        let max_in_flight = config.max_in_flight as usize;
         Ok(Publisher {
             producer: client.create()?,
-            topic: config.topic.as_str().into(),
-            dlq_topic: config.dlq_topic.as_str().into(),
+            topic: config.kafka.topic.as_str().into(),
+            dlq_topic: config.kafka.dlq_topic.as_str().into(),
             permits: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             metrics,

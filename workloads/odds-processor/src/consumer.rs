@@ -136,22 +136,11 @@ impl ConsumerContext for ProcessorContext {
 
 /// Creates the group consumer and subscribes it to `topic`.
 pub fn subscribe(
-    brokers: &str,
-    group: &str,
     topic: &str,
     props: &[(String, String)],
     context: ProcessorContext,
 ) -> KafkaResult<ProcessorConsumer> {
     let mut config = ClientConfig::new();
-    config
-        .set("bootstrap.servers", brokers)
-        .set("group.id", group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("statistics.interval.ms", "5000")
-        // Bounds what librdkafka prefetches while the processor is paused (Postgres down).
-        .set("queued.max.messages.kbytes", "16384");
     for (name, value) in props {
         config.set(name, value);
     }

@@ -30,14 +30,10 @@ pub struct DeadLetters {
 }
 
 impl DeadLetters {
-    /// An idempotent, acks=all producer for `topic`; `props` are extra librdkafka settings.
-    pub fn new(brokers: &str, topic: &str, props: &[(String, String)]) -> Result<Self, DlqError> {
+    /// A producer for `topic` with the given client properties (see
+    /// [`crate::config::ProcessorConfig::dlq_producer_properties`]).
+    pub fn new(topic: &str, props: &[(String, String)]) -> Result<Self, DlqError> {
         let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("message.timeout.ms", "30000");
         for (name, value) in props {
             config.set(name, value);
         }

@@ -26,11 +26,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Proce
     )
     .await?;
     tracing::info!(%addr, "ops server listening");
-    let mut config = args.processor;
-    config.add_kafka_props_from_env(std::env::vars());
+    let config = args.processor;
     let processor = Processor::new(&config, metrics, readiness, shutdown)?;
     tracing::info!(
-        topic = %config.kafka_topic,
+        topic = %config.kafka.topic,
         group = %config.kafka_group,
         batch_max = config.batch_max,
         batch_max_wait_ms = config.batch_max_wait_ms,

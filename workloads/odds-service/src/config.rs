@@ -4,6 +4,7 @@
 //! that protect the process (connections, subscriptions, message size, queue depth) are all
 //! here so an operator can tune them without a rebuild.
 
+use odds_contracts::env;
 use odds_runtime::OpsArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,43 +18,43 @@ pub struct ServiceConfig {
 
     /// Address of the public server: REST `/v1/...`, WebSocket `/ws/odds`, page `/`,
     /// `/openapi.json`.
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8080")]
+    #[arg(long, env = env::LISTEN_ADDR, default_value = "0.0.0.0:8080")]
     pub listen_addr: SocketAddr,
 
     /// Redis holding the current-odds cache and the `odds:updates` pub/sub channel.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, env = env::REDIS_URL, default_value = "redis://127.0.0.1:6379")]
     pub redis_url: String,
 
     /// Postgres with the `odds_current` and `odds_history` read models.
-    #[arg(long, env = "DATABASE_URL")]
+    #[arg(long, env = env::DATABASE_URL)]
     pub database_url: String,
 
     /// Optional read replica used for every query instead of DATABASE_URL.
-    #[arg(long, env = "DATABASE_READ_URL")]
+    #[arg(long, env = env::DATABASE_READ_URL)]
     pub database_read_url: Option<String>,
 
     /// Largest number of Postgres connections in the pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 8)]
+    #[arg(long, env = env::DATABASE_MAX_CONNECTIONS, default_value_t = 8)]
     pub database_max_connections: u32,
 
     /// Most WebSocket connections this process accepts; further upgrades get 503.
-    #[arg(long, env = "WS_MAX_CONNECTIONS", default_value_t = 20_000)]
+    #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = 20_000)]
     pub ws_max_connections: usize,
 
     /// Most events one connection may follow (`*` counts as one).
-    #[arg(long, env = "WS_MAX_SUBSCRIPTIONS", default_value_t = 100)]
+    #[arg(long, env = env::WS_MAX_SUBSCRIPTIONS, default_value_t = 100)]
     pub ws_max_subscriptions: usize,
 
     /// Largest client message in bytes; larger ones get a `message_too_large` error, and
     /// frames over 16 times this close the connection (1009).
-    #[arg(long, env = "WS_MAX_MESSAGE_BYTES", default_value_t = 4096)]
+    #[arg(long, env = env::WS_MAX_MESSAGE_BYTES, default_value_t = 4096)]
     pub ws_max_message_bytes: usize,
 
     /// Comma-separated origins allowed to open WebSockets (e.g. `https://odds.example`);
     /// empty allows every origin. Requests without an Origin header (non-browsers) are allowed.
     #[arg(
         long,
-        env = "WS_ALLOWED_ORIGINS",
+        env = env::WS_ALLOWED_ORIGINS,
         default_value = "",
         value_delimiter = ','
     )]
@@ -61,31 +62,31 @@ pub struct ServiceConfig {
 
     /// Most distinct events waiting to be sent to one connection; a client that falls
     /// further behind is closed as a slow consumer.
-    #[arg(long, env = "WS_MAX_PENDING_EVENTS", default_value_t = 1024)]
+    #[arg(long, env = env::WS_MAX_PENDING_EVENTS, default_value_t = 1024)]
     pub ws_max_pending_events: usize,
 
     /// How long one write to a client may stay blocked before the client is closed as slow.
-    #[arg(long, env = "WS_SLOW_CLIENT_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = env::WS_SLOW_CLIENT_TIMEOUT_MS, default_value_t = 10_000)]
     pub ws_slow_client_timeout_ms: u64,
 
     /// Kernel send buffer (SO_SNDBUF) of each client socket, in bytes; 0 keeps the OS default
     /// (which autotunes up to megabytes per stuck client).
-    #[arg(long, env = "WS_SEND_BUFFER_BYTES", default_value_t = 32 * 1024)]
+    #[arg(long, env = env::WS_SEND_BUFFER_BYTES, default_value_t = 32 * 1024)]
     pub ws_send_buffer_bytes: usize,
 
     /// Least milliseconds between two writes of updates to one client: updates arriving
     /// meanwhile go out in one flush (fewer syscalls, at most this much added latency), and
     /// an event updated several times within the window is sent once, at its newest version.
     /// 0 (the default) writes at once, so a client that keeps up receives every version.
-    #[arg(long, env = "WS_WRITE_COALESCE_MS", default_value_t = 0)]
+    #[arg(long, env = env::WS_WRITE_COALESCE_MS, default_value_t = 0)]
     pub ws_write_coalesce_ms: u64,
 
     /// Interval of server pings; a client silent for three intervals is disconnected.
-    #[arg(long, env = "WS_PING_INTERVAL_SECS", default_value_t = 20)]
+    #[arg(long, env = env::WS_PING_INTERVAL_SECS, default_value_t = 20)]
     pub ws_ping_interval_secs: u64,
 
     /// Timeout of one Redis command or connection attempt before falling back to Postgres.
-    #[arg(long, env = "REDIS_TIMEOUT_MS", default_value_t = 500)]
+    #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = 500)]
     pub redis_timeout_ms: u64,
 }
 

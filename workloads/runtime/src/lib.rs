@@ -5,11 +5,13 @@
 //! readiness that reflects real dependencies ([`Readiness`]), and a clean stop on SIGTERM
 //! ([`shutdown`]). Keeping it here means the operator can probe every workload the same way.
 
+pub mod kafka;
 pub mod ops;
 mod readiness;
 pub mod shutdown;
 pub mod telemetry;
 
+pub use kafka::KafkaArgs;
 pub use ops::{serve_http, OpsArgs};
 pub use readiness::Readiness;
 pub use telemetry::LogFormat;

@@ -10,6 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use odds_contracts::env;
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::net::SocketAddr;
 use tokio_util::sync::CancellationToken;
@@ -18,13 +19,13 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, clap::Args)]
 pub struct OpsArgs {
     /// Address of the health, readiness and metrics server.
-    #[arg(long, env = "HTTP_ADDR", default_value = "0.0.0.0:9000")]
+    #[arg(long, env = env::HTTP_ADDR, default_value = "0.0.0.0:9000")]
     pub http_addr: SocketAddr,
     /// Log format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "text")]
     pub log_format: crate::LogFormat,
     /// Log filter in RUST_LOG syntax, e.g. `info` or `info,odds_ingest=debug`.
-    #[arg(long, env = "RUST_LOG", default_value = "info")]
+    #[arg(long, env = env::RUST_LOG, default_value = "info")]
     pub log_filter: String,
 }
 

@@ -1,5 +1,6 @@
 //! Command-line and environment configuration of the simulator.
 
+use odds_contracts::env;
 use odds_contracts::Market;
 use odds_runtime::OpsArgs;
 use std::net::SocketAddr;
@@ -9,35 +10,35 @@ use std::net::SocketAddr;
 #[command(version, about, long_about = None)]
 pub struct SimulatorConfig {
     /// Address of the WebSocket server (clients connect to ws://ADDR/ws).
-    #[arg(long, env = "LISTEN_ADDR", default_value = "0.0.0.0:8090")]
+    #[arg(long, env = env::LISTEN_ADDR, default_value = "0.0.0.0:8090")]
     pub listen_addr: SocketAddr,
 
     /// Number of events. The first four are MATCH_001..MATCH_004 with fixed teams; more are generated.
-    #[arg(long, env = "SIM_EVENTS", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = env::SIM_EVENTS, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub events: u32,
 
     /// Updates per second, over all events (1 to 1,000,000).
-    #[arg(long, env = "SIM_RATE", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = env::SIM_RATE, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub rate: u32,
 
     /// Seed of the random walk: the same seed gives the same stream (apart from timestamps).
-    #[arg(long, env = "SIM_SEED", default_value_t = 42)]
+    #[arg(long, env = env::SIM_SEED, default_value_t = 42)]
     pub seed: u64,
 
     /// Markets to quote, comma-separated (known: 1X2, HT_1X2).
-    #[arg(long, env = "SIM_MARKETS", default_value = "1X2", value_delimiter = ',', value_parser = parse_market)]
+    #[arg(long, env = env::SIM_MARKETS, default_value = "1X2", value_delimiter = ',', value_parser = parse_market)]
     pub markets: Vec<Market>,
 
     /// Send updates in bursts of this many back-to-back frames (same average rate); 1 = evenly spaced.
-    #[arg(long, env = "SIM_BURST", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    #[arg(long, env = env::SIM_BURST, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub burst: u32,
 
     /// Stop after sending this many updates in total (0 = never stop).
-    #[arg(long, env = "SIM_TOTAL", default_value_t = 0)]
+    #[arg(long, env = env::SIM_TOTAL, default_value_t = 0)]
     pub total: u64,
 
     /// Frames a client may have queued before it counts as too slow and is disconnected.
-    #[arg(long, env = "SIM_CLIENT_QUEUE", default_value_t = 65_536)]
+    #[arg(long, env = env::SIM_CLIENT_QUEUE, default_value_t = 65_536)]
     pub client_queue: usize,
 
     #[command(flatten)]

@@ -104,10 +104,8 @@ impl Processor {
     ) -> Result<Processor, ProcessorError> {
         let ledger = CommitLedger::default();
         let consumer = consumer::subscribe(
-            &config.kafka_brokers,
-            &config.kafka_group,
-            &config.kafka_topic,
-            &config.kafka_props,
+            &config.kafka.topic,
+            &config.consumer_properties(),
             ProcessorContext::new(ledger.clone(), metrics.clone()),
         )
         .map_err(ProcessorError::Kafka)?;
@@ -119,11 +117,7 @@ impl Processor {
             ledger,
             store: Store::connect_lazy(&config.database_url)?,
             cache: Cache::new(&config.redis_url, config.redis_timeout())?,
-            dlq: DeadLetters::new(
-                &config.kafka_brokers,
-                &config.kafka_dlq_topic,
-                &config.kafka_props,
-            )?,
+            dlq: DeadLetters::new(&config.kafka.dlq_topic, &config.dlq_producer_properties())?,
             metrics,
             readiness,
             shutdown,

@@ -34,7 +34,7 @@ pub fn config(kafka: &TestKafka, db: &TestDatabase, redis: &TestRedis) -> Proces
     config.db_retry_max_backoff_ms = 500;
     config.redis_timeout_ms = 1000;
     // A crashed member is noticed after its session timeout: keep it short in tests.
-    config.kafka_props = vec![
+    config.kafka.props = vec![
         ("session.timeout.ms".into(), "6000".into()),
         ("heartbeat.interval.ms".into(), "500".into()),
     ];

@@ -1,0 +1,66 @@
+//! Environment variable names the stages read, in one place.
+//!
+//! The operator writes these into ConfigMaps and pod specs, the demo launcher sets them on the
+//! processes it starts, and each stage's clap config reads them (`env = env::KAFKA_BROKERS`).
+//! Because all three name the same constant, renaming a variable is one edit here and the
+//! compiler finds every user; no test has to parse another crate's source to catch drift.
+
+// --- every service (the shared runtime's ops server and logging) ---
+/// Address of the `/healthz`, `/readyz`, `/metrics` server.
+pub const HTTP_ADDR: &str = "HTTP_ADDR";
+/// `json` or `text` log lines.
+pub const LOG_FORMAT: &str = "LOG_FORMAT";
+/// `tracing` filter directives.
+pub const RUST_LOG: &str = "RUST_LOG";
+/// Address a stage serves its own protocol on (simulator `/ws`, odds-service REST and WS).
+pub const LISTEN_ADDR: &str = "LISTEN_ADDR";
+
+// --- Kafka clients (ingest, processor) ---
+pub const KAFKA_BROKERS: &str = "KAFKA_BROKERS";
+pub const KAFKA_TOPIC: &str = "KAFKA_TOPIC";
+pub const KAFKA_DLQ_TOPIC: &str = "KAFKA_DLQ_TOPIC";
+/// `KAFKA_PROP_FETCH_WAIT_MAX_MS=10` sets librdkafka's `fetch.wait.max.ms`.
+pub const KAFKA_PROP_PREFIX: &str = "KAFKA_PROP_";
+
+// --- storage (processor, odds-service) ---
+pub const DATABASE_URL: &str = "DATABASE_URL";
+pub const DATABASE_READ_URL: &str = "DATABASE_READ_URL";
+pub const DATABASE_MAX_CONNECTIONS: &str = "DATABASE_MAX_CONNECTIONS";
+pub const REDIS_URL: &str = "REDIS_URL";
+pub const REDIS_TIMEOUT_MS: &str = "REDIS_TIMEOUT_MS";
+
+// --- supplier-simulator ---
+pub const SIM_EVENTS: &str = "SIM_EVENTS";
+pub const SIM_RATE: &str = "SIM_RATE";
+pub const SIM_SEED: &str = "SIM_SEED";
+pub const SIM_MARKETS: &str = "SIM_MARKETS";
+pub const SIM_BURST: &str = "SIM_BURST";
+pub const SIM_TOTAL: &str = "SIM_TOTAL";
+pub const SIM_CLIENT_QUEUE: &str = "SIM_CLIENT_QUEUE";
+
+// --- odds-ingest ---
+pub const SUPPLIER_URL: &str = "SUPPLIER_URL";
+pub const MAX_IN_FLIGHT: &str = "MAX_IN_FLIGHT";
+pub const KAFKA_LINGER_MS: &str = "KAFKA_LINGER_MS";
+pub const KAFKA_COMPRESSION: &str = "KAFKA_COMPRESSION";
+pub const RECONNECT_MIN_MS: &str = "RECONNECT_MIN_MS";
+pub const RECONNECT_MAX_MS: &str = "RECONNECT_MAX_MS";
+pub const MAX_WS_MESSAGE_BYTES: &str = "MAX_WS_MESSAGE_BYTES";
+pub const SHUTDOWN_FLUSH_MS: &str = "SHUTDOWN_FLUSH_MS";
+
+// --- odds-processor ---
+pub const KAFKA_GROUP: &str = "KAFKA_GROUP";
+pub const BATCH_MAX: &str = "BATCH_MAX";
+pub const BATCH_MAX_WAIT_MS: &str = "BATCH_MAX_WAIT_MS";
+pub const DB_RETRY_MAX_BACKOFF_MS: &str = "DB_RETRY_MAX_BACKOFF_MS";
+
+// --- odds-service ---
+pub const WS_MAX_CONNECTIONS: &str = "WS_MAX_CONNECTIONS";
+pub const WS_MAX_SUBSCRIPTIONS: &str = "WS_MAX_SUBSCRIPTIONS";
+pub const WS_MAX_MESSAGE_BYTES: &str = "WS_MAX_MESSAGE_BYTES";
+pub const WS_ALLOWED_ORIGINS: &str = "WS_ALLOWED_ORIGINS";
+pub const WS_MAX_PENDING_EVENTS: &str = "WS_MAX_PENDING_EVENTS";
+pub const WS_SLOW_CLIENT_TIMEOUT_MS: &str = "WS_SLOW_CLIENT_TIMEOUT_MS";
+pub const WS_SEND_BUFFER_BYTES: &str = "WS_SEND_BUFFER_BYTES";
+pub const WS_WRITE_COALESCE_MS: &str = "WS_WRITE_COALESCE_MS";
+pub const WS_PING_INTERVAL_SECS: &str = "WS_PING_INTERVAL_SECS";
