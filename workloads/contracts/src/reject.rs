@@ -38,6 +38,10 @@ impl RejectReason {
         ["invalid_json", "binary_frame", "oversize", "invalid_update"];
 }
 
+/// Reason code of a valid update that storage refused for good (a data exception or a
+/// constraint violation): the processor dead-letters it with the database's message.
+pub const STORAGE_REJECTED: &str = "storage_rejected";
+
 /// Decodes and validates one update from raw bytes.
 pub fn parse_update(payload: &[u8]) -> Result<OddsUpdate, RejectReason> {
     if payload.len() > MAX_UPDATE_BYTES {

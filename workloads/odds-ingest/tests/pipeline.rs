@@ -172,10 +172,7 @@ async fn broker_outage_and_request_errors_lose_and_duplicate_nothing() {
     // errors, it appends R5 out of order where a real broker answers OUT_OF_ORDER_SEQUENCE;
     // librdkafka then (rightly, for a real broker) takes R5's ack as proof that R1..R4 were
     // persisted, and the mock has lost them. One request in flight keeps the mock faithful.
-    config.kafka.props = vec![(
-        "max.in.flight.requests.per.connection".into(),
-        "1".into(),
-    )];
+    config.kafka.props = vec![("max.in.flight.requests.per.connection".into(), "1".into())];
     let _ingest = Ingest::start(config, shutdown.clone()).await.unwrap();
 
     tokio::time::sleep(Duration::from_millis(1500)).await;

@@ -49,6 +49,9 @@ pub struct Batch {
 pub struct Decoded {
     /// Every valid update, in the order read (all go to history).
     pub updates: Vec<OddsUpdate>,
+    /// For each update, the index of its record in the batch (to dead-letter the record if
+    /// storage refuses the update).
+    pub sources: Vec<usize>,
     pub rejected: Vec<(SourceRecord, Rejection)>,
 }
 
@@ -86,9 +89,12 @@ impl Batch {
     /// Decodes and validates every record.
     pub fn decode(&self) -> Decoded {
         let mut decoded = Decoded::default();
-        for record in &self.records {
+        for (index, record) in self.records.iter().enumerate() {
             match decode_record(record) {
-                Ok(update) => decoded.updates.push(update),
+                Ok(update) => {
+                    decoded.updates.push(update);
+                    decoded.sources.push(index);
+                }
                 Err(rejection) => decoded.rejected.push((record.clone(), rejection)),
             }
         }
@@ -96,22 +102,10 @@ impl Batch {
     }
 }
 
-/// One record's update, or why it is not one. Postgres stores versions as BIGINT, so a
-/// version beyond `i64::MAX` is rejected here rather than failing the whole batch later.
+/// One record's update, or why it is not one (the contract's decision, as at ingest).
 pub fn decode_record(record: &SourceRecord) -> Result<OddsUpdate, Rejection> {
     let payload = record.payload.as_deref().unwrap_or_default();
-    let update = parse_update(payload).map_err(Rejection::from)?;
-    if i64::try_from(update.version).is_err() {
-        return Err(Rejection {
-            code: "invalid_update",
-            detail: format!(
-                "invalid update: version: {} exceeds the largest storable version {}",
-                update.version,
-                i64::MAX
-            ),
-        });
-    }
-    Ok(update)
+    parse_update(payload).map_err(Rejection::from)
 }
 
 /// The newest update of each event in `updates`, ordered by event id (a stable order keeps

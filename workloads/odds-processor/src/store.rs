@@ -17,6 +17,38 @@ use std::time::Duration;
 #[error("postgres: {0}")]
 pub struct StoreError(#[from] sqlx::Error);
 
+impl StoreError {
+    /// Whether Postgres refused the data itself (SQLSTATE class 22, data exception, or 23,
+    /// integrity constraint violation): retrying the same rows can never succeed. Everything
+    /// else (connection lost, timeout, shutdown, a server in recovery) is an outage that a
+    /// retry outlives.
+    pub fn is_permanent(&self) -> bool {
+        match &self.0 {
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+            _ => false,
+        }
+    }
+}
+
+/// A batch written around the updates storage refused.
+#[derive(Debug, Default)]
+pub struct Isolated {
+    pub applied: Applied,
+    /// Index (into the batch's updates) and the database's message of each refused update.
+    pub refused: Vec<(usize, String)>,
+}
+
+impl Applied {
+    /// Adds what another part of the same batch changed.
+    fn merge(&mut self, other: Applied) {
+        self.history_inserted += other.history_inserted;
+        self.current_advanced += other.current_advanced;
+        self.current_events.extend(other.current_events);
+    }
+}
+
 /// What one batch changed.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Applied {
@@ -157,6 +189,31 @@ impl Store {
             }
         }
         Ok(applied)
+    }
+
+    /// Applies `updates`, isolating the ones storage refuses for good: the whole batch first,
+    /// and when Postgres refuses it, halves of it, recursively, down to single updates. A
+    /// poison update thus costs about 2·log2(n) extra statements and never blocks the others;
+    /// parts written before a later part fails are harmless to write again (version guards).
+    /// An outage error ends the attempt: the caller retries the whole batch.
+    pub async fn apply_isolating(&self, updates: &[OddsUpdate]) -> Result<Isolated, StoreError> {
+        let mut isolated = Isolated::default();
+        let mut parts = vec![(0, updates.len())];
+        while let Some((start, end)) = parts.pop() {
+            match self.apply_batch(&updates[start..end]).await {
+                Ok(applied) => isolated.applied.merge(applied),
+                Err(error) if error.is_permanent() && end - start == 1 => {
+                    isolated.refused.push((start, error.to_string()));
+                }
+                Err(error) if error.is_permanent() => {
+                    let middle = start + (end - start) / 2;
+                    parts.push((middle, end));
+                    parts.push((start, middle));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(isolated)
     }
 
     /// Up to `limit` current rows with `event_id > after`, in id order (keyset paging for the

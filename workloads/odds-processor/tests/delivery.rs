@@ -5,12 +5,9 @@
 mod common;
 
 use common::*;
-use odds_contracts::names::{dlq_headers, TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
+use odds_contracts::names::{dlq_headers, TOPIC_ODDS_UPDATES};
 use odds_processor::StepOutcome;
 use odds_testkit::{TestKafka, TestRedis};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Headers;
-use rdkafka::{ClientConfig, Message};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -97,52 +94,28 @@ async fn poison_records_are_dead_lettered_and_never_block() {
     );
     assert_eq!(count(&db, "SELECT count(*) FROM odds_history").await, 4);
 
-    let dlq: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
-        .set("group.id", "dlq-reader")
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .unwrap();
-    dlq.subscribe(&[TOPIC_ODDS_UPDATES_DLQ]).unwrap();
-    let mut by_offset = HashMap::new();
-    while by_offset.len() < 3 {
-        let message = tokio::time::timeout(PATIENCE, dlq.recv())
-            .await
-            .expect("three DLQ records")
-            .unwrap();
-        let headers = message.headers().expect("DLQ headers");
-        let mut h = HashMap::new();
-        for header in headers.iter() {
-            let value = String::from_utf8(header.value.unwrap().to_vec()).unwrap();
-            h.insert(header.key.to_owned(), value);
-        }
+    let by_offset = read_dlq(&kafka, 3).await;
+    for letter in by_offset.values() {
+        let h = &letter.headers;
         assert_eq!(h[dlq_headers::SOURCE_TOPIC], TOPIC_ODDS_UPDATES);
         assert_eq!(h[dlq_headers::SOURCE_PARTITION], "0");
         assert_eq!(h[dlq_headers::STAGE], "odds-processor");
-        assert!(!h[dlq_headers::DETAIL].is_empty());
+        assert!(!letter.detail.is_empty());
         assert!(h.contains_key(dlq_headers::REJECTED_AT));
-        by_offset.insert(
-            h[dlq_headers::SOURCE_OFFSET].clone(),
-            (
-                h[dlq_headers::REASON].clone(),
-                h[dlq_headers::DETAIL].clone(),
-                message.payload().map(<[u8]>::to_vec),
-            ),
-        );
     }
-    assert_eq!(by_offset["1"].0, "invalid_json");
+    assert_eq!(by_offset["1"].reason, "invalid_json");
     assert_eq!(
-        by_offset["1"].2.as_deref(),
+        by_offset["1"].payload.as_deref(),
         Some(&b"\x00\xffnot json"[..]),
         "original bytes kept"
     );
-    assert_eq!(by_offset["2"].0, "invalid_update");
+    assert_eq!(by_offset["2"].reason, "invalid_update");
     assert!(
-        by_offset["2"].1.contains("odds.home"),
+        by_offset["2"].detail.contains("odds.home"),
         "{}",
-        by_offset["2"].1
+        by_offset["2"].detail
     );
-    assert_eq!(by_offset["4"].0, "invalid_json");
+    assert_eq!(by_offset["4"].reason, "invalid_json");
     assert_eq!(
         h.metrics
             .dead_lettered
@@ -150,6 +123,76 @@ async fn poison_records_are_dead_lettered_and_never_block() {
             .get(),
         2
     );
+}
+
+/// A value that passes validation but that storage refuses (here a CHECK the contract does not
+/// know, as a DBA might add) is isolated from its batch and dead-lettered as
+/// `storage_rejected` with the database's message; the rest of the batch is stored and the
+/// partition moves on. Values that Postgres could never hold (a NUL in a name, a price that
+/// rounds to 1 at storage precision) are refused earlier, by validation.
+#[tokio::test]
+async fn updates_storage_refuses_are_isolated_and_dead_lettered() {
+    let kafka = TestKafka::start(1, 1).unwrap();
+    let db = migrated_database().await;
+    sqlx::query(
+        "ALTER TABLE odds_history ADD CONSTRAINT test_refuses CHECK (event_id <> 'REFUSED')",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    let redis = TestRedis::start().await.unwrap();
+    let config = config(&kafka, &db, &redis);
+    let mut h = processor(&config);
+    let producer = producer(&kafka);
+    let mut nul_team = update("E3", 1);
+    nul_team.home_team = "Nul\u{0}United".into();
+    let mut rounds_to_one = update("E4", 1);
+    rounds_to_one.odds.draw = 1.000_000_000_000_000_2;
+    produce(&producer, &[update("E1", 1)]).await; // offset 0
+    produce(&producer, &[update("REFUSED", 1)]).await; // 1
+    produce(&producer, &[nul_team]).await; // 2
+    produce(&producer, &[rounds_to_one]).await; // 3
+    produce(&producer, &[update("E2", 1), update("E1", 2)]).await; // 4, 5
+
+    let group = config.kafka_group.clone();
+    step_until(&mut h.processor, "all six committed", || async {
+        committed_total(&kafka, &group, 1) == 6
+    })
+    .await;
+    assert_eq!(current_version(&db, "E1").await, Some(2));
+    assert_eq!(current_version(&db, "E2").await, Some(1));
+    assert_eq!(cached(&redis, "E1").await.unwrap().version, 2);
+    assert_eq!(current_version(&db, "REFUSED").await, None);
+    assert!(cached(&redis, "REFUSED").await.is_none(), "never cached");
+    assert_eq!(count(&db, "SELECT count(*) FROM odds_history").await, 3);
+
+    let dead = read_dlq(&kafka, 3).await;
+    assert_eq!(dead["1"].reason, "storage_rejected");
+    assert!(
+        dead["1"].detail.contains("test_refuses"),
+        "the database's message: {}",
+        dead["1"].detail
+    );
+    assert_eq!(dead["2"].reason, "invalid_update");
+    assert!(
+        dead["2"].detail.contains("home_team"),
+        "{}",
+        dead["2"].detail
+    );
+    assert_eq!(dead["3"].reason, "invalid_update");
+    assert!(
+        dead["3"].detail.contains("odds.draw"),
+        "{}",
+        dead["3"].detail
+    );
+    assert_eq!(
+        h.metrics
+            .dead_lettered
+            .with_label_values(&["storage_rejected"])
+            .get(),
+        1
+    );
+    assert!(h.readiness.is_ready(), "a refusal is not an outage");
 }
 
 #[tokio::test]
@@ -226,4 +269,100 @@ async fn crash_after_postgres_commit_before_offset_commit_replays_harmlessly() {
     assert_eq!(cached(&redis, "A").await.unwrap().version, 5);
     assert_eq!(cached(&redis, "B").await.unwrap().version, 5);
     assert!(matches!(second.processor.step().await, StepOutcome::Idle));
+}
+
+/// Validation and storage agree: every update `validate` accepts — names with any Unicode,
+/// prices anywhere in range down to the last representable step above 1.0 — is stored by a
+/// real Postgres and read back unchanged (prices to storage's 15 significant digits).
+#[tokio::test]
+async fn every_update_validation_accepts_is_stored_and_read_back() {
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+
+    let db = migrated_database().await;
+    let store = odds_processor::Store::from_pool(db.pool().clone());
+    let price = proptest::prop_oneof![
+        1.0f64..=1000.0,
+        (1u64..1000).prop_map(|ulps| f64::from_bits(1.0f64.to_bits() + ulps)),
+        (1u64..1000).prop_map(|ulps| f64::from_bits(1000.0f64.to_bits() - ulps)),
+    ];
+    let strategy = (
+        "\\PC{1,40}",
+        "\\PC{1,40}",
+        any_text(),
+        proptest::sample::select(vec!["1X2", "HT_1X2"]),
+        (price.clone(), price.clone(), price),
+        1u64..=odds_contracts::MAX_VERSION,
+        0i64..4_000_000_000,
+    );
+    let mut runner = TestRunner::deterministic();
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for i in 0..600 {
+        let (home, away, source, market, (h, d, a), version, secs) =
+            strategy.new_tree(&mut runner).unwrap().current();
+        let candidate = odds_contracts::OddsUpdate {
+            event_id: format!("P{i}"),
+            home_team: home,
+            away_team: away,
+            market: market.into(),
+            odds: odds_contracts::Odds {
+                home: h,
+                draw: d,
+                away: a,
+            },
+            updated_at: chrono::DateTime::from_timestamp_micros(secs * 1_000_000 + i).unwrap(),
+            source,
+            version,
+        };
+        match candidate.validate() {
+            Ok(()) => accepted.push(candidate),
+            Err(_) => refused += 1,
+        }
+    }
+    assert!(
+        accepted.len() > 300,
+        "most candidates are valid ({refused} refused)"
+    );
+    // One update per statement: a refusal must name the update that caused it.
+    for update in &accepted {
+        store
+            .apply_batch(std::slice::from_ref(update))
+            .await
+            .unwrap_or_else(|e| panic!("storage refused a valid update {update:?}: {e}"));
+    }
+    let stored = store.current_page("", 10_000).await.unwrap();
+    assert_eq!(stored.len(), accepted.len());
+    let by_id: HashMap<_, _> = stored.iter().map(|u| (u.event_id.clone(), u)).collect();
+    for sent in &accepted {
+        let got = by_id[&sent.event_id];
+        let stored_odds = |o: odds_contracts::Odds| {
+            use odds_contracts::stored_price;
+            (
+                stored_price(o.home),
+                stored_price(o.draw),
+                stored_price(o.away),
+            )
+        };
+        assert_eq!(stored_odds(got.odds), stored_odds(sent.odds), "{sent:?}");
+        assert!(got.odds.home > 1.0 && got.odds.draw > 1.0 && got.odds.away > 1.0);
+        assert_eq!(
+            (&got.home_team, &got.away_team, &got.source, got.version),
+            (&sent.home_team, &sent.away_team, &sent.source, sent.version)
+        );
+        assert_eq!(
+            (&got.market, got.updated_at),
+            (&sent.market, sent.updated_at)
+        );
+    }
+}
+
+/// Text that includes control characters (NUL too) a fair share of the time.
+fn any_text() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::strategy::Strategy;
+    proptest::prop_oneof![
+        "\\PC{0,20}",
+        proptest::collection::vec(proptest::char::any(), 0..20)
+            .prop_map(|c| c.into_iter().collect::<String>()),
+    ]
 }

@@ -1,63 +1,93 @@
 //! The durable phase of a batch: dead-letter the invalid records, write the valid ones to
 //! Postgres, and keep retrying both (consumption paused, readiness false) until they succeed
 //! or shutdown abandons the batch. Nothing of a batch is committed before this phase ends.
+//!
+//! Postgres errors come in two kinds. An outage (connection lost, timeout) is waited out: the
+//! whole batch is retried. A refusal of the data itself (a value no column can hold, a broken
+//! CHECK) would fail every retry forever, on every replica that takes the partition, so the
+//! refused updates are isolated and dead-lettered and the rest is stored.
 
 use super::{DurableBatch, Processor, Received, CHECK_POSTGRES, DB_FIRST_BACKOFF};
-use crate::batch::{newest_per_event, Batch};
+use crate::batch::{newest_per_event, Batch, Decoded, Rejection, SourceRecord};
 use crate::metrics::phase;
 use crate::store::Applied;
-use odds_contracts::OddsUpdate;
+use odds_contracts::{OddsUpdate, STORAGE_REJECTED};
 use rdkafka::consumer::Consumer;
 use std::time::Duration;
 use tokio::time::Instant;
 
 impl Processor {
     /// Dead-letters the invalid records and writes the valid ones to Postgres, retrying with
-    /// capped backoff (consumption paused, readiness false) until both succeed. `None` when
-    /// shutdown came first: the batch is abandoned and its offsets stay uncommitted.
+    /// capped backoff (consumption paused, readiness false) until both succeed. Updates that
+    /// Postgres refuses for good are isolated and dead-lettered as `storage_rejected`, so
+    /// they never hold up the partition. `None` when shutdown came first: the batch is
+    /// abandoned and its offsets stay uncommitted.
     pub async fn make_durable(&mut self, mut batch: Batch) -> Option<DurableBatch> {
         let started = Instant::now();
         let mut decoded = batch.decode();
-        let mut dead_lettered = false;
+        // Rejections not yet acknowledged by the DLQ.
+        let mut undelivered: Vec<(SourceRecord, Rejection)> = decoded.rejected.clone();
+        let mut stored: Option<Applied> = None;
         let mut backoff = DB_FIRST_BACKOFF;
         let mut paused = false;
         let applied = loop {
-            if batch.len() != decoded.updates.len() + decoded.rejected.len() {
-                decoded = batch.decode(); // a rebalance while waiting took records away
+            if stored.is_none() && batch.len() != decoded.sources.len() + decoded.rejected.len() {
+                // A rebalance while waiting took records away: keep only what is still ours.
+                decoded = batch.decode();
+                undelivered.retain(|(r, _)| batch.records.contains(r));
             }
             let dlq = async {
-                if dead_lettered || decoded.rejected.is_empty() {
+                if undelivered.is_empty() {
                     return Ok(());
                 }
-                self.dlq.send_all(&decoded.rejected).await
+                self.dlq.send_all(&undelivered).await
             };
-            let (dlq_result, db_result) =
-                tokio::join!(dlq, self.store.apply_batch(&decoded.updates));
-            match &dlq_result {
-                Ok(()) if !dead_lettered => {
-                    dead_lettered = true;
-                    for (_, why) in &decoded.rejected {
+            let db = async {
+                match stored {
+                    Some(_) => Ok(None),
+                    None => self.store.apply_isolating(&decoded.updates).await.map(Some),
+                }
+            };
+            let (dlq_result, db_result) = tokio::join!(dlq, db);
+            let dlq_ok = dlq_result.is_ok();
+            match dlq_result {
+                Ok(()) => {
+                    for (_, why) in undelivered.drain(..) {
                         self.metrics
                             .dead_lettered
                             .with_label_values(&[why.code])
                             .inc();
-                        self.metrics.error(phase::DECODE);
+                        self.metrics.error(if why.code == STORAGE_REJECTED {
+                            phase::DB
+                        } else {
+                            phase::DECODE
+                        });
                     }
                 }
-                Ok(()) => {}
                 Err(error) => {
                     self.metrics.error(phase::DLQ);
                     tracing::warn!(%error, "dead-lettering failed; retrying the batch");
                 }
             }
             match db_result {
-                Ok(applied) if dlq_result.is_ok() => break applied,
-                Ok(_) => {}
+                Ok(Some(isolated)) => {
+                    let refused = self.set_aside_refused(&batch, &mut decoded, isolated.refused);
+                    undelivered.extend(refused);
+                    stored = Some(isolated.applied);
+                    self.readiness.set(CHECK_POSTGRES, true);
+                }
+                Ok(None) => {}
                 Err(error) => {
                     self.metrics.error(phase::DB);
                     self.readiness.set(CHECK_POSTGRES, false);
                     tracing::warn!(%error, retry_in = ?backoff, "batch not durable; retrying");
                 }
+            }
+            if let (Some(done), true) = (&stored, undelivered.is_empty()) {
+                break done.clone();
+            }
+            if dlq_ok && stored.is_some() {
+                continue; // only storage's refusals are left to dead-letter: no outage to wait out
             }
             paused = true;
             if !self.wait_paused(backoff, &mut batch).await {
@@ -86,6 +116,40 @@ impl Processor {
             dead_lettered: decoded.rejected.len(),
             started,
         })
+    }
+
+    /// Moves the updates storage refused out of `decoded` (so nothing downstream treats them
+    /// as stored) and returns their records with the database's reason, for the DLQ.
+    fn set_aside_refused(
+        &self,
+        batch: &Batch,
+        decoded: &mut Decoded,
+        refused: Vec<(usize, String)>,
+    ) -> Vec<(SourceRecord, Rejection)> {
+        let mut dead = Vec::with_capacity(refused.len());
+        let mut drop = vec![false; decoded.updates.len()];
+        for (index, message) in refused {
+            let update = &decoded.updates[index];
+            tracing::error!(
+                event_id = %update.event_id,
+                version = update.version,
+                %message,
+                "Postgres refused an update for good; dead-lettering it"
+            );
+            drop[index] = true;
+            let record = batch.records[decoded.sources[index]].clone();
+            let rejection = Rejection {
+                code: STORAGE_REJECTED,
+                detail: message,
+            };
+            decoded.rejected.push((record.clone(), rejection.clone()));
+            dead.push((record, rejection));
+        }
+        let mut keep = drop.iter().map(|d| !d);
+        decoded.updates.retain(|_| keep.next().unwrap_or(true));
+        let mut keep = drop.iter().map(|d| !d);
+        decoded.sources.retain(|_| keep.next().unwrap_or(true));
+        dead
     }
 
     fn record_applied(&self, updates: &[OddsUpdate], applied: &Applied) {

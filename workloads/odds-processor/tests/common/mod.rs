@@ -238,3 +238,47 @@ impl Subscriber {
         self.seen.lock().unwrap().len()
     }
 }
+
+/// One dead-lettered record: reason, detail, payload, and every header.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub reason: String,
+    pub detail: String,
+    pub payload: Option<Vec<u8>>,
+    pub headers: std::collections::HashMap<String, String>,
+}
+
+/// Reads `n` records of the DLQ topic, by the source offset they were rejected at.
+pub async fn read_dlq(
+    kafka: &TestKafka,
+    n: usize,
+) -> std::collections::HashMap<String, DeadLetter> {
+    use odds_contracts::names::{dlq_headers, TOPIC_ODDS_UPDATES_DLQ};
+    let records = kafka
+        .read_topic(
+            TOPIC_ODDS_UPDATES_DLQ,
+            n,
+            Duration::from_millis(500),
+            PATIENCE,
+        )
+        .await
+        .unwrap();
+    assert_eq!(records.len(), n, "DLQ records");
+    records
+        .into_iter()
+        .map(|r| {
+            let headers: std::collections::HashMap<_, _> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                .collect();
+            let letter = DeadLetter {
+                reason: headers[dlq_headers::REASON].clone(),
+                detail: headers[dlq_headers::DETAIL].clone(),
+                payload: r.payload,
+                headers,
+            };
+            (letter.headers[dlq_headers::SOURCE_OFFSET].clone(), letter)
+        })
+        .collect()
+}
