@@ -37,6 +37,7 @@ pub const SIM_MARKETS: &str = "SIM_MARKETS";
 pub const SIM_BURST: &str = "SIM_BURST";
 pub const SIM_TOTAL: &str = "SIM_TOTAL";
 pub const SIM_CLIENT_QUEUE: &str = "SIM_CLIENT_QUEUE";
+pub const SIM_VERSION_BASE: &str = "SIM_VERSION_BASE";
 
 // --- odds-ingest ---
 pub const SUPPLIER_URL: &str = "SUPPLIER_URL";

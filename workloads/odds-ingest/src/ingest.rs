@@ -3,12 +3,17 @@
 //! Valid updates are re-encoded from the parsed value, so what goes on the topic is exactly the
 //! contract's shape whatever extra fields a supplier sends. Everything else is dead-lettered
 //! with its reason. On shutdown the supplier socket is closed first, frames already read are
-//! still produced, and the producer is drained for a bounded time.
+//! still produced, and the producer is drained — all within one deadline
+//! (`--shutdown-flush-ms`), after which exactly what was accepted and not delivered is counted
+//! and logged, so a Kafka outage can delay a stop but never hang it.
 
 use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
 use crate::publisher::Publisher;
-use crate::supplier::{stream_supplier, SupplierFrame, SupplierLink, READY_SUPPLIER};
+use crate::supplier::{
+    stream_supplier, ByteBudget, QueuedFrame, SupplierFrame, SupplierLink, READY_SUPPLIER,
+};
+use crate::versions::{VersionCheck, VersionTracker};
 use crate::IngestError;
 use odds_contracts::{parse_update, RejectReason};
 use odds_runtime::ops::ops_router;
@@ -24,6 +29,8 @@ use tokio_util::sync::CancellationToken;
 pub const READY_KAFKA: &str = "kafka";
 /// Frames read ahead of the producer; small, since the in-flight limit is the real buffer.
 const FRAME_QUEUE: usize = 1024;
+/// Bytes of frames read ahead of the producer: bounds memory whatever the frames' sizes.
+const FRAME_QUEUE_BYTES: u32 = 8 * 1024 * 1024;
 const KAFKA_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// A running ingest stage.
@@ -66,6 +73,7 @@ impl Ingest {
         let reader = tokio::spawn(stream_supplier(
             link,
             frames_tx,
+            ByteBudget::new(FRAME_QUEUE_BYTES),
             readiness.clone(),
             metrics.clone(),
             shutdown.clone(),
@@ -75,14 +83,23 @@ impl Ingest {
             readiness.clone(),
             shutdown.clone(),
         ));
-        let flush = Duration::from_millis(config.shutdown_flush_ms);
+        let deadline =
+            shutdown_deadline(&shutdown, Duration::from_millis(config.shutdown_flush_ms));
+        let stage_metrics = metrics.clone();
         let task = tokio::spawn(async move {
-            process_frames(frames_rx, &publisher).await;
+            let unproduced = process_frames(frames_rx, &publisher, &stage_metrics, &deadline).await;
             let _ = reader.await;
             probe.abort();
-            let left = publisher.drain(flush).await;
-            if left > 0 {
-                tracing::error!(left, "shutdown: records still unacknowledged by Kafka");
+            let unacknowledged = publisher.drain_until(&deadline).await;
+            let undelivered = unproduced + unacknowledged;
+            stage_metrics.shutdown_undelivered.inc_by(undelivered);
+            if undelivered > 0 {
+                tracing::error!(
+                    undelivered,
+                    unproduced,
+                    unacknowledged,
+                    "shutdown: records accepted from the supplier were not delivered to Kafka"
+                );
             } else {
                 tracing::info!("shutdown: every record acknowledged");
             }
@@ -111,23 +128,88 @@ pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<()
     Ok(())
 }
 
-/// Produces every frame until the supplier reader is gone and the queue is empty.
-async fn process_frames(mut frames: mpsc::Receiver<SupplierFrame>, publisher: &Publisher) {
-    while let Some(frame) = frames.recv().await {
-        match frame {
-            SupplierFrame::Text(text) => match parse_update(text.as_bytes()) {
-                Ok(update) => publisher.publish(&update).await,
-                Err(reason) => {
-                    tracing::debug!(reason = reason.code(), detail = %reason, "rejecting frame");
-                    publisher.dead_letter(text.as_bytes(), &reason).await;
-                }
+/// A token cancelled `flush` after `shutdown`: the end of the drain.
+fn shutdown_deadline(shutdown: &CancellationToken, flush: Duration) -> CancellationToken {
+    let deadline = CancellationToken::new();
+    let (shutdown, cancel) = (shutdown.clone(), deadline.clone());
+    tokio::spawn(async move {
+        shutdown.cancelled().await;
+        tokio::time::sleep(flush).await;
+        cancel.cancel();
+    });
+    deadline
+}
+
+/// Produces every frame until the supplier reader is gone and the queue is empty, or until the
+/// shutdown deadline; returns how many frames the deadline left unproduced.
+async fn process_frames(
+    mut frames: mpsc::Receiver<QueuedFrame>,
+    publisher: &Publisher,
+    metrics: &IngestMetrics,
+    deadline: &CancellationToken,
+) -> u64 {
+    let mut versions = VersionTracker::default();
+    let mut unproduced = loop {
+        let queued = tokio::select! {
+            biased;
+            _ = deadline.cancelled() => break 0,
+            queued = frames.recv() => match queued {
+                Some(queued) => queued,
+                None => return 0,
             },
-            SupplierFrame::Binary(bytes) => {
-                publisher
-                    .dead_letter(&bytes, &RejectReason::BinaryFrame)
-                    .await;
-            }
+        };
+        tokio::select! {
+            biased;
+            _ = deadline.cancelled() => break 1,
+            _ = process_frame(queued.frame, publisher, metrics, &mut versions) => {}
         }
+    };
+    frames.close();
+    while frames.try_recv().is_ok() {
+        unproduced += 1;
+    }
+    unproduced
+}
+
+async fn process_frame(
+    frame: SupplierFrame,
+    publisher: &Publisher,
+    metrics: &IngestMetrics,
+    versions: &mut VersionTracker,
+) {
+    match frame {
+        SupplierFrame::Text(text) => match parse_update(text.as_bytes()) {
+            Ok(update) => {
+                record_version(versions.observe(&update), metrics);
+                publisher.publish(&update).await;
+            }
+            Err(reason) => {
+                tracing::debug!(reason = reason.code(), detail = %reason, "rejecting frame");
+                publisher.dead_letter(text.as_bytes(), &reason).await;
+            }
+        },
+        SupplierFrame::Binary(bytes) => {
+            publisher
+                .dead_letter(&bytes, &RejectReason::BinaryFrame)
+                .await;
+        }
+        SupplierFrame::Oversize { size, max } => {
+            let reason = RejectReason::Oversize { len: size, max };
+            publisher.dead_letter_sized(&[], size, &reason).await;
+        }
+    }
+}
+
+fn record_version(check: VersionCheck, metrics: &IngestMetrics) {
+    if let VersionCheck::Gap { skipped } = check {
+        metrics.version_gaps.inc();
+        metrics.versions_skipped.inc_by(skipped);
+    }
+    if let Some(reason) = check.regression_reason() {
+        metrics
+            .version_regressions
+            .with_label_values(&[reason])
+            .inc();
     }
 }
 

@@ -12,6 +12,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod publisher;
 pub mod supplier;
+pub mod versions;
 
 pub use config::IngestConfig;
 pub use ingest::{run, Ingest};

@@ -12,6 +12,10 @@ pub struct IngestMetrics {
     pub reconnects: IntCounter,
     pub in_flight: IntGauge,
     pub produce_latency: Histogram,
+    pub shutdown_undelivered: IntCounter,
+    pub version_gaps: IntCounter,
+    pub versions_skipped: IntCounter,
+    pub version_regressions: IntCounterVec,
 }
 
 impl IngestMetrics {
@@ -53,7 +57,34 @@ impl IngestMetrics {
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
                 ]),
             )?,
+            shutdown_undelivered: IntCounter::new(
+                "odds_ingest_shutdown_undelivered_total",
+                "Records read from the supplier that shutdown's deadline left undelivered to Kafka",
+            )?,
+            version_gaps: IntCounter::new(
+                "odds_ingest_version_gaps_total",
+                "Updates whose version skipped versions of their event (missed updates)",
+            )?,
+            versions_skipped: IntCounter::new(
+                "odds_ingest_versions_skipped_total",
+                "Versions never seen, summed over the gaps",
+            )?,
+            version_regressions: IntCounterVec::new(
+                Opts::new(
+                    "odds_ingest_version_regressions_total",
+                    "Updates not newer than their event's last version, by reason \
+                     (repeated: expected after a reconnect's image; older: the supplier went back)",
+                ),
+                &["reason"],
+            )?,
         };
+        registry.register(Box::new(m.shutdown_undelivered.clone()))?;
+        registry.register(Box::new(m.version_gaps.clone()))?;
+        registry.register(Box::new(m.versions_skipped.clone()))?;
+        registry.register(Box::new(m.version_regressions.clone()))?;
+        for reason in ["repeated", "older"] {
+            m.version_regressions.with_label_values(&[reason]);
+        }
         registry.register(Box::new(m.frames_received.clone()))?;
         registry.register(Box::new(m.updates_produced.clone()))?;
         registry.register(Box::new(m.dead_lettered.clone()))?;

@@ -74,14 +74,31 @@ impl Publisher {
 
     /// Produces rejected input to the DLQ with the reason, detail and time as headers.
     pub async fn dead_letter(&self, payload: &[u8], reason: &RejectReason) {
-        self.dead_letter_code(payload, reason.code(), &reason.to_string())
+        self.dead_letter_sized(payload, payload.len(), reason).await;
+    }
+
+    /// [`Publisher::dead_letter`] for input of which only a prefix (maybe none) was kept:
+    /// `original_size` goes in the original-size header.
+    pub async fn dead_letter_sized(
+        &self,
+        payload: &[u8],
+        original_size: usize,
+        reason: &RejectReason,
+    ) {
+        self.dead_letter_code(payload, original_size, reason.code(), &reason.to_string())
             .await;
     }
 
-    async fn dead_letter_code(&self, payload: &[u8], code: &'static str, detail: &str) {
+    async fn dead_letter_code(
+        &self,
+        payload: &[u8],
+        original_size: usize,
+        code: &'static str,
+        detail: &str,
+    ) {
         let kept = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
         let rejected_at = Utc::now().to_rfc3339();
-        let original = payload.len().to_string();
+        let original = original_size.to_string();
         let headers = || {
             OwnedHeaders::new()
                 .insert(header(dlq_headers::REASON, code))
@@ -162,7 +179,12 @@ impl Publisher {
                     drop(permit);
                     let payload = rdkafka::Message::payload(&message).unwrap_or_default();
                     publisher
-                        .dead_letter_code(payload, "produce_failed", &error.to_string())
+                        .dead_letter_code(
+                            payload,
+                            payload.len(),
+                            "produce_failed",
+                            &error.to_string(),
+                        )
                         .await;
                     return;
                 }
@@ -179,15 +201,20 @@ impl Publisher {
         });
     }
 
-    /// Waits up to `timeout` for every in-flight record to be acknowledged; returns how many
-    /// were still unacknowledged.
-    pub async fn drain(&self, timeout: Duration) -> usize {
+    /// Waits until every in-flight record is acknowledged or `deadline` is cancelled; returns
+    /// how many were still unacknowledged.
+    pub async fn drain_until(&self, deadline: &tokio_util::sync::CancellationToken) -> u64 {
         let all = u32::try_from(self.max_in_flight).unwrap_or(u32::MAX);
-        let drained = tokio::time::timeout(timeout, self.permits.acquire_many(all)).await;
-        match drained {
-            Ok(Ok(_all_back)) => 0,
-            _ => self.max_in_flight - self.permits.available_permits(),
+        tokio::select! {
+            biased;
+            drained = self.permits.acquire_many(all) => {
+                if drained.is_ok() {
+                    return 0;
+                }
+            }
+            _ = deadline.cancelled() => {}
         }
+        (self.max_in_flight - self.permits.available_permits()) as u64
     }
 
     /// Whether a broker answers a metadata request for our topic within `timeout` (blocking).

@@ -2,17 +2,21 @@
 //!
 //! Suppliers drop connections; ingest must come back without a human. Delays grow
 //! exponentially up to a cap and are jittered so that many replicas do not reconnect in lock
-//! step. Frames go into a bounded channel: when it is full this task stops reading the socket,
-//! which is how Kafka trouble turns into TCP backpressure instead of memory growth.
+//! step. Frames go into a channel bounded in frames and in bytes: when it is full this task
+//! stops reading the socket, which is how Kafka trouble turns into TCP backpressure instead of
+//! memory growth. Every wait here also watches for shutdown, so SIGTERM is never stuck behind a
+//! full queue.
 
 use crate::metrics::IngestMetrics;
 use futures_util::StreamExt;
 use odds_runtime::Readiness;
 use rand::Rng;
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Bytes, Error, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
 
 /// Readiness check name: connected to the supplier.
@@ -23,6 +27,59 @@ pub const READY_SUPPLIER: &str = "supplier";
 pub enum SupplierFrame {
     Text(Utf8Bytes),
     Binary(Bytes),
+    /// A message larger than the read limit: the WebSocket layer discards its bytes and the
+    /// connection, so only its size is known.
+    Oversize {
+        size: usize,
+        max: usize,
+    },
+}
+
+impl SupplierFrame {
+    fn len(&self) -> usize {
+        match self {
+            SupplierFrame::Text(text) => text.len(),
+            SupplierFrame::Binary(bytes) => bytes.len(),
+            SupplierFrame::Oversize { .. } => 0,
+        }
+    }
+}
+
+/// A frame waiting in the queue, holding its share of the queue's byte budget until processed.
+#[derive(Debug)]
+pub struct QueuedFrame {
+    pub frame: SupplierFrame,
+    _budget: Option<OwnedSemaphorePermit>,
+}
+
+/// The byte budget of the frame queue: a frame takes as many permits as it has bytes (capped
+/// at the whole budget, so one huge frame still fits alone).
+#[derive(Debug, Clone)]
+pub struct ByteBudget {
+    permits: Arc<Semaphore>,
+    total: u32,
+}
+
+impl ByteBudget {
+    pub fn new(total: u32) -> ByteBudget {
+        ByteBudget {
+            permits: Arc::new(Semaphore::new(total as usize)),
+            total,
+        }
+    }
+
+    async fn reserve(&self, frame: SupplierFrame) -> QueuedFrame {
+        let bytes = u32::try_from(frame.len())
+            .unwrap_or(u32::MAX)
+            .min(self.total);
+        // The semaphore is never closed, so acquiring only fails in theory; a frame without
+        // a permit is still processed.
+        let budget = self.permits.clone().acquire_many_owned(bytes).await.ok();
+        QueuedFrame {
+            frame,
+            _budget: budget,
+        }
+    }
 }
 
 /// Where and how to connect.
@@ -50,7 +107,8 @@ pub fn backoff_delay(attempt: u32, min: Duration, max: Duration, rng: &mut impl 
 /// the receiving side is gone.
 pub async fn stream_supplier(
     link: SupplierLink,
-    frames: mpsc::Sender<SupplierFrame>,
+    frames: mpsc::Sender<QueuedFrame>,
+    budget: ByteBudget,
     readiness: Readiness,
     metrics: IngestMetrics,
     shutdown: CancellationToken,
@@ -89,6 +147,25 @@ pub async fn stream_supplier(
                             break;
                         }
                         Some(Ok(_)) => continue, // ping/pong are handled by tungstenite
+                        Some(Err(Error::Capacity(CapacityError::MessageTooLong {
+                            size,
+                            max_size,
+                        }))) => {
+                            tracing::warn!(
+                                size,
+                                max_size,
+                                "supplier sent a message over the read limit; dead-lettering \
+                                 its size and reconnecting"
+                            );
+                            let frame = SupplierFrame::Oversize {
+                                size,
+                                max: max_size,
+                            };
+                            if !hand_over(&frames, &budget, frame, &shutdown, &metrics).await {
+                                return;
+                            }
+                            break;
+                        }
                         Some(Err(error)) => {
                             tracing::warn!(%error, "supplier connection failed");
                             break;
@@ -99,8 +176,9 @@ pub async fn stream_supplier(
                         }
                     };
                     metrics.frames_received.inc();
-                    // Blocks while the pipeline behind us is full: backpressure, not buffering.
-                    if frames.send(frame).await.is_err() {
+                    if !hand_over(&frames, &budget, frame, &shutdown, &metrics).await {
+                        readiness.set(READY_SUPPLIER, false);
+                        let _ = ws.close(None).await;
                         return;
                     }
                 }
@@ -121,6 +199,30 @@ pub async fn stream_supplier(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Queues one frame, waiting while the queue is full (backpressure, not buffering). `false`
+/// when shutdown came first, in which case the frame, already read from the supplier, is
+/// counted as undelivered; or when the processing side is gone.
+async fn hand_over(
+    frames: &mpsc::Sender<QueuedFrame>,
+    budget: &ByteBudget,
+    frame: SupplierFrame,
+    shutdown: &CancellationToken,
+    metrics: &IngestMetrics,
+) -> bool {
+    let queued = async {
+        let queued = budget.reserve(frame).await;
+        frames.send(queued).await.is_ok()
+    };
+    tokio::select! {
+        sent = queued => sent,
+        _ = shutdown.cancelled() => {
+            metrics.shutdown_undelivered.inc();
+            tracing::error!("shutdown: a frame read from the supplier could not be queued");
+            false
         }
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use odds_contracts::names::{dlq_headers, TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
-use odds_ingest::{Ingest, IngestConfig};
+use odds_ingest::IngestConfig;
 use odds_testkit::{http_get, TestKafka};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::time::Duration;
@@ -37,28 +37,24 @@ async fn every_simulated_update_lands_once_keyed_and_in_order() {
     let kafka = TestKafka::start(1, 4).unwrap();
     let shutdown = CancellationToken::new();
     let sim = simulator(2_000, 3_000, 12, &shutdown).await;
-    let ingest = Ingest::start(
-        IngestConfig::local(&sim.url(), kafka.bootstrap_servers()),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let ingest = start_ingest(&sim.url(), &kafka, &shutdown).await;
 
+    // The simulator's image (each event at version 1), then its 3000 deltas.
     let records = kafka
-        .read_topic(TOPIC_ODDS_UPDATES, 3_000, QUIET, TIMEOUT)
+        .read_topic(TOPIC_ODDS_UPDATES, 3_012, QUIET, TIMEOUT)
         .await
         .unwrap();
-    assert_eq!(records.len(), 3_000, "exactly N records");
+    assert_eq!(records.len(), 3_012, "exactly N records");
     let updates = decode_keyed(&records);
     let last = assert_complete_in_order(&updates);
     assert_eq!(last.len(), 12);
-    assert_eq!(last.values().sum::<u64>(), 3_000);
+    assert_eq!(last.values().sum::<u64>(), 3_012);
 
     let ready = http_get(ingest.ops_addr, "/readyz").await.unwrap();
     assert_eq!(ready.status, 200, "{}", ready.body);
     let metrics = http_get(ingest.ops_addr, "/metrics").await.unwrap().body;
     assert!(
-        metrics.contains("odds_ingest_updates_produced_total 3000"),
+        metrics.contains("odds_ingest_updates_produced_total 3012"),
         "{metrics}"
     );
     shutdown.cancel();
@@ -89,12 +85,7 @@ async fn bad_frames_are_dead_lettered_with_reasons_and_good_ones_pass() {
     ];
     let addr = scripted_supplier(vec![script]).await;
     let shutdown = CancellationToken::new();
-    let ingest = Ingest::start(
-        IngestConfig::local(&format!("ws://{addr}/"), kafka.bootstrap_servers()),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let ingest = start_ingest(&format!("ws://{addr}/"), &kafka, &shutdown).await;
 
     let good = kafka
         .read_topic(TOPIC_ODDS_UPDATES, 3, QUIET, TIMEOUT)
@@ -173,7 +164,7 @@ async fn broker_outage_and_request_errors_lose_and_duplicate_nothing() {
     // librdkafka then (rightly, for a real broker) takes R5's ack as proof that R1..R4 were
     // persisted, and the mock has lost them. One request in flight keeps the mock faithful.
     config.kafka.props = vec![("max.in.flight.requests.per.connection".into(), "1".into())];
-    let _ingest = Ingest::start(config, shutdown.clone()).await.unwrap();
+    let _ingest = start_ingest_with(config, &shutdown).await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     kafka.cluster().broker_down(1).unwrap();
@@ -181,13 +172,13 @@ async fn broker_outage_and_request_errors_lose_and_duplicate_nothing() {
     kafka.cluster().broker_up(1).unwrap();
 
     let records = kafka
-        .read_topic(TOPIC_ODDS_UPDATES, 3_000, QUIET, TIMEOUT)
+        .read_topic(TOPIC_ODDS_UPDATES, 3_006, QUIET, TIMEOUT)
         .await
         .unwrap();
     let updates = decode_keyed(&records);
-    assert_eq!(updates.len(), 3_000, "every update once");
+    assert_eq!(updates.len(), 3_006, "every update once (image included)");
     let last = assert_complete_in_order(&updates);
-    assert_eq!(last.values().sum::<u64>(), 3_000);
+    assert_eq!(last.values().sum::<u64>(), 3_006);
     shutdown.cancel();
 }
 
@@ -198,12 +189,7 @@ async fn supplier_drop_is_followed_by_reconnect_and_resume() {
     let second: Vec<_> = (51..=100).map(|v| text(&update("E1", v))).collect();
     let addr = scripted_supplier(vec![first, second]).await;
     let shutdown = CancellationToken::new();
-    let ingest = Ingest::start(
-        IngestConfig::local(&format!("ws://{addr}/"), kafka.bootstrap_servers()),
-        shutdown.clone(),
-    )
-    .await
-    .unwrap();
+    let ingest = start_ingest(&format!("ws://{addr}/"), &kafka, &shutdown).await;
 
     let records = kafka
         .read_topic(TOPIC_ODDS_UPDATES, 100, QUIET, TIMEOUT)
@@ -221,4 +207,112 @@ async fn supplier_drop_is_followed_by_reconnect_and_resume() {
     tokio::time::timeout(Duration::from_secs(30), ingest.wait())
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_gaps_and_regressions_are_counted_and_passed_on() {
+    let kafka = TestKafka::start(1, 1).unwrap();
+    let script: Vec<_> = [1, 2, 5, 5, 3, 6]
+        .into_iter()
+        .map(|v| text(&update("E1", v)))
+        .collect();
+    let addr = scripted_supplier(vec![script]).await;
+    let shutdown = CancellationToken::new();
+    let ingest = start_ingest(&format!("ws://{addr}/"), &kafka, &shutdown).await;
+
+    // Ingest judges nothing by version: the processor's guard does. Every update goes on.
+    let records = kafka
+        .read_topic(TOPIC_ODDS_UPDATES, 6, QUIET, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 6);
+    let page = http_get(ingest.ops_addr, "/metrics").await.unwrap().body;
+    assert_eq!(metric(&page, "odds_ingest_version_gaps_total"), Some(1.0));
+    assert_eq!(
+        metric(&page, "odds_ingest_versions_skipped_total"),
+        Some(2.0)
+    );
+    for (reason, n) in [("repeated", 1), ("older", 1)] {
+        let line = format!(r#"odds_ingest_version_regressions_total{{reason="{reason}"}} {n}"#);
+        assert!(page.contains(&line), "{line}\n{page}");
+    }
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_read_limit_is_dead_lettered_by_size() {
+    let kafka = TestKafka::start(1, 1).unwrap();
+    let too_big = Message::text("y".repeat(40_000));
+    let addr = scripted_supplier(vec![
+        vec![text(&update("E1", 1)), too_big],
+        vec![text(&update("E1", 2))],
+    ])
+    .await;
+    let shutdown = CancellationToken::new();
+    let mut config = IngestConfig::local(&format!("ws://{addr}/"), kafka.bootstrap_servers());
+    config.max_ws_message_bytes = 20_000;
+    let _ingest = start_ingest_with(config, &shutdown).await;
+
+    let good = kafka
+        .read_topic(TOPIC_ODDS_UPDATES, 2, QUIET, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(good.len(), 2, "reconnected and went on");
+    let dlq = kafka
+        .read_topic(TOPIC_ODDS_UPDATES_DLQ, 1, QUIET, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(
+        dlq[0].header(dlq_headers::REASON).as_deref(),
+        Some("oversize")
+    );
+    assert_eq!(
+        dlq[0].header(dlq_headers::ORIGINAL_BYTES).as_deref(),
+        Some("40000")
+    );
+    shutdown.cancel();
+}
+
+/// SIGTERM while every broker is down and the in-flight limit is full: ingest stops within its
+/// drain deadline and counts exactly what it had accepted and could not deliver.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_during_a_kafka_outage_is_bounded_and_counts_the_undelivered() {
+    let kafka = TestKafka::start(1, 2).unwrap();
+    kafka.cluster().broker_down(1).unwrap();
+    let shutdown = CancellationToken::new();
+    let sim = simulator(2_000, 0, 4, &shutdown).await;
+    let mut config = IngestConfig::local(&sim.url(), kafka.bootstrap_servers());
+    config.max_in_flight = 50;
+    config.shutdown_flush_ms = 1_000;
+    let ingest_shutdown = CancellationToken::new();
+    let ingest = start_ingest_with(config, &ingest_shutdown).await;
+
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    loop {
+        let page = http_get(ingest.ops_addr, "/metrics").await.unwrap().body;
+        if metric(&page, "odds_ingest_in_flight") == Some(50.0) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "in-flight never filled: {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = ingest.metrics.clone();
+    ingest_shutdown.cancel();
+    // Bounded by the 1 s deadline; 30 s is Kubernetes' grace period.
+    tokio::time::timeout(Duration::from_secs(30), ingest.wait())
+        .await
+        .expect("ingest stops within its drain deadline although Kafka is down");
+    let received = metrics.frames_received.get();
+    assert!(received >= 50, "{received}");
+    assert_eq!(metrics.updates_produced.get(), 0);
+    assert_eq!(
+        metrics.shutdown_undelivered.get(),
+        received,
+        "every frame accepted from the supplier is accounted for as undelivered"
+    );
+    shutdown.cancel();
 }

@@ -37,9 +37,16 @@ pub struct SimulatorConfig {
     #[arg(long, env = env::SIM_TOTAL, default_value_t = 0)]
     pub total: u64,
 
+    /// Version base: each event's versions are BASE+1, BASE+2, ... Default: the start time in
+    /// microseconds since the Unix epoch, so a restarted simulator's versions are newer than
+    /// the last run's. Set it (e.g. 0) only for a reproducible stream.
+    #[arg(long, env = env::SIM_VERSION_BASE, value_parser = clap::value_parser!(u64).range(0..=1u64 << 52))]
+    pub version_base: Option<u64>,
+
     /// Frames a client may have queued before it counts as too slow and is disconnected.
-    #[arg(long, env = env::SIM_CLIENT_QUEUE, default_value_t = 65_536)]
-    pub client_queue: usize,
+    #[arg(long, env = env::SIM_CLIENT_QUEUE, default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(1..=16_777_216))]
+    pub client_queue: u32,
 
     #[command(flatten)]
     pub ops: OpsArgs,
@@ -50,7 +57,8 @@ fn parse_market(name: &str) -> Result<Market, String> {
 }
 
 impl SimulatorConfig {
-    /// Defaults for tests and embedding, on ephemeral local ports.
+    /// Defaults for tests and embedding, on ephemeral local ports, with versions from 1 (base 0)
+    /// so a test knows what to expect.
     pub fn local() -> SimulatorConfig {
         use clap::Parser;
         SimulatorConfig::parse_from([
@@ -59,6 +67,8 @@ impl SimulatorConfig {
             "127.0.0.1:0",
             "--http-addr",
             "127.0.0.1:0",
+            "--version-base",
+            "0",
         ])
     }
 }

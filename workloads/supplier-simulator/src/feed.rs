@@ -1,5 +1,14 @@
 //! The price generator: a reproducible stream of plausible odds movements.
 //!
+//! Versions must keep rising across restarts of the supplier: consumers ignore anything not
+//! newer than what they hold, so a restarted supplier counting from 1 again would freeze every
+//! price until it passed the old maximum. Each event's version is therefore `base + n`, where
+//! `base` is the start time in microseconds since the Unix epoch and `n` counts this process's
+//! quotes of the event. A restart later than the previous start by `t` µs stays newer as long as
+//! the previous process quoted an event fewer than `t` times — at most one quote per µs, which
+//! the rate limit (≤ 1 000 000 updates/s in all) guarantees. Microseconds keep versions below
+//! 2^53, so JavaScript clients read them exactly.
+//!
 //! Each event holds implied probabilities for home/draw/away that drift as a bounded random
 //! walk; prices are quoted with a bookmaker margin, so the implied probabilities of the three
 //! quoted odds sum to a little over 1 (as real books do) and every price stays above 1.0.
@@ -56,8 +65,8 @@ struct EventState {
     version: u64,
 }
 
-/// Generates updates for a fixed set of events. Same seed and config, same sequence
-/// (event, version, prices); only `updated_at` reflects when each update is made.
+/// Generates updates for a fixed set of events. Same seed, config and version base, same
+/// sequence (event, version, prices); only `updated_at` reflects when each update is made.
 #[derive(Debug, Clone)]
 pub struct OddsFeed {
     rng: SmallRng,
@@ -65,8 +74,9 @@ pub struct OddsFeed {
 }
 
 impl OddsFeed {
-    /// `markets` are assigned to events round-robin; an empty list means `1X2`.
-    pub fn new(seed: u64, events: u32, markets: &[Market]) -> OddsFeed {
+    /// `markets` are assigned to events round-robin; an empty list means `1X2`. Every event
+    /// starts quoted at version `version_base + 1` (see the module doc for the base).
+    pub fn new(seed: u64, events: u32, markets: &[Market], version_base: u64) -> OddsFeed {
         let mut rng = SmallRng::seed_from_u64(seed);
         let markets = if markets.is_empty() {
             &[Market::MatchResult][..]
@@ -87,7 +97,7 @@ impl OddsFeed {
                     away_team,
                     market: markets[i % markets.len()],
                     probs: [home, draw, 1.0 - home - draw],
-                    version: 0,
+                    version: version_base.saturating_add(1),
                 }
             })
             .collect();
@@ -107,20 +117,36 @@ impl OddsFeed {
         }
         normalise(&mut event.probs);
         event.version += 1;
-        OddsUpdate {
-            event_id: event.event_id.clone(),
-            home_team: event.home_team.clone(),
-            away_team: event.away_team.clone(),
-            market: event.market.as_str().to_owned(),
-            odds: Odds {
-                home: price(event.probs[0]),
-                draw: price(event.probs[1]),
-                away: price(event.probs[2]),
-            },
-            updated_at: now,
-            source: SOURCE.to_owned(),
-            version: event.version,
-        }
+        quote(event, now)
+    }
+
+    /// The current odds of every event at their current versions, stamped `now`: what a
+    /// client that (re)connects gets first, so an update it missed while away never leaves an
+    /// event on a wrong price.
+    pub fn image(&self, now: DateTime<Utc>) -> Vec<OddsUpdate> {
+        self.events.iter().map(|event| quote(event, now)).collect()
+    }
+}
+
+/// The version base of a process starting now: microseconds since the Unix epoch.
+pub fn clock_version_base() -> u64 {
+    u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0)
+}
+
+fn quote(event: &EventState, now: DateTime<Utc>) -> OddsUpdate {
+    OddsUpdate {
+        event_id: event.event_id.clone(),
+        home_team: event.home_team.clone(),
+        away_team: event.away_team.clone(),
+        market: event.market.as_str().to_owned(),
+        odds: Odds {
+            home: price(event.probs[0]),
+            draw: price(event.probs[1]),
+            away: price(event.probs[2]),
+        },
+        updated_at: now,
+        source: SOURCE.to_owned(),
+        version: event.version,
     }
 }
 
@@ -159,9 +185,9 @@ mod tests {
     #[test]
     fn same_seed_same_stream_other_seed_other_stream() {
         let markets = [Market::MatchResult, Market::HalfTimeResult];
-        let mut a = OddsFeed::new(7, 10, &markets);
-        let mut b = OddsFeed::new(7, 10, &markets);
-        let mut c = OddsFeed::new(8, 10, &markets);
+        let mut a = OddsFeed::new(7, 10, &markets, 0);
+        let mut b = OddsFeed::new(7, 10, &markets, 0);
+        let mut c = OddsFeed::new(8, 10, &markets, 0);
         let now = Utc::now;
         let sa: Vec<_> = (0..500).map(|_| strip_time(a.next_update(now()))).collect();
         let sb: Vec<_> = (0..500).map(|_| strip_time(b.next_update(now()))).collect();
@@ -172,14 +198,14 @@ mod tests {
 
     #[test]
     fn updates_are_valid_versioned_and_carry_a_margin() {
-        let mut feed = OddsFeed::new(1, 6, &[]);
+        let mut feed = OddsFeed::new(1, 6, &[], 0);
         let mut last_version = std::collections::HashMap::new();
         for _ in 0..20_000 {
             let u = feed.next_update(Utc::now());
             assert_eq!(u.validate(), Ok(()), "{u:?}");
             let prev = last_version
                 .insert(u.event_id.clone(), u.version)
-                .unwrap_or(0);
+                .unwrap_or(1);
             assert_eq!(u.version, prev + 1, "versions rise by one per event");
             let overround = 1.0 / u.odds.home + 1.0 / u.odds.draw + 1.0 / u.odds.away;
             assert!(
@@ -191,8 +217,23 @@ mod tests {
     }
 
     #[test]
+    fn versions_start_above_the_base_and_the_image_shows_current_state() {
+        let mut feed = OddsFeed::new(1, 3, &[], 1_000_000);
+        let image = feed.image(Utc::now());
+        assert_eq!(image.len(), 3);
+        assert!(image.iter().all(|u| u.version == 1_000_001));
+        let next = feed.next_update(Utc::now());
+        assert_eq!(next.version, 1_000_002);
+        let after = feed.image(Utc::now());
+        let same = after.iter().find(|u| u.event_id == next.event_id).unwrap();
+        assert_eq!((same.version, same.odds), (next.version, next.odds));
+        // A process started later gets a larger base, so its first quotes are newer.
+        assert!(clock_version_base() > 1_700_000_000_000_000);
+    }
+
+    #[test]
     fn seed_fixtures_come_first() {
-        let mut feed = OddsFeed::new(3, 5, &[]);
+        let mut feed = OddsFeed::new(3, 5, &[], 0);
         let names: std::collections::BTreeMap<_, _> = (0..200)
             .map(|_| feed.next_update(Utc::now()))
             .map(|u| (u.event_id, (u.home_team, u.away_team)))

@@ -4,10 +4,12 @@
 //! own bounded slice of the broadcast ring. A client that falls further behind than the ring
 //! holds is disconnected with a close reason rather than stalling the generator or the others.
 //! The generator runs only while at least one client is connected, so a restarted consumer
-//! does not miss a stream that was produced into the void.
+//! does not miss a stream that was produced into the void. Every client first gets an image
+//! (the current odds of every event), then the deltas, as streaming odds APIs do: a client
+//! that reconnects after missing updates is right again at once.
 
 use crate::config::SimulatorConfig;
-use crate::feed::OddsFeed;
+use crate::feed::{clock_version_base, OddsFeed};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
@@ -17,7 +19,7 @@ use odds_runtime::ops::ops_router;
 use odds_runtime::{serve_http, Readiness, RuntimeError};
 use prometheus::{IntCounter, IntGauge, Registry};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
@@ -42,6 +44,7 @@ pub enum SimulatorError {
 #[derive(Clone)]
 struct Metrics {
     updates_sent: IntCounter,
+    image_frames: IntCounter,
     clients: IntGauge,
     slow_disconnects: IntCounter,
 }
@@ -53,6 +56,10 @@ impl Metrics {
                 "odds_sim_updates_sent_total",
                 "Updates generated and broadcast to connected clients",
             )?,
+            image_frames: IntCounter::new(
+                "odds_sim_image_frames_total",
+                "Current-odds frames sent to clients on connect (the initial image)",
+            )?,
             clients: IntGauge::new("odds_sim_clients", "Connected WebSocket clients")?,
             slow_disconnects: IntCounter::new(
                 "odds_sim_slow_client_disconnects_total",
@@ -60,6 +67,7 @@ impl Metrics {
             )?,
         };
         registry.register(Box::new(m.updates_sent.clone()))?;
+        registry.register(Box::new(m.image_frames.clone()))?;
         registry.register(Box::new(m.clients.clone()))?;
         registry.register(Box::new(m.slow_disconnects.clone()))?;
         Ok(m)
@@ -68,6 +76,9 @@ impl Metrics {
 
 #[derive(Clone)]
 struct Shared {
+    /// The generator's state; a new client reads its image under the same lock that the
+    /// generator holds while broadcasting, so image and deltas neither overlap nor miss.
+    feed: Arc<Mutex<OddsFeed>>,
     frames: broadcast::Sender<Utf8Bytes>,
     clients: Arc<watch::Sender<usize>>,
     metrics: Metrics,
@@ -91,9 +102,12 @@ impl SimulatorServer {
     ) -> Result<SimulatorServer, SimulatorError> {
         let registry = Registry::new();
         let metrics = Metrics::register(&registry)?;
-        let (frames, _) = broadcast::channel(config.client_queue.max(1));
+        let (frames, _) = broadcast::channel(config.client_queue as usize);
         let (clients, _) = watch::channel(0usize);
+        let version_base = config.version_base.unwrap_or_else(clock_version_base);
+        let feed = OddsFeed::new(config.seed, config.events, &config.markets, version_base);
         let shared = Shared {
+            feed: Arc::new(Mutex::new(feed)),
             frames,
             clients: Arc::new(clients),
             metrics,
@@ -111,7 +125,7 @@ impl SimulatorServer {
         )
         .await?;
         let generator = tokio::spawn(generate(config, shared));
-        tracing::info!(%ws_addr, %ops_addr, "supplier-simulator listening on ws://{ws_addr}/ws");
+        tracing::info!(%ws_addr, %ops_addr, version_base, "supplier-simulator listening on ws://{ws_addr}/ws");
         Ok(SimulatorServer {
             ws_addr,
             ops_addr,
@@ -143,7 +157,6 @@ pub async fn run(
 
 /// Emits `rate` updates per second in bursts of `burst`, only while clients are connected.
 async fn generate(config: SimulatorConfig, shared: Shared) {
-    let mut feed = OddsFeed::new(config.seed, config.events, &config.markets);
     let mut clients = shared.clients.subscribe();
     let rate = f64::from(config.rate);
     let period =
@@ -176,10 +189,13 @@ async fn generate(config: SimulatorConfig, shared: Shared) {
             if config.total > 0 {
                 batch = batch.min(config.total - sent);
             }
-            for _ in 0..batch {
-                let update = feed.next_update(chrono::Utc::now());
-                // No receivers right now is fine: the frame is simply not delivered.
-                let _ = shared.frames.send(Utf8Bytes::from(update.to_json()));
+            {
+                let mut feed = shared.feed.lock().unwrap_or_else(PoisonError::into_inner);
+                for _ in 0..batch {
+                    let update = feed.next_update(chrono::Utc::now());
+                    // No receivers right now is fine: the frame is simply not delivered.
+                    let _ = shared.frames.send(Utf8Bytes::from(update.to_json()));
+                }
             }
             sent += batch;
             shared.metrics.updates_sent.inc_by(batch);
@@ -197,10 +213,27 @@ async fn upgrade(ws: WebSocketUpgrade, State(shared): State<Shared>) -> Response
 }
 
 async fn serve_client(mut socket: WebSocket, shared: Shared) {
-    let mut frames = shared.frames.subscribe();
+    let (mut frames, image) = {
+        let feed = shared.feed.lock().unwrap_or_else(PoisonError::into_inner);
+        (shared.frames.subscribe(), feed.image(chrono::Utc::now()))
+    };
     shared.clients.send_modify(|n| *n += 1);
     shared.metrics.clients.inc();
+    let mut image_sent = true;
+    for update in image {
+        let frame = Message::Text(Utf8Bytes::from(update.to_json()));
+        match tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)).await {
+            Ok(Ok(())) => shared.metrics.image_frames.inc(),
+            _ => {
+                image_sent = false;
+                break;
+            }
+        }
+    }
     let close = loop {
+        if !image_sent {
+            break None;
+        }
         tokio::select! {
             _ = shared.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down".to_owned())),
             frame = frames.recv() => match frame {

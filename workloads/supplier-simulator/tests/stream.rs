@@ -38,7 +38,9 @@ async fn clients_receive_the_whole_versioned_stream() {
         .await
         .unwrap();
 
-    let updates = read_updates(&server.url(), 1_000).await;
+    // The image (every event at version 1) comes first, then the 1000 deltas.
+    let updates = read_updates(&server.url(), 8 + 1_000).await;
+    assert!(updates[..8].iter().all(|u| u.version == 1), "image first");
     let mut versions: HashMap<String, u64> = HashMap::new();
     for u in &updates {
         let prev = versions.insert(u.event_id.clone(), u.version).unwrap_or(0);
@@ -49,6 +51,10 @@ async fn clients_receive_the_whole_versioned_stream() {
     let metrics = http_get(server.ops_addr, "/metrics").await.unwrap().body;
     assert!(
         metrics.contains("odds_sim_updates_sent_total 1000"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("odds_sim_image_frames_total 8"),
         "{metrics}"
     );
     shutdown.cancel();

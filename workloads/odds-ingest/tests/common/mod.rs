@@ -42,6 +42,35 @@ pub async fn scripted_supplier(scripts: Vec<Vec<Message>>) -> SocketAddr {
 
 pub use odds_testkit::sample_update as update;
 
+/// Ingest with the test defaults, reading `supplier_url` and producing to `kafka`.
+pub async fn start_ingest(
+    supplier_url: &str,
+    kafka: &odds_testkit::TestKafka,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> odds_ingest::Ingest {
+    start_ingest_with(
+        odds_ingest::IngestConfig::local(supplier_url, kafka.bootstrap_servers()),
+        shutdown,
+    )
+    .await
+}
+
+/// Ingest with a configuration the test adjusted.
+pub async fn start_ingest_with(
+    config: odds_ingest::IngestConfig,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> odds_ingest::Ingest {
+    odds_ingest::Ingest::start(config, shutdown.clone())
+        .await
+        .unwrap()
+}
+
+/// The value of an unlabelled counter or gauge in a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 pub fn text(update: &OddsUpdate) -> Message {
     Message::text(update.to_json())
 }
