@@ -201,12 +201,16 @@ def rbac_covers_children():
         granted(cluster_rules, group, resource, verbs)
     for rule in cluster_rules:
         assert not ("kafkatopics" in rule["resources"] and "delete" in rule["verbs"]), "never delete topics"
-    granted(cluster_rules, "odds-pipeline.github.io", "oddspipelines", ["get", "list", "watch"])
+    # The controller lists and watches pipelines; it never GETs one (the reconcile gets the
+    # object from the watch cache).
+    granted(cluster_rules, "odds-pipeline.github.io", "oddspipelines", ["list", "watch"])
+    # Lag and connections autoscaling: KEDA ScaledObjects are children like HPAs.
+    granted(cluster_rules, "keda.sh", "scaledobjects", ["get", "list", "watch", "create", "patch", "delete"])
     granted(cluster_rules, "odds-pipeline.github.io", "oddspipelines/status", ["patch"])
     granted(cluster_rules, "", "secrets", ["get", "list", "watch"])
     granted(cluster_rules, "events.k8s.io", "events", ["create", "patch"])
     granted(role_rules, "coordination.k8s.io", "leases", ["get", "create", "update"])
-    return f"{len(kinds)} child kinds, pipelines, status, secrets, events, leases"
+    return f"{len(kinds)} child kinds, ScaledObjects, pipelines, status, secrets, events, leases"
 
 
 def samples_valid():

@@ -99,6 +99,23 @@ where
         + Serialize
         + DeserializeOwned,
 {
+    let (outcome, _, after) = apply_seen(client, namespace, desired).await?;
+    Ok((outcome, after))
+}
+
+/// [`apply`], also returning the object as it was before (absent when created).
+async fn apply_seen<K>(
+    client: &kube::Client,
+    namespace: &str,
+    desired: &K,
+) -> Result<(Outcome, Option<K>, K), ApplyError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Debug
+        + Serialize
+        + DeserializeOwned,
+{
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = desired.name_any();
     let named = name.as_str();
@@ -122,7 +139,7 @@ where
         Some(before) if comparable(before) == comparable(&after) => Outcome::Unchanged,
         Some(_) => Outcome::Updated,
     };
-    Ok((outcome, after))
+    Ok((outcome, before, after))
 }
 
 /// The object without what the server changes on every write (versions, field ownership,
@@ -202,10 +219,13 @@ pub struct Change {
     /// The child, as the event's `related` object (events about different children are
     /// then kept apart instead of being folded into one series).
     pub reference: k8s_openapi::api::core::v1::ObjectReference,
+    /// For a Deployment whose `replicas` this apply changed: `(before, after)`.
+    pub scaled: Option<(i32, i32)>,
 }
 
 /// Applies every child, in dependency order (config and topics before the workloads that
-/// read them). Returns what was created or changed, and the first refusal, if any: what was
+/// read them; autoscalers after their Deployments, and only once the autoscaler of another
+/// kind was removed by `prune::autoscalers`). Returns what was created or changed, and the first refusal, if any: what was
 /// applied before it stays applied and is reported, so events match the cluster.
 pub async fn apply_all(
     client: &kube::Client,
@@ -234,7 +254,17 @@ async fn apply_each(
     }
     for deployment in &children.deployments {
         hand_over_replicas(client, namespace, deployment).await?;
-        record(changes, apply(client, namespace, deployment).await?);
+        let (outcome, before, after) = apply_seen(client, namespace, deployment).await?;
+        let replicas = |d: &Deployment| d.spec.as_ref().and_then(|s| s.replicas);
+        // Only a value the operator applied is a change it caused (an autoscaler's moves
+        // are the autoscaler's to explain).
+        let scaled = match (before.as_ref().and_then(replicas), replicas(deployment)) {
+            (Some(was), Some(now)) if was != now => Some((was, now)),
+            _ => None,
+        };
+        if let Some(change) = recorded(outcome, &after) {
+            changes.push(Change { scaled, ..change });
+        }
     }
     for service in &children.services {
         record(changes, apply(client, namespace, service).await?);
@@ -244,6 +274,9 @@ async fn apply_each(
     }
     for hpa in &children.hpas {
         record(changes, apply(client, namespace, hpa).await?);
+    }
+    for scaled_object in &children.scaled_objects {
+        record(changes, apply(client, namespace, scaled_object).await?);
     }
     if let Some(ingress) = &children.ingress {
         record(changes, apply(client, namespace, ingress).await?);
@@ -255,12 +288,15 @@ fn record<K: Resource<DynamicType = ()>>(
     changes: &mut Vec<Change>,
     (outcome, stored): (Outcome, K),
 ) {
-    if outcome != Outcome::Unchanged {
-        changes.push(Change {
-            outcome,
-            kind: K::kind(&()).into_owned(),
-            name: stored.name_any(),
-            reference: stored.object_ref(&()),
-        });
-    }
+    changes.extend(recorded(outcome, &stored));
+}
+
+fn recorded<K: Resource<DynamicType = ()>>(outcome: Outcome, stored: &K) -> Option<Change> {
+    (outcome != Outcome::Unchanged).then(|| Change {
+        outcome,
+        kind: K::kind(&()).into_owned(),
+        name: stored.name_any(),
+        reference: stored.object_ref(&()),
+        scaled: None,
+    })
 }

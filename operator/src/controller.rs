@@ -9,7 +9,8 @@
 //! step.
 
 use crate::apply::{self, apply_all, ApplyError};
-use crate::build::{self, service, MigrationState};
+use crate::build::scaling::Scaler;
+use crate::build::{self, service, Component, MigrationState};
 use crate::crd::{ConditionType, OddsPipeline, OddsPipelineStatus, Reason};
 use crate::metrics::Metrics;
 use crate::observe::{self, DereferenceError};
@@ -86,6 +87,8 @@ pub struct Context {
     /// Whether the cluster serves Strimzi's `KafkaTopic` (discovered at start-up and
     /// rechecked by `run` until it appears).
     pub strimzi: Arc<AtomicBool>,
+    /// Whether the cluster serves KEDA's `ScaledObject` (discovered like Strimzi's).
+    pub keda: Arc<AtomicBool>,
     /// The time conditions' transitions are stamped with (tests move it on at will).
     pub clock: Clock,
 }
@@ -95,7 +98,8 @@ pub type Clock = Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>;
 
 impl Context {
     /// A context that reports events as `odds-operator` (instance `instance`); Strimzi is
-    /// assumed present until `strimzi` says otherwise.
+    /// assumed present until `strimzi` says otherwise, KEDA absent until `keda` says it is
+    /// there (the safe side: CPU scaling works everywhere).
     pub fn new(client: kube::Client, instance: Option<String>, metrics: Option<Metrics>) -> Self {
         let reporter = Reporter {
             controller: build::FIELD_MANAGER.into(),
@@ -107,12 +111,17 @@ impl Context {
             metrics,
             failures: Mutex::new(HashMap::new()),
             strimzi: Arc::new(AtomicBool::new(true)),
+            keda: Arc::new(AtomicBool::new(false)),
             clock: Arc::new(chrono::Utc::now),
         }
     }
 
     fn strimzi_installed(&self) -> bool {
         self.strimzi.load(Ordering::Relaxed)
+    }
+
+    fn keda_installed(&self) -> bool {
+        self.keda.load(Ordering::Relaxed)
     }
 }
 
@@ -199,10 +208,11 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         return report.finish(observed).await;
     }
 
-    let facts = match observe::facts(client, pipeline, &namespace).await {
+    let mut facts = match observe::facts(client, pipeline, &namespace).await {
         Ok(facts) => facts,
         Err(error) => return report.fail(observed, error.into()).await,
     };
+    facts.keda_installed = ctx.keda_installed();
     observed.topics_ready = facts.topics_ready;
     let valid = match validate(pipeline, &facts) {
         Ok(valid) => valid,
@@ -223,6 +233,15 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
 
     let children = build::children(&valid, &migration);
     observed.blocked = children.blocked.clone();
+    observed.scaling = children.scaling.clone();
+    announce_scaling_modes(ctx, pipeline, &previous, &children).await;
+    let keep = prune::Keep::of(&valid, &children);
+    // Before anything is applied: the autoscaler a component no longer wants goes first, so
+    // the one it wants now never scales the same Deployment beside it.
+    match prune::autoscalers(client, &valid, &keep).await {
+        Ok(deleted) => announce_deleted(ctx, pipeline, deleted).await,
+        Err(error) => return report.fail(observed, error.into()).await,
+    }
     let (changes, applied) = apply_all(client, &namespace, &children).await;
     for change in changes {
         let action = format!("{:?}", change.outcome);
@@ -232,28 +251,29 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
             reason: action,
             note: Some(note),
             action: "Apply".into(),
-            secondary: Some(change.reference),
+            secondary: Some(change.reference.clone()),
         };
         send(ctx, pipeline, &event).await;
+        if let Some((was, now)) = change.scaled {
+            let event = Event {
+                type_: EventType::Normal,
+                reason: "Scaled".into(),
+                note: Some(format!(
+                    "Scaled Deployment {} from {was} to {now} replicas (spec)",
+                    change.name
+                )),
+                action: "Scale".into(),
+                secondary: Some(change.reference),
+            };
+            send(ctx, pipeline, &event).await;
+        }
     }
     if let Err(error) = applied {
         return report.fail(observed, error.into()).await;
     }
-    let keep = prune::Keep::of(&valid, &children);
     let migrated = migration == MigrationState::Succeeded;
     match prune::prune(client, &valid, &keep, migrated).await {
-        Ok(deleted) => {
-            for (what, reference) in deleted {
-                let event = Event {
-                    type_: EventType::Normal,
-                    reason: "Deleted".into(),
-                    note: Some(format!("Deleted {what}: no longer in the spec")),
-                    action: "Prune".into(),
-                    secondary: Some(reference),
-                };
-                send(ctx, pipeline, &event).await;
-            }
-        }
+        Ok(deleted) => announce_deleted(ctx, pipeline, deleted).await,
         Err(error) => return report.fail(observed, error.into()).await,
     }
     for (component, why) in &children.blocked {
@@ -278,7 +298,83 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         Ok(components) => components,
         Err(error) => return report.fail(observed, error.into()).await,
     };
+    let lag_based = children
+        .scaling
+        .get(&Component::Processor)
+        .is_some_and(|s| s.scaler == Scaler::Keda);
+    if lag_based {
+        // Informational: a failed read leaves the lag unknown rather than failing the
+        // reconcile that already brought the children into shape.
+        match observe::processor_lag(client, &valid.name, &namespace).await {
+            Ok(lag) => observed.lag = lag,
+            Err(error) => tracing::warn!(%error, "cannot read the processor's lag"),
+        }
+    }
     report.finish(observed).await
+}
+
+/// Publishes one event per deleted child.
+async fn announce_deleted(ctx: &Context, pipeline: &OddsPipeline, deleted: Vec<prune::Deleted>) {
+    for (what, reference) in deleted {
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "Deleted".into(),
+            note: Some(format!("Deleted {what}: no longer in the spec")),
+            action: "Prune".into(),
+            secondary: Some(reference),
+        };
+        send(ctx, pipeline, &event).await;
+    }
+}
+
+/// Publishes a `ScalingModeChanged` event for each component whose mode in force (or the
+/// reason for it) differs from what the previous status reported.
+async fn announce_scaling_modes(
+    ctx: &Context,
+    pipeline: &OddsPipeline,
+    previous: &OddsPipelineStatus,
+    children: &build::Children,
+) {
+    for (component, scaling) in &children.scaling {
+        let before = match component {
+            Component::Ingest => previous.ingest.as_ref(),
+            Component::Processor => previous.processor.as_ref(),
+            Component::OddsService => previous.odds_service.as_ref(),
+            Component::Simulator => None,
+        }
+        .and_then(|s| s.scaling.as_ref());
+        // The first mode of a component is in its status, not news; a change is.
+        let Some(before) = before else { continue };
+        let now = scaling.status();
+        if before.mode == now.mode && before.reason == now.reason {
+            continue;
+        }
+        let was = &before.mode;
+        // Events fold into a series by reason, action and related object, not by note: the
+        // transition as the action and the Deployment as the related object keep each
+        // change of each component its own event.
+        let deployment = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("apps/v1".into()),
+            kind: Some("Deployment".into()),
+            name: Some(component.name_in(&pipeline.name_any())),
+            namespace: pipeline.namespace(),
+            ..Default::default()
+        };
+        let event = Event {
+            type_: EventType::Normal,
+            reason: "ScalingModeChanged".into(),
+            note: Some(format!(
+                "{} scales by {} (was {was}), {}: {}",
+                component.suffix(),
+                now.mode,
+                now.reason,
+                now.message
+            )),
+            action: format!("{was}To{}", now.mode),
+            secondary: Some(deployment),
+        };
+        send(ctx, pipeline, &event).await;
+    }
 }
 
 /// Writes what a reconcile found into the status.
@@ -350,7 +446,6 @@ impl Report<'_> {
 
 /// Keeps the pod counts of the previous status when they cannot be read now.
 fn keep_components(observed: &mut Observed, previous: &OddsPipelineStatus) {
-    use crate::build::Component;
     for (component, status) in [
         (Component::Ingest, &previous.ingest),
         (Component::Processor, &previous.processor),

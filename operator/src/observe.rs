@@ -4,11 +4,12 @@
 //! (Secrets' presence and key digests, topic readiness, migration outcome) and the pod counts
 //! the status reports are gathered in one place, each with a single GET per object.
 
-use crate::build::{job, topic, Component, Facts, KafkaTopic, MigrationState};
+use crate::build::{job, topic, Component, Facts, KafkaTopic, MigrationState, ScaledObject};
 use crate::crd::{ComponentStatus, OddsPipeline};
 use crate::status;
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
@@ -168,4 +169,63 @@ pub fn pipelines_using_secret<'a>(
         .filter(|p| secret_names(p).iter().any(|s| s == name))
         .map(kube::runtime::reflector::ObjectRef::from_obj)
         .collect()
+}
+
+/// The consumer lag the last scaling decision of pipeline `name`'s processor saw: KEDA's
+/// HPA for the processor's ScaledObject (named in the ScaledObject's status) reports the
+/// Kafka trigger's metric. `None` when there is no such decision yet.
+pub async fn processor_lag(
+    client: &kube::Client,
+    name: &str,
+    namespace: &str,
+) -> Result<Option<i64>, DereferenceError> {
+    let scaled_objects: Api<ScaledObject> = Api::namespaced(client.clone(), namespace);
+    let so_name = Component::Processor.name_in(name);
+    let Some(scaled_object) = scaled_objects
+        .get_opt(&so_name)
+        .await
+        .map_err(reading(format!("ScaledObject {so_name}")))?
+    else {
+        return Ok(None);
+    };
+    let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), namespace);
+    let hpa_name = scaled_object.hpa_name();
+    let hpa = hpas
+        .get_opt(&hpa_name)
+        .await
+        .map_err(reading(format!("HorizontalPodAutoscaler {hpa_name}")))?;
+    Ok(hpa.as_ref().and_then(lag_seen_by))
+}
+
+/// The total of the external metric `hpa` last saw: its `value`, or (for an `AverageValue`
+/// target, how KEDA's Kafka trigger is set up) the average per replica × the replicas it
+/// was averaged over.
+pub fn lag_seen_by(hpa: &HorizontalPodAutoscaler) -> Option<i64> {
+    let status = hpa.status.as_ref()?;
+    let current = status
+        .current_metrics
+        .iter()
+        .flatten()
+        .find_map(|m| m.external.as_ref())
+        .map(|external| &external.current)?;
+    if let Some(value) = &current.value {
+        return quantity(&value.0).map(|v| v.round() as i64);
+    }
+    let average = quantity(&current.average_value.as_ref()?.0)?;
+    let replicas = f64::from(status.current_replicas?);
+    Some((average * replicas).round() as i64)
+}
+
+/// A decimal Kubernetes quantity (`1500m`, `12`, `3k`) as a number; binary suffixes and
+/// exponents do not occur in metric values.
+pub fn quantity(text: &str) -> Option<f64> {
+    let (number, scale) = match text.char_indices().last()? {
+        (i, 'm') => (&text[..i], 1e-3),
+        (i, 'k') => (&text[..i], 1e3),
+        (i, 'M') => (&text[..i], 1e6),
+        (i, 'G') => (&text[..i], 1e9),
+        (i, 'T') => (&text[..i], 1e12),
+        _ => (text, 1.0),
+    };
+    number.parse::<f64>().ok().map(|n| n * scale)
 }

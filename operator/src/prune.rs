@@ -1,5 +1,5 @@
 //! Removal of children the spec no longer asks for (simulator turned off, autoscaling or
-//! Ingress removed, a finished migration Job of an older image, a ConfigMap an older operator
+//! Ingress removed, an HPA replaced by a ScaledObject or the other way round, a finished migration Job of an older image, a ConfigMap an older operator
 //! version named differently).
 //!
 //! Only objects this pipeline controls are candidates: labelled as ours and carrying this
@@ -8,7 +8,7 @@
 //! opens) and `KafkaTopic`s (deleting one deletes the topic's data in Kafka).
 
 use crate::apply::ApplyError;
-use crate::build::{configmap, job, Children};
+use crate::build::{configmap, job, Children, ScaledObject};
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -31,6 +31,7 @@ pub struct Keep {
     pub services: BTreeSet<String>,
     pub pdbs: BTreeSet<String>,
     pub hpas: BTreeSet<String>,
+    pub scaled_objects: BTreeSet<String>,
     pub ingresses: BTreeSet<String>,
 }
 
@@ -56,6 +57,13 @@ impl Keep {
             ),
             pdbs: names(children.pdbs.iter().map(ResourceExt::name_any).collect()),
             hpas: names(children.hpas.iter().map(ResourceExt::name_any).collect()),
+            scaled_objects: names(
+                children
+                    .scaled_objects
+                    .iter()
+                    .map(ResourceExt::name_any)
+                    .collect(),
+            ),
             ingresses: names(children.ingress.iter().map(ResourceExt::name_any).collect()),
         }
     }
@@ -77,11 +85,29 @@ pub async fn prune(
     deleted.extend(unwanted::<Deployment>(client, pipeline, &keep.deployments).await?);
     deleted.extend(unwanted::<Service>(client, pipeline, &keep.services).await?);
     deleted.extend(unwanted::<PodDisruptionBudget>(client, pipeline, &keep.pdbs).await?);
-    deleted.extend(unwanted::<HorizontalPodAutoscaler>(client, pipeline, &keep.hpas).await?);
+    deleted.extend(autoscalers(client, pipeline, keep).await?);
     deleted.extend(unwanted::<Ingress>(client, pipeline, &keep.ingresses).await?);
     if migrated {
         let current = BTreeSet::from([job::name(pipeline)]);
         deleted.extend(unwanted::<Job>(client, pipeline, &current).await?);
+    }
+    Ok(deleted)
+}
+
+/// Deletes the HPAs and ScaledObjects this pipeline no longer wants. Run before the wanted
+/// autoscalers are applied too: a Deployment must never have two (they would fight over
+/// `replicas`, and KEDA's admission webhook refuses a ScaledObject for a Deployment an HPA
+/// already scales). In between, `replicas` keeps its value: no autoscaler moves it, and the
+/// operator's apply leaves it out. ScaledObjects are only looked at when KEDA is installed
+/// (without its CRD there can be none).
+pub async fn autoscalers(
+    client: &kube::Client,
+    pipeline: &ValidPipeline,
+    keep: &Keep,
+) -> Result<Vec<Deleted>, ApplyError> {
+    let mut deleted = unwanted::<HorizontalPodAutoscaler>(client, pipeline, &keep.hpas).await?;
+    if pipeline.facts.keda_installed {
+        deleted.extend(unwanted::<ScaledObject>(client, pipeline, &keep.scaled_objects).await?);
     }
     Ok(deleted)
 }

@@ -4,7 +4,7 @@
 //! and exits non-zero so Kubernetes restarts it as a fresh follower (simplest way to be sure
 //! no stale reconcile outlives leadership).
 
-use crate::build::KafkaTopic;
+use crate::build::{KafkaTopic, ScaledObject};
 use crate::controller::{error_policy, reconcile, Context};
 use crate::crd::OddsPipeline;
 use crate::leader::{self, Elector, LeaseConfig};
@@ -118,24 +118,33 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         Some(args.identity.clone()),
         Some(metrics),
     ));
-    let mut warned = false;
+    let mut warned = Discovered::default();
     loop {
-        let strimzi = strimzi_installed(&client).await;
-        ctx.strimzi.store(strimzi, Ordering::Relaxed);
-        if !strimzi && !warned {
+        let found = discover(&client).await;
+        ctx.strimzi.store(found.strimzi, Ordering::Relaxed);
+        ctx.keda.store(found.keda, Ordering::Relaxed);
+        if !found.strimzi && !warned.strimzi {
             tracing::warn!(
                 "Strimzi's KafkaTopic CRD (kafka.strimzi.io/v1) is not installed: KafkaTopics are not watched, and pipelines with kafka.clusterRef report Degraded/StrimziNotInstalled until it is"
             );
-            warned = true;
+            warned.strimzi = true;
         }
-        // Without Strimzi, a poll notices its installation and restarts the controller with
-        // the KafkaTopic watch (a controller's watches are fixed once it runs).
+        if !found.keda && !warned.keda {
+            tracing::warn!(
+                "KEDA's ScaledObject CRD (keda.sh/v1alpha1) is not installed: lag and connections autoscaling fall back to CPU (Autoscaling/KedaNotInstalled) until it is"
+            );
+            warned.keda = true;
+        }
+        // While an API is missing, a poll notices its installation and restarts the
+        // controller with its watch (a controller's watches are fixed once it runs).
         let appeared = CancellationToken::new();
-        let poll = (!strimzi).then(|| tokio::spawn(poll_strimzi(client.clone(), appeared.clone())));
+        let poll = (!found.strimzi || !found.keda)
+            .then(|| tokio::spawn(poll_apis(client.clone(), found, appeared.clone())));
         controller(
             &client,
             args.namespace.as_deref(),
-            strimzi && args.watch_kafka_topics,
+            found.strimzi && args.watch_kafka_topics,
+            found.keda,
         )
         .graceful_shutdown_on({
             let (shutdown, lost, appeared) = (shutdown.clone(), lost.clone(), appeared.clone());
@@ -159,7 +168,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
             poll.abort();
         }
         if appeared.is_cancelled() && !shutdown.is_cancelled() && !lost.is_cancelled() {
-            tracing::info!("Strimzi's KafkaTopic CRD appeared: watching KafkaTopics");
+            tracing::info!("a CRD the operator uses (Strimzi's KafkaTopic or KEDA's ScaledObject) appeared: restarting the controller with its watch");
             continue;
         }
         break;
@@ -183,32 +192,59 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     Ok(())
 }
 
+/// Which optional APIs the cluster serves.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Discovered {
+    /// Strimzi's `kafkatopics` in `kafka.strimzi.io/v1`.
+    pub strimzi: bool,
+    /// KEDA's `scaledobjects` in `keda.sh/v1alpha1`.
+    pub keda: bool,
+}
+
+/// Discovers the optional APIs.
+pub async fn discover(client: &kube::Client) -> Discovered {
+    Discovered {
+        strimzi: strimzi_installed(client).await,
+        keda: keda_installed(client).await,
+    }
+}
+
 /// Whether the API server serves Strimzi's `kafkatopics` in `kafka.strimzi.io/v1`. An
 /// error other than "not found" counts as absent too, and is logged: the poll retries.
 pub async fn strimzi_installed(client: &kube::Client) -> bool {
-    match client.list_api_group_resources("kafka.strimzi.io/v1").await {
-        Ok(list) => list.resources.iter().any(|r| r.name == "kafkatopics"),
+    serves(client, "kafka.strimzi.io/v1", "kafkatopics").await
+}
+
+/// Whether the API server serves KEDA's `scaledobjects` in `keda.sh/v1alpha1` (same rules).
+pub async fn keda_installed(client: &kube::Client) -> bool {
+    serves(client, "keda.sh/v1alpha1", "scaledobjects").await
+}
+
+async fn serves(client: &kube::Client, group_version: &str, plural: &str) -> bool {
+    match client.list_api_group_resources(group_version).await {
+        Ok(list) => list.resources.iter().any(|r| r.name == plural),
         Err(kube::Error::Api(status)) if status.code == 404 => false,
         Err(error) => {
-            tracing::warn!(%error, "cannot discover Strimzi's API");
+            tracing::warn!(%error, group_version, "cannot discover an optional API");
             false
         }
     }
 }
 
-/// Cancels `appeared` once Strimzi's KafkaTopic CRD is served.
-async fn poll_strimzi(client: kube::Client, appeared: CancellationToken) {
+/// Cancels `appeared` once an API missing from `found` is served.
+async fn poll_apis(client: kube::Client, found: Discovered, appeared: CancellationToken) {
     loop {
-        tokio::time::sleep(STRIMZI_POLL).await;
-        if strimzi_installed(&client).await {
+        tokio::time::sleep(DISCOVERY_POLL).await;
+        let now = discover(&client).await;
+        if (now.strimzi && !found.strimzi) || (now.keda && !found.keda) {
             appeared.cancel();
             return;
         }
     }
 }
 
-/// How often an operator without Strimzi checks whether it has been installed.
-const STRIMZI_POLL: Duration = Duration::from_secs(60);
+/// How often an operator without Strimzi or KEDA checks whether they have been installed.
+const DISCOVERY_POLL: Duration = Duration::from_secs(60);
 
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
@@ -236,6 +272,7 @@ pub fn watched_resources() -> Vec<(String, String)> {
         of::<HorizontalPodAutoscaler>(),
         of::<Ingress>(),
         of::<KafkaTopic>(),
+        of::<ScaledObject>(),
         of::<Secret>(),
     ]
 }
@@ -246,6 +283,7 @@ fn controller(
     client: &kube::Client,
     namespace: Option<&str>,
     watch_topics: bool,
+    watch_scaled_objects: bool,
 ) -> Controller<OddsPipeline> {
     let config = watcher::Config::default();
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=odds-operator");
@@ -264,7 +302,10 @@ fn controller(
         )
         .owns(api::<Ingress>(client, namespace), children.clone());
     if watch_topics {
-        controller = controller.owns(api::<KafkaTopic>(client, namespace), children);
+        controller = controller.owns(api::<KafkaTopic>(client, namespace), children.clone());
+    }
+    if watch_scaled_objects {
+        controller = controller.owns(api::<ScaledObject>(client, namespace), children);
     }
     // Secrets are referenced, not owned: map a changed Secret to the pipelines using it.
     // Metadata only: a cluster-wide watch of full Secrets would hold every Secret's data in

@@ -4,6 +4,7 @@
 //! `lastTransitionTime` while its `status` stays the same, so a steady pipeline computes a
 //! status equal to the stored one and the reconciler writes nothing (no hot loop).
 
+use crate::build::scaling::Scaling;
 use crate::build::{Component, MigrationState};
 use crate::crd::{ComponentStatus, Condition, ConditionType, HeldBack, OddsPipelineStatus, Reason};
 use std::collections::BTreeMap;
@@ -31,7 +32,15 @@ pub struct Observed {
     /// Workloads held back, with the reason.
     pub blocked: Vec<(Component, Reason)>,
     pub web_socket_url: Option<String>,
+    /// The scaling mode in force per component; empty when the reconcile stopped before
+    /// deciding it (the previous status's modes are then kept).
+    pub scaling: BTreeMap<Component, Scaling>,
+    /// The consumer lag the processor's last scaling decision saw, if one was reported.
+    pub lag: Option<i64>,
 }
+
+/// What `status.processor.lag` says when no lag-based decision was reported.
+pub const LAG_UNKNOWN: &str = "unknown";
 
 /// `ready/desired` for one Deployment.
 pub fn component_status(ready: i32, desired: i32) -> ComponentStatus {
@@ -39,6 +48,8 @@ pub fn component_status(ready: i32, desired: i32) -> ComponentStatus {
         ready_replicas: ready,
         desired_replicas: desired,
         summary: format!("{ready}/{desired}"),
+        scaling: None,
+        lag: None,
     }
 }
 
@@ -200,7 +211,67 @@ pub fn compute(
         "reconciliation is active".into(),
     );
 
-    let component = |c: Component| observed.components.get(&c).cloned();
+    if !observed.scaling.is_empty() {
+        let fallbacks: Vec<(Reason, String)> = observed
+            .scaling
+            .iter()
+            .filter(|(_, s)| !s.as_requested())
+            .map(|(c, s)| (s.reason, format!("{}: {}", c.suffix(), s.message)))
+            .collect();
+        match fallbacks.first() {
+            Some((reason, _)) => set(
+                ConditionType::Autoscaling,
+                false,
+                *reason,
+                fallbacks
+                    .iter()
+                    .map(|(_, m)| m.as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            None => set(
+                ConditionType::Autoscaling,
+                true,
+                Reason::AsRequested,
+                observed
+                    .scaling
+                    .iter()
+                    .map(|(c, s)| format!("{}: {}", c.suffix(), s.mode))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            ),
+        }
+    }
+
+    if observed.scaling.is_empty() {
+        // Not decided in this reconcile: what the previous one reported still holds.
+        conditions.extend(previous.condition(ConditionType::Autoscaling).cloned());
+    }
+
+    let component = |c: Component| {
+        let before = match c {
+            Component::Ingest => previous.ingest.as_ref(),
+            Component::Processor => previous.processor.as_ref(),
+            Component::OddsService => previous.odds_service.as_ref(),
+            Component::Simulator => None,
+        };
+        observed.components.get(&c).cloned().map(|mut status| {
+            status.scaling = match observed.scaling.get(&c) {
+                Some(scaling) => Some(scaling.status()),
+                None => before.and_then(|b| b.scaling.clone()),
+            };
+            if c == Component::Processor {
+                status.lag = Some(match (observed.lag, observed.scaling.is_empty()) {
+                    (Some(lag), _) => lag.to_string(),
+                    (None, false) => LAG_UNKNOWN.to_string(),
+                    (None, true) => before
+                        .and_then(|b| b.lag.clone())
+                        .unwrap_or_else(|| LAG_UNKNOWN.to_string()),
+                });
+            }
+            status
+        })
+    };
     OddsPipelineStatus {
         observed_generation: observed.generation,
         conditions,

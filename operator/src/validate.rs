@@ -9,7 +9,8 @@
 
 use crate::build::{Component, Facts};
 use crate::crd::{
-    ComponentSpec, ImageSpec, OddsPipeline, OddsServiceSpec, SecretKeyRef, SimulatorSpec, TopicSpec,
+    ComponentSpec, ImageSpec, OddsPipeline, OddsServiceSpec, ScalingMode, SecretKeyRef,
+    SimulatorSpec, TopicSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
@@ -177,12 +178,20 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
             kafka.topic.partitions
         ));
     }
-    for (name, component) in [
-        ("ingest", &spec.ingest),
-        ("processor", &spec.processor),
-        ("oddsService", &spec.odds_service.workload),
+    for (name, component, allowed) in [
+        ("ingest", &spec.ingest, &[ScalingMode::Cpu][..]),
+        (
+            "processor",
+            &spec.processor,
+            &[ScalingMode::Cpu, ScalingMode::Lag][..],
+        ),
+        (
+            "oddsService",
+            &spec.odds_service.workload,
+            &[ScalingMode::Cpu, ScalingMode::Connections][..],
+        ),
     ] {
-        check_component(name, component, &mut problems);
+        check_component(name, component, allowed, &mut problems);
     }
     let mut refs = vec![&spec.redis.url_secret_ref, &spec.postgres.url_secret_ref];
     refs.extend(spec.postgres.read_url_secret_ref.as_ref());
@@ -257,11 +266,24 @@ pub fn name_problem(name: &str) -> Option<String> {
     }
 }
 
-fn check_component(name: &str, spec: &ComponentSpec, problems: &mut Vec<String>) {
+fn check_component(
+    name: &str,
+    spec: &ComponentSpec,
+    allowed: &[ScalingMode],
+    problems: &mut Vec<String>,
+) {
     if spec.replicas < 0 {
         problems.push(format!("{name}.replicas must not be negative"));
     }
     if let Some(scaling) = &spec.autoscaling {
+        if !allowed.contains(&scaling.mode) {
+            let allowed: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+            problems.push(format!(
+                "{name}.autoscaling.mode {} is not one of {}",
+                scaling.mode.as_str(),
+                allowed.join(", ")
+            ));
+        }
         if scaling.min_replicas < 1 || scaling.min_replicas > scaling.max_replicas {
             problems.push(format!(
                 "{name}.autoscaling needs 1 <= minReplicas ({}) <= maxReplicas ({})",
@@ -273,9 +295,10 @@ fn check_component(name: &str, spec: &ComponentSpec, problems: &mut Vec<String>)
             .as_ref()
             .and_then(|r| r.requests.as_ref())
             .is_some_and(|r| r.contains_key("cpu"));
+        // Lag and connections modes need it too: CPU is their fallback without KEDA.
         if !has_cpu_request {
             problems.push(format!(
-                "{name}.autoscaling scales on CPU utilisation, which needs {name}.resources.requests.cpu"
+                "{name}.autoscaling scales on CPU utilisation (the fallback of every mode), which needs {name}.resources.requests.cpu"
             ));
         }
     }

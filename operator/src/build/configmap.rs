@@ -10,6 +10,9 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use odds_contracts::env;
 use std::collections::BTreeMap;
 
+/// The processor's Kafka consumer group (KEDA's lag trigger reads the same group).
+pub const CONSUMER_GROUP: &str = "odds-processor";
+
 /// Name of the ConfigMap of pipeline `pipeline`.
 pub fn name_in(pipeline: &str) -> String {
     format!("{pipeline}-config")
@@ -37,7 +40,7 @@ pub fn build(pipeline: &ValidPipeline) -> ConfigMap {
         (env::KAFKA_BROKERS, bootstrap_servers(pipeline)),
         (env::KAFKA_TOPIC, pipeline.topic.name.clone()),
         (env::KAFKA_DLQ_TOPIC, pipeline.dlq_topic.name.clone()),
-        (env::KAFKA_GROUP, "odds-processor".to_string()),
+        (env::KAFKA_GROUP, CONSUMER_GROUP.to_string()),
         (env::SUPPLIER_URL, supplier_url(pipeline)),
         (env::LOG_FORMAT, "json".to_string()),
         (env::HTTP_ADDR, format!("0.0.0.0:{}", super::OPS_PORT)),

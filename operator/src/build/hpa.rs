@@ -1,4 +1,6 @@
-//! HorizontalPodAutoscalers (CPU) for the workloads whose spec sets `autoscaling`.
+//! HorizontalPodAutoscalers (CPU) for the workloads whose spec sets `autoscaling` in `Cpu`
+//! mode, or asks for lag or connections where that cannot be had (no KEDA, no Prometheus):
+//! [`super::scaling::decide`] says which.
 //!
 //! Client load lands on the odds service, so that is where autoscaling matters most; the
 //! processor may scale too, up to the partition count (the CRD and [`crate::validate`] bound
@@ -6,19 +8,23 @@
 //! version-guarded processor absorbs.
 
 use super::metadata;
+use super::scaledobject::scale_down_behavior;
+use super::scaling::{self, Scaler};
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
     MetricTarget, ResourceMetricSource,
 };
 
-/// One autoscaler per component with `autoscaling`.
+/// One autoscaler per component whose scaling decision is an HPA.
 pub fn build(pipeline: &ValidPipeline) -> Vec<HorizontalPodAutoscaler> {
     pipeline
         .components()
         .into_iter()
+        .filter(|c| scaling::decide(pipeline, *c).scaler == Scaler::Hpa)
         .filter_map(|component| {
-            let scaling = pipeline.component(component).autoscaling?;
+            let scaling = scaling::spec(pipeline, component)?;
+            let (min, max) = scaling::bounds(pipeline, component, &scaling);
             Some(HorizontalPodAutoscaler {
                 metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
                 spec: Some(HorizontalPodAutoscalerSpec {
@@ -27,8 +33,12 @@ pub fn build(pipeline: &ValidPipeline) -> Vec<HorizontalPodAutoscaler> {
                         kind: "Deployment".into(),
                         name: component.name(pipeline),
                     },
-                    min_replicas: Some(scaling.min_replicas),
-                    max_replicas: scaling.max_replicas,
+                    min_replicas: Some(min),
+                    max_replicas: max,
+                    // Only when asked: the HPA's default (300 s) applies otherwise.
+                    behavior: scaling
+                        .scale_down_stabilization_seconds
+                        .map(scale_down_behavior),
                     metrics: Some(vec![MetricSpec {
                         type_: "Resource".into(),
                         resource: Some(ResourceMetricSource {
@@ -41,7 +51,6 @@ pub fn build(pipeline: &ValidPipeline) -> Vec<HorizontalPodAutoscaler> {
                         }),
                         ..MetricSpec::default()
                     }]),
-                    ..HorizontalPodAutoscalerSpec::default()
                 }),
                 status: None,
             })

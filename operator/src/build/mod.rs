@@ -11,6 +11,8 @@ pub mod hpa;
 pub mod ingress;
 pub mod job;
 pub mod pdb;
+pub mod scaledobject;
+pub mod scaling;
 pub mod service;
 pub mod topic;
 
@@ -26,6 +28,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 
+pub use scaledobject::ScaledObject;
 pub use topic::KafkaTopic;
 
 /// Field manager of every server-side apply the operator makes.
@@ -91,6 +94,9 @@ pub struct Facts {
     pub topics_ready: bool,
     /// Partition count of the existing updates `KafkaTopic`, if one exists.
     pub existing_partitions: Option<i32>,
+    /// Whether the cluster serves KEDA's `ScaledObject` (keda.sh/v1alpha1): lag and
+    /// connections modes need it, and fall back to CPU without it.
+    pub keda_installed: bool,
 }
 
 /// Where the migration Job of the current image stands.
@@ -115,7 +121,10 @@ pub struct Children {
     pub services: Vec<Service>,
     pub pdbs: Vec<PodDisruptionBudget>,
     pub hpas: Vec<HorizontalPodAutoscaler>,
+    pub scaled_objects: Vec<ScaledObject>,
     pub ingress: Option<Ingress>,
+    /// The scaling mode in force for each workload with a spec section.
+    pub scaling: BTreeMap<Component, scaling::Scaling>,
     /// Workloads held back, with the reason (`WaitingForTopic`, `WaitingForMigration`).
     pub blocked: Vec<(Component, Reason)>,
 }
@@ -129,7 +138,16 @@ pub fn children(pipeline: &ValidPipeline, migration: &MigrationState) -> Childre
         services: service::build(pipeline),
         pdbs: pdb::build(pipeline),
         hpas: hpa::build(pipeline),
+        scaled_objects: scaledobject::build(pipeline),
         ingress: ingress::build(pipeline),
+        scaling: [
+            Component::Ingest,
+            Component::Processor,
+            Component::OddsService,
+        ]
+        .into_iter()
+        .map(|c| (c, scaling::decide(pipeline, c)))
+        .collect(),
         ..Children::default()
     };
     for component in pipeline.components() {

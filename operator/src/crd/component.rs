@@ -45,22 +45,82 @@ impl Default for ComponentSpec {
     }
 }
 
-/// Autoscaler bounds.
+/// Autoscaler bounds and what to scale by.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
     .message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
 #[serde(rename_all = "camelCase")]
 pub struct AutoscalingSpec {
+    /// What the replica count follows: `Cpu` (a HorizontalPodAutoscaler on CPU utilisation),
+    /// `Lag` (processor only: the consumer group's Kafka lag, through a KEDA ScaledObject) or
+    /// `Connections` (oddsService only: open WebSocket connections, through KEDA's Prometheus
+    /// scaler). Without KEDA, or for `Connections` without `prometheusAddress`, the operator
+    /// falls back to `Cpu` and says why in `status.<component>.scaling` and the `Autoscaling`
+    /// condition.
+    #[serde(default)]
+    pub mode: ScalingMode,
     /// Lower bound of the pod count.
     #[schemars(range(min = 1))]
     pub min_replicas: i32,
-    /// Upper bound of the pod count.
+    /// Upper bound of the pod count (for the processor, at most the topic's partitions: a
+    /// consumer beyond the partition count has nothing to read).
     #[schemars(range(min = 1))]
     pub max_replicas: i32,
-    /// Target average CPU utilisation in percent of the request.
+    /// Target average CPU utilisation in percent of the request (`Cpu` mode, and the fallback).
     #[serde(default = "default_cpu_target")]
     #[schemars(range(min = 1, max = 100))]
     pub target_cpu_utilization: i32,
+    /// `Lag`: messages of consumer lag one replica is expected to work off (KEDA's
+    /// `lagThreshold`); replicas = total lag / this, within the bounds. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_lag_per_replica: Option<i64>,
+    /// `Connections`: open WebSocket connections per replica. Default 5000, half of what one
+    /// replica was measured to hold (10 000 clients in 121 MiB RSS, README "Performance"),
+    /// leaving room for the fan-out's CPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_connections_per_replica: Option<i64>,
+    /// `Connections`: address of a Prometheus that scrapes the odds service's pods with the
+    /// chart's PodMonitor labels (`namespace`, `pipeline`, `component`), e.g.
+    /// `http://prometheus-operated.monitoring.svc:9090`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub prometheus_address: Option<String>,
+    /// Seconds of lower recommendations the autoscaler waits for before it scales down (the
+    /// HPA's scale-down stabilisation window). Default 300, the HPA's own default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: Option<i32>,
+    /// `Lag` and `Connections`: seconds between KEDA's checks of the metric. Default 30.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub polling_interval_seconds: Option<i32>,
+}
+
+/// What an autoscaled component's replica count follows.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum ScalingMode {
+    /// CPU utilisation of the pods, through a HorizontalPodAutoscaler.
+    #[default]
+    Cpu,
+    /// The processor's consumer lag, through a KEDA ScaledObject with a Kafka trigger.
+    Lag,
+    /// The odds service's open WebSocket connections, through a KEDA ScaledObject with a
+    /// Prometheus trigger.
+    Connections,
+}
+
+impl ScalingMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "Cpu",
+            Self::Lag => "Lag",
+            Self::Connections => "Connections",
+        }
+    }
 }
 
 fn default_cpu_target() -> i32 {

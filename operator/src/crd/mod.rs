@@ -14,9 +14,11 @@ mod component;
 mod status;
 pub use component::{
     AutoscalingSpec, ComponentSpec, IngressSpec, OddsServiceSpec, PdbSpec, PodOverrides,
-    ServiceSpec, ServiceType,
+    ScalingMode, ServiceSpec, ServiceType,
 };
-pub use status::{ComponentStatus, Condition, ConditionType, HeldBack, OddsPipelineStatus, Reason};
+pub use status::{
+    ComponentStatus, Condition, ConditionType, HeldBack, OddsPipelineStatus, Reason, ScalingStatus,
+};
 
 /// API group of the project's resources (a domain the project owns).
 pub const GROUP: &str = "odds-pipeline.github.io";
@@ -39,6 +41,7 @@ pub const PAUSE_ANNOTATION: &str = "odds-pipeline.github.io/pause-reconciliation
     printcolumn = r#"{"name":"Ingest","type":"string","jsonPath":".status.ingest.summary"}"#,
     printcolumn = r#"{"name":"Processor","type":"string","jsonPath":".status.processor.summary"}"#,
     printcolumn = r#"{"name":"Odds-Service","type":"string","jsonPath":".status.oddsService.summary"}"#,
+    printcolumn = r#"{"name":"Lag","type":"string","jsonPath":".status.processor.lag","description":"Consumer lag the processor's last scaling decision saw (Lag mode), else unknown"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // Same rule as `validate::name_problem`: the name becomes Service names (DNS-1035),
     // label values and `<name>-migrate-<10 hex>` (a Job name, at most 63 characters).
@@ -49,6 +52,17 @@ pub const PAUSE_ANNOTATION: &str = "odds-pipeline.github.io/pause-reconciliation
 #[x_kube(validation = Rule::new(
     "!has(self.processor.autoscaling) ? self.processor.replicas <= self.kafka.topic.partitions : self.processor.autoscaling.maxReplicas <= self.kafka.topic.partitions"
 ).message("processor replicas (or autoscaling.maxReplicas) must not exceed kafka.topic.partitions: extra consumers would sit idle"))]
+// Lag is a Kafka consumer's signal and connections the WebSocket tier's; the same rules are
+// in `validate::check_component`.
+#[x_kube(validation = Rule::new(
+    "!has(self.ingest.autoscaling) || !has(self.ingest.autoscaling.mode) || self.ingest.autoscaling.mode == 'Cpu'"
+).message("ingest.autoscaling.mode must be Cpu (Lag is the processor's, Connections the odds service's)"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.processor.autoscaling) || !has(self.processor.autoscaling.mode) || self.processor.autoscaling.mode != 'Connections'"
+).message("processor.autoscaling.mode must be Cpu or Lag"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.oddsService.autoscaling) || !has(self.oddsService.autoscaling.mode) || self.oddsService.autoscaling.mode != 'Lag'"
+).message("oddsService.autoscaling.mode must be Cpu or Connections"))]
 #[serde(rename_all = "camelCase")]
 pub struct OddsPipelineSpec {
     /// Container image holding every pipeline binary.

@@ -13,7 +13,8 @@ pub struct OddsPipelineStatus {
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready`, `Progressing`, `Degraded`, `TopicReady`, `Migrated`, `ReconciliationPaused`.
+    /// `Ready`, `Progressing`, `Degraded`, `TopicReady`, `Migrated`, `Autoscaling`,
+    /// `ReconciliationPaused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Ingest pods.
@@ -54,6 +55,29 @@ pub struct ComponentStatus {
     pub desired_replicas: i32,
     /// `ready/desired`, for `kubectl get`.
     pub summary: String,
+    /// How the replica count is decided now, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scaling: Option<ScalingStatus>,
+    /// Processor only: the consumer lag (messages, all partitions) the last scaling decision
+    /// saw, as KEDA's autoscaler reported it (the ScaledObject's HPA: average per replica ×
+    /// replicas); `unknown` when no lag-based decision has been reported (CPU or fixed
+    /// replicas, KEDA not installed, or no decision yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<String>,
+}
+
+/// The scaling mode in force for one workload.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingStatus {
+    /// `Fixed` (`replicas` from the spec), `Cpu` (HorizontalPodAutoscaler), `Lag` (KEDA,
+    /// consumer lag) or `Connections` (KEDA, open WebSocket connections).
+    pub mode: String,
+    /// Why this mode: `AsRequested`, or the reason of a fallback to `Cpu`
+    /// (`KedaNotInstalled`, `NoPrometheusAddress`).
+    pub reason: String,
+    /// What scales the workload, in words.
+    pub message: String,
 }
 
 /// The standard Kubernetes condition shape (`metav1.Condition`).
@@ -97,6 +121,9 @@ pub enum ConditionType {
     Degraded,
     TopicReady,
     Migrated,
+    /// Every autoscaled component scales by the mode its spec asks for (`False`: a
+    /// fallback to CPU is in force, with the reason).
+    Autoscaling,
     ReconciliationPaused,
 }
 
@@ -108,6 +135,7 @@ impl ConditionType {
             Self::Degraded => "Degraded",
             Self::TopicReady => "TopicReady",
             Self::Migrated => "Migrated",
+            Self::Autoscaling => "Autoscaling",
             Self::ReconciliationPaused => "ReconciliationPaused",
         }
     }
@@ -138,6 +166,13 @@ pub enum Reason {
     StrimziNotInstalled,
     /// Reading the cluster failed (the API server is unreachable or refused a read).
     ReadFailed,
+    /// The scaling mode in force is the one the spec asks for.
+    AsRequested,
+    /// Lag or connections mode was asked for, but the cluster has no KEDA `ScaledObject`
+    /// CRD (keda.sh/v1alpha1): CPU scaling is in force instead.
+    KedaNotInstalled,
+    /// Connections mode was asked for without `prometheusAddress`: CPU scaling instead.
+    NoPrometheusAddress,
     RollingOut,
     Idle,
     Paused,
@@ -163,6 +198,9 @@ impl Reason {
             Self::Forbidden => "Forbidden",
             Self::StrimziNotInstalled => "StrimziNotInstalled",
             Self::ReadFailed => "ReadFailed",
+            Self::AsRequested => "AsRequested",
+            Self::KedaNotInstalled => "KedaNotInstalled",
+            Self::NoPrometheusAddress => "NoPrometheusAddress",
             Self::RollingOut => "RollingOut",
             Self::Idle => "Idle",
             Self::Paused => "Paused",

@@ -7,7 +7,7 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Container, EnvVar, PodSpec, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use odds_operator::build::{Component, Facts, CONFIG_HASH_ANNOTATION};
-use odds_operator::crd::{AutoscalingSpec, ComponentSpec, OddsPipeline, SecretKeyRef};
+use odds_operator::crd::{AutoscalingSpec, ComponentSpec, OddsPipeline, ScalingMode, SecretKeyRef};
 use odds_operator::validate::{validate, ValidPipeline};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -62,6 +62,7 @@ pub trait PipelineExt: Sized {
                 min_replicas: 2,
                 max_replicas: 6,
                 target_cpu_utilization: 80,
+                ..autoscaling_defaults()
             });
             spec.resources = Some(cpu_request("100m"));
         })
@@ -103,6 +104,21 @@ impl PipelineExt for OddsPipeline {
     }
 }
 
+/// An autoscaling spec with every optional field unset (Cpu mode, 1..=1).
+pub fn autoscaling_defaults() -> AutoscalingSpec {
+    AutoscalingSpec {
+        mode: ScalingMode::Cpu,
+        min_replicas: 1,
+        max_replicas: 1,
+        target_cpu_utilization: 70,
+        target_lag_per_replica: None,
+        target_connections_per_replica: None,
+        prometheus_address: None,
+        scale_down_stabilization_seconds: None,
+        polling_interval_seconds: None,
+    }
+}
+
 pub fn component_mut(p: &mut OddsPipeline, component: Component) -> &mut ComponentSpec {
     match component {
         Component::Ingest => &mut p.spec.ingest,
@@ -138,6 +154,7 @@ pub fn ready_facts() -> Facts {
         ]),
         topics_ready: true,
         existing_partitions: Some(6),
+        keda_installed: false,
     }
 }
 

@@ -23,7 +23,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::client::Body;
 use kube::Resource;
 use kube_fake_client::{interceptor, ClientBuilder, PatchType};
-use odds_operator::build::{job, KafkaTopic};
+use odds_operator::build::{job, KafkaTopic, ScaledObject};
 use odds_operator::controller::{reconcile, Context, Error};
 use odds_operator::crd::{Condition, OddsPipeline};
 use odds_operator::metrics::Metrics;
@@ -142,6 +142,8 @@ pub struct Options {
     /// Whether Strimzi's KafkaTopic CRD is installed (registered with the fake API, and
     /// what the operator's start-up discovery found).
     pub strimzi: bool,
+    /// Whether KEDA's ScaledObject CRD is installed (likewise).
+    pub keda: bool,
 }
 
 pub fn secret(name: &str, value: &str) -> Secret {
@@ -158,6 +160,7 @@ pub async fn harness(pipeline: OddsPipeline, secrets: bool) -> Harness {
         Options {
             secrets,
             strimzi: true,
+            keda: false,
         },
     )
     .await
@@ -226,6 +229,9 @@ pub async fn harness_with(pipeline: OddsPipeline, options: Options) -> Harness {
     if options.strimzi {
         builder = builder.with_resource::<KafkaTopic>();
     }
+    if options.keda {
+        builder = builder.with_resource::<ScaledObject>();
+    }
     if options.secrets {
         builder = builder
             .with_object(secret("odds-redis", "redis://redis:6379"))
@@ -256,6 +262,7 @@ pub async fn harness_with(pipeline: OddsPipeline, options: Options) -> Harness {
     });
     let ctx = Arc::new(context);
     ctx.strimzi.store(options.strimzi, Ordering::Relaxed);
+    ctx.keda.store(options.keda, Ordering::Relaxed);
     Harness {
         client,
         ctx,
@@ -603,6 +610,46 @@ impl Harness {
         self.reconcile().await;
         self.pods_ready().await;
         self.reconcile().await;
+    }
+
+    /// A harness whose cluster has KEDA (and Strimzi, and the Secrets).
+    pub async fn with_keda(pipeline: OddsPipeline) -> Harness {
+        harness_with(
+            pipeline,
+            Options {
+                secrets: true,
+                strimzi: true,
+                keda: true,
+            },
+        )
+        .await
+    }
+
+    /// What KEDA does once it runs a ScaledObject: creates its HPA (`keda-hpa-<name>`),
+    /// which reports the trigger's metric in its status. Here the HPA saw an average of
+    /// `average` per replica over `replicas` replicas.
+    pub async fn keda_hpa_reports(&self, name: &str, average: &str, replicas: i32) {
+        use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+        let hpa: HorizontalPodAutoscaler = serde_json::from_value(json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": format!("keda-hpa-{name}"), "namespace": NS},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                     "minReplicas": 1, "maxReplicas": 6},
+        }))
+        .unwrap();
+        self.api::<HorizontalPodAutoscaler>()
+            .create(&PostParams::default(), &hpa)
+            .await
+            .unwrap();
+        self.patch_status::<HorizontalPodAutoscaler>(
+            &format!("keda-hpa-{name}"),
+            json!({"currentReplicas": replicas, "desiredReplicas": replicas, "currentMetrics": [{
+                "type": "External",
+                "external": {"metric": {"name": "s0-kafka-odds_updates"},
+                             "current": {"averageValue": average}}
+            }]}),
+        )
+        .await;
     }
 
     pub fn applied(&self, key: &str) -> Vec<Value> {

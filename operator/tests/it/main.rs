@@ -2,11 +2,13 @@
 //! instead of once per file, which is most of the test build's time.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod autoscaling;
 mod builders;
 mod contract;
 mod crd;
 mod fixtures;
 mod harness;
+mod keda_schema;
 mod leader;
 mod rbac;
 mod reconcile_changes;

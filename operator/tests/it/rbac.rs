@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
-use odds_operator::build::Component;
+use odds_operator::build::{Component, ScaledObject};
 use odds_operator::leader::{Elector, LeaseConfig};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -85,6 +85,25 @@ async fn used() -> BTreeSet<Grant> {
     h.roll_out().await;
     h.change(json!({"spec": {"processor": {"autoscaling": {"minReplicas": 2, "maxReplicas": 6}, "resources": {"requests": {"cpu": "1"}}}}}))
         .await;
+    collect(&h);
+
+    // KEDA: a lag-scaled processor (ScaledObject created, its HPA read for the lag), then
+    // back to CPU (the ScaledObject deleted before the HPA is applied).
+    let h = Harness::with_keda(sample()).await;
+    h.roll_out().await;
+    let lag = json!({"resources": {"requests": {"cpu": "1"}},
+                     "autoscaling": {"mode": "Lag", "minReplicas": 2, "maxReplicas": 6}});
+    h.change(json!({"spec": {"processor": lag}})).await;
+    h.keda_hpa_reports("demo-processor", "10", 2).await;
+    h.reconcile().await;
+    h.change(json!({"spec": {"processor": {"autoscaling": {"mode": "Cpu"}}}}))
+        .await;
+    assert!(h
+        .api::<ScaledObject>()
+        .get_opt("demo-processor")
+        .await
+        .unwrap()
+        .is_none());
     collect(&h);
 
     // Leader election: campaign, renew, take over, release.
@@ -179,6 +198,8 @@ async fn the_chart_grants_exactly_what_the_operator_uses() {
         ("apps", "deployments", "create"),
         ("networking.k8s.io", "ingresses", "delete"),
         ("coordination.k8s.io", "leases", "update"),
+        ("keda.sh", "scaledobjects", "delete"),
+        ("keda.sh", "scaledobjects", "create"),
     ] {
         let grant = (
             grant.0.to_string(),

@@ -113,6 +113,7 @@ async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_appli
         Options {
             secrets: true,
             strimzi: false,
+            keda: false,
         },
     )
     .await;
@@ -135,6 +136,7 @@ async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_appli
         Options {
             secrets: true,
             strimzi: false,
+            keda: false,
         },
     )
     .await;
@@ -150,6 +152,7 @@ async fn a_kafka_topic_crd_removed_after_start_up_is_strimzi_not_installed() {
         Options {
             secrets: true,
             strimzi: false,
+            keda: false,
         },
     )
     .await;

@@ -1,0 +1,233 @@
+//! KEDA `ScaledObject`s for the workloads that scale by what the pipeline says: the
+//! processor by its consumer lag (Kafka trigger), the odds service by open WebSocket
+//! connections (Prometheus trigger).
+//!
+//! A small typed mirror of KEDA's `keda.sh/v1alpha1` ScaledObject (only the fields the
+//! operator sets or reads; the tests check the built objects against KEDA 2.20.2's released
+//! CRD schema). Built only where [`super::scaling::decide`] chose KEDA, so a Deployment never
+//! has both a ScaledObject and the operator's HPA.
+
+use super::scaling::{self, Scaler, DEFAULT_POLLING_INTERVAL, DEFAULT_SCALE_DOWN_WINDOW};
+use super::scaling::{DEFAULT_TARGET_CONNECTIONS, DEFAULT_TARGET_LAG};
+use super::{configmap, metadata, Component};
+use crate::crd::ScalingMode;
+use crate::validate::{KafkaSource, ValidPipeline};
+use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// KEDA ScaledObject spec (subset).
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "keda.sh",
+    version = "v1alpha1",
+    kind = "ScaledObject",
+    namespaced,
+    status = "ScaledObjectStatus"
+)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledObjectSpec {
+    pub scale_target_ref: ScaleTargetRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub polling_interval: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_replica_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_replica_count: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advanced: Option<AdvancedConfig>,
+    pub triggers: Vec<ScaleTrigger>,
+}
+
+/// The workload a ScaledObject scales.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTargetRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+}
+
+/// `spec.advanced` (subset).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdvancedConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub horizontal_pod_autoscaler_config: Option<HpaConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restore_to_original_replica_count: Option<bool>,
+}
+
+/// `spec.advanced.horizontalPodAutoscalerConfig` (subset).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HpaConfig {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+}
+
+/// One trigger: a scaler type and its metadata (all values are strings in KEDA).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleTrigger {
+    #[serde(rename = "type")]
+    pub type_: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric_type: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// KEDA ScaledObject status (subset).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaledObjectStatus {
+    /// The HorizontalPodAutoscaler KEDA created for this ScaledObject.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hpa_name: Option<String>,
+}
+
+impl ScaledObject {
+    /// The HPA KEDA drives this ScaledObject with: named in the status, else KEDA's default
+    /// name `keda-hpa-<name>`.
+    pub fn hpa_name(&self) -> String {
+        self.status
+            .as_ref()
+            .and_then(|s| s.hpa_name.clone())
+            .unwrap_or_else(|| format!("keda-hpa-{}", self.metadata.name.as_deref().unwrap_or("")))
+    }
+}
+
+/// Kafka bootstrap address as KEDA must see it: KEDA's operator runs in its own namespace,
+/// so Strimzi's bootstrap Service needs its namespace-qualified name there.
+pub fn keda_bootstrap_servers(pipeline: &ValidPipeline) -> String {
+    match &pipeline.kafka {
+        KafkaSource::Strimzi { cluster } => {
+            format!("{cluster}-kafka-bootstrap.{}.svc:9092", pipeline.namespace)
+        }
+        KafkaSource::External { .. } => configmap::bootstrap_servers(pipeline),
+    }
+}
+
+/// The PromQL query of the odds service's open connections: the gauge every pod exports
+/// (`odds_ws_connections`, odds-service's metrics), summed over this pipeline's pods by the
+/// labels the chart's PodMonitor adds.
+pub fn connections_query(pipeline: &ValidPipeline) -> String {
+    format!(
+        "sum(odds_ws_connections{{namespace=\"{}\",pipeline=\"{}\",component=\"{}\"}})",
+        pipeline.namespace,
+        pipeline.name,
+        Component::OddsService.suffix()
+    )
+}
+
+/// One ScaledObject per component whose scaling decision is KEDA.
+pub fn build(pipeline: &ValidPipeline) -> Vec<ScaledObject> {
+    pipeline
+        .components()
+        .into_iter()
+        .filter(|c| scaling::decide(pipeline, *c).scaler == Scaler::Keda)
+        .filter_map(|component| {
+            let spec = scaling::spec(pipeline, component)?;
+            let (min, max) = scaling::bounds(pipeline, component, &spec);
+            let trigger = match spec.mode {
+                ScalingMode::Lag => kafka_trigger(pipeline, spec.target_lag_per_replica),
+                ScalingMode::Connections => prometheus_trigger(
+                    pipeline,
+                    spec.prometheus_address.as_deref().unwrap_or_default(),
+                    spec.target_connections_per_replica,
+                ),
+                ScalingMode::Cpu => return None,
+            };
+            let window = spec
+                .scale_down_stabilization_seconds
+                .unwrap_or(DEFAULT_SCALE_DOWN_WINDOW);
+            Some(ScaledObject {
+                metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
+                spec: ScaledObjectSpec {
+                    scale_target_ref: ScaleTargetRef {
+                        api_version: Some("apps/v1".into()),
+                        kind: Some("Deployment".into()),
+                        name: component.name(pipeline),
+                    },
+                    polling_interval: Some(
+                        spec.polling_interval_seconds
+                            .unwrap_or(DEFAULT_POLLING_INTERVAL),
+                    ),
+                    min_replica_count: Some(min),
+                    max_replica_count: Some(max),
+                    advanced: Some(AdvancedConfig {
+                        horizontal_pod_autoscaler_config: Some(HpaConfig {
+                            behavior: Some(scale_down_behavior(window)),
+                        }),
+                        // Deleting the ScaledObject (a switch to CPU or fixed replicas) leaves
+                        // the replicas where they are; the next owner takes them from there.
+                        restore_to_original_replica_count: Some(false),
+                    }),
+                    triggers: vec![trigger],
+                },
+                status: None,
+            })
+        })
+        .collect()
+}
+
+/// The HPA behaviour with a scale-down stabilisation window of `seconds`.
+pub fn scale_down_behavior(seconds: i32) -> HorizontalPodAutoscalerBehavior {
+    HorizontalPodAutoscalerBehavior {
+        scale_down: Some(HPAScalingRules {
+            stabilization_window_seconds: Some(seconds),
+            ..HPAScalingRules::default()
+        }),
+        ..HorizontalPodAutoscalerBehavior::default()
+    }
+}
+
+fn kafka_trigger(pipeline: &ValidPipeline, target: Option<i64>) -> ScaleTrigger {
+    let metadata = BTreeMap::from([
+        ("bootstrapServers".into(), keda_bootstrap_servers(pipeline)),
+        ("consumerGroup".into(), configmap::CONSUMER_GROUP.into()),
+        ("topic".into(), pipeline.topic.name.clone()),
+        (
+            "lagThreshold".into(),
+            target.unwrap_or(DEFAULT_TARGET_LAG).to_string(),
+        ),
+        // The processor starts a new group at the earliest offset, so that is the lag it
+        // really has before its first commit.
+        ("offsetResetPolicy".into(), "earliest".into()),
+        // A consumer beyond the partition count would sit idle.
+        ("allowIdleConsumers".into(), "false".into()),
+    ]);
+    ScaleTrigger {
+        type_: "kafka".into(),
+        name: Some("consumer-lag".into()),
+        metric_type: Some("AverageValue".into()),
+        metadata,
+    }
+}
+
+fn prometheus_trigger(
+    pipeline: &ValidPipeline,
+    address: &str,
+    target: Option<i64>,
+) -> ScaleTrigger {
+    let metadata = BTreeMap::from([
+        ("serverAddress".into(), address.to_string()),
+        ("query".into(), connections_query(pipeline)),
+        (
+            "threshold".into(),
+            target.unwrap_or(DEFAULT_TARGET_CONNECTIONS).to_string(),
+        ),
+    ]);
+    ScaleTrigger {
+        type_: "prometheus".into(),
+        name: Some("websocket-connections".into()),
+        metric_type: Some("AverageValue".into()),
+        metadata,
+    }
+}
