@@ -133,6 +133,7 @@ async fn run_once(args: &BenchArgs, rate: u32, bin_dir: PathBuf) -> anyhow::Resu
         events: args.events,
         seed: 42,
         total,
+        version_base: None,
         log_filter: "warn".into(),
     };
     let mut launcher = Launcher::start(options).await?;
@@ -180,6 +181,9 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let sent_done = started.elapsed();
+    // What the supplier sent that is new: its deltas plus its first image (one new version per
+    // event); later images after a reconnect repeat versions already stored.
+    let total = total + u64::from(args.events);
 
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)

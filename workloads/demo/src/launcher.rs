@@ -28,6 +28,8 @@ pub struct LauncherOptions {
     pub seed: u64,
     /// Stop the supplier after this many updates (0 = never).
     pub total: u64,
+    /// The supplier's version base; `None` = its clock default (versions survive restarts).
+    pub version_base: Option<u64>,
     /// Log level of the stages (RUST_LOG syntax).
     pub log_filter: String,
 }
@@ -42,6 +44,8 @@ impl LauncherOptions {
             events,
             seed: 7,
             total,
+            // Versions 1, 2, ... so a test can regenerate what the supplier sent.
+            version_base: Some(0),
             log_filter: "warn".into(),
         })
     }
@@ -66,6 +70,8 @@ pub struct Launcher {
     pub children: Vec<ChildProcess>,
     /// odds-service's REST/WebSocket address.
     pub service_addr: SocketAddr,
+    /// How each stage was started, for [`Launcher::restart`].
+    specs: Vec<ChildSpec>,
     /// The stages' log files (`<stage>.log`), removed with the launcher.
     log_dir: tempfile::TempDir,
 }
@@ -140,7 +146,14 @@ impl Launcher {
                     (env::SIM_EVENTS, options.events.to_string()),
                     (env::SIM_SEED, options.seed.to_string()),
                     (env::SIM_TOTAL, options.total.to_string()),
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    options
+                        .version_base
+                        .map(|base| (env::SIM_VERSION_BASE, base.to_string())),
+                )
+                .collect(),
             )?,
             spec(
                 "odds-ingest",
@@ -154,6 +167,7 @@ impl Launcher {
             infra,
             children: Vec::new(),
             service_addr,
+            specs: specs.clone(),
             log_dir,
         };
         for spec in specs {
@@ -186,6 +200,28 @@ impl Launcher {
             })
         });
         futures_util::future::select_all(waits).await.0
+    }
+
+    /// Stops one stage (SIGTERM, SIGKILL after the grace period) and starts it again with the
+    /// same configuration, waiting until it is ready: what a rollout or a crash does to a pod.
+    pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self
+            .children
+            .iter()
+            .position(|c| c.name == name)
+            .with_context(|| format!("no stage named {name}"))?;
+        let spec = self
+            .specs
+            .iter()
+            .find(|s| s.name == name)
+            .with_context(|| format!("no spec for {name}"))?
+            .clone();
+        self.children[index].terminate(STOP_GRACE).await;
+        let child = ChildProcess::spawn(spec, self.log_dir.path())?;
+        let ready = child.wait_ready(READY_TIMEOUT).await;
+        let lines = child.last_lines();
+        self.children[index] = child;
+        ready.with_context(|| format!("restarted {name}; last output:\n{}", lines.join("\n")))
     }
 
     /// Stops every stage, newest first, each with SIGTERM and a grace period.

@@ -99,6 +99,7 @@ async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
         events: args.events,
         seed: args.seed,
         total: 0,
+        version_base: None,
         log_filter: args.log_filter.clone(),
     })
     .await

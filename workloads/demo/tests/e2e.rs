@@ -100,19 +100,24 @@ async fn pipeline_delivers_live_updates_and_ends_consistent() {
             .fetch_one(&pool)
             .await
             .unwrap();
-        if n as u64 == TOTAL {
+        if n as u64 == TOTAL + u64::from(EVENTS) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "odds_history holds {n} of {TOTAL}"
+            "odds_history holds {n} of {TOTAL} + {EVENTS}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // What the supplier sent last per event, regenerated from its seed.
-    let mut feed = OddsFeed::new(seed, EVENTS, &[]);
-    let mut last: BTreeMap<String, OddsUpdate> = BTreeMap::new();
+    // What the supplier sent last per event, regenerated from its seed: its image (every
+    // event at version 1), then TOTAL deltas.
+    let mut feed = OddsFeed::new(seed, EVENTS, &[], 0);
+    let mut last: BTreeMap<String, OddsUpdate> = feed
+        .image(chrono::Utc::now())
+        .into_iter()
+        .map(|u| (u.event_id.clone(), u))
+        .collect();
     for _ in 0..TOTAL {
         let u = feed.next_update(chrono::Utc::now());
         last.insert(u.event_id.clone(), u);
@@ -158,5 +163,68 @@ async fn pipeline_delivers_live_updates_and_ends_consistent() {
     for child in &launcher.children {
         let status = child.exited().expect("stopped");
         assert!(status.success(), "{} exited with {status}", child.name);
+    }
+}
+
+/// A supplier restart (a rollout, a crash, an OOM kill) must not freeze prices: the restarted
+/// simulator's versions start above its start time in microseconds, so they are newer than
+/// anything the previous run sent, and its image brings every event up to date at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prices_keep_moving_after_the_supplier_restarts() {
+    let mut options = LauncherOptions::for_tests(40, EVENTS, 0).unwrap();
+    options.version_base = None; // the default of a real deployment
+    let mut launcher = Launcher::start(options).await.unwrap();
+    let events: Vec<String> = (1..=EVENTS).map(|i| format!("MATCH_{i:03}")).collect();
+    wait_for_versions(&launcher, &events, 0).await;
+
+    let url = format!("ws://{}/ws/odds", launcher.service_addr);
+    let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+    ws.send(Message::text(r#"{"type":"subscribe","eventId":"*"}"#))
+        .await
+        .unwrap();
+
+    // Every version the old process sent is below this instant (its base was its start time).
+    let restarted_at = u64::try_from(chrono::Utc::now().timestamp_micros()).unwrap();
+    launcher.restart("supplier-simulator").await.unwrap();
+
+    wait_for_versions(&launcher, &events, restarted_at).await;
+    let mut newer: BTreeMap<String, u64> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while newer.len() < events.len() {
+        assert!(
+            Instant::now() < deadline,
+            "WebSocket saw newer prices only for {newer:?}"
+        );
+        if let ServerMessage::Odds { data } | ServerMessage::Snapshot { data } =
+            next_message(&mut ws).await
+        {
+            if data.version > restarted_at {
+                newer.insert(data.event_id.clone(), data.version);
+            }
+        }
+    }
+    launcher.stop().await;
+}
+
+/// Waits until REST shows every event at a version above `above`.
+async fn wait_for_versions(launcher: &odds_demo::Launcher, events: &[String], above: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for event in events {
+        loop {
+            let path = format!("/v1/events/{event}/odds");
+            if let Ok(r) = http_get(launcher.service_addr, &path).await {
+                if r.status == 200 {
+                    let current: OddsUpdate = serde_json::from_str(&r.body).unwrap();
+                    if current.version > above {
+                        break;
+                    }
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{event}: REST never showed a version above {above}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
