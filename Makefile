@@ -50,13 +50,13 @@ fmt: ## format the code
 	$(CARGO) fmt --all
 
 clippy:
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --locked --workspace --all-targets -- -D warnings
 
 unit:
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	  $(CARGO) nextest run --locked --workspace --no-fail-fast; \
 	else \
-	  $(CARGO) test --workspace --no-fail-fast; \
+	  $(CARGO) test --locked --workspace --no-fail-fast; \
 	fi
 
 chart-test: ## render the Helm chart with the Helm library and validate every manifest (no cluster)
