@@ -6,6 +6,7 @@
 //! ([`names`]), and the client protocol of `/ws/odds` ([`ws`]). A workload crate depends on
 //! this crate and never on another workload.
 
+pub mod cache_status;
 pub mod env;
 pub mod names;
 mod reject;

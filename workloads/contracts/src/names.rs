@@ -31,6 +31,12 @@ pub const REDIS_CURRENT_PREFIX: &str = "odds:current:";
 /// Pub/sub channel on which the processor publishes every update that advanced an event.
 pub const REDIS_UPDATES_CHANNEL: &str = "odds:updates";
 
+/// Pub/sub channel on which processors report whether their cache writes succeed (JSON
+/// [`crate::cache_status::CacheStatus`]). PUBLISH still works when Redis refuses writes (out
+/// of memory under `noeviction`, a read-only replica), so readers learn that the cache and
+/// the updates channel have gone quiet for a reason, not because prices stopped moving.
+pub const REDIS_CACHE_STATUS_CHANNEL: &str = "odds:cache-status";
+
 /// The cache key of one event's current odds.
 pub fn redis_current_key(event_id: &str) -> String {
     format!("{REDIS_CURRENT_PREFIX}{event_id}")

@@ -46,6 +46,16 @@ pub enum ServerMessage {
         data: OddsUpdate,
     },
     Pong,
+    /// Whether live updates are flowing. Sent when they stop (`live: false`, with the
+    /// reason) and when they resume (`live: true`), and once right after the connection
+    /// opens if they are stopped at that moment. While not live the server sends no `odds`
+    /// frames; on resume it first re-reads every followed event from Postgres and sends what
+    /// is newer than what the client has, so a client never waits on a silent socket.
+    Status {
+        live: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     Error {
         code: ErrorCode,
         message: String,
@@ -140,11 +150,39 @@ impl ServerMessage {
         format!(r#"{{"type":"snapshot","data":{update_json}}}"#)
     }
 
+    /// A `status` message: live updates flowing, or stopped for `reason`.
+    pub fn status(reason: Option<&str>) -> Self {
+        ServerMessage::Status {
+            live: reason.is_none(),
+            reason: reason.map(str::to_owned),
+        }
+    }
+
     pub fn error(code: ErrorCode, message: impl Into<String>, event_id: Option<&str>) -> Self {
         ServerMessage::Error {
             code,
             message: message.into(),
             event_id: event_id.map(str::to_owned),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ServerMessage;
+
+    #[test]
+    fn status_says_whether_updates_flow_and_why_not() {
+        assert_eq!(
+            ServerMessage::status(Some("Redis unreachable")).to_json(),
+            r#"{"type":"status","live":false,"reason":"Redis unreachable"}"#
+        );
+        assert_eq!(
+            ServerMessage::status(None).to_json(),
+            r#"{"type":"status","live":true}"#
+        );
+        let parsed: ServerMessage =
+            serde_json::from_str(r#"{"type":"status","live":true}"#).unwrap_or(ServerMessage::Pong);
+        assert_eq!(parsed, ServerMessage::status(None));
     }
 }

@@ -9,13 +9,24 @@
 //! and the cache is marked stale. Repair (see [`Cache::repair_from`]) replays every row of
 //! `odds_current` through the same script once Redis answers again, which also publishes the
 //! versions subscribers missed.
+//!
+//! While writes fail, a [`StatusReporter`] tells readers so on the cache-status channel (see
+//! [`odds_contracts::cache_status`]): Redis that is out of memory or read-only still takes
+//! PUBLISH, and the service then stops trusting the cache and tells its clients that live
+//! updates stopped, instead of leaving them on a silent socket.
+//!
+//! Memory: the cache holds one key per event and is meant to run under an eviction policy
+//! (`maxmemory` with `allkeys-lru`, as the chart's Redis and `make demo` set). An evicted key
+//! is harmless: readers fall back to Postgres and the next update sets it again.
 
 use crate::store::{Store, StoreError};
-use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL};
+use odds_contracts::cache_status::{CacheStatus, CACHE_STATUS_EVERY_MS};
+use odds_contracts::names::{redis_current_key, REDIS_CACHE_STATUS_CHANNEL, REDIS_UPDATES_CHANNEL};
 use odds_contracts::OddsUpdate;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script};
 use std::time::Duration;
+use tokio::sync::watch;
 
 /// KEYS[i] is the cache key of the i-th update; ARGV[1] the channel; ARGV[2i] the update's
 /// version and ARGV[2i+1] its JSON. Returns the (1-based) indexes of the updates that advanced.
@@ -138,6 +149,15 @@ impl Cache {
             .collect())
     }
 
+    /// A reporter of this cache's write failures, publishing on its own connection in a task
+    /// of its own, so a Redis that hangs never slows the processing loop. The task ends when
+    /// the reporter is dropped.
+    pub fn status_reporter(&self) -> StatusReporter {
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(report_status(self.client.clone(), self.config.clone(), rx));
+        StatusReporter { tx }
+    }
+
     /// Checks that Redis answers; a failure marks the cache stale (Redis may have restarted
     /// empty while the processor was idle).
     pub async fn check(&mut self) -> Result<(), CacheError> {
@@ -158,6 +178,8 @@ impl Cache {
     /// set-if-newer script, so keys only move forward and subscribers get the versions they
     /// missed. Returns how many keys advanced; clears the stale mark only on full success.
     pub async fn repair_from(&mut self, store: &Store) -> Result<usize, CacheError> {
+        // Cheap first: while Redis is down, a retry costs a PING, not a read of Postgres.
+        self.check().await?;
         let mut after = String::new();
         let mut advanced = 0;
         loop {
@@ -174,5 +196,76 @@ impl Cache {
         }
         self.stale = false;
         Ok(advanced)
+    }
+}
+
+/// The processing loop's side of the failure reports: it says whether writes fail and why;
+/// the reporter task does the publishing.
+pub struct StatusReporter {
+    tx: watch::Sender<Option<String>>,
+}
+
+impl StatusReporter {
+    /// Cache writes fail for `reason`: reported now and every [`CACHE_STATUS_EVERY_MS`].
+    pub fn failing(&self, reason: String) {
+        self.tx.send_if_modified(|current| {
+            let changed = current.as_deref() != Some(reason.as_str());
+            *current = Some(reason);
+            changed
+        });
+    }
+
+    /// Cache writes succeed again (after a repair): reported once.
+    pub fn healthy(&self) {
+        self.tx.send_if_modified(|current| current.take().is_some());
+    }
+}
+
+/// Publishes a failure report at once and then every [`CACHE_STATUS_EVERY_MS`] while writes
+/// fail, and one healthy report when they recover. Best effort: a report that cannot be
+/// published is dropped (readers see Redis down themselves, and a failure report is a lease
+/// that expires).
+async fn report_status(
+    client: Client,
+    config: AsyncConnectionConfig,
+    mut failure: watch::Receiver<Option<String>>,
+) {
+    let every = Duration::from_millis(CACHE_STATUS_EVERY_MS);
+    let mut connection: Option<MultiplexedConnection> = None;
+    let mut reported_failure = false;
+    loop {
+        let reason = failure.borrow_and_update().clone();
+        let status = match reason {
+            Some(reason) => Some(CacheStatus::failing(reason)),
+            None if reported_failure => Some(CacheStatus::healthy()),
+            None => None,
+        };
+        if let Some(status) = status {
+            if connection.is_none() {
+                connection = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await
+                    .ok();
+            }
+            if let Some(c) = connection.as_mut() {
+                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(REDIS_CACHE_STATUS_CHANNEL)
+                    .arg(status.to_json())
+                    .query_async(c)
+                    .await;
+                match published {
+                    Ok(_) => reported_failure = !status.healthy,
+                    Err(error) => {
+                        tracing::debug!(%error, "cache status report not published");
+                        connection = None;
+                    }
+                }
+            }
+        }
+        let failing = failure.borrow().is_some();
+        tokio::select! {
+            changed = failure.changed() => if changed.is_err() { return },
+            _ = tokio::time::sleep(every), if failing || reported_failure => {}
+        }
     }
 }

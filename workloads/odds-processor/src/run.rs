@@ -5,7 +5,7 @@
 
 use crate::config::{MigrateArgs, RunArgs};
 use crate::metrics::Metrics;
-use crate::processor::{Processor, CHECK_KAFKA, CHECK_POSTGRES};
+use crate::processor::{Processor, CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS};
 use crate::ProcessorError;
 use odds_runtime::{ops::ops_router, serve_http, Readiness};
 use prometheus::Registry;
@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), ProcessorError> {
     let registry = Registry::new();
     let metrics = Metrics::register(&registry)?;
-    let readiness = Readiness::new(&[CHECK_KAFKA, CHECK_POSTGRES]);
+    let readiness = Readiness::new(&[CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS]);
     let ops_stop = CancellationToken::new();
     let (addr, ops_task) = serve_http(
         args.ops.http_addr,

@@ -5,8 +5,12 @@
 mod common;
 
 use common::*;
-use odds_processor::processor::CHECK_POSTGRES;
+use futures_util::StreamExt;
+use odds_contracts::cache_status::CacheStatus;
+use odds_contracts::names::REDIS_CACHE_STATUS_CHANNEL;
+use odds_processor::processor::{CHECK_POSTGRES, CHECK_REDIS};
 use odds_testkit::{TestDatabase, TestKafka, TestRedis};
+use std::sync::{Arc, Mutex};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_outage_pauses_without_losing_or_committing_early() {
@@ -76,7 +80,7 @@ async fn redis_outage_keeps_postgres_and_commits_then_repairs_the_cache() {
     let config = config(&kafka, &db, &redis);
     let group = config.kafka_group.clone();
     let h = processor(&config);
-    let (metrics, shutdown) = (h.metrics.clone(), h.shutdown);
+    let (metrics, readiness, shutdown) = (h.metrics.clone(), h.readiness.clone(), h.shutdown);
     let task = tokio::spawn(h.processor.run());
     let producer = producer(&kafka);
     produce(
@@ -88,6 +92,7 @@ async fn redis_outage_keeps_postgres_and_commits_then_repairs_the_cache() {
         cached(&redis, "E3").await.map(|u| u.version) == Some(1)
     })
     .await;
+    assert_eq!(readiness.snapshot().get(CHECK_REDIS), Some(&true));
 
     redis.stop();
     produce(
@@ -112,6 +117,11 @@ async fn redis_outage_keeps_postgres_and_commits_then_repairs_the_cache() {
         1,
         "the cache is known to be stale"
     );
+    assert_eq!(
+        readiness.snapshot().get(CHECK_REDIS),
+        Some(&false),
+        "readiness says cache writes fail"
+    );
 
     redis.start_again().await.unwrap(); // empty, like a restarted cache
     let subscriber = Subscriber::start(&redis).await;
@@ -125,6 +135,7 @@ async fn redis_outage_keeps_postgres_and_commits_then_repairs_the_cache() {
     .await;
     // E3 had no update after the outage: only the repair can have restored it.
     assert_eq!(metrics.cache_stale.get(), 0);
+    assert_eq!(readiness.snapshot().get(CHECK_REDIS), Some(&true));
     assert!(
         metrics.cache_repairs.get() >= 2,
         "startup repair and outage repair"
@@ -137,6 +148,99 @@ async fn redis_outage_keeps_postgres_and_commits_then_repairs_the_cache() {
     assert_eq!(repaired.home_team, "E1 home");
     assert_eq!(repaired.odds, update("E1", 2).odds);
 
+    shutdown.cancel();
+    tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+}
+
+/// Every report on the cache-status channel, collected in the background.
+async fn status_reports(redis: &TestRedis) -> Arc<Mutex<Vec<CacheStatus>>> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.subscribe(REDIS_CACHE_STATUS_CHANNEL).await.unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = seen.clone();
+    tokio::spawn(async move {
+        let mut messages = pubsub.into_on_message();
+        while let Some(message) = messages.next().await {
+            let status = CacheStatus::parse(message.get_payload_bytes()).unwrap();
+            sink.lock().unwrap().push(status);
+        }
+    });
+    seen
+}
+
+/// Redis that answers but refuses writes (out of memory under `noeviction`): Postgres and
+/// commits go on, readiness fails its `redis` check, readers are told on the status channel
+/// (PUBLISH still works), and once Redis takes writes again the cache is repaired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_writes_fails_readiness_and_is_reported_until_repaired() {
+    let kafka = TestKafka::start(1, 1).unwrap();
+    let db = migrated_database().await;
+    let redis = TestRedis::start().await.unwrap();
+    let config = config(&kafka, &db, &redis);
+    let group = config.kafka_group.clone();
+    let h = processor(&config);
+    let (readiness, shutdown) = (h.readiness.clone(), h.shutdown);
+    let task = tokio::spawn(h.processor.run());
+    let producer = producer(&kafka);
+    produce(&producer, &[update("E1", 1)]).await;
+    wait_until("cached before the refusal", || async {
+        cached(&redis, "E1").await.map(|u| u.version) == Some(1)
+    })
+    .await;
+    let reports = status_reports(&redis).await;
+    let mut admin = redis.connection().await.unwrap();
+    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+
+    produce(&producer, &[update("E1", 2)]).await;
+    wait_until("committed although the cache refuses writes", || async {
+        committed_total(&kafka, &group, 1) == 2
+    })
+    .await;
+    assert_eq!(current_version(&db, "E1").await, Some(2));
+    wait_until("readiness fails its redis check", || async {
+        readiness.snapshot().get(CHECK_REDIS) == Some(&false)
+    })
+    .await;
+    assert!(!readiness.is_ready());
+    wait_until("readers are told why", || async {
+        reports
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| !r.healthy && r.reason.as_deref().unwrap_or("").contains("OOM"))
+    })
+    .await;
+    assert_eq!(
+        cached(&redis, "E1").await.unwrap().version,
+        1,
+        "still stale"
+    );
+
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg("0")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    wait_until("cache repaired once Redis takes writes", || async {
+        cached(&redis, "E1").await.map(|u| u.version) == Some(2)
+    })
+    .await;
+    wait_until("ready again", || async { readiness.is_ready() }).await;
+    wait_until("readers are told it is healthy again", || async {
+        reports.lock().unwrap().last().map(|r| r.healthy) == Some(true)
+    })
+    .await;
     shutdown.cancel();
     tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
 }

@@ -40,6 +40,8 @@ pub struct RunningService {
     pub listen_addr: SocketAddr,
     pub ops_addr: SocketAddr,
     pub metrics: metrics::Metrics,
+    /// Whether live updates flow (what `/readyz` and WebSocket `status` messages report).
+    pub feed: Arc<pubsub::Feed>,
     task: JoinHandle<()>,
 }
 
@@ -51,7 +53,10 @@ impl RunningService {
 }
 
 /// Readiness check name: Redis or Postgres answers.
-const STORE_CHECK: &str = "redis-or-postgres";
+pub const STORE_CHECK: &str = "redis-or-postgres";
+/// Readiness check name: live updates flow (pub/sub subscribed, no processor reports failing
+/// cache writes). While it fails, REST reads Postgres and WebSocket clients were told.
+pub const LIVE_CHECK: &str = "live-feed";
 /// How long shutdown waits for WebSocket clients to receive their close frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -61,28 +66,32 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningService, StartError> {
     let metrics = metrics::Metrics::new()?;
+    let feed = pubsub::Feed::new();
     let store = Arc::new(store::OddsStore::new(
         &config.redis_url,
         config.read_database_url(),
         config.database_max_connections,
         config.redis_timeout(),
         metrics.clone(),
+        feed.clone(),
     )?);
     let hub = Arc::new(hub::Hub::new(metrics.clone()));
-    let readiness = Readiness::new(&[STORE_CHECK]);
+    let readiness = Readiness::new(&[STORE_CHECK, LIVE_CHECK]);
     let ws = Arc::new(ws::WsContext {
         hub: hub.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
         shutdown: shutdown.clone(),
-        max_subscriptions: config.ws_max_subscriptions.max(1),
-        max_message_bytes: config.ws_max_message_bytes.max(64),
-        max_pending_events: config.ws_max_pending_events.max(1),
+        feed: feed.clone(),
+        max_subscriptions: config.ws_max_subscriptions,
+        max_message_bytes: config.ws_max_message_bytes,
+        max_pending_events: config.ws_max_pending_events,
         slow_client_timeout: config.slow_client_timeout(),
         ping_interval: config.ping_interval(),
         write_coalesce: std::time::Duration::from_millis(config.ws_write_coalesce_ms),
     });
-    let max_connections = config.ws_max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    // Parsing bounds the limit far below the semaphore's maximum.
+    let max_connections = config.ws_max_connections.min(Semaphore::MAX_PERMITS);
     let connections = Arc::new(Semaphore::new(max_connections));
     let state = api::AppState {
         store: store.clone(),
@@ -110,9 +119,15 @@ pub async fn start(
         hub,
         store: store.clone(),
         metrics: metrics.clone(),
+        feed: feed.clone(),
     };
     let pubsub_task = tokio::spawn(subscriber.run(shutdown.clone()));
-    let probe_task = tokio::spawn(probe_readiness(store, readiness, shutdown.clone()));
+    let probe_task = tokio::spawn(probe_readiness(
+        store,
+        feed.clone(),
+        readiness,
+        shutdown.clone(),
+    ));
     let task = tokio::spawn(async move {
         shutdown.cancelled().await;
         // Upgraded connections outlive the HTTP server; each returns its permit once its
@@ -126,6 +141,7 @@ pub async fn start(
         listen_addr,
         ops_addr,
         metrics,
+        feed,
         task,
     })
 }
@@ -164,16 +180,22 @@ async fn serve_public(
     Ok((bound, task))
 }
 
+/// Keeps readiness current: the stores are probed every 2 s, the live feed is followed as it
+/// changes.
 async fn probe_readiness(
     store: Arc<store::OddsStore>,
+    feed: Arc<pubsub::Feed>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
+    let mut live = feed.watch();
+    let mut probe = tokio::time::interval(Duration::from_secs(2));
     loop {
-        readiness.set(STORE_CHECK, store.reachable().await);
+        readiness.set(LIVE_CHECK, live.borrow_and_update().is_live());
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            changed = live.changed() => if changed.is_err() { return },
+            _ = probe.tick() => readiness.set(STORE_CHECK, store.reachable().await),
         }
     }
 }

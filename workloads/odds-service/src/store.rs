@@ -4,8 +4,14 @@
 //! The processor writes Postgres first and the cache second, so Postgres is the truth and the
 //! cache an accelerator. A miss fills the cache with `SET NX`: if the processor wrote a newer
 //! version meanwhile, its value stays (ours is never newer than what Postgres had).
+//!
+//! The cache is trusted only while the live [`Feed`] is up: when pub/sub is down or a
+//! processor reports that its cache writes fail, the cache may hold values older than
+//! Postgres', so current odds are read from Postgres (503 if it cannot answer), never served
+//! stale without saying so.
 
 use crate::metrics::Metrics;
+use crate::pubsub::Feed;
 use chrono::{DateTime, Utc};
 use odds_contracts::names::{redis_current_key, REDIS_CURRENT_PREFIX};
 use odds_contracts::{Odds, OddsUpdate};
@@ -14,6 +20,7 @@ use redis::AsyncConnectionConfig;
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
 
@@ -117,6 +124,7 @@ pub struct OddsStore {
     redis: RedisCache,
     pg: PgPool,
     metrics: Metrics,
+    feed: Arc<Feed>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -168,6 +176,7 @@ impl OddsStore {
         max_db_connections: u32,
         redis_timeout: Duration,
         metrics: Metrics,
+        feed: Arc<Feed>,
     ) -> Result<OddsStore, StoreError> {
         let client = redis::Client::open(redis_url)
             .map_err(|e| StoreError::Config(format!("REDIS_URL: {e}")))?;
@@ -184,15 +193,40 @@ impl OddsStore {
             },
             pg,
             metrics,
+            feed,
         })
     }
 
-    /// Current odds of one event: cache, else Postgres (filling the cache). `Ok(None)` when
-    /// the event is unknown to whichever store answered.
+    /// Current odds of one event from Postgres only, for when the cache may be stale.
+    pub async fn current_from_database(
+        &self,
+        event_id: &str,
+    ) -> Result<Option<OddsUpdate>, StoreError> {
+        let sql = format!("SELECT {CURRENT_COLUMNS} FROM odds_current WHERE event_id = $1");
+        let row = sqlx::query_as::<_, CurrentRow>(&sql)
+            .bind(event_id)
+            .fetch_optional(&self.pg)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
+        Ok(row.map(OddsUpdate::from))
+    }
+
+    /// Current odds of one event: cache, else Postgres (filling the cache); Postgres only
+    /// while the live feed is down. `Ok(None)` when the event is unknown to whichever store
+    /// answered.
     pub async fn current(
         &self,
         event_id: &str,
     ) -> Result<Option<(OddsUpdate, Source)>, StoreError> {
+        if let Some(down) = self.feed.status().down {
+            self.metrics.store_fallbacks.inc();
+            return match self.current_from_database(event_id).await {
+                Ok(update) => Ok(update.map(|u| (u, Source::Database))),
+                Err(e) => Err(StoreError::Unavailable(format!(
+                    "{e}; the cache is not trusted while live updates are stopped ({down})"
+                ))),
+            };
+        }
         let key = redis_current_key(event_id);
         let redis_error = match self
             .redis

@@ -5,9 +5,12 @@
 //! channel). Subscribing registers with the hub *before* reading the snapshot and nothing is
 //! written between the two, so no update can fall in the gap and the snapshot always comes
 //! first. Writes are bounded by a timeout: a client that stays stuck is closed as slow.
+//! When live updates stop or resume (see [`crate::pubsub::Feed`]) every connection sends a
+//! `status` message, so no client waits on a silent socket without knowing why.
 
 use crate::hub::{ClientQueue, Hub, Pending};
 use crate::metrics::Metrics;
+use crate::pubsub::{Feed, FeedStatus};
 use crate::store::OddsStore;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
@@ -20,8 +23,6 @@ use tokio_util::sync::CancellationToken;
 
 /// Frames written per flush: amortises syscalls without holding the queue lock long.
 const BATCH: usize = 64;
-/// Close code for "message too big" (RFC 6455).
-const CLOSE_TOO_BIG: u16 = 1009;
 
 /// What every connection shares.
 pub struct WsContext {
@@ -29,6 +30,7 @@ pub struct WsContext {
     pub store: Arc<OddsStore>,
     pub metrics: Metrics,
     pub shutdown: CancellationToken,
+    pub feed: Arc<Feed>,
     pub max_subscriptions: usize,
     pub max_message_bytes: usize,
     pub max_pending_events: usize,
@@ -92,11 +94,30 @@ impl Connection {
         ping.reset();
         let mut batch = Vec::with_capacity(BATCH);
         let mut last_write = Instant::now();
+        let mut feed = self.ctx.feed.watch();
+        // A client that connects while updates are stopped is told at once; a live feed is
+        // the normal case and says nothing.
+        let status = feed.borrow_and_update().clone();
+        if !status.is_live() {
+            if let Some(exit) = self.status(socket, &status).await {
+                return exit;
+            }
+        }
         loop {
             tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => {
                     return Exit::Close(close_code::AWAY, "server shutting down");
+                }
+                changed = feed.changed() => {
+                    if changed.is_err() {
+                        // The feed lives as long as the service: only a shutdown ends it.
+                        return Exit::Close(close_code::AWAY, "server shutting down");
+                    }
+                    let status = feed.borrow_and_update().clone();
+                    if let Some(exit) = self.status(socket, &status).await {
+                        return exit;
+                    }
                 }
                 _ = self.queue.notified() => {
                     // Let a few more updates gather so one flush (syscall) carries several.
@@ -201,6 +222,7 @@ impl Connection {
         let kind = match &message {
             ServerMessage::Error { .. } => "error",
             ServerMessage::Pong => "pong",
+            ServerMessage::Status { .. } => "status",
             _ => "control",
         };
         self.ctx
@@ -209,6 +231,11 @@ impl Connection {
             .with_label_values(&[kind])
             .inc();
         self.send(socket, Message::Text(Utf8Bytes::from(message.to_json())))
+            .await
+    }
+
+    async fn status(&self, socket: &mut WebSocket, status: &FeedStatus) -> Option<Exit> {
+        self.reply(socket, ServerMessage::status(status.down.as_deref()))
             .await
     }
 
@@ -388,7 +415,7 @@ fn read_error_exit(error: axum::Error) -> Exit {
     let inner = error.into_inner();
     match inner.downcast_ref::<tokio_tungstenite::tungstenite::Error>() {
         Some(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
-            Exit::Close(CLOSE_TOO_BIG, "message too big")
+            Exit::Close(close_code::SIZE, "message too big")
         }
         _ => Exit::ClientGone,
     }

@@ -4,8 +4,13 @@
 
 mod common;
 
-use common::{assert_silent, connect, next_json, send, subscribe, update, Env};
+use common::{assert_silent, connect, frames_until, next_json, send, subscribe, update, Env};
 use std::time::Duration;
+
+/// Generous: the machine is shared and loaded. Behaviour the issue bounds uses [`PROMPT`].
+const PATIENCE: Duration = Duration::from_secs(30);
+/// How soon clients and REST must reflect a Redis fault.
+const PROMPT: Duration = Duration::from_secs(10);
 
 #[tokio::test]
 async fn redis_restart_is_followed_by_a_resync_of_newer_versions_only() {
@@ -25,18 +30,39 @@ async fn redis_restart_is_followed_by_a_resync_of_newer_versions_only() {
 
     // Outage: the processor keeps writing Postgres; its cache writes and PUBLISHes are lost.
     env.redis.stop();
+    for client in [&mut follower, &mut everything] {
+        let status = next_json(client).await;
+        assert_eq!(status["type"], "status", "{status}");
+        assert_eq!(
+            status["live"], false,
+            "clients are told live updates stopped"
+        );
+    }
     env.write_postgres(&update("R1", 3, 2.3)).await;
     env.write_postgres(&update("R2", 1, 1.9)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
     env.redis.start_again().await.unwrap();
 
-    let resynced = next_json(&mut follower).await;
-    assert_eq!(resynced["type"], "odds", "{resynced}");
+    let frames = frames_until(&mut follower, PATIENCE, "resync of R1", |f| {
+        f["type"] == "odds"
+    })
+    .await;
+    let resynced = frames.last().unwrap();
     assert_eq!(resynced["data"]["version"], 3);
     assert_eq!(resynced["data"]["odds"]["home"], 2.3);
+    // Anything before it is the news that updates flow again.
+    assert!(
+        frames[..frames.len() - 1]
+            .iter()
+            .all(|f| f["type"] == "status" && f["live"] == true),
+        "{frames:?}"
+    );
     let mut seen = Vec::new();
-    for _ in 0..2 {
+    while seen.len() < 2 {
         let frame = next_json(&mut everything).await;
+        if frame["type"] == "status" {
+            assert_eq!(frame["live"], true, "{frame}");
+            continue;
+        }
         seen.push((
             frame["data"]["event_id"].as_str().unwrap().to_owned(),
             frame["data"]["version"].as_u64().unwrap(),
@@ -74,5 +100,175 @@ async fn healthy_subscription_is_kept_without_reconnects() {
     );
     env.write(&update("K1", 2, 2.1)).await;
     assert_eq!(next_json(&mut client).await["data"]["version"], 2);
+    env.stop().await;
+}
+
+/// Produces updates to the topic the processor reads.
+async fn produce(producer: &rdkafka::producer::FutureProducer, u: &odds_contracts::OddsUpdate) {
+    use odds_contracts::names::TOPIC_ODDS_UPDATES;
+    let json = u.to_json();
+    let record = rdkafka::producer::FutureRecord::to(TOPIC_ODDS_UPDATES)
+        .key(&u.event_id)
+        .payload(&json);
+    producer.send(record, PATIENCE).await.unwrap();
+}
+
+/// REST's answer for `event`: (version, x-odds-source).
+async fn rest_current(env: &Env, event: &str) -> Option<(u64, String)> {
+    let response = odds_testkit::http_get(env.addr(), &format!("/v1/events/{event}/odds"))
+        .await
+        .ok()?;
+    if response.status != 200 {
+        return None;
+    }
+    let version = response.json().ok()?["version"].as_u64()?;
+    Some((version, response.header("x-odds-source")?.to_owned()))
+}
+
+/// Polls REST until it answers `version` from `source` (any source if `None`).
+async fn rest_until(env: &Env, event: &str, version: u64, source: Option<&str>, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let got = rest_current(env, event).await;
+        if let Some((v, s)) = &got {
+            if *v == version && source.is_none_or(|want| want == s) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "REST never answered {event} v{version} from {source:?} within {within:?}; last {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The service's `/readyz` status code.
+async fn readyz(env: &Env) -> u16 {
+    let ops = env.service.as_ref().unwrap().ops_addr;
+    odds_testkit::http_get(ops, "/readyz").await.unwrap().status
+}
+
+async fn readyz_until(env: &Env, status: u16, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while readyz(env).await != status {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {status} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The issue's scenario with the real processor in front: Redis refuses writes (out of memory
+/// under `noeviction`), then goes away entirely, then comes back empty. Each time, within
+/// 10 s, the WebSocket client is told live updates stopped, REST answers Postgres' newest
+/// version (never the stale cached one), and readiness fails; once Redis is back the client
+/// and REST converge on Postgres' values and live updates flow again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_refusing_writes_then_down_clients_are_told_and_converge_on_postgres() {
+    use odds_processor::processor::CHECK_REDIS;
+    use odds_processor::{Metrics, Processor, ProcessorConfig};
+    use odds_runtime::Readiness;
+    let mut env = Env::start(&["--redis-timeout-ms=300"]).await;
+    let kafka = odds_testkit::TestKafka::start(1, 1).unwrap();
+    let mut config =
+        ProcessorConfig::new(kafka.bootstrap_servers(), env.db.url(), &env.redis.url());
+    config.batch_max = 50;
+    config.redis_timeout_ms = 500;
+    let readiness = Readiness::default();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let processor = Processor::new(
+        &config,
+        Metrics::unregistered().unwrap(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .unwrap();
+    let processor = tokio::spawn(processor.run());
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .create()
+        .unwrap();
+    let event = "F1";
+    produce(&producer, &update(event, 1, 2.0)).await;
+    rest_until(&env, event, 1, Some("cache"), PATIENCE).await;
+    let mut client = connect(env.addr()).await;
+    assert_eq!(subscribe(&mut client, event).await["data"]["version"], 1);
+    produce(&producer, &update(event, 2, 2.1)).await;
+    let frames = frames_until(&mut client, PATIENCE, "live v2", |f| f["type"] == "odds").await;
+    assert_eq!(frames.last().unwrap()["data"]["version"], 2);
+    rest_until(&env, event, 2, Some("cache"), PATIENCE).await;
+    readyz_until(&env, 200, PATIENCE).await;
+
+    // 1. Redis answers but refuses writes. The cache keeps v2 while Postgres gets v3.
+    let mut admin = env.redis.connection().await.unwrap();
+    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(name)
+            .arg(value)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    produce(&producer, &update(event, 3, 2.2)).await;
+    let frames = frames_until(&mut client, PROMPT, "told of refused writes", |f| {
+        f["type"] == "status"
+    })
+    .await;
+    let status = frames.last().unwrap();
+    assert_eq!(status["live"], false, "{status}");
+    assert!(
+        status["reason"].as_str().unwrap().contains("OOM"),
+        "{status}"
+    );
+    assert!(frames.iter().all(|f| f["type"] != "odds"), "{frames:?}");
+    rest_until(&env, event, 3, Some("database"), PROMPT).await;
+    readyz_until(&env, 503, PROMPT).await;
+    assert_eq!(readiness.snapshot().get(CHECK_REDIS), Some(&false));
+
+    // 2. Redis gone entirely.
+    env.redis.stop();
+    produce(&producer, &update(event, 4, 2.3)).await;
+    let frames = frames_until(&mut client, PROMPT, "told pub/sub is down", |f| {
+        f["type"] == "status" && f["reason"].as_str().is_some_and(|r| r.contains("pub/sub"))
+    })
+    .await;
+    assert!(
+        frames
+            .iter()
+            .all(|f| f["type"] == "status" && f["live"] == false),
+        "{frames:?}"
+    );
+    rest_until(&env, event, 4, Some("database"), PROMPT).await;
+    assert_eq!(readyz(&env).await, 503);
+
+    // 3. Redis back, empty and taking writes: the client is resynced from Postgres and told
+    // that updates flow; REST and the cache converge on Postgres' value.
+    env.redis.start_again().await.unwrap();
+    let frames = frames_until(&mut client, PATIENCE, "resynced to v4", |f| {
+        f["type"] == "odds" && f["data"]["version"] == 4
+    })
+    .await;
+    assert!(
+        frames
+            .iter()
+            .all(|f| f["type"] == "status" || (f["type"] == "odds" && f["data"]["version"] == 4)),
+        "no stale or repeated version: {frames:?}"
+    );
+    rest_until(&env, event, 4, None, PATIENCE).await;
+    env.wait_until_live(true).await;
+    readyz_until(&env, 200, PATIENCE).await;
+    produce(&producer, &update(event, 5, 2.4)).await;
+    let frames = frames_until(&mut client, PATIENCE, "live v5", |f| f["type"] == "odds").await;
+    assert_eq!(frames.last().unwrap()["data"]["version"], 5);
+    rest_until(&env, event, 5, Some("cache"), PATIENCE).await;
+
+    shutdown.cancel();
+    tokio::time::timeout(PATIENCE, processor)
+        .await
+        .unwrap()
+        .unwrap();
     env.stop().await;
 }

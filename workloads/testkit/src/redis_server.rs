@@ -1,5 +1,10 @@
 //! A throwaway `redis-server`: own port, no persistence, killed on drop.
 //!
+//! Configured as the pipeline's cache is meant to run (and as the chart's dev Redis is):
+//! `maxmemory 64mb` with `allkeys-lru`, so memory stays bounded and a full cache evicts
+//! instead of refusing writes. `make demo` uses this server too. Tests of a Redis that refuses
+//! writes set `maxmemory-policy noeviction` themselves.
+//!
 //! `stop` and `start` keep the port, so a test can take Redis away mid-stream and bring it back
 //! at the same address the code under test is configured with.
 
@@ -54,6 +59,7 @@ impl TestRedis {
         let child = Command::new(binary)
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"])
             .args(["--daemonize", "no", "--loglevel", "warning"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -14,7 +14,7 @@
 mod durable;
 
 use crate::batch::{Batch, SourceRecord};
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheError, StatusReporter};
 use crate::config::ProcessorConfig;
 use crate::consumer::{self, CommitLedger, ProcessorConsumer, ProcessorContext};
 use crate::dlq::DeadLetters;
@@ -33,6 +33,10 @@ use tokio_util::sync::CancellationToken;
 /// Readiness check names.
 pub const CHECK_KAFKA: &str = "kafka";
 pub const CHECK_POSTGRES: &str = "postgres";
+/// False while cache writes fail (Redis down, out of memory, read-only) until a repair from
+/// Postgres succeeds. Postgres writes and commits go on meanwhile; the check tells whoever
+/// looks that readers of the cache are served by Postgres and live updates are stopped.
+pub const CHECK_REDIS: &str = "redis";
 
 /// With nothing to read, the loop wakes this often to check its dependencies.
 const IDLE_TICK: Duration = Duration::from_millis(500);
@@ -40,7 +44,8 @@ const IDLE_TICK: Duration = Duration::from_millis(500);
 const CACHE_CHECK_EVERY: Duration = Duration::from_secs(5);
 const DB_FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const REPAIR_FIRST_BACKOFF: Duration = Duration::from_millis(250);
-const REPAIR_MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// A repair retry costs a PING while Redis is down, so recovery is noticed within seconds.
+const REPAIR_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A batch whose effects are durable and whose offsets may be committed.
 #[derive(Debug)]
@@ -79,6 +84,8 @@ pub struct Processor {
     ledger: CommitLedger,
     store: Store,
     cache: Cache,
+    /// Tells readers (on Redis' cache-status channel) while cache writes fail.
+    cache_status: StatusReporter,
     dlq: DeadLetters,
     metrics: Metrics,
     readiness: Readiness,
@@ -110,13 +117,17 @@ impl Processor {
         )
         .map_err(ProcessorError::Kafka)?;
         readiness.set(CHECK_KAFKA, true);
+        // Not ready until the first repair shows that Redis takes writes.
+        readiness.set(CHECK_REDIS, false);
         let now = Instant::now();
         metrics.cache_stale.set(1);
+        let cache = Cache::new(&config.redis_url, config.redis_timeout())?;
         Ok(Processor {
             consumer,
             ledger,
             store: Store::connect_lazy(&config.database_url)?,
-            cache: Cache::new(&config.redis_url, config.redis_timeout())?,
+            cache_status: cache.status_reporter(),
+            cache,
             dlq: DeadLetters::new(&config.kafka.dlq_topic, &config.dlq_producer_properties())?,
             metrics,
             readiness,
@@ -286,9 +297,8 @@ impl Processor {
                 advanced.len()
             }
             Err(error) => {
-                self.metrics.error(phase::CACHE);
-                self.metrics.cache_stale.set(1);
                 tracing::warn!(%error, "cache update failed; cache will be repaired from Postgres");
+                self.cache_failed(&error);
                 0
             }
         }
@@ -305,18 +315,29 @@ impl Processor {
                 self.metrics.cache_repairs.inc();
                 self.metrics.cache_sets.inc_by(advanced as u64);
                 self.metrics.cache_stale.set(0);
+                self.readiness.set(CHECK_REDIS, true);
+                self.cache_status.healthy();
                 self.repair_backoff = REPAIR_FIRST_BACKOFF;
                 tracing::info!(advanced, "cache repaired from Postgres");
                 Some(advanced)
             }
             Err(error) => {
-                self.metrics.error(phase::CACHE);
+                self.cache_failed(&error);
                 self.next_repair = now + self.repair_backoff;
                 self.repair_backoff = (self.repair_backoff * 2).min(REPAIR_MAX_BACKOFF);
                 tracing::warn!(%error, retry_in = ?self.repair_backoff, "cache repair failed");
                 None
             }
         }
+    }
+
+    /// A cache write, check or repair failed: count it, fail readiness and tell readers. Only
+    /// a successful repair clears this (the cache may have missed writes meanwhile).
+    fn cache_failed(&mut self, error: &CacheError) {
+        self.metrics.error(phase::CACHE);
+        self.metrics.cache_stale.set(1);
+        self.readiness.set(CHECK_REDIS, false);
+        self.cache_status.failing(error.to_string());
     }
 
     /// Marks the batch's offsets durable and commits every durable offset.
@@ -353,9 +374,9 @@ impl Processor {
         }
         if !self.cache.is_stale() && Instant::now() >= self.next_cache_check {
             self.next_cache_check = Instant::now() + CACHE_CHECK_EVERY;
-            if self.cache.check().await.is_err() {
-                self.metrics.cache_stale.set(1);
-                self.metrics.error(phase::CACHE);
+            if let Err(error) = self.cache.check().await {
+                tracing::warn!(%error, "Redis does not answer; cache will be repaired from Postgres");
+                self.cache_failed(&error);
             }
         }
         if self.cache.is_stale() {

@@ -63,12 +63,28 @@ impl Env {
         let service = odds_service::start(&config, shutdown.clone())
             .await
             .unwrap();
-        Env {
+        let env = Env {
             redis,
             db,
             service: Some(service),
             shutdown,
-        }
+        };
+        // Until the first subscription the cache is not trusted (REST reads Postgres):
+        // tests start from the steady state.
+        env.wait_until_live(true).await;
+        env
+    }
+
+    /// Waits until the service's live feed is up (`true`) or down (`false`).
+    pub async fn wait_until_live(&self, live: bool) {
+        let mut feed = self.service.as_ref().unwrap().feed.watch();
+        tokio::time::timeout(
+            Duration::from_secs(15),
+            feed.wait_for(|status| status.is_live() == live),
+        )
+        .await
+        .expect("live feed never changed")
+        .unwrap();
     }
 
     pub fn addr(&self) -> std::net::SocketAddr {
@@ -236,4 +252,31 @@ pub async fn subscribe(client: &mut Client, event: &str) -> Value {
     let snapshot = next_json(client).await;
     assert_eq!(snapshot["type"], "snapshot", "{snapshot}");
     snapshot
+}
+
+/// Reads frames (skipping pings) until one satisfies `wanted`, failing after `within`.
+/// Returns every frame read, the wanted one last.
+pub async fn frames_until(
+    client: &mut Client,
+    within: Duration,
+    what: &str,
+    wanted: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        let message = tokio::time::timeout_at(deadline, client.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what}: not within {within:?}; got {seen:?}"))
+            .expect("connection ended")
+            .expect("read error");
+        if let Message::Text(text) = message {
+            let frame: Value = serde_json::from_str(&text).unwrap();
+            let done = wanted(&frame);
+            seen.push(frame);
+            if done {
+                return seen;
+            }
+        }
+    }
 }
