@@ -174,3 +174,174 @@ async fn members_joining_and_leaving_mid_stream_lose_nothing() {
         .unwrap()
         .unwrap();
 }
+
+/// The lag the processor reports (`odds_proc_consumer_lag{topic,partition}`), by partition;
+/// only series it actually set (reading a label set through `with_label_values` would create
+/// it at 0).
+fn reported_lag(metrics: &odds_processor::Metrics) -> std::collections::BTreeMap<i32, i64> {
+    use prometheus::core::Collector;
+    let mut out = std::collections::BTreeMap::new();
+    for family in metrics.consumer_lag.collect() {
+        for metric in family.get_metric() {
+            let label = |name: &str| {
+                metric
+                    .get_label()
+                    .iter()
+                    .find(|l| l.name() == name)
+                    .map(|l| l.value().to_string())
+            };
+            if label("topic").as_deref() == Some(odds_contracts::names::TOPIC_ODDS_UPDATES) {
+                let partition: i32 = label("partition").unwrap().parse().unwrap();
+                out.insert(partition, metric.get_gauge().get_value() as i64);
+            }
+        }
+    }
+    out
+}
+
+/// The group's lag per partition read independently of the processor: each partition's
+/// high watermark minus the group's committed offset (0 when nothing is committed).
+fn independent_lag(
+    kafka: &TestKafka,
+    group: &str,
+    partitions: i32,
+) -> std::collections::BTreeMap<i32, i64> {
+    use odds_contracts::names::TOPIC_ODDS_UPDATES;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let mut list = TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(TOPIC_ODDS_UPDATES, p);
+    }
+    let timeout = std::time::Duration::from_secs(30);
+    let committed = consumer.committed_offsets(list, timeout).unwrap();
+    (0..partitions)
+        .map(|p| {
+            let (_, high) = consumer
+                .fetch_watermarks(TOPIC_ODDS_UPDATES, p, timeout)
+                .unwrap();
+            let done = match committed
+                .find_partition(TOPIC_ODDS_UPDATES, p)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            (p, high - done)
+        })
+        .collect()
+}
+
+/// `count` updates on `partition` (explicitly, so each partition gets a known backlog).
+async fn produce_on(producer: &rdkafka::producer::FutureProducer, partition: i32, count: u64) {
+    use rdkafka::producer::FutureRecord;
+    for version in 1..=count {
+        let update = update(&format!("P{partition}"), version);
+        let json = update.to_json();
+        let record = FutureRecord::to(odds_contracts::names::TOPIC_ODDS_UPDATES)
+            .partition(partition)
+            .key(update.event_id.as_str())
+            .payload(json.as_str());
+        producer
+            .send(record, std::time::Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reported_lag_per_partition_is_the_backlog_and_falls_to_zero_as_it_drains() {
+    const PARTITIONS: i32 = 4;
+    let kafka = TestKafka::start(1, PARTITIONS).unwrap();
+    let db = migrated_database().await;
+    let redis = TestRedis::start().await.unwrap();
+    let mut config = config(&kafka, &db, &redis);
+    config.batch_max = 10; // many small commits: the lag falls in steps
+                           // Statistics (where the lag comes from) every 10 ms instead of every 5 s.
+    config
+        .kafka
+        .props
+        .push(("statistics.interval.ms".into(), "10".into()));
+    let group = config.kafka_group.clone();
+    let producer = producer(&kafka);
+
+    // The processor owns every partition and has committed one update on each: the lag it
+    // reports and the lag read independently are both 0.
+    let mut h = processor(&config);
+    for p in 0..PARTITIONS {
+        produce_on(&producer, p, 1).await;
+    }
+    let zero: std::collections::BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 0)).collect();
+    step_until(&mut h.processor, "first updates committed", || async {
+        committed_total(&kafka, &group, PARTITIONS) == i64::from(PARTITIONS)
+    })
+    .await;
+    step_until(&mut h.processor, "lag 0 reported everywhere", || async {
+        reported_lag(&h.metrics) == zero
+    })
+    .await;
+    assert_eq!(independent_lag(&kafka, &group, PARTITIONS), zero);
+
+    // Stopped (no step runs, so nothing is consumed or committed), the processor falls
+    // behind by a different backlog on each partition.
+    let backlog: std::collections::BTreeMap<i32, i64> = (0..PARTITIONS)
+        .map(|p| (p, 60 * i64::from(p + 1)))
+        .collect();
+    for (p, n) in &backlog {
+        produce_on(&producer, *p, *n as u64).await;
+    }
+    assert_eq!(independent_lag(&kafka, &group, PARTITIONS), backlog);
+
+    // Started again, it drains. Every value it reports lies between the lag the group has
+    // now and the backlog (nothing new arrives, so the lag only falls and a statistics
+    // snapshot can only be older than the read that follows it), never rises, and ends at
+    // 0 exactly where the independent read says 0.
+    let total: i64 = i64::from(PARTITIONS) + backlog.values().sum::<i64>();
+    let mut seen: std::collections::BTreeMap<i32, Vec<i64>> = Default::default();
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        h.processor.step().await;
+        let reported = reported_lag(&h.metrics);
+        let actual = independent_lag(&kafka, &group, PARTITIONS);
+        for p in 0..PARTITIONS {
+            let value = reported.get(&p).copied().unwrap_or(0);
+            assert!(
+                actual[&p] <= value && value <= backlog[&p],
+                "partition {p}: reported {value}, group lag {}, backlog {}",
+                actual[&p],
+                backlog[&p]
+            );
+            let history = seen.entry(p).or_default();
+            if history.last() != Some(&value) {
+                history.push(value);
+            }
+        }
+        if committed_total(&kafka, &group, PARTITIONS) == total && reported == zero {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never drained: reported {reported:?}, group lag {actual:?}"
+        );
+    }
+    assert_eq!(independent_lag(&kafka, &group, PARTITIONS), zero);
+    for (p, history) in &seen {
+        assert!(
+            history.windows(2).all(|w| w[0] >= w[1]),
+            "partition {p}: the reported lag rose while draining: {history:?}"
+        );
+    }
+    // The backlog was reported, not only the start and the end: some partition showed a
+    // lag between 0 and its backlog on the way down.
+    assert!(
+        seen.values().any(|h| h.iter().any(|v| *v > 0)),
+        "no backlog was ever reported: {seen:?}"
+    );
+    h.shutdown.cancel();
+    h.processor.close();
+}
