@@ -2,8 +2,10 @@
 //!
 //! Kubernetes sets the environment, people use `--flags`; `--help` is the reference. Limits
 //! that protect the process (connections, subscriptions, message size, queue depth) are all
-//! here so an operator can tune them without a rebuild.
+//! here so an operator can tune them without a rebuild. Each is range-checked when parsed: a
+//! value out of range is an error naming the flag, never silently clamped.
 
+use clap::builder::RangedU64ValueParser;
 use odds_contracts::env;
 use odds_runtime::OpsArgs;
 use std::net::SocketAddr;
@@ -34,20 +36,24 @@ pub struct ServiceConfig {
     pub database_read_url: Option<String>,
 
     /// Largest number of Postgres connections in the pool.
-    #[arg(long, env = env::DATABASE_MAX_CONNECTIONS, default_value_t = 8)]
+    #[arg(long, env = env::DATABASE_MAX_CONNECTIONS, default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
     /// Most WebSocket connections this process accepts; further upgrades get 503.
-    #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = 20_000)]
+    #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = 20_000,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub ws_max_connections: usize,
 
     /// Most events one connection may follow (`*` counts as one).
-    #[arg(long, env = env::WS_MAX_SUBSCRIPTIONS, default_value_t = 100)]
+    #[arg(long, env = env::WS_MAX_SUBSCRIPTIONS, default_value_t = 100,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=100_000))]
     pub ws_max_subscriptions: usize,
 
     /// Largest client message in bytes; larger ones get a `message_too_large` error, and
     /// frames over 16 times this close the connection (1009).
-    #[arg(long, env = env::WS_MAX_MESSAGE_BYTES, default_value_t = 4096)]
+    #[arg(long, env = env::WS_MAX_MESSAGE_BYTES, default_value_t = 4096,
+          value_parser = RangedU64ValueParser::<usize>::new().range(64..=1024 * 1024))]
     pub ws_max_message_bytes: usize,
 
     /// Comma-separated origins allowed to open WebSockets (e.g. `https://odds.example`);
@@ -62,31 +68,37 @@ pub struct ServiceConfig {
 
     /// Most distinct events waiting to be sent to one connection; a client that falls
     /// further behind is closed as a slow consumer.
-    #[arg(long, env = env::WS_MAX_PENDING_EVENTS, default_value_t = 1024)]
+    #[arg(long, env = env::WS_MAX_PENDING_EVENTS, default_value_t = 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
     pub ws_max_pending_events: usize,
 
     /// How long one write to a client may stay blocked before the client is closed as slow.
-    #[arg(long, env = env::WS_SLOW_CLIENT_TIMEOUT_MS, default_value_t = 10_000)]
+    #[arg(long, env = env::WS_SLOW_CLIENT_TIMEOUT_MS, default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(10..=600_000))]
     pub ws_slow_client_timeout_ms: u64,
 
     /// Kernel send buffer (SO_SNDBUF) of each client socket, in bytes; 0 keeps the OS default
     /// (which autotunes up to megabytes per stuck client).
-    #[arg(long, env = env::WS_SEND_BUFFER_BYTES, default_value_t = 32 * 1024)]
+    #[arg(long, env = env::WS_SEND_BUFFER_BYTES, default_value_t = 32 * 1024,
+          value_parser = RangedU64ValueParser::<usize>::new().range(0..=64 * 1024 * 1024))]
     pub ws_send_buffer_bytes: usize,
 
     /// Least milliseconds between two writes of updates to one client: updates arriving
     /// meanwhile go out in one flush (fewer syscalls, at most this much added latency), and
     /// an event updated several times within the window is sent once, at its newest version.
     /// 0 (the default) writes at once, so a client that keeps up receives every version.
-    #[arg(long, env = env::WS_WRITE_COALESCE_MS, default_value_t = 0)]
+    #[arg(long, env = env::WS_WRITE_COALESCE_MS, default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub ws_write_coalesce_ms: u64,
 
     /// Interval of server pings; a client silent for three intervals is disconnected.
-    #[arg(long, env = env::WS_PING_INTERVAL_SECS, default_value_t = 20)]
+    #[arg(long, env = env::WS_PING_INTERVAL_SECS, default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub ws_ping_interval_secs: u64,
 
     /// Timeout of one Redis command or connection attempt before falling back to Postgres.
-    #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = 500)]
+    #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = 500,
+          value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub redis_timeout_ms: u64,
 }
 
@@ -113,11 +125,11 @@ impl ServiceConfig {
     }
 
     pub fn ping_interval(&self) -> Duration {
-        Duration::from_secs(self.ws_ping_interval_secs.max(1))
+        Duration::from_secs(self.ws_ping_interval_secs)
     }
 
     pub fn redis_timeout(&self) -> Duration {
-        Duration::from_millis(self.redis_timeout_ms.max(1))
+        Duration::from_millis(self.redis_timeout_ms)
     }
 }
 
@@ -144,5 +156,40 @@ mod tests {
             vec!["https://a.example", "http://b.example"]
         );
         assert_eq!(config.listen_addr.port(), 8080);
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_naming_the_flag_not_clamped() {
+        for (flag, value) in [
+            ("--ws-max-connections", "0"),
+            ("--ws-max-subscriptions", "0"),
+            ("--ws-max-message-bytes", "63"),
+            ("--ws-max-pending-events", "0"),
+            ("--ws-ping-interval-secs", "0"),
+            ("--redis-timeout-ms", "0"),
+            ("--database-max-connections", "0"),
+            ("--ws-write-coalesce-ms", "1001"),
+            ("--ws-max-connections", "-1"),
+        ] {
+            let err = ServiceConfig::try_parse_from([
+                "odds-service",
+                "--database-url=postgres://x/y",
+                &format!("{flag}={value}"),
+            ])
+            .expect_err(flag);
+            assert!(err.to_string().contains(flag), "{flag}: {err}");
+        }
+        let edge = ServiceConfig::try_parse_from([
+            "odds-service",
+            "--database-url=postgres://x/y",
+            "--ws-max-message-bytes=64",
+            "--ws-max-subscriptions=1",
+            "--ws-send-buffer-bytes=0",
+        ])
+        .unwrap();
+        assert_eq!(
+            (edge.ws_max_message_bytes, edge.ws_max_subscriptions),
+            (64, 1)
+        );
     }
 }
