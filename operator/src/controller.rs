@@ -127,6 +127,8 @@ impl Context {
 
 /// Requeue interval while something is still rolling out or waiting.
 const REQUEUE_BUSY: Duration = Duration::from_secs(15);
+/// Requeue interval of a pipeline whose processor scales by lag: how fresh the reported lag is.
+const REQUEUE_LAG: Duration = Duration::from_secs(30);
 /// Requeue interval of a settled pipeline (drift check), or of one waiting for the user.
 const REQUEUE_IDLE: Duration = Duration::from_secs(300);
 
@@ -416,6 +418,14 @@ impl Report<'_> {
         }
         let ready = next.is_true(ConditionType::Ready);
         let degraded = next.is_true(ConditionType::Degraded);
+        let lag_based = observed
+            .scaling
+            .get(&Component::Processor)
+            .is_some_and(|s| s.scaler == Scaler::Keda);
+        if lag_based && !degraded {
+            // The LAG column follows KEDA's decisions, read on every reconcile.
+            return Ok(Action::requeue(REQUEUE_LAG));
+        }
         // A degraded pipeline waits for a change (the spec, a Secret, a retry annotation,
         // or the controller's own retry of a transient error), with a slow recheck.
         if ready || degraded {
