@@ -12,7 +12,7 @@
 //! at its current value, as the Kubernetes documentation describes ("Transferring
 //! ownership"); the HPA takes it from there when it first scales.
 
-use crate::build::{Children, KafkaTopic, FIELD_MANAGER};
+use crate::build::{Children, KafkaTopic, ScaledObject, FIELD_MANAGER};
 use crate::crd::Reason;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
@@ -74,12 +74,15 @@ impl ApplyError {
 
 /// The reason a failed request against an object of `kind` shows as: a 403 is RBAC or a
 /// quota (`Forbidden`), a 404 for a Strimzi kind means its CRD is gone
-/// (`StrimziNotInstalled`), anything else the API server refused is `ApplyFailed`.
+/// (`StrimziNotInstalled`), for a ScaledObject that KEDA's is (`KedaNotInstalled`), anything else the API server refused is `ApplyFailed`.
 pub fn classify(kind: &str, error: &kube::Error) -> Reason {
     match error {
         kube::Error::Api(status) if status.code == 403 => Reason::Forbidden,
         kube::Error::Api(status) if status.code == 404 && kind == KafkaTopic::kind(&()) => {
             Reason::StrimziNotInstalled
+        }
+        kube::Error::Api(status) if status.code == 404 && kind == ScaledObject::kind(&()) => {
+            Reason::KedaNotInstalled
         }
         _ => Reason::ApplyFailed,
     }

@@ -439,6 +439,16 @@ impl Report<'_> {
     /// the controller retries with backoff.
     async fn fail(&self, mut observed: Observed, error: Error) -> Result<Action, Error> {
         observed.failure = error.failure();
+        if observed
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.reason == Reason::KedaNotInstalled)
+        {
+            // KEDA was uninstalled after start-up: scale by CPU from the next reconcile on
+            // (its retry comes with backoff) rather than failing until a restart.
+            tracing::warn!("KEDA's ScaledObject API is gone: falling back to CPU autoscaling");
+            self.ctx.keda.store(false, Ordering::Relaxed);
+        }
         if observed.failure.is_some() {
             match observe::components(&self.ctx.client, &self.pipeline.name_any(), self.namespace)
                 .await

@@ -169,7 +169,8 @@ pub enum Reason {
     /// The scaling mode in force is the one the spec asks for.
     AsRequested,
     /// Lag or connections mode was asked for, but the cluster has no KEDA `ScaledObject`
-    /// CRD (keda.sh/v1alpha1): CPU scaling is in force instead.
+    /// CRD (keda.sh/v1alpha1): CPU scaling is in force instead. Also `Degraded`'s reason for
+    /// the one reconcile that finds KEDA gone after start-up.
     KedaNotInstalled,
     /// Connections mode was asked for without `prometheusAddress`: CPU scaling instead.
     NoPrometheusAddress,

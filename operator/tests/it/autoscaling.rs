@@ -4,10 +4,13 @@
 
 use crate::fixtures::{replicas, sample};
 use crate::harness::{harness, Harness};
+use crate::harness::{harness_with, Options};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use odds_operator::build::ScaledObject;
 use odds_operator::crd::ComponentStatus;
+use odds_operator::observe::{lag_seen_by, quantity};
 use serde_json::{json, Value};
+use std::sync::atomic::Ordering;
 
 fn lag_mode() -> Value {
     json!({"spec": {"processor": {
@@ -121,6 +124,11 @@ async fn lag_mode_with_keda_creates_a_scaled_object_and_no_hpa() {
         (autoscaling.status.as_str(), autoscaling.reason.as_str()),
         ("True", "AsRequested")
     );
+
+    // Settled: another reconcile writes nothing (the lag and mode are stable).
+    let writes = h.status_writes.load(Ordering::SeqCst);
+    h.reconcile().await;
+    assert_eq!(h.status_writes.load(Ordering::SeqCst), writes);
 
     // KEDA's HPA saw 1500 per replica over 4 replicas: the decision saw a lag of 6000.
     h.keda_hpa_reports("demo-processor", "1500", 4).await;
@@ -380,4 +388,87 @@ async fn lag_mode_is_refused_where_it_means_nothing() {
         "{}",
         degraded.message
     );
+}
+
+#[tokio::test]
+async fn keda_uninstalled_after_start_up_is_reported_then_cpu_takes_over() {
+    // Discovery saw KEDA, but the API server no longer serves ScaledObjects (404).
+    let h = harness_with(
+        sample(),
+        Options {
+            secrets: true,
+            strimzi: true,
+            keda: false,
+        },
+    )
+    .await;
+    h.roll_out().await;
+    h.ctx.keda.store(true, Ordering::Relaxed);
+    h.patch_pipeline(lag_mode()).await;
+    assert!(h.try_reconcile().await.is_err());
+    let degraded = h.condition("Degraded").await;
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "KedaNotInstalled")
+    );
+    // The controller's retry scales by CPU.
+    h.reconcile().await;
+    assert_eq!(h.condition("Degraded").await.status, "False");
+    assert!(hpa(&h, "demo-processor").await.is_some());
+    assert_eq!(h.condition("Autoscaling").await.reason, "KedaNotInstalled");
+}
+
+#[tokio::test]
+async fn keda_is_discovered_by_its_scaled_object_resource() {
+    use odds_operator::run::keda_installed;
+    let resources = |names: &[&str]| {
+        json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "keda.sh/v1alpha1",
+            "resources": names.iter().map(|n| json!({
+                "name": n, "singularName": "", "namespaced": true, "kind": "K", "verbs": ["get"]
+            })).collect::<Vec<_>>()
+        })
+    };
+    for (names, installed) in [
+        (&["scaledjobs", "scaledobjects"][..], true),
+        (&["scaledjobs"][..], false),
+    ] {
+        let h = harness(sample(), true).await;
+        h.answer("list", "", resources(names));
+        assert_eq!(keda_installed(&h.client).await, installed);
+    }
+    let h = harness(sample(), true).await;
+    h.fail(
+        "list",
+        "",
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    );
+    assert!(!keda_installed(&h.client).await);
+}
+
+#[test]
+fn the_lag_is_what_kedas_hpa_saw_in_total() {
+    let hpa = |current: Value, replicas: i32| -> HorizontalPodAutoscaler {
+        serde_json::from_value(json!({
+            "metadata": {"name": "keda-hpa-demo-processor"},
+            "status": {"currentReplicas": replicas, "desiredReplicas": replicas,
+                       "currentMetrics": [{"type": "External", "external": {
+                           "metric": {"name": "s0-kafka-odds_updates"}, "current": current}}]}
+        }))
+        .unwrap()
+    };
+    assert_eq!(
+        lag_seen_by(&hpa(json!({"averageValue": "1500m"}), 4)),
+        Some(6)
+    );
+    assert_eq!(
+        lag_seen_by(&hpa(json!({"averageValue": "2k"}), 3)),
+        Some(6000)
+    );
+    assert_eq!(lag_seen_by(&hpa(json!({"value": "42"}), 3)), Some(42));
+    assert_eq!(lag_seen_by(&hpa(json!({}), 3)), None);
+    assert_eq!(quantity("250"), Some(250.0));
+    assert_eq!(quantity("x"), None);
 }
