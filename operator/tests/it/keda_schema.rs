@@ -3,7 +3,7 @@
 //! folder is `KEDA_CRDS`, by default `../shared/vendor/keda-2.20.2`).
 //!
 //! The check is structural, as the API server applies a CRD's schema: types, required
-//! fields, enums and bounds, and no field the schema does not know (the API server would
+//! fields, enums, bounds and lengths, and no field the schema does not know (the API server would
 //! silently prune it, so KEDA would never see what the operator meant).
 
 use crate::fixtures::{
@@ -82,6 +82,17 @@ fn problems(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
         },
         Some("string") => match value.as_str() {
             Some(text) => {
+                let length = text.chars().count() as u64;
+                if schema["minLength"].as_u64().is_some_and(|min| length < min) {
+                    out.push(format!("{path}: shorter than {}", schema["minLength"]));
+                }
+                if schema["maxLength"].as_u64().is_some_and(|max| length > max) {
+                    out.push(format!("{path}: longer than {}", schema["maxLength"]));
+                }
+                // No regex engine here: a patterned field must not pass unchecked.
+                if schema.get("pattern").is_some() {
+                    out.push(format!("{path}: has a pattern this check cannot verify"));
+                }
                 if let Some(allowed) = schema["enum"].as_array() {
                     if !allowed.iter().any(|a| a == text) {
                         out.push(format!("{path}: {text:?} is not one of {allowed:?}"));
@@ -92,6 +103,9 @@ fn problems(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
         },
         Some("integer") => match value.as_i64() {
             Some(n) => {
+                if schema["format"] == json!("int32") && i32::try_from(n).is_err() {
+                    out.push(format!("{path}: {n} is not an int32"));
+                }
                 if schema["minimum"].as_i64().is_some_and(|min| n < min) {
                     out.push(format!("{path}: {n} below the minimum"));
                 }
@@ -228,6 +242,8 @@ fn the_schema_check_catches_what_kedas_api_would_refuse() {
         .remove("metadata");
     value["spec"]["lagThreshold"] = json!("10");
     value["spec"]["maxReplicaCount"] = json!("6");
+    value["spec"]["pollingInterval"] = json!(-1);
+    value["spec"]["scaleTargetRef"]["name"] = json!("");
     value.as_object_mut().unwrap().remove("metadata");
     let mut out = Vec::new();
     problems(&schema, &value, "", &mut out);
@@ -235,6 +251,8 @@ fn the_schema_check_catches_what_kedas_api_would_refuse() {
         ".spec.triggers[0].metadata: required",
         ".spec.lagThreshold: not in the schema (would be pruned)",
         ".spec.maxReplicaCount: must be an integer",
+        ".spec.pollingInterval: -1 below the minimum",
+        ".spec.scaleTargetRef.name: shorter than 1",
     ] {
         assert!(out.iter().any(|p| p == expected), "{expected}: {out:?}");
     }
