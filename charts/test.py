@@ -174,6 +174,29 @@ def topics_valid():
     return f"{len(topics)} KafkaTopics valid against Strimzi's CRD"
 
 
+def keda_schema(file_name):
+    """A KEDA CRD schema from KEDA_CRDS (default ../shared/vendor/keda-2.20.2)."""
+    folder = pathlib.Path(os.environ.get("KEDA_CRDS", ROOT.parent / "shared" / "vendor" / "keda-2.20.2"))
+    path = folder / file_name
+    if not path.exists():
+        raise AssertionError(f"KEDA CRD {path} not found: set KEDA_CRDS to the folder holding KEDA 2.20.2's CRDs")
+    crd = docs(path.read_text())[0]
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1")["schema"]["openAPIV3Schema"]
+
+
+def scaled_objects_valid():
+    """The operator's ScaledObjects (every sample variant and KEDA mode, written by
+    `cargo test -p odds-operator keda_schema`) against KEDA 2.20.2's schema."""
+    objects = docs((ROOT / "operator" / "tests" / "golden" / "keda-scaledobjects.yaml").read_text())
+    assert objects, "no ScaledObjects in the golden file"
+    schema = keda_schema("keda.sh_scaledobjects.yaml")
+    for obj in objects:
+        validate_against(schema, obj)
+    triggers = sorted({o["spec"]["triggers"][0]["type"] for o in objects})
+    assert triggers == ["kafka", "prometheus"], triggers
+    return f"{len(objects)} ScaledObjects ({', '.join(triggers)} triggers) valid against KEDA 2.20.2's CRD"
+
+
 def rbac_covers_children():
     objects = render({})
     cluster_rules = next(o for o in objects if o["kind"] == "ClusterRole")["rules"]
@@ -859,6 +882,7 @@ check("values.schema.json guards the values", values_schema)
 check("chart CRD is current and valid", chart_crd_is_current)
 check("operator-built children are valid", children_valid)
 check("KafkaTopics match Strimzi's schema", topics_valid)
+check("ScaledObjects match KEDA's schema", scaled_objects_valid)
 check("RBAC covers what the operator does", rbac_covers_children)
 check("samples are valid", samples_valid)
 check("restricted Pod Security Standard for every pod template", pss_restricted)

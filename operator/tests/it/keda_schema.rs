@@ -228,6 +228,37 @@ fn every_built_scaled_object_is_valid_against_kedas_crd() {
     assert_eq!(checked, 12);
 }
 
+/// The built ScaledObjects, as `charts/test.py` validates them a second time (with a full
+/// JSON-schema validator, patterns included): `golden/keda-scaledobjects.yaml`, refreshed
+/// with `UPDATE_GOLDEN=1`.
+#[test]
+fn built_scaled_objects_match_the_golden_file() {
+    let mut rendered = String::new();
+    for (name, pipeline) in pipelines() {
+        for so in scaled_objects(&pipeline) {
+            let mut value = serde_json::to_value(&so).unwrap();
+            value["apiVersion"] = json!("keda.sh/v1alpha1");
+            value["kind"] = json!("ScaledObject");
+            rendered.push_str(&format!(
+                "--- # {name}\n{}",
+                serde_yaml::to_string(&value).unwrap()
+            ));
+        }
+    }
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/keda-scaledobjects.yaml"
+    );
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(path, &rendered).unwrap();
+    }
+    let golden = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        golden == rendered,
+        "ScaledObjects differ from {path}; if intended, rerun with UPDATE_GOLDEN=1 and review the diff"
+    );
+}
+
 #[test]
 fn the_schema_check_catches_what_kedas_api_would_refuse() {
     // The check is not vacuous: a trigger without metadata, a field KEDA does not know and a
