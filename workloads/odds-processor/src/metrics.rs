@@ -1,12 +1,14 @@
-//! Prometheus metrics of the processor (`odds_proc_` prefix).
+//! Prometheus metrics of the processor, served as `odds_proc_*`: names below are registered
+//! without that prefix in the processor's [`PrefixedRegistry`] (see [`odds_runtime::metrics`]).
 //!
 //! They answer the operator's questions: is it keeping up (lag, batch latency, update age),
 //! is it writing (db writes, cache sets), and what goes wrong where (errors by phase, DLQ by
 //! reason, stale updates skipped).
 
+use odds_runtime::metrics::{component, PrefixedRegistry};
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    IntGaugeVec, Opts,
 };
 
 /// Phases that count errors in `odds_proc_errors_total{phase}`.
@@ -48,90 +50,92 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The processor's registry: every name gets the `odds_proc_` prefix.
+    pub fn registry() -> Result<PrefixedRegistry, prometheus::Error> {
+        PrefixedRegistry::new(component::PROCESSOR)
+    }
+
     /// Creates the metrics and registers them in `registry`.
-    pub fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+    pub fn register(registry: &PrefixedRegistry) -> Result<Metrics, prometheus::Error> {
         let metrics = Metrics {
             messages_consumed: IntCounter::new(
-                "odds_proc_messages_consumed_total",
+                "messages_consumed_total",
                 "Records read from Kafka, valid or not.",
             )?,
             db_writes: IntCounter::new(
-                "odds_proc_db_writes_total",
+                "db_writes_total",
                 "Batches committed to Postgres (one transaction each).",
             )?,
             db_rows: IntCounterVec::new(
-                Opts::new(
-                    "odds_proc_db_rows_total",
-                    "Rows changed in Postgres, by table.",
-                ),
+                Opts::new("db_rows_total", "Rows changed in Postgres, by table."),
                 &["table"],
             )?,
             cache_sets: IntCounter::new(
-                "odds_proc_cache_sets_total",
+                "cache_sets_total",
                 "Cache keys advanced to a newer version (each also published).",
             )?,
             errors: IntCounterVec::new(
-                Opts::new("odds_proc_errors_total", "Errors by processing phase."),
+                Opts::new("errors_total", "Errors by processing phase."),
                 &["phase"],
             )?,
             dead_lettered: IntCounterVec::new(
                 Opts::new(
-                    "odds_proc_dead_lettered_total",
+                    "dead_lettered_total",
                     "Records sent to the DLQ, by reason code.",
                 ),
                 &["reason"],
             )?,
             stale_skipped: IntCounter::new(
-                "odds_proc_stale_updates_skipped_total",
+                "stale_updates_skipped_total",
                 "Updates not newer than the stored version: not cached, not published.",
             )?,
             batch_size: Histogram::with_opts(
-                HistogramOpts::new("odds_proc_batch_size", "Records per batch.")
+                HistogramOpts::new("batch_size", "Records per batch.")
                     .buckets(exponential_buckets(1.0, 4.0, 9)?),
             )?,
             batch_seconds: Histogram::with_opts(
                 HistogramOpts::new(
-                    "odds_proc_batch_seconds",
+                    "batch_seconds",
                     "Batch latency: first record received to offsets committed.",
                 )
                 .buckets(exponential_buckets(0.0005, 2.0, 16)?),
             )?,
             update_age_seconds: Histogram::with_opts(
                 HistogramOpts::new(
-                    "odds_proc_update_age_seconds",
+                    "update_age_seconds",
                     "End-to-end age of applied updates (now - updated_at).",
                 )
                 .buckets(exponential_buckets(0.001, 2.0, 18)?),
             )?,
             consumer_lag: IntGaugeVec::new(
                 Opts::new(
-                    "odds_proc_consumer_lag",
+                    "consumer_lag",
                     "Messages behind the high watermark, by partition.",
                 ),
                 &["topic", "partition"],
             )?,
             cache_stale: IntGauge::new(
-                "odds_proc_cache_stale",
+                "cache_stale",
                 "1 while the Redis cache awaits repair from Postgres.",
             )?,
             cache_repairs: IntCounter::new(
-                "odds_proc_cache_repairs_total",
+                "cache_repairs_total",
                 "Completed repairs of the Redis cache from Postgres.",
             )?,
         };
-        registry.register(Box::new(metrics.messages_consumed.clone()))?;
-        registry.register(Box::new(metrics.db_writes.clone()))?;
-        registry.register(Box::new(metrics.db_rows.clone()))?;
-        registry.register(Box::new(metrics.cache_sets.clone()))?;
-        registry.register(Box::new(metrics.errors.clone()))?;
-        registry.register(Box::new(metrics.dead_lettered.clone()))?;
-        registry.register(Box::new(metrics.stale_skipped.clone()))?;
-        registry.register(Box::new(metrics.batch_size.clone()))?;
-        registry.register(Box::new(metrics.batch_seconds.clone()))?;
-        registry.register(Box::new(metrics.update_age_seconds.clone()))?;
-        registry.register(Box::new(metrics.consumer_lag.clone()))?;
-        registry.register(Box::new(metrics.cache_stale.clone()))?;
-        registry.register(Box::new(metrics.cache_repairs.clone()))?;
+        registry.register(metrics.messages_consumed.clone())?;
+        registry.register(metrics.db_writes.clone())?;
+        registry.register(metrics.db_rows.clone())?;
+        registry.register(metrics.cache_sets.clone())?;
+        registry.register(metrics.errors.clone())?;
+        registry.register(metrics.dead_lettered.clone())?;
+        registry.register(metrics.stale_skipped.clone())?;
+        registry.register(metrics.batch_size.clone())?;
+        registry.register(metrics.batch_seconds.clone())?;
+        registry.register(metrics.update_age_seconds.clone())?;
+        registry.register(metrics.consumer_lag.clone())?;
+        registry.register(metrics.cache_stale.clone())?;
+        registry.register(metrics.cache_repairs.clone())?;
         // Pre-create the labelled series so dashboards show zeros instead of gaps.
         for p in phase::ALL {
             metrics.errors.with_label_values(&[p]);
@@ -146,10 +150,31 @@ impl Metrics {
 
     /// Metrics in a registry of their own, for embedding (tests, bench).
     pub fn unregistered() -> Result<Metrics, prometheus::Error> {
-        Metrics::register(&Registry::new())
+        Metrics::register(&Metrics::registry()?)
     }
 
     pub fn error(&self, phase: &str) {
         self.errors.with_label_values(&[phase]).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Metrics;
+
+    #[test]
+    fn every_processor_metric_the_dashboards_query_is_registered() {
+        let registry = Metrics::registry().unwrap();
+        Metrics::register(&registry).unwrap();
+        let missing = odds_runtime::metrics::missing_queried(
+            include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt"),
+            odds_runtime::metrics::component::PROCESSOR,
+            &[&registry],
+        );
+        assert!(
+            missing.is_empty(),
+            "queried but not registered: {missing:?}"
+        );
+        assert!(registry.names().contains("odds_proc_consumer_lag"));
     }
 }

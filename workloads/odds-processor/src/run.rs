@@ -8,20 +8,19 @@ use crate::metrics::Metrics;
 use crate::processor::{Processor, CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS};
 use crate::ProcessorError;
 use odds_runtime::{ops::ops_router, serve_http, Readiness};
-use prometheus::Registry;
 use sqlx::postgres::PgPoolOptions;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Runs the processor until `shutdown` is cancelled.
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), ProcessorError> {
-    let registry = Registry::new();
+    let registry = Metrics::registry()?;
     let metrics = Metrics::register(&registry)?;
     let readiness = Readiness::new(&[CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS]);
     let ops_stop = CancellationToken::new();
     let (addr, ops_task) = serve_http(
         args.ops.http_addr,
-        ops_router(readiness.clone(), registry),
+        ops_router(readiness.clone(), registry.registry().clone()),
         ops_stop.clone(),
     )
     .await?;

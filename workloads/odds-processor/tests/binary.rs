@@ -122,3 +122,15 @@ async fn service_processes_reports_and_stops_cleanly_on_sigterm() {
         "committed before exit"
     );
 }
+
+/// `odds-processor --help | head -1`: a reader that leaves early is not an error.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    for args in [&["--help"][..], &["--version"], &["migrate", "--help"]] {
+        let output =
+            odds_testkit::output_with_closed_stdout(Command::new(BINARY).args(args)).unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

@@ -102,7 +102,7 @@ pub async fn start(
     };
     let (ops_addr, ops_task) = odds_runtime::serve_http(
         config.ops.http_addr,
-        odds_runtime::ops::ops_router(readiness.clone(), metrics.registry.clone()),
+        odds_runtime::ops::ops_router_for(readiness.clone(), metrics.registries()),
         shutdown.clone(),
     )
     .await?;

@@ -211,3 +211,15 @@ async fn ops_endpoints_report_readiness_and_metrics() {
     assert!(metrics.contains("odds_ws_connections 0"));
     env.stop().await;
 }
+
+/// `odds-service --help | head -1`: a reader that leaves early is not an error.
+#[test]
+fn output_to_a_closed_pipe_ends_quietly() {
+    for arg in ["--help", "--version"] {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_odds-service"));
+        let output = odds_testkit::output_with_closed_stdout(command.arg(arg)).unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{arg}: {output:?}");
+        assert!(!stderr.contains("panicked"), "{arg}: {stderr}");
+    }
+}

@@ -5,7 +5,9 @@
 //! readiness that reflects real dependencies ([`Readiness`]), and a clean stop on SIGTERM
 //! ([`shutdown`]). Keeping it here means the operator can probe every workload the same way.
 
+pub mod cli;
 pub mod kafka;
+pub mod metrics;
 pub mod ops;
 mod readiness;
 pub mod shutdown;

@@ -32,11 +32,17 @@ pub struct OpsArgs {
 #[derive(Clone)]
 struct OpsState {
     readiness: Readiness,
-    registry: Registry,
+    registries: Vec<Registry>,
 }
 
 /// The ops routes, to serve on their own port or merge into a service's router.
 pub fn ops_router(readiness: Readiness, registry: Registry) -> Router {
+    ops_router_for(readiness, vec![registry])
+}
+
+/// [`ops_router`] for a service whose metrics live in several registries (one per
+/// component, see [`crate::metrics`]); `/metrics` serves them all.
+pub fn ops_router_for(readiness: Readiness, registries: Vec<Registry>) -> Router {
     Router::new()
         .route(
             "/healthz",
@@ -46,7 +52,7 @@ pub fn ops_router(readiness: Readiness, registry: Registry) -> Router {
         .route("/metrics", get(metrics))
         .with_state(OpsState {
             readiness,
-            registry,
+            registries,
         })
 }
 
@@ -66,7 +72,8 @@ async fn readyz(State(state): State<OpsState>) -> Response {
 
 async fn metrics(State(state): State<OpsState>) -> Response {
     let mut buf = Vec::new();
-    match TextEncoder::new().encode(&state.registry.gather(), &mut buf) {
+    let families: Vec<_> = state.registries.iter().flat_map(|r| r.gather()).collect();
+    match TextEncoder::new().encode(&families, &mut buf) {
         Ok(()) => ([(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)], buf).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }

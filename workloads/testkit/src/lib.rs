@@ -17,7 +17,7 @@ pub use fixtures::sample_update;
 pub use http::{http_get, HttpResponse};
 pub use kafka::{read_topic, ReadRecord, TestKafka};
 pub use postgres::{PostgresServer, TestDatabase};
-pub use process::free_port;
+pub use process::{free_port, output_with_closed_stdout};
 pub use redis_server::TestRedis;
 
 /// Why a test server could not be provided.

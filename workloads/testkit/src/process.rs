@@ -89,3 +89,25 @@ pub(crate) fn running_as_root() -> bool {
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
 }
+
+/// Runs `command` with a standard output whose reader is already gone (like `| head -1` once
+/// `head` has exited), so its first write fails with EPIPE; stderr is captured. For checking
+/// that a binary ends quietly instead of panicking.
+pub fn output_with_closed_stdout(command: &mut Command) -> Result<std::process::Output> {
+    let io = |what: &str| {
+        let what = what.to_owned();
+        move |source| TestkitError::Io { what, source }
+    };
+    // A socket pair, not a pipe: `std::io::pipe` is newer than the workspace's Rust version.
+    // Writing to a stream socket whose peer is closed fails with EPIPE just the same.
+    let (writer, reader) =
+        std::os::unix::net::UnixStream::pair().map_err(io("creating a socket pair"))?;
+    drop(reader);
+    command
+        .stdout(std::process::Stdio::from(std::os::fd::OwnedFd::from(
+            writer,
+        )))
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(io("running the command"))
+}

@@ -1,0 +1,172 @@
+//! Metric names: `odds_<component>_<name>`, one prefixed registry per component.
+//!
+//! Each component (a stage, or a part of one) registers its metrics through a
+//! [`PrefixedRegistry`] made in one place in its crate, under names without the prefix; the
+//! registry adds `odds_<component>_` when it is scraped, as kube-rs' controller-rs does. The
+//! components and their prefixes are listed once, in [`component`], so two stages cannot
+//! pick the same prefix and a test can tell which stage must register a name the dashboards
+//! query (`charts/odds-operator/dashboards/queried-metrics.txt`, see [`queried_names`]).
+
+use prometheus::core::Collector;
+use prometheus::Registry;
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// The project's namespace: the first word of every metric name.
+pub const NAMESPACE: &str = "odds";
+
+/// Every component's name, the second word of its metrics' names.
+pub mod component {
+    /// supplier-simulator.
+    pub const SIMULATOR: &str = "sim";
+    /// odds-ingest.
+    pub const INGEST: &str = "ingest";
+    /// odds-processor.
+    pub const PROCESSOR: &str = "proc";
+    /// odds-service's WebSocket fan-out.
+    pub const WEBSOCKET: &str = "ws";
+    /// odds-service's REST API.
+    pub const API: &str = "api";
+    /// odds-operator.
+    pub const OPERATOR: &str = "operator";
+    pub const ALL: [&str; 6] = [SIMULATOR, INGEST, PROCESSOR, WEBSOCKET, API, OPERATOR];
+}
+
+/// `odds_<component>`: what a component's registry puts before each name (plus `_`).
+pub fn prefix(component: &str) -> String {
+    format!("{NAMESPACE}_{component}")
+}
+
+/// The component a full metric name belongs to, by its prefix.
+pub fn component_of(name: &str) -> Option<&'static str> {
+    component::ALL
+        .into_iter()
+        .find(|c| name.starts_with(&format!("{}_", prefix(c))))
+}
+
+/// A registry that serves its metrics as `odds_<component>_<name>` and remembers every name
+/// registered, labelled or not (a labelled metric is scraped only once a label value exists,
+/// so the scrape alone cannot show what is registered).
+#[derive(Clone, Debug)]
+pub struct PrefixedRegistry {
+    prefix: String,
+    registry: Registry,
+    names: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl PrefixedRegistry {
+    pub fn new(component: &str) -> Result<PrefixedRegistry, prometheus::Error> {
+        let prefix = prefix(component);
+        Ok(PrefixedRegistry {
+            registry: Registry::new_custom(Some(prefix.clone()), None)?,
+            prefix,
+            names: Arc::default(),
+        })
+    }
+
+    /// Registers `collector`; give it its name without the component's prefix.
+    pub fn register<C: Collector + 'static>(&self, collector: C) -> Result<(), prometheus::Error> {
+        let names: Vec<String> = collector
+            .desc()
+            .iter()
+            .map(|d| format!("{}_{}", self.prefix, d.fq_name))
+            .collect();
+        self.registry.register(Box::new(collector))?;
+        self.names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(names);
+        Ok(())
+    }
+
+    /// The registry to serve on `/metrics`.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Full names of everything registered (histograms by their base name).
+    pub fn names(&self) -> BTreeSet<String> {
+        self.names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// The metric names of a `queried-metrics.txt` text: one per line, `#` comments and blank
+/// lines skipped.
+pub fn queried_names(list: &str) -> Vec<&str> {
+    list.lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+}
+
+/// The names in `list` that belong to `component` but none of `registries` registered.
+pub fn missing_queried(
+    list: &str,
+    component: &str,
+    registries: &[&PrefixedRegistry],
+) -> Vec<String> {
+    let registered: BTreeSet<String> = registries.iter().flat_map(|r| r.names()).collect();
+    queried_names(list)
+        .into_iter()
+        .filter(|name| component_of(name) == Some(component))
+        .filter(|name| !registered.contains(*name))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus::{IntCounter, IntCounterVec, Opts};
+
+    /// The list the dashboards and alerts query.
+    const QUERIED: &str =
+        include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt");
+
+    #[test]
+    fn every_queried_name_belongs_to_exactly_one_component() {
+        let names = queried_names(QUERIED);
+        assert!(names.len() > 20, "{names:?}");
+        for name in names {
+            let owners: Vec<_> = component::ALL
+                .into_iter()
+                .filter(|c| name.starts_with(&format!("{}_", prefix(c))))
+                .collect();
+            assert_eq!(owners.len(), 1, "{name}: components {owners:?}");
+        }
+    }
+
+    #[test]
+    fn names_are_prefixed_when_served_and_labelled_ones_are_known_before_use() {
+        let registry = PrefixedRegistry::new(component::PROCESSOR).unwrap();
+        let plain = IntCounter::new("things_total", "things").unwrap();
+        let labelled = IntCounterVec::new(Opts::new("errors_total", "errors"), &["phase"]).unwrap();
+        registry.register(plain.clone()).unwrap();
+        registry.register(labelled).unwrap();
+        plain.inc();
+        let served: Vec<String> = registry
+            .registry()
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect();
+        assert_eq!(served, ["odds_proc_things_total"]);
+        assert_eq!(
+            registry.names().into_iter().collect::<Vec<_>>(),
+            ["odds_proc_errors_total", "odds_proc_things_total"]
+        );
+        let list = "# comment\nodds_proc_errors_total\nodds_proc_gone_total\nodds_sim_x\n";
+        assert_eq!(
+            missing_queried(list, component::PROCESSOR, &[&registry]),
+            ["odds_proc_gone_total"]
+        );
+        assert_eq!(
+            component_of("odds_ws_connections"),
+            Some(component::WEBSOCKET)
+        );
+        assert_eq!(component_of("odds_wsx"), None);
+    }
+}
