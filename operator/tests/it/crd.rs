@@ -233,3 +233,34 @@ fn crd_subcommand_exits_quietly_when_the_reader_stops_early() {
     assert_eq!(String::from_utf8_lossy(&output.stderr), "");
     assert!(String::from_utf8_lossy(&start).starts_with("apiVersion: apiextensions.k8s.io/v1"));
 }
+
+#[test]
+fn autoscaling_modes_are_accepted_only_where_they_mean_something() {
+    let with = |component: &str, mode: &str| {
+        let mut cr = sample();
+        cr["spec"][component]["resources"] = json!({"requests": {"cpu": "100m"}});
+        cr["spec"][component]["autoscaling"] =
+            json!({"mode": mode, "minReplicas": 1, "maxReplicas": 2});
+        rejection(&cr, None)
+    };
+    assert_eq!(with("processor", "Lag"), "");
+    assert_eq!(with("oddsService", "Connections"), "");
+    assert_eq!(with("ingest", "Cpu"), "");
+    assert!(with("ingest", "Lag").contains("ingest.autoscaling.mode must be Cpu"));
+    assert!(
+        with("processor", "Connections").contains("processor.autoscaling.mode must be Cpu or Lag")
+    );
+    assert!(with("oddsService", "Lag")
+        .contains("oddsService.autoscaling.mode must be Cpu or Connections"));
+    // An unknown mode is the schema's enum to refuse (the CEL evaluator checks rules only).
+    let mode = &schema()["properties"]["spec"]["properties"]["processor"]["properties"]
+        ["autoscaling"]["properties"]["mode"];
+    assert_eq!(mode["enum"], json!(["Cpu", "Lag", "Connections"]));
+    assert_eq!(mode["default"], json!("Cpu"));
+    // Lag mode is bounded by the partitions like any processor autoscaling.
+    let mut cr = sample();
+    cr["spec"]["processor"]["resources"] = json!({"requests": {"cpu": "100m"}});
+    cr["spec"]["processor"]["autoscaling"] =
+        json!({"mode": "Lag", "minReplicas": 1, "maxReplicas": 7});
+    assert!(rejection(&cr, None).contains("must not exceed kafka.topic.partitions"));
+}
