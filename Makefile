@@ -12,7 +12,7 @@ STAGES := -p supplier-simulator -p odds-ingest -p odds-processor -p odds-service
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help deps demo test chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt
+.PHONY: help deps demo test chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt chaos
 .PHONY: kind-up images deploy port-forward e2e-kind kind-down
 
 help: ## list the targets
@@ -63,6 +63,10 @@ chart-test: ## render the Helm chart with the Helm library and validate every ma
 	bash charts/test.sh
 
 test: deps fmt-check clippy unit chart-test ## fmt check, clippy -D warnings, every test against real servers, chart validation
+
+chaos: deps ## the fault run: real stages through restarts, kills and outages; prints the recovery report
+	$(CARGO) build --bins $(STAGES)
+	$(CARGO) nextest run -p odds-demo --test e2e --no-capture chaos
 
 bench: bench-criterion bench-pipeline ## criterion benchmarks, then the pipeline benchmark
 

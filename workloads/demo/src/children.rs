@@ -130,6 +130,15 @@ impl ChildProcess {
         }
     }
 
+    /// SIGKILL: no chance to clean up, like a crash or an OOM kill.
+    pub async fn kill(&self) -> Option<ExitStatus> {
+        if let Some(status) = self.exited() {
+            return Some(status);
+        }
+        signal(self.pid, "KILL").await;
+        self.wait_exit().await
+    }
+
     /// Resident memory (MiB) and CPU time (s) so far, from /proc.
     pub fn usage(&self) -> Option<(f64, f64)> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;

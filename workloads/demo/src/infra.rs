@@ -20,9 +20,9 @@ pub struct Infra {
     pub redis_url: String,
     pub kafka_brokers: String,
     // Owned servers, stopped and deleted when the infra is dropped.
-    _postgres: Option<PostgresServer>,
-    _redis: Option<TestRedis>,
-    _kafka: Option<MockCluster<'static, DefaultProducerContext>>,
+    postgres: Option<PostgresServer>,
+    redis: Option<TestRedis>,
+    kafka: Option<MockCluster<'static, DefaultProducerContext>>,
 }
 
 impl Infra {
@@ -61,9 +61,24 @@ impl Infra {
             database_url,
             redis_url,
             kafka_brokers,
-            _postgres: postgres,
-            _redis: redis,
-            _kafka: kafka,
+            postgres,
+            redis,
+            kafka,
         })
+    }
+
+    /// The throwaway Postgres, when this infra started it (fault tests stop and start it).
+    pub fn postgres_mut(&mut self) -> Option<&mut PostgresServer> {
+        self.postgres.as_mut()
+    }
+
+    /// The throwaway Redis, when this infra started it.
+    pub fn redis_mut(&mut self) -> Option<&mut TestRedis> {
+        self.redis.as_mut()
+    }
+
+    /// The Kafka mock cluster, when this infra hosts it (fault injection).
+    pub fn kafka_cluster(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
+        self.kafka.as_ref()
     }
 }

@@ -203,20 +203,51 @@ impl Launcher {
     }
 
     /// Stops one stage (SIGTERM, SIGKILL after the grace period) and starts it again with the
-    /// same configuration, waiting until it is ready: what a rollout or a crash does to a pod.
+    /// same configuration, waiting until it is ready: what a rollout does to a pod.
     pub async fn restart(&mut self, name: &str) -> anyhow::Result<()> {
-        let index = self
-            .children
+        let index = self.index_of(name)?;
+        self.children[index].terminate(STOP_GRACE).await;
+        self.start_again(index).await
+    }
+
+    /// Kills one stage with SIGKILL (a crash, an OOM kill) and starts it again.
+    pub async fn kill_and_restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.index_of(name)?;
+        self.children[index].kill().await;
+        self.start_again(index).await
+    }
+
+    /// Stops one stage for good (SIGTERM, SIGKILL after the grace period).
+    pub async fn stop_stage(&mut self, name: &str) -> anyhow::Result<()> {
+        let index = self.index_of(name)?;
+        self.children[index].terminate(STOP_GRACE).await;
+        Ok(())
+    }
+
+    /// The supplier's WebSocket URL (what ingest reads).
+    pub fn supplier_url(&self) -> Option<String> {
+        let spec = self.specs.iter().find(|s| s.name == "odds-ingest")?;
+        spec.env
+            .iter()
+            .find(|(k, _)| k == env::SUPPLIER_URL)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn index_of(&self, name: &str) -> anyhow::Result<usize> {
+        self.children
             .iter()
             .position(|c| c.name == name)
-            .with_context(|| format!("no stage named {name}"))?;
+            .with_context(|| format!("no stage named {name}"))
+    }
+
+    async fn start_again(&mut self, index: usize) -> anyhow::Result<()> {
+        let name = self.children[index].name;
         let spec = self
             .specs
             .iter()
             .find(|s| s.name == name)
             .with_context(|| format!("no spec for {name}"))?
             .clone();
-        self.children[index].terminate(STOP_GRACE).await;
         let child = ChildProcess::spawn(spec, self.log_dir.path())?;
         let ready = child.wait_ready(READY_TIMEOUT).await;
         let lines = child.last_lines();

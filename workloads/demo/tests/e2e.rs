@@ -18,6 +18,9 @@ use std::time::{Duration, Instant};
 use supplier_simulator::OddsFeed;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "e2e/chaos.rs"]
+mod chaos;
+
 const EVENTS: u32 = 4;
 const TOTAL: u64 = 800;
 

@@ -85,6 +85,12 @@ impl IngestConfig {
             ("message.timeout.ms", "0"),
             ("compression.codec", self.compression.as_str()),
             ("linger.ms", linger.as_str()),
+            // A broker that vanishes without closing its connections (a crash, a partition)
+            // holds in-flight requests until these expire; librdkafka's 30-60 s defaults kept
+            // prices still for over a minute in the fault run (`make chaos`). Retries are safe:
+            // the producer is idempotent.
+            ("socket.timeout.ms", "10000"),
+            ("request.timeout.ms", "10000"),
         ])
     }
 

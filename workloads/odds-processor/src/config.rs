@@ -151,6 +151,12 @@ impl ProcessorConfig {
             // every update pays at low rates. Measured with `odds-demo bench` (5000/s, 1000
             // clients): p50 363 ms at the default, 49 ms at 10.
             ("fetch.wait.max.ms", "10"),
+            // A crashed processor's partitions wait for its session to expire before another
+            // member takes them: librdkafka's 45 s default meant 88 s without prices in the
+            // fault run (`make chaos`); 10 s is Kafka's own former default.
+            ("session.timeout.ms", "10000"),
+            // Requests to a broker that vanished silently expire after this (default 60 s).
+            ("socket.timeout.ms", "10000"),
             ("statistics.interval.ms", "5000"),
             // Bounds what librdkafka prefetches while the processor is paused (Postgres down).
             ("queued.max.messages.kbytes", "16384"),
@@ -164,6 +170,8 @@ impl ProcessorConfig {
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("message.timeout.ms", "30000"),
+            ("socket.timeout.ms", "10000"),
+            ("request.timeout.ms", "10000"),
         ])
     }
 }
