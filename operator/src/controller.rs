@@ -233,7 +233,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
     };
     observed.migration = migration.clone();
 
-    let children = build::children(&valid, &migration);
+    let mut children = build::children(&valid, &migration);
     observed.blocked = children.blocked.clone();
     observed.scaling = children.scaling.clone();
     announce_scaling_modes(ctx, pipeline, &previous, &children).await;
@@ -242,6 +242,14 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
     // the one it wants now never scales the same Deployment beside it.
     match prune::autoscalers(client, &valid, &keep).await {
         Ok(deleted) => announce_deleted(ctx, pipeline, deleted).await,
+        Err(error) => return report.fail(observed, error.into()).await,
+    }
+    // An HPA waits until the ScaledObject it replaces is gone (the ScaledObject's deletion
+    // reconciles the pipeline again through the watch).
+    match prune::scaled_objects_leaving(client, &valid, &keep).await {
+        Ok(leaving) => children
+            .hpas
+            .retain(|hpa| !leaving.contains(&hpa.name_any())),
         Err(error) => return report.fail(observed, error.into()).await,
     }
     let (changes, applied) = apply_all(client, &namespace, &children).await;

@@ -112,12 +112,32 @@ pub async fn autoscalers(
     Ok(deleted)
 }
 
-/// Deletes the objects of kind `K` that this pipeline controls and `keep` does not name.
-async fn unwanted<K>(
+/// This pipeline's ScaledObjects that it no longer wants but that still exist: KEDA's
+/// finalizer keeps a deleted ScaledObject (and the HPA KEDA made for it) until KEDA has
+/// cleaned up, so the HPA that replaces it must wait, or two HPAs would scale one
+/// Deployment for a moment.
+pub async fn scaled_objects_leaving(
     client: &kube::Client,
     pipeline: &ValidPipeline,
-    keep: &BTreeSet<String>,
-) -> Result<Vec<Deleted>, ApplyError>
+    keep: &Keep,
+) -> Result<BTreeSet<String>, ApplyError> {
+    if !pipeline.facts.keda_installed {
+        return Ok(BTreeSet::new());
+    }
+    Ok(controlled::<ScaledObject>(client, pipeline)
+        .await?
+        .into_iter()
+        .map(|o| o.name_any())
+        .filter(|name| !keep.scaled_objects.contains(name))
+        .collect())
+}
+
+/// The objects of kind `K` this pipeline controls: labelled as ours and carrying its uid in
+/// a controller owner reference.
+async fn controlled<K>(
+    client: &kube::Client,
+    pipeline: &ValidPipeline,
+) -> Result<Vec<K>, ApplyError>
 where
     K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
         + Clone
@@ -132,7 +152,6 @@ where
         "app.kubernetes.io/managed-by=odds-operator,app.kubernetes.io/instance={}",
         pipeline.name
     );
-    let mut deleted = Vec::new();
     let listed = api
         .list(&ListParams::default().labels(&selector))
         .await
@@ -142,12 +161,35 @@ where
             name: selector.clone(),
             source: error,
         })?;
-    for object in listed {
-        let ours = object
-            .owner_references()
-            .iter()
-            .any(|r| r.uid == uid && r.controller == Some(true));
-        if ours && !keep.contains(&object.name_any()) {
+    Ok(listed
+        .into_iter()
+        .filter(|object| {
+            object
+                .owner_references()
+                .iter()
+                .any(|r| r.uid == uid && r.controller == Some(true))
+        })
+        .collect())
+}
+
+/// Deletes the objects of kind `K` that this pipeline controls and `keep` does not name.
+async fn unwanted<K>(
+    client: &kube::Client,
+    pipeline: &ValidPipeline,
+    keep: &BTreeSet<String>,
+) -> Result<Vec<Deleted>, ApplyError>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + Debug
+        + DeserializeOwned,
+{
+    let api: Api<K> = Api::namespaced(client.clone(), &pipeline.namespace);
+    let mut deleted = Vec::new();
+    for object in controlled::<K>(client, pipeline).await? {
+        // One already being deleted (held by a finalizer) is not deleted, nor announced, again.
+        let leaving = object.meta().deletion_timestamp.is_some();
+        if !keep.contains(&object.name_any()) && !leaving {
             // Background propagation also removes the Job's pods and the ReplicaSets.
             match api
                 .delete(&object.name_any(), &DeleteParams::background())

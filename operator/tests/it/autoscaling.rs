@@ -4,7 +4,7 @@
 
 use crate::fixtures::{replicas, sample};
 use crate::harness::{harness, Harness};
-use crate::harness::{harness_with, Options};
+use crate::harness::{harness_with, harness_with_objects, Options};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use odds_operator::build::ScaledObject;
 use odds_operator::crd::ComponentStatus;
@@ -471,4 +471,56 @@ fn the_lag_is_what_kedas_hpa_saw_in_total() {
     assert_eq!(lag_seen_by(&hpa(json!({}), 3)), None);
     assert_eq!(quantity("250"), Some(250.0));
     assert_eq!(quantity("x"), None);
+}
+
+#[tokio::test]
+async fn the_cpu_hpa_waits_until_kedas_finalizer_let_the_scaled_object_go() {
+    // The processor was switched from Lag to Cpu; its ScaledObject is being deleted, but
+    // KEDA's finalizer still holds it (KEDA's HPA may still scale the Deployment).
+    let leaving = json!({
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": {
+            "name": "demo-processor", "namespace": "default",
+            "labels": {"app.kubernetes.io/managed-by": "odds-operator",
+                       "app.kubernetes.io/instance": "demo"},
+            "ownerReferences": [{"apiVersion": "odds-pipeline.github.io/v1alpha1",
+                                 "kind": "OddsPipeline", "name": "demo", "uid": "0c6f-uid",
+                                 "controller": true}],
+            "finalizers": ["finalizer.keda.sh"],
+            "deletionTimestamp": "2027-01-15T08:00:00Z"
+        },
+        "spec": {"scaleTargetRef": {"name": "demo-processor"},
+                 "triggers": [{"type": "kafka", "metadata": {}}]}
+    });
+    let pipeline: odds_operator::crd::OddsPipeline = {
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["spec"]["processor"] = cpu_mode()["spec"]["processor"].clone();
+        serde_json::from_value(value).unwrap()
+    };
+    let options = Options {
+        secrets: true,
+        strimzi: true,
+        keda: true,
+    };
+    let h = harness_with_objects(pipeline, options, vec![leaving]).await;
+    h.roll_out().await;
+    assert!(h.deployment("demo-processor").await.is_some());
+    assert!(
+        hpa(&h, "demo-processor").await.is_none(),
+        "no HPA while the ScaledObject is still there"
+    );
+    assert!(
+        !h.events()
+            .await
+            .iter()
+            .any(|(_, r, n)| r == "Deleted" && n.contains("ScaledObject")),
+        "a ScaledObject already being deleted is not deleted again"
+    );
+    // KEDA removed its HPA and its finalizer: the ScaledObject is gone.
+    h.api::<ScaledObject>()
+        .delete("demo-processor", &Default::default())
+        .await
+        .unwrap();
+    h.reconcile().await;
+    assert!(hpa(&h, "demo-processor").await.is_some());
 }

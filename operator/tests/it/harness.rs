@@ -167,6 +167,16 @@ pub async fn harness(pipeline: OddsPipeline, secrets: bool) -> Harness {
 }
 
 pub async fn harness_with(pipeline: OddsPipeline, options: Options) -> Harness {
+    harness_with_objects(pipeline, options, Vec::new()).await
+}
+
+/// A harness whose cluster also holds `objects` from the start (as JSON: an object being
+/// deleted, held by a finalizer, can only be stored this way).
+pub async fn harness_with_objects(
+    pipeline: OddsPipeline,
+    options: Options,
+    objects: Vec<Value>,
+) -> Harness {
     let applies = Arc::new(Mutex::new(Vec::new()));
     let status_writes = Arc::new(AtomicUsize::new(0));
     let replica_history = Arc::new(Mutex::new(Vec::new()));
@@ -224,6 +234,7 @@ pub async fn harness_with(pipeline: OddsPipeline, options: Options) -> Harness {
     let mut builder = ClientBuilder::new()
         .with_resource::<OddsPipeline>()
         .with_object(pipeline)
+        .with_runtime_objects(objects)
         .with_return_managed_fields()
         .with_interceptor_funcs(funcs);
     if options.strimzi {
