@@ -194,6 +194,13 @@ def scaled_objects_valid():
         validate_against(schema, obj)
     triggers = sorted({o["spec"]["triggers"][0]["type"] for o in objects})
     assert triggers == ["kafka", "prometheus"], triggers
+    # The connections query names a metric the odds service really exports.
+    exported = exported_metrics()
+    for obj in objects:
+        trigger = obj["spec"]["triggers"][0]
+        if trigger["type"] == "prometheus":
+            names = set(re.findall(r"\b(odds_[a-z0-9_]+)\{", trigger["metadata"]["query"]))
+            assert names and names <= set(exported), f"{names} not all exported: {trigger['metadata']['query']}"
     return f"{len(objects)} ScaledObjects ({', '.join(triggers)} triggers) valid against KEDA 2.20.2's CRD"
 
 
