@@ -47,7 +47,8 @@ pub enum ServerMessage {
     },
     Pong,
     /// Whether live updates are flowing. Sent when they stop (`live: false`, with the
-    /// reason) and when they resume (`live: true`), and once right after the connection
+    /// reason; again if the reason changes) and when they resume (`live: true`), and once
+    /// right after the connection
     /// opens if they are stopped at that moment. While not live the server sends no `odds`
     /// frames; on resume it first re-reads every followed event from Postgres and sends what
     /// is newer than what the client has, so a client never waits on a silent socket.

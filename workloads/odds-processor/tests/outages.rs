@@ -189,16 +189,7 @@ async fn redis_refusing_writes_fails_readiness_and_is_reported_until_repaired() 
     })
     .await;
     let reports = status_reports(&redis).await;
-    let mut admin = redis.connection().await.unwrap();
-    for (name, value) in [("maxmemory-policy", "noeviction"), ("maxmemory", "1")] {
-        let _: () = redis::cmd("CONFIG")
-            .arg("SET")
-            .arg(name)
-            .arg(value)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-    }
+    redis.refuse_writes().await.unwrap();
 
     produce(&producer, &[update("E1", 2)]).await;
     wait_until("committed although the cache refuses writes", || async {
@@ -225,13 +216,7 @@ async fn redis_refusing_writes_fails_readiness_and_is_reported_until_repaired() 
         "still stale"
     );
 
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg("0")
-        .query_async(&mut admin)
-        .await
-        .unwrap();
+    redis.accept_writes().await.unwrap();
     wait_until("cache repaired once Redis takes writes", || async {
         cached(&redis, "E1").await.map(|u| u.version) == Some(2)
     })

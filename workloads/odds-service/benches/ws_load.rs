@@ -66,18 +66,15 @@ fn event_id(i: usize) -> String {
 
 fn update(event: usize, version: u64) -> OddsUpdate {
     OddsUpdate {
-        event_id: event_id(event),
         home_team: format!("Home {event}"),
         away_team: format!("Away {event}"),
-        market: "1X2".into(),
         odds: Odds {
             home: 1.5 + (version % 100) as f64 / 100.0,
             draw: 3.2,
             away: 4.1,
         },
-        updated_at: Utc::now(),
         source: "ws-load".into(),
-        version,
+        ..odds_testkit::sample_update(&event_id(event), version)
     }
 }
 

@@ -3,7 +3,9 @@
 
 mod common;
 
-use common::{assert_silent, connect, next_json, send, subscribe, update, Client, Env};
+use common::{
+    assert_silent, close_frame, connect, next_json, send, subscribe, update, Client, Env,
+};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -203,16 +205,7 @@ async fn stuck_client_is_closed_as_slow_while_others_keep_receiving() {
     assert!(healthy_versions.windows(2).all(|w| w[0] < w[1]));
 
     // The stuck client finds a 1008 close once it reads what was buffered.
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(15), stuck.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected a close frame, got {other:?}"),
-        }
-    };
+    let close = close_frame(&mut stuck).await;
     let close = close.expect("close frame with a reason");
     assert_eq!(close.code, CloseCode::Policy);
     assert!(close.reason.contains("slow consumer"), "{}", close.reason);
@@ -286,16 +279,7 @@ async fn bad_input_gets_errors_and_the_connection_survives() {
         .send(Message::text("z".repeat(64 * 1024)))
         .await
         .unwrap();
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(15), client.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected close, got {other:?}"),
-        }
-    };
+    let close = close_frame(&mut client).await;
     assert_eq!(close.unwrap().code, CloseCode::Size);
 
     env.write(&update("OK1", 2, 2.5)).await;
@@ -342,16 +326,7 @@ async fn shutdown_sends_going_away() {
     send(&mut client, r#"{"type":"ping"}"#).await;
     assert_eq!(next_json(&mut client).await["type"], "pong");
     env.shutdown.cancel();
-    let close = loop {
-        match tokio::time::timeout(Duration::from_secs(15), client.next())
-            .await
-            .unwrap()
-        {
-            Some(Ok(Message::Close(frame))) => break frame,
-            Some(Ok(_)) => continue,
-            other => panic!("expected close, got {other:?}"),
-        }
-    };
+    let close = close_frame(&mut client).await;
     assert_eq!(close.unwrap().code, CloseCode::Away);
     env.stop().await;
 }

@@ -44,6 +44,31 @@ impl TestRedis {
         Ok(client.get_multiplexed_async_connection().await?)
     }
 
+    /// Makes the server refuse writes as a full Redis under `noeviction` does (`OOM command
+    /// not allowed`), while reads, PING and PUBLISH keep working.
+    pub async fn refuse_writes(&self) -> Result<()> {
+        self.config_set(&[("maxmemory-policy", "noeviction"), ("maxmemory", "1")])
+            .await
+    }
+
+    /// Undoes [`TestRedis::refuse_writes`]: no memory limit.
+    pub async fn accept_writes(&self) -> Result<()> {
+        self.config_set(&[("maxmemory", "0")]).await
+    }
+
+    async fn config_set(&self, settings: &[(&str, &str)]) -> Result<()> {
+        let mut connection = self.connection().await?;
+        for (name, value) in settings {
+            redis::cmd("CONFIG")
+                .arg("SET")
+                .arg(name)
+                .arg(value)
+                .query_async::<()>(&mut connection)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Kills the server (like a crash: clients see the connection drop). Data is gone.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,7 +1,6 @@
 //! Shared set-up of the processor's integration tests: real Postgres, Redis and mock Kafka.
 #![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
-use chrono::Utc;
 use futures_util::StreamExt;
 use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL, TOPIC_ODDS_UPDATES};
 use odds_contracts::{Odds, OddsUpdate};
@@ -72,20 +71,18 @@ pub fn processor(config: &ProcessorConfig) -> Harness {
     }
 }
 
+/// The test kit's sample update with teams named after the event and a home price that
+/// moves with the version, so a stored row shows which write it came from.
 pub fn update(event: &str, version: u64) -> OddsUpdate {
     OddsUpdate {
-        event_id: event.into(),
         home_team: format!("{event} home"),
         away_team: format!("{event} away"),
-        market: "1X2".into(),
         odds: Odds {
             home: 1.5 + version as f64 / 100.0,
             draw: 3.25,
             away: 4.75,
         },
-        updated_at: Utc::now(),
-        source: "test".into(),
-        version,
+        ..odds_testkit::sample_update(event, version)
     }
 }
 

@@ -2,7 +2,6 @@
 //! processor-style writer, and a WebSocket client.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use chrono::Utc;
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL};
@@ -25,20 +24,18 @@ pub struct Env {
     pub shutdown: CancellationToken,
 }
 
+/// The test kit's sample update with teams named after the event and the given home price,
+/// so a response shows which event and which write it came from.
 pub fn update(event: &str, version: u64, home: f64) -> OddsUpdate {
     OddsUpdate {
-        event_id: event.into(),
         home_team: format!("{event} Home"),
         away_team: format!("{event} Away"),
-        market: "1X2".into(),
         odds: Odds {
             home,
             draw: 3.25,
             away: 4.5,
         },
-        updated_at: Utc::now(),
-        source: "test".into(),
-        version,
+        ..odds_testkit::sample_update(event, version)
     }
 }
 
@@ -277,6 +274,26 @@ pub async fn frames_until(
             if done {
                 return seen;
             }
+        }
+    }
+}
+
+/// Reads until the server's Close frame (skipping anything before it) and returns it,
+/// failing after a generous timeout or if the connection ends without one.
+pub async fn close_frame<S>(
+    client: &mut S,
+) -> Option<tokio_tungstenite::tungstenite::protocol::CloseFrame>
+where
+    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), client.next())
+            .await
+            .expect("no close frame within 15 s")
+        {
+            Some(Ok(Message::Close(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
         }
     }
 }
