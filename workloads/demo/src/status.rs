@@ -5,6 +5,31 @@ use crate::metrics_text::{quantile_between, Samples};
 use odds_testkit::http_get;
 use std::time::Instant;
 
+/// The metrics the status line reads, in one list. Each is also queried by the dashboards
+/// (`charts/odds-operator/dashboards/queried-metrics.txt`, tested below), whose names the
+/// stages' tests check they register: renaming a metric fails a test instead of blanking a
+/// column.
+pub mod metric {
+    pub const INGEST_PRODUCED: &str = "odds_ingest_updates_produced_total";
+    pub const INGEST_DLQ: &str = "odds_ingest_dlq_total";
+    pub const PROC_CONSUMED: &str = "odds_proc_messages_consumed_total";
+    pub const PROC_LAG: &str = "odds_proc_consumer_lag";
+    pub const PROC_AGE: &str = "odds_proc_update_age_seconds";
+    pub const PROC_DEAD_LETTERED: &str = "odds_proc_dead_lettered_total";
+    pub const WS_CONNECTIONS: &str = "odds_ws_connections";
+    pub const WS_SENT: &str = "odds_ws_messages_sent_total";
+    pub const ALL: [&str; 8] = [
+        INGEST_PRODUCED,
+        INGEST_DLQ,
+        PROC_CONSUMED,
+        PROC_LAG,
+        PROC_AGE,
+        PROC_DEAD_LETTERED,
+        WS_CONNECTIONS,
+        WS_SENT,
+    ];
+}
+
 /// Metrics of every stage at one moment.
 #[derive(Debug, Clone, Default)]
 pub struct Scrape {
@@ -51,25 +76,43 @@ impl StatusBoard {
                     (after.sum(name) - before.sum(name)) / secs
                 };
                 let age = quantile_between(
-                    &before.processor.buckets("odds_proc_update_age_seconds"),
-                    &scrape.processor.buckets("odds_proc_update_age_seconds"),
+                    &before.processor.buckets(metric::PROC_AGE),
+                    &scrape.processor.buckets(metric::PROC_AGE),
                     0.99,
                 );
                 format!(
                     "in {:>7.0}/s | out {:>7.0}/s | lag {:>6.0} | clients {:>5.0} | sent to clients {:>8.0}/s | p99 age {} | dlq {:.0}",
-                    rate(&scrape.ingest, &before.ingest, "odds_ingest_updates_produced_total"),
-                    rate(&scrape.processor, &before.processor, "odds_proc_messages_consumed_total"),
-                    scrape.processor.sum("odds_proc_consumer_lag").max(0.0),
-                    scrape.service.sum("odds_ws_connections"),
-                    rate(&scrape.service, &before.service, "odds_ws_messages_sent_total"),
+                    rate(&scrape.ingest, &before.ingest, metric::INGEST_PRODUCED),
+                    rate(&scrape.processor, &before.processor, metric::PROC_CONSUMED),
+                    scrape.processor.sum(metric::PROC_LAG).max(0.0),
+                    scrape.service.sum(metric::WS_CONNECTIONS),
+                    rate(&scrape.service, &before.service, metric::WS_SENT),
                     age.map_or_else(|| "-".to_owned(), |s| format!("≤{:.0} ms", s * 1000.0)),
-                    scrape.ingest.sum("odds_ingest_dlq_total")
-                        + scrape.processor.sum("odds_proc_dead_lettered_total"),
+                    scrape.ingest.sum(metric::INGEST_DLQ)
+                        + scrape.processor.sum(metric::PROC_DEAD_LETTERED),
                 )
             }
             None => "collecting figures…".to_owned(),
         };
         self.last = Some((now, scrape));
         line
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metric;
+
+    #[test]
+    fn every_metric_the_status_line_reads_is_in_the_dashboards_list() {
+        let queried = odds_runtime::metrics::queried_names(include_str!(
+            "../../../charts/odds-operator/dashboards/queried-metrics.txt"
+        ));
+        for name in metric::ALL {
+            assert!(
+                queried.contains(&name),
+                "{name} is not in queried-metrics.txt"
+            );
+        }
     }
 }
