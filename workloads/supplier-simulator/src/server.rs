@@ -191,6 +191,11 @@ async fn generate(config: SimulatorConfig, shared: Shared) {
             }
             {
                 let mut feed = shared.feed.lock().unwrap_or_else(PoisonError::into_inner);
+                // Checked under the lock: once a client saw shutdown and took the lock, no
+                // frame follows the ones it flushes (see `serve_client`).
+                if shared.shutdown.is_cancelled() {
+                    return;
+                }
                 for _ in 0..batch {
                     let update = feed.next_update(chrono::Utc::now());
                     // No receivers right now is fine: the frame is simply not delivered.
@@ -235,7 +240,18 @@ async fn serve_client(mut socket: WebSocket, shared: Shared) {
             break None;
         }
         tokio::select! {
-            _ = shared.shutdown.cancelled() => break Some((CLOSE_GOING_AWAY, "server shutting down".to_owned())),
+            _ = shared.shutdown.cancelled() => {
+                // Every client gets every frame generated before the stop, so all clients
+                // agree on what the supplier's last updates were.
+                drop(shared.feed.lock().unwrap_or_else(PoisonError::into_inner));
+                while let Ok(text) = frames.try_recv() {
+                    let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        break;
+                    }
+                }
+                break Some((CLOSE_GOING_AWAY, "server shutting down".to_owned()));
+            }
             frame = frames.recv() => match frame {
                 Ok(text) => match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await {
                     Ok(Ok(())) => {}
