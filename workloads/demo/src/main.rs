@@ -5,7 +5,7 @@ use odds_demo::bench::{self, BenchArgs};
 use odds_demo::launcher::default_bin_dir;
 use odds_demo::status::StatusBoard;
 use odds_demo::{Launcher, LauncherOptions};
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -68,6 +68,14 @@ struct RunArgs {
     log_filter: String,
 }
 
+/// `println!` that ends quietly when standard output's reader has gone (EPIPE) instead of
+/// panicking; see [`odds_runtime::cli`].
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = odds_runtime::cli::print_stdout(&format!("{}\n", format_args!($($arg)*)));
+    }};
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -91,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
-    println!("starting Postgres, Redis, Kafka (mock) and the four stages…");
+    say!("starting Postgres, Redis, Kafka (mock) and the four stages…");
     let mut launcher = Launcher::start(LauncherOptions {
         bin_dir,
         port: args.port,
@@ -124,19 +132,22 @@ async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
             }
             _ = ticks.tick() => {
                 let line = board.line(&launcher).await;
-                if tty {
-                    print!("\r\x1b[2K{line}");
-                    let _ = std::io::stdout().flush();
+                let shown = if tty {
+                    odds_runtime::cli::print_stdout(&format!("\r\x1b[2K{line}"))
                 } else {
-                    println!("{line}");
+                    odds_runtime::cli::print_stdout(&format!("{line}\n"))
+                };
+                if !matches!(shown, Ok(true)) {
+                    // Nobody reads the status any more (`make demo | head`): stop quietly.
+                    break Ok(());
                 }
             }
         }
     };
-    println!("\nstopping…");
+    say!("\nstopping…");
     launcher.stop().await;
     drop(launcher);
-    println!("stopped; throwaway data removed");
+    say!("stopped; throwaway data removed");
     outcome
 }
 
@@ -149,13 +160,18 @@ async fn watch(url: &str, event: &str) -> anyhow::Result<()> {
     let subscribe = serde_json::json!({"type": "subscribe", "eventId": event}).to_string();
     ws.send(Message::text(subscribe)).await?;
     while let Some(msg) = ws.next().await {
-        match msg? {
-            Message::Text(text) => println!("{text}"),
+        // Whether to go on: not after a close, nor once the reader has gone
+        // (`watch ... | head -1`).
+        let go_on = match msg? {
+            Message::Text(text) => odds_runtime::cli::print_stdout(&format!("{text}\n"))?,
             Message::Close(frame) => {
-                println!("closed: {frame:?}");
-                break;
+                say!("closed: {frame:?}");
+                false
             }
-            _ => {}
+            _ => true,
+        };
+        if !go_on {
+            break;
         }
     }
     Ok(())
@@ -163,24 +179,24 @@ async fn watch(url: &str, event: &str) -> anyhow::Result<()> {
 
 fn print_banner(launcher: &Launcher) {
     let addr = launcher.service_addr;
-    println!("\nthe odds pipeline is running (Ctrl-C stops it and removes its data)\n");
-    println!("  odds page:   http://{addr}/");
-    println!("  websocket:   ws://{addr}/ws/odds");
-    println!("  REST:        http://{addr}/v1/events");
+    say!("\nthe odds pipeline is running (Ctrl-C stops it and removes its data)\n");
+    say!("  odds page:   http://{addr}/");
+    say!("  websocket:   ws://{addr}/ws/odds");
+    say!("  REST:        http://{addr}/v1/events");
     let me = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "odds-demo".into());
-    println!("  try:         {me} watch --url ws://{addr}/ws/odds MATCH_001");
-    println!("kafka: {}", launcher.infra.kafka_brokers);
-    println!("  postgres:    {}", launcher.infra.database_url);
-    println!("  redis:       {}", launcher.infra.redis_url);
+    say!("  try:         {me} watch --url ws://{addr}/ws/odds MATCH_001");
+    say!("kafka: {}", launcher.infra.kafka_brokers);
+    say!("  postgres:    {}", launcher.infra.database_url);
+    say!("  redis:       {}", launcher.infra.redis_url);
     for child in &launcher.children {
-        println!(
+        say!(
             "  {:<19} http://{}/metrics  (pid {})",
             format!("{}:", child.name),
             child.ops_addr,
             child.pid
         );
     }
-    println!("  logs:        {}\n", launcher.log_dir().display());
+    say!("  logs:        {}\n", launcher.log_dir().display());
 }

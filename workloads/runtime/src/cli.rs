@@ -2,22 +2,24 @@
 //!
 //! A reader that stops early (`odds-processor --help | head -1`) closes the pipe; that is the
 //! reader's choice, not an error. Rust ignores SIGPIPE, so the next write fails with EPIPE,
-//! and `println!` would panic on it. Binaries print through [`print_stdout`], which ends
-//! quietly instead (as `odds-operator crd` does). clap's own `--help`/`--version` output
-//! already swallows write errors.
+//! and `println!` would panic on it. Binaries print through [`print_stdout`], which reports
+//! the reader's departure instead, so the caller can stop quietly (as `odds-operator crd`
+//! does). clap's own `--help`/`--version` output already swallows write errors.
 
 use std::io::{ErrorKind, Write};
 
-/// Writes `text` to `out` and flushes; a closed reader (EPIPE) is success.
-pub fn write_quietly(out: &mut impl Write, text: &str) -> std::io::Result<()> {
+/// Writes `text` to `out` and flushes. `Ok(false)` when the reader has gone (EPIPE): not an
+/// error, but nothing more will be read, so the caller should stop writing.
+pub fn write_quietly(out: &mut impl Write, text: &str) -> std::io::Result<bool> {
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(error) if error.kind() == ErrorKind::BrokenPipe => Ok(()),
-        other => other,
+        Ok(()) => Ok(true),
+        Err(error) if error.kind() == ErrorKind::BrokenPipe => Ok(false),
+        Err(error) => Err(error),
     }
 }
 
-/// Prints `text` to standard output; a closed reader (EPIPE) is success.
-pub fn print_stdout(text: &str) -> std::io::Result<()> {
+/// Prints `text` to standard output; `Ok(false)` when the reader has gone (EPIPE).
+pub fn print_stdout(text: &str) -> std::io::Result<bool> {
     write_quietly(&mut std::io::stdout().lock(), text)
 }
 
@@ -39,10 +41,13 @@ mod tests {
 
     #[test]
     fn a_closed_reader_is_success_other_errors_are_not() {
-        assert!(write_quietly(&mut Failing(ErrorKind::BrokenPipe), "x").is_ok());
+        assert_eq!(
+            write_quietly(&mut Failing(ErrorKind::BrokenPipe), "x").ok(),
+            Some(false)
+        );
         assert!(write_quietly(&mut Failing(ErrorKind::PermissionDenied), "x").is_err());
         let mut out = Vec::new();
-        write_quietly(&mut out, "text").unwrap_or_default();
+        assert_eq!(write_quietly(&mut out, "text").ok(), Some(true));
         assert_eq!(out, b"text");
     }
 }
