@@ -3,7 +3,9 @@
 //! A batch is one SQL statement (hence one transaction): the arrays of the batch are UNNESTed
 //! once, every update is inserted into history (`ON CONFLICT DO NOTHING`, so replays are
 //! harmless), and the newest update per event is upserted into `odds_current` only where it
-//! is strictly newer than the stored row. Set-based statements keep a batch of thousands of
+//! is strictly newer than the stored row. One rule settles two contents at one version, the
+//! same in Postgres, Redis and on the WebSocket: the first one read wins (history keeps it,
+//! `odds_current` keeps it, and Redis's set-if-newer script refuses the later one). Set-based statements keep a batch of thousands of
 //! updates at one round trip.
 
 use chrono::{DateTime, Utc};
@@ -64,17 +66,18 @@ const APPLY_BATCH: &str = r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
                          $5::float8[], $6::float8[], $7::float8[], $8::int8[],
-                         $9::timestamptz[], $10::text[])
+                         $9::timestamptz[], $10::text[]) WITH ORDINALITY
         AS t(event_id, home_team, away_team, market, home_odds, draw_odds, away_odds,
-             version, updated_at, source)
+             version, updated_at, source, ord)
 ), newest AS (
-    SELECT DISTINCT ON (event_id) * FROM input ORDER BY event_id, version DESC
+    -- Ties (one version, two contents) go to the first read, as in history and in Redis.
+    SELECT DISTINCT ON (event_id) * FROM input ORDER BY event_id, version DESC, ord
 ), history AS (
     INSERT INTO odds_history (event_id, version, market, home_odds, draw_odds, away_odds,
                               updated_at, source)
     SELECT event_id, version, market, home_odds::numeric, draw_odds::numeric,
            away_odds::numeric, updated_at, source
-    FROM input
+    FROM input ORDER BY ord
     ON CONFLICT (event_id, version) DO NOTHING
     RETURNING 1
 ), upsert AS (
@@ -94,8 +97,13 @@ WITH input AS (
 )
 -- The main query sees odds_current as it was before this statement: the batch's newest is
 -- current afterwards exactly when nothing newer (or nothing at all) was stored before.
+-- An equal stored version counts only with the same content (a replay, which may re-cache
+-- it); a different content at that version lost the tie to what was stored first.
 SELECT n.event_id,
-       (c.version IS NULL OR c.version <= n.version) AS is_current,
+       (c.version IS NULL OR c.version < n.version
+        OR (c.version = n.version AND c.market = n.market
+            AND c.home_odds = n.home_odds::numeric AND c.draw_odds = n.draw_odds::numeric
+            AND c.away_odds = n.away_odds::numeric)) AS is_current,
        (SELECT count(*) FROM history) AS history_inserted,
        (SELECT count(*) FROM upsert) AS current_advanced
 FROM newest n LEFT JOIN odds_current c ON c.event_id = n.event_id
