@@ -297,3 +297,54 @@ pub async fn resync(hub: Arc<Hub>, store: Arc<OddsStore>, metrics: Metrics) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn down(feed: &Feed) -> Option<String> {
+        feed.status().down
+    }
+
+    #[test]
+    fn feed_is_live_only_while_subscribed_and_no_cache_failure_holds() {
+        let feed = Feed::new();
+        assert!(!feed.is_live(), "down until the first subscription");
+        feed.link(Ok(()));
+        assert!(feed.is_live());
+
+        let changes = feed.watch();
+        assert!(!feed.cache_report(CacheStatus::failing("OOM command not allowed")));
+        assert_eq!(
+            down(&feed).as_deref(),
+            Some("cache writes fail: OOM command not allowed")
+        );
+        assert!(
+            changes.has_changed().unwrap_or(false),
+            "connections are woken"
+        );
+
+        // A lost subscription is the more basic reason while both hold.
+        feed.link(Err("Redis pub/sub connection lost".into()));
+        assert_eq!(
+            down(&feed).as_deref(),
+            Some("Redis pub/sub connection lost")
+        );
+        feed.link(Ok(()));
+        assert!(!feed.is_live(), "the failure report still holds");
+
+        // A report is a lease: it ends by itself when no renewal comes.
+        let lease = Duration::from_millis(CACHE_STATUS_LEASE_MS);
+        assert!(!feed.expire(Instant::now()), "not over yet");
+        assert!(!feed.is_live());
+        assert!(feed.expire(Instant::now() + lease + Duration::from_millis(1)));
+        assert!(feed.is_live());
+
+        // A healthy report ends a failure at once, and asks for a resync.
+        feed.cache_report(CacheStatus::failing("READONLY"));
+        assert!(!feed.is_live());
+        assert!(feed.cache_report(CacheStatus::healthy()));
+        assert!(feed.is_live());
+        assert!(!feed.cache_report(CacheStatus::healthy()), "nothing to end");
+    }
+}
