@@ -1,10 +1,9 @@
 //! A Redis restart while clients are subscribed: what was published during the outage reaches
 //! them through the resync, and nothing older than what they had.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{assert_silent, connect, frames_until, next_json, send, subscribe, update, Env};
+use crate::common::{
+    assert_silent, connect, frames_until, next_json, send, subscribe, update, Env,
+};
 use std::time::Duration;
 
 /// Generous: the machine is shared and loaded. Behaviour the issue bounds uses [`PROMPT`].

@@ -1,6 +1,5 @@
 //! Shared test harness: real Redis and Postgres, the service started in-process, a
 //! processor-style writer, and a WebSocket client.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use clap::Parser;
 use futures_util::{SinkExt, StreamExt};

@@ -1,9 +1,6 @@
 //! REST API against real Redis and Postgres: cache-first reads, fallbacks, errors, paging.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{update, Env};
+use crate::common::{update, Env};
 use odds_testkit::{http_get, TestDatabase};
 
 #[tokio::test]

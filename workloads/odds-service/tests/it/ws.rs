@@ -1,9 +1,6 @@
 //! WebSocket fan-out against real Redis and Postgres with real WebSocket clients.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{
+use crate::common::{
     assert_silent, close_frame, connect, next_json, send, subscribe, update, Client, Env,
 };
 use futures_util::{SinkExt, StreamExt};
