@@ -3,7 +3,9 @@
 //! Clients get current odds over REST (cache-first, Postgres fallback) and live updates over
 //! WebSocket. One Redis pub/sub subscription per process feeds a fan-out [`hub`] that encodes
 //! each update once and keeps every client's queue bounded and strictly version-ordered; a
-//! lost subscription is followed by a resync from the stores. [`start`] wires it together so
+//! lost subscription is followed by a resync from Postgres. While live updates are stopped
+//! (pub/sub down, or a processor reports failing cache writes: [`pubsub::Feed`]) REST reads
+//! Postgres, readiness fails and WebSocket clients are told. [`start`] wires it together so
 //! `main` and the tests run exactly the same service.
 
 pub mod api;
