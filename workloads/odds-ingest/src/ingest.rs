@@ -16,9 +16,9 @@ use crate::supplier::{
 use crate::versions::{VersionCheck, VersionTracker};
 use crate::IngestError;
 use odds_contracts::{parse_update, RejectReason};
+use odds_runtime::metrics::{component, PrefixedRegistry};
 use odds_runtime::ops::ops_router;
 use odds_runtime::{serve_http, Readiness};
-use prometheus::Registry;
 use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -49,7 +49,7 @@ impl Ingest {
         config: IngestConfig,
         shutdown: CancellationToken,
     ) -> Result<Ingest, IngestError> {
-        let registry = Registry::new();
+        let registry = PrefixedRegistry::new(component::INGEST)?;
         let metrics = IngestMetrics::register(&registry)?;
         let readiness = Readiness::new(&[READY_SUPPLIER, READY_KAFKA]);
         let publisher = Publisher::new(&config, metrics.clone())?;
@@ -64,7 +64,7 @@ impl Ingest {
         let ops_shutdown = CancellationToken::new();
         let (ops_addr, ops_task) = serve_http(
             config.ops.http_addr,
-            ops_router(readiness.clone(), registry),
+            ops_router(readiness.clone(), registry.registry().clone()),
             ops_shutdown.clone(),
         )
         .await?;

@@ -1,7 +1,9 @@
-//! Prometheus metrics of odds-ingest (`odds_ingest_*`).
+//! Prometheus metrics of odds-ingest, served as `odds_ingest_*`: names below are registered
+//! without that prefix in ingest's [`PrefixedRegistry`] (see [`odds_runtime::metrics`]).
 
 use odds_contracts::RejectReason;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use odds_runtime::metrics::PrefixedRegistry;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -19,38 +21,38 @@ pub struct IngestMetrics {
 }
 
 impl IngestMetrics {
-    pub fn register(registry: &Registry) -> Result<IngestMetrics, prometheus::Error> {
+    pub fn register(registry: &PrefixedRegistry) -> Result<IngestMetrics, prometheus::Error> {
         let m = IngestMetrics {
             frames_received: IntCounter::new(
-                "odds_ingest_frames_received_total",
+                "frames_received_total",
                 "WebSocket frames received from the supplier",
             )?,
             updates_produced: IntCounter::new(
-                "odds_ingest_updates_produced_total",
+                "updates_produced_total",
                 "Valid updates acknowledged by Kafka",
             )?,
             dead_lettered: IntCounterVec::new(
                 Opts::new(
-                    "odds_ingest_dlq_total",
+                    "dlq_total",
                     "Rejected frames acknowledged on the DLQ, by reason",
                 ),
                 &["reason"],
             )?,
             produce_errors: IntCounter::new(
-                "odds_ingest_produce_errors_total",
+                "produce_errors_total",
                 "Records Kafka refused for good (logged, and dead-lettered when possible)",
             )?,
             reconnects: IntCounter::new(
-                "odds_ingest_reconnects_total",
+                "reconnects_total",
                 "Supplier connection attempts after the first",
             )?,
             in_flight: IntGauge::new(
-                "odds_ingest_in_flight",
+                "in_flight",
                 "Records sent to Kafka and not yet acknowledged",
             )?,
             produce_latency: Histogram::with_opts(
                 HistogramOpts::new(
-                    "odds_ingest_produce_latency_seconds",
+                    "produce_latency_seconds",
                     "Time from handing a record to the producer to Kafka's acknowledgement",
                 )
                 .buckets(vec![
@@ -58,43 +60,66 @@ impl IngestMetrics {
                 ]),
             )?,
             shutdown_undelivered: IntCounter::new(
-                "odds_ingest_shutdown_undelivered_total",
+                "shutdown_undelivered_total",
                 "Records read from the supplier that shutdown's deadline left undelivered to Kafka",
             )?,
             version_gaps: IntCounter::new(
-                "odds_ingest_version_gaps_total",
+                "version_gaps_total",
                 "Updates whose version skipped versions of their event (missed updates)",
             )?,
             versions_skipped: IntCounter::new(
-                "odds_ingest_versions_skipped_total",
+                "versions_skipped_total",
                 "Versions never seen, summed over the gaps",
             )?,
             version_regressions: IntCounterVec::new(
                 Opts::new(
-                    "odds_ingest_version_regressions_total",
+                    "version_regressions_total",
                     "Updates not newer than their event's last version, by reason \
                      (repeated: expected after a reconnect's image; older: the supplier went back)",
                 ),
                 &["reason"],
             )?,
         };
-        registry.register(Box::new(m.shutdown_undelivered.clone()))?;
-        registry.register(Box::new(m.version_gaps.clone()))?;
-        registry.register(Box::new(m.versions_skipped.clone()))?;
-        registry.register(Box::new(m.version_regressions.clone()))?;
+        registry.register(m.shutdown_undelivered.clone())?;
+        registry.register(m.version_gaps.clone())?;
+        registry.register(m.versions_skipped.clone())?;
+        registry.register(m.version_regressions.clone())?;
         for reason in ["repeated", "older"] {
             m.version_regressions.with_label_values(&[reason]);
         }
-        registry.register(Box::new(m.frames_received.clone()))?;
-        registry.register(Box::new(m.updates_produced.clone()))?;
-        registry.register(Box::new(m.dead_lettered.clone()))?;
-        registry.register(Box::new(m.produce_errors.clone()))?;
-        registry.register(Box::new(m.reconnects.clone()))?;
-        registry.register(Box::new(m.in_flight.clone()))?;
-        registry.register(Box::new(m.produce_latency.clone()))?;
+        registry.register(m.frames_received.clone())?;
+        registry.register(m.updates_produced.clone())?;
+        registry.register(m.dead_lettered.clone())?;
+        registry.register(m.produce_errors.clone())?;
+        registry.register(m.reconnects.clone())?;
+        registry.register(m.in_flight.clone())?;
+        registry.register(m.produce_latency.clone())?;
         for code in RejectReason::CODES.iter().chain(&["produce_failed"]) {
             m.dead_lettered.with_label_values(&[code]);
         }
         Ok(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use odds_runtime::metrics::{component, missing_queried};
+
+    /// The names the dashboards and alerts query.
+    const QUERIED: &str =
+        include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt");
+
+    #[test]
+    fn every_ingest_metric_the_dashboards_query_is_registered() {
+        let registry = PrefixedRegistry::new(component::INGEST).unwrap();
+        IngestMetrics::register(&registry).unwrap();
+        assert_eq!(
+            missing_queried(QUERIED, component::INGEST, &[&registry]),
+            Vec::<String>::new()
+        );
+        assert!(registry
+            .names()
+            .contains("odds_ingest_frames_received_total"));
     }
 }

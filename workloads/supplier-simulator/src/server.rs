@@ -10,14 +10,15 @@
 
 use crate::config::SimulatorConfig;
 use crate::feed::{clock_version_base, OddsFeed};
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use odds_runtime::metrics::{component, PrefixedRegistry};
 use odds_runtime::ops::ops_router;
 use odds_runtime::{serve_http, Readiness, RuntimeError};
-use prometheus::{IntCounter, IntGauge, Registry};
+use prometheus::{IntCounter, IntGauge};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -26,12 +27,8 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-/// WebSocket close code for "try again later" (RFC 6455 registry): used for slow clients.
-const CLOSE_TRY_AGAIN_LATER: u16 = 1013;
 /// How long one frame may wait for a client's socket before the client counts as stuck.
 const SEND_TIMEOUT: Duration = Duration::from_secs(2);
-/// "Going away": the server is shutting down.
-const CLOSE_GOING_AWAY: u16 = 1001;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SimulatorError {
@@ -50,26 +47,26 @@ struct Metrics {
 }
 
 impl Metrics {
-    fn register(registry: &Registry) -> Result<Metrics, prometheus::Error> {
+    fn register(registry: &PrefixedRegistry) -> Result<Metrics, prometheus::Error> {
         let m = Metrics {
             updates_sent: IntCounter::new(
-                "odds_sim_updates_sent_total",
+                "updates_sent_total",
                 "Updates generated and broadcast to connected clients",
             )?,
             image_frames: IntCounter::new(
-                "odds_sim_image_frames_total",
+                "image_frames_total",
                 "Current-odds frames sent to clients on connect (the initial image)",
             )?,
-            clients: IntGauge::new("odds_sim_clients", "Connected WebSocket clients")?,
+            clients: IntGauge::new("clients", "Connected WebSocket clients")?,
             slow_disconnects: IntCounter::new(
-                "odds_sim_slow_client_disconnects_total",
+                "slow_client_disconnects_total",
                 "Clients disconnected because they fell too far behind",
             )?,
         };
-        registry.register(Box::new(m.updates_sent.clone()))?;
-        registry.register(Box::new(m.image_frames.clone()))?;
-        registry.register(Box::new(m.clients.clone()))?;
-        registry.register(Box::new(m.slow_disconnects.clone()))?;
+        registry.register(m.updates_sent.clone())?;
+        registry.register(m.image_frames.clone())?;
+        registry.register(m.clients.clone())?;
+        registry.register(m.slow_disconnects.clone())?;
         Ok(m)
     }
 }
@@ -100,7 +97,7 @@ impl SimulatorServer {
         config: SimulatorConfig,
         shutdown: CancellationToken,
     ) -> Result<SimulatorServer, SimulatorError> {
-        let registry = Registry::new();
+        let registry = PrefixedRegistry::new(component::SIMULATOR)?;
         let metrics = Metrics::register(&registry)?;
         let (frames, _) = broadcast::channel(config.client_queue as usize);
         let (clients, _) = watch::channel(0usize);
@@ -120,7 +117,7 @@ impl SimulatorServer {
         let (ws_addr, ws_task) = serve_http(config.listen_addr, app, shutdown.clone()).await?;
         let (ops_addr, ops_task) = serve_http(
             config.ops.http_addr,
-            ops_router(Readiness::new(&[]), registry),
+            ops_router(Readiness::new(&[]), registry.registry().clone()),
             shutdown.clone(),
         )
         .await?;
@@ -250,7 +247,7 @@ async fn serve_client(mut socket: WebSocket, shared: Shared) {
                         break;
                     }
                 }
-                break Some((CLOSE_GOING_AWAY, "server shutting down".to_owned()));
+                break Some((close_code::AWAY, "server shutting down".to_owned()));
             }
             frame = frames.recv() => match frame {
                 Ok(text) => match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await {
@@ -266,9 +263,9 @@ async fn serve_client(mut socket: WebSocket, shared: Shared) {
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     shared.metrics.slow_disconnects.inc();
                     tracing::warn!(missed, "disconnecting a client that fell behind");
-                    break Some((CLOSE_TRY_AGAIN_LATER, format!("client too slow: {missed} updates behind")));
+                    break Some((close_code::AGAIN, format!("client too slow: {missed} updates behind")));
                 }
-                Err(broadcast::error::RecvError::Closed) => break Some((CLOSE_GOING_AWAY, "stream ended".to_owned())),
+                Err(broadcast::error::RecvError::Closed) => break Some((close_code::AWAY, "stream ended".to_owned())),
             },
             incoming = socket.recv() => match incoming {
                 // Clients have nothing to say; pings are answered by the WebSocket layer.
@@ -291,4 +288,25 @@ async fn serve_client(mut socket: WebSocket, shared: Shared) {
     }
     shared.clients.send_modify(|n| *n = n.saturating_sub(1));
     shared.metrics.clients.dec();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use odds_runtime::metrics::missing_queried;
+
+    /// The names the dashboards and alerts query.
+    const QUERIED: &str =
+        include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt");
+
+    #[test]
+    fn every_simulator_metric_the_dashboards_query_is_registered() {
+        let registry = PrefixedRegistry::new(component::SIMULATOR).unwrap();
+        Metrics::register(&registry).unwrap();
+        assert_eq!(
+            missing_queried(QUERIED, component::SIMULATOR, &[&registry]),
+            Vec::<String>::new()
+        );
+        assert!(registry.names().contains("odds_sim_updates_sent_total"));
+    }
 }
