@@ -5,6 +5,8 @@
 //! processor's `migrate` command, the demo, tests), so a deployed image always carries the
 //! schema it was built against.
 
+pub mod read_models;
+
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::PgPool;
 

@@ -98,45 +98,12 @@ impl Env {
         self.publish(update).await;
     }
 
+    /// Writes `u` to the read models with the processor's own statement.
     pub async fn write_postgres(&self, u: &OddsUpdate) {
-        sqlx::query(
-            "INSERT INTO odds_current (event_id, home_team, away_team, market, home_odds, \
-             draw_odds, away_odds, version, updated_at, source) VALUES ($1,$2,$3,$4,$5::float8::numeric, \
-             $6::float8::numeric,$7::float8::numeric,$8,$9,$10) ON CONFLICT (event_id) DO UPDATE SET \
-             home_team=EXCLUDED.home_team, away_team=EXCLUDED.away_team, market=EXCLUDED.market, \
-             home_odds=EXCLUDED.home_odds, draw_odds=EXCLUDED.draw_odds, away_odds=EXCLUDED.away_odds, \
-             version=EXCLUDED.version, updated_at=EXCLUDED.updated_at, source=EXCLUDED.source \
-             WHERE odds_current.version < EXCLUDED.version",
-        )
-        .bind(&u.event_id)
-        .bind(&u.home_team)
-        .bind(&u.away_team)
-        .bind(&u.market)
-        .bind(u.odds.home)
-        .bind(u.odds.draw)
-        .bind(u.odds.away)
-        .bind(u.version as i64)
-        .bind(u.updated_at)
-        .bind(&u.source)
-        .execute(self.db.pool())
-        .await
-        .unwrap();
-        sqlx::query(
-            "INSERT INTO odds_history (event_id, version, market, home_odds, draw_odds, away_odds, \
-             updated_at, source) VALUES ($1,$2,$3,$4::float8::numeric,$5::float8::numeric,\
-             $6::float8::numeric,$7,$8) ON CONFLICT DO NOTHING",
-        )
-        .bind(&u.event_id)
-        .bind(u.version as i64)
-        .bind(&u.market)
-        .bind(u.odds.home)
-        .bind(u.odds.draw)
-        .bind(u.odds.away)
-        .bind(u.updated_at)
-        .bind(&u.source)
-        .execute(self.db.pool())
-        .await
-        .unwrap();
+        odds_schema::read_models::apply_batch(std::slice::from_ref(u))
+            .execute(self.db.pool())
+            .await
+            .unwrap();
     }
 
     pub async fn write_cache(&self, u: &OddsUpdate) {
