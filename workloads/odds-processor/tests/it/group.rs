@@ -1,10 +1,8 @@
 //! Two processors in one consumer group over a multi-partition topic: every update applied
 //! exactly once in effect, and each event's versions published in order.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use odds_testkit::{TestKafka, TestRedis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,10 +1,8 @@
 //! Dependency outages: Postgres down mid-stream (nothing lost, nothing committed early) and
 //! Redis down (Postgres and offsets keep going; the cache is repaired from Postgres).
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use futures_util::StreamExt;
 use odds_contracts::cache_status::CacheStatus;
 use odds_contracts::names::REDIS_CACHE_STATUS_CHANNEL;

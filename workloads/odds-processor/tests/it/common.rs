@@ -1,5 +1,4 @@
 //! Shared set-up of the processor's integration tests: real Postgres, Redis and mock Kafka.
-#![allow(clippy::unwrap_used, clippy::expect_used, dead_code)]
 
 use futures_util::StreamExt;
 use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL, TOPIC_ODDS_UPDATES};
@@ -229,10 +228,6 @@ impl Subscriber {
             .filter(|u| u.event_id == event)
             .map(|u| u.version)
             .collect()
-    }
-
-    pub fn len(&self) -> usize {
-        self.seen.lock().unwrap().len()
     }
 }
 

@@ -1,10 +1,8 @@
 //! The `odds-processor` binary as the operator runs it: `migrate` as a Job, then the service
 //! with environment configuration, ops endpoints, and a clean stop on SIGTERM.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
 
-use common::*;
+use crate::common::*;
 use odds_testkit::{free_port, http_get, TestDatabase, TestKafka, TestRedis};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
