@@ -1,7 +1,6 @@
 //! The `odds-processor` binary as the operator runs it: `migrate` as a Job, then the service
 //! with environment configuration, ops endpoints, and a clean stop on SIGTERM.
 
-
 use crate::common::*;
 use odds_testkit::{free_port, http_get, TestDatabase, TestKafka, TestRedis};
 use std::net::SocketAddr;

@@ -1,7 +1,6 @@
 //! Delivery guarantees against real Postgres, Redis and the Kafka mock cluster: duplicates,
 //! out-of-order versions, poison records, and a crash between the durable write and the commit.
 
-
 use crate::common::*;
 use odds_contracts::names::{dlq_headers, TOPIC_ODDS_UPDATES};
 use odds_processor::StepOutcome;

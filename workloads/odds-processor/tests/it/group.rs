@@ -1,7 +1,6 @@
 //! Two processors in one consumer group over a multi-partition topic: every update applied
 //! exactly once in effect, and each event's versions published in order.
 
-
 use crate::common::*;
 use odds_testkit::{TestKafka, TestRedis};
 

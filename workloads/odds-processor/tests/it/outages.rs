@@ -1,7 +1,6 @@
 //! Dependency outages: Postgres down mid-stream (nothing lost, nothing committed early) and
 //! Redis down (Postgres and offsets keep going; the cache is repaired from Postgres).
 
-
 use crate::common::*;
 use futures_util::StreamExt;
 use odds_contracts::cache_status::CacheStatus;
