@@ -16,7 +16,6 @@ use crate::supplier::{
 use crate::versions::{VersionCheck, VersionTracker};
 use crate::IngestError;
 use odds_contracts::{parse_update, RejectReason};
-use odds_runtime::metrics::{component, PrefixedRegistry};
 use odds_runtime::ops::ops_router;
 use odds_runtime::{serve_http, Readiness};
 use std::net::SocketAddr;
@@ -49,7 +48,7 @@ impl Ingest {
         config: IngestConfig,
         shutdown: CancellationToken,
     ) -> Result<Ingest, IngestError> {
-        let registry = PrefixedRegistry::new(component::INGEST)?;
+        let registry = IngestMetrics::registry()?;
         let metrics = IngestMetrics::register(&registry)?;
         let readiness = Readiness::new(&[READY_SUPPLIER, READY_KAFKA]);
         let publisher = Publisher::new(&config, metrics.clone())?;

@@ -2,7 +2,7 @@
 //! without that prefix in ingest's [`PrefixedRegistry`] (see [`odds_runtime::metrics`]).
 
 use odds_contracts::RejectReason;
-use odds_runtime::metrics::PrefixedRegistry;
+use odds_runtime::metrics::{component, PrefixedRegistry};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 
 #[derive(Clone)]
@@ -21,6 +21,11 @@ pub struct IngestMetrics {
 }
 
 impl IngestMetrics {
+    /// Ingest's registry: everything below is served as `odds_ingest_<name>`.
+    pub fn registry() -> Result<PrefixedRegistry, prometheus::Error> {
+        PrefixedRegistry::new(component::INGEST)
+    }
+
     pub fn register(registry: &PrefixedRegistry) -> Result<IngestMetrics, prometheus::Error> {
         let m = IngestMetrics {
             frames_received: IntCounter::new(
@@ -104,7 +109,7 @@ impl IngestMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use odds_runtime::metrics::{component, missing_queried};
+    use odds_runtime::metrics::missing_queried;
 
     /// The names the dashboards and alerts query.
     const QUERIED: &str =
@@ -112,7 +117,7 @@ mod tests {
 
     #[test]
     fn every_ingest_metric_the_dashboards_query_is_registered() {
-        let registry = PrefixedRegistry::new(component::INGEST).unwrap();
+        let registry = IngestMetrics::registry().unwrap();
         IngestMetrics::register(&registry).unwrap();
         assert_eq!(
             missing_queried(QUERIED, component::INGEST, &[&registry]),
