@@ -101,10 +101,13 @@ ts("Processor batches", [
 ts("Ingest producer", [
     (q("odds_ingest_produce_latency_seconds", 0.99), "produce latency p99 (s)"),
     (f"sum(odds_ingest_in_flight{SEL})", "records in flight"),
+    (rate("odds_ingest_shutdown_undelivered_total"), "undelivered at shutdown/s"),
     (rate("odds_ingest_frames_received_total"), "supplier frames/s"),
 ], 16)
 newline()
 ts("Stale versions and conflation", [
+    (rate("odds_ingest_version_regressions_total", "reason"), "supplier: version {{reason}}"),
+    (rate("odds_ingest_version_gaps_total"), "supplier: versions skipped (gaps)"),
     (rate("odds_proc_stale_updates_skipped_total"), "processor: not newer than stored"),
     (rate("odds_ws_stale_skipped_total"), "odds-service: client already had it"),
     (rate("odds_ws_conflated_total"), "odds-service: conflated for slow clients"),
