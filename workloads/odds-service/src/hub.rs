@@ -77,7 +77,9 @@ pub enum PushOutcome {
 struct QueueState {
     order: VecDeque<Arc<str>>,
     pending: HashMap<Arc<str>, Pending>,
-    versions: HashMap<Arc<str>, u64>,
+    /// The newest update this client was given (or has pending) per event, kept after an
+    /// unsubscribe so that a later subscribe never shows it anything older.
+    newest: HashMap<Arc<str>, Arc<EncodedUpdate>>,
     overflowed: bool,
 }
 
@@ -101,36 +103,59 @@ impl ClientQueue {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Offers an update; only a version newer than any this client accepted is kept.
+    /// Offers an update; only a version newer than any this client accepted is kept. A
+    /// snapshot older than what the client already saw (a cache or replica behind, after an
+    /// unsubscribe and subscribe) is answered with the newest it saw instead.
     pub fn push(&self, update: &Arc<EncodedUpdate>, as_snapshot: bool) -> PushOutcome {
         let mut state = self.lock();
+        let outcome = self.push_locked(&mut state, update, as_snapshot);
+        drop(state);
+        if matches!(outcome, PushOutcome::Queued | PushOutcome::Overflow) {
+            self.notify.notify_one();
+        }
+        outcome
+    }
+
+    fn push_locked(
+        &self,
+        state: &mut QueueState,
+        update: &Arc<EncodedUpdate>,
+        as_snapshot: bool,
+    ) -> PushOutcome {
         if state.overflowed {
             return PushOutcome::Overflow;
         }
-        let last = state.versions.get(&update.event_id).copied().unwrap_or(0);
-        if update.version <= last {
+        let held = state.newest.get(&update.event_id).cloned();
+        if let Some(held) = held.filter(|held| update.version <= held.version) {
             if as_snapshot {
-                // Something newer is already pending: deliver that as the snapshot.
-                if let Some(pending) = state.pending.get_mut(&update.event_id) {
-                    pending.as_snapshot = true;
+                match state.pending.get_mut(&update.event_id) {
+                    // Something at least as new is already pending: deliver that as the snapshot.
+                    Some(pending) => pending.as_snapshot = true,
+                    None => return self.enqueue(state, &held, true),
                 }
             }
             return PushOutcome::Stale;
         }
-        state
-            .versions
-            .insert(update.event_id.clone(), update.version);
+        state.newest.insert(update.event_id.clone(), update.clone());
         if let Some(pending) = state.pending.get_mut(&update.event_id) {
             pending.update = update.clone();
             pending.as_snapshot |= as_snapshot;
             return PushOutcome::Conflated;
         }
+        self.enqueue(state, update, as_snapshot)
+    }
+
+    /// Adds a pending entry for an event that has none, or overflows.
+    fn enqueue(
+        &self,
+        state: &mut QueueState,
+        update: &Arc<EncodedUpdate>,
+        as_snapshot: bool,
+    ) -> PushOutcome {
         if state.pending.len() >= self.max_pending {
             state.overflowed = true;
             state.pending.clear();
             state.order.clear();
-            drop(state);
-            self.notify.notify_one();
             return PushOutcome::Overflow;
         }
         state.order.push_back(update.event_id.clone());
@@ -141,8 +166,6 @@ impl ClientQueue {
                 as_snapshot,
             },
         );
-        drop(state);
-        self.notify.notify_one();
         PushOutcome::Queued
     }
 
@@ -168,12 +191,12 @@ impl ClientQueue {
         false
     }
 
-    /// Drops what is pending for an event and its version memory (after unsubscribe).
+    /// Drops what is pending for an event (after unsubscribe). The newest version the client
+    /// saw is kept: subscribing again must never show it an older one.
     pub fn forget(&self, event_id: &str) {
         let mut state = self.lock();
         state.pending.remove(event_id);
         state.order.retain(|e| &**e != event_id);
-        state.versions.remove(event_id);
     }
 
     /// Number of events waiting (for tests and diagnostics).
@@ -355,12 +378,19 @@ mod tests {
     }
 
     #[test]
-    fn forget_resets_an_event_so_a_resubscribe_gets_a_snapshot() {
+    fn a_resubscribe_gets_a_snapshot_never_older_than_what_was_seen() {
         let queue = ClientQueue::new(10);
         queue.push(&update("E1", 4), false);
+        assert_eq!(drain_versions(&queue), vec![("E1".into(), 4, false)]);
         queue.forget("E1");
         assert_eq!(queue.pending_len(), 0);
-        assert_eq!(queue.push(&update("E1", 4), true), PushOutcome::Queued);
+        // The store answers with an older version (a lagging replica or cache): the client
+        // gets the version it already saw as its snapshot, not the older one.
+        assert_eq!(queue.push(&update("E1", 2), true), PushOutcome::Queued);
+        assert_eq!(drain_versions(&queue), vec![("E1".into(), 4, true)]);
+        queue.forget("E1");
+        assert_eq!(queue.push(&update("E1", 6), true), PushOutcome::Queued);
+        assert_eq!(drain_versions(&queue), vec![("E1".into(), 6, true)]);
     }
 
     #[test]

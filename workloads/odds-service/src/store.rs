@@ -299,7 +299,17 @@ impl OddsStore {
 
     /// Current odds of every event (up to `limit`): Postgres, else the cache (SCAN).
     pub async fn all_current(&self, limit: u32) -> Result<Vec<OddsUpdate>, StoreError> {
-        let db_error = match self.list_events(None, limit).await {
+        self.current_after(None, limit).await
+    }
+
+    /// Current odds of up to `limit` events with ids after `after`, in id order (keyset
+    /// paging): Postgres, else the cache (SCAN).
+    pub async fn current_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<OddsUpdate>, StoreError> {
+        let db_error = match self.list_events(after, limit).await {
             Ok(all) => return Ok(all),
             Err(e) => e,
         };
@@ -332,10 +342,11 @@ impl OddsStore {
                 );
             }
             cursor = next;
-            if cursor == 0 || updates.len() >= limit as usize {
+            if cursor == 0 {
                 break;
             }
         }
+        updates.retain(|u| after.is_none_or(|after| u.event_id.as_str() > after));
         updates.sort_by(|a, b| a.event_id.cmp(&b.event_id));
         updates.truncate(limit as usize);
         Ok(updates)

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Frames written per flush: amortises syscalls without holding the queue lock long.
 const BATCH: usize = 64;
+/// Events per page of an all-events (`*`) snapshot, at most the client's queue limit.
+const SNAPSHOT_PAGE: usize = 500;
 
 /// What every connection shares.
 pub struct WsContext {
@@ -359,23 +361,38 @@ impl Connection {
         if let Some(exit) = self.reply(socket, reply).await {
             return Some(exit);
         }
-        let limit = u32::try_from(self.ctx.max_pending_events).unwrap_or(u32::MAX);
-        match self.ctx.store.all_current(limit).await {
-            Ok(updates) => {
-                for update in &updates {
-                    self.queue
-                        .push(&crate::hub::EncodedUpdate::new(update), true);
+        // The snapshot of every event may be larger than the client's queue: it goes out a
+        // page at a time, each page written before the next is read, so it is neither
+        // truncated nor mistaken for a slow consumer.
+        let page = u32::try_from(self.ctx.max_pending_events.clamp(1, SNAPSHOT_PAGE)).unwrap_or(1);
+        let mut after: Option<String> = None;
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            let updates = match self.ctx.store.current_after(after.as_deref(), page).await {
+                Ok(updates) => updates,
+                Err(e) => {
+                    let text = e.to_string();
+                    return self
+                        .error(socket, ErrorCode::Unavailable, text, Some(ALL_EVENTS))
+                        .await;
                 }
-                None
+            };
+            for update in &updates {
+                self.queue
+                    .push(&crate::hub::EncodedUpdate::new(update), true);
             }
-            Err(e) => {
-                self.error(
-                    socket,
-                    ErrorCode::Unavailable,
-                    e.to_string(),
-                    Some(ALL_EVENTS),
-                )
-                .await
+            // Room for the next page; what is left goes out with the live updates.
+            let room_needed = self.ctx.max_pending_events.saturating_sub(page as usize);
+            while self.queue.pending_len() > room_needed {
+                if let Some(exit) = self.write_pending(socket, &mut batch).await {
+                    return Some(exit);
+                }
+            }
+            match updates.last() {
+                Some(last) if updates.len() == page as usize => {
+                    after = Some(last.event_id.clone());
+                }
+                _ => return None,
             }
         }
     }

@@ -82,6 +82,54 @@ async fn all_events_subscription_gets_snapshots_and_every_event() {
     env.stop().await;
 }
 
+/// A `*` snapshot larger than the client's queue limit is sent whole, a page at a time, and
+/// the client is not closed as a slow consumer.
+#[tokio::test]
+async fn all_events_snapshot_larger_than_the_queue_is_sent_whole() {
+    let env = Env::start(&["--ws-max-pending-events=4"]).await;
+    for i in 0..11 {
+        env.write_postgres(&update(&format!("B{i:02}"), 3, 2.0))
+            .await;
+    }
+    let mut client = connect(env.addr()).await;
+    send(&mut client, r#"{"type":"subscribe","eventId":"*"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "subscribed");
+    let mut events = std::collections::BTreeSet::new();
+    while events.len() < 11 {
+        let s = next_json(&mut client).await;
+        assert_eq!(s["type"], "snapshot", "{s}");
+        events.insert(s["data"]["event_id"].as_str().unwrap().to_owned());
+    }
+    send(&mut client, r#"{"type":"ping"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "pong", "still open");
+    env.stop().await;
+}
+
+/// Unsubscribing and subscribing again never shows a client an older version than it saw,
+/// even when the store answers the new subscribe with an older one (here: the cache, rolled
+/// back by hand, as a lagging replica or a restored cache would).
+#[tokio::test]
+async fn resubscribe_never_shows_an_older_version() {
+    let env = Env::start(&[]).await;
+    env.write(&update("R1", 2, 2.0)).await;
+    env.wait_for_pubsub().await;
+    let mut client = connect(env.addr()).await;
+    send(&mut client, r#"{"type":"subscribe","eventId":"R1"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "subscribed");
+    assert_eq!(next_json(&mut client).await["data"]["version"], 2);
+    env.write(&update("R1", 5, 2.5)).await;
+    assert_eq!(versions_until(&mut client, 5).await.last(), Some(&5));
+    send(&mut client, r#"{"type":"unsubscribe","eventId":"R1"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "unsubscribed");
+    env.write_cache(&update("R1", 3, 9.9)).await;
+    send(&mut client, r#"{"type":"subscribe","eventId":"R1"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "subscribed");
+    let snapshot = next_json(&mut client).await;
+    assert_eq!(snapshot["type"], "snapshot");
+    assert_eq!(snapshot["data"]["version"], 5, "{snapshot}");
+    env.stop().await;
+}
+
 /// Reads `odds` frames of one event until `last` arrives; returns the versions seen.
 async fn versions_until(client: &mut Client, last: u64) -> Vec<u64> {
     let mut versions = Vec::new();
