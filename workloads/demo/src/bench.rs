@@ -96,7 +96,8 @@ pub async fn run(args: BenchArgs, bin_dir: PathBuf) -> anyhow::Result<BenchRepor
     let mut best: Option<BenchReport> = None;
     loop {
         let report = run_once(&args, rate, bin_dir.clone()).await?;
-        println!("{}", report.summary());
+        // A reader that went away (`| head`) is not an error; the report file still counts.
+        let _ = odds_runtime::cli::print_stdout(&format!("{}\n", report.summary()));
         let held = report.held();
         if held {
             best = Some(report.clone());
@@ -120,7 +121,7 @@ fn write_report(path: &PathBuf, report: &BenchReport) -> anyhow::Result<()> {
     }
     let json = serde_json::to_string_pretty(report)?;
     std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-    println!("report written to {}", path.display());
+    let _ = odds_runtime::cli::print_stdout(&format!("report written to {}\n", path.display()));
     Ok(())
 }
 
