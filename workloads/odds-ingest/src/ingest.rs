@@ -38,6 +38,7 @@ pub struct Ingest {
     pub ops_addr: SocketAddr,
     pub metrics: IngestMetrics,
     pub readiness: Readiness,
+    publisher: Publisher,
     task: JoinHandle<()>,
     ops_task: JoinHandle<()>,
 }
@@ -52,6 +53,23 @@ impl Ingest {
         let metrics = IngestMetrics::register(&registry)?;
         let readiness = Readiness::new(&[READY_SUPPLIER, READY_KAFKA]);
         let publisher = Publisher::new(&config, metrics.clone())?;
+        // A fatal producer error (the idempotent producer can no longer guarantee order or
+        // exactly-once) stops the stage like a shutdown; `run` then fails, so the process exits
+        // non-zero and the orchestrator starts a fresh producer.
+        let shutdown = shutdown.child_token();
+        tokio::spawn({
+            let (fatal, stop, readiness) =
+                (publisher.fatal_token(), shutdown.clone(), readiness.clone());
+            async move {
+                tokio::select! {
+                    _ = fatal.cancelled() => {
+                        readiness.set(READY_KAFKA, false);
+                        stop.cancel();
+                    }
+                    _ = stop.cancelled() => {}
+                }
+            }
+        });
         let (reconnect_min, reconnect_max) = config.reconnect_bounds();
         let link = SupplierLink {
             url: config.supplier_url.clone(),
@@ -77,6 +95,7 @@ impl Ingest {
             metrics.clone(),
             shutdown.clone(),
         ));
+        let stage_publisher = publisher.clone();
         let probe = tokio::spawn(probe_kafka(
             publisher.clone(),
             readiness.clone(),
@@ -109,9 +128,15 @@ impl Ingest {
             ops_addr,
             metrics,
             readiness,
+            publisher: stage_publisher,
             task,
             ops_task,
         })
+    }
+
+    /// The producer's fatal error, if it had one (the stage then stopped by itself).
+    pub fn fatal_error(&self) -> Option<String> {
+        self.publisher.fatal_error()
     }
 
     /// Waits for the stage to stop (after shutdown is cancelled and in-flight records drained).
@@ -123,8 +148,13 @@ impl Ingest {
 
 /// Runs ingest until `shutdown` is cancelled.
 pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<(), IngestError> {
-    Ingest::start(config, shutdown).await?.wait().await;
-    Ok(())
+    let ingest = Ingest::start(config, shutdown).await?;
+    let publisher = ingest.publisher.clone();
+    ingest.wait().await;
+    match publisher.fatal_error() {
+        Some(reason) => Err(IngestError::FatalProducer(reason)),
+        None => Ok(()),
+    }
 }
 
 /// A token cancelled `flush` after `shutdown`: the end of the drain.

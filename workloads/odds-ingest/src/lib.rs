@@ -28,4 +28,6 @@ pub enum IngestError {
     Metrics(#[from] prometheus::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
+    #[error("fatal Kafka producer error (accepted records not yet delivered were counted as undelivered): {0}")]
+    FatalProducer(String),
 }

@@ -66,7 +66,8 @@ impl IngestMetrics {
             )?,
             shutdown_undelivered: IntCounter::new(
                 "shutdown_undelivered_total",
-                "Records read from the supplier that shutdown's deadline left undelivered to Kafka",
+                "Records accepted from the supplier and never delivered to Kafka: left at the \
+                 shutdown deadline, or lost with a producer that hit a fatal error",
             )?,
             version_gaps: IntCounter::new(
                 "version_gaps_total",

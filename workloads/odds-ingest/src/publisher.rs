@@ -31,6 +31,8 @@ pub struct Publisher {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     metrics: IngestMetrics,
+    /// Cancelled when librdkafka reports a fatal error: nothing more can be produced.
+    fatal: tokio_util::sync::CancellationToken,
 }
 
 /// What a record is, for accounting when Kafka acknowledges it.
@@ -54,7 +56,38 @@ impl Publisher {
             permits: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
             metrics,
+            fatal: tokio_util::sync::CancellationToken::new(),
         })
+    }
+
+    /// Cancelled once the producer has hit a fatal error.
+    pub fn fatal_token(&self) -> tokio_util::sync::CancellationToken {
+        self.fatal.clone()
+    }
+
+    /// librdkafka's fatal error, if any.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
+    }
+
+    /// Records that `error` ended the producer, if it is the fatal kind: the record is counted
+    /// as undelivered (never dead-lettered: the DLQ goes through the same dead producer).
+    fn is_fatal(&self, error: &KafkaError) -> bool {
+        let fatal = matches!(
+            error,
+            KafkaError::MessageProduction(RDKafkaErrorCode::Fatal)
+        ) || self.producer.client().fatal_error().is_some();
+        if fatal {
+            self.metrics.shutdown_undelivered.inc();
+            if !self.fatal.is_cancelled() {
+                tracing::error!(error = ?self.fatal_error(), "fatal Kafka producer error; stopping");
+                self.fatal.cancel();
+            }
+        }
+        fatal
     }
 
     /// Produces a valid update to the updates topic, keyed by its event id. Returns once the
@@ -69,7 +102,9 @@ impl Publisher {
                     .payload(payload.as_str())
             })
             .await;
-        self.track(delivery, permit, RecordKind::Update);
+        if let Some(delivery) = delivery {
+            self.track(delivery, permit, RecordKind::Update);
+        }
     }
 
     /// Produces rejected input to the DLQ with the reason, detail and time as headers.
@@ -115,7 +150,9 @@ impl Publisher {
                     .headers(headers())
             })
             .await;
-        self.track(delivery, permit, RecordKind::DeadLetter(code));
+        if let Some(delivery) = delivery {
+            self.track(delivery, permit, RecordKind::DeadLetter(code));
+        }
     }
 
     /// A slot for one record in flight. The semaphore is never closed, so `None` cannot
@@ -125,21 +162,27 @@ impl Publisher {
     }
 
     /// librdkafka's local queue can still fill (e.g. tiny `queue.buffering.max.messages`):
-    /// wait briefly and try again rather than drop.
+    /// wait briefly and try again rather than drop. `None` once the producer is dead (fatal
+    /// error): the record is counted as undelivered.
     async fn send_retrying_when_full<'a, K, P>(
         &self,
         record: impl Fn() -> FutureRecord<'a, K, P>,
-    ) -> DeliveryFuture
+    ) -> Option<DeliveryFuture>
     where
         K: rdkafka::message::ToBytes + ?Sized + 'a,
         P: rdkafka::message::ToBytes + ?Sized + 'a,
     {
         loop {
+            if self.fatal.is_cancelled() {
+                self.metrics.shutdown_undelivered.inc();
+                return None;
+            }
             match self.producer.send_result(record()) {
-                Ok(delivery) => return delivery,
+                Ok(delivery) => return Some(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                Err((error, _)) if self.is_fatal(&error) => return None,
                 Err((error, _)) => {
                     // Only a malformed record gets here (e.g. larger than message.max.bytes).
                     tracing::error!(%error, "record refused by the producer; retrying");
@@ -173,6 +216,7 @@ impl Publisher {
                     .dead_lettered
                     .with_label_values(&[code])
                     .inc(),
+                (Ok(Err((error, _))), _) if publisher.is_fatal(&error) => {}
                 (Ok(Err((error, message))), RecordKind::Update) => {
                     publisher.metrics.produce_errors.inc();
                     tracing::error!(%error, "Kafka refused an update for good; dead-lettering it");

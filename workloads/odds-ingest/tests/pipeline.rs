@@ -316,3 +316,51 @@ async fn shutdown_during_a_kafka_outage_is_bounded_and_counts_the_undelivered() 
     );
     shutdown.cancel();
 }
+
+/// A fatal idempotent-producer error (here: the cluster refuses to hand out a producer id) is
+/// not retried forever: readiness says Kafka is gone, the stage stops by itself and reports
+/// the error (so the binary exits non-zero and is restarted with a fresh producer), and every
+/// record it had accepted is counted as undelivered rather than dead-lettered into the void.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_producer_error_stops_the_stage_and_is_reported() {
+    let kafka = TestKafka::start(1, 1).unwrap();
+    // The broker is away at first, so the stage accepts records before the producer has an id.
+    kafka.cluster().broker_down(1).unwrap();
+    let shutdown = CancellationToken::new();
+    let sim = simulator(200, 0, 2, &shutdown).await;
+    let ingest = start_ingest(&sim.url(), &kafka, &CancellationToken::new()).await;
+    let (metrics, readiness) = (ingest.metrics.clone(), ingest.readiness.clone());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while metrics.in_flight.get() < 10 {
+        assert!(std::time::Instant::now() < deadline, "nothing accepted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    kafka.cluster().request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED; 8],
+    );
+    kafka.cluster().broker_up(1).unwrap();
+    let stopped = async {
+        let fatal = loop {
+            if let Some(reason) = ingest.fatal_error() {
+                break reason;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        ingest.wait().await;
+        fatal
+    };
+    let reason = tokio::time::timeout(TIMEOUT, stopped)
+        .await
+        .expect("the stage stops by itself after a fatal producer error");
+    assert!(reason.to_lowercase().contains("authoriz"), "{reason}");
+    assert!(!readiness.is_ready());
+    assert_eq!(metrics.updates_produced.get(), 0);
+    assert!(metrics.frames_received.get() >= 10);
+    assert_eq!(
+        metrics.shutdown_undelivered.get(),
+        metrics.frames_received.get(),
+        "every accepted frame accounted for"
+    );
+    shutdown.cancel();
+}
