@@ -4,6 +4,9 @@
 //! sent its last update and the pipeline drained, Postgres and Redis hold exactly the last
 //! update the supplier sent for every event, and `odds_history` holds every version once. The
 //! supplier's stream is deterministic, so the test regenerates it to know what was sent.
+//!
+//! The browser test ([`browser`]) and the fault run ([`chaos`]) live in this binary too, so the
+//! demo's tests link the stages' dependencies once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures_util::{SinkExt, StreamExt};
@@ -18,6 +21,8 @@ use std::time::{Duration, Instant};
 use supplier_simulator::OddsFeed;
 use tokio_tungstenite::tungstenite::Message;
 
+#[path = "e2e/browser.rs"]
+mod browser;
 #[path = "e2e/chaos.rs"]
 mod chaos;
 

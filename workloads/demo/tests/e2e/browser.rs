@@ -4,7 +4,6 @@
 //! (odds change on screen, with up/down marks), and say it is connected. A screenshot is saved
 //! as `target/odds-page.png`. Chromium comes from Debian's `chromium` package, which
 //! `make test` installs; without it this test fails and says how to install it.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
