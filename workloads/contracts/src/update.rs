@@ -22,6 +22,10 @@ pub const ODDS_SIGNIFICANT_DIGITS: usize = 15;
 /// Highest version storage can hold (Postgres `BIGINT`).
 pub const MAX_VERSION: u64 = i64::MAX as u64;
 
+/// Prices at or above this keep a value above 1 at storage precision, so validation rounds
+/// (a string format and parse) only the rare price just above 1.0, not every price.
+const ROUNDS_TO_ONE_BELOW: f64 = 1.0 + 1e-13;
+
 /// A price as storage keeps it: rounded to [`ODDS_SIGNIFICANT_DIGITS`] significant digits.
 pub fn stored_price(value: f64) -> f64 {
     if !value.is_finite() {
@@ -174,7 +178,7 @@ fn reject_control_characters(field: &'static str, text: &str) -> Result<(), Vali
 fn validate_price(field: &'static str, value: f64) -> Result<(), ValidationError> {
     if !value.is_finite() {
         Err(ValidationError::OddsNotFinite { field, value })
-    } else if stored_price(value) <= 1.0 {
+    } else if value <= 1.0 || (value < ROUNDS_TO_ONE_BELOW && stored_price(value) <= 1.0) {
         Err(ValidationError::OddsTooLow { field, value })
     } else if value > MAX_ODDS {
         Err(ValidationError::OddsTooHigh { field, value })

@@ -125,18 +125,28 @@ impl ClientQueue {
         if state.overflowed {
             return PushOutcome::Overflow;
         }
-        let held = state.newest.get(&update.event_id).cloned();
+        let held = state.newest.get(&update.event_id);
         if let Some(held) = held.filter(|held| update.version <= held.version) {
-            if as_snapshot {
-                match state.pending.get_mut(&update.event_id) {
-                    // Something at least as new is already pending: deliver that as the snapshot.
-                    Some(pending) => pending.as_snapshot = true,
-                    None => return self.enqueue(state, &held, true),
+            if !as_snapshot {
+                return PushOutcome::Stale;
+            }
+            match state.pending.get_mut(&update.event_id) {
+                // Something at least as new is already pending: deliver that as the snapshot.
+                Some(pending) => pending.as_snapshot = true,
+                None => {
+                    let held = held.clone();
+                    return self.enqueue(state, &held, true);
                 }
             }
             return PushOutcome::Stale;
         }
-        state.newest.insert(update.event_id.clone(), update.clone());
+        // The hot path (one call per client per update): replace in place, no key clone.
+        match state.newest.get_mut(&update.event_id) {
+            Some(newest) => *newest = update.clone(),
+            None => {
+                state.newest.insert(update.event_id.clone(), update.clone());
+            }
+        }
         if let Some(pending) = state.pending.get_mut(&update.event_id) {
             pending.update = update.clone();
             pending.as_snapshot |= as_snapshot;

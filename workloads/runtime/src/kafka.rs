@@ -66,7 +66,7 @@ impl KafkaArgs {
 
 /// `KAFKA_PROP_SOCKET_KEEPALIVE_ENABLE=true` → `socket.keepalive.enable=true`; other variables
 /// and an empty name are ignored.
-pub fn env_kafka_props(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
+fn env_kafka_props(vars: impl IntoIterator<Item = (String, String)>) -> Vec<(String, String)> {
     vars.into_iter()
         .filter_map(|(name, value)| {
             let prop = name.strip_prefix(env::KAFKA_PROP_PREFIX)?;

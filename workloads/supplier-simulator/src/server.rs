@@ -221,57 +221,52 @@ async fn serve_client(mut socket: WebSocket, shared: Shared) {
     };
     shared.clients.send_modify(|n| *n += 1);
     shared.metrics.clients.inc();
-    let mut image_sent = true;
-    for update in image {
-        let frame = Message::Text(Utf8Bytes::from(update.to_json()));
-        match tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)).await {
-            Ok(Ok(())) => shared.metrics.image_frames.inc(),
-            _ => {
-                image_sent = false;
-                break;
+    let close = 'client: {
+        for update in image {
+            let frame = Message::Text(Utf8Bytes::from(update.to_json()));
+            match tokio::time::timeout(SEND_TIMEOUT, socket.send(frame)).await {
+                Ok(Ok(())) => shared.metrics.image_frames.inc(),
+                _ => break 'client None,
             }
         }
-    }
-    let close = loop {
-        if !image_sent {
-            break None;
-        }
-        tokio::select! {
-            _ = shared.shutdown.cancelled() => {
-                // Every client gets every frame generated before the stop, so all clients
-                // agree on what the supplier's last updates were.
-                drop(shared.feed.lock().unwrap_or_else(PoisonError::into_inner));
-                while let Ok(text) = frames.try_recv() {
-                    let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await;
-                    if !matches!(sent, Ok(Ok(()))) {
-                        break;
+        loop {
+            tokio::select! {
+                _ = shared.shutdown.cancelled() => {
+                    // Every client gets every frame generated before the stop, so all clients
+                    // agree on what the supplier's last updates were.
+                    drop(shared.feed.lock().unwrap_or_else(PoisonError::into_inner));
+                    while let Ok(text) = frames.try_recv() {
+                        let sent = tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await;
+                        if !matches!(sent, Ok(Ok(()))) {
+                            break;
+                        }
                     }
+                    break Some((close_code::AWAY, "server shutting down".to_owned()));
                 }
-                break Some((close_code::AWAY, "server shutting down".to_owned()));
-            }
-            frame = frames.recv() => match frame {
-                Ok(text) => match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => break None,
-                    // The client stopped draining its socket altogether.
-                    Err(_) => {
+                frame = frames.recv() => match frame {
+                    Ok(text) => match tokio::time::timeout(SEND_TIMEOUT, socket.send(Message::Text(text))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break None,
+                        // The client stopped draining its socket altogether.
+                        Err(_) => {
+                            shared.metrics.slow_disconnects.inc();
+                            tracing::warn!("disconnecting a client that stopped reading");
+                            break None;
+                        }
+                    },
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
                         shared.metrics.slow_disconnects.inc();
-                        tracing::warn!("disconnecting a client that stopped reading");
-                        break None;
+                        tracing::warn!(missed, "disconnecting a client that fell behind");
+                        break Some((close_code::AGAIN, format!("client too slow: {missed} updates behind")));
                     }
+                    Err(broadcast::error::RecvError::Closed) => break Some((close_code::AWAY, "stream ended".to_owned())),
                 },
-                Err(broadcast::error::RecvError::Lagged(missed)) => {
-                    shared.metrics.slow_disconnects.inc();
-                    tracing::warn!(missed, "disconnecting a client that fell behind");
-                    break Some((close_code::AGAIN, format!("client too slow: {missed} updates behind")));
-                }
-                Err(broadcast::error::RecvError::Closed) => break Some((close_code::AWAY, "stream ended".to_owned())),
-            },
-            incoming = socket.recv() => match incoming {
-                // Clients have nothing to say; pings are answered by the WebSocket layer.
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
-                Some(Ok(_)) => {}
-            },
+                incoming = socket.recv() => match incoming {
+                    // Clients have nothing to say; pings are answered by the WebSocket layer.
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break None,
+                    Some(Ok(_)) => {}
+                },
+            }
         }
     };
     if let Some((code, reason)) = close {

@@ -139,8 +139,13 @@ where
     }
 }
 
-/// Sum of the group's committed offsets over `partitions` partitions of odds_updates.
-pub fn committed_total(kafka: &TestKafka, group: &str, partitions: i32) -> i64 {
+/// Per partition of odds_updates (0..`partitions`): the group's committed offset (0 when
+/// none) and the high watermark, read by a client of its own, independently of the processor.
+pub fn group_offsets(
+    kafka: &TestKafka,
+    group: &str,
+    partitions: i32,
+) -> std::collections::BTreeMap<i32, (i64, i64)> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", kafka.bootstrap_servers())
         .set("group.id", group)
@@ -150,16 +155,30 @@ pub fn committed_total(kafka: &TestKafka, group: &str, partitions: i32) -> i64 {
     for p in 0..partitions {
         list.add_partition(TOPIC_ODDS_UPDATES, p);
     }
-    let committed = consumer
-        .committed_offsets(list, Duration::from_secs(30))
-        .unwrap();
-    committed
-        .elements()
-        .iter()
-        .map(|e| match e.offset() {
-            Offset::Offset(o) => o,
-            _ => 0,
+    let timeout = Duration::from_secs(30);
+    let committed = consumer.committed_offsets(list, timeout).unwrap();
+    (0..partitions)
+        .map(|p| {
+            let done = match committed
+                .find_partition(TOPIC_ODDS_UPDATES, p)
+                .map(|e| e.offset())
+            {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            };
+            let (_, high) = consumer
+                .fetch_watermarks(TOPIC_ODDS_UPDATES, p, timeout)
+                .unwrap();
+            (p, (done, high))
         })
+        .collect()
+}
+
+/// Sum of the group's committed offsets over `partitions` partitions of odds_updates.
+pub fn committed_total(kafka: &TestKafka, group: &str, partitions: i32) -> i64 {
+    group_offsets(kafka, group, partitions)
+        .values()
+        .map(|(committed, _)| committed)
         .sum()
 }
 

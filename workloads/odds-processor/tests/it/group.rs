@@ -203,34 +203,9 @@ fn independent_lag(
     group: &str,
     partitions: i32,
 ) -> std::collections::BTreeMap<i32, i64> {
-    use odds_contracts::names::TOPIC_ODDS_UPDATES;
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
-        .set("group.id", group)
-        .create()
-        .unwrap();
-    let mut list = TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition(TOPIC_ODDS_UPDATES, p);
-    }
-    let timeout = std::time::Duration::from_secs(30);
-    let committed = consumer.committed_offsets(list, timeout).unwrap();
-    (0..partitions)
-        .map(|p| {
-            let (_, high) = consumer
-                .fetch_watermarks(TOPIC_ODDS_UPDATES, p, timeout)
-                .unwrap();
-            let done = match committed
-                .find_partition(TOPIC_ODDS_UPDATES, p)
-                .map(|e| e.offset())
-            {
-                Some(Offset::Offset(o)) => o,
-                _ => 0,
-            };
-            (p, high - done)
-        })
+    group_offsets(kafka, group, partitions)
+        .into_iter()
+        .map(|(p, (committed, high))| (p, high - committed))
         .collect()
 }
 
