@@ -6,6 +6,7 @@
 //! ([`shutdown`]). Keeping it here means the operator can probe every workload the same way.
 
 pub mod cli;
+pub mod hops;
 pub mod kafka;
 pub mod metrics;
 pub mod ops;
