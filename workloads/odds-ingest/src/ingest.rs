@@ -11,11 +11,12 @@ use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
 use crate::publisher::Publisher;
 use crate::supplier::{
-    stream_supplier, ByteBudget, QueuedFrame, SupplierFrame, SupplierLink, READY_SUPPLIER,
+    stream_supplier, ByteBudget, QueuedFrame, Received, SupplierFrame, SupplierLink, READY_SUPPLIER,
 };
 use crate::versions::{VersionCheck, VersionTracker};
 use crate::IngestError;
 use odds_contracts::{parse_update, RejectReason};
+use odds_runtime::hops;
 use odds_runtime::ops::ops_router;
 use odds_runtime::{serve_http, Readiness};
 use std::net::SocketAddr;
@@ -190,7 +191,7 @@ async fn process_frames(
         tokio::select! {
             biased;
             _ = deadline.cancelled() => break 1,
-            _ = process_frame(queued.frame, publisher, metrics, &mut versions) => {}
+            _ = process_frame(queued.frame, queued.received, publisher, metrics, &mut versions) => {}
         }
     };
     frames.close();
@@ -202,6 +203,7 @@ async fn process_frames(
 
 async fn process_frame(
     frame: SupplierFrame,
+    received: Received,
     publisher: &Publisher,
     metrics: &IngestMetrics,
     versions: &mut VersionTracker,
@@ -209,8 +211,11 @@ async fn process_frame(
     match frame {
         SupplierFrame::Text(text) => match parse_update(text.as_bytes()) {
             Ok(update) => {
+                metrics
+                    .supplier_to_ingest
+                    .observe(hops::seconds_between(update.updated_at, received.wall));
                 record_version(versions.observe(&update), metrics);
-                publisher.publish(&update).await;
+                publisher.publish(&update, received.at).await;
             }
             Err(reason) => {
                 tracing::debug!(reason = reason.code(), detail = %reason, "rejecting frame");

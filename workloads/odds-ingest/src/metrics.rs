@@ -2,6 +2,7 @@
 //! without that prefix in ingest's [`PrefixedRegistry`] (see [`odds_runtime::metrics`]).
 
 use odds_contracts::RejectReason;
+use odds_runtime::hops::{self, HopHistogram};
 use odds_runtime::metrics::{component, PrefixedRegistry};
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 
@@ -18,6 +19,10 @@ pub struct IngestMetrics {
     pub version_gaps: IntCounter,
     pub versions_skipped: IntCounter,
     pub version_regressions: IntCounterVec,
+    /// `hop_seconds{hop="supplier_to_ingest"}`: now − the update's `updated_at` on receipt.
+    pub supplier_to_ingest: Histogram,
+    /// `hop_seconds{hop="ingest_to_kafka_ack"}`: receipt of the frame → Kafka's acknowledgement.
+    pub ingest_to_kafka_ack: Histogram,
 }
 
 impl IngestMetrics {
@@ -27,6 +32,10 @@ impl IngestMetrics {
     }
 
     pub fn register(registry: &PrefixedRegistry) -> Result<IngestMetrics, prometheus::Error> {
+        let hop_family = HopHistogram::register(
+            registry,
+            &[hops::SUPPLIER_TO_INGEST, hops::INGEST_TO_KAFKA_ACK],
+        )?;
         let m = IngestMetrics {
             frames_received: IntCounter::new(
                 "frames_received_total",
@@ -85,6 +94,8 @@ impl IngestMetrics {
                 ),
                 &["reason"],
             )?,
+            supplier_to_ingest: hop_family.hop(hops::SUPPLIER_TO_INGEST),
+            ingest_to_kafka_ack: hop_family.hop(hops::INGEST_TO_KAFKA_ACK),
         };
         registry.register(m.shutdown_undelivered.clone())?;
         registry.register(m.version_gaps.clone())?;
@@ -127,5 +138,27 @@ mod tests {
         assert!(registry
             .names()
             .contains("odds_ingest_frames_received_total"));
+    }
+
+    #[test]
+    fn ingest_serves_its_two_hops_before_the_first_update() {
+        let registry = IngestMetrics::registry().unwrap();
+        IngestMetrics::register(&registry).unwrap();
+        let name = hops::metric_name(component::INGEST);
+        let families = registry.registry().gather();
+        let family = families.iter().find(|f| f.name() == name).unwrap();
+        let mut served: Vec<&str> = family
+            .get_metric()
+            .iter()
+            .flat_map(|m| m.get_label().iter().map(|l| l.value()))
+            .collect();
+        served.sort_unstable();
+        let mut owned: Vec<&str> = hops::ALL
+            .iter()
+            .filter(|(_, owner)| *owner == component::INGEST)
+            .map(|(hop, _)| *hop)
+            .collect();
+        owned.sort_unstable();
+        assert_eq!(served, owned);
     }
 }

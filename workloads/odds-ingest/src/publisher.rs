@@ -38,7 +38,10 @@ pub struct Publisher {
 /// What a record is, for accounting when Kafka acknowledges it.
 #[derive(Clone, Copy)]
 enum RecordKind {
-    Update,
+    /// A valid update, with when its frame was received (the start of its hop to Kafka).
+    Update {
+        received: Instant,
+    },
     DeadLetter(&'static str),
 }
 
@@ -92,7 +95,8 @@ impl Publisher {
 
     /// Produces a valid update to the updates topic, keyed by its event id. Returns once the
     /// record is handed to the producer (waiting for a permit if too many are in flight).
-    pub async fn publish(&self, update: &OddsUpdate) {
+    /// `received` is when its frame came in: the acknowledgement is timed from there.
+    pub async fn publish(&self, update: &OddsUpdate, received: Instant) {
         let payload = update.to_json();
         let permit = self.permit().await;
         let delivery = self
@@ -103,7 +107,7 @@ impl Publisher {
             })
             .await;
         if let Some(delivery) = delivery {
-            self.track(delivery, permit, RecordKind::Update);
+            self.track(delivery, permit, RecordKind::Update { received });
         }
     }
 
@@ -210,14 +214,21 @@ impl Publisher {
                 .produce_latency
                 .observe(sent.elapsed().as_secs_f64());
             match (outcome, kind) {
-                (Ok(Ok(_)), RecordKind::Update) => publisher.metrics.updates_produced.inc(),
+                (Ok(Ok(_)), RecordKind::Update { received }) => {
+                    // The hop first: whoever sees an update counted as produced sees its hop.
+                    publisher
+                        .metrics
+                        .ingest_to_kafka_ack
+                        .observe(received.elapsed().as_secs_f64());
+                    publisher.metrics.updates_produced.inc();
+                }
                 (Ok(Ok(_)), RecordKind::DeadLetter(code)) => publisher
                     .metrics
                     .dead_lettered
                     .with_label_values(&[code])
                     .inc(),
                 (Ok(Err((error, _))), _) if publisher.is_fatal(&error) => {}
-                (Ok(Err((error, message))), RecordKind::Update) => {
+                (Ok(Err((error, message))), RecordKind::Update { .. }) => {
                     publisher.metrics.produce_errors.inc();
                     tracing::error!(%error, "Kafka refused an update for good; dead-lettering it");
                     drop(permit);

@@ -8,11 +8,12 @@
 //! full queue.
 
 use crate::metrics::IngestMetrics;
+use chrono::{DateTime, Utc};
 use futures_util::StreamExt;
 use odds_runtime::Readiness;
 use rand::Rng;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio_tungstenite::tungstenite::error::CapacityError;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -45,10 +46,30 @@ impl SupplierFrame {
     }
 }
 
+/// When a frame came off the supplier socket: where ingest's hops start, stamped before any
+/// wait in the queue so that queueing counts as ingest's time.
+#[derive(Debug, Clone, Copy)]
+pub struct Received {
+    /// For the hop to Kafka's acknowledgement (monotonic).
+    pub at: Instant,
+    /// For the hop from the supplier's `updated_at` (wall clock, like `updated_at`).
+    pub wall: DateTime<Utc>,
+}
+
+impl Received {
+    pub fn now() -> Received {
+        Received {
+            at: Instant::now(),
+            wall: Utc::now(),
+        }
+    }
+}
+
 /// A frame waiting in the queue, holding its share of the queue's byte budget until processed.
 #[derive(Debug)]
 pub struct QueuedFrame {
     pub frame: SupplierFrame,
+    pub received: Received,
     _budget: Option<OwnedSemaphorePermit>,
 }
 
@@ -68,7 +89,7 @@ impl ByteBudget {
         }
     }
 
-    async fn reserve(&self, frame: SupplierFrame) -> QueuedFrame {
+    async fn reserve(&self, frame: SupplierFrame, received: Received) -> QueuedFrame {
         let bytes = u32::try_from(frame.len())
             .unwrap_or(u32::MAX)
             .min(self.total);
@@ -77,6 +98,7 @@ impl ByteBudget {
         let budget = self.permits.clone().acquire_many_owned(bytes).await.ok();
         QueuedFrame {
             frame,
+            received,
             _budget: budget,
         }
     }
@@ -139,6 +161,7 @@ pub async fn stream_supplier(
                         }
                         next = ws.next() => next,
                     };
+                    let received = Received::now();
                     let frame = match next {
                         Some(Ok(Message::Text(text))) => SupplierFrame::Text(text),
                         Some(Ok(Message::Binary(bytes))) => SupplierFrame::Binary(bytes),
@@ -161,7 +184,9 @@ pub async fn stream_supplier(
                                 size,
                                 max: max_size,
                             };
-                            if !hand_over(&frames, &budget, frame, &shutdown, &metrics).await {
+                            if !hand_over(&frames, &budget, frame, received, &shutdown, &metrics)
+                                .await
+                            {
                                 return;
                             }
                             break;
@@ -176,7 +201,7 @@ pub async fn stream_supplier(
                         }
                     };
                     metrics.frames_received.inc();
-                    if !hand_over(&frames, &budget, frame, &shutdown, &metrics).await {
+                    if !hand_over(&frames, &budget, frame, received, &shutdown, &metrics).await {
                         readiness.set(READY_SUPPLIER, false);
                         let _ = ws.close(None).await;
                         return;
@@ -210,11 +235,12 @@ async fn hand_over(
     frames: &mpsc::Sender<QueuedFrame>,
     budget: &ByteBudget,
     frame: SupplierFrame,
+    received: Received,
     shutdown: &CancellationToken,
     metrics: &IngestMetrics,
 ) -> bool {
     let queued = async {
-        let queued = budget.reserve(frame).await;
+        let queued = budget.reserve(frame, received).await;
         frames.send(queued).await.is_ok()
     };
     tokio::select! {

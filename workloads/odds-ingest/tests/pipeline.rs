@@ -57,6 +57,11 @@ async fn every_simulated_update_lands_once_keyed_and_in_order() {
         metrics.contains("odds_ingest_updates_produced_total 3012"),
         "{metrics}"
     );
+    // Every produced update was timed on both of ingest's hops, and nothing else was.
+    for hop in ["supplier_to_ingest", "ingest_to_kafka_ack"] {
+        let count = format!("odds_ingest_hop_seconds_count{{hop=\"{hop}\"}} 3012\n");
+        assert!(metrics.contains(&count), "{count} in {metrics}");
+    }
     shutdown.cancel();
     tokio::time::timeout(Duration::from_secs(30), ingest.wait())
         .await

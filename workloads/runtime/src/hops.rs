@@ -72,7 +72,13 @@ pub fn component_of(hop: &str) -> Option<&'static str> {
 /// Seconds from `then` until now, 0 when `then` is in the future (clock skew between hosts
 /// must not produce negative observations, which a histogram cannot hold).
 pub fn seconds_since(then: DateTime<Utc>) -> f64 {
-    let micros = (Utc::now() - then).num_microseconds().unwrap_or(i64::MAX);
+    seconds_between(then, Utc::now())
+}
+
+/// Seconds from `from` to `to`, 0 when `to` is earlier: for a hop whose end was stamped
+/// before it could be observed (ingest stamps a frame on receipt, parses it later).
+pub fn seconds_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    let micros = (to - from).num_microseconds().unwrap_or(i64::MAX);
     micros.max(0) as f64 / 1e6
 }
 
@@ -180,9 +186,12 @@ mod tests {
     }
 
     #[test]
-    fn millisecond_timestamps_are_clamped_too() {
+    fn millisecond_timestamps_and_spans_are_clamped_too() {
         let now = Utc::now().timestamp_millis();
         assert_eq!(seconds_since_millis(now + 10_000), 0.0);
         assert!(seconds_since_millis(now - 2_000) >= 2.0);
+        let t = Utc::now();
+        assert_eq!(seconds_between(t, t - Duration::milliseconds(5)), 0.0);
+        assert_eq!(seconds_between(t, t + Duration::milliseconds(1500)), 1.5);
     }
 }
