@@ -13,10 +13,10 @@ mod postgres;
 mod process;
 mod redis_server;
 
-pub use fixtures::sample_update;
+pub use fixtures::{sample_update, sample_update_in};
 pub use http::{http_get, HttpResponse};
 pub use kafka::{read_topic, ReadRecord, TestKafka};
-pub use postgres::{PostgresServer, TestDatabase};
+pub use postgres::{PostgresDurability, PostgresServer, TestDatabase};
 pub use process::{free_port, output_with_closed_stdout};
 pub use redis_server::TestRedis;
 

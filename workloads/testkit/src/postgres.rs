@@ -18,17 +18,52 @@ use tempfile::TempDir;
 /// The OS user a throwaway server runs as when the tests run as root.
 const POSTGRES_OS_USER: &str = "postgres";
 
+/// How much of Postgres' crash safety a throwaway server keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PostgresDurability {
+    /// fsync and full-page writes off: tests need no power-loss safety and run faster. Commits
+    /// stay synchronous, so a crash of the server process keeps every committed transaction.
+    #[default]
+    FastUnsafe,
+    /// Postgres' durable defaults (fsync, synchronous commit, full-page writes on): what a
+    /// benchmark must measure, since it is what production promises.
+    Durable,
+}
+
+impl PostgresDurability {
+    /// The server settings (`-c` options) this durability means.
+    pub fn settings(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            PostgresDurability::FastUnsafe => &[
+                ("fsync", "off"),
+                ("full_page_writes", "off"),
+                ("synchronous_commit", "on"),
+            ],
+            PostgresDurability::Durable => &[
+                ("fsync", "on"),
+                ("full_page_writes", "on"),
+                ("synchronous_commit", "on"),
+            ],
+        }
+    }
+}
+
 /// A Postgres server of the test's own, in a temporary directory; stopped and removed on drop.
 pub struct PostgresServer {
     dir: TempDir,
     port: u16,
     running: bool,
+    durability: PostgresDurability,
 }
 
 impl PostgresServer {
-    /// `initdb` + start. fsync is off (tests need no power-loss safety) but commits stay
-    /// synchronous, so a crash of the server (`stop`) keeps every committed transaction.
+    /// `initdb` + start, with [`PostgresDurability::FastUnsafe`] settings (what tests use).
     pub async fn start() -> Result<PostgresServer> {
+        Self::start_with(PostgresDurability::FastUnsafe).await
+    }
+
+    /// `initdb` + start with the given durability settings.
+    pub async fn start_with(durability: PostgresDurability) -> Result<PostgresServer> {
         let dir = tempfile::Builder::new()
             .prefix("odds-pg-")
             .tempdir()
@@ -48,6 +83,7 @@ impl PostgresServer {
             dir,
             port: free_port()?,
             running: false,
+            durability,
         };
         let data = server.data_dir();
         run(
@@ -58,6 +94,7 @@ impl PostgresServer {
                 "postgres",
                 "-E",
                 "UTF8",
+                // Only the initial files; a durable server still syncs everything it writes.
                 "--no-sync",
             ]),
             "initdb",
@@ -91,6 +128,10 @@ impl PostgresServer {
         self.port
     }
 
+    pub fn durability(&self) -> PostgresDurability {
+        self.durability
+    }
+
     /// Stops the server at once (`immediate`: like a crash, clients see their connections die).
     pub fn stop(&mut self) -> Result<()> {
         if self.running {
@@ -112,12 +153,14 @@ impl PostgresServer {
     /// Starts the server (again) on the same port and data directory.
     pub async fn start_again(&mut self) -> Result<()> {
         let data = self.data_dir();
-        let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off \
-             -c full_page_writes=off",
+        let mut options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
             self.dir.path().display()
         );
+        for (name, value) in self.durability.settings() {
+            options.push_str(&format!(" -c {name}={value}"));
+        }
         run(
             self.command("pg_ctl")?
                 .arg("-D")
@@ -257,7 +300,28 @@ fn with_database(url: &str, database: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::with_database;
+    use super::{with_database, PostgresDurability, PostgresServer};
+    use sqlx::postgres::PgPoolOptions;
+
+    #[tokio::test]
+    async fn each_durability_runs_with_the_settings_it_names() {
+        for durability in [PostgresDurability::Durable, PostgresDurability::FastUnsafe] {
+            let server = PostgresServer::start_with(durability).await.unwrap();
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .connect(&server.admin_url())
+                .await
+                .unwrap();
+            for (name, expected) in durability.settings() {
+                let actual: String = sqlx::query_scalar(&format!("SHOW {name}"))
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+                assert_eq!(&actual, expected, "{durability:?}: {name}");
+            }
+            pool.close().await;
+        }
+    }
 
     #[test]
     fn database_name_is_replaced_keeping_the_rest() {
