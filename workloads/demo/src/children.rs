@@ -149,13 +149,8 @@ impl ChildProcess {
             .next()?
             .parse()
             .ok()?;
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
-        // Fields after the command name (which may contain spaces) start at ") ".
-        let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-        let ticks: f64 =
-            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-        // USER_HZ is 100 on every Linux this runs on.
-        Some((rss_kib / 1024.0, ticks / 100.0))
+        let cpu = crate::procfs::process_cpu_seconds(self.pid)?;
+        Some((rss_kib / 1024.0, cpu))
     }
 }
 

@@ -8,7 +8,7 @@
 use anyhow::Context;
 use odds_contracts::env;
 use odds_contracts::names::{TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
-use odds_testkit::{PostgresServer, TestRedis};
+use odds_testkit::{PostgresDurability, PostgresServer, TestRedis};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
@@ -26,14 +26,15 @@ pub struct Infra {
 }
 
 impl Infra {
-    /// Uses the URLs from the environment where set, starting the rest.
-    pub async fn provide() -> anyhow::Result<Infra> {
+    /// Uses the URLs from the environment where set, starting the rest; a Postgres started
+    /// here runs with `postgres` durability (a Postgres given by URL is used as it is).
+    pub async fn provide(postgres: PostgresDurability) -> anyhow::Result<Infra> {
         let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
 
         let (database_url, postgres) = match set(env::DATABASE_URL) {
             Some(url) => (url, None),
             None => {
-                let server = PostgresServer::start()
+                let server = PostgresServer::start_with(postgres)
                     .await
                     .context("starting a throwaway Postgres (set DATABASE_URL to use yours)")?;
                 (server.admin_url(), Some(server))
@@ -70,6 +71,11 @@ impl Infra {
     /// The throwaway Postgres, when this infra started it (fault tests stop and start it).
     pub fn postgres_mut(&mut self) -> Option<&mut PostgresServer> {
         self.postgres.as_mut()
+    }
+
+    /// How the throwaway Postgres was started; `None` when `DATABASE_URL` named one.
+    pub fn postgres_durability(&self) -> Option<PostgresDurability> {
+        self.postgres.as_ref().map(PostgresServer::durability)
     }
 
     /// The throwaway Redis, when this infra started it.

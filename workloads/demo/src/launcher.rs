@@ -8,7 +8,7 @@ use crate::children::{ChildProcess, ChildSpec};
 use crate::infra::Infra;
 use anyhow::{bail, Context};
 use odds_contracts::env;
-use odds_testkit::free_port;
+use odds_testkit::{free_port, PostgresDurability};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,6 +32,8 @@ pub struct LauncherOptions {
     pub version_base: Option<u64>,
     /// Log level of the stages (RUST_LOG syntax).
     pub log_filter: String,
+    /// Durability of the throwaway Postgres (when `DATABASE_URL` does not name one).
+    pub postgres: PostgresDurability,
 }
 
 impl LauncherOptions {
@@ -47,6 +49,7 @@ impl LauncherOptions {
             // Versions 1, 2, ... so a test can regenerate what the supplier sent.
             version_base: Some(0),
             log_filter: "warn".into(),
+            postgres: PostgresDurability::FastUnsafe,
         })
     }
 }
@@ -91,7 +94,7 @@ impl Launcher {
                 );
             }
         }
-        let infra = Infra::provide().await?;
+        let infra = Infra::provide(options.postgres).await?;
         let log_dir = tempfile::Builder::new()
             .prefix("odds-demo-logs-")
             .tempdir()

@@ -11,6 +11,7 @@ pub mod children;
 pub mod infra;
 pub mod launcher;
 pub mod metrics_text;
+pub mod procfs;
 pub mod status;
 
 pub use launcher::{Launcher, LauncherOptions};

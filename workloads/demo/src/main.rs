@@ -109,6 +109,8 @@ async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
         total: 0,
         version_base: None,
         log_filter: args.log_filter.clone(),
+        // The demo shows the pipeline working; speed over power-loss safety is fine here.
+        postgres: odds_testkit::PostgresDurability::FastUnsafe,
     })
     .await
     .context("starting the pipeline")?;

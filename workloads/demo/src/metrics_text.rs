@@ -32,12 +32,29 @@ impl Samples {
 
     /// Cumulative histogram buckets of `name` as (upper bound, count), summed over labels.
     pub fn buckets(&self, name: &str) -> Vec<(f64, f64)> {
+        self.buckets_matching(name, None)
+    }
+
+    /// [`Samples::buckets`] of the series whose label `label` is `value` only; empty when the
+    /// histogram has no such series.
+    pub fn buckets_where(&self, name: &str, label: &str, value: &str) -> Vec<(f64, f64)> {
+        self.buckets_matching(name, Some(&format!("{label}=\"{value}\"")))
+    }
+
+    fn buckets_matching(&self, name: &str, pair: Option<&str>) -> Vec<(f64, f64)> {
         let prefix = format!("{name}_bucket{{");
         let mut by_le: BTreeMap<u64, (f64, f64)> = BTreeMap::new();
         for (series, value) in &self.0 {
             let Some(labels) = series.strip_prefix(&prefix) else {
                 continue;
             };
+            // Our label values hold no commas, so splitting on them finds whole pairs.
+            if let Some(pair) = pair {
+                let inner = labels.strip_suffix('}').unwrap_or(labels);
+                if !inner.split(',').any(|p| p == pair) {
+                    continue;
+                }
+            }
             let Some(le) = labels
                 .split("le=\"")
                 .nth(1)
@@ -105,5 +122,22 @@ h_bucket{le="+Inf"} 10
         assert_eq!(quantile_between(&[], &after, 0.9), Some(0.1));
         assert_eq!(quantile_between(&[], &after, 0.99), Some(f64::INFINITY));
         assert_eq!(quantile_between(&after, &after, 0.5), None);
+    }
+
+    #[test]
+    fn buckets_of_one_label_value_only() {
+        let s = Samples::parse(
+            r#"x_bucket{hop="a",le="1"} 2
+x_bucket{hop="a",le="+Inf"} 3
+x_bucket{hop="ab",le="1"} 40
+x_bucket{hop="ab",le="+Inf"} 50
+"#,
+        );
+        assert_eq!(
+            s.buckets_where("x", "hop", "a"),
+            [(1.0, 2.0), (f64::INFINITY, 3.0)]
+        );
+        assert_eq!(s.buckets("x"), [(1.0, 42.0), (f64::INFINITY, 53.0)]);
+        assert!(s.buckets_where("x", "hop", "b").is_empty());
     }
 }

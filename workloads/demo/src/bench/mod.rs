@@ -5,14 +5,24 @@
 //! pipeline is drained and Postgres is counted: every update the supplier sent must be in
 //! `odds_history` (`lost` = sent − persisted). `--find-max` raises the rate until p99 latency
 //! passes 100 ms or anything is lost.
+//!
+//! Beside the end-to-end figures the report carries the context that makes them honest
+//! ([`report`]): the per-hop breakdown from the stages' histograms ([`hops`]), the CPU each
+//! process used in the window, the machine's idle share, and the Postgres settings in effect
+//! — durable by default, since that is what production promises.
+
+pub mod hops;
+pub mod report;
 
 use crate::launcher::{Launcher, LauncherOptions};
+use crate::procfs;
 use crate::status::Scrape;
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::ws::ServerMessage;
-use odds_testkit::http_get;
-use serde::Serialize;
+use odds_testkit::{http_get, PostgresDurability};
+use report::{per_thousand, BENCH_PROCESS, SATURATED_BELOW_IDLE};
+pub use report::{BenchReport, Latency, Machine, PostgresSettings};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -38,56 +48,10 @@ pub struct BenchArgs {
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/bench/pipeline.json")]
     pub out: PathBuf,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Latency {
-    pub p50: f64,
-    pub p99: f64,
-    pub p999: f64,
-    pub max: f64,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct BenchReport {
-    pub rate_target: u32,
-    pub duration_s: u64,
-    pub ws_clients: u32,
-    pub updates_sent: u64,
-    pub updates_persisted: u64,
-    pub lost: i64,
-    pub updates_per_sec: f64,
-    pub deliveries_per_sec: f64,
-    pub latency_ms: Latency,
-    pub rss_mb: BTreeMap<String, f64>,
-    pub cpu_s: BTreeMap<String, f64>,
-}
-
-impl BenchReport {
-    pub fn held(&self) -> bool {
-        self.lost == 0 && self.latency_ms.p99 <= 100.0
-    }
-
-    pub fn summary(&self) -> String {
-        format!(
-            "rate {}/s for {} s, {} clients: sent {}, persisted {}, lost {}; {:.0} updates/s, \
-             {:.0} deliveries/s; latency ms p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}; rss MiB {:?}; cpu s {:?}",
-            self.rate_target,
-            self.duration_s,
-            self.ws_clients,
-            self.updates_sent,
-            self.updates_persisted,
-            self.lost,
-            self.updates_per_sec,
-            self.deliveries_per_sec,
-            self.latency_ms.p50,
-            self.latency_ms.p99,
-            self.latency_ms.p999,
-            self.latency_ms.max,
-            self.rss_mb,
-            self.cpu_s
-        )
-    }
+    /// Run the throwaway Postgres with fsync and full-page writes off: faster commits, no
+    /// power-loss safety, so not what production promises (the report says so).
+    #[arg(long)]
+    pub fast_unsafe_postgres: bool,
 }
 
 /// Runs the benchmark (or the search for the highest rate) and writes the report.
@@ -97,7 +61,7 @@ pub async fn run(args: BenchArgs, bin_dir: PathBuf) -> anyhow::Result<BenchRepor
     loop {
         let report = run_once(&args, rate, bin_dir.clone()).await?;
         // A reader that went away (`| head`) is not an error; the report file still counts.
-        let _ = odds_runtime::cli::print_stdout(&format!("{}\n", report.summary()));
+        let _ = odds_runtime::cli::print_stdout(&report.summary());
         let held = report.held();
         if held {
             best = Some(report.clone());
@@ -136,6 +100,11 @@ async fn run_once(args: &BenchArgs, rate: u32, bin_dir: PathBuf) -> anyhow::Resu
         total,
         version_base: None,
         log_filter: "warn".into(),
+        postgres: if args.fast_unsafe_postgres {
+            PostgresDurability::FastUnsafe
+        } else {
+            PostgresDurability::Durable
+        },
     };
     let mut launcher = Launcher::start(options).await?;
     let result = measure(&launcher, args, rate, total).await;
@@ -149,6 +118,8 @@ async fn measure(
     rate: u32,
     total: u64,
 ) -> anyhow::Result<BenchReport> {
+    // The window starts with the pipeline up: the CPU, idle and hop figures cover it.
+    let window = Window::open(launcher).await;
     let last_event = format!("/v1/events/MATCH_{:03}/odds", args.events);
     let deadline = Instant::now() + Duration::from_secs(60);
     while !matches!(http_get(launcher.service_addr, &last_event).await, Ok(r) if r.status == 200) {
@@ -205,12 +176,12 @@ async fn measure(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let closed = window.close(launcher, persisted.max(0) as u64).await;
+    let postgres = postgres_settings(&pool, launcher).await?;
     let mut rss_mb = BTreeMap::new();
-    let mut cpu_s = BTreeMap::new();
     for child in &launcher.children {
-        if let Some((rss, cpu)) = child.usage() {
+        if let Some((rss, _)) = child.usage() {
             rss_mb.insert(child.name.to_owned(), (rss * 10.0).round() / 10.0);
-            cpu_s.insert(child.name.to_owned(), (cpu * 100.0).round() / 100.0);
         }
     }
     let _ = stop_tx.send(true);
@@ -241,7 +212,106 @@ async fn measure(
             max: latencies.last().copied().unwrap_or(f64::NAN),
         },
         rss_mb,
-        cpu_s,
+        window_s: (closed.seconds * 10.0).round() / 10.0,
+        cpu_s_per_1000_updates: closed.cpu_per_1000,
+        cpu_s: closed.cpu_s,
+        machine: closed.machine,
+        postgres,
+        hops: closed.hops,
+    })
+}
+
+/// Readings at the start of the measured window, to subtract at its end.
+struct Window {
+    started: Instant,
+    scrape: Scrape,
+    cpu_s: BTreeMap<String, f64>,
+    machine: Option<procfs::MachineTicks>,
+}
+
+/// What happened in the window.
+struct ClosedWindow {
+    seconds: f64,
+    cpu_s: BTreeMap<String, f64>,
+    cpu_per_1000: BTreeMap<String, f64>,
+    machine: Machine,
+    hops: Vec<hops::HopLatency>,
+}
+
+impl Window {
+    async fn open(launcher: &Launcher) -> Window {
+        Window {
+            started: Instant::now(),
+            scrape: Scrape::take(launcher).await,
+            cpu_s: cpu_now(launcher),
+            machine: procfs::machine_ticks(),
+        }
+    }
+
+    async fn close(self, launcher: &Launcher, updates: u64) -> ClosedWindow {
+        let machine = procfs::machine_ticks();
+        let cpu_after = cpu_now(launcher);
+        let scrape = Scrape::take(launcher).await;
+        let cpu_s: BTreeMap<String, f64> = cpu_after
+            .iter()
+            .filter_map(|(name, after)| {
+                let used = after - self.cpu_s.get(name)?;
+                Some((name.clone(), (used * 100.0).round() / 100.0))
+            })
+            .collect();
+        let idle_share = self
+            .machine
+            .zip(machine)
+            .and_then(|(before, after)| procfs::idle_share(before, after))
+            .map(|s| (s * 1000.0).round() / 1000.0);
+        ClosedWindow {
+            seconds: self.started.elapsed().as_secs_f64(),
+            cpu_per_1000: per_thousand(&cpu_s, updates),
+            cpu_s,
+            machine: Machine {
+                cores: std::thread::available_parallelism().map_or(1, usize::from),
+                idle_share,
+                saturated: idle_share.is_some_and(|s| s < SATURATED_BELOW_IDLE),
+            },
+            hops: hops::breakdown(&self.scrape, &scrape),
+        }
+    }
+}
+
+/// CPU seconds so far of every stage and of this process.
+fn cpu_now(launcher: &Launcher) -> BTreeMap<String, f64> {
+    let mut cpu: BTreeMap<String, f64> = launcher
+        .children
+        .iter()
+        .filter_map(|c| Some((c.name.to_owned(), procfs::process_cpu_seconds(c.pid)?)))
+        .collect();
+    if let Some(own) = procfs::own_cpu_seconds() {
+        cpu.insert(BENCH_PROCESS.to_owned(), own);
+    }
+    cpu
+}
+
+/// The durability settings the server reports, whoever started it.
+async fn postgres_settings(
+    pool: &sqlx::PgPool,
+    launcher: &Launcher,
+) -> anyhow::Result<PostgresSettings> {
+    let show = |name: &'static str| async move {
+        sqlx::query_scalar::<_, String>(&format!("SHOW {name}"))
+            .fetch_one(pool)
+            .await
+            .with_context(|| format!("SHOW {name}"))
+    };
+    let started_as = match launcher.infra.postgres_durability() {
+        None => "external",
+        Some(PostgresDurability::Durable) => "durable",
+        Some(PostgresDurability::FastUnsafe) => "fast-unsafe",
+    };
+    Ok(PostgresSettings {
+        started_as: started_as.to_owned(),
+        fsync: show("fsync").await?,
+        synchronous_commit: show("synchronous_commit").await?,
+        full_page_writes: show("full_page_writes").await?,
     })
 }
 

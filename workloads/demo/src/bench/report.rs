@@ -1,0 +1,278 @@
+//! What one benchmark run measured, as JSON and as the text printed after it.
+//!
+//! A figure from a shared machine is only honest with its context beside it: what Postgres
+//! promised (fsync, synchronous commit), who used the CPU (each stage and the benchmark
+//! itself), and whether the machine had any left. The printed summary says so in words when
+//! it had not, since then part of every latency is waiting for a core.
+
+use super::hops::HopLatency;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// Below this idle share the machine counts as saturated.
+pub const SATURATED_BELOW_IDLE: f64 = 0.10;
+/// The key of the benchmark process in the CPU maps.
+pub const BENCH_PROCESS: &str = "odds-demo-bench";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+/// The Postgres settings in effect during the run, as the server reported them (`SHOW`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PostgresSettings {
+    /// `durable`, `fast-unsafe` (`--fast-unsafe-postgres`), or `external` (`DATABASE_URL`:
+    /// used as configured).
+    pub started_as: String,
+    pub fsync: String,
+    pub synchronous_commit: String,
+    pub full_page_writes: String,
+}
+
+impl PostgresSettings {
+    /// Whether a commit survives a power loss: what production promises.
+    pub fn durable(&self) -> bool {
+        self.fsync == "on" && self.synchronous_commit != "off" && self.full_page_writes == "on"
+    }
+}
+
+/// The machine during the measured window.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cores: usize,
+    /// Share (0..1) of all cores' time that was idle; `None` without /proc/stat.
+    pub idle_share: Option<f64>,
+    /// Idle share below [`SATURATED_BELOW_IDLE`]: latency includes queueing for a core.
+    pub saturated: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub rate_target: u32,
+    pub duration_s: u64,
+    pub ws_clients: u32,
+    pub updates_sent: u64,
+    pub updates_persisted: u64,
+    pub lost: i64,
+    pub updates_per_sec: f64,
+    pub deliveries_per_sec: f64,
+    pub latency_ms: Latency,
+    pub rss_mb: BTreeMap<String, f64>,
+    /// Seconds from the pipeline being up to the last update persisted: the window the CPU
+    /// figures, the idle share and the hop breakdown cover.
+    pub window_s: f64,
+    /// CPU seconds used in the window, per stage and by the benchmark process
+    /// ([`BENCH_PROCESS`]: its WebSocket clients and, unless `KAFKA_BROKERS` is set, the
+    /// Kafka mock broker).
+    pub cpu_s: BTreeMap<String, f64>,
+    /// `cpu_s` per 1000 updates persisted in the window.
+    pub cpu_s_per_1000_updates: BTreeMap<String, f64>,
+    pub machine: Machine,
+    pub postgres: PostgresSettings,
+    /// p50/p99 per hop from the stages' `*_hop_seconds` histograms, in pipeline order.
+    pub hops: Vec<HopLatency>,
+}
+
+impl BenchReport {
+    pub fn held(&self) -> bool {
+        self.lost == 0 && self.latency_ms.p99 <= 100.0
+    }
+
+    /// The text printed after a run.
+    pub fn summary(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "rate {}/s for {} s, {} clients: sent {}, persisted {}, lost {}; {:.0} updates/s, \
+             {:.0} deliveries/s",
+            self.rate_target,
+            self.duration_s,
+            self.ws_clients,
+            self.updates_sent,
+            self.updates_persisted,
+            self.lost,
+            self.updates_per_sec,
+            self.deliveries_per_sec,
+        );
+        let _ = writeln!(
+            out,
+            "latency ms (supplier updated_at → client receive): p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
+            self.latency_ms.p50, self.latency_ms.p99, self.latency_ms.p999, self.latency_ms.max
+        );
+        let pg = &self.postgres;
+        let _ = writeln!(
+            out,
+            "postgres ({}): fsync {}, synchronous_commit {}, full_page_writes {}{}",
+            pg.started_as,
+            pg.fsync,
+            pg.synchronous_commit,
+            pg.full_page_writes,
+            if pg.durable() {
+                ""
+            } else {
+                " — NOT durable: commits are cheaper than production's"
+            }
+        );
+        let idle = self
+            .machine
+            .idle_share
+            .map_or_else(|| "unknown".to_owned(), |s| format!("{:.1} %", s * 100.0));
+        let _ = writeln!(
+            out,
+            "machine: {} cores, idle {idle} of the {:.1} s window",
+            self.machine.cores, self.window_s
+        );
+        if self.machine.saturated {
+            let _ = writeln!(
+                out,
+                "WARNING: the machine was saturated (idle below {:.0} %): latency includes \
+                 queueing for CPU, not only the pipeline's own waits",
+                SATURATED_BELOW_IDLE * 100.0
+            );
+        }
+        out.push_str(&self.cpu_table());
+        out.push_str(&self.hop_table());
+        out
+    }
+
+    fn cpu_table(&self) -> String {
+        let mut out = format!(
+            "{:<40} {:>7} {:>6} {:>13} {:>8}\n",
+            "cpu in the window", "cpu s", "cores", "s/1000 upd", "rss MiB"
+        );
+        let window = self.window_s.max(0.001);
+        for (name, cpu) in &self.cpu_s {
+            let label = if name == BENCH_PROCESS {
+                format!("{name} (clients + mock Kafka)")
+            } else {
+                name.clone()
+            };
+            let per_k = self
+                .cpu_s_per_1000_updates
+                .get(name)
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+            let rss = self
+                .rss_mb
+                .get(name)
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.1}"));
+            let _ = writeln!(
+                out,
+                "  {label:<38} {cpu:>7.2} {:>6.2} {per_k:>13} {rss:>8}",
+                cpu / window
+            );
+        }
+        out
+    }
+
+    fn hop_table(&self) -> String {
+        let mut out = format!(
+            "{:<40} {:<15} {:>8} {:>9} {:>9}\n",
+            "hop (stage histograms, interpolated)", "stage", "count", "p50 ms", "p99 ms"
+        );
+        let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.2}"));
+        for hop in &self.hops {
+            if hop.measured {
+                let _ = writeln!(
+                    out,
+                    "  {:<38} {:<15} {:>8} {:>9} {:>9}",
+                    hop.hop,
+                    hop.stage,
+                    hop.count,
+                    ms(hop.p50_ms),
+                    ms(hop.p99_ms)
+                );
+            } else {
+                let _ = writeln!(out, "  {:<38} {:<15} not measured", hop.hop, hop.stage);
+            }
+        }
+        out
+    }
+}
+
+/// CPU seconds per 1000 updates, for every entry of `cpu_s`.
+pub fn per_thousand(cpu_s: &BTreeMap<String, f64>, updates: u64) -> BTreeMap<String, f64> {
+    if updates == 0 {
+        return BTreeMap::new();
+    }
+    cpu_s
+        .iter()
+        .map(|(name, cpu)| {
+            let v = cpu * 1000.0 / updates as f64;
+            (name.clone(), (v * 10_000.0).round() / 10_000.0)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(idle: f64, fsync: &str) -> BenchReport {
+        let cpu_s = BTreeMap::from([
+            ("odds-ingest".to_owned(), 2.0),
+            (BENCH_PROCESS.to_owned(), 5.0),
+        ]);
+        BenchReport {
+            rate_target: 1000,
+            duration_s: 5,
+            ws_clients: 10,
+            updates_sent: 5000,
+            updates_persisted: 5000,
+            lost: 0,
+            updates_per_sec: 1000.0,
+            deliveries_per_sec: 2000.0,
+            latency_ms: Latency {
+                p50: 1.0,
+                p99: 2.0,
+                p999: 3.0,
+                max: 4.0,
+            },
+            rss_mb: BTreeMap::new(),
+            window_s: 10.0,
+            cpu_s_per_1000_updates: per_thousand(&cpu_s, 5000),
+            cpu_s,
+            machine: Machine {
+                cores: 2,
+                idle_share: Some(idle),
+                saturated: idle < SATURATED_BELOW_IDLE,
+            },
+            postgres: PostgresSettings {
+                started_as: "durable".into(),
+                fsync: fsync.into(),
+                synchronous_commit: "on".into(),
+                full_page_writes: "on".into(),
+            },
+            hops: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_saturated_machine_and_a_non_durable_postgres_are_said_in_words() {
+        let busy = report(0.04, "off").summary();
+        assert!(
+            busy.contains("WARNING: the machine was saturated"),
+            "{busy}"
+        );
+        assert!(busy.contains("NOT durable"), "{busy}");
+        let calm = report(0.5, "on").summary();
+        assert!(!calm.contains("WARNING"), "{calm}");
+        assert!(!calm.contains("NOT durable"), "{calm}");
+        assert!(calm.contains("idle 50.0 %"), "{calm}");
+    }
+
+    #[test]
+    fn cpu_per_thousand_updates_covers_every_process() {
+        let r = report(0.5, "on");
+        assert_eq!(r.cpu_s_per_1000_updates["odds-ingest"], 0.4);
+        assert_eq!(r.cpu_s_per_1000_updates[BENCH_PROCESS], 1.0);
+        assert!(per_thousand(&r.cpu_s, 0).is_empty());
+        assert!(r
+            .summary()
+            .contains("odds-demo-bench (clients + mock Kafka)"));
+    }
+}
