@@ -12,7 +12,7 @@ STAGES := -p supplier-simulator -p odds-ingest -p odds-processor -p odds-service
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 
-.PHONY: help deps demo test chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt chaos
+.PHONY: help deps demo test chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt chaos profile
 .PHONY: kind-up images deploy port-forward e2e-kind kind-down
 
 help: ## list the targets
@@ -76,6 +76,9 @@ bench-criterion: deps ## criterion benchmarks (reports under the target dir's cr
 bench-pipeline: deps ## whole-pipeline benchmark; writes target/bench/pipeline.json (BENCH_ARGS="--find-max" etc.)
 	$(CARGO) build --release --bins $(STAGES)
 	ulimit -n 65536 2>/dev/null || true; $(TARGET_DIR)/release/odds-demo bench --out target/bench/pipeline.json $(BENCH_ARGS)
+
+profile: deps ## perf CPU profile of each stage under odds-demo bench; flamegraphs in target/profile/ (PROFILE_ARGS, PROFILE_SECONDS)
+	bash scripts/profile.sh
 
 # The kind flow (needs docker, kind, kubectl and helm; each script says what is missing and how
 # to get it). The scripts live in charts/kind/; `make chart-test` shellchecks them and validates

@@ -387,7 +387,8 @@ def shellcheck():
     tool = shutil.which("shellcheck")
     if not tool:
         raise AssertionError("shellcheck not installed: apt-get install shellcheck (make deps installs it)")
-    scripts = sorted(str(p) for p in (ROOT / "charts").rglob("*.sh")) + [str(ROOT / ".ci" / "run")]
+    scripts = sorted(str(p) for d in ("charts", "scripts") for p in (ROOT / d).rglob("*.sh"))
+    scripts += [str(ROOT / ".ci" / "run")]
     scripts = [s for s in scripts if pathlib.Path(s).exists()]
     result = subprocess.run([tool, "-x", *scripts], capture_output=True, text=True)
     if result.returncode != 0:
