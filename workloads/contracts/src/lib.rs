@@ -15,6 +15,6 @@ pub mod ws;
 
 pub use reject::{parse_update, RejectReason, MAX_UPDATE_BYTES, STORAGE_REJECTED};
 pub use update::{
-    stored_price, validate_event_id, Market, Odds, OddsUpdate, ValidationError, MAX_EVENT_ID_LEN,
-    MAX_ODDS, MAX_SOURCE_LEN, MAX_TEAM_LEN, MAX_VERSION, ODDS_SIGNIFICANT_DIGITS,
+    stored_price, validate_event_id, Market, Odds, OddsUpdate, UnknownMarket, ValidationError,
+    MAX_EVENT_ID_LEN, MAX_ODDS, MAX_SOURCE_LEN, MAX_TEAM_LEN, MAX_VERSION, ODDS_SIGNIFICANT_DIGITS,
 };

@@ -25,8 +25,8 @@ pub mod dlq_headers {
     pub const SOURCE_OFFSET: &str = "odds-source-offset";
 }
 
-/// Redis key prefix of the current-odds cache: `odds:current:{event_id}` holds the JSON of the
-/// newest [`crate::OddsUpdate`] of that event.
+/// Redis key prefix of the current-odds cache: `odds:current:{event_id}:{market}` holds the
+/// JSON of the newest [`crate::OddsUpdate`] of that event in that market.
 pub const REDIS_CURRENT_PREFIX: &str = "odds:current:";
 /// Pub/sub channel on which the processor publishes every update that advanced an event.
 pub const REDIS_UPDATES_CHANNEL: &str = "odds:updates";
@@ -37,9 +37,11 @@ pub const REDIS_UPDATES_CHANNEL: &str = "odds:updates";
 /// the updates channel have gone quiet for a reason, not because prices stopped moving.
 pub const REDIS_CACHE_STATUS_CHANNEL: &str = "odds:cache-status";
 
-/// The cache key of one event's current odds.
-pub fn redis_current_key(event_id: &str) -> String {
-    format!("{REDIS_CURRENT_PREFIX}{event_id}")
+/// The cache key of one event's current odds in one market. The market comes last and is
+/// one of a fixed set of names without `:`, so no two (event, market) pairs share a key even
+/// when event ids contain `:`.
+pub fn redis_current_key(event_id: &str, market: &str) -> String {
+    format!("{REDIS_CURRENT_PREFIX}{event_id}:{market}")
 }
 
 #[cfg(test)]
@@ -47,7 +49,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn current_key_embeds_event_id() {
-        assert_eq!(redis_current_key("MATCH_001"), "odds:current:MATCH_001");
+    fn current_key_embeds_event_and_market() {
+        assert_eq!(
+            redis_current_key("MATCH_001", "HT_1X2"),
+            "odds:current:MATCH_001:HT_1X2"
+        );
+        // An id that ends like a market still gets its own key.
+        assert_ne!(
+            redis_current_key("E:HT", "1X2"),
+            redis_current_key("E", "HT_1X2")
+        );
     }
 }

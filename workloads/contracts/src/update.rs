@@ -86,6 +86,26 @@ impl Market {
     }
 }
 
+/// An unknown market name; its message lists the known ones.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown market {0:?} (known: {known})", known = Market::names())]
+pub struct UnknownMarket(pub String);
+
+impl Market {
+    /// The known names, comma-separated (for messages).
+    pub fn names() -> String {
+        Market::ALL.map(Market::as_str).join(", ")
+    }
+}
+
+impl std::str::FromStr for Market {
+    type Err = UnknownMarket;
+
+    fn from_str(name: &str) -> Result<Market, UnknownMarket> {
+        Market::parse(name).ok_or_else(|| UnknownMarket(name.to_owned()))
+    }
+}
+
 impl fmt::Display for Market {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())

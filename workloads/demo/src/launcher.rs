@@ -7,7 +7,7 @@
 use crate::children::{ChildProcess, ChildSpec};
 use crate::infra::Infra;
 use anyhow::{bail, Context};
-use odds_contracts::env;
+use odds_contracts::{env, Market};
 use odds_testkit::{free_port, PostgresDurability};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -34,6 +34,8 @@ pub struct LauncherOptions {
     pub log_filter: String,
     /// Durability of the throwaway Postgres (when `DATABASE_URL` does not name one).
     pub postgres: PostgresDurability,
+    /// Markets the supplier quotes for every event.
+    pub markets: Vec<Market>,
 }
 
 impl LauncherOptions {
@@ -50,6 +52,9 @@ impl LauncherOptions {
             version_base: Some(0),
             log_filter: "warn".into(),
             postgres: PostgresDurability::FastUnsafe,
+            // Both markets, so every test of the whole pipeline covers current odds per
+            // (event, market).
+            markets: Market::ALL.to_vec(),
         })
     }
 }
@@ -148,6 +153,7 @@ impl Launcher {
                     (env::SIM_RATE, options.rate.to_string()),
                     (env::SIM_EVENTS, options.events.to_string()),
                     (env::SIM_SEED, options.seed.to_string()),
+                    (env::SIM_MARKETS, market_list(&options.markets)),
                     (env::SIM_TOTAL, options.total.to_string()),
                 ]
                 .into_iter()
@@ -293,4 +299,13 @@ async fn migrate(bin_dir: &Path, database_url: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// `SIM_MARKETS` for `markets` (the simulator's default, `1X2`, when empty).
+fn market_list(markets: &[Market]) -> String {
+    if markets.is_empty() {
+        return Market::MatchResult.as_str().to_owned();
+    }
+    let names: Vec<&str> = markets.iter().map(|m| m.as_str()).collect();
+    names.join(",")
 }

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use odds_contracts::env;
+use odds_contracts::{env, Market};
 use odds_demo::bench::{self, BenchArgs};
 use odds_demo::launcher::default_bin_dir;
 use odds_demo::status::StatusBoard;
@@ -57,6 +57,9 @@ struct RunArgs {
     /// Random seed of the supplier.
     #[arg(long, env = env::SIM_SEED, default_value_t = 42)]
     seed: u64,
+    /// Markets the supplier quotes for every event, comma-separated (1X2, HT_1X2).
+    #[arg(long, env = env::SIM_MARKETS, default_value = "1X2,HT_1X2", value_delimiter = ',')]
+    markets: Vec<Market>,
     /// Stop after this many seconds (0 = until Ctrl-C).
     #[arg(long, default_value_t = 0)]
     duration: u64,
@@ -111,6 +114,7 @@ async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
         log_filter: args.log_filter.clone(),
         // The demo shows the pipeline working; speed over power-loss safety is fine here.
         postgres: odds_testkit::PostgresDurability::FastUnsafe,
+        markets: args.markets.clone(),
     })
     .await
     .context("starting the pipeline")?;

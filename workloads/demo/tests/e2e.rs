@@ -1,9 +1,11 @@
 //! End to end: the real stages, started by the demo's launcher, at a small rate.
 //!
-//! A WebSocket client gets a snapshot and then strictly newer versions; once the supplier has
-//! sent its last update and the pipeline drained, Postgres and Redis hold exactly the last
-//! update the supplier sent for every event, and `odds_history` holds every version once. The
-//! supplier's stream is deterministic, so the test regenerates it to know what was sent.
+//! The supplier quotes every event in both markets. A WebSocket client gets a snapshot of
+//! each market and then strictly newer versions per market; once the supplier has sent its
+//! last update and the pipeline drained, Postgres, Redis and REST `/markets` hold exactly the
+//! last update the supplier sent for every (event, market), and `odds_history` holds every
+//! version once. The supplier's stream is deterministic, so the test regenerates it to know
+//! what was sent.
 //!
 //! The browser test ([`browser`]) and the fault run ([`chaos`]) live in this binary too, so the
 //! demo's tests link the stages' dependencies once.
@@ -12,7 +14,7 @@
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::names::redis_current_key;
 use odds_contracts::ws::ServerMessage;
-use odds_contracts::OddsUpdate;
+use odds_contracts::{Market, OddsUpdate};
 use odds_demo::status::Scrape;
 use odds_demo::{Launcher, LauncherOptions};
 use odds_testkit::http_get;
@@ -71,20 +73,31 @@ async fn pipeline_delivers_live_updates_and_ends_consistent() {
         next_message(&mut ws).await,
         ServerMessage::Subscribed { .. }
     ));
-    let mut version = match next_message(&mut ws).await {
-        ServerMessage::Snapshot { data } => data.version,
-        other => panic!("expected a snapshot, got {other:?}"),
-    };
-    for _ in 0..5 {
-        match next_message(&mut ws).await {
-            ServerMessage::Odds { data } => {
-                assert_eq!(data.event_id, "MATCH_001");
-                assert!(data.version > version, "{} after {version}", data.version);
-                version = data.version;
+    // Per market: one snapshot first, then strictly newer versions.
+    let mut newest: BTreeMap<String, u64> = BTreeMap::new();
+    let mut odds = 0;
+    while odds < 10 {
+        let (data, snapshot) = match next_message(&mut ws).await {
+            ServerMessage::Snapshot { data } => (data, true),
+            ServerMessage::Odds { data } => (data, false),
+            other => panic!("expected a snapshot or odds, got {other:?}"),
+        };
+        assert_eq!(data.event_id, "MATCH_001");
+        match newest.get(&data.market) {
+            None => assert!(snapshot, "{}: odds before its snapshot", data.market),
+            Some(&before) => {
+                assert!(!snapshot, "{}: a second snapshot", data.market);
+                assert!(data.version > before, "{} after {before}", data.version);
+                odds += 1;
             }
-            other => panic!("expected odds, got {other:?}"),
         }
+        newest.insert(data.market.clone(), data.version);
     }
+    assert_eq!(
+        newest.len(),
+        Market::ALL.len(),
+        "both markets reached the client"
+    );
 
     // Let the supplier finish and the pipeline drain.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -102,70 +115,86 @@ async fn pipeline_delivers_live_updates_and_ends_consistent() {
     let pool = sqlx::PgPool::connect(&launcher.infra.database_url)
         .await
         .unwrap();
+    let images = u64::from(EVENTS) * Market::ALL.len() as u64;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let n: i64 = sqlx::query_scalar("SELECT count(*) FROM odds_history")
             .fetch_one(&pool)
             .await
             .unwrap();
-        if n as u64 == TOTAL + u64::from(EVENTS) {
+        if n as u64 == TOTAL + images {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "odds_history holds {n} of {TOTAL} + {EVENTS}"
+            "odds_history holds {n} of {TOTAL} + {images}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // What the supplier sent last per event, regenerated from its seed: its image (every
-    // event at version 1), then TOTAL deltas.
-    let mut feed = OddsFeed::new(seed, EVENTS, &[], 0);
-    let mut last: BTreeMap<String, OddsUpdate> = feed
-        .image(chrono::Utc::now())
-        .into_iter()
-        .map(|u| (u.event_id.clone(), u))
-        .collect();
-    for _ in 0..TOTAL {
-        let u = feed.next_update(chrono::Utc::now());
-        last.insert(u.event_id.clone(), u);
+    // What the supplier sent last per (event, market), and how many versions of each,
+    // regenerated from its seed: its image (every event and market at version 1), then TOTAL
+    // deltas.
+    let mut feed = OddsFeed::new(seed, EVENTS, &Market::ALL, 0);
+    let mut last: BTreeMap<(String, String), (OddsUpdate, u64)> = BTreeMap::new();
+    let image = feed.image(chrono::Utc::now());
+    let deltas = (0..TOTAL).map(|_| feed.next_update(chrono::Utc::now()));
+    for u in image.into_iter().chain(deltas.collect::<Vec<_>>()) {
+        let entry = last
+            .entry((u.event_id.clone(), u.market.clone()))
+            .or_insert((u.clone(), 0));
+        *entry = (u, entry.1 + 1);
     }
     let client = redis::Client::open(launcher.infra.redis_url.as_str()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
-    for (event_id, sent) in &last {
+    for ((event_id, market), (sent, quotes)) in &last {
         let (version, home, draw, away, versions, distinct): (i64, f64, f64, f64, i64, i64) =
             sqlx::query_as(
                 "SELECT c.version, c.home_odds::float8, c.draw_odds::float8, c.away_odds::float8,
-                        (SELECT count(*) FROM odds_history h WHERE h.event_id = c.event_id),
-                        (SELECT count(DISTINCT version) FROM odds_history h WHERE h.event_id = c.event_id)
-                 FROM odds_current c WHERE c.event_id = $1",
+                        (SELECT count(*) FROM odds_history h
+                         WHERE h.event_id = c.event_id AND h.market = c.market),
+                        (SELECT count(DISTINCT version) FROM odds_history h
+                         WHERE h.event_id = c.event_id AND h.market = c.market)
+                 FROM odds_current c WHERE c.event_id = $1 AND c.market = $2",
             )
             .bind(event_id)
+            .bind(market)
             .fetch_one(&pool)
             .await
             .unwrap();
-        assert_eq!(
-            version as u64, sent.version,
-            "{event_id}: odds_current version"
-        );
+        let at = format!("{event_id} {market}");
+        assert_eq!(version as u64, sent.version, "{at}: odds_current version");
         assert_eq!(
             (home, draw, away),
             (sent.odds.home, sent.odds.draw, sent.odds.away)
         );
-        assert_eq!(
-            versions as u64, sent.version,
-            "{event_id}: every version in history"
-        );
-        assert_eq!(distinct, versions, "{event_id}: each version once");
+        assert_eq!(versions as u64, *quotes, "{at}: every version in history");
+        assert_eq!(distinct, versions, "{at}: each version once");
 
         let cached: String = redis::cmd("GET")
-            .arg(redis_current_key(event_id))
+            .arg(redis_current_key(event_id, market))
             .query_async(&mut redis)
             .await
             .unwrap();
         let cached: OddsUpdate = serde_json::from_str(&cached).unwrap();
-        assert_eq!(cached.version, sent.version, "{event_id}: Redis version");
-        assert_eq!(cached.odds, sent.odds, "{event_id}: Redis odds");
+        assert_eq!(cached.version, sent.version, "{at}: Redis version");
+        assert_eq!(cached.odds, sent.odds, "{at}: Redis odds");
+
+        let rest = http_get(
+            launcher.service_addr,
+            &format!("/v1/events/{event_id}/markets"),
+        )
+        .await
+        .unwrap()
+        .json()
+        .unwrap();
+        let served = rest["markets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["market"] == market.as_str())
+            .unwrap_or_else(|| panic!("{at}: missing from /markets: {rest}"));
+        assert_eq!(served["version"], sent.version, "{at}: REST /markets");
     }
     launcher.stop().await;
     for child in &launcher.children {

@@ -4,8 +4,10 @@
 //! too. Ingest passes every valid update on regardless (the processor's version guard decides
 //! what is current), but it is the first stage to see a supplier break the rule, so it says
 //! so: a gap (versions skipped: updates missed while disconnected, or a restarted supplier's
-//! new base) and a regression (a version not newer than the last seen) are counted, and the
-//! first regression of each event is logged with both versions. A `repeated` version is
+//! new base) and a regression (a version not newer than the last seen of the same market)
+//! are counted, and the first regression of each event is logged with both versions. Versions
+//! count all of an event's markets, so gaps are judged per event and regressions per (event,
+//! market): a supplier's image re-sends each market at its own, possibly older, version. A `repeated` version is
 //! expected right after a reconnect, when the supplier's image repeats current versions; an
 //! `older` one means the supplier went backwards and its updates will be ignored downstream.
 
@@ -40,10 +42,19 @@ impl VersionCheck {
     }
 }
 
-/// The last version seen per event.
+/// The last versions seen of one event.
+#[derive(Debug, Default)]
+struct EventVersions {
+    /// The newest version of any market.
+    newest: u64,
+    /// The newest version per market (a handful at most).
+    markets: Vec<(String, u64)>,
+}
+
+/// The last versions seen per event and market.
 #[derive(Debug, Default)]
 pub struct VersionTracker {
-    last: HashMap<String, u64>,
+    last: HashMap<String, EventVersions>,
     logged_regression: HashSet<String>,
 }
 
@@ -54,28 +65,50 @@ impl VersionTracker {
             self.last.clear();
             self.logged_regression.clear();
         }
-        let Some(last) = self.last.get_mut(&update.event_id) else {
-            self.last.insert(update.event_id.clone(), update.version);
+        if !self.last.contains_key(&update.event_id) {
+            // Cloning the id only for a new event keeps the per-update path allocation-free.
+            self.last
+                .insert(update.event_id.clone(), EventVersions::default());
+        }
+        let Some(versions) = self.last.get_mut(&update.event_id) else {
             return VersionCheck::InOrder;
         };
-        let check = match update.version {
-            v if v == *last + 1 => VersionCheck::InOrder,
-            v if v > *last => VersionCheck::Gap {
-                skipped: v - *last - 1,
-            },
-            v if v == *last => VersionCheck::Repeated,
-            _ => VersionCheck::Older,
+        let first_of_event = versions.markets.is_empty();
+        let market = match versions
+            .markets
+            .iter()
+            .position(|(m, _)| *m == update.market)
+        {
+            Some(i) => i,
+            None => {
+                versions.markets.push((update.market.clone(), 0));
+                versions.markets.len() - 1
+            }
         };
+        let market_last = versions.markets[market].1;
+        let newest = versions.newest;
+        let check = match update.version {
+            _ if first_of_event => VersionCheck::InOrder,
+            v if v == market_last => VersionCheck::Repeated,
+            v if v < market_last => VersionCheck::Older,
+            v if v > newest.saturating_add(1) => VersionCheck::Gap {
+                skipped: v - newest - 1,
+            },
+            // One more than the event's newest, or a market's first quote at or below it.
+            _ => VersionCheck::InOrder,
+        };
+        versions.markets[market].1 = market_last.max(update.version);
+        versions.newest = newest.max(update.version);
         if check == VersionCheck::Older && self.logged_regression.insert(update.event_id.clone()) {
             tracing::warn!(
                 event_id = %update.event_id,
+                market = %update.market,
                 version = update.version,
-                last_seen = *last,
+                last_seen = market_last,
                 "supplier sent an older version than before; downstream stages will ignore it \
                  (further regressions of this event are counted, not logged)"
             );
         }
-        *last = (*last).max(update.version);
         check
     }
 }
@@ -97,6 +130,27 @@ mod tests {
         assert_eq!(check("E1", 10), VersionCheck::InOrder, "the newest is kept");
         assert_eq!(check("E2", 1), VersionCheck::InOrder);
         assert_eq!(VersionCheck::Older.regression_reason(), Some("older"));
+        assert_eq!(VersionCheck::Gap { skipped: 1 }.regression_reason(), None);
+    }
+
+    #[test]
+    fn markets_share_the_event_sequence_and_regress_on_their_own() {
+        let mut tracker = VersionTracker::default();
+        let mut check = |market: &str, version| {
+            tracker.observe(&odds_testkit::sample_update_in("E1", market, version))
+        };
+        assert_eq!(check("1X2", 5), VersionCheck::InOrder);
+        assert_eq!(check("HT_1X2", 6), VersionCheck::InOrder);
+        assert_eq!(
+            check("1X2", 7),
+            VersionCheck::InOrder,
+            "no gap: 6 was HT_1X2's"
+        );
+        assert_eq!(check("HT_1X2", 9), VersionCheck::Gap { skipped: 1 });
+        // A reconnect's image: each market at its own latest version, repeated, not older.
+        assert_eq!(check("1X2", 7), VersionCheck::Repeated);
+        assert_eq!(check("HT_1X2", 9), VersionCheck::Repeated);
+        assert_eq!(check("1X2", 6), VersionCheck::Older);
         assert_eq!(VersionCheck::Gap { skipped: 1 }.regression_reason(), None);
     }
 }

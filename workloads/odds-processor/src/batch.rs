@@ -108,13 +108,14 @@ pub fn decode_record(record: &SourceRecord) -> Result<OddsUpdate, Rejection> {
     parse_update(payload).map_err(Rejection::from)
 }
 
-/// The newest update of each event in `updates`, ordered by event id (a stable order keeps
-/// row locks in Postgres and keys in Redis in the same order for every batch).
-pub fn newest_per_event(updates: &[OddsUpdate]) -> Vec<&OddsUpdate> {
-    let mut newest: HashMap<&str, &OddsUpdate> = HashMap::with_capacity(updates.len());
+/// The newest update of each (event, market) in `updates`, ordered by that key (a stable
+/// order keeps row locks in Postgres and keys in Redis in the same order for every batch).
+/// Ties go to the first read, as in Postgres and Redis.
+pub fn newest_per_market(updates: &[OddsUpdate]) -> Vec<&OddsUpdate> {
+    let mut newest: HashMap<(&str, &str), &OddsUpdate> = HashMap::with_capacity(updates.len());
     for update in updates {
         newest
-            .entry(update.event_id.as_str())
+            .entry((update.event_id.as_str(), update.market.as_str()))
             .and_modify(|held| {
                 if update.version > held.version {
                     *held = update;
@@ -123,7 +124,7 @@ pub fn newest_per_event(updates: &[OddsUpdate]) -> Vec<&OddsUpdate> {
             .or_insert(update);
     }
     let mut out: Vec<&OddsUpdate> = newest.into_values().collect();
-    out.sort_unstable_by(|a, b| a.event_id.cmp(&b.event_id));
+    out.sort_unstable_by(|a, b| (&a.event_id, &a.market).cmp(&(&b.event_id, &b.market)));
     out
 }
 
@@ -146,19 +147,25 @@ mod tests {
     }
 
     #[test]
-    fn newest_wins_per_event_in_id_order() {
+    fn newest_wins_per_event_and_market_in_key_order() {
+        let half_time = |id, version| odds_testkit::sample_update_in(id, "HT_1X2", version);
         let updates = vec![
             update("B", 5),
+            half_time("B", 6),
             update("A", 1),
             update("B", 3),
             update("B", 7),
+            half_time("B", 2),
         ];
-        let newest = newest_per_event(&updates);
-        let got: Vec<(&str, u64)> = newest
+        let newest = newest_per_market(&updates);
+        let got: Vec<(&str, &str, u64)> = newest
             .iter()
-            .map(|u| (u.event_id.as_str(), u.version))
+            .map(|u| (u.event_id.as_str(), u.market.as_str(), u.version))
             .collect();
-        assert_eq!(got, vec![("A", 1), ("B", 7)]);
+        assert_eq!(
+            got,
+            vec![("A", "1X2", 1), ("B", "1X2", 7), ("B", "HT_1X2", 6)]
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! The Redis side: the current-odds cache (`odds:current:{id}`) and the `odds:updates` channel.
+//! The Redis side: the current-odds cache (`odds:current:{event_id}:{market}`) and the
+//! `odds:updates` channel.
 //!
-//! One Lua script per batch does, atomically and in one round trip, for each event: compare
+//! One Lua script per batch does, atomically and in one round trip, for each (event, market): compare
 //! the cached version with the update's, SET the key only if the update is strictly newer, and
 //! PUBLISH exactly the updates that advanced a key. So the channel carries each version at
 //! most once per cache state and never a regression, however often Kafka redelivers.
@@ -15,7 +16,7 @@
 //! PUBLISH, and the service then stops trusting the cache and tells its clients that live
 //! updates stopped, instead of leaving them on a silent socket.
 //!
-//! Memory: the cache holds one key per event and is meant to run under an eviction policy
+//! Memory: the cache holds one key per (event, market) and is meant to run under an eviction policy
 //! (`maxmemory` with `allkeys-lru`, as the chart's Redis and `make demo` set). An evicted key
 //! is harmless: readers fall back to Postgres and the next update sets it again.
 
@@ -115,7 +116,8 @@ impl Cache {
     }
 
     /// Sets each update whose version is newer than the cached one and publishes those.
-    /// Returns the updates that advanced. `updates` must hold at most one update per event.
+    /// Returns the updates that advanced. `updates` must hold at most one update per (event,
+    /// market).
     pub async fn set_newest(
         &mut self,
         updates: &[&OddsUpdate],
@@ -132,7 +134,7 @@ impl Cache {
             invocation.arg(REDIS_UPDATES_CHANNEL);
             for update in updates {
                 invocation
-                    .key(redis_current_key(&update.event_id))
+                    .key(redis_current_key(&update.event_id, &update.market))
                     .arg(update.version)
                     .arg(update.to_json());
             }
@@ -180,14 +182,16 @@ impl Cache {
     pub async fn repair_from(&mut self, store: &Store) -> Result<usize, CacheError> {
         // Cheap first: while Redis is down, a retry costs a PING, not a read of Postgres.
         self.check().await?;
-        let mut after = String::new();
+        let mut after = (String::new(), String::new());
         let mut advanced = 0;
         loop {
-            let page = store.current_page(&after, REPAIR_PAGE).await?;
+            let page = store
+                .current_page((&after.0, &after.1), REPAIR_PAGE)
+                .await?;
             let Some(last) = page.last() else {
                 break;
             };
-            after = last.event_id.clone();
+            after = (last.event_id.clone(), last.market.clone());
             let refs: Vec<&OddsUpdate> = page.iter().collect();
             advanced += self.set_newest(&refs).await?.len();
             if page.len() < REPAIR_PAGE as usize {

@@ -2,14 +2,14 @@
 //!
 //! A batch is one SQL statement (hence one transaction): the arrays of the batch are UNNESTed
 //! once, every update is inserted into history (`ON CONFLICT DO NOTHING`, so replays are
-//! harmless), and the newest update per event is upserted into `odds_current` only where it
-//! is strictly newer than the stored row. One rule settles two contents at one version, the
+//! harmless), and the newest update per (event, market) is upserted into `odds_current` only
+//! where it is strictly newer than the stored row. One rule settles two contents at one version, the
 //! same in Postgres, Redis and on the WebSocket: the first one read wins (history keeps it,
 //! `odds_current` keeps it, and Redis's set-if-newer script refuses the later one). Set-based statements keep a batch of thousands of
 //! updates at one round trip.
 
-use chrono::{DateTime, Utc};
-use odds_contracts::{Odds, OddsUpdate};
+use odds_contracts::OddsUpdate;
+use odds_schema::read_models;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use std::collections::HashSet;
@@ -47,7 +47,7 @@ impl Applied {
     fn merge(&mut self, other: Applied) {
         self.history_inserted += other.history_inserted;
         self.current_advanced += other.current_advanced;
-        self.current_events.extend(other.current_events);
+        self.current_keys.extend(other.current_keys);
     }
 }
 
@@ -56,18 +56,20 @@ impl Applied {
 pub struct Applied {
     pub history_inserted: u64,
     pub current_advanced: u64,
-    /// Events whose stored current version is, after the batch, the batch's newest update:
-    /// exactly these may go to the cache. An event missing here had a newer stored version
-    /// already (a stale or replayed update).
-    pub current_events: HashSet<String>,
+    /// (event, market) pairs whose stored current version is, after the batch, the batch's
+    /// newest update: exactly these may go to the cache. A pair missing here had a newer
+    /// stored version already (a stale or replayed update).
+    pub current_keys: HashSet<(String, String)>,
 }
 
-const CURRENT_PAGE: &str = r#"
-SELECT event_id, home_team, away_team, market, home_odds::float8 AS home_odds,
-       draw_odds::float8 AS draw_odds, away_odds::float8 AS away_odds, version,
-       updated_at, source
-FROM odds_current WHERE event_id > $1 ORDER BY event_id LIMIT $2
-"#;
+impl Applied {
+    /// Whether `update` (the batch's newest of its market) is what Postgres now holds.
+    pub fn is_current(&self, update: &OddsUpdate) -> bool {
+        // Borrowed lookups in a set of owned pairs need an owned key; batches are small.
+        self.current_keys
+            .contains(&(update.event_id.clone(), update.market.clone()))
+    }
+}
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -104,7 +106,7 @@ impl Store {
         if updates.is_empty() {
             return Ok(Applied::default());
         }
-        let rows = odds_schema::read_models::apply_batch(updates)
+        let rows = read_models::apply_batch(updates)
             .fetch_all(&self.pool)
             .await?;
         let mut applied = Applied::default();
@@ -112,7 +114,9 @@ impl Store {
             applied.history_inserted = count(row.try_get("history_inserted")?);
             applied.current_advanced = count(row.try_get("current_advanced")?);
             if row.try_get::<bool, _>("is_current")? {
-                applied.current_events.insert(row.try_get("event_id")?);
+                applied
+                    .current_keys
+                    .insert((row.try_get("event_id")?, row.try_get("market")?));
             }
         }
         Ok(applied)
@@ -143,35 +147,21 @@ impl Store {
         Ok(isolated)
     }
 
-    /// Up to `limit` current rows with `event_id > after`, in id order (keyset paging for the
-    /// cache repair).
+    /// Up to `limit` current rows after the (event, market) key `after`, in key order
+    /// (keyset paging for the cache repair; start with two empty strings).
     pub async fn current_page(
         &self,
-        after: &str,
+        after: (&str, &str),
         limit: i64,
     ) -> Result<Vec<OddsUpdate>, StoreError> {
-        let rows = sqlx::query(CURRENT_PAGE)
-            .bind(after)
+        let rows = sqlx::query(read_models::CURRENT_PAGE)
+            .bind(after.0)
+            .bind(after.1)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|row| {
-                Ok(OddsUpdate {
-                    event_id: row.try_get("event_id")?,
-                    home_team: row.try_get("home_team")?,
-                    away_team: row.try_get("away_team")?,
-                    market: row.try_get("market")?,
-                    odds: Odds {
-                        home: row.try_get("home_odds")?,
-                        draw: row.try_get("draw_odds")?,
-                        away: row.try_get("away_odds")?,
-                    },
-                    updated_at: row.try_get::<DateTime<Utc>, _>("updated_at")?,
-                    source: row.try_get("source")?,
-                    version: u64::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0),
-                })
-            })
+            .map(read_models::current_from_row)
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError)
     }

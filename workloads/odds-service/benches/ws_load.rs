@@ -219,7 +219,7 @@ async fn main() -> Result<()> {
     for e in 0..args.events {
         let u = update(e, 1);
         let _: () = redis::cmd("SET")
-            .arg(redis_current_key(&u.event_id))
+            .arg(redis_current_key(&u.event_id, &u.market))
             .arg(u.to_json())
             .query_async(&mut conn)
             .await?;

@@ -16,6 +16,7 @@ use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use odds_contracts::Market;
 use serde::Deserialize;
 use serde_json::json;
 use std::sync::Arc;
@@ -163,30 +164,62 @@ async fn list_events(
         odds_contracts::validate_event_id(cursor)
             .map_err(|e| ApiError::bad_request(format!("cursor: {e}")))?;
     }
-    // One extra row tells whether another page exists.
-    let mut events = state
+    // One extra event tells whether another page exists.
+    let mut rows = state
         .store
         .list_events(query.cursor.as_deref(), limit + 1)
         .await?;
-    let next_cursor = if events.len() > limit as usize {
-        events.truncate(limit as usize);
-        events.last().map(|e| e.event_id.clone())
-    } else {
-        None
-    };
-    Ok(Json(json!({"events": events, "next_cursor": next_cursor})).into_response())
+    let mut events = 0;
+    let mut next_cursor = None;
+    let mut keep = rows.len();
+    for (i, row) in rows.iter().enumerate() {
+        if i == 0 || rows[i - 1].event_id != row.event_id {
+            events += 1;
+            if events > limit {
+                keep = i;
+                next_cursor = Some(rows[i - 1].event_id.clone());
+                break;
+            }
+        }
+    }
+    rows.truncate(keep);
+    Ok(Json(json!({"events": rows, "next_cursor": next_cursor})).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+struct MarketQuery {
+    market: Option<String>,
+}
+
+/// The `market` parameter: a known market, `default` when absent.
+fn market(value: Option<&str>) -> Result<Option<Market>, ApiError> {
+    value
+        .map(|name| {
+            name.parse::<Market>()
+                .map_err(|e| ApiError::bad_request(format!("market: {e}")))
+        })
+        .transpose()
 }
 
 async fn current_odds(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
+    query: Result<Query<MarketQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = event_id(path)?;
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let market = market(query.market.as_deref())?.unwrap_or(Market::MatchResult);
     let (update, source) = state
         .store
-        .current(&id)
+        .current(&id, market.as_str())
         .await?
-        .ok_or_else(|| ApiError::unknown_event(&id))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "unknown_event",
+                format!("no {market} odds known for event {id:?}"),
+            )
+        })?;
     Ok(([("x-odds-source", source.as_str())], Json(update)).into_response())
 }
 
@@ -195,32 +228,19 @@ async fn markets(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = event_id(path)?;
-    let (update, _) = state
+    let (markets, source) = state
         .store
-        .current(&id)
+        .markets(&id)
         .await?
         .ok_or_else(|| ApiError::unknown_event(&id))?;
-    let mut markets = vec![json!({
-        "market": update.market,
-        "current": true,
-        "odds": update.odds,
-        "version": update.version,
-        "updated_at": update.updated_at,
-    })];
-    // Earlier markets are a nicety: without Postgres the current one still answers.
-    if let Ok(seen) = state.store.history_markets(&id).await {
-        markets.extend(
-            seen.into_iter()
-                .filter(|m| *m != update.market)
-                .map(|m| json!({"market": m, "current": false})),
-        );
-    }
-    Ok(Json(json!({"event_id": id, "markets": markets})).into_response())
+    let body = Json(json!({"event_id": id, "markets": markets}));
+    Ok(([("x-odds-source", source.as_str())], body).into_response())
 }
 
 #[derive(Debug, Deserialize)]
 struct HistoryQuery {
     limit: Option<u32>,
+    market: Option<String>,
 }
 
 async fn history(
@@ -231,8 +251,9 @@ async fn history(
     let id = event_id(path)?;
     let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let limit = limit(query.limit, DEFAULT_HISTORY, MAX_HISTORY)?;
-    let entries = state.store.history(&id, limit).await?;
-    if entries.is_empty() && state.store.current(&id).await?.is_none() {
+    let market = market(query.market.as_deref())?;
+    let entries = state.store.history(&id, market, limit).await?;
+    if entries.is_empty() && state.store.markets(&id).await?.is_none() {
         return Err(ApiError::unknown_event(&id));
     }
     Ok(Json(json!({"event_id": id, "history": entries})).into_response())

@@ -66,10 +66,11 @@ pub struct ServiceConfig {
     )]
     pub ws_allowed_origins: Vec<String>,
 
-    /// Most distinct events waiting to be sent to one connection; a client that falls
-    /// further behind is closed as a slow consumer.
+    /// Most distinct (event, market) updates waiting to be sent to one connection; a client
+    /// that falls further behind is closed as a slow consumer. At least the number of
+    /// markets (2), so one event's snapshot always fits.
     #[arg(long, env = env::WS_MAX_PENDING_EVENTS, default_value_t = 1024,
-          value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
+          value_parser = RangedU64ValueParser::<usize>::new().range(2..=1_000_000))]
     pub ws_max_pending_events: usize,
 
     /// How long one write to a client may stay blocked before the client is closed as slow.

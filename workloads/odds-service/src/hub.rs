@@ -1,11 +1,13 @@
 //! Fan-out of updates to WebSocket clients: who follows what, and each client's queue.
 //!
 //! An update is encoded once ([`EncodedUpdate`]) and the same bytes are handed to every
-//! subscriber. Each connection has a [`ClientQueue`] that holds at most one pending update per
-//! event (the newest: conflation) and remembers the highest version it accepted per event, so
-//! a client never receives an older or equal version after a newer one, whatever order
-//! pub/sub and resync deliver them in. A queue that would hold more than its limit of events
-//! is marked overflowed and its connection is closed as a slow consumer.
+//! subscriber. Clients follow events; current odds are per (event, market), so each
+//! connection has a [`ClientQueue`] that holds at most one pending update per (event, market)
+//! (the newest: conflation) and remembers the highest version it accepted per (event,
+//! market), so a client never receives an older or equal version of a market after a newer
+//! one, whatever order pub/sub and resync deliver them in. A queue that would hold more than
+//! its limit of pending markets is marked overflowed and its connection is closed as a slow
+//! consumer.
 
 use crate::metrics::Metrics;
 use axum::extract::ws::Utf8Bytes;
@@ -17,10 +19,17 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 use tokio::sync::Notify;
 
+/// What a client's queue keeps one of: an event's odds in one market.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct MarketKey {
+    pub event_id: Arc<str>,
+    pub market: Arc<str>,
+}
+
 /// An update encoded once for all subscribers.
 #[derive(Debug)]
 pub struct EncodedUpdate {
-    pub event_id: Arc<str>,
+    pub key: MarketKey,
     pub version: u64,
     /// The update's JSON, for the rarer `snapshot` frames.
     pub data_json: Arc<str>,
@@ -34,7 +43,10 @@ impl EncodedUpdate {
     pub fn new(update: &OddsUpdate) -> Arc<EncodedUpdate> {
         let json = update.to_json();
         Arc::new(EncodedUpdate {
-            event_id: Arc::from(update.event_id.as_str()),
+            key: MarketKey {
+                event_id: Arc::from(update.event_id.as_str()),
+                market: Arc::from(update.market.as_str()),
+            },
             version: update.version,
             odds_frame: Utf8Bytes::from(ServerMessage::odds_frame(&json)),
             data_json: Arc::from(json),
@@ -63,9 +75,9 @@ pub struct Pending {
 /// What [`ClientQueue::push`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
-    /// Queued as a new pending event.
+    /// Queued as a new pending (event, market).
     Queued,
-    /// Replaced an older pending version of the same event.
+    /// Replaced an older pending version of the same (event, market).
     Conflated,
     /// Not newer than what the client has or will get: dropped.
     Stale,
@@ -75,11 +87,11 @@ pub enum PushOutcome {
 
 #[derive(Default)]
 struct QueueState {
-    order: VecDeque<Arc<str>>,
-    pending: HashMap<Arc<str>, Pending>,
-    /// The newest update this client was given (or has pending) per event, kept after an
-    /// unsubscribe so that a later subscribe never shows it anything older.
-    newest: HashMap<Arc<str>, Arc<EncodedUpdate>>,
+    order: VecDeque<MarketKey>,
+    pending: HashMap<MarketKey, Pending>,
+    /// The newest update this client was given (or has pending) per (event, market), kept
+    /// after an unsubscribe so that a later subscribe never shows it anything older.
+    newest: HashMap<MarketKey, Arc<EncodedUpdate>>,
     overflowed: bool,
 }
 
@@ -125,12 +137,12 @@ impl ClientQueue {
         if state.overflowed {
             return PushOutcome::Overflow;
         }
-        let held = state.newest.get(&update.event_id);
+        let held = state.newest.get(&update.key);
         if let Some(held) = held.filter(|held| update.version <= held.version) {
             if !as_snapshot {
                 return PushOutcome::Stale;
             }
-            match state.pending.get_mut(&update.event_id) {
+            match state.pending.get_mut(&update.key) {
                 // Something at least as new is already pending: deliver that as the snapshot.
                 Some(pending) => pending.as_snapshot = true,
                 None => {
@@ -141,13 +153,13 @@ impl ClientQueue {
             return PushOutcome::Stale;
         }
         // The hot path (one call per client per update): replace in place, no key clone.
-        match state.newest.get_mut(&update.event_id) {
+        match state.newest.get_mut(&update.key) {
             Some(newest) => *newest = update.clone(),
             None => {
-                state.newest.insert(update.event_id.clone(), update.clone());
+                state.newest.insert(update.key.clone(), update.clone());
             }
         }
-        if let Some(pending) = state.pending.get_mut(&update.event_id) {
+        if let Some(pending) = state.pending.get_mut(&update.key) {
             pending.update = update.clone();
             pending.as_snapshot |= as_snapshot;
             return PushOutcome::Conflated;
@@ -155,7 +167,7 @@ impl ClientQueue {
         self.enqueue(state, update, as_snapshot)
     }
 
-    /// Adds a pending entry for an event that has none, or overflows.
+    /// Adds a pending entry for an (event, market) that has none, or overflows.
     fn enqueue(
         &self,
         state: &mut QueueState,
@@ -168,9 +180,9 @@ impl ClientQueue {
             state.order.clear();
             return PushOutcome::Overflow;
         }
-        state.order.push_back(update.event_id.clone());
+        state.order.push_back(update.key.clone());
         state.pending.insert(
-            update.event_id.clone(),
+            update.key.clone(),
             Pending {
                 update: update.clone(),
                 as_snapshot,
@@ -179,7 +191,7 @@ impl ClientQueue {
         PushOutcome::Queued
     }
 
-    /// Moves up to `max` pending updates, oldest event first, into `out`. Returns true when
+    /// Moves up to `max` pending updates, oldest first, into `out`. Returns true when
     /// the queue overflowed (the connection must be closed instead).
     pub fn drain(&self, max: usize, out: &mut Vec<Pending>) -> bool {
         let mut state = self.lock();
@@ -187,10 +199,10 @@ impl ClientQueue {
             return true;
         }
         while out.len() < max {
-            let Some(event_id) = state.order.pop_front() else {
+            let Some(key) = state.order.pop_front() else {
                 break;
             };
-            if let Some(pending) = state.pending.remove(&event_id) {
+            if let Some(pending) = state.pending.remove(&key) {
                 out.push(pending);
             }
         }
@@ -201,15 +213,15 @@ impl ClientQueue {
         false
     }
 
-    /// Drops what is pending for an event (after unsubscribe). The newest version the client
-    /// saw is kept: subscribing again must never show it an older one.
+    /// Drops what is pending for every market of an event (after unsubscribe). The newest
+    /// versions the client saw are kept: subscribing again must never show it older ones.
     pub fn forget(&self, event_id: &str) {
         let mut state = self.lock();
-        state.pending.remove(event_id);
-        state.order.retain(|e| &**e != event_id);
+        state.pending.retain(|key, _| &*key.event_id != event_id);
+        state.order.retain(|key| &*key.event_id != event_id);
     }
 
-    /// Number of events waiting (for tests and diagnostics).
+    /// Number of (event, market) updates waiting (for tests and diagnostics).
     pub fn pending_len(&self) -> usize {
         self.lock().pending.len()
     }
@@ -289,7 +301,7 @@ impl Hub {
     /// Hands one update to every client following its event (or all events).
     pub fn publish(&self, update: &Arc<EncodedUpdate>) {
         let map = self.by_event.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some(subscribers) = map.get(&update.event_id) {
+        if let Some(subscribers) = map.get(&update.key.event_id) {
             for (_, queue) in subscribers {
                 self.count(queue.push(update, false));
             }
@@ -338,13 +350,17 @@ mod tests {
         EncodedUpdate::new(&odds_testkit::sample_update(event, version))
     }
 
+    fn half_time(event: &str, version: u64) -> Arc<EncodedUpdate> {
+        EncodedUpdate::new(&odds_testkit::sample_update_in(event, "HT_1X2", version))
+    }
+
     fn drain_versions(queue: &ClientQueue) -> Vec<(String, u64, bool)> {
         let mut out = Vec::new();
         assert!(!queue.drain(usize::MAX, &mut out));
         out.into_iter()
             .map(|p| {
                 (
-                    p.update.event_id.to_string(),
+                    p.update.key.event_id.to_string(),
                     p.update.version,
                     p.as_snapshot,
                 )
@@ -366,6 +382,27 @@ mod tests {
         // Already delivered: equal and older versions are never queued again.
         assert_eq!(queue.push(&update("E1", 3), false), PushOutcome::Stale);
         assert_eq!(queue.push(&update("E1", 4), false), PushOutcome::Queued);
+    }
+
+    #[test]
+    fn markets_of_one_event_are_kept_and_conflated_apart() {
+        let queue = ClientQueue::new(10);
+        assert_eq!(queue.push(&update("E1", 1), false), PushOutcome::Queued);
+        // A newer version of another market neither replaces nor makes stale the first.
+        assert_eq!(queue.push(&half_time("E1", 2), false), PushOutcome::Queued);
+        assert_eq!(
+            queue.push(&half_time("E1", 3), false),
+            PushOutcome::Conflated
+        );
+        assert_eq!(
+            drain_versions(&queue),
+            vec![("E1".into(), 1, false), ("E1".into(), 3, false)]
+        );
+        assert_eq!(queue.push(&half_time("E1", 3), false), PushOutcome::Stale);
+        assert_eq!(queue.push(&update("E1", 2), false), PushOutcome::Queued);
+        assert_eq!(queue.push(&half_time("E1", 4), false), PushOutcome::Queued);
+        queue.forget("E1");
+        assert_eq!(queue.pending_len(), 0, "unsubscribe drops every market");
     }
 
     #[test]

@@ -276,12 +276,13 @@ impl Subscriber {
 pub async fn resync(hub: Arc<Hub>, store: Arc<OddsStore>, metrics: Metrics) {
     let (events, any_all) = hub.followed_events();
     for event_id in events {
-        match store.current_from_database(&event_id).await {
-            Ok(Some(update)) => {
-                metrics.ws_resynced_events.inc();
-                hub.publish(&EncodedUpdate::new(&update));
+        match store.markets_from_database(&event_id).await {
+            Ok(markets) => {
+                for update in markets {
+                    metrics.ws_resynced_events.inc();
+                    hub.publish(&EncodedUpdate::new(&update));
+                }
             }
-            Ok(None) => {}
             Err(error) => tracing::warn!(%event_id, %error, "resync read failed"),
         }
     }

@@ -14,11 +14,13 @@ use crate::metrics::Metrics;
 use crate::pubsub::Feed;
 use chrono::{DateTime, Utc};
 use odds_contracts::names::{redis_current_key, REDIS_CURRENT_PREFIX};
-use odds_contracts::{Odds, OddsUpdate};
+use odds_contracts::{Market, Odds, OddsUpdate};
+use odds_schema::read_models;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde::Serialize;
 use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::PgRow;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -127,46 +129,16 @@ pub struct OddsStore {
     feed: Arc<Feed>,
 }
 
-#[derive(sqlx::FromRow)]
-struct CurrentRow {
-    event_id: String,
-    home_team: String,
-    away_team: String,
-    market: String,
-    home: f64,
-    draw: f64,
-    away: f64,
-    version: i64,
-    updated_at: DateTime<Utc>,
-    source: String,
-}
-
-impl From<CurrentRow> for OddsUpdate {
-    fn from(r: CurrentRow) -> OddsUpdate {
-        OddsUpdate {
-            event_id: r.event_id,
-            home_team: r.home_team,
-            away_team: r.away_team,
-            market: r.market,
-            odds: Odds {
-                home: r.home,
-                draw: r.draw,
-                away: r.away,
-            },
-            updated_at: r.updated_at,
-            source: r.source,
-            // The schema's CHECK (version >= 1) makes this conversion total.
-            version: u64::try_from(r.version).unwrap_or(0),
-        }
-    }
-}
-
 /// version, market, home, draw, away, updated_at, source
 type HistoryRow = (i64, String, f64, f64, f64, DateTime<Utc>, String);
 
-const CURRENT_COLUMNS: &str = "event_id, home_team, away_team, market, \
-    home_odds::float8 AS home, draw_odds::float8 AS draw, away_odds::float8 AS away, \
-    version, updated_at, source";
+/// Every market's key of one event (the markets are a fixed set, so no SCAN is needed).
+fn market_keys(event_id: &str) -> Vec<String> {
+    Market::ALL
+        .iter()
+        .map(|m| redis_current_key(event_id, m.as_str()))
+        .collect()
+}
 
 impl OddsStore {
     /// Connects lazily: the service starts (and answers 503) while a dependency is down.
@@ -197,44 +169,91 @@ impl OddsStore {
         })
     }
 
-    /// Current odds of one event from Postgres only, for when the cache may be stale.
-    pub async fn current_from_database(
+    /// Current odds of every market of one event from Postgres only (empty when unknown),
+    /// for when the cache may be stale.
+    pub async fn markets_from_database(
         &self,
         event_id: &str,
-    ) -> Result<Option<OddsUpdate>, StoreError> {
-        let sql = format!("SELECT {CURRENT_COLUMNS} FROM odds_current WHERE event_id = $1");
-        let row = sqlx::query_as::<_, CurrentRow>(&sql)
+    ) -> Result<Vec<OddsUpdate>, StoreError> {
+        let rows = sqlx::query(read_models::CURRENT_OF_EVENT)
             .bind(event_id)
-            .fetch_optional(&self.pg)
+            .fetch_all(&self.pg)
             .await
             .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
-        Ok(row.map(OddsUpdate::from))
+        decode(&rows).map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))
     }
 
-    /// Current odds of one event: cache, else Postgres (filling the cache); Postgres only
-    /// while the live feed is down. `Ok(None)` when the event is unknown to whichever store
-    /// answered.
+    /// Current odds of every market of one event, in market order: Postgres (the truth; an
+    /// event's markets are only complete there, since the cache evicts keys one by one), else
+    /// the cache while the live feed is up. `Ok(None)` when the event is unknown.
+    pub async fn markets(
+        &self,
+        event_id: &str,
+    ) -> Result<Option<(Vec<OddsUpdate>, Source)>, StoreError> {
+        let db_error = match self.markets_from_database(event_id).await {
+            Ok(updates) if updates.is_empty() => return Ok(None),
+            Ok(updates) => return Ok(Some((updates, Source::Database))),
+            Err(e) => e,
+        };
+        if let Some(down) = self.feed.status().down {
+            return Err(StoreError::Unavailable(format!(
+                "{db_error}; the cache is not trusted while live updates are stopped ({down})"
+            )));
+        }
+        self.metrics.store_fallbacks.inc();
+        let values: Vec<Option<String>> = self
+            .redis
+            .run(redis::cmd("MGET").arg(market_keys(event_id)))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{db_error}; Redis: {e}")))?;
+        let updates: Vec<OddsUpdate> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|json| odds_contracts::parse_update(json.as_bytes()).ok())
+            .filter(|u| u.event_id == event_id)
+            .collect();
+        Ok((!updates.is_empty()).then_some((updates, Source::Cache)))
+    }
+
+    /// Current odds of one event in one market from Postgres only.
+    async fn current_from_database(
+        &self,
+        event_id: &str,
+        market: &str,
+    ) -> Result<Option<OddsUpdate>, sqlx::Error> {
+        let row = sqlx::query(read_models::CURRENT_OF_MARKET)
+            .bind(event_id)
+            .bind(market)
+            .fetch_optional(&self.pg)
+            .await?;
+        row.as_ref().map(read_models::current_from_row).transpose()
+    }
+
+    /// Current odds of one event in one market: cache, else Postgres (filling the cache);
+    /// Postgres only while the live feed is down. `Ok(None)` when the pair is unknown to
+    /// whichever store answered.
     pub async fn current(
         &self,
         event_id: &str,
+        market: &str,
     ) -> Result<Option<(OddsUpdate, Source)>, StoreError> {
         if let Some(down) = self.feed.status().down {
             self.metrics.store_fallbacks.inc();
-            return match self.current_from_database(event_id).await {
+            return match self.current_from_database(event_id, market).await {
                 Ok(update) => Ok(update.map(|u| (u, Source::Database))),
                 Err(e) => Err(StoreError::Unavailable(format!(
-                    "{e}; the cache is not trusted while live updates are stopped ({down})"
+                    "Postgres: {e}; the cache is not trusted while live updates are stopped ({down})"
                 ))),
             };
         }
-        let key = redis_current_key(event_id);
+        let key = redis_current_key(event_id, market);
         let redis_error = match self
             .redis
             .run::<Option<String>>(redis::cmd("GET").arg(&key))
             .await
         {
             Ok(Some(json)) => match odds_contracts::parse_update(json.as_bytes()) {
-                Ok(update) if update.event_id == event_id => {
+                Ok(update) if update.event_id == event_id && update.market == market => {
                     return Ok(Some((update, Source::Cache)))
                 }
                 Ok(_) | Err(_) => {
@@ -245,13 +264,9 @@ impl OddsStore {
             Ok(None) => None,
             Err(e) => Some(e),
         };
-        let sql = format!("SELECT {CURRENT_COLUMNS} FROM odds_current WHERE event_id = $1");
-        let row = sqlx::query_as::<_, CurrentRow>(&sql)
-            .bind(event_id)
-            .fetch_optional(&self.pg)
-            .await;
-        let row = match (row, &redis_error) {
-            (Ok(row), _) => row,
+        let row = self.current_from_database(event_id, market).await;
+        let update = match (row, &redis_error) {
+            (Ok(update), _) => update,
             (Err(db), Some(redis)) => {
                 return Err(StoreError::Unavailable(format!(
                     "Redis: {redis}; Postgres: {db}"
@@ -259,7 +274,7 @@ impl OddsStore {
             }
             (Err(db), None) => return Err(StoreError::Database(db)),
         };
-        let Some(update) = row.map(OddsUpdate::from) else {
+        let Some(update) = update else {
             return Ok(None);
         };
         if redis_error.is_some() {
@@ -278,32 +293,29 @@ impl OddsStore {
         Ok(Some((update, Source::Database)))
     }
 
-    /// A page of events ordered by id, starting after `after`.
+    /// Every market of up to `limit` events with ids after `after`, in (event, market) order.
     pub async fn list_events(
         &self,
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<OddsUpdate>, StoreError> {
-        let sql = format!(
-            "SELECT {CURRENT_COLUMNS} FROM odds_current \
-             WHERE $1::text IS NULL OR event_id > $1 ORDER BY event_id LIMIT $2"
-        );
-        let rows = sqlx::query_as::<_, CurrentRow>(&sql)
+        let rows = sqlx::query(read_models::CURRENT_OF_EVENTS_AFTER)
             .bind(after)
             .bind(i64::from(limit))
             .fetch_all(&self.pg)
             .await
             .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
-        Ok(rows.into_iter().map(OddsUpdate::from).collect())
+        decode(&rows).map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))
     }
 
-    /// Current odds of every event (up to `limit`): Postgres, else the cache (SCAN).
+    /// Current odds of every market of every event (up to `limit` events): Postgres, else
+    /// the cache (SCAN).
     pub async fn all_current(&self, limit: u32) -> Result<Vec<OddsUpdate>, StoreError> {
         self.current_after(None, limit).await
     }
 
-    /// Current odds of up to `limit` events with ids after `after`, in id order (keyset
-    /// paging): Postgres, else the cache (SCAN).
+    /// Current odds of every market of up to `limit` events with ids after `after`, in
+    /// (event, market) order (keyset paging by event): Postgres, else the cache (SCAN).
     pub async fn current_after(
         &self,
         after: Option<&str>,
@@ -347,27 +359,38 @@ impl OddsStore {
             }
         }
         updates.retain(|u| after.is_none_or(|after| u.event_id.as_str() > after));
-        updates.sort_by(|a, b| a.event_id.cmp(&b.event_id));
-        updates.truncate(limit as usize);
+        updates.sort_by(|a, b| (&a.event_id, &a.market).cmp(&(&b.event_id, &b.market)));
+        // Keep every market of the first `limit` events.
+        let mut events = 0;
+        let mut previous: Option<String> = None;
+        updates.retain(|u| {
+            if previous.as_deref() != Some(u.event_id.as_str()) {
+                events += 1;
+                previous = Some(u.event_id.clone());
+            }
+            events <= limit
+        });
         Ok(updates)
     }
 
-    /// Newest-first history of one event.
+    /// Newest-first history of one event, of one market or of all.
     pub async fn history(
         &self,
         event_id: &str,
+        market: Option<Market>,
         limit: u32,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let rows: Vec<HistoryRow> = sqlx::query_as(
-            "SELECT version, market, home_odds::float8, draw_odds::float8, away_odds::float8, \
-             updated_at, source FROM odds_history WHERE event_id = $1 \
-             ORDER BY version DESC LIMIT $2",
-        )
-        .bind(event_id)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pg)
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
+        let markets: Vec<&str> = match market {
+            Some(m) => vec![m.as_str()],
+            None => Market::ALL.iter().map(|m| m.as_str()).collect(),
+        };
+        let rows: Vec<HistoryRow> = sqlx::query_as(read_models::HISTORY_NEWEST_FIRST)
+            .bind(event_id)
+            .bind(i64::from(limit))
+            .bind(markets)
+            .fetch_all(&self.pg)
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
         Ok(rows
             .into_iter()
             .map(
@@ -382,17 +405,6 @@ impl OddsStore {
             .collect())
     }
 
-    /// Markets seen in an event's history (the current market comes from [`Self::current`]).
-    pub async fn history_markets(&self, event_id: &str) -> Result<Vec<String>, StoreError> {
-        let markets: Vec<(String,)> = sqlx::query_as(
-            "SELECT DISTINCT market FROM odds_history WHERE event_id = $1 ORDER BY market",
-        )
-        .bind(event_id)
-        .fetch_all(&self.pg)
-        .await?;
-        Ok(markets.into_iter().map(|(m,)| m).collect())
-    }
-
     /// True when Redis or Postgres answers (readiness: either can serve reads).
     pub async fn reachable(&self) -> bool {
         if self.redis.run::<String>(&redis::cmd("PING")).await.is_ok() {
@@ -400,4 +412,8 @@ impl OddsStore {
         }
         sqlx::query("SELECT 1").execute(&self.pg).await.is_ok()
     }
+}
+
+fn decode(rows: &[PgRow]) -> Result<Vec<OddsUpdate>, sqlx::Error> {
+    rows.iter().map(read_models::current_from_row).collect()
 }

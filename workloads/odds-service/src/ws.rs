@@ -15,6 +15,7 @@ use crate::store::OddsStore;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use odds_contracts::ws::{ClientMessage, ErrorCode, ServerMessage, ALL_EVENTS};
+use odds_contracts::Market;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -322,9 +323,9 @@ impl Connection {
         let event: Arc<str> = Arc::from(event_id.as_str());
         // Register first: an update published while we read the snapshot is queued, not lost.
         self.ctx.hub.subscribe(self.id, &self.queue, event.clone());
-        let snapshot = self.ctx.store.current(&event_id).await;
+        let snapshot = self.ctx.store.markets(&event_id).await;
         let (code, text) = match snapshot {
-            Ok(Some((update, _))) => {
+            Ok(Some((markets, _))) => {
                 if self.events.insert(event) {
                     self.ctx.metrics.ws_subscriptions.inc();
                 }
@@ -332,8 +333,10 @@ impl Connection {
                 if let Some(exit) = self.reply(socket, reply).await {
                     return Some(exit);
                 }
-                self.queue
-                    .push(&crate::hub::EncodedUpdate::new(&update), true);
+                for update in &markets {
+                    self.queue
+                        .push(&crate::hub::EncodedUpdate::new(update), true);
+                }
                 return None;
             }
             Ok(None) => (
@@ -364,7 +367,9 @@ impl Connection {
         // The snapshot of every event may be larger than the client's queue: it goes out a
         // page at a time, each page written before the next is read, so it is neither
         // truncated nor mistaken for a slow consumer.
-        let page = u32::try_from(self.ctx.max_pending_events.clamp(1, SNAPSHOT_PAGE)).unwrap_or(1);
+        // A page holds every market of its events; the queue counts markets.
+        let page = (self.ctx.max_pending_events / Market::ALL.len()).clamp(1, SNAPSHOT_PAGE);
+        let page = u32::try_from(page).unwrap_or(1);
         let mut after: Option<String> = None;
         let mut batch = Vec::with_capacity(BATCH);
         loop {
@@ -382,14 +387,22 @@ impl Connection {
                     .push(&crate::hub::EncodedUpdate::new(update), true);
             }
             // Room for the next page; what is left goes out with the live updates.
-            let room_needed = self.ctx.max_pending_events.saturating_sub(page as usize);
+            let room_needed = self
+                .ctx
+                .max_pending_events
+                .saturating_sub(page as usize * Market::ALL.len());
             while self.queue.pending_len() > room_needed {
                 if let Some(exit) = self.write_pending(socket, &mut batch).await {
                     return Some(exit);
                 }
             }
+            let events = updates
+                .windows(2)
+                .filter(|pair| pair[0].event_id != pair[1].event_id)
+                .count()
+                + usize::from(!updates.is_empty());
             match updates.last() {
-                Some(last) if updates.len() == page as usize => {
+                Some(last) if events == page as usize => {
                     after = Some(last.event_id.clone());
                 }
                 _ => return None,

@@ -1,15 +1,23 @@
-//! The read models' write path, shared by the processor (which owns it) and the odds-service
-//! tests (which seed Postgres exactly as the processor does): one statement, one place.
+//! The read models' SQL, shared by the processor (which owns the write path), odds-service
+//! (which reads) and the tests (which seed Postgres exactly as the processor does): each
+//! statement once, in one place.
+//!
+//! Current odds are kept per (event, market); history once per (event, market, version).
+//! Versions rise per event across all its markets, so comparing versions within one market
+//! is the same order the supplier meant.
 
-use odds_contracts::OddsUpdate;
-use sqlx::postgres::{PgArguments, Postgres};
+use chrono::{DateTime, Utc};
+use odds_contracts::{Odds, OddsUpdate};
+use sqlx::postgres::{PgArguments, PgRow, Postgres};
 use sqlx::query::Query;
+use sqlx::Row;
 
 /// Applies a batch in one statement: every update into `odds_history` (`ON CONFLICT DO
-/// NOTHING`), the newest per event into `odds_current` only where strictly newer. Ties (two
-/// contents at one version) go to the first one read. Returns one row per event of the batch:
-/// `event_id`, `is_current` (the batch's newest is what is stored now), and the counts
-/// `history_inserted` and `current_advanced` (the same on every row).
+/// NOTHING`), the newest per (event, market) into `odds_current` only where strictly newer.
+/// Ties (two contents at one version) go to the first one read. Returns one row per (event,
+/// market) of the batch: `event_id`, `market`, `is_current` (the batch's newest is what is
+/// stored now), and the counts `history_inserted` and `current_advanced` (the same on every
+/// row).
 pub const APPLY_BATCH: &str = r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
@@ -19,14 +27,15 @@ WITH input AS (
              version, updated_at, source, ord)
 ), newest AS (
     -- Ties (one version, two contents) go to the first read, as in history and in Redis.
-    SELECT DISTINCT ON (event_id) * FROM input ORDER BY event_id, version DESC, ord
+    SELECT DISTINCT ON (event_id, market) * FROM input
+    ORDER BY event_id, market, version DESC, ord
 ), history AS (
     INSERT INTO odds_history (event_id, version, market, home_odds, draw_odds, away_odds,
                               updated_at, source)
     SELECT event_id, version, market, home_odds::numeric, draw_odds::numeric,
            away_odds::numeric, updated_at, source
     FROM input ORDER BY ord
-    ON CONFLICT (event_id, version) DO NOTHING
+    ON CONFLICT (event_id, market, version) DO NOTHING
     RETURNING 1
 ), upsert AS (
     INSERT INTO odds_current (event_id, home_team, away_team, market, home_odds, draw_odds,
@@ -34,9 +43,9 @@ WITH input AS (
     SELECT event_id, home_team, away_team, market, home_odds::numeric, draw_odds::numeric,
            away_odds::numeric, version, updated_at, source
     FROM newest
-    ON CONFLICT (event_id) DO UPDATE SET
+    ON CONFLICT (event_id, market) DO UPDATE SET
         home_team = EXCLUDED.home_team, away_team = EXCLUDED.away_team,
-        market = EXCLUDED.market, home_odds = EXCLUDED.home_odds,
+        home_odds = EXCLUDED.home_odds,
         draw_odds = EXCLUDED.draw_odds, away_odds = EXCLUDED.away_odds,
         version = EXCLUDED.version, updated_at = EXCLUDED.updated_at,
         source = EXCLUDED.source, stored_at = now()
@@ -47,15 +56,88 @@ WITH input AS (
 -- current afterwards exactly when nothing newer (or nothing at all) was stored before.
 -- An equal stored version counts only with the same content (a replay, which may re-cache
 -- it); a different content at that version lost the tie to what was stored first.
-SELECT n.event_id,
+SELECT n.event_id, n.market,
        (c.version IS NULL OR c.version < n.version
-        OR (c.version = n.version AND c.market = n.market
+        OR (c.version = n.version
             AND c.home_odds = n.home_odds::numeric AND c.draw_odds = n.draw_odds::numeric
             AND c.away_odds = n.away_odds::numeric)) AS is_current,
        (SELECT count(*) FROM history) AS history_inserted,
        (SELECT count(*) FROM upsert) AS current_advanced
-FROM newest n LEFT JOIN odds_current c ON c.event_id = n.event_id
+FROM newest n
+    LEFT JOIN odds_current c ON c.event_id = n.event_id AND c.market = n.market
 "#;
+
+/// The columns of `odds_current` as [`current_from_row`] reads them (prices as `float8`).
+macro_rules! current_columns {
+    () => {
+        "event_id, home_team, away_team, market, home_odds::float8 AS home_odds, \
+         draw_odds::float8 AS draw_odds, away_odds::float8 AS away_odds, version, \
+         updated_at, source"
+    };
+}
+
+/// The current odds of every market of event `$1`, in market order.
+pub const CURRENT_OF_EVENT: &str = concat!(
+    "SELECT ",
+    current_columns!(),
+    " FROM odds_current WHERE event_id = $1 ORDER BY market"
+);
+
+/// The current odds of event `$1` in market `$2`.
+pub const CURRENT_OF_MARKET: &str = concat!(
+    "SELECT ",
+    current_columns!(),
+    " FROM odds_current WHERE event_id = $1 AND market = $2"
+);
+
+/// Up to `$3` current rows after the key (`$1` event, `$2` market) in key order: keyset
+/// paging over every (event, market), for the processor's cache repair.
+pub const CURRENT_PAGE: &str = concat!(
+    "SELECT ",
+    current_columns!(),
+    " FROM odds_current WHERE (event_id, market) > ($1, $2) \
+     ORDER BY event_id, market LIMIT $3"
+);
+
+/// Every market of up to `$2` events with ids after `$1` (all events when `$1` is NULL), in
+/// (event, market) order: keyset paging by event, so a page never splits an event.
+pub const CURRENT_OF_EVENTS_AFTER: &str = concat!(
+    "SELECT ",
+    current_columns!(),
+    " FROM odds_current WHERE event_id IN ( \
+         SELECT DISTINCT event_id FROM odds_current \
+         WHERE $1::text IS NULL OR event_id > $1 ORDER BY event_id LIMIT $2) \
+     ORDER BY event_id, market"
+);
+
+/// Decodes a row of the `current_columns` shape.
+pub fn current_from_row(row: &PgRow) -> Result<OddsUpdate, sqlx::Error> {
+    Ok(OddsUpdate {
+        event_id: row.try_get("event_id")?,
+        home_team: row.try_get("home_team")?,
+        away_team: row.try_get("away_team")?,
+        market: row.try_get("market")?,
+        odds: Odds {
+            home: row.try_get("home_odds")?,
+            draw: row.try_get("draw_odds")?,
+            away: row.try_get("away_odds")?,
+        },
+        updated_at: row.try_get::<DateTime<Utc>, _>("updated_at")?,
+        source: row.try_get("source")?,
+        // The schema's CHECK (version >= 1) makes this conversion total.
+        version: u64::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0),
+    })
+}
+
+/// Newest-first history of event `$1`, at most `$2` rows, over the markets in `$3`: one
+/// backward scan of the unique index per market, each stopping at the limit, then a sort of
+/// at most markets × limit rows, however long the event's history is.
+pub const HISTORY_NEWEST_FIRST: &str = "SELECT h.version, h.market, \
+    h.home_odds::float8, h.draw_odds::float8, h.away_odds::float8, h.updated_at, h.source \
+    FROM unnest($3::text[]) AS m(market) CROSS JOIN LATERAL ( \
+        SELECT * FROM odds_history \
+        WHERE event_id = $1 AND market = m.market ORDER BY version DESC LIMIT $2) h \
+    ORDER BY h.version DESC, h.market LIMIT $2";
 
 /// [`APPLY_BATCH`] with `updates` bound as its arrays.
 pub fn apply_batch(updates: &[OddsUpdate]) -> Query<'_, Postgres, PgArguments> {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use odds_testkit::TestDatabase;
+use sqlx::migrate::Migrator;
 use sqlx::PgPool;
 
 async fn names(pool: &PgPool, sql: &str) -> Vec<String> {
@@ -14,7 +15,7 @@ async fn migrations_apply_twice_and_create_the_schema() {
     let db = TestDatabase::create().await.unwrap();
     odds_schema::migrate(db.pool()).await.unwrap();
     odds_schema::migrate(db.pool()).await.unwrap();
-    assert_eq!(odds_schema::latest_version(), 2);
+    assert_eq!(odds_schema::latest_version(), 3);
 
     let tables = names(
         db.pool(),
@@ -39,14 +40,14 @@ async fn migrations_apply_twice_and_create_the_schema() {
         .fetch_one(db.pool())
         .await
         .unwrap();
-    assert_eq!(applied, 2, "second run applied nothing new");
+    assert_eq!(applied, 3, "second run applied nothing new");
 
     let constraints = names(
         db.pool(),
         "SELECT conname::text FROM pg_constraint WHERE conrelid = 'odds_history'::regclass",
     )
     .await;
-    assert!(constraints.contains(&"odds_history_event_version_key".to_string()));
+    assert!(constraints.contains(&"odds_history_event_market_version_key".to_string()));
     let fks: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'bets'::regclass",
     )
@@ -74,7 +75,8 @@ async fn read_model_constraints_hold() {
     sqlx::query(insert).execute(db.pool()).await.unwrap();
     let dup = sqlx::query(insert).execute(db.pool()).await.unwrap_err();
     assert!(
-        dup.to_string().contains("odds_history_event_version_key"),
+        dup.to_string()
+            .contains("odds_history_event_market_version_key"),
         "{dup}"
     );
 
@@ -87,13 +89,63 @@ async fn read_model_constraints_hold() {
     .await;
     assert!(bad_odds.is_err(), "odds <= 1 are refused by the schema too");
 
-    // The history query is served by the unique index, newest first.
-    let plan: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN SELECT * FROM odds_history WHERE event_id = 'E1' ORDER BY version DESC LIMIT 5",
-    )
+    // The history query is served by the unique index, newest first, one scan per market.
+    let plan: Vec<String> = sqlx::query_scalar(&format!(
+        "EXPLAIN {}",
+        odds_schema::read_models::HISTORY_NEWEST_FIRST
+    ))
+    .bind("E1")
+    .bind(5_i64)
+    .bind(vec!["1X2", "HT_1X2"])
     .fetch_all(db.pool())
     .await
     .unwrap();
     let plan = plan.join("\n");
-    assert!(plan.contains("odds_history_event_version_key"), "{plan}");
+    assert!(
+        plan.contains("odds_history_event_market_version_key"),
+        "{plan}"
+    );
+}
+
+/// A database that ran 0002 (one current row per event) with data in it takes 0003, keeps
+/// every row, and from then on holds one current row per (event, market).
+#[tokio::test]
+async fn markets_migration_upgrades_a_populated_database() {
+    let db = TestDatabase::create().await.unwrap();
+    // The first two migrations, as files, exactly as a deployment of that time had them.
+    let dir = std::env::temp_dir().join(format!("odds-migrations-0002-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    for file in ["0001_init_schema.sql", "0002_odds_read_models.sql"] {
+        std::fs::copy(repo.join(file), dir.join(file)).unwrap();
+    }
+    Migrator::new(dir.clone())
+        .await
+        .unwrap()
+        .run(db.pool())
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    sqlx::query(
+        "INSERT INTO odds_current (event_id, home_team, away_team, market, home_odds,
+         draw_odds, away_odds, version, updated_at) VALUES ('E1', 'A', 'B', '1X2', 2, 3, 4, 7, now())",
+    )
+    .execute(db.pool())
+    .await
+    .unwrap();
+    odds_schema::migrate(db.pool()).await.unwrap();
+
+    let mut half_time = odds_testkit::sample_update("E1", 8);
+    half_time.market = "HT_1X2".into();
+    odds_schema::read_models::apply_batch(&[half_time])
+        .fetch_all(db.pool())
+        .await
+        .unwrap();
+    let current: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT market, version FROM odds_current WHERE event_id = 'E1' ORDER BY market",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(current, vec![("1X2".into(), 7), ("HT_1X2".into(), 8)]);
 }

@@ -26,7 +26,7 @@ pub struct SimulatorConfig {
     pub seed: u64,
 
     /// Markets to quote, comma-separated (known: 1X2, HT_1X2).
-    #[arg(long, env = env::SIM_MARKETS, default_value = "1X2", value_delimiter = ',', value_parser = parse_market)]
+    #[arg(long, env = env::SIM_MARKETS, default_value = "1X2", value_delimiter = ',')]
     pub markets: Vec<Market>,
 
     /// Send updates in bursts of this many back-to-back frames (same average rate); 1 = evenly spaced.
@@ -50,10 +50,6 @@ pub struct SimulatorConfig {
 
     #[command(flatten)]
     pub ops: OpsArgs,
-}
-
-fn parse_market(name: &str) -> Result<Market, String> {
-    Market::parse(name).ok_or_else(|| format!("unknown market {name:?} (known: 1X2, HT_1X2)"))
 }
 
 impl SimulatorConfig {

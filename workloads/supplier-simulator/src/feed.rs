@@ -9,8 +9,10 @@
 //! the rate limit (≤ 1 000 000 updates/s in all) guarantees. Microseconds keep versions below
 //! 2^53, so JavaScript clients read them exactly.
 //!
-//! Each event holds implied probabilities for home/draw/away that drift as a bounded random
-//! walk; prices are quoted with a bookmaker margin, so the implied probabilities of the three
+//! An event is quoted in every configured market (`1X2`, `HT_1X2`); its version counts the
+//! quotes of all its markets, so each market's versions rise too and the consumers' current
+//! odds per (event, market) keep the newest. Each market holds implied probabilities for
+//! home/draw/away that drift as a bounded random walk; prices are quoted with a bookmaker margin, so the implied probabilities of the three
 //! quoted odds sum to a little over 1 (as real books do) and every price stays above 1.0.
 
 use chrono::{DateTime, Utc};
@@ -60,8 +62,16 @@ struct EventState {
     event_id: String,
     home_team: String,
     away_team: String,
+    /// The newest version of any of the event's markets.
+    version: u64,
+    markets: Vec<MarketState>,
+}
+
+#[derive(Debug, Clone)]
+struct MarketState {
     market: Market,
     probs: [f64; 3],
+    /// The version this market was last quoted at.
     version: u64,
 }
 
@@ -74,8 +84,9 @@ pub struct OddsFeed {
 }
 
 impl OddsFeed {
-    /// `markets` are assigned to events round-robin; an empty list means `1X2`. Every event
-    /// starts quoted at version `version_base + 1` (see the module doc for the base).
+    /// Every event is quoted in each of `markets` (an empty list means `1X2`); every market
+    /// starts quoted at version `version_base + 1` (see the module doc for the base). With
+    /// one market the stream is the same as it always was for a seed.
     pub fn new(seed: u64, events: u32, markets: &[Market], version_base: u64) -> OddsFeed {
         let mut rng = SmallRng::seed_from_u64(seed);
         let markets = if markets.is_empty() {
@@ -89,15 +100,25 @@ impl OddsFeed {
                     Some((home, away)) => ((*home).to_owned(), (*away).to_owned()),
                     None => generated_teams(i),
                 };
-                let home = rng.random_range(0.30..0.55);
-                let draw = rng.random_range(0.20..0.30);
+                let version = version_base.saturating_add(1);
+                let markets = markets
+                    .iter()
+                    .map(|&market| {
+                        let home = rng.random_range(0.30..0.55);
+                        let draw = rng.random_range(0.20..0.30);
+                        MarketState {
+                            market,
+                            probs: [home, draw, 1.0 - home - draw],
+                            version,
+                        }
+                    })
+                    .collect();
                 EventState {
                     event_id: format!("MATCH_{:03}", i + 1),
                     home_team,
                     away_team,
-                    market: markets[i % markets.len()],
-                    probs: [home, draw, 1.0 - home - draw],
-                    version: version_base.saturating_add(1),
+                    version,
+                    markets,
                 }
             })
             .collect();
@@ -108,23 +129,33 @@ impl OddsFeed {
         self.events.len()
     }
 
-    /// The next price change of a randomly chosen event, stamped `now`.
+    /// The next price change of a randomly chosen event and market, stamped `now`.
     pub fn next_update(&mut self, now: DateTime<Utc>) -> OddsUpdate {
         let index = self.rng.random_range(0..self.events.len());
         let event = &mut self.events[index];
-        for p in &mut event.probs {
+        // No draw with one market, so a seed's single-market stream never changes.
+        let market = match event.markets.len() {
+            1 => 0,
+            n => self.rng.random_range(0..n),
+        };
+        event.version += 1;
+        let state = &mut event.markets[market];
+        for p in &mut state.probs {
             *p *= 1.0 + self.rng.random_range(-STEP..STEP);
         }
-        normalise(&mut event.probs);
-        event.version += 1;
-        quote(event, now)
+        normalise(&mut state.probs);
+        state.version = event.version;
+        quote(event, &event.markets[market], now)
     }
 
-    /// The current odds of every event at their current versions, stamped `now`: what a
-    /// client that (re)connects gets first, so an update it missed while away never leaves an
-    /// event on a wrong price.
+    /// The current odds of every event in every market at their current versions, stamped
+    /// `now`: what a client that (re)connects gets first, so an update it missed while away
+    /// never leaves a market on a wrong price.
     pub fn image(&self, now: DateTime<Utc>) -> Vec<OddsUpdate> {
-        self.events.iter().map(|event| quote(event, now)).collect()
+        self.events
+            .iter()
+            .flat_map(|event| event.markets.iter().map(move |m| quote(event, m, now)))
+            .collect()
     }
 }
 
@@ -133,20 +164,20 @@ pub fn clock_version_base() -> u64 {
     u64::try_from(Utc::now().timestamp_micros()).unwrap_or(0)
 }
 
-fn quote(event: &EventState, now: DateTime<Utc>) -> OddsUpdate {
+fn quote(event: &EventState, market: &MarketState, now: DateTime<Utc>) -> OddsUpdate {
     OddsUpdate {
         event_id: event.event_id.clone(),
         home_team: event.home_team.clone(),
         away_team: event.away_team.clone(),
-        market: event.market.as_str().to_owned(),
+        market: market.market.as_str().to_owned(),
         odds: Odds {
-            home: price(event.probs[0]),
-            draw: price(event.probs[1]),
-            away: price(event.probs[2]),
+            home: price(market.probs[0]),
+            draw: price(market.probs[1]),
+            away: price(market.probs[2]),
         },
         updated_at: now,
         source: SOURCE.to_owned(),
-        version: event.version,
+        version: market.version,
     }
 }
 
@@ -229,6 +260,30 @@ mod tests {
         assert_eq!((same.version, same.odds), (next.version, next.odds));
         // A process started later gets a larger base, so its first quotes are newer.
         assert!(clock_version_base() > 1_700_000_000_000_000);
+    }
+
+    #[test]
+    fn every_event_is_quoted_in_every_market_with_one_version_sequence() {
+        let markets = [Market::MatchResult, Market::HalfTimeResult];
+        let mut feed = OddsFeed::new(5, 3, &markets, 100);
+        let image = feed.image(Utc::now());
+        assert_eq!(image.len(), 6, "3 events × 2 markets");
+        let mut seen = std::collections::HashMap::new();
+        let mut last_per_event = std::collections::HashMap::new();
+        for _ in 0..2_000 {
+            let u = feed.next_update(Utc::now());
+            let prev = last_per_event
+                .insert(u.event_id.clone(), u.version)
+                .unwrap_or(101);
+            assert_eq!(u.version, prev + 1, "one sequence per event across markets");
+            seen.insert((u.event_id.clone(), u.market.clone()), u);
+        }
+        assert_eq!(seen.len(), 6, "both markets are quoted");
+        // The image holds each market's own latest quote.
+        for u in feed.image(Utc::now()) {
+            let last = &seen[&(u.event_id.clone(), u.market.clone())];
+            assert_eq!((u.version, u.odds), (last.version, last.odds));
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ mod postgres;
 mod process;
 mod redis_server;
 
-pub use fixtures::sample_update;
+pub use fixtures::{sample_update, sample_update_in};
 pub use http::{http_get, HttpResponse};
 pub use kafka::{read_topic, ReadRecord, TestKafka};
 pub use postgres::{PostgresDurability, PostgresServer, TestDatabase};

@@ -20,6 +20,7 @@ use crate::status::Scrape;
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::ws::ServerMessage;
+use odds_contracts::Market;
 use odds_testkit::{http_get, PostgresDurability};
 use report::{per_thousand, BENCH_PROCESS, SATURATED_BELOW_IDLE};
 pub use report::{BenchReport, Latency, Machine, PostgresSettings};
@@ -105,6 +106,8 @@ async fn run_once(args: &BenchArgs, rate: u32, bin_dir: PathBuf) -> anyhow::Resu
         } else {
             PostgresDurability::Durable
         },
+        // One market: figures stay comparable with earlier runs.
+        markets: vec![Market::MatchResult],
     };
     let mut launcher = Launcher::start(options).await?;
     let result = measure(&launcher, args, rate, total).await;

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::Message;
 
 const EVENTS: u32 = 4;
+/// Rows on the page: one per (event, market).
+const ROWS: usize = EVENTS as usize * odds_contracts::Market::ALL.len();
 
 /// What the page shows, read from its DOM.
 const READ_PAGE: &str = r##"JSON.stringify({
@@ -22,6 +24,7 @@ const READ_PAGE: &str = r##"JSON.stringify({
   count: Number(document.getElementById("update-count").dataset.count),
   rows: [...document.querySelectorAll("#odds-body tr")].map(r => ({
     id: r.dataset.eventId,
+    market: r.querySelector(".market").textContent,
     home: r.querySelector(".home-team").textContent,
     away: r.querySelector(".away-team").textContent,
     odds: [...r.querySelectorAll("td.odds")].map(td => td.dataset.value).join("/"),
@@ -141,12 +144,12 @@ async fn odds_page_updates_live_in_chromium() {
     let deadline = Instant::now() + Duration::from_secs(30);
     let first = loop {
         let page = devtools.read_page().await;
-        if page["rows"].as_array().map_or(0, Vec::len) == EVENTS as usize {
+        if page["rows"].as_array().map_or(0, Vec::len) == ROWS {
             break page;
         }
         assert!(
             Instant::now() < deadline,
-            "page never showed {EVENTS} events: {page}"
+            "page never showed {EVENTS} events in every market: {page}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -155,9 +158,12 @@ async fn odds_page_updates_live_in_chromium() {
 
     assert_eq!(second["state"], "connected", "{second}");
     let rows = second["rows"].as_array().unwrap();
-    assert_eq!(rows[1]["id"], "MATCH_002");
-    assert_eq!(rows[1]["home"], "Liverpool");
-    assert_eq!(rows[1]["away"], "Everton");
+    // One row per (event, market), in that order.
+    assert_eq!(rows[2]["id"], "MATCH_002");
+    assert_eq!(rows[2]["market"], "1X2");
+    assert_eq!(rows[3]["market"], "HT_1X2");
+    assert_eq!(rows[2]["home"], "Liverpool");
+    assert_eq!(rows[2]["away"], "Everton");
     assert!(
         second["count"].as_u64().unwrap() > first["count"].as_u64().unwrap(),
         "live updates arrived: {first} -> {second}"

@@ -2,8 +2,8 @@
 //! binaries: the supplier restarted, the processor killed mid-batch, Redis and Postgres
 //! stopped and started, every Kafka broker down and up, and two records no stage should
 //! accept. At the end nothing ingest accepted is missing from `odds_history`, Postgres holds
-//! the supplier's last update of every event, Redis agrees with Postgres, and no WebSocket
-//! client ever saw a version go down but every client saw the final prices.
+//! the supplier's last update of every (event, market), Redis agrees with Postgres, and no
+//! WebSocket client ever saw a version go down but every client saw the final prices.
 //!
 //! `make chaos` runs this test alone and prints the report (updates lost, regressions, and
 //! how long prices took to move again after each fault).
@@ -29,13 +29,21 @@ const OUTAGE: Duration = Duration::from_secs(2);
 /// Longest a fault may keep prices still before the test fails.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(90);
 
-type Versions = Arc<Mutex<BTreeMap<String, OddsUpdate>>>;
+/// Current odds are per (event, market).
+type Key = (String, String);
 
-/// What one `/ws/odds` client saw: the newest update per event and every regression.
+fn key(update: &OddsUpdate) -> Key {
+    (update.event_id.clone(), update.market.clone())
+}
+
+type Versions = Arc<Mutex<BTreeMap<Key, OddsUpdate>>>;
+
+/// What one `/ws/odds` client saw: the newest update per (event, market) and every
+/// regression.
 #[derive(Default)]
 struct ClientLog {
-    newest: BTreeMap<String, u64>,
-    regressions: Vec<(String, u64, u64)>,
+    newest: BTreeMap<Key, u64>,
+    regressions: Vec<(Key, u64, u64)>,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,22 +147,28 @@ async fn the_pipeline_recovers_from_every_ordinary_fault_losing_nothing() {
         .expect("the tap ends with the supplier")
         .unwrap();
     let last_sent = sent.lock().unwrap().clone();
-    assert_eq!(last_sent.len(), events.len(), "the tap saw every event");
+    let markets = odds_contracts::Market::ALL.len();
+    assert_eq!(
+        last_sent.len(),
+        events.len() * markets,
+        "the tap saw every event in every market"
+    );
     let pool = sqlx::PgPool::connect(&launcher.infra.database_url)
         .await
         .unwrap();
     let deadline = Instant::now() + RECOVERY_LIMIT;
     loop {
-        let current: Vec<(String, i64, f64, f64, f64)> = sqlx::query_as(
-            "SELECT event_id, version, home_odds::float8, draw_odds::float8, away_odds::float8
-             FROM odds_current ORDER BY event_id",
+        let current: Vec<(String, String, i64, f64, f64, f64)> = sqlx::query_as(
+            "SELECT event_id, market, version, home_odds::float8, draw_odds::float8,
+                    away_odds::float8
+             FROM odds_current ORDER BY event_id, market",
         )
         .fetch_all(&pool)
         .await
         .unwrap();
         let matches = current.len() == last_sent.len()
-            && current.iter().all(|(id, version, h, d, a)| {
-                let s = &last_sent[id];
+            && current.iter().all(|(id, market, version, h, d, a)| {
+                let s = &last_sent[&(id.clone(), market.clone())];
                 *version as u64 == s.version
                     && (*h, *d, *a) == (s.odds.home, s.odds.draw, s.odds.away)
             });
@@ -172,10 +186,10 @@ async fn the_pipeline_recovers_from_every_ordinary_fault_losing_nothing() {
     let client = redis::Client::open(launcher.infra.redis_url.as_str()).unwrap();
     let mut redis = client.get_multiplexed_async_connection().await.unwrap();
     let deadline = Instant::now() + RECOVERY_LIMIT;
-    for (event, sent) in &last_sent {
+    for ((event, market), sent) in &last_sent {
         loop {
             let cached: Option<String> = redis::cmd("GET")
-                .arg(redis_current_key(event))
+                .arg(redis_current_key(event, market))
                 .query_async(&mut redis)
                 .await
                 .unwrap();
@@ -183,17 +197,21 @@ async fn the_pipeline_recovers_from_every_ordinary_fault_losing_nothing() {
             if cached.as_ref().map(|c| (c.version, c.odds)) == Some((sent.version, sent.odds)) {
                 break;
             }
-            assert!(Instant::now() < deadline, "{event}: Redis holds {cached:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{event} {market}: Redis holds {cached:?}"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 
     // Nothing ingest accepted is missing from history, and history holds each version once.
-    let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT (event_id, version)) FROM odds_history")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let (rows, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT (event_id, market, version)) FROM odds_history",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     assert_eq!(rows, distinct, "each version once");
     let records = odds_testkit::read_topic(
         &launcher.infra.kafka_brokers,
@@ -204,13 +222,13 @@ async fn the_pipeline_recovers_from_every_ordinary_fault_losing_nothing() {
     )
     .await
     .unwrap();
-    let accepted: BTreeSet<(String, i64)> = records
+    let accepted: BTreeSet<(String, String, i64)> = records
         .iter()
         .filter_map(|r| odds_contracts::parse_update(r.payload.as_deref()?).ok())
-        .map(|u| (u.event_id, u.version as i64))
+        .map(|u| (u.event_id, u.market, u.version as i64))
         .collect();
-    let stored: BTreeSet<(String, i64)> =
-        sqlx::query_as("SELECT event_id, version FROM odds_history")
+    let stored: BTreeSet<(String, String, i64)> =
+        sqlx::query_as("SELECT event_id, market, version FROM odds_history")
             .fetch_all(&pool)
             .await
             .unwrap()
@@ -330,7 +348,7 @@ async fn recovered(
 }
 
 /// Reads the supplier's stream as a second client (the supplier sends every client the same
-/// stream): the newest update it sent per event. Reconnects across supplier restarts, and
+/// stream): the newest update it sent per (event, market). Reconnects across supplier restarts, and
 /// returns once the stream ends after `gone` is set.
 async fn tap_supplier(url: String, sent: Versions, gone: Arc<AtomicBool>) {
     loop {
@@ -339,9 +357,9 @@ async fn tap_supplier(url: String, sent: Versions, gone: Arc<AtomicBool>) {
                 if let Message::Text(text) = message {
                     if let Ok(update) = odds_contracts::parse_update(text.as_bytes()) {
                         let mut sent = sent.lock().unwrap();
-                        let newest = sent.get(&update.event_id).map_or(0, |u| u.version);
+                        let newest = sent.get(&key(&update)).map_or(0, |u| u.version);
                         if update.version >= newest {
-                            sent.insert(update.event_id.clone(), update);
+                            sent.insert(key(&update), update);
                         }
                     }
                 }
@@ -370,12 +388,12 @@ async fn follow_all(url: String, log: Arc<Mutex<ClientLog>>) {
         }
         let update: OddsUpdate = serde_json::from_value(value["data"].clone()).unwrap();
         let mut log = log.lock().unwrap();
-        let previous = log.newest.get(&update.event_id).copied().unwrap_or(0);
+        let previous = log.newest.get(&key(&update)).copied().unwrap_or(0);
         if update.version < previous {
             log.regressions
-                .push((update.event_id.clone(), previous, update.version));
+                .push((key(&update), previous, update.version));
         } else {
-            log.newest.insert(update.event_id.clone(), update.version);
+            log.newest.insert(key(&update), update.version);
         }
     }
 }

@@ -8,7 +8,7 @@
 //! refused updates are isolated and dead-lettered and the rest is stored.
 
 use super::{DurableBatch, Processor, Received, CHECK_POSTGRES, DB_FIRST_BACKOFF};
-use crate::batch::{newest_per_event, Batch, Decoded, Rejection, SourceRecord};
+use crate::batch::{newest_per_market, Batch, Decoded, Rejection, SourceRecord};
 use crate::metrics::phase;
 use crate::store::Applied;
 use odds_contracts::{OddsUpdate, STORAGE_REJECTED};
@@ -100,14 +100,16 @@ impl Processor {
         }
         self.readiness.set(CHECK_POSTGRES, true);
         self.record_applied(&decoded.updates, &applied);
-        let current = newest_per_event(&decoded.updates)
+        let newest = newest_per_market(&decoded.updates);
+        let candidates = newest.len();
+        let current = newest
             .into_iter()
-            .filter(|u| applied.current_events.contains(&u.event_id))
+            .filter(|u| applied.is_current(u))
             .cloned()
             .collect::<Vec<_>>();
         self.metrics
             .stale_skipped
-            .inc_by((newest_per_event(&decoded.updates).len() - current.len()) as u64);
+            .inc_by((candidates - current.len()) as u64);
         Some(DurableBatch {
             next_offsets: batch.next_offsets(),
             current,

@@ -205,9 +205,14 @@ pub async fn history_versions(db: &TestDatabase, event: &str) -> Vec<i64> {
 
 /// The cached update of `event`, if any.
 pub async fn cached(redis: &TestRedis, event: &str) -> Option<OddsUpdate> {
+    cached_in(redis, event, "1X2").await
+}
+
+/// The cached current odds of `event` in `market`.
+pub async fn cached_in(redis: &TestRedis, event: &str, market: &str) -> Option<OddsUpdate> {
     let mut conn = redis.connection().await.ok()?;
     let json: Option<String> = redis::cmd("GET")
-        .arg(redis_current_key(event))
+        .arg(redis_current_key(event, market))
         .query_async(&mut conn)
         .await
         .ok()?;

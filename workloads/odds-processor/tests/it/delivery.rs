@@ -328,7 +328,7 @@ async fn every_update_validation_accepts_is_stored_and_read_back() {
             .await
             .unwrap_or_else(|e| panic!("storage refused a valid update {update:?}: {e}"));
     }
-    let stored = store.current_page("", 10_000).await.unwrap();
+    let stored = store.current_page(("", ""), 10_000).await.unwrap();
     assert_eq!(stored.len(), accepted.len());
     let by_id: HashMap<_, _> = stored.iter().map(|u| (u.event_id.clone(), u)).collect();
     for sent in &accepted {
@@ -394,7 +394,7 @@ async fn same_version_different_content_first_read_wins_everywhere() {
     .await;
     let disagree: Vec<(String, f64, f64)> = sqlx::query_as(
         "SELECT c.event_id, c.draw_odds::float8, h.draw_odds::float8
-         FROM odds_current c JOIN odds_history h USING (event_id, version)
+         FROM odds_current c JOIN odds_history h USING (event_id, market, version)
          WHERE c.draw_odds <> h.draw_odds OR c.draw_odds <> 3.0",
     )
     .fetch_all(db.pool())
@@ -409,4 +409,48 @@ async fn same_version_different_content_first_read_wins_everywhere() {
         let cached = cached(&redis, &format!("T{i}")).await.unwrap();
         assert_eq!(cached.odds.draw, 3.0, "T{i}: Redis agrees with Postgres");
     }
+}
+
+#[tokio::test]
+async fn each_market_of_an_event_has_its_own_current_odds() {
+    let kafka = TestKafka::start(1, 1).unwrap();
+    let db = migrated_database().await;
+    let redis = TestRedis::start().await.unwrap();
+    let subscriber = Subscriber::start(&redis).await;
+    let config = config(&kafka, &db, &redis);
+    let mut h = processor(&config);
+    let producer = producer(&kafka);
+    let match_result = update("E1", 1);
+    let half_time = odds_contracts::OddsUpdate {
+        market: "HT_1X2".into(),
+        ..update("E1", 2)
+    };
+    // Versions are compared within a market: HT_1X2 v2 does not make 1X2 v1 stale, and the
+    // replayed 1X2 v1 after both changes nothing.
+    produce(
+        &producer,
+        &[match_result.clone(), half_time.clone(), update("E1", 1)],
+    )
+    .await;
+    let group = config.kafka_group.clone();
+    step_until(&mut h.processor, "all three committed", || async {
+        committed_total(&kafka, &group, 1) == 3
+    })
+    .await;
+
+    let current: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT market, version FROM odds_current WHERE event_id = 'E1' ORDER BY market",
+    )
+    .fetch_all(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(current, vec![("1X2".into(), 1), ("HT_1X2".into(), 2)]);
+    assert_eq!(history_versions(&db, "E1").await, vec![1, 2]);
+    assert_eq!(cached_in(&redis, "E1", "1X2").await, Some(match_result));
+    assert_eq!(cached_in(&redis, "E1", "HT_1X2").await, Some(half_time));
+    step_until(&mut h.processor, "both markets published", || async {
+        subscriber.versions_of("E1").len() >= 2
+    })
+    .await;
+    assert_eq!(subscriber.versions_of("E1"), vec![1, 2]);
 }

@@ -109,17 +109,18 @@ impl Env {
     pub async fn write_cache(&self, u: &OddsUpdate) {
         let mut conn = self.redis.connection().await.unwrap();
         let _: () = redis::cmd("SET")
-            .arg(redis_current_key(&u.event_id))
+            .arg(redis_current_key(&u.event_id, &u.market))
             .arg(u.to_json())
             .query_async(&mut conn)
             .await
             .unwrap();
     }
 
+    /// The cached JSON of `event`'s 1X2 odds.
     pub async fn cached(&self, event: &str) -> Option<String> {
         let mut conn = self.redis.connection().await.unwrap();
         redis::cmd("GET")
-            .arg(redis_current_key(event))
+            .arg(redis_current_key(event, "1X2"))
             .query_async(&mut conn)
             .await
             .unwrap()

@@ -1,6 +1,7 @@
 //! REST API against real Redis and Postgres: cache-first reads, fallbacks, errors, paging.
 
 use crate::common::{update, Env};
+use odds_contracts::OddsUpdate;
 use odds_testkit::{http_get, TestDatabase};
 
 #[tokio::test]
@@ -118,33 +119,72 @@ async fn events_are_paged_with_a_cursor() {
 }
 
 #[tokio::test]
-async fn history_is_newest_first_and_markets_list_the_current_market() {
+async fn history_is_newest_first_and_each_market_has_its_current_odds() {
     let env = Env::start(&[]).await;
     for v in 1..=4 {
         env.write(&update("HIST", v, 2.0 + v as f64 / 10.0)).await;
     }
-    let body = http_get(env.addr(), "/v1/events/HIST/history?limit=3")
+    // Version 5 is of the half-time market: it must not replace the 1X2 odds.
+    let half_time = OddsUpdate {
+        market: "HT_1X2".into(),
+        ..update("HIST", 5, 7.5)
+    };
+    env.write(&half_time).await;
+    let versions = |body: serde_json::Value| -> Vec<(u64, String)> {
+        body["history"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h["version"].as_u64().unwrap(),
+                    h["market"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let addr = env.addr();
+    let get = move |path: &'static str| async move { http_get(addr, path).await.unwrap() };
+    let all = get("/v1/events/HIST/history?limit=3").await.json().unwrap();
+    assert_eq!(
+        versions(all.clone()),
+        [(5, "HT_1X2".into()), (4, "1X2".into()), (3, "1X2".into())]
+    );
+    assert_eq!(all["history"][1]["odds"]["home"], 2.4);
+    let one = get("/v1/events/HIST/history?limit=2&market=1X2")
         .await
-        .unwrap()
         .json()
         .unwrap();
-    let versions: Vec<u64> = body["history"]
+    assert_eq!(versions(one), [(4, "1X2".into()), (3, "1X2".into())]);
+
+    let markets = get("/v1/events/HIST/markets").await.json().unwrap();
+    let current: Vec<(String, u64)> = markets["markets"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| h["version"].as_u64().unwrap())
+        .map(|m| {
+            (
+                m["market"].as_str().unwrap().into(),
+                m["version"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert_eq!(versions, [4, 3, 2]);
-    assert_eq!(body["history"][0]["odds"]["home"], 2.4);
+    assert_eq!(current, [("1X2".into(), 4), ("HT_1X2".into(), 5)]);
 
-    let markets = http_get(env.addr(), "/v1/events/HIST/markets")
-        .await
+    let odds = get("/v1/events/HIST/odds").await.json().unwrap();
+    assert_eq!(
+        (odds["market"].clone(), odds["version"].clone()),
+        ("1X2".into(), 4.into())
+    );
+    let odds = get("/v1/events/HIST/odds?market=HT_1X2").await;
+    assert_eq!(odds.status, 200);
+    assert_eq!(odds.json().unwrap()["odds"]["home"], 7.5);
+    let unknown = get("/v1/events/HIST/odds?market=CORNERS").await;
+    assert_eq!(unknown.status, 400);
+    assert!(unknown.json().unwrap()["error"]["message"]
+        .as_str()
         .unwrap()
-        .json()
-        .unwrap();
-    assert_eq!(markets["markets"][0]["market"], "1X2");
-    assert_eq!(markets["markets"][0]["current"], true);
-    assert_eq!(markets["markets"][0]["version"], 4);
+        .contains("HT_1X2"));
     env.stop().await;
 }
 
