@@ -3,7 +3,10 @@
 //! Starts its own Redis and Postgres (testkit), seeds M events, runs the real `odds-service`
 //! binary as a child process (so its RSS is its own), opens the clients in this process, and
 //! publishes processor-style updates whose `updated_at` is the publish time. Reports delivered
-//! messages/s, publish→receive latency percentiles, and the service's RSS.
+//! messages/s, publish→receive latency percentiles, the service's RSS, and CPU: the service's
+//! per delivered message, and this tool's own — its clients and publisher share the machine
+//! with the service, so when the tool itself is near the machine's limit the figures describe
+//! the tool rather than the service, and the report says so.
 //!
 //! `cargo bench -p odds-service --bench ws-load -- --clients 1000 --events 25 --rate 5000 --seconds 20`
 //! (or build the service alone with `cargo build --release -p odds-service --bin odds-service`
@@ -75,6 +78,50 @@ fn update(event: usize, version: u64) -> OddsUpdate {
         },
         source: "ws-load".into(),
         ..odds_testkit::sample_update(&event_id(event), version)
+    }
+}
+
+/// User + system CPU seconds of a process (all threads) from `/proc/<pid>/stat`; `pid` may
+/// be `self`.
+fn cpu_seconds(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // USER_HZ is 100 on every Linux this runs on.
+    Some(ticks / 100.0)
+}
+
+/// (all, idle + iowait) CPU ticks of the machine from `/proc/stat`.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let values: Vec<u64> = stat
+        .lines()
+        .find(|l| l.starts_with("cpu "))?
+        .split_whitespace()
+        .skip(1)
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal; guest time is inside user already.
+    Some((values.iter().take(8).sum(), values.get(3)? + values.get(4)?))
+}
+
+/// CPU readings at one moment: the service's, this tool's, the machine's.
+#[derive(Clone, Copy)]
+struct CpuReading {
+    service: Option<f64>,
+    own: Option<f64>,
+    machine: Option<(u64, u64)>,
+}
+
+impl CpuReading {
+    fn take(service_pid: u32) -> CpuReading {
+        CpuReading {
+            service: cpu_seconds(&service_pid.to_string()),
+            own: cpu_seconds("self"),
+            machine: machine_ticks(),
+        }
     }
 }
 
@@ -278,6 +325,7 @@ async fn main() -> Result<()> {
     let rss_connected = rss_kib(pid);
 
     shared.measuring.store(true, Ordering::Relaxed);
+    let cpu_before = CpuReading::take(pid);
     let run = Instant::now();
     let (url, events, rate, seconds) = (redis.url(), args.events, args.rate, args.seconds);
     let publisher = std::thread::spawn(move || publish(url, events, rate, seconds));
@@ -292,6 +340,8 @@ async fn main() -> Result<()> {
     let elapsed = run.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     shared.measuring.store(false, Ordering::Relaxed);
+    let cpu_after = CpuReading::take(pid);
+    let cpu_window = run.elapsed().as_secs_f64();
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let fanout = http_get(ops, "/metrics")
         .await
@@ -330,6 +380,7 @@ async fn main() -> Result<()> {
     }) {
         println!("  service metric: {line}");
     }
+    print_cpu(&cpu_before, &cpu_after, cpu_window, delivered);
     println!(
         "  service RSS: idle {} KiB, with clients {} KiB ({:.1} KiB/client), peak {} KiB",
         rss_idle,
@@ -338,4 +389,54 @@ async fn main() -> Result<()> {
         rss_peak
     );
     Ok(())
+}
+
+/// Below this idle share the machine counts as saturated.
+const SATURATED_BELOW_IDLE: f64 = 0.10;
+/// A process using at least this many cores counts as near saturating one.
+const NEAR_A_CORE: f64 = 0.9;
+
+/// The CPU part of the report: the service's cost per delivery, this tool's own use, and a
+/// warning when the tool or the machine, rather than the service, may have been the limit.
+fn print_cpu(before: &CpuReading, after: &CpuReading, window_s: f64, delivered: u64) {
+    let used = |b: Option<f64>, a: Option<f64>| Some((a? - b?).max(0.0));
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    match used(before.service, after.service) {
+        Some(service) => println!(
+            "  service CPU: {service:.2} s ({:.2} cores), {:.1} us per delivered message",
+            service / window_s,
+            service * 1e6 / delivered.max(1) as f64
+        ),
+        None => println!("  service CPU: unknown (no /proc/<pid>/stat)"),
+    }
+    let own = used(before.own, after.own);
+    if let Some(own) = own {
+        println!(
+            "  ws-load's own CPU (clients + publisher): {own:.2} s ({:.2} cores of {cores})",
+            own / window_s
+        );
+    }
+    let idle = before
+        .machine
+        .zip(after.machine)
+        .and_then(|((t0, i0), (t1, i1))| {
+            let total = t1.checked_sub(t0)?;
+            (total > 0).then(|| i1.saturating_sub(i0) as f64 / total as f64)
+        });
+    if let Some(idle) = idle {
+        println!("  machine idle: {:.1} %", idle * 100.0);
+    }
+    if own.is_some_and(|own| own / window_s >= NEAR_A_CORE) {
+        println!(
+            "  WARNING: ws-load itself used >= {NEAR_A_CORE} of a core: delivery rate and \
+             latency may be the load generator's limit, not the service's"
+        );
+    }
+    if idle.is_some_and(|idle| idle < SATURATED_BELOW_IDLE) {
+        println!(
+            "  WARNING: the machine was saturated (idle below {:.0} %): latency includes \
+             queueing for CPU",
+            SATURATED_BELOW_IDLE * 100.0
+        );
+    }
 }
