@@ -37,11 +37,12 @@ pub enum ServerMessage {
         #[serde(rename = "eventId")]
         event_id: String,
     },
-    /// Current odds of one event, sent right after `subscribed` (and after a resync).
+    /// Current odds of one event in one market: one per market right after `subscribed`.
     Snapshot {
         data: OddsUpdate,
     },
-    /// A newer version of an event the client follows.
+    /// A newer version of a market of an event the client follows (versions rise strictly
+    /// per (event, market)).
     Odds {
         data: OddsUpdate,
     },

@@ -249,11 +249,25 @@ async fn stuck_client_is_closed_as_slow_while_others_keep_receiving() {
     healthy_versions.extend(versions_until(&mut healthy, 300).await);
     assert!(healthy_versions.windows(2).all(|w| w[0] < w[1]));
 
-    // The stuck client finds a 1008 close once it reads what was buffered.
-    let close = close_frame(&mut stuck).await;
-    let close = close.expect("close frame with a reason");
-    assert_eq!(close.code, CloseCode::Policy);
-    assert!(close.reason.contains("slow consumer"), "{}", close.reason);
+    // The stuck client's connection ends. The server offers it a 1008 close frame for a
+    // second; whether that frame gets past the full socket depends on when the client reads
+    // again, so a stream that ends without it is the same outcome. The metric is what
+    // always tells.
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(15), stuck.next())
+            .await
+            .expect("the stuck client's connection ends within 15 s");
+        match next {
+            Some(Ok(Message::Close(frame))) => {
+                let close = frame.expect("close frame with a reason");
+                assert_eq!(close.code, CloseCode::Policy);
+                assert!(close.reason.contains("slow consumer"), "{}", close.reason);
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break,
+        }
+    }
     assert!(env.metrics().ws_slow_client_closes.get() >= 1);
     env.stop().await;
 }
