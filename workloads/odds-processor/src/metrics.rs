@@ -5,6 +5,7 @@
 //! is it writing (db writes, cache sets), and what goes wrong where (errors by phase, DLQ by
 //! reason, stale updates skipped).
 
+use odds_runtime::hops::{self, HopHistogram};
 use odds_runtime::metrics::{component, PrefixedRegistry};
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
@@ -47,6 +48,13 @@ pub struct Metrics {
     /// 1 while the cache is known to miss updates (Redis was unreachable) and awaits repair.
     pub cache_stale: IntGauge,
     pub cache_repairs: IntCounter,
+    /// The processor's hops of the latency budget (`odds_proc_hop_seconds{hop}`, see
+    /// [`odds_runtime::hops`]): Kafka record timestamp → received, first record → batch
+    /// closed, the Postgres statement and commit, the Redis script and publish.
+    pub kafka_to_processor: Histogram,
+    pub batch_wait: Histogram,
+    pub postgres_commit: Histogram,
+    pub redis_publish: Histogram,
 }
 
 impl Metrics {
@@ -57,7 +65,12 @@ impl Metrics {
 
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &PrefixedRegistry) -> Result<Metrics, prometheus::Error> {
+        let hop = HopHistogram::for_component(registry, component::PROCESSOR)?;
         let metrics = Metrics {
+            kafka_to_processor: hop.hop(hops::KAFKA_TO_PROCESSOR),
+            batch_wait: hop.hop(hops::BATCH_WAIT),
+            postgres_commit: hop.hop(hops::POSTGRES_COMMIT),
+            redis_publish: hop.hop(hops::REDIS_PUBLISH),
             messages_consumed: IntCounter::new(
                 "messages_consumed_total",
                 "Records read from Kafka, valid or not.",

@@ -5,6 +5,7 @@
 //! how far behind they fall, how fast updates reach them); `odds_api_*` describe the REST API
 //! by route and status. Names below are registered without those prefixes.
 
+use odds_runtime::hops::{self, HopHistogram};
 use odds_runtime::metrics::{component, PrefixedRegistry};
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
@@ -33,6 +34,10 @@ pub struct Metrics {
     pub ws_stale_skipped: IntCounter,
     pub ws_slow_client_closes: IntCounter,
     pub ws_fanout_latency: Histogram,
+    /// The same span as `ws_fanout_latency`, as the service's hop of the latency budget
+    /// (`odds_ws_hop_seconds{hop="service_to_client_write"}`, see [`odds_runtime::hops`]),
+    /// with the buckets every stage shares.
+    pub ws_hop_to_client_write: Histogram,
     pub ws_updates_received: IntCounter,
     pub ws_updates_invalid: IntCounter,
     pub ws_pubsub_reconnects: IntCounter,
@@ -56,7 +61,9 @@ impl Metrics {
             Opts::new("messages_sent_total", "Frames sent to clients, by type"),
             &["type"],
         )?;
+        let hop = HopHistogram::for_component(&ws_registry, component::WEBSOCKET)?;
         let metrics = Metrics {
+            ws_hop_to_client_write: hop.hop(hops::SERVICE_TO_CLIENT_WRITE),
             ws_connections: IntGauge::new("connections", "Open WebSocket connections")?,
             ws_connections_rejected: IntCounterVec::new(
                 Opts::new(

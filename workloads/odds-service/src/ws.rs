@@ -189,9 +189,9 @@ impl Connection {
                         metrics.ws_snapshots_sent.inc();
                     } else {
                         metrics.ws_odds_sent.inc();
-                        metrics
-                            .ws_fanout_latency
-                            .observe(pending.update.received_at.elapsed().as_secs_f64());
+                        let waited = pending.update.received_at.elapsed().as_secs_f64();
+                        metrics.ws_fanout_latency.observe(waited);
+                        metrics.ws_hop_to_client_write.observe(waited);
                     }
                 }
                 None

@@ -118,6 +118,19 @@ impl HopHistogram {
         Ok(HopHistogram { family })
     }
 
+    /// Registers the family with the series of every hop `component` observes (see [`ALL`]).
+    pub fn for_component(
+        registry: &PrefixedRegistry,
+        component: &str,
+    ) -> Result<HopHistogram, prometheus::Error> {
+        let owned: Vec<&str> = ALL
+            .iter()
+            .filter(|(_, owner)| *owner == component)
+            .map(|(hop, _)| *hop)
+            .collect();
+        HopHistogram::register(registry, &owned)
+    }
+
     /// The histogram of one hop; keep it where a hop is observed per update, to skip the
     /// label lookup.
     pub fn hop(&self, hop: &str) -> Histogram {
@@ -139,6 +152,39 @@ impl HopHistogram {
 mod tests {
     use super::*;
     use chrono::Duration;
+
+    #[test]
+    fn a_component_serves_exactly_its_own_hops_before_any_observation() {
+        for owner in [
+            component::INGEST,
+            component::PROCESSOR,
+            component::WEBSOCKET,
+        ] {
+            let registry = PrefixedRegistry::new(owner).unwrap();
+            HopHistogram::for_component(&registry, owner).unwrap();
+            let families = registry.registry().gather();
+            let family = families
+                .iter()
+                .find(|f| f.name() == metric_name(owner))
+                .unwrap();
+            let served: Vec<&str> = family
+                .get_metric()
+                .iter()
+                .flat_map(|m| m.get_label().iter().map(|l| l.value()))
+                .collect();
+            let owned: Vec<&str> = ALL
+                .iter()
+                .filter(|(_, o)| *o == owner)
+                .map(|(h, _)| *h)
+                .collect();
+            assert!(!owned.is_empty());
+            assert_eq!(served.len(), owned.len(), "{owner}: {served:?}");
+            assert!(
+                owned.iter().all(|h| served.contains(h)),
+                "{owner}: {served:?}"
+            );
+        }
+    }
 
     #[test]
     fn every_hop_is_named_once_and_owned_by_a_known_component() {

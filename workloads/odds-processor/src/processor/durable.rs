@@ -10,7 +10,7 @@
 use super::{DurableBatch, Processor, Received, CHECK_POSTGRES, DB_FIRST_BACKOFF};
 use crate::batch::{newest_per_market, Batch, Decoded, Rejection, SourceRecord};
 use crate::metrics::phase;
-use crate::store::Applied;
+use crate::store::{Applied, StoreError};
 use odds_contracts::{OddsUpdate, STORAGE_REJECTED};
 use rdkafka::consumer::Consumer;
 use std::time::Duration;
@@ -44,8 +44,15 @@ impl Processor {
             };
             let db = async {
                 match stored {
-                    Some(_) => Ok(None),
-                    None => self.store.apply_isolating(&decoded.updates).await.map(Some),
+                    Some(_) => Ok::<_, StoreError>(None),
+                    None => {
+                        let write = Instant::now();
+                        let applied = self.store.apply_isolating(&decoded.updates).await?;
+                        self.metrics
+                            .postgres_commit
+                            .observe(write.elapsed().as_secs_f64());
+                        Ok(Some(applied))
+                    }
                 }
             };
             let (dlq_result, db_result) = tokio::join!(dlq, db);

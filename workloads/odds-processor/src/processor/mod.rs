@@ -21,9 +21,13 @@ use crate::dlq::DeadLetters;
 use crate::metrics::{phase, Metrics};
 use crate::store::{Applied, Store};
 use crate::ProcessorError;
+use futures_util::FutureExt;
 use odds_contracts::OddsUpdate;
+use odds_runtime::hops;
 use odds_runtime::Readiness;
 use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -202,33 +206,56 @@ impl Processor {
         tracing::info!("processor stopped");
     }
 
+    /// The next record, waiting at most `timeout`; a zero timeout only takes a record that is
+    /// already waiting (no timer: the timer's millisecond tick would be the batch's latency).
     async fn receive(&self, timeout: Duration) -> Received {
+        if timeout.is_zero() {
+            if self.shutdown.is_cancelled() {
+                return Received::Shutdown;
+            }
+            return match self.consumer.recv().now_or_never() {
+                Some(received) => self.received(received),
+                None => Received::Timeout,
+            };
+        }
         tokio::select! {
             biased;
             _ = self.shutdown.cancelled() => Received::Shutdown,
-            received = self.consumer.recv() => match received {
-                Ok(message) => {
-                    self.metrics.messages_consumed.inc();
-                    Received::Record(SourceRecord {
-                        topic: message.topic().to_owned(),
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        key: message.key().map(<[u8]>::to_vec),
-                        payload: message.payload().map(<[u8]>::to_vec),
-                    })
-                }
-                Err(error) => {
-                    self.metrics.error(phase::CONSUME);
-                    tracing::warn!(%error, "consumer error");
-                    Received::Timeout
-                }
-            },
+            received = self.consumer.recv() => self.received(received),
             _ = tokio::time::sleep(timeout) => Received::Timeout,
         }
     }
 
+    fn received(&self, received: KafkaResult<BorrowedMessage<'_>>) -> Received {
+        match received {
+            Ok(message) => {
+                self.metrics.messages_consumed.inc();
+                if let Some(produced) = message.timestamp().to_millis() {
+                    self.metrics
+                        .kafka_to_processor
+                        .observe(hops::seconds_since_millis(produced));
+                }
+                Received::Record(SourceRecord {
+                    topic: message.topic().to_owned(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                    key: message.key().map(<[u8]>::to_vec),
+                    payload: message.payload().map(<[u8]>::to_vec),
+                })
+            }
+            Err(error) => {
+                self.metrics.error(phase::CONSUME);
+                tracing::warn!(%error, "consumer error");
+                Received::Timeout
+            }
+        }
+    }
+
     /// Collects up to `batch_max` records: waits up to the idle tick for the first, then up
-    /// to `batch_max_wait` for more. `None` when idle or shutting down.
+    /// to `batch_max_wait` for more, and then takes what is already waiting until the
+    /// consumer's queue is empty. With no wait (the default) a batch is exactly what has
+    /// arrived while the previous one was written: small and quick at low rates, large at
+    /// high ones. `None` when idle or shutting down.
     pub async fn next_batch(&mut self) -> Option<Batch> {
         let mut batch = Batch::default();
         let take = self.pending.len().min(self.batch_max);
@@ -242,22 +269,25 @@ impl Processor {
                 Received::Timeout | Received::Shutdown => return None,
             }
         }
-        let deadline = Instant::now() + self.batch_max_wait;
+        let opened = Instant::now();
+        let deadline = opened + self.batch_max_wait;
         while batch.len() < self.batch_max {
             let left = deadline.saturating_duration_since(Instant::now());
             let received = self.receive(left).await;
             // A rebalance runs inside `receive`: drop what was read before it, keep what
             // this call returned (it belongs to the current assignment).
             self.drop_revoked(&mut batch);
+            // Past the window, records already waiting are still taken (a zero wait returns
+            // them at once): the batch closes when the consumer's queue is empty.
             match received {
                 Received::Record(record) => batch.records.push(record),
                 Received::Timeout => break,
                 Received::Shutdown => return None,
             }
-            if left.is_zero() {
-                break;
-            }
         }
+        self.metrics
+            .batch_wait
+            .observe(opened.elapsed().as_secs_f64());
         (!batch.is_empty()).then_some(batch)
     }
 
@@ -291,8 +321,12 @@ impl Processor {
             return self.repair_cache_if_due().await.unwrap_or(0);
         }
         let current: Vec<&OddsUpdate> = durable.current.iter().collect();
+        let write = Instant::now();
         match self.cache.set_newest(&current).await {
             Ok(advanced) => {
+                self.metrics
+                    .redis_publish
+                    .observe(write.elapsed().as_secs_f64());
                 self.metrics.cache_sets.inc_by(advanced.len() as u64);
                 advanced.len()
             }
