@@ -98,8 +98,11 @@ pub struct ProcessorConfig {
     #[arg(long, env = env::BATCH_MAX, default_value_t = 2000,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub batch_max: u32,
-    /// Longest time a batch waits for more messages once it has one, in milliseconds.
-    #[arg(long, env = env::BATCH_MAX_WAIT_MS, default_value_t = 10,
+    /// Longest time a batch waits for more messages once it has one, in milliseconds; after
+    /// it (and with 0, at once) the batch takes what is already waiting and closes. 0 lets
+    /// batches grow with the load by themselves: what arrives while one batch is written is
+    /// the next batch.
+    #[arg(long, env = env::BATCH_MAX_WAIT_MS, default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub batch_max_wait_ms: u64,
     /// Cap of the backoff between retries of a batch while Postgres is unavailable, in ms.
@@ -121,7 +124,7 @@ impl ProcessorConfig {
             database_url: database_url.to_owned(),
             redis_url: redis_url.to_owned(),
             batch_max: 2000,
-            batch_max_wait_ms: 10,
+            batch_max_wait_ms: 0,
             db_retry_max_backoff_ms: 5000,
             redis_timeout_ms: 2000,
         }
