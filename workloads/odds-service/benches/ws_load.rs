@@ -1,6 +1,6 @@
 //! ws-load: N WebSocket clients following M events while updates are PUBLISHed at R/s.
 //!
-//! Starts its own Redis and Postgres (testkit), seeds M events, runs the real `odds-service`
+//! Starts its own Redis and Postgres (testkit), seeds M events in both, runs the real `odds-service`
 //! binary as a child process (so its RSS is its own), opens the clients in this process, and
 //! publishes processor-style updates whose `updated_at` is the publish time. Reports delivered
 //! messages/s, publish→receive latency percentiles, the service's RSS, and CPU: the service's
@@ -265,6 +265,10 @@ async fn main() -> Result<()> {
     let mut conn = redis.connection().await?;
     for e in 0..args.events {
         let u = update(e, 1);
+        // Postgres and the cache, as the processor writes them: snapshots read Postgres.
+        odds_schema::read_models::apply_batch(std::slice::from_ref(&u))
+            .execute(db.pool())
+            .await?;
         let _: () = redis::cmd("SET")
             .arg(redis_current_key(&u.event_id, &u.market))
             .arg(u.to_json())

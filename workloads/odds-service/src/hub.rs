@@ -14,17 +14,70 @@ use axum::extract::ws::Utf8Bytes;
 use odds_contracts::ws::ServerMessage;
 use odds_contracts::OddsUpdate;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Instant;
 use tokio::sync::Notify;
 
 /// What a client's queue keeps one of: an event's odds in one market.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+///
+/// Hashed once, when the update is encoded: each delivery looks the key up several times in
+/// its client's maps, and hashing two strings each time was a visible share of the fan-out's
+/// CPU. The maps use [`KeyHasher`], which passes the stored hash through.
+#[derive(Debug, Clone, Eq)]
 pub struct MarketKey {
     pub event_id: Arc<str>,
     pub market: Arc<str>,
+    hash: u64,
 }
+
+impl MarketKey {
+    pub fn new(event_id: &str, market: &str) -> MarketKey {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        (event_id, market).hash(&mut hasher);
+        MarketKey {
+            event_id: Arc::from(event_id),
+            market: Arc::from(market),
+            hash: hasher.finish(),
+        }
+    }
+}
+
+impl PartialEq for MarketKey {
+    fn eq(&self, other: &MarketKey) -> bool {
+        self.hash == other.hash && self.event_id == other.event_id && self.market == other.market
+    }
+}
+
+impl Hash for MarketKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// Passes a [`MarketKey`]'s precomputed hash through (it is already a good 64-bit hash).
+#[derive(Default)]
+pub struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used by `MarketKey`; fold anything else in, never ignore it.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type KeyMap<V> = HashMap<MarketKey, V, BuildHasherDefault<KeyHasher>>;
 
 /// An update encoded once for all subscribers.
 #[derive(Debug)]
@@ -43,10 +96,7 @@ impl EncodedUpdate {
     pub fn new(update: &OddsUpdate) -> Arc<EncodedUpdate> {
         let json = update.to_json();
         Arc::new(EncodedUpdate {
-            key: MarketKey {
-                event_id: Arc::from(update.event_id.as_str()),
-                market: Arc::from(update.market.as_str()),
-            },
+            key: MarketKey::new(&update.event_id, &update.market),
             version: update.version,
             odds_frame: Utf8Bytes::from(ServerMessage::odds_frame(&json)),
             data_json: Arc::from(json),
@@ -88,10 +138,10 @@ pub enum PushOutcome {
 #[derive(Default)]
 struct QueueState {
     order: VecDeque<MarketKey>,
-    pending: HashMap<MarketKey, Pending>,
+    pending: KeyMap<Pending>,
     /// The newest update this client was given (or has pending) per (event, market), kept
     /// after an unsubscribe so that a later subscribe never shows it anything older.
-    newest: HashMap<MarketKey, Arc<EncodedUpdate>>,
+    newest: KeyMap<Arc<EncodedUpdate>>,
     overflowed: bool,
 }
 

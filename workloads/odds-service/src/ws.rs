@@ -19,7 +19,7 @@ use odds_contracts::Market;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 /// Frames written per flush: amortises syscalls without holding the queue lock long.
@@ -106,32 +106,40 @@ impl Connection {
                 return exit;
             }
         }
+        // The loop wakes once per delivery: the futures that rarely fire (shutdown, a feed
+        // change) live across iterations instead of registering a waker on every wake.
+        let shutdown = self.ctx.shutdown.clone().cancelled_owned();
+        tokio::pin!(shutdown);
+        let mut feed_changed = Box::pin(next_change(feed));
         loop {
             tokio::select! {
                 biased;
-                _ = self.ctx.shutdown.cancelled() => {
+                _ = &mut shutdown => {
                     return Exit::Close(close_code::AWAY, "server shutting down");
                 }
-                changed = feed.changed() => {
+                (changed, mut feed) = &mut feed_changed => {
                     if changed.is_err() {
                         // The feed lives as long as the service: only a shutdown ends it.
                         return Exit::Close(close_code::AWAY, "server shutting down");
                     }
                     let status = feed.borrow_and_update().clone();
+                    feed_changed = Box::pin(next_change(feed));
                     if let Some(exit) = self.status(socket, &status).await {
                         return exit;
                     }
                 }
                 _ = self.queue.notified() => {
-                    // Let a few more updates gather so one flush (syscall) carries several.
-                    let since = last_write.elapsed();
-                    if since < self.ctx.write_coalesce {
-                        tokio::time::sleep(self.ctx.write_coalesce - since).await;
+                    if !self.ctx.write_coalesce.is_zero() {
+                        // Let a few more updates gather so one flush (syscall) carries several.
+                        let since = last_write.elapsed();
+                        if since < self.ctx.write_coalesce {
+                            tokio::time::sleep(self.ctx.write_coalesce - since).await;
+                        }
+                        last_write = Instant::now();
                     }
                     if let Some(exit) = self.write_pending(socket, &mut batch).await {
                         return exit;
                     }
-                    last_write = Instant::now();
                 }
                 incoming = socket.recv() => {
                     self.last_seen = Instant::now();
@@ -438,6 +446,18 @@ impl Connection {
         }
         self.ctx.metrics.ws_connections.dec();
     }
+}
+
+/// Waits for the feed's next change, handing the receiver back so the caller can read it
+/// and wait again.
+async fn next_change(
+    mut feed: watch::Receiver<FeedStatus>,
+) -> (
+    Result<(), watch::error::RecvError>,
+    watch::Receiver<FeedStatus>,
+) {
+    let changed = feed.changed().await;
+    (changed, feed)
 }
 
 /// A read error ends the connection; a frame over the hard size limit gets close code 1009.
