@@ -72,6 +72,9 @@ pub struct BenchReport {
     pub cpu_s: BTreeMap<String, f64>,
     /// `cpu_s` per 1000 updates persisted in the window.
     pub cpu_s_per_1000_updates: BTreeMap<String, f64>,
+    /// odds-service's CPU in the window per `odds` message the clients received (µs): the
+    /// fan-out's cost.
+    pub service_cpu_us_per_delivery: Option<f64>,
     pub machine: Machine,
     pub postgres: PostgresSettings,
     /// p50/p99 per hop from the stages' `*_hop_seconds` histograms, in pipeline order.
@@ -104,6 +107,9 @@ impl BenchReport {
             "latency ms (supplier updated_at → client receive): p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
             self.latency_ms.p50, self.latency_ms.p99, self.latency_ms.p999, self.latency_ms.max
         );
+        if let Some(us) = self.service_cpu_us_per_delivery {
+            let _ = writeln!(out, "odds-service CPU per delivered message: {us:.1} µs");
+        }
         let pg = &self.postgres;
         let _ = writeln!(
             out,
@@ -235,6 +241,7 @@ mod tests {
             rss_mb: BTreeMap::new(),
             window_s: 10.0,
             cpu_s_per_1000_updates: per_thousand(&cpu_s, 5000),
+            service_cpu_us_per_delivery: None,
             cpu_s,
             machine: Machine {
                 cores: 2,
