@@ -193,7 +193,7 @@ fn print_banner(launcher: &Launcher) {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "odds-demo".into());
     say!("  try:         {me} watch --url ws://{addr}/ws/odds MATCH_001");
-    say!("kafka: {}", launcher.infra.kafka_brokers);
+    say!("  kafka:       {}", launcher.infra.kafka_brokers);
     say!("  postgres:    {}", launcher.infra.database_url);
     say!("  redis:       {}", launcher.infra.redis_url);
     for child in &launcher.children {
