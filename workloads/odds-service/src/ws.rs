@@ -13,14 +13,22 @@ use crate::metrics::Metrics;
 use crate::pubsub::{Feed, FeedStatus};
 use crate::store::OddsStore;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use futures_util::stream::SplitSink;
+use futures_util::{SinkExt, StreamExt};
 use odds_contracts::ws::{ClientMessage, ErrorCode, ServerMessage, ALL_EVENTS};
 use odds_contracts::Market;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
+
+/// The connection's write half; its read half runs in a reader task.
+type ClientSink = SplitSink<WebSocket, Message>;
+/// What the reader task passes on: client frames, then a read error or the end (`None`).
+type Incoming = mpsc::Receiver<Result<Message, axum::Error>>;
+/// Client frames read ahead of the connection loop; a client that sends faster waits.
+const INCOMING_QUEUE: usize = 8;
 
 /// Frames written per flush: amortises syscalls without holding the queue lock long.
 const BATCH: usize = 64;
@@ -73,8 +81,21 @@ pub async fn serve_connection(
         last_seen: Instant::now(),
         ctx,
     };
-    let mut socket = socket;
-    let exit = conn.run(&mut socket).await;
+    // The socket is read in a task of its own: the connection loop wakes once per delivery,
+    // and polling the read side on every wake cost a read attempt each time (tungstenite
+    // zero-fills its read buffer before every read).
+    let (mut socket, mut stream) = socket.split();
+    let (forward, mut incoming) = mpsc::channel(INCOMING_QUEUE);
+    let reader = tokio::spawn(async move {
+        while let Some(message) = stream.next().await {
+            let end = message.is_err();
+            if forward.send(message).await.is_err() || end {
+                break;
+            }
+        }
+    });
+    let exit = conn.run(&mut socket, &mut incoming).await;
+    reader.abort();
     if let Exit::Close(code, reason) = exit {
         let frame = CloseFrame {
             code,
@@ -92,7 +113,7 @@ pub async fn serve_connection(
 }
 
 impl Connection {
-    async fn run(&mut self, socket: &mut WebSocket) -> Exit {
+    async fn run(&mut self, socket: &mut ClientSink, incoming: &mut Incoming) -> Exit {
         let mut ping = tokio::time::interval(self.ctx.ping_interval);
         ping.reset();
         let mut batch = Vec::with_capacity(BATCH);
@@ -141,7 +162,7 @@ impl Connection {
                         return exit;
                     }
                 }
-                incoming = socket.recv() => {
+                incoming = incoming.recv() => {
                     self.last_seen = Instant::now();
                     let exit = match incoming {
                         None => Some(Exit::ClientGone),
@@ -167,7 +188,7 @@ impl Connection {
     /// Writes what the queue holds, one flush per batch, bounded by the slow-client timeout.
     async fn write_pending(
         &mut self,
-        socket: &mut WebSocket,
+        socket: &mut ClientSink,
         batch: &mut Vec<Pending>,
     ) -> Option<Exit> {
         batch.clear();
@@ -215,7 +236,7 @@ impl Connection {
         }
     }
 
-    async fn send(&self, socket: &mut WebSocket, message: Message) -> Option<Exit> {
+    async fn send(&self, socket: &mut ClientSink, message: Message) -> Option<Exit> {
         match tokio::time::timeout(self.ctx.slow_client_timeout, socket.send(message)).await {
             Ok(Ok(())) => None,
             Ok(Err(_)) => Some(Exit::ClientGone),
@@ -229,7 +250,7 @@ impl Connection {
         }
     }
 
-    async fn reply(&self, socket: &mut WebSocket, message: ServerMessage) -> Option<Exit> {
+    async fn reply(&self, socket: &mut ClientSink, message: ServerMessage) -> Option<Exit> {
         let kind = match &message {
             ServerMessage::Error { .. } => "error",
             ServerMessage::Pong => "pong",
@@ -245,14 +266,14 @@ impl Connection {
             .await
     }
 
-    async fn status(&self, socket: &mut WebSocket, status: &FeedStatus) -> Option<Exit> {
+    async fn status(&self, socket: &mut ClientSink, status: &FeedStatus) -> Option<Exit> {
         self.reply(socket, ServerMessage::status(status.down.as_deref()))
             .await
     }
 
     async fn error(
         &self,
-        socket: &mut WebSocket,
+        socket: &mut ClientSink,
         code: ErrorCode,
         text: String,
         event: Option<&str>,
@@ -261,7 +282,7 @@ impl Connection {
             .await
     }
 
-    async fn on_message(&mut self, socket: &mut WebSocket, message: Message) -> Option<Exit> {
+    async fn on_message(&mut self, socket: &mut ClientSink, message: Message) -> Option<Exit> {
         let text = match message {
             Message::Text(text) => text,
             Message::Binary(_) => {
@@ -295,7 +316,7 @@ impl Connection {
         self.events.len() + usize::from(self.all_events)
     }
 
-    async fn subscribe(&mut self, socket: &mut WebSocket, event_id: String) -> Option<Exit> {
+    async fn subscribe(&mut self, socket: &mut ClientSink, event_id: String) -> Option<Exit> {
         let already = if event_id == ALL_EVENTS {
             self.all_events
         } else {
@@ -360,7 +381,7 @@ impl Connection {
         self.error(socket, code, text, Some(&event_id)).await
     }
 
-    async fn subscribe_all(&mut self, socket: &mut WebSocket) -> Option<Exit> {
+    async fn subscribe_all(&mut self, socket: &mut ClientSink) -> Option<Exit> {
         self.ctx.hub.subscribe_all(self.id, &self.queue);
         if !self.all_events {
             self.all_events = true;
@@ -418,7 +439,7 @@ impl Connection {
         }
     }
 
-    async fn unsubscribe(&mut self, socket: &mut WebSocket, event_id: String) -> Option<Exit> {
+    async fn unsubscribe(&mut self, socket: &mut ClientSink, event_id: String) -> Option<Exit> {
         if event_id == ALL_EVENTS {
             self.ctx.hub.unsubscribe_all(self.id);
             if std::mem::take(&mut self.all_events) {
