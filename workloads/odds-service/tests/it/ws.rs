@@ -4,6 +4,7 @@ use crate::common::{
     assert_silent, close_frame, connect, next_json, send, subscribe, update, Client, Env,
 };
 use futures_util::{SinkExt, StreamExt};
+use odds_contracts::OddsUpdate;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
@@ -36,6 +37,52 @@ async fn subscribe_snapshot_update_unsubscribe_and_ping() {
     assert_eq!(reply["eventId"], "E1");
     env.write(&update("E1", 3, 2.3)).await;
     assert_silent(&mut client, Duration::from_millis(500)).await;
+    env.stop().await;
+}
+
+/// E1 v1 in `1X2`, then E1 v2 in `HT_1X2`: both markets are current, the subscriber gets a
+/// snapshot of each, and versions rise per market, not per event.
+#[tokio::test]
+async fn each_market_gets_its_snapshot_and_its_own_versions() {
+    let env = Env::start(&[]).await;
+    let in_market = |version, market: &str| OddsUpdate {
+        market: market.into(),
+        ..update("E1", version, 2.0 + version as f64 / 10.0)
+    };
+    env.write(&in_market(1, "1X2")).await;
+    env.write(&in_market(2, "HT_1X2")).await;
+    env.wait_for_pubsub().await;
+    let mut client = connect(env.addr()).await;
+    send(&mut client, r#"{"type":"subscribe","eventId":"E1"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "subscribed");
+    let mut snapshots: Vec<(String, u64)> = Vec::new();
+    for _ in 0..2 {
+        let frame = next_json(&mut client).await;
+        assert_eq!(frame["type"], "snapshot", "{frame}");
+        let data = &frame["data"];
+        snapshots.push((
+            data["market"].as_str().unwrap().into(),
+            data["version"].as_u64().unwrap(),
+        ));
+    }
+    snapshots.sort();
+    assert_eq!(snapshots, [("1X2".into(), 1), ("HT_1X2".into(), 2)]);
+
+    // 1X2 v3 is news for 1X2 even though HT_1X2 is at v4 by then.
+    env.write(&in_market(4, "HT_1X2")).await;
+    env.write(&in_market(3, "1X2")).await;
+    let mut seen: Vec<(String, u64)> = Vec::new();
+    for _ in 0..2 {
+        let frame = next_json(&mut client).await;
+        assert_eq!(frame["type"], "odds", "{frame}");
+        let data = &frame["data"];
+        seen.push((
+            data["market"].as_str().unwrap().into(),
+            data["version"].as_u64().unwrap(),
+        ));
+    }
+    seen.sort();
+    assert_eq!(seen, [("1X2".into(), 3), ("HT_1X2".into(), 4)]);
     env.stop().await;
 }
 
