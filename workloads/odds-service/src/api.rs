@@ -6,7 +6,7 @@
 //! are never shown as 500s with internals.
 
 use crate::metrics::Metrics;
-use crate::store::{OddsStore, StoreError};
+use crate::store::{keep_events, OddsStore, StoreError};
 use crate::ws::{serve_connection, WsContext};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::WebSocketUpgrade;
@@ -169,20 +169,10 @@ async fn list_events(
         .store
         .list_events(query.cursor.as_deref(), limit + 1)
         .await?;
-    let mut events = 0;
-    let mut next_cursor = None;
-    let mut keep = rows.len();
-    for (i, row) in rows.iter().enumerate() {
-        if i == 0 || rows[i - 1].event_id != row.event_id {
-            events += 1;
-            if events > limit {
-                keep = i;
-                next_cursor = Some(rows[i - 1].event_id.clone());
-                break;
-            }
-        }
-    }
-    rows.truncate(keep);
+    let more = keep_events(&mut rows, limit as usize);
+    let next_cursor = more
+        .then(|| rows.last().map(|r| r.event_id.clone()))
+        .flatten();
     Ok(Json(json!({"events": rows, "next_cursor": next_cursor})).into_response())
 }
 

@@ -360,16 +360,7 @@ impl OddsStore {
         }
         updates.retain(|u| after.is_none_or(|after| u.event_id.as_str() > after));
         updates.sort_by(|a, b| (&a.event_id, &a.market).cmp(&(&b.event_id, &b.market)));
-        // Keep every market of the first `limit` events.
-        let mut events = 0;
-        let mut previous: Option<String> = None;
-        updates.retain(|u| {
-            if previous.as_deref() != Some(u.event_id.as_str()) {
-                events += 1;
-                previous = Some(u.event_id.clone());
-            }
-            events <= limit
-        });
+        keep_events(&mut updates, limit as usize);
         Ok(updates)
     }
 
@@ -414,6 +405,49 @@ impl OddsStore {
     }
 }
 
+/// Where each event starts in `rows` (ordered by event): the index of its first market.
+fn event_starts(rows: &[OddsUpdate]) -> impl Iterator<Item = usize> + '_ {
+    (0..rows.len()).filter(|&i| i == 0 || rows[i - 1].event_id != rows[i].event_id)
+}
+
+/// How many events `rows` (ordered by event) hold.
+pub fn event_count(rows: &[OddsUpdate]) -> usize {
+    event_starts(rows).count()
+}
+
+/// Keeps every market of the first `events` events of `rows` (ordered by event); returns
+/// whether rows of further events were cut.
+pub fn keep_events(rows: &mut Vec<OddsUpdate>, events: usize) -> bool {
+    let cut = event_starts(rows).nth(events);
+    if let Some(cut) = cut {
+        rows.truncate(cut);
+    }
+    cut.is_some()
+}
+
 fn decode(rows: &[PgRow]) -> Result<Vec<OddsUpdate>, sqlx::Error> {
     rows.iter().map(read_models::current_from_row).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use odds_testkit::{sample_update, sample_update_in};
+
+    #[test]
+    fn a_page_of_events_keeps_every_market_of_each() {
+        let mut rows = vec![
+            sample_update("A", 1),
+            sample_update_in("A", "HT_1X2", 2),
+            sample_update("B", 1),
+            sample_update("C", 1),
+            sample_update_in("C", "HT_1X2", 2),
+        ];
+        assert_eq!(event_count(&rows), 3);
+        assert!(!keep_events(&mut rows, 3), "nothing beyond three events");
+        assert!(keep_events(&mut rows, 2));
+        let kept: Vec<&str> = rows.iter().map(|r| r.event_id.as_str()).collect();
+        assert_eq!(kept, ["A", "A", "B"]);
+        assert_eq!(event_count(&[]), 0);
+    }
 }

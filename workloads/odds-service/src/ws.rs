@@ -11,7 +11,7 @@
 use crate::hub::{ClientQueue, Hub, Pending};
 use crate::metrics::Metrics;
 use crate::pubsub::{Feed, FeedStatus};
-use crate::store::OddsStore;
+use crate::store::{event_count, OddsStore};
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
@@ -425,13 +425,8 @@ impl Connection {
                     return Some(exit);
                 }
             }
-            let events = updates
-                .windows(2)
-                .filter(|pair| pair[0].event_id != pair[1].event_id)
-                .count()
-                + usize::from(!updates.is_empty());
             match updates.last() {
-                Some(last) if events == page as usize => {
+                Some(last) if event_count(&updates) == page as usize => {
                     after = Some(last.event_id.clone());
                 }
                 _ => return None,
