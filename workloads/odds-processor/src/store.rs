@@ -12,7 +12,7 @@ use odds_contracts::OddsUpdate;
 use odds_schema::read_models;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +47,12 @@ impl Applied {
     fn merge(&mut self, other: Applied) {
         self.history_inserted += other.history_inserted;
         self.current_advanced += other.current_advanced;
-        self.current_keys.extend(other.current_keys);
+        for (event, markets) in other.current_markets {
+            self.current_markets
+                .entry(event)
+                .or_default()
+                .extend(markets);
+        }
     }
 }
 
@@ -56,18 +61,19 @@ impl Applied {
 pub struct Applied {
     pub history_inserted: u64,
     pub current_advanced: u64,
-    /// (event, market) pairs whose stored current version is, after the batch, the batch's
-    /// newest update: exactly these may go to the cache. A pair missing here had a newer
-    /// stored version already (a stale or replayed update).
-    pub current_keys: HashSet<(String, String)>,
+    /// Per event, the markets whose stored current version is, after the batch, the batch's
+    /// newest update: exactly these may go to the cache. A market missing here had a newer
+    /// stored version already (a stale or replayed update). Keyed by event, so a lookup
+    /// borrows the update's strings instead of building an owned pair.
+    pub current_markets: HashMap<String, Vec<String>>,
 }
 
 impl Applied {
     /// Whether `update` (the batch's newest of its market) is what Postgres now holds.
     pub fn is_current(&self, update: &OddsUpdate) -> bool {
-        // Borrowed lookups in a set of owned pairs need an owned key; batches are small.
-        self.current_keys
-            .contains(&(update.event_id.clone(), update.market.clone()))
+        self.current_markets
+            .get(&update.event_id)
+            .is_some_and(|markets| markets.contains(&update.market))
     }
 }
 
@@ -115,8 +121,10 @@ impl Store {
             applied.current_advanced = count(row.try_get("current_advanced")?);
             if row.try_get::<bool, _>("is_current")? {
                 applied
-                    .current_keys
-                    .insert((row.try_get("event_id")?, row.try_get("market")?));
+                    .current_markets
+                    .entry(row.try_get("event_id")?)
+                    .or_default()
+                    .push(row.try_get("market")?);
             }
         }
         Ok(applied)
