@@ -676,6 +676,14 @@ def exported_metrics():
                     found[prefix + m.group(2)] = (m.group(1), labels)
                     if len(prefixes) > 1:
                         AMBIGUOUS[prefix + m.group(2)] = m.group(2)
+    # The hop families (odds_runtime::hops) are one constructor shared by three components:
+    # `odds_<component>_hop_seconds{hop}` for each component that owns a hop in `ALL`.
+    hops = (ROOT / "workloads" / "runtime" / "src" / "hops.rs").read_text()
+    hop_metric = re.search(r'pub const METRIC: &str = "(\w+)";', hops).group(1)
+    hop_label = re.search(r'pub const LABEL: &str = "(\w+)";', hops).group(1)
+    owners = re.search(r'pub const ALL: \[\(&str, &str\); \d+\] = \[(.*?)\];', hops, re.S).group(1)
+    for owner in set(re.findall(r'component::(\w+)\)', owners)):
+        found[f"odds_{components[owner]}_{hop_metric}"] = ("HistogramVec", {hop_label, "le"})
     assert len(found) >= 30, f"only {len(found)} metrics found in the Rust sources"
     return found
 

@@ -23,6 +23,10 @@ def rate(metric, by=None, extra=""):
 def q(metric, quant, by="le"):
     return f"histogram_quantile({quant}, sum by ({by}) (rate({metric}_bucket{SEL}{RI})))"
 
+# The latency budget's hop families (odds_runtime::hops), in pipeline order; each stage
+# observes its own hops under the `hop` label.
+HOP_FAMILIES = ["odds_ingest_hop_seconds", "odds_proc_hop_seconds", "odds_ws_hop_seconds"]
+
 panels = []
 pid = [0]
 y = [0]
@@ -139,9 +143,15 @@ ts("REST requests by status", [
     (rate("odds_api_requests_total", "status"), "{{status}}"),
 ], 8, unit="reqps")
 ts("WebSocket fan-out latency", [
-    (q("odds_ws_fanout_latency_seconds", 0.5), "p50"),
-    (q("odds_ws_fanout_latency_seconds", 0.99), "p99"),
-], 16, unit="s")
+    (q("odds_ws_hop_seconds", 0.5), "p50"),
+    (q("odds_ws_hop_seconds", 0.99), "p99"),
+], 16, unit="s", desc="odds-service receives an update from pub/sub → its frame is written to a client.")
+newline()
+
+row("Latency budget (per hop)")
+ts("Hop latency p50", [(q(f, 0.5, "le, hop"), "{{hop}}") for f in HOP_FAMILIES], 0, w=12, unit="s",
+   desc="Where an update's time goes, hop by hop (see README, Performance). A hop that rises is the stage to look at.")
+ts("Hop latency p99", [(q(f, 0.99, "le, hop"), "{{hop}}") for f in HOP_FAMILIES], 12, w=12, unit="s")
 newline()
 
 row("Postgres, Redis, Kafka, supplier")

@@ -26,6 +26,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 struct Args {
@@ -193,7 +194,12 @@ async fn client(
     shared: Arc<Shared>,
     ready: tokio::sync::mpsc::Sender<()>,
 ) -> Result<()> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/odds")).await?;
+    // A small read buffer: tungstenite zero-fills all of it (128 KiB by default) before every
+    // read, which would make the clients, not the service, the limit.
+    let config = WebSocketConfig::default().read_buffer_size(4 * 1024);
+    let url = format!("ws://{addr}/ws/odds");
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(url, Some(config), false).await?;
     ws.send(Message::text(format!(
         r#"{{"type":"subscribe","eventId":"{event}"}}"#
     )))
@@ -380,7 +386,7 @@ async fn main() -> Result<()> {
     for line in fanout.lines().filter(|l| {
         l.starts_with("odds_ws_conflated_total")
             || l.starts_with("odds_ws_slow_client_closes_total")
-            || l.starts_with("odds_ws_fanout_latency_seconds_count")
+            || l.starts_with("odds_ws_hop_seconds_count")
     }) {
         println!("  service metric: {line}");
     }

@@ -33,10 +33,9 @@ pub struct Metrics {
     pub ws_conflated: IntCounter,
     pub ws_stale_skipped: IntCounter,
     pub ws_slow_client_closes: IntCounter,
-    pub ws_fanout_latency: Histogram,
-    /// The same span as `ws_fanout_latency`, as the service's hop of the latency budget
+    /// Pub/sub receive → frame written to a client: the service's hop of the latency budget
     /// (`odds_ws_hop_seconds{hop="service_to_client_write"}`, see [`odds_runtime::hops`]),
-    /// with the buckets every stage shares.
+    /// with the buckets every stage shares. The dashboards' fan-out latency reads it.
     pub ws_hop_to_client_write: Histogram,
     pub ws_updates_received: IntCounter,
     pub ws_updates_invalid: IntCounter,
@@ -90,13 +89,6 @@ impl Metrics {
             ws_slow_client_closes: IntCounter::new(
                 "slow_client_closes_total",
                 "Connections closed because the client could not keep up",
-            )?,
-            ws_fanout_latency: Histogram::with_opts(
-                HistogramOpts::new(
-                    "fanout_latency_seconds",
-                    "Time from receiving an update on pub/sub to writing it to a client",
-                )
-                .buckets(latency_buckets.clone()),
             )?,
             ws_updates_received: IntCounter::new(
                 "updates_received_total",
@@ -162,7 +154,6 @@ impl Metrics {
         r.register(self.ws_conflated.clone())?;
         r.register(self.ws_stale_skipped.clone())?;
         r.register(self.ws_slow_client_closes.clone())?;
-        r.register(self.ws_fanout_latency.clone())?;
         r.register(self.ws_updates_received.clone())?;
         r.register(self.ws_updates_invalid.clone())?;
         r.register(self.ws_pubsub_reconnects.clone())?;

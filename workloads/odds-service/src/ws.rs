@@ -219,7 +219,6 @@ impl Connection {
                     } else {
                         metrics.ws_odds_sent.inc();
                         let waited = pending.update.received_at.elapsed().as_secs_f64();
-                        metrics.ws_fanout_latency.observe(waited);
                         metrics.ws_hop_to_client_write.observe(waited);
                     }
                 }

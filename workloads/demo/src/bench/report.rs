@@ -66,6 +66,9 @@ pub struct BenchReport {
     /// Seconds from the pipeline being up to the last update persisted: the window the CPU
     /// figures, the idle share and the hop breakdown cover.
     pub window_s: f64,
+    /// Whether the pipeline had drained its start-up backlog (first consumer-group join)
+    /// when the window opened; `false` means the figures include that backlog.
+    pub caught_up: bool,
     /// CPU seconds used in the window, per stage and by the benchmark process
     /// ([`BENCH_PROCESS`]: its WebSocket clients and, unless `KAFKA_BROKERS` is set, the
     /// Kafka mock broker).
@@ -139,6 +142,13 @@ impl BenchReport {
                 "WARNING: the machine was saturated (idle below {:.0} %): latency includes \
                  queueing for CPU, not only the pipeline's own waits",
                 SATURATED_BELOW_IDLE * 100.0
+            );
+        }
+        if !self.caught_up {
+            let _ = writeln!(
+                out,
+                "WARNING: the pipeline had not caught up with the supplier when the window \
+                 opened: the figures include the start-up backlog"
             );
         }
         out.push_str(&self.cpu_table());
@@ -240,6 +250,7 @@ mod tests {
             },
             rss_mb: BTreeMap::new(),
             window_s: 10.0,
+            caught_up: true,
             cpu_s_per_1000_updates: per_thousand(&cpu_s, 5000),
             service_cpu_us_per_delivery: None,
             cpu_s,
@@ -270,6 +281,15 @@ mod tests {
         assert!(!calm.contains("WARNING"), "{calm}");
         assert!(!calm.contains("NOT durable"), "{calm}");
         assert!(calm.contains("idle 50.0 %"), "{calm}");
+        let behind = BenchReport {
+            caught_up: false,
+            ..report(0.5, "on")
+        };
+        assert!(
+            behind.summary().contains("had not caught up"),
+            "{}",
+            behind.summary()
+        );
     }
 
     #[test]
