@@ -12,7 +12,8 @@ use odds_testkit::{PostgresDurability, PostgresServer, TestRedis};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::DefaultProducerContext;
 
-/// Partitions of `odds_updates` on the mock cluster.
+/// Partitions of `odds_updates` on the mock cluster (demo and tests; the benchmark chooses
+/// its own, see `BenchArgs::kafka_partitions`).
 pub const DEMO_PARTITIONS: i32 = 6;
 
 pub struct Infra {
@@ -27,8 +28,9 @@ pub struct Infra {
 
 impl Infra {
     /// Uses the URLs from the environment where set, starting the rest; a Postgres started
-    /// here runs with `postgres` durability (a Postgres given by URL is used as it is).
-    pub async fn provide(postgres: PostgresDurability) -> anyhow::Result<Infra> {
+    /// here runs with `postgres` durability (a Postgres given by URL is used as it is), a
+    /// hosted mock Kafka with `partitions` partitions of `odds_updates`.
+    pub async fn provide(postgres: PostgresDurability, partitions: i32) -> anyhow::Result<Infra> {
         let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
 
         let (database_url, postgres) = match set(env::DATABASE_URL) {
@@ -53,7 +55,7 @@ impl Infra {
             Some(brokers) => (brokers, None),
             None => {
                 let cluster = MockCluster::new(1).context("starting the Kafka mock cluster")?;
-                cluster.create_topic(TOPIC_ODDS_UPDATES, DEMO_PARTITIONS, 1)?;
+                cluster.create_topic(TOPIC_ODDS_UPDATES, partitions, 1)?;
                 cluster.create_topic(TOPIC_ODDS_UPDATES_DLQ, 1, 1)?;
                 (cluster.bootstrap_servers(), Some(cluster))
             }

@@ -5,7 +5,7 @@
 //! each stage drains what the one before it handed over.
 
 use crate::children::{ChildProcess, ChildSpec};
-use crate::infra::Infra;
+use crate::infra::{Infra, DEMO_PARTITIONS};
 use anyhow::{bail, Context};
 use odds_contracts::{env, Market};
 use odds_testkit::{free_port, PostgresDurability};
@@ -36,6 +36,8 @@ pub struct LauncherOptions {
     pub postgres: PostgresDurability,
     /// Markets the supplier quotes for every event.
     pub markets: Vec<Market>,
+    /// Partitions of `odds_updates` when the launcher hosts the mock Kafka.
+    pub kafka_partitions: i32,
 }
 
 impl LauncherOptions {
@@ -55,6 +57,7 @@ impl LauncherOptions {
             // Both markets, so every test of the whole pipeline covers current odds per
             // (event, market).
             markets: Market::ALL.to_vec(),
+            kafka_partitions: DEMO_PARTITIONS,
         })
     }
 }
@@ -103,7 +106,7 @@ impl Launcher {
                 );
             }
         }
-        let infra = Infra::provide(options.postgres).await?;
+        let infra = Infra::provide(options.postgres, options.kafka_partitions).await?;
         let log_dir = tempfile::Builder::new()
             .prefix("odds-demo-logs-")
             .tempdir()

@@ -115,6 +115,7 @@ async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
         // The demo shows the pipeline working; speed over power-loss safety is fine here.
         postgres: odds_testkit::PostgresDurability::FastUnsafe,
         markets: args.markets.clone(),
+        kafka_partitions: odds_demo::infra::DEMO_PARTITIONS,
     })
     .await
     .context("starting the pipeline")?;

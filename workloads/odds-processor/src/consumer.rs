@@ -8,6 +8,7 @@
 
 use crate::batch::PartitionKey;
 use crate::metrics::Metrics;
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
@@ -87,6 +88,35 @@ impl ProcessorContext {
 }
 
 impl ClientContext for ProcessorContext {
+    /// librdkafka's own log, through `tracing` (its default goes to the `log` crate, which
+    /// nothing here collects). A consumer position that fell out of the log is reset to the
+    /// earliest retained record with only a warning from librdkafka, and the records in
+    /// between are never read: that is data loss, so it is counted and logged as an error.
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if is_skipping_offset_reset(level, fac, message) {
+            self.metrics.offset_resets.inc();
+            self.metrics.error(crate::metrics::phase::CONSUME);
+            tracing::error!(
+                target: "librdkafka",
+                librdkafka = message,
+                "the consumer's position fell out of the log (retention passed it); \
+                 the records between were skipped"
+            );
+            return;
+        }
+        match level {
+            RDKafkaLogLevel::Emerg
+            | RDKafkaLogLevel::Alert
+            | RDKafkaLogLevel::Critical
+            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+                tracing::info!(target: "librdkafka", fac, "{message}")
+            }
+            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+        }
+    }
+
     fn stats(&self, statistics: Statistics) {
         for (topic_name, topic) in &statistics.topics {
             for (partition, stats) in &topic.partitions {
@@ -134,6 +164,16 @@ impl ConsumerContext for ProcessorContext {
     }
 }
 
+/// librdkafka logs an offset reset caused by an error (such as "Offset out of range") as a
+/// warning of facility `OFFSET`; resets that lose nothing (no committed offset yet) are debug.
+fn is_skipping_offset_reset(level: RDKafkaLogLevel, fac: &str, message: &str) -> bool {
+    matches!(
+        level,
+        RDKafkaLogLevel::Warning | RDKafkaLogLevel::Error | RDKafkaLogLevel::Critical
+    ) && fac == "OFFSET"
+        && message.contains("offset reset")
+}
+
 /// Creates the group consumer and subscribes it to `topic`.
 pub fn subscribe(
     topic: &str,
@@ -147,4 +187,29 @@ pub fn subscribe(
     let consumer: ProcessorConsumer = config.create_with_context(context)?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What librdkafka 2.12 logs when a fetch finds its offset gone (rdkafka_offset.c).
+    const OUT_OF_RANGE: &str = "odds_updates [0]: offset reset (at offset 120 (leader epoch \
+        -1), broker 1) to offset BEGINNING (leader epoch -1): fetch failed due to requested \
+        offset not available on the broker: Broker: Offset out of range";
+
+    #[test]
+    fn an_offset_reset_that_skips_records_is_counted_as_a_consume_error() {
+        let metrics = Metrics::unregistered().unwrap();
+        let context = ProcessorContext::new(CommitLedger::default(), metrics.clone());
+        context.log(RDKafkaLogLevel::Warning, "OFFSET", OUT_OF_RANGE);
+        assert_eq!(metrics.offset_resets.get(), 1);
+        assert_eq!(metrics.errors.with_label_values(&["consume"]).get(), 1);
+        // The first assignment's reset (no committed offset) loses nothing: librdkafka logs
+        // it at debug level. Other warnings are only logged.
+        context.log(RDKafkaLogLevel::Debug, "OFFSET", OUT_OF_RANGE);
+        context.log(RDKafkaLogLevel::Warning, "FAIL", "broker down");
+        assert_eq!(metrics.offset_resets.get(), 1);
+        assert_eq!(metrics.errors.with_label_values(&["consume"]).get(), 1);
+    }
 }

@@ -48,6 +48,10 @@ pub struct Metrics {
     /// 1 while the cache is known to miss updates (Redis was unreachable) and awaits repair.
     pub cache_stale: IntGauge,
     pub cache_repairs: IntCounter,
+    /// Times librdkafka moved the consumer to the earliest retained record because its
+    /// position was no longer in the log (retention passed it): the records between were
+    /// never read. Also counted as a `consume` error.
+    pub offset_resets: IntCounter,
     /// The processor's hops of the latency budget (`odds_proc_hop_seconds{hop}`, see
     /// [`odds_runtime::hops`]): Kafka record timestamp → received, first record → batch
     /// closed, the Postgres statement and commit, the Redis script and publish.
@@ -135,6 +139,10 @@ impl Metrics {
                 "cache_repairs_total",
                 "Completed repairs of the Redis cache from Postgres.",
             )?,
+            offset_resets: IntCounter::new(
+                "offset_resets_total",
+                "Consumer positions reset because they fell out of the log: records skipped.",
+            )?,
         };
         registry.register(metrics.messages_consumed.clone())?;
         registry.register(metrics.db_writes.clone())?;
@@ -149,6 +157,7 @@ impl Metrics {
         registry.register(metrics.consumer_lag.clone())?;
         registry.register(metrics.cache_stale.clone())?;
         registry.register(metrics.cache_repairs.clone())?;
+        registry.register(metrics.offset_resets.clone())?;
         // Pre-create the labelled series so dashboards show zeros instead of gaps.
         for p in phase::ALL {
             metrics.errors.with_label_values(&[p]);

@@ -36,6 +36,9 @@ struct Args {
     seconds: u64,
     /// The service binary; defaults to the one built with this tool's profile.
     service_bin: String,
+    /// Extra `NAME=VALUE` environment for the service (`--service-env`, repeatable), to
+    /// compare settings such as `WS_WRITE_COALESCE_MS` or `TOKIO_WORKER_THREADS`.
+    service_env: Vec<(String, String)>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -45,6 +48,7 @@ fn parse_args() -> Result<Args> {
         rate: 5000,
         seconds: 20,
         service_bin: env!("CARGO_BIN_EXE_odds-service").to_owned(),
+        service_env: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -55,6 +59,13 @@ fn parse_args() -> Result<Args> {
             "--rate" => args.rate = value()?.parse()?,
             "--seconds" => args.seconds = value()?.parse()?,
             "--service-bin" => args.service_bin = value()?,
+            "--service-env" => {
+                let pair = value()?;
+                let (name, val) = pair
+                    .split_once('=')
+                    .with_context(|| format!("--service-env wants NAME=VALUE, got {pair:?}"))?;
+                args.service_env.push((name.to_owned(), val.to_owned()));
+            }
             _ => {} // cargo bench passes `--bench`
         }
     }
@@ -289,6 +300,7 @@ async fn main() -> Result<()> {
         .env("DATABASE_URL", db.url())
         .env("WS_MAX_CONNECTIONS", (args.clients + 100).to_string())
         .env("RUST_LOG", "warn")
+        .envs(args.service_env.iter().map(|(k, v)| (k, v)))
         .kill_on_drop(true)
         .spawn()
         .context("starting odds-service")?;

@@ -69,6 +69,11 @@ pub struct BenchReport {
     /// Whether the pipeline had drained its start-up backlog (first consumer-group join)
     /// when the window opened; `false` means the figures include that backlog.
     pub caught_up: bool,
+    /// The Kafka the run used: the hosted mock and its partitions, or `KAFKA_BROKERS`.
+    pub kafka: String,
+    /// Times the processor's position fell out of the Kafka log and was reset past records
+    /// it never read (`odds_proc_offset_resets_total`): loss to the broker's retention.
+    pub kafka_offset_resets: u64,
     /// CPU seconds used in the window, per stage and by the benchmark process
     /// ([`BENCH_PROCESS`]: its WebSocket clients and, unless `KAFKA_BROKERS` is set, the
     /// Kafka mock broker).
@@ -83,6 +88,9 @@ pub struct BenchReport {
     /// p50/p99 per hop from the stages' `*_hop_seconds` histograms, in pipeline order.
     pub hops: Vec<HopLatency>,
 }
+
+/// How [`BenchReport::kafka`] starts when the benchmark hosted the Kafka mock.
+pub const HOSTED_MOCK: &str = "hosted mock";
 
 impl BenchReport {
     pub fn held(&self) -> bool {
@@ -127,6 +135,21 @@ impl BenchReport {
                 " — NOT durable: commits are cheaper than production's"
             }
         );
+        let _ = writeln!(out, "kafka: {}", self.kafka);
+        if self.kafka_offset_resets > 0 {
+            let _ = writeln!(
+                out,
+                "WARNING: the processor fell behind Kafka's retention {} time(s) and skipped \
+                 records (odds_proc_offset_resets_total){}",
+                self.kafka_offset_resets,
+                if self.kafka.starts_with(HOSTED_MOCK) {
+                    ": the hosted mock keeps only ~5 MB per partition; rerun with more \
+                     --kafka-partitions"
+                } else {
+                    ""
+                }
+            );
+        }
         let idle = self
             .machine
             .idle_share
@@ -251,6 +274,8 @@ mod tests {
             rss_mb: BTreeMap::new(),
             window_s: 10.0,
             caught_up: true,
+            kafka: format!("{HOSTED_MOCK}, 1 partition"),
+            kafka_offset_resets: 0,
             cpu_s_per_1000_updates: per_thousand(&cpu_s, 5000),
             service_cpu_us_per_delivery: None,
             cpu_s,
@@ -290,6 +315,14 @@ mod tests {
             "{}",
             behind.summary()
         );
+        assert!(!calm.contains("retention"), "{calm}");
+        let lossy = BenchReport {
+            lost: 10,
+            kafka_offset_resets: 2,
+            ..report(0.5, "on")
+        };
+        assert!(lossy.summary().contains("skipped records"));
+        assert!(lossy.summary().contains("--kafka-partitions"));
     }
 
     #[test]
