@@ -184,6 +184,10 @@ pub fn subscribe(
     for (name, value) in props {
         config.set(name, value);
     }
+    // rdkafka derives librdkafka's log level from the `log` crate's logger, and there is none
+    // here (logging is `tracing`), so it would pass only errors: warnings such as an offset
+    // reset that skips records would never reach [`ProcessorContext::log`].
+    config.set_log_level(RDKafkaLogLevel::Warning);
     let consumer: ProcessorConsumer = config.create_with_context(context)?;
     consumer.subscribe(&[topic])?;
     Ok(consumer)

@@ -317,3 +317,39 @@ async fn reported_lag_per_partition_is_the_backlog_and_falls_to_zero_as_it_drain
     h.shutdown.cancel();
     h.processor.close();
 }
+
+/// A processor whose committed position retention passed while it was away is moved to the
+/// earliest retained record by librdkafka, with only a warning: the records between are
+/// never read. That loss must show (metric, consume error, error log), never be silent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_position_that_retention_passed_is_counted_as_skipped_records() {
+    let kafka = TestKafka::start(1, 1).unwrap();
+    let db = migrated_database().await;
+    let redis = TestRedis::start().await.unwrap();
+    let config = config(&kafka, &db, &redis);
+    let producer = producer(&kafka);
+    produce(&producer, &[update("A", 1)]).await;
+    let mut first = processor(&config);
+    let group = config.kafka_group.clone();
+    step_until(
+        &mut first.processor,
+        "the first record committed",
+        || async { committed_total(&kafka, &group, 1) == 1 },
+    )
+    .await;
+    drop(first);
+
+    // The mock broker keeps the last 5 MB of a partition: ~6 MB more pushes offset 1 out.
+    let filler = vec![b'x'; 64 * 1024];
+    for _ in 0..96 {
+        produce_raw(&producer, "FILLER", Some(&filler)).await;
+    }
+    let second = processor(&config);
+    let metrics = second.metrics.clone();
+    let mut processor = second.processor;
+    step_until(&mut processor, "the skip counted", || async {
+        metrics.offset_resets.get() >= 1
+    })
+    .await;
+    assert!(metrics.errors.with_label_values(&["consume"]).get() >= 1);
+}
