@@ -32,10 +32,7 @@ impl IngestMetrics {
     }
 
     pub fn register(registry: &PrefixedRegistry) -> Result<IngestMetrics, prometheus::Error> {
-        let hop_family = HopHistogram::register(
-            registry,
-            &[hops::SUPPLIER_TO_INGEST, hops::INGEST_TO_KAFKA_ACK],
-        )?;
+        let hop_family = HopHistogram::for_component(registry, component::INGEST)?;
         let m = IngestMetrics {
             frames_received: IntCounter::new(
                 "frames_received_total",

@@ -1,8 +1,9 @@
-//! `/ws/odds`: one task per connection that reads client messages, writes queued updates,
-//! pings, and closes with a reason.
+//! `/ws/odds`: one task per connection that handles client messages, writes queued updates,
+//! pings, and closes with a reason, beside a small reader task that only reads the socket.
 //!
-//! A single task per connection keeps the per-client footprint small (no second task, no
-//! channel). Subscribing registers with the hub *before* reading the snapshot and nothing is
+//! The reader task exists because the connection task wakes once per delivery, and polling
+//! the read side on every wake cost a read attempt each time; everything else stays in the
+//! one connection task, which keeps the per-client footprint small. Subscribing registers with the hub *before* reading the snapshot and nothing is
 //! written between the two, so no update can fall in the gap and the snapshot always comes
 //! first. Writes are bounded by a timeout: a client that stays stuck is closed as slow.
 //! When live updates stop or resume (see [`crate::pubsub::Feed`]) every connection sends a
@@ -81,9 +82,8 @@ pub async fn serve_connection(
         last_seen: Instant::now(),
         ctx,
     };
-    // The socket is read in a task of its own: the connection loop wakes once per delivery,
-    // and polling the read side on every wake cost a read attempt each time (tungstenite
-    // zero-fills its read buffer before every read).
+    // The reader task (see the module's note): tungstenite zero-fills its read buffer before
+    // every read attempt, which a poll of the read side on every delivery wake paid for.
     let (mut socket, mut stream) = socket.split();
     let (forward, mut incoming) = mpsc::channel(INCOMING_QUEUE);
     let reader = tokio::spawn(async move {
@@ -218,8 +218,9 @@ impl Connection {
                         metrics.ws_snapshots_sent.inc();
                     } else {
                         metrics.ws_odds_sent.inc();
-                        let waited = pending.update.received_at.elapsed().as_secs_f64();
-                        metrics.ws_hop_to_client_write.observe(waited);
+                        metrics
+                            .ws_hop_to_client_write
+                            .observe(pending.update.received_at.elapsed().as_secs_f64());
                     }
                 }
                 None

@@ -75,6 +75,11 @@ struct MarketState {
     version: u64,
 }
 
+/// The id of the simulator's `number`-th event (from 1): `MATCH_001`, `MATCH_002`, …
+pub fn event_id(number: usize) -> String {
+    format!("MATCH_{number:03}")
+}
+
 /// Generates updates for a fixed set of events. Same seed, config and version base, same
 /// sequence (event, version, prices); only `updated_at` reflects when each update is made.
 #[derive(Debug, Clone)]
@@ -114,7 +119,7 @@ impl OddsFeed {
                     })
                     .collect();
                 EventState {
-                    event_id: format!("MATCH_{:03}", i + 1),
+                    event_id: event_id(i + 1),
                     home_team,
                     away_team,
                     version,

@@ -22,11 +22,12 @@ use futures_util::{SinkExt, StreamExt};
 use odds_contracts::ws::ServerMessage;
 use odds_contracts::{Market, OddsUpdate};
 use odds_testkit::{http_get, PostgresDurability};
-use report::{per_thousand, BENCH_PROCESS, HOSTED_MOCK, SATURATED_BELOW_IDLE};
-pub use report::{BenchReport, Latency, Machine, PostgresSettings};
+use report::{per_thousand, BENCH_PROCESS, SATURATED_BELOW_IDLE};
+pub use report::{BenchReport, KafkaUsed, Latency, Machine, PostgresSettings};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
+use supplier_simulator::feed::event_id;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -136,7 +137,7 @@ async fn measure(
     rate: u32,
     total: u64,
 ) -> anyhow::Result<BenchReport> {
-    let last_event = format!("/v1/events/MATCH_{:03}/odds", args.events);
+    let last_event = format!("/v1/events/{}/odds", event_id(args.events as usize));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !matches!(http_get(launcher.service_addr, &last_event).await, Ok(r) if r.status == 200) {
         if Instant::now() > deadline {
@@ -151,10 +152,10 @@ async fn measure(
     // The window starts once the pipeline has caught up with the supplier: the consumer
     // group's first join holds the first records for seconds, and draining that backlog is
     // start-up, not the pipeline's latency (counted in, it was the "stalls" of 1.5–2 s in
-    // every run's kafka→processor p99). The CPU, idle and hop figures cover the window, and
-    // the per-1000 figures the updates persisted in it.
-    // At most a quarter of the sending time: an overloaded pipeline never catches up, and
-    // waiting longer would leave nothing of the run to measure.
+    // every run's kafka→processor p99). It waits at most a quarter of the sending time: an
+    // overloaded pipeline never catches up, and waiting longer would leave nothing to
+    // measure. The CPU, idle and hop figures cover the window, and the per-1000 figures the
+    // updates persisted in it.
     let catch_up_limit = Duration::from_secs(args.duration) / 4;
     let caught_up = wait_caught_up(launcher, args.events, rate, catch_up_limit).await;
     if !caught_up {
@@ -172,7 +173,7 @@ async fn measure(
     let mut clients = Vec::new();
     for i in 0..args.clients {
         let url = format!("ws://{}/ws/odds", launcher.service_addr);
-        let event = format!("MATCH_{:03}", i % args.events + 1);
+        let event = event_id((i % args.events) as usize + 1);
         clients.push(tokio::spawn(client(url, event, stop_rx.clone())));
     }
     let started = Instant::now();
@@ -260,8 +261,12 @@ async fn measure(
         caught_up,
         kafka_offset_resets: closed.offset_resets,
         kafka: match launcher.infra.kafka_cluster() {
-            Some(_) => format!("{HOSTED_MOCK}, {} partition(s)", args.kafka_partitions),
-            None => format!("KAFKA_BROKERS={}", launcher.infra.kafka_brokers),
+            Some(_) => KafkaUsed::HostedMock {
+                partitions: args.kafka_partitions,
+            },
+            None => KafkaUsed::Brokers {
+                bootstrap: launcher.infra.kafka_brokers.clone(),
+            },
         },
         cpu_s_per_1000_updates: closed.cpu_per_1000,
         cpu_s: closed.cpu_s,
@@ -281,9 +286,10 @@ const CAUGHT_UP_AGE: Duration = Duration::from_millis(250);
 async fn wait_caught_up(launcher: &Launcher, events: u32, rate: u32, limit: Duration) -> bool {
     let between_updates = Duration::from_secs_f64(f64::from(events) / f64::from(rate.max(1)));
     let fresh = CAUGHT_UP_AGE + between_updates * 2;
+    let first_event = format!("/v1/events/{}/odds", event_id(1));
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
-        let age = http_get(launcher.service_addr, "/v1/events/MATCH_001/odds")
+        let age = http_get(launcher.service_addr, &first_event)
             .await
             .ok()
             .filter(|r| r.status == 200)

@@ -69,8 +69,8 @@ pub struct BenchReport {
     /// Whether the pipeline had drained its start-up backlog (first consumer-group join)
     /// when the window opened; `false` means the figures include that backlog.
     pub caught_up: bool,
-    /// The Kafka the run used: the hosted mock and its partitions, or `KAFKA_BROKERS`.
-    pub kafka: String,
+    /// The Kafka the run used.
+    pub kafka: KafkaUsed,
     /// Times the processor's position fell out of the Kafka log and was reset past records
     /// it never read (`odds_proc_offset_resets_total`): loss to the broker's retention.
     pub kafka_offset_resets: u64,
@@ -89,8 +89,26 @@ pub struct BenchReport {
     pub hops: Vec<HopLatency>,
 }
 
-/// How [`BenchReport::kafka`] starts when the benchmark hosted the Kafka mock.
-pub const HOSTED_MOCK: &str = "hosted mock";
+/// The Kafka a run used.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaUsed {
+    /// librdkafka's mock broker inside the benchmark process.
+    HostedMock { partitions: i32 },
+    /// The brokers `KAFKA_BROKERS` named.
+    Brokers { bootstrap: String },
+}
+
+impl std::fmt::Display for KafkaUsed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KafkaUsed::HostedMock { partitions } => {
+                write!(f, "hosted mock, {partitions} partition(s) of odds_updates")
+            }
+            KafkaUsed::Brokers { bootstrap } => write!(f, "KAFKA_BROKERS={bootstrap}"),
+        }
+    }
+}
 
 impl BenchReport {
     pub fn held(&self) -> bool {
@@ -142,7 +160,7 @@ impl BenchReport {
                 "WARNING: the processor fell behind Kafka's retention {} time(s) and skipped \
                  records (odds_proc_offset_resets_total){}",
                 self.kafka_offset_resets,
-                if self.kafka.starts_with(HOSTED_MOCK) {
+                if matches!(self.kafka, KafkaUsed::HostedMock { .. }) {
                     ": the hosted mock keeps only ~5 MB per partition; rerun with more \
                      --kafka-partitions"
                 } else {
@@ -274,7 +292,7 @@ mod tests {
             rss_mb: BTreeMap::new(),
             window_s: 10.0,
             caught_up: true,
-            kafka: format!("{HOSTED_MOCK}, 1 partition"),
+            kafka: KafkaUsed::HostedMock { partitions: 1 },
             kafka_offset_resets: 0,
             cpu_s_per_1000_updates: per_thousand(&cpu_s, 5000),
             service_cpu_us_per_delivery: None,
@@ -323,6 +341,14 @@ mod tests {
         };
         assert!(lossy.summary().contains("skipped records"));
         assert!(lossy.summary().contains("--kafka-partitions"));
+        let external = BenchReport {
+            kafka: KafkaUsed::Brokers {
+                bootstrap: "kafka:9092".into(),
+            },
+            ..lossy
+        };
+        assert!(external.summary().contains("KAFKA_BROKERS=kafka:9092"));
+        assert!(!external.summary().contains("--kafka-partitions"));
     }
 
     #[test]

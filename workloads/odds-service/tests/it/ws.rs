@@ -55,26 +55,23 @@ async fn each_market_gets_its_snapshot_and_its_own_versions() {
     let mut client = connect(env.addr()).await;
     send(&mut client, r#"{"type":"subscribe","eventId":"E1"}"#).await;
     assert_eq!(next_json(&mut client).await["type"], "subscribed");
-    let mut snapshots: Vec<(String, u64)> = Vec::new();
-    for _ in 0..2 {
-        let frame = next_json(&mut client).await;
-        assert_eq!(frame["type"], "snapshot", "{frame}");
-        let data = &frame["data"];
-        snapshots.push((
-            data["market"].as_str().unwrap().into(),
-            data["version"].as_u64().unwrap(),
-        ));
-    }
-    snapshots.sort();
+    let snapshots = next_market_versions(&mut client, "snapshot", 2).await;
     assert_eq!(snapshots, [("1X2".into(), 1), ("HT_1X2".into(), 2)]);
 
     // 1X2 v3 is news for 1X2 even though HT_1X2 is at v4 by then.
     env.write(&in_market(4, "HT_1X2")).await;
     env.write(&in_market(3, "1X2")).await;
-    let mut seen: Vec<(String, u64)> = Vec::new();
-    for _ in 0..2 {
-        let frame = next_json(&mut client).await;
-        assert_eq!(frame["type"], "odds", "{frame}");
+    let seen = next_market_versions(&mut client, "odds", 2).await;
+    assert_eq!(seen, [("1X2".into(), 3), ("HT_1X2".into(), 4)]);
+    env.stop().await;
+}
+
+/// The next `count` frames, each of type `kind`, as sorted (market, version) pairs.
+async fn next_market_versions(client: &mut Client, kind: &str, count: usize) -> Vec<(String, u64)> {
+    let mut seen = Vec::with_capacity(count);
+    for _ in 0..count {
+        let frame = next_json(client).await;
+        assert_eq!(frame["type"], kind, "{frame}");
         let data = &frame["data"];
         seen.push((
             data["market"].as_str().unwrap().into(),
@@ -82,8 +79,7 @@ async fn each_market_gets_its_snapshot_and_its_own_versions() {
         ));
     }
     seen.sort();
-    assert_eq!(seen, [("1X2".into(), 3), ("HT_1X2".into(), 4)]);
-    env.stop().await;
+    seen
 }
 
 #[tokio::test]
