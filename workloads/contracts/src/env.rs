@@ -26,6 +26,7 @@ pub const KAFKA_PROP_PREFIX: &str = "KAFKA_PROP_";
 pub const DATABASE_URL: &str = "DATABASE_URL";
 pub const DATABASE_READ_URL: &str = "DATABASE_READ_URL";
 pub const DATABASE_MAX_CONNECTIONS: &str = "DATABASE_MAX_CONNECTIONS";
+pub const DATABASE_STATEMENT_TIMEOUT_MS: &str = "DATABASE_STATEMENT_TIMEOUT_MS";
 pub const REDIS_URL: &str = "REDIS_URL";
 pub const REDIS_TIMEOUT_MS: &str = "REDIS_TIMEOUT_MS";
 
@@ -41,6 +42,7 @@ pub const SIM_VERSION_BASE: &str = "SIM_VERSION_BASE";
 
 // --- odds-ingest ---
 pub const SUPPLIER_URL: &str = "SUPPLIER_URL";
+pub const SUPPLIER_PING_INTERVAL_MS: &str = "SUPPLIER_PING_INTERVAL_MS";
 pub const MAX_IN_FLIGHT: &str = "MAX_IN_FLIGHT";
 pub const KAFKA_LINGER_MS: &str = "KAFKA_LINGER_MS";
 pub const KAFKA_COMPRESSION: &str = "KAFKA_COMPRESSION";

@@ -42,6 +42,13 @@ pub struct IngestConfig {
           value_parser = clap::value_parser!(u64).range(1..=600_000))]
     pub reconnect_max_ms: u64,
 
+    /// After this long without a frame from the supplier ingest pings it (ms); after three
+    /// intervals of silence it reconnects (a half-open connection, a frozen supplier). A
+    /// connect attempt also gets three intervals.
+    #[arg(long, env = env::SUPPLIER_PING_INTERVAL_MS, default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(50..=600_000))]
+    pub supplier_ping_interval_ms: u64,
+
     /// Largest WebSocket message read from the supplier (bytes); larger closes the connection.
     /// Frames above the update limit (16 KiB) but below this are dead-lettered as `oversize`.
     #[arg(long, env = env::MAX_WS_MESSAGE_BYTES, default_value_t = 64 * 1024 * 1024,

@@ -77,6 +77,7 @@ impl Ingest {
             max_message_bytes: config.max_ws_message_bytes as usize,
             reconnect_min,
             reconnect_max,
+            ping_interval: Duration::from_millis(config.supplier_ping_interval_ms),
         };
         // The ops server outlives the pipeline a little so /metrics shows the final drain.
         let ops_shutdown = CancellationToken::new();

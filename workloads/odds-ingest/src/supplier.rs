@@ -2,14 +2,16 @@
 //!
 //! Suppliers drop connections; ingest must come back without a human. Delays grow
 //! exponentially up to a cap and are jittered so that many replicas do not reconnect in lock
-//! step. Frames go into a channel bounded in frames and in bytes: when it is full this task
+//! step. A connection that goes silent is pinged, and given up after three ping intervals:
+//! a half-open socket (a lost node, a dropped route) raises no error by itself and would leave
+//! ingest connected, ready and idle forever. Frames go into a channel bounded in frames and in bytes: when it is full this task
 //! stops reading the socket, which is how Kafka trouble turns into TCP backpressure instead of
 //! memory growth. Every wait here also watches for shutdown, so SIGTERM is never stuck behind a
 //! full queue.
 
 use crate::metrics::IngestMetrics;
 use chrono::{DateTime, Utc};
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use odds_runtime::Readiness;
 use rand::Rng;
 use std::sync::Arc;
@@ -111,7 +113,15 @@ pub struct SupplierLink {
     pub max_message_bytes: usize,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// After this long without a frame ingest pings the supplier; after three times this of
+    /// silence (a half-open connection, a frozen supplier) it reconnects. A connect attempt
+    /// gets as long.
+    pub ping_interval: Duration,
 }
+
+/// How long a close frame may take to go out at shutdown (a supplier that stopped reading
+/// must not hold it).
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The delay before reconnect attempt `attempt` (1-based): a random point in the upper half
 /// of `min * 2^(attempt-1)`, capped at `max`.
@@ -141,26 +151,49 @@ pub async fn stream_supplier(
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng();
     let mut attempt: u32 = 0;
     loop {
-        let connect =
-            tokio_tungstenite::connect_async_with_config(&link.url, Some(ws_config), false);
+        let silence_limit = link.ping_interval * 3;
+        let connect = tokio::time::timeout(
+            silence_limit,
+            tokio_tungstenite::connect_async_with_config(&link.url, Some(ws_config), false),
+        );
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = connect => r,
+            r = connect => r.unwrap_or_else(|_| Err(Error::Io(std::io::ErrorKind::TimedOut.into()))),
         };
         match connected {
             Ok((mut ws, _)) => {
                 tracing::info!(url = %link.url, "connected to supplier");
                 readiness.set(READY_SUPPLIER, true);
                 attempt = 0;
+                let mut last_heard = Instant::now();
+                let mut liveness = tokio::time::interval(link.ping_interval);
+                liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                liveness.reset();
                 loop {
                     let next = tokio::select! {
                         _ = shutdown.cancelled() => {
                             readiness.set(READY_SUPPLIER, false);
-                            let _ = ws.close(None).await;
+                            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
                             return;
+                        }
+                        _ = liveness.tick() => {
+                            let silent = last_heard.elapsed();
+                            if silent >= silence_limit {
+                                tracing::warn!(?silent, "supplier silent; reconnecting");
+                                break;
+                            }
+                            if silent >= link.ping_interval {
+                                let ping = ws.send(Message::Ping(Bytes::new()));
+                                if !matches!(tokio::time::timeout(link.ping_interval, ping).await, Ok(Ok(()))) {
+                                    tracing::warn!("cannot ping the supplier; reconnecting");
+                                    break;
+                                }
+                            }
+                            continue;
                         }
                         next = ws.next() => next,
                     };
+                    last_heard = Instant::now();
                     let received = Received::now();
                     let frame = match next {
                         Some(Ok(Message::Text(text))) => SupplierFrame::Text(text),
@@ -203,9 +236,11 @@ pub async fn stream_supplier(
                     metrics.frames_received.inc();
                     if !hand_over(&frames, &budget, frame, received, &shutdown, &metrics).await {
                         readiness.set(READY_SUPPLIER, false);
-                        let _ = ws.close(None).await;
+                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
                         return;
                     }
+                    // Waiting on a full queue is backpressure, not supplier silence.
+                    last_heard = Instant::now();
                 }
                 readiness.set(READY_SUPPLIER, false);
             }

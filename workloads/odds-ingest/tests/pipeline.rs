@@ -214,6 +214,36 @@ async fn supplier_drop_is_followed_by_reconnect_and_resume() {
         .unwrap();
 }
 
+/// A supplier that goes silent without closing (frozen, or the route to it dropped) is pinged,
+/// then left after three ping intervals, and ingest connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_supplier_is_left_and_reconnected() {
+    let kafka = TestKafka::start(1, 2).unwrap();
+    let (addr, connections) = mute_supplier().await;
+    let mut config = IngestConfig::local(&format!("ws://{addr}/"), kafka.bootstrap_servers());
+    config.supplier_ping_interval_ms = 100;
+    let shutdown = CancellationToken::new();
+    let ingest = start_ingest_with(config, &shutdown).await;
+
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while connections.load(std::sync::atomic::Ordering::SeqCst) < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ingest stayed on a silent supplier"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = http_get(ingest.ops_addr, "/metrics").await.unwrap().body;
+    assert!(
+        metric(&metrics, "odds_ingest_reconnects_total").unwrap_or(0.0) >= 1.0,
+        "{metrics}"
+    );
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), ingest.wait())
+        .await
+        .expect("shutdown waited on the silent supplier");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_gaps_and_regressions_are_counted_and_passed_on() {
     let kafka = TestKafka::start(1, 1).unwrap();

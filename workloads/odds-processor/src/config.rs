@@ -13,6 +13,9 @@ use std::time::Duration;
 /// catch up faster: `odds-demo bench --rate 30000 --kafka-partitions 6` persisted a median
 /// 25 344 updates/s at 5000 against 20 338 at 2000 (3 runs each; README, Performance).
 pub const DEFAULT_BATCH_MAX: u32 = 5000;
+/// A batch of 5000 commits in about 0.1 s on the bench machine; 10 s leaves room for a slow
+/// disk and still ends a stuck statement well inside Kubernetes' 30 s termination grace.
+pub const DEFAULT_STATEMENT_TIMEOUT_MS: u64 = 10_000;
 
 /// Consumes odds updates from Kafka and makes them durable in Postgres and current in Redis.
 #[derive(Debug, Parser)]
@@ -118,6 +121,13 @@ pub struct ProcessorConfig {
     #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = 2000,
           value_parser = clap::value_parser!(u64).range(10..=60_000))]
     pub redis_timeout_ms: u64,
+    /// Longest a Postgres statement may run (Postgres' `statement_timeout`; the processor
+    /// gives up 1 s later if the server does not answer at all), in milliseconds. A batch
+    /// past it, waiting on a lock or a frozen server, is retried like an outage.
+    #[arg(long, env = env::DATABASE_STATEMENT_TIMEOUT_MS,
+          default_value_t = DEFAULT_STATEMENT_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub database_statement_timeout_ms: u64,
 }
 
 impl ProcessorConfig {
@@ -132,6 +142,7 @@ impl ProcessorConfig {
             batch_max_wait_ms: 0,
             db_retry_max_backoff_ms: 5000,
             redis_timeout_ms: 2000,
+            database_statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
         }
     }
 
@@ -145,6 +156,10 @@ impl ProcessorConfig {
 
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
+    }
+
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_statement_timeout_ms)
     }
 
     /// Consumer properties: the processor's defaults, then `KAFKA_PROP_*`, then flags.

@@ -9,8 +9,8 @@
 //! updates at one round trip.
 
 use odds_contracts::OddsUpdate;
+use odds_schema::pool::{self, PoolSettings};
 use odds_schema::read_models;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -80,21 +80,36 @@ impl Applied {
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: PgPool,
+    /// Every statement ends within this (plus the client margin): a batch waiting on a lock
+    /// or a frozen server becomes an outage the durable phase retries and reports.
+    statement_timeout: Duration,
 }
 
 impl Store {
     /// A store over a lazily connecting pool: the processor starts (and reports not ready)
     /// even when Postgres is down, and connects once it is up.
-    pub fn connect_lazy(database_url: &str) -> Result<Store, StoreError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(5))
-            .connect_lazy(database_url)?;
-        Ok(Store { pool })
+    pub fn connect_lazy(
+        database_url: &str,
+        statement_timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let settings = PoolSettings {
+            max_connections: 2,
+            acquire_timeout: Duration::from_secs(5),
+            statement_timeout,
+        };
+        let pool = pool::connect_lazy(database_url, &settings)?;
+        Ok(Store {
+            pool,
+            statement_timeout,
+        })
     }
 
+    /// A store over an existing pool (tests), with the default statement deadline.
     pub fn from_pool(pool: PgPool) -> Store {
-        Store { pool }
+        Store {
+            pool,
+            statement_timeout: Duration::from_millis(crate::config::DEFAULT_STATEMENT_TIMEOUT_MS),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -103,7 +118,11 @@ impl Store {
 
     /// Whether Postgres answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        pool::within(
+            self.statement_timeout,
+            sqlx::query("SELECT 1").execute(&self.pool),
+        )
+        .await?;
         Ok(())
     }
 
@@ -112,9 +131,11 @@ impl Store {
         if updates.is_empty() {
             return Ok(Applied::default());
         }
-        let rows = read_models::apply_batch(updates)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = pool::within(
+            self.statement_timeout,
+            read_models::apply_batch(updates).fetch_all(&self.pool),
+        )
+        .await?;
         let mut applied = Applied::default();
         for row in rows {
             applied.history_inserted = count(row.try_get("history_inserted")?);
@@ -162,12 +183,12 @@ impl Store {
         after: (&str, &str),
         limit: i64,
     ) -> Result<Vec<OddsUpdate>, StoreError> {
-        let rows = sqlx::query(read_models::CURRENT_PAGE)
+        let page = sqlx::query(read_models::CURRENT_PAGE)
             .bind(after.0)
             .bind(after.1)
             .bind(limit)
-            .fetch_all(&self.pool)
-            .await?;
+            .fetch_all(&self.pool);
+        let rows = pool::within(self.statement_timeout, page).await?;
         rows.iter()
             .map(read_models::current_from_row)
             .collect::<Result<_, sqlx::Error>>()

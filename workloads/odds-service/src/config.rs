@@ -40,6 +40,13 @@ pub struct ServiceConfig {
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
 
+    /// Longest a Postgres read may run, in milliseconds (Postgres' `statement_timeout`; the
+    /// service gives up 1 s later if the server does not answer at all). A read past it
+    /// answers 503 instead of holding the request and graceful shutdown.
+    #[arg(long, env = env::DATABASE_STATEMENT_TIMEOUT_MS, default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub database_statement_timeout_ms: u64,
+
     /// Most WebSocket connections this process accepts; further upgrades get 503.
     #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = 20_000,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
@@ -127,6 +134,10 @@ impl ServiceConfig {
 
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ws_ping_interval_secs)
+    }
+
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_statement_timeout_ms)
     }
 
     pub fn redis_timeout(&self) -> Duration {

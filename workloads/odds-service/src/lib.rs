@@ -73,6 +73,7 @@ pub async fn start(
         &config.redis_url,
         config.read_database_url(),
         config.database_max_connections,
+        config.statement_timeout(),
         config.redis_timeout(),
         metrics.clone(),
         feed.clone(),
@@ -174,10 +175,14 @@ async fn serve_public(
     });
     let task = tokio::spawn(async move {
         let server = axum::serve(listener, router.into_make_service())
-            .with_graceful_shutdown(async move { shutdown.cancelled_owned().await });
-        if let Err(error) = server.await {
-            tracing::error!(%error, "public server failed");
-        }
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        odds_runtime::ops::serve_until_drained(
+            server,
+            &shutdown,
+            odds_runtime::ops::DRAIN_GRACE,
+            "public",
+        )
+        .await;
     });
     Ok((bound, task))
 }
@@ -197,7 +202,13 @@ async fn probe_readiness(
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = live.changed() => if changed.is_err() { return },
-            _ = probe.tick() => readiness.set(STORE_CHECK, store.reachable().await),
+            _ = probe.tick() => {
+                // A probe can wait on a dead store for its timeouts: shutdown must not.
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    reachable = store.reachable() => readiness.set(STORE_CHECK, reachable),
+                }
+            }
         }
     }
 }

@@ -156,7 +156,11 @@ impl Subscriber {
         let mut backoff = Duration::from_millis(100);
         let mut connected_before = false;
         while !shutdown.is_cancelled() {
-            match self.subscribe().await {
+            let subscribed = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                subscribed = self.subscribe() => subscribed,
+            };
+            match subscribed {
                 Ok(pubsub) => {
                     backoff = Duration::from_millis(100);
                     if connected_before {
@@ -187,18 +191,23 @@ impl Subscriber {
         }
     }
 
+    /// Connects and subscribes within one deadline: a peer that accepts the connection but
+    /// never answers (a hung Redis, or a dead Redis's port taken by something else) must not
+    /// hold the subscriber, or the feed would never report the loss.
     async fn subscribe(&self) -> Result<redis::aio::PubSub, redis::RedisError> {
         let client = redis::Client::open(self.redis_url.as_str())?;
-        let connect = client.get_async_pubsub();
-        let mut pubsub = tokio::time::timeout(self.timeout * 4, connect)
+        let subscribe = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub
+                .subscribe(&[REDIS_UPDATES_CHANNEL, REDIS_CACHE_STATUS_CHANNEL])
+                .await?;
+            Ok(pubsub)
+        };
+        tokio::time::timeout(self.timeout * 4, subscribe)
             .await
             .map_err(|_| {
                 redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::TimedOut))
-            })??;
-        pubsub
-            .subscribe(&[REDIS_UPDATES_CHANNEL, REDIS_CACHE_STATUS_CHANNEL])
-            .await?;
-        Ok(pubsub)
+            })?
     }
 
     fn spawn_resync(&self) -> tokio::task::JoinHandle<()> {

@@ -15,11 +15,11 @@ use crate::pubsub::Feed;
 use chrono::{DateTime, Utc};
 use odds_contracts::names::{redis_current_key, REDIS_CURRENT_PREFIX};
 use odds_contracts::{Market, Odds, OddsUpdate};
+use odds_schema::pool::{self, PoolSettings};
 use odds_schema::read_models;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde::Serialize;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::postgres::PgRow;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -125,6 +125,9 @@ impl RedisCache {
 pub struct OddsStore {
     redis: RedisCache,
     pg: PgPool,
+    /// Every read ends within this (plus the client margin), so a lock or a frozen Postgres
+    /// costs a 503, not a request (and a shutdown) that never ends.
+    statement_timeout: Duration,
     metrics: Metrics,
     feed: Arc<Feed>,
 }
@@ -146,16 +149,19 @@ impl OddsStore {
         redis_url: &str,
         database_url: &str,
         max_db_connections: u32,
+        statement_timeout: Duration,
         redis_timeout: Duration,
         metrics: Metrics,
         feed: Arc<Feed>,
     ) -> Result<OddsStore, StoreError> {
         let client = redis::Client::open(redis_url)
             .map_err(|e| StoreError::Config(format!("REDIS_URL: {e}")))?;
-        let pg = PgPoolOptions::new()
-            .max_connections(max_db_connections.max(1))
-            .acquire_timeout(Duration::from_secs(2))
-            .connect_lazy(database_url)
+        let settings = PoolSettings {
+            max_connections: max_db_connections,
+            acquire_timeout: Duration::from_secs(2),
+            statement_timeout,
+        };
+        let pg = pool::connect_lazy(database_url, &settings)
             .map_err(|e| StoreError::Config(format!("DATABASE_URL: {e}")))?;
         Ok(OddsStore {
             redis: RedisCache {
@@ -164,6 +170,7 @@ impl OddsStore {
                 state: Mutex::new((None, None)),
             },
             pg,
+            statement_timeout,
             metrics,
             feed,
         })
@@ -175,9 +182,10 @@ impl OddsStore {
         &self,
         event_id: &str,
     ) -> Result<Vec<OddsUpdate>, StoreError> {
-        let rows = sqlx::query(read_models::CURRENT_OF_EVENT)
+        let query = sqlx::query(read_models::CURRENT_OF_EVENT)
             .bind(event_id)
-            .fetch_all(&self.pg)
+            .fetch_all(&self.pg);
+        let rows = pool::within(self.statement_timeout, query)
             .await
             .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
         decode(&rows).map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))
@@ -221,11 +229,11 @@ impl OddsStore {
         event_id: &str,
         market: &str,
     ) -> Result<Option<OddsUpdate>, sqlx::Error> {
-        let row = sqlx::query(read_models::CURRENT_OF_MARKET)
+        let query = sqlx::query(read_models::CURRENT_OF_MARKET)
             .bind(event_id)
             .bind(market)
-            .fetch_optional(&self.pg)
-            .await?;
+            .fetch_optional(&self.pg);
+        let row = pool::within(self.statement_timeout, query).await?;
         row.as_ref().map(read_models::current_from_row).transpose()
     }
 
@@ -299,10 +307,11 @@ impl OddsStore {
         after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<OddsUpdate>, StoreError> {
-        let rows = sqlx::query(read_models::CURRENT_OF_EVENTS_AFTER)
+        let query = sqlx::query(read_models::CURRENT_OF_EVENTS_AFTER)
             .bind(after)
             .bind(i64::from(limit))
-            .fetch_all(&self.pg)
+            .fetch_all(&self.pg);
+        let rows = pool::within(self.statement_timeout, query)
             .await
             .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
         decode(&rows).map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))
@@ -375,11 +384,12 @@ impl OddsStore {
             Some(m) => vec![m.as_str()],
             None => Market::ALL.iter().map(|m| m.as_str()).collect(),
         };
-        let rows: Vec<HistoryRow> = sqlx::query_as(read_models::HISTORY_NEWEST_FIRST)
+        let query = sqlx::query_as(read_models::HISTORY_NEWEST_FIRST)
             .bind(event_id)
             .bind(i64::from(limit))
             .bind(markets)
-            .fetch_all(&self.pg)
+            .fetch_all(&self.pg);
+        let rows: Vec<HistoryRow> = pool::within(self.statement_timeout, query)
             .await
             .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
         Ok(rows
@@ -401,7 +411,8 @@ impl OddsStore {
         if self.redis.run::<String>(&redis::cmd("PING")).await.is_ok() {
             return true;
         }
-        sqlx::query("SELECT 1").execute(&self.pg).await.is_ok()
+        let ping = sqlx::query("SELECT 1").execute(&self.pg);
+        pool::within(self.statement_timeout, ping).await.is_ok()
     }
 }
 

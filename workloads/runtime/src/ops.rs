@@ -12,7 +12,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use odds_contracts::env;
 use prometheus::{Encoder, Registry, TextEncoder};
+use std::future::IntoFuture;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Flags every service shares; flattened into each binary's clap config.
@@ -94,10 +96,49 @@ pub async fn serve_http(
         .map_err(|source| RuntimeError::Bind { addr, source })?;
     let task = tokio::spawn(async move {
         let server = axum::serve(listener, router.into_make_service())
-            .with_graceful_shutdown(async move { shutdown.cancelled_owned().await });
-        if let Err(error) = server.await {
-            tracing::error!(%error, "ops server failed");
-        }
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        serve_until_drained(server, &shutdown, DRAIN_GRACE, "ops").await;
     });
     Ok((bound, task))
+}
+
+/// How long a server waits after shutdown for its open connections to finish.
+///
+/// axum's graceful shutdown waits for every connection, and one that sent part of a request
+/// head never finishes (axum sets hyper no header-read timer): it would hold the process
+/// until Kubernetes kills it at the end of its grace period.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Drives `server` (an axum server whose graceful shutdown follows `shutdown`) until it ends,
+/// or until `grace` has passed since `shutdown`. Returns whether every connection finished;
+/// connections still open then are left to the process exit.
+pub async fn serve_until_drained<S>(
+    server: S,
+    shutdown: &CancellationToken,
+    grace: Duration,
+    name: &str,
+) -> bool
+where
+    S: IntoFuture<Output = std::io::Result<()>>,
+{
+    let deadline = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        result = server.into_future() => {
+            if let Err(error) = result {
+                tracing::error!(%error, server = name, "server failed");
+            }
+            true
+        }
+        () = deadline => {
+            tracing::warn!(
+                server = name,
+                ?grace,
+                "connections still open after the drain grace; not waiting for them"
+            );
+            false
+        }
+    }
 }

@@ -40,3 +40,45 @@ async fn healthz_readyz_metrics() {
     task.await.unwrap();
     assert!(http_get(addr, "/healthz").await.is_err(), "server stopped");
 }
+
+/// A connection that sent half a request head never finishes: the drain stops waiting for it
+/// once the grace has passed, and a server without such connections drains fully.
+#[tokio::test]
+async fn a_half_sent_request_holds_the_drain_only_for_its_grace() {
+    use odds_runtime::ops::serve_until_drained;
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+
+    for half_sent in [false, true] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let router = ops_router(Readiness::new(&[]), Registry::new());
+        let server = axum::serve(listener, router.into_make_service())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let drain = {
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                serve_until_drained(server, &shutdown, Duration::from_millis(200), "test").await
+            })
+        };
+        assert_eq!(http_get(addr, "/healthz").await.unwrap().status, 200);
+        let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if half_sent {
+            client
+                .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        // The server holds the connection (it answered a request after accepting it).
+        assert_eq!(http_get(addr, "/healthz").await.unwrap().status, 200);
+
+        shutdown.cancel();
+        let drained = tokio::time::timeout(Duration::from_secs(30), drain)
+            .await
+            .expect("the drain outlived its grace")
+            .unwrap();
+        assert_eq!(drained, !half_sent, "half_sent={half_sent}");
+        drop(client);
+    }
+}

@@ -5,6 +5,7 @@
 //! processor's `migrate` command, the demo, tests), so a deployed image always carries the
 //! schema it was built against.
 
+pub mod pool;
 pub mod read_models;
 
 use sqlx::migrate::{MigrateError, Migrator};

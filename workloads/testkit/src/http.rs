@@ -2,6 +2,7 @@
 
 use crate::{Result, TestkitError};
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -28,8 +29,31 @@ impl HttpResponse {
     }
 }
 
-/// `GET path` against `addr`, with `Connection: close`.
+/// How long one request may take. Test servers get ports in the ephemeral range, so a poll
+/// of a child that died or has not bound yet can connect to itself and read its own request
+/// back, which never completes; callers polling in a loop need each attempt to end.
+pub const HTTP_GET_DEADLINE: Duration = Duration::from_secs(10);
+
+/// `GET path` against `addr`, with `Connection: close`; fails after [`HTTP_GET_DEADLINE`].
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
+    http_get_within(addr, path, HTTP_GET_DEADLINE).await
+}
+
+/// [`http_get`] with its own deadline.
+pub async fn http_get_within(
+    addr: SocketAddr,
+    path: &str,
+    deadline: Duration,
+) -> Result<HttpResponse> {
+    tokio::time::timeout(deadline, get(addr, path))
+        .await
+        .map_err(|_| TestkitError::Io {
+            what: format!("GET {path} from {addr}"),
+            source: std::io::ErrorKind::TimedOut.into(),
+        })?
+}
+
+async fn get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
     let io = |what: &str| {
         let what = what.to_owned();
         move |source| TestkitError::Io { what, source }

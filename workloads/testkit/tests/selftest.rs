@@ -110,3 +110,21 @@ async fn kafka_mock_cluster_round_trips_a_keyed_record() {
     assert_eq!(msg.key(), Some(&b"MATCH_001"[..]));
     assert_eq!(msg.payload(), Some(&b"hello"[..]));
 }
+
+/// A peer that reads back the request (what a client connected to itself sees) makes the GET
+/// fail at its deadline instead of hanging the test that polls.
+#[tokio::test]
+async fn http_get_to_a_peer_that_never_answers_fails_at_its_deadline() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let peer = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let (mut reader, mut writer) = socket.into_split();
+        let _ = tokio::io::copy(&mut reader, &mut writer).await;
+    });
+    let error = odds_testkit::http_get_within(addr, "/readyz", Duration::from_millis(300))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("timed out"), "{error}");
+    peer.abort();
+}

@@ -1,16 +1,19 @@
 //! Helpers shared by ingest's integration tests.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
 use odds_contracts::OddsUpdate;
 use odds_testkit::ReadRecord;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
 
 /// A supplier that plays one script per connection, closing each connection after its script
-/// except the last, which stays open until the test ends.
+/// except the last, which stays open (reading, so ingest's pings are answered) until the test
+/// ends.
 pub async fn scripted_supplier(scripts: Vec<Vec<Message>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -32,12 +35,32 @@ pub async fn scripted_supplier(scripts: Vec<Vec<Message>>) -> SocketAddr {
                 ws.send(msg).await.unwrap();
             }
             if i == last {
+                while let Some(Ok(_)) = ws.next().await {}
                 std::future::pending::<()>().await;
             }
             ws.close(None).await.unwrap();
         }
     });
     addr
+}
+
+/// A supplier that completes the WebSocket handshake and then neither sends nor reads (so
+/// pings go unanswered): a frozen supplier, or a half-open connection. Counts connections.
+pub async fn mute_supplier() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counter = connections.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((tcp, _)) = listener.accept().await {
+            if let Ok(ws) = tokio_tungstenite::accept_async(tcp).await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(ws);
+            }
+        }
+    });
+    (addr, connections)
 }
 
 pub use odds_testkit::sample_update as update;

@@ -129,7 +129,7 @@ impl Processor {
         Ok(Processor {
             consumer,
             ledger,
-            store: Store::connect_lazy(&config.database_url)?,
+            store: Store::connect_lazy(&config.database_url, config.statement_timeout())?,
             cache_status: cache.status_reporter(),
             cache,
             dlq: DeadLetters::new(&config.kafka.dlq_topic, &config.dlq_producer_properties())?,

@@ -1,5 +1,5 @@
-//! Dependency outages: Postgres down mid-stream (nothing lost, nothing committed early) and
-//! Redis down (Postgres and offsets keep going; the cache is repaired from Postgres).
+//! Dependency outages: Postgres down mid-stream (nothing lost, nothing committed early), a
+//! statement waiting on a lock (the same, and shutdown is not held), and Redis down (Postgres and offsets keep going; the cache is repaired from Postgres).
 
 use crate::common::*;
 use futures_util::StreamExt;
@@ -67,6 +67,71 @@ async fn postgres_outage_pauses_without_losing_or_committing_early() {
     }
     shutdown.cancel();
     tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+}
+
+/// A batch whose statement waits on a lock (a migration's DDL, a long transaction) is treated
+/// like an outage once `statement_timeout` passes: retried, reported, nothing committed early;
+/// it goes through when the lock is released, and shutdown is not held while it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_waiting_on_a_lock_is_retried_and_does_not_hold_shutdown() {
+    let kafka = TestKafka::start(1, 1).unwrap();
+    let db = migrated_database().await;
+    let redis = TestRedis::start().await.unwrap();
+    let mut config = config(&kafka, &db, &redis);
+    config.database_statement_timeout_ms = 300;
+    let group = config.kafka_group.clone();
+    let h = processor(&config);
+    let (readiness, metrics, shutdown) = (h.readiness.clone(), h.metrics.clone(), h.shutdown);
+    let task = tokio::spawn(h.processor.run());
+    let producer = producer(&kafka);
+
+    let lock = || async {
+        let mut locker = db.pool().begin().await.unwrap();
+        sqlx::query("LOCK TABLE odds_history IN ACCESS EXCLUSIVE MODE")
+            .execute(&mut *locker)
+            .await
+            .unwrap();
+        locker
+    };
+    let locker = lock().await;
+    let first: Vec<_> = (1..=5).map(|e| update(&format!("L{e}"), 1)).collect();
+    produce(&producer, &first).await;
+    let db_errors = || metrics.errors.with_label_values(&["db"]).get();
+    wait_until("the batch fails on the lock", || async { db_errors() > 0 }).await;
+    assert_eq!(readiness.snapshot().get(CHECK_POSTGRES), Some(&false));
+    assert_eq!(
+        committed_total(&kafka, &group, 1),
+        0,
+        "nothing committed early"
+    );
+
+    locker.rollback().await.unwrap();
+    wait_until("all five committed", || async {
+        committed_total(&kafka, &group, 1) == 5
+    })
+    .await;
+    assert_eq!(count(&db, "SELECT count(*) FROM odds_history").await, 5);
+    wait_until("ready again", || async { readiness.is_ready() }).await;
+
+    // Locked again, with a batch waiting: SIGTERM ends the processor, the batch uncommitted.
+    let locker = lock().await;
+    let errors_before = db_errors();
+    produce(&producer, &[update("L1", 2)]).await;
+    wait_until("the new batch fails on the lock", || async {
+        db_errors() > errors_before
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .expect("shutdown waited on the lock")
+        .unwrap();
+    assert_eq!(
+        committed_total(&kafka, &group, 1),
+        5,
+        "the abandoned batch stays uncommitted"
+    );
+    locker.rollback().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

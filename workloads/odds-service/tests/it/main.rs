@@ -1,9 +1,11 @@
 //! odds-service's integration tests, one binary (one link of the heavy dependencies) against
-//! real Redis and Postgres: REST ([`rest`]), the WebSocket fan-out ([`ws`]), and Redis faults
-//! with resyncs ([`resync`]). [`common`] is their shared harness.
+//! real Redis and Postgres: REST ([`rest`]), the WebSocket fan-out ([`ws`]), Redis faults with
+//! resyncs ([`resync`]), and peers that must not hold shutdown ([`shutdown`]). [`common`] is
+//! their shared harness.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 mod rest;
 mod resync;
+mod shutdown;
 mod ws;

@@ -66,6 +66,32 @@ async fn redis_down_postgres_answers_and_both_down_is_503() {
     env.stop().await;
 }
 
+/// A read waiting on a lock ends at the statement timeout: history (Postgres only) is 503,
+/// current odds come from the cache while the live feed is up.
+#[tokio::test]
+async fn reads_waiting_on_a_lock_end_at_the_statement_timeout() {
+    let env = Env::start(&["--database-statement-timeout-ms=300"]).await;
+    env.write(&update("E1", 2, 2.5)).await;
+    let mut locker = env.db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE odds_history, odds_current IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+
+    let history = http_get(env.addr(), "/v1/events/E1/history").await.unwrap();
+    assert_eq!(history.status, 503, "{}", history.body);
+    assert_eq!(history.json().unwrap()["error"]["code"], "unavailable");
+    let current = http_get(env.addr(), "/v1/events/E1/odds").await.unwrap();
+    assert_eq!(current.status, 200, "{}", current.body);
+    assert_eq!(current.header("x-odds-source"), Some("cache"));
+    assert_eq!(current.json().unwrap()["version"], 2);
+
+    locker.rollback().await.unwrap();
+    let history = http_get(env.addr(), "/v1/events/E1/history").await.unwrap();
+    assert_eq!(history.status, 200, "{}", history.body);
+    env.stop().await;
+}
+
 #[tokio::test]
 async fn unknown_event_is_404_and_bad_input_is_400_with_json_bodies() {
     let env = Env::start(&[]).await;

@@ -1,0 +1,59 @@
+//! Connection pools whose statements end.
+//!
+//! sqlx bounds acquiring a connection, not a statement once sent. A statement waiting on a lock
+//! (a migration's DDL, a long transaction) or on a server that stopped answering (a freeze, a
+//! partition, a failover that left the socket open) would otherwise hold a stage forever: the
+//! processor's batch, a REST request, a graceful shutdown. Postgres cancels a statement past
+//! `statement_timeout` with a clear error; the client-side deadline a little later catches the
+//! server that cannot cancel anything because it does not answer at all.
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
+use std::future::Future;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How much longer than the server's `statement_timeout` the client waits: the server's own
+/// cancellation, with its precise message, normally comes first.
+pub const CLIENT_MARGIN: Duration = Duration::from_secs(1);
+
+/// How a stage's pool connects and how long its statements may run.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    /// Longest wait for a connection (a new one included: connect and authenticate).
+    pub acquire_timeout: Duration,
+    /// Longest a statement may run, server side; the client gives up [`CLIENT_MARGIN`] later.
+    pub statement_timeout: Duration,
+}
+
+/// A pool that connects on first use (a stage starts, and reports not ready, while Postgres is
+/// down) and sets `statement_timeout` on every connection.
+pub fn connect_lazy(database_url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
+    let options = PgConnectOptions::from_str(database_url)?.options([(
+        "statement_timeout",
+        settings.statement_timeout.as_millis().to_string(),
+    )]);
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections.max(1))
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_lazy_with(options))
+}
+
+/// Runs `statement`, failing with a timeout error when no answer came within
+/// `statement_timeout` + [`CLIENT_MARGIN`]. The error is an I/O error: callers treat it as
+/// an outage (retry, report unavailable), never as Postgres refusing the data.
+pub async fn within<T>(
+    statement_timeout: Duration,
+    statement: impl Future<Output = Result<T, sqlx::Error>>,
+) -> Result<T, sqlx::Error> {
+    let deadline = statement_timeout + CLIENT_MARGIN;
+    tokio::time::timeout(deadline, statement)
+        .await
+        .unwrap_or_else(|_| {
+            Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("Postgres did not answer within {deadline:?}"),
+            )))
+        })
+}

@@ -1,0 +1,69 @@
+//! Statements of a deadline pool end: Postgres cancels one waiting on a lock, the client gives
+//! up on one the server does not answer in time, and the pool serves again afterwards.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use odds_schema::pool::{connect_lazy, within, PoolSettings};
+use odds_testkit::TestDatabase;
+use std::time::Duration;
+
+/// Far above any deadline under test: only a statement that never ends reaches it.
+const HANG: Duration = Duration::from_secs(60);
+
+fn settings(statement_timeout: Duration) -> PoolSettings {
+    PoolSettings {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(10),
+        statement_timeout,
+    }
+}
+
+#[tokio::test]
+async fn a_statement_waiting_on_a_lock_is_cancelled_by_postgres() {
+    let db = TestDatabase::create().await.unwrap();
+    odds_schema::migrate(db.pool()).await.unwrap();
+    // A migration's DDL, say: holds the table until its transaction ends.
+    let mut locker = db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE odds_current IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+
+    let pool = connect_lazy(db.url(), &settings(Duration::from_millis(300))).unwrap();
+    let blocked = sqlx::query("SELECT count(*) FROM odds_current").fetch_one(&pool);
+    let error = tokio::time::timeout(HANG, blocked)
+        .await
+        .expect("the statement waited on the lock without end")
+        .unwrap_err();
+    let code = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("57014"), "{error}"); // query_canceled
+
+    locker.rollback().await.unwrap();
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM odds_current")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn the_client_gives_up_on_a_statement_the_server_does_not_end_in_time() {
+    let db = TestDatabase::create().await.unwrap();
+    // The server would let it run a minute; the caller's deadline is 100 ms (+ the margin).
+    let pool = connect_lazy(db.url(), &settings(HANG)).unwrap();
+    let sleeping = sqlx::query("SELECT pg_sleep(30)").execute(&pool);
+    let error = tokio::time::timeout(HANG, within(Duration::from_millis(100), sleeping))
+        .await
+        .expect("within() did not end the wait")
+        .unwrap_err();
+    match &error {
+        sqlx::Error::Io(io) => assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{error}"),
+        other => panic!("expected a timeout, got {other}"),
+    }
+    let one: i32 = within(HANG, sqlx::query_scalar("SELECT 1").fetch_one(&pool))
+        .await
+        .unwrap();
+    assert_eq!(one, 1, "the pool serves again after an abandoned statement");
+}
