@@ -37,6 +37,11 @@ pub enum Error {
     Apply(#[from] ApplyError),
     #[error(transparent)]
     Status(#[from] StatusError),
+    /// The API server did not answer in time (kube sets no read timeout by default): the
+    /// reconcile is abandoned and retried with backoff rather than held forever, which would
+    /// also hold the controller's graceful shutdown.
+    #[error("the reconcile did not finish within {0:?}: the Kubernetes API did not answer")]
+    TimedOut(Duration),
 }
 
 /// Writing the pipeline's status failed.
@@ -56,6 +61,7 @@ impl Error {
             Self::Dereference(_) => "dereference",
             Self::Apply(_) => "apply",
             Self::Status(_) => "status",
+            Self::TimedOut(_) => "timeout",
         }
     }
 
@@ -67,7 +73,8 @@ impl Error {
                 _ => Reason::ReadFailed,
             },
             Self::Apply(e) => e.reason(),
-            Self::NoNamespace | Self::Status(_) => return None,
+            // Writing a status would wait on the same API.
+            Self::NoNamespace | Self::Status(_) | Self::TimedOut(_) => return None,
         };
         Some(Failure {
             reason,
@@ -125,6 +132,9 @@ impl Context {
     }
 }
 
+/// Longest one reconcile may take. A reconcile makes a few dozen API calls, each answered
+/// in milliseconds by a healthy API server.
+pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
 /// Requeue interval while something is still rolling out or waiting.
 const REQUEUE_BUSY: Duration = Duration::from_secs(15);
 /// Requeue interval of a pipeline whose processor scales by lag: how fresh the reported lag is.
@@ -138,7 +148,9 @@ pub async fn reconcile(pipeline: Arc<OddsPipeline>, ctx: Arc<Context>) -> Result
         m.reconciles.inc();
         m.duration.start_timer()
     });
-    let result = reconcile_inner(&pipeline, &ctx).await;
+    let result = tokio::time::timeout(RECONCILE_DEADLINE, reconcile_inner(&pipeline, &ctx))
+        .await
+        .unwrap_or(Err(Error::TimedOut(RECONCILE_DEADLINE)));
     drop(timer);
     match &result {
         Ok(_) => {

@@ -44,6 +44,7 @@ pub fn build(pipeline: &ValidPipeline) -> Job {
         metadata: metadata(pipeline, name(pipeline), COMPONENT),
         spec: Some(JobSpec {
             backoff_limit: Some(3),
+            active_deadline_seconds: Some(DEADLINE_SECONDS),
             template: template(pipeline),
             ..JobSpec::default()
         }),
@@ -52,6 +53,12 @@ pub fn build(pipeline: &ValidPipeline) -> Job {
 }
 
 const COMPONENT: &str = "migration";
+
+/// A migration still running after this long is failed by Kubernetes (`DeadlineExceeded`),
+/// which the pipeline's status then shows. Each attempt already gives up on a lock after the
+/// migrate command's `--lock-timeout-ms`; this bounds the retries and a migration that hangs
+/// for any other reason.
+pub const DEADLINE_SECONDS: i64 = 900;
 
 /// The Job's pod: the processor binary's `migrate` command with the read-write database URL.
 fn template(pipeline: &ValidPipeline) -> PodTemplateSpec {

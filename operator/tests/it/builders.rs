@@ -296,6 +296,30 @@ fn migration_job_name_tracks_image_job_template_and_retry() {
     assert_eq!(name(sample().named(&longest)).len(), 63);
 }
 
+/// A migration that hangs (a lock it waits on, a server that does not answer) is failed by
+/// Kubernetes at the Job's deadline, and the pipeline reports why.
+#[test]
+fn a_migration_past_its_deadline_is_reported_failed() {
+    use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
+    let mut built = job::build(&valid(&sample()));
+    let spec = built.spec.as_ref().unwrap();
+    assert_eq!(spec.active_deadline_seconds, Some(job::DEADLINE_SECONDS));
+    built.status = Some(JobStatus {
+        conditions: Some(vec![JobCondition {
+            type_: "Failed".into(),
+            status: "True".into(),
+            reason: Some("DeadlineExceeded".into()),
+            message: Some("Job was active longer than specified deadline".into()),
+            ..JobCondition::default()
+        }]),
+        ..JobStatus::default()
+    });
+    assert_eq!(
+        job::state(&built),
+        MigrationState::Failed("Job was active longer than specified deadline".into())
+    );
+}
+
 #[test]
 fn secret_changes_map_to_the_pipelines_using_them() {
     let other = sample()

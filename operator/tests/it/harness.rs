@@ -448,6 +448,20 @@ impl Harness {
         });
     }
 
+    /// From now on, `verb` requests on `resource` are never answered (a partitioned network,
+    /// an API server that stalls).
+    pub fn hang(&self, verb: &str, resource: &str) {
+        self.faults.lock().unwrap().push(Fault {
+            verb: verb.into(),
+            resource: resource.into(),
+            code: 0,
+            reason: String::new(),
+            message: String::new(),
+            hang: true,
+            body: None,
+        });
+    }
+
     /// From now on, `verb` requests on `resource` are answered with `body` (the fake API
     /// serves no discovery documents, for instance). Discovery of an API group version is a
     /// `list` of resource `""`.

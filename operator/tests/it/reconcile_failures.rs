@@ -66,6 +66,29 @@ async fn a_refused_apply_is_degraded_apply_failed_with_the_servers_message() {
     assert_eq!(h.condition("Degraded").await.status, "False");
 }
 
+/// An API server that stops answering one request (kube sets no read timeout) ends the
+/// reconcile at its deadline with an error the controller retries and counts; it does not
+/// hold the reconcile, nor the controller's shutdown that waits for it. Time is virtual: the
+/// runtime skips ahead while everything waits.
+#[tokio::test(start_paused = true)]
+async fn an_api_that_does_not_answer_ends_the_reconcile_at_its_deadline() {
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    h.hang("patch", "deployments");
+    h.patch_pipeline(json!({"spec": {"image": {"tag": "v2"}}}))
+        .await;
+    let error = h.try_reconcile().await.unwrap_err();
+    assert!(
+        matches!(error, Error::TimedOut(d) if d == odds_operator::controller::RECONCILE_DEADLINE),
+        "{error}"
+    );
+    assert_eq!(h.errors("timeout"), 1);
+
+    h.heal();
+    h.reconcile().await;
+    assert_eq!(h.errors("timeout"), 1);
+}
+
 #[tokio::test]
 async fn a_missing_permission_is_degraded_forbidden() {
     let h = harness(sample(), true).await;

@@ -75,6 +75,12 @@ pub struct MigrateArgs {
     /// Postgres URL of the database to migrate.
     #[arg(long, env = env::DATABASE_URL)]
     pub database_url: String,
+    /// Longest a migration statement waits for a lock, in milliseconds; then the migration
+    /// fails (the Job retries it). While a DDL statement waits, every later reader and writer
+    /// of its table queues behind it, so a long wait would stall the whole pipeline.
+    #[arg(long, env = env::DATABASE_LOCK_TIMEOUT_MS, default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    pub lock_timeout_ms: u64,
     #[command(flatten)]
     pub ops: OpsArgs,
 }

@@ -8,7 +8,7 @@ use crate::metrics::Metrics;
 use crate::processor::{Processor, CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS};
 use crate::ProcessorError;
 use odds_runtime::{ops::ops_router, serve_http, Readiness};
-use sqlx::postgres::PgPoolOptions;
+use odds_schema::pool::PoolSettings;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -42,11 +42,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Proce
 
 /// Applies the migrations and returns; the operator runs this as a Job.
 pub async fn migrate(args: &MigrateArgs) -> Result<(), ProcessorError> {
-    let pool = PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(30))
-        .connect(&args.database_url)
-        .await?;
+    let settings = PoolSettings {
+        max_connections: 1,
+        acquire_timeout: Duration::from_secs(30),
+        // A migration takes as long as it takes; waiting on a lock it must not (see below).
+        statement_timeout: Duration::ZERO,
+        lock_timeout: Duration::from_millis(args.lock_timeout_ms),
+    };
+    let pool = odds_schema::pool::connect_lazy(&args.database_url, &settings)?;
     odds_schema::migrate(&pool).await?;
     tracing::info!(version = odds_schema::latest_version(), "database migrated");
     pool.close().await;

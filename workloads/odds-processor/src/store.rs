@@ -96,6 +96,7 @@ impl Store {
             max_connections: 2,
             acquire_timeout: Duration::from_secs(5),
             statement_timeout,
+            lock_timeout: Duration::ZERO,
         };
         let pool = pool::connect_lazy(database_url, &settings)?;
         Ok(Store {

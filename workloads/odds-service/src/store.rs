@@ -160,6 +160,7 @@ impl OddsStore {
             max_connections: max_db_connections,
             acquire_timeout: Duration::from_secs(2),
             statement_timeout,
+            lock_timeout: Duration::ZERO,
         };
         let pg = pool::connect_lazy(database_url, &settings)
             .map_err(|e| StoreError::Config(format!("DATABASE_URL: {e}")))?;

@@ -24,16 +24,26 @@ pub struct PoolSettings {
     /// Longest wait for a connection (a new one included: connect and authenticate).
     pub acquire_timeout: Duration,
     /// Longest a statement may run, server side; the client gives up [`CLIENT_MARGIN`] later.
+    /// Zero: no limit (Postgres' meaning), for work as long as it takes, like a migration.
     pub statement_timeout: Duration,
+    /// Longest a statement waits for a lock; zero: no limit. A DDL statement waiting on a
+    /// lock also queues every later reader and writer of the table behind it.
+    pub lock_timeout: Duration,
 }
 
 /// A pool that connects on first use (a stage starts, and reports not ready, while Postgres is
-/// down) and sets `statement_timeout` on every connection.
+/// down) and sets `statement_timeout` and `lock_timeout` on every connection.
 pub fn connect_lazy(database_url: &str, settings: &PoolSettings) -> Result<PgPool, sqlx::Error> {
-    let options = PgConnectOptions::from_str(database_url)?.options([(
-        "statement_timeout",
-        settings.statement_timeout.as_millis().to_string(),
-    )]);
+    let options = PgConnectOptions::from_str(database_url)?.options([
+        (
+            "statement_timeout",
+            settings.statement_timeout.as_millis().to_string(),
+        ),
+        (
+            "lock_timeout",
+            settings.lock_timeout.as_millis().to_string(),
+        ),
+    ]);
     Ok(PgPoolOptions::new()
         .max_connections(settings.max_connections.max(1))
         .acquire_timeout(settings.acquire_timeout)

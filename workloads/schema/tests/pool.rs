@@ -1,5 +1,6 @@
-//! Statements of a deadline pool end: Postgres cancels one waiting on a lock, the client gives
-//! up on one the server does not answer in time, and the pool serves again afterwards.
+//! Statements of a deadline pool end: Postgres cancels one waiting on a lock (at the statement
+//! or the lock timeout), the client gives up on one the server does not answer in time, and
+//! the pool serves again afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use odds_schema::pool::{connect_lazy, within, PoolSettings};
@@ -14,6 +15,7 @@ fn settings(statement_timeout: Duration) -> PoolSettings {
         max_connections: 2,
         acquire_timeout: Duration::from_secs(10),
         statement_timeout,
+        lock_timeout: Duration::ZERO,
     }
 }
 
@@ -46,6 +48,41 @@ async fn a_statement_waiting_on_a_lock_is_cancelled_by_postgres() {
         .await
         .unwrap();
     assert_eq!(rows, 0);
+}
+
+#[tokio::test]
+async fn lock_timeout_ends_a_wait_for_a_lock_and_nothing_else() {
+    let db = TestDatabase::create().await.unwrap();
+    odds_schema::migrate(db.pool()).await.unwrap();
+    let mut locker = db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE odds_current IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let pool = connect_lazy(
+        db.url(),
+        &PoolSettings {
+            lock_timeout: Duration::from_millis(300),
+            ..settings(Duration::ZERO)
+        },
+    )
+    .unwrap();
+    let blocked = sqlx::query("ALTER TABLE odds_current ADD COLUMN note text").execute(&pool);
+    let error = tokio::time::timeout(HANG, blocked)
+        .await
+        .expect("the DDL waited on the lock without end")
+        .unwrap_err();
+    let code = error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("55P03"), "{error}"); // lock_not_available
+    locker.rollback().await.unwrap();
+    // A statement that runs long without waiting on a lock is left alone.
+    sqlx::query("SELECT pg_sleep(0.5)")
+        .execute(&pool)
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
