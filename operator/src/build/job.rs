@@ -57,8 +57,9 @@ const COMPONENT: &str = "migration";
 /// A migration still running after this long is failed by Kubernetes (`DeadlineExceeded`),
 /// which the pipeline's status then shows. Each attempt already gives up on a lock after the
 /// migrate command's `--lock-timeout-ms`; this bounds the retries and a migration that hangs
-/// for any other reason.
-pub const DEADLINE_SECONDS: i64 = 900;
+/// for any other reason. An hour leaves room for an index build on a large history; a longer
+/// migration is run by hand (`odds-processor migrate`), then retried through the annotation.
+pub const DEADLINE_SECONDS: i64 = 3600;
 
 /// The Job's pod: the processor binary's `migrate` command with the read-write database URL.
 fn template(pipeline: &ValidPipeline) -> PodTemplateSpec {

@@ -44,7 +44,8 @@ pub struct IngestConfig {
 
     /// After this long without a frame from the supplier ingest pings it (ms); after three
     /// intervals of silence it reconnects (a half-open connection, a frozen supplier). A
-    /// connect attempt also gets three intervals.
+    /// connect attempt also gets three intervals, and so does one message: a message that
+    /// takes longer to arrive counts as silence.
     #[arg(long, env = env::SUPPLIER_PING_INTERVAL_MS, default_value_t = 5000,
           value_parser = clap::value_parser!(u64).range(50..=600_000))]
     pub supplier_ping_interval_ms: u64,

@@ -2,18 +2,19 @@
 //!
 //! Suppliers drop connections; ingest must come back without a human. Delays grow
 //! exponentially up to a cap and are jittered so that many replicas do not reconnect in lock
-//! step. A connection that goes silent is pinged, and given up after three ping intervals:
-//! a half-open socket (a lost node, a dropped route) raises no error by itself and would leave
-//! ingest connected, ready and idle forever. Frames go into a channel bounded in frames and in bytes: when it is full this task
-//! stops reading the socket, which is how Kafka trouble turns into TCP backpressure instead of
-//! memory growth. Every wait here also watches for shutdown, so SIGTERM is never stuck behind a
-//! full queue.
+//! step. A connection that goes silent is pinged, and given up after three ping intervals: a
+//! half-open socket (a lost node, a dropped route) raises no error by itself and would leave
+//! ingest connected, ready and idle forever. Frames go into a channel bounded in frames and in
+//! bytes: when it is full this task stops reading the socket, which is how Kafka trouble turns
+//! into TCP backpressure instead of memory growth. Every wait here also watches for shutdown,
+//! so SIGTERM is never stuck behind a full queue.
 
 use crate::metrics::IngestMetrics;
 use chrono::{DateTime, Utc};
 use futures_util::{SinkExt, StreamExt};
 use odds_runtime::Readiness;
 use rand::Rng;
+use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -119,9 +120,9 @@ pub struct SupplierLink {
     pub ping_interval: Duration,
 }
 
-/// How long a close frame may take to go out at shutdown (a supplier that stopped reading
-/// must not hold it).
-const CLOSE_GRACE: Duration = Duration::from_secs(1);
+/// How long a control frame (a ping, the close at shutdown) may take to go out: a supplier
+/// that stopped reading must hold neither the liveness check nor shutdown.
+const SEND_GRACE: Duration = Duration::from_secs(1);
 
 /// The delay before reconnect attempt `attempt` (1-based): a random point in the upper half
 /// of `min * 2^(attempt-1)`, capped at `max`.
@@ -158,7 +159,7 @@ pub async fn stream_supplier(
         );
         let connected = tokio::select! {
             _ = shutdown.cancelled() => return,
-            r = connect => r.unwrap_or_else(|_| Err(Error::Io(std::io::ErrorKind::TimedOut.into()))),
+            r = connect => r.unwrap_or_else(|_| Err(Error::Io(ErrorKind::TimedOut.into()))),
         };
         match connected {
             Ok((mut ws, _)) => {
@@ -168,12 +169,13 @@ pub async fn stream_supplier(
                 let mut last_heard = Instant::now();
                 let mut liveness = tokio::time::interval(link.ping_interval);
                 liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                // The first tick would come at once; the first check is due one interval on.
                 liveness.reset();
                 loop {
                     let next = tokio::select! {
                         _ = shutdown.cancelled() => {
                             readiness.set(READY_SUPPLIER, false);
-                            let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
+                            let _ = tokio::time::timeout(SEND_GRACE, ws.close(None)).await;
                             return;
                         }
                         _ = liveness.tick() => {
@@ -184,7 +186,8 @@ pub async fn stream_supplier(
                             }
                             if silent >= link.ping_interval {
                                 let ping = ws.send(Message::Ping(Bytes::new()));
-                                if !matches!(tokio::time::timeout(link.ping_interval, ping).await, Ok(Ok(()))) {
+                                let sent = tokio::time::timeout(SEND_GRACE, ping).await;
+                                if !matches!(sent, Ok(Ok(()))) {
                                     tracing::warn!("cannot ping the supplier; reconnecting");
                                     break;
                                 }
@@ -236,7 +239,7 @@ pub async fn stream_supplier(
                     metrics.frames_received.inc();
                     if !hand_over(&frames, &budget, frame, received, &shutdown, &metrics).await {
                         readiness.set(READY_SUPPLIER, false);
-                        let _ = tokio::time::timeout(CLOSE_GRACE, ws.close(None)).await;
+                        let _ = tokio::time::timeout(SEND_GRACE, ws.close(None)).await;
                         return;
                     }
                     // Waiting on a full queue is backpressure, not supplier silence.

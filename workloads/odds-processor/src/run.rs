@@ -45,12 +45,18 @@ pub async fn migrate(args: &MigrateArgs) -> Result<(), ProcessorError> {
     let settings = PoolSettings {
         max_connections: 1,
         acquire_timeout: Duration::from_secs(30),
-        // A migration takes as long as it takes; waiting on a lock it must not (see below).
+        // A migration takes as long as it takes, but a DDL statement waiting on a lock queues
+        // every reader and writer of its table behind it: that wait is bounded.
         statement_timeout: Duration::ZERO,
         lock_timeout: Duration::from_millis(args.lock_timeout_ms),
     };
     let pool = odds_schema::pool::connect_lazy(&args.database_url, &settings)?;
-    odds_schema::migrate(&pool).await?;
+    odds_schema::migrate_waiting_for_others(
+        &pool,
+        Duration::from_secs(1),
+        |error| tracing::info!(%error, "another migration is in progress; waiting for it"),
+    )
+    .await?;
     tracing::info!(version = odds_schema::latest_version(), "database migrated");
     pool.close().await;
     Ok(())

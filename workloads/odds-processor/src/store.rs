@@ -9,7 +9,7 @@
 //! updates at one round trip.
 
 use odds_contracts::OddsUpdate;
-use odds_schema::pool::{self, PoolSettings};
+use odds_schema::pool::{DeadlinePool, PoolSettings};
 use odds_schema::read_models;
 use sqlx::{PgPool, Row};
 use std::collections::HashMap;
@@ -77,12 +77,12 @@ impl Applied {
     }
 }
 
+/// The read models behind a pool whose statements end (see [`odds_schema::pool`]): a batch
+/// waiting on a lock or a frozen server becomes an outage the durable phase retries and
+/// reports.
 #[derive(Clone, Debug)]
 pub struct Store {
-    pool: PgPool,
-    /// Every statement ends within this (plus the client margin): a batch waiting on a lock
-    /// or a frozen server becomes an outage the durable phase retries and reports.
-    statement_timeout: Duration,
+    db: DeadlinePool,
 }
 
 impl Store {
@@ -98,32 +98,28 @@ impl Store {
             statement_timeout,
             lock_timeout: Duration::ZERO,
         };
-        let pool = pool::connect_lazy(database_url, &settings)?;
         Ok(Store {
-            pool,
-            statement_timeout,
+            db: DeadlinePool::connect_lazy(database_url, &settings)?,
         })
     }
 
     /// A store over an existing pool (tests), with the default statement deadline.
     pub fn from_pool(pool: PgPool) -> Store {
+        let timeout = Duration::from_millis(crate::config::DEFAULT_STATEMENT_TIMEOUT_MS);
         Store {
-            pool,
-            statement_timeout: Duration::from_millis(crate::config::DEFAULT_STATEMENT_TIMEOUT_MS),
+            db: DeadlinePool::new(pool, timeout),
         }
     }
 
     pub fn pool(&self) -> &PgPool {
-        &self.pool
+        self.db.pool()
     }
 
     /// Whether Postgres answers.
     pub async fn ping(&self) -> Result<(), StoreError> {
-        pool::within(
-            self.statement_timeout,
-            sqlx::query("SELECT 1").execute(&self.pool),
-        )
-        .await?;
+        self.db
+            .run(async |conn| sqlx::query("SELECT 1").execute(conn).await)
+            .await?;
         Ok(())
     }
 
@@ -132,11 +128,10 @@ impl Store {
         if updates.is_empty() {
             return Ok(Applied::default());
         }
-        let rows = pool::within(
-            self.statement_timeout,
-            read_models::apply_batch(updates).fetch_all(&self.pool),
-        )
-        .await?;
+        let rows = self
+            .db
+            .run(async |conn| read_models::apply_batch(updates).fetch_all(conn).await)
+            .await?;
         let mut applied = Applied::default();
         for row in rows {
             applied.history_inserted = count(row.try_get("history_inserted")?);
@@ -187,9 +182,8 @@ impl Store {
         let page = sqlx::query(read_models::CURRENT_PAGE)
             .bind(after.0)
             .bind(after.1)
-            .bind(limit)
-            .fetch_all(&self.pool);
-        let rows = pool::within(self.statement_timeout, page).await?;
+            .bind(limit);
+        let rows = self.db.run(async |conn| page.fetch_all(conn).await).await?;
         rows.iter()
             .map(read_models::current_from_row)
             .collect::<Result<_, sqlx::Error>>()

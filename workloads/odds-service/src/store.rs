@@ -15,13 +15,12 @@ use crate::pubsub::Feed;
 use chrono::{DateTime, Utc};
 use odds_contracts::names::{redis_current_key, REDIS_CURRENT_PREFIX};
 use odds_contracts::{Market, Odds, OddsUpdate};
-use odds_schema::pool::{self, PoolSettings};
+use odds_schema::pool::{DeadlinePool, PoolSettings};
 use odds_schema::read_models;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
-use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Mutex;
@@ -124,10 +123,9 @@ impl RedisCache {
 /// Cache-first access to the read models.
 pub struct OddsStore {
     redis: RedisCache,
-    pg: PgPool,
-    /// Every read ends within this (plus the client margin), so a lock or a frozen Postgres
-    /// costs a 503, not a request (and a shutdown) that never ends.
-    statement_timeout: Duration,
+    /// Every read ends within the statement timeout (plus the client margin), so a lock or a
+    /// frozen Postgres costs a 503, not a request (and a shutdown) that never ends.
+    pg: DeadlinePool,
     metrics: Metrics,
     feed: Arc<Feed>,
 }
@@ -162,7 +160,7 @@ impl OddsStore {
             statement_timeout,
             lock_timeout: Duration::ZERO,
         };
-        let pg = pool::connect_lazy(database_url, &settings)
+        let pg = DeadlinePool::connect_lazy(database_url, &settings)
             .map_err(|e| StoreError::Config(format!("DATABASE_URL: {e}")))?;
         Ok(OddsStore {
             redis: RedisCache {
@@ -171,7 +169,6 @@ impl OddsStore {
                 state: Mutex::new((None, None)),
             },
             pg,
-            statement_timeout,
             metrics,
             feed,
         })
@@ -183,10 +180,10 @@ impl OddsStore {
         &self,
         event_id: &str,
     ) -> Result<Vec<OddsUpdate>, StoreError> {
-        let query = sqlx::query(read_models::CURRENT_OF_EVENT)
-            .bind(event_id)
-            .fetch_all(&self.pg);
-        let rows = pool::within(self.statement_timeout, query)
+        let query = sqlx::query(read_models::CURRENT_OF_EVENT).bind(event_id);
+        let rows = self
+            .pg
+            .run(async |conn| query.fetch_all(conn).await)
             .await
             .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
         decode(&rows).map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))
@@ -232,9 +229,11 @@ impl OddsStore {
     ) -> Result<Option<OddsUpdate>, sqlx::Error> {
         let query = sqlx::query(read_models::CURRENT_OF_MARKET)
             .bind(event_id)
-            .bind(market)
-            .fetch_optional(&self.pg);
-        let row = pool::within(self.statement_timeout, query).await?;
+            .bind(market);
+        let row = self
+            .pg
+            .run(async |conn| query.fetch_optional(conn).await)
+            .await?;
         row.as_ref().map(read_models::current_from_row).transpose()
     }
 
@@ -310,9 +309,10 @@ impl OddsStore {
     ) -> Result<Vec<OddsUpdate>, StoreError> {
         let query = sqlx::query(read_models::CURRENT_OF_EVENTS_AFTER)
             .bind(after)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pg);
-        let rows = pool::within(self.statement_timeout, query)
+            .bind(i64::from(limit));
+        let rows = self
+            .pg
+            .run(async |conn| query.fetch_all(conn).await)
             .await
             .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
         decode(&rows).map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))
@@ -388,9 +388,10 @@ impl OddsStore {
         let query = sqlx::query_as(read_models::HISTORY_NEWEST_FIRST)
             .bind(event_id)
             .bind(i64::from(limit))
-            .bind(markets)
-            .fetch_all(&self.pg);
-        let rows: Vec<HistoryRow> = pool::within(self.statement_timeout, query)
+            .bind(markets);
+        let rows: Vec<HistoryRow> = self
+            .pg
+            .run(async |conn| query.fetch_all(conn).await)
             .await
             .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
         Ok(rows
@@ -412,8 +413,10 @@ impl OddsStore {
         if self.redis.run::<String>(&redis::cmd("PING")).await.is_ok() {
             return true;
         }
-        let ping = sqlx::query("SELECT 1").execute(&self.pg);
-        pool::within(self.statement_timeout, ping).await.is_ok()
+        self.pg
+            .run(async |conn| sqlx::query("SELECT 1").execute(conn).await)
+            .await
+            .is_ok()
     }
 }
 

@@ -8,8 +8,7 @@
 //! server that cannot cancel anything because it does not answer at all.
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
-use std::future::Future;
+use sqlx::{PgConnection, PgPool};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -50,20 +49,63 @@ pub fn connect_lazy(database_url: &str, settings: &PoolSettings) -> Result<PgPoo
         .connect_lazy_with(options))
 }
 
-/// Runs `statement`, failing with a timeout error when no answer came within
-/// `statement_timeout` + [`CLIENT_MARGIN`]. The error is an I/O error: callers treat it as
-/// an outage (retry, report unavailable), never as Postgres refusing the data.
-pub async fn within<T>(
+/// A pool whose statements the client also gives up on: see [`DeadlinePool::run`].
+#[derive(Debug, Clone)]
+pub struct DeadlinePool {
+    pool: PgPool,
     statement_timeout: Duration,
-    statement: impl Future<Output = Result<T, sqlx::Error>>,
-) -> Result<T, sqlx::Error> {
-    let deadline = statement_timeout + CLIENT_MARGIN;
-    tokio::time::timeout(deadline, statement)
-        .await
-        .unwrap_or_else(|_| {
-            Err(sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("Postgres did not answer within {deadline:?}"),
-            )))
-        })
+}
+
+impl DeadlinePool {
+    /// [`connect_lazy`], with the client-side deadline following `settings.statement_timeout`.
+    pub fn connect_lazy(
+        database_url: &str,
+        settings: &PoolSettings,
+    ) -> Result<DeadlinePool, sqlx::Error> {
+        Ok(DeadlinePool::new(
+            connect_lazy(database_url, settings)?,
+            settings.statement_timeout,
+        ))
+    }
+
+    /// Wraps a pool made elsewhere (tests); `statement_timeout` should match the server's.
+    pub fn new(pool: PgPool, statement_timeout: Duration) -> DeadlinePool {
+        DeadlinePool {
+            pool,
+            statement_timeout,
+        }
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Runs `statement` on a connection of the pool, failing with a timeout error when no
+    /// answer came within `statement_timeout` + [`CLIENT_MARGIN`] (no client deadline when the
+    /// timeout is zero). The error is an I/O error: callers treat it as an outage (retry,
+    /// report unavailable), never as Postgres refusing the data.
+    ///
+    /// A connection given up on is closed, not returned: it may still be waiting for the
+    /// abandoned statement's answer, and back in the pool it would hold its slot while the
+    /// server stays silent, starving the statements that follow.
+    pub async fn run<T>(
+        &self,
+        statement: impl AsyncFnOnce(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T, sqlx::Error> {
+        let mut conn = self.pool.acquire().await?;
+        if self.statement_timeout.is_zero() {
+            return statement(&mut conn).await;
+        }
+        let deadline = self.statement_timeout + CLIENT_MARGIN;
+        match tokio::time::timeout(deadline, statement(&mut conn)).await {
+            Ok(result) => result,
+            Err(_) => {
+                conn.close_on_drop();
+                Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("Postgres did not answer within {deadline:?}"),
+                )))
+            }
+        }
+    }
 }

@@ -149,3 +149,116 @@ async fn markets_migration_upgrades_a_populated_database() {
     .unwrap();
     assert_eq!(current, vec![("1X2".into(), 7), ("HT_1X2".into(), 8)]);
 }
+
+/// The first two migrations applied, as a deployment of that time had them.
+async fn migrated_to_0002(db: &TestDatabase) {
+    let dir = std::env::temp_dir().join(format!(
+        "odds-migrations-0002-{}-{}",
+        std::process::id(),
+        db.url().rsplit('/').next().unwrap()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
+    for file in ["0001_init_schema.sql", "0002_odds_read_models.sql"] {
+        std::fs::copy(repo.join(file), dir.join(file)).unwrap();
+    }
+    Migrator::new(dir.clone())
+        .await
+        .unwrap()
+        .run(db.pool())
+        .await
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+fn lock_limited_pool(db: &TestDatabase) -> PgPool {
+    let settings = odds_schema::pool::PoolSettings {
+        max_connections: 1,
+        acquire_timeout: std::time::Duration::from_secs(10),
+        statement_timeout: std::time::Duration::ZERO,
+        lock_timeout: std::time::Duration::from_millis(200),
+    };
+    odds_schema::pool::connect_lazy(db.url(), &settings).unwrap()
+}
+
+/// A migration's own DDL gives up on a lock (the application holds the table) and says which
+/// migration failed; nothing of it is applied.
+#[tokio::test]
+async fn a_migration_statement_gives_up_on_a_lock() {
+    let db = TestDatabase::create().await.unwrap();
+    migrated_to_0002(&db).await;
+    let mut locker = db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE odds_current IN ACCESS SHARE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let pool = lock_limited_pool(&db);
+    let error =
+        odds_schema::migrate_waiting_for_others(&pool, std::time::Duration::from_millis(50), |e| {
+            panic!("not a wait for another migration: {e}")
+        })
+        .await
+        .unwrap_err();
+    match &error {
+        sqlx::migrate::MigrateError::ExecuteMigration(source, 3) => {
+            let code = source.as_database_error().and_then(|e| e.code());
+            assert_eq!(code.as_deref(), Some("55P03"), "{source}");
+        }
+        other => panic!("expected migration 3 to fail on the lock, got {other}"),
+    }
+    locker.rollback().await.unwrap();
+    let applied = names(
+        db.pool(),
+        "SELECT version::text FROM _sqlx_migrations ORDER BY 1",
+    )
+    .await;
+    assert_eq!(applied, ["1", "2"]);
+}
+
+/// A migration in progress elsewhere (here: its hold on the bookkeeping table) is waited
+/// out, however long, and the migration then runs.
+#[tokio::test]
+async fn a_migration_waits_for_one_in_progress() {
+    let db = TestDatabase::create().await.unwrap();
+    migrated_to_0002(&db).await;
+    let mut other = db.pool().begin().await.unwrap();
+    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let pool = lock_limited_pool(&db);
+    let waits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let migration = {
+        let waits = waits.clone();
+        tokio::spawn(async move {
+            odds_schema::migrate_waiting_for_others(
+                &pool,
+                std::time::Duration::from_millis(50),
+                |_| {
+                    waits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                },
+            )
+            .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(60);
+    while waits.load(std::sync::atomic::Ordering::SeqCst) < 3 {
+        assert!(
+            !migration.is_finished(),
+            "the migration ended while the other held on"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no lock wait reported"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    other.rollback().await.unwrap();
+    migration.await.unwrap().unwrap();
+    let applied = names(
+        db.pool(),
+        "SELECT version::text FROM _sqlx_migrations ORDER BY 1",
+    )
+    .await;
+    assert_eq!(applied, ["1", "2", "3"]);
+}

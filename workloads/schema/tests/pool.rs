@@ -3,7 +3,7 @@
 //! the pool serves again afterwards.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use odds_schema::pool::{connect_lazy, within, PoolSettings};
+use odds_schema::pool::{connect_lazy, DeadlinePool, PoolSettings};
 use odds_testkit::TestDatabase;
 use std::time::Duration;
 
@@ -88,18 +88,32 @@ async fn lock_timeout_ends_a_wait_for_a_lock_and_nothing_else() {
 #[tokio::test]
 async fn the_client_gives_up_on_a_statement_the_server_does_not_end_in_time() {
     let db = TestDatabase::create().await.unwrap();
-    // The server would let it run a minute; the caller's deadline is 100 ms (+ the margin).
-    let pool = connect_lazy(db.url(), &settings(HANG)).unwrap();
-    let sleeping = sqlx::query("SELECT pg_sleep(30)").execute(&pool);
-    let error = tokio::time::timeout(HANG, within(Duration::from_millis(100), sleeping))
+    // One connection: the pool serves again only if the abandoned one is not handed back
+    // still waiting for its statement. The server would let the statement run a minute.
+    let pool = connect_lazy(
+        db.url(),
+        &PoolSettings {
+            max_connections: 1,
+            ..settings(HANG)
+        },
+    )
+    .unwrap();
+    // The client's deadline: 100 ms (+ the margin).
+    let bounded = DeadlinePool::new(pool, Duration::from_millis(100));
+    let sleeping = bounded.run(async |conn| {
+        sqlx::query("SELECT pg_sleep(30)").execute(conn).await?;
+        Ok(())
+    });
+    let error = tokio::time::timeout(HANG, sleeping)
         .await
-        .expect("within() did not end the wait")
+        .expect("run() did not end the wait")
         .unwrap_err();
     match &error {
         sqlx::Error::Io(io) => assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{error}"),
         other => panic!("expected a timeout, got {other}"),
     }
-    let one: i32 = within(HANG, sqlx::query_scalar("SELECT 1").fetch_one(&pool))
+    let one: i32 = bounded
+        .run(async |conn| sqlx::query_scalar("SELECT 1").fetch_one(conn).await)
         .await
         .unwrap();
     assert_eq!(one, 1, "the pool serves again after an abandoned statement");

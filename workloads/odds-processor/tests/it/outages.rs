@@ -1,5 +1,6 @@
 //! Dependency outages: Postgres down mid-stream (nothing lost, nothing committed early), a
-//! statement waiting on a lock (the same, and shutdown is not held), and Redis down (Postgres and offsets keep going; the cache is repaired from Postgres).
+//! statement waiting on a lock (the same, and shutdown is not held), and Redis down (Postgres
+//! and offsets keep going; the cache is repaired from Postgres).
 
 use crate::common::*;
 use futures_util::StreamExt;
@@ -98,7 +99,10 @@ async fn a_batch_waiting_on_a_lock_is_retried_and_does_not_hold_shutdown() {
     produce(&producer, &first).await;
     let db_errors = || metrics.errors.with_label_values(&["db"]).get();
     wait_until("the batch fails on the lock", || async { db_errors() > 0 }).await;
-    assert_eq!(readiness.snapshot().get(CHECK_POSTGRES), Some(&false));
+    wait_until("readiness reports Postgres failing", || async {
+        readiness.snapshot().get(CHECK_POSTGRES) == Some(&false)
+    })
+    .await;
     assert_eq!(
         committed_total(&kafka, &group, 1),
         0,
