@@ -8,6 +8,7 @@
 
 use crate::batch::PartitionKey;
 use crate::metrics::Metrics;
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::KafkaResult;
@@ -88,10 +89,10 @@ impl ProcessorContext {
 }
 
 impl ClientContext for ProcessorContext {
-    /// librdkafka's own log, through `tracing` (its default goes to the `log` crate, which
-    /// nothing here collects). A consumer position that fell out of the log is reset to the
-    /// earliest retained record with only a warning from librdkafka, and the records in
-    /// between are never read: that is data loss, so it is counted and logged as an error.
+    /// librdkafka's own log, as rdkafka logs it (through `tracing`), except one message: a
+    /// consumer position that fell out of the log is reset to the earliest retained record
+    /// with only a warning from librdkafka, and the records in between are never read: that
+    /// is data loss, so it is counted and logged as an error.
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if is_skipping_offset_reset(level, fac, message) {
             self.metrics.offset_resets.inc();
@@ -104,17 +105,7 @@ impl ClientContext for ProcessorContext {
             );
             return;
         }
-        match level {
-            RDKafkaLogLevel::Emerg
-            | RDKafkaLogLevel::Alert
-            | RDKafkaLogLevel::Critical
-            | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
-            RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
-            RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
-                tracing::info!(target: "librdkafka", fac, "{message}")
-            }
-            RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
-        }
+        DefaultClientContext.log(level, fac, message);
     }
 
     fn stats(&self, statistics: Statistics) {
@@ -184,9 +175,10 @@ pub fn subscribe(
     for (name, value) in props {
         config.set(name, value);
     }
-    // rdkafka derives librdkafka's log level from the `log` crate's logger, and there is none
-    // here (logging is `tracing`), so it would pass only errors: warnings such as an offset
-    // reset that skips records would never reach [`ProcessorContext::log`].
+    // rdkafka derives librdkafka's log level from the log filter in force when the client is
+    // made (only errors without a subscriber, as in tests, or under RUST_LOG=error), but the
+    // offset reset that skips records is a warning that feeds a metric: it must always reach
+    // [`ProcessorContext::log`].
     config.set_log_level(RDKafkaLogLevel::Warning);
     let consumer: ProcessorConsumer = config.create_with_context(context)?;
     consumer.subscribe(&[topic])?;

@@ -112,20 +112,7 @@ async fn read_model_constraints_hold() {
 #[tokio::test]
 async fn markets_migration_upgrades_a_populated_database() {
     let db = TestDatabase::create().await.unwrap();
-    // The first two migrations, as files, exactly as a deployment of that time had them.
-    let dir = std::env::temp_dir().join(format!("odds-migrations-0002-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../migrations");
-    for file in ["0001_init_schema.sql", "0002_odds_read_models.sql"] {
-        std::fs::copy(repo.join(file), dir.join(file)).unwrap();
-    }
-    Migrator::new(dir.clone())
-        .await
-        .unwrap()
-        .run(db.pool())
-        .await
-        .unwrap();
-    std::fs::remove_dir_all(&dir).unwrap();
+    migrated_to_0002(&db).await;
     sqlx::query(
         "INSERT INTO odds_current (event_id, home_team, away_team, market, home_odds,
          draw_odds, away_odds, version, updated_at) VALUES ('E1', 'A', 'B', '1X2', 2, 3, 4, 7, now())",

@@ -19,16 +19,29 @@ fn settings(statement_timeout: Duration) -> PoolSettings {
     }
 }
 
-#[tokio::test]
-async fn a_statement_waiting_on_a_lock_is_cancelled_by_postgres() {
-    let db = TestDatabase::create().await.unwrap();
+/// A migrated database's `odds_current`, locked by an open transaction until it ends.
+async fn lock_odds_current(db: &TestDatabase) -> sqlx::Transaction<'static, sqlx::Postgres> {
     odds_schema::migrate(db.pool()).await.unwrap();
-    // A migration's DDL, say: holds the table until its transaction ends.
     let mut locker = db.pool().begin().await.unwrap();
     sqlx::query("LOCK TABLE odds_current IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *locker)
         .await
         .unwrap();
+    locker
+}
+
+fn sqlstate(error: &sqlx::Error) -> Option<String> {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .map(|c| c.into_owned())
+}
+
+#[tokio::test]
+async fn a_statement_waiting_on_a_lock_is_cancelled_by_postgres() {
+    let db = TestDatabase::create().await.unwrap();
+    // A migration's DDL, say: holds the table until its transaction ends.
+    let locker = lock_odds_current(&db).await;
 
     let pool = connect_lazy(db.url(), &settings(Duration::from_millis(300))).unwrap();
     let blocked = sqlx::query("SELECT count(*) FROM odds_current").fetch_one(&pool);
@@ -36,11 +49,7 @@ async fn a_statement_waiting_on_a_lock_is_cancelled_by_postgres() {
         .await
         .expect("the statement waited on the lock without end")
         .unwrap_err();
-    let code = error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .map(|c| c.into_owned());
-    assert_eq!(code.as_deref(), Some("57014"), "{error}"); // query_canceled
+    assert_eq!(sqlstate(&error).as_deref(), Some("57014"), "{error}"); // query_canceled
 
     locker.rollback().await.unwrap();
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM odds_current")
@@ -53,12 +62,7 @@ async fn a_statement_waiting_on_a_lock_is_cancelled_by_postgres() {
 #[tokio::test]
 async fn lock_timeout_ends_a_wait_for_a_lock_and_nothing_else() {
     let db = TestDatabase::create().await.unwrap();
-    odds_schema::migrate(db.pool()).await.unwrap();
-    let mut locker = db.pool().begin().await.unwrap();
-    sqlx::query("LOCK TABLE odds_current IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let locker = lock_odds_current(&db).await;
     let pool = connect_lazy(
         db.url(),
         &PoolSettings {
@@ -72,11 +76,7 @@ async fn lock_timeout_ends_a_wait_for_a_lock_and_nothing_else() {
         .await
         .expect("the DDL waited on the lock without end")
         .unwrap_err();
-    let code = error
-        .as_database_error()
-        .and_then(|e| e.code())
-        .map(|c| c.into_owned());
-    assert_eq!(code.as_deref(), Some("55P03"), "{error}"); // lock_not_available
+    assert_eq!(sqlstate(&error).as_deref(), Some("55P03"), "{error}"); // lock_not_available
     locker.rollback().await.unwrap();
     // A statement that runs long without waiting on a lock is left alone.
     sqlx::query("SELECT pg_sleep(0.5)")

@@ -32,7 +32,7 @@ impl HttpResponse {
 /// How long one request may take. Test servers get ports in the ephemeral range, so a poll
 /// of a child that died or has not bound yet can connect to itself and read its own request
 /// back, which never completes; callers polling in a loop need each attempt to end.
-pub const HTTP_GET_DEADLINE: Duration = Duration::from_secs(10);
+const HTTP_GET_DEADLINE: Duration = Duration::from_secs(10);
 
 /// `GET path` against `addr`, with `Connection: close`; fails after [`HTTP_GET_DEADLINE`].
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
