@@ -209,7 +209,7 @@ impl Launcher {
     }
 
     /// Resolves when any stage exits, with its name, status and last output.
-    pub async fn first_exit(&self) -> (&'static str, String, Vec<String>) {
+    async fn first_exit(&self) -> (&'static str, String, Vec<String>) {
         let waits = self.children.iter().map(|c| {
             Box::pin(async move {
                 let status = c.wait_exit().await;
@@ -220,6 +220,16 @@ impl Launcher {
             })
         });
         futures_util::future::select_all(waits).await.0
+    }
+
+    /// Resolves when any stage exits, as an error that names it and shows its last output:
+    /// nothing here expects a stage to stop on its own.
+    pub async fn unexpected_exit(&self) -> anyhow::Error {
+        let (name, status, lines) = self.first_exit().await;
+        anyhow::anyhow!(
+            "{name} exited unexpectedly ({status}); its last output:\n{}",
+            lines.join("\n")
+        )
     }
 
     /// Stops one stage (SIGTERM, SIGKILL after the grace period) and starts it again with the
@@ -289,6 +299,12 @@ impl Launcher {
 
     pub fn log_dir(&self) -> &Path {
         self.log_dir.path()
+    }
+
+    /// Keeps the stages' log files after the launcher is gone (they are otherwise removed
+    /// with it) and returns where they are: a failed run is explained by them.
+    pub fn keep_logs(self) -> PathBuf {
+        self.log_dir.keep()
     }
 }
 

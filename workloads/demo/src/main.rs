@@ -131,12 +131,7 @@ async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             _ = async { match until { Some(t) => tokio::time::sleep_until(t).await, None => std::future::pending().await } } => break Ok(()),
-            (name, status, lines) = launcher.first_exit() => {
-                break Err(anyhow::anyhow!(
-                    "{name} exited unexpectedly ({status}); its last output:\n{}",
-                    lines.join("\n")
-                ));
-            }
+            error = launcher.unexpected_exit() => break Err(error),
             _ = ticks.tick() => {
                 let line = board.line(&launcher).await;
                 let shown = if tty {

@@ -265,3 +265,29 @@ async fn wait_for_versions(launcher: &odds_demo::Launcher, events: &[String], ab
         }
     }
 }
+
+/// A stage that dies is reported at once with its name, status and last output (`make demo`
+/// and `odds-demo bench` end on it), instead of leaving a run waiting for updates that
+/// cannot come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_that_dies_is_named_with_its_last_output() {
+    let mut options = LauncherOptions::for_tests(20, EVENTS, 0).unwrap();
+    options.log_filter = "info".into();
+    let mut launcher = Launcher::start(options).await.unwrap();
+    let ingest = launcher.child("odds-ingest").unwrap();
+    assert!(
+        !ingest.last_lines().is_empty(),
+        "ingest logged nothing at start-up"
+    );
+    ingest.kill().await;
+    let error = tokio::time::timeout(Duration::from_secs(30), launcher.unexpected_exit())
+        .await
+        .expect("the exit is reported")
+        .to_string();
+    assert!(
+        error.starts_with("odds-ingest exited unexpectedly"),
+        "{error}"
+    );
+    assert!(error.contains("odds-ingest started"), "{error}");
+    launcher.stop().await;
+}

@@ -126,9 +126,19 @@ async fn run_once(args: &BenchArgs, rate: u32, bin_dir: PathBuf) -> anyhow::Resu
         kafka_partitions: args.kafka_partitions,
     };
     let mut launcher = Launcher::start(options).await?;
-    let result = measure(&launcher, args, rate, total).await;
+    // A stage that dies ends the run at once, with its reason, instead of a timeout later.
+    let result = tokio::select! {
+        result = measure(&launcher, args, rate, total) => result,
+        error = launcher.unexpected_exit() => Err(error),
+    };
     launcher.stop().await;
-    result
+    match result {
+        Ok(report) => Ok(report),
+        Err(error) => {
+            let logs = launcher.keep_logs();
+            Err(error.context(format!("the stages' logs are kept in {}", logs.display())))
+        }
+    }
 }
 
 async fn measure(
