@@ -19,7 +19,6 @@ use crate::procfs;
 use crate::status::Scrape;
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
-use odds_contracts::ws::ServerMessage;
 use odds_contracts::{Market, OddsUpdate};
 use odds_testkit::{http_get, PostgresDurability};
 use report::{per_thousand, BENCH_PROCESS, SATURATED_BELOW_IDLE};
@@ -426,14 +425,16 @@ async fn client(
     let subscribe = serde_json::json!({"type": "subscribe", "eventId": event}).to_string();
     ws.send(Message::text(subscribe)).await?;
     let mut latencies = Vec::new();
+    // Made once, not per message: each delivery wakes this loop.
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
     loop {
         tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            _ = &mut stopped => break,
             msg = ws.next() => match msg {
                 Some(Ok(Message::Text(text))) => {
-                    if let Ok(ServerMessage::Odds { data }) = serde_json::from_str(&text) {
-                        let ms = (chrono::Utc::now() - data.updated_at).num_microseconds().unwrap_or(0);
-                        latencies.push(ms as f64 / 1000.0);
+                    if let Some(ms) = odds_latency_ms(&text, chrono::Utc::now()) {
+                        latencies.push(ms);
                     }
                 }
                 Some(Ok(_)) => {}
@@ -444,4 +445,46 @@ async fn client(
     }
     let _ = ws.close(None).await;
     Ok(latencies)
+}
+
+/// The latency (ms) at `now` of an `odds` frame, from its update's `updated_at`; `None` for
+/// any other frame. Reads only those two fields, borrowing from the frame: parsing the whole
+/// `ServerMessage` on every delivery was a visible share of this process's CPU (perf), which
+/// the load generator takes from the pipeline it measures.
+fn odds_latency_ms(frame: &str, now: chrono::DateTime<chrono::Utc>) -> Option<f64> {
+    #[derive(serde::Deserialize)]
+    struct Frame<'a> {
+        #[serde(rename = "type")]
+        kind: &'a str,
+        data: Option<Data>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Data {
+        updated_at: chrono::DateTime<chrono::Utc>,
+    }
+    let frame: Frame<'_> = serde_json::from_str(frame).ok()?;
+    let data = frame.data.filter(|_| frame.kind == "odds")?;
+    let micros = (now - data.updated_at).num_microseconds().unwrap_or(0);
+    Some(micros as f64 / 1000.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::odds_latency_ms;
+    use odds_contracts::ws::ServerMessage;
+    use odds_testkit::sample_update;
+
+    #[test]
+    fn latency_is_read_from_the_odds_frames_the_service_sends_and_nothing_else() {
+        let update = sample_update("MATCH_001", 7);
+        let now = update.updated_at + chrono::Duration::microseconds(12_345);
+        let odds = ServerMessage::odds_frame(&update.to_json());
+        assert_eq!(odds_latency_ms(&odds, now), Some(12.345));
+
+        let snapshot = ServerMessage::snapshot_frame(&update.to_json());
+        assert_eq!(odds_latency_ms(&snapshot, now), None);
+        let status = ServerMessage::status(Some("redis down")).to_json();
+        assert_eq!(odds_latency_ms(&status, now), None);
+        assert_eq!(odds_latency_ms("not json", now), None);
+    }
 }
