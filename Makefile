@@ -11,6 +11,7 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 STAGES := -p supplier-simulator -p odds-ingest -p odds-processor -p odds-service -p odds-demo
 DEMO_ARGS ?=
 BENCH_ARGS ?=
+BENCH_RUNS ?= 3
 
 .PHONY: help deps demo test chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt chaos profile
 .PHONY: kind-up images deploy port-forward e2e-kind kind-down
@@ -73,9 +74,9 @@ bench: bench-criterion bench-pipeline ## criterion benchmarks, then the pipeline
 bench-criterion: deps ## criterion benchmarks (reports under the target dir's criterion/)
 	$(CARGO) bench --workspace
 
-bench-pipeline: deps ## whole-pipeline benchmark; writes target/bench/pipeline.json (BENCH_ARGS="--find-max" etc.)
+bench-pipeline: deps ## whole-pipeline benchmark, median of BENCH_RUNS (3) runs; writes target/bench/pipeline.json (BENCH_ARGS="--find-max" etc.)
 	$(CARGO) build --release --bins $(STAGES)
-	ulimit -n 65536 2>/dev/null || true; $(TARGET_DIR)/release/odds-demo bench --out target/bench/pipeline.json $(BENCH_ARGS)
+	ulimit -n 65536 2>/dev/null || true; $(TARGET_DIR)/release/odds-demo bench --runs $(BENCH_RUNS) --out target/bench/pipeline.json $(BENCH_ARGS)
 
 profile: deps ## perf CPU profile of each stage under odds-demo bench; flamegraphs in target/profile/ (PROFILE_ARGS, PROFILE_SECONDS)
 	bash scripts/profile.sh

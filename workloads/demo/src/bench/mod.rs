@@ -21,8 +21,8 @@ use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::{Market, OddsUpdate};
 use odds_testkit::{http_get, PostgresDurability};
-use report::{per_thousand, BENCH_PROCESS, SATURATED_BELOW_IDLE};
-pub use report::{BenchReport, KafkaUsed, Latency, Machine, PostgresSettings};
+use report::{median_run, per_thousand, BENCH_PROCESS, SATURATED_BELOW_IDLE};
+pub use report::{BenchReport, KafkaUsed, Latency, Machine, PostgresSettings, RunFigures};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -67,6 +67,10 @@ pub struct BenchArgs {
     /// partition either way.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..=64))]
     pub kafka_partitions: i32,
+    /// Runs per rate, each on a fresh pipeline; the report is the run with the median p50 and
+    /// lists every run's headline figures (one run on a shared machine is not a figure).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub runs: u32,
 }
 
 /// Runs the benchmark (or the search for the highest rate) and writes the report.
@@ -74,9 +78,15 @@ pub async fn run(args: BenchArgs, bin_dir: PathBuf) -> anyhow::Result<BenchRepor
     let mut rate = args.rate;
     let mut best: Option<BenchReport> = None;
     loop {
-        let report = run_once(&args, rate, bin_dir.clone()).await?;
-        // A reader that went away (`| head`) is not an error; the report file still counts.
-        let _ = odds_runtime::cli::print_stdout(&report.summary());
+        let mut reports = Vec::new();
+        for _ in 0..args.runs {
+            let report = run_once(&args, rate, bin_dir.clone()).await?;
+            // A reader that went away (`| head`) is not an error; the report file still counts.
+            let _ = odds_runtime::cli::print_stdout(&report.summary());
+            reports.push(report);
+        }
+        let report = median_run(reports).context("--runs is at least 1")?;
+        let _ = odds_runtime::cli::print_stdout(&report.spread());
         let held = report.held();
         if held {
             best = Some(report.clone());
@@ -282,6 +292,7 @@ async fn measure(
         machine: closed.machine,
         postgres,
         hops: closed.hops,
+        runs: Vec::new(),
     })
 }
 
