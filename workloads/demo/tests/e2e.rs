@@ -274,12 +274,7 @@ async fn a_stage_that_dies_is_named_with_its_last_output() {
     let mut options = LauncherOptions::for_tests(20, EVENTS, 0).unwrap();
     options.log_filter = "info".into();
     let mut launcher = Launcher::start(options).await.unwrap();
-    let ingest = launcher.child("odds-ingest").unwrap();
-    assert!(
-        !ingest.last_lines().is_empty(),
-        "ingest logged nothing at start-up"
-    );
-    ingest.kill().await;
+    launcher.child("odds-ingest").unwrap().kill().await;
     let error = tokio::time::timeout(Duration::from_secs(30), launcher.unexpected_exit())
         .await
         .expect("the exit is reported")
