@@ -169,12 +169,13 @@ impl BenchReport {
         };
         let lost: i64 = self.runs.iter().map(|r| r.lost).sum();
         format!(
-            "median of {} runs (by p50): p50 {:.1} ms ({}), p99 {:.1} ms ({}); lost in all runs: \
-             {lost}; the report holds the median run, with every run's figures under \"runs\"\n",
+            "{} runs: the median run by p50 had p50 {:.1} ms and p99 {:.1} ms; across the runs \
+             p50 {} ms, p99 {} ms; lost in all runs: {lost}. The report holds the median run, \
+             with every run's figures under \"runs\".\n",
             self.runs.len(),
             self.latency_ms.p50,
-            range(|r| r.latency_ms.p50),
             self.latency_ms.p99,
+            range(|r| r.latency_ms.p50),
             range(|r| r.latency_ms.p99),
         )
     }
@@ -453,8 +454,12 @@ mod tests {
         let in_order: Vec<f64> = median.runs.iter().map(|r| r.latency_ms.p50).collect();
         assert_eq!(in_order, [18.0, 9.0, 13.0]);
         let spread = median.spread();
-        assert!(spread.contains("median of 3 runs"), "{spread}");
-        assert!(spread.contains("p50 13.0 ms (9.0 – 18.0)"), "{spread}");
+        assert!(spread.starts_with("3 runs"), "{spread}");
+        assert!(spread.contains("p50 13.0 ms and p99 39.0 ms"), "{spread}");
+        assert!(
+            spread.contains("p50 9.0 – 18.0 ms, p99 27.0 – 54.0 ms"),
+            "{spread}"
+        );
         assert!(median.held());
 
         // A loss in any run fails the rate, whichever run is the median.
