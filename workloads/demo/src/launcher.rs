@@ -208,28 +208,23 @@ impl Launcher {
         self.children.iter().find(|c| c.name == name)
     }
 
-    /// Resolves when any stage exits, with its name, status and last output.
-    async fn first_exit(&self) -> (&'static str, String, Vec<String>) {
+    /// Resolves when any stage exits, as an error that names it and shows its last output:
+    /// nothing here expects a stage to stop on its own.
+    pub async fn unexpected_exit(&self) -> anyhow::Error {
         let waits = self.children.iter().map(|c| {
             Box::pin(async move {
                 let status = c.wait_exit().await;
                 // Give the output readers a moment to catch the last lines.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let status = status.map_or_else(|| "unknown status".to_owned(), |s| s.to_string());
-                (c.name, status, c.last_lines())
+                anyhow::anyhow!(
+                    "{} exited unexpectedly ({status}); its last output:\n{}",
+                    c.name,
+                    c.last_lines().join("\n")
+                )
             })
         });
         futures_util::future::select_all(waits).await.0
-    }
-
-    /// Resolves when any stage exits, as an error that names it and shows its last output:
-    /// nothing here expects a stage to stop on its own.
-    pub async fn unexpected_exit(&self) -> anyhow::Error {
-        let (name, status, lines) = self.first_exit().await;
-        anyhow::anyhow!(
-            "{name} exited unexpectedly ({status}); its last output:\n{}",
-            lines.join("\n")
-        )
     }
 
     /// Stops one stage (SIGTERM, SIGKILL after the grace period) and starts it again with the

@@ -196,8 +196,8 @@ pub async fn stream_supplier(
                         }
                         next = ws.next() => next,
                     };
-                    last_heard = Instant::now();
                     let received = Received::now();
+                    last_heard = received.at;
                     let frame = match next {
                         Some(Ok(Message::Text(text))) => SupplierFrame::Text(text),
                         Some(Ok(Message::Binary(bytes))) => SupplierFrame::Binary(bytes),

@@ -4,10 +4,11 @@
 //! The reader task exists because the connection task wakes once per delivery, and polling
 //! the read side on every wake cost a read attempt each time; everything else stays in the
 //! one connection task, which keeps the per-client footprint small. Subscribing registers
-//! with the hub *before* reading the snapshot and nothing is written between the two, so no update can fall in the gap and the snapshot always comes
-//! first. Writes are bounded by a timeout: a client that stays stuck is closed as slow.
-//! When live updates stop or resume (see [`crate::pubsub::Feed`]) every connection sends a
-//! `status` message, so no client waits on a silent socket without knowing why.
+//! with the hub *before* reading the snapshot and nothing is written between the two, so no
+//! update can fall in the gap and the snapshot always comes first. Writes are bounded by a
+//! timeout: a client that stays stuck is closed as slow. When live updates stop or resume
+//! (see [`crate::pubsub::Feed`]) every connection sends a `status` message, so no client
+//! waits on a silent socket without knowing why.
 
 use crate::hub::{ClientQueue, Hub, Pending};
 use crate::metrics::Metrics;

@@ -174,11 +174,7 @@ fn lock_limited_pool(db: &TestDatabase) -> PgPool {
 async fn a_migration_statement_gives_up_on_a_lock() {
     let db = TestDatabase::create().await.unwrap();
     migrated_to_0002(&db).await;
-    let mut locker = db.pool().begin().await.unwrap();
-    sqlx::query("LOCK TABLE odds_current IN ACCESS SHARE MODE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let locker = db.lock_table("odds_current", "ACCESS SHARE").await.unwrap();
     let pool = lock_limited_pool(&db);
     let error =
         odds_schema::migrate_waiting_for_others(&pool, std::time::Duration::from_millis(50), |e| {
@@ -208,9 +204,8 @@ async fn a_migration_statement_gives_up_on_a_lock() {
 async fn a_migration_waits_for_one_in_progress() {
     let db = TestDatabase::create().await.unwrap();
     migrated_to_0002(&db).await;
-    let mut other = db.pool().begin().await.unwrap();
-    sqlx::query("LOCK TABLE _sqlx_migrations IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *other)
+    let other = db
+        .lock_table("_sqlx_migrations", "ACCESS EXCLUSIVE")
         .await
         .unwrap();
     let pool = lock_limited_pool(&db);

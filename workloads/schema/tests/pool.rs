@@ -22,12 +22,9 @@ fn settings(statement_timeout: Duration) -> PoolSettings {
 /// A migrated database's `odds_current`, locked by an open transaction until it ends.
 async fn lock_odds_current(db: &TestDatabase) -> sqlx::Transaction<'static, sqlx::Postgres> {
     odds_schema::migrate(db.pool()).await.unwrap();
-    let mut locker = db.pool().begin().await.unwrap();
-    sqlx::query("LOCK TABLE odds_current IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *locker)
+    db.lock_table("odds_current", "ACCESS EXCLUSIVE")
         .await
-        .unwrap();
-    locker
+        .unwrap()
 }
 
 fn sqlstate(error: &sqlx::Error) -> Option<String> {

@@ -143,3 +143,30 @@ fn dechunk(mut body: &str) -> String {
     }
     out
 }
+
+/// A peer that accepts connections and writes back whatever each one sends: what a client
+/// sees when it connects to itself (a dead server's port lies in the ephemeral range, so a
+/// reconnect can be handed it as its own source port). It never answers a request, whatever
+/// the protocol. Stops when the returned task is aborted.
+pub async fn echo_peer() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|source| TestkitError::Io {
+            what: "binding the echo peer".into(),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| TestkitError::Io {
+        what: "reading the echo peer's address".into(),
+        source,
+    })?;
+    let task = tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut reader, mut writer) = socket.into_split();
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+                let _ = writer.shutdown().await;
+            });
+        }
+    });
+    Ok((addr, task))
+}

@@ -14,7 +14,7 @@ mod process;
 mod redis_server;
 
 pub use fixtures::{sample_update, sample_update_in};
-pub use http::{http_get, http_get_within, HttpResponse};
+pub use http::{echo_peer, http_get, http_get_within, HttpResponse};
 pub use kafka::{read_topic, ReadRecord, TestKafka};
 pub use postgres::{PostgresDurability, PostgresServer, TestDatabase};
 pub use process::{free_port, output_with_closed_stdout};

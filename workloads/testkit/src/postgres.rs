@@ -249,6 +249,21 @@ impl TestDatabase {
     pub fn server_mut(&mut self) -> Option<&mut PostgresServer> {
         self.server.as_mut()
     }
+
+    /// `table` (or a comma-separated list) locked in `mode` (`ACCESS EXCLUSIVE`, say) by an
+    /// open transaction, as a migration or a long transaction would hold it, until the
+    /// returned transaction ends.
+    pub async fn lock_table(
+        &self,
+        table: &str,
+        mode: &str,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Postgres>> {
+        let mut locker = self.pool.begin().await?;
+        sqlx::query(&format!("LOCK TABLE {table} IN {mode} MODE"))
+            .execute(&mut *locker)
+            .await?;
+        Ok(locker)
+    }
 }
 
 impl Drop for TestDatabase {

@@ -115,13 +115,7 @@ async fn kafka_mock_cluster_round_trips_a_keyed_record() {
 /// fail at its deadline instead of hanging the test that polls.
 #[tokio::test]
 async fn http_get_to_a_peer_that_never_answers_fails_at_its_deadline() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let peer = tokio::spawn(async move {
-        let (socket, _) = listener.accept().await.unwrap();
-        let (mut reader, mut writer) = socket.into_split();
-        let _ = tokio::io::copy(&mut reader, &mut writer).await;
-    });
+    let (addr, peer) = odds_testkit::echo_peer().await.unwrap();
     let error = odds_testkit::http_get_within(addr, "/readyz", Duration::from_millis(300))
         .await
         .unwrap_err();

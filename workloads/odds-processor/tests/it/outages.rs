@@ -87,12 +87,9 @@ async fn a_batch_waiting_on_a_lock_is_retried_and_does_not_hold_shutdown() {
     let producer = producer(&kafka);
 
     let lock = || async {
-        let mut locker = db.pool().begin().await.unwrap();
-        sqlx::query("LOCK TABLE odds_history IN ACCESS EXCLUSIVE MODE")
-            .execute(&mut *locker)
+        db.lock_table("odds_history", "ACCESS EXCLUSIVE")
             .await
-            .unwrap();
-        locker
+            .unwrap()
     };
     let locker = lock().await;
     let first: Vec<_> = (1..=5).map(|e| update(&format!("L{e}"), 1)).collect();

@@ -72,9 +72,9 @@ async fn redis_down_postgres_answers_and_both_down_is_503() {
 async fn reads_waiting_on_a_lock_end_at_the_statement_timeout() {
     let env = Env::start(&["--database-statement-timeout-ms=300"]).await;
     env.write(&update("E1", 2, 2.5)).await;
-    let mut locker = env.db.pool().begin().await.unwrap();
-    sqlx::query("LOCK TABLE odds_history, odds_current IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *locker)
+    let locker = env
+        .db
+        .lock_table("odds_history, odds_current", "ACCESS EXCLUSIVE")
         .await
         .unwrap();
 

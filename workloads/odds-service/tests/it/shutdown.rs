@@ -1,9 +1,8 @@
 //! Peers that never finish must not hold shutdown: an address where something answers, but
 //! not as Redis (the feed is reported down), and clients that sent half a request.
 //!
-//! The echo peer is what a client sees when it connects to itself: a dead Redis's port lies in
-//! the ephemeral range, so a reconnect can be handed that very port as its own source port and
-//! read back every command it sends.
+//! The echo peer ([`odds_testkit::echo_peer`]) is what a client sees when it connects to
+//! itself: a dead Redis's port can be handed to a reconnect as its own source port.
 
 use crate::common::Env;
 use clap::Parser;
@@ -16,27 +15,11 @@ use tokio_util::sync::CancellationToken;
 /// Generous: the machine is shared and loaded.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Accepts connections and writes back whatever each one sends.
-async fn echo_peer() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let task = tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut reader, mut writer) = socket.into_split();
-                let _ = tokio::io::copy(&mut reader, &mut writer).await;
-                let _ = writer.shutdown().await;
-            });
-        }
-    });
-    (addr, task)
-}
-
 #[tokio::test]
 async fn a_redis_address_that_echoes_is_reported_down_and_does_not_hold_shutdown() {
     let db = TestDatabase::create().await.unwrap();
     odds_schema::migrate(db.pool()).await.unwrap();
-    let (peer, peer_task) = echo_peer().await;
+    let (peer, peer_task) = odds_testkit::echo_peer().await.unwrap();
     let config = ServiceConfig::try_parse_from([
         "odds-service".to_owned(),
         "--listen-addr=127.0.0.1:0".into(),
