@@ -71,8 +71,8 @@ chaos: deps ## the fault run: real stages through restarts, kills and outages; p
 
 bench: bench-criterion bench-pipeline ## criterion benchmarks, then the pipeline benchmark
 
-bench-criterion: deps ## criterion benchmarks (reports under the target dir's criterion/)
-	$(CARGO) bench --workspace
+bench-criterion: deps ## criterion benchmarks (reports under the target dir's criterion/), ws-load and loopback-floor
+	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --workspace
 
 bench-pipeline: deps ## whole-pipeline benchmark, median of BENCH_RUNS (3) runs; writes target/bench/pipeline.json (BENCH_ARGS="--find-max" etc.)
 	$(CARGO) build --release --bins $(STAGES)
