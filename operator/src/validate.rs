@@ -10,7 +10,7 @@
 use crate::build::{Component, Facts};
 use crate::crd::{
     ComponentSpec, ImageSpec, OddsPipeline, OddsServiceSpec, ScalingMode, SecretKeyRef,
-    SimulatorSpec, TopicSpec,
+    SimulatorSpec, TopicSpec, MIN_MIGRATION_DEADLINE_SECONDS,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
@@ -66,6 +66,8 @@ pub struct ValidPipeline {
     pub odds_service: OddsServiceSpec,
     /// Value of [`RETRY_MIGRATION_ANNOTATION`], if set.
     pub migration_retry: Option<String>,
+    /// `activeDeadlineSeconds` of the migration Job.
+    pub migration_deadline_seconds: i64,
     pub facts: Facts,
 }
 
@@ -193,6 +195,11 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
     ] {
         check_component(name, component, allowed, &mut problems);
     }
+    if spec.postgres.migration_deadline_seconds < MIN_MIGRATION_DEADLINE_SECONDS {
+        problems.push(format!(
+            "postgres.migrationDeadlineSeconds must be at least {MIN_MIGRATION_DEADLINE_SECONDS}"
+        ));
+    }
     let mut refs = vec![&spec.redis.url_secret_ref, &spec.postgres.url_secret_ref];
     refs.extend(spec.postgres.read_url_secret_ref.as_ref());
     let mut missing = Vec::new();
@@ -237,6 +244,7 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
                     .annotations()
                     .get(RETRY_MIGRATION_ANNOTATION)
                     .cloned(),
+                migration_deadline_seconds: spec.postgres.migration_deadline_seconds,
                 facts: facts.clone(),
             })
         }

@@ -11,10 +11,12 @@
 //! A Job that failed stays failed (its pods' logs are the evidence). Recovery is an explicit
 //! user action: setting or changing the pipeline's `odds-pipeline.github.io/retry-migration`
 //! annotation puts its value into the hash, so a new Job runs; the failed one is pruned once
-//! a newer one succeeded.
+//! a newer one succeeded. Raising `postgres.migrationDeadlineSeconds` after a Job ran out of
+//! time does the same: a deadline other than the default is in the hash too.
 
 use super::deployment::{pod_security_context, secret_env, security_context};
 use super::{metadata, short_hex, Component};
+use crate::crd::DEFAULT_MIGRATION_DEADLINE_SECONDS;
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
@@ -32,6 +34,12 @@ pub fn name(pipeline: &ValidPipeline) -> String {
     if let Some(retry) = &pipeline.migration_retry {
         hasher.update(format!("retry {retry}\n").as_bytes());
     }
+    // A Job failed by its deadline reruns once the deadline is raised; only when it is not
+    // the default, so that existing pipelines keep their Job names.
+    if pipeline.migration_deadline_seconds != DEFAULT_MIGRATION_DEADLINE_SECONDS {
+        let deadline = pipeline.migration_deadline_seconds;
+        hasher.update(format!("deadline {deadline}\n").as_bytes());
+    }
     // Serializing k8s-openapi types cannot fail; an empty hash input would still be stable.
     hasher.update(serde_json::to_vec(&template(pipeline)).unwrap_or_default());
     let digest = hasher.finalize();
@@ -44,7 +52,7 @@ pub fn build(pipeline: &ValidPipeline) -> Job {
         metadata: metadata(pipeline, name(pipeline), COMPONENT),
         spec: Some(JobSpec {
             backoff_limit: Some(3),
-            active_deadline_seconds: Some(DEADLINE_SECONDS),
+            active_deadline_seconds: Some(pipeline.migration_deadline_seconds),
             template: template(pipeline),
             ..JobSpec::default()
         }),
@@ -53,13 +61,6 @@ pub fn build(pipeline: &ValidPipeline) -> Job {
 }
 
 const COMPONENT: &str = "migration";
-
-/// A migration still running after this long is failed by Kubernetes (`DeadlineExceeded`),
-/// which the pipeline's status then shows. Each attempt already gives up on a lock after the
-/// migrate command's `--lock-timeout-ms`; this bounds the retries and a migration that hangs
-/// for any other reason. An hour leaves room for an index build on a large history; a longer
-/// migration is run by hand (`odds-processor migrate`), then retried through the annotation.
-pub const DEADLINE_SECONDS: i64 = 3600;
 
 /// The Job's pod: the processor binary's `migrate` command with the read-write database URL.
 fn template(pipeline: &ValidPipeline) -> PodTemplateSpec {

@@ -251,6 +251,24 @@ pub struct PostgresSpec {
     /// Optional Secret key holding a read replica URL for the odds service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_url_secret_ref: Option<SecretKeyRef>,
+    /// Seconds the schema migration Job may run before Kubernetes fails it
+    /// (`activeDeadlineSeconds`; the `Migrated` condition then says why). Raise it for a
+    /// migration that builds an index on a large history: a changed value starts a new Job.
+    #[serde(default = "default_migration_deadline")]
+    #[schemars(range(min = MIN_MIGRATION_DEADLINE_SECONDS))]
+    pub migration_deadline_seconds: i64,
+}
+
+/// How long a migration Job may run unless `postgres.migrationDeadlineSeconds` says otherwise.
+/// Each attempt already gives up on a lock after the migrate command's `--lock-timeout-ms`;
+/// the deadline bounds the retries and a migration that hangs for any other reason. An hour
+/// leaves room for an index build on a sizeable history.
+pub const DEFAULT_MIGRATION_DEADLINE_SECONDS: i64 = 3600;
+/// Less than a minute would fail a healthy migration while its pod is still being scheduled.
+pub const MIN_MIGRATION_DEADLINE_SECONDS: i64 = 60;
+
+fn default_migration_deadline() -> i64 {
+    DEFAULT_MIGRATION_DEADLINE_SECONDS
 }
 
 /// Where the odds come from.

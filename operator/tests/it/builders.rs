@@ -296,6 +296,33 @@ fn migration_job_name_tracks_image_job_template_and_retry() {
     assert_eq!(name(sample().named(&longest)).len(), 63);
 }
 
+/// A migration that needs longer gets it from the spec, and raising the deadline after a Job
+/// ran out of time starts a new Job; pipelines that keep the default keep their Job names.
+#[test]
+fn the_migration_deadline_comes_from_the_spec_and_a_new_one_is_a_new_job() {
+    let name = |pipeline: odds_operator::crd::OddsPipeline| job::name(&valid(&pipeline));
+    let default_name = name(sample());
+    let explicit_default = sample().edit(|p| {
+        p.spec.postgres.migration_deadline_seconds =
+            odds_operator::crd::DEFAULT_MIGRATION_DEADLINE_SECONDS
+    });
+    assert_eq!(name(explicit_default), default_name);
+    let longer = sample().edit(|p| p.spec.postgres.migration_deadline_seconds = 4 * 3600);
+    let built = job::build(&valid(&longer));
+    assert_eq!(
+        built.spec.as_ref().unwrap().active_deadline_seconds,
+        Some(4 * 3600)
+    );
+    assert_ne!(name(longer), default_name, "a raised deadline is a new Job");
+    // The CRD's minimum, repeated for objects that reached the operator unchecked.
+    let too_short = sample().edit(|p| p.spec.postgres.migration_deadline_seconds = 5);
+    let problems = validate(&too_short, &ready_facts()).unwrap_err().problems;
+    assert_eq!(
+        problems,
+        vec!["postgres.migrationDeadlineSeconds must be at least 60".to_owned()]
+    );
+}
+
 /// A migration that hangs (a lock it waits on, a server that does not answer) is failed by
 /// Kubernetes at the Job's deadline, and the pipeline reports why.
 #[test]
@@ -303,7 +330,10 @@ fn a_migration_past_its_deadline_is_reported_failed() {
     use k8s_openapi::api::batch::v1::{JobCondition, JobStatus};
     let mut built = job::build(&valid(&sample()));
     let spec = built.spec.as_ref().unwrap();
-    assert_eq!(spec.active_deadline_seconds, Some(job::DEADLINE_SECONDS));
+    assert_eq!(
+        spec.active_deadline_seconds,
+        Some(odds_operator::crd::DEFAULT_MIGRATION_DEADLINE_SECONDS)
+    );
     built.status = Some(JobStatus {
         conditions: Some(vec![JobCondition {
             type_: "Failed".into(),

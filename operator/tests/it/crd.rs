@@ -68,6 +68,15 @@ fn minimal_cr_passes_with_defaults_applied() {
 }
 
 #[test]
+fn migration_deadline_defaults_to_an_hour_and_has_a_floor() {
+    let field = &schema()["properties"]["spec"]["properties"]["postgres"]["properties"]
+        ["migrationDeadlineSeconds"];
+    assert_eq!(field["minimum"].as_f64(), Some(60.0), "{field}");
+    let typed: OddsPipeline = serde_json::from_value(sample()).unwrap();
+    assert_eq!(typed.spec.postgres.migration_deadline_seconds, 3600);
+}
+
+#[test]
 fn both_kafka_sources_are_rejected() {
     let mut cr = sample();
     cr["spec"]["kafka"]["bootstrapServers"] = json!("kafka:9092");
