@@ -14,7 +14,10 @@
 //! `cargo bench -p odds-service --bench loopback-floor -- --clients 1000 --events 100 --rate 1000 --seconds 15`
 //! (the same load as ws-load's first row; raise `ulimit -n` first).
 
+mod common;
+
 use anyhow::{bail, Context, Result};
+use common::Load;
 use odds_contracts::ws::ServerMessage;
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
@@ -22,82 +25,61 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
 
 struct Args {
-    clients: usize,
-    events: usize,
-    rate: u64,
-    seconds: u64,
+    load: Load,
     frames_per_write: usize,
     /// The service's default kernel send buffer per client socket (`WS_SEND_BUFFER_BYTES`).
     send_buffer: usize,
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args {
+    let (mut frames_per_write, mut send_buffer) = (1, 32 * 1024);
+    let defaults = Load {
         clients: 1000,
         events: 100,
         rate: 1000,
         seconds: 15,
-        frames_per_write: 1,
-        send_buffer: 32 * 1024,
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().context("missing value");
-        match flag.as_str() {
-            "--clients" => args.clients = value()?.parse()?,
-            "--events" => args.events = value()?.parse()?,
-            "--rate" => args.rate = value()?.parse()?,
-            "--seconds" => args.seconds = value()?.parse()?,
-            "--frames-per-write" => args.frames_per_write = value()?.parse()?,
-            "--send-buffer" => args.send_buffer = value()?.parse()?,
-            // cargo bench passes --bench to harness-less targets.
-            "--bench" => {}
-            other => bail!(
-                "unknown argument {other}; use --clients --events --rate --seconds \
-                 --frames-per-write --send-buffer"
-            ),
+    let load = defaults.parse(|flag, value| {
+        match flag {
+            "--frames-per-write" => frames_per_write = value()?.parse()?,
+            "--send-buffer" => send_buffer = value()?.parse()?,
+            _ => return Ok(false),
         }
+        Ok(true)
+    })?;
+    if frames_per_write == 0 {
+        bail!("--frames-per-write must be at least 1");
     }
-    if args.clients == 0 || args.events == 0 || args.rate == 0 || args.frames_per_write == 0 {
-        bail!("--clients, --events, --rate and --frames-per-write must be at least 1");
-    }
-    Ok(args)
+    Ok(Args {
+        load,
+        frames_per_write,
+        send_buffer,
+    })
 }
 
-/// An unmasked WebSocket text frame (server to client), as tungstenite writes it.
-fn text_frame(payload: &[u8]) -> Vec<u8> {
-    let mut frame = vec![0x81];
-    match payload.len() {
-        len @ 0..=125 => frame.push(len as u8),
-        len @ 126..=65535 => {
-            frame.push(126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(payload);
-    frame
+/// The `odds` frame odds-service writes for an update: unmasked text, header included.
+fn odds_frame() -> Result<Vec<u8>> {
+    let update = odds_testkit::sample_update("MATCH_001", 1);
+    let payload = ServerMessage::odds_frame(&update.to_json());
+    let mut frame = Vec::new();
+    Frame::message(payload, OpCode::Data(Data::Text), true).format(&mut frame)?;
+    Ok(frame)
 }
 
-/// This thread's CPU so far: (total from the scheduler in ns, user ticks, system ticks).
-fn thread_cpu() -> Result<(u64, u64, u64)> {
+/// This thread's CPU so far: (total from the scheduler in ns, user s, system s).
+fn thread_cpu() -> Result<(u64, f64, f64)> {
     let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat")?;
     let on_cpu_ns = schedstat
         .split_whitespace()
         .next()
         .context("empty schedstat")?
         .parse()?;
-    let stat = std::fs::read_to_string("/proc/thread-self/stat")?;
-    // Fields after the command name (which may contain spaces) start at field 3.
-    let rest = stat.rsplit_once(')').context("malformed stat")?.1;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let user = fields.get(11).context("no utime")?.parse()?;
-    let system = fields.get(12).context("no stime")?.parse()?;
+    let (user, system) =
+        common::cpu_seconds("/proc/thread-self/stat").context("unreadable thread stat")?;
     Ok((on_cpu_ns, user, system))
 }
 
@@ -106,15 +88,15 @@ struct WriterReport {
     writes: u64,
     elapsed: Duration,
     on_cpu_ns: u64,
-    user_ticks: u64,
-    system_ticks: u64,
+    user_s: f64,
+    system_s: f64,
 }
 
 /// Writes `frame` to every follower of each published event, paced at `rate` updates/s.
 fn write_frames(args: &Args, sockets: &mut [TcpStream], frame: &[u8]) -> Result<WriterReport> {
     let group = frame.repeat(args.frames_per_write);
-    let updates = args.rate * args.seconds / args.frames_per_write as u64;
-    let interval = Duration::from_secs_f64(args.frames_per_write as f64 / args.rate as f64);
+    let updates = args.load.rate * args.load.seconds / args.frames_per_write as u64;
+    let interval = Duration::from_secs_f64(args.frames_per_write as f64 / args.load.rate as f64);
     let (cpu0, user0, system0) = thread_cpu()?;
     let start = Instant::now();
     let (mut frames, mut writes) = (0u64, 0u64);
@@ -123,8 +105,8 @@ fn write_frames(args: &Args, sockets: &mut [TcpStream], frame: &[u8]) -> Result<
         if let Some(wait) = due.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let event = (update % args.events as u64) as usize;
-        for socket in sockets.iter_mut().skip(event).step_by(args.events) {
+        let event = (update % args.load.events as u64) as usize;
+        for socket in sockets.iter_mut().skip(event).step_by(args.load.events) {
             socket.write_all(&group).context("write to a client")?;
             writes += 1;
             frames += args.frames_per_write as u64;
@@ -137,23 +119,22 @@ fn write_frames(args: &Args, sockets: &mut [TcpStream], frame: &[u8]) -> Result<
         writes,
         elapsed,
         on_cpu_ns: cpu1 - cpu0,
-        user_ticks: user1 - user0,
-        system_ticks: system1 - system0,
+        user_s: user1 - user0,
+        system_s: system1 - system0,
     })
 }
 
 fn main() -> Result<()> {
     let args = parse_args()?;
-    let update = odds_testkit::sample_update("MATCH_001", 1);
-    let frame = text_frame(ServerMessage::odds_frame(&update.to_json()).as_bytes());
+    let frame = odds_frame()?;
 
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?;
     let runtime = tokio::runtime::Runtime::new()?;
     let received = Arc::new(AtomicU64::new(0));
-    let mut readers = Vec::with_capacity(args.clients);
-    let mut sockets = Vec::with_capacity(args.clients);
-    for _ in 0..args.clients {
+    let mut readers = Vec::with_capacity(args.load.clients);
+    let mut sockets = Vec::with_capacity(args.load.clients);
+    for _ in 0..args.load.clients {
         let client = TcpStream::connect(addr).context("connect (raise ulimit -n?)")?;
         client.set_nonblocking(true)?;
         let (server_side, _) = listener.accept()?;
@@ -192,12 +173,13 @@ fn main() -> Result<()> {
         runtime.block_on(reader)??;
     }
     let per_frame_us = report.on_cpu_ns as f64 / 1000.0 / report.frames as f64;
-    let ticks = (report.user_ticks + report.system_ticks).max(1) as f64;
+    // The split comes from 10 ms ticks: a share, not a second figure of the total.
+    let sampled = (report.user_s + report.system_s).max(0.01);
     println!(
         "loopback-floor: {} clients, {} events, {} updates/s, {:.1} s, {} frame(s) of {} bytes per write",
-        args.clients,
-        args.events,
-        args.rate,
+        args.load.clients,
+        args.load.events,
+        args.load.rate,
         report.elapsed.as_secs_f64(),
         args.frames_per_write,
         frame.len()
@@ -211,8 +193,8 @@ fn main() -> Result<()> {
     println!(
         "  writing thread CPU: {:.2} s, {per_frame_us:.2} us per frame ({:.0} % kernel, {:.0} % user)",
         report.on_cpu_ns as f64 / 1e9,
-        100.0 * report.system_ticks as f64 / ticks,
-        100.0 * report.user_ticks as f64 / ticks
+        100.0 * report.system_s / sampled,
+        100.0 * report.user_s / sampled
     );
     Ok(())
 }

@@ -15,8 +15,11 @@
 //! the test kit's librdkafka).
 //! (raise `ulimit -n` first for many clients: both ends hold one socket per client).
 
+mod common;
+
 use anyhow::{bail, Context, Result};
 use chrono::{DateTime, Utc};
+use common::Load;
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL};
 use odds_contracts::{Odds, OddsUpdate};
@@ -30,10 +33,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 struct Args {
-    clients: usize,
-    events: usize,
-    rate: u64,
-    seconds: u64,
+    load: Load,
     /// The service binary; defaults to the one built with this tool's profile.
     service_bin: String,
     /// Extra `NAME=VALUE` environment for the service (`--service-env`, repeatable), to
@@ -42,37 +42,33 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args {
+    let mut service_bin = env!("CARGO_BIN_EXE_odds-service").to_owned();
+    let mut service_env = Vec::new();
+    let defaults = Load {
         clients: 1000,
         events: 25,
         rate: 5000,
         seconds: 20,
-        service_bin: env!("CARGO_BIN_EXE_odds-service").to_owned(),
-        service_env: Vec::new(),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().context("missing value");
-        match flag.as_str() {
-            "--clients" => args.clients = value()?.parse()?,
-            "--events" => args.events = value()?.parse()?,
-            "--rate" => args.rate = value()?.parse()?,
-            "--seconds" => args.seconds = value()?.parse()?,
-            "--service-bin" => args.service_bin = value()?,
+    let load = defaults.parse(|flag, value| {
+        match flag {
+            "--service-bin" => service_bin = value()?,
             "--service-env" => {
                 let pair = value()?;
                 let (name, val) = pair
                     .split_once('=')
                     .with_context(|| format!("--service-env wants NAME=VALUE, got {pair:?}"))?;
-                args.service_env.push((name.to_owned(), val.to_owned()));
+                service_env.push((name.to_owned(), val.to_owned()));
             }
-            _ => {} // cargo bench passes `--bench`
+            _ => return Ok(false),
         }
-    }
-    if args.clients == 0 || args.events == 0 || args.rate == 0 {
-        bail!("--clients, --events and --rate must be positive");
-    }
-    Ok(args)
+        Ok(true)
+    })?;
+    Ok(Args {
+        load,
+        service_bin,
+        service_env,
+    })
 }
 
 fn event_id(i: usize) -> String {
@@ -93,15 +89,10 @@ fn update(event: usize, version: u64) -> OddsUpdate {
     }
 }
 
-/// User + system CPU seconds of a process (all threads) from `/proc/<pid>/stat`; `pid` may
-/// be `self`.
+/// User + system CPU seconds of a process (all threads); `pid` may be `self`.
 fn cpu_seconds(pid: &str) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may contain spaces) start at ") ".
-    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // USER_HZ is 100 on every Linux this runs on.
-    Some(ticks / 100.0)
+    let (user, system) = common::cpu_seconds(&format!("/proc/{pid}/stat"))?;
+    Some(user + system)
 }
 
 /// (all, idle + iowait) CPU ticks of the machine from `/proc/stat`.
@@ -280,7 +271,7 @@ async fn main() -> Result<()> {
     odds_schema::migrate(db.pool()).await?;
     let redis = TestRedis::start().await?;
     let mut conn = redis.connection().await?;
-    for e in 0..args.events {
+    for e in 0..args.load.events {
         let u = update(e, 1);
         // Postgres and the cache, as the processor writes them: snapshots read Postgres.
         odds_schema::read_models::apply_batch(std::slice::from_ref(&u))
@@ -298,7 +289,7 @@ async fn main() -> Result<()> {
         .env("HTTP_ADDR", format!("127.0.0.1:{ops_port}"))
         .env("REDIS_URL", redis.url())
         .env("DATABASE_URL", db.url())
-        .env("WS_MAX_CONNECTIONS", (args.clients + 100).to_string())
+        .env("WS_MAX_CONNECTIONS", (args.load.clients + 100).to_string())
         .env("RUST_LOG", "warn")
         .envs(args.service_env.iter().map(|(k, v)| (k, v)))
         .kill_on_drop(true)
@@ -322,13 +313,13 @@ async fn main() -> Result<()> {
         delivered: AtomicU64::new(0),
         latency_buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
     });
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.clients);
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.load.clients);
     let connecting = Instant::now();
-    let mut tasks = Vec::with_capacity(args.clients);
-    for i in 0..args.clients {
+    let mut tasks = Vec::with_capacity(args.load.clients);
+    for i in 0..args.load.clients {
         let task = tokio::spawn(client(
             addr,
-            event_id(i % args.events),
+            event_id(i % args.load.events),
             shared.clone(),
             ready_tx.clone(),
         ));
@@ -337,7 +328,7 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await; // do not flood the accept queue
         }
     }
-    for _ in 0..args.clients {
+    for _ in 0..args.load.clients {
         tokio::time::timeout(Duration::from_secs(120), ready_rx.recv())
             .await
             .context("clients did not all subscribe")?;
@@ -349,7 +340,12 @@ async fn main() -> Result<()> {
     shared.measuring.store(true, Ordering::Relaxed);
     let cpu_before = CpuReading::take(pid);
     let run = Instant::now();
-    let (url, events, rate, seconds) = (redis.url(), args.events, args.rate, args.seconds);
+    let (url, events, rate, seconds) = (
+        redis.url(),
+        args.load.events,
+        args.load.rate,
+        args.load.seconds,
+    );
     let publisher = std::thread::spawn(move || publish(url, events, rate, seconds));
     let mut rss_peak = rss_connected;
     while !publisher.is_finished() {
@@ -374,10 +370,10 @@ async fn main() -> Result<()> {
     for task in &tasks {
         task.abort();
     }
-    let expected = published * (args.clients as u64) / (args.events as u64);
+    let expected = published * (args.load.clients as u64) / (args.load.events as u64);
     println!(
         "ws-load: {} clients, {} events, {} updates/s target, {:.1} s",
-        args.clients, args.events, args.rate, elapsed
+        args.load.clients, args.load.events, args.load.rate, elapsed
     );
     println!("  connect+subscribe: {connect_secs:.1} s");
     println!(
@@ -407,7 +403,7 @@ async fn main() -> Result<()> {
         "  service RSS: idle {} KiB, with clients {} KiB ({:.1} KiB/client), peak {} KiB",
         rss_idle,
         rss_connected,
-        (rss_connected.saturating_sub(rss_idle)) as f64 / args.clients as f64,
+        (rss_connected.saturating_sub(rss_idle)) as f64 / args.load.clients as f64,
         rss_peak
     );
     Ok(())

@@ -1,0 +1,57 @@
+//! What the fan-out tools (`ws-load`, `loopback-floor`) share: the load they put on a
+//! fan-out, parsed from the same flags, and the CPU counters they read from `/proc`, so their
+//! figures can be laid side by side.
+
+use anyhow::{bail, Context, Result};
+
+/// How many clients follow how many events (client `i` follows event `i % events`), and how
+/// fast updates are published, for how long.
+pub struct Load {
+    pub clients: usize,
+    pub events: usize,
+    pub rate: u64,
+    pub seconds: u64,
+}
+
+impl Load {
+    /// Reads the command line over these defaults: `--clients`, `--events`, `--rate` and
+    /// `--seconds` here, any other flag through `other`, which takes the flag and a source of
+    /// its value and says whether it knew the flag. `--bench`, which cargo passes to every
+    /// harness-less bench, is ignored; an unknown flag is an error.
+    pub fn parse(
+        mut self,
+        mut other: impl FnMut(&str, &mut dyn FnMut() -> Result<String>) -> Result<bool>,
+    ) -> Result<Load> {
+        let mut it = std::env::args().skip(1);
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().context("missing value");
+            match flag.as_str() {
+                "--clients" => self.clients = value()?.parse()?,
+                "--events" => self.events = value()?.parse()?,
+                "--rate" => self.rate = value()?.parse()?,
+                "--seconds" => self.seconds = value()?.parse()?,
+                "--bench" => {}
+                flag => {
+                    if !other(flag, &mut value)? {
+                        bail!("unknown argument {flag}");
+                    }
+                }
+            }
+        }
+        if self.clients == 0 || self.events == 0 || self.rate == 0 {
+            bail!("--clients, --events and --rate must be positive");
+        }
+        Ok(self)
+    }
+}
+
+/// (user, system) CPU seconds from a `/proc/.../stat` file: a process's (`/proc/<pid>/stat`,
+/// all its threads) or the calling thread's (`/proc/thread-self/stat`).
+pub fn cpu_seconds(stat_path: &str) -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string(stat_path).ok()?;
+    // Fields after the command name (which may contain spaces) start at ") ".
+    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // The kernel counts in USER_HZ ticks, 100 per second on every Linux this runs on.
+    Some((ticks(11)? / 100.0, ticks(12)? / 100.0))
+}
