@@ -4,9 +4,9 @@
 //! A fan-out that writes each frame with its own `write(2)` cannot cost less than that
 //! syscall. On loopback the sender's syscall also runs the receiving socket's TCP processing
 //! and wakes the reader (on a real network the receiving host pays for that), so the floor here
-//! is higher than on a network. This tool has no WebSocket library, no task per client and no
-//! queue: one thread writes a pre-built `odds` frame (the bytes odds-service sends, header
-//! included) to every follower of an event, one `write(2)` per frame (or `--frames-per-write K`
+//! is higher than on a network. Its write path has no WebSocket library, no task per client
+//! and no queue: one thread writes a pre-built `odds` frame (the bytes odds-service sends,
+//! header included, framed once by tungstenite) to every follower of an event, one `write(2)` per frame (or `--frames-per-write K`
 //! frames per write, what write coalescing would give), paced like ws-load's publisher; the
 //! clients read in a tokio runtime as ws-load's do. It reports the writing thread's CPU per
 //! frame, split into user and kernel time.
