@@ -13,7 +13,7 @@ DEMO_ARGS ?=
 BENCH_ARGS ?=
 BENCH_RUNS ?= 3
 
-.PHONY: help deps demo test chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt chaos profile
+.PHONY: help deps demo test rootfs chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt chaos profile
 .PHONY: kind-up images deploy port-forward e2e-kind kind-down
 
 help: ## list the targets
@@ -26,11 +26,12 @@ deps: ## install missing system packages (Debian, as root) and cargo-nextest
 	command -v cc >/dev/null || missing+=(build-essential); \
 	command -v make >/dev/null || missing+=(make); \
 	command -v pkg-config >/dev/null || missing+=(pkg-config); \
-	[ -e /usr/include/zlib.h ] || missing+=(zlib1g-dev); \
 	command -v python3 >/dev/null || missing+=(python3); \
 	python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); \
 	{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } || missing+=(chromium); \
 	command -v shellcheck >/dev/null || missing+=(shellcheck); \
+	command -v ip >/dev/null || missing+=(iproute2); \
+	command -v nsenter >/dev/null || missing+=(util-linux); \
 	if [ $${#missing[@]} -gt 0 ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "deps: installing $${missing[*]}"; \
@@ -63,7 +64,10 @@ unit:
 chart-test: ## render the Helm chart with the Helm library and validate every manifest (no cluster)
 	bash charts/test.sh
 
-test: deps fmt-check clippy unit chart-test ## fmt check, clippy -D warnings, every test against real servers, chart validation
+rootfs: ## the image's base root filesystem from its Debian packages (workloads/image/base-packages.txt; needs root)
+	bash workloads/image/rootfs.sh $(TARGET_DIR)/rootfs
+
+test: deps fmt-check clippy rootfs unit chart-test ## fmt check, clippy -D warnings, every test against real servers (pods in the image's root filesystem), chart validation
 
 chaos: deps ## the fault run: real stages through restarts, kills and outages; prints the recovery report
 	$(CARGO) build --bins $(STAGES)

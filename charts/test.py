@@ -45,9 +45,14 @@ def docs(text):
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def render(values):
-    chart = helm.Chart.load(str(CHART))
-    manifests = chart.render(values, name="odds-operator", namespace="odds-system", is_install=True)
+def render(values, chart_dir=CHART, upgrade=False):
+    """The chart's manifests as `helm install` (or, with upgrade, `helm upgrade` as revision 2)
+    would apply them. Like Helm, this never includes the files of a chart's crds/ directory."""
+    chart = helm.Chart.load(str(chart_dir))
+    if upgrade:
+        manifests = chart.render(values, name="odds-operator", namespace="odds-system", revision=2, is_upgrade=True)
+    else:
+        manifests = chart.render(values, name="odds-operator", namespace="odds-system", is_install=True)
     out = []
     for path, text in sorted(manifests.items()):
         if path.endswith(".yaml"):
@@ -88,8 +93,8 @@ def lint():
 def default_render():
     objects = render({})
     kinds = sorted(o["kind"] for o in objects)
-    expected = sorted(["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "Service",
-                       "ConfigMap"])  # ConfigMap: the Grafana dashboard
+    expected = sorted(["CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                       "RoleBinding", "Deployment", "Service", "ConfigMap"])  # ConfigMap: the Grafana dashboard
     assert kinds == expected, f"kinds {kinds} != {expected}"
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
@@ -137,13 +142,88 @@ def values_schema():
     return "defaults accepted, 8 bad value sets rejected"
 
 
+CRD_FILE = pathlib.Path("files") / "oddspipelines.crd.yaml"  # in the chart; loaded by templates/crd.yaml
+KEEP = ("helm.sh/resource-policy", "keep")
+
+
+def rendered_crds(objects):
+    return [o for o in objects if o["kind"] == "CustomResourceDefinition"]
+
+
 def chart_crd_is_current():
+    """The chart ships the generated CRD as a template (so `helm upgrade` updates it), kept on
+    uninstall, and leaves it out with crds.install=false."""
     generated = (ROOT / "crds" / "oddspipelines.yaml").read_text()
-    packaged = (CHART / "crds" / "oddspipelines.yaml").read_text()
-    assert generated == packaged, "charts/odds-operator/crds is stale: cp crds/oddspipelines.yaml charts/odds-operator/crds/"
-    chart = helm.Chart.load(str(CHART))
-    assert len(chart.crds) == 1, "the chart must ship the CRD in crds/"
-    return validate_builtin(docs(packaged))
+    packaged = (CHART / CRD_FILE).read_text()
+    assert generated == packaged, \
+        f"charts/odds-operator/{CRD_FILE} is stale: cp crds/oddspipelines.yaml charts/odds-operator/{CRD_FILE}"
+    crds = rendered_crds(render({}))
+    assert len(crds) == 1, f"the default chart must render exactly one CustomResourceDefinition, not {len(crds)}"
+    crd, expected = crds[0], docs(generated)[0]
+    annotations = crd["metadata"].get("annotations") or {}
+    assert annotations.get(KEEP[0]) == KEEP[1], f"the CRD needs the annotation {KEEP[0]}: {KEEP[1]}: {annotations}"
+    assert crd["metadata"]["name"] == expected["metadata"]["name"], crd["metadata"]["name"]
+    assert crd["spec"] == expected["spec"], "the rendered CRD's spec differs from crds/oddspipelines.yaml"
+    assert not rendered_crds(render({"crds": {"install": False}})), "crds.install=false must render no CRD"
+    assert not (CHART / "crds").exists(), "charts/odds-operator/crds/ must not exist (Helm never upgrades it)"
+    return "rendered once with the keep annotation, spec == crds/oddspipelines.yaml; none with crds.install=false; " + \
+        validate_builtin(crds)
+
+
+def crd_upgrade():
+    """Offline `helm upgrade`: the next release's CRD (a new status field and a new CEL rule) is
+    in the manifest an upgrade applies. A chart shipping the same CRD in crds/ would not apply it:
+    Helm installs crds/ once and never upgrades it, so no chart here may have that directory."""
+    charts = sorted(p.parent for p in (ROOT / "charts").rglob("Chart.yaml"))
+    assert charts, "no chart under charts/"
+    for chart_dir in charts:
+        assert not (chart_dir / "crds").exists(), f"{chart_dir.relative_to(ROOT)}/crds/ exists: Helm never upgrades it"
+        assert not helm.Chart.load(str(chart_dir)).crds, f"{chart_dir.relative_to(ROOT)} ships CRDs outside templates/"
+    rule = {"rule": "!has(self.status) || !has(self.status.upgradeProbe) || self.status.upgradeProbe.size() <= 16",
+            "message": "upgradeProbe: a rule only the next release has"}
+    with tempfile.TemporaryDirectory() as tmp:
+        previous = pathlib.Path(tmp) / "previous" / "odds-operator"
+        following = pathlib.Path(tmp) / "next" / "odds-operator"
+        shutil.copytree(CHART, previous)
+        shutil.copytree(CHART, following)
+        # The next release: a new status property and a new x-kubernetes-validations rule in the
+        # CRD file, and a new chart version.
+        crd = yaml.safe_load((following / CRD_FILE).read_text())
+        schema = next(v for v in crd["spec"]["versions"] if v["storage"])["schema"]["openAPIV3Schema"]
+        schema["properties"]["status"]["properties"]["upgradeProbe"] = {"type": "string", "description": "new in the next release"}
+        schema["x-kubernetes-validations"].append(rule)
+        (following / CRD_FILE).write_text(yaml.safe_dump(crd, sort_keys=False))
+        meta = yaml.safe_load((following / "Chart.yaml").read_text())
+        old_version = meta["version"]
+        major, minor, _ = (int(x) for x in old_version.split("-")[0].split("."))
+        meta["version"] = f"{major}.{minor + 1}.0"
+        (following / "Chart.yaml").write_text(yaml.safe_dump(meta, sort_keys=False))
+
+        def probe(objects):
+            crds = rendered_crds(objects)
+            assert len(crds) == 1, f"{len(crds)} CRDs rendered"
+            version = next(v for v in crds[0]["spec"]["versions"] if v["storage"])
+            s = version["schema"]["openAPIV3Schema"]
+            return ("upgradeProbe" in s["properties"]["status"]["properties"], rule in s["x-kubernetes-validations"],
+                    crds[0])
+
+        has_field, has_rule, _ = probe(render({}, previous))
+        assert not has_field and not has_rule, "the previous release must not have the probe field or rule"
+        has_field, has_rule, upgraded = probe(render({}, following, upgrade=True))
+        assert has_field and has_rule, "helm upgrade to the next release would not apply its new CRD field and rule"
+        assert upgraded["metadata"]["annotations"][KEEP[0]] == KEEP[1], "the upgraded CRD lost the keep annotation"
+        assert upgraded["metadata"]["labels"]["helm.sh/chart"] == f"odds-operator-{meta['version']}"
+        validate_builtin([upgraded])
+        # The contrast: the same next release with the CRD in crds/ instead of templates/.
+        legacy = pathlib.Path(tmp) / "legacy" / "odds-operator"
+        shutil.copytree(following, legacy)
+        (legacy / "templates" / "crd.yaml").unlink()
+        (legacy / "crds").mkdir()
+        shutil.copy(following / CRD_FILE, legacy / "crds" / "oddspipelines.yaml")
+        assert len(helm.Chart.load(str(legacy)).crds) == 1
+        assert not rendered_crds(render({}, legacy, upgrade=True)), "crds/ content must not be in the upgrade manifest"
+    return (f"{old_version} -> {meta['version']}: the upgrade manifest carries the new status field and CEL rule "
+            f"(crds/ would not); {len(charts)} chart(s) without crds/")
 
 
 def golden_children():
@@ -402,6 +482,105 @@ def lib_value(name):
     return match.group(1)
 
 
+def version_key(version):
+    core = version.strip().lstrip("v").split("+")[0].split("-")[0]
+    parts = [int(x) for x in core.split(".")]
+    assert 1 <= len(parts) <= 3, f"not a version: {version}"
+    return tuple(parts + [0] * (3 - len(parts)))
+
+
+def satisfies(version, constraint):
+    """Whether a Kubernetes version meets a Chart.yaml kubeVersion such as ">=1.32.0-0" (an AND of
+    comparisons; the "-0" only lets pre-releases in)."""
+    compare = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+               "<": lambda a, b: a < b, "=": lambda a, b: a == b, "!=": lambda a, b: a != b}
+    assert "||" not in constraint, f"unsupported constraint {constraint!r}"
+    parts = [p for p in re.split(r"[,\s]+", constraint.strip()) if p]
+    assert parts, "empty kubeVersion"
+    for part in parts:
+        m = re.fullmatch(r"(>=|<=|!=|>|<|=)?(v?\d+(?:\.\d+){0,2}(?:-[0-9A-Za-z.-]+)?)", part)
+        assert m, f"unsupported constraint {part!r} in {constraint!r}"
+        if not compare[m.group(1) or "="](version_key(version), version_key(m.group(2))):
+            return False
+    return True
+
+
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def image_pinned(image):
+    """An image reference is pinned by a digest, or by an exact X.Y.Z tag: never `latest`, no tag,
+    or a moving tag such as `1-bookworm`, `7.4-alpine` or `nonroot`."""
+    if DIGEST.search(image):
+        return True
+    name = image.rsplit("/", 1)[-1]
+    tag = name.split(":", 1)[1] if ":" in name else ""
+    return bool(re.match(r"v?\d+\.\d+\.\d+(?:[.+-][\w.-]*)?$", tag))
+
+
+def sample_images():
+    """(file, image) for every `image:` string in operator/samples (the OddsPipeline's `image`, a
+    repository/tag mapping, is the project's own image, built and loaded by `make images`)."""
+    found = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "image" and isinstance(value, str):
+                    found.append((where, value))
+                walk(value, where)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item, where)
+
+    for path in sorted((ROOT / "operator" / "samples").glob("*.yaml")):
+        for obj in docs(path.read_text()):
+            walk(obj, path.name)
+    return found
+
+
+def dockerfile_images():
+    """The base image of every FROM line of workloads/image/Dockerfile, ARG defaults resolved,
+    earlier stages skipped."""
+    text = (ROOT / "workloads" / "image" / "Dockerfile").read_text()
+    args = dict(re.findall(r"^ARG\s+(\w+)=(\S+)", text, re.M))
+    stages, images = set(), []
+    for m in re.finditer(r"^FROM\s+(?:--\S+\s+)*(\S+)(?:\s+AS\s+(\S+))?", text, re.M | re.I):
+        image = re.sub(r"\$\{?(\w+)\}?", lambda a: args.get(a.group(1), a.group(0)), m.group(1))
+        if image not in stages:
+            assert "$" not in image, f"FROM {m.group(1)}: an ARG without a default"
+            images.append(image)
+        if m.group(2):
+            stages.add(m.group(2))
+    assert images, "no FROM line in workloads/image/Dockerfile"
+    return images
+
+
+def pinned_images():
+    """The kind nodes' image (by digest, a Kubernetes the chart's kubeVersion allows, from the kind
+    release lib.sh asks for) and every image the samples and the Dockerfile pull."""
+    for floating in ("redis:7.4-alpine", "postgres", "rust:1-bookworm", "gcr.io/distroless/cc-debian12:nonroot",
+                     "busybox:latest", "localhost:5000/x"):
+        assert not image_pinned(floating), f"image_pinned accepts {floating}"
+    text = (ROOT / "kind-config.yaml").read_text()
+    cluster = yaml.safe_load(text)
+    node_images = [n.get("image") for n in cluster["nodes"]]
+    assert len(set(node_images)) == 1 and node_images[0], f"every kind node needs the same pinned image: {node_images}"
+    m = re.fullmatch(r"kindest/node:v(\d+\.\d+\.\d+)@sha256:[0-9a-f]{64}", node_images[0])
+    assert m, f"kind node image {node_images[0]} is not kindest/node:vX.Y.Z@sha256:<digest>"
+    kube_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    assert satisfies(m.group(1), kube_version), f"node Kubernetes {m.group(1)} does not satisfy kubeVersion {kube_version}"
+    assert not satisfies("1.31.9", kube_version), "the kubeVersion check lets 1.31 in"
+    release = re.search(r"published with kind (v\d+\.\d+\.\d+)", text)
+    assert release, "kind-config.yaml must name the kind release whose node image it pins"
+    assert release.group(1) == "v" + lib_value("KIND_MIN_VERSION"), \
+        f"kind-config.yaml's image is from kind {release.group(1)}, lib.sh asks for v{lib_value('KIND_MIN_VERSION')}"
+    pulled = sample_images() + [("Dockerfile", i) for i in dockerfile_images()]
+    floating = [f"{where}: {image}" for where, image in pulled if not image_pinned(image)]
+    assert not floating, f"images by a floating tag: {floating}"
+    return f"kind nodes {m.group(1)} by digest (kind {release.group(1)}), {len(pulled)} images pinned"
+
+
 def kind_flow_manifests():
     objects = kind_manifests()
     builtin = [o for _, o in objects if not o["apiVersion"].startswith(("kafka.strimzi.io/", "odds-pipeline.github.io/"))]
@@ -468,8 +647,9 @@ def kind_flow_manifests():
     for script in sorted((ROOT / "charts" / "kind").glob("*.sh")):
         for rel in re.findall(r'"\$ROOT/([\w./-]+)"', script.read_text()):
             assert (ROOT / rel).exists(), f"{script.name} names $ROOT/{rel}, which does not exist"
+    pins = pinned_images()
     return (f"{len(objects)} objects ({len(builtin)} Kubernetes, {len(strimzi)} Strimzi) valid; "
-            "references, image, probes, PVC and Redis policy consistent")
+            f"references, image, probes, PVC and Redis policy consistent; {pins}")
 
 
 def makefile_targets():
@@ -479,7 +659,60 @@ def makefile_targets():
         match = re.search(rf"^{target}:[^\n]*\n\tbash charts/kind/{script}\.sh$", makefile, re.M)
         assert match, f"make {target} must run charts/kind/{script}.sh"
     assert re.search(r"missing\+=\(shellcheck\)", makefile), "make deps must install shellcheck"
-    return "6 kind-flow targets, deps installs shellcheck"
+    detail = workflow_runs_make(makefile)
+    return f"6 kind-flow targets, deps installs shellcheck; {detail}"
+
+
+def workflow_runs_make(makefile):
+    """.github/workflows/ci.yaml: YAML, runs `make test` (after `sudo make deps`) and, in a job
+    that needs it, `make kind-up images deploy e2e-kind`; every make target it names exists; its
+    tools and actions are pinned."""
+    path = ROOT / ".github" / "workflows" / "ci.yaml"
+    flow = yaml.safe_load(path.read_text())
+    assert isinstance(flow, dict) and isinstance(flow.get("jobs"), dict) and flow["jobs"], f"{path.name}: no jobs"
+    targets = set(re.findall(r"^([A-Za-z0-9][\w.-]*)\s*:(?!=)", makefile, re.M))
+    call = re.compile(r"(?:^|[;&|(]\s*)(?:sudo\s+(?:-\S+\s+)*)?make\b([^;&|#\n)]*)", re.M)
+    runs, used, uses = {}, [], []
+    for job_id, job in flow["jobs"].items():
+        runs[job_id] = []
+        for step in job.get("steps") or []:
+            if "uses" in step:
+                uses.append(step["uses"])
+            script = step.get("run") or ""
+            for m in call.finditer(script):
+                words = m.group(1).split()
+                assert not any(w in ("-C", "-f", "--directory", "--file") for w in words), f"{job_id}: make {m.group(1)}"
+                names = [w for w in words if not w.startswith("-") and "=" not in w]
+                used.extend(names)
+                runs[job_id].append((m.group(0).strip().lstrip(";&|( "), names))
+    assert used, f"{path.name} runs no make target"
+    missing = sorted(set(used) - targets)
+    assert not missing, f"{path.name} runs make targets the Makefile lacks: {missing}"
+    test_job = next((j for j, calls in runs.items() if any(n == ["test"] for _, n in calls)), None)
+    assert test_job, f"{path.name}: no job runs `make test`"
+    calls = [c for c, _ in runs[test_job]]
+    assert "sudo make deps" in calls and calls.index("sudo make deps") < calls.index("make test"), \
+        f"job {test_job} must run `sudo make deps` before `make test`: {calls}"
+    kind_job = next((j for j, calls in runs.items() if any(n == ["kind-up", "images", "deploy", "e2e-kind"] for _, n in calls)),
+                    None)
+    assert kind_job, f"{path.name}: no job runs `make kind-up images deploy e2e-kind`"
+    needs = flow["jobs"][kind_job].get("needs")
+    assert test_job in ([needs] if isinstance(needs, str) else needs or []), f"job {kind_job} must need {test_job}"
+    env = flow.get("env") or {}
+    kind_script = "\n".join(s.get("run") or "" for s in flow["jobs"][kind_job]["steps"])
+    for tool in ("KIND", "KUBECTL", "HELM"):
+        assert re.fullmatch(r"v\d+\.\d+\.\d+", str(env.get(f"{tool}_VERSION", ""))), f"env {tool}_VERSION must be an exact vX.Y.Z"
+        assert re.fullmatch(r"[0-9a-f]{64}", str(env.get(f"{tool}_SHA256", ""))), f"env {tool}_SHA256 must be a SHA-256"
+        assert f"${tool}_VERSION" in kind_script and f"${tool}_SHA256" in kind_script, f"job {kind_job} must use {tool}_*"
+    assert kind_script.count("sha256sum --check") >= 3, f"job {kind_job} must check the three downloads"
+    assert env["KIND_VERSION"] == "v" + lib_value("KIND_MIN_VERSION"), \
+        f"KIND_VERSION {env['KIND_VERSION']} != lib.sh's KIND_MIN_VERSION (the kind of kind-config.yaml's node image)"
+    kube_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    assert satisfies(env["KUBECTL_VERSION"], kube_version), f"kubectl {env['KUBECTL_VERSION']} vs kubeVersion {kube_version}"
+    unpinned = [u for u in uses if not re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", u)]
+    assert not unpinned, f"actions not pinned by commit: {unpinned}"
+    return (f"{path.name}: jobs {test_job} and {kind_job} run make {' '.join(sorted(set(used)))}, all defined; "
+            f"kind {env['KIND_VERSION']}, kubectl {env['KUBECTL_VERSION']}, helm {env['HELM_VERSION']} pinned with SHA-256")
 
 
 def ws_check_client():
@@ -549,15 +782,22 @@ STUB = r'''#!/usr/bin/env bash
 printf '%s\n' "{tool} $*" >> "$STUB_LOG"
 args=" $* "
 case "{tool}" in
-  kind) [[ "$args" == *" get clusters "* ]] && echo odds; exit 0 ;;
+  kind)
+    [[ "$args" == *" get clusters "* ]] && echo odds
+    [[ "$args" == " version " ]] && echo "kind $STUB_KIND_VERSION go1.23.6 linux/amd64"
+    exit 0 ;;
   kubectl)
     [[ "$args" == *" wait "* ]] && [ -n "${{STUB_FAIL_WAIT:-}}" ] && {{ echo "timed out" >&2; exit 1; }}
     [[ "$args" == *" port-forward "* ]] && exec sleep 30
     [[ "$args" == *"{{.spec.replicas}}"* ]] && {{ printf 3; exit 0; }}
     [[ "$args" == *"{{.status.processor.summary}}"* ]] && {{ printf 3/3; exit 0; }}
     [[ "$args" == *" get -n default oddspipeline/demo "* ]] && exit 1
+    # The KafkaTopics and their owners' kinds (e2e.sh's topic_owners): none, or STUB_TOPIC_OWNER.
+    [[ "$args" == *"ownerReferences"* ]] && {{ printf 'demo-odds-updates=%s\ndemo-odds-updates-dlq=%s\n' "${{STUB_TOPIC_OWNER:-}}" "${{STUB_TOPIC_OWNER:-}}"; exit 0; }}
     [[ "$args" == *" -o name "* ]] && exit 0
     exit 0 ;;
+  # Like a real request, answers once the port-forward (started in the background) is up.
+  curl) for _ in $(seq 100); do grep -q " port-forward " "$STUB_LOG" && exit 0; sleep 0.1; done; exit 0 ;;
   *) exit 0 ;;
 esac
 '''
@@ -576,7 +816,8 @@ def kind_flow_dry_run():
 
         def run(script, **env):
             log.write_text("")
-            environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log), **env}
+            environment = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STUB_LOG": str(log),
+                           "STUB_KIND_VERSION": f"v{lib_value('KIND_MIN_VERSION')}", **env}
             result = subprocess.run(["bash", str(ROOT / "charts" / "kind" / script)], capture_output=True,
                                     text=True, env=environment, timeout=120)
             return result, log.read_text().splitlines()
@@ -590,6 +831,7 @@ def kind_flow_dry_run():
                 i += 1
 
         ctx = "--context kind-odds"
+        selector = r"app\.kubernetes\.io/instance=demo,app\.kubernetes\.io/managed-by=odds-operator"  # e2e.sh's
         result, calls = run("kind-up.sh")
         assert result.returncode == 0, result.stdout + result.stderr
         expect_in_order(calls, [
@@ -601,13 +843,22 @@ def kind_flow_dry_run():
             rf"^kubectl {ctx} wait -n default kafka/odds --for=condition=Ready",
         ], "kind-up")
         assert "next: make images" in result.stdout
+        major, minor, _ = version_key(lib_value("KIND_MIN_VERSION"))
+        result, calls = run("kind-up.sh", STUB_KIND_VERSION=f"v{major}.{minor - 1}.9")
+        assert result.returncode != 0 and f"older than v{lib_value('KIND_MIN_VERSION')}" in result.stderr, \
+            result.stderr[-500:]
+        assert not any(c.startswith("kind create") for c in calls), "an old kind must be refused before any cluster"
         result, calls = run("images.sh")
         assert result.returncode == 0, result.stdout + result.stderr
-        expect_in_order(calls, [r"^docker build -f .*/workloads/Dockerfile -t odds-pipeline:dev ",
+        expect_in_order(calls, [r"^docker build -f .*/workloads/image/Dockerfile -t odds-pipeline:dev ",
                                 r"^kind load docker-image odds-pipeline:dev --name odds$"], "images")
         result, calls = run("deploy.sh")
         assert result.returncode == 0, result.stdout + result.stderr
-        expect_in_order(calls, [r"^helm .* upgrade --install odds-operator .*/charts/odds-operator --namespace odds-system",
+        crd = r"crd oddspipelines\.odds-pipeline\.github\.io"
+        expect_in_order(calls, [rf"^kubectl {ctx} label --overwrite {crd} app\.kubernetes\.io/managed-by=Helm$",
+                                rf"^kubectl {ctx} annotate --overwrite {crd} meta\.helm\.sh/release-name=odds-operator "
+                                r"meta\.helm\.sh/release-namespace=odds-system$",
+                                r"^helm .* upgrade --install odds-operator .*/charts/odds-operator --namespace odds-system",
                                 rf"^kubectl {ctx} apply -n default -f .*/oddspipeline\.yaml",
                                 rf"^kubectl {ctx} wait -n default oddspipeline/demo --for=condition=Ready"], "deploy")
         result, calls = run("e2e.sh")
@@ -620,16 +871,45 @@ def kind_flow_dry_run():
             r"^python3 .*/ws_check\.py --url ws://127\.0\.0\.1:18080/ws/odds --min-updates 5",
             r'^kubectl .* patch -n default oddspipeline/demo --type merge -p \{"spec":\{"processor":\{"replicas":3\}\}\}',
             r"\{\.status\.processor\.summary\}",
+            # topicDeletionPolicy Retain (the default): the topics have no owner, and outlive
+            # the pipeline; the script then deletes them itself.
+            rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
             rf"^kubectl {ctx} delete -n default oddspipeline/demo --wait",
             r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses -l app\.kubernetes\.io/instance=demo",
-            r"get -n default kafkatopics -l app\.kubernetes\.io/instance=demo",
+            rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
+            rf"^kubectl {ctx} wait -n default kafkatopics -l {selector} --for=condition=Ready",
+            rf"^kubectl {ctx} delete -n default kafkatopics -l {selector} --wait",
         ], "e2e")
+        assert not any("topicDeletionPolicy" in c for c in calls), calls
+        assert "KafkaTopics kept, Ready, after the pipeline is gone" in result.stdout, result.stdout
         assert f"kubectl {ctx} port-forward -n default service/demo-odds-service 18080:8080" in calls, calls
+        # topicDeletionPolicy Delete: patched in, owned before the pipeline is deleted, then gone
+        # with it; the script deletes no topic itself.
+        result, calls = run("e2e.sh", E2E_TOPIC_DELETION="Delete", STUB_TOPIC_OWNER="OddsPipeline")
+        assert result.returncode == 0, result.stdout + result.stderr
+        expect_in_order(calls, [
+            rf"^kubectl {ctx} patch -n default oddspipeline/demo --type merge -p "
+            r'\{"spec":\{"kafka":\{"topicDeletionPolicy":"Delete"\}\}\}$',
+            rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
+            rf"^kubectl {ctx} delete -n default oddspipeline/demo --wait",
+            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses -l app\.kubernetes\.io/instance=demo",
+            rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o name$",
+        ], "e2e (Delete)")
+        assert not any(" delete -n default kafkatopics" in c for c in calls), calls
+        assert "KafkaTopics deleted with the pipeline" in result.stdout, result.stdout
+        # Owned topics under the default policy are a failure, named.
+        result, _ = run("e2e.sh", STUB_TOPIC_OWNER="OddsPipeline")
+        assert result.returncode != 0 and "FAILED at step: KafkaTopics carry no owner reference" in result.stderr, \
+            result.stderr[-500:]
+        result, _ = run("e2e.sh", E2E_TOPIC_DELETION="Keep")
+        assert result.returncode != 0 and "E2E_TOPIC_DELETION must be 'Retain' or 'Delete'" in result.stderr, \
+            result.stderr[-500:]
         result, _ = run("e2e.sh", STUB_FAIL_WAIT="1")
         assert result.returncode != 0 and "FAILED at step: Kafka 'odds' Ready" in result.stderr, result.stderr[-500:]
         result, calls = run("kind-down.sh")
         assert result.returncode == 0 and "kind delete cluster --name odds" in calls, calls
-    return "kind-up, images, deploy, e2e (and a failing wait named), kind-down call the tools in order"
+    return ("kind-up (and an old kind refused), images, deploy (adopting a CRD an older chart left), e2e (topics kept by "
+            "default, deleted with topicDeletionPolicy Delete; a failing wait named), kind-down call the tools in order")
 
 
 # --- dashboards and alerts ------------------------------------------------------------------
@@ -914,6 +1194,7 @@ check("render with default values", default_render)
 check("render with custom values", custom_render)
 check("values.schema.json guards the values", values_schema)
 check("chart CRD is current and valid", chart_crd_is_current)
+check("helm upgrade applies a changed CRD", crd_upgrade)
 check("operator-built children are valid", children_valid)
 check("KafkaTopics match Strimzi's schema", topics_valid)
 check("ScaledObjects match KEDA's schema", scaled_objects_valid)

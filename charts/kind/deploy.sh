@@ -12,7 +12,8 @@ if command -v docker >/dev/null 2>&1 &&
 fi
 
 step "odds-operator chart (namespace $OPERATOR_NAMESPACE)"
-h upgrade --install odds-operator "$ROOT/charts/odds-operator" \
+adopt_crd
+h upgrade --install "$RELEASE" "$ROOT/charts/odds-operator" \
   --namespace "$OPERATOR_NAMESPACE" --create-namespace --wait --timeout 5m
 
 step "OddsPipeline '$PIPELINE' (operator/samples/oddspipeline.yaml)"

@@ -3,18 +3,25 @@
 # nodes (the Makefile runs kind-up and images first):
 #   operator installed -> pipeline applied -> Ready -> live odds over the WebSocket through a
 #   port-forward -> processor scaled by a patch -> status shows it -> pipeline deleted ->
-#   children gone.
+#   children gone -> KafkaTopics kept.
 # Exits non-zero at the first failing step and names it.
 #
-# Topics: the KafkaTopics are owned by the pipeline like every child, so deleting the pipeline
-# deletes them and Strimzi deletes the topics and their data (operator/README.md). The last
-# step checks that; E2E_TOPICS=kept checks the opposite, for an operator that keeps them.
+# Topics: with the default spec.kafka.topicDeletionPolicy, Retain, the KafkaTopics carry no
+# owner reference, so they and their data outlive the pipeline (operator/README.md). The last
+# steps check that they stay, still Ready, then delete them by hand to leave the cluster as it
+# was. E2E_TOPIC_DELETION=Delete patches the pipeline to topicDeletionPolicy: Delete before
+# deleting it (waiting until the operator has put its owner reference on the topics) and
+# checks that the topics go with it.
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "$0")/lib.sh"
 need docker kind kubectl helm python3 curl
 need_cluster
 port="${E2E_PORT:-18080}"
-topics_expected="${E2E_TOPICS:-deleted}"
+topic_policy="${E2E_TOPIC_DELETION:-Retain}"
+case "$topic_policy" in
+  Retain | Delete) ;;
+  *) die "E2E_TOPIC_DELETION must be 'Retain' or 'Delete' (spec.kafka.topicDeletionPolicy), not '$topic_policy'" ;;
+esac
 selector="app.kubernetes.io/instance=${PIPELINE},app.kubernetes.io/managed-by=odds-operator"
 pf_pid=""
 cleanup() {
@@ -35,7 +42,8 @@ step "Kafka 'odds' Ready"
 k wait -n "$NAMESPACE" kafka/odds --for=condition=Ready --timeout=60s
 
 step "operator installed"
-h upgrade --install odds-operator "$ROOT/charts/odds-operator" \
+adopt_crd
+h upgrade --install "$RELEASE" "$ROOT/charts/odds-operator" \
   --namespace "$OPERATOR_NAMESPACE" --create-namespace --wait --timeout 5m
 
 # Each listing must succeed: an API error is not "gone".
@@ -50,15 +58,31 @@ topics_gone() {
   left="$(k get -n "$NAMESPACE" kafkatopics -l "$selector" -o name)" || return 1
   [ -z "$left" ]
 }
+# Each of the pipeline's KafkaTopics as "name=<kinds of its owners>", one a line.
+topic_owners() {
+  k get -n "$NAMESPACE" kafkatopics -l "$selector" \
+    -o jsonpath='{range .items[*]}{.metadata.name}={.metadata.ownerReferences[*].kind}{"\n"}{end}'
+}
+# There are KafkaTopics, and the pipeline owns each (Delete) / nothing owns any (Retain).
+topics_owned() {
+  local owners
+  owners="$(topic_owners)" || return 1
+  [ -n "$owners" ] && ! grep -qv '=OddsPipeline$' <<<"$owners"
+}
+topics_unowned() {
+  local owners
+  owners="$(topic_owners)" || return 1
+  [ -n "$owners" ] && ! grep -qv '=$' <<<"$owners"
+}
 
 step "a fresh pipeline '$PIPELINE' applied"
 if k get -n "$NAMESPACE" "oddspipeline/$PIPELINE" >/dev/null 2>&1; then
+  # Foreground: the pipeline goes only after the children it owns, KafkaTopics it owned
+  # (topicDeletionPolicy: Delete) included. Topics it retained stay, and the new pipeline
+  # adopts them.
   say "deleting the existing pipeline '$PIPELINE' and its children first"
   k delete -n "$NAMESPACE" "oddspipeline/$PIPELINE" --cascade=foreground --wait --timeout=5m
   retry_until 180 "the old pipeline's children gone" children_gone
-  if [ "$topics_expected" = deleted ]; then
-    retry_until 180 "the old pipeline's KafkaTopics gone" topics_gone
-  fi
 fi
 k apply -n "$NAMESPACE" -f "$SAMPLES/oddspipeline.yaml"
 
@@ -94,21 +118,34 @@ status_shows_three() {
 retry_until 300 "status.processor.summary = 3/3" status_shows_three
 k get oddspipelines -n "$NAMESPACE"
 
+if [ "$topic_policy" = Delete ]; then
+  step "topicDeletionPolicy set to Delete by a patch of the pipeline"
+  k patch -n "$NAMESPACE" "oddspipeline/$PIPELINE" --type merge \
+    -p '{"spec":{"kafka":{"topicDeletionPolicy":"Delete"}}}'
+  retry_until 60 "every KafkaTopic labelled $selector owned by oddspipeline/$PIPELINE" topics_owned
+else
+  step "KafkaTopics carry no owner reference (topicDeletionPolicy: Retain, the default)"
+  topics_unowned || die "a KafkaTopic labelled $selector has an owner: $(topic_owners | tr '\n' ' ')"
+fi
+
 step "pipeline deleted"
 k delete -n "$NAMESPACE" "oddspipeline/$PIPELINE" --wait --timeout=5m
 
 step "children gone"
 retry_until 180 "no Deployment, Service, Job, ConfigMap, PDB, HPA or Ingress labelled $selector" children_gone
 
-step "KafkaTopics $topics_expected with the pipeline"
-case "$topics_expected" in
-  deleted)
-    retry_until 180 "the pipeline's KafkaTopics deleted" topics_gone ;;
-  kept)
-    left="$(k get -n "$NAMESPACE" kafkatopics -l "$selector" -o name)"
-    [ -n "$left" ] || die "the pipeline's KafkaTopics were deleted, expected kept" ;;
-  *) die "E2E_TOPICS must be 'deleted' or 'kept', not '$topics_expected'" ;;
-esac
+if [ "$topic_policy" = Delete ]; then
+  step "KafkaTopics deleted with the pipeline (and their data, by Strimzi)"
+  retry_until 180 "no KafkaTopic labelled $selector" topics_gone
+else
+  step "KafkaTopics kept, Ready, after the pipeline is gone"
+  topics_unowned || die "the pipeline's KafkaTopics are gone (or owned), expected kept: '$(topic_owners | tr '\n' ' ')'"
+  k wait -n "$NAMESPACE" kafkatopics -l "$selector" --for=condition=Ready --timeout=60s
+
+  step "kept KafkaTopics deleted by hand (cleanup)"
+  say "deleting them deletes the topics and their data in Kafka; left in place, a new pipeline '$PIPELINE' would adopt them"
+  k delete -n "$NAMESPACE" kafkatopics -l "$selector" --wait --timeout=5m
+fi
 
 CURRENT_STEP="done"
 say ""

@@ -5,8 +5,8 @@ source "$(dirname "$0")/lib.sh"
 need docker kind
 need_cluster
 
-step "docker build $IMAGE (workloads/Dockerfile; dependencies are a cached layer)"
-DOCKER_BUILDKIT=1 docker build -f "$ROOT/workloads/Dockerfile" -t "$IMAGE" "$ROOT"
+step "docker build $IMAGE (workloads/image/Dockerfile; dependencies are a cached layer)"
+DOCKER_BUILDKIT=1 docker build -f "$ROOT/workloads/image/Dockerfile" -t "$IMAGE" "$ROOT"
 
 step "kind load docker-image $IMAGE"
 kind load docker-image "$IMAGE" --name "$CLUSTER"

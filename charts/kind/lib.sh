@@ -17,6 +17,11 @@ STRIMZI_VERSION="1.2.0"
 KEDA_REPO="https://kedacore.github.io/charts"
 KEDA_VERSION="2.20.2"
 SAMPLES="$ROOT/operator/samples"
+# kind-config.yaml pins the node image published with this kind release (and the workflow
+# .github/workflows/ci.yaml installs it); older kinds are refused.
+KIND_MIN_VERSION="0.27.0"
+RELEASE="odds-operator"               # the operator chart's Helm release
+CRD="oddspipelines.odds-pipeline.github.io"
 
 say() { printf '%s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
@@ -25,7 +30,7 @@ die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 install_hint() {
   case "$1" in
     docker) say "  docker:  a container engine (Docker Engine or Docker Desktop): https://docs.docker.com/engine/install/ ; on Debian: apt-get install docker.io" ;;
-    kind) say "  kind:    https://kind.sigs.k8s.io/docs/user/quick-start/#installation (or: go install sigs.k8s.io/kind@latest)" ;;
+    kind) say "  kind:    v${KIND_MIN_VERSION} or newer: https://kind.sigs.k8s.io/docs/user/quick-start/#installation (or: go install sigs.k8s.io/kind@v${KIND_MIN_VERSION})" ;;
     kubectl) say "  kubectl: https://kubernetes.io/docs/tasks/tools/ (1.32 or newer; on Debian: apt-get install kubectl from the Kubernetes apt repository)" ;;
     helm) say "  helm:    https://helm.sh/docs/intro/install/ (3.8 or newer, for OCI charts)" ;;
     python3) say "  python3: apt-get install python3 (the WebSocket check uses the standard library only)" ;;
@@ -52,7 +57,38 @@ need() {
     if [ "$tool" = docker ] && ! docker info >/dev/null 2>&1; then
       die "docker is installed but its engine does not answer ('docker info' fails): start it (e.g. 'sudo systemctl start docker') or check that you may use it (group 'docker')"
     fi
+    if [ "$tool" = kind ]; then need_kind_version; fi
   done
+}
+
+# version_at_least HAVE WANT: true when the dotted version HAVE >= WANT.
+version_at_least() {
+  [ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -n 1)" = "$2" ]
+}
+
+# kind-config.yaml's node image is the one published with kind v$KIND_MIN_VERSION; older kinds
+# may not run it. `kind version` prints e.g. "kind v0.27.0 go1.23.6 linux/amd64".
+need_kind_version() {
+  local have
+  have="$(kind version 2>/dev/null | grep -oE 'v[0-9]+\.[0-9]+\.[0-9]+' | head -n 1)" || true
+  if [ -z "$have" ]; then
+    say "warning: cannot tell kind's version ('kind version'); v${KIND_MIN_VERSION} or newer is needed" >&2
+  elif ! version_at_least "${have#v}" "$KIND_MIN_VERSION"; then
+    die "kind $have is older than v${KIND_MIN_VERSION}, the release whose node image kind-config.yaml pins; get v${KIND_MIN_VERSION} or newer: https://kind.sigs.k8s.io/docs/user/quick-start/#installation"
+  fi
+}
+
+# A cluster that got the CRD from an older chart (which shipped it in crds/) has it without
+# Helm's ownership labels, and `helm upgrade` would refuse to take it over. Adopt it into the
+# release once; the chart then keeps it current (operator/README.md, "Upgrades").
+adopt_crd() {
+  k get crd "$CRD" >/dev/null 2>&1 || return 0
+  if [ -z "$(k get crd "$CRD" -o jsonpath='{.metadata.annotations.meta\.helm\.sh/release-name}')" ]; then
+    say "adopting CRD $CRD into Helm release $RELEASE"
+    k label --overwrite crd "$CRD" app.kubernetes.io/managed-by=Helm
+    k annotate --overwrite crd "$CRD" "meta.helm.sh/release-name=$RELEASE" \
+      "meta.helm.sh/release-namespace=$OPERATOR_NAMESPACE"
+  fi
 }
 
 cluster_exists() { kind get clusters 2>/dev/null | grep -qx "$CLUSTER"; }

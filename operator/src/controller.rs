@@ -177,8 +177,9 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
     let now = (ctx.clock)().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
 
     if pipeline.metadata.deletion_timestamp.is_some() {
-        // Being deleted: garbage collection removes the children; re-applying them would
-        // fight a foreground deletion.
+        // Being deleted: garbage collection removes the children it owns (KafkaTopics only
+        // with `topicDeletionPolicy: Delete`); re-applying them would fight a foreground
+        // deletion.
         return Ok(Action::await_change());
     }
     if pipeline.is_paused() {

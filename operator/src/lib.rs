@@ -15,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod prune;
+pub mod render;
 pub mod run;
 pub mod status;
 pub mod validate;

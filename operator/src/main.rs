@@ -1,8 +1,12 @@
-//! `odds-operator`: `run` (default) reconciles OddsPipelines; `crd` prints the CRD YAML.
+//! `odds-operator`: `run` (default) reconciles OddsPipelines; `crd` prints the CRD YAML;
+//! `render` prints what the operator would apply for a pipeline file, without a cluster.
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use odds_operator::render::{render, secrets_from_yaml, RenderOptions};
 use odds_operator::run::{run, RunArgs};
-use std::io::Write;
+use std::io::{Read, Write};
+use std::path::PathBuf;
 
 /// Kubernetes operator for the odds pipeline.
 #[derive(Debug, Parser)]
@@ -20,6 +24,35 @@ enum Command {
     Run(Box<RunArgs>),
     /// Print the OddsPipeline CRD as YAML (what `crds/oddspipelines.yaml` holds).
     Crd,
+    /// Print every child object the operator would apply for the OddsPipeline(s) in a file,
+    /// as YAML, through the controller's own admission rules, validation and builders (no
+    /// cluster needed). Prints the steady state: topics Ready and migration done. Exits 1 with
+    /// the API server's or the controller's message for an invalid spec.
+    Render(RenderArgs),
+}
+
+/// Flags of `odds-operator render`. Discovery's answers are flags, since no cluster is asked.
+#[derive(Debug, clap::Args)]
+struct RenderArgs {
+    /// The OddsPipeline file (multi-document YAML allowed); `-` reads standard input.
+    #[arg(short = 'f', long = "filename")]
+    file: PathBuf,
+    /// Namespace for pipelines whose metadata names none.
+    #[arg(short = 'n', long, default_value = "default")]
+    namespace: String,
+    /// Whether the cluster has Strimzi's KafkaTopic CRD (kafka.strimzi.io/v1); with `false`, a
+    /// `kafka.clusterRef` pipeline fails as the controller's StrimziNotInstalled does.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    strimzi: bool,
+    /// Whether the cluster has KEDA's ScaledObject CRD (keda.sh/v1alpha1); without it, Lag and
+    /// Connections autoscaling fall back to a CPU HorizontalPodAutoscaler, as on a cluster.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    keda: bool,
+    /// A YAML file with the Secrets the pipelines reference (other kinds are skipped): their
+    /// presence and keys are validated and their values go into the pods' config hashes, as
+    /// on a cluster. Without it every referenced Secret key counts as present.
+    #[arg(long)]
+    secrets: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -27,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Crd) => return print_crd(),
+        Some(Command::Render(args)) => return print_render(&args),
         Some(Command::Run(args)) => *args,
         None => cli.run,
     };
@@ -36,10 +70,47 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the children of the pipelines in `args.file`; an invalid spec is an error (exit 1).
+fn print_render(args: &RenderArgs) -> anyhow::Result<()> {
+    let pipelines = read_file(&args.file)?;
+    let secrets = match &args.secrets {
+        Some(path) => Some(
+            secrets_from_yaml(&read_file(path)?)
+                .with_context(|| format!("reading Secrets from {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let options = RenderOptions {
+        namespace: args.namespace.clone(),
+        strimzi: args.strimzi,
+        keda: args.keda,
+        secrets,
+    };
+    let yaml = render(&pipelines, &options)?;
+    write_stdout(&yaml)
+}
+
+fn read_file(path: &PathBuf) -> anyhow::Result<String> {
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .context("reading standard input")?;
+    } else {
+        text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    }
+    Ok(text)
+}
+
 /// Prints the CRD. A reader that stops early (`odds-operator crd | head`) closes the pipe;
 /// that is the reader's choice, not an error, so EPIPE ends the command quietly.
 fn print_crd() -> anyhow::Result<()> {
-    let yaml = odds_operator::crd::crd_yaml()?;
+    write_stdout(&odds_operator::crd::crd_yaml()?)
+}
+
+/// Writes `yaml` to standard output; a reader that closed the pipe early is not an error.
+fn write_stdout(yaml: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     match stdout
         .write_all(yaml.as_bytes())

@@ -49,13 +49,7 @@ pub async fn facts(
             .await
             .map_err(reading(format!("Secret {name}")))?;
         if let Some(secret) = found {
-            let keys = secret
-                .data
-                .iter()
-                .flatten()
-                .map(|(key, value)| (key.clone(), digest(&value.0)))
-                .collect();
-            facts.secrets.insert(name, keys);
+            facts.secrets.insert(name, key_digests(&secret));
         }
     }
     if pipeline.spec.kafka.cluster_ref.is_none() {
@@ -78,6 +72,22 @@ pub async fn facts(
         facts.topics_ready = all_ready;
     }
     Ok(facts)
+}
+
+/// A digest of each key's value. `stringData` counts as the API server stores it: merged
+/// into `data`, winning over a `data` key of the same name (it arrives so only from a file,
+/// as `odds-operator render --secrets` reads one).
+pub fn key_digests(secret: &Secret) -> BTreeMap<String, String> {
+    let mut keys: BTreeMap<String, String> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(key, value)| (key.clone(), digest(&value.0)))
+        .collect();
+    for (key, value) in secret.string_data.iter().flatten() {
+        keys.insert(key.clone(), digest(value.as_bytes()));
+    }
+    keys
 }
 
 fn digest(value: &[u8]) -> String {

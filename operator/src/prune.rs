@@ -5,7 +5,9 @@
 //! Only objects this pipeline controls are candidates: labelled as ours and carrying this
 //! pipeline's uid in a controller owner reference. Two kinds are never pruned: Deployments of
 //! workloads that are merely held back (they keep serving the old version until their gate
-//! opens) and `KafkaTopic`s (deleting one deletes the topic's data in Kafka).
+//! opens) and `KafkaTopic`s (deleting one deletes the topic's data in Kafka): not even one the
+//! spec no longer names, nor one this pipeline controls. A KafkaTopic goes only with its
+//! pipeline, through garbage collection, and only with `kafka.topicDeletionPolicy: Delete`.
 
 use crate::apply::ApplyError;
 use crate::build::{configmap, job, Children, ScaledObject};

@@ -4,7 +4,7 @@
 //! and exits non-zero so Kubernetes restarts it as a fresh follower (simplest way to be sure
 //! no stale reconcile outlives leadership).
 
-use crate::build::{KafkaTopic, ScaledObject};
+use crate::build::{topic, KafkaTopic, ScaledObject};
 use crate::controller::{error_policy, reconcile, Context};
 use crate::crd::OddsPipeline;
 use crate::leader::{self, Elector, LeaseConfig};
@@ -278,7 +278,7 @@ pub fn watched_resources() -> Vec<(String, String)> {
 }
 
 /// The controller: pipelines, every kind of child it owns (a child's change reconciles its
-/// owner), and the Secrets pipelines reference.
+/// owner), the pipelines' KafkaTopics (by label), and the Secrets pipelines reference.
 fn controller(
     client: &kube::Client,
     namespace: Option<&str>,
@@ -302,7 +302,13 @@ fn controller(
         )
         .owns(api::<Ingress>(client, namespace), children.clone());
     if watch_topics {
-        controller = controller.owns(api::<KafkaTopic>(client, namespace), children.clone());
+        // By label, not owner reference: with `topicDeletionPolicy: Retain` a topic has none,
+        // and Strimzi marking it Ready must still reconcile its pipeline.
+        controller = controller.watches(
+            api::<KafkaTopic>(client, namespace),
+            children.clone(),
+            |kafka_topic| topic::pipeline_of(&kafka_topic),
+        );
     }
     if watch_scaled_objects {
         controller = controller.owns(api::<ScaledObject>(client, namespace), children);

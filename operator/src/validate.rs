@@ -10,7 +10,7 @@
 use crate::build::{Component, Facts};
 use crate::crd::{
     ComponentSpec, ImageSpec, OddsPipeline, OddsServiceSpec, ScalingMode, SecretKeyRef,
-    SimulatorSpec, TopicSpec, MIN_MIGRATION_DEADLINE_SECONDS,
+    SimulatorSpec, TopicDeletionPolicy, TopicSpec, MIN_MIGRATION_DEADLINE_SECONDS,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
@@ -57,6 +57,8 @@ pub struct ValidPipeline {
     pub kafka: KafkaSource,
     pub topic: TopicSpec,
     pub dlq_topic: TopicSpec,
+    /// Whether the KafkaTopics carry the owner reference (`Delete`) or outlive the pipeline.
+    pub topic_deletion_policy: TopicDeletionPolicy,
     pub supplier: Supplier,
     pub redis_url: SecretKeyRef,
     pub postgres_url: SecretKeyRef,
@@ -233,6 +235,7 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
                 kafka,
                 topic: spec.kafka.topic.clone(),
                 dlq_topic: spec.kafka.dlq_topic.clone(),
+                topic_deletion_policy: spec.kafka.topic_deletion_policy,
                 supplier,
                 redis_url: spec.redis.url_secret_ref.clone(),
                 postgres_url: spec.postgres.url_secret_ref.clone(),

@@ -129,6 +129,24 @@ pub struct Children {
     pub blocked: Vec<(Component, Reason)>,
 }
 
+impl Children {
+    /// Every object, in the order the controller applies them (what `odds-operator render`
+    /// prints and the golden file holds).
+    pub fn objects(&self) -> serde_json::Result<Vec<serde_json::Value>> {
+        let mut out = Vec::new();
+        out.extend(self.config_map.iter().map(serde_json::to_value));
+        out.extend(self.topics.iter().map(serde_json::to_value));
+        out.extend(self.migration_job.iter().map(serde_json::to_value));
+        out.extend(self.deployments.iter().map(serde_json::to_value));
+        out.extend(self.services.iter().map(serde_json::to_value));
+        out.extend(self.pdbs.iter().map(serde_json::to_value));
+        out.extend(self.hpas.iter().map(serde_json::to_value));
+        out.extend(self.scaled_objects.iter().map(serde_json::to_value));
+        out.extend(self.ingress.iter().map(serde_json::to_value));
+        out.into_iter().collect()
+    }
+}
+
 /// Builds every child of `pipeline`; `migration` is the state of its migration Job.
 pub fn children(pipeline: &ValidPipeline, migration: &MigrationState) -> Children {
     let config_map = configmap::build(pipeline);

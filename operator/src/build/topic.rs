@@ -3,11 +3,21 @@
 //! A small typed mirror of Strimzi's `kafka.strimzi.io/v1` KafkaTopic (only the fields the
 //! operator sets or reads; see the vendored CRD), so builders stay typed and tests can register
 //! it with the in-memory API. Only created when the pipeline references a Strimzi cluster.
+//!
+//! Whether a KafkaTopic carries the pipeline's owner reference is `kafka.topicDeletionPolicy`'s
+//! call: with `Retain` (the default) it has none, so deleting the pipeline leaves the topic
+//! and its data; a pipeline of the same name created later applies the same object under the
+//! same field manager and so takes it over. With `Delete` it has the controller reference
+//! every other child has, and garbage collection deletes it with the pipeline (Strimzi then
+//! deletes the topic in Kafka). Server-side apply removes the reference when the policy
+//! switches to `Retain` (the operator applied it before and leaves it out now). Either way the
+//! operator itself never deletes a KafkaTopic ([`crate::prune`]).
 
 use super::metadata;
-use crate::crd::TopicSpec;
+use crate::crd::{OddsPipeline, TopicDeletionPolicy, TopicSpec};
 use crate::validate::{KafkaSource, ValidPipeline};
-use kube::CustomResource;
+use kube::runtime::reflector::ObjectRef;
+use kube::{CustomResource, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,13 +26,14 @@ use std::collections::BTreeMap;
 pub const STRIMZI_CLUSTER_LABEL: &str = "strimzi.io/cluster";
 
 /// Strimzi KafkaTopic spec (subset).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[kube(
     group = "kafka.strimzi.io",
     version = "v1",
     kind = "KafkaTopic",
     namespaced,
-    status = "KafkaTopicStatus"
+    status = "KafkaTopicStatus",
+    derive = "Default"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaTopicSpec {
@@ -72,6 +83,26 @@ impl KafkaTopic {
     }
 }
 
+/// The pipeline a KafkaTopic belongs to, by its labels: what the controller's KafkaTopic watch
+/// reconciles when Strimzi reports on a topic. (Not by owner reference: a retained topic has
+/// none.) Topics not labelled as the operator's map to nothing.
+pub fn pipeline_of(topic: &KafkaTopic) -> Option<ObjectRef<OddsPipeline>> {
+    let labels = topic.labels();
+    if labels
+        .get("app.kubernetes.io/managed-by")
+        .map(String::as_str)
+        != Some("odds-operator")
+    {
+        return None;
+    }
+    let name = labels.get("app.kubernetes.io/instance")?;
+    let reference = ObjectRef::new(name);
+    Some(match topic.namespace() {
+        Some(namespace) => reference.within(&namespace),
+        None => reference,
+    })
+}
+
 /// Kubernetes name of the KafkaTopic for topic `topic` of pipeline `pipeline`.
 pub fn resource_name(pipeline: &str, topic: &TopicSpec) -> String {
     format!("{pipeline}-{}", kube_name(&topic.name))
@@ -100,6 +131,9 @@ pub fn build(pipeline: &ValidPipeline) -> Vec<KafkaTopic> {
             meta.labels
                 .get_or_insert_with(BTreeMap::new)
                 .insert(STRIMZI_CLUSTER_LABEL.into(), cluster.clone());
+            if pipeline.topic_deletion_policy == TopicDeletionPolicy::Retain {
+                meta.owner_references = None;
+            }
             KafkaTopic {
                 metadata: meta,
                 spec: KafkaTopicSpec {

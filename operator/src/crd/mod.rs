@@ -173,6 +173,36 @@ pub struct KafkaSpec {
     /// The dead-letter topic for rejected updates.
     #[serde(default = "TopicSpec::dlq")]
     pub dlq_topic: TopicSpec,
+    /// What deleting the pipeline does to its KafkaTopics (with `clusterRef`; with
+    /// `bootstrapServers` the operator creates none). `Retain` (the default): the KafkaTopics
+    /// carry no owner reference, so they and the data in Kafka stay when the pipeline is
+    /// deleted; a pipeline of the same name created later takes them over as they are (their
+    /// partitions may grow, never shrink). `Delete`: they carry the pipeline's controller
+    /// owner reference, so garbage collection deletes them with the pipeline and Strimzi then
+    /// deletes the topics and their data. A change applies to the live KafkaTopics at once.
+    #[serde(default)]
+    pub topic_deletion_policy: TopicDeletionPolicy,
+}
+
+/// What deleting the pipeline does to its KafkaTopics.
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum TopicDeletionPolicy {
+    /// The KafkaTopics outlive the pipeline: no owner reference, the data stays in Kafka.
+    #[default]
+    Retain,
+    /// The KafkaTopics are deleted with the pipeline (owner reference), and with them the data.
+    Delete,
+}
+
+impl TopicDeletionPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Retain => "Retain",
+            Self::Delete => "Delete",
+        }
+    }
 }
 
 /// One Kafka topic.

@@ -33,40 +33,7 @@ fn ingest_hash(p: &OddsPipeline, facts: &build::Facts) -> String {
 #[test]
 fn sample_children_match_the_golden_file() {
     let children = children(&sample());
-    let mut docs: Vec<serde_json::Value> = Vec::new();
-    let mut push = |o: serde_json::Result<serde_json::Value>| docs.push(o.unwrap());
-    children
-        .config_map
-        .iter()
-        .for_each(|o| push(serde_json::to_value(o)));
-    children
-        .topics
-        .iter()
-        .for_each(|o| push(serde_json::to_value(o)));
-    children
-        .migration_job
-        .iter()
-        .for_each(|o| push(serde_json::to_value(o)));
-    children
-        .deployments
-        .iter()
-        .for_each(|o| push(serde_json::to_value(o)));
-    children
-        .services
-        .iter()
-        .for_each(|o| push(serde_json::to_value(o)));
-    children
-        .pdbs
-        .iter()
-        .for_each(|o| push(serde_json::to_value(o)));
-    children
-        .hpas
-        .iter()
-        .for_each(|o| push(serde_json::to_value(o)));
-    children
-        .ingress
-        .iter()
-        .for_each(|o| push(serde_json::to_value(o)));
+    let docs = children.objects().unwrap();
     let rendered: String = docs
         .iter()
         .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))

@@ -16,12 +16,14 @@ fn crds_directory_is_up_to_date() {
         committed == generated,
         "crds/oddspipelines.yaml is stale: run `cargo run -p odds-operator -- crd > crds/oddspipelines.yaml`"
     );
-    let packaged =
-        std::fs::read_to_string(repo_file("charts/odds-operator/crds/oddspipelines.yaml"))
-            .unwrap_or_default();
+    // The chart's copy, which its templates/crd.yaml renders (so `helm upgrade` updates the CRD).
+    let packaged = std::fs::read_to_string(repo_file(
+        "charts/odds-operator/files/oddspipelines.crd.yaml",
+    ))
+    .unwrap_or_default();
     assert!(
         packaged == generated,
-        "charts/odds-operator/crds/oddspipelines.yaml is stale: run `cp crds/oddspipelines.yaml charts/odds-operator/crds/`"
+        "charts/odds-operator/files/oddspipelines.crd.yaml is stale: run `cp crds/oddspipelines.yaml charts/odds-operator/files/oddspipelines.crd.yaml`"
     );
 }
 

@@ -7,19 +7,29 @@
 //! Where the fake is laxer than the API server, the harness adds the real rule:
 //! - server-side apply removes a field its manager applied before and leaves out now, unless
 //!   another manager owns it (the fake merges instead): implemented for Deployment
-//!   `spec.replicas`, the field the operator hands over to autoscalers;
+//!   `spec.replicas`, the field the operator hands over to autoscalers, and for
+//!   `metadata.ownerReferences` of every kind the operator applies (but KEDA's ScaledObject,
+//!   which always carries one), which a KafkaTopic loses when `topicDeletionPolicy` turns to
+//!   `Retain`;
 //! - a container's `env` is a list map keyed by `name`: an apply naming a variable twice is
 //!   rejected with 422 (the fake accepts it).
+//!
+//! Garbage collection is the fake's own: deleting an object (with any propagation but
+//! `Orphan`) deletes at once every object whose `ownerReferences` name its uid, and theirs in
+//! turn ([`Harness::delete_pipeline`]).
 //!
 //! Every request goes through a recording layer: tests inject API errors per verb and
 //! resource (403, 422, 404...), and the RBAC test reads the verbs the operator used.
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use k8s_openapi::ByteString;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::client::Body;
 use kube::Resource;
 use kube_fake_client::{interceptor, ClientBuilder, PatchType};
@@ -196,6 +206,7 @@ pub async fn harness_with_objects(
                 .lock()
                 .unwrap()
                 .push((format!("{kind}/{}", ctx.name), ctx.patch.clone()));
+            release_owner_references(&ctx, kind)?;
             if kind == "Deployment" {
                 reject_duplicate_env(ctx.patch)?;
                 let manager = ctx.params.field_manager.clone().unwrap_or_default();
@@ -305,21 +316,79 @@ fn reject_duplicate_env(patch: &Value) -> kube_fake_client::Result<()> {
     Ok(())
 }
 
-fn owns_replicas(entry: &ManagedFieldsEntry) -> bool {
-    entry
-        .fields_v1
-        .as_ref()
-        .and_then(|f| f.0.get("f:spec"))
-        .and_then(|s| s.get("f:replicas"))
+/// Whether a managedFields entry owns the field at `path` (fieldsV1 keys, outermost first).
+fn owns(entry: &ManagedFieldsEntry, path: &[&str]) -> bool {
+    path.iter()
+        .try_fold(entry.fields_v1.as_ref().map(|f| &f.0), |node, key| {
+            node.map(|n| n.get(*key))
+        })
+        .flatten()
         .is_some()
+}
+
+/// Whether `manager` owns the field at `path` of `live` and no other manager does.
+fn sole_owner<K: Resource>(live: &K, manager: &str, path: &[&str]) -> bool {
+    let entries = live.meta().managed_fields.iter().flatten();
+    let owners: Vec<_> = entries.filter(|e| owns(e, path)).collect();
+    owners.iter().any(|e| e.manager.as_deref() == Some(manager))
+        && owners.iter().all(|e| e.manager.as_deref() == Some(manager))
 }
 
 /// Whether `manager` owns `spec.replicas` and no other manager does.
 fn sole_owner_of_replicas(live: &Deployment, manager: &str) -> bool {
-    let entries = live.metadata.managed_fields.iter().flatten();
-    let owners: Vec<_> = entries.filter(|e| owns_replicas(e)).collect();
-    owners.iter().any(|e| e.manager.as_deref() == Some(manager))
-        && owners.iter().all(|e| e.manager.as_deref() == Some(manager))
+    sole_owner(live, manager, &["f:spec", "f:replicas"])
+}
+
+/// Server-side apply's rule for `metadata.ownerReferences`, before the fake merges the apply
+/// into the live object (which would keep them): references this manager applied before and
+/// leaves out now are removed, unless another manager also owns them. The API server tracks
+/// the list's entries by `uid`; the fake's field sets hold the list as one field, and so does
+/// this rule (the same outcome here: the operator is the only writer of its children's
+/// references, and sets at most one).
+fn release_owner_references(
+    ctx: &interceptor::PatchContext,
+    kind: &str,
+) -> kube_fake_client::Result<()> {
+    match kind {
+        "ConfigMap" => drop_unapplied_owner_references::<ConfigMap>(ctx),
+        "Deployment" => drop_unapplied_owner_references::<Deployment>(ctx),
+        "HorizontalPodAutoscaler" => {
+            drop_unapplied_owner_references::<HorizontalPodAutoscaler>(ctx)
+        }
+        "Ingress" => drop_unapplied_owner_references::<Ingress>(ctx),
+        "Job" => drop_unapplied_owner_references::<Job>(ctx),
+        "KafkaTopic" => drop_unapplied_owner_references::<KafkaTopic>(ctx),
+        "PodDisruptionBudget" => drop_unapplied_owner_references::<PodDisruptionBudget>(ctx),
+        "Service" => drop_unapplied_owner_references::<Service>(ctx),
+        _ => Ok(()),
+    }
+}
+
+fn drop_unapplied_owner_references<K>(
+    ctx: &interceptor::PatchContext,
+) -> kube_fake_client::Result<()>
+where
+    K: Resource + Clone + Default + serde::Serialize + serde::de::DeserializeOwned,
+{
+    if ctx.patch["metadata"].get("ownerReferences").is_some() {
+        return Ok(());
+    }
+    // Absent: this apply creates it, with what it applies.
+    let Ok(mut live) = ctx.client.get::<K>(ctx.namespace, ctx.name) else {
+        return Ok(());
+    };
+    let manager = ctx.params.field_manager.clone().unwrap_or_default();
+    let referenced = live
+        .meta()
+        .owner_references
+        .as_ref()
+        .is_some_and(|refs| !refs.is_empty());
+    if referenced && sole_owner(&live, &manager, &["f:metadata", "f:ownerReferences"]) {
+        live.meta_mut().owner_references = None;
+        ctx.client
+            .update(ctx.namespace, &live, &PostParams::default())?;
+    }
+    Ok(())
 }
 
 /// A tower Service in front of the fake API: records each request, injects faults.
@@ -496,6 +565,36 @@ impl Harness {
         let result = reconcile(pipeline, self.ctx.clone()).await;
         self.operator.store(false, Ordering::SeqCst);
         result
+    }
+
+    /// `kubectl delete oddspipeline demo`: the pipeline goes, and with it (the fake's garbage
+    /// collection, at once) every object whose owner references name its uid.
+    pub async fn delete_pipeline(&self) {
+        self.api::<OddsPipeline>()
+            .delete("demo", &DeleteParams::background())
+            .await
+            .unwrap();
+        assert!(self
+            .api::<OddsPipeline>()
+            .get_opt("demo")
+            .await
+            .unwrap()
+            .is_none());
+    }
+
+    /// `kubectl apply` of `pipeline` after [`Harness::delete_pipeline`]: a new object of the
+    /// same name, so the API server gives it a new uid (returned).
+    pub async fn create_pipeline(&self, mut pipeline: OddsPipeline) -> String {
+        pipeline.metadata.uid = None;
+        pipeline.metadata.resource_version = None;
+        pipeline.metadata.creation_timestamp = None;
+        pipeline.status = None;
+        let created = self
+            .api::<OddsPipeline>()
+            .create(&PostParams::default(), &pipeline)
+            .await
+            .unwrap();
+        created.metadata.uid.expect("the API server sets a uid")
     }
 
     /// Merge-patches the pipeline (what `kubectl patch --type merge` does).

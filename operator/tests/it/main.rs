@@ -14,4 +14,6 @@ mod rbac;
 mod reconcile_changes;
 mod reconcile_failures;
 mod reconcile_rollout;
+mod render;
 mod status;
+mod topics;
