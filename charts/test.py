@@ -664,7 +664,8 @@ def makefile_targets():
 
 
 def workflow_runs_make(makefile):
-    """.github/workflows/ci.yaml: YAML, runs `make test` (after `sudo make deps`) and, in a job
+    """.github/workflows/ci.yaml: YAML, runs `make test` (as root in a privileged container of the
+    Dockerfile's pinned bookworm build image, so the node test runs) and, in a job
     that needs it, `make kind-up images deploy e2e-kind`; every make target it names exists; its
     tools and actions are pinned."""
     path = ROOT / ".github" / "workflows" / "ci.yaml"
@@ -690,9 +691,13 @@ def workflow_runs_make(makefile):
     assert not missing, f"{path.name} runs make targets the Makefile lacks: {missing}"
     test_job = next((j for j, calls in runs.items() if any(n == ["test"] for _, n in calls)), None)
     assert test_job, f"{path.name}: no job runs `make test`"
-    calls = [c for c, _ in runs[test_job]]
-    assert "sudo make deps" in calls and calls.index("sudo make deps") < calls.index("make test"), \
-        f"job {test_job} must run `sudo make deps` before `make test`: {calls}"
+    container = flow["jobs"][test_job].get("container") or {}
+    dockerfile = (ROOT / "workloads" / "image" / "Dockerfile").read_text()
+    rust_image = re.search(r"^ARG RUST_IMAGE=(\S+)", dockerfile, re.M).group(1)
+    assert container.get("image") == rust_image, \
+        f"job {test_job} must run in the Dockerfile's build image {rust_image} (bookworm, root): {container}"
+    assert "--privileged" in str(container.get("options", "")), \
+        f"job {test_job} needs a privileged container: the node test makes mount and network namespaces"
     kind_job = next((j for j, calls in runs.items() if any(n == ["kind-up", "images", "deploy", "e2e-kind"] for _, n in calls)),
                     None)
     assert kind_job, f"{path.name}: no job runs `make kind-up images deploy e2e-kind`"

@@ -317,10 +317,11 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
             .await;
         }
     }
-    observed.components = match observe::components(client, &valid.name, &namespace).await {
-        Ok(components) => components,
-        Err(error) => return report.fail(observed, error.into()).await,
-    };
+    (observed.components, observed.stuck) =
+        match observe::components(client, &valid.name, &namespace).await {
+            Ok(workloads) => (workloads.components, workloads.stuck),
+            Err(error) => return report.fail(observed, error.into()).await,
+        };
     let lag_based = children
         .scaling
         .get(&Component::Processor)
@@ -433,6 +434,25 @@ impl Report<'_> {
                 )
                 .await;
             }
+        } else if let Some(was) = self
+            .previous
+            .condition(ConditionType::Degraded)
+            .filter(|c| c.status == "True")
+        {
+            // Healed: said once, on the transition, as the degradation was.
+            publish(
+                self.ctx,
+                self.pipeline,
+                EventType::Normal,
+                "Recovered",
+                "Reconcile",
+                format!(
+                    "no longer degraded (was {}): {}",
+                    was.reason,
+                    ready_summary(&next)
+                ),
+            )
+            .await;
         }
         if &next != self.previous {
             write_status(&self.ctx.client, self.pipeline, self.namespace, &next).await?;
@@ -474,7 +494,7 @@ impl Report<'_> {
             match observe::components(&self.ctx.client, &self.pipeline.name_any(), self.namespace)
                 .await
             {
-                Ok(components) => observed.components = components,
+                Ok(workloads) => observed.components = workloads.components,
                 Err(_) => keep_components(&mut observed, self.previous),
             }
             if let Err(status_error) = self.finish(observed).await {
@@ -483,6 +503,14 @@ impl Report<'_> {
         }
         Err(error)
     }
+}
+
+/// The `Ready` condition's status and message, for an event.
+fn ready_summary(status: &OddsPipelineStatus) -> String {
+    status
+        .condition(ConditionType::Ready)
+        .map(|c| format!("Ready={}: {}", c.status, c.message))
+        .unwrap_or_default()
 }
 
 /// Keeps the pod counts of the previous status when they cannot be read now.

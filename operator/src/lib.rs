@@ -5,7 +5,8 @@
 //! Reconcile is dereference ([`observe`]) → [`validate`] → [`build`] (pure) → [`apply`] → [`status`].
 //! Validation is the only way to a [`validate::ValidPipeline`], and the builders take nothing
 //! else, so they never meet a spec that breaks a rule. Each step has its own error type, and
-//! every outcome, failures included, ends in the pipeline's status ([`controller`]).
+//! every outcome, failures included, ends in the pipeline's status ([`controller`]); a
+//! workload whose rollout is stuck does too ([`rollout`]).
 
 pub mod apply;
 pub mod build;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod observe;
 pub mod prune;
 pub mod render;
+pub mod rollout;
 pub mod run;
 pub mod status;
 pub mod validate;

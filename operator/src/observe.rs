@@ -6,13 +6,14 @@
 
 use crate::build::{job, topic, Component, Facts, KafkaTopic, MigrationState, ScaledObject};
 use crate::crd::{ComponentStatus, OddsPipeline};
-use crate::status;
+use crate::rollout;
+use crate::status::{self, Failure};
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::Api;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::api::{Api, ListParams};
 use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -128,14 +129,24 @@ pub fn secret_names(pipeline: &OddsPipeline) -> Vec<String> {
     names
 }
 
-/// Ready and desired pods of each workload Deployment of pipeline `name` that exists.
+/// What the workloads' Deployments (and, for one that is not ready, its pods) say.
+#[derive(Clone, Debug, Default)]
+pub struct Workloads {
+    /// Ready and desired pods of each workload Deployment that exists.
+    pub components: BTreeMap<Component, ComponentStatus>,
+    /// Workloads whose rollout is stuck, with the cause.
+    pub stuck: BTreeMap<Component, Failure>,
+}
+
+/// Reads the workload Deployments of pipeline `name`; the pods of a Deployment that is not
+/// ready are read too (one list per such Deployment), to say why.
 pub async fn components(
     client: &kube::Client,
     name: &str,
     namespace: &str,
-) -> Result<BTreeMap<Component, ComponentStatus>, DereferenceError> {
+) -> Result<Workloads, DereferenceError> {
     let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    let mut out = BTreeMap::new();
+    let mut out = Workloads::default();
     for component in [
         Component::Simulator,
         Component::Ingest,
@@ -155,15 +166,54 @@ pub async fn components(
             .as_ref()
             .and_then(|s| s.replicas)
             .unwrap_or(1);
-        let status = deployment.status.unwrap_or_default();
+        let status = deployment.status.clone().unwrap_or_default();
         // A pod counts once it runs the current template and passes readiness.
         let ready = status
             .ready_replicas
             .unwrap_or(0)
             .min(status.updated_replicas.unwrap_or(0));
-        out.insert(component, status::component_status(ready, desired));
+        out.components
+            .insert(component, status::component_status(ready, desired));
+        if ready < desired {
+            let pods = pods_of(client, &deployment, namespace).await?;
+            if let Some(failure) = rollout::stuck(&deployment, &pods) {
+                out.stuck.insert(component, failure);
+            }
+        }
     }
     Ok(out)
+}
+
+/// The pods `deployment` selects.
+async fn pods_of(
+    client: &kube::Client,
+    deployment: &Deployment,
+    namespace: &str,
+) -> Result<Vec<Pod>, DereferenceError> {
+    let selector = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.match_labels.as_ref())
+        .map(|labels| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .unwrap_or_default();
+    if selector.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let list = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(reading(format!(
+            "pods of Deployment {}",
+            deployment.name_any()
+        )))?;
+    Ok(list.items)
 }
 
 /// The pipelines in `namespace` that reference Secret `name`: a change of that Secret must

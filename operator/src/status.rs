@@ -37,6 +37,8 @@ pub struct Observed {
     pub scaling: BTreeMap<Component, Scaling>,
     /// The consumer lag the processor's last scaling decision saw, if one was reported.
     pub lag: Option<i64>,
+    /// Workloads whose rollout is stuck, with the cause (`crate::rollout`).
+    pub stuck: BTreeMap<Component, Failure>,
 }
 
 /// What `status.processor.lag` says when no lag-based decision was reported.
@@ -54,7 +56,8 @@ pub fn component_status(ready: i32, desired: i32) -> ComponentStatus {
 }
 
 /// The `Degraded` cause of `observed`, if any: a reconcile failure first, then a failed
-/// migration.
+/// migration, then stuck rollouts (the first one's reason; every stuck workload in the
+/// message).
 pub fn degradation(observed: &Observed) -> Option<Failure> {
     match (&observed.failure, &observed.migration) {
         (Some(failure), _) => Some(failure.clone()),
@@ -62,7 +65,19 @@ pub fn degradation(observed: &Observed) -> Option<Failure> {
             reason: Reason::MigrationFailed,
             message: format!("migration Job failed: {why}"),
         }),
-        _ => None,
+        _ => {
+            let (_, first) = observed.stuck.iter().next()?;
+            let message = observed
+                .stuck
+                .iter()
+                .map(|(c, f)| format!("{} {}: {}", c.suffix(), f.reason, f.message))
+                .collect::<Vec<_>>()
+                .join("; ");
+            Some(Failure {
+                reason: first.reason,
+                message,
+            })
+        }
     }
 }
 

@@ -178,6 +178,19 @@ pub enum Reason {
     Idle,
     Paused,
     Reconciling,
+    /// A workload's pods cannot pull their image (`ErrImagePull`, `ImagePullBackOff`,
+    /// `InvalidImageName`).
+    ImagePullFailed,
+    /// A workload's container keeps exiting (`CrashLoopBackOff`).
+    CrashLoop,
+    /// The kubelet cannot build a workload's container (`CreateContainerConfigError`, e.g. a
+    /// missing Secret key).
+    ContainerConfigError,
+    /// A workload's ReplicaSet cannot create pods (`FailedCreate`: a quota, Pod Security
+    /// admission).
+    FailedCreate,
+    /// A workload's rollout made no progress within the Deployment's deadline.
+    ProgressDeadlineExceeded,
 }
 
 impl Reason {
@@ -206,6 +219,11 @@ impl Reason {
             Self::Idle => "Idle",
             Self::Paused => "Paused",
             Self::Reconciling => "Reconciling",
+            Self::ImagePullFailed => "ImagePullFailed",
+            Self::CrashLoop => "CrashLoop",
+            Self::ContainerConfigError => "ContainerConfigError",
+            Self::FailedCreate => "FailedCreate",
+            Self::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
         }
     }
 }

@@ -15,5 +15,6 @@ mod reconcile_changes;
 mod reconcile_failures;
 mod reconcile_rollout;
 mod render;
+mod rollout;
 mod status;
 mod topics;
