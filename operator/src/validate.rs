@@ -10,7 +10,8 @@
 use crate::build::{Component, Facts};
 use crate::crd::{
     ComponentSpec, ImageSpec, OddsPipeline, OddsServiceSpec, ScalingMode, SecretKeyRef,
-    SimulatorSpec, TopicDeletionPolicy, TopicSpec, MIN_MIGRATION_DEADLINE_SECONDS,
+    SimulatorSpec, TopicDeletionPolicy, TopicSpec, MAX_CONSUMER_GROUP_LENGTH, MAX_SIMULATOR_VALUE,
+    MIN_MIGRATION_DEADLINE_SECONDS,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
@@ -18,6 +19,8 @@ use kube::{Resource, ResourceExt};
 /// Longest pipeline name: the migration Job is `<name>-migrate-<10 hex>` and Job names are
 /// label values (at most 63 characters).
 pub const MAX_NAME_LENGTH: usize = 44;
+/// Longest Kubernetes object name (a DNS-1123 subdomain), which a KafkaTopic's name is.
+pub const MAX_SUBDOMAIN_LENGTH: usize = 253;
 /// Annotation whose value goes into the migration Job's name: changing it (e.g. to the
 /// current time) starts a new migration Job after a failed one.
 pub const RETRY_MIGRATION_ANNOTATION: &str = "odds-pipeline.github.io/retry-migration";
@@ -59,6 +62,9 @@ pub struct ValidPipeline {
     pub dlq_topic: TopicSpec,
     /// Whether the KafkaTopics carry the owner reference (`Delete`) or outlive the pipeline.
     pub topic_deletion_policy: TopicDeletionPolicy,
+    /// The processor's Kafka consumer group, which KEDA's lag trigger reads too:
+    /// `kafka.consumerGroup`, else [`crate::build::configmap::default_consumer_group`].
+    pub consumer_group: String,
     pub supplier: Supplier,
     pub redis_url: SecretKeyRef,
     pub postgres_url: SecretKeyRef,
@@ -152,6 +158,22 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
             None
         }
     };
+    let consumer_group = match &kafka.consumer_group {
+        Some(group) => {
+            problems.extend(consumer_group_problem(group));
+            group.clone()
+        }
+        None => crate::build::configmap::default_consumer_group(&namespace, &name),
+    };
+    // KafkaTopics exist only with `clusterRef`; a bad pipeline name is name_problem's to report.
+    if kafka.cluster_ref.is_some() && name_problem(&name).is_none() {
+        for (field, topic) in [
+            ("kafka.topic.name", &kafka.topic),
+            ("kafka.dlqTopic.name", &kafka.dlq_topic),
+        ] {
+            problems.extend(topic_resource_problem(&name, field, topic));
+        }
+    }
     if kafka.topic.partitions < 1 {
         problems.push("kafka.topic.partitions must be at least 1".into());
     }
@@ -197,6 +219,15 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
     ] {
         check_component(name, component, allowed, &mut problems);
     }
+    if let Some(sim) = &spec.supplier.simulator {
+        for (field, value) in [("events", sim.events), ("rate", sim.rate)] {
+            if !(1..=MAX_SIMULATOR_VALUE).contains(&value) {
+                problems.push(format!(
+                    "supplier.simulator.{field} ({value}) must be 1 to {MAX_SIMULATOR_VALUE}, what the simulator accepts"
+                ));
+            }
+        }
+    }
     if spec.postgres.migration_deadline_seconds < MIN_MIGRATION_DEADLINE_SECONDS {
         problems.push(format!(
             "postgres.migrationDeadlineSeconds must be at least {MIN_MIGRATION_DEADLINE_SECONDS}"
@@ -236,6 +267,7 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
                 topic: spec.kafka.topic.clone(),
                 dlq_topic: spec.kafka.dlq_topic.clone(),
                 topic_deletion_policy: spec.kafka.topic_deletion_policy,
+                consumer_group,
                 supplier,
                 redis_url: spec.redis.url_secret_ref.clone(),
                 postgres_url: spec.postgres.url_secret_ref.clone(),
@@ -275,6 +307,43 @@ pub fn name_problem(name: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Why `group` cannot be `kafka.consumerGroup`, if it cannot: 1 to 249 of the characters
+/// Kafka allows in topic names (Kafka itself takes any string as a group id, but ACLs, tools
+/// and KEDA's metadata are simpler with these). The CRD has the same rule in CEL.
+pub fn consumer_group_problem(group: &str) -> Option<String> {
+    let legal = group
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    (group.is_empty() || group.len() > MAX_CONSUMER_GROUP_LENGTH || !legal).then(|| {
+        format!(
+            "kafka.consumerGroup {group:?} must be 1 to {MAX_CONSUMER_GROUP_LENGTH} of a-z, A-Z, 0-9, '.', '_' and '-'"
+        )
+    })
+}
+
+/// Why `topic` (the spec field `field`) cannot be a topic of pipeline `pipeline` with
+/// `clusterRef`, if it cannot: its KafkaTopic, [`crate::build::topic::resource_name`], must be
+/// a DNS-1123 subdomain (at most 253 characters, starting and ending with a letter or digit).
+/// The CRD has the same rule in CEL.
+pub fn topic_resource_problem(pipeline: &str, field: &str, topic: &TopicSpec) -> Option<String> {
+    let resource = crate::build::topic::resource_name(pipeline, topic);
+    let alphanumeric =
+        |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let subdomain = resource.len() <= MAX_SUBDOMAIN_LENGTH
+        && alphanumeric(resource.chars().next())
+        && alphanumeric(resource.chars().last())
+        && resource
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    (!subdomain).then(|| {
+        format!(
+            "{field} {:?} gives the KafkaTopic name {resource:?} ({} characters), which is not a DNS-1123 subdomain: at most {MAX_SUBDOMAIN_LENGTH} characters, not starting or ending with '-' (the topic name may not end with '-', '_' or '.')",
+            topic.name,
+            resource.len()
+        )
+    })
 }
 
 fn check_component(

@@ -10,8 +10,18 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use odds_contracts::env;
 use std::collections::BTreeMap;
 
-/// The processor's Kafka consumer group (KEDA's lag trigger reads the same group).
-pub const CONSUMER_GROUP: &str = "odds-processor";
+/// First part of a pipeline's default consumer group, and the one group every pipeline used
+/// before groups were per pipeline (`kafka.consumerGroup: odds-processor` keeps it).
+pub const CONSUMER_GROUP_PREFIX: &str = "odds-processor";
+
+/// The consumer group of pipeline `name` in `namespace` when the spec names none:
+/// `odds-processor.<namespace>.<name>`. Namespaces are unique in a cluster and names in a
+/// namespace, so two pipelines never get one group; `.` cannot occur in either (DNS-1123
+/// labels and the pipeline name rule), so the parts cannot run into each other. At most
+/// 15 + 63 + 1 + 44 = 123 characters, all of them legal in a Kafka group id.
+pub fn default_consumer_group(namespace: &str, name: &str) -> String {
+    format!("{CONSUMER_GROUP_PREFIX}.{namespace}.{name}")
+}
 
 /// Name of the ConfigMap of pipeline `pipeline`.
 pub fn name_in(pipeline: &str) -> String {
@@ -40,7 +50,7 @@ pub fn build(pipeline: &ValidPipeline) -> ConfigMap {
         (env::KAFKA_BROKERS, bootstrap_servers(pipeline)),
         (env::KAFKA_TOPIC, pipeline.topic.name.clone()),
         (env::KAFKA_DLQ_TOPIC, pipeline.dlq_topic.name.clone()),
-        (env::KAFKA_GROUP, CONSUMER_GROUP.to_string()),
+        (env::KAFKA_GROUP, pipeline.consumer_group.clone()),
         (env::SUPPLIER_URL, supplier_url(pipeline)),
         (env::LOG_FORMAT, "json".to_string()),
         (env::HTTP_ADDR, format!("0.0.0.0:{}", super::OPS_PORT)),

@@ -191,7 +191,9 @@ pub fn scale_down_behavior(seconds: i32) -> HorizontalPodAutoscalerBehavior {
 fn kafka_trigger(pipeline: &ValidPipeline, target: Option<i64>) -> ScaleTrigger {
     let metadata = BTreeMap::from([
         ("bootstrapServers".into(), keda_bootstrap_servers(pipeline)),
-        ("consumerGroup".into(), configmap::CONSUMER_GROUP.into()),
+        // Exactly the processor's group (`KAFKA_GROUP` in the ConfigMap): the lag of any
+        // other group would scale the processor on someone else's backlog.
+        ("consumerGroup".into(), pipeline.consumer_group.clone()),
         ("topic".into(), pipeline.topic.name.clone()),
         (
             "lagThreshold".into(),

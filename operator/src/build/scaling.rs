@@ -119,7 +119,7 @@ pub fn decide(pipeline: &ValidPipeline, component: Component) -> Scaling {
             reason: Reason::AsRequested,
             message: format!(
                 "KEDA ScaledObject on the consumer lag of group {} on {}, {} messages per replica, {min} to {max} replicas",
-                super::configmap::CONSUMER_GROUP,
+                pipeline.consumer_group,
                 pipeline.topic.name,
                 spec.target_lag_per_replica.unwrap_or(DEFAULT_TARGET_LAG)
             ),

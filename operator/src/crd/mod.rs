@@ -47,7 +47,16 @@ pub const PAUSE_ANNOTATION: &str = "odds-pipeline.github.io/pause-reconciliation
     // label values and `<name>-migrate-<10 hex>` (a Job name, at most 63 characters).
     validation = Rule::new(
         "self.metadata.name.size() <= 44 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
-    ).message("metadata.name must be at most 44 characters of lower-case letters, digits and '-', start with a letter and end with a letter or digit (it names Services and the migration Job)")
+    ).message("metadata.name must be at most 44 characters of lower-case letters, digits and '-', start with a letter and end with a letter or digit (it names Services and the migration Job)"),
+    // Same rule as `validate::topic_resource_problem`: with `clusterRef` each topic becomes a
+    // KafkaTopic named `<name>-<topic>` (`build::topic::resource_name`: lower case, `_` and
+    // `.` as `-`), which must be a DNS-1123 subdomain. On the root, as only it sees the name.
+    validation = Rule::new(
+        "!has(self.spec.kafka.clusterRef) || ((self.metadata.name + '-' + self.spec.kafka.topic.name.lowerAscii().replace('_', '-').replace('.', '-')).size() <= 253 && (self.metadata.name + '-' + self.spec.kafka.topic.name.lowerAscii().replace('_', '-').replace('.', '-')).matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))"
+    ).message("kafka.topic.name gives an invalid KafkaTopic name: <metadata.name>-<topic name in lower case, '_' and '.' as '-'> must be a DNS-1123 subdomain, at most 253 characters and not starting or ending with '-', so the topic name may not end with '-', '_' or '.' and may have at most 252 characters minus the pipeline name's length"),
+    validation = Rule::new(
+        "!has(self.spec.kafka.clusterRef) || ((self.metadata.name + '-' + self.spec.kafka.dlqTopic.name.lowerAscii().replace('_', '-').replace('.', '-')).size() <= 253 && (self.metadata.name + '-' + self.spec.kafka.dlqTopic.name.lowerAscii().replace('_', '-').replace('.', '-')).matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))"
+    ).message("kafka.dlqTopic.name gives an invalid KafkaTopic name: <metadata.name>-<topic name in lower case, '_' and '.' as '-'> must be a DNS-1123 subdomain, at most 253 characters and not starting or ending with '-', so the topic name may not end with '-', '_' or '.' and may have at most 252 characters minus the pipeline name's length")
 )]
 #[x_kube(validation = Rule::new(
     "!has(self.processor.autoscaling) ? self.processor.replicas <= self.kafka.topic.partitions : self.processor.autoscaling.maxReplicas <= self.kafka.topic.partitions"
@@ -158,15 +167,38 @@ impl PullPolicy {
 #[x_kube(validation = Rule::new(
     "self.topic.name.lowerAscii().replace('_', '-').replace('.', '-') != self.dlqTopic.name.lowerAscii().replace('_', '-').replace('.', '-')"
 ).message("kafka.topic.name and kafka.dlqTopic.name must differ by more than case, '_' or '.': they would map to one KafkaTopic"))]
+// A transition rule on the object rather than on the optional field: a rule on `clusterRef`
+// itself runs only when old and new both have it, so removing it (for `bootstrapServers`)
+// would slip through. `oldSelf.clusterRef` is read only where `has()` says it exists.
+#[x_kube(validation = Rule::new(
+    "!has(oldSelf.clusterRef) || (has(self.clusterRef) && self.clusterRef == oldSelf.clusterRef)"
+).message("kafka.clusterRef may not change or be removed once set: the pipeline would point at another Kafka cluster, away from its topics, their data and its consumer group's offsets; to use another cluster, create a new pipeline"))]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaSpec {
     /// Name of a Strimzi `Kafka` in this namespace; the operator then creates the topics as
-    /// `KafkaTopic`s and connects to `<clusterRef>-kafka-bootstrap:9092`.
+    /// `KafkaTopic`s and connects to `<clusterRef>-kafka-bootstrap:9092`. May not change or
+    /// be removed once set (that would point the pipeline at another cluster): create a new
+    /// pipeline instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_ref: Option<String>,
     /// Comma-separated `host:port` list of brokers managed elsewhere (topics must exist).
+    /// May change (brokers are added and replaced; the list only says how to reach the
+    /// cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_servers: Option<String>,
+    /// Kafka consumer group of the processor; KEDA's lag trigger reads the same group.
+    /// Default `odds-processor.<namespace>.<name>`, one group per pipeline, so pipelines on
+    /// one Kafka cluster never split each other's records. Set it to use a group an ACL
+    /// grants, or `odds-processor` to keep the group of operator versions before per-pipeline
+    /// groups. 1 to 249 of `a-z A-Z 0-9 . _ -`. A new group starts at the earliest retained
+    /// record: the processor replays the topic, which its version guards make harmless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new(
+        "self.size() <= 249 && self.matches('^[a-zA-Z0-9._-]+$')"
+    ).message("kafka.consumerGroup must be 1 to 249 of a-z, A-Z, 0-9, '.', '_' and '-'"))]
+    // The schema's own bound also caps what the API server estimates the rule may cost.
+    #[schemars(length(max = MAX_CONSUMER_GROUP_LENGTH))]
+    pub consumer_group: Option<String>,
     /// The odds update topic.
     #[serde(default = "TopicSpec::updates")]
     pub topic: TopicSpec,
@@ -205,11 +237,21 @@ impl TopicDeletionPolicy {
     }
 }
 
+/// Longest `kafka.consumerGroup`: Kafka's bound for topic names, whose characters it shares.
+pub const MAX_CONSUMER_GROUP_LENGTH: usize = 249;
+
 /// One Kafka topic.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct TopicSpec {
-    /// Topic name in Kafka (at most 249 of `a-z A-Z 0-9 . _ -`, Kafka's own rule).
+    /// Topic name in Kafka (at most 249 of `a-z A-Z 0-9 . _ -`, Kafka's own rule). With
+    /// `clusterRef` it also names the KafkaTopic, `<pipeline>-<name>` in lower case with `_`
+    /// and `.` as `-`, which must be a DNS-1123 subdomain: at most 253 characters, so at
+    /// most 252 minus the pipeline name's length, and not ending in `-`, `_` or `.`. May not
+    /// change once set: the data would stay in the old topic; create a new pipeline instead.
+    #[x_kube(validation = Rule::new("self == oldSelf").message(
+        "topic names may not change once set: the pipeline would move to an empty topic and orphan the old one, with its data; to use another topic, create a new pipeline"
+    ))]
     #[schemars(length(min = 1, max = 249), regex(pattern = r"^[a-zA-Z0-9._-]+$"))]
     pub name: String,
     /// Partition count; updates are keyed by event id, so this bounds processor parallelism.
@@ -322,18 +364,23 @@ pub struct SimulatorSpec {
     /// Deploy the simulator and point ingest at it.
     #[serde(default = "yes")]
     pub enabled: bool,
-    /// Number of simulated sports events.
+    /// Number of simulated sports events (1 to 1 000 000, what the simulator accepts).
     #[serde(default = "default_events")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_SIMULATOR_VALUE))]
     pub events: i32,
-    /// Updates per second over all events.
+    /// Updates per second over all events (1 to 1 000 000, what the simulator accepts).
     #[serde(default = "default_rate")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = MAX_SIMULATOR_VALUE))]
     pub rate: i32,
     /// Random seed (same seed, same feed).
     #[serde(default = "default_seed")]
     pub seed: i64,
 }
+
+/// Largest `supplier.simulator.events` and `rate`: supplier-simulator refuses more
+/// (`SIM_EVENTS` and `SIM_RATE` are parsed with `range(1..=1_000_000)`; a test holds the two
+/// together), and a pod that exits at start-up is what admission should prevent.
+pub const MAX_SIMULATOR_VALUE: i32 = 1_000_000;
 
 fn yes() -> bool {
     true

@@ -82,7 +82,7 @@ async fn lag_mode_with_keda_creates_a_scaled_object_and_no_hpa() {
         metadata["bootstrapServers"],
         "odds-kafka-bootstrap.default.svc:9092"
     );
-    assert_eq!(metadata["consumerGroup"], "odds-processor");
+    assert_eq!(metadata["consumerGroup"], "odds-processor.default.demo");
     assert_eq!(metadata["topic"], "odds_updates");
     assert_eq!(metadata["lagThreshold"], "500");
     let behavior = so
@@ -106,7 +106,10 @@ async fn lag_mode_with_keda_creates_a_scaled_object_and_no_hpa() {
         .get("demo-config")
         .await
         .unwrap();
-    assert_eq!(cm.data.unwrap()["KAFKA_GROUP"], "odds-processor");
+    assert_eq!(
+        cm.data.unwrap()["KAFKA_GROUP"],
+        "odds-processor.default.demo"
+    );
 
     let status = processor_status(&h).await;
     let scaling = status.scaling.unwrap();

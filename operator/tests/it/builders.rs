@@ -373,6 +373,41 @@ fn validation_rejects_what_would_fail_later() {
     }
     let collision = sample().edit(|p| p.spec.kafka.dlq_topic.name = "Odds.Updates".into());
     assert!(problems(collision).contains("would be one KafkaTopic"));
+    // KafkaTopic names must be DNS-1123 subdomains: the CRD's CEL rule, again.
+    let trailing = sample().edit(|p| p.spec.kafka.topic.name = "odds_updates_".into());
+    assert!(
+        problems(trailing).contains(
+            "kafka.topic.name \"odds_updates_\" gives the KafkaTopic name \"demo-odds-updates-\" (18 characters), which is not a DNS-1123 subdomain"
+    ));
+    let long = sample().edit(|p| p.spec.kafka.dlq_topic.name = "d".repeat(249));
+    let too_long = problems(long.clone());
+    assert!(
+        too_long.contains("kafka.dlqTopic.name \"ddd") && too_long.contains("(254 characters)"),
+        "{too_long}"
+    );
+    let fits = sample().edit(|p| p.spec.kafka.dlq_topic.name = "d".repeat(248));
+    assert!(validate(&fits, &ready_facts()).is_ok());
+    // Without clusterRef there is no KafkaTopic to name.
+    let external = long.external_kafka("kafka:9092");
+    assert!(validate(&external, &ready_facts()).is_ok());
+    for (events, rate) in [(1_000_001, 10), (4, 1_000_001), (0, 10), (4, 0)] {
+        let sim = sample().edit(|p| {
+            let sim = p.spec.supplier.simulator.as_mut().unwrap();
+            sim.events = events;
+            sim.rate = rate;
+        });
+        let problems = problems(sim);
+        assert!(
+            problems.contains("must be 1 to 1000000, what the simulator accepts"),
+            "{events} {rate}: {problems}"
+        );
+    }
+    let most = sample().edit(|p| {
+        let sim = p.spec.supplier.simulator.as_mut().unwrap();
+        sim.events = 1_000_000;
+        sim.rate = 1_000_000;
+    });
+    assert!(validate(&most, &ready_facts()).is_ok());
     let no_cpu = sample().edit(|p| p.spec.odds_service.workload.resources = None);
     assert!(problems(no_cpu).contains("oddsService.resources.requests.cpu"));
     let twice = sample()

@@ -146,3 +146,23 @@ fn each_component_runs_its_binary_and_the_job_runs_migrate_with_only_the_databas
     let env: Vec<_> = c.env.iter().flatten().map(|e| e.name.as_str()).collect();
     assert_eq!(env, [env::DATABASE_URL]);
 }
+
+#[test]
+fn the_crd_bounds_the_simulator_where_its_flags_do() {
+    use clap::Parser;
+    use supplier_simulator::SimulatorConfig;
+    let max = odds_operator::crd::MAX_SIMULATOR_VALUE;
+    for flag in ["--events", "--rate"] {
+        let parse = |value: i32| {
+            SimulatorConfig::try_parse_from(["supplier-simulator", flag, &value.to_string()])
+        };
+        assert!(parse(max).is_ok(), "{flag} {max}: {:?}", parse(max).err());
+        let refused = parse(max + 1).unwrap_err();
+        assert_eq!(
+            refused.kind(),
+            clap::error::ErrorKind::ValueValidation,
+            "{flag}"
+        );
+        assert!(parse(1).is_ok() && parse(0).is_err(), "{flag}");
+    }
+}

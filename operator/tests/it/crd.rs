@@ -275,3 +275,159 @@ fn autoscaling_modes_are_accepted_only_where_they_mean_something() {
         json!({"mode": "Lag", "minReplicas": 1, "maxReplicas": 7});
     assert!(rejection(&cr, None).contains("must not exceed kafka.topic.partitions"));
 }
+
+#[test]
+fn a_consumer_group_override_must_be_a_kafka_group_id() {
+    let with = |group: &str| {
+        let mut cr = sample();
+        cr["spec"]["kafka"]["consumerGroup"] = json!(group);
+        rejection(&cr, None)
+    };
+    for bad in [
+        "",
+        "odds processor",
+        "odds/processor",
+        "gruppe-ä",
+        &"g".repeat(250),
+    ] {
+        assert!(
+            with(bad).contains(
+                "spec.kafka.consumerGroup: kafka.consumerGroup must be 1 to 249 of a-z, A-Z, 0-9, '.', '_' and '-'"
+            ),
+            "{bad:?}: {}",
+            with(bad)
+        );
+    }
+    for good in ["odds-processor", "A.b_C-9", &"g".repeat(249)] {
+        assert_eq!(with(good), "", "{good:?}");
+    }
+    // The schema bounds the length too (what the API server's cost estimate of the rule needs).
+    let field =
+        &schema()["properties"]["spec"]["properties"]["kafka"]["properties"]["consumerGroup"];
+    assert_eq!(field["maxLength"], json!(249), "{field}");
+    // Unset, the pipeline's own group is derived (see consumer_group.rs): nothing to check.
+    assert_eq!(rejection(&sample(), None), "");
+}
+
+#[test]
+fn topic_names_whose_kafka_topic_name_is_no_dns_subdomain_are_rejected() {
+    let topic = "kafka.topic.name gives an invalid KafkaTopic name";
+    let dlq = "kafka.dlqTopic.name gives an invalid KafkaTopic name";
+    let with = |name: &str, field: &str, value: &str| {
+        let mut cr = sample();
+        cr["metadata"]["name"] = json!(name);
+        cr["spec"]["kafka"][field]["name"] = json!(value);
+        rejection(&cr, None)
+    };
+    // A trailing '_', '.' or '-' becomes a trailing '-'.
+    for bad in ["odds_updates_", "odds.updates.", "odds-updates-", "___"] {
+        assert!(with("demo", "topic", bad).contains(topic), "{bad}");
+        assert!(
+            with("demo", "dlqTopic", &format!("dlq{bad}")).contains(dlq),
+            "{bad}"
+        );
+    }
+    // `demo-` + 248 characters is 253, the most a KafkaTopic name may have; 249 is too many.
+    let long = |n: usize| "t".repeat(n);
+    assert_eq!(with("demo", "topic", &long(248)), "");
+    assert!(with("demo", "topic", &long(249)).contains(topic));
+    assert_eq!(with("demo", "dlqTopic", &long(248)), "");
+    assert!(with("demo", "dlqTopic", &long(249)).contains(dlq));
+    // A longer pipeline name leaves less: 44 + 1 + 208 = 253.
+    let name = "a".repeat(44);
+    assert_eq!(with(&name, "topic", &long(208)), "");
+    assert!(with(&name, "topic", &long(209)).contains(topic));
+    // A leading or inner '_' or '.' is fine (an inner "--" is a valid subdomain).
+    assert_eq!(with("demo", "topic", "_odds..updates"), "");
+    assert_eq!(with("demo", "topic", "Odds.Updates"), "");
+    // With bootstrapServers no KafkaTopic is made, so Kafka's own rule is the only one.
+    let mut external = sample();
+    external["spec"]["kafka"]
+        .as_object_mut()
+        .unwrap()
+        .remove("clusterRef");
+    external["spec"]["kafka"]["bootstrapServers"] = json!("kafka:9092");
+    external["spec"]["kafka"]["topic"]["name"] = json!("odds_updates_");
+    external["spec"]["kafka"]["dlqTopic"]["name"] = json!(long(249));
+    assert_eq!(rejection(&external, None), "");
+}
+
+#[test]
+fn topic_names_may_not_change_once_set() {
+    let old = sample();
+    let message = "topic names may not change once set: the pipeline would move to an empty topic and orphan the old one, with its data; to use another topic, create a new pipeline";
+    for field in ["topic", "dlqTopic"] {
+        let mut renamed = old.clone();
+        renamed["spec"]["kafka"][field]["name"] = json!("odds_updates_v2");
+        assert!(
+            rejection(&renamed, Some(&old))
+                .contains(&format!("spec.kafka.{field}.name: {message}")),
+            "{field}: {}",
+            rejection(&renamed, Some(&old))
+        );
+        // On create (and in `odds-operator render`, which has no old object) any name goes.
+        assert_eq!(rejection(&renamed, None), "", "{field}");
+    }
+    // A topic named before only by the default keeps it: spelling it out is no change.
+    let mut defaulted = old.clone();
+    let kafka = defaulted["spec"]["kafka"].as_object_mut().unwrap();
+    kafka.remove("topic");
+    kafka.remove("dlqTopic");
+    let mut explicit = defaulted.clone();
+    explicit["spec"]["kafka"]["topic"] = json!({"name": "odds_updates", "partitions": 6});
+    assert_eq!(rejection(&explicit, Some(&defaulted)), "");
+    explicit["spec"]["kafka"]["topic"]["name"] = json!("odds-updates");
+    assert!(rejection(&explicit, Some(&defaulted)).contains(message));
+    // An update that keeps the names passes, whatever else it changes.
+    let mut kept = old.clone();
+    kept["spec"]["kafka"]["topic"]["partitions"] = json!(12);
+    kept["spec"]["kafka"]["topic"]["config"] = json!({"retention.ms": "86400000"});
+    kept["spec"]["kafka"]["dlqTopic"]["replicas"] = json!(3);
+    kept["spec"]["kafka"]["consumerGroup"] = json!("odds-processor");
+    assert_eq!(rejection(&kept, Some(&old)), "");
+}
+
+#[test]
+fn the_kafka_cluster_may_not_change_once_set() {
+    let message = "kafka.clusterRef may not change or be removed once set: the pipeline would point at another Kafka cluster, away from its topics, their data and its consumer group's offsets; to use another cluster, create a new pipeline";
+    let old = sample();
+    let mut moved = old.clone();
+    moved["spec"]["kafka"]["clusterRef"] = json!("odds-2");
+    assert!(
+        rejection(&moved, Some(&old)).contains(&format!("spec.kafka: {message}")),
+        "{}",
+        rejection(&moved, Some(&old))
+    );
+    // Removing it for bootstrapServers is a move too.
+    let mut external = old.clone();
+    external["spec"]["kafka"]
+        .as_object_mut()
+        .unwrap()
+        .remove("clusterRef");
+    external["spec"]["kafka"]["bootstrapServers"] = json!("odds-kafka-bootstrap:9092");
+    assert!(rejection(&external, Some(&old)).contains(message));
+    // Unchanged passes; so does a new pipeline on another cluster (no old object).
+    assert_eq!(rejection(&old, Some(&old)), "");
+    assert_eq!(rejection(&moved, None), "");
+    // bootstrapServers stays editable (brokers come and go), and a pipeline on external
+    // brokers may hand its topics to a Strimzi cluster: clusterRef was not set before.
+    let mut more_brokers = external.clone();
+    more_brokers["spec"]["kafka"]["bootstrapServers"] =
+        json!("odds-kafka-bootstrap:9092,odds-kafka-1:9092");
+    assert_eq!(rejection(&more_brokers, Some(&external)), "");
+    assert_eq!(rejection(&old, Some(&external)), "");
+}
+
+#[test]
+fn simulator_events_and_rate_stop_where_the_simulator_does() {
+    for field in ["events", "rate"] {
+        let bound = &schema()["properties"]["spec"]["properties"]["supplier"]["properties"]
+            ["simulator"]["properties"][field];
+        assert_eq!(
+            (bound["minimum"].as_f64(), bound["maximum"].as_f64()),
+            (Some(1.0), Some(1_000_000.0)),
+            "{field}: {bound}"
+        );
+    }
+    assert_eq!(odds_operator::crd::MAX_SIMULATOR_VALUE, 1_000_000);
+}

@@ -4,6 +4,7 @@
 
 mod autoscaling;
 mod builders;
+mod consumer_group;
 mod contract;
 mod crd;
 mod fixtures;

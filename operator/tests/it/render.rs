@@ -200,3 +200,44 @@ fn a_pipeline_without_a_namespace_lands_in_the_given_one() {
     let docs = documents(&out);
     assert!(docs.iter().all(|d| d["metadata"]["namespace"] == "odds"));
 }
+
+#[test]
+fn the_new_admission_rules_hold_in_render_too() {
+    let sample = std::fs::read_to_string(sample_path()).unwrap();
+    let options = RenderOptions {
+        namespace: "default".into(),
+        strimzi: true,
+        keda: false,
+        secrets: None,
+    };
+    // A CEL rule on the object: the KafkaTopic name `demo-odds-updates-` is no DNS subdomain.
+    let trailing = sample.replace("name: odds_updates\n", "name: odds_updates_\n");
+    assert_ne!(trailing, sample);
+    let error = render(&trailing, &options).unwrap_err().to_string();
+    assert!(
+        error.contains("the API server would reject it")
+            && error.contains("kafka.topic.name gives an invalid KafkaTopic name"),
+        "{error}"
+    );
+    // A schema bound, which kube's client-side evaluator does not check: validate's own
+    // check says it instead.
+    let fast = sample.replace("rate: 20\n", "rate: 2000000\n");
+    assert_ne!(fast, sample);
+    let error = render(&fast, &options).unwrap_err().to_string();
+    assert!(
+        error.contains("supplier.simulator.rate (2000000) must be 1 to 1000000"),
+        "{error}"
+    );
+    // Render is a create (no old object), so the transition rules never apply: a renamed
+    // topic or another cluster renders.
+    let renamed = sample
+        .replace("name: odds_updates\n", "name: odds_updates_v2\n")
+        .replace("clusterRef: odds\n", "clusterRef: odds-2\n");
+    assert_ne!(renamed, sample);
+    let out = render(&renamed, &options).unwrap();
+    assert!(out.contains("topicName: odds_updates_v2\n"), "{out}");
+    assert!(
+        out.contains("KAFKA_BROKERS: odds-2-kafka-bootstrap:9092\n"),
+        "{out}"
+    );
+}
