@@ -301,6 +301,7 @@ def rbac_covers_children():
         "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
         "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
         "Ingress": ("networking.k8s.io", "ingresses"), "KafkaTopic": ("kafka.strimzi.io", "kafkatopics"),
+        "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
     }
     kinds = {c["kind"] for c in golden_children()} | {"Ingress"}
     for kind in sorted(kinds):
@@ -880,7 +881,7 @@ def kind_flow_dry_run():
             # the pipeline; the script then deletes them itself.
             rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
             rf"^kubectl {ctx} delete -n default oddspipeline/demo --wait",
-            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses -l app\.kubernetes\.io/instance=demo",
+            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies -l app\.kubernetes\.io/instance=demo",
             rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
             rf"^kubectl {ctx} wait -n default kafkatopics -l {selector} --for=condition=Ready",
             rf"^kubectl {ctx} delete -n default kafkatopics -l {selector} --wait",
@@ -897,7 +898,7 @@ def kind_flow_dry_run():
             r'\{"spec":\{"kafka":\{"topicDeletionPolicy":"Delete"\}\}\}$',
             rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
             rf"^kubectl {ctx} delete -n default oddspipeline/demo --wait",
-            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses -l app\.kubernetes\.io/instance=demo",
+            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies -l app\.kubernetes\.io/instance=demo",
             rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o name$",
         ], "e2e (Delete)")
         assert not any(" delete -n default kafkatopics" in c for c in calls), calls

@@ -49,7 +49,7 @@ h upgrade --install "$RELEASE" "$ROOT/charts/odds-operator" \
 # Each listing must succeed: an API error is not "gone".
 children_gone() {
   local left
-  left="$(k get -n "$NAMESPACE" deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses \
+  left="$(k get -n "$NAMESPACE" deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies \
     -l "$selector" -o name)" || return 1
   [ -z "$left" ]
 }

@@ -249,6 +249,10 @@ async fn apply_each(
     if let Some(cm) = &children.config_map {
         record(changes, apply(client, namespace, cm).await?);
     }
+    // Before any pod: a workload never runs without the policy that confines it.
+    for policy in &children.network_policies {
+        record(changes, apply(client, namespace, policy).await?);
+    }
     for topic in &children.topics {
         record(changes, apply(client, namespace, topic).await?);
     }

@@ -50,6 +50,7 @@ pub async fn facts(
             .await
             .map_err(reading(format!("Secret {name}")))?;
         if let Some(secret) = found {
+            facts.ports.insert(name.clone(), url_ports(&secret));
             facts.secrets.insert(name, key_digests(&secret));
         }
     }
@@ -89,6 +90,45 @@ pub fn key_digests(secret: &Secret) -> BTreeMap<String, String> {
         keys.insert(key.clone(), digest(value.as_bytes()));
     }
     keys
+}
+
+/// The port of each key whose value is a URL with a port (or a scheme whose default port is
+/// known): what the NetworkPolicies open. Nothing else of the value leaves this function.
+pub fn url_ports(secret: &Secret) -> BTreeMap<String, u16> {
+    let data = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(key, value)| (key, String::from_utf8_lossy(&value.0).into_owned()));
+    let strings = secret
+        .string_data
+        .iter()
+        .flatten()
+        .map(|(key, value)| (key, value.clone()));
+    data.chain(strings)
+        .filter_map(|(key, value)| Some((key.clone(), url_port(&value)?)))
+        .collect()
+}
+
+/// The port of `url` (`scheme://[user[:password]@]host[:port][/...]`), or its scheme's
+/// default.
+pub fn url_port(url: &str) -> Option<u16> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?']).next()?;
+    let host_port = authority.rsplit('@').next()?;
+    // An IPv6 literal is bracketed: the port follows the closing bracket.
+    let after_host = host_port.rsplit(']').next()?;
+    if let Some((_, port)) = after_host.rsplit_once(':') {
+        return port.parse().ok();
+    }
+    match scheme {
+        "redis" => Some(6379),
+        "rediss" => Some(6380),
+        "postgres" | "postgresql" => Some(5432),
+        "ws" | "http" => Some(80),
+        "wss" | "https" => Some(443),
+        _ => None,
+    }
 }
 
 fn digest(value: &[u8]) -> String {

@@ -1,5 +1,5 @@
-//! Removal of children the spec no longer asks for (simulator turned off, autoscaling or
-//! Ingress removed, an HPA replaced by a ScaledObject or the other way round, a finished migration Job of an older image, a ConfigMap an older operator
+//! Removal of children the spec no longer asks for (simulator turned off, autoscaling,
+//! Ingress or NetworkPolicies removed, an HPA replaced by a ScaledObject or the other way round, a finished migration Job of an older image, a ConfigMap an older operator
 //! version named differently).
 //!
 //! Only objects this pipeline controls are candidates: labelled as ours and carrying this
@@ -16,7 +16,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::NamespaceResourceScope;
 use kube::api::{Api, DeleteParams, ListParams};
@@ -35,6 +35,7 @@ pub struct Keep {
     pub hpas: BTreeSet<String>,
     pub scaled_objects: BTreeSet<String>,
     pub ingresses: BTreeSet<String>,
+    pub network_policies: BTreeSet<String>,
 }
 
 impl Keep {
@@ -67,6 +68,13 @@ impl Keep {
                     .collect(),
             ),
             ingresses: names(children.ingress.iter().map(ResourceExt::name_any).collect()),
+            network_policies: names(
+                children
+                    .network_policies
+                    .iter()
+                    .map(ResourceExt::name_any)
+                    .collect(),
+            ),
         }
     }
 }
@@ -89,6 +97,7 @@ pub async fn prune(
     deleted.extend(unwanted::<PodDisruptionBudget>(client, pipeline, &keep.pdbs).await?);
     deleted.extend(autoscalers(client, pipeline, keep).await?);
     deleted.extend(unwanted::<Ingress>(client, pipeline, &keep.ingresses).await?);
+    deleted.extend(unwanted::<NetworkPolicy>(client, pipeline, &keep.network_policies).await?);
     if migrated {
         let current = BTreeSet::from([job::name(pipeline)]);
         deleted.extend(unwanted::<Job>(client, pipeline, &current).await?);

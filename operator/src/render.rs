@@ -131,6 +131,12 @@ fn children(
     }
     let facts = Facts {
         secrets: secret_facts(pipeline, options.secrets.as_deref()),
+        ports: options
+            .secrets
+            .iter()
+            .flatten()
+            .filter_map(|s| Some((s.metadata.name.clone()?, observe::url_ports(s))))
+            .collect(),
         topics_ready: true,
         existing_partitions: None,
         keda_installed: options.keda,

@@ -16,7 +16,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
@@ -271,6 +271,7 @@ pub fn watched_resources() -> Vec<(String, String)> {
         of::<PodDisruptionBudget>(),
         of::<HorizontalPodAutoscaler>(),
         of::<Ingress>(),
+        of::<NetworkPolicy>(),
         of::<KafkaTopic>(),
         of::<ScaledObject>(),
         of::<Secret>(),
@@ -300,7 +301,8 @@ fn controller(
             api::<HorizontalPodAutoscaler>(client, namespace),
             children.clone(),
         )
-        .owns(api::<Ingress>(client, namespace), children.clone());
+        .owns(api::<Ingress>(client, namespace), children.clone())
+        .owns(api::<NetworkPolicy>(client, namespace), children.clone());
     if watch_topics {
         // By label, not owner reference: with `topicDeletionPolicy: Retain` a topic has none,
         // and Strimzi marking it Ready must still reconcile its pipeline.

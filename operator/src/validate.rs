@@ -9,9 +9,9 @@
 
 use crate::build::{Component, Facts};
 use crate::crd::{
-    ComponentSpec, ImageSpec, OddsPipeline, OddsServiceSpec, ScalingMode, SecretKeyRef,
-    SimulatorSpec, TopicDeletionPolicy, TopicSpec, MAX_CONSUMER_GROUP_LENGTH, MAX_SIMULATOR_VALUE,
-    MIN_MIGRATION_DEADLINE_SECONDS,
+    ComponentSpec, ImageSpec, NetworkPolicySpec, OddsPipeline, OddsServiceSpec, ScalingMode,
+    SecretKeyRef, SimulatorSpec, TopicDeletionPolicy, TopicSpec, MAX_CONSUMER_GROUP_LENGTH,
+    MAX_SIMULATOR_VALUE, MIN_MIGRATION_DEADLINE_SECONDS,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
@@ -76,6 +76,7 @@ pub struct ValidPipeline {
     pub migration_retry: Option<String>,
     /// `activeDeadlineSeconds` of the migration Job.
     pub migration_deadline_seconds: i64,
+    pub network_policy: NetworkPolicySpec,
     pub facts: Facts,
 }
 
@@ -280,6 +281,7 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
                     .get(RETRY_MIGRATION_ANNOTATION)
                     .cloned(),
                 migration_deadline_seconds: spec.postgres.migration_deadline_seconds,
+                network_policy: spec.network_policy.clone(),
                 facts: facts.clone(),
             })
         }

@@ -10,6 +10,7 @@ pub mod deployment;
 pub mod hpa;
 pub mod ingress;
 pub mod job;
+pub mod networkpolicy;
 pub mod pdb;
 pub mod scaledobject;
 pub mod scaling;
@@ -22,7 +23,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use k8s_openapi::api::networking::v1::Ingress;
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
@@ -97,6 +98,10 @@ pub struct Facts {
     /// Whether the cluster serves KEDA's `ScaledObject` (keda.sh/v1alpha1): lag and
     /// connections modes need it, and fall back to CPU without it.
     pub keda_installed: bool,
+    /// The port of each referenced Secret key that holds a URL with one, by Secret name and
+    /// key: the NetworkPolicies let the workloads reach exactly those ports. A port is not a
+    /// credential; the rest of the value is never kept.
+    pub ports: BTreeMap<String, BTreeMap<String, u16>>,
 }
 
 /// Where the migration Job of the current image stands.
@@ -119,6 +124,7 @@ pub struct Children {
     pub migration_job: Option<Job>,
     pub deployments: Vec<Deployment>,
     pub services: Vec<Service>,
+    pub network_policies: Vec<NetworkPolicy>,
     pub pdbs: Vec<PodDisruptionBudget>,
     pub hpas: Vec<HorizontalPodAutoscaler>,
     pub scaled_objects: Vec<ScaledObject>,
@@ -135,6 +141,7 @@ impl Children {
     pub fn objects(&self) -> serde_json::Result<Vec<serde_json::Value>> {
         let mut out = Vec::new();
         out.extend(self.config_map.iter().map(serde_json::to_value));
+        out.extend(self.network_policies.iter().map(serde_json::to_value));
         out.extend(self.topics.iter().map(serde_json::to_value));
         out.extend(self.migration_job.iter().map(serde_json::to_value));
         out.extend(self.deployments.iter().map(serde_json::to_value));
@@ -154,6 +161,7 @@ pub fn children(pipeline: &ValidPipeline, migration: &MigrationState) -> Childre
         topics: topic::build(pipeline),
         migration_job: Some(job::build(pipeline)),
         services: service::build(pipeline),
+        network_policies: networkpolicy::build(pipeline),
         pdbs: pdb::build(pipeline),
         hpas: hpa::build(pipeline),
         scaled_objects: scaledobject::build(pipeline),

@@ -95,9 +95,37 @@ pub struct OddsPipelineSpec {
     /// The odds service (REST and WebSocket API for clients).
     #[serde(default)]
     pub odds_service: OddsServiceSpec,
+    /// NetworkPolicies that let each workload talk only to what it needs.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
     /// Stop all changes to the children (they keep running as they are).
     #[serde(default)]
     pub paused: bool,
+}
+
+/// One NetworkPolicy per workload (and the migration Job): ingest and processor accept only
+/// metrics scrapes, odds-service its API port and scrapes, the simulator its feed from ingest;
+/// egress goes only to the pipeline's Kafka, Redis, Postgres, the supplier and DNS (port 53).
+/// Kafka is the Strimzi cluster's broker pods (`clusterRef`) or the ports of
+/// `bootstrapServers`; Redis and Postgres are the ports of the URLs in their Secrets.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Build the NetworkPolicies (default true). Turn off where another mechanism (a service
+    /// mesh, cluster-wide policies) already governs the pipeline's traffic; the policies
+    /// the operator made are then deleted.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// Which image to run.

@@ -450,3 +450,63 @@ fn processor_autoscaling_gets_its_own_hpa_and_no_replicas() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn network_policies_confine_every_workload_and_the_migration_job_unless_turned_off() {
+    let children = children(&sample());
+    let names: Vec<String> = children
+        .network_policies
+        .iter()
+        .map(|p| p.metadata.name.clone().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "demo-simulator",
+            "demo-ingest",
+            "demo-processor",
+            "demo-odds-service",
+            "demo-migration"
+        ]
+    );
+    for policy in &children.network_policies {
+        let spec = policy.spec.as_ref().unwrap();
+        assert_eq!(
+            spec.policy_types.as_deref(),
+            Some(&["Ingress".to_string(), "Egress".to_string()][..]),
+            "both directions are restricted"
+        );
+    }
+    let off = sample().edit(|p| p.spec.network_policy.enabled = false);
+    assert!(build::children(&valid(&off), &MigrationState::Succeeded)
+        .network_policies
+        .is_empty());
+}
+
+#[test]
+fn network_policies_open_the_ports_of_the_urls_in_the_secrets() {
+    let mut facts = crate::fixtures::ready_facts();
+    facts.ports.insert(
+        "odds-redis".into(),
+        std::collections::BTreeMap::from([("url".to_string(), 6390u16)]),
+    );
+    let children = build::children(
+        &validate(&sample(), &facts).unwrap(),
+        &MigrationState::Succeeded,
+    );
+    let processor = children
+        .network_policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some("demo-processor"))
+        .unwrap();
+    let egress = serde_json::to_value(&processor.spec.as_ref().unwrap().egress).unwrap();
+    let ports: Vec<u64> = egress
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_array().unwrap().clone())
+        .filter_map(|p| p["port"].as_u64())
+        .collect();
+    assert!(ports.contains(&6390) && !ports.contains(&6379), "{ports:?}");
+    assert!(ports.contains(&5432) && ports.contains(&9092), "{ports:?}");
+}

@@ -155,6 +155,7 @@ pub fn ready_facts() -> Facts {
         topics_ready: true,
         existing_partitions: Some(6),
         keda_installed: false,
+        ports: BTreeMap::new(),
     }
 }
 

@@ -339,3 +339,21 @@ async fn a_pipeline_created_paused_applies_nothing() {
     assert!(h.applies.lock().unwrap().is_empty());
     assert_eq!(h.condition("ReconciliationPaused").await.status, "True");
 }
+
+#[tokio::test]
+async fn turning_network_policies_off_deletes_them_and_on_brings_them_back() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    let h = crate::harness::harness(crate::fixtures::sample(), true).await;
+    h.roll_out().await;
+    let listed = |h: &crate::harness::Harness| {
+        let api = h.api::<NetworkPolicy>();
+        async move { api.list(&Default::default()).await.unwrap().items.len() }
+    };
+    assert_eq!(listed(&h).await, 5);
+    h.change(serde_json::json!({"spec": {"networkPolicy": {"enabled": false}}}))
+        .await;
+    assert_eq!(listed(&h).await, 0, "{:?}", h.events().await);
+    h.change(serde_json::json!({"spec": {"networkPolicy": {"enabled": true}}}))
+        .await;
+    assert_eq!(listed(&h).await, 5);
+}

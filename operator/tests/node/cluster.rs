@@ -10,9 +10,15 @@
 //! a Service listener on an IPv4 address of the pod's own namespace would take the port the
 //! pod's process binds (a cluster's Service IPs are not sockets in the pod). One address
 //! for all Services, so their ports must differ; `Cluster::new` says so when they do not.
+//!
+//! The forwarders are also the CNI: each connection passes only if the rendered
+//! NetworkPolicies let the source pod's egress and the destination pod's ingress through
+//! (`netpol`); a refused one is closed and recorded, and a run that fails says which flows
+//! were refused. Kubelet probes are node traffic, which NetworkPolicies do not govern.
 
 use crate::kubelet::{service_links, ContainerPlan, Manifests, Probe, ServicePlan, TargetPort};
 use crate::netns::{NetNs, POD_IP};
+use crate::netpol::{Labels, Policies};
 use crate::sandbox::{Container, Node};
 use anyhow::{anyhow, bail, Context, Result};
 use std::collections::BTreeMap;
@@ -24,17 +30,24 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// How long a pod may take to become Ready, or a Job to complete, on a loaded machine.
 pub const START_DEADLINE: Duration = Duration::from_secs(120);
 
-/// A Service outside the pipeline (the datastores): its name, port and where it really is.
+/// A Service outside the pipeline (the datastores): its name, port, where it really is, and
+/// the labels of the pods behind it on a cluster (what NetworkPolicies select).
 #[derive(Clone, Debug)]
 pub struct External {
     pub name: String,
     pub port: u16,
     pub target: SocketAddr,
+    pub labels: Labels,
 }
 
 #[derive(Clone)]
 enum Target {
-    Host(SocketAddr),
+    /// A server outside the pipeline, standing for pods with `labels` serving `port`.
+    Host {
+        addr: SocketAddr,
+        labels: Labels,
+        port: u16,
+    },
     Pods {
         selector: BTreeMap<String, String>,
         port: TargetPort,
@@ -54,8 +67,12 @@ pub struct Cluster<'n> {
     node: &'n Node,
     /// Every Service name with its ports and where their connections go.
     services: Vec<(String, Vec<(u16, Target)>)>,
-    /// Addresses reached as they are (the mock Kafka brokers advertise 127.0.0.1:PORT).
-    passthrough: Vec<SocketAddr>,
+    /// Addresses reached as they are (the mock Kafka brokers advertise 127.0.0.1:PORT), with
+    /// the pods and port they stand for on a cluster (a broker pod's 9092).
+    passthrough: Vec<(SocketAddr, Labels, u16)>,
+    policies: Arc<Policies>,
+    /// Connections the NetworkPolicies refused: `source -> destination:port`.
+    denied: Arc<Mutex<Vec<String>>>,
     endpoints: Endpoints,
     containers: Vec<(Container, ContainerPlan, Arc<NetNs>)>,
     forwarders: Vec<tokio::task::JoinHandle<()>>,
@@ -70,7 +87,8 @@ impl<'n> Cluster<'n> {
         node: &'n Node,
         rendered: &[ServicePlan],
         external: &[External],
-        passthrough: Vec<SocketAddr>,
+        passthrough: Vec<(SocketAddr, Labels, u16)>,
+        policies: Policies,
     ) -> Result<Cluster<'n>> {
         let mut services = Vec::new();
         for service in rendered {
@@ -88,7 +106,12 @@ impl<'n> Cluster<'n> {
             services.push((service.name.clone(), ports));
         }
         for ext in external {
-            services.push((ext.name.clone(), vec![(ext.port, Target::Host(ext.target))]));
+            let target = Target::Host {
+                addr: ext.target,
+                labels: ext.labels.clone(),
+                port: ext.port,
+            };
+            services.push((ext.name.clone(), vec![(ext.port, target)]));
         }
         let mut ports: Vec<u16> = services
             .iter()
@@ -105,6 +128,8 @@ impl<'n> Cluster<'n> {
             node,
             services,
             passthrough,
+            policies: Arc::new(policies),
+            denied: Arc::default(),
             endpoints: Arc::default(),
             containers: Vec::new(),
             forwarders: Vec::new(),
@@ -136,35 +161,68 @@ impl<'n> Cluster<'n> {
         out
     }
 
-    /// A network namespace with every Service (and the passthrough addresses) reachable.
-    pub fn network(&mut self) -> Result<Arc<NetNs>> {
+    /// A network namespace for a pod labelled `source`, with every Service (and the
+    /// passthrough addresses) reachable as far as the NetworkPolicies allow.
+    pub fn network(&mut self, source: &Labels) -> Result<Arc<NetNs>> {
         let netns = Arc::new(NetNs::new()?);
-        for (_, ports) in &self.services {
+        let mut listeners = Vec::new();
+        for (name, ports) in &self.services {
             for (port, target) in ports {
                 let listen = SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, *port));
-                let listener = netns.listen(listen)?;
-                self.forwarders
-                    .push(forward(listener, target.clone(), self.endpoints.clone()));
+                listeners.push((
+                    netns.listen(listen)?,
+                    target.clone(),
+                    format!("{name}:{port}"),
+                ));
             }
         }
-        for addr in &self.passthrough {
-            let listener = netns.listen(*addr)?;
-            self.forwarders.push(forward(
-                listener,
-                Target::Host(*addr),
-                self.endpoints.clone(),
-            ));
+        for (addr, labels, port) in &self.passthrough {
+            let target = Target::Host {
+                addr: *addr,
+                labels: labels.clone(),
+                port: *port,
+            };
+            listeners.push((netns.listen(*addr)?, target, format!("broker {addr}")));
+        }
+        for (listener, target, what) in listeners {
+            let flow = Flow {
+                source: source.clone(),
+                what,
+                policies: self.policies.clone(),
+                denied: self.denied.clone(),
+            };
+            self.forwarders
+                .push(forward(listener, target, self.endpoints.clone(), flow));
         }
         Ok(netns)
+    }
+
+    /// The connections the NetworkPolicies refused so far, for a failure's message.
+    pub fn denied(&self) -> Vec<String> {
+        lock(&self.denied).clone()
+    }
+
+    fn with_denied(&self, error: anyhow::Error) -> anyhow::Error {
+        let denied = self.denied();
+        if denied.is_empty() {
+            error
+        } else {
+            anyhow!("{error:#}\nrefused by NetworkPolicy: {}", denied.join("; "))
+        }
     }
 
     /// Runs every container of `manifests` as a node would, in the operator's order: each
     /// Job to completion (exit 0), then every Deployment until its readiness probe passes
     /// and its liveness probe answers. The first failure is the error, naming the workload.
     pub async fn run(&mut self, manifests: &Manifests) -> Result<()> {
+        let result = self.run_all(manifests).await;
+        result.map_err(|error| self.with_denied(error))
+    }
+
+    async fn run_all(&mut self, manifests: &Manifests) -> Result<()> {
         let plans = manifests.containers(&self.links())?;
         for plan in plans.iter().filter(|p| p.kind == "Job") {
-            let netns = self.network()?;
+            let netns = self.network(&plan.labels)?;
             let mut container = self.node.start(plan, &netns, &self.hosts(&plan.workload))?;
             let status = container.wait(START_DEADLINE).await?;
             if !status.success() {
@@ -176,7 +234,7 @@ impl<'n> Cluster<'n> {
             }
         }
         for plan in plans.iter().filter(|p| p.kind == "Deployment") {
-            let netns = self.network()?;
+            let netns = self.network(&plan.labels)?;
             let container = self.node.start(plan, &netns, &self.hosts(&plan.workload))?;
             lock(&self.endpoints).push(Endpoint {
                 labels: plan.labels.clone(),
@@ -239,7 +297,8 @@ impl<'n> Cluster<'n> {
         if !self.services.iter().any(|s| s.0 == service) {
             bail!("no Service {service}");
         }
-        let netns = self.network()?;
+        let client = Labels::from([("app".to_string(), "client".to_string())]);
+        let netns = self.network(&client)?;
         let stream = netns
             .connect(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port)))
             .await?;
@@ -259,8 +318,8 @@ impl Drop for Cluster<'_> {
     }
 }
 
-fn lock(endpoints: &Endpoints) -> std::sync::MutexGuard<'_, Vec<Endpoint>> {
-    endpoints
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -327,23 +386,61 @@ async fn probe(netns: &NetNs, probe: &Probe) -> Result<u16> {
         .context("timed out (timeoutSeconds)")?
 }
 
-/// Accepts on `listener` and carries each connection to `target`.
+/// Who connects through a forwarder, and where refusals are written down.
+struct Flow {
+    source: Labels,
+    /// The Service and port (or broker address) the forwarder stands for.
+    what: String,
+    policies: Arc<Policies>,
+    denied: Arc<Mutex<Vec<String>>>,
+}
+
+impl Flow {
+    /// Whether the policies let this source reach `labels`:`port`; a refusal is recorded.
+    fn allowed(&self, labels: &Labels, port: u16) -> bool {
+        let ok = self.policies.allows(Some(&self.source), Some(labels), port);
+        if !ok {
+            let source = self
+                .source
+                .get("app.kubernetes.io/component")
+                .or_else(|| self.source.get("app"))
+                .cloned()
+                .unwrap_or_default();
+            let line = format!("{source} -> {} (port {port})", self.what);
+            let mut denied = lock(&self.denied);
+            if !denied.contains(&line) {
+                denied.push(line);
+            }
+        }
+        ok
+    }
+}
+
+/// Accepts on `listener` and carries each connection the policies allow to `target`.
 fn forward(
     listener: tokio::net::TcpListener,
     target: Target,
     endpoints: Endpoints,
+    flow: Flow,
 ) -> tokio::task::JoinHandle<()> {
+    let flow = Arc::new(flow);
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
             let target = target.clone();
             let endpoints = endpoints.clone();
+            let flow = flow.clone();
             tokio::spawn(async move {
                 let outbound = match &target {
-                    Target::Host(addr) => tokio::net::TcpStream::connect(addr)
-                        .await
-                        .map_err(anyhow::Error::from),
+                    Target::Host { addr, labels, port } => {
+                        if !flow.allowed(labels, *port) {
+                            return;
+                        }
+                        tokio::net::TcpStream::connect(addr)
+                            .await
+                            .map_err(anyhow::Error::from)
+                    }
                     Target::Pods { selector, port } => {
-                        connect_pod(&endpoints, selector, port).await
+                        connect_pod(&endpoints, selector, port, &flow).await
                     }
                 };
                 if let Ok(mut outbound) = outbound {
@@ -355,13 +452,15 @@ fn forward(
 }
 
 /// A connection to a pod the selector picks, at the target port (named ports resolved
-/// through that pod's container ports, as kube-proxy's endpoints do).
+/// through that pod's container ports, as kube-proxy's endpoints do), if the policies let
+/// `flow` through.
 async fn connect_pod(
     endpoints: &Endpoints,
     selector: &BTreeMap<String, String>,
     port: &TargetPort,
+    flow: &Flow,
 ) -> Result<tokio::net::TcpStream> {
-    let (netns, number) = {
+    let (netns, number, labels) = {
         let endpoints = lock(endpoints);
         let pod = endpoints
             .iter()
@@ -374,7 +473,10 @@ async fn connect_pod(
                 .get(name)
                 .ok_or_else(|| anyhow!("the pod declares no port named {name}"))?,
         };
-        (pod.netns.clone(), number)
+        (pod.netns.clone(), number, pod.labels.clone())
     };
+    if !flow.allowed(&labels, number) {
+        bail!("refused by NetworkPolicy");
+    }
     netns.connect(SocketAddr::from((POD_IP, number))).await
 }

@@ -13,7 +13,9 @@
 mod cluster;
 mod kubelet;
 mod netns;
+mod netpol;
 mod pipeline;
+mod policy;
 mod sandbox;
 
 use kubelet::ContainerPlan;
@@ -81,6 +83,12 @@ async fn the_root_is_read_only_and_only_the_pods_volumes_are_writable() {
     let mut without = node.start(&simulator(&[]), &netns, "").unwrap();
     let netns2 = netns::NetNs::new().unwrap();
     let mut with = node.start(&simulator(&["/tmp"]), &netns2, "").unwrap();
+    for container in [&mut without, &mut with] {
+        container
+            .started("supplier-simulator", Duration::from_secs(30))
+            .await
+            .unwrap();
+    }
     for path in ["/", "/tmp", "/etc", "/usr/local/bin", "/home/nonroot"] {
         assert!(
             !without.can_write(path, 65532, 65532).unwrap(),

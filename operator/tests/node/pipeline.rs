@@ -5,6 +5,7 @@
 
 use crate::cluster::{Cluster, External, START_DEADLINE};
 use crate::kubelet::Manifests;
+use crate::netpol::{Labels, Policies};
 use crate::sandbox;
 use futures_util::{SinkExt, StreamExt};
 use odds_testkit::{TestDatabase, TestKafka, TestRedis};
@@ -28,7 +29,7 @@ fn yaml_documents(text: &str) -> Vec<Value> {
 }
 
 /// `odds-operator render` of the sample, as a user runs it.
-fn render_sample() -> Vec<Value> {
+pub fn render_sample() -> Vec<Value> {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_odds-operator"))
         .args(["render", "-f"])
         .arg(repo_file("operator/samples/oddspipeline.yaml"))
@@ -99,10 +100,15 @@ impl Datastores {
 
     /// The Services outside the pipeline, named as the sample's Secrets and the rendered
     /// ConfigMap name them, and the mock brokers' own addresses.
-    fn external(&self, manifests: &Manifests) -> (Vec<External>, Vec<SocketAddr>) {
-        let at = |url: &str, target: SocketAddr| {
+    fn external(&self, manifests: &Manifests) -> (Vec<External>, Vec<(SocketAddr, Labels, u16)>) {
+        let at = |url: &str, target: SocketAddr, labels: Labels| {
             let (name, port) = host_port(url);
-            External { name, port, target }
+            External {
+                name,
+                port,
+                target,
+                labels,
+            }
         };
         let secrets = &manifests.secrets;
         let (db_host, db_port) = host_port(self.db.url());
@@ -115,15 +121,40 @@ impl Datastores {
             .unwrap()
             .to_string();
         let external = vec![
-            at(&secrets["odds-postgres"]["url"], db),
+            at(
+                &secrets["odds-postgres"]["url"],
+                db,
+                datastore_pods("postgres"),
+            ),
             at(
                 &secrets["odds-redis"]["url"],
                 SocketAddr::from(([127, 0, 0, 1], self.redis.port())),
+                datastore_pods("redis"),
             ),
-            at(&format!("kafka://{config}"), broker),
+            at(&format!("kafka://{config}"), broker, kafka_pods()),
         ];
-        (external, vec![broker])
+        // The mock broker's own address stands for a broker pod's client port.
+        (external, vec![(broker, kafka_pods(), 9092)])
     }
+}
+
+/// The labels of the sample datastores' pods (operator/samples/datastores.yaml).
+pub fn datastore_pods(name: &str) -> Labels {
+    Labels::from([
+        ("app.kubernetes.io/name".to_string(), name.to_string()),
+        (
+            "app.kubernetes.io/part-of".to_string(),
+            "odds-dev-datastores".to_string(),
+        ),
+    ])
+}
+
+/// The labels Strimzi gives every pod of the sample's Kafka cluster `odds`.
+pub fn kafka_pods() -> Labels {
+    Labels::from([
+        ("strimzi.io/cluster".to_string(), "odds".to_string()),
+        ("strimzi.io/kind".to_string(), "Kafka".to_string()),
+    ])
 }
 
 /// Renders the sample, lets `break_it` change the manifests, and runs them on the node,
@@ -144,7 +175,14 @@ async fn run_sample(
         secrets: stores.secrets(),
     };
     let (external, passthrough) = stores.external(&manifests);
-    let mut cluster = Cluster::new(&node, &manifests.services()?, &external, passthrough)?;
+    let policies = Policies::of(&manifests.objects);
+    let mut cluster = Cluster::new(
+        &node,
+        &manifests.services()?,
+        &external,
+        passthrough,
+        policies,
+    )?;
     cluster.ready_deadline = ready_deadline;
     cluster.run(&manifests).await?;
     then(&mut cluster).await;
@@ -155,8 +193,8 @@ async fn run_sample(
 fn container<'a>(objects: &'a mut [Value], name: &str) -> &'a mut Value {
     let object = objects
         .iter_mut()
-        .find(|o| o["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("no {name} rendered"));
+        .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no Deployment {name} rendered"));
     &mut object["spec"]["template"]["spec"]["containers"][0]
 }
 
@@ -167,6 +205,11 @@ async fn the_sample_pods_start_as_rendered_and_serve_live_odds_through_the_servi
         |_| {},
         async |cluster| {
             cluster.check_filesystems().unwrap();
+            assert_eq!(
+                cluster.denied(),
+                Vec::<String>::new(),
+                "the sample needs no refused flow"
+            );
             let stream = cluster.connect("demo-odds-service", 8080).await.unwrap();
             let (mut ws, _) =
                 tokio_tungstenite::client_async("ws://demo-odds-service:8080/ws/odds", stream)
@@ -300,10 +343,33 @@ async fn a_pod_that_would_run_as_root_is_refused() {
     let failure = failure_of(|objects| {
         let object = objects
             .iter_mut()
-            .find(|o| o["metadata"]["name"] == "demo-ingest")
+            .find(|o| o["kind"] == "Deployment" && o["metadata"]["name"] == "demo-ingest")
             .unwrap();
         object["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = json!(0);
     })
     .await;
     check(&failure, &["demo-ingest", "runAsNonRoot"]);
+}
+
+#[tokio::test]
+async fn a_network_policy_that_forgets_a_flow_fails() {
+    // Ingest's policy without its egress to the simulator: it never hears the supplier.
+    let failure = failure_within(Duration::from_secs(30), |objects| {
+        let policy = objects
+            .iter_mut()
+            .find(|o| o["kind"] == "NetworkPolicy" && o["metadata"]["name"] == "demo-ingest")
+            .unwrap();
+        policy["spec"]["egress"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|rule| rule["ports"][0]["port"] != 8090);
+    })
+    .await;
+    check(
+        &failure,
+        &[
+            "Deployment demo-ingest: readiness probe",
+            "refused by NetworkPolicy: ingest -> demo-simulator:8090",
+        ],
+    );
 }

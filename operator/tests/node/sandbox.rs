@@ -200,6 +200,30 @@ impl Container {
         lines[lines.len().saturating_sub(15)..].join("\n")
     }
 
+    /// Waits until the container's process runs its command (the mounts are in place once
+    /// the mount script has exec'd it), at most `deadline`.
+    pub async fn started(&mut self, command: &str, deadline: Duration) -> Result<()> {
+        let comm: String = command.chars().take(15).collect();
+        let path = format!("/proc/{}/comm", self.child.id());
+        let until = tokio::time::Instant::now() + deadline;
+        loop {
+            if std::fs::read_to_string(&path).is_ok_and(|c| c.trim_end() == comm) {
+                return Ok(());
+            }
+            if let Some(status) = self.exited()? {
+                bail!(
+                    "{} exited ({status}) before running {command}: {}",
+                    self.name,
+                    self.log_tail()
+                );
+            }
+            if tokio::time::Instant::now() > until {
+                bail!("{} did not start {command} within {deadline:?}", self.name);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Whether user `uid:gid` can create a file in directory `path` of the running
     /// container's filesystem (entered through its mount namespace, as the process sees it).
     pub fn can_write(&self, path: &str, uid: u32, gid: u32) -> Result<bool> {

@@ -1,0 +1,220 @@
+//! NetworkPolicies: each workload (and the migration Job) talks only to what it needs.
+//!
+//! Without them every pod of a pipeline accepts connections from anywhere in the cluster and
+//! can reach anything: a compromised or misconfigured neighbour could write to the feed or
+//! read the datastores through it. One policy per workload, selecting its pods by the same
+//! labels as its Deployment, with both directions listed:
+//! - ingress: metrics scrapes (port `metrics`, from anywhere: Prometheus runs where the
+//!   cluster puts it), odds-service's API port from anywhere, the simulator's feed from this
+//!   pipeline's ingest pods only;
+//! - egress: DNS (port 53), and per workload only the peers its configuration names: Kafka
+//!   (Strimzi's broker pods of `clusterRef`, or the ports of `bootstrapServers`), Redis and
+//!   Postgres (the ports of the URLs in their Secrets: the operator never sees where a
+//!   Secret's host is, so any address on that port), the supplier (the simulator's pods, or
+//!   the port of the external URL).
+
+use super::{selector_labels, Component, API_PORT, OPS_PORT, SIMULATOR_PORT};
+use crate::crd::SecretKeyRef;
+use crate::observe::url_port;
+use crate::validate::{KafkaSource, Supplier, ValidPipeline};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
+    NetworkPolicyPort, NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use std::collections::BTreeMap;
+
+/// Port Strimzi's plain listener serves clients on (`<cluster>-kafka-bootstrap:9092`).
+pub const KAFKA_PORT: i32 = 9092;
+const REDIS_PORT: u16 = 6379;
+const POSTGRES_PORT: u16 = 5432;
+/// The migration Job's pods' `app.kubernetes.io/component`.
+const MIGRATION: &str = "migration";
+
+/// Name of the policy for the pods of `component` (a workload's suffix or `migration`).
+pub fn name_in(pipeline: &str, component: &str) -> String {
+    format!("{pipeline}-{component}")
+}
+
+/// One policy per workload and one for the migration Job; none when the spec turns them off.
+pub fn build(pipeline: &ValidPipeline) -> Vec<NetworkPolicy> {
+    if !pipeline.network_policy.enabled {
+        return Vec::new();
+    }
+    let mut out: Vec<NetworkPolicy> = pipeline
+        .components()
+        .into_iter()
+        .map(|component| {
+            policy(
+                pipeline,
+                component.suffix(),
+                ingress(pipeline, component),
+                egress(pipeline, component),
+            )
+        })
+        .collect();
+    let postgres = vec![port_rule(
+        None,
+        &[postgres_port(pipeline, &pipeline.postgres_url)],
+    )];
+    out.push(policy(pipeline, MIGRATION, Vec::new(), with_dns(postgres)));
+    out
+}
+
+fn policy(
+    pipeline: &ValidPipeline,
+    component: &str,
+    ingress: Vec<NetworkPolicyIngressRule>,
+    egress: Vec<NetworkPolicyEgressRule>,
+) -> NetworkPolicy {
+    NetworkPolicy {
+        metadata: super::metadata(
+            pipeline,
+            name_in(&pipeline.name, component),
+            "network-policy",
+        ),
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(pods(pipeline, component)),
+            policy_types: Some(vec!["Ingress".into(), "Egress".into()]),
+            ingress: Some(ingress),
+            egress: Some(egress),
+        }),
+    }
+}
+
+/// The pods of `component` of this pipeline (the migration Job's pods carry the same three
+/// labels, with `migration` as the component).
+fn pods(pipeline: &ValidPipeline, component: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(selector_labels(pipeline, component)),
+        ..LabelSelector::default()
+    }
+}
+
+fn ingress(pipeline: &ValidPipeline, component: Component) -> Vec<NetworkPolicyIngressRule> {
+    let from_anywhere = |port: i32| NetworkPolicyIngressRule {
+        from: None,
+        ports: Some(vec![tcp(port)]),
+    };
+    let mut rules = vec![from_anywhere(OPS_PORT)];
+    match component {
+        Component::OddsService => rules.push(from_anywhere(API_PORT)),
+        Component::Simulator => rules.push(NetworkPolicyIngressRule {
+            from: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(pods(pipeline, Component::Ingest.suffix())),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![tcp(SIMULATOR_PORT)]),
+        }),
+        Component::Ingest | Component::Processor => {}
+    }
+    rules
+}
+
+fn egress(pipeline: &ValidPipeline, component: Component) -> Vec<NetworkPolicyEgressRule> {
+    let redis = || port_rule(None, &[redis_port(pipeline)]);
+    let mut postgres_ports = vec![postgres_port(pipeline, &pipeline.postgres_url)];
+    if let Some(read) = &pipeline.postgres_read_url {
+        postgres_ports.push(postgres_port(pipeline, read));
+    }
+    postgres_ports.sort_unstable();
+    postgres_ports.dedup();
+    let rules = match component {
+        // It only serves: no egress at all (not even DNS).
+        Component::Simulator => return Vec::new(),
+        Component::Ingest => vec![kafka(pipeline), supplier(pipeline)],
+        Component::Processor => vec![kafka(pipeline), redis(), port_rule(None, &postgres_ports)],
+        Component::OddsService => vec![redis(), port_rule(None, &postgres_ports)],
+    };
+    with_dns(rules)
+}
+
+fn with_dns(mut rules: Vec<NetworkPolicyEgressRule>) -> Vec<NetworkPolicyEgressRule> {
+    rules.push(NetworkPolicyEgressRule {
+        to: None,
+        ports: Some(vec![
+            NetworkPolicyPort {
+                port: Some(IntOrString::Int(53)),
+                protocol: Some("UDP".into()),
+                end_port: None,
+            },
+            tcp(53),
+        ]),
+    });
+    rules
+}
+
+fn kafka(pipeline: &ValidPipeline) -> NetworkPolicyEgressRule {
+    match &pipeline.kafka {
+        KafkaSource::Strimzi { cluster } => NetworkPolicyEgressRule {
+            // Strimzi labels every pod of the Kafka cluster so (bootstrap and brokers alike).
+            to: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([
+                        ("strimzi.io/cluster".to_string(), cluster.clone()),
+                        ("strimzi.io/kind".to_string(), "Kafka".to_string()),
+                    ])),
+                    ..LabelSelector::default()
+                }),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![tcp(KAFKA_PORT)]),
+        },
+        KafkaSource::External { bootstrap_servers } => {
+            let mut ports: Vec<u16> = bootstrap_servers
+                .split(',')
+                .filter_map(|server| server.trim().rsplit_once(':')?.1.parse().ok())
+                .collect();
+            ports.sort_unstable();
+            ports.dedup();
+            port_rule(None, &ports)
+        }
+    }
+}
+
+fn supplier(pipeline: &ValidPipeline) -> NetworkPolicyEgressRule {
+    match &pipeline.supplier {
+        Supplier::Simulator(_) => NetworkPolicyEgressRule {
+            to: Some(vec![NetworkPolicyPeer {
+                pod_selector: Some(pods(pipeline, Component::Simulator.suffix())),
+                ..NetworkPolicyPeer::default()
+            }]),
+            ports: Some(vec![tcp(SIMULATOR_PORT)]),
+        },
+        Supplier::External { url } => port_rule(None, &[url_port(url).unwrap_or(443)]),
+    }
+}
+
+fn redis_port(pipeline: &ValidPipeline) -> u16 {
+    secret_port(pipeline, &pipeline.redis_url).unwrap_or(REDIS_PORT)
+}
+
+fn postgres_port(pipeline: &ValidPipeline, reference: &SecretKeyRef) -> u16 {
+    secret_port(pipeline, reference).unwrap_or(POSTGRES_PORT)
+}
+
+fn secret_port(pipeline: &ValidPipeline, reference: &SecretKeyRef) -> Option<u16> {
+    pipeline
+        .facts
+        .ports
+        .get(&reference.name)?
+        .get(&reference.key)
+        .copied()
+}
+
+/// Egress to `ports` (TCP) of `to`, or of any address when `to` is `None`.
+fn port_rule(to: Option<Vec<NetworkPolicyPeer>>, ports: &[u16]) -> NetworkPolicyEgressRule {
+    NetworkPolicyEgressRule {
+        to,
+        ports: Some(ports.iter().map(|p| tcp(i32::from(*p))).collect()),
+    }
+}
+
+fn tcp(port: i32) -> NetworkPolicyPort {
+    NetworkPolicyPort {
+        port: Some(IntOrString::Int(port)),
+        protocol: Some("TCP".into()),
+        end_port: None,
+    }
+}
