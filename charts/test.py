@@ -98,7 +98,7 @@ def default_render():
     assert kinds == expected, f"kinds {kinds} != {expected}"
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     env = {e["name"]: e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert "WATCH_NAMESPACE" not in env, "empty watchNamespace must watch all namespaces"
+    assert "WATCH_NAMESPACE" not in env, "empty watchNamespaces must watch all namespaces"
     assert env["LEADER_ELECTION"]["value"] == "true"
     assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     return validate_builtin(objects)
@@ -106,7 +106,7 @@ def default_render():
 
 def custom_render():
     values = {
-        "watchNamespace": "odds",
+        "watchNamespaces": ["odds", "odds-staging"],
         "leaderElection": False,
         "replicaCount": 1,
         "serviceAccount": {"create": False, "name": "existing"},
@@ -117,7 +117,22 @@ def custom_render():
     deployment = next(o for o in objects if o["kind"] == "Deployment")
     pod = deployment["spec"]["template"]["spec"]
     env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
-    assert env["WATCH_NAMESPACE"] == "odds" and env["LEADER_ELECTION"] == "false", env
+    assert env["WATCH_NAMESPACE"] == "odds,odds-staging" and env["LEADER_ELECTION"] == "false", env
+    # Namespaced install: the operator's rules only as a Role in each served namespace (the
+    # leader-election Role stays in the release namespace), nothing cluster-wide.
+    kinds = [o["kind"] for o in objects]
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds, kinds
+    roles = {o["metadata"]["namespace"]: o for o in objects
+             if o["kind"] == "Role" and not o["metadata"]["name"].endswith("-leader-election")}
+    assert sorted(roles) == ["odds", "odds-staging"], sorted(roles)
+    cluster_rules = next(o for o in render({}) if o["kind"] == "ClusterRole")["rules"]
+    for namespace, role in roles.items():
+        assert role["rules"] == cluster_rules, f"Role in {namespace} differs from the ClusterRole"
+        binding = next(o for o in objects if o["kind"] == "RoleBinding"
+                       and o["metadata"]["namespace"] == namespace)
+        assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                      "name": role["metadata"]["name"]}, binding
+        assert binding["subjects"][0]["name"] == "existing", binding
     assert pod["serviceAccountName"] == "existing"
     assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     return validate_builtin(objects)

@@ -31,9 +31,11 @@ use tokio_util::sync::CancellationToken;
 /// Flags of `odds-operator run`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
-    /// Namespace to watch; all namespaces when absent.
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    pub namespace: Option<String>,
+    /// Namespaces to serve, comma-separated (or the flag repeated); every namespace when
+    /// absent. With a list, the operator needs permissions only in those namespaces (the
+    /// chart's `watchNamespaces` grants a Role in each and nothing cluster-wide).
+    #[arg(long = "namespace", env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
     /// Campaign for the leader Lease before reconciling (turn off only for a single replica).
     #[arg(long, env = "LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub leader_election: bool,
@@ -140,30 +142,33 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         let appeared = CancellationToken::new();
         let poll = (!found.strimzi || !found.keda)
             .then(|| tokio::spawn(poll_apis(client.clone(), found, appeared.clone())));
-        controller(
-            &client,
-            args.namespace.as_deref(),
-            found.strimzi && args.watch_kafka_topics,
-            found.keda,
-        )
-        .graceful_shutdown_on({
-            let (shutdown, lost, appeared) = (shutdown.clone(), lost.clone(), appeared.clone());
-            async move {
-                tokio::select! {
-                    () = shutdown.cancelled() => {}
-                    () = lost.cancelled() => {}
-                    () = appeared.cancelled() => {}
+        let controllers = scopes(&args.namespaces).into_iter().map(|scope| {
+            let stop = {
+                let (shutdown, lost, appeared) = (shutdown.clone(), lost.clone(), appeared.clone());
+                async move {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = lost.cancelled() => {}
+                        () = appeared.cancelled() => {}
+                    }
                 }
-            }
-        })
-        .run(reconcile, error_policy, ctx.clone())
-        .for_each(|result| async move {
-            match result {
-                Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
-                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
-            }
-        })
-        .await;
+            };
+            controller(
+                &client,
+                scope,
+                found.strimzi && args.watch_kafka_topics,
+                found.keda,
+            )
+            .graceful_shutdown_on(stop)
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
+                    Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+                }
+            })
+        });
+        futures_util::future::join_all(controllers).await;
         if let Some(poll) = poll {
             poll.abort();
         }
@@ -190,6 +195,16 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     }
     let _ = ops_task.await;
     Ok(())
+}
+
+/// Where the controllers list and watch: one per served namespace (each sees only its own),
+/// or one for the whole cluster when none is named.
+pub fn scopes(namespaces: &[String]) -> Vec<Option<&str>> {
+    if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.iter().map(|n| Some(n.as_str())).collect()
+    }
 }
 
 /// Which optional APIs the cluster serves.

@@ -11,6 +11,7 @@ mod fixtures;
 mod harness;
 mod keda_schema;
 mod leader;
+mod namespaces;
 mod rbac;
 mod reconcile_changes;
 mod reconcile_failures;

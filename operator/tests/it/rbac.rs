@@ -128,18 +128,24 @@ async fn used() -> BTreeSet<Grant> {
     used
 }
 
-/// `(api group, resource, verb)` the chart's ClusterRole and Role grant.
+/// `(api group, resource, verb)` the chart grants: the operator's rules (files/rbac-rules.yaml,
+/// its ClusterRole or its Role per served namespace) and the leader-election Role.
 fn granted() -> BTreeSet<Grant> {
+    let rules =
+        std::fs::read_to_string(repo_file("charts/odds-operator/files/rbac-rules.yaml")).unwrap();
     let text =
         std::fs::read_to_string(repo_file("charts/odds-operator/templates/rbac.yaml")).unwrap();
-    // Template lines only fill in names and labels; the rules are plain YAML.
+    // The templates only fill in names and labels, and include the rules file; the
+    // leader-election Role's rules are plain YAML.
     let plain: String = text
         .lines()
         .filter(|l| !l.contains("{{"))
         .map(|l| format!("{l}\n"))
         .collect();
     let mut granted = BTreeSet::new();
-    for document in serde_yaml::Deserializer::from_str(&plain) {
+    let documents = serde_yaml::Deserializer::from_str(&rules)
+        .chain(serde_yaml::Deserializer::from_str(&plain));
+    for document in documents {
         let object: Value = serde::Deserialize::deserialize(document).unwrap();
         for rule in object["rules"].as_array().into_iter().flatten() {
             let strings = |key: &str| -> Vec<String> {
