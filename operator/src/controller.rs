@@ -17,6 +17,7 @@ use crate::observe::{self, DereferenceError};
 use crate::prune;
 use crate::status::{self, Failure, Observed};
 use crate::validate::validate;
+use crate::watch::WatchHealth;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -25,6 +26,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Why a reconcile failed, one variant per step; the controller retries with backoff.
 #[derive(Debug, thiserror::Error)]
@@ -42,6 +44,10 @@ pub enum Error {
     /// also hold the controller's graceful shutdown.
     #[error("the reconcile did not finish within {0:?}: the Kubernetes API did not answer")]
     TimedOut(Duration),
+    /// This replica lost the leader Lease: the reconcile was stopped where it was, before
+    /// its next write (another replica may already lead and write).
+    #[error("leadership lost: the reconcile was stopped before its next write")]
+    NotLeader,
 }
 
 /// Writing the pipeline's status failed.
@@ -62,6 +68,29 @@ impl Error {
             Self::Apply(_) => "apply",
             Self::Status(_) => "status",
             Self::TimedOut(_) => "timeout",
+            Self::NotLeader => "not_leader",
+        }
+    }
+
+    /// The Kubernetes API error behind this failure, with the verb of the request that met
+    /// it (`get`, `list`, `patch`, `delete`), for `odds_operator_api_errors_total`.
+    pub fn api_error(&self) -> Option<(&'static str, &kube::Error)> {
+        match self {
+            Self::Dereference(e) => Some(("get", &e.source)),
+            Self::Apply(e) => {
+                let verb = match e.verb {
+                    "get" => "get",
+                    "list" => "list",
+                    "delete" => "delete",
+                    // Serializing the body is no request.
+                    "serialize" => return None,
+                    // Server-side apply, the replicas hand-over.
+                    _ => "patch",
+                };
+                Some((verb, &e.source))
+            }
+            Self::Status(e) => Some(("patch", &e.source)),
+            Self::NoNamespace | Self::TimedOut(_) | Self::NotLeader => None,
         }
     }
 
@@ -73,8 +102,11 @@ impl Error {
                 _ => Reason::ReadFailed,
             },
             Self::Apply(e) => e.reason(),
-            // Writing a status would wait on the same API.
-            Self::NoNamespace | Self::Status(_) | Self::TimedOut(_) => return None,
+            // Writing a status would wait on the same API; a replica that lost the Lease
+            // writes nothing.
+            Self::NoNamespace | Self::Status(_) | Self::TimedOut(_) | Self::NotLeader => {
+                return None
+            }
         };
         Some(Failure {
             reason,
@@ -98,6 +130,12 @@ pub struct Context {
     pub keda: Arc<AtomicBool>,
     /// The time conditions' transitions are stamped with (tests move it on at will).
     pub clock: Clock,
+    /// Cancelled when this replica loses the leader Lease: every reconcile stops at once,
+    /// wherever it is, and sends no further write (`run` also drops the controller).
+    pub lost_leadership: CancellationToken,
+    /// Failures of the controller's watches, shown in the status of the pipelines that
+    /// depend on them.
+    pub watches: Arc<WatchHealth>,
 }
 
 /// A source of the current time.
@@ -115,11 +153,24 @@ impl Context {
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
+            watches: Arc::new(WatchHealth::new(metrics.clone())),
             metrics,
             failures: Mutex::new(HashMap::new()),
             strimzi: Arc::new(AtomicBool::new(true)),
             keda: Arc::new(AtomicBool::new(false)),
             clock: Arc::new(chrono::Utc::now),
+            lost_leadership: CancellationToken::new(),
+        }
+    }
+
+    /// Publishes `status`'s conditions as `odds_operator_pipeline_condition`.
+    fn report_conditions(&self, pipeline: &OddsPipeline, status: &OddsPipelineStatus) {
+        if let Some(metrics) = &self.metrics {
+            metrics.set_conditions(
+                &pipeline.namespace().unwrap_or_default(),
+                &pipeline.name_any(),
+                &status.conditions,
+            );
         }
     }
 
@@ -142,15 +193,25 @@ const REQUEUE_LAG: Duration = Duration::from_secs(30);
 /// Requeue interval of a settled pipeline (drift check), or of one waiting for the user.
 const REQUEUE_IDLE: Duration = Duration::from_secs(300);
 
-/// Reconciles one pipeline.
+/// Reconciles one pipeline. Stops at once, before its next request, when this replica loses
+/// the leader Lease (`ctx.lost_leadership`).
 pub async fn reconcile(pipeline: Arc<OddsPipeline>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if ctx.lost_leadership.is_cancelled() {
+        return Err(Error::NotLeader);
+    }
     let timer = ctx.metrics.as_ref().map(|m| {
         m.reconciles.inc();
         m.duration.start_timer()
     });
-    let result = tokio::time::timeout(RECONCILE_DEADLINE, reconcile_inner(&pipeline, &ctx))
-        .await
-        .unwrap_or(Err(Error::TimedOut(RECONCILE_DEADLINE)));
+    let result = tokio::select! {
+        // Checked first at every wake-up: once the Lease is lost, the reconcile is dropped
+        // where it waits, and its next write is never sent.
+        biased;
+        () = ctx.lost_leadership.cancelled() => Err(Error::NotLeader),
+        result = tokio::time::timeout(RECONCILE_DEADLINE, reconcile_inner(&pipeline, &ctx)) => {
+            result.unwrap_or(Err(Error::TimedOut(RECONCILE_DEADLINE)))
+        }
+    };
     drop(timer);
     match &result {
         Ok(_) => {
@@ -164,6 +225,9 @@ pub async fn reconcile(pipeline: Arc<OddsPipeline>, ctx: Arc<Context>) -> Result
                     .failures
                     .with_label_values(&[error.metric_label()])
                     .inc();
+                if let Some((verb, source)) = error.api_error() {
+                    metrics.api_error(verb, source);
+                }
             }
         }
     }
@@ -196,6 +260,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
             .await;
             write_status(client, pipeline, &namespace, &paused).await?;
         }
+        ctx.report_conditions(pipeline, &paused);
         return Ok(Action::await_change());
     }
 
@@ -204,6 +269,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         generation: pipeline.metadata.generation,
         external_kafka: !strimzi,
         web_socket_url: Some(service::web_socket_url(pipeline)),
+        watch_failures: ctx.watches.failures_for(pipeline),
         ..Observed::default()
     };
     let report = Report {
@@ -331,7 +397,12 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         // reconcile that already brought the children into shape.
         match observe::processor_lag(client, &valid.name, &namespace).await {
             Ok(lag) => observed.lag = lag,
-            Err(error) => tracing::warn!(%error, "cannot read the processor's lag"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the processor's lag");
+                if let Some(metrics) = &ctx.metrics {
+                    metrics.api_error("get", &error.source);
+                }
+            }
         }
     }
     report.finish(observed).await
@@ -454,9 +525,26 @@ impl Report<'_> {
             )
             .await;
         }
+        let watch_failed = |status: &OddsPipelineStatus| {
+            status
+                .condition(ConditionType::Watching)
+                .is_some_and(|c| c.status == "False")
+        };
+        if watch_failed(&next) && !watch_failed(self.previous) {
+            publish(
+                self.ctx,
+                self.pipeline,
+                EventType::Warning,
+                Reason::WatchFailed.as_str(),
+                "Watch",
+                observed.watch_failures.join("; "),
+            )
+            .await;
+        }
         if &next != self.previous {
             write_status(&self.ctx.client, self.pipeline, self.namespace, &next).await?;
         }
+        self.ctx.report_conditions(self.pipeline, &next);
         let ready = next.is_true(ConditionType::Ready);
         let degraded = next.is_true(ConditionType::Degraded);
         let lag_based = observed
@@ -580,11 +668,48 @@ async fn publish(
     send(ctx, pipeline, &event).await;
 }
 
-/// Publishes `event` about `pipeline`; a failure is logged, never fails the reconcile.
+/// Publishes `event` about `pipeline`; a failure is logged, never fails the reconcile. A
+/// note longer than the API server accepts is truncated ([`fit_note`]).
 async fn send(ctx: &Context, pipeline: &OddsPipeline, event: &Event) {
+    let fitted;
+    let event = match event.note.as_deref().map(fit_note) {
+        Some(std::borrow::Cow::Owned(note)) => {
+            fitted = Event {
+                type_: event.type_,
+                reason: event.reason.clone(),
+                note: Some(note),
+                action: event.action.clone(),
+                secondary: event.secondary.clone(),
+            };
+            &fitted
+        }
+        _ => event,
+    };
     if let Err(error) = ctx.recorder.publish(event, &pipeline.object_ref(&())).await {
         tracing::warn!(%error, reason = %event.reason, "cannot publish event");
+        if let Some(metrics) = &ctx.metrics {
+            metrics.api_error("create", &error);
+        }
     }
+}
+
+/// The most an event's `note` may hold, in bytes (the API server refuses longer ones).
+pub const EVENT_NOTE_LIMIT: usize = 1024;
+/// What ends a note that [`fit_note`] shortened.
+pub const TRUNCATED_MARKER: &str = "… (truncated)";
+
+/// `note` as it fits in an event: unchanged when it is at most [`EVENT_NOTE_LIMIT`] bytes,
+/// otherwise cut at a character boundary and ended with [`TRUNCATED_MARKER`], within the
+/// limit. (The full message stays in the status condition, which has room for it.)
+pub fn fit_note(note: &str) -> std::borrow::Cow<'_, str> {
+    if note.len() <= EVENT_NOTE_LIMIT {
+        return std::borrow::Cow::Borrowed(note);
+    }
+    let mut end = EVENT_NOTE_LIMIT - TRUNCATED_MARKER.len();
+    while !note.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}{TRUNCATED_MARKER}", &note[..end]))
 }
 
 /// Transient failures retry with exponential backoff (5 s doubling up to 5 min).

@@ -8,10 +8,12 @@
 //!   first saw it. The holder's `renewTime` is never compared with the local clock, so clock
 //!   skew between nodes cannot shorten a lease.
 //! - The holder must renew within `renew_deadline` (shorter than `lease_duration`) counted
-//!   from the start of its last successful renewal; each attempt is cut off at that deadline.
-//!   A holder that cannot renew in time stops leading before any standby may take over:
-//!   standbys wait `lease_duration` from when they saw that renewal, which was written after
-//!   it started.
+//!   from when the write of its last successful acquisition or renewal was sent, not from
+//!   when its answer arrived: the API server may have recorded the write at any moment after
+//!   it was sent, and a standby may have seen it at once. Each attempt is cut off at that
+//!   deadline. A holder that cannot renew in time stops leading before any standby may take
+//!   over: standbys wait `lease_duration` from when they saw that write, which was recorded
+//!   after it was sent.
 //! - Every write carries the `resourceVersion` it read, so two candidates racing for the same
 //!   Lease cannot both win (the loser gets a 409 Conflict).
 
@@ -19,6 +21,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, PostParams};
+use prometheus::IntGauge;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -108,6 +111,10 @@ pub struct Elector {
     api: Api<Lease>,
     config: LeaseConfig,
     observed: Option<(Record, Instant)>,
+    /// When the write of the last successful acquisition or renewal was sent.
+    written: Option<Instant>,
+    /// `odds_operator_leader`: 1 while this replica leads.
+    gauge: Option<IntGauge>,
 }
 
 impl Elector {
@@ -116,11 +123,32 @@ impl Elector {
             api,
             config,
             observed: None,
+            written: None,
+            gauge: None,
         }
+    }
+
+    /// Reports leadership in `gauge` (1 while leading, 0 otherwise).
+    pub fn with_gauge(mut self, gauge: IntGauge) -> Self {
+        gauge.set(0);
+        self.gauge = Some(gauge);
+        self
     }
 
     pub fn config(&self) -> &LeaseConfig {
         &self.config
+    }
+
+    /// When the write of the last successful acquisition or renewal was sent: the Lease is
+    /// this replica's from then on for `renew_deadline` at most.
+    pub fn written_at(&self) -> Option<Instant> {
+        self.written
+    }
+
+    fn leading(&self, leading: bool) {
+        if let Some(gauge) = &self.gauge {
+            gauge.set(i64::from(leading));
+        }
     }
 
     fn observe(&mut self, record: Record) {
@@ -148,9 +176,11 @@ impl Elector {
                     ..LeaseSpec::default()
                 }),
             };
+            let sent = Instant::now();
             return match self.api.create(&PostParams::default(), &lease).await {
                 Ok(created) => {
                     self.observe(Record::of(&created));
+                    self.written = Some(sent);
                     Ok(true)
                 }
                 Err(error) if is_conflict(&error) => Ok(false),
@@ -180,6 +210,7 @@ impl Elector {
         spec.renew_time = Some(now);
         spec.lease_duration_seconds = Some(self.config.duration_seconds());
         // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
+        let sent = Instant::now();
         match self
             .api
             .replace(&self.config.name, &PostParams::default(), &lease)
@@ -187,6 +218,7 @@ impl Elector {
         {
             Ok(written) => {
                 self.observe(Record::of(&written));
+                self.written = Some(sent);
                 Ok(true)
             }
             Err(error) if is_conflict(&error) => Ok(false),
@@ -196,6 +228,9 @@ impl Elector {
 
     /// Gives the Lease up (on shutdown) so a standby takes over at once instead of waiting.
     pub async fn release(&mut self) -> Result<(), kube::Error> {
+        // Called once the controller stopped: this replica leads no more, whatever the
+        // Lease write below meets.
+        self.leading(false);
         let Some(mut lease) = self.api.get_opt(&self.config.name).await? else {
             return Ok(());
         };
@@ -231,7 +266,10 @@ pub async fn acquire(elector: &mut Elector, shutdown: &CancellationToken) -> boo
         tokio::select! {
             () = shutdown.cancelled() => return false,
             result = attempt => match result {
-                Ok(Ok(true)) => return true,
+                Ok(Ok(true)) => {
+                    elector.leading(true);
+                    return true;
+                }
                 Ok(Ok(false)) => tracing::debug!(lease = %elector.config.name, "another replica leads"),
                 Ok(Err(error)) => tracing::warn!(%error, "cannot read or write the leader Lease"),
                 Err(_) => tracing::warn!("leader Lease request timed out"),
@@ -246,17 +284,24 @@ pub async fn acquire(elector: &mut Elector, shutdown: &CancellationToken) -> boo
 
 /// Renews the Lease every retry period until `stop`; cancels `lost` (and returns) as soon as
 /// leadership cannot be kept: another holder, or no successful renewal within the renew
-/// deadline of the last successful one's start. Call it right after [`acquire`] returned
-/// true, and keep it running until the controller has drained (not just until SIGTERM), so
-/// in-flight reconciles finish under a valid lease.
+/// deadline of when the last successful acquisition's or renewal's write was sent. Call it
+/// right after [`acquire`] returned true, and keep it running until the controller has
+/// drained (not just until SIGTERM), so in-flight reconciles finish under a valid lease.
 pub async fn keep(
     mut elector: Elector,
     stop: CancellationToken,
     lost: CancellationToken,
 ) -> Elector {
-    let mut last_success_start = Instant::now();
+    // Valid from when the acquiring write was sent, not from when `acquire` returned: its
+    // answer may have come late, while a standby already saw the Lease change.
+    let Some(mut written) = elector.written else {
+        tracing::error!("keeping a Lease that was never acquired: stepping down");
+        elector.leading(false);
+        lost.cancel();
+        return elector;
+    };
     loop {
-        let deadline = last_success_start + elector.config.renew_deadline;
+        let deadline = written + elector.config.renew_deadline;
         let next = (Instant::now() + elector.config.retry_period).min(deadline);
         tokio::select! {
             () = stop.cancelled() => return elector,
@@ -264,14 +309,15 @@ pub async fn keep(
         }
         if Instant::now() >= deadline {
             tracing::error!("leader Lease not renewed within the renew deadline: stepping down");
+            elector.leading(false);
             lost.cancel();
             return elector;
         }
-        let start = Instant::now();
         match tokio::time::timeout_at(deadline, elector.try_acquire_or_renew()).await {
-            Ok(Ok(true)) => last_success_start = start,
+            Ok(Ok(true)) => written = elector.written.unwrap_or(written),
             Ok(Ok(false)) => {
                 tracing::error!("leadership lost to another replica");
+                elector.leading(false);
                 lost.cancel();
                 return elector;
             }

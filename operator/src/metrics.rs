@@ -1,7 +1,32 @@
-//! Prometheus metrics of the reconciler: how often it runs, how often it fails, how long
-//! it takes. Registered on the registry the ops server exposes at `/metrics`.
+//! Prometheus metrics of the operator, served as `odds_operator_*`: the names below are
+//! registered without that prefix in the operator's [`PrefixedRegistry`] (see
+//! [`odds_runtime::metrics`]), which the ops server exposes at `/metrics`.
+//!
+//! - `reconciles_total`, `reconcile_errors_total{error}` (the step that failed) and
+//!   `reconcile_duration_seconds` (buckets up to the reconcile deadline);
+//! - `api_errors_total{verb,code}`: the Kubernetes API errors the reconcile meets;
+//! - `watch_errors_total{resource,reason}`: failures of the controller's list/watch streams;
+//! - `leader`: 1 while this replica holds the leader Lease;
+//! - `pipeline_condition{namespace,pipeline,type,status}`: 1 for each condition's current
+//!   status, 0 for the others; removed when the pipeline is deleted.
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use crate::crd::{Condition, ConditionType, OddsPipeline};
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use odds_runtime::metrics::{component, PrefixedRegistry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+};
+use std::collections::BTreeSet;
+
+/// Upper bounds of the reconcile duration buckets, in seconds: up to the 60 s reconcile
+/// deadline (`controller::RECONCILE_DEADLINE`), after which a reconcile is abandoned.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
+];
+
+/// The values of a condition's `status`, each a series of `pipeline_condition`.
+pub const CONDITION_STATUSES: [&str; 3] = ["True", "False", "Unknown"];
 
 /// The operator's metrics.
 #[derive(Clone)]
@@ -9,31 +34,146 @@ pub struct Metrics {
     pub reconciles: IntCounter,
     pub failures: IntCounterVec,
     pub duration: Histogram,
+    pub api_errors: IntCounterVec,
+    pub watch_errors: IntCounterVec,
+    pub leader: IntGauge,
+    pub conditions: IntGaugeVec,
 }
 
 impl Metrics {
+    /// The operator's registry: everything below is served as `odds_operator_<name>`.
+    pub fn registry() -> Result<PrefixedRegistry, prometheus::Error> {
+        PrefixedRegistry::new(component::OPERATOR)
+    }
+
     /// Creates the metrics and registers them on `registry`.
-    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+    pub fn register(registry: &PrefixedRegistry) -> Result<Self, prometheus::Error> {
         let metrics = Self {
-            reconciles: IntCounter::new("odds_operator_reconciles_total", "Reconciles started")?,
+            reconciles: IntCounter::new("reconciles_total", "Reconciles started")?,
             failures: IntCounterVec::new(
                 Opts::new(
-                    "odds_operator_reconcile_errors_total",
-                    "Reconciles that failed",
+                    "reconcile_errors_total",
+                    "Reconciles that failed, by the step that failed",
                 ),
                 &["error"],
             )?,
             duration: Histogram::with_opts(
-                HistogramOpts::new(
-                    "odds_operator_reconcile_duration_seconds",
-                    "Reconcile duration",
-                )
-                .buckets(vec![0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+                HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration")
+                    .buckets(DURATION_BUCKETS.to_vec()),
+            )?,
+            api_errors: IntCounterVec::new(
+                Opts::new(
+                    "api_errors_total",
+                    "Kubernetes API errors the reconcile met, by verb and HTTP code",
+                ),
+                &["verb", "code"],
+            )?,
+            watch_errors: IntCounterVec::new(
+                Opts::new(
+                    "watch_errors_total",
+                    "Failures of the controller's list/watch streams, by resource and reason",
+                ),
+                &["resource", "reason"],
+            )?,
+            leader: IntGauge::new("leader", "1 while this replica holds the leader Lease")?,
+            conditions: IntGaugeVec::new(
+                Opts::new(
+                    "pipeline_condition",
+                    "OddsPipeline status conditions: 1 for the condition's current status",
+                ),
+                &["namespace", "pipeline", "type", "status"],
             )?,
         };
-        registry.register(Box::new(metrics.reconciles.clone()))?;
-        registry.register(Box::new(metrics.failures.clone()))?;
-        registry.register(Box::new(metrics.duration.clone()))?;
+        registry.register(metrics.reconciles.clone())?;
+        registry.register(metrics.failures.clone())?;
+        registry.register(metrics.duration.clone())?;
+        registry.register(metrics.api_errors.clone())?;
+        registry.register(metrics.watch_errors.clone())?;
+        registry.register(metrics.leader.clone())?;
+        registry.register(metrics.conditions.clone())?;
         Ok(metrics)
+    }
+
+    /// Counts one API error of a request with `verb` (`get`, `list`, `patch`, `create`,
+    /// `delete`): `code` is the HTTP status, or `transport` when no answer came.
+    pub fn api_error(&self, verb: &str, error: &kube::Error) {
+        let code = api_error_code(error);
+        self.api_errors.with_label_values(&[verb, &code]).inc();
+    }
+
+    /// Sets the condition series of pipeline `namespace/name` to `conditions`; the series of
+    /// condition types it no longer has go.
+    pub fn set_conditions(&self, namespace: &str, name: &str, conditions: &[Condition]) {
+        for type_ in ConditionType::ALL {
+            let current = conditions.iter().find(|c| c.type_ == type_.as_str());
+            for status in CONDITION_STATUSES {
+                let labels = [namespace, name, type_.as_str(), status];
+                match current {
+                    Some(c) => self
+                        .conditions
+                        .with_label_values(&labels)
+                        .set(i64::from(c.status == status)),
+                    None => {
+                        let _ = self.conditions.remove_label_values(&labels);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes every condition series of pipeline `namespace/name` (it was deleted).
+    pub fn forget_pipeline(&self, namespace: &str, name: &str) {
+        self.set_conditions(namespace, name, &[]);
+    }
+}
+
+/// The `code` label of an API error: the HTTP status the API server answered, or
+/// `transport` (no answer: connection, TLS, timeout), or `decode` (an answer that was not
+/// the object expected).
+pub fn api_error_code(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.code.to_string(),
+        kube::Error::SerdeError(_) => "decode".into(),
+        _ => "transport".into(),
+    }
+}
+
+/// Follows the pipelines' watch to remove the condition series of deleted pipelines: at a
+/// `Delete` event, and, since a watch that restarts lists again without replaying the
+/// deletions it missed, for every pipeline a completed re-list no longer holds.
+#[derive(Debug, Default)]
+pub struct PipelineSeries {
+    /// Pipelines seen, as `(namespace, name)`.
+    seen: BTreeSet<(String, String)>,
+    /// During a (re-)list: the pipelines it has delivered so far.
+    listing: Option<BTreeSet<(String, String)>>,
+}
+
+impl PipelineSeries {
+    pub fn on_event(&mut self, metrics: &Metrics, event: &watcher::Event<OddsPipeline>) {
+        let key = |p: &OddsPipeline| (p.namespace().unwrap_or_default(), p.name_any());
+        match event {
+            watcher::Event::Apply(pipeline) => {
+                self.seen.insert(key(pipeline));
+            }
+            watcher::Event::Delete(pipeline) => {
+                let (namespace, name) = key(pipeline);
+                metrics.forget_pipeline(&namespace, &name);
+                self.seen.remove(&(namespace, name));
+            }
+            watcher::Event::Init => self.listing = Some(BTreeSet::new()),
+            watcher::Event::InitApply(pipeline) => {
+                self.listing
+                    .get_or_insert_with(BTreeSet::new)
+                    .insert(key(pipeline));
+            }
+            watcher::Event::InitDone => {
+                let listed = self.listing.take().unwrap_or_default();
+                for (namespace, name) in self.seen.difference(&listed) {
+                    metrics.forget_pipeline(namespace, name);
+                }
+                self.seen = listed;
+            }
+        }
     }
 }

@@ -1,16 +1,18 @@
 //! `odds-operator run`: ops server, leader election, and the controller.
 //!
-//! Only the leader runs the controller; a replica that loses the Lease stops its controller
-//! and exits non-zero so Kubernetes restarts it as a fresh follower (simplest way to be sure
-//! no stale reconcile outlives leadership).
+//! Only the leader runs the controller; a replica that loses the Lease drops its controller
+//! at once (its in-flight reconciles stop before their next write, see [`operate`]) and exits
+//! non-zero so Kubernetes restarts it as a fresh follower.
 
 use crate::build::{topic, KafkaTopic, ScaledObject};
 use crate::controller::{error_policy, reconcile, Context};
 use crate::crd::OddsPipeline;
+use crate::discovery::{Discovered, Discovery};
 use crate::leader::{self, Elector, LeaseConfig};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, PipelineSeries};
 use crate::observe;
-use futures_util::StreamExt;
+use crate::watch::WatchHealth;
+use futures_util::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
@@ -20,12 +22,12 @@ use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::ResourceExt;
 use odds_runtime::{ops::ops_router, serve_http, OpsArgs, Readiness};
-use std::sync::atomic::Ordering;
+use serde::de::DeserializeOwned;
+use std::fmt::Debug;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Flags of `odds-operator run`.
@@ -74,12 +76,12 @@ pub enum RunError {
 
 /// Runs until SIGTERM (Ok) or loss of leadership (Err).
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunError> {
-    let registry = prometheus::Registry::new();
+    let registry = Metrics::registry()?;
     let metrics = Metrics::register(&registry)?;
     let readiness = Readiness::new(&["kubernetes"]);
     let (addr, ops_task) = serve_http(
         args.ops.http_addr,
-        ops_router(readiness.clone(), registry),
+        ops_router(readiness.clone(), registry.registry().clone()),
         shutdown.clone(),
     )
     .await?;
@@ -102,7 +104,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let mut keeper = None;
     if args.leader_election {
         tracing::info!(identity = %lease.identity, "waiting for leadership");
-        let mut elector = Elector::new(lease_api, lease);
+        let mut elector = Elector::new(lease_api, lease).with_gauge(metrics.leader.clone());
         if !leader::acquire(&mut elector, &shutdown).await {
             let _ = ops_task.await;
             return Ok(());
@@ -113,71 +115,17 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
             stop_renewing.clone(),
             lost.clone(),
         )));
+    } else {
+        metrics.leader.set(1);
     }
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Some(args.identity.clone()),
-        Some(metrics),
-    ));
-    let mut warned = Discovered::default();
-    loop {
-        let found = discover(&client).await;
-        ctx.strimzi.store(found.strimzi, Ordering::Relaxed);
-        ctx.keda.store(found.keda, Ordering::Relaxed);
-        if !found.strimzi && !warned.strimzi {
-            tracing::warn!(
-                "Strimzi's KafkaTopic CRD (kafka.strimzi.io/v1) is not installed: KafkaTopics are not watched, and pipelines with kafka.clusterRef report Degraded/StrimziNotInstalled until it is"
-            );
-            warned.strimzi = true;
-        }
-        if !found.keda && !warned.keda {
-            tracing::warn!(
-                "KEDA's ScaledObject CRD (keda.sh/v1alpha1) is not installed: lag and connections autoscaling fall back to CPU (Autoscaling/KedaNotInstalled) until it is"
-            );
-            warned.keda = true;
-        }
-        // While an API is missing, a poll notices its installation and restarts the
-        // controller with its watch (a controller's watches are fixed once it runs).
-        let appeared = CancellationToken::new();
-        let poll = (!found.strimzi || !found.keda)
-            .then(|| tokio::spawn(poll_apis(client.clone(), found, appeared.clone())));
-        let controllers = scopes(&args.namespaces).into_iter().map(|scope| {
-            let stop = {
-                let (shutdown, lost, appeared) = (shutdown.clone(), lost.clone(), appeared.clone());
-                async move {
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = lost.cancelled() => {}
-                        () = appeared.cancelled() => {}
-                    }
-                }
-            };
-            controller(
-                &client,
-                scope,
-                found.strimzi && args.watch_kafka_topics,
-                found.keda,
-            )
-            .graceful_shutdown_on(stop)
-            .run(reconcile, error_policy, ctx.clone())
-            .for_each(|result| async move {
-                match result {
-                    Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
-                    Err(error) => tracing::debug!(%error, "reconcile did not complete"),
-                }
-            })
-        });
-        futures_util::future::join_all(controllers).await;
-        if let Some(poll) = poll {
-            poll.abort();
-        }
-        if appeared.is_cancelled() && !shutdown.is_cancelled() && !lost.is_cancelled() {
-            tracing::info!("a CRD the operator uses (Strimzi's KafkaTopic or KEDA's ScaledObject) appeared: restarting the controller with its watch");
-            continue;
-        }
-        break;
-    }
+    let mut ctx = Context::new(client.clone(), Some(args.identity.clone()), Some(metrics));
+    ctx.lost_leadership = lost.clone();
+    let scope = Scope {
+        namespaces: args.namespaces.clone(),
+        watch_kafka_topics: args.watch_kafka_topics,
+    };
+    operate(&client, &scope, Arc::new(ctx), shutdown.clone()).await;
     stop_renewing.cancel();
     if let Some(keeper) = keeper {
         match keeper.await {
@@ -207,59 +155,120 @@ pub fn scopes(namespaces: &[String]) -> Vec<Option<&str>> {
     }
 }
 
-/// Which optional APIs the cluster serves.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Discovered {
-    /// Strimzi's `kafkatopics` in `kafka.strimzi.io/v1`.
-    pub strimzi: bool,
-    /// KEDA's `scaledobjects` in `keda.sh/v1alpha1`.
-    pub keda: bool,
+/// What the controller watches.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// The namespaces served (one controller each), or all when empty.
+    pub namespaces: Vec<String>,
+    /// Watch Strimzi's KafkaTopics when the cluster serves them (`--watch-kafka-topics`).
+    pub watch_kafka_topics: bool,
 }
 
-/// Discovers the optional APIs.
-pub async fn discover(client: &kube::Client) -> Discovered {
-    Discovered {
-        strimzi: strimzi_installed(client).await,
-        keda: keda_installed(client).await,
-    }
-}
-
-/// Whether the API server serves Strimzi's `kafkatopics` in `kafka.strimzi.io/v1`. An
-/// error other than "not found" counts as absent too, and is logged: the poll retries.
-pub async fn strimzi_installed(client: &kube::Client) -> bool {
-    serves(client, "kafka.strimzi.io/v1", "kafkatopics").await
-}
-
-/// Whether the API server serves KEDA's `scaledobjects` in `keda.sh/v1alpha1` (same rules).
-pub async fn keda_installed(client: &kube::Client) -> bool {
-    serves(client, "keda.sh/v1alpha1", "scaledobjects").await
-}
-
-async fn serves(client: &kube::Client, group_version: &str, plural: &str) -> bool {
-    match client.list_api_group_resources(group_version).await {
-        Ok(list) => list.resources.iter().any(|r| r.name == plural),
-        Err(kube::Error::Api(status)) if status.code == 404 => false,
-        Err(error) => {
-            tracing::warn!(%error, group_version, "cannot discover an optional API");
-            false
+/// Discovers the optional APIs, then runs the controller (on the leader) until `shutdown`
+/// or the loss of leadership (`ctx.lost_leadership`).
+///
+/// - On `shutdown` the controller drains: no new reconcile starts, those in flight finish
+///   (the caller keeps renewing the Lease meanwhile).
+/// - On the loss of leadership it stops at once: the controller is dropped with its
+///   in-flight reconciles, which also stop themselves before their next write (another
+///   replica may already lead).
+/// - When discovery's answer changes (a CRD installed, or removed: a 404 for its group
+///   version), the controller restarts with the watches the new answer implies: a watch of a
+///   removed CRD would fail forever and hold every other watch back through the
+///   controller's shared backoff.
+pub async fn operate(
+    client: &kube::Client,
+    scope: &Scope,
+    ctx: Arc<Context>,
+    shutdown: CancellationToken,
+) {
+    let lost = ctx.lost_leadership.clone();
+    let stop = CancellationToken::new();
+    let stopper = tokio::spawn({
+        let (stop, shutdown, lost) = (stop.clone(), shutdown.clone(), lost.clone());
+        async move {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = lost.cancelled() => {}
+            }
+            stop.cancel();
         }
-    }
-}
-
-/// Cancels `appeared` once an API missing from `found` is served.
-async fn poll_apis(client: kube::Client, found: Discovered, appeared: CancellationToken) {
+    });
+    let mut discovery = Discovery::new(client.clone(), ctx.clone());
+    let Some(mut found) = discovery.until_known(&stop).await else {
+        stopper.abort();
+        return;
+    };
+    let mut warned = Discovered::default();
     loop {
-        tokio::time::sleep(DISCOVERY_POLL).await;
-        let now = discover(&client).await;
-        if (now.strimzi && !found.strimzi) || (now.keda && !found.keda) {
-            appeared.cancel();
-            return;
+        if !found.strimzi && !warned.strimzi {
+            tracing::warn!(
+                "Strimzi's KafkaTopic CRD (kafka.strimzi.io/v1) is not installed: KafkaTopics are not watched, and pipelines with kafka.clusterRef report Degraded/StrimziNotInstalled until it is"
+            );
         }
+        if !found.keda && !warned.keda {
+            tracing::warn!(
+                "KEDA's ScaledObject CRD (keda.sh/v1alpha1) is not installed: lag and connections autoscaling fall back to CPU (Autoscaling/KedaNotInstalled) until it is"
+            );
+        }
+        // Warned again if it goes missing again after coming back.
+        warned = Discovered {
+            strimzi: !found.strimzi,
+            keda: !found.keda,
+        };
+        let changed = CancellationToken::new();
+        let poll = tokio::spawn(discovery.poll(found, changed.clone()));
+        // One controller per served namespace (each lists and watches only there), or one
+        // for the whole cluster.
+        let runs = scopes(&scope.namespaces).into_iter().map(|namespace| {
+            controller(
+                client,
+                namespace,
+                found.strimzi && scope.watch_kafka_topics,
+                found.keda,
+                &ctx,
+            )
+            .graceful_shutdown_on({
+                let (shutdown, changed) = (shutdown.clone(), changed.clone());
+                async move {
+                    tokio::select! {
+                        () = shutdown.cancelled() => {}
+                        () = changed.cancelled() => {}
+                    }
+                }
+            })
+            .run(reconcile, error_policy, ctx.clone())
+            // Not graceful: dropping the stream aborts the reconciles in flight.
+            .take_until(lost.clone().cancelled_owned())
+            .for_each(|result| async move {
+                match result {
+                    Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
+                    Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+                }
+            })
+        });
+        futures_util::future::join_all(runs).await;
+        if !changed.is_cancelled() || stop.is_cancelled() {
+            poll.abort();
+            break;
+        }
+        discovery = match poll.await {
+            Ok(discovery) => discovery,
+            Err(error) => {
+                tracing::error!(%error, "discovery task failed");
+                break;
+            }
+        };
+        let now = discovery.current();
+        tracing::info!(
+            strimzi = now.strimzi,
+            keda = now.keda,
+            "the optional APIs the cluster serves changed: restarting the controller with the watches they need"
+        );
+        found = now;
     }
+    stopper.abort();
 }
-
-/// How often an operator without Strimzi or KEDA checks whether they have been installed.
-const DISCOVERY_POLL: Duration = Duration::from_secs(60);
 
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
 where
@@ -294,57 +303,125 @@ pub fn watched_resources() -> Vec<(String, String)> {
 }
 
 /// The controller: pipelines, every kind of child it owns (a child's change reconciles its
-/// owner), the pipelines' KafkaTopics (by label), and the Secrets pipelines reference.
-fn controller(
+/// owner), the pipelines' KafkaTopics (by label), and the Secrets pipelines reference. Every
+/// watch stream reports to `ctx.watches` under its resource's name ([`WatchHealth`]); the
+/// pipelines' stream also removes a deleted pipeline's condition series.
+pub fn controller(
     client: &kube::Client,
     namespace: Option<&str>,
     watch_topics: bool,
     watch_scaled_objects: bool,
+    ctx: &Arc<Context>,
 ) -> Controller<OddsPipeline> {
-    let config = watcher::Config::default();
+    let health = &ctx.watches;
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=odds-operator");
-    let mut controller = Controller::new(api::<OddsPipeline>(client, namespace), config)
-        .owns(api::<ConfigMap>(client, namespace), children.clone())
-        .owns(api::<Job>(client, namespace), children.clone())
-        .owns(api::<Deployment>(client, namespace), children.clone())
-        .owns(api::<Service>(client, namespace), children.clone())
-        .owns(
-            api::<PodDisruptionBudget>(client, namespace),
-            children.clone(),
+    let (reader, writer) = reflector::store();
+    let mut series = PipelineSeries::default();
+    let metrics = ctx.metrics.clone();
+    let pipelines = reflector(
+        writer,
+        observed(
+            health,
+            watcher(
+                api::<OddsPipeline>(client, namespace),
+                watcher::Config::default(),
+            ),
         )
-        .owns(
-            api::<HorizontalPodAutoscaler>(client, namespace),
-            children.clone(),
-        )
-        .owns(api::<Ingress>(client, namespace), children.clone())
-        .owns(api::<NetworkPolicy>(client, namespace), children.clone());
+        .inspect(move |event| {
+            if let (Ok(event), Some(metrics)) = (event, &metrics) {
+                series.on_event(metrics, event);
+            }
+        }),
+    )
+    .applied_objects();
+    let mut controller = Controller::for_stream(pipelines, reader)
+        .owns_stream(owned::<ConfigMap>(client, namespace, &children, health))
+        .owns_stream(owned::<Job>(client, namespace, &children, health))
+        .owns_stream(owned::<Deployment>(client, namespace, &children, health))
+        .owns_stream(owned::<Service>(client, namespace, &children, health))
+        .owns_stream(owned::<PodDisruptionBudget>(
+            client, namespace, &children, health,
+        ))
+        .owns_stream(owned::<HorizontalPodAutoscaler>(
+            client, namespace, &children, health,
+        ))
+        .owns_stream(owned::<Ingress>(client, namespace, &children, health))
+        .owns_stream(owned::<NetworkPolicy>(client, namespace, &children, health));
     if watch_topics {
         // By label, not owner reference: with `topicDeletionPolicy: Retain` a topic has none,
         // and Strimzi marking it Ready must still reconcile its pipeline.
-        controller = controller.watches(
-            api::<KafkaTopic>(client, namespace),
-            children.clone(),
-            |kafka_topic| topic::pipeline_of(&kafka_topic),
-        );
+        let topics = observed(
+            health,
+            watcher(api::<KafkaTopic>(client, namespace), children.clone()),
+        )
+        .touched_objects();
+        controller =
+            controller.watches_stream(topics, |kafka_topic| topic::pipeline_of(&kafka_topic));
     }
     if watch_scaled_objects {
-        controller = controller.owns(api::<ScaledObject>(client, namespace), children);
+        controller =
+            controller.owns_stream(owned::<ScaledObject>(client, namespace, &children, health));
     }
     // Secrets are referenced, not owned: map a changed Secret to the pipelines using it.
     // Metadata only: a cluster-wide watch of full Secrets would hold every Secret's data in
     // memory (Helm release Secrets alone can be ~1 MiB each). The reconcile reads the few
     // Secrets a pipeline references by name.
     let pipelines = controller.store();
-    controller.watches(
-        api::<PartialObjectMeta<Secret>>(client, namespace),
-        watcher::Config::default(),
-        move |secret| {
-            let state = pipelines.state();
-            observe::pipelines_using_secret(
-                state.iter().map(|p| p.as_ref()),
-                secret.namespace().as_deref(),
-                &secret.name_any(),
-            )
-        },
+    let secrets = observed(
+        health,
+        watcher(
+            api::<PartialObjectMeta<Secret>>(client, namespace),
+            watcher::Config::default(),
+        ),
     )
+    .touched_objects();
+    controller.watches_stream(secrets, move |secret| {
+        let state = pipelines.state();
+        observe::pipelines_using_secret(
+            state.iter().map(|p| p.as_ref()),
+            secret.namespace().as_deref(),
+            &secret.name_any(),
+        )
+    })
+}
+
+/// `events` (a watch of `K`), each reported to `health` under `K`'s plural.
+pub fn observed<K, S>(
+    health: &Arc<WatchHealth>,
+    events: S,
+) -> impl Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()> + Send + 'static,
+    S: Stream<Item = watcher::Result<watcher::Event<K>>> + Send + 'static,
+{
+    let health = health.clone();
+    let resource = K::plural(&()).into_owned();
+    events.inspect(move |item| health.observe(&resource, item))
+}
+
+/// The metadata watch of the children of kind `K` (what `Controller::owns` runs), reported
+/// to `health`.
+fn owned<K>(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    config: &watcher::Config,
+    health: &Arc<WatchHealth>,
+) -> impl Stream<Item = watcher::Result<PartialObjectMeta<K>>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    observed(
+        health,
+        watcher(
+            api::<PartialObjectMeta<K>>(client, namespace),
+            config.clone(),
+        ),
+    )
+    .touched_objects()
 }

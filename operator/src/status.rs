@@ -39,6 +39,9 @@ pub struct Observed {
     pub lag: Option<i64>,
     /// Workloads whose rollout is stuck, with the cause (`crate::rollout`).
     pub stuck: BTreeMap<Component, Failure>,
+    /// The watches this pipeline depends on that have failed for a while, one message each
+    /// (`Watching=False`, `WatchFailed`); empty when they all work.
+    pub watch_failures: Vec<String>,
 }
 
 /// What `status.processor.lag` says when no lag-based decision was reported.
@@ -256,6 +259,24 @@ pub fn compute(
                     .join(", "),
             ),
         }
+    }
+
+    // Not part of `Ready`: the pipeline runs; the operator only notices changes of the
+    // failing kind late (on its periodic requeue).
+    if observed.watch_failures.is_empty() {
+        set(
+            ConditionType::Watching,
+            true,
+            Reason::AsExpected,
+            "every watch the operator keeps for this pipeline works".into(),
+        );
+    } else {
+        set(
+            ConditionType::Watching,
+            false,
+            Reason::WatchFailed,
+            observed.watch_failures.join("; "),
+        );
     }
 
     if observed.scaling.is_empty() {

@@ -51,8 +51,8 @@ def ts(title, targets, x, w=8, h=8, unit="short", desc=""):
                     for i, (e, l) in enumerate(targets)],
     })
 
-def stat(title, expr, x, w, unit="short", thresholds=None, desc=""):
-    steps = [{"color": "green", "value": None}] + [{"color": c, "value": v} for v, c in (thresholds or [])]
+def stat(title, expr, x, w, unit="short", thresholds=None, desc="", base="green"):
+    steps = [{"color": base, "value": None}] + [{"color": c, "value": v} for v, c in (thresholds or [])]
     panels.append({
         "type": "stat", "id": nid(), "title": title, "description": desc, "datasource": DS,
         "gridPos": {"h": 4, "w": w, "x": x, "y": y[0]},
@@ -174,14 +174,50 @@ ts("Supplier connection", [
 newline()
 
 row("Operator")
-ts("Reconciles", [
-    ("sum(rate(odds_operator_reconciles_total[$__rate_interval]))", "reconciles/s"),
-    ("sum by (error) (rate(odds_operator_reconcile_errors_total[$__rate_interval]))", "errors/s {{error}}"),
-], 0, w=12, unit="ops")
+# The operator's ServiceMonitor keeps the pipelines' `namespace` label (honorLabels), so the
+# per-pipeline series filter like the pipelines' own.
+OP_RATE = "[$__rate_interval]"
+DEGRADED = sel('type="Degraded", status="True"')
+NOT_READY = sel('type="Ready", status="False"')
+NOT_WATCHING = sel('type="Watching", status="False"')
+stat("Leader", "sum(odds_operator_leader)", 0, 4, "short", [(1, "green"), (2, "red")],
+     "Replicas holding the leader Lease: 1 expected; 0 = nobody reconciles, 2 = two writers.", base="red")
+stat("Degraded pipelines",
+     f'sum(odds_operator_pipeline_condition{DEGRADED}) or vector(0)', 4, 4,
+     "short", [(1, "red")], "Pipelines whose Degraded condition is True (the status says why).")
+stat("Pipelines with a failing watch",
+     f'sum(odds_operator_pipeline_condition{NOT_WATCHING}) or vector(0)', 8, 4,
+     "short", [(1, "orange")], "Watching=False (WatchFailed): the operator sees their changes only on its periodic requeue.")
+stat("Reconcile duration p99",
+     f"histogram_quantile(0.99, sum by (le) (rate(odds_operator_reconcile_duration_seconds_bucket{OP_RATE})))",
+     12, 6, "s", [(10, "orange"), (60, "red")], "A reconcile is abandoned at 60 s (RECONCILE_DEADLINE).")
+stat("Reconcile errors /s", f"sum(rate(odds_operator_reconcile_errors_total{OP_RATE})) or vector(0)", 18, 6, "short",
+     [(0.01, "orange"), (0.1, "red")])
+newline(4)
+ts("Reconciles and errors by step", [
+    (f"sum(rate(odds_operator_reconciles_total{OP_RATE}))", "reconciles/s"),
+    (f"sum by (error) (rate(odds_operator_reconcile_errors_total{OP_RATE}))", "errors/s {{error}}"),
+], 0, unit="ops", desc="error = the step that failed: dereference, apply, status, timeout, not_leader...")
+ts("Kubernetes API errors", [
+    (f"sum by (verb, code) (rate(odds_operator_api_errors_total{OP_RATE}))", "{{verb}} {{code}}"),
+    (f"sum by (resource, reason) (rate(odds_operator_watch_errors_total{OP_RATE}))", "watch {{resource}} {{reason}}"),
+], 8, unit="ops", desc="Errors the reconcile met, by verb and HTTP code (transport: no answer); failures of the controller's watches, by resource and reason.")
 ts("Reconcile duration", [
     ("histogram_quantile(0.5, sum by (le) (rate(odds_operator_reconcile_duration_seconds_bucket[$__rate_interval])))", "p50"),
     ("histogram_quantile(0.99, sum by (le) (rate(odds_operator_reconcile_duration_seconds_bucket[$__rate_interval])))", "p99"),
-], 12, w=12, unit="s")
+], 16, unit="s")
+newline()
+ts("Pipeline conditions (not as expected)", [
+    (f'sum by (namespace, pipeline) (odds_operator_pipeline_condition{DEGRADED})',
+     "{{namespace}}/{{pipeline}} Degraded"),
+    (f'sum by (namespace, pipeline) (odds_operator_pipeline_condition{NOT_READY})',
+     "{{namespace}}/{{pipeline}} not Ready"),
+    (f'sum by (namespace, pipeline) (odds_operator_pipeline_condition{NOT_WATCHING})',
+     "{{namespace}}/{{pipeline}} watch failing"),
+], 0, w=12, desc="1 while the condition holds (odds_operator_pipeline_condition).")
+ts("Leader", [
+    ("sum by (pod) (odds_operator_leader)", "{{pod}}"),
+], 12, w=12, desc="1 on the replica that holds the Lease.")
 newline()
 
 def var(name, label, query):

@@ -14,7 +14,7 @@ pub struct OddsPipelineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing`, `Degraded`, `TopicReady`, `Migrated`, `Autoscaling`,
-    /// `ReconciliationPaused`.
+    /// `Watching`, `ReconciliationPaused`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Ingest pods.
@@ -124,10 +124,25 @@ pub enum ConditionType {
     /// Every autoscaled component scales by the mode its spec asks for (`False`: a
     /// fallback to CPU is in force, with the reason).
     Autoscaling,
+    /// Every watch the operator keeps for this pipeline works (`False`: one has failed for a
+    /// while, `WatchFailed`, so changes of that kind are only seen on the periodic requeue).
+    Watching,
     ReconciliationPaused,
 }
 
 impl ConditionType {
+    /// Every condition type, in the order the status lists them.
+    pub const ALL: [ConditionType; 8] = [
+        Self::TopicReady,
+        Self::Migrated,
+        Self::Degraded,
+        Self::Progressing,
+        Self::Ready,
+        Self::ReconciliationPaused,
+        Self::Autoscaling,
+        Self::Watching,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Ready => "Ready",
@@ -136,6 +151,7 @@ impl ConditionType {
             Self::TopicReady => "TopicReady",
             Self::Migrated => "Migrated",
             Self::Autoscaling => "Autoscaling",
+            Self::Watching => "Watching",
             Self::ReconciliationPaused => "ReconciliationPaused",
         }
     }
@@ -174,6 +190,9 @@ pub enum Reason {
     KedaNotInstalled,
     /// Connections mode was asked for without `prometheusAddress`: CPU scaling instead.
     NoPrometheusAddress,
+    /// A list/watch the operator keeps for the pipeline has failed for a while (RBAC, a
+    /// removed CRD, an API server that refuses): the condition `Watching=False`.
+    WatchFailed,
     RollingOut,
     Idle,
     Paused,
@@ -215,6 +234,7 @@ impl Reason {
             Self::AsRequested => "AsRequested",
             Self::KedaNotInstalled => "KedaNotInstalled",
             Self::NoPrometheusAddress => "NoPrometheusAddress",
+            Self::WatchFailed => "WatchFailed",
             Self::RollingOut => "RollingOut",
             Self::Idle => "Idle",
             Self::Paused => "Paused",

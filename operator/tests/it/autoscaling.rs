@@ -423,7 +423,7 @@ async fn keda_uninstalled_after_start_up_is_reported_then_cpu_takes_over() {
 
 #[tokio::test]
 async fn keda_is_discovered_by_its_scaled_object_resource() {
-    use odds_operator::run::keda_installed;
+    use odds_operator::discovery::keda_installed;
     let resources = |names: &[&str]| {
         json!({
             "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "keda.sh/v1alpha1",
@@ -438,7 +438,7 @@ async fn keda_is_discovered_by_its_scaled_object_resource() {
     ] {
         let h = harness(sample(), true).await;
         h.answer("list", "", resources(names));
-        assert_eq!(keda_installed(&h.client).await, installed);
+        assert_eq!(keda_installed(&h.client).await.unwrap(), installed);
     }
     let h = harness(sample(), true).await;
     h.fail(
@@ -448,7 +448,13 @@ async fn keda_is_discovered_by_its_scaled_object_resource() {
         "NotFound",
         "the server could not find the requested resource",
     );
-    assert!(!keda_installed(&h.client).await);
+    assert!(!keda_installed(&h.client).await.unwrap(), "404: not served");
+    let h = harness(sample(), true).await;
+    h.fail("list", "", 503, "ServiceUnavailable", "try later");
+    assert!(
+        keda_installed(&h.client).await.is_err(),
+        "a 503 is no answer"
+    );
 }
 
 #[test]

@@ -18,8 +18,13 @@
 //! `Orphan`) deletes at once every object whose `ownerReferences` name its uid, and theirs in
 //! turn ([`Harness::delete_pipeline`]).
 //!
+//! - an `events.k8s.io` Event whose `note` is over 1 KiB is refused with 422, as the API
+//!   server's validation does (the fake stores it).
+//!
 //! Every request goes through a recording layer: tests inject API errors per verb and
-//! resource (403, 422, 404...), and the RBAC test reads the verbs the operator used.
+//! resource (403, 422, 404...), hold a request until the test lets it go, answer late (the
+//! server has recorded a write before its answer arrives), and the RBAC test reads the verbs
+//! the operator used.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -44,6 +49,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use crate::fixtures::{self, NS};
 
@@ -67,12 +74,47 @@ struct Fault {
     hang: bool,
     /// Answer with this body (and `code`) instead of an error Status.
     body: Option<Value>,
+    /// Only requests in this API group (`""` for the core group).
+    group: Option<String>,
+    /// Let the request through once this is cancelled (and answer it normally).
+    gate: Option<CancellationToken>,
+    /// Let the request through at once (the server records it), but answer it this late.
+    delay: Option<Duration>,
+    /// With `gate`: once it is cancelled, answer with an empty body instead of letting the
+    /// request through (a watch the API server closes without an event).
+    close: bool,
 }
 
 impl Fault {
+    fn new(verb: &str, resource: &str) -> Self {
+        Fault {
+            verb: verb.into(),
+            resource: resource.into(),
+            code: 0,
+            reason: String::new(),
+            message: String::new(),
+            hang: false,
+            body: None,
+            group: None,
+            gate: None,
+            delay: None,
+            close: false,
+        }
+    }
+
+    fn error(verb: &str, resource: &str, code: u16, reason: &str, message: &str) -> Self {
+        Fault {
+            code,
+            reason: reason.into(),
+            message: message.into(),
+            ..Fault::new(verb, resource)
+        }
+    }
+
     fn matches(&self, call: &Call) -> bool {
         (self.verb == "*" || self.verb == call.0)
             && (self.resource == "*" || self.resource == call.2)
+            && self.group.as_ref().is_none_or(|g| *g == call.1)
     }
 }
 
@@ -86,26 +128,28 @@ impl Network {
     /// Every request of this client hangs from now on.
     pub fn partition(&self) {
         self.faults.lock().unwrap().push(Fault {
-            verb: "*".into(),
-            resource: "*".into(),
-            code: 0,
-            reason: String::new(),
-            message: String::new(),
             hang: true,
-            body: None,
+            ..Fault::new("*", "*")
         });
     }
 
     /// Every request of this client fails with 503 from now on.
     pub fn refuse(&self) {
+        self.faults.lock().unwrap().push(Fault::error(
+            "*",
+            "*",
+            503,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        ));
+    }
+
+    /// From now on, `verb` requests on `resource` reach the API server at once (it records
+    /// a write when it arrives) but their answers come `delay` later.
+    pub fn slow(&self, verb: &str, resource: &str, delay: Duration) {
         self.faults.lock().unwrap().push(Fault {
-            verb: "*".into(),
-            resource: "*".into(),
-            code: 503,
-            reason: "ServiceUnavailable".into(),
-            message: "the server is currently unable to handle the request".into(),
-            hang: false,
-            body: None,
+            delay: Some(delay),
+            ..Fault::new(verb, resource)
         });
     }
 
@@ -129,10 +173,25 @@ pub fn client_of(api: &kube::Client) -> (kube::Client, Network) {
     (client, network)
 }
 
+/// The API server's validation of an `events.k8s.io/v1` Event's note: at most 1 KiB.
+fn reject_long_note(event: &Value) -> kube_fake_client::Result<()> {
+    let is_event = event.get("kind").and_then(Value::as_str) == Some("Event");
+    let note = event.get("note").and_then(Value::as_str).unwrap_or("");
+    if is_event && note.len() > 1024 {
+        return Err(kube_fake_client::Error::InvalidRequest(format!(
+            "note: Too long: may not be more than 1024 bytes (it has {})",
+            note.len()
+        )));
+    }
+    Ok(())
+}
+
 pub struct Harness {
     pub client: kube::Client,
     pub ctx: Arc<Context>,
     pub metrics: Metrics,
+    /// The registry `metrics` are registered in (what `/metrics` serves).
+    pub registry: odds_runtime::metrics::PrefixedRegistry,
     /// Every server-side apply body, by `Kind/name`.
     pub applies: Arc<Mutex<Vec<(String, Value)>>>,
     pub status_writes: Arc<AtomicUsize>,
@@ -197,7 +256,12 @@ pub async fn harness_with_objects(
     );
     let name = pipeline.metadata.name.clone().unwrap_or_default();
     let funcs = interceptor::Funcs::new()
+        .create(|ctx| {
+            reject_long_note(ctx.object)?;
+            Ok(None)
+        })
         .patch(move |ctx| {
+            reject_long_note(ctx.patch)?;
             if ctx.patch_type != PatchType::ApplyPatch {
                 return Ok(None);
             }
@@ -272,7 +336,8 @@ pub async fn harness_with_objects(
         },
         NS,
     );
-    let metrics = Metrics::register(&prometheus::Registry::new()).unwrap();
+    let registry = Metrics::registry().unwrap();
+    let metrics = Metrics::register(&registry).unwrap();
     let mut context = Context::new(client.clone(), Some("test".into()), Some(metrics.clone()));
     // Each reading is a minute later than the one before: a status recomputed with a new
     // transition time would differ from the stored one, which the steady-state test catches.
@@ -289,6 +354,7 @@ pub async fn harness_with_objects(
         client,
         ctx,
         metrics,
+        registry,
         applies,
         status_writes,
         calls,
@@ -476,6 +542,22 @@ impl tower::Service<http::Request<Body>> for Recording {
             if fault.as_ref().is_some_and(|f| f.hang) {
                 std::future::pending::<()>().await;
             }
+            if let Some(gate) = fault.as_ref().and_then(|f| f.gate.clone()) {
+                gate.cancelled().await;
+                if fault.as_ref().is_some_and(|f| f.close) {
+                    return Ok(http::Response::builder()
+                        .status(200)
+                        .header("Content-Type", "application/json")
+                        .body(Body::empty())
+                        .unwrap());
+                }
+                return inner.send(request).await;
+            }
+            if let Some(delay) = fault.as_ref().and_then(|f| f.delay) {
+                let response = inner.send(request).await;
+                tokio::time::sleep(delay).await;
+                return response;
+            }
             if let Some(fault) = fault {
                 let body = fault.body.unwrap_or_else(|| {
                     json!({
@@ -506,14 +588,26 @@ impl Harness {
     /// From now on, `verb` requests on `resource` (e.g. `patch`, `deployments`) fail with
     /// `code` and the API server's `message`.
     pub fn fail(&self, verb: &str, resource: &str, code: u16, reason: &str, message: &str) {
+        self.faults
+            .lock()
+            .unwrap()
+            .push(Fault::error(verb, resource, code, reason, message));
+    }
+
+    /// [`Harness::fail`] for requests in API `group` only (discovery of one group version is
+    /// a `list` of resource `""` in that group).
+    pub fn fail_in(
+        &self,
+        verb: &str,
+        group: &str,
+        resource: &str,
+        code: u16,
+        reason: &str,
+        message: &str,
+    ) {
         self.faults.lock().unwrap().push(Fault {
-            verb: verb.into(),
-            resource: resource.into(),
-            code,
-            reason: reason.into(),
-            message: message.into(),
-            hang: false,
-            body: None,
+            group: Some(group.into()),
+            ..Fault::error(verb, resource, code, reason, message)
         });
     }
 
@@ -521,14 +615,44 @@ impl Harness {
     /// an API server that stalls).
     pub fn hang(&self, verb: &str, resource: &str) {
         self.faults.lock().unwrap().push(Fault {
-            verb: verb.into(),
-            resource: resource.into(),
-            code: 0,
-            reason: String::new(),
-            message: String::new(),
             hang: true,
-            body: None,
+            ..Fault::new(verb, resource)
         });
+    }
+
+    /// [`Harness::hang`] for requests in API `group` only.
+    pub fn hang_in(&self, verb: &str, group: &str, resource: &str) {
+        self.faults.lock().unwrap().push(Fault {
+            hang: true,
+            group: Some(group.into()),
+            ..Fault::new(verb, resource)
+        });
+    }
+
+    /// Watches as the API server keeps them while nothing changes: a `watch` request gets
+    /// no event (the fake has no watch, and would answer with a list) until the returned
+    /// token is cancelled; then the API server closes them (the watcher watches again, and
+    /// meets the faults in force then). Lists work as before.
+    pub fn quiet_watches(&self) -> CancellationToken {
+        let gate = CancellationToken::new();
+        self.faults.lock().unwrap().push(Fault {
+            gate: Some(gate.clone()),
+            close: true,
+            ..Fault::new("watch", "*")
+        });
+        gate
+    }
+
+    /// From now on, `verb` requests on `resource` wait until the returned token is
+    /// cancelled, then go through (an API server that answers late, a request stuck
+    /// mid-way).
+    pub fn hold(&self, verb: &str, resource: &str) -> CancellationToken {
+        let gate = CancellationToken::new();
+        self.faults.lock().unwrap().push(Fault {
+            gate: Some(gate.clone()),
+            ..Fault::new(verb, resource)
+        });
+        gate
     }
 
     /// From now on, `verb` requests on `resource` are answered with `body` (the fake API
@@ -536,13 +660,9 @@ impl Harness {
     /// `list` of resource `""`.
     pub fn answer(&self, verb: &str, resource: &str, body: Value) {
         self.faults.lock().unwrap().push(Fault {
-            verb: verb.into(),
-            resource: resource.into(),
             code: 200,
-            reason: String::new(),
-            message: String::new(),
-            hang: false,
             body: Some(body),
+            ..Fault::new(verb, resource)
         });
     }
 

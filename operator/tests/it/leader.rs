@@ -228,3 +228,117 @@ async fn a_leader_whose_renewals_fail_steps_down_before_the_standby_takes_over()
     assert_eq!(leaders, ["pod-a", "pod-b"]);
     assert_no_overlap(&terms);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_renew_deadline_counts_from_when_the_acquiring_write_was_sent() {
+    let api = fake().await;
+    let terms: Terms = Arc::default();
+    let shutdown = CancellationToken::new();
+    let (a, a_net) = elector(&api, "pod-a");
+    let (b, _) = elector(&api, "pod-b");
+    // a's create reaches the API server at once (a standby can see the Lease from then on),
+    // but its answer takes 9 s.
+    a_net.slow("create", "leases", Duration::from_secs(9));
+    let start = Instant::now();
+    candidate(a, terms.clone(), shutdown.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    candidate(b, terms.clone(), shutdown.clone());
+    // a learns it leads at 9 s, then its network fails: it cannot renew.
+    tokio::time::sleep(Duration::from_millis(8_500)).await;
+    assert_eq!(terms.lock().unwrap().len(), 1, "a leads");
+    a_net.partition();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    shutdown.cancel();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let terms_now = terms.lock().unwrap().clone();
+    let leaders: Vec<_> = terms_now.iter().map(|t| t.0.clone()).collect();
+    assert_eq!(leaders, ["pod-a", "pod-b"]);
+    assert_no_overlap(&terms);
+    let a_until = terms_now[0].2.expect("a stepped down");
+    assert!(
+        a_until <= start + Duration::from_secs(10),
+        "a leads at most the renew deadline (10 s) from when its write was sent, not from its answer: stepped down after {:?}",
+        a_until - start
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_leader_gauge_is_one_on_the_leader_only() {
+    let api = fake().await;
+    let gauge = |name: &str| prometheus::IntGauge::new(name, "leader").unwrap();
+    let (a, a_net) = elector(&api, "pod-a");
+    let (b, _) = elector(&api, "pod-b");
+    let (a_gauge, b_gauge) = (gauge("a"), gauge("b"));
+    let (mut a, mut b) = (a.with_gauge(a_gauge.clone()), b.with_gauge(b_gauge.clone()));
+    let never = CancellationToken::new();
+    assert!(acquire(&mut a, &never).await);
+    assert!(!b.try_acquire_or_renew().await.unwrap());
+    assert_eq!((a_gauge.get(), b_gauge.get()), (1, 0));
+    // a cannot renew: it steps down, and says so.
+    a_net.partition();
+    let lost = CancellationToken::new();
+    let mut a = keep(a, never.clone(), lost.clone()).await;
+    assert!(lost.is_cancelled());
+    assert_eq!(a_gauge.get(), 0);
+    assert!(acquire(&mut b, &never).await);
+    assert_eq!((a_gauge.get(), b_gauge.get()), (0, 1));
+    // Released on shutdown: no longer the leader.
+    a_net.heal();
+    assert!(!a.try_acquire_or_renew().await.unwrap());
+    b.release().await.unwrap();
+    assert_eq!(b_gauge.get(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reconcile_blocked_when_the_lease_is_lost_never_sends_its_next_write() {
+    use crate::fixtures::sample;
+    use crate::harness::harness;
+    use odds_operator::controller::{reconcile, Error};
+    use std::sync::atomic::Ordering;
+
+    let h = harness(sample(), true).await;
+    h.roll_out().await;
+    // The operator leads, renewing the Lease over its own connection to the API server.
+    let (mut elector, lease_net) = elector(&h.client, "pod-a");
+    let never = CancellationToken::new();
+    assert!(acquire(&mut elector, &never).await);
+    let lost = h.ctx.lost_leadership.clone();
+    let keeper = tokio::spawn(keep(elector, never.clone(), lost.clone()));
+    // A reconcile that has writes to make (the ingest Deployment grows) stalls on its first
+    // Deployment read, right before the apply that would write it.
+    h.patch_pipeline(serde_json::json!({"spec": {"ingest": {"replicas": 2}}}))
+        .await;
+    let gate = h.hold("get", "deployments");
+    let pipeline = Arc::new(h.pipeline().await);
+    h.operator.store(true, Ordering::SeqCst);
+    let reconciling = tokio::spawn(reconcile(pipeline, h.ctx.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The reconcile's requests (the Lease's go through the same recording layer).
+    let calls = || -> Vec<_> {
+        let calls = h.calls.lock().unwrap().clone();
+        calls.into_iter().filter(|c| c.2 != "leases").collect()
+    };
+    let blocked = calls();
+    assert_eq!(
+        blocked.last().map(|c| (c.0.as_str(), c.2.as_str())),
+        Some(("get", "deployments")),
+        "the reconcile waits for its Deployment read: {blocked:?}"
+    );
+    // The Lease cannot be renewed any more: leadership ends at the renew deadline.
+    lease_net.partition();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert!(lost.is_cancelled(), "the leader stepped down");
+    keeper.await.unwrap();
+    // The API server answers the read now; a standby may already lead.
+    gate.cancel();
+    let result = reconciling.await.unwrap();
+    assert!(matches!(result, Err(Error::NotLeader)), "{result:?}");
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let after: Vec<_> = calls().into_iter().skip(blocked.len()).collect();
+    assert!(
+        after.is_empty(),
+        "no request (no apply, no status patch, no event) after the loss: {after:?}"
+    );
+    let live = h.deployment("demo-ingest").await.unwrap();
+    assert_eq!(crate::fixtures::replicas(&live), Some(1), "never applied");
+}
