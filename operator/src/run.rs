@@ -4,8 +4,8 @@
 //! and exits non-zero so Kubernetes restarts it as a fresh follower (simplest way to be sure
 //! no stale reconcile outlives leadership).
 
-use crate::build::{topic, KafkaTopic, ScaledObject};
-use crate::controller::{error_policy, reconcile, Context};
+use crate::build::{topic, KafkaTopic, PodMonitor, ScaledObject};
+use crate::controller::{self, error_policy, reconcile, Context};
 use crate::crd::OddsPipeline;
 use crate::leader::{self, Elector, LeaseConfig};
 use crate::metrics::Metrics;
@@ -20,7 +20,7 @@ use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::Api;
 use kube::core::PartialObjectMeta;
-use kube::runtime::{watcher, Controller};
+use kube::runtime::{reflector, watcher, Controller, WatchStreamExt};
 use kube::ResourceExt;
 use odds_runtime::{ops::ops_router, serve_http, OpsArgs, Readiness};
 use std::sync::atomic::Ordering;
@@ -118,11 +118,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         Some(args.identity.clone()),
         Some(metrics),
     ));
+    // The LAG column of lag-scaled pipelines, refreshed between reconciles.
+    let lag_refresh = tokio::spawn(controller::refresh_lags_periodically(ctx.clone()));
     let mut warned = Discovered::default();
     loop {
         let found = discover(&client).await;
         ctx.strimzi.store(found.strimzi, Ordering::Relaxed);
         ctx.keda.store(found.keda, Ordering::Relaxed);
+        ctx.pod_monitors
+            .store(found.pod_monitors, Ordering::Relaxed);
         if !found.strimzi && !warned.strimzi {
             tracing::warn!(
                 "Strimzi's KafkaTopic CRD (kafka.strimzi.io/v1) is not installed: KafkaTopics are not watched, and pipelines with kafka.clusterRef report Degraded/StrimziNotInstalled until it is"
@@ -135,16 +139,23 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
             );
             warned.keda = true;
         }
+        if !found.pod_monitors && !warned.pod_monitors {
+            tracing::warn!(
+                "the Prometheus Operator's PodMonitor CRD (monitoring.coreos.com/v1) is not installed: connections autoscaling with podMonitor falls back to CPU (Autoscaling/MetricsUnavailable) until it is"
+            );
+            warned.pod_monitors = true;
+        }
         // While an API is missing, a poll notices its installation and restarts the
         // controller with its watch (a controller's watches are fixed once it runs).
         let appeared = CancellationToken::new();
-        let poll = (!found.strimzi || !found.keda)
+        let poll = (!found.strimzi || !found.keda || !found.pod_monitors)
             .then(|| tokio::spawn(poll_apis(client.clone(), found, appeared.clone())));
         controller(
             &client,
             args.namespace.as_deref(),
             found.strimzi && args.watch_kafka_topics,
             found.keda,
+            found.pod_monitors,
         )
         .graceful_shutdown_on({
             let (shutdown, lost, appeared) = (shutdown.clone(), lost.clone(), appeared.clone());
@@ -168,11 +179,12 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
             poll.abort();
         }
         if appeared.is_cancelled() && !shutdown.is_cancelled() && !lost.is_cancelled() {
-            tracing::info!("a CRD the operator uses (Strimzi's KafkaTopic or KEDA's ScaledObject) appeared: restarting the controller with its watch");
+            tracing::info!("a CRD the operator uses (Strimzi's KafkaTopic, KEDA's ScaledObject or the Prometheus Operator's PodMonitor) appeared: restarting the controller with its watch");
             continue;
         }
         break;
     }
+    lag_refresh.abort();
     stop_renewing.cancel();
     if let Some(keeper) = keeper {
         match keeper.await {
@@ -199,6 +211,8 @@ pub struct Discovered {
     pub strimzi: bool,
     /// KEDA's `scaledobjects` in `keda.sh/v1alpha1`.
     pub keda: bool,
+    /// The Prometheus Operator's `podmonitors` in `monitoring.coreos.com/v1`.
+    pub pod_monitors: bool,
 }
 
 /// Discovers the optional APIs.
@@ -206,6 +220,7 @@ pub async fn discover(client: &kube::Client) -> Discovered {
     Discovered {
         strimzi: strimzi_installed(client).await,
         keda: keda_installed(client).await,
+        pod_monitors: pod_monitors_installed(client).await,
     }
 }
 
@@ -218,6 +233,12 @@ pub async fn strimzi_installed(client: &kube::Client) -> bool {
 /// Whether the API server serves KEDA's `scaledobjects` in `keda.sh/v1alpha1` (same rules).
 pub async fn keda_installed(client: &kube::Client) -> bool {
     serves(client, "keda.sh/v1alpha1", "scaledobjects").await
+}
+
+/// Whether the API server serves the Prometheus Operator's `podmonitors` in
+/// `monitoring.coreos.com/v1` (same rules).
+pub async fn pod_monitors_installed(client: &kube::Client) -> bool {
+    serves(client, "monitoring.coreos.com/v1", "podmonitors").await
 }
 
 async fn serves(client: &kube::Client, group_version: &str, plural: &str) -> bool {
@@ -236,14 +257,18 @@ async fn poll_apis(client: kube::Client, found: Discovered, appeared: Cancellati
     loop {
         tokio::time::sleep(DISCOVERY_POLL).await;
         let now = discover(&client).await;
-        if (now.strimzi && !found.strimzi) || (now.keda && !found.keda) {
+        if (now.strimzi && !found.strimzi)
+            || (now.keda && !found.keda)
+            || (now.pod_monitors && !found.pod_monitors)
+        {
             appeared.cancel();
             return;
         }
     }
 }
 
-/// How often an operator without Strimzi or KEDA checks whether they have been installed.
+/// How often an operator without Strimzi, KEDA or the Prometheus Operator checks whether they
+/// have been installed.
 const DISCOVERY_POLL: Duration = Duration::from_secs(60);
 
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -273,21 +298,35 @@ pub fn watched_resources() -> Vec<(String, String)> {
         of::<Ingress>(),
         of::<KafkaTopic>(),
         of::<ScaledObject>(),
+        of::<PodMonitor>(),
         of::<Secret>(),
     ]
 }
 
 /// The controller: pipelines, every kind of child it owns (a child's change reconciles its
 /// owner), the pipelines' KafkaTopics (by label), and the Secrets pipelines reference.
+///
+/// A pipeline reconciles when its spec, annotations, labels or deletion change
+/// ([`controller::reconcile_trigger`]), not when only its status does: the operator writes
+/// the status itself, so each write would otherwise reconcile the pipeline once more.
 fn controller(
     client: &kube::Client,
     namespace: Option<&str>,
     watch_topics: bool,
     watch_scaled_objects: bool,
+    watch_pod_monitors: bool,
 ) -> Controller<OddsPipeline> {
-    let config = watcher::Config::default();
+    let (reader, writer) = reflector::store();
+    let pipelines = watcher(
+        api::<OddsPipeline>(client, namespace),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .reflect(writer)
+    .applied_objects()
+    .predicate_filter(controller::reconcile_trigger, Default::default());
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=odds-operator");
-    let mut controller = Controller::new(api::<OddsPipeline>(client, namespace), config)
+    let mut controller = Controller::for_stream(pipelines, reader)
         .owns(api::<ConfigMap>(client, namespace), children.clone())
         .owns(api::<Job>(client, namespace), children.clone())
         .owns(api::<Deployment>(client, namespace), children.clone())
@@ -311,7 +350,10 @@ fn controller(
         );
     }
     if watch_scaled_objects {
-        controller = controller.owns(api::<ScaledObject>(client, namespace), children);
+        controller = controller.owns(api::<ScaledObject>(client, namespace), children.clone());
+    }
+    if watch_pod_monitors {
+        controller = controller.owns(api::<PodMonitor>(client, namespace), children);
     }
     // Secrets are referenced, not owned: map a changed Secret to the pipelines using it.
     // Metadata only: a cluster-wide watch of full Secrets would hold every Secret's data in

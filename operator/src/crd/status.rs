@@ -74,7 +74,7 @@ pub struct ScalingStatus {
     /// consumer lag) or `Connections` (KEDA, open WebSocket connections).
     pub mode: String,
     /// Why this mode: `AsRequested`, or the reason of a fallback to `Cpu`
-    /// (`KedaNotInstalled`, `NoPrometheusAddress`).
+    /// (`KedaNotInstalled`, `NoPrometheusAddress`, `MetricsUnavailable`).
     pub reason: String,
     /// What scales the workload, in words.
     pub message: String,
@@ -174,6 +174,11 @@ pub enum Reason {
     KedaNotInstalled,
     /// Connections mode was asked for without `prometheusAddress`: CPU scaling instead.
     NoPrometheusAddress,
+    /// Connections mode was asked for with `podMonitor` (the default), but the cluster has
+    /// no Prometheus Operator `PodMonitor` CRD (monitoring.coreos.com/v1): nothing would
+    /// scrape the connections, so KEDA would read none. CPU scaling instead. Also
+    /// `Degraded`'s reason for the one reconcile that finds the CRD gone after start-up.
+    MetricsUnavailable,
     RollingOut,
     Idle,
     Paused,
@@ -215,6 +220,7 @@ impl Reason {
             Self::AsRequested => "AsRequested",
             Self::KedaNotInstalled => "KedaNotInstalled",
             Self::NoPrometheusAddress => "NoPrometheusAddress",
+            Self::MetricsUnavailable => "MetricsUnavailable",
             Self::RollingOut => "RollingOut",
             Self::Idle => "Idle",
             Self::Paused => "Paused",

@@ -10,6 +10,7 @@ mod fixtures;
 mod harness;
 mod keda_schema;
 mod leader;
+mod monitoring_schema;
 mod rbac;
 mod reconcile_changes;
 mod reconcile_failures;
