@@ -299,6 +299,115 @@ def scaled_objects_valid():
     return f"{len(objects)} ScaledObjects ({', '.join(triggers)} triggers) valid against KEDA 2.20.2's CRD"
 
 
+def prometheus_operator_schema(file_name):
+    """A prometheus-operator CRD schema (v1) from PROMETHEUS_OPERATOR_CRDS (default
+    ../shared/vendor/prometheus-operator-0.93.0)."""
+    folder = pathlib.Path(os.environ.get("PROMETHEUS_OPERATOR_CRDS",
+                                         ROOT.parent / "shared" / "vendor" / "prometheus-operator-0.93.0"))
+    path = folder / file_name
+    if not path.exists():
+        raise AssertionError(f"prometheus-operator CRD {path} not found: set PROMETHEUS_OPERATOR_CRDS to the folder "
+                             "holding prometheus-operator 0.93.0's CRDs (example/prometheus-operator-crd)")
+    crd = docs(path.read_text())[0]
+    return next(v for v in crd["spec"]["versions"] if v["name"] == "v1")["schema"]["openAPIV3Schema"]
+
+
+MONITORING_CRDS = {"ServiceMonitor": "monitoring.coreos.com_servicemonitors.yaml",
+                   "PodMonitor": "monitoring.coreos.com_podmonitors.yaml",
+                   "PrometheusRule": "monitoring.coreos.com_prometheusrules.yaml"}
+
+
+def pruned_fields(schema, value, path=""):
+    """Fields of `value` a structural CRD schema does not know: the API server would silently
+    drop them (a JSON-schema validator accepts them, CRD schemas do not forbid extra keys)."""
+    out = []
+    if isinstance(value, dict) and schema.get("type") == "object":
+        props = schema.get("properties") or {}
+        for key, field in value.items():
+            at = f"{path}.{key}"
+            if key in props:
+                out += pruned_fields(props[key], field, at)
+            elif isinstance(schema.get("additionalProperties"), dict):
+                out += pruned_fields(schema["additionalProperties"], field, at)
+            elif not schema.get("x-kubernetes-preserve-unknown-fields"):
+                out.append(at)
+    elif isinstance(value, list) and schema.get("type") == "array":
+        for i, item in enumerate(value):
+            out += pruned_fields(schema.get("items") or {}, item, f"{path}[{i}]")
+    return out
+
+
+def validate_monitoring(obj, schemas):
+    """`obj` (a monitoring.coreos.com/v1 object) against the released CRD: types, required
+    fields, enums and patterns (jsonschema), and no field the API server would prune."""
+    assert obj["apiVersion"] == "monitoring.coreos.com/v1", obj["apiVersion"]
+    schema = schemas[obj["kind"]]
+    validate_against(schema, obj)
+    body = {k: v for k, v in obj.items() if k != "metadata"}
+    pruned = pruned_fields(schema, body)
+    assert not pruned, f"{obj['kind']}/{obj['metadata']['name']}: not in the schema (would be pruned): {pruned}"
+
+
+def monitoring_schemas():
+    return {kind: prometheus_operator_schema(name) for kind, name in MONITORING_CRDS.items()}
+
+
+def pod_monitors_valid():
+    """The operator's PodMonitors (connections mode; every sample variant, written by
+    `cargo test -p odds-operator monitoring_schema`) against prometheus-operator 0.93.0's schema.
+    Each scrapes the pipeline's workloads on a port they have and adds every label the
+    ScaledObjects' connections query selects (but `namespace`, which the Prometheus Operator
+    adds itself)."""
+    objects = docs((ROOT / "operator" / "tests" / "golden" / "pod-monitors.yaml").read_text())
+    assert objects, "no PodMonitors in the golden file"
+    schemas = monitoring_schemas()
+    for obj in objects:
+        validate_monitoring(obj, schemas)
+    deployments = [o for o in golden_children() if o["kind"] == "Deployment"]
+    queries = [o["spec"]["triggers"][0]["metadata"]["query"]
+               for o in docs((ROOT / "operator" / "tests" / "golden" / "keda-scaledobjects.yaml").read_text())
+               if o["spec"]["triggers"][0]["type"] == "prometheus"]
+    assert queries, "no connections query in the ScaledObjects' golden file"
+    queried = {label for q in queries for label in re.findall(r'(\w+)="', q)}
+    for pm in objects:
+        selector = pm["spec"]["selector"]["matchLabels"]
+        selected = [d for d in deployments if selector.items() <= d["spec"]["template"]["metadata"]["labels"].items()]
+        assert len(selected) >= 4, f"{pm['metadata']['name']} selects {len(selected)} of the sample's Deployments"
+        for d in selected:
+            ports = {p.get("name") for c in d["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+            for endpoint in pm["spec"]["podMetricsEndpoints"]:
+                assert endpoint["port"] in ports, f"{d['metadata']['name']} has no port {endpoint['port']}"
+        added = {r["targetLabel"] for e in pm["spec"]["podMetricsEndpoints"] for r in e.get("relabelings", [])}
+        assert queried - {"namespace"} <= added, f"the query selects {sorted(queried)}, the PodMonitor adds {sorted(added)}"
+    # The check is not vacuous: a bad interval, an unknown action and a misspelt field are caught.
+    caught = []
+    for mutate in (lambda e: e.update(interval="every 15 seconds"),
+                   lambda e: e["relabelings"][0].update(action="rename"),
+                   lambda e: e.update(relabellings=[])):
+        broken = json.loads(json.dumps(objects[0]))
+        mutate(broken["spec"]["podMetricsEndpoints"][0])
+        try:
+            validate_monitoring(broken, schemas)
+        except AssertionError as error:
+            caught.append(str(error))
+    assert len(caught) == 3, f"the check missed a broken PodMonitor: caught {caught}"
+    return f"{len(objects)} PodMonitors valid against prometheus-operator 0.93.0's CRD, adding {sorted(added)}"
+
+
+def chart_monitoring_valid():
+    """The chart's ServiceMonitor, PodMonitor and PrometheusRule against prometheus-operator
+    0.93.0's CRDs."""
+    values = {"monitoring": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+                             "podMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}}
+    objects = [o for o in render(values) if o["apiVersion"].startswith("monitoring.coreos.com/")]
+    kinds = sorted(o["kind"] for o in objects)
+    assert kinds == sorted(MONITORING_CRDS), kinds
+    schemas = monitoring_schemas()
+    for obj in objects:
+        validate_monitoring(obj, schemas)
+    return f"{', '.join(kinds)} valid against prometheus-operator 0.93.0's CRDs"
+
+
 def rbac_covers_children():
     objects = render({})
     cluster_rules = next(o for o in objects if o["kind"] == "ClusterRole")["rules"]
@@ -332,11 +441,13 @@ def rbac_covers_children():
     granted(cluster_rules, "odds-pipeline.github.io", "oddspipelines", ["list", "watch"])
     # Lag and connections autoscaling: KEDA ScaledObjects are children like HPAs.
     granted(cluster_rules, "keda.sh", "scaledobjects", ["get", "list", "watch", "create", "patch", "delete"])
+    # Connections autoscaling: the pipeline's PodMonitor is a child too.
+    granted(cluster_rules, "monitoring.coreos.com", "podmonitors", ["get", "list", "watch", "create", "patch", "delete"])
     granted(cluster_rules, "odds-pipeline.github.io", "oddspipelines/status", ["patch"])
     granted(cluster_rules, "", "secrets", ["get", "list", "watch"])
     granted(cluster_rules, "events.k8s.io", "events", ["create", "patch"])
     granted(role_rules, "coordination.k8s.io", "leases", ["get", "create", "update"])
-    return f"{len(kinds)} child kinds, ScaledObjects, pipelines, status, secrets, events, leases"
+    return f"{len(kinds)} child kinds, ScaledObjects, PodMonitors, pipelines, status, secrets, events, leases"
 
 
 def samples_valid():
@@ -1219,6 +1330,8 @@ check("helm upgrade applies a changed CRD", crd_upgrade)
 check("operator-built children are valid", children_valid)
 check("KafkaTopics match Strimzi's schema", topics_valid)
 check("ScaledObjects match KEDA's schema", scaled_objects_valid)
+check("PodMonitors match the Prometheus Operator's schema", pod_monitors_valid)
+check("chart monitoring objects match the Prometheus Operator's schemas", chart_monitoring_valid)
 check("RBAC covers what the operator does", rbac_covers_children)
 check("samples are valid", samples_valid)
 check("restricted Pod Security Standard for every pod template", pss_restricted)

@@ -12,7 +12,7 @@
 //! at its current value, as the Kubernetes documentation describes ("Transferring
 //! ownership"); the HPA takes it from there when it first scales.
 
-use crate::build::{Children, KafkaTopic, ScaledObject, FIELD_MANAGER};
+use crate::build::{Children, KafkaTopic, PodMonitor, ScaledObject, FIELD_MANAGER};
 use crate::crd::Reason;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
@@ -74,7 +74,9 @@ impl ApplyError {
 
 /// The reason a failed request against an object of `kind` shows as: a 403 is RBAC or a
 /// quota (`Forbidden`), a 404 for a Strimzi kind means its CRD is gone
-/// (`StrimziNotInstalled`), for a ScaledObject that KEDA's is (`KedaNotInstalled`), anything else the API server refused is `ApplyFailed`.
+/// (`StrimziNotInstalled`), for a ScaledObject that KEDA's is (`KedaNotInstalled`), for a
+/// PodMonitor that the Prometheus Operator's is (`MetricsUnavailable`), anything else the API
+/// server refused is `ApplyFailed`.
 pub fn classify(kind: &str, error: &kube::Error) -> Reason {
     match error {
         kube::Error::Api(status) if status.code == 403 => Reason::Forbidden,
@@ -83,6 +85,9 @@ pub fn classify(kind: &str, error: &kube::Error) -> Reason {
         }
         kube::Error::Api(status) if status.code == 404 && kind == ScaledObject::kind(&()) => {
             Reason::KedaNotInstalled
+        }
+        kube::Error::Api(status) if status.code == 404 && kind == PodMonitor::kind(&()) => {
+            Reason::MetricsUnavailable
         }
         _ => Reason::ApplyFailed,
     }
@@ -281,6 +286,10 @@ async fn apply_each(
     }
     for hpa in &children.hpas {
         record(changes, apply(client, namespace, hpa).await?);
+    }
+    // The series source before the ScaledObject that queries it.
+    if let Some(pod_monitor) = &children.pod_monitor {
+        record(changes, apply(client, namespace, pod_monitor).await?);
     }
     for scaled_object in &children.scaled_objects {
         record(changes, apply(client, namespace, scaled_object).await?);

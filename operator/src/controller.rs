@@ -15,14 +15,15 @@ use crate::crd::{ConditionType, OddsPipeline, OddsPipelineStatus, Reason};
 use crate::metrics::Metrics;
 use crate::observe::{self, DereferenceError};
 use crate::prune;
-use crate::status::{self, Failure, Observed};
+use crate::status::{self, Failure, Observed, LAG_UNKNOWN};
 use crate::validate::validate;
 use crate::watch::WatchHealth;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -128,6 +129,14 @@ pub struct Context {
     pub strimzi: Arc<AtomicBool>,
     /// Whether the cluster serves KEDA's `ScaledObject` (discovered like Strimzi's).
     pub keda: Arc<AtomicBool>,
+    /// Whether the cluster serves the Prometheus Operator's `PodMonitor` (discovered like
+    /// KEDA's).
+    pub pod_monitors: Arc<AtomicBool>,
+    /// Per pipeline (`namespace/name`): its status as last written or confirmed by a
+    /// reconcile, while its processor scales by lag ([`refresh_lags`] keeps its LAG fresh
+    /// between reconciles); `None` otherwise. Each slot's lock serializes the pipeline's
+    /// status writes, so a refresh never writes an older status over a reconcile's.
+    lag_slots: Mutex<BTreeMap<String, LagSlot>>,
     /// The time conditions' transitions are stamped with (tests move it on at will).
     pub clock: Clock,
     /// Cancelled when this replica loses the leader Lease: every reconcile stops at once,
@@ -140,6 +149,18 @@ pub struct Context {
 
 /// A source of the current time.
 pub type Clock = Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>;
+
+/// One pipeline's entry in [`Context::lag_slots`].
+type LagSlot = Arc<tokio::sync::Mutex<Option<LagWatch>>>;
+
+/// A pipeline whose processor scales by lag, as its last reconcile left it.
+#[derive(Clone, Debug)]
+struct LagWatch {
+    namespace: String,
+    name: String,
+    /// The stored status (what the reconcile wrote, or found already so).
+    status: OddsPipelineStatus,
+}
 
 impl Context {
     /// A context that reports events as `odds-operator` (instance `instance`); Strimzi is
@@ -158,6 +179,8 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             strimzi: Arc::new(AtomicBool::new(true)),
             keda: Arc::new(AtomicBool::new(false)),
+            pod_monitors: Arc::new(AtomicBool::new(false)),
+            lag_slots: Mutex::new(BTreeMap::new()),
             clock: Arc::new(chrono::Utc::now),
             lost_leadership: CancellationToken::new(),
         }
@@ -181,6 +204,34 @@ impl Context {
     fn keda_installed(&self) -> bool {
         self.keda.load(Ordering::Relaxed)
     }
+
+    fn pod_monitors_installed(&self) -> bool {
+        self.pod_monitors.load(Ordering::Relaxed)
+    }
+
+    /// The lag slot of pipeline `key` (created empty on first use).
+    fn lag_slot(&self, key: &str) -> LagSlot {
+        match self.lag_slots.lock() {
+            Ok(mut slots) => slots.entry(key.to_string()).or_default().clone(),
+            // A poisoned map only loses the refresh of the LAG column until a restart.
+            Err(_) => LagSlot::default(),
+        }
+    }
+
+    /// Every pipeline's lag slot.
+    fn all_lag_slots(&self) -> Vec<LagSlot> {
+        self.lag_slots
+            .lock()
+            .map(|slots| slots.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets pipeline `key`'s slot (it is gone).
+    fn drop_lag_slot(&self, key: &str) {
+        if let Ok(mut slots) = self.lag_slots.lock() {
+            slots.remove(key);
+        }
+    }
 }
 
 /// Longest one reconcile may take. A reconcile makes a few dozen API calls, each answered
@@ -188,8 +239,9 @@ impl Context {
 pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(60);
 /// Requeue interval while something is still rolling out or waiting.
 const REQUEUE_BUSY: Duration = Duration::from_secs(15);
-/// Requeue interval of a pipeline whose processor scales by lag: how fresh the reported lag is.
-const REQUEUE_LAG: Duration = Duration::from_secs(30);
+/// How often [`refresh_lags`] reads the lag of pipelines whose processor scales by lag: how
+/// fresh the LAG column is (KEDA's own default polling interval).
+pub const LAG_REFRESH: Duration = Duration::from_secs(30);
 /// Requeue interval of a settled pipeline (drift check), or of one waiting for the user.
 const REQUEUE_IDLE: Duration = Duration::from_secs(300);
 
@@ -244,10 +296,16 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         // Being deleted: garbage collection removes the children it owns (KafkaTopics only
         // with `topicDeletionPolicy: Delete`); re-applying them would fight a foreground
         // deletion.
+        ctx.drop_lag_slot(&key(pipeline));
         return Ok(Action::await_change());
     }
     if pipeline.is_paused() {
         let paused = status::paused(&previous, pipeline.metadata.generation, &now);
+        // No LAG refresh writes over the paused status.
+        let slot = ctx.lag_slot(&key(pipeline));
+        let mut watch = slot.lock().await;
+        *watch = None;
+        ctx.drop_lag_slot(&key(pipeline));
         if paused != previous {
             publish(
                 ctx,
@@ -258,7 +316,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
                 "reconciliation paused; children are left as they are".into(),
             )
             .await;
-            write_status(client, pipeline, &namespace, &paused).await?;
+            write_status(client, &pipeline.name_any(), &namespace, &paused).await?;
         }
         ctx.report_conditions(pipeline, &paused);
         return Ok(Action::await_change());
@@ -294,6 +352,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         Err(error) => return report.fail(observed, error.into()).await,
     };
     facts.keda_installed = ctx.keda_installed();
+    facts.pod_monitors_installed = ctx.pod_monitors_installed();
     observed.topics_ready = facts.topics_ready;
     let valid = match validate(pipeline, &facts) {
         Ok(valid) => valid,
@@ -323,12 +382,14 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         Ok(deleted) => announce_deleted(ctx, pipeline, deleted).await,
         Err(error) => return report.fail(observed, error.into()).await,
     }
-    // An HPA waits until the ScaledObject it replaces is gone (the ScaledObject's deletion
-    // reconciles the pipeline again through the watch).
+    // An HPA, or a fixed `replicas`, waits until the ScaledObject it replaces is gone (the
+    // ScaledObject's deletion reconciles the pipeline again through the watch): until then
+    // KEDA's HPA may still scale the Deployment.
     match prune::scaled_objects_leaving(client, &valid, &keep).await {
-        Ok(leaving) => children
-            .hpas
-            .retain(|hpa| !leaving.contains(&hpa.name_any())),
+        Ok(leaving) => {
+            children.await_release(&valid, &leaving);
+            observed.scaling = children.scaling.clone();
+        }
         Err(error) => return report.fail(observed, error.into()).await,
     }
     let (changes, applied) = apply_all(client, &namespace, &children).await;
@@ -541,20 +602,31 @@ impl Report<'_> {
             )
             .await;
         }
-        if &next != self.previous {
-            write_status(&self.ctx.client, self.pipeline, self.namespace, &next).await?;
-        }
-        self.ctx.report_conditions(self.pipeline, &next);
         let ready = next.is_true(ConditionType::Ready);
         let degraded = next.is_true(ConditionType::Degraded);
         let lag_based = observed
             .scaling
             .get(&Component::Processor)
             .is_some_and(|s| s.scaler == Scaler::Keda);
-        if lag_based && !degraded {
-            // The LAG column follows KEDA's decisions, read on every reconcile.
-            return Ok(Action::requeue(REQUEUE_LAG));
+        let name = self.pipeline.name_any();
+        let pipeline_key = key(self.pipeline);
+        let slot = self.ctx.lag_slot(&pipeline_key);
+        let mut watch = slot.lock().await;
+        if &next != self.previous {
+            write_status(&self.ctx.client, &name, self.namespace, &next).await?;
         }
+        self.ctx.report_conditions(self.pipeline, &next);
+        // Between reconciles the LAG column follows KEDA's decisions through
+        // [`refresh_lags`]; a degraded pipeline waits for a change instead.
+        *watch = (lag_based && !degraded).then(|| LagWatch {
+            namespace: self.namespace.to_string(),
+            name,
+            status: next.clone(),
+        });
+        if watch.is_none() {
+            self.ctx.drop_lag_slot(&pipeline_key);
+        }
+        drop(watch);
         // A degraded pipeline waits for a change (the spec, a Secret, a retry annotation,
         // or the controller's own retry of a transient error), with a slow recheck.
         if ready || degraded {
@@ -577,6 +649,16 @@ impl Report<'_> {
             // (its retry comes with backoff) rather than failing until a restart.
             tracing::warn!("KEDA's ScaledObject API is gone: falling back to CPU autoscaling");
             self.ctx.keda.store(false, Ordering::Relaxed);
+        }
+        if observed
+            .failure
+            .as_ref()
+            .is_some_and(|f| f.reason == Reason::MetricsUnavailable)
+        {
+            // Likewise for the Prometheus Operator's PodMonitor: connections mode scales by
+            // CPU from the next reconcile on.
+            tracing::warn!("the PodMonitor API is gone: connections autoscaling falls back to CPU");
+            self.ctx.pod_monitors.store(false, Ordering::Relaxed);
         }
         if observed.failure.is_some() {
             match observe::components(&self.ctx.client, &self.pipeline.name_any(), self.namespace)
@@ -624,12 +706,13 @@ fn action_of(reason: Reason) -> &'static str {
     }
 }
 
+/// Writes the whole status of pipeline `name` (server-side apply: what it leaves out goes).
 async fn write_status(
     client: &kube::Client,
-    pipeline: &OddsPipeline,
+    name: &str,
     namespace: &str,
     status: &OddsPipelineStatus,
-) -> Result<(), Error> {
+) -> Result<(), StatusError> {
     let api: Api<OddsPipeline> = Api::namespaced(client.clone(), namespace);
     let body = serde_json::json!({
         "apiVersion": OddsPipeline::api_version(&()),
@@ -637,16 +720,109 @@ async fn write_status(
         "status": status,
     });
     api.patch_status(
-        &pipeline.name_any(),
+        name,
         &PatchParams::apply(build::FIELD_MANAGER).force(),
         &Patch::Apply(&body),
     )
     .await
     .map_err(|source| StatusError {
-        name: pipeline.name_any(),
+        name: name.to_string(),
         source,
     })?;
     Ok(())
+}
+
+/// Refreshes the LAG column of every pipeline whose processor scales by lag, between
+/// reconciles: reads the lag KEDA's HPA last saw (the ScaledObject and that HPA, two GETs)
+/// and writes the status only when the lag changed, with nothing else changed (the status
+/// the last reconcile left, with the new lag). No child is read or applied: changes to the
+/// spec or the children reconcile through the watches, as always.
+pub async fn refresh_lags(ctx: &Context) {
+    for slot in ctx.all_lag_slots() {
+        let mut guard = slot.lock().await;
+        let Some(watch) = guard.as_mut() else {
+            continue;
+        };
+        let refreshed =
+            tokio::time::timeout(RECONCILE_DEADLINE, refresh_lag(&ctx.client, watch)).await;
+        match refreshed {
+            Ok(Ok(())) => {}
+            Ok(Err(RefreshError::Gone)) => {
+                let gone = key_of(&watch.namespace, &watch.name);
+                *guard = None;
+                drop(guard);
+                ctx.drop_lag_slot(&gone);
+            }
+            Ok(Err(RefreshError::Failed(error))) => {
+                tracing::warn!(pipeline = %watch.name, %error, "cannot refresh the processor's lag");
+            }
+            Err(_) => {
+                tracing::warn!(pipeline = %watch.name, "refreshing the processor's lag timed out");
+            }
+        }
+    }
+}
+
+/// [`refresh_lags`] every [`LAG_REFRESH`], for as long as the controller runs.
+pub async fn refresh_lags_periodically(ctx: Arc<Context>) {
+    let mut ticks = tokio::time::interval(LAG_REFRESH);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        refresh_lags(&ctx).await;
+    }
+}
+
+/// Why one pipeline's lag was not refreshed.
+#[derive(Debug, thiserror::Error)]
+enum RefreshError {
+    /// The pipeline was deleted.
+    #[error("the pipeline is gone")]
+    Gone,
+    #[error(transparent)]
+    Failed(Box<dyn std::error::Error + Send + Sync>),
+}
+
+async fn refresh_lag(client: &kube::Client, watch: &mut LagWatch) -> Result<(), RefreshError> {
+    let lag = observe::processor_lag(client, &watch.name, &watch.namespace)
+        .await
+        .map_err(|e| RefreshError::Failed(Box::new(e)))?;
+    let lag = lag.map_or_else(|| LAG_UNKNOWN.to_string(), |lag| lag.to_string());
+    let mut next = watch.status.clone();
+    // The lag lives in the processor's status, there once its Deployment is.
+    let Some(processor) = next.processor.as_mut() else {
+        return Ok(());
+    };
+    if processor.lag.as_deref() == Some(lag.as_str()) {
+        return Ok(());
+    }
+    processor.lag = Some(lag);
+    match write_status(client, &watch.name, &watch.namespace, &next).await {
+        Ok(()) => {
+            watch.status = next;
+            Ok(())
+        }
+        Err(StatusError {
+            source: kube::Error::Api(status),
+            ..
+        }) if status.code == 404 => Err(RefreshError::Gone),
+        Err(error) => Err(RefreshError::Failed(Box::new(error))),
+    }
+}
+
+/// What decides whether a change of a pipeline reconciles it: its spec (through
+/// `metadata.generation`), annotations (pause, migration retry), labels and deletion. Its
+/// status is left out: the operator writes it itself (every status write would otherwise
+/// reconcile the pipeline once more, and a LAG refresh every 30 s would cost a full
+/// reconcile).
+pub fn reconcile_trigger(pipeline: &OddsPipeline) -> Option<u64> {
+    let meta = &pipeline.metadata;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    meta.generation.hash(&mut hasher);
+    meta.annotations.hash(&mut hasher);
+    meta.labels.hash(&mut hasher);
+    meta.deletion_timestamp.is_some().hash(&mut hasher);
+    Some(hasher.finish())
 }
 
 /// Publishes an event about the pipeline itself.
@@ -729,11 +905,14 @@ pub fn error_policy(pipeline: Arc<OddsPipeline>, error: &Error, ctx: Arc<Context
 }
 
 fn key(pipeline: &OddsPipeline) -> String {
-    format!(
-        "{}/{}",
-        pipeline.namespace().unwrap_or_default(),
-        pipeline.name_any()
+    key_of(
+        &pipeline.namespace().unwrap_or_default(),
+        &pipeline.name_any(),
     )
+}
+
+fn key_of(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
 }
 
 /// Backoff after `failures` consecutive failures.

@@ -19,6 +19,8 @@ use tokio_util::sync::CancellationToken;
 pub const STRIMZI: (&str, &str) = ("kafka.strimzi.io/v1", "kafkatopics");
 /// KEDA's group version, and the resource in it the operator uses.
 pub const KEDA: (&str, &str) = ("keda.sh/v1alpha1", "scaledobjects");
+/// The Prometheus Operator's group version, and the resource in it the operator uses.
+pub const POD_MONITORS: (&str, &str) = ("monitoring.coreos.com/v1", "podmonitors");
 
 /// How long one discovery request may take before it counts as unanswered.
 pub const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +35,8 @@ pub struct Discovered {
     pub strimzi: bool,
     /// KEDA's `scaledobjects` in `keda.sh/v1alpha1`.
     pub keda: bool,
+    /// The Prometheus Operator's `podmonitors` in `monitoring.coreos.com/v1`.
+    pub pod_monitors: bool,
 }
 
 /// Discovery gave no answer: it says nothing about whether the API is served.
@@ -52,6 +56,12 @@ pub async fn strimzi_installed(client: &kube::Client) -> Result<bool, DiscoveryE
 /// Whether the API server serves KEDA's `scaledobjects` in `keda.sh/v1alpha1` (same rules).
 pub async fn keda_installed(client: &kube::Client) -> Result<bool, DiscoveryError> {
     serves(client, KEDA).await
+}
+
+/// Whether the API server serves the Prometheus Operator's `podmonitors` in
+/// `monitoring.coreos.com/v1` (same rules).
+pub async fn pod_monitors_installed(client: &kube::Client) -> Result<bool, DiscoveryError> {
+    serves(client, POD_MONITORS).await
 }
 
 async fn serves(
@@ -101,6 +111,7 @@ impl Discovery {
         Discovered {
             strimzi: self.ctx.strimzi.load(Ordering::Relaxed),
             keda: self.ctx.keda.load(Ordering::Relaxed),
+            pod_monitors: self.ctx.pod_monitors.load(Ordering::Relaxed),
         }
     }
 
@@ -109,15 +120,20 @@ impl Discovery {
     pub async fn refresh(&mut self) -> bool {
         let strimzi = strimzi_installed(&self.client).await;
         let keda = keda_installed(&self.client).await;
+        let pod_monitors = pod_monitors_installed(&self.client).await;
         let strimzi = self.note(STRIMZI.0, strimzi);
         let keda = self.note(KEDA.0, keda);
+        let pod_monitors = self.note(POD_MONITORS.0, pod_monitors);
         if let Some(found) = strimzi {
             self.ctx.strimzi.store(found, Ordering::Relaxed);
         }
         if let Some(found) = keda {
             self.ctx.keda.store(found, Ordering::Relaxed);
         }
-        strimzi.is_some() && keda.is_some()
+        if let Some(found) = pod_monitors {
+            self.ctx.pod_monitors.store(found, Ordering::Relaxed);
+        }
+        strimzi.is_some() && keda.is_some() && pod_monitors.is_some()
     }
 
     fn note(
@@ -144,13 +160,13 @@ impl Discovery {
         }
     }
 
-    /// Asks until both APIs have been answered once (with backoff), or until `stop`
+    /// Asks until every optional API has been answered once (with backoff), or until `stop`
     /// (`None`). Nothing is known before: no guess is taken for an answer.
     pub async fn until_known(&mut self, stop: &CancellationToken) -> Option<Discovered> {
         let mut failures = 0;
         loop {
             self.refresh().await;
-            if self.known.len() == 2 {
+            if self.known.len() == 3 {
                 return Some(self.current());
             }
             failures += 1;

@@ -48,6 +48,11 @@ struct RenderArgs {
     /// Connections autoscaling fall back to a CPU HorizontalPodAutoscaler, as on a cluster.
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     keda: bool,
+    /// Whether the cluster has the Prometheus Operator's PodMonitor CRD
+    /// (monitoring.coreos.com/v1); without it, Connections autoscaling (with `podMonitor`, the
+    /// default) falls back to a CPU HorizontalPodAutoscaler, as on a cluster.
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
+    pod_monitors: bool,
     /// A YAML file with the Secrets the pipelines reference (other kinds are skipped): their
     /// presence and keys are validated and their values go into the pods' config hashes, as
     /// on a cluster. Without it every referenced Secret key counts as present.
@@ -84,6 +89,7 @@ fn print_render(args: &RenderArgs) -> anyhow::Result<()> {
         namespace: args.namespace.clone(),
         strimzi: args.strimzi,
         keda: args.keda,
+        pod_monitors: args.pod_monitors,
         secrets,
     };
     let yaml = render(&pipelines, &options)?;

@@ -1,6 +1,7 @@
 //! Removal of children the spec no longer asks for (simulator turned off, autoscaling,
-//! Ingress or NetworkPolicies removed, an HPA replaced by a ScaledObject or the other way round, a finished migration Job of an older image, a ConfigMap an older operator
-//! version named differently).
+//! Ingress or NetworkPolicies removed, an HPA replaced by a ScaledObject or the other way
+//! round, the PodMonitor of a connections mode turned off, a finished migration Job of an
+//! older image, a ConfigMap an older operator version named differently).
 //!
 //! Only objects this pipeline controls are candidates: labelled as ours and carrying this
 //! pipeline's uid in a controller owner reference. Two kinds are never pruned: Deployments of
@@ -10,7 +11,7 @@
 //! pipeline, through garbage collection, and only with `kafka.topicDeletionPolicy: Delete`.
 
 use crate::apply::ApplyError;
-use crate::build::{configmap, job, Children, ScaledObject};
+use crate::build::{configmap, job, Children, PodMonitor, ScaledObject};
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -34,6 +35,7 @@ pub struct Keep {
     pub pdbs: BTreeSet<String>,
     pub hpas: BTreeSet<String>,
     pub scaled_objects: BTreeSet<String>,
+    pub pod_monitors: BTreeSet<String>,
     pub ingresses: BTreeSet<String>,
     pub network_policies: BTreeSet<String>,
 }
@@ -67,6 +69,13 @@ impl Keep {
                     .map(ResourceExt::name_any)
                     .collect(),
             ),
+            pod_monitors: names(
+                children
+                    .pod_monitor
+                    .iter()
+                    .map(ResourceExt::name_any)
+                    .collect(),
+            ),
             ingresses: names(children.ingress.iter().map(ResourceExt::name_any).collect()),
             network_policies: names(
                 children
@@ -96,6 +105,11 @@ pub async fn prune(
     deleted.extend(unwanted::<Service>(client, pipeline, &keep.services).await?);
     deleted.extend(unwanted::<PodDisruptionBudget>(client, pipeline, &keep.pdbs).await?);
     deleted.extend(autoscalers(client, pipeline, keep).await?);
+    // Only looked at where the Prometheus Operator is installed (without its CRD there can
+    // be none).
+    if pipeline.facts.pod_monitors_installed {
+        deleted.extend(unwanted::<PodMonitor>(client, pipeline, &keep.pod_monitors).await?);
+    }
     deleted.extend(unwanted::<Ingress>(client, pipeline, &keep.ingresses).await?);
     deleted.extend(unwanted::<NetworkPolicy>(client, pipeline, &keep.network_policies).await?);
     if migrated {

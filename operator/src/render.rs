@@ -25,6 +25,9 @@ pub struct RenderOptions {
     pub strimzi: bool,
     /// Whether the cluster serves KEDA's `ScaledObject` (lag and connections modes need it).
     pub keda: bool,
+    /// Whether the cluster serves the Prometheus Operator's `PodMonitor` (connections mode
+    /// with `podMonitor`, the default, needs it).
+    pub pod_monitors: bool,
     /// The Secrets in the pipelines' namespace; `None` takes every referenced key as present.
     pub secrets: Option<Vec<Secret>>,
 }
@@ -140,6 +143,7 @@ fn children(
         topics_ready: true,
         existing_partitions: None,
         keda_installed: options.keda,
+        pod_monitors_installed: options.pod_monitors,
     };
     let valid =
         validate(pipeline, &facts).map_err(|source| RenderError::Invalid { name, source })?;

@@ -4,8 +4,8 @@
 //! at once (its in-flight reconciles stop before their next write, see [`operate`]) and exits
 //! non-zero so Kubernetes restarts it as a fresh follower.
 
-use crate::build::{topic, KafkaTopic, ScaledObject};
-use crate::controller::{error_policy, reconcile, Context};
+use crate::build::{topic, KafkaTopic, PodMonitor, ScaledObject};
+use crate::controller::{self, error_policy, reconcile, Context};
 use crate::crd::OddsPipeline;
 use crate::discovery::{Discovered, Discovery};
 use crate::leader::{self, Elector, LeaseConfig};
@@ -125,7 +125,11 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
         namespaces: args.namespaces.clone(),
         watch_kafka_topics: args.watch_kafka_topics,
     };
-    operate(&client, &scope, Arc::new(ctx), shutdown.clone()).await;
+    let ctx = Arc::new(ctx);
+    // The LAG column of lag-scaled pipelines, refreshed between reconciles.
+    let lag_refresh = tokio::spawn(controller::refresh_lags_periodically(ctx.clone()));
+    operate(&client, &scope, ctx, shutdown.clone()).await;
+    lag_refresh.abort();
     stop_renewing.cancel();
     if let Some(keeper) = keeper {
         match keeper.await {
@@ -211,10 +215,16 @@ pub async fn operate(
                 "KEDA's ScaledObject CRD (keda.sh/v1alpha1) is not installed: lag and connections autoscaling fall back to CPU (Autoscaling/KedaNotInstalled) until it is"
             );
         }
+        if !found.pod_monitors && !warned.pod_monitors {
+            tracing::warn!(
+                "the Prometheus Operator's PodMonitor CRD (monitoring.coreos.com/v1) is not installed: connections autoscaling with podMonitor falls back to CPU (Autoscaling/MetricsUnavailable) until it is"
+            );
+        }
         // Warned again if it goes missing again after coming back.
         warned = Discovered {
             strimzi: !found.strimzi,
             keda: !found.keda,
+            pod_monitors: !found.pod_monitors,
         };
         let changed = CancellationToken::new();
         let poll = tokio::spawn(discovery.poll(found, changed.clone()));
@@ -226,6 +236,7 @@ pub async fn operate(
                 namespace,
                 found.strimzi && scope.watch_kafka_topics,
                 found.keda,
+                found.pod_monitors,
                 &ctx,
             )
             .graceful_shutdown_on({
@@ -298,6 +309,7 @@ pub fn watched_resources() -> Vec<(String, String)> {
         of::<NetworkPolicy>(),
         of::<KafkaTopic>(),
         of::<ScaledObject>(),
+        of::<PodMonitor>(),
         of::<Secret>(),
     ]
 }
@@ -306,11 +318,16 @@ pub fn watched_resources() -> Vec<(String, String)> {
 /// owner), the pipelines' KafkaTopics (by label), and the Secrets pipelines reference. Every
 /// watch stream reports to `ctx.watches` under its resource's name ([`WatchHealth`]); the
 /// pipelines' stream also removes a deleted pipeline's condition series.
+///
+/// A pipeline reconciles when its spec, annotations, labels or deletion change
+/// ([`controller::reconcile_trigger`]), not when only its status does: the operator writes
+/// the status itself, so each write would otherwise reconcile the pipeline once more.
 pub fn controller(
     client: &kube::Client,
     namespace: Option<&str>,
     watch_topics: bool,
     watch_scaled_objects: bool,
+    watch_pod_monitors: bool,
     ctx: &Arc<Context>,
 ) -> Controller<OddsPipeline> {
     let health = &ctx.watches;
@@ -333,7 +350,8 @@ pub fn controller(
             }
         }),
     )
-    .applied_objects();
+    .applied_objects()
+    .predicate_filter(controller::reconcile_trigger, Default::default());
     let mut controller = Controller::for_stream(pipelines, reader)
         .owns_stream(owned::<ConfigMap>(client, namespace, &children, health))
         .owns_stream(owned::<Job>(client, namespace, &children, health))
@@ -361,6 +379,10 @@ pub fn controller(
     if watch_scaled_objects {
         controller =
             controller.owns_stream(owned::<ScaledObject>(client, namespace, &children, health));
+    }
+    if watch_pod_monitors {
+        controller =
+            controller.owns_stream(owned::<PodMonitor>(client, namespace, &children, health));
     }
     // Secrets are referenced, not owned: map a changed Secret to the pipelines using it.
     // Metadata only: a cluster-wide watch of full Secrets would hold every Secret's data in

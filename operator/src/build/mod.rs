@@ -12,6 +12,7 @@ pub mod ingress;
 pub mod job;
 pub mod networkpolicy;
 pub mod pdb;
+pub mod podmonitor;
 pub mod scaledobject;
 pub mod scaling;
 pub mod service;
@@ -26,9 +27,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::ResourceExt;
 use sha2::{Digest, Sha256};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+pub use podmonitor::PodMonitor;
 pub use scaledobject::ScaledObject;
 pub use topic::KafkaTopic;
 
@@ -102,6 +105,9 @@ pub struct Facts {
     /// key: the NetworkPolicies let the workloads reach exactly those ports. A port is not a
     /// credential; the rest of the value is never kept.
     pub ports: BTreeMap<String, BTreeMap<String, u16>>,
+    /// Whether the cluster serves the Prometheus Operator's `PodMonitor`
+    /// (monitoring.coreos.com/v1): connections mode's series come from one.
+    pub pod_monitors_installed: bool,
 }
 
 /// Where the migration Job of the current image stands.
@@ -128,6 +134,7 @@ pub struct Children {
     pub pdbs: Vec<PodDisruptionBudget>,
     pub hpas: Vec<HorizontalPodAutoscaler>,
     pub scaled_objects: Vec<ScaledObject>,
+    pub pod_monitor: Option<PodMonitor>,
     pub ingress: Option<Ingress>,
     /// The scaling mode in force for each workload with a spec section.
     pub scaling: BTreeMap<Component, scaling::Scaling>,
@@ -148,9 +155,39 @@ impl Children {
         out.extend(self.services.iter().map(serde_json::to_value));
         out.extend(self.pdbs.iter().map(serde_json::to_value));
         out.extend(self.hpas.iter().map(serde_json::to_value));
+        out.extend(self.pod_monitor.iter().map(serde_json::to_value));
         out.extend(self.scaled_objects.iter().map(serde_json::to_value));
         out.extend(self.ingress.iter().map(serde_json::to_value));
         out.into_iter().collect()
+    }
+}
+
+impl Children {
+    /// While a ScaledObject named in `leaving` is still there (KEDA's finalizer holds it
+    /// until KEDA has deleted its HPA), its Deployment's `replicas` still belongs to KEDA:
+    /// the HPA that replaces it waits, and so does a fixed `replicas`, which is left out of
+    /// the apply (the Deployment keeps the count KEDA left). The ScaledObject's deletion
+    /// reconciles the pipeline again, and the next apply carries them.
+    pub fn await_release(&mut self, pipeline: &ValidPipeline, leaving: &BTreeSet<String>) {
+        self.hpas.retain(|hpa| !leaving.contains(&hpa.name_any()));
+        for (component, scaling) in &mut self.scaling {
+            let name = component.name(pipeline);
+            if scaling.scaler != scaling::Scaler::Fixed || !leaving.contains(&name) {
+                continue;
+            }
+            let held = self
+                .deployments
+                .iter_mut()
+                .filter(|d| d.metadata.name.as_deref() == Some(name.as_str()))
+                .filter_map(|d| d.spec.as_mut())
+                .any(|spec| spec.replicas.take().is_some());
+            if held {
+                scaling.message = format!(
+                    "{}, applied once KEDA has released the Deployment (ScaledObject {name} is being deleted)",
+                    scaling.message
+                );
+            }
+        }
     }
 }
 
@@ -165,6 +202,7 @@ pub fn children(pipeline: &ValidPipeline, migration: &MigrationState) -> Childre
         pdbs: pdb::build(pipeline),
         hpas: hpa::build(pipeline),
         scaled_objects: scaledobject::build(pipeline),
+        pod_monitor: podmonitor::build(pipeline),
         ingress: ingress::build(pipeline),
         scaling: [
             Component::Ingest,

@@ -116,7 +116,7 @@ pub fn keda_bootstrap_servers(pipeline: &ValidPipeline) -> String {
 
 /// The PromQL query of the odds service's open connections: the gauge every pod exports
 /// (`odds_ws_connections`, odds-service's metrics), summed over this pipeline's pods by the
-/// labels the chart's PodMonitor adds.
+/// labels the operator's PodMonitor ([`super::podmonitor`]) or the chart's adds.
 pub fn connections_query(pipeline: &ValidPipeline) -> String {
     format!(
         "sum(odds_ws_connections{{namespace=\"{}\",pipeline=\"{}\",component=\"{}\"}})",
@@ -225,6 +225,10 @@ fn prometheus_trigger(
             "threshold".into(),
             target.unwrap_or(DEFAULT_TARGET_CONNECTIONS).to_string(),
         ),
+        // No series at all means nothing scrapes the pods (a PodMonitor missing or not
+        // selected by this Prometheus), not zero connections (a scraped pod reports 0): an
+        // error KEDA shows on the ScaledObject, instead of scaling to minReplicas on a 0.
+        ("ignoreNullValues".into(), "false".into()),
     ]);
     ScaleTrigger {
         type_: "prometheus".into(),

@@ -3,7 +3,8 @@
 //!
 //! The spec says what the user wants (`autoscaling.mode`); the cluster decides what is
 //! possible: lag and connections need KEDA's `ScaledObject` CRD, and connections a Prometheus
-//! to ask. Where the wish cannot be met the component falls back to CPU (an HPA), never to
+//! to ask and something that scrapes the connections into it (the operator's PodMonitor needs
+//! the Prometheus Operator's CRD). Where the wish cannot be met the component falls back to CPU (an HPA), never to
 //! fixed replicas, so a pipeline that asked to scale still scales; the status says why.
 
 use super::Component;
@@ -113,6 +114,16 @@ pub fn decide(pipeline: &ValidPipeline, component: Component) -> Scaling {
             Reason::NoPrometheusAddress,
             "Connections asked for without autoscaling.prometheusAddress: ",
         ),
+        // The series carry `pipeline` and `component` only where a scrape adds them: the
+        // operator's PodMonitor, unless the spec says another scrape does.
+        ScalingMode::Connections
+            if spec.pod_monitor.unwrap_or(true) && !pipeline.facts.pod_monitors_installed =>
+        {
+            cpu(
+                Reason::MetricsUnavailable,
+                "Connections asked for, but the Prometheus Operator's PodMonitor CRD (monitoring.coreos.com/v1) is not installed, so nothing scrapes odds_ws_connections with the pipeline and component labels (set autoscaling.podMonitor: false if your own scrape adds them): ",
+            )
+        }
         ScalingMode::Lag => Scaling {
             scaler: Scaler::Keda,
             mode: ScalingMode::Lag.as_str(),
@@ -129,9 +140,14 @@ pub fn decide(pipeline: &ValidPipeline, component: Component) -> Scaling {
             mode: ScalingMode::Connections.as_str(),
             reason: Reason::AsRequested,
             message: format!(
-                "KEDA ScaledObject on open WebSocket connections (Prometheus), {} per replica, {min} to {max} replicas",
+                "KEDA ScaledObject on open WebSocket connections (Prometheus), {} per replica, {min} to {max} replicas, scraped by {}",
                 spec.target_connections_per_replica
-                    .unwrap_or(DEFAULT_TARGET_CONNECTIONS)
+                    .unwrap_or(DEFAULT_TARGET_CONNECTIONS),
+                if spec.pod_monitor.unwrap_or(true) {
+                    format!("PodMonitor {}", super::podmonitor::name(pipeline))
+                } else {
+                    "a scrape outside the operator (podMonitor: false)".to_string()
+                }
             ),
         },
     }

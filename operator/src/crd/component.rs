@@ -56,7 +56,8 @@ pub struct AutoscalingSpec {
     /// `Connections` (oddsService only: open WebSocket connections, through KEDA's Prometheus
     /// scaler). Without KEDA, or for `Connections` without `prometheusAddress`, the operator
     /// falls back to `Cpu` and says why in `status.<component>.scaling` and the `Autoscaling`
-    /// condition.
+    /// condition; likewise for `Connections` when nothing would scrape the connections
+    /// (`podMonitor` without the Prometheus Operator's PodMonitor CRD).
     #[serde(default)]
     pub mode: ScalingMode,
     /// Lower bound of the pod count.
@@ -82,11 +83,25 @@ pub struct AutoscalingSpec {
     #[schemars(range(min = 1))]
     pub target_connections_per_replica: Option<i64>,
     /// `Connections`: address of a Prometheus that scrapes the odds service's pods with the
-    /// chart's PodMonitor labels (`namespace`, `pipeline`, `component`), e.g.
-    /// `http://prometheus-operated.monitoring.svc:9090`.
+    /// `namespace`, `pipeline` and `component` labels (the operator's PodMonitor, see
+    /// `podMonitor`, or the chart's), e.g. `http://prometheus-operated.monitoring.svc:9090`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub prometheus_address: Option<String>,
+    /// `Connections`: whether the operator creates a Prometheus Operator `PodMonitor`
+    /// (`<name>-metrics`) that scrapes this pipeline's pods on their `metrics` port and adds
+    /// the `pipeline` and `component` labels the connections query selects. Default true;
+    /// without the PodMonitor CRD (monitoring.coreos.com/v1) the odds service then scales on
+    /// CPU (`Autoscaling=False`, `MetricsUnavailable`). Set false when something else already
+    /// scrapes the pods with those labels, e.g. the chart's `monitoring.podMonitor` (both
+    /// would scrape each pod twice and the summed connections would count double).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_monitor: Option<bool>,
+    /// `Connections`: extra labels on the operator's PodMonitor, e.g. `release:
+    /// kube-prometheus-stack` when your Prometheus selects PodMonitors by label
+    /// (`podMonitorSelector`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pod_monitor_labels: BTreeMap<String, String>,
     /// Seconds of lower recommendations the autoscaler waits for before it scales down (the
     /// HPA's scale-down stabilisation window). Default 300, the HPA's own default.
     #[serde(default, skip_serializing_if = "Option::is_none")]

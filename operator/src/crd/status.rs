@@ -74,7 +74,7 @@ pub struct ScalingStatus {
     /// consumer lag) or `Connections` (KEDA, open WebSocket connections).
     pub mode: String,
     /// Why this mode: `AsRequested`, or the reason of a fallback to `Cpu`
-    /// (`KedaNotInstalled`, `NoPrometheusAddress`).
+    /// (`KedaNotInstalled`, `NoPrometheusAddress`, `MetricsUnavailable`).
     pub reason: String,
     /// What scales the workload, in words.
     pub message: String,
@@ -193,6 +193,11 @@ pub enum Reason {
     /// A list/watch the operator keeps for the pipeline has failed for a while (RBAC, a
     /// removed CRD, an API server that refuses): the condition `Watching=False`.
     WatchFailed,
+    /// Connections mode was asked for with `podMonitor` (the default), but the cluster has
+    /// no Prometheus Operator `PodMonitor` CRD (monitoring.coreos.com/v1): nothing would
+    /// scrape the connections, so KEDA would read none. CPU scaling instead. Also
+    /// `Degraded`'s reason for the one reconcile that finds the CRD gone after start-up.
+    MetricsUnavailable,
     RollingOut,
     Idle,
     Paused,
@@ -235,6 +240,7 @@ impl Reason {
             Self::KedaNotInstalled => "KedaNotInstalled",
             Self::NoPrometheusAddress => "NoPrometheusAddress",
             Self::WatchFailed => "WatchFailed",
+            Self::MetricsUnavailable => "MetricsUnavailable",
             Self::RollingOut => "RollingOut",
             Self::Idle => "Idle",
             Self::Paused => "Paused",

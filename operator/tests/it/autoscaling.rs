@@ -6,7 +6,7 @@ use crate::fixtures::{replicas, sample};
 use crate::harness::{harness, Harness};
 use crate::harness::{harness_with, harness_with_objects, Options};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use odds_operator::build::ScaledObject;
+use odds_operator::build::{PodMonitor, ScaledObject};
 use odds_operator::crd::ComponentStatus;
 use odds_operator::observe::{lag_seen_by, quantity};
 use serde_json::{json, Value};
@@ -37,6 +37,51 @@ async fn hpa(h: &Harness, name: &str) -> Option<HorizontalPodAutoscaler> {
 
 async fn scaled_object(h: &Harness, name: &str) -> Option<ScaledObject> {
     h.api::<ScaledObject>().get_opt(name).await.unwrap()
+}
+
+async fn pod_monitor(h: &Harness, name: &str) -> Option<PodMonitor> {
+    h.api::<PodMonitor>().get_opt(name).await.unwrap()
+}
+
+/// `monitor` scrapes every pod of pipeline `demo` (and only those) on the port they serve
+/// `/metrics` on, and adds the labels the connections query selects, as the chart's does.
+fn assert_scrapes_the_pipeline_with_its_labels(monitor: &PodMonitor) {
+    let selector = monitor.spec.selector.match_labels.clone().unwrap();
+    assert_eq!(
+        selector,
+        [
+            ("app.kubernetes.io/instance".to_string(), "demo".to_string()),
+            (
+                "app.kubernetes.io/name".to_string(),
+                "odds-pipeline".to_string()
+            ),
+        ]
+        .into()
+    );
+    let endpoint = &monitor.spec.pod_metrics_endpoints[0];
+    assert_eq!(
+        (endpoint.port.as_str(), endpoint.path.as_str()),
+        ("metrics", "/metrics")
+    );
+    let relabelled: Vec<(Vec<String>, String)> = endpoint
+        .relabelings
+        .iter()
+        .map(|r| (r.source_labels.clone(), r.target_label.clone()))
+        .collect();
+    assert_eq!(
+        relabelled,
+        [
+            (
+                vec!["__meta_kubernetes_pod_label_app_kubernetes_io_instance".to_string()],
+                "pipeline".to_string()
+            ),
+            (
+                vec!["__meta_kubernetes_pod_label_app_kubernetes_io_component".to_string()],
+                "component".to_string()
+            ),
+        ]
+    );
+    assert_eq!(monitor.metadata.namespace.as_deref(), Some("default"));
 }
 
 async fn processor_status(h: &Harness) -> ComponentStatus {
@@ -215,9 +260,20 @@ async fn switching_modes_removes_the_other_autoscaler_first_and_never_drops_repl
     // KEDA's HPA scales through the scale subresource, as the HPA controller does.
     h.hpa_scales("demo-processor", 5).await;
 
-    // Lag → CPU: the ScaledObject goes before the HPA comes.
+    // Lag → CPU: the ScaledObject goes before the HPA comes. KEDA's finalizer keeps it
+    // until KEDA has removed its own HPA; only then is the operator's HPA applied.
     h.calls.lock().unwrap().clear();
     h.change(cpu_mode()).await;
+    let leaving = scaled_object(&h, "demo-processor")
+        .await
+        .expect("held by KEDA");
+    assert!(leaving.metadata.deletion_timestamp.is_some());
+    assert!(
+        hpa(&h, "demo-processor").await.is_none(),
+        "not beside KEDA's"
+    );
+    h.keda_lets_go("demo-processor").await;
+    h.reconcile().await;
     assert!(scaled_object(&h, "demo-processor").await.is_none());
     assert!(hpa(&h, "demo-processor").await.is_some());
     let calls = h.calls.lock().unwrap().clone();
@@ -271,20 +327,75 @@ async fn switching_modes_removes_the_other_autoscaler_first_and_never_drops_repl
 }
 
 #[tokio::test]
-async fn turning_lag_autoscaling_off_removes_the_scaled_object_and_applies_the_spec() {
+async fn turning_lag_autoscaling_off_applies_the_spec_replicas_only_once_keda_let_go() {
     let h = Harness::with_keda(sample()).await;
     rolled_out_then(&h, lag_mode()).await;
+    // KEDA's HPA scaled the processor to 5.
+    h.keda_hpa_reports("demo-processor", "1500", 5).await;
     h.hpa_scales("demo-processor", 5).await;
+    h.replica_history.lock().unwrap().clear();
     h.change(json!({"spec": {"processor": {"autoscaling": null, "replicas": 3}}}))
         .await;
+
+    // KEDA's finalizer holds the ScaledObject while KEDA removes its HPA, which may still
+    // scale the Deployment: the spec's 3 replicas wait, nothing is written to `replicas`.
+    let leaving = scaled_object(&h, "demo-processor")
+        .await
+        .expect("held by KEDA");
+    assert!(leaving.metadata.deletion_timestamp.is_some());
+    assert_eq!(
+        replicas(&h.deployment("demo-processor").await.unwrap()),
+        Some(5),
+        "replicas stay where KEDA left them"
+    );
+    let applied = h.applied("Deployment/demo-processor");
+    assert!(
+        applied.last().unwrap()["spec"].get("replicas").is_none(),
+        "the apply leaves replicas to KEDA: {}",
+        applied.last().unwrap()["spec"]
+    );
+    assert_eq!(h.event_count("Scaled").await, 0);
+    let scaling = processor_status(&h).await.scaling.unwrap();
+    assert_eq!(scaling.mode, "Fixed");
+    assert!(
+        scaling
+            .message
+            .contains("once KEDA has released the Deployment"),
+        "{}",
+        scaling.message
+    );
+    // Another reconcile (a watch event) while KEDA still holds on changes nothing.
+    h.reconcile().await;
+    assert_eq!(
+        replicas(&h.deployment("demo-processor").await.unwrap()),
+        Some(5)
+    );
+
+    // KEDA let go: the ScaledObject and its HPA are gone, the spec applies.
+    h.keda_lets_go("demo-processor").await;
+    h.reconcile().await;
     assert!(scaled_object(&h, "demo-processor").await.is_none());
+    assert!(hpa(&h, "keda-hpa-demo-processor").await.is_none());
     assert!(hpa(&h, "demo-processor").await.is_none());
     assert_eq!(
         replicas(&h.deployment("demo-processor").await.unwrap()),
         Some(3)
     );
+    let history: Vec<Option<i32>> = h
+        .replica_history
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(name, _)| name == "demo-processor")
+        .map(|(_, r)| *r)
+        .collect();
+    assert_eq!(history.last(), Some(&Some(3)));
+    assert!(
+        !history[..history.len() - 1].contains(&Some(3)),
+        "3 was applied before KEDA let go: {history:?}"
+    );
     let scaling = processor_status(&h).await.scaling.unwrap();
-    assert_eq!(scaling.mode, "Fixed");
+    assert_eq!(scaling.message, "3 replicas from the spec");
     // The operator caused this replica change: it says so.
     assert!(
         h.events().await.iter().any(|(_, r, n)| r == "Scaled"
@@ -327,7 +438,7 @@ async fn connections_mode_scales_on_prometheus_when_an_address_is_given_and_cpu_
         scaling["prometheusAddress"] = json!(address);
         json!({"spec": {"oddsService": {"autoscaling": scaling}}})
     };
-    let h = Harness::with_keda(sample()).await;
+    let h = Harness::with_monitoring(sample()).await;
     rolled_out_then(
         &h,
         connections(Some("http://prometheus.monitoring.svc:9090")),
@@ -344,11 +455,15 @@ async fn connections_mode_scales_on_prometheus_when_an_address_is_given_and_cpu_
         "http://prometheus.monitoring.svc:9090"
     );
     assert_eq!(trigger.metadata["threshold"], "4000");
-    // The gauge odds-service exports, by the chart's PodMonitor labels.
+    // The gauge odds-service exports, by the labels the operator's PodMonitor adds.
     assert_eq!(
         trigger.metadata["query"],
         r#"sum(odds_ws_connections{namespace="default",pipeline="demo",component="odds-service"})"#
     );
+    // No series at all is an error in KEDA, not zero connections.
+    assert_eq!(trigger.metadata["ignoreNullValues"], "false");
+    let monitor = pod_monitor(&h, "demo-metrics").await.expect("PodMonitor");
+    assert_scrapes_the_pipeline_with_its_labels(&monitor);
     let scaling = h
         .pipeline()
         .await
@@ -363,10 +478,14 @@ async fn connections_mode_scales_on_prometheus_when_an_address_is_given_and_cpu_
         ("Connections", "AsRequested")
     );
 
-    // Without an address: CPU, and the condition says why.
+    // Without an address: CPU, and the condition says why. KEDA still holds the
+    // ScaledObject; the HPA comes once it let go. The PodMonitor goes.
     h.change(connections(None)).await;
+    h.keda_lets_go("demo-odds-service").await;
+    h.reconcile().await;
     assert!(scaled_object(&h, "demo-odds-service").await.is_none());
     assert!(hpa(&h, "demo-odds-service").await.is_some());
+    assert!(pod_monitor(&h, "demo-metrics").await.is_none());
     let autoscaling = h.condition("Autoscaling").await;
     assert_eq!(
         (autoscaling.status.as_str(), autoscaling.reason.as_str()),
@@ -402,6 +521,7 @@ async fn keda_uninstalled_after_start_up_is_reported_then_cpu_takes_over() {
             secrets: true,
             strimzi: true,
             keda: false,
+            pod_monitors: false,
         },
     )
     .await;
@@ -510,6 +630,7 @@ async fn the_cpu_hpa_waits_until_kedas_finalizer_let_the_scaled_object_go() {
         secrets: true,
         strimzi: true,
         keda: true,
+        pod_monitors: false,
     };
     let h = harness_with_objects(pipeline, options, vec![leaving]).await;
     h.roll_out().await;
@@ -526,10 +647,318 @@ async fn the_cpu_hpa_waits_until_kedas_finalizer_let_the_scaled_object_go() {
         "a ScaledObject already being deleted is not deleted again"
     );
     // KEDA removed its HPA and its finalizer: the ScaledObject is gone.
-    h.api::<ScaledObject>()
-        .delete("demo-processor", &Default::default())
-        .await
-        .unwrap();
+    h.keda_lets_go("demo-processor").await;
+    assert!(scaled_object(&h, "demo-processor").await.is_none());
     h.reconcile().await;
     assert!(hpa(&h, "demo-processor").await.is_some());
+}
+
+fn connections_mode(pod_monitor: Option<bool>) -> Value {
+    let mut scaling = json!({"mode": "Connections", "minReplicas": 2, "maxReplicas": 8,
+                             "prometheusAddress": "http://prometheus.monitoring.svc:9090"});
+    if let Some(on) = pod_monitor {
+        scaling["podMonitor"] = json!(on);
+    }
+    json!({"spec": {"oddsService": {"autoscaling": scaling}}})
+}
+
+async fn odds_service_scaling(h: &Harness) -> odds_operator::crd::ScalingStatus {
+    h.pipeline()
+        .await
+        .status
+        .unwrap()
+        .odds_service
+        .unwrap()
+        .scaling
+        .unwrap()
+}
+
+#[tokio::test]
+async fn connections_mode_without_a_series_source_scales_on_cpu_and_says_metrics_unavailable() {
+    // KEDA, but no Prometheus Operator: nothing would scrape odds_ws_connections with the
+    // pipeline and component labels, and KEDA would scale on nothing.
+    let h = Harness::with_keda(sample()).await;
+    rolled_out_then(&h, connections_mode(None)).await;
+    assert!(
+        scaled_object(&h, "demo-odds-service").await.is_none(),
+        "no ScaledObject that would read nothing"
+    );
+    assert!(hpa(&h, "demo-odds-service").await.is_some(), "CPU instead");
+    let autoscaling = h.condition("Autoscaling").await;
+    assert_eq!(
+        (autoscaling.status.as_str(), autoscaling.reason.as_str()),
+        ("False", "MetricsUnavailable")
+    );
+    assert!(
+        autoscaling.message.starts_with("odds-service: ")
+            && autoscaling.message.contains("PodMonitor"),
+        "{}",
+        autoscaling.message
+    );
+    let scaling = odds_service_scaling(&h).await;
+    assert_eq!(
+        (scaling.mode.as_str(), scaling.reason.as_str()),
+        ("Cpu", "MetricsUnavailable")
+    );
+    assert!(
+        !h.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, group, _)| group == "monitoring.coreos.com"),
+        "without the CRD no PodMonitor is ever asked for"
+    );
+
+    // The user says their own scrape adds the labels: KEDA, as asked, and no PodMonitor.
+    h.change(connections_mode(Some(false))).await;
+    assert!(scaled_object(&h, "demo-odds-service").await.is_some());
+    let scaling = odds_service_scaling(&h).await;
+    assert_eq!(
+        (scaling.mode.as_str(), scaling.reason.as_str()),
+        ("Connections", "AsRequested")
+    );
+    assert!(
+        scaling
+            .message
+            .contains("a scrape outside the operator (podMonitor: false)"),
+        "{}",
+        scaling.message
+    );
+    assert_eq!(h.condition("Autoscaling").await.reason, "AsRequested");
+}
+
+#[tokio::test]
+async fn the_pod_monitor_follows_the_spec_and_carries_its_labels() {
+    let h = Harness::with_monitoring(sample()).await;
+    h.roll_out().await;
+    let mut asked = connections_mode(None);
+    asked["spec"]["oddsService"]["autoscaling"]["podMonitorLabels"] =
+        json!({"release": "kube-prometheus-stack", "app.kubernetes.io/instance": "other"});
+    h.change(asked).await;
+    let monitor = pod_monitor(&h, "demo-metrics").await.expect("PodMonitor");
+    assert_scrapes_the_pipeline_with_its_labels(&monitor);
+    let labels = monitor.metadata.labels.clone().unwrap();
+    assert_eq!(labels["release"], "kube-prometheus-stack");
+    assert_eq!(
+        labels["app.kubernetes.io/instance"], "demo",
+        "the operator's own labels win (they select and prune it)"
+    );
+    let scaling = odds_service_scaling(&h).await;
+    assert!(
+        scaling
+            .message
+            .ends_with("scraped by PodMonitor demo-metrics"),
+        "{}",
+        scaling.message
+    );
+    // Settled: nothing more is written.
+    let writes = h.status_writes.load(Ordering::SeqCst);
+    h.reconcile().await;
+    assert_eq!(h.status_writes.load(Ordering::SeqCst), writes);
+
+    // Another scrape takes over (e.g. the chart's PodMonitor): the operator's goes, and the
+    // ScaledObject stays.
+    h.change(connections_mode(Some(false))).await;
+    assert!(pod_monitor(&h, "demo-metrics").await.is_none());
+    assert!(scaled_object(&h, "demo-odds-service").await.is_some());
+    assert!(h
+        .events()
+        .await
+        .iter()
+        .any(|(_, r, n)| r == "Deleted" && n.starts_with("Deleted PodMonitor demo-metrics")));
+}
+
+#[tokio::test]
+async fn the_pod_monitor_crd_uninstalled_after_start_up_is_reported_then_cpu_takes_over() {
+    // Discovery saw the CRD, but the API server no longer serves PodMonitors (404).
+    let h = Harness::with_keda(sample()).await;
+    h.roll_out().await;
+    h.ctx.pod_monitors.store(true, Ordering::Relaxed);
+    h.patch_pipeline(connections_mode(None)).await;
+    assert!(h.try_reconcile().await.is_err());
+    let degraded = h.condition("Degraded").await;
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "MetricsUnavailable")
+    );
+    // The controller's retry scales by CPU.
+    h.reconcile().await;
+    assert_eq!(h.condition("Degraded").await.status, "False");
+    assert!(hpa(&h, "demo-odds-service").await.is_some());
+    assert_eq!(
+        h.condition("Autoscaling").await.reason,
+        "MetricsUnavailable"
+    );
+}
+
+#[tokio::test]
+async fn pod_monitors_are_discovered_by_their_resource() {
+    use odds_operator::discovery::pod_monitors_installed;
+    let resources = |names: &[&str]| {
+        json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "monitoring.coreos.com/v1",
+            "resources": names.iter().map(|n| json!({
+                "name": n, "singularName": "", "namespaced": true, "kind": "K", "verbs": ["get"]
+            })).collect::<Vec<_>>()
+        })
+    };
+    for (names, installed) in [
+        (&["podmonitors", "servicemonitors"][..], true),
+        (&["servicemonitors", "prometheusrules"][..], false),
+    ] {
+        let h = harness(sample(), true).await;
+        h.answer("list", "", resources(names));
+        assert_eq!(pod_monitors_installed(&h.client).await.unwrap(), installed);
+    }
+    let h = harness(sample(), true).await;
+    h.fail(
+        "list",
+        "",
+        404,
+        "NotFound",
+        "the server could not find the requested resource",
+    );
+    assert!(!pod_monitors_installed(&h.client).await.unwrap());
+}
+
+/// The requests one LAG refresh made: `(verb, resource)`.
+fn refresh_calls(h: &Harness) -> Vec<(String, String)> {
+    h.calls
+        .lock()
+        .unwrap()
+        .drain(..)
+        .map(|(verb, _, resource)| (verb, resource))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_lag_is_refreshed_between_reconciles_without_applying_anything() {
+    use kube::runtime::controller::Action;
+    let h = Harness::with_keda(sample()).await;
+    rolled_out_then(&h, lag_mode()).await;
+    h.pods_ready().await;
+    h.reconcile().await;
+    assert_eq!(h.condition("Ready").await.status, "True");
+    // A settled lag-scaled pipeline waits like any other: no full reconcile every 30 s.
+    let action = h.try_reconcile().await.unwrap();
+    assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
+    let before = h.pipeline().await.status.unwrap();
+    assert_eq!(
+        before.processor.as_ref().unwrap().lag.as_deref(),
+        Some("unknown")
+    );
+
+    // Nothing changed: the refresh reads the lag (the ScaledObject, the HPA it names) and
+    // writes nothing.
+    h.calls.lock().unwrap().clear();
+    let writes = h.status_writes.load(Ordering::SeqCst);
+    h.refresh_lags().await;
+    let get = |resource: &str| ("get".to_string(), resource.to_string());
+    assert_eq!(
+        refresh_calls(&h),
+        [get("scaledobjects"), get("horizontalpodautoscalers")]
+    );
+    assert_eq!(h.status_writes.load(Ordering::SeqCst), writes);
+
+    // KEDA decided on a lag of 6000: one status write, the lag, nothing else.
+    h.keda_hpa_reports("demo-processor", "1500", 4).await;
+    h.refresh_lags().await;
+    assert_eq!(
+        refresh_calls(&h),
+        [
+            get("scaledobjects"),
+            get("horizontalpodautoscalers"),
+            ("patch".to_string(), "oddspipelines/status".to_string())
+        ]
+    );
+    assert_eq!(h.status_writes.load(Ordering::SeqCst), writes + 1);
+    let after = h.pipeline().await.status.unwrap();
+    assert_eq!(
+        after.processor.as_ref().unwrap().lag.as_deref(),
+        Some("6000")
+    );
+    let mut expected = before.clone();
+    expected.processor.as_mut().unwrap().lag = Some("6000".into());
+    assert_eq!(after, expected, "only the lag changed");
+
+    // Same lag: no write. A full reconcile agrees with what the refresh wrote.
+    h.refresh_lags().await;
+    assert_eq!(h.status_writes.load(Ordering::SeqCst), writes + 1);
+    h.reconcile().await;
+    assert_eq!(h.status_writes.load(Ordering::SeqCst), writes + 1);
+    h.calls.lock().unwrap().clear();
+
+    // A paused pipeline's status is left alone; so is one no longer scaled by lag.
+    h.change(json!({"spec": {"paused": true}})).await;
+    h.calls.lock().unwrap().clear();
+    h.keda_hpa_reports("demo-processor", "2000", 4).await;
+    h.refresh_lags().await;
+    assert_eq!(refresh_calls(&h), []);
+    h.change(json!({"spec": {"paused": false}})).await;
+    assert_eq!(processor_status(&h).await.lag.as_deref(), Some("8000"));
+    h.change(cpu_mode()).await;
+    h.calls.lock().unwrap().clear();
+    h.refresh_lags().await;
+    assert_eq!(refresh_calls(&h), []);
+}
+
+#[test]
+fn a_status_change_alone_does_not_reconcile_a_pipeline() {
+    use odds_operator::controller::reconcile_trigger;
+    let pipeline = sample();
+    let mut status_only = pipeline.clone();
+    status_only.status = Some(Default::default());
+    status_only.metadata.resource_version = Some("42".into());
+    assert_eq!(
+        reconcile_trigger(&pipeline),
+        reconcile_trigger(&status_only)
+    );
+    let mut spec = pipeline.clone();
+    spec.metadata.generation = Some(pipeline.metadata.generation.unwrap_or(1) + 1);
+    let mut annotated = pipeline.clone();
+    annotated.metadata.annotations = Some(
+        [(
+            "odds-pipeline.github.io/pause-reconciliation".to_string(),
+            "true".to_string(),
+        )]
+        .into(),
+    );
+    let mut labelled = pipeline.clone();
+    labelled.metadata.labels = Some([("team".to_string(), "odds".to_string())].into());
+    for changed in [spec, annotated, labelled] {
+        assert_ne!(reconcile_trigger(&pipeline), reconcile_trigger(&changed));
+    }
+}
+
+#[tokio::test]
+async fn the_api_keeps_a_deleted_object_while_it_has_finalizers() {
+    // The harness's API, as the API server: a delete only marks an object that has
+    // finalizers; it goes when the last finalizer is removed.
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+    let h = harness(sample(), true).await;
+    let api = h.api::<ConfigMap>();
+    let mut held = ConfigMap::default();
+    held.metadata.name = Some("held".into());
+    held.metadata.finalizers = Some(vec!["example.com/hold".into()]);
+    api.create(&PostParams::default(), &held).await.unwrap();
+    api.delete("held", &DeleteParams::background())
+        .await
+        .unwrap();
+    let marked = api.get("held").await.expect("still there");
+    assert!(marked.metadata.deletion_timestamp.is_some());
+    let listed = api.list(&Default::default()).await.unwrap();
+    assert!(listed
+        .items
+        .iter()
+        .any(|c| c.metadata.name.as_deref() == Some("held")
+            && c.metadata.deletion_timestamp.is_some()));
+    api.patch(
+        "held",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"finalizers": []}})),
+    )
+    .await
+    .unwrap();
+    assert!(api.get_opt("held").await.unwrap().is_none());
 }

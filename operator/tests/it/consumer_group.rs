@@ -124,6 +124,7 @@ fn render_gives_two_pipelines_in_one_file_two_groups() {
         namespace: "default".into(),
         strimzi: true,
         keda: true,
+        pod_monitors: false,
         secrets: None,
     };
     let out = render(&file, &options).unwrap();

@@ -134,6 +134,7 @@ async fn a_strimzi_discovery_error_is_not_strimzi_not_installed_but_a_404_is() {
             secrets: true,
             strimzi: true,
             keda: false,
+            pod_monitors: false,
         },
     )
     .await;
@@ -194,7 +195,8 @@ async fn start_up_discovery_waits_for_an_answer_instead_of_guessing() {
         found,
         Some(Discovered {
             strimzi: true,
-            keda: true
+            keda: true,
+            pod_monitors: false
         })
     );
 }

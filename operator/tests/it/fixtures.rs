@@ -114,6 +114,8 @@ pub fn autoscaling_defaults() -> AutoscalingSpec {
         target_lag_per_replica: None,
         target_connections_per_replica: None,
         prometheus_address: None,
+        pod_monitor: None,
+        pod_monitor_labels: Default::default(),
         scale_down_stabilization_seconds: None,
         polling_interval_seconds: None,
     }
@@ -156,6 +158,7 @@ pub fn ready_facts() -> Facts {
         existing_partitions: Some(6),
         keda_installed: false,
         ports: BTreeMap::new(),
+        pod_monitors_installed: false,
     }
 }
 

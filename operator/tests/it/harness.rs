@@ -12,7 +12,12 @@
 //!   which always carries one), which a KafkaTopic loses when `topicDeletionPolicy` turns to
 //!   `Retain`;
 //! - a container's `env` is a list map keyed by `name`: an apply naming a variable twice is
-//!   rejected with 422 (the fake accepts it).
+//!   rejected with 422 (the fake accepts it);
+//! - deleting an object that has finalizers only marks it (`metadata.deletionTimestamp`, in
+//!   every read and write that returns it); it goes once a write leaves it without
+//!   finalizers (the fake deletes at once). KEDA, where installed, adds its finalizer
+//!   `finalizer.keda.sh` to every ScaledObject it sees, as its controller does; tests play
+//!   KEDA's cleanup with [`Harness::keda_lets_go`].
 //!
 //! Garbage collection is the fake's own: deleting an object (with any propagation but
 //! `Orphan`) deletes at once every object whose `ownerReferences` name its uid, and theirs in
@@ -36,14 +41,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntr
 use k8s_openapi::ByteString;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::client::Body;
-use kube::Resource;
+use kube::{Resource, ResourceExt};
 use kube_fake_client::{interceptor, ClientBuilder, PatchType};
-use odds_operator::build::{job, KafkaTopic, ScaledObject};
+use odds_operator::build::{job, KafkaTopic, PodMonitor, ScaledObject};
 use odds_operator::controller::{reconcile, Context, Error};
 use odds_operator::crd::{Condition, OddsPipeline};
 use odds_operator::metrics::Metrics;
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -167,6 +172,8 @@ pub fn client_of(api: &kube::Client) -> (kube::Client, Network) {
             calls: Arc::default(),
             faults: network.faults.clone(),
             operator: Arc::default(),
+            terminating: Arc::default(),
+            finalizers: Arc::default(),
         },
         NS,
     );
@@ -211,8 +218,11 @@ pub struct Options {
     /// Whether Strimzi's KafkaTopic CRD is installed (registered with the fake API, and
     /// what the operator's start-up discovery found).
     pub strimzi: bool,
-    /// Whether KEDA's ScaledObject CRD is installed (likewise).
+    /// Whether KEDA's ScaledObject CRD is installed (likewise), and KEDA runs (it puts its
+    /// finalizer on each ScaledObject).
     pub keda: bool,
+    /// Whether the Prometheus Operator's PodMonitor CRD is installed (likewise).
+    pub pod_monitors: bool,
 }
 
 pub fn secret(name: &str, value: &str) -> Secret {
@@ -230,6 +240,7 @@ pub async fn harness(pipeline: OddsPipeline, secrets: bool) -> Harness {
             secrets,
             strimzi: true,
             keda: false,
+            pod_monitors: false,
         },
     )
     .await
@@ -318,6 +329,9 @@ pub async fn harness_with_objects(
     if options.keda {
         builder = builder.with_resource::<ScaledObject>();
     }
+    if options.pod_monitors {
+        builder = builder.with_resource::<PodMonitor>();
+    }
     if options.secrets {
         builder = builder
             .with_object(secret("odds-redis", "redis://redis:6379"))
@@ -327,12 +341,21 @@ pub async fn harness_with_objects(
     let calls = Arc::new(Mutex::new(Vec::new()));
     let faults = Arc::new(Mutex::new(Vec::new()));
     let operator = Arc::new(AtomicBool::new(false));
+    let finalizers = Arc::new(Mutex::new(BTreeMap::new()));
+    if options.keda {
+        finalizers
+            .lock()
+            .unwrap()
+            .insert("scaledobjects".to_string(), KEDA_FINALIZER.to_string());
+    }
     let client = kube::Client::new(
         Recording {
             inner: fake,
             calls: calls.clone(),
             faults: faults.clone(),
             operator: operator.clone(),
+            terminating: Arc::default(),
+            finalizers,
         },
         NS,
     );
@@ -350,6 +373,8 @@ pub async fn harness_with_objects(
     let ctx = Arc::new(context);
     ctx.strimzi.store(options.strimzi, Ordering::Relaxed);
     ctx.keda.store(options.keda, Ordering::Relaxed);
+    ctx.pod_monitors
+        .store(options.pod_monitors, Ordering::Relaxed);
     Harness {
         client,
         ctx,
@@ -457,13 +482,161 @@ where
     Ok(())
 }
 
-/// A tower Service in front of the fake API: records each request, injects faults.
+/// The finalizer KEDA puts on every ScaledObject, and removes once it has deleted its HPA.
+pub const KEDA_FINALIZER: &str = "finalizer.keda.sh";
+
+/// When an object with finalizers was deleted (what the API server stamps).
+const DELETION_TIMESTAMP: &str = "2030-01-01T00:00:00Z";
+
+/// A tower Service in front of the fake API: records each request, injects faults, and keeps
+/// deleted objects that have finalizers until their finalizers are gone.
 #[derive(Clone)]
 struct Recording {
     inner: kube::Client,
     calls: Arc<Mutex<Vec<Call>>>,
     faults: Arc<Mutex<Vec<Fault>>>,
     operator: Arc<AtomicBool>,
+    /// Objects deleted while they had finalizers, by URL path: still stored in the fake, and
+    /// shown with a `deletionTimestamp` until a write leaves them without finalizers.
+    terminating: Arc<Mutex<BTreeSet<String>>>,
+    /// The finalizer a controller adds to every object of a resource it runs, by resource
+    /// (`scaledobjects` → KEDA's).
+    finalizers: Arc<Mutex<BTreeMap<String, String>>>,
+}
+
+/// The URL path of one object, from a request's path (a subresource's object) or from a
+/// collection's path and an item's name.
+fn object_path(path: &str, named: bool, name: Option<&str>) -> String {
+    let base = path.trim_end_matches('/');
+    if named {
+        let parts: Vec<&str> = base.split('/').collect();
+        // `.../<resource>/<name>/<subresource>`: a subresource follows a name.
+        let resource_at = parts
+            .iter()
+            .rposition(|p| *p == "namespaces")
+            .map_or(3, |i| i + 2);
+        parts[..(resource_at + 2).min(parts.len())].join("/")
+    } else {
+        format!("{base}/{}", name.unwrap_or_default())
+    }
+}
+
+/// `GET path` against the fake: the object, if it exists.
+async fn get_json(inner: &kube::Client, path: &str) -> Result<Option<Value>, kube::Error> {
+    let request = http::Request::get(path).body(Body::empty()).unwrap();
+    let response = inner.send(request).await?;
+    if !response.status().is_success() {
+        return Ok(None);
+    }
+    let bytes = response.into_body().collect_bytes().await?;
+    Ok(serde_json::from_slice(&bytes).ok())
+}
+
+/// A JSON answer of `status`.
+fn json_response(status: http::StatusCode, body: &Value) -> http::Response<Body> {
+    http::Response::builder()
+        .status(status)
+        .header("Content-Type", "application/json")
+        .body(Body::from(body.to_string().into_bytes()))
+        .unwrap()
+}
+
+fn has_finalizers(object: &Value) -> bool {
+    object["metadata"]["finalizers"]
+        .as_array()
+        .is_some_and(|f| !f.is_empty())
+}
+
+impl Recording {
+    /// The API server's deletion of an object with finalizers: it stays, marked.
+    async fn delete_with_finalizers(
+        &self,
+        path: &str,
+    ) -> Result<Option<http::Response<Body>>, kube::Error> {
+        let Some(mut live) = get_json(&self.inner, path).await? else {
+            return Ok(None);
+        };
+        if !has_finalizers(&live) && live["metadata"]["deletionTimestamp"].is_null() {
+            return Ok(None);
+        }
+        if live["metadata"]["deletionTimestamp"].is_null() {
+            self.terminating.lock().unwrap().insert(path.to_string());
+            live["metadata"]["deletionTimestamp"] = json!(DELETION_TIMESTAMP);
+        }
+        Ok(Some(json_response(http::StatusCode::OK, &live)))
+    }
+
+    /// What follows a successful request: a terminating object left without finalizers
+    /// goes; a controller adds its finalizer to an object it runs; objects still terminating
+    /// are shown so.
+    async fn after(
+        &self,
+        verb: &str,
+        resource: &str,
+        path: &str,
+        response: http::Response<Body>,
+    ) -> Result<http::Response<Body>, kube::Error> {
+        if !response.status().is_success()
+            || !matches!(verb, "get" | "list" | "create" | "update" | "patch")
+        {
+            return Ok(response);
+        }
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect_bytes().await?;
+        let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) else {
+            return Ok(http::Response::from_parts(
+                parts,
+                Body::from(bytes.to_vec()),
+            ));
+        };
+        let finalizer = self.finalizers.lock().unwrap().get(resource).cloned();
+        let items: Vec<&mut Value> = if verb == "list" {
+            value["items"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+                .collect()
+        } else {
+            vec![&mut value]
+        };
+        for item in items {
+            let name = item["metadata"]["name"].as_str().map(str::to_string);
+            // A create and a list name the collection, the others the object.
+            let named = !matches!(verb, "create" | "list");
+            let object = object_path(path, named, name.as_deref());
+            let terminating = self.terminating.lock().unwrap().contains(&object);
+            if terminating && !has_finalizers(item) {
+                // The last finalizer went: the API server deletes the object now.
+                let request = http::Request::delete(object.as_str())
+                    .body(Body::empty())
+                    .unwrap();
+                self.inner.send(request).await?;
+                self.terminating.lock().unwrap().remove(&object);
+            } else if terminating {
+                item["metadata"]["deletionTimestamp"] = json!(DELETION_TIMESTAMP);
+            } else if let Some(finalizer) = finalizer
+                .as_deref()
+                .filter(|_| verb != "get" && verb != "list")
+            {
+                let present = item["metadata"]["finalizers"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|v| v == finalizer));
+                if !present && item["metadata"]["deletionTimestamp"].is_null() {
+                    // The controller saw the object and claims it, as KEDA does.
+                    let patch = json!({"metadata": {"finalizers": [finalizer]}});
+                    let request = http::Request::patch(object.as_str())
+                        .header("Content-Type", "application/merge-patch+json")
+                        .body(Body::from(patch.to_string().into_bytes()))
+                        .unwrap();
+                    self.inner.send(request).await?;
+                }
+            }
+        }
+        Ok(http::Response::from_parts(
+            parts,
+            Body::from(value.to_string().into_bytes()),
+        ))
+    }
 }
 
 /// `(verb, group, resource[/subresource])` of a request, as RBAC names them.
@@ -511,6 +684,8 @@ impl tower::Service<http::Request<Body>> for Recording {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let call = describe(&request);
+        let path = request.uri().path().to_string();
+        let this = self.clone();
         let record = self.operator.load(Ordering::SeqCst);
         if record {
             self.calls.lock().unwrap().push(call.clone());
@@ -536,7 +711,7 @@ impl tower::Service<http::Request<Body>> for Recording {
                     calls
                         .lock()
                         .unwrap()
-                        .push(("create".into(), call.1, call.2));
+                        .push(("create".into(), call.1.clone(), call.2.clone()));
                 }
             }
             if fault.as_ref().is_some_and(|f| f.hang) {
@@ -572,7 +747,14 @@ impl tower::Service<http::Request<Body>> for Recording {
                     .unwrap();
                 return Ok(response);
             }
-            inner.send(request).await
+            if call.0 == "delete" {
+                if let Some(kept) = this.delete_with_finalizers(&path).await? {
+                    return Ok(kept);
+                }
+            }
+            let response = inner.send(request).await?;
+            let resource = call.2.split('/').next().unwrap_or_default();
+            this.after(&call.0, resource, &path, response).await
         })
     }
 }
@@ -856,6 +1038,60 @@ impl Harness {
         self.reconcile().await;
     }
 
+    /// What KEDA does once a ScaledObject it runs is being deleted: deletes the HPA it made
+    /// for it (`keda-hpa-<name>`), then removes its finalizer, so the API server deletes the
+    /// ScaledObject.
+    pub async fn keda_lets_go(&self, name: &str) {
+        let hpas = self.api::<HorizontalPodAutoscaler>();
+        let hpa = format!("keda-hpa-{name}");
+        if hpas.get_opt(&hpa).await.unwrap().is_some() {
+            hpas.delete(&hpa, &DeleteParams::default()).await.unwrap();
+        }
+        let leaving = self.api::<ScaledObject>().get(name).await.unwrap();
+        assert!(
+            leaving.metadata.deletion_timestamp.is_some(),
+            "KEDA lets go of a ScaledObject being deleted, not of {name}"
+        );
+        let finalizers: Vec<String> = leaving
+            .metadata
+            .finalizers
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|f| f != KEDA_FINALIZER)
+            .collect();
+        self.api::<ScaledObject>()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"finalizers": finalizers}})),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// One pass of the operator's LAG refresh ([`odds_operator::controller::refresh_lags`]),
+    /// its requests recorded like a reconcile's.
+    pub async fn refresh_lags(&self) {
+        self.operator.store(true, Ordering::SeqCst);
+        odds_operator::controller::refresh_lags(&self.ctx).await;
+        self.operator.store(false, Ordering::SeqCst);
+    }
+
+    /// A harness whose cluster has KEDA and the Prometheus Operator's PodMonitor CRD (and
+    /// Strimzi, and the Secrets).
+    pub async fn with_monitoring(pipeline: OddsPipeline) -> Harness {
+        harness_with(
+            pipeline,
+            Options {
+                secrets: true,
+                strimzi: true,
+                keda: true,
+                pod_monitors: true,
+            },
+        )
+        .await
+    }
+
     /// A harness whose cluster has KEDA (and Strimzi, and the Secrets).
     pub async fn with_keda(pipeline: OddsPipeline) -> Harness {
         harness_with(
@@ -864,12 +1100,13 @@ impl Harness {
                 secrets: true,
                 strimzi: true,
                 keda: true,
+                pod_monitors: false,
             },
         )
         .await
     }
 
-    /// What KEDA does once it runs a ScaledObject: creates its HPA (`keda-hpa-<name>`),
+    /// What KEDA does once it runs a ScaledObject: creates its HPA (`keda-hpa-<name>`, once),
     /// which reports the trigger's metric in its status. Here the HPA saw an average of
     /// `average` per replica over `replicas` replicas.
     pub async fn keda_hpa_reports(&self, name: &str, average: &str, replicas: i32) {
@@ -881,10 +1118,10 @@ impl Harness {
                      "minReplicas": 1, "maxReplicas": 6},
         }))
         .unwrap();
-        self.api::<HorizontalPodAutoscaler>()
-            .create(&PostParams::default(), &hpa)
-            .await
-            .unwrap();
+        let hpas = self.api::<HorizontalPodAutoscaler>();
+        if hpas.get_opt(&hpa.name_any()).await.unwrap().is_none() {
+            hpas.create(&PostParams::default(), &hpa).await.unwrap();
+        }
         self.patch_status::<HorizontalPodAutoscaler>(
             &format!("keda-hpa-{name}"),
             json!({"currentReplicas": replicas, "desiredReplicas": replicas, "currentMetrics": [{

@@ -40,8 +40,9 @@ fn scaled_object_schema() -> Value {
     version["schema"]["openAPIV3Schema"].clone()
 }
 
-/// What the API server would refuse or prune in `value`, by path.
-fn problems(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
+/// What the API server would refuse or prune in `value`, by path (also used for the
+/// Prometheus Operator's CRDs, `monitoring_schema`).
+pub fn problems(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
     if schema["x-kubernetes-int-or-string"] == json!(true) {
         if !(value.is_i64() || value.is_u64() || value.is_string()) {
             out.push(format!("{path}: must be an integer or a string"));
@@ -89,9 +90,16 @@ fn problems(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
                 if schema["maxLength"].as_u64().is_some_and(|max| length > max) {
                     out.push(format!("{path}: longer than {}", schema["maxLength"]));
                 }
-                // No regex engine here: a patterned field must not pass unchecked.
-                if schema.get("pattern").is_some() {
-                    out.push(format!("{path}: has a pattern this check cannot verify"));
+                // The CRDs' patterns are Go (RE2) syntax, which the regex crate shares; one it
+                // cannot compile must not pass unchecked.
+                if let Some(pattern) = schema["pattern"].as_str() {
+                    match regex::Regex::new(pattern) {
+                        Ok(re) if re.is_match(text) => {}
+                        Ok(_) => out.push(format!("{path}: {text:?} does not match {pattern}")),
+                        Err(_) => {
+                            out.push(format!("{path}: has a pattern this check cannot verify"))
+                        }
+                    }
                 }
                 if let Some(allowed) = schema["enum"].as_array() {
                     if !allowed.iter().any(|a| a == text) {
@@ -148,7 +156,7 @@ fn scaling(mode: ScalingMode, edit: impl FnOnce(&mut AutoscalingSpec)) -> Autosc
 
 /// The sample and its variants, each in every KEDA mode with defaults and with every
 /// option set.
-fn pipelines() -> Vec<(String, OddsPipeline)> {
+pub fn pipelines() -> Vec<(String, OddsPipeline)> {
     let mut out = Vec::new();
     for (base_name, base) in [
         ("sample", sample()),
@@ -176,6 +184,8 @@ fn pipelines() -> Vec<(String, OddsPipeline)> {
                     s.target_connections_per_replica = Some(2000);
                     s.scale_down_stabilization_seconds = Some(0);
                     s.polling_interval_seconds = Some(15);
+                    s.pod_monitor_labels =
+                        [("release".to_string(), "kube-prometheus-stack".to_string())].into();
                 }
             });
             let pipeline = base.clone().edit(|p| {
@@ -192,6 +202,7 @@ fn pipelines() -> Vec<(String, OddsPipeline)> {
 fn scaled_objects(pipeline: &OddsPipeline) -> Vec<ScaledObject> {
     let facts = build::Facts {
         keda_installed: true,
+        pod_monitors_installed: true,
         ..ready_facts()
     };
     build::children(

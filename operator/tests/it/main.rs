@@ -13,6 +13,7 @@ mod harness;
 mod keda_schema;
 mod leader;
 mod metrics;
+mod monitoring_schema;
 mod namespaces;
 mod rbac;
 mod reconcile_changes;

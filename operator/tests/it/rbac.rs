@@ -13,7 +13,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::Api;
-use odds_operator::build::{Component, ScaledObject};
+use odds_operator::build::{Component, PodMonitor, ScaledObject};
 use odds_operator::leader::{Elector, LeaseConfig};
 use serde_json::{json, Value};
 use std::collections::BTreeSet;
@@ -98,12 +98,58 @@ async fn used() -> BTreeSet<Grant> {
     h.reconcile().await;
     h.change(json!({"spec": {"processor": {"autoscaling": {"mode": "Cpu"}}}}))
         .await;
+    // KEDA's finalizer holds the ScaledObject until KEDA removed its HPA.
+    h.keda_lets_go("demo-processor").await;
+    h.reconcile().await;
     assert!(h
         .api::<ScaledObject>()
         .get_opt("demo-processor")
         .await
         .unwrap()
         .is_none());
+    collect(&h);
+
+    // Connections mode with the Prometheus Operator: the PodMonitor created, then pruned
+    // when another scrape takes over; the lag refreshed between reconciles.
+    let h = Harness::with_monitoring(sample()).await;
+    h.roll_out().await;
+    let connections = |pod_monitor: bool| {
+        json!({"spec": {"oddsService": {"autoscaling": {
+            "mode": "Connections", "minReplicas": 2, "maxReplicas": 5,
+            "prometheusAddress": "http://prometheus:9090", "podMonitor": pod_monitor}}}})
+    };
+    h.change(connections(true)).await;
+    assert!(h
+        .api::<PodMonitor>()
+        .get_opt("demo-metrics")
+        .await
+        .unwrap()
+        .is_some());
+    h.change(connections(false)).await;
+    assert!(h
+        .api::<PodMonitor>()
+        .get_opt("demo-metrics")
+        .await
+        .unwrap()
+        .is_none());
+    h.change(
+        json!({"spec": {"processor": {"resources": {"requests": {"cpu": "1"}},
+        "autoscaling": {"mode": "Lag", "minReplicas": 2, "maxReplicas": 6}}}}),
+    )
+    .await;
+    h.keda_hpa_reports("demo-processor", "10", 2).await;
+    h.refresh_lags().await;
+    assert_eq!(
+        h.pipeline()
+            .await
+            .status
+            .unwrap()
+            .processor
+            .unwrap()
+            .lag
+            .as_deref(),
+        Some("20")
+    );
     collect(&h);
 
     // Leader election: campaign, renew, take over, release.
@@ -206,6 +252,8 @@ async fn the_chart_grants_exactly_what_the_operator_uses() {
         ("coordination.k8s.io", "leases", "update"),
         ("keda.sh", "scaledobjects", "delete"),
         ("keda.sh", "scaledobjects", "create"),
+        ("monitoring.coreos.com", "podmonitors", "create"),
+        ("monitoring.coreos.com", "podmonitors", "delete"),
     ] {
         let grant = (
             grant.0.to_string(),

@@ -137,6 +137,7 @@ async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_appli
             secrets: true,
             strimzi: false,
             keda: false,
+            pod_monitors: false,
         },
     )
     .await;
@@ -160,6 +161,7 @@ async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_appli
             secrets: true,
             strimzi: false,
             keda: false,
+            pod_monitors: false,
         },
     )
     .await;
@@ -176,6 +178,7 @@ async fn a_kafka_topic_crd_removed_after_start_up_is_strimzi_not_installed() {
             secrets: true,
             strimzi: false,
             keda: false,
+            pod_monitors: false,
         },
     )
     .await;

@@ -173,6 +173,7 @@ fn discovery_flags_change_what_is_built_as_on_a_cluster() {
         namespace: "default".into(),
         strimzi: true,
         keda,
+        pod_monitors: false,
         secrets: None,
     };
     let with_keda = render(&lag, &options(true)).unwrap();
@@ -194,6 +195,7 @@ fn a_pipeline_without_a_namespace_lands_in_the_given_one() {
         namespace: "odds".into(),
         strimzi: true,
         keda: false,
+        pod_monitors: false,
         secrets: None,
     };
     let out = render(&text, &options).unwrap();
@@ -208,6 +210,7 @@ fn the_new_admission_rules_hold_in_render_too() {
         namespace: "default".into(),
         strimzi: true,
         keda: false,
+        pod_monitors: false,
         secrets: None,
     };
     // A CEL rule on the object: the KafkaTopic name `demo-odds-updates-` is no DNS subdomain.

@@ -40,6 +40,7 @@ async fn a_forbidden_watch_is_warned_once_counted_and_shown_in_the_status() {
             secrets: true,
             strimzi: true,
             keda: false,
+            pod_monitors: false,
         },
     )
     .await;
@@ -111,6 +112,7 @@ async fn a_lasting_watch_failure_is_one_warning_event_and_clears_when_the_watch_
             secrets: true,
             strimzi: true,
             keda: false,
+            pod_monitors: false,
         },
     )
     .await;

@@ -5,6 +5,11 @@
 //! revoked (rebalance or shutdown), the context commits what is durable for them, forgets
 //! them (committing a stale offset later would move the group backwards), and tells the
 //! processor so no batch spans a partition it no longer owns.
+//!
+//! The lag gauge (`odds_proc_consumer_lag{topic,partition}`) holds series only for the
+//! partitions this consumer owns: a revoke removes the series of the partitions it lost (the
+//! new owner reports them), and statistics only set the owned ones, so a `max by (partition)`
+//! over every processor never reads a value frozen at the moment of a rebalance.
 
 use crate::batch::PartitionKey;
 use crate::metrics::Metrics;
@@ -15,7 +20,7 @@ use rdkafka::error::KafkaResult;
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub type ProcessorConsumer = rdkafka::consumer::StreamConsumer<ProcessorContext>;
@@ -80,12 +85,54 @@ fn to_list<'a>(
 pub struct ProcessorContext {
     ledger: CommitLedger,
     metrics: Metrics,
+    /// The partitions assigned to this consumer: the only ones whose lag it reports.
+    owned: Mutex<BTreeSet<PartitionKey>>,
 }
 
 impl ProcessorContext {
     pub fn new(ledger: CommitLedger, metrics: Metrics) -> Self {
-        ProcessorContext { ledger, metrics }
+        ProcessorContext {
+            ledger,
+            metrics,
+            owned: Mutex::new(BTreeSet::new()),
+        }
     }
+
+    /// Records newly assigned partitions (the whole assignment under the eager protocol,
+    /// the added ones under the cooperative one): their lag is reported from the next
+    /// statistics on.
+    fn own(&self, partitions: &[PartitionKey]) {
+        let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        owned.extend(partitions.iter().cloned());
+    }
+
+    /// Forgets partitions this consumer lost and removes their lag series: another member
+    /// reports them now, and a value frozen at the revoke would be read as theirs.
+    fn disown(&self, partitions: &[PartitionKey]) {
+        let mut owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        for key in partitions {
+            owned.remove(key);
+            let (topic, partition) = key;
+            // Absent when no statistics reported it yet: nothing to remove.
+            let _ = self
+                .metrics
+                .consumer_lag
+                .remove_label_values(&[topic.as_str(), &partition.to_string()]);
+        }
+    }
+
+    /// Every partition this consumer owns.
+    fn owned(&self) -> Vec<PartitionKey> {
+        let owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
+        owned.iter().cloned().collect()
+    }
+}
+
+fn partitions_of(list: &TopicPartitionList) -> Vec<PartitionKey> {
+    list.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
 }
 
 impl ClientContext for ProcessorContext {
@@ -109,10 +156,14 @@ impl ClientContext for ProcessorContext {
     }
 
     fn stats(&self, statistics: Statistics) {
+        let owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
         for (topic_name, topic) in &statistics.topics {
             for (partition, stats) in &topic.partitions {
                 // -1 is the internal "unassigned" partition; a negative lag means unknown.
-                if *partition >= 0 && stats.consumer_lag >= 0 {
+                // Statistics also list partitions this consumer no longer (or never) owned,
+                // with the offsets it last knew: not its lag to report.
+                let key = (topic_name.clone(), *partition);
+                if *partition >= 0 && stats.consumer_lag >= 0 && owned.contains(&key) {
                     self.metrics
                         .consumer_lag
                         .with_label_values(&[topic_name.as_str(), &partition.to_string()])
@@ -127,12 +178,9 @@ impl ConsumerContext for ProcessorContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Revoke(list) => {
-                let partitions: Vec<PartitionKey> = list
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
+                let partitions = partitions_of(list);
                 tracing::info!(?partitions, "partitions revoked");
+                self.disown(&partitions);
                 match self.ledger.revoke(&partitions) {
                     Ok(commit) if commit.count() > 0 => {
                         if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
@@ -146,10 +194,15 @@ impl ConsumerContext for ProcessorContext {
             }
             Rebalance::Assign(list) => {
                 tracing::info!(partitions = list.count(), "partitions assigned");
+                self.own(&partitions_of(list));
             }
             Rebalance::Error(error) => {
                 self.metrics.error(crate::metrics::phase::CONSUME);
                 tracing::warn!(%error, "rebalance error");
+                // rdkafka then drops the assignment (under the eager protocol, the
+                // processor's); the group's next assign says what this consumer owns.
+                let lost = self.owned();
+                self.disown(&lost);
             }
         }
     }

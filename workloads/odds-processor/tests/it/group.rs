@@ -318,6 +318,94 @@ async fn reported_lag_per_partition_is_the_backlog_and_falls_to_zero_as_it_drain
     h.processor.close();
 }
 
+/// After a rebalance a processor reports the lag of the partitions it owns now, and no longer
+/// that of the partitions it lost: the new owner reports those, and a series frozen at the
+/// revoke would be what `max by (partition)` (dashboard, alert) reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_removes_the_lag_series_of_the_partitions_a_processor_lost() {
+    const PARTITIONS: i32 = 4;
+    let kafka = TestKafka::start(1, PARTITIONS).unwrap();
+    let db = migrated_database().await;
+    let redis = TestRedis::start().await.unwrap();
+    let mut config = config(&kafka, &db, &redis);
+    config
+        .kafka
+        .props
+        .push(("statistics.interval.ms".into(), "10".into()));
+    let group = config.kafka_group.clone();
+    let producer = producer(&kafka);
+    let all: std::collections::BTreeSet<i32> = (0..PARTITIONS).collect();
+    let partitions = |metrics: &odds_processor::Metrics| -> std::collections::BTreeSet<i32> {
+        reported_lag(metrics).into_keys().collect()
+    };
+
+    // A alone owns every partition and reports the lag of each (one update committed on
+    // each, so every partition has a committed offset and a lag).
+    let mut a = processor(&config);
+    for p in 0..PARTITIONS {
+        produce_on(&producer, p, 1).await;
+    }
+    step_until(
+        &mut a.processor,
+        "A committed on every partition",
+        || async { committed_total(&kafka, &group, PARTITIONS) == i64::from(PARTITIONS) },
+    )
+    .await;
+    step_until(&mut a.processor, "A reports every partition", || async {
+        partitions(&a.metrics) == all
+    })
+    .await;
+
+    // B joins: the group splits the partitions, and B reports the lag of its share.
+    let mut b = processor(&config);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (na, nb) = (
+            a.processor.assigned_partitions(),
+            b.processor.assigned_partitions(),
+        );
+        if na > 0 && nb > 0 && na + nb == PARTITIONS as usize && partitions(&b.metrics).len() == nb
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group never balanced: A owns {na}, B owns {nb}, B reports {:?}",
+            partitions(&b.metrics)
+        );
+        a.processor.step().await;
+        b.processor.step().await;
+    }
+    // Statistics arrive every 10 ms: give A many rounds to report what it has now.
+    let settle = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    while tokio::time::Instant::now() < settle {
+        a.processor.step().await;
+        b.processor.step().await;
+    }
+    let (na, nb) = (
+        a.processor.assigned_partitions(),
+        b.processor.assigned_partitions(),
+    );
+    assert_eq!(na + nb, PARTITIONS as usize, "the group stayed balanced");
+    let (reported_a, reported_b) = (partitions(&a.metrics), partitions(&b.metrics));
+    assert_eq!(
+        reported_a.len(),
+        na,
+        "A reports {reported_a:?} but owns {na} partitions"
+    );
+    assert_eq!(reported_b.len(), nb, "B reports {reported_b:?}");
+    assert!(
+        reported_a.is_disjoint(&reported_b),
+        "a partition's lag reported by both: A {reported_a:?}, B {reported_b:?}"
+    );
+    let union: std::collections::BTreeSet<i32> = reported_a.union(&reported_b).copied().collect();
+    assert_eq!(union, all, "every partition reported by its owner");
+    a.shutdown.cancel();
+    b.shutdown.cancel();
+    a.processor.close();
+    b.processor.close();
+}
+
 /// A processor whose committed position retention passed while it was away is moved to the
 /// earliest retained record by librdkafka, with only a warning: the records between are
 /// never read. That loss must show (metric, consume error, error log), never be silent.
