@@ -13,6 +13,7 @@ pub mod build;
 pub mod controller;
 pub mod crd;
 pub mod discovery;
+pub mod events;
 pub mod leader;
 pub mod metrics;
 pub mod observe;
