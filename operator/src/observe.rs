@@ -113,22 +113,30 @@ pub fn url_ports(secret: &Secret) -> BTreeMap<String, u16> {
 /// The port of `url` (`scheme://[user[:password]@]host[:port][/...]`), or its scheme's
 /// default.
 pub fn url_port(url: &str) -> Option<u16> {
+    url_host_port(url).map(|(_, port)| port)
+}
+
+/// The host and port of `url` (`scheme://[user[:password]@]host[:port][/...]`); the port is
+/// the scheme's default when the URL names none. An IPv6 host keeps its brackets.
+pub fn url_host_port(url: &str) -> Option<(&str, u16)> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?']).next()?;
     let host_port = authority.rsplit('@').next()?;
     // An IPv6 literal is bracketed: the port follows the closing bracket.
     let after_host = host_port.rsplit(']').next()?;
     if let Some((_, port)) = after_host.rsplit_once(':') {
-        return port.parse().ok();
+        let host = &host_port[..host_port.len() - port.len() - 1];
+        return Some((host, port.parse().ok()?));
     }
-    match scheme {
-        "redis" => Some(6379),
-        "rediss" => Some(6380),
-        "postgres" | "postgresql" => Some(5432),
-        "ws" | "http" => Some(80),
-        "wss" | "https" => Some(443),
-        _ => None,
-    }
+    let port = match scheme {
+        "redis" => 6379,
+        "rediss" => 6380,
+        "postgres" | "postgresql" => 5432,
+        "ws" | "http" => 80,
+        "wss" | "https" => 443,
+        _ => return None,
+    };
+    Some((host_port, port))
 }
 
 fn digest(value: &[u8]) -> String {

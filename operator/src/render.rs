@@ -134,10 +134,7 @@ fn children(
     }
     let facts = Facts {
         secrets: secret_facts(pipeline, options.secrets.as_deref()),
-        ports: options
-            .secrets
-            .iter()
-            .flatten()
+        ports: secrets_of(pipeline, options.secrets.as_deref())
             .filter_map(|s| Some((s.metadata.name.clone()?, observe::url_ports(s))))
             .collect(),
         topics_ready: true,
@@ -156,13 +153,8 @@ fn secret_facts(
     pipeline: &OddsPipeline,
     secrets: Option<&[Secret]>,
 ) -> BTreeMap<String, BTreeMap<String, String>> {
-    let namespace = pipeline.metadata.namespace.as_deref();
     match secrets {
-        Some(secrets) => secrets
-            .iter()
-            .filter(|s| {
-                s.metadata.namespace.is_none() || s.metadata.namespace.as_deref() == namespace
-            })
+        Some(_) => secrets_of(pipeline, secrets)
             .filter_map(|s| Some((s.metadata.name.clone()?, observe::key_digests(s))))
             .collect(),
         None => {
@@ -180,6 +172,18 @@ fn secret_facts(
             facts
         }
     }
+}
+
+/// The given Secrets that live in `pipeline`'s namespace (or name none, as a file of samples
+/// for one namespace may not).
+fn secrets_of<'a>(
+    pipeline: &'a OddsPipeline,
+    secrets: Option<&'a [Secret]>,
+) -> impl Iterator<Item = &'a Secret> {
+    let namespace = pipeline.metadata.namespace.as_deref();
+    secrets.into_iter().flatten().filter(move |s| {
+        s.metadata.namespace.is_none() || s.metadata.namespace.as_deref() == namespace
+    })
 }
 
 /// Reads the Secrets of a multi-document YAML file (other kinds are ignored: a file of

@@ -167,11 +167,8 @@ async fn lag_mode_with_keda_creates_a_scaled_object_and_no_hpa() {
         Some("unknown"),
         "no decision reported yet"
     );
-    let autoscaling = h.condition("Autoscaling").await;
-    assert_eq!(
-        (autoscaling.status.as_str(), autoscaling.reason.as_str()),
-        ("True", "AsRequested")
-    );
+    h.assert_condition("Autoscaling", "True", "AsRequested")
+        .await;
 
     // Settled: another reconcile writes nothing (the lag and mode are stable).
     let writes = h.status_writes.load(Ordering::SeqCst);
@@ -195,11 +192,9 @@ async fn lag_mode_without_keda_is_a_cpu_hpa_and_says_keda_not_installed() {
     let hpa = hpa(&h, "demo-processor").await.expect("the CPU fallback");
     let spec = hpa.spec.unwrap();
     assert_eq!((spec.min_replicas, spec.max_replicas), (Some(2), 6));
-    let autoscaling = h.condition("Autoscaling").await;
-    assert_eq!(
-        (autoscaling.status.as_str(), autoscaling.reason.as_str()),
-        ("False", "KedaNotInstalled")
-    );
+    let autoscaling = h
+        .assert_condition("Autoscaling", "False", "KedaNotInstalled")
+        .await;
     assert!(
         autoscaling.message.contains("processor"),
         "{}",
@@ -486,11 +481,8 @@ async fn connections_mode_scales_on_prometheus_when_an_address_is_given_and_cpu_
     assert!(scaled_object(&h, "demo-odds-service").await.is_none());
     assert!(hpa(&h, "demo-odds-service").await.is_some());
     assert!(pod_monitor(&h, "demo-metrics").await.is_none());
-    let autoscaling = h.condition("Autoscaling").await;
-    assert_eq!(
-        (autoscaling.status.as_str(), autoscaling.reason.as_str()),
-        ("False", "NoPrometheusAddress")
-    );
+    h.assert_condition("Autoscaling", "False", "NoPrometheusAddress")
+        .await;
 }
 
 #[tokio::test]
@@ -529,11 +521,8 @@ async fn keda_uninstalled_after_start_up_is_reported_then_cpu_takes_over() {
     h.ctx.keda.store(true, Ordering::Relaxed);
     h.patch_pipeline(lag_mode()).await;
     assert!(h.try_reconcile().await.is_err());
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "KedaNotInstalled")
-    );
+    h.assert_condition("Degraded", "True", "KedaNotInstalled")
+        .await;
     // The controller's retry scales by CPU.
     h.reconcile().await;
     assert_eq!(h.condition("Degraded").await.status, "False");
@@ -684,11 +673,9 @@ async fn connections_mode_without_a_series_source_scales_on_cpu_and_says_metrics
         "no ScaledObject that would read nothing"
     );
     assert!(hpa(&h, "demo-odds-service").await.is_some(), "CPU instead");
-    let autoscaling = h.condition("Autoscaling").await;
-    assert_eq!(
-        (autoscaling.status.as_str(), autoscaling.reason.as_str()),
-        ("False", "MetricsUnavailable")
-    );
+    let autoscaling = h
+        .assert_condition("Autoscaling", "False", "MetricsUnavailable")
+        .await;
     assert!(
         autoscaling.message.starts_with("odds-service: ")
             && autoscaling.message.contains("PodMonitor"),
@@ -776,11 +763,8 @@ async fn the_pod_monitor_crd_uninstalled_after_start_up_is_reported_then_cpu_tak
     h.ctx.pod_monitors.store(true, Ordering::Relaxed);
     h.patch_pipeline(connections_mode(None)).await;
     assert!(h.try_reconcile().await.is_err());
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "MetricsUnavailable")
-    );
+    h.assert_condition("Degraded", "True", "MetricsUnavailable")
+        .await;
     // The controller's retry scales by CPU.
     h.reconcile().await;
     assert_eq!(h.condition("Degraded").await.status, "False");

@@ -510,3 +510,21 @@ fn network_policies_open_the_ports_of_the_urls_in_the_secrets() {
     assert!(ports.contains(&6390) && !ports.contains(&6379), "{ports:?}");
     assert!(ports.contains(&5432) && ports.contains(&9092), "{ports:?}");
 }
+
+#[test]
+fn url_host_and_port_with_credentials_defaults_and_ipv6() {
+    use odds_operator::observe::url_host_port;
+    assert_eq!(
+        url_host_port("postgres://odds:p%40ss@postgres:5433/odds?sslmode=disable"),
+        Some(("postgres", 5433))
+    );
+    assert_eq!(url_host_port("redis://redis"), Some(("redis", 6379)));
+    assert_eq!(
+        url_host_port("wss://feed.example/ws"),
+        Some(("feed.example", 443))
+    );
+    assert_eq!(url_host_port("redis://[::1]:6390/0"), Some(("[::1]", 6390)));
+    assert_eq!(url_host_port("redis://[::1]"), Some(("[::1]", 6379)));
+    assert_eq!(url_host_port("unknown://host"), None);
+    assert_eq!(url_host_port("not a url"), None);
+}

@@ -931,6 +931,18 @@ impl Harness {
             .expect(type_)
     }
 
+    /// The condition `type_`, asserted to have `status` and `reason` (the failure shows the
+    /// whole condition, message included).
+    pub async fn assert_condition(&self, type_: &str, status: &str, reason: &str) -> Condition {
+        let condition = self.condition(type_).await;
+        assert_eq!(
+            (condition.status.as_str(), condition.reason.as_str()),
+            (status, reason),
+            "{type_}: {condition:?}"
+        );
+        condition
+    }
+
     pub async fn deployment(&self, name: &str) -> Option<Deployment> {
         self.api::<Deployment>().get_opt(name).await.unwrap()
     }

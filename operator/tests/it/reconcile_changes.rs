@@ -143,11 +143,7 @@ async fn processor_replicas_above_partitions_are_rejected_with_a_condition() {
     pipeline.spec.processor.replicas = 10;
     let h = harness(pipeline, true).await;
     h.reconcile().await;
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "InvalidSpec")
-    );
+    let degraded = h.assert_condition("Degraded", "True", "InvalidSpec").await;
     assert!(
         degraded
             .message
@@ -216,11 +212,8 @@ async fn paused_pipeline_changes_nothing() {
             "no child applied while paused"
         );
         assert_eq!(h.deployment("demo-ingest").await.unwrap().spec, before);
-        let paused = h.condition("ReconciliationPaused").await;
-        assert_eq!(
-            (paused.status.as_str(), paused.reason.as_str()),
-            ("True", "Paused")
-        );
+        h.assert_condition("ReconciliationPaused", "True", "Paused")
+            .await;
         // Unpausing applies what changed meanwhile.
         let unpause = if annotation {
             json!({"metadata": {"annotations": {"odds-pipeline.github.io/pause-reconciliation": "false"}}})

@@ -28,11 +28,7 @@ async fn a_refused_apply_is_degraded_apply_failed_with_the_servers_message() {
         .await;
     let error = h.try_reconcile().await.unwrap_err();
     assert!(matches!(error, Error::Apply(_)), "{error}");
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "ApplyFailed")
-    );
+    let degraded = h.assert_condition("Degraded", "True", "ApplyFailed").await;
     assert!(degraded.message.contains(WEBHOOK), "{}", degraded.message);
     assert!(
         degraded.message.contains("Deployment demo-simulator"),
@@ -94,11 +90,7 @@ async fn a_missing_permission_is_degraded_forbidden() {
     let h = harness(sample(), true).await;
     h.fail("patch", "jobs", 403, "Forbidden", RBAC);
     assert!(matches!(h.try_reconcile().await, Err(Error::Apply(_))));
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "Forbidden")
-    );
+    let degraded = h.assert_condition("Degraded", "True", "Forbidden").await;
     assert!(degraded.message.contains("cannot patch resource \"jobs\""));
     assert!(h
         .events()
@@ -142,11 +134,9 @@ async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_appli
     )
     .await;
     h.reconcile().await;
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "StrimziNotInstalled")
-    );
+    let degraded = h
+        .assert_condition("Degraded", "True", "StrimziNotInstalled")
+        .await;
     assert!(degraded.message.contains("kafka.bootstrapServers"));
     assert!(h.applies.lock().unwrap().is_empty());
     assert!(h

@@ -173,11 +173,9 @@ async fn failed_migration_is_degraded_with_the_jobs_message() {
     h.topics_ready().await;
     h.migration_failed().await;
     h.reconcile().await;
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "MigrationFailed")
-    );
+    let degraded = h
+        .assert_condition("Degraded", "True", "MigrationFailed")
+        .await;
     assert!(
         degraded.message.contains("backoff limit"),
         "{}",

@@ -150,11 +150,7 @@ async fn a_crash_loop_degrades_the_pipeline_once_and_healing_brings_ready_back()
     h.reconcile().await;
     h.reconcile().await;
 
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "CrashLoop")
-    );
+    let degraded = h.assert_condition("Degraded", "True", "CrashLoop").await;
     assert!(
         degraded
             .message
@@ -162,11 +158,7 @@ async fn a_crash_loop_degrades_the_pipeline_once_and_healing_brings_ready_back()
         "{}",
         degraded.message
     );
-    let ready = h.condition("Ready").await;
-    assert_eq!(
-        (ready.status.as_str(), ready.reason.as_str()),
-        ("False", "CrashLoop")
-    );
+    h.assert_condition("Ready", "False", "CrashLoop").await;
     assert_eq!(
         h.condition("Progressing").await.status,
         "False",

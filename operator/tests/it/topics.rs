@@ -303,11 +303,7 @@ async fn a_re_created_pipeline_may_not_shrink_a_retained_topic() {
     h.create_pipeline(sample()).await;
     let applied = h.applied("KafkaTopic/demo-odds-updates").len();
     h.reconcile().await;
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(
-        (degraded.status.as_str(), degraded.reason.as_str()),
-        ("True", "InvalidSpec")
-    );
+    let degraded = h.assert_condition("Degraded", "True", "InvalidSpec").await;
     assert!(
         degraded
             .message

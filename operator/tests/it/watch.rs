@@ -63,11 +63,7 @@ async fn a_forbidden_watch_is_warned_once_counted_and_shown_in_the_status() {
     let retries = watch_errors(&h, "kafkatopics", "forbidden");
     assert!(retries >= 2, "each failed list is counted: {retries}");
     assert_eq!(h.ctx.watches.warnings(), 1, "warned once, not per retry");
-    let watching = h.condition("Watching").await;
-    assert_eq!(
-        (watching.status.as_str(), watching.reason.as_str()),
-        ("False", "WatchFailed")
-    );
+    let watching = h.assert_condition("Watching", "False", "WatchFailed").await;
     assert!(
         watching.message.contains("the watch of kafkatopics fails")
             && watching.message.contains("cannot list resource"),

@@ -30,19 +30,7 @@ async fn every_binary_of_the_image_starts_in_the_base_image_as_the_pod_user() {
     };
     assert!(node.binaries.len() >= 5, "{:?}", node.binaries);
     for binary in &node.binaries {
-        let plan = ContainerPlan {
-            workload: format!("{binary}-help"),
-            kind: "Job".into(),
-            argv: vec![binary.clone(), "--help".into()],
-            env: Vec::new(),
-            uid: 65532,
-            gid: 65532,
-            writable: vec!["/tmp".into()],
-            ports: BTreeMap::new(),
-            readiness: None,
-            liveness: None,
-            labels: BTreeMap::new(),
-        };
+        let plan = plan(&format!("{binary}-help"), &[binary, "--help"], &["/tmp"]);
         let netns = netns::NetNs::new().unwrap();
         let mut container = node.start(&plan, &netns, "127.0.0.1\tlocalhost\n").unwrap();
         let status = container.wait(Duration::from_secs(60)).await.unwrap();
@@ -54,13 +42,13 @@ async fn every_binary_of_the_image_starts_in_the_base_image_as_the_pod_user() {
     }
 }
 
-/// A long-running container of the image (the simulator needs nothing else), with `writable`
-/// as its volume mounts.
-fn simulator(writable: &[&str]) -> ContainerPlan {
+/// A container of the image run as `argv` by the distroless user, with `writable` as its
+/// volume mounts and nothing else from a manifest.
+fn plan(workload: &str, argv: &[&str], writable: &[&str]) -> ContainerPlan {
     ContainerPlan {
-        workload: format!("simulator-{}", writable.len()),
-        kind: "Deployment".into(),
-        argv: vec!["supplier-simulator".into()],
+        workload: workload.into(),
+        kind: "Job".into(),
+        argv: argv.iter().map(|a| a.to_string()).collect(),
         env: Vec::new(),
         uid: 65532,
         gid: 65532,
@@ -70,6 +58,13 @@ fn simulator(writable: &[&str]) -> ContainerPlan {
         liveness: None,
         labels: BTreeMap::new(),
     }
+}
+
+/// A long-running container of the image (the simulator needs nothing else), with `writable`
+/// as its volume mounts.
+fn simulator(writable: &[&str]) -> ContainerPlan {
+    let workload = format!("simulator-{}", writable.len());
+    plan(&workload, &["supplier-simulator"], writable)
 }
 
 #[tokio::test]

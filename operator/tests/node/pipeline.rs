@@ -6,19 +6,29 @@
 use crate::cluster::{Cluster, External, START_DEADLINE};
 use crate::kubelet::Manifests;
 use crate::netpol::{Labels, Policies};
-use crate::sandbox;
+use crate::sandbox::{self, repo_file};
 use futures_util::{SinkExt, StreamExt};
 use odds_testkit::{TestDatabase, TestKafka, TestRedis};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
-fn repo_file(path: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+/// `operator/samples/secrets.yaml` as a kubelet resolves it: Secret name → key → value.
+pub fn sample_secrets() -> BTreeMap<String, BTreeMap<String, String>> {
+    let text = std::fs::read_to_string(repo_file("operator/samples/secrets.yaml")).unwrap();
+    yaml_documents(&text)
+        .into_iter()
+        .map(|secret| {
+            let name = secret["metadata"]["name"].as_str().unwrap().to_string();
+            (
+                name,
+                serde_json::from_value(secret["stringData"].clone()).unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn yaml_documents(text: &str) -> Vec<Value> {
@@ -47,11 +57,8 @@ pub fn render_sample() -> Vec<Value> {
 
 /// `host:port` of a URL (`scheme://[user[:password]@]host:port[/path]`).
 fn host_port(url: &str) -> (String, u16) {
-    let rest = url.split("://").nth(1).unwrap_or(url);
-    let authority = rest.split('/').next().unwrap_or(rest);
-    let hostport = authority.rsplit('@').next().unwrap_or(authority);
-    let (host, port) = hostport.rsplit_once(':').unwrap();
-    (host.to_string(), port.parse().unwrap())
+    let (host, port) = odds_operator::observe::url_host_port(url).unwrap();
+    (host.to_string(), port)
 }
 
 /// The datastores the sample points at, in the test kit.
@@ -73,16 +80,7 @@ impl Datastores {
     /// The sample Secrets, with the database URL's credentials and database replaced by the
     /// test database's; its host stays the sample's Service name.
     fn secrets(&self) -> BTreeMap<String, BTreeMap<String, String>> {
-        let text = std::fs::read_to_string(repo_file("operator/samples/secrets.yaml")).unwrap();
-        let mut secrets = BTreeMap::new();
-        for secret in yaml_documents(&text) {
-            let data: BTreeMap<String, String> =
-                serde_json::from_value(secret["stringData"].clone()).unwrap();
-            secrets.insert(
-                secret["metadata"]["name"].as_str().unwrap().to_string(),
-                data,
-            );
-        }
+        let mut secrets = sample_secrets();
         let sample = secrets["odds-postgres"]["url"].clone();
         let (host, port) = host_port(&sample);
         let test_url = self.db.url();

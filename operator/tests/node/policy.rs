@@ -10,9 +10,8 @@
 
 use crate::kubelet::{Manifests, TargetPort};
 use crate::netpol::{Labels, Policies};
-use crate::pipeline::{datastore_pods, kafka_pods, render_sample};
-use serde_json::Value;
-use std::collections::{BTreeMap, BTreeSet};
+use crate::pipeline::{datastore_pods, kafka_pods, render_sample, sample_secrets};
+use std::collections::BTreeSet;
 use std::path::Path;
 
 /// The environment variables `argv`'s binary reads (`[env: NAME=...]` in its help).
@@ -41,11 +40,7 @@ fn variables_read(argv: &[String]) -> BTreeSet<String> {
 
 /// `(host, port)` of each address in `value`: a URL, or a comma-separated `host:port` list.
 fn addresses(value: &str) -> Vec<(String, u16)> {
-    if let Some(port) = odds_operator::observe::url_port(value) {
-        let rest = value.split("://").nth(1).unwrap_or_default();
-        let authority = rest.split(['/', '?']).next().unwrap_or_default();
-        let host_port = authority.rsplit('@').next().unwrap_or_default();
-        let host = host_port.split(':').next().unwrap_or_default();
+    if let Some((host, port)) = odds_operator::observe::url_host_port(value) {
         return vec![(host.to_string(), port)];
     }
     value
@@ -63,20 +58,7 @@ const OUTSIDERS: [&str; 3] = ["prometheus", "client", "intruder"];
 #[test]
 fn network_policies_allow_exactly_the_flows_the_workloads_need() {
     let objects = render_sample();
-    let text = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../operator/samples/secrets.yaml"),
-    )
-    .unwrap();
-    let mut secrets = BTreeMap::new();
-    for secret in serde_yaml::Deserializer::from_str(&text) {
-        let secret: Value = serde::Deserialize::deserialize(secret).unwrap();
-        let data: BTreeMap<String, String> =
-            serde_json::from_value(secret["stringData"].clone()).unwrap();
-        secrets.insert(
-            secret["metadata"]["name"].as_str().unwrap().to_string(),
-            data,
-        );
-    }
+    let secrets = sample_secrets();
     let manifests = Manifests {
         objects: objects.clone(),
         secrets,

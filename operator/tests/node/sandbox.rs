@@ -27,7 +27,8 @@ pub struct Node {
     work: tempfile::TempDir,
 }
 
-fn repo_file(path: &str) -> PathBuf {
+/// A file of the repository.
+pub fn repo_file(path: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
 
