@@ -23,6 +23,7 @@ use k8s_openapi::api::networking::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use odds_contracts::env;
 use std::collections::BTreeMap;
 
 /// Port Strimzi's plain listener serves clients on (`<cluster>-kafka-bootstrap:9092`).
@@ -54,10 +55,9 @@ pub fn build(pipeline: &ValidPipeline) -> Vec<NetworkPolicy> {
             )
         })
         .collect();
-    let postgres = vec![port_rule(
-        None,
-        &[postgres_port(pipeline, &pipeline.postgres_url)],
-    )];
+    // The migration Job reads the database URL only.
+    let database = secret_port(pipeline, &pipeline.postgres_url).unwrap_or(POSTGRES_PORT);
+    let postgres = vec![port_rule(&[database])];
     out.push(policy(pipeline, MIGRATION, Vec::new(), with_dns(postgres)));
     out
 }
@@ -113,21 +113,38 @@ fn ingress(pipeline: &ValidPipeline, component: Component) -> Vec<NetworkPolicyI
 }
 
 fn egress(pipeline: &ValidPipeline, component: Component) -> Vec<NetworkPolicyEgressRule> {
-    let redis = || port_rule(None, &[redis_port(pipeline)]);
-    let mut postgres_ports = vec![postgres_port(pipeline, &pipeline.postgres_url)];
-    if let Some(read) = &pipeline.postgres_read_url {
-        postgres_ports.push(postgres_port(pipeline, read));
-    }
-    postgres_ports.sort_unstable();
-    postgres_ports.dedup();
-    let rules = match component {
+    let mut rules = match component {
         // It only serves: no egress at all (not even DNS).
         Component::Simulator => return Vec::new(),
         Component::Ingest => vec![kafka(pipeline), supplier(pipeline)],
-        Component::Processor => vec![kafka(pipeline), redis(), port_rule(None, &postgres_ports)],
-        Component::OddsService => vec![redis(), port_rule(None, &postgres_ports)],
+        Component::Processor => vec![kafka(pipeline)],
+        Component::OddsService => Vec::new(),
     };
+    let ports = datastore_ports(pipeline, component);
+    if !ports.is_empty() {
+        rules.push(port_rule(&ports));
+    }
     with_dns(rules)
+}
+
+/// The ports of the datastore URLs `component` reads (the Secret keys of its env, as
+/// [`ValidPipeline::secret_env`] lists them), each the URL's or its scheme's default.
+fn datastore_ports(pipeline: &ValidPipeline, component: Component) -> Vec<u16> {
+    let mut ports: Vec<u16> = pipeline
+        .secret_env(component)
+        .into_iter()
+        .map(|(variable, reference)| {
+            let default = if variable == env::REDIS_URL {
+                REDIS_PORT
+            } else {
+                POSTGRES_PORT
+            };
+            secret_port(pipeline, reference).unwrap_or(default)
+        })
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
 }
 
 fn with_dns(mut rules: Vec<NetworkPolicyEgressRule>) -> Vec<NetworkPolicyEgressRule> {
@@ -168,7 +185,7 @@ fn kafka(pipeline: &ValidPipeline) -> NetworkPolicyEgressRule {
                 .collect();
             ports.sort_unstable();
             ports.dedup();
-            port_rule(None, &ports)
+            port_rule(&ports)
         }
     }
 }
@@ -182,16 +199,8 @@ fn supplier(pipeline: &ValidPipeline) -> NetworkPolicyEgressRule {
             }]),
             ports: Some(vec![tcp(SIMULATOR_PORT)]),
         },
-        Supplier::External { url } => port_rule(None, &[url_port(url).unwrap_or(443)]),
+        Supplier::External { url } => port_rule(&[url_port(url).unwrap_or(443)]),
     }
-}
-
-fn redis_port(pipeline: &ValidPipeline) -> u16 {
-    secret_port(pipeline, &pipeline.redis_url).unwrap_or(REDIS_PORT)
-}
-
-fn postgres_port(pipeline: &ValidPipeline, reference: &SecretKeyRef) -> u16 {
-    secret_port(pipeline, reference).unwrap_or(POSTGRES_PORT)
 }
 
 fn secret_port(pipeline: &ValidPipeline, reference: &SecretKeyRef) -> Option<u16> {
@@ -203,10 +212,10 @@ fn secret_port(pipeline: &ValidPipeline, reference: &SecretKeyRef) -> Option<u16
         .copied()
 }
 
-/// Egress to `ports` (TCP) of `to`, or of any address when `to` is `None`.
-fn port_rule(to: Option<Vec<NetworkPolicyPeer>>, ports: &[u16]) -> NetworkPolicyEgressRule {
+/// Egress to `ports` (TCP) of any address.
+fn port_rule(ports: &[u16]) -> NetworkPolicyEgressRule {
     NetworkPolicyEgressRule {
-        to,
+        to: None,
         ports: Some(ports.iter().map(|p| tcp(i32::from(*p))).collect()),
     }
 }

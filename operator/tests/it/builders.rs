@@ -528,3 +528,43 @@ fn url_host_and_port_with_credentials_defaults_and_ipv6() {
     assert_eq!(url_host_port("unknown://host"), None);
     assert_eq!(url_host_port("not a url"), None);
 }
+
+#[test]
+fn only_the_odds_service_may_reach_the_read_replica() {
+    let mut facts = crate::fixtures::ready_facts();
+    facts.ports.insert(
+        "ro".into(),
+        std::collections::BTreeMap::from([("url".to_string(), 5433u16)]),
+    );
+    let read = sample().edit(|p| {
+        p.spec.postgres.read_url_secret_ref = Some(odds_operator::crd::SecretKeyRef {
+            name: "ro".into(),
+            key: "url".into(),
+        })
+    });
+    let children = build::children(
+        &validate(&read, &facts).unwrap(),
+        &MigrationState::Succeeded,
+    );
+    let egress_ports = |name: &str| -> Vec<u64> {
+        let policy = children
+            .network_policies
+            .iter()
+            .find(|p| p.metadata.name.as_deref() == Some(name))
+            .unwrap();
+        let egress = serde_json::to_value(&policy.spec.as_ref().unwrap().egress).unwrap();
+        egress
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|rule| rule["ports"].as_array().unwrap().clone())
+            .filter_map(|p| p["port"].as_u64())
+            .collect()
+    };
+    assert!(egress_ports("demo-odds-service").contains(&5433));
+    assert!(
+        !egress_ports("demo-processor").contains(&5433),
+        "the processor reads no replica"
+    );
+    assert!(!egress_ports("demo-migration").contains(&5433));
+}
