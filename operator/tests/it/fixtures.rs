@@ -21,6 +21,35 @@ pub fn repo_file(path: &str) -> PathBuf {
         .join(path)
 }
 
+/// The openAPIV3Schema of `version` in a released CRD vendored beside the project: the file
+/// `file` in the folder named by environment variable `variable`, by default
+/// `../shared/vendor/<default_folder>`. Fails loudly, naming the variable, when it is missing.
+pub fn vendored_crd_schema(
+    variable: &str,
+    default_folder: &str,
+    file: &str,
+    version: &str,
+) -> serde_json::Value {
+    let folder = std::env::var_os(variable)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_file(&format!("../shared/vendor/{default_folder}")));
+    let path = folder.join(file);
+    assert!(
+        path.is_file(),
+        "{file} ({default_folder}) is not in {}: set {variable} to the folder holding it (the release's CRD files)",
+        folder.display()
+    );
+    let crd: serde_json::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let found = crd["spec"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == version)
+        .unwrap_or_else(|| panic!("{version} in {file}"));
+    found["schema"]["openAPIV3Schema"].clone()
+}
+
 /// The sample CR as YAML text parsed into JSON (what a user applies).
 pub fn sample_json() -> serde_json::Value {
     let text = std::fs::read_to_string(repo_file("operator/samples/oddspipeline.yaml")).unwrap();

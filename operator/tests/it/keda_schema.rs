@@ -6,38 +6,19 @@
 //! fields, enums, bounds and lengths, and no field the schema does not know (the API server would
 //! silently prune it, so KEDA would never see what the operator meant).
 
-use crate::fixtures::{
-    autoscaling_defaults, cpu_request, ready_facts, repo_file, sample, PipelineExt,
-};
+use crate::fixtures::{autoscaling_defaults, cpu_request, ready_facts, sample, PipelineExt};
 use odds_operator::build::{self, Component, MigrationState, ScaledObject};
 use odds_operator::crd::{AutoscalingSpec, OddsPipeline, ScalingMode};
 use odds_operator::validate::validate;
 use serde_json::{json, Value};
-use std::path::PathBuf;
-
-/// The KEDA CRD folder; fails loudly when it is missing.
-fn keda_folder() -> PathBuf {
-    let folder = std::env::var_os("KEDA_CRDS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_file("../shared/vendor/keda-2.20.2"));
-    assert!(
-        folder.join("keda.sh_scaledobjects.yaml").is_file(),
-        "KEDA 2.20.2's CRDs are not in {}: set KEDA_CRDS to the folder holding keda.sh_scaledobjects.yaml (config/crd/bases of the v2.20.2 release)",
-        folder.display()
-    );
-    folder
-}
 
 fn scaled_object_schema() -> Value {
-    let path = keda_folder().join("keda.sh_scaledobjects.yaml");
-    let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let version = crd["spec"]["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "v1alpha1")
-        .expect("v1alpha1 in KEDA's CRD");
-    version["schema"]["openAPIV3Schema"].clone()
+    crate::fixtures::vendored_crd_schema(
+        "KEDA_CRDS",
+        "keda-2.20.2",
+        "keda.sh_scaledobjects.yaml",
+        "v1alpha1",
+    )
 }
 
 /// What the API server would refuse or prune in `value`, by path (also used for the

@@ -6,36 +6,19 @@
 //! does not know). `charts/test.py` validates the golden file again with a full JSON-schema
 //! validator, with the chart's own ServiceMonitor, PodMonitor and PrometheusRule.
 
-use crate::fixtures::{ready_facts, repo_file};
+use crate::fixtures::ready_facts;
 use crate::keda_schema::{pipelines, problems};
 use odds_operator::build::{self, MigrationState, PodMonitor};
 use odds_operator::validate::validate;
 use serde_json::{json, Value};
-use std::path::PathBuf;
-
-/// The prometheus-operator CRD folder; fails loudly when it is missing.
-fn crd_folder() -> PathBuf {
-    let folder = std::env::var_os("PROMETHEUS_OPERATOR_CRDS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_file("../shared/vendor/prometheus-operator-0.93.0"));
-    assert!(
-        folder.join("monitoring.coreos.com_podmonitors.yaml").is_file(),
-        "prometheus-operator 0.93.0's CRDs are not in {}: set PROMETHEUS_OPERATOR_CRDS to the folder holding monitoring.coreos.com_podmonitors.yaml (example/prometheus-operator-crd of the v0.93.0 release)",
-        folder.display()
-    );
-    folder
-}
 
 fn pod_monitor_schema() -> Value {
-    let path = crd_folder().join("monitoring.coreos.com_podmonitors.yaml");
-    let crd: Value = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let version = crd["spec"]["versions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|v| v["name"] == "v1")
-        .expect("v1 in the PodMonitor CRD");
-    version["schema"]["openAPIV3Schema"].clone()
+    crate::fixtures::vendored_crd_schema(
+        "PROMETHEUS_OPERATOR_CRDS",
+        "prometheus-operator-0.93.0",
+        "monitoring.coreos.com_podmonitors.yaml",
+        "v1",
+    )
 }
 
 fn as_json(monitor: &PodMonitor) -> Value {
