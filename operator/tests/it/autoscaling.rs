@@ -507,16 +507,7 @@ async fn lag_mode_is_refused_where_it_means_nothing() {
 #[tokio::test]
 async fn keda_uninstalled_after_start_up_is_reported_then_cpu_takes_over() {
     // Discovery saw KEDA, but the API server no longer serves ScaledObjects (404).
-    let h = harness_with(
-        sample(),
-        Options {
-            secrets: true,
-            strimzi: true,
-            keda: false,
-            pod_monitors: false,
-        },
-    )
-    .await;
+    let h = harness_with(sample(), Options::default()).await;
     h.roll_out().await;
     h.ctx.keda.store(true, Ordering::Relaxed);
     h.patch_pipeline(lag_mode()).await;
@@ -616,10 +607,8 @@ async fn the_cpu_hpa_waits_until_kedas_finalizer_let_the_scaled_object_go() {
         serde_json::from_value(value).unwrap()
     };
     let options = Options {
-        secrets: true,
-        strimzi: true,
         keda: true,
-        pod_monitors: false,
+        ..Options::default()
     };
     let h = harness_with_objects(pipeline, options, vec![leaving]).await;
     h.roll_out().await;

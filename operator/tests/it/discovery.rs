@@ -128,16 +128,7 @@ async fn a_keda_discovery_error_keeps_the_scaled_object_and_only_a_404_replaces_
 
 #[tokio::test(start_paused = true)]
 async fn a_strimzi_discovery_error_is_not_strimzi_not_installed_but_a_404_is() {
-    let h = harness_with(
-        sample(),
-        Options {
-            secrets: true,
-            strimzi: true,
-            keda: false,
-            pod_monitors: false,
-        },
-    )
-    .await;
+    let h = harness_with(sample(), Options::default()).await;
     h.roll_out().await;
     let serve_strimzi = |h: &Harness| h.answer("list", "", resources(&["kafkatopics"]));
     let mut discovery = Discovery::new(h.client.clone(), h.ctx.clone());

@@ -225,6 +225,19 @@ pub struct Options {
     pub pod_monitors: bool,
 }
 
+/// A cluster with Strimzi and the sample's Secrets, without KEDA or the Prometheus Operator
+/// (what [`harness`] builds).
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            secrets: true,
+            strimzi: true,
+            keda: false,
+            pod_monitors: false,
+        }
+    }
+}
+
 pub fn secret(name: &str, value: &str) -> Secret {
     let mut secret = Secret::default();
     secret.metadata.name = Some(name.into());
@@ -238,9 +251,7 @@ pub async fn harness(pipeline: OddsPipeline, secrets: bool) -> Harness {
         pipeline,
         Options {
             secrets,
-            strimzi: true,
-            keda: false,
-            pod_monitors: false,
+            ..Options::default()
         },
     )
     .await
@@ -1095,10 +1106,9 @@ impl Harness {
         harness_with(
             pipeline,
             Options {
-                secrets: true,
-                strimzi: true,
                 keda: true,
                 pod_monitors: true,
+                ..Options::default()
             },
         )
         .await
@@ -1109,10 +1119,8 @@ impl Harness {
         harness_with(
             pipeline,
             Options {
-                secrets: true,
-                strimzi: true,
                 keda: true,
-                pod_monitors: false,
+                ..Options::default()
             },
         )
         .await

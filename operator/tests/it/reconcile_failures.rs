@@ -126,10 +126,8 @@ async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_appli
     let h = harness_with(
         sample(),
         Options {
-            secrets: true,
             strimzi: false,
-            keda: false,
-            pod_monitors: false,
+            ..Options::default()
         },
     )
     .await;
@@ -148,10 +146,8 @@ async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_appli
     let h = harness_with(
         sample().external_kafka("kafka:9092"),
         Options {
-            secrets: true,
             strimzi: false,
-            keda: false,
-            pod_monitors: false,
+            ..Options::default()
         },
     )
     .await;
@@ -165,10 +161,8 @@ async fn a_kafka_topic_crd_removed_after_start_up_is_strimzi_not_installed() {
     let h = harness_with(
         sample(),
         Options {
-            secrets: true,
             strimzi: false,
-            keda: false,
-            pod_monitors: false,
+            ..Options::default()
         },
     )
     .await;

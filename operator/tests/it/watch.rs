@@ -34,16 +34,7 @@ fn watch_errors(h: &Harness, resource: &str, reason: &str) -> u64 {
 
 #[tokio::test(start_paused = true)]
 async fn a_forbidden_watch_is_warned_once_counted_and_shown_in_the_status() {
-    let h = harness_with(
-        sample(),
-        Options {
-            secrets: true,
-            strimzi: true,
-            keda: false,
-            pod_monitors: false,
-        },
-    )
-    .await;
+    let h = harness_with(sample(), Options::default()).await;
     let _quiet = h.quiet_watches();
     forbid_listing_topics(&h);
     let shutdown = CancellationToken::new();
@@ -102,16 +93,7 @@ async fn a_forbidden_watch_is_warned_once_counted_and_shown_in_the_status() {
 async fn a_lasting_watch_failure_is_one_warning_event_and_clears_when_the_watch_works() {
     use kube::core::Status;
     use kube::runtime::watcher;
-    let h = harness_with(
-        sample(),
-        Options {
-            secrets: true,
-            strimzi: true,
-            keda: false,
-            pod_monitors: false,
-        },
-    )
-    .await;
+    let h = harness_with(sample(), Options::default()).await;
     h.roll_out().await;
     let forbidden = || {
         watcher::Error::InitialListFailed(kube::Error::Api(
