@@ -26,10 +26,12 @@ deps: ## install missing system packages (Debian, as root) and cargo-nextest
 	command -v cc >/dev/null || missing+=(build-essential); \
 	command -v make >/dev/null || missing+=(make); \
 	command -v pkg-config >/dev/null || missing+=(pkg-config); \
+	{ [ -e /usr/include/openssl/ssl.h ] || [ -e /usr/local/include/openssl/ssl.h ]; } || missing+=(libssl-dev); \
 	command -v python3 >/dev/null || missing+=(python3); \
 	python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv); \
 	{ command -v chromium >/dev/null || command -v chromium-browser >/dev/null; } || missing+=(chromium); \
 	command -v shellcheck >/dev/null || missing+=(shellcheck); \
+	command -v openssl >/dev/null || missing+=(openssl); \
 	command -v ip >/dev/null || missing+=(iproute2); \
 	command -v nsenter >/dev/null || missing+=(util-linux); \
 	if [ $${#missing[@]} -gt 0 ]; then \

@@ -266,7 +266,11 @@ def topics_valid():
     schema = strimzi_schema("043-Crd-kafkatopic.yaml")
     for topic in topics:
         validate_against(schema, topic)
-    return f"{len(topics)} KafkaTopics valid against Strimzi's CRD"
+    users = [c for c in golden_children() if c["kind"] == "KafkaUser"]
+    assert len(users) == 1, "the sample logs in to Kafka: one KafkaUser"
+    for user in users:
+        validate_against(strimzi_schema("044-Crd-kafkauser.yaml"), user)
+    return f"{len(topics)} KafkaTopics and {len(users)} KafkaUser valid against Strimzi's CRDs"
 
 
 def keda_schema(file_name):
@@ -282,11 +286,22 @@ def keda_schema(file_name):
 def scaled_objects_valid():
     """The operator's ScaledObjects (every sample variant and KEDA mode, written by
     `cargo test -p odds-operator keda_schema`) against KEDA 2.20.2's schema."""
-    objects = docs((ROOT / "operator" / "tests" / "golden" / "keda-scaledobjects.yaml").read_text())
+    built = docs((ROOT / "operator" / "tests" / "golden" / "keda-scaledobjects.yaml").read_text())
+    objects = [o for o in built if o["kind"] == "ScaledObject"]
     assert objects, "no ScaledObjects in the golden file"
     schema = keda_schema("keda.sh_scaledobjects.yaml")
     for obj in objects:
         validate_against(schema, obj)
+    # The lag trigger's login on a secured Kafka, and every trigger that refers to one has it.
+    logins = [o for o in built if o["kind"] == "TriggerAuthentication"]
+    assert logins, "no TriggerAuthentication in the golden file (the sample logs in to Kafka)"
+    for obj in logins:
+        validate_against(keda_schema("keda.sh_triggerauthentications.yaml"), obj)
+    names = {o["metadata"]["name"] for o in logins}
+    for obj in objects:
+        for trigger in obj["spec"]["triggers"]:
+            ref = trigger.get("authenticationRef")
+            assert not ref or ref["name"] in names, f"{ref} names no TriggerAuthentication"
     triggers = sorted({o["spec"]["triggers"][0]["type"] for o in objects})
     assert triggers == ["kafka", "prometheus"], triggers
     # The connections query names a metric the odds service really exports.
@@ -296,7 +311,7 @@ def scaled_objects_valid():
         if trigger["type"] == "prometheus":
             names = set(re.findall(r"\b(odds_[a-z0-9_]+)\{", trigger["metadata"]["query"]))
             assert names and names <= set(exported), f"{names} not all exported: {trigger['metadata']['query']}"
-    return f"{len(objects)} ScaledObjects ({', '.join(triggers)} triggers) valid against KEDA 2.20.2's CRD"
+    return f"{len(objects)} ScaledObjects ({', '.join(triggers)} triggers) and {len(logins)} TriggerAuthentications valid against KEDA 2.20.2's CRDs"
 
 
 def prometheus_operator_schema(file_name):
@@ -366,7 +381,7 @@ def pod_monitors_valid():
     deployments = [o for o in golden_children() if o["kind"] == "Deployment"]
     queries = [o["spec"]["triggers"][0]["metadata"]["query"]
                for o in docs((ROOT / "operator" / "tests" / "golden" / "keda-scaledobjects.yaml").read_text())
-               if o["spec"]["triggers"][0]["type"] == "prometheus"]
+               if o["kind"] == "ScaledObject" and o["spec"]["triggers"][0]["type"] == "prometheus"]
     assert queries, "no connections query in the ScaledObjects' golden file"
     queried = {label for q in queries for label in re.findall(r'(\w+)="', q)}
     for pm in objects:
@@ -425,6 +440,7 @@ def rbac_covers_children():
         "PodDisruptionBudget": ("policy", "poddisruptionbudgets"),
         "HorizontalPodAutoscaler": ("autoscaling", "horizontalpodautoscalers"),
         "Ingress": ("networking.k8s.io", "ingresses"), "KafkaTopic": ("kafka.strimzi.io", "kafkatopics"),
+        "KafkaUser": ("kafka.strimzi.io", "kafkausers"),
         "NetworkPolicy": ("networking.k8s.io", "networkpolicies"),
     }
     kinds = {c["kind"] for c in golden_children()} | {"Ingress"}
@@ -731,6 +747,17 @@ def kind_flow_manifests():
     validate_against(crd_schema(ROOT / "crds" / "oddspipelines.yaml"), pipeline)
     assert pipeline["metadata"]["name"] == lib_value("PIPELINE"), "PIPELINE in lib.sh != the sample's name"
     assert pipeline["spec"]["kafka"]["clusterRef"] == kafka["metadata"]["name"], "clusterRef != the Kafka"
+    # The pipeline logs in on a listener that exists with its authentication, where ACLs are
+    # enforced and the user operator makes its KafkaUser.
+    auth = pipeline["spec"]["kafka"].get("authentication")
+    assert auth, "the kind flow uses the secured listener (kafka.authentication in the sample)"
+    listeners = {l["port"]: l for l in kafka["spec"]["kafka"]["listeners"]}
+    listener = listeners.get(auth.get("port", 9093))
+    assert listener, f"no listener on port {auth.get('port', 9093)}: {sorted(listeners)}"
+    assert (listener.get("authentication") or {}).get("type") == auth["type"], (listener, auth)
+    assert listener.get("tls", False) == auth.get("tls", True), (listener, auth)
+    assert (kafka["spec"]["kafka"].get("authorization") or {}).get("type") == "simple", "ACLs need authorization: simple"
+    assert "userOperator" in kafka["spec"].get("entityOperator", {}), "KafkaUsers need the user operator"
     for store in ("redis", "postgres"):
         ref = pipeline["spec"][store]["urlSecretRef"]
         secret = secrets.get(ref["name"])
@@ -925,6 +952,9 @@ case "{tool}" in
     [[ "$args" == *"{{.status.processor.summary}}"* ]] && {{ printf 3/3; exit 0; }}
     [[ "$args" == *" get -n default oddspipeline/demo "* ]] && exit 1
     # The KafkaTopics and their owners' kinds (e2e.sh's topic_owners): none, or STUB_TOPIC_OWNER.
+    # The pipeline ConfigMap's Kafka address and protocol (e2e.sh's secured-listener check).
+    [[ "$args" == *"configmap/demo-config"*"KAFKA_BROKERS"* ]] && {{ printf '%s' "${{STUB_KAFKA_BROKERS:-odds-kafka-bootstrap:9093}}"; exit 0; }}
+    [[ "$args" == *"configmap/demo-config"*"KAFKA_PROP_SECURITY_PROTOCOL"* ]] && {{ printf 'SASL_SSL'; exit 0; }}
     [[ "$args" == *"ownerReferences"* ]] && {{ printf 'demo-odds-updates=%s\ndemo-odds-updates-dlq=%s\n' "${{STUB_TOPIC_OWNER:-}}" "${{STUB_TOPIC_OWNER:-}}"; exit 0; }}
     [[ "$args" == *" -o name "* ]] && exit 0
     exit 0 ;;
@@ -998,7 +1028,9 @@ def kind_flow_dry_run():
         assert "e2e-kind: every step passed" in result.stdout, result.stdout
         expect_in_order(calls, [
             rf"^kubectl {ctx} apply -n default -f .*/oddspipeline\.yaml",
+            rf"^kubectl {ctx} wait -n default kafkauser/demo-kafka-client --for=condition=Ready",
             rf"^kubectl {ctx} wait -n default oddspipeline/demo --for=condition=Ready",
+            r"KAFKA_PROP_SECURITY_PROTOCOL",
             r"^curl -fsS -o /dev/null http://127\.0\.0\.1:18080/v1/events",
             r"^python3 .*/ws_check\.py --url ws://127\.0\.0\.1:18080/ws/odds --min-updates 5",
             r'^kubectl .* patch -n default oddspipeline/demo --type merge -p \{"spec":\{"processor":\{"replicas":3\}\}\}',
@@ -1007,7 +1039,7 @@ def kind_flow_dry_run():
             # the pipeline; the script then deletes them itself.
             rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
             rf"^kubectl {ctx} delete -n default oddspipeline/demo --wait",
-            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies -l app\.kubernetes\.io/instance=demo",
+            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies,kafkausers -l app\.kubernetes\.io/instance=demo",
             rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
             rf"^kubectl {ctx} wait -n default kafkatopics -l {selector} --for=condition=Ready",
             rf"^kubectl {ctx} delete -n default kafkatopics -l {selector} --wait",
@@ -1024,7 +1056,7 @@ def kind_flow_dry_run():
             r'\{"spec":\{"kafka":\{"topicDeletionPolicy":"Delete"\}\}\}$',
             rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
             rf"^kubectl {ctx} delete -n default oddspipeline/demo --wait",
-            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies -l app\.kubernetes\.io/instance=demo",
+            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies,kafkausers -l app\.kubernetes\.io/instance=demo",
             rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o name$",
         ], "e2e (Delete)")
         assert not any(" delete -n default kafkatopics" in c for c in calls), calls
@@ -1032,6 +1064,10 @@ def kind_flow_dry_run():
         # Owned topics under the default policy are a failure, named.
         result, _ = run("e2e.sh", STUB_TOPIC_OWNER="OddsPipeline")
         assert result.returncode != 0 and "FAILED at step: KafkaTopics carry no owner reference" in result.stderr, \
+            result.stderr[-500:]
+        # A pipeline on the plain listener is a failure, named.
+        result, _ = run("e2e.sh", STUB_KAFKA_BROKERS="odds-kafka-bootstrap:9092")
+        assert result.returncode != 0 and "FAILED at step: ingest and processor log in on the TLS listener" in result.stderr, \
             result.stderr[-500:]
         result, _ = run("e2e.sh", E2E_TOPIC_DELETION="Keep")
         assert result.returncode != 0 and "E2E_TOPIC_DELETION must be 'Retain' or 'Delete'" in result.stderr, \

@@ -49,7 +49,7 @@ h upgrade --install "$RELEASE" "$ROOT/charts/odds-operator" \
 # Each listing must succeed: an API error is not "gone".
 children_gone() {
   local left
-  left="$(k get -n "$NAMESPACE" deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies \
+  left="$(k get -n "$NAMESPACE" deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies,kafkausers \
     -l "$selector" -o name)" || return 1
   [ -z "$left" ]
 }
@@ -86,9 +86,20 @@ if k get -n "$NAMESPACE" "oddspipeline/$PIPELINE" >/dev/null 2>&1; then
 fi
 k apply -n "$NAMESPACE" -f "$SAMPLES/oddspipeline.yaml"
 
+step "KafkaUser ${PIPELINE}-kafka-client Ready (the secured listener's login)"
+user_exists() { k get -n "$NAMESPACE" "kafkauser/${PIPELINE}-kafka-client" >/dev/null 2>&1; }
+retry_until 120 "KafkaUser ${PIPELINE}-kafka-client exists" user_exists
+k wait -n "$NAMESPACE" "kafkauser/${PIPELINE}-kafka-client" --for=condition=Ready --timeout=5m
+
 step "pipeline Ready"
 k wait -n "$NAMESPACE" "oddspipeline/$PIPELINE" --for=condition=Ready --timeout=10m
 k get oddspipelines -n "$NAMESPACE"
+step "ingest and processor log in on the TLS listener (port 9093, SCRAM-SHA-512)"
+brokers="$(k get -n "$NAMESPACE" "configmap/${PIPELINE}-config" -o jsonpath='{.data.KAFKA_BROKERS}')"
+protocol="$(k get -n "$NAMESPACE" "configmap/${PIPELINE}-config" -o jsonpath='{.data.KAFKA_PROP_SECURITY_PROTOCOL}')"
+if [ "$brokers" != "odds-kafka-bootstrap:9093" ] || [ "$protocol" != SASL_SSL ]; then
+  die "expected the secured listener, got KAFKA_BROKERS=$brokers KAFKA_PROP_SECURITY_PROTOCOL=$protocol"
+fi
 
 step "port-forward to ${PIPELINE}-odds-service on localhost:$port"
 kubectl --context "$CONTEXT" port-forward -n "$NAMESPACE" "service/${PIPELINE}-odds-service" \

@@ -12,7 +12,8 @@
 //! at its current value, as the Kubernetes documentation describes ("Transferring
 //! ownership"); the HPA takes it from there when it first scales.
 
-use crate::build::{Children, KafkaTopic, PodMonitor, ScaledObject, FIELD_MANAGER};
+use crate::build::TriggerAuthentication;
+use crate::build::{Children, KafkaTopic, KafkaUser, PodMonitor, ScaledObject, FIELD_MANAGER};
 use crate::crd::Reason;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Api, Patch, PatchParams};
@@ -80,10 +81,17 @@ impl ApplyError {
 pub fn classify(kind: &str, error: &kube::Error) -> Reason {
     match error {
         kube::Error::Api(status) if status.code == 403 => Reason::Forbidden,
-        kube::Error::Api(status) if status.code == 404 && kind == KafkaTopic::kind(&()) => {
+        kube::Error::Api(status)
+            if status.code == 404
+                && (kind == KafkaTopic::kind(&()) || kind == KafkaUser::kind(&())) =>
+        {
             Reason::StrimziNotInstalled
         }
-        kube::Error::Api(status) if status.code == 404 && kind == ScaledObject::kind(&()) => {
+        kube::Error::Api(status)
+            if status.code == 404
+                && (kind == ScaledObject::kind(&())
+                    || kind == TriggerAuthentication::kind(&())) =>
+        {
             Reason::KedaNotInstalled
         }
         kube::Error::Api(status) if status.code == 404 && kind == PodMonitor::kind(&()) => {
@@ -261,6 +269,9 @@ async fn apply_each(
     for topic in &children.topics {
         record(changes, apply(client, namespace, topic).await?);
     }
+    if let Some(user) = &children.kafka_user {
+        record(changes, apply(client, namespace, user).await?);
+    }
     if let Some(job) = &children.migration_job {
         record(changes, apply(client, namespace, job).await?);
     }
@@ -290,6 +301,10 @@ async fn apply_each(
     // The series source before the ScaledObject that queries it.
     if let Some(pod_monitor) = &children.pod_monitor {
         record(changes, apply(client, namespace, pod_monitor).await?);
+    }
+    // The login before the trigger that uses it.
+    if let Some(auth) = &children.trigger_authentication {
+        record(changes, apply(client, namespace, auth).await?);
     }
     for scaled_object in &children.scaled_objects {
         record(changes, apply(client, namespace, scaled_object).await?);

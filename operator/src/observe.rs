@@ -4,8 +4,9 @@
 //! (Secrets' presence and key digests, topic readiness, migration outcome) and the pod counts
 //! the status reports are gathered in one place, each with a single GET per object.
 
-use crate::build::{job, topic, Component, Facts, KafkaTopic, MigrationState, ScaledObject};
-use crate::crd::{ComponentStatus, OddsPipeline};
+use crate::build::{job, kafkauser, topic, Component, Facts, KafkaTopic, KafkaUser};
+use crate::build::{MigrationState, ScaledObject};
+use crate::crd::{ComponentStatus, KafkaAuthenticationType, OddsPipeline};
 use crate::rollout;
 use crate::status::{self, Failure};
 use crate::validate::ValidPipeline;
@@ -54,6 +55,7 @@ pub async fn facts(
             facts.secrets.insert(name, key_digests(&secret));
         }
     }
+    facts.kafka_user_ready = kafka_user_ready(client, pipeline, namespace, &facts).await?;
     if pipeline.spec.kafka.cluster_ref.is_none() {
         facts.topics_ready = true;
     } else {
@@ -74,6 +76,41 @@ pub async fn facts(
         facts.topics_ready = all_ready;
     }
     Ok(facts)
+}
+
+/// With `kafka.authentication`: whether the pipeline's KafkaUser is `Ready` and the keys its
+/// workloads read (the user's credentials, the cluster CA) are in the Secrets already read
+/// into `facts`. Without it: true, there is nothing to wait for.
+async fn kafka_user_ready(
+    client: &kube::Client,
+    pipeline: &OddsPipeline,
+    namespace: &str,
+    facts: &Facts,
+) -> Result<bool, DereferenceError> {
+    let kafka = &pipeline.spec.kafka;
+    let (Some(cluster), Some(auth)) = (&kafka.cluster_ref, &kafka.authentication) else {
+        return Ok(true);
+    };
+    let api: Api<KafkaUser> = Api::namespaced(client.clone(), namespace);
+    let name = kafkauser::name_in(&pipeline.name_any());
+    let ready = api
+        .get_opt(&name)
+        .await
+        .map_err(reading(format!("KafkaUser {name}")))?
+        .is_some_and(|user| user.is_ready());
+    let has = |secret: &str, key: &str| {
+        facts
+            .secrets
+            .get(secret)
+            .is_some_and(|keys| keys.contains_key(key))
+    };
+    let user_keys: &[&str] = match auth.type_ {
+        KafkaAuthenticationType::ScramSha512 => &["password"],
+        KafkaAuthenticationType::Tls => &["user.crt", "user.key"],
+    };
+    let credentials = user_keys.iter().all(|key| has(&name, key));
+    let ca = !auth.tls || has(&kafkauser::cluster_ca_secret(cluster), "ca.crt");
+    Ok(ready && credentials && ca)
 }
 
 /// A digest of each key's value. `stringData` counts as the API server stores it: merged
@@ -162,7 +199,8 @@ pub async fn migration(
     )
 }
 
-/// The Secrets `pipeline` references, sorted, each once.
+/// The Secrets `pipeline` references, sorted, each once: the datastores' and, with
+/// `kafka.authentication`, the KafkaUser's and the cluster CA's that Strimzi makes.
 pub fn secret_names(pipeline: &OddsPipeline) -> Vec<String> {
     let spec = &pipeline.spec;
     let mut names = vec![
@@ -171,6 +209,12 @@ pub fn secret_names(pipeline: &OddsPipeline) -> Vec<String> {
     ];
     if let Some(read) = &spec.postgres.read_url_secret_ref {
         names.push(read.name.clone());
+    }
+    if let (Some(cluster), Some(auth)) = (&spec.kafka.cluster_ref, &spec.kafka.authentication) {
+        names.push(kafkauser::name_in(&pipeline.name_any()));
+        if auth.tls {
+            names.push(kafkauser::cluster_ca_secret(cluster));
+        }
     }
     names.sort();
     names.dedup();

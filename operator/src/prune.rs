@@ -1,5 +1,5 @@
 //! Removal of children the spec no longer asks for (simulator turned off, autoscaling,
-//! Ingress or NetworkPolicies removed, an HPA replaced by a ScaledObject or the other way
+//! Ingress, NetworkPolicies or Kafka authentication removed, an HPA replaced by a ScaledObject or the other way
 //! round, the PodMonitor of a connections mode turned off, a finished migration Job of an
 //! older image, a ConfigMap an older operator version named differently).
 //!
@@ -11,8 +11,9 @@
 //! pipeline, through garbage collection, and only with `kafka.topicDeletionPolicy: Delete`.
 
 use crate::apply::ApplyError;
-use crate::build::{configmap, job, Children, PodMonitor, ScaledObject};
-use crate::validate::ValidPipeline;
+use crate::build::TriggerAuthentication;
+use crate::build::{configmap, job, Children, KafkaUser, PodMonitor, ScaledObject};
+use crate::validate::{KafkaSource, ValidPipeline};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
@@ -38,6 +39,8 @@ pub struct Keep {
     pub pod_monitors: BTreeSet<String>,
     pub ingresses: BTreeSet<String>,
     pub network_policies: BTreeSet<String>,
+    pub kafka_users: BTreeSet<String>,
+    pub trigger_authentications: BTreeSet<String>,
 }
 
 impl Keep {
@@ -84,6 +87,20 @@ impl Keep {
                     .map(ResourceExt::name_any)
                     .collect(),
             ),
+            kafka_users: names(
+                children
+                    .kafka_user
+                    .iter()
+                    .map(ResourceExt::name_any)
+                    .collect(),
+            ),
+            trigger_authentications: names(
+                children
+                    .trigger_authentication
+                    .iter()
+                    .map(ResourceExt::name_any)
+                    .collect(),
+            ),
         }
     }
 }
@@ -112,6 +129,18 @@ pub async fn prune(
     }
     deleted.extend(unwanted::<Ingress>(client, pipeline, &keep.ingresses).await?);
     deleted.extend(unwanted::<NetworkPolicy>(client, pipeline, &keep.network_policies).await?);
+    // A KafkaUser exists only on a Strimzi cluster (`clusterRef` never changes, and the
+    // reconcile stops before pruning while Strimzi is missing); removing
+    // `kafka.authentication` deletes it, and Strimzi then the user and its ACLs.
+    if matches!(pipeline.kafka, KafkaSource::Strimzi { .. }) {
+        deleted.extend(unwanted::<KafkaUser>(client, pipeline, &keep.kafka_users).await?);
+    }
+    if pipeline.facts.keda_installed {
+        deleted.extend(
+            unwanted::<TriggerAuthentication>(client, pipeline, &keep.trigger_authentications)
+                .await?,
+        );
+    }
     if migrated {
         let current = BTreeSet::from([job::name(pipeline)]);
         deleted.extend(unwanted::<Job>(client, pipeline, &current).await?);

@@ -137,7 +137,9 @@ fn children(
         ports: secrets_of(pipeline, options.secrets.as_deref())
             .filter_map(|s| Some((s.metadata.name.clone()?, observe::url_ports(s))))
             .collect(),
+        // As the cluster will have them once Strimzi caught up: every workload rendered.
         topics_ready: true,
+        kafka_user_ready: true,
         existing_partitions: None,
         keda_installed: options.keda,
         pod_monitors_installed: options.pod_monitors,

@@ -4,7 +4,8 @@
 //! at once (its in-flight reconciles stop before their next write, see [`operate`]) and exits
 //! non-zero so Kubernetes restarts it as a fresh follower.
 
-use crate::build::{topic, KafkaTopic, PodMonitor, ScaledObject};
+use crate::build::TriggerAuthentication;
+use crate::build::{topic, KafkaTopic, KafkaUser, PodMonitor, ScaledObject};
 use crate::controller::{self, error_policy, reconcile, Context};
 use crate::crd::OddsPipeline;
 use crate::discovery::{Discovered, Discovery};
@@ -308,7 +309,9 @@ pub fn watched_resources() -> Vec<(String, String)> {
         of::<Ingress>(),
         of::<NetworkPolicy>(),
         of::<KafkaTopic>(),
+        of::<KafkaUser>(),
         of::<ScaledObject>(),
+        of::<TriggerAuthentication>(),
         of::<PodMonitor>(),
         of::<Secret>(),
     ]
@@ -375,10 +378,16 @@ pub fn controller(
         .touched_objects();
         controller =
             controller.watches_stream(topics, |kafka_topic| topic::pipeline_of(&kafka_topic));
+        // Strimzi's user operator marking the KafkaUser Ready releases ingest and processor.
+        controller =
+            controller.owns_stream(owned::<KafkaUser>(client, namespace, &children, health));
     }
     if watch_scaled_objects {
         controller =
             controller.owns_stream(owned::<ScaledObject>(client, namespace, &children, health));
+        controller = controller.owns_stream(owned::<TriggerAuthentication>(
+            client, namespace, &children, health,
+        ));
     }
     if watch_pod_monitors {
         controller =

@@ -9,9 +9,9 @@
 
 use crate::build::{Component, Facts};
 use crate::crd::{
-    ComponentSpec, ImageSpec, NetworkPolicySpec, OddsPipeline, OddsServiceSpec, ScalingMode,
-    SecretKeyRef, SimulatorSpec, TopicDeletionPolicy, TopicSpec, MAX_CONSUMER_GROUP_LENGTH,
-    MAX_SIMULATOR_VALUE, MIN_MIGRATION_DEADLINE_SECONDS,
+    ComponentSpec, ImageSpec, KafkaAuthentication, KafkaAuthenticationType, NetworkPolicySpec,
+    OddsPipeline, OddsServiceSpec, ScalingMode, SecretKeyRef, SimulatorSpec, TopicDeletionPolicy,
+    TopicSpec, MAX_CONSUMER_GROUP_LENGTH, MAX_SIMULATOR_VALUE, MIN_MIGRATION_DEADLINE_SECONDS,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
@@ -35,10 +35,32 @@ pub struct InvalidSpec {
 /// Where the pipeline's Kafka is.
 #[derive(Clone, Debug, PartialEq)]
 pub enum KafkaSource {
-    /// A Strimzi `Kafka` in the pipeline's namespace: the operator creates the topics.
-    Strimzi { cluster: String },
+    /// A Strimzi `Kafka` in the pipeline's namespace: the operator creates the topics, and
+    /// with `authentication` the pipeline's `KafkaUser`.
+    Strimzi {
+        cluster: String,
+        authentication: Option<KafkaAuthentication>,
+    },
     /// Brokers managed elsewhere: the topics must exist.
     External { bootstrap_servers: String },
+}
+
+/// Port of Strimzi's plain listener (`<cluster>-kafka-bootstrap:9092`).
+pub const PLAIN_LISTENER_PORT: i32 = 9092;
+
+impl KafkaSource {
+    /// The port of the Strimzi listener the workloads use: the secured one with
+    /// `kafka.authentication`, else the plain one. (External brokers carry their ports in
+    /// `bootstrapServers`; for them this is the plain port, never used.)
+    pub fn listener_port(&self) -> i32 {
+        match self {
+            KafkaSource::Strimzi {
+                authentication: Some(auth),
+                ..
+            } => auth.port,
+            _ => PLAIN_LISTENER_PORT,
+        }
+    }
 }
 
 /// Where the odds come from.
@@ -105,21 +127,24 @@ impl ValidPipeline {
         out
     }
 
-    /// The Secret keys a component's pods read, as `(env var, Secret key)`.
-    pub fn secret_env(&self, component: Component) -> Vec<(&'static str, &SecretKeyRef)> {
+    /// The Secret keys a component's pods read, as `(env var, Secret key)`: the datastore
+    /// URLs, and with `kafka.authentication` the Kafka credentials and cluster CA.
+    pub fn secret_env(&self, component: Component) -> Vec<(&'static str, SecretKeyRef)> {
         use odds_contracts::env;
         let mut out = Vec::new();
         match component {
-            Component::Simulator | Component::Ingest => {}
+            Component::Simulator => {}
+            Component::Ingest => out.extend(crate::build::kafkauser::secret_env(self)),
             Component::Processor => {
-                out.push((env::DATABASE_URL, &self.postgres_url));
-                out.push((env::REDIS_URL, &self.redis_url));
+                out.push((env::DATABASE_URL, self.postgres_url.clone()));
+                out.push((env::REDIS_URL, self.redis_url.clone()));
+                out.extend(crate::build::kafkauser::secret_env(self));
             }
             Component::OddsService => {
-                out.push((env::DATABASE_URL, &self.postgres_url));
-                out.push((env::REDIS_URL, &self.redis_url));
+                out.push((env::DATABASE_URL, self.postgres_url.clone()));
+                out.push((env::REDIS_URL, self.redis_url.clone()));
                 if let Some(read) = &self.postgres_read_url {
-                    out.push((env::DATABASE_READ_URL, read));
+                    out.push((env::DATABASE_READ_URL, read.clone()));
                 }
             }
         }
@@ -140,6 +165,7 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
     let source = match (&kafka.cluster_ref, &kafka.bootstrap_servers) {
         (Some(cluster), None) => Some(KafkaSource::Strimzi {
             cluster: cluster.clone(),
+            authentication: kafka.authentication.clone(),
         }),
         (None, Some(servers)) => Some(KafkaSource::External {
             bootstrap_servers: servers.clone(),
@@ -149,6 +175,7 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
             None
         }
     };
+    problems.extend(authentication_problems(kafka));
     let supplier = match (&spec.supplier.url, &spec.supplier.simulator) {
         (Some(url), None) => Some(Supplier::External { url: url.clone() }),
         (Some(url), Some(sim)) if !sim.enabled => Some(Supplier::External { url: url.clone() }),
@@ -309,6 +336,29 @@ pub fn name_problem(name: &str) -> Option<String> {
     } else {
         None
     }
+}
+
+/// What is wrong with `kafka.authentication`, as the CRD's CEL rules say it.
+fn authentication_problems(kafka: &crate::crd::KafkaSpec) -> Vec<String> {
+    let Some(auth) = &kafka.authentication else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    if kafka.cluster_ref.is_none() {
+        problems.push("kafka.authentication needs kafka.clusterRef (the operator creates the KafkaUser in that Strimzi cluster); with kafka.bootstrapServers, set KAFKA_PROP_* variables in podOverrides.env".into());
+    }
+    if auth.type_ == KafkaAuthenticationType::Tls && !auth.tls {
+        problems.push(
+            "kafka.authentication.type tls (mutual TLS) needs a TLS listener: set tls: true".into(),
+        );
+    }
+    if !(1..=65535).contains(&auth.port) {
+        problems.push(format!(
+            "kafka.authentication.port ({}) must be 1 to 65535",
+            auth.port
+        ));
+    }
+    problems
 }
 
 /// Why `group` cannot be `kafka.consumerGroup`, if it cannot: 1 to 249 of the characters

@@ -15,7 +15,7 @@
 //!   the discovery poll ([`WatchHealth::api_gone`]), which restarts the controller without
 //!   that watch once discovery confirms the CRD is gone.
 
-use crate::build::{KafkaTopic, ScaledObject};
+use crate::build::{KafkaTopic, KafkaUser, ScaledObject, TriggerAuthentication};
 use crate::crd::{OddsPipeline, ScalingMode};
 use crate::metrics::Metrics;
 use kube::runtime::watcher;
@@ -129,7 +129,10 @@ impl WatchHealth {
         } else {
             tracing::debug!(resource, reason, %error, "watch failed again");
         }
-        let optional = resource == KafkaTopic::plural(&()) || resource == ScaledObject::plural(&());
+        let optional = resource == KafkaTopic::plural(&())
+            || resource == KafkaUser::plural(&())
+            || resource == ScaledObject::plural(&())
+            || resource == TriggerAuthentication::plural(&());
         if optional && reason == "not_found" {
             self.gone.notify_one();
         }
@@ -164,13 +167,16 @@ impl WatchHealth {
 }
 
 /// Whether `pipeline` depends on the watch of `resource`: KafkaTopics only for a pipeline
-/// whose topics Strimzi manages, ScaledObjects only for one that asks for a KEDA mode, the
+/// whose topics Strimzi manages, KafkaUsers only for one that authenticates to Kafka, ScaledObjects only for one that asks for a KEDA mode, the
 /// rest (its own kind, its children, Secrets) for every pipeline.
 pub fn depends_on(pipeline: &OddsPipeline, resource: &str) -> bool {
     if resource == KafkaTopic::plural(&()) {
         return pipeline.spec.kafka.cluster_ref.is_some();
     }
-    if resource == ScaledObject::plural(&()) {
+    if resource == KafkaUser::plural(&()) {
+        return pipeline.spec.kafka.authentication.is_some();
+    }
+    if resource == ScaledObject::plural(&()) || resource == TriggerAuthentication::plural(&()) {
         let spec = &pipeline.spec;
         return [&spec.processor, &spec.odds_service.workload]
             .iter()

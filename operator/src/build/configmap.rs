@@ -31,7 +31,12 @@ pub fn name_in(pipeline: &str) -> String {
 /// Kafka bootstrap address: Strimzi's bootstrap Service when a cluster is referenced.
 pub fn bootstrap_servers(pipeline: &ValidPipeline) -> String {
     match &pipeline.kafka {
-        KafkaSource::Strimzi { cluster } => format!("{cluster}-kafka-bootstrap:9092"),
+        KafkaSource::Strimzi { cluster, .. } => {
+            format!(
+                "{cluster}-kafka-bootstrap:{}",
+                pipeline.kafka.listener_port()
+            )
+        }
         KafkaSource::External { bootstrap_servers } => bootstrap_servers.clone(),
     }
 }
@@ -58,6 +63,9 @@ pub fn build(pipeline: &ValidPipeline) -> ConfigMap {
     .into_iter()
     .map(|(key, value)| (key.to_string(), value))
     .collect();
+    for (key, value) in super::kafkauser::config_entries(pipeline) {
+        data.insert(key.into(), value);
+    }
     if let Supplier::Simulator(sim) = &pipeline.supplier {
         data.insert(env::SIM_EVENTS.into(), sim.events.to_string());
         data.insert(env::SIM_RATE.into(), sim.rate.to_string());

@@ -126,7 +126,7 @@ fn env(pipeline: &ValidPipeline, component: Component, spec: &ComponentSpec) -> 
         Component::Ingest | Component::Processor => {}
     }
     for (name, secret) in pipeline.secret_env(component) {
-        env.push(secret_env(name, secret));
+        env.push(secret_env(name, &secret));
     }
     merge_env(env, &spec.pod_overrides.env)
 }

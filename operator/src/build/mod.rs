@@ -10,6 +10,7 @@ pub mod deployment;
 pub mod hpa;
 pub mod ingress;
 pub mod job;
+pub mod kafkauser;
 pub mod networkpolicy;
 pub mod pdb;
 pub mod podmonitor;
@@ -17,6 +18,7 @@ pub mod scaledobject;
 pub mod scaling;
 pub mod service;
 pub mod topic;
+pub mod triggerauth;
 
 use crate::crd::Reason;
 use crate::validate::ValidPipeline;
@@ -31,9 +33,11 @@ use kube::ResourceExt;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use kafkauser::KafkaUser;
 pub use podmonitor::PodMonitor;
 pub use scaledobject::ScaledObject;
 pub use topic::KafkaTopic;
+pub use triggerauth::TriggerAuthentication;
 
 /// Field manager of every server-side apply the operator makes.
 pub const FIELD_MANAGER: &str = "odds-operator";
@@ -108,6 +112,10 @@ pub struct Facts {
     /// Whether the cluster serves the Prometheus Operator's `PodMonitor`
     /// (monitoring.coreos.com/v1): connections mode's series come from one.
     pub pod_monitors_installed: bool,
+    /// With `kafka.authentication`: whether Strimzi has made the pipeline's KafkaUser
+    /// `Ready` and the Secrets its credentials come from (the user's and the cluster CA's)
+    /// exist. Ingest and the processor wait for it: their pods could not start without them.
+    pub kafka_user_ready: bool,
 }
 
 /// Where the migration Job of the current image stands.
@@ -127,6 +135,7 @@ pub enum MigrationState {
 pub struct Children {
     pub config_map: Option<ConfigMap>,
     pub topics: Vec<KafkaTopic>,
+    pub kafka_user: Option<KafkaUser>,
     pub migration_job: Option<Job>,
     pub deployments: Vec<Deployment>,
     pub services: Vec<Service>,
@@ -134,6 +143,8 @@ pub struct Children {
     pub pdbs: Vec<PodDisruptionBudget>,
     pub hpas: Vec<HorizontalPodAutoscaler>,
     pub scaled_objects: Vec<ScaledObject>,
+    /// The lag trigger's login, beside the processor's ScaledObject on a secured Kafka.
+    pub trigger_authentication: Option<TriggerAuthentication>,
     pub pod_monitor: Option<PodMonitor>,
     pub ingress: Option<Ingress>,
     /// The scaling mode in force for each workload with a spec section.
@@ -150,12 +161,14 @@ impl Children {
         out.extend(self.config_map.iter().map(serde_json::to_value));
         out.extend(self.network_policies.iter().map(serde_json::to_value));
         out.extend(self.topics.iter().map(serde_json::to_value));
+        out.extend(self.kafka_user.iter().map(serde_json::to_value));
         out.extend(self.migration_job.iter().map(serde_json::to_value));
         out.extend(self.deployments.iter().map(serde_json::to_value));
         out.extend(self.services.iter().map(serde_json::to_value));
         out.extend(self.pdbs.iter().map(serde_json::to_value));
         out.extend(self.hpas.iter().map(serde_json::to_value));
         out.extend(self.pod_monitor.iter().map(serde_json::to_value));
+        out.extend(self.trigger_authentication.iter().map(serde_json::to_value));
         out.extend(self.scaled_objects.iter().map(serde_json::to_value));
         out.extend(self.ingress.iter().map(serde_json::to_value));
         out.into_iter().collect()
@@ -194,14 +207,21 @@ impl Children {
 /// Builds every child of `pipeline`; `migration` is the state of its migration Job.
 pub fn children(pipeline: &ValidPipeline, migration: &MigrationState) -> Children {
     let config_map = configmap::build(pipeline);
+    let scaled_objects = scaledobject::build(pipeline);
+    // Only a lag trigger logs in to Kafka; the connections trigger asks Prometheus.
+    let lag_trigger = scaled_objects
+        .iter()
+        .any(|o| o.spec.triggers.iter().any(|t| t.type_ == "kafka"));
     let mut out = Children {
         topics: topic::build(pipeline),
+        kafka_user: kafkauser::build(pipeline),
         migration_job: Some(job::build(pipeline)),
         services: service::build(pipeline),
         network_policies: networkpolicy::build(pipeline),
         pdbs: pdb::build(pipeline),
         hpas: hpa::build(pipeline),
-        scaled_objects: scaledobject::build(pipeline),
+        trigger_authentication: triggerauth::build(pipeline).filter(|_| lag_trigger),
+        scaled_objects,
         pod_monitor: podmonitor::build(pipeline),
         ingress: ingress::build(pipeline),
         scaling: [
@@ -215,7 +235,7 @@ pub fn children(pipeline: &ValidPipeline, migration: &MigrationState) -> Childre
         ..Children::default()
     };
     for component in pipeline.components() {
-        match gate(component, pipeline.facts.topics_ready, migration) {
+        match gate(component, pipeline, migration) {
             Some(reason) => out.blocked.push((component, reason)),
             None => {
                 let hash = config_hash(pipeline, &config_map, component);
@@ -229,14 +249,22 @@ pub fn children(pipeline: &ValidPipeline, migration: &MigrationState) -> Childre
 }
 
 /// Why `component` must wait, if it must.
-fn gate(component: Component, topics_ready: bool, migration: &MigrationState) -> Option<Reason> {
+fn gate(
+    component: Component,
+    pipeline: &ValidPipeline,
+    migration: &MigrationState,
+) -> Option<Reason> {
     let needs_topic = matches!(
         component,
         Component::Ingest | Component::Processor | Component::OddsService
     );
     let needs_schema = matches!(component, Component::Processor | Component::OddsService);
-    if needs_topic && !topics_ready {
+    let needs_kafka_user = matches!(component, Component::Ingest | Component::Processor)
+        && kafkauser::authentication(pipeline).is_some();
+    if needs_topic && !pipeline.facts.topics_ready {
         Some(Reason::WaitingForTopic)
+    } else if needs_kafka_user && !pipeline.facts.kafka_user_ready {
+        Some(Reason::WaitingForKafkaUser)
     } else if needs_schema && migration != &MigrationState::Succeeded {
         Some(Reason::WaitingForMigration)
     } else {
@@ -317,7 +345,7 @@ fn config_hash(pipeline: &ValidPipeline, config_map: &ConfigMap, component: Comp
         hasher.update(value.as_bytes());
         hasher.update(b"\n");
     }
-    for (env, secret) in pipeline.secret_env(component) {
+    for (env, secret) in &pipeline.secret_env(component) {
         let digest = pipeline
             .facts
             .secrets

@@ -26,8 +26,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use odds_contracts::env;
 use std::collections::BTreeMap;
 
-/// Port Strimzi's plain listener serves clients on (`<cluster>-kafka-bootstrap:9092`).
-pub const KAFKA_PORT: i32 = 9092;
 const REDIS_PORT: u16 = 6379;
 const POSTGRES_PORT: u16 = 5432;
 /// The migration Job's pods' `app.kubernetes.io/component`.
@@ -128,18 +126,21 @@ fn egress(pipeline: &ValidPipeline, component: Component) -> Vec<NetworkPolicyEg
 }
 
 /// The ports of the datastore URLs `component` reads (the Secret keys of its env, as
-/// [`ValidPipeline::secret_env`] lists them), each the URL's or its scheme's default.
+/// [`ValidPipeline::secret_env`] lists them, less the Kafka credentials, which are no URLs),
+/// each the URL's or its scheme's default.
 fn datastore_ports(pipeline: &ValidPipeline, component: Component) -> Vec<u16> {
+    let datastores = [env::REDIS_URL, env::DATABASE_URL, env::DATABASE_READ_URL];
     let mut ports: Vec<u16> = pipeline
         .secret_env(component)
         .into_iter()
+        .filter(|(variable, _)| datastores.contains(variable))
         .map(|(variable, reference)| {
             let default = if variable == env::REDIS_URL {
                 REDIS_PORT
             } else {
                 POSTGRES_PORT
             };
-            secret_port(pipeline, reference).unwrap_or(default)
+            secret_port(pipeline, &reference).unwrap_or(default)
         })
         .collect();
     ports.sort_unstable();
@@ -164,7 +165,7 @@ fn with_dns(mut rules: Vec<NetworkPolicyEgressRule>) -> Vec<NetworkPolicyEgressR
 
 fn kafka(pipeline: &ValidPipeline) -> NetworkPolicyEgressRule {
     match &pipeline.kafka {
-        KafkaSource::Strimzi { cluster } => NetworkPolicyEgressRule {
+        KafkaSource::Strimzi { cluster, .. } => NetworkPolicyEgressRule {
             // Strimzi labels every pod of the Kafka cluster so (bootstrap and brokers alike).
             to: Some(vec![NetworkPolicyPeer {
                 pod_selector: Some(LabelSelector {
@@ -176,7 +177,7 @@ fn kafka(pipeline: &ValidPipeline) -> NetworkPolicyEgressRule {
                 }),
                 ..NetworkPolicyPeer::default()
             }]),
-            ports: Some(vec![tcp(KAFKA_PORT)]),
+            ports: Some(vec![tcp(pipeline.kafka.listener_port())]),
         },
         KafkaSource::External { bootstrap_servers } => {
             let mut ports: Vec<u16> = bootstrap_servers

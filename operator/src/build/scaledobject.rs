@@ -9,7 +9,7 @@
 
 use super::scaling::{self, Scaler, DEFAULT_POLLING_INTERVAL, DEFAULT_SCALE_DOWN_WINDOW};
 use super::scaling::{DEFAULT_TARGET_CONNECTIONS, DEFAULT_TARGET_LAG};
-use super::{configmap, metadata, Component};
+use super::{configmap, metadata, triggerauth, Component};
 use crate::crd::ScalingMode;
 use crate::validate::{KafkaSource, ValidPipeline};
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
@@ -81,6 +81,15 @@ pub struct ScaleTrigger {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric_type: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// The TriggerAuthentication the trigger logs in with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication_ref: Option<AuthenticationRef>,
+}
+
+/// `triggers[].authenticationRef`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+pub struct AuthenticationRef {
+    pub name: String,
 }
 
 /// KEDA ScaledObject status (subset).
@@ -107,8 +116,12 @@ impl ScaledObject {
 /// so Strimzi's bootstrap Service needs its namespace-qualified name there.
 pub fn keda_bootstrap_servers(pipeline: &ValidPipeline) -> String {
     match &pipeline.kafka {
-        KafkaSource::Strimzi { cluster } => {
-            format!("{cluster}-kafka-bootstrap.{}.svc:9092", pipeline.namespace)
+        KafkaSource::Strimzi { cluster, .. } => {
+            format!(
+                "{cluster}-kafka-bootstrap.{}.svc:{}",
+                pipeline.namespace,
+                pipeline.kafka.listener_port()
+            )
         }
         KafkaSource::External { .. } => configmap::bootstrap_servers(pipeline),
     }
@@ -189,7 +202,7 @@ pub fn scale_down_behavior(seconds: i32) -> HorizontalPodAutoscalerBehavior {
 }
 
 fn kafka_trigger(pipeline: &ValidPipeline, target: Option<i64>) -> ScaleTrigger {
-    let metadata = BTreeMap::from([
+    let mut metadata = BTreeMap::from([
         ("bootstrapServers".into(), keda_bootstrap_servers(pipeline)),
         // Exactly the processor's group (`KAFKA_GROUP` in the ConfigMap): the lag of any
         // other group would scale the processor on someone else's backlog.
@@ -205,11 +218,16 @@ fn kafka_trigger(pipeline: &ValidPipeline, target: Option<i64>) -> ScaleTrigger 
         // A consumer beyond the partition count would sit idle.
         ("allowIdleConsumers".into(), "false".into()),
     ]);
+    metadata.extend(triggerauth::trigger_metadata(pipeline));
+    let authentication_ref = triggerauth::build(pipeline).map(|_| AuthenticationRef {
+        name: triggerauth::name_in(&pipeline.name),
+    });
     ScaleTrigger {
         type_: "kafka".into(),
         name: Some("consumer-lag".into()),
         metric_type: Some("AverageValue".into()),
         metadata,
+        authentication_ref,
     }
 }
 
@@ -235,5 +253,6 @@ fn prometheus_trigger(
         name: Some("websocket-connections".into()),
         metric_type: Some("AverageValue".into()),
         metadata,
+        authentication_ref: None,
     }
 }

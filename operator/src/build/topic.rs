@@ -117,7 +117,7 @@ pub fn kube_name(topic: &str) -> String {
 
 /// The updates topic and the DLQ, when a Strimzi cluster is referenced; none otherwise.
 pub fn build(pipeline: &ValidPipeline) -> Vec<KafkaTopic> {
-    let KafkaSource::Strimzi { cluster } = &pipeline.kafka else {
+    let KafkaSource::Strimzi { cluster, .. } = &pipeline.kafka else {
         return Vec::new();
     };
     [&pipeline.topic, &pipeline.dlq_topic]

@@ -192,6 +192,8 @@ impl PullPolicy {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("has(self.clusterRef) != has(self.bootstrapServers)")
     .message("set exactly one of kafka.clusterRef and kafka.bootstrapServers"))]
+#[x_kube(validation = Rule::new("!has(self.authentication) || has(self.clusterRef)")
+    .message("kafka.authentication needs kafka.clusterRef (the operator creates the KafkaUser in that Strimzi cluster); with kafka.bootstrapServers, set KAFKA_PROP_* variables in podOverrides.env"))]
 #[x_kube(validation = Rule::new(
     "self.topic.name.lowerAscii().replace('_', '-').replace('.', '-') != self.dlqTopic.name.lowerAscii().replace('_', '-').replace('.', '-')"
 ).message("kafka.topic.name and kafka.dlqTopic.name must differ by more than case, '_' or '.': they would map to one KafkaTopic"))]
@@ -242,6 +244,62 @@ pub struct KafkaSpec {
     /// deletes the topics and their data. A change applies to the live KafkaTopics at once.
     #[serde(default)]
     pub topic_deletion_policy: TopicDeletionPolicy,
+    /// How ingest, the processor and KEDA's lag trigger authenticate to the Strimzi cluster
+    /// (`clusterRef` only). Unset: a plain listener without authentication on port 9092.
+    /// Set: the operator creates a Strimzi `KafkaUser` `<name>-kafka-client` whose ACLs allow
+    /// only this pipeline's topic, DLQ and consumer group, and gives the workloads the
+    /// credentials from the Secret Strimzi makes for it (and the cluster CA from
+    /// `<clusterRef>-cluster-ca-cert`). For `bootstrapServers`, pass credentials as
+    /// `KAFKA_PROP_*` variables in `podOverrides.env` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authentication: Option<KafkaAuthentication>,
+}
+
+/// The listener and credentials the workloads use on a Strimzi cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.type != 'tls' || self.tls")
+    .message("kafka.authentication.type tls (mutual TLS) needs a TLS listener: set tls: true"))]
+#[serde(rename_all = "camelCase")]
+pub struct KafkaAuthentication {
+    /// `scram-sha-512` (a generated password, SASL SCRAM-SHA-512) or `tls` (a client
+    /// certificate from Strimzi's clients CA). The listener must use the same
+    /// `authentication.type`, and the cluster `authorization: simple` for the ACLs to apply.
+    #[serde(rename = "type")]
+    pub type_: KafkaAuthenticationType,
+    /// Port of the Strimzi listener on the bootstrap Service (and the brokers).
+    #[serde(default = "default_secured_listener_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+    /// Whether the listener is TLS (Strimzi's `tls: true`); the workloads then trust the
+    /// cluster CA and check the brokers' host names.
+    #[serde(default = "default_true")]
+    pub tls: bool,
+}
+
+/// A Strimzi `KafkaUser` authentication type.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KafkaAuthenticationType {
+    #[serde(rename = "scram-sha-512")]
+    ScramSha512,
+    #[serde(rename = "tls")]
+    Tls,
+}
+
+impl KafkaAuthenticationType {
+    /// The value of Strimzi's `authentication.type`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ScramSha512 => "scram-sha-512",
+            Self::Tls => "tls",
+        }
+    }
+}
+
+/// The port of Strimzi's conventional TLS listener (`name: tls, port: 9093, tls: true`).
+pub const DEFAULT_SECURED_LISTENER_PORT: i32 = 9093;
+
+fn default_secured_listener_port() -> i32 {
+    DEFAULT_SECURED_LISTENER_PORT
 }
 
 /// What deleting the pipeline does to its KafkaTopics.

@@ -168,6 +168,10 @@ pub enum Reason {
     ExternalKafka,
     WaitingForTopic,
     WaitingForMigration,
+    /// `kafka.authentication` is set and Strimzi has not yet made the pipeline's `KafkaUser`
+    /// Ready with its Secret, or the cluster CA Secret is missing: ingest and the processor
+    /// wait, since their pods could not start without the credentials.
+    WaitingForKafkaUser,
     Migrated,
     MigrationPending,
     MigrationFailed,
@@ -227,6 +231,7 @@ impl Reason {
             Self::ExternalKafka => "ExternalKafka",
             Self::WaitingForTopic => "WaitingForTopic",
             Self::WaitingForMigration => "WaitingForMigration",
+            Self::WaitingForKafkaUser => "WaitingForKafkaUser",
             Self::Migrated => "Migrated",
             Self::MigrationPending => "MigrationPending",
             Self::MigrationFailed => "MigrationFailed",

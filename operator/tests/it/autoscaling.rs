@@ -123,9 +123,18 @@ async fn lag_mode_with_keda_creates_a_scaled_object_and_no_hpa() {
     assert_eq!(trigger.type_, "kafka");
     let metadata = &trigger.metadata;
     // KEDA runs in its own namespace: the bootstrap Service needs its namespace.
+    // The sample's listener: the secured one, which KEDA logs in to as the pipeline's user.
     assert_eq!(
         metadata["bootstrapServers"],
-        "odds-kafka-bootstrap.default.svc:9092"
+        "odds-kafka-bootstrap.default.svc:9093"
+    );
+    assert_eq!(
+        (metadata["sasl"].as_str(), metadata["tls"].as_str()),
+        ("scram_sha512", "enable")
+    );
+    assert_eq!(
+        trigger.authentication_ref.as_ref().map(|r| r.name.as_str()),
+        Some("demo-kafka-client")
     );
     assert_eq!(metadata["consumerGroup"], "odds-processor.default.demo");
     assert_eq!(metadata["topic"], "odds_updates");

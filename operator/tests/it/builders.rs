@@ -508,7 +508,8 @@ fn network_policies_open_the_ports_of_the_urls_in_the_secrets() {
         .filter_map(|p| p["port"].as_u64())
         .collect();
     assert!(ports.contains(&6390) && !ports.contains(&6379), "{ports:?}");
-    assert!(ports.contains(&5432) && ports.contains(&9092), "{ports:?}");
+    // 9093: the sample's secured Kafka listener.
+    assert!(ports.contains(&5432) && ports.contains(&9093), "{ports:?}");
 }
 
 #[test]

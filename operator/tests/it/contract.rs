@@ -5,7 +5,7 @@
 
 use crate::fixtures::{container, job_container, sample, valid, PipelineExt};
 use odds_contracts::env;
-use odds_operator::build::{self, Component, MigrationState};
+use odds_operator::build::{self, kafkauser, Component, MigrationState};
 use std::collections::BTreeSet;
 
 /// Every variable the operator may set, by the contract's constants.
@@ -25,6 +25,14 @@ fn known() -> BTreeSet<&'static str> {
         env::DATABASE_URL,
         env::DATABASE_READ_URL,
         env::REDIS_URL,
+        // librdkafka properties (`KAFKA_PROP_X_Y` → `x.y`, the runtime's rule) of the Kafka login.
+        kafkauser::SECURITY_PROTOCOL_ENV,
+        kafkauser::SASL_MECHANISM_ENV,
+        kafkauser::SASL_USERNAME_ENV,
+        kafkauser::SASL_PASSWORD_ENV,
+        kafkauser::SSL_CA_PEM_ENV,
+        kafkauser::SSL_CERTIFICATE_PEM_ENV,
+        kafkauser::SSL_KEY_PEM_ENV,
     ])
 }
 
@@ -45,6 +53,9 @@ fn config_keys(component: Component) -> &'static [&'static str] {
             env::KAFKA_DLQ_TOPIC,
             env::HTTP_ADDR,
             env::LOG_FORMAT,
+            kafkauser::SECURITY_PROTOCOL_ENV,
+            kafkauser::SASL_MECHANISM_ENV,
+            kafkauser::SASL_USERNAME_ENV,
         ],
         Component::Processor => &[
             env::KAFKA_BROKERS,
@@ -53,6 +64,9 @@ fn config_keys(component: Component) -> &'static [&'static str] {
             env::KAFKA_GROUP,
             env::HTTP_ADDR,
             env::LOG_FORMAT,
+            kafkauser::SECURITY_PROTOCOL_ENV,
+            kafkauser::SASL_MECHANISM_ENV,
+            kafkauser::SASL_USERNAME_ENV,
         ],
         Component::OddsService => &[env::HTTP_ADDR, env::LOG_FORMAT],
     }
@@ -109,10 +123,21 @@ fn every_env_the_operator_sets_is_a_contract_variable() {
         secrets_by_component,
         [
             ("simulator".to_string(), vec![]),
-            ("ingest".to_string(), vec![]),
+            (
+                "ingest".to_string(),
+                vec![
+                    kafkauser::SASL_PASSWORD_ENV.to_string(),
+                    kafkauser::SSL_CA_PEM_ENV.to_string()
+                ]
+            ),
             (
                 "processor".to_string(),
-                vec![env::DATABASE_URL.to_string(), env::REDIS_URL.to_string()]
+                vec![
+                    env::DATABASE_URL.to_string(),
+                    env::REDIS_URL.to_string(),
+                    kafkauser::SASL_PASSWORD_ENV.to_string(),
+                    kafkauser::SSL_CA_PEM_ENV.to_string()
+                ]
             ),
             (
                 "odds-service".to_string(),

@@ -34,6 +34,14 @@ fn schema() -> Value {
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 
+/// Drops the sample's `kafka.authentication`, which needs `clusterRef`.
+fn without_authentication(cr: &mut Value) {
+    cr["spec"]["kafka"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authentication");
+}
+
 fn rejection(object: &Value, old: Option<&Value>) -> String {
     match Validator::new().validate(&schema(), object, old) {
         Ok(()) => String::new(),
@@ -346,6 +354,7 @@ fn topic_names_whose_kafka_topic_name_is_no_dns_subdomain_are_rejected() {
         .as_object_mut()
         .unwrap()
         .remove("clusterRef");
+    without_authentication(&mut external);
     external["spec"]["kafka"]["bootstrapServers"] = json!("kafka:9092");
     external["spec"]["kafka"]["topic"]["name"] = json!("odds_updates_");
     external["spec"]["kafka"]["dlqTopic"]["name"] = json!(long(249));
@@ -404,6 +413,7 @@ fn the_kafka_cluster_may_not_change_once_set() {
         .as_object_mut()
         .unwrap()
         .remove("clusterRef");
+    without_authentication(&mut external);
     external["spec"]["kafka"]["bootstrapServers"] = json!("odds-kafka-bootstrap:9092");
     assert!(rejection(&external, Some(&old)).contains(message));
     // Unchanged passes; so does a new pipeline on another cluster (no old object).
@@ -430,4 +440,49 @@ fn simulator_events_and_rate_stop_where_the_simulator_does() {
         );
     }
     assert_eq!(odds_operator::crd::MAX_SIMULATOR_VALUE, 1_000_000);
+}
+
+#[test]
+fn kafka_authentication_needs_a_strimzi_cluster_and_tls_for_client_certificates() {
+    let sample = sample();
+    assert_eq!(
+        sample["spec"]["kafka"]["authentication"]["type"],
+        "scram-sha-512"
+    );
+    // Defaults: Strimzi's conventional TLS listener.
+    let mut defaults = sample.clone();
+    defaults["spec"]["kafka"]["authentication"] = json!({"type": "tls"});
+    assert_eq!(rejection(&defaults, None), "");
+    let typed: OddsPipeline = serde_json::from_value(defaults).unwrap();
+    let auth = typed.spec.kafka.authentication.unwrap();
+    assert_eq!((auth.port, auth.tls), (9093, true));
+
+    let mut external = sample.clone();
+    external["spec"]["kafka"]
+        .as_object_mut()
+        .unwrap()
+        .remove("clusterRef");
+    external["spec"]["kafka"]["bootstrapServers"] = json!("kafka:9092");
+    assert!(
+        rejection(&external, None).contains("kafka.authentication needs kafka.clusterRef"),
+        "{}",
+        rejection(&external, None)
+    );
+    let mut mtls_plain = sample.clone();
+    mtls_plain["spec"]["kafka"]["authentication"] = json!({"type": "tls", "tls": false});
+    assert!(rejection(&mtls_plain, None).contains("needs a TLS listener"));
+    let mut scram_plain = sample.clone();
+    scram_plain["spec"]["kafka"]["authentication"] =
+        json!({"type": "scram-sha-512", "port": 9094, "tls": false});
+    assert_eq!(rejection(&scram_plain, None), "");
+    // Schema bounds (kube's client-side evaluator checks only the CEL rules).
+    let auth = &schema()["properties"]["spec"]["properties"]["kafka"]["properties"]
+        ["authentication"]["properties"];
+    assert_eq!(auth["type"]["enum"], json!(["scram-sha-512", "tls"]));
+    let port = &auth["port"];
+    assert_eq!(
+        (port["minimum"].as_f64(), port["maximum"].as_f64()),
+        (Some(1.0), Some(65535.0)),
+        "{port}"
+    );
 }

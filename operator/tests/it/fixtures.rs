@@ -108,6 +108,8 @@ pub trait PipelineExt: Sized {
         self.edit(|p| {
             p.spec.kafka.cluster_ref = None;
             p.spec.kafka.bootstrap_servers = Some(servers.into());
+            // The operator logs in only to a Strimzi cluster it makes the user in.
+            p.spec.kafka.authentication = None;
         })
     }
     fn external_supplier(self, url: &str) -> Self {
@@ -188,6 +190,7 @@ pub fn ready_facts() -> Facts {
         keda_installed: false,
         ports: BTreeMap::new(),
         pod_monitors_installed: false,
+        kafka_user_ready: true,
     }
 }
 

@@ -43,7 +43,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::client::Body;
 use kube::{Resource, ResourceExt};
 use kube_fake_client::{interceptor, ClientBuilder, PatchType};
-use odds_operator::build::{job, KafkaTopic, PodMonitor, ScaledObject};
+use odds_operator::build::TriggerAuthentication;
+use odds_operator::build::{job, kafkauser, KafkaTopic, KafkaUser, PodMonitor, ScaledObject};
 use odds_operator::controller::{reconcile, Context, Error};
 use odds_operator::crd::{Condition, OddsPipeline};
 use odds_operator::metrics::Metrics;
@@ -246,6 +247,19 @@ pub fn secret(name: &str, value: &str) -> Secret {
     secret
 }
 
+/// A Secret with the given keys and values.
+pub fn secret_with(name: &str, keys: &[(&str, &str)]) -> Secret {
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(name.into());
+    secret.metadata.namespace = Some(NS.into());
+    secret.data = Some(
+        keys.iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect(),
+    );
+    secret
+}
+
 pub async fn harness(pipeline: OddsPipeline, secrets: bool) -> Harness {
     harness_with(
         pipeline,
@@ -335,10 +349,14 @@ pub async fn harness_with_objects(
         .with_return_managed_fields()
         .with_interceptor_funcs(funcs);
     if options.strimzi {
-        builder = builder.with_resource::<KafkaTopic>();
+        builder = builder
+            .with_resource::<KafkaTopic>()
+            .with_resource::<KafkaUser>();
     }
     if options.keda {
-        builder = builder.with_resource::<ScaledObject>();
+        builder = builder
+            .with_resource::<ScaledObject>()
+            .with_resource::<TriggerAuthentication>();
     }
     if options.pod_monitors {
         builder = builder.with_resource::<PodMonitor>();
@@ -347,6 +365,16 @@ pub async fn harness_with_objects(
         builder = builder
             .with_object(secret("odds-redis", "redis://redis:6379"))
             .with_object(secret("odds-postgres", "postgres://odds@postgres/odds"));
+    }
+    if options.strimzi {
+        // What Strimzi keeps: the cluster CA's Secret, and the Secret its user operator makes
+        // for the sample's KafkaUser (the user itself turns Ready in `topics_ready`).
+        builder = builder
+            .with_object(secret_with("odds-cluster-ca-cert", &[("ca.crt", "CA")]))
+            .with_object(secret_with(
+                "demo-kafka-client",
+                &[("password", "secret"), ("sasl.jaas.config", "...")],
+            ));
     }
     let fake = builder.build().await.unwrap();
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -979,6 +1007,7 @@ impl Harness {
             .unwrap();
     }
 
+    /// Strimzi has created the topics and, where the pipeline has one, its KafkaUser.
     pub async fn topics_ready(&self) {
         for name in ["demo-odds-updates", "demo-odds-updates-dlq"] {
             self.patch_status::<KafkaTopic>(
@@ -987,6 +1016,25 @@ impl Harness {
             )
             .await;
         }
+        let user = kafkauser::name_in("demo");
+        if self
+            .api::<KafkaUser>()
+            .get_opt(&user)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            self.kafka_user_ready().await;
+        }
+    }
+
+    /// Strimzi's user operator has made the pipeline's KafkaUser and its ACLs.
+    pub async fn kafka_user_ready(&self) {
+        self.patch_status::<KafkaUser>(
+            &kafkauser::name_in("demo"),
+            json!({"conditions": [{"type": "Ready", "status": "True"}]}),
+        )
+        .await;
     }
 
     pub async fn migration_done(&self) {

@@ -10,6 +10,7 @@ mod crd;
 mod discovery;
 mod fixtures;
 mod harness;
+mod kafka_auth;
 mod keda_schema;
 mod leader;
 mod metrics;

@@ -17,7 +17,7 @@ async fn create_builds_owned_labelled_children() {
 
     let cm = h.api::<ConfigMap>().get("demo-config").await.unwrap();
     let data = cm.data.clone().unwrap();
-    assert_eq!(data["KAFKA_BROKERS"], "odds-kafka-bootstrap:9092");
+    assert_eq!(data["KAFKA_BROKERS"], "odds-kafka-bootstrap:9093");
     assert_eq!(data["SUPPLIER_URL"], "ws://demo-simulator:8090/ws");
     assert!(
         data.values().all(|v| !v.contains("odds:odds@")),

@@ -74,6 +74,7 @@ fn render_prints_what_the_controller_builds_for_the_sample() {
             })
             .collect(),
         topics_ready: true,
+        kafka_user_ready: true,
         ..build::Facts::default()
     };
     let built = build::children(
@@ -240,7 +241,7 @@ fn the_new_admission_rules_hold_in_render_too() {
     let out = render(&renamed, &options).unwrap();
     assert!(out.contains("topicName: odds_updates_v2\n"), "{out}");
     assert!(
-        out.contains("KAFKA_BROKERS: odds-2-kafka-bootstrap:9092\n"),
+        out.contains("KAFKA_BROKERS: odds-2-kafka-bootstrap:9093\n"),
         "{out}"
     );
 }

@@ -272,7 +272,9 @@ async fn a_re_created_pipeline_adopts_its_retained_topics() {
         "no KafkaTopic created again"
     );
 
-    // The rest of the pipeline comes back as after any creation.
+    // The rest of the pipeline comes back as after any creation (Strimzi makes the new
+    // pipeline's KafkaUser Ready again).
+    h.kafka_user_ready().await;
     h.migration_done().await;
     h.reconcile().await;
     h.pods_ready().await;

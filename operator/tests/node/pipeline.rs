@@ -38,11 +38,25 @@ fn yaml_documents(text: &str) -> Vec<Value> {
         .collect()
 }
 
-/// `odds-operator render` of the sample, as a user runs it.
+/// `odds-operator render` of the sample, as a user runs it, but on the plain listener: the
+/// test kit's mock brokers speak neither TLS nor SASL, so `kafka.authentication` (the
+/// Strimzi login, checked against librdkafka in the operator's tests) is taken out.
 pub fn render_sample() -> Vec<Value> {
+    let text = std::fs::read_to_string(repo_file("operator/samples/oddspipeline.yaml")).unwrap();
+    let mut sample: Value = serde_yaml::from_str(&text).unwrap();
+    let removed = sample["spec"]["kafka"]
+        .as_object_mut()
+        .unwrap()
+        .remove("authentication");
+    assert!(
+        removed.is_some(),
+        "the sample logs in to Kafka (kafka.authentication); this test expects to take it out"
+    );
+    let plain = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(plain.path(), serde_yaml::to_string(&sample).unwrap()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_odds-operator"))
         .args(["render", "-f"])
-        .arg(repo_file("operator/samples/oddspipeline.yaml"))
+        .arg(plain.path())
         .arg("--secrets")
         .arg(repo_file("operator/samples/secrets.yaml"))
         .output()
