@@ -44,6 +44,7 @@ struct Metrics {
     image_frames: IntCounter,
     clients: IntGauge,
     slow_disconnects: IntCounter,
+    updates_skipped: IntCounter,
 }
 
 impl Metrics {
@@ -62,11 +63,17 @@ impl Metrics {
                 "slow_client_disconnects_total",
                 "Clients disconnected because they fell too far behind",
             )?,
+            updates_skipped: IntCounter::new(
+                "updates_skipped_total",
+                "Updates a client that fell behind never received (it was disconnected and \
+                 gets the current image on reconnect, not the versions in between)",
+            )?,
         };
         registry.register(m.updates_sent.clone())?;
         registry.register(m.image_frames.clone())?;
         registry.register(m.clients.clone())?;
         registry.register(m.slow_disconnects.clone())?;
+        registry.register(m.updates_skipped.clone())?;
         Ok(m)
     }
 }
@@ -256,6 +263,7 @@ async fn serve_client(mut socket: WebSocket, shared: Shared) {
                     },
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         shared.metrics.slow_disconnects.inc();
+                        shared.metrics.updates_skipped.inc_by(missed);
                         tracing::warn!(missed, "disconnecting a client that fell behind");
                         break Some((close_code::AGAIN, format!("client too slow: {missed} updates behind")));
                     }

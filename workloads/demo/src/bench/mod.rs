@@ -2,9 +2,12 @@
 //!
 //! The supplier sends `rate × duration` updates; N WebSocket clients, spread over the events,
 //! time each delivered update against the supplier's `updated_at` (same clock). Afterwards the
-//! pipeline is drained and Postgres is counted: every update the supplier sent must be in
-//! `odds_history` (`lost` = sent − persisted). `--find-max` raises the rate until p99 latency
-//! passes 100 ms or anything is lost.
+//! pipeline is drained and Postgres is counted. Every update the supplier generated is
+//! accounted for: skipped by the supplier for a consumer that fell behind (the simulator's
+//! count, and the versions ingest never saw), rejected to a DLQ, or accepted, and every
+//! accepted one must be in `odds_history` (`lost` = accepted − persisted). `--find-max`
+//! raises the rate until p99 latency passes 100 ms or anything is skipped, rejected, lost or
+//! reset, and says which.
 //!
 //! Beside the end-to-end figures the report carries the context that makes them honest
 //! ([`report`]): the per-hop breakdown from the stages' histograms ([`hops`]), the CPU each
@@ -88,6 +91,12 @@ pub async fn run(args: BenchArgs, bin_dir: PathBuf) -> anyhow::Result<BenchRepor
         let report = median_run(reports).context("--runs is at least 1")?;
         let _ = odds_runtime::cli::print_stdout(&report.spread());
         let held = report.held();
+        if args.find_max && !held {
+            let _ = odds_runtime::cli::print_stdout(&format!(
+                "--find-max stops at {rate}/s: {}\n",
+                report.why_not_held().join("; ")
+            ));
+        }
         if held {
             best = Some(report.clone());
         }
@@ -233,6 +242,8 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(1)).await;
     let in_window = (persisted - persisted_before).max(0) as u64;
     let closed = window.close(launcher, in_window).await;
+    let skipped = closed.skipped;
+    let accepted = total.saturating_sub(skipped.versions_never_ingested + skipped.dead_lettered);
     let postgres = postgres_settings(&pool, launcher).await?;
     let mut rss_mb = BTreeMap::new();
     for child in &launcher.children {
@@ -264,8 +275,12 @@ async fn measure(
         duration_s: args.duration,
         ws_clients: args.clients,
         updates_sent: total,
+        supplier_skipped: skipped.supplier_skipped,
+        versions_never_ingested: skipped.versions_never_ingested,
+        dead_lettered: skipped.dead_lettered,
+        updates_accepted: accepted,
         updates_persisted: persisted as u64,
-        lost: total as i64 - persisted,
+        lost: accepted as i64 - persisted,
         // Persisted in the window, over the window up to the last one persisted: sustained.
         updates_per_sec: in_window as f64 / drained_at.as_secs_f64().max(0.001),
         deliveries_per_sec: latencies.len() as f64 / sent_done.as_secs_f64().max(0.001),
@@ -340,6 +355,29 @@ struct ClosedWindow {
     hops: Vec<hops::HopLatency>,
     /// The processor's `offset_resets_total` at the end (records skipped by retention).
     offset_resets: u64,
+    /// What the stages counted as never entering the pipeline, over the whole run.
+    skipped: Skipped,
+}
+
+/// The updates the stages' own counters say never entered the pipeline (whole run: the
+/// counters start with the stages).
+#[derive(Debug, Clone, Copy)]
+struct Skipped {
+    supplier_skipped: u64,
+    versions_never_ingested: u64,
+    dead_lettered: u64,
+}
+
+impl Skipped {
+    fn of(scrape: &Scrape) -> Skipped {
+        Skipped {
+            supplier_skipped: scrape.simulator.sum("odds_sim_updates_skipped_total") as u64,
+            versions_never_ingested: scrape.ingest.sum("odds_ingest_versions_skipped_total") as u64,
+            dead_lettered: (scrape.ingest.sum("odds_ingest_dlq_total")
+                + scrape.processor.sum("odds_proc_dead_lettered_total"))
+                as u64,
+        }
+    }
 }
 
 impl Window {
@@ -379,6 +417,7 @@ impl Window {
             },
             hops: hops::breakdown(&self.scrape, &scrape),
             offset_resets: scrape.processor.sum("odds_proc_offset_resets_total") as u64,
+            skipped: Skipped::of(&scrape),
         }
     }
 }
