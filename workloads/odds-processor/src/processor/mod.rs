@@ -26,8 +26,7 @@ use odds_contracts::OddsUpdate;
 use odds_runtime::hops;
 use odds_runtime::Readiness;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::KafkaResult;
-use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use std::collections::BTreeMap;
@@ -35,7 +34,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Readiness check names.
+// Readiness check names.
 /// False while librdkafka reports every broker unreachable (see [`crate::brokers`]).
 pub const CHECK_KAFKA: &str = "kafka";
 /// False once the DLQ refused a dead letter for good; the processor then stops.
@@ -208,11 +207,6 @@ impl Processor {
         tracing::error!(%error, "stopping");
         self.fatal = Some(error);
         self.shutdown.cancel();
-    }
-
-    /// Why the processor stopped by itself, if it did.
-    pub fn fatal_error(&self) -> Option<&ProcessorError> {
-        self.fatal.as_ref()
     }
 
     /// Commits the durable offsets synchronously and leaves the group (dropping the consumer
