@@ -113,6 +113,8 @@ ts("Stale versions and conflation", [
     (rate("odds_ingest_version_regressions_total", "reason"), "supplier: version {{reason}}"),
     (rate("odds_ingest_version_gaps_total"), "supplier: versions skipped (gaps)"),
     (rate("odds_proc_stale_updates_skipped_total"), "processor: not newer than stored"),
+    (rate("odds_proc_version_regressions_total", "reason"), "processor: version {{reason}}"),
+    (rate("odds_ws_version_regressions_total", "reason"), "odds-service: version {{reason}}"),
     (rate("odds_ws_stale_skipped_total"), "odds-service: client already had it"),
     (rate("odds_ws_conflated_total"), "odds-service: conflated for slow clients"),
 ], 0, w=12, unit="ops")

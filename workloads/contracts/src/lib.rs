@@ -7,6 +7,7 @@
 //! this crate and never on another workload.
 
 pub mod cache_status;
+pub mod dead_letter;
 pub mod env;
 pub mod names;
 mod reject;
@@ -16,5 +17,6 @@ pub mod ws;
 pub use reject::{parse_update, RejectReason, MAX_UPDATE_BYTES, STORAGE_REJECTED};
 pub use update::{
     stored_price, validate_event_id, Market, Odds, OddsUpdate, UnknownMarket, ValidationError,
-    MAX_EVENT_ID_LEN, MAX_ODDS, MAX_SOURCE_LEN, MAX_TEAM_LEN, MAX_VERSION, ODDS_SIGNIFICANT_DIGITS,
+    MAX_EVENT_ID_LEN, MAX_ODDS, MAX_SOURCE_LEN, MAX_TEAM_LEN, MAX_UPDATED_AT_YEAR, MAX_VERSION,
+    MIN_UPDATED_AT_YEAR, ODDS_SIGNIFICANT_DIGITS,
 };

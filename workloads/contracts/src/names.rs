@@ -17,6 +17,9 @@ pub mod dlq_headers {
     pub const REJECTED_AT: &str = "odds-rejected-at";
     /// Size of the rejected input when the DLQ payload holds only its beginning.
     pub const ORIGINAL_BYTES: &str = "odds-original-bytes";
+    /// Hex SHA-256 of the whole rejected input (absent when the stage never held its bytes):
+    /// identifies a record whose DLQ payload holds only its beginning.
+    pub const ORIGINAL_SHA256: &str = "odds-original-sha256";
     /// Which stage rejected it (`odds-ingest`, `odds-processor`).
     pub const STAGE: &str = "odds-reject-stage";
     /// For records rejected after Kafka: where they were read from.

@@ -3,7 +3,7 @@
 //! Validation is a separate step from decoding so that a well-formed but wrong update can be
 //! rejected with the field and the reason, which is what lands in the DLQ and in logs.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
@@ -21,6 +21,13 @@ pub const MAX_ODDS: f64 = 1000.0;
 pub const ODDS_SIGNIFICANT_DIGITS: usize = 15;
 /// Highest version storage can hold (Postgres `BIGINT`).
 pub const MAX_VERSION: u64 = i64::MAX as u64;
+/// Earliest and latest year (in UTC) of an accepted `updated_at`: the years RFC 3339 can
+/// write (four digits). The parser takes signed years of up to six digits and Postgres
+/// refuses those before 4714 BC, so without this bound such an update passed validation and
+/// was dead-lettered only after storage refused it; a year past 9999 would be re-encoded as
+/// `+10000-…`, which is not RFC 3339 either.
+pub const MIN_UPDATED_AT_YEAR: i32 = 0;
+pub const MAX_UPDATED_AT_YEAR: i32 = 9999;
 
 /// Prices at or above this keep a value above 1 at storage precision, so validation rounds
 /// (a string format and parse) only the rare price just above 1.0, not every price.
@@ -136,6 +143,10 @@ pub enum ValidationError {
     OddsTooLow { field: &'static str, value: f64 },
     #[error("{field}: odds must be at most {MAX_ODDS}, got {value}")]
     OddsTooHigh { field: &'static str, value: f64 },
+    #[error(
+        "updated_at: year {year} is outside {MIN_UPDATED_AT_YEAR}..={MAX_UPDATED_AT_YEAR} (UTC)"
+    )]
+    UpdatedAtOutOfRange { year: i32 },
     #[error("version: must be at least 1")]
     ZeroVersion,
     #[error("version: {0} exceeds the largest storable version {MAX_VERSION}")]
@@ -158,6 +169,7 @@ impl ValidationError {
             | ValidationError::OddsTooLow { field, .. }
             | ValidationError::OddsTooHigh { field, .. } => field,
             ValidationError::UnknownMarket(_) => "market",
+            ValidationError::UpdatedAtOutOfRange { .. } => "updated_at",
             ValidationError::ZeroVersion | ValidationError::VersionTooLarge(_) => "version",
             ValidationError::SourceTooLong => "source",
         }
@@ -219,6 +231,10 @@ impl OddsUpdate {
         validate_price("odds.home", self.odds.home)?;
         validate_price("odds.draw", self.odds.draw)?;
         validate_price("odds.away", self.odds.away)?;
+        let year = self.updated_at.year();
+        if !(MIN_UPDATED_AT_YEAR..=MAX_UPDATED_AT_YEAR).contains(&year) {
+            return Err(ValidationError::UpdatedAtOutOfRange { year });
+        }
         if self.version == 0 {
             return Err(ValidationError::ZeroVersion);
         }

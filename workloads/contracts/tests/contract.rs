@@ -1,17 +1,64 @@
 //! Property and example tests of the event contract and the WebSocket protocol.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use chrono::{TimeZone, Utc};
+use chrono::{DateTime, TimeZone, Utc};
 use odds_contracts::ws::{ClientMessage, ErrorCode, ServerMessage};
 use odds_contracts::{
     parse_update, Market, Odds, OddsUpdate, RejectReason, ValidationError, MAX_EVENT_ID_LEN,
-    MAX_UPDATE_BYTES,
+    MAX_UPDATED_AT_YEAR, MAX_UPDATE_BYTES, MIN_UPDATED_AT_YEAR,
 };
 use proptest::prelude::*;
 
 fn price() -> impl Strategy<Value = f64> {
     // Two-decimal prices as suppliers send them, strictly above 1.0.
     (101u32..=100_000).prop_map(|cents| f64::from(cents) / 100.0)
+}
+
+/// Seconds of the first and the last `updated_at` validation accepts.
+fn accepted_seconds() -> (i64, i64) {
+    let first = Utc.with_ymd_and_hms(MIN_UPDATED_AT_YEAR, 1, 1, 0, 0, 0);
+    let last = Utc.with_ymd_and_hms(MAX_UPDATED_AT_YEAR, 12, 31, 23, 59, 59);
+    (first.unwrap().timestamp(), last.unwrap().timestamp())
+}
+
+/// Every instant the parser can read (chrono's whole range), in seconds.
+fn parseable_seconds() -> (i64, i64) {
+    (
+        DateTime::<Utc>::MIN_UTC.timestamp(),
+        DateTime::<Utc>::MAX_UTC.timestamp(),
+    )
+}
+
+/// Times of the accepted range, its edges included.
+fn accepted_time() -> impl Strategy<Value = DateTime<Utc>> {
+    let (first, last) = accepted_seconds();
+    let seconds = prop_oneof![
+        first..=last,
+        prop::sample::select(vec![first, last, 0, first + 1, last - 1]),
+    ];
+    (seconds, 0u32..1_000_000_000).prop_map(|(secs, nanos)| {
+        Utc.timestamp_opt(secs, nanos)
+            .single()
+            .expect("in chrono's range")
+    })
+}
+
+/// Times the parser reads but validation must refuse: either side of the accepted range, up
+/// to the ends of what the parser reads.
+fn refused_time() -> impl Strategy<Value = DateTime<Utc>> {
+    let (first, last) = accepted_seconds();
+    let (min, max) = parseable_seconds();
+    prop_oneof![
+        min..first,
+        (last + 1)..=max,
+        Just(first - 1),
+        Just(last + 1)
+    ]
+    .prop_map(|secs| {
+        Utc.timestamp_opt(secs, 0)
+            .single()
+            .expect("in chrono's range")
+    })
 }
 
 fn valid_update() -> impl Strategy<Value = OddsUpdate> {
@@ -21,13 +68,12 @@ fn valid_update() -> impl Strategy<Value = OddsUpdate> {
         "[A-Za-z][A-Za-z .']{0,40}",
         prop::sample::select(Market::ALL.to_vec()),
         (price(), price(), price()),
-        0i64..4_000_000_000,
-        0u32..1_000_000_000,
+        accepted_time(),
         "[a-z-]{0,20}",
-        1u64..u64::MAX / 2,
+        1u64..=odds_contracts::MAX_VERSION,
     )
         .prop_map(
-            |(event_id, home, away, market, (h, d, a), secs, nanos, source, version)| OddsUpdate {
+            |(event_id, home, away, market, (h, d, a), updated_at, source, version)| OddsUpdate {
                 event_id,
                 home_team: home,
                 away_team: away,
@@ -37,10 +83,7 @@ fn valid_update() -> impl Strategy<Value = OddsUpdate> {
                     draw: d,
                     away: a,
                 },
-                updated_at: Utc
-                    .timestamp_opt(secs, nanos)
-                    .single()
-                    .unwrap_or_else(Utc::now),
+                updated_at,
                 source,
                 version,
             },
@@ -62,6 +105,8 @@ enum Mutation {
     HighOdds(u8, f64),
     /// A price above 1.0 that storage's 15 significant digits round to 1.0.
     RoundsToOne(u8, u32),
+    /// A time the parser reads that storage (or RFC 3339) cannot hold.
+    TimeOutOfRange(DateTime<Utc>),
     ZeroVersion,
     HugeVersion(u64),
     /// A control character (NUL included, which Postgres text cannot hold) in a team or source.
@@ -85,6 +130,7 @@ fn mutation() -> impl Strategy<Value = Mutation> {
             .prop_map(|(i, v)| Mutation::NonFinite(i, v)),
         (0u8..3, 1000.001f64..1e12).prop_map(|(i, v)| Mutation::HighOdds(i, v)),
         (0u8..3, 1u32..=4).prop_map(|(i, ulps)| Mutation::RoundsToOne(i, ulps)),
+        refused_time().prop_map(Mutation::TimeOutOfRange),
         Just(Mutation::ZeroVersion),
         ((i64::MAX as u64 + 1)..=u64::MAX).prop_map(Mutation::HugeVersion),
         (
@@ -149,6 +195,10 @@ fn apply(update: &mut OddsUpdate, mutation: &Mutation) -> &'static str {
         Mutation::RoundsToOne(i, ulps) => {
             let value = f64::from_bits(1.0f64.to_bits() + u64::from(*ulps));
             set_price(update, *i, value)
+        }
+        Mutation::TimeOutOfRange(time) => {
+            update.updated_at = *time;
+            "updated_at"
         }
         Mutation::ZeroVersion => {
             update.version = 0;

@@ -27,6 +27,12 @@ use tokio_util::sync::CancellationToken;
 
 /// Readiness check name: a Kafka broker answered recently.
 pub const READY_KAFKA: &str = "kafka";
+/// Readiness check name: false once the DLQ refused a dead letter for good (the stage then
+/// stops and the process exits non-zero).
+pub const READY_DLQ: &str = "dlq";
+/// Readiness check name: false once the producer hit a fatal error (the stage then stops and
+/// the process exits non-zero).
+pub const READY_PRODUCER: &str = "producer";
 /// Frames read ahead of the producer; small, since the in-flight limit is the real buffer.
 const FRAME_QUEUE: usize = 1024;
 /// Bytes of frames read ahead of the producer: bounds memory whatever the frames' sizes.
@@ -52,19 +58,28 @@ impl Ingest {
     ) -> Result<Ingest, IngestError> {
         let registry = IngestMetrics::registry()?;
         let metrics = IngestMetrics::register(&registry)?;
-        let readiness = Readiness::new(&[READY_SUPPLIER, READY_KAFKA]);
+        let readiness = Readiness::new(&[READY_SUPPLIER, READY_KAFKA, READY_PRODUCER, READY_DLQ]);
+        readiness.set(READY_PRODUCER, true);
+        readiness.set(READY_DLQ, true);
         let publisher = Publisher::new(&config, metrics.clone())?;
         // A fatal producer error (the idempotent producer can no longer guarantee order or
-        // exactly-once) stops the stage like a shutdown; `run` then fails, so the process exits
-        // non-zero and the orchestrator starts a fresh producer.
+        // exactly-once) or a DLQ that refuses dead letters for good stops the stage like a
+        // shutdown, readiness saying why first; `run` then fails, so the process exits
+        // non-zero and the orchestrator starts a fresh producer (and shows the restarts).
         let shutdown = shutdown.child_token();
         tokio::spawn({
-            let (fatal, stop, readiness) =
-                (publisher.fatal_token(), shutdown.clone(), readiness.clone());
+            let (watched, stop, readiness) =
+                (publisher.clone(), shutdown.clone(), readiness.clone());
             async move {
+                let fatal = watched.fatal_token();
                 tokio::select! {
                     _ = fatal.cancelled() => {
-                        readiness.set(READY_KAFKA, false);
+                        let check = if watched.dlq_refusal().is_some() {
+                            READY_DLQ
+                        } else {
+                            READY_PRODUCER
+                        };
+                        readiness.set(check, false);
                         stop.cancel();
                     }
                     _ = stop.cancelled() => {}
@@ -141,22 +156,35 @@ impl Ingest {
         self.publisher.fatal_error()
     }
 
+    /// Why the DLQ refused a dead letter for good, if it did (the stage then stopped by itself).
+    pub fn dlq_refusal(&self) -> Option<String> {
+        self.publisher.dlq_refusal()
+    }
+
     /// Waits for the stage to stop (after shutdown is cancelled and in-flight records drained).
     pub async fn wait(self) {
         let _ = self.task.await;
         let _ = self.ops_task.await;
     }
+
+    /// Waits for the stage to stop and says how: an error when it stopped by itself (what
+    /// [`run`] returns, so the process exits non-zero).
+    pub async fn finish(self) -> Result<(), IngestError> {
+        let publisher = self.publisher.clone();
+        self.wait().await;
+        if let Some(reason) = publisher.dlq_refusal() {
+            return Err(IngestError::DlqRefused(reason));
+        }
+        match publisher.fatal_error() {
+            Some(reason) => Err(IngestError::FatalProducer(reason)),
+            None => Ok(()),
+        }
+    }
 }
 
-/// Runs ingest until `shutdown` is cancelled.
+/// Runs ingest until `shutdown` is cancelled, or until it stops by itself (with the error).
 pub async fn run(config: IngestConfig, shutdown: CancellationToken) -> Result<(), IngestError> {
-    let ingest = Ingest::start(config, shutdown).await?;
-    let publisher = ingest.publisher.clone();
-    ingest.wait().await;
-    match publisher.fatal_error() {
-        Some(reason) => Err(IngestError::FatalProducer(reason)),
-        None => Ok(()),
-    }
+    Ingest::start(config, shutdown).await?.finish().await
 }
 
 /// A token cancelled `flush` after `shutdown`: the end of the drain.

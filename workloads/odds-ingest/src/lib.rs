@@ -30,4 +30,6 @@ pub enum IngestError {
     Config(String),
     #[error("fatal Kafka producer error (accepted records not yet delivered were counted as undelivered): {0}")]
     FatalProducer(String),
+    #[error("the dead-letter queue refuses records for good (accepted records not yet delivered were counted as undelivered): {0}")]
+    DlqRefused(String),
 }

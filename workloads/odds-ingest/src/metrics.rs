@@ -73,7 +73,8 @@ impl IngestMetrics {
             shutdown_undelivered: IntCounter::new(
                 "shutdown_undelivered_total",
                 "Records accepted from the supplier and never delivered to Kafka: left at the \
-                 shutdown deadline, or lost with a producer that hit a fatal error",
+                 shutdown deadline, lost with a producer that hit a fatal error, or dead letters \
+                 the DLQ refused for good",
             )?,
             version_gaps: IntCounter::new(
                 "version_gaps_total",
@@ -98,7 +99,7 @@ impl IngestMetrics {
         registry.register(m.version_gaps.clone())?;
         registry.register(m.versions_skipped.clone())?;
         registry.register(m.version_regressions.clone())?;
-        for reason in ["repeated", "older"] {
+        for reason in odds_runtime::regressions::REASONS {
             m.version_regressions.with_label_values(&[reason]);
         }
         registry.register(m.frames_received.clone())?;

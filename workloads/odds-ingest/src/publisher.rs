@@ -4,22 +4,27 @@
 //! when Kafka has acknowledged it (or refused it for good). The producer is idempotent with
 //! `acks=all` and never times a record out, so while Kafka is away records wait and are
 //! retried in order, permits run out, and the caller stops taking input.
+//!
+//! A record Kafka refuses for good is not retried: an update goes to the DLQ instead, and a
+//! dead letter the DLQ refuses (topic missing or denied, a size limit below even the bounded
+//! record) stops the stage like a fatal producer error, with the reason ([`Publisher::dlq_refusal`]):
+//! every later rejection would meet the same refusal, and retrying one frame forever would
+//! stop the stage while it looked alive.
 
 use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
 use chrono::Utc;
+use odds_contracts::dead_letter::{bound_detail, bound_payload};
 use odds_contracts::names::dlq_headers;
 use odds_contracts::{OddsUpdate, RejectReason};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::ClientConfig;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Most bytes of a rejected frame kept in its DLQ record; the original size goes in a header.
-pub const DLQ_MAX_PAYLOAD: usize = 64 * 1024;
 /// Name of this stage in DLQ headers.
 pub const STAGE: &str = "odds-ingest";
 
@@ -31,8 +36,20 @@ pub struct Publisher {
     permits: Arc<Semaphore>,
     max_in_flight: usize,
     metrics: IngestMetrics,
-    /// Cancelled when librdkafka reports a fatal error: nothing more can be produced.
+    /// Cancelled when librdkafka reports a fatal error or the DLQ refuses a dead letter for
+    /// good: nothing more can be produced (or dead-lettered).
     fatal: tokio_util::sync::CancellationToken,
+    /// Why the DLQ refused a dead letter for good, set before `fatal` is cancelled.
+    dlq_refusal: Arc<OnceLock<String>>,
+}
+
+/// What became of a record handed to the producer.
+enum Enqueued {
+    Sent(DeliveryFuture),
+    /// The producer is dead (fatal error): the record was counted as undelivered.
+    Stopped,
+    /// The producer refused the record itself (too large, unknown topic): no retry helps.
+    Refused(KafkaError),
 }
 
 /// What a record is, for accounting when Kafka acknowledges it.
@@ -60,7 +77,24 @@ impl Publisher {
             max_in_flight,
             metrics,
             fatal: tokio_util::sync::CancellationToken::new(),
+            dlq_refusal: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// Why the DLQ refused a dead letter for good, if it did (the stage then stopped).
+    pub fn dlq_refusal(&self) -> Option<String> {
+        self.dlq_refusal.get().cloned()
+    }
+
+    /// The DLQ refused a dead letter for good: the record is counted as undelivered and the
+    /// stage stops (see the module doc).
+    fn refuse_dead_letters(&self, code: &'static str, error: &KafkaError) {
+        self.metrics.produce_errors.inc();
+        self.metrics.shutdown_undelivered.inc();
+        if self.dlq_refusal.set(error.to_string()).is_ok() {
+            tracing::error!(%error, code, "the DLQ refused a dead letter for good; stopping");
+        }
+        self.fatal.cancel();
     }
 
     /// Cancelled once the producer has hit a fatal error.
@@ -99,15 +133,26 @@ impl Publisher {
     pub async fn publish(&self, update: &OddsUpdate, received: Instant) {
         let payload = update.to_json();
         let permit = self.permit().await;
-        let delivery = self
+        let enqueued = self
             .send_retrying_when_full(|| {
                 FutureRecord::to(&self.topic)
                     .key(update.event_id.as_str())
                     .payload(payload.as_str())
             })
             .await;
-        if let Some(delivery) = delivery {
-            self.track(delivery, permit, RecordKind::Update { received });
+        match enqueued {
+            Enqueued::Sent(delivery) => {
+                self.track(delivery, permit, RecordKind::Update { received })
+            }
+            Enqueued::Stopped => {}
+            Enqueued::Refused(error) => {
+                self.metrics.produce_errors.inc();
+                tracing::error!(%error, "the producer refused an update for good; dead-lettering it");
+                drop(permit);
+                let bytes = payload.as_bytes();
+                self.dead_letter_code(bytes, bytes.len(), "produce_failed", &error.to_string())
+                    .await;
+            }
         }
     }
 
@@ -135,27 +180,36 @@ impl Publisher {
         code: &'static str,
         detail: &str,
     ) {
-        let kept = &payload[..payload.len().min(DLQ_MAX_PAYLOAD)];
+        let bounded = bound_payload(payload);
+        // Only a stage that held every byte can vouch for the digest.
+        let digest = (payload.len() == original_size).then_some(bounded.sha256.as_str());
+        let detail = bound_detail(detail);
         let rejected_at = Utc::now().to_rfc3339();
         let original = original_size.to_string();
         let headers = || {
-            OwnedHeaders::new()
+            let headers = OwnedHeaders::new()
                 .insert(header(dlq_headers::REASON, code))
                 .insert(header(dlq_headers::DETAIL, detail))
                 .insert(header(dlq_headers::REJECTED_AT, &rejected_at))
                 .insert(header(dlq_headers::STAGE, STAGE))
-                .insert(header(dlq_headers::ORIGINAL_BYTES, &original))
+                .insert(header(dlq_headers::ORIGINAL_BYTES, &original));
+            match digest {
+                Some(digest) => headers.insert(header(dlq_headers::ORIGINAL_SHA256, digest)),
+                None => headers,
+            }
         };
         let permit = self.permit().await;
-        let delivery = self
+        let enqueued = self
             .send_retrying_when_full(|| {
                 FutureRecord::<(), [u8]>::to(&self.dlq_topic)
-                    .payload(kept)
+                    .payload(bounded.kept)
                     .headers(headers())
             })
             .await;
-        if let Some(delivery) = delivery {
-            self.track(delivery, permit, RecordKind::DeadLetter(code));
+        match enqueued {
+            Enqueued::Sent(delivery) => self.track(delivery, permit, RecordKind::DeadLetter(code)),
+            Enqueued::Stopped => {}
+            Enqueued::Refused(error) => self.refuse_dead_letters(code, &error),
         }
     }
 
@@ -166,12 +220,13 @@ impl Publisher {
     }
 
     /// librdkafka's local queue can still fill (e.g. tiny `queue.buffering.max.messages`):
-    /// wait briefly and try again rather than drop. `None` once the producer is dead (fatal
-    /// error): the record is counted as undelivered.
+    /// wait briefly and try again rather than drop. Any other refusal is about the record
+    /// itself (larger than `message.max.bytes`, an unknown topic) and would come back on
+    /// every retry: it is returned.
     async fn send_retrying_when_full<'a, K, P>(
         &self,
         record: impl Fn() -> FutureRecord<'a, K, P>,
-    ) -> Option<DeliveryFuture>
+    ) -> Enqueued
     where
         K: rdkafka::message::ToBytes + ?Sized + 'a,
         P: rdkafka::message::ToBytes + ?Sized + 'a,
@@ -179,20 +234,15 @@ impl Publisher {
         loop {
             if self.fatal.is_cancelled() {
                 self.metrics.shutdown_undelivered.inc();
-                return None;
+                return Enqueued::Stopped;
             }
             match self.producer.send_result(record()) {
-                Ok(delivery) => return Some(delivery),
+                Ok(delivery) => return Enqueued::Sent(delivery),
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((error, _)) if self.is_fatal(&error) => return None,
-                Err((error, _)) => {
-                    // Only a malformed record gets here (e.g. larger than message.max.bytes).
-                    tracing::error!(%error, "record refused by the producer; retrying");
-                    self.metrics.produce_errors.inc();
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+                Err((error, _)) if self.is_fatal(&error) => return Enqueued::Stopped,
+                Err((error, _)) => return Enqueued::Refused(error),
             }
         }
     }
@@ -244,8 +294,8 @@ impl Publisher {
                     return;
                 }
                 (Ok(Err((error, _))), RecordKind::DeadLetter(code)) => {
-                    publisher.metrics.produce_errors.inc();
-                    tracing::error!(%error, code, "Kafka refused a dead letter for good");
+                    // The producer never times a record out: only a refusal gets here.
+                    publisher.refuse_dead_letters(code, &error);
                 }
                 (Err(_canceled), _) => {
                     publisher.metrics.produce_errors.inc();

@@ -12,6 +12,7 @@
 //! `older` one means the supplier went backwards and its updates will be ignored downstream.
 
 use odds_contracts::OddsUpdate;
+use odds_runtime::regressions;
 use std::collections::{HashMap, HashSet};
 
 /// Events remembered at most; beyond this the memory is reset (counting restarts from scratch
@@ -35,8 +36,8 @@ impl VersionCheck {
     /// Metric label of a regression.
     pub fn regression_reason(self) -> Option<&'static str> {
         match self {
-            VersionCheck::Repeated => Some("repeated"),
-            VersionCheck::Older => Some("older"),
+            VersionCheck::Repeated => Some(regressions::REPEATED),
+            VersionCheck::Older => Some(regressions::OLDER),
             VersionCheck::InOrder | VersionCheck::Gap { .. } => None,
         }
     }
@@ -131,6 +132,30 @@ mod tests {
         assert_eq!(check("E2", 1), VersionCheck::InOrder);
         assert_eq!(VersionCheck::Older.regression_reason(), Some("older"));
         assert_eq!(VersionCheck::Gap { skipped: 1 }.regression_reason(), None);
+    }
+
+    #[test]
+    fn versions_compare_exactly_across_the_contract_range() {
+        let mut tracker = VersionTracker::default();
+        let mut check = |version| tracker.observe(&sample_update("E1", version));
+        let exact = 1u64 << 53;
+        let top = odds_contracts::MAX_VERSION;
+        assert_eq!(check(exact), VersionCheck::InOrder);
+        assert_eq!(
+            check(exact + 1),
+            VersionCheck::InOrder,
+            "not a repeat of 2^53"
+        );
+        assert_eq!(check(exact), VersionCheck::Older);
+        assert_eq!(
+            check(top - 1),
+            VersionCheck::Gap {
+                skipped: top - exact - 3
+            }
+        );
+        assert_eq!(check(top), VersionCheck::InOrder);
+        assert_eq!(check(top), VersionCheck::Repeated);
+        assert_eq!(check(top - 1), VersionCheck::Older);
     }
 
     #[test]

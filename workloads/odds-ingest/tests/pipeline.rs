@@ -6,7 +6,8 @@ mod common;
 
 use common::*;
 use odds_contracts::names::{dlq_headers, TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
-use odds_ingest::IngestConfig;
+use odds_ingest::ingest::{READY_DLQ, READY_PRODUCER};
+use odds_ingest::{IngestConfig, IngestError};
 use odds_testkit::{http_get, TestKafka};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use std::time::Duration;
@@ -63,9 +64,13 @@ async fn every_simulated_update_lands_once_keyed_and_in_order() {
         assert!(metrics.contains(&count), "{count} in {metrics}");
     }
     shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), ingest.wait())
+    let outcome = tokio::time::timeout(Duration::from_secs(30), ingest.finish())
         .await
         .unwrap();
+    assert!(
+        outcome.is_ok(),
+        "a requested stop is not an error: {outcome:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,7 +89,7 @@ async fn bad_frames_are_dead_lettered_with_reasons_and_good_ones_pass() {
         text(&low_odds),
         Message::text(nan),
         text(&empty_id),
-        Message::text(huge),
+        Message::text(huge.clone()),
         text(&update("E1", 2)),
         text(&update("E2", 1)),
     ];
@@ -138,6 +143,16 @@ async fn bad_frames_are_dead_lettered_with_reasons_and_good_ones_pass() {
     assert!(
         dlq[5].payload.as_ref().unwrap().len() <= 64 * 1024,
         "oversize payload truncated"
+    );
+    assert_eq!(
+        dlq[0].header(dlq_headers::ORIGINAL_SHA256),
+        Some(odds_contracts::dead_letter::sha256_hex(b"this is not json")),
+        "the digest of the whole input"
+    );
+    assert_eq!(
+        dlq[5].header(dlq_headers::ORIGINAL_SHA256),
+        Some(odds_contracts::dead_letter::sha256_hex(huge.as_bytes())),
+        "the digest covers the whole input, not the part kept"
     );
     assert!(dlq
         .iter()
@@ -393,9 +408,10 @@ async fn shutdown_during_a_kafka_outage_is_bounded_and_counts_the_undelivered() 
 }
 
 /// A fatal idempotent-producer error (here: the cluster refuses to hand out a producer id) is
-/// not retried forever: readiness says Kafka is gone, the stage stops by itself and reports
-/// the error (so the binary exits non-zero and is restarted with a fresh producer), and every
-/// record it had accepted is counted as undelivered rather than dead-lettered into the void.
+/// not retried forever: readiness names the producer, the stage stops by itself and reports
+/// the error (`finish` returns what `run` returns, so the binary exits non-zero and is
+/// restarted with a fresh producer), and every record it had accepted is counted as
+/// undelivered rather than dead-lettered into the void.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fatal_producer_error_stops_the_stage_and_is_reported() {
     let kafka = TestKafka::start(1, 1).unwrap();
@@ -410,26 +426,25 @@ async fn a_fatal_producer_error_stops_the_stage_and_is_reported() {
         assert!(std::time::Instant::now() < deadline, "nothing accepted");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert_eq!(readiness.snapshot().get(READY_PRODUCER), Some(&true));
     kafka.cluster().request_errors(
         RDKafkaApiKey::InitProducerId,
         &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED; 8],
     );
     kafka.cluster().broker_up(1).unwrap();
-    let stopped = async {
-        let fatal = loop {
-            if let Some(reason) = ingest.fatal_error() {
-                break reason;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        };
-        ingest.wait().await;
-        fatal
-    };
-    let reason = tokio::time::timeout(TIMEOUT, stopped)
+    let outcome = tokio::time::timeout(TIMEOUT, ingest.finish())
         .await
         .expect("the stage stops by itself after a fatal producer error");
+    let Err(IngestError::FatalProducer(reason)) = outcome else {
+        panic!("the stage must end with the fatal error (a non-zero exit): {outcome:?}");
+    };
     assert!(reason.to_lowercase().contains("authoriz"), "{reason}");
-    assert!(!readiness.is_ready());
+    assert_eq!(
+        readiness.snapshot().get(READY_PRODUCER),
+        Some(&false),
+        "readiness names the producer: {:?}",
+        readiness.snapshot()
+    );
     assert_eq!(metrics.updates_produced.get(), 0);
     assert!(metrics.frames_received.get() >= 10);
     assert_eq!(
@@ -438,6 +453,42 @@ async fn a_fatal_producer_error_stops_the_stage_and_is_reported() {
         "every accepted frame accounted for"
     );
     shutdown.cancel();
+}
+
+/// A DLQ that refuses dead letters for good (here: the topic is denied, as an ACL would) or
+/// whose size limit is below even a bounded dead letter stops the stage instead of retrying
+/// one frame forever: readiness names the DLQ, and `finish` returns the refusal (a non-zero
+/// exit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dlq_that_refuses_for_good_stops_the_stage_and_is_reported() {
+    for case in ["denied", "limit"] {
+        let kafka = TestKafka::start(1, 1).unwrap();
+        let addr = scripted_supplier(vec![vec![Message::text("x".repeat(4096))]]).await;
+        let mut config = IngestConfig::local(&format!("ws://{addr}/"), kafka.bootstrap_servers());
+        if case == "denied" {
+            kafka.cluster().request_errors(
+                RDKafkaApiKey::Produce,
+                &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
+            );
+        } else {
+            config.kafka.props = vec![("message.max.bytes".into(), "1000".into())];
+        }
+        let ingest = start_ingest_with(config, &CancellationToken::new()).await;
+        let readiness = ingest.readiness.clone();
+        let outcome = tokio::time::timeout(TIMEOUT, ingest.finish())
+            .await
+            .unwrap_or_else(|_| panic!("{case}: the stage stops by itself"));
+        assert!(
+            matches!(outcome, Err(IngestError::DlqRefused(_))),
+            "{case}: {outcome:?}"
+        );
+        assert_eq!(
+            readiness.snapshot().get(READY_DLQ),
+            Some(&false),
+            "{case}: {:?}",
+            readiness.snapshot()
+        );
+    }
 }
 
 /// librdkafka's own reports (a broker refusing connections, here) reach the stage's `tracing`

@@ -30,22 +30,40 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// KEYS[i] is the cache key of the i-th update; ARGV[1] the channel; ARGV[2i] the update's
-/// version and ARGV[2i+1] its JSON. Returns the (1-based) indexes of the updates that advanced.
+/// version (decimal) and ARGV[2i+1] its JSON. Returns the (1-based) indexes of the updates
+/// that advanced.
+///
+/// Versions are compared as decimal text, never as Lua numbers: those are doubles, exact only
+/// up to 2^53, and the contract allows versions up to 2^63 - 1, where neighbouring versions
+/// would compare equal and the newer one would be dropped. The cached version is read from
+/// the cached JSON's text for the same reason (cjson decodes numbers to doubles); the JSON is
+/// ours (serde's compact encoding), so `"version":` occurs once, as the top-level key: a
+/// `"` inside a string value is always escaped.
 const SET_IF_NEWER: &str = r#"
+local function canonical(text)
+  if text == nil or not string.match(text, '^[1-9]%d*$') then return nil end
+  return text
+end
+-- a > b for canonical decimal strings: longer is larger, else the first differing digit.
+local function newer(a, b)
+  if #a ~= #b then return #a > #b end
+  for i = 1, #a do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x > y end
+  end
+  return false
+end
 local advanced = {}
 for i, key in ipairs(KEYS) do
-  local version = tonumber(ARGV[2 * i])
+  local version = canonical(ARGV[2 * i])
   local json = ARGV[2 * i + 1]
   local held = redis.call('GET', key)
   local held_version = nil
   if held then
-    local ok, decoded = pcall(cjson.decode, held)
-    if ok and type(decoded) == 'table' then
-      held_version = tonumber(decoded['version'])
-    end
+    held_version = canonical(string.match(held, '"version":(%d+)[,}]'))
   end
   -- A missing or unreadable cached value is replaced: the update is the best we know.
-  if held_version == nil or held_version < version then
+  if version and (held_version == nil or newer(version, held_version)) then
     redis.call('SET', key, json)
     redis.call('PUBLISH', ARGV[1], json)
     advanced[#advanced + 1] = i

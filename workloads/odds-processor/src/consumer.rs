@@ -12,11 +12,13 @@
 //! over every processor never reads a value frozen at the moment of a rebalance.
 
 use crate::batch::PartitionKey;
+use crate::brokers::BrokerHealth;
 use crate::metrics::Metrics;
+use odds_runtime::Readiness;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext};
@@ -81,21 +83,29 @@ fn to_list<'a>(
     Ok(list)
 }
 
-/// Callbacks librdkafka runs inside `poll`: rebalances and statistics.
+/// Callbacks librdkafka runs inside `poll`: rebalances, statistics and errors.
 pub struct ProcessorContext {
     ledger: CommitLedger,
     metrics: Metrics,
+    brokers: BrokerHealth,
     /// The partitions assigned to this consumer: the only ones whose lag it reports.
     owned: Mutex<BTreeSet<PartitionKey>>,
 }
 
 impl ProcessorContext {
-    pub fn new(ledger: CommitLedger, metrics: Metrics) -> Self {
+    /// The context of a consumer whose broker reachability sets `readiness`' `kafka` check.
+    pub fn new(ledger: CommitLedger, metrics: Metrics, readiness: Readiness) -> Self {
         ProcessorContext {
             ledger,
             metrics,
+            brokers: BrokerHealth::new(readiness),
             owned: Mutex::new(BTreeSet::new()),
         }
+    }
+
+    /// Whether any broker is reachable, as librdkafka reports it.
+    pub fn brokers(&self) -> &BrokerHealth {
+        &self.brokers
     }
 
     /// Records newly assigned partitions (the whole assignment under the eager protocol,
@@ -155,7 +165,15 @@ impl ClientContext for ProcessorContext {
         DefaultClientContext.log(level, fac, message);
     }
 
+    fn error(&self, error: KafkaError, reason: &str) {
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+            self.brokers.all_down(reason);
+        }
+        tracing::error!("librdkafka: {error}: {reason}");
+    }
+
     fn stats(&self, statistics: Statistics) {
+        self.brokers.observe(&statistics);
         let owned = self.owned.lock().unwrap_or_else(PoisonError::into_inner);
         for (topic_name, topic) in &statistics.topics {
             for (partition, stats) in &topic.partitions {
@@ -250,7 +268,11 @@ mod tests {
     #[test]
     fn an_offset_reset_that_skips_records_is_counted_as_a_consume_error() {
         let metrics = Metrics::unregistered().unwrap();
-        let context = ProcessorContext::new(CommitLedger::default(), metrics.clone());
+        let context = ProcessorContext::new(
+            CommitLedger::default(),
+            metrics.clone(),
+            Readiness::default(),
+        );
         context.log(RDKafkaLogLevel::Warning, "OFFSET", OUT_OF_RANGE);
         assert_eq!(metrics.offset_resets.get(), 1);
         assert_eq!(metrics.errors.with_label_values(&["consume"]).get(), 1);

@@ -6,6 +6,7 @@
 //! after the batch is durable. See [`processor`] for the phases and [`run`] for the service.
 
 pub mod batch;
+pub mod brokers;
 pub mod cache;
 pub mod config;
 pub mod consumer;
@@ -27,6 +28,10 @@ pub enum ProcessorError {
     Kafka(#[source] rdkafka::error::KafkaError),
     #[error(transparent)]
     Dlq(#[from] dlq::DlqError),
+    /// The DLQ refused a dead letter for good: poison records can no longer leave their
+    /// partition, so the processor stops (readiness says so first) and exits non-zero.
+    #[error("the dead-letter queue refuses records for good; stopping: {0}")]
+    DlqRefused(#[source] dlq::DlqError),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]

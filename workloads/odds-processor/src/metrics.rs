@@ -7,6 +7,7 @@
 
 use odds_runtime::hops::{self, HopHistogram};
 use odds_runtime::metrics::{component, PrefixedRegistry};
+use odds_runtime::regressions::RegressionLog;
 use prometheus::{
     exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts,
@@ -38,6 +39,10 @@ pub struct Metrics {
     pub dead_lettered: IntCounterVec,
     /// Updates not newer than what Postgres holds: stored in history only, never cached/published.
     pub stale_skipped: IntCounter,
+    /// `version_regressions_total{reason}`: updates not newer than what Postgres held or an
+    /// earlier record of the batch had, by reason (see [`odds_runtime::regressions`]).
+    pub version_regressions: IntCounterVec,
+    pub regressions: RegressionLog,
     pub batch_size: Histogram,
     /// Time from the first record of a batch to its offsets being committed.
     pub batch_seconds: Histogram,
@@ -70,6 +75,15 @@ impl Metrics {
     /// Creates the metrics and registers them in `registry`.
     pub fn register(registry: &PrefixedRegistry) -> Result<Metrics, prometheus::Error> {
         let hop = HopHistogram::for_component(registry, component::PROCESSOR)?;
+        let version_regressions = IntCounterVec::new(
+            Opts::new(
+                "version_regressions_total",
+                "Updates not newer than the version Postgres held for their event and market \
+                 (or an earlier record of the batch had), by reason (repeated: a redelivery \
+                 or a supplier's image; older: something upstream went back).",
+            ),
+            &["reason"],
+        )?;
         let metrics = Metrics {
             kafka_to_processor: hop.hop(hops::KAFKA_TO_PROCESSOR),
             batch_wait: hop.hop(hops::BATCH_WAIT),
@@ -106,6 +120,8 @@ impl Metrics {
                 "stale_updates_skipped_total",
                 "Updates not newer than the stored version: not cached, not published.",
             )?,
+            version_regressions: version_regressions.clone(),
+            regressions: RegressionLog::new(version_regressions, "odds-processor"),
             batch_size: Histogram::with_opts(
                 HistogramOpts::new("batch_size", "Records per batch.")
                     .buckets(exponential_buckets(1.0, 4.0, 9)?),
@@ -151,6 +167,7 @@ impl Metrics {
         registry.register(metrics.errors.clone())?;
         registry.register(metrics.dead_lettered.clone())?;
         registry.register(metrics.stale_skipped.clone())?;
+        registry.register(metrics.version_regressions.clone())?;
         registry.register(metrics.batch_size.clone())?;
         registry.register(metrics.batch_seconds.clone())?;
         registry.register(metrics.update_age_seconds.clone())?;

@@ -5,18 +5,19 @@
 
 use crate::config::{MigrateArgs, RunArgs};
 use crate::metrics::Metrics;
-use crate::processor::{Processor, CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS};
+use crate::processor::{Processor, CHECK_DLQ, CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS};
 use crate::ProcessorError;
 use odds_runtime::{ops::ops_router, serve_http, Readiness};
 use odds_schema::pool::PoolSettings;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
-/// Runs the processor until `shutdown` is cancelled.
+/// Runs the processor until `shutdown` is cancelled, or until it stops by itself for a reason
+/// no retry can change (then with that error, after readiness said so).
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), ProcessorError> {
     let registry = Metrics::registry()?;
     let metrics = Metrics::register(&registry)?;
-    let readiness = Readiness::new(&[CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS]);
+    let readiness = Readiness::new(&[CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS, CHECK_DLQ]);
     let ops_stop = CancellationToken::new();
     let (addr, ops_task) = serve_http(
         args.ops.http_addr,
@@ -34,10 +35,10 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Proce
         batch_max_wait_ms = config.batch_max_wait_ms,
         "processor started"
     );
-    processor.run().await;
+    let stopped = processor.run().await;
     ops_stop.cancel();
     let _ = ops_task.await;
-    Ok(())
+    stopped
 }
 
 /// Applies the migrations and returns; the operator runs this as a Job.

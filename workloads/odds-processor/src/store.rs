@@ -53,6 +53,16 @@ impl Applied {
                 .or_default()
                 .extend(markets);
         }
+        // Parts are applied in read order: the first part that held a market saw the
+        // version stored before the batch.
+        for (event, markets) in other.stored_versions {
+            let held = self.stored_versions.entry(event).or_default();
+            for (market, version) in markets {
+                if !held.iter().any(|(m, _)| *m == market) {
+                    held.push((market, version));
+                }
+            }
+        }
     }
 }
 
@@ -66,9 +76,21 @@ pub struct Applied {
     /// stored version already (a stale or replayed update). Keyed by event, so a lookup
     /// borrows the update's strings instead of building an owned pair.
     pub current_markets: HashMap<String, Vec<String>>,
+    /// Per event, the version Postgres held for each market of the batch before it (markets
+    /// with no row yet are absent): what tells a regression.
+    pub stored_versions: HashMap<String, Vec<(String, u64)>>,
 }
 
 impl Applied {
+    /// The version Postgres held for `update`'s (event, market) before the batch.
+    pub fn stored_before(&self, update: &OddsUpdate) -> Option<u64> {
+        self.stored_versions
+            .get(&update.event_id)?
+            .iter()
+            .find(|(market, _)| *market == update.market)
+            .map(|(_, version)| *version)
+    }
+
     /// Whether `update` (the batch's newest of its market) is what Postgres now holds.
     pub fn is_current(&self, update: &OddsUpdate) -> bool {
         self.current_markets
@@ -136,12 +158,21 @@ impl Store {
         for row in rows {
             applied.history_inserted = count(row.try_get("history_inserted")?);
             applied.current_advanced = count(row.try_get("current_advanced")?);
+            let event_id: String = row.try_get("event_id")?;
+            let market: String = row.try_get("market")?;
+            if let Some(stored) = row.try_get::<Option<i64>, _>("stored_version")? {
+                applied
+                    .stored_versions
+                    .entry(event_id.clone())
+                    .or_default()
+                    .push((market.clone(), count(stored)));
+            }
             if row.try_get::<bool, _>("is_current")? {
                 applied
                     .current_markets
-                    .entry(row.try_get("event_id")?)
+                    .entry(event_id)
                     .or_default()
-                    .push(row.try_get("market")?);
+                    .push(market);
             }
         }
         Ok(applied)

@@ -7,6 +7,7 @@
 
 use odds_runtime::hops::{self, HopHistogram};
 use odds_runtime::metrics::{component, PrefixedRegistry};
+use odds_runtime::regressions::RegressionLog;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
@@ -39,6 +40,10 @@ pub struct Metrics {
     pub ws_hop_to_client_write: Histogram,
     pub ws_updates_received: IntCounter,
     pub ws_updates_invalid: IntCounter,
+    /// `version_regressions_total{reason}`: pub/sub updates not newer than one received
+    /// before for their event and market (see [`odds_runtime::regressions`]).
+    pub ws_version_regressions: IntCounterVec,
+    pub ws_regressions: RegressionLog,
     pub ws_pubsub_reconnects: IntCounter,
     pub ws_resynced_events: IntCounter,
     pub api_requests: IntCounterVec,
@@ -61,6 +66,14 @@ impl Metrics {
             &["type"],
         )?;
         let hop = HopHistogram::for_component(&ws_registry, component::WEBSOCKET)?;
+        let ws_version_regressions = IntCounterVec::new(
+            Opts::new(
+                "version_regressions_total",
+                "Updates received on pub/sub not newer than one received before for their \
+                 event and market, by reason (repeated, older)",
+            ),
+            &["reason"],
+        )?;
         let metrics = Metrics {
             ws_hop_to_client_write: hop.hop(hops::SERVICE_TO_CLIENT_WRITE),
             ws_connections: IntGauge::new("connections", "Open WebSocket connections")?,
@@ -98,6 +111,8 @@ impl Metrics {
                 "updates_invalid_total",
                 "Pub/sub messages that were not valid updates (dropped and logged)",
             )?,
+            ws_regressions: RegressionLog::new(ws_version_regressions.clone(), "odds-service"),
+            ws_version_regressions,
             ws_pubsub_reconnects: IntCounter::new(
                 "pubsub_reconnects_total",
                 "Times the Redis pub/sub subscription was re-established",
@@ -156,6 +171,7 @@ impl Metrics {
         r.register(self.ws_slow_client_closes.clone())?;
         r.register(self.ws_updates_received.clone())?;
         r.register(self.ws_updates_invalid.clone())?;
+        r.register(self.ws_version_regressions.clone())?;
         r.register(self.ws_pubsub_reconnects.clone())?;
         r.register(self.ws_resynced_events.clone())?;
         let r = &self.api_registry;

@@ -20,6 +20,7 @@ use crate::store::OddsStore;
 use futures_util::StreamExt;
 use odds_contracts::cache_status::{CacheStatus, CACHE_STATUS_LEASE_MS};
 use odds_contracts::names::{REDIS_CACHE_STATUS_CHANNEL, REDIS_UPDATES_CHANNEL};
+use odds_runtime::regressions::LatestVersions;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -230,6 +231,8 @@ impl Subscriber {
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
         let mut lease = tokio::time::interval(LEASE_CHECK_EVERY);
+        // Per subscription: a resync after a reconnect re-reads versions on purpose.
+        let mut latest = LatestVersions::default();
         let lost = loop {
             tokio::select! {
                 _ = shutdown.cancelled() => break "shutting down".to_owned(),
@@ -252,7 +255,18 @@ impl Subscriber {
                     }
                     self.metrics.ws_updates_received.inc();
                     match odds_contracts::parse_update(message.get_payload_bytes()) {
-                        Ok(update) => self.hub.publish(&EncodedUpdate::new(&update)),
+                        Ok(update) => {
+                            let seen = latest.observe(&update.event_id, &update.market, update.version);
+                            if let Some(seen) = seen {
+                                self.metrics.ws_regressions.record(
+                                    &update.event_id,
+                                    &update.market,
+                                    update.version,
+                                    seen,
+                                );
+                            }
+                            self.hub.publish(&EncodedUpdate::new(&update));
+                        }
                         Err(reason) => {
                             self.metrics.ws_updates_invalid.inc();
                             tracing::warn!(code = reason.code(), %reason, "invalid update on pub/sub");

@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod ops;
 mod readiness;
+pub mod regressions;
 pub mod shutdown;
 pub mod telemetry;
 

@@ -16,8 +16,8 @@ use sqlx::Row;
 /// NOTHING`), the newest per (event, market) into `odds_current` only where strictly newer.
 /// Ties (two contents at one version) go to the first one read. Returns one row per (event,
 /// market) of the batch: `event_id`, `market`, `is_current` (the batch's newest is what is
-/// stored now), and the counts `history_inserted` and `current_advanced` (the same on every
-/// row).
+/// stored now), `stored_version` (the version stored before the statement, NULL for none),
+/// and the counts `history_inserted` and `current_advanced` (the same on every row).
 pub const APPLY_BATCH: &str = r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
@@ -61,6 +61,7 @@ SELECT n.event_id, n.market,
         OR (c.version = n.version
             AND c.home_odds = n.home_odds::numeric AND c.draw_odds = n.draw_odds::numeric
             AND c.away_odds = n.away_odds::numeric)) AS is_current,
+       c.version AS stored_version,
        (SELECT count(*) FROM history) AS history_inserted,
        (SELECT count(*) FROM upsert) AS current_advanced
 FROM newest n

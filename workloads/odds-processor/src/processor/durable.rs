@@ -7,12 +7,14 @@
 //! CHECK) would fail every retry forever, on every replica that takes the partition, so the
 //! refused updates are isolated and dead-lettered and the rest is stored.
 
-use super::{DurableBatch, Processor, Received, CHECK_POSTGRES, DB_FIRST_BACKOFF};
+use super::{DurableBatch, Processor, Received, CHECK_DLQ, CHECK_POSTGRES, DB_FIRST_BACKOFF};
 use crate::batch::{newest_per_market, Batch, Decoded, Rejection, SourceRecord};
 use crate::metrics::phase;
 use crate::store::{Applied, StoreError};
+use crate::ProcessorError;
 use odds_contracts::{OddsUpdate, STORAGE_REJECTED};
 use rdkafka::consumer::Consumer;
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -20,8 +22,9 @@ impl Processor {
     /// Dead-letters the invalid records and writes the valid ones to Postgres, retrying with
     /// capped backoff (consumption paused, readiness false) until both succeed. Updates that
     /// Postgres refuses for good are isolated and dead-lettered as `storage_rejected`, so
-    /// they never hold up the partition. `None` when shutdown came first: the batch is
-    /// abandoned and its offsets stay uncommitted.
+    /// they never hold up the partition. `None` when shutdown came first, or when the DLQ
+    /// refused a dead letter for good (the processor halts): the batch is abandoned and its
+    /// offsets stay uncommitted.
     pub async fn make_durable(&mut self, mut batch: Batch) -> Option<DurableBatch> {
         let started = Instant::now();
         let mut decoded = batch.decode();
@@ -70,6 +73,11 @@ impl Processor {
                             phase::DECODE
                         });
                     }
+                }
+                Err(error) if error.is_permanent() => {
+                    self.metrics.error(phase::DLQ);
+                    self.halt(CHECK_DLQ, ProcessorError::DlqRefused(error));
+                    return None;
                 }
                 Err(error) => {
                     self.metrics.error(phase::DLQ);
@@ -165,6 +173,7 @@ impl Processor {
         if !updates.is_empty() {
             self.metrics.db_writes.inc();
         }
+        self.record_regressions(updates, applied);
         self.metrics
             .db_rows
             .with_label_values(&["odds_history"])
@@ -179,6 +188,26 @@ impl Processor {
             self.metrics
                 .update_age_seconds
                 .observe(age.max(0) as f64 / 1e6);
+        }
+    }
+
+    /// Counts (and logs) each update not newer than what its market had: the version stored
+    /// before the batch, or an earlier record of the batch, whichever is newer.
+    fn record_regressions(&self, updates: &[OddsUpdate], applied: &Applied) {
+        let mut newest: HashMap<(&str, &str), u64> = HashMap::new();
+        for update in updates {
+            let key = (update.event_id.as_str(), update.market.as_str());
+            let seen = newest.get(&key).copied().or(applied.stored_before(update));
+            if let Some(seen) = seen {
+                self.metrics.regressions.record(
+                    &update.event_id,
+                    &update.market,
+                    update.version,
+                    seen,
+                );
+            }
+            let held = newest.entry(key).or_insert(update.version);
+            *held = (*held).max(update.version).max(seen.unwrap_or(0));
         }
     }
 

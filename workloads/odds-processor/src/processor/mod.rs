@@ -26,7 +26,7 @@ use odds_contracts::OddsUpdate;
 use odds_runtime::hops;
 use odds_runtime::Readiness;
 use rdkafka::consumer::{CommitMode, Consumer};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use std::collections::BTreeMap;
@@ -34,8 +34,11 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Readiness check names.
+// Readiness check names.
+/// False while librdkafka reports every broker unreachable (see [`crate::brokers`]).
 pub const CHECK_KAFKA: &str = "kafka";
+/// False once the DLQ refused a dead letter for good; the processor then stops.
+pub const CHECK_DLQ: &str = "dlq";
 pub const CHECK_POSTGRES: &str = "postgres";
 /// False while cache writes fail (Redis down, out of memory, read-only) until a repair from
 /// Postgres succeeds. Postgres writes and commits go on meanwhile; the check tells whoever
@@ -93,7 +96,10 @@ pub struct Processor {
     dlq: DeadLetters,
     metrics: Metrics,
     readiness: Readiness,
+    /// A child of the caller's token: cancelled by the caller, or by [`Processor::halt`].
     shutdown: CancellationToken,
+    /// Why the processor stopped by itself, if it did.
+    fatal: Option<ProcessorError>,
     batch_max: usize,
     batch_max_wait: Duration,
     db_max_backoff: Duration,
@@ -117,10 +123,10 @@ impl Processor {
         let consumer = consumer::subscribe(
             &config.kafka.topic,
             &config.consumer_properties(),
-            ProcessorContext::new(ledger.clone(), metrics.clone()),
+            ProcessorContext::new(ledger.clone(), metrics.clone(), readiness.clone()),
         )
         .map_err(ProcessorError::Kafka)?;
-        readiness.set(CHECK_KAFKA, true);
+        readiness.set(CHECK_DLQ, true);
         // Not ready until the first repair shows that Redis takes writes.
         readiness.set(CHECK_REDIS, false);
         let now = Instant::now();
@@ -135,7 +141,8 @@ impl Processor {
             dlq: DeadLetters::new(&config.kafka.dlq_topic, &config.dlq_producer_properties())?,
             metrics,
             readiness,
-            shutdown,
+            shutdown: shutdown.child_token(),
+            fatal: None,
             batch_max: usize::try_from(config.batch_max)
                 .unwrap_or(usize::MAX)
                 .max(1),
@@ -183,10 +190,23 @@ impl Processor {
         }
     }
 
-    /// Runs steps until shutdown, then commits what is durable and leaves the group.
-    pub async fn run(mut self) {
+    /// Runs steps until shutdown, then commits what is durable and leaves the group. An
+    /// error when the processor stopped by itself (see [`Processor::halt`]).
+    pub async fn run(mut self) -> Result<(), ProcessorError> {
         while self.step().await != StepOutcome::Stopped {}
+        let fatal = self.fatal.take();
         self.close();
+        fatal.map_or(Ok(()), Err)
+    }
+
+    /// Stops the processor for a reason no retry can change: readiness and the log say so at
+    /// once, the step in flight ends at its next safe point, and [`Processor::run`] returns
+    /// the error (the binary exits non-zero, and its restart is what the orchestrator shows).
+    fn halt(&mut self, check: &'static str, error: ProcessorError) {
+        self.readiness.set(check, false);
+        tracing::error!(%error, "stopping");
+        self.fatal = Some(error);
+        self.shutdown.cancel();
     }
 
     /// Commits the durable offsets synchronously and leaves the group (dropping the consumer
@@ -244,6 +264,12 @@ impl Processor {
                 })
             }
             Err(error) => {
+                if error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown) {
+                    self.consumer
+                        .context()
+                        .brokers()
+                        .all_down(&error.to_string());
+                }
                 self.metrics.error(phase::CONSUME);
                 tracing::warn!(%error, "consumer error");
                 Received::Timeout

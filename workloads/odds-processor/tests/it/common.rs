@@ -298,3 +298,17 @@ pub async fn read_dlq(
         })
         .collect()
 }
+
+/// Versions where a double stops being exact, and the ends of the contract's range.
+pub fn boundary_versions() -> Vec<u64> {
+    let exact = 1u64 << 53;
+    vec![
+        1,
+        exact - 1,
+        exact,
+        exact + 1,
+        exact + 2,
+        odds_contracts::MAX_VERSION - 1,
+        odds_contracts::MAX_VERSION,
+    ]
+}

@@ -269,8 +269,10 @@ async fn crash_after_postgres_commit_before_offset_commit_replays_harmlessly() {
 }
 
 /// Validation and storage agree: every update `validate` accepts — names with any Unicode,
-/// prices anywhere in range down to the last representable step above 1.0 — is stored by a
-/// real Postgres and read back unchanged (prices to storage's 15 significant digits).
+/// prices anywhere in range down to the last representable step above 1.0, any version up to
+/// the largest `BIGINT`, any time the parser reads (chrono's whole range, signed six-digit
+/// years included) — is stored by a real Postgres and read back unchanged (prices to
+/// storage's 15 significant digits).
 #[tokio::test]
 async fn every_update_validation_accepts_is_stored_and_read_back() {
     use proptest::strategy::{Strategy, ValueTree};
@@ -289,13 +291,17 @@ async fn every_update_validation_accepts_is_stored_and_read_back() {
         any_text(),
         proptest::sample::select(vec!["1X2", "HT_1X2"]),
         (price.clone(), price.clone(), price),
-        1u64..=odds_contracts::MAX_VERSION,
-        0i64..4_000_000_000,
+        proptest::prop_oneof![
+            1u64..=odds_contracts::MAX_VERSION,
+            proptest::sample::select(boundary_versions()),
+        ],
+        any_time_seconds(),
     );
     let mut runner = TestRunner::deterministic();
     let mut accepted = Vec::new();
     let mut refused = 0;
-    for i in 0..600 {
+    let mut refused_times = 0;
+    for i in 0..900 {
         let (home, away, source, market, (h, d, a), version, secs) =
             strategy.new_tree(&mut runner).unwrap().current();
         let candidate = odds_contracts::OddsUpdate {
@@ -308,12 +314,17 @@ async fn every_update_validation_accepts_is_stored_and_read_back() {
                 draw: d,
                 away: a,
             },
-            updated_at: chrono::DateTime::from_timestamp_micros(secs * 1_000_000 + i).unwrap(),
+            // Microseconds: what Postgres keeps.
+            updated_at: chrono::DateTime::from_timestamp(secs, (i % 1000) as u32 * 1000).unwrap(),
             source,
             version,
         };
         match candidate.validate() {
             Ok(()) => accepted.push(candidate),
+            Err(odds_contracts::ValidationError::UpdatedAtOutOfRange { .. }) => {
+                refused_times += 1;
+                refused += 1;
+            }
             Err(_) => refused += 1,
         }
     }
@@ -321,6 +332,14 @@ async fn every_update_validation_accepts_is_stored_and_read_back() {
         accepted.len() > 300,
         "most candidates are valid ({refused} refused)"
     );
+    assert!(refused_times > 50, "times outside the range were tried");
+    let edges = accepted_seconds();
+    for secs in [edges.0, edges.1] {
+        assert!(
+            accepted.iter().any(|u| u.updated_at.timestamp() == secs),
+            "the edge {secs} was stored"
+        );
+    }
     // One update per statement: a refusal must name the update that caused it.
     for update in &accepted {
         store
@@ -354,6 +373,28 @@ async fn every_update_validation_accepts_is_stored_and_read_back() {
     }
 }
 
+/// Seconds of the first and the last `updated_at` validation accepts.
+fn accepted_seconds() -> (i64, i64) {
+    use chrono::TimeZone;
+    let first = chrono::Utc.with_ymd_and_hms(odds_contracts::MIN_UPDATED_AT_YEAR, 1, 1, 0, 0, 0);
+    let last =
+        chrono::Utc.with_ymd_and_hms(odds_contracts::MAX_UPDATED_AT_YEAR, 12, 31, 23, 59, 59);
+    (first.unwrap().timestamp(), last.unwrap().timestamp())
+}
+
+/// Any second the parser reads (chrono's whole range, 1 s short of each end so that a few
+/// microseconds fit), weighted towards the accepted range and its edges.
+fn any_time_seconds() -> impl proptest::strategy::Strategy<Value = i64> {
+    let (first, last) = accepted_seconds();
+    let min = chrono::DateTime::<chrono::Utc>::MIN_UTC.timestamp() + 1;
+    let max = chrono::DateTime::<chrono::Utc>::MAX_UTC.timestamp() - 1;
+    proptest::prop_oneof![
+        min..=max,
+        first..=last,
+        proptest::sample::select(vec![min, first - 1, first, 0, last, last + 1, max]),
+    ]
+}
+
 /// Text that includes control characters (NUL too) a fair share of the time.
 fn any_text() -> impl proptest::strategy::Strategy<Value = String> {
     use proptest::strategy::Strategy;
@@ -365,13 +406,16 @@ fn any_text() -> impl proptest::strategy::Strategy<Value = String> {
 }
 
 /// Two contents at one version (a supplier bug, or two ingest replicas fed differently): one
-/// rule, the first read wins, is applied alike by odds_history, odds_current and Redis, both
-/// within one batch and across batches.
+/// rule, the first read wins, is applied alike by odds_history, odds_current, Redis and what
+/// is published to the service's clients, for every event, both within one batch and across
+/// batches. (odds-service's `first_read_wins_on_websocket_clients_too` follows the same ties
+/// through to WebSocket clients.)
 #[tokio::test]
 async fn same_version_different_content_first_read_wins_everywhere() {
     let kafka = TestKafka::start(1, 1).unwrap();
     let db = migrated_database().await;
     let redis = TestRedis::start().await.unwrap();
+    let subscriber = Subscriber::start(&redis).await;
     let mut config = config(&kafka, &db, &redis);
     config.batch_max = 2_000;
     let mut h = processor(&config);
@@ -405,10 +449,27 @@ async fn same_version_different_content_first_read_wins_everywhere() {
         "first read wins in Postgres: {disagree:?}"
     );
     assert_eq!(count(&db, "SELECT count(*) FROM odds_history").await, 500);
-    for i in [0, 1, 250, 499] {
+    for i in 0..500 {
         let cached = cached(&redis, &format!("T{i}")).await.unwrap();
         assert_eq!(cached.odds.draw, 3.0, "T{i}: Redis agrees with Postgres");
     }
+    wait_until("every event published", || async {
+        subscriber.seen.lock().unwrap().len() >= 500
+    })
+    .await;
+    // Anything (wrongly) published for the second contents comes after the firsts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let published = subscriber.seen.lock().unwrap().clone();
+    let mut events: Vec<&str> = published.iter().map(|u| u.event_id.as_str()).collect();
+    events.sort_unstable();
+    events.dedup();
+    assert_eq!(
+        (published.len(), events.len()),
+        (500, 500),
+        "each event published once"
+    );
+    let second: Vec<_> = published.iter().filter(|u| u.odds.draw != 3.0).collect();
+    assert!(second.is_empty(), "published the later content: {second:?}");
 }
 
 #[tokio::test]

@@ -111,9 +111,11 @@ async fn two_processors_split_partitions_and_keep_per_event_order() {
     tokio::time::timeout(PATIENCE, task_a)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     tokio::time::timeout(PATIENCE, task_b)
         .await
+        .unwrap()
         .unwrap()
         .unwrap();
     assert_eq!(committed_total(&kafka, &group, PARTITIONS), total);
@@ -154,6 +156,7 @@ async fn members_joining_and_leaving_mid_stream_lose_nothing() {
     tokio::time::timeout(PATIENCE, task_a)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     wait_until("every update committed", || async {
         committed_total(&kafka, &group, PARTITIONS) == total
@@ -168,6 +171,7 @@ async fn members_joining_and_leaving_mid_stream_lose_nothing() {
     b_stop.cancel();
     tokio::time::timeout(PATIENCE, task_b)
         .await
+        .unwrap()
         .unwrap()
         .unwrap();
 }

@@ -6,5 +6,7 @@
 mod binary;
 mod common;
 mod delivery;
+mod dlq;
 mod group;
 mod outages;
+mod versions;

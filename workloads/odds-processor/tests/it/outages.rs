@@ -67,7 +67,11 @@ async fn postgres_outage_pauses_without_losing_or_committing_early() {
         assert_eq!(cached(&redis, &format!("E{e}")).await.unwrap().version, 2);
     }
     shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 /// A batch whose statement waits on a lock (a migration's DDL, a long transaction) is treated
@@ -126,6 +130,7 @@ async fn a_batch_waiting_on_a_lock_is_retried_and_does_not_hold_shutdown() {
     tokio::time::timeout(PATIENCE, task)
         .await
         .expect("shutdown waited on the lock")
+        .unwrap()
         .unwrap();
     assert_eq!(
         committed_total(&kafka, &group, 1),
@@ -212,7 +217,11 @@ async fn redis_outage_keeps_postgres_and_commits_then_repairs_the_cache() {
     assert_eq!(repaired.odds, update("E1", 2).odds);
 
     shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }
 
 /// Every report on the cache-status channel, collected in the background.
@@ -290,5 +299,67 @@ async fn redis_refusing_writes_fails_readiness_and_is_reported_until_repaired() 
     })
     .await;
     shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task).await.unwrap().unwrap();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Every broker gone: readiness says `kafka` is down (it was set once, at start, and never
+/// changed before), and says it is back once a broker answers again; records produced after
+/// the outage are processed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_readiness_follows_the_brokers_down_and_back() {
+    use odds_processor::processor::CHECK_KAFKA;
+    let kafka = TestKafka::start(2, 2).unwrap();
+    let db = migrated_database().await;
+    let redis = TestRedis::start().await.unwrap();
+    let mut config = config(&kafka, &db, &redis);
+    // Broker states come with the statistics: report them often so recovery shows soon.
+    config
+        .kafka
+        .props
+        .push(("statistics.interval.ms".into(), "500".into()));
+    let group = config.kafka_group.clone();
+    let h = processor(&config);
+    let (readiness, shutdown) = (h.readiness.clone(), h.shutdown);
+    let task = tokio::spawn(h.processor.run());
+    let producer = producer(&kafka);
+    produce(&producer, &[update("K1", 1), update("K2", 1)]).await;
+    wait_until("both committed", || async {
+        committed_total(&kafka, &group, 2) == 2
+    })
+    .await;
+    let kafka_ready = || readiness.snapshot().get(CHECK_KAFKA).copied();
+    assert_eq!(kafka_ready(), Some(true));
+
+    for broker in [1, 2] {
+        kafka.cluster().broker_down(broker).unwrap();
+    }
+    wait_until("readiness reports Kafka down", || async {
+        kafka_ready() == Some(false)
+    })
+    .await;
+    assert!(!readiness.is_ready());
+
+    for broker in [1, 2] {
+        kafka.cluster().broker_up(broker).unwrap();
+    }
+    wait_until("readiness reports Kafka back", || async {
+        kafka_ready() == Some(true)
+    })
+    .await;
+    produce(&producer, &[update("K1", 2), update("K2", 2)]).await;
+    wait_until("the later records committed", || async {
+        committed_total(&kafka, &group, 2) == 4
+    })
+    .await;
+    assert_eq!(current_version(&db, "K2").await, Some(2));
+    shutdown.cancel();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
 }

@@ -260,6 +260,7 @@ async fn redis_refusing_writes_then_down_clients_are_told_and_converge_on_postgr
     tokio::time::timeout(PATIENCE, processor)
         .await
         .unwrap()
+        .unwrap()
         .unwrap();
     env.stop().await;
 }
