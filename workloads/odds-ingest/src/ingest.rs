@@ -20,6 +20,7 @@ use odds_runtime::hops;
 use odds_runtime::ops::ops_router;
 use odds_runtime::{serve_http, Readiness};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -243,7 +244,7 @@ async fn process_frame(
                 metrics
                     .supplier_to_ingest
                     .observe(hops::seconds_between(update.updated_at, received.wall));
-                record_version(versions.observe(&update), metrics);
+                record_version(versions.observe(&update), metrics, &update.event_id);
                 publisher.publish(&update, received.at).await;
             }
             Err(reason) => {
@@ -263,16 +264,45 @@ async fn process_frame(
     }
 }
 
-fn record_version(check: VersionCheck, metrics: &IngestMetrics) {
+fn record_version(check: VersionCheck, metrics: &IngestMetrics, event_id: &str) {
     if let VersionCheck::Gap { skipped } = check {
         metrics.version_gaps.inc();
         metrics.versions_skipped.inc_by(skipped);
+        log_gap(event_id, skipped);
     }
     if let Some(reason) = check.regression_reason() {
         metrics
             .version_regressions
             .with_label_values(&[reason])
             .inc();
+    }
+}
+
+/// Millisecond (since the Unix epoch) of the last version-gap warning, and the gaps since.
+static LAST_GAP_WARNING_MS: AtomicU64 = AtomicU64::new(0);
+static GAPS_SINCE_WARNING: AtomicU64 = AtomicU64::new(0);
+
+/// Warns about versions the supplier never delivered, at most once a second: after a
+/// reconnect every updated event shows a gap at once, and one line per event would flood the
+/// log. The line carries the event of the first gap and how many gaps the second had.
+fn log_gap(event_id: &str, skipped: u64) {
+    let gaps = GAPS_SINCE_WARNING.fetch_add(1, Ordering::Relaxed) + 1;
+    let now = chrono::Utc::now().timestamp_millis().max(0) as u64;
+    let last = LAST_GAP_WARNING_MS.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 1_000
+        && LAST_GAP_WARNING_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        GAPS_SINCE_WARNING.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            event_id,
+            skipped,
+            gaps_in_the_last_second = gaps,
+            "versions skipped: the supplier never delivered some updates (ingest fell behind \
+             its feed and was disconnected, or the supplier dropped them); they never enter the \
+             pipeline (odds_ingest_versions_skipped_total)"
+        );
     }
 }
 
