@@ -8,6 +8,7 @@
 
 pub mod cache_status;
 pub mod env;
+pub mod heartbeat;
 pub mod names;
 mod reject;
 mod update;

@@ -54,6 +54,13 @@ impl Env {
             format!("--redis-url={}", redis.url()),
             format!("--database-url={}", db.url()),
         ];
+        // Most tests play the processor by hand and never beat: the upstream watch is on only
+        // where a test asks for it.
+        for off in ["--heartbeat-timeout-ms", "--upstream-max-silence-ms"] {
+            if !extra.iter().any(|arg| arg.starts_with(off)) {
+                args.push(format!("{off}=0"));
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = ServiceConfig::try_parse_from(args).unwrap();
         let service = odds_service::start(&config, shutdown.clone())
