@@ -8,4 +8,6 @@ mod common;
 mod rest;
 mod resync;
 mod shutdown;
+mod subscriptions;
+mod upstream;
 mod ws;
