@@ -326,8 +326,14 @@ mod tests {
         feed.heartbeat(beat("old", 61_000, false, 1));
         feed.heartbeat(beat("other", 61_000, true, 3));
         assert!(feed.cache_distrusted().is_some());
-        // The failing processor repairs: its count rises.
+        // The failing processor repairs: its count rises. Trusted once its reports stop.
         feed.heartbeat(beat("old", 62_000, true, 2));
+        assert!(
+            feed.cache_distrusted().is_some(),
+            "its failure report still holds"
+        );
+        let lease = Duration::from_millis(CACHE_STATUS_LEASE_MS + 1);
+        feed.tick(Instant::now() + lease);
         assert_eq!(feed.cache_distrusted(), None);
 
         // Failure again; its processor dies; a new one starts after it and repairs at start.
@@ -339,6 +345,7 @@ mod tests {
         feed.heartbeat(beat("new", 0, false, 0));
         assert!(feed.cache_distrusted().is_some());
         feed.heartbeat(beat("new", 1000, true, 1));
+        feed.tick(Instant::now() + lease);
         assert_eq!(feed.cache_distrusted(), None);
     }
 

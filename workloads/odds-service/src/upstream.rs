@@ -79,10 +79,15 @@ impl Upstream {
             .insert(processor.beat.processor.clone(), processor)
     }
 
-    /// An update arrived: a processor wrote it, so records flow right now.
+    /// An update arrived: a processor wrote it to Postgres, so records flow right now and
+    /// Postgres (one for all processors) takes writes again, whatever the last beats said; a
+    /// Kafka stall is a processor's own and waits for its next beat.
     pub fn update(&mut self, now: Instant) {
         self.last_sign = now;
         self.last_flow = now;
+        for processor in self.processors.values_mut() {
+            processor.beat.postgres = true;
+        }
     }
 
     /// Processors heard from lately.
@@ -169,11 +174,22 @@ mod tests {
             .verdict(at(4000))
             .unwrap()
             .contains("cannot write to Postgres"));
+        // An update says Postgres takes writes again before b's next beat does.
+        up.update(at(4100));
+        assert_eq!(up.verdict(at(4100)), None);
+        let cut_off = Heartbeat {
+            kafka: false,
+            ..beat("b", 10)
+        };
+        up.beat(cut_off, at(4200));
+        assert!(up.verdict(at(4200)).unwrap().contains("cannot reach Kafka"));
+        up.update(at(4300));
+        assert!(up.verdict(at(4300)).is_some(), "a Kafka stall is b's own");
         // b stops beating; a goes on: b is forgotten after the timeout.
         up.beat(beat("a", 10), at(6000));
         assert!(up.verdict(at(6500)).is_some());
-        up.beat(beat("a", 10), at(7000));
-        assert_eq!(up.verdict(at(7000)), None);
+        up.beat(beat("a", 10), at(7300));
+        assert_eq!(up.verdict(at(7300)), None);
 
         // Beats go on but no processor has read a record for 30 s.
         up.beat(beat("a", 30_000), at(40_000));

@@ -178,10 +178,10 @@ impl Connection {
                 .await;
         }
         let event: Arc<str> = Arc::from(event_id.as_str());
-        // Register first: an update published while we read the snapshot is queued, not lost
-        // (held back until the answer).
-        self.ctx.hub.subscribe(self.id, &self.queue, event.clone());
+        // Hold back, then register, then read: an update published while we read the
+        // snapshot is queued, not lost, and waits for the answer.
         self.queue.hold_back(&event);
+        self.ctx.hub.subscribe(self.id, &self.queue, event.clone());
         let store = self.ctx.store.clone();
         *self.reading() = Some(Box::pin(async move {
             let result = store.markets(&event).await;
@@ -228,6 +228,9 @@ impl Connection {
     }
 
     async fn subscribe_all(&mut self, socket: &mut ClientSink) -> Option<Exit> {
+        // Before registering: the first update that comes must already find every market
+        // awaiting its snapshot.
+        self.queue.begin_all_snapshot();
         self.ctx.hub.subscribe_all(self.id, &self.queue);
         if !self.all_events {
             self.all_events = true;
@@ -239,7 +242,6 @@ impl Connection {
         if let Some(exit) = self.reply(socket, reply).await {
             return Some(exit);
         }
-        self.queue.begin_all_snapshot();
         self.paging = Some(Paging {
             after: None,
             ready: None,

@@ -278,7 +278,6 @@ pub struct TestProcessor {
     shutdown: CancellationToken,
     processor: tokio::task::JoinHandle<()>,
     heartbeat: tokio::task::JoinHandle<()>,
-    pub readiness: odds_runtime::Readiness,
 }
 
 impl TestProcessor {
@@ -306,7 +305,6 @@ impl TestProcessor {
             shutdown,
             processor: tokio::spawn(processor.run()),
             heartbeat,
-            readiness,
         }
     }
 

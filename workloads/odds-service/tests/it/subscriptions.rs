@@ -177,7 +177,7 @@ async fn frames_per_event(
     events: usize,
 ) -> BTreeMap<String, Vec<(String, u64)>> {
     let mut seen: BTreeMap<String, Vec<(String, u64)>> = BTreeMap::new();
-    let mut record = |frame: &Value, seen: &mut BTreeMap<String, Vec<(String, u64)>>| {
+    let record = |frame: &Value, seen: &mut BTreeMap<String, Vec<(String, u64)>>| {
         if let Some(event) = frame["data"]["event_id"].as_str() {
             seen.entry(event.to_owned()).or_default().push((
                 frame["type"].as_str().unwrap().to_owned(),
