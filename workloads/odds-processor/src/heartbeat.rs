@@ -178,6 +178,7 @@ mod tests {
         readiness.set(CHECK_KAFKA, true);
         let start = Instant::now();
         let at = |ms| start + Duration::from_millis(ms);
+        metrics.cache_stale.set(1);
         let mut beats = Beats::new(metrics.clone(), readiness.clone(), start);
         let first = beats.next(start, false);
         assert!(first.postgres, "not tried yet while starting");
