@@ -288,6 +288,8 @@ impl TestProcessor {
         config.batch_max = 50;
         config.redis_timeout_ms = 500;
         config.db_retry_max_backoff_ms = 500;
+        // A lock held longer is an outage to it (tests stall it that way).
+        config.database_statement_timeout_ms = 1000;
         let readiness = odds_runtime::Readiness::default();
         let shutdown = CancellationToken::new();
         let metrics = Metrics::unregistered().unwrap();
