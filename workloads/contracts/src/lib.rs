@@ -9,6 +9,7 @@
 pub mod cache_status;
 pub mod dead_letter;
 pub mod env;
+pub mod heartbeat;
 pub mod names;
 mod reject;
 mod update;

@@ -40,6 +40,10 @@ pub const REDIS_UPDATES_CHANNEL: &str = "odds:updates";
 /// the updates channel have gone quiet for a reason, not because prices stopped moving.
 pub const REDIS_CACHE_STATUS_CHANNEL: &str = "odds:cache-status";
 
+/// Pub/sub channel on which every processor beats (JSON [`crate::heartbeat::Heartbeat`]), so
+/// readers can tell a quiet market from a pipeline stopped upstream of Redis.
+pub const REDIS_HEARTBEAT_CHANNEL: &str = "odds:heartbeat";
+
 /// The cache key of one event's current odds in one market. The market comes last and is
 /// one of a fixed set of names without `:`, so no two (event, market) pairs share a key even
 /// when event ids contain `:`.

@@ -11,6 +11,7 @@ pub mod cache;
 pub mod config;
 pub mod consumer;
 pub mod dlq;
+pub mod heartbeat;
 pub mod metrics;
 pub mod processor;
 pub mod run;

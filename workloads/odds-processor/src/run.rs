@@ -27,6 +27,14 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Proce
     .await?;
     tracing::info!(%addr, "ops server listening");
     let config = args.processor;
+    let heartbeat = crate::heartbeat::spawn(
+        &config.redis_url,
+        config.redis_timeout(),
+        metrics.clone(),
+        readiness.clone(),
+        shutdown.clone(),
+    )
+    .map_err(crate::cache::CacheError::from)?;
     let processor = Processor::new(&config, metrics, readiness, shutdown)?;
     tracing::info!(
         topic = %config.kafka.topic,
@@ -36,6 +44,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Proce
         "processor started"
     );
     let stopped = processor.run().await;
+    let _ = heartbeat.await;
     ops_stop.cancel();
     let _ = ops_task.await;
     stopped

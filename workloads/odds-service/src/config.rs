@@ -47,6 +47,27 @@ pub struct ServiceConfig {
           value_parser = clap::value_parser!(u64).range(100..=600_000))]
     pub database_statement_timeout_ms: u64,
 
+    /// Longest wait for a Postgres connection, in milliseconds (a new one included: connect
+    /// and authenticate). A wait that ends in failure marks Postgres unreachable: reads then
+    /// go to the cache (or fail) at once until a background probe reaches it again.
+    #[arg(long, env = env::DATABASE_ACQUIRE_TIMEOUT_MS, default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=600_000))]
+    pub database_acquire_timeout_ms: u64,
+
+    /// Without a processor heartbeat (or an update) for this many milliseconds, WebSocket
+    /// clients are told that live updates stopped (`status` `live:false`). Processors beat
+    /// every second. 0 turns the watch off (processors that do not beat).
+    #[arg(long, env = env::HEARTBEAT_TIMEOUT_MS, default_value_t = 3000,
+          value_parser = clap::value_parser!(u64).range(0..=600_000))]
+    pub heartbeat_timeout_ms: u64,
+
+    /// When no processor has read a record from Kafka (and no update arrived) for this many
+    /// milliseconds, WebSocket clients are told the supplier is silent (`live:false`). 0
+    /// turns it off (a feed that may legitimately stay quiet this long).
+    #[arg(long, env = env::UPSTREAM_MAX_SILENCE_MS, default_value_t = 60_000,
+          value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
+    pub upstream_max_silence_ms: u64,
+
     /// Most WebSocket connections this process accepts; further upgrades get 503.
     #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = 20_000,
           value_parser = RangedU64ValueParser::<usize>::new().range(1..=1_000_000))]
@@ -143,6 +164,18 @@ impl ServiceConfig {
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis_timeout_ms)
     }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_acquire_timeout_ms)
+    }
+
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_millis(self.heartbeat_timeout_ms)
+    }
+
+    pub fn upstream_max_silence(&self) -> Duration {
+        Duration::from_millis(self.upstream_max_silence_ms)
+    }
 }
 
 #[cfg(test)]
@@ -180,6 +213,8 @@ mod tests {
             ("--ws-ping-interval-secs", "0"),
             ("--redis-timeout-ms", "0"),
             ("--database-max-connections", "0"),
+            ("--database-acquire-timeout-ms", "99"),
+            ("--heartbeat-timeout-ms", "-1"),
             ("--ws-write-coalesce-ms", "1001"),
             ("--ws-max-connections", "-1"),
         ] {

@@ -4,16 +4,20 @@
 //! WebSocket. One Redis pub/sub subscription per process feeds a fan-out [`hub`] that encodes
 //! each update once and keeps every client's queue bounded and strictly version-ordered; a
 //! lost subscription is followed by a resync from Postgres. While live updates are stopped
-//! (pub/sub down, or a processor reports failing cache writes: [`pubsub::Feed`]) REST reads
-//! Postgres, readiness fails and WebSocket clients are told. [`start`] wires it together so
-//! `main` and the tests run exactly the same service.
+//! (pub/sub down, or a processor reports failing cache writes: [`feed::Feed`]) REST reads
+//! Postgres, readiness fails and WebSocket clients are told; clients are also told when the
+//! processors' heartbeats say the pipeline upstream of Redis stopped ([`upstream`]). [`start`]
+//! wires it together so `main` and the tests run exactly the same service.
 
 pub mod api;
 pub mod config;
+pub mod feed;
 pub mod hub;
 pub mod metrics;
 pub mod pubsub;
+pub mod queue;
 pub mod store;
+pub mod upstream;
 pub mod ws;
 
 pub use config::ServiceConfig;
@@ -43,7 +47,7 @@ pub struct RunningService {
     pub ops_addr: SocketAddr,
     pub metrics: metrics::Metrics,
     /// Whether live updates flow (what `/readyz` and WebSocket `status` messages report).
-    pub feed: Arc<pubsub::Feed>,
+    pub feed: Arc<feed::Feed>,
     task: JoinHandle<()>,
 }
 
@@ -56,8 +60,10 @@ impl RunningService {
 
 /// Readiness check name: Redis or Postgres answers.
 pub const STORE_CHECK: &str = "redis-or-postgres";
-/// Readiness check name: live updates flow (pub/sub subscribed, no processor reports failing
-/// cache writes). While it fails, REST reads Postgres and WebSocket clients were told.
+/// Readiness check name: live updates reach this replica (pub/sub subscribed, no processor
+/// reports failing cache writes). While it fails, REST reads Postgres and WebSocket clients
+/// were told. An upstream stall (heartbeats) is told to clients but fails no replica: it is
+/// the same for all of them.
 pub const LIVE_CHECK: &str = "live-feed";
 /// How long shutdown waits for WebSocket clients to receive their close frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
@@ -68,13 +74,18 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningService, StartError> {
     let metrics = metrics::Metrics::new()?;
-    let feed = pubsub::Feed::new();
+    let feed = feed::Feed::new(config.heartbeat_timeout(), config.upstream_max_silence());
+    let settings = odds_schema::pool::PoolSettings {
+        max_connections: config.database_max_connections,
+        acquire_timeout: config.acquire_timeout(),
+        statement_timeout: config.statement_timeout(),
+        lock_timeout: Duration::ZERO,
+    };
     let store = Arc::new(store::OddsStore::new(
         &config.redis_url,
-        config.read_database_url(),
-        config.database_max_connections,
-        config.statement_timeout(),
         config.redis_timeout(),
+        config.read_database_url(),
+        &settings,
         metrics.clone(),
         feed.clone(),
     )?);
@@ -191,14 +202,14 @@ async fn serve_public(
 /// changes.
 async fn probe_readiness(
     store: Arc<store::OddsStore>,
-    feed: Arc<pubsub::Feed>,
+    feed: Arc<feed::Feed>,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) {
     let mut live = feed.watch();
     let mut probe = tokio::time::interval(Duration::from_secs(2));
     loop {
-        readiness.set(LIVE_CHECK, live.borrow_and_update().is_live());
+        readiness.set(LIVE_CHECK, live.borrow_and_update().receiving);
         tokio::select! {
             _ = shutdown.cancelled() => return,
             changed = live.changed() => if changed.is_err() { return },

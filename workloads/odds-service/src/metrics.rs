@@ -46,9 +46,13 @@ pub struct Metrics {
     pub ws_regressions: RegressionLog,
     pub ws_pubsub_reconnects: IntCounter,
     pub ws_resynced_events: IntCounter,
+    pub ws_resync_retries: IntCounter,
     pub api_requests: IntCounterVec,
     pub api_latency: HistogramVec,
     pub store_fallbacks: IntCounter,
+    /// 1 while Postgres was found unreachable and reads skip it until a probe gets through.
+    pub store_postgres_unreachable: IntGauge,
+    pub store_postgres_skipped: IntCounter,
 }
 
 /// Why a metric could not be created or registered (only on a programming error).
@@ -121,6 +125,10 @@ impl Metrics {
                 "resynced_events_total",
                 "Events re-read from the cache/Postgres after a pub/sub reconnect",
             )?,
+            ws_resync_retries: IntCounter::new(
+                "resync_retries_total",
+                "Resync rounds retried because Postgres could not answer every read",
+            )?,
             api_requests: IntCounterVec::new(
                 Opts::new("requests_total", "REST requests by route and status"),
                 &["route", "status"],
@@ -137,6 +145,15 @@ impl Metrics {
                 "store_fallbacks_total",
                 "Reads answered by Postgres because Redis failed or the cache was not trusted \
                  (live feed down)",
+            )?,
+            store_postgres_unreachable: IntGauge::new(
+                "store_postgres_unreachable",
+                "1 while Postgres was found unreachable: reads go to the cache (or fail) at once \
+                 until a background probe reaches it",
+            )?,
+            store_postgres_skipped: IntCounter::new(
+                "store_postgres_skipped_total",
+                "Reads that did not try Postgres because it was found unreachable moments ago",
             )?,
             ws_registry,
             api_registry,
@@ -174,10 +191,13 @@ impl Metrics {
         r.register(self.ws_version_regressions.clone())?;
         r.register(self.ws_pubsub_reconnects.clone())?;
         r.register(self.ws_resynced_events.clone())?;
+        r.register(self.ws_resync_retries.clone())?;
         let r = &self.api_registry;
         r.register(self.api_requests.clone())?;
         r.register(self.api_latency.clone())?;
         r.register(self.store_fallbacks.clone())?;
+        r.register(self.store_postgres_unreachable.clone())?;
+        r.register(self.store_postgres_skipped.clone())?;
         Ok(())
     }
 }

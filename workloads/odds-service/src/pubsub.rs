@@ -1,5 +1,5 @@
-//! The one Redis pub/sub subscription of this process, the resync that follows it, and the
-//! [`Feed`] state: whether live updates flow.
+//! The one Redis pub/sub subscription of this process and the resync that follows it; what
+//! arrives on it also drives the [`Feed`]: whether live updates flow.
 //!
 //! Pub/sub is fire-and-forget: whatever is published while we are disconnected is lost to us.
 //! So every time the subscription is (re-)established, each followed event is re-read from
@@ -12,134 +12,35 @@
 //! memory, read-only): the processor says so on the cache-status channel, which still works.
 //! Either way the feed goes down with a reason: REST stops trusting the cache, readiness
 //! fails, and every WebSocket client gets a `status` message; when the feed comes back the
-//! clients are resynced from Postgres.
+//! clients are resynced from Postgres. The processors' heartbeats arrive here too, and tell
+//! the feed whether the pipeline upstream of Redis moves at all (see [`crate::upstream`]).
+//!
+//! A resync that cannot read Postgres is retried, with backoff, until it has read everything
+//! it set out to: a client must not stay on a price it missed because Postgres blinked.
 
+use crate::feed::Feed;
 use crate::hub::{EncodedUpdate, Hub};
 use crate::metrics::Metrics;
 use crate::store::OddsStore;
 use futures_util::StreamExt;
-use odds_contracts::cache_status::{CacheStatus, CACHE_STATUS_LEASE_MS};
-use odds_contracts::names::{REDIS_CACHE_STATUS_CHANNEL, REDIS_UPDATES_CHANNEL};
+use odds_contracts::cache_status::CacheStatus;
+use odds_contracts::heartbeat::Heartbeat;
+use odds_contracts::names::{
+    REDIS_CACHE_STATUS_CHANNEL, REDIS_HEARTBEAT_CHANNEL, REDIS_UPDATES_CHANNEL,
+};
 use odds_runtime::regressions::LatestVersions;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// Most events re-read for clients following `*`.
-const RESYNC_ALL_LIMIT: u32 = 10_000;
+/// Events re-read per Postgres query for clients following `*` (all of them, page by page).
+pub const RESYNC_PAGE: u32 = 1000;
 const PING_EVERY: Duration = Duration::from_secs(5);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How often an expired cache-failure report is noticed.
-const LEASE_CHECK_EVERY: Duration = Duration::from_millis(500);
-
-/// Whether live updates flow: `None` while they do, else why not.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FeedStatus {
-    pub down: Option<String>,
-}
-
-impl FeedStatus {
-    pub fn is_live(&self) -> bool {
-        self.down.is_none()
-    }
-}
-
-#[derive(Debug)]
-struct FeedState {
-    /// `Err(reason)` while this process has no pub/sub subscription.
-    link: Result<(), String>,
-    /// A processor's report that cache writes fail, honoured until the instant given.
-    cache_failing: Option<(String, Instant)>,
-}
-
-/// The live feed's state, set by the subscriber and read by REST, WebSockets and readiness.
-#[derive(Debug)]
-pub struct Feed {
-    state: Mutex<FeedState>,
-    status: watch::Sender<FeedStatus>,
-}
-
-impl Feed {
-    /// A feed that is down until the first subscription.
-    pub fn new() -> Arc<Feed> {
-        let reason = "not yet subscribed to Redis pub/sub".to_owned();
-        Arc::new(Feed {
-            state: Mutex::new(FeedState {
-                link: Err(reason.clone()),
-                cache_failing: None,
-            }),
-            status: watch::channel(FeedStatus { down: Some(reason) }).0,
-        })
-    }
-
-    pub fn is_live(&self) -> bool {
-        self.status.borrow().is_live()
-    }
-
-    pub fn status(&self) -> FeedStatus {
-        self.status.borrow().clone()
-    }
-
-    /// Changes of the status, for connections and readiness.
-    pub fn watch(&self) -> watch::Receiver<FeedStatus> {
-        self.status.subscribe()
-    }
-
-    fn update(&self, change: impl FnOnce(&mut FeedState)) {
-        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        change(&mut state);
-        let down = match (&state.link, &state.cache_failing) {
-            (Err(reason), _) => Some(reason.clone()),
-            (Ok(()), Some((reason, _))) => Some(format!("cache writes fail: {reason}")),
-            (Ok(()), None) => None,
-        };
-        self.status.send_if_modified(|status| {
-            if status.down == down {
-                return false;
-            }
-            match &down {
-                Some(reason) => tracing::warn!(%reason, "live updates stopped"),
-                None => tracing::info!("live updates flowing"),
-            }
-            status.down = down;
-            true
-        });
-    }
-
-    fn link(&self, link: Result<(), String>) {
-        self.update(|state| state.link = link);
-    }
-
-    /// Applies a processor's report; true when it ends a failure (clients need a resync).
-    fn cache_report(&self, report: CacheStatus) -> bool {
-        let mut recovered = false;
-        self.update(|state| {
-            if report.healthy {
-                recovered = state.cache_failing.take().is_some();
-            } else {
-                let reason = report.reason.unwrap_or_else(|| "unknown".to_owned());
-                let until = Instant::now() + Duration::from_millis(CACHE_STATUS_LEASE_MS);
-                state.cache_failing = Some((reason, until));
-            }
-        });
-        recovered
-    }
-
-    /// Ends a failure whose reports stopped coming (the processor went away); true if so.
-    fn expire(&self, now: Instant) -> bool {
-        let mut expired = false;
-        self.update(|state| {
-            if matches!(&state.cache_failing, Some((_, until)) if *until <= now) {
-                state.cache_failing = None;
-                expired = true;
-                tracing::info!("no cache failure reported lately; trusting the cache again");
-            }
-        });
-        expired
-    }
-}
+/// How often what time decides (a report's lease, the heartbeat timeout) is re-evaluated.
+const TICK_EVERY: Duration = Duration::from_millis(250);
+const RESYNC_FIRST_BACKOFF: Duration = Duration::from_millis(250);
 
 /// Everything the subscriber needs.
 pub struct Subscriber {
@@ -200,7 +101,11 @@ impl Subscriber {
         let subscribe = async {
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub
-                .subscribe(&[REDIS_UPDATES_CHANNEL, REDIS_CACHE_STATUS_CHANNEL])
+                .subscribe(&[
+                    REDIS_UPDATES_CHANNEL,
+                    REDIS_CACHE_STATUS_CHANNEL,
+                    REDIS_HEARTBEAT_CHANNEL,
+                ])
                 .await?;
             Ok(pubsub)
         };
@@ -230,7 +135,7 @@ impl Subscriber {
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.reset();
-        let mut lease = tokio::time::interval(LEASE_CHECK_EVERY);
+        let mut tick = tokio::time::interval(TICK_EVERY);
         // Per subscription: a resync after a reconnect re-reads versions on purpose.
         let mut latest = LatestVersions::default();
         let lost = loop {
@@ -241,6 +146,13 @@ impl Subscriber {
                         tracing::warn!("pub/sub connection lost");
                         break "Redis pub/sub connection lost".to_owned();
                     };
+                    if message.get_channel_name() == REDIS_HEARTBEAT_CHANNEL {
+                        match Heartbeat::parse(message.get_payload_bytes()) {
+                            Some(beat) => self.feed.heartbeat(beat),
+                            None => tracing::warn!("invalid beat on the heartbeat channel"),
+                        }
+                        continue;
+                    }
                     if message.get_channel_name() == REDIS_CACHE_STATUS_CHANNEL {
                         match CacheStatus::parse(message.get_payload_bytes()) {
                             Some(report) => {
@@ -265,6 +177,9 @@ impl Subscriber {
                                     seen,
                                 );
                             }
+                            // First, so a client told that updates stopped hears they resumed
+                            // before it gets one.
+                            self.feed.update_received();
                             self.hub.publish(&EncodedUpdate::new(&update));
                         }
                         Err(reason) => {
@@ -281,8 +196,8 @@ impl Subscriber {
                         break "Redis pub/sub does not answer".to_owned();
                     }
                 }
-                _ = lease.tick() => {
-                    if self.feed.expire(Instant::now()) {
+                _ = tick.tick() => {
+                    if self.feed.tick(Instant::now()) {
                         resync.abort();
                         resync = self.spawn_resync();
                     }
@@ -295,80 +210,55 @@ impl Subscriber {
 }
 
 /// Re-reads every followed event from Postgres (the cache may have missed writes while the
-/// feed was down) and offers it to the hub (only newer versions get through).
+/// feed was down) and offers it to the hub (only newer versions get through). What cannot be
+/// read is retried with backoff until everything was read; the task is aborted when a newer
+/// resync replaces it or the subscription is lost.
 pub async fn resync(hub: Arc<Hub>, store: Arc<OddsStore>, metrics: Metrics) {
-    let (events, any_all) = hub.followed_events();
-    for event_id in events {
-        match store.markets_from_database(&event_id).await {
-            Ok(markets) => {
-                for update in markets {
-                    metrics.ws_resynced_events.inc();
-                    hub.publish(&EncodedUpdate::new(&update));
+    let (mut events, any_all) = hub.followed_events();
+    // `Some(cursor)` while clients following `*` still need events after `cursor`.
+    let mut all: Option<Option<String>> = any_all.then_some(None);
+    let mut backoff = RESYNC_FIRST_BACKOFF;
+    loop {
+        let mut failed = Vec::new();
+        for event_id in events {
+            match store.markets_from_database(&event_id).await {
+                Ok(markets) => offer(&hub, &metrics, &markets),
+                Err(error) => {
+                    tracing::warn!(%event_id, %error, "resync read failed; will retry");
+                    failed.push(event_id);
                 }
             }
-            Err(error) => tracing::warn!(%event_id, %error, "resync read failed"),
         }
-    }
-    if any_all {
-        match store.all_current(RESYNC_ALL_LIMIT).await {
-            Ok(updates) => {
-                for update in updates {
-                    metrics.ws_resynced_events.inc();
-                    hub.publish(&EncodedUpdate::new(&update));
+        events = failed;
+        while let Some(after) = &all {
+            match store.list_events(after.as_deref(), RESYNC_PAGE).await {
+                Ok(page) => {
+                    offer(&hub, &metrics, &page);
+                    all = match page.last() {
+                        Some(last) if crate::store::event_count(&page) == RESYNC_PAGE as usize => {
+                            Some(Some(last.event_id.clone()))
+                        }
+                        _ => None,
+                    };
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "resync of all events failed; will retry");
+                    break;
                 }
             }
-            Err(error) => tracing::warn!(%error, "resync of all events failed"),
         }
+        if events.is_empty() && all.is_none() {
+            return;
+        }
+        metrics.ws_resync_retries.inc();
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn down(feed: &Feed) -> Option<String> {
-        feed.status().down
-    }
-
-    #[test]
-    fn feed_is_live_only_while_subscribed_and_no_cache_failure_holds() {
-        let feed = Feed::new();
-        assert!(!feed.is_live(), "down until the first subscription");
-        feed.link(Ok(()));
-        assert!(feed.is_live());
-
-        let changes = feed.watch();
-        assert!(!feed.cache_report(CacheStatus::failing("OOM command not allowed")));
-        assert_eq!(
-            down(&feed).as_deref(),
-            Some("cache writes fail: OOM command not allowed")
-        );
-        assert!(
-            changes.has_changed().unwrap_or(false),
-            "connections are woken"
-        );
-
-        // A lost subscription is the more basic reason while both hold.
-        feed.link(Err("Redis pub/sub connection lost".into()));
-        assert_eq!(
-            down(&feed).as_deref(),
-            Some("Redis pub/sub connection lost")
-        );
-        feed.link(Ok(()));
-        assert!(!feed.is_live(), "the failure report still holds");
-
-        // A report is a lease: it ends by itself when no renewal comes.
-        let lease = Duration::from_millis(CACHE_STATUS_LEASE_MS);
-        assert!(!feed.expire(Instant::now()), "not over yet");
-        assert!(!feed.is_live());
-        assert!(feed.expire(Instant::now() + lease + Duration::from_millis(1)));
-        assert!(feed.is_live());
-
-        // A healthy report ends a failure at once, and asks for a resync.
-        feed.cache_report(CacheStatus::failing("READONLY"));
-        assert!(!feed.is_live());
-        assert!(feed.cache_report(CacheStatus::healthy()));
-        assert!(feed.is_live());
-        assert!(!feed.cache_report(CacheStatus::healthy()), "nothing to end");
+fn offer(hub: &Hub, metrics: &Metrics, updates: &[odds_contracts::OddsUpdate]) {
+    for update in updates {
+        metrics.ws_resynced_events.inc();
+        hub.publish(&EncodedUpdate::new(update));
     }
 }

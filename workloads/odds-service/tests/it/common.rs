@@ -54,6 +54,13 @@ impl Env {
             format!("--redis-url={}", redis.url()),
             format!("--database-url={}", db.url()),
         ];
+        // Most tests play the processor by hand and never beat: the upstream watch is on only
+        // where a test asks for it.
+        for off in ["--heartbeat-timeout-ms", "--upstream-max-silence-ms"] {
+            if !extra.iter().any(|arg| arg.starts_with(off)) {
+                args.push(format!("{off}=0"));
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let config = ServiceConfig::try_parse_from(args).unwrap();
         let service = odds_service::start(&config, shutdown.clone())
@@ -262,5 +269,147 @@ where
             Some(Ok(_)) => continue,
             other => panic!("expected a close frame, got {other:?}"),
         }
+    }
+}
+
+/// A processor embedded in the test, beating like the binary's: it reads `odds_updates` on
+/// `kafka` and writes the env's Postgres and Redis.
+pub struct TestProcessor {
+    shutdown: CancellationToken,
+    processor: tokio::task::JoinHandle<Result<(), odds_processor::ProcessorError>>,
+    heartbeat: tokio::task::JoinHandle<()>,
+}
+
+impl TestProcessor {
+    pub fn start(kafka: &odds_testkit::TestKafka, env: &Env) -> TestProcessor {
+        use odds_processor::{Metrics, Processor, ProcessorConfig};
+        let mut config =
+            ProcessorConfig::new(kafka.bootstrap_servers(), env.db.url(), &env.redis.url());
+        config.batch_max = 50;
+        config.redis_timeout_ms = 500;
+        config.db_retry_max_backoff_ms = 500;
+        // A lock held longer is an outage to it (tests stall it that way).
+        config.database_statement_timeout_ms = 1000;
+        let readiness = odds_runtime::Readiness::default();
+        let shutdown = CancellationToken::new();
+        let metrics = Metrics::unregistered().unwrap();
+        let heartbeat = odds_processor::heartbeat::spawn(
+            &config.redis_url,
+            config.redis_timeout(),
+            metrics.clone(),
+            readiness.clone(),
+            shutdown.clone(),
+        )
+        .unwrap();
+        let processor =
+            Processor::new(&config, metrics, readiness.clone(), shutdown.clone()).unwrap();
+        TestProcessor {
+            shutdown,
+            processor: tokio::spawn(processor.run()),
+            heartbeat,
+        }
+    }
+
+    /// SIGTERM: the processor finishes, leaves the group and sends its last beat.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let both = async {
+            self.processor.await.unwrap().unwrap();
+            self.heartbeat.await.unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(30), both)
+            .await
+            .unwrap();
+    }
+
+    /// SIGKILL: everything stops mid-way, no last beat.
+    pub async fn kill(self) {
+        self.heartbeat.abort();
+        self.processor.abort();
+        let _ = self.heartbeat.await;
+        let _ = self.processor.await;
+    }
+}
+
+/// A producer for `odds_updates` on `kafka`.
+pub fn producer(kafka: &odds_testkit::TestKafka) -> rdkafka::producer::FutureProducer {
+    rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap_servers())
+        .create()
+        .unwrap()
+}
+
+/// Produces `u` keyed by its event, as ingest does.
+pub async fn produce(producer: &rdkafka::producer::FutureProducer, u: &OddsUpdate) {
+    use odds_contracts::names::TOPIC_ODDS_UPDATES;
+    let json = u.to_json();
+    let record = rdkafka::producer::FutureRecord::to(TOPIC_ODDS_UPDATES)
+        .key(&u.event_id)
+        .payload(&json);
+    producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .unwrap();
+}
+
+/// Reads frames until a `status` frame with `live` arrives (skipping everything else).
+pub async fn status_until(client: &mut Client, live: bool, what: &str) -> Value {
+    let frames = frames_until(client, Duration::from_secs(30), what, |f| {
+        f["type"] == "status" && f["live"] == live
+    })
+    .await;
+    frames.last().cloned().unwrap()
+}
+
+/// REST's answer for `event`'s 1X2 odds: (version, x-odds-source).
+pub async fn rest_current(env: &Env, event: &str) -> Option<(u64, String)> {
+    let response = odds_testkit::http_get(env.addr(), &format!("/v1/events/{event}/odds"))
+        .await
+        .ok()?;
+    if response.status != 200 {
+        return None;
+    }
+    let version = response.json().ok()?["version"].as_u64()?;
+    Some((version, response.header("x-odds-source")?.to_owned()))
+}
+
+/// Polls REST until it answers `version` from `source` (any source if `None`).
+pub async fn rest_until(
+    env: &Env,
+    event: &str,
+    version: u64,
+    source: Option<&str>,
+    within: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let got = rest_current(env, event).await;
+        if let Some((v, s)) = &got {
+            if *v == version && source.is_none_or(|want| want == s) {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "REST never answered {event} v{version} from {source:?} within {within:?}; last {got:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The service's `/readyz` status code.
+pub async fn readyz(env: &Env) -> u16 {
+    let ops = env.service.as_ref().unwrap().ops_addr;
+    odds_testkit::http_get(ops, "/readyz").await.unwrap().status
+}
+
+pub async fn readyz_until(env: &Env, status: u16, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while readyz(env).await != status {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "/readyz never answered {status} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

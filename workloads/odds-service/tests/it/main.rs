@@ -9,4 +9,6 @@ mod pipeline;
 mod rest;
 mod resync;
 mod shutdown;
+mod subscriptions;
+mod upstream;
 mod ws;

@@ -2,7 +2,8 @@
 //! them through the resync, and nothing older than what they had.
 
 use crate::common::{
-    assert_silent, connect, frames_until, next_json, send, subscribe, update, Env,
+    assert_silent, connect, frames_until, next_json, produce, readyz, readyz_until, rest_until,
+    send, subscribe, update, Env,
 };
 use std::time::Duration;
 
@@ -101,63 +102,6 @@ async fn healthy_subscription_is_kept_without_reconnects() {
     env.write(&update("K1", 2, 2.1)).await;
     assert_eq!(next_json(&mut client).await["data"]["version"], 2);
     env.stop().await;
-}
-
-/// Produces updates to the topic the processor reads.
-async fn produce(producer: &rdkafka::producer::FutureProducer, u: &odds_contracts::OddsUpdate) {
-    use odds_contracts::names::TOPIC_ODDS_UPDATES;
-    let json = u.to_json();
-    let record = rdkafka::producer::FutureRecord::to(TOPIC_ODDS_UPDATES)
-        .key(&u.event_id)
-        .payload(&json);
-    producer.send(record, PATIENCE).await.unwrap();
-}
-
-/// REST's answer for `event`: (version, x-odds-source).
-async fn rest_current(env: &Env, event: &str) -> Option<(u64, String)> {
-    let response = odds_testkit::http_get(env.addr(), &format!("/v1/events/{event}/odds"))
-        .await
-        .ok()?;
-    if response.status != 200 {
-        return None;
-    }
-    let version = response.json().ok()?["version"].as_u64()?;
-    Some((version, response.header("x-odds-source")?.to_owned()))
-}
-
-/// Polls REST until it answers `version` from `source` (any source if `None`).
-async fn rest_until(env: &Env, event: &str, version: u64, source: Option<&str>, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let got = rest_current(env, event).await;
-        if let Some((v, s)) = &got {
-            if *v == version && source.is_none_or(|want| want == s) {
-                return;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "REST never answered {event} v{version} from {source:?} within {within:?}; last {got:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// The service's `/readyz` status code.
-async fn readyz(env: &Env) -> u16 {
-    let ops = env.service.as_ref().unwrap().ops_addr;
-    odds_testkit::http_get(ops, "/readyz").await.unwrap().status
-}
-
-async fn readyz_until(env: &Env, status: u16, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    while readyz(env).await != status {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "/readyz never answered {status} within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 /// The issue's scenario with the real processor in front: Redis refuses writes (out of memory
@@ -262,5 +206,73 @@ async fn redis_refusing_writes_then_down_clients_are_told_and_converge_on_postgr
         .unwrap()
         .unwrap()
         .unwrap();
+    env.stop().await;
+}
+
+/// Redis restarts while Postgres is down: the resync that follows cannot read Postgres, and is
+/// retried until it can, so the client gets the version it missed.
+#[tokio::test]
+async fn a_failed_resync_is_retried_until_postgres_answers() {
+    let db = odds_testkit::TestDatabase::on_own_server().await.unwrap();
+    let mut env = Env::start_with(db, &[]).await;
+    env.write(&update("Y1", 1, 2.0)).await;
+    env.wait_for_pubsub().await;
+    let mut client = connect(env.addr()).await;
+    subscribe(&mut client, "Y1").await;
+
+    env.redis.stop();
+    let frames = frames_until(&mut client, PATIENCE, "told", |f| f["live"] == false).await;
+    assert!(frames.iter().all(|f| f["type"] == "status"));
+    env.write_postgres(&update("Y1", 2, 2.2)).await;
+    env.db.server_mut().unwrap().stop().unwrap();
+    env.redis.start_again().await.unwrap();
+    env.wait_until_live(true).await;
+    // The resync has failed at least once by now.
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    while env.metrics().ws_resync_retries.get() == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "resync never retried"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    env.db.server_mut().unwrap().start_again().await.unwrap();
+    let frames = frames_until(&mut client, PATIENCE, "Y1 v2", |f| f["type"] == "odds").await;
+    assert_eq!(frames.last().unwrap()["data"]["version"], 2);
+    env.stop().await;
+}
+
+/// Clients following `*` are resynced with every event, page by page: here more events than
+/// the old single read's 10 000, the one that changed sorting last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_star_resync_reads_every_event() {
+    let mut env = Env::start(&[]).await;
+    let events: Vec<String> = (0..=10_000).map(|i| format!("Z{i:05}")).collect();
+    let image: Vec<_> = events.iter().map(|e| update(e, 1, 2.0)).collect();
+    odds_schema::read_models::apply_batch(&image)
+        .execute(env.db.pool())
+        .await
+        .unwrap();
+    env.wait_for_pubsub().await;
+    let mut client = connect(env.addr()).await;
+    send(&mut client, r#"{"type":"subscribe","eventId":"*"}"#).await;
+    assert_eq!(next_json(&mut client).await["type"], "subscribed");
+    for _ in 0..events.len() {
+        assert_eq!(next_json(&mut client).await["type"], "snapshot");
+    }
+
+    env.redis.stop();
+    frames_until(&mut client, PATIENCE, "told", |f| f["live"] == false).await;
+    env.write_postgres(&update("Z10000", 2, 2.2)).await;
+    env.redis.start_again().await.unwrap();
+    let frames = frames_until(&mut client, PATIENCE, "Z10000 v2", |f| f["type"] == "odds").await;
+    let last = frames.last().unwrap();
+    assert_eq!(
+        (
+            last["data"]["event_id"].as_str(),
+            last["data"]["version"].as_u64()
+        ),
+        (Some("Z10000"), Some(2))
+    );
     env.stop().await;
 }

@@ -149,11 +149,13 @@ async fn all_events_snapshot_larger_than_the_queue_is_sent_whole() {
 }
 
 /// Unsubscribing and subscribing again never shows a client an older version than it saw,
-/// even when the store answers the new subscribe with an older one (here: the cache, rolled
-/// back by hand, as a lagging replica or a restored cache would).
+/// even when the store answers the new subscribe with an older one: here the cache, rolled
+/// back by hand (as a lagging replica or a restored cache would be), and read because
+/// Postgres is down, so the snapshot comes from it.
 #[tokio::test]
 async fn resubscribe_never_shows_an_older_version() {
-    let env = Env::start(&[]).await;
+    let db = odds_testkit::TestDatabase::on_own_server().await.unwrap();
+    let mut env = Env::start_with(db, &[]).await;
     env.write(&update("R1", 2, 2.0)).await;
     env.wait_for_pubsub().await;
     let mut client = connect(env.addr()).await;
@@ -165,10 +167,16 @@ async fn resubscribe_never_shows_an_older_version() {
     send(&mut client, r#"{"type":"unsubscribe","eventId":"R1"}"#).await;
     assert_eq!(next_json(&mut client).await["type"], "unsubscribed");
     env.write_cache(&update("R1", 3, 9.9)).await;
+    env.db.server_mut().unwrap().stop().unwrap();
+    let from_cache = env.metrics().store_fallbacks.get();
     send(&mut client, r#"{"type":"subscribe","eventId":"R1"}"#).await;
     assert_eq!(next_json(&mut client).await["type"], "subscribed");
     let snapshot = next_json(&mut client).await;
     assert_eq!(snapshot["type"], "snapshot");
+    assert!(
+        env.metrics().store_fallbacks.get() > from_cache,
+        "the snapshot was read from the rolled-back cache"
+    );
     assert_eq!(snapshot["data"]["version"], 5, "{snapshot}");
     env.stop().await;
 }

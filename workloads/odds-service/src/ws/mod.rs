@@ -3,23 +3,28 @@
 //!
 //! The reader task exists because the connection task wakes once per delivery, and polling
 //! the read side on every wake cost a read attempt each time; everything else stays in the
-//! one connection task, which keeps the per-client footprint small. Subscribing registers
-//! with the hub *before* reading the snapshot and nothing is written between the two, so no
-//! update can fall in the gap and the snapshot always comes first. Writes are bounded by a
+//! one connection task, which keeps the per-client footprint small. No store read holds the
+//! connection: subscribe and unsubscribe requests are answered in order, one at a time, and
+//! the snapshot read a subscribe waits for is a future the loop polls beside everything else
+//! ([`requests`]), so pings are answered and live updates written meanwhile. Subscribing
+//! registers with the hub *before* reading the snapshot, so no update can fall in the gap, and
+//! the queue keeps each market's snapshot first ([`crate::queue`]). Writes are bounded by a
 //! timeout: a client that stays stuck is closed as slow. When live updates stop or resume
-//! (see [`crate::pubsub::Feed`]) every connection sends a `status` message, so no client
-//! waits on a silent socket without knowing why.
+//! (see [`crate::feed::Feed`]) every connection sends a `status` message, so no client waits
+//! on a silent socket without knowing why.
 
+mod requests;
+
+use crate::feed::{Feed, FeedStatus};
 use crate::hub::{ClientQueue, Hub, Pending};
 use crate::metrics::Metrics;
-use crate::pubsub::{Feed, FeedStatus};
-use crate::store::{event_count, OddsStore};
+use crate::store::OddsStore;
 use axum::extract::ws::{close_code, CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::stream::SplitSink;
 use futures_util::{SinkExt, StreamExt};
-use odds_contracts::ws::{ClientMessage, ErrorCode, ServerMessage, ALL_EVENTS};
-use odds_contracts::Market;
-use std::collections::HashSet;
+use odds_contracts::ws::{ClientMessage, ErrorCode, ServerMessage};
+use requests::{Paging, Read, Request};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch, OwnedSemaphorePermit};
@@ -34,8 +39,9 @@ const INCOMING_QUEUE: usize = 8;
 
 /// Frames written per flush: amortises syscalls without holding the queue lock long.
 const BATCH: usize = 64;
-/// Events per page of an all-events (`*`) snapshot, at most the client's queue limit.
-const SNAPSHOT_PAGE: usize = 500;
+/// Subscribe and unsubscribe requests waiting for the one in progress; beyond them the client's
+/// frames are not read until one is answered.
+const MAX_WAITING_REQUESTS: usize = 16;
 
 /// What every connection shares.
 pub struct WsContext {
@@ -66,6 +72,16 @@ struct Connection {
     events: HashSet<Arc<str>>,
     all_events: bool,
     last_seen: Instant,
+    /// What the client was last told about the feed (`None`: live).
+    told_down: Option<String>,
+    /// Subscribe and unsubscribe requests not yet started, in the order they came.
+    requests: VecDeque<Request>,
+    /// The store read the request in progress waits for. Only ever used through `&mut self`
+    /// (`get_mut`, never locked); the mutex makes the connection `Sync`, which a boxed future
+    /// is not, as its `&self` methods need across their awaits.
+    read: std::sync::Mutex<Option<Read>>,
+    /// The `*` snapshot being paged out.
+    paging: Option<Paging>,
 }
 
 /// Runs one connection to its end. `permit` holds the connection's slot in the limit.
@@ -81,6 +97,10 @@ pub async fn serve_connection(
         events: HashSet::new(),
         all_events: false,
         last_seen: Instant::now(),
+        told_down: None,
+        requests: VecDeque::new(),
+        read: std::sync::Mutex::new(None),
+        paging: None,
         ctx,
     };
     // The reader task (see the module's note): tungstenite zero-fills its read buffer before
@@ -163,7 +183,12 @@ impl Connection {
                         return exit;
                     }
                 }
-                incoming = incoming.recv() => {
+                done = requests::poll(&mut self.read) => {
+                    if let Some(exit) = self.on_read(socket, done).await {
+                        return exit;
+                    }
+                }
+                incoming = incoming.recv(), if self.requests.len() < MAX_WAITING_REQUESTS => {
                     self.last_seen = Instant::now();
                     let exit = match incoming {
                         None => Some(Exit::ClientGone),
@@ -182,6 +207,10 @@ impl Connection {
                         return exit;
                     }
                 }
+            }
+            // Whatever happened may let the next request or snapshot page start.
+            if let Some(exit) = self.advance(socket).await {
+                return exit;
             }
         }
     }
@@ -267,7 +296,13 @@ impl Connection {
             .await
     }
 
-    async fn status(&self, socket: &mut ClientSink, status: &FeedStatus) -> Option<Exit> {
+    /// Tells the client when the feed's reason to be down changed (not when only readiness
+    /// or cache trust did).
+    async fn status(&mut self, socket: &mut ClientSink, status: &FeedStatus) -> Option<Exit> {
+        if status.down == self.told_down {
+            return None;
+        }
+        self.told_down = status.down.clone();
         self.reply(socket, ServerMessage::status(status.down.as_deref()))
             .await
     }
@@ -308,148 +343,15 @@ impl Connection {
         match ClientMessage::parse(text.as_str()) {
             Err(e) => self.error(socket, e.code, e.message, None).await,
             Ok(ClientMessage::Ping) => self.reply(socket, ServerMessage::Pong).await,
-            Ok(ClientMessage::Subscribe { event_id }) => self.subscribe(socket, event_id).await,
-            Ok(ClientMessage::Unsubscribe { event_id }) => self.unsubscribe(socket, event_id).await,
-        }
-    }
-
-    fn subscription_count(&self) -> usize {
-        self.events.len() + usize::from(self.all_events)
-    }
-
-    async fn subscribe(&mut self, socket: &mut ClientSink, event_id: String) -> Option<Exit> {
-        let already = if event_id == ALL_EVENTS {
-            self.all_events
-        } else {
-            self.events.contains(event_id.as_str())
-        };
-        if !already && self.subscription_count() >= self.ctx.max_subscriptions {
-            let text = format!(
-                "at most {} subscriptions per connection",
-                self.ctx.max_subscriptions
-            );
-            return self
-                .error(
-                    socket,
-                    ErrorCode::TooManySubscriptions,
-                    text,
-                    Some(&event_id),
-                )
-                .await;
-        }
-        if event_id == ALL_EVENTS {
-            return self.subscribe_all(socket).await;
-        }
-        if let Err(e) = odds_contracts::validate_event_id(&event_id) {
-            return self
-                .error(
-                    socket,
-                    ErrorCode::InvalidEventId,
-                    e.to_string(),
-                    Some(&event_id),
-                )
-                .await;
-        }
-        let event: Arc<str> = Arc::from(event_id.as_str());
-        // Register first: an update published while we read the snapshot is queued, not lost.
-        self.ctx.hub.subscribe(self.id, &self.queue, event.clone());
-        let snapshot = self.ctx.store.markets(&event_id).await;
-        let (code, text) = match snapshot {
-            Ok(Some((markets, _))) => {
-                if self.events.insert(event) {
-                    self.ctx.metrics.ws_subscriptions.inc();
-                }
-                let reply = ServerMessage::Subscribed { event_id };
-                if let Some(exit) = self.reply(socket, reply).await {
-                    return Some(exit);
-                }
-                for update in &markets {
-                    self.queue
-                        .push(&crate::hub::EncodedUpdate::new(update), true);
-                }
-                return None;
+            Ok(ClientMessage::Subscribe { event_id }) => {
+                self.requests.push_back(Request::Subscribe(event_id));
+                None
             }
-            Ok(None) => (
-                ErrorCode::UnknownEvent,
-                format!("no odds known for event {event_id:?}"),
-            ),
-            Err(e) => (ErrorCode::Unavailable, e.to_string()),
-        };
-        if !self.events.contains(event_id.as_str()) {
-            self.ctx.hub.unsubscribe(self.id, &event_id);
-            self.queue.forget(&event_id);
-        }
-        self.error(socket, code, text, Some(&event_id)).await
-    }
-
-    async fn subscribe_all(&mut self, socket: &mut ClientSink) -> Option<Exit> {
-        self.ctx.hub.subscribe_all(self.id, &self.queue);
-        if !self.all_events {
-            self.all_events = true;
-            self.ctx.metrics.ws_subscriptions.inc();
-        }
-        let reply = ServerMessage::Subscribed {
-            event_id: ALL_EVENTS.to_owned(),
-        };
-        if let Some(exit) = self.reply(socket, reply).await {
-            return Some(exit);
-        }
-        // The snapshot of every event may be larger than the client's queue: it goes out a
-        // page at a time, each page written before the next is read, so it is neither
-        // truncated nor mistaken for a slow consumer.
-        // A page holds every market of its events; the queue counts markets.
-        let page = (self.ctx.max_pending_events / Market::ALL.len()).clamp(1, SNAPSHOT_PAGE);
-        let page = u32::try_from(page).unwrap_or(1);
-        let mut after: Option<String> = None;
-        let mut batch = Vec::with_capacity(BATCH);
-        loop {
-            let updates = match self.ctx.store.current_after(after.as_deref(), page).await {
-                Ok(updates) => updates,
-                Err(e) => {
-                    let text = e.to_string();
-                    return self
-                        .error(socket, ErrorCode::Unavailable, text, Some(ALL_EVENTS))
-                        .await;
-                }
-            };
-            for update in &updates {
-                self.queue
-                    .push(&crate::hub::EncodedUpdate::new(update), true);
-            }
-            // Room for the next page; what is left goes out with the live updates.
-            let room_needed = self
-                .ctx
-                .max_pending_events
-                .saturating_sub(page as usize * Market::ALL.len());
-            while self.queue.pending_len() > room_needed {
-                if let Some(exit) = self.write_pending(socket, &mut batch).await {
-                    return Some(exit);
-                }
-            }
-            match updates.last() {
-                Some(last) if event_count(&updates) == page as usize => {
-                    after = Some(last.event_id.clone());
-                }
-                _ => return None,
+            Ok(ClientMessage::Unsubscribe { event_id }) => {
+                self.requests.push_back(Request::Unsubscribe(event_id));
+                None
             }
         }
-    }
-
-    async fn unsubscribe(&mut self, socket: &mut ClientSink, event_id: String) -> Option<Exit> {
-        if event_id == ALL_EVENTS {
-            self.ctx.hub.unsubscribe_all(self.id);
-            if std::mem::take(&mut self.all_events) {
-                self.ctx.metrics.ws_subscriptions.dec();
-            }
-        } else {
-            self.ctx.hub.unsubscribe(self.id, &event_id);
-            self.queue.forget(&event_id);
-            if self.events.remove(event_id.as_str()) {
-                self.ctx.metrics.ws_subscriptions.dec();
-            }
-        }
-        self.reply(socket, ServerMessage::Unsubscribed { event_id })
-            .await
     }
 
     fn cleanup(&mut self) {

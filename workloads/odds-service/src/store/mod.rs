@@ -5,25 +5,31 @@
 //! cache an accelerator. A miss fills the cache with `SET NX`: if the processor wrote a newer
 //! version meanwhile, its value stays (ours is never newer than what Postgres had).
 //!
-//! The cache is trusted only while the live [`Feed`] is up: when pub/sub is down or a
-//! processor reports that its cache writes fail, the cache may hold values older than
-//! Postgres', so current odds are read from Postgres (503 if it cannot answer), never served
-//! stale without saying so.
+//! The cache is trusted only while the [`Feed`] says so: while pub/sub is down, or from a
+//! processor's report that its cache writes fail until a repair is seen, the cache may hold
+//! values older than Postgres', so current odds are read from Postgres (503 if it cannot
+//! answer), never served stale without saying so.
+//!
+//! Postgres found unreachable is skipped until a background probe reaches it again
+//! ([`postgres`]): reads then go to the cache, or fail, at once instead of each waiting for a
+//! connection that will not come.
 
+mod postgres;
+mod redis_cache;
+
+use crate::feed::Feed;
 use crate::metrics::Metrics;
-use crate::pubsub::Feed;
 use chrono::{DateTime, Utc};
 use odds_contracts::names::{redis_current_key, REDIS_CURRENT_PREFIX};
 use odds_contracts::{Market, Odds, OddsUpdate};
 use odds_schema::pool::{DeadlinePool, PoolSettings};
 use odds_schema::read_models;
-use redis::aio::MultiplexedConnection;
-use redis::AsyncConnectionConfig;
+use postgres::Postgres;
+use redis_cache::RedisCache;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::sync::Mutex;
+use std::time::Duration;
 
 /// Why a read could not be answered.
 #[derive(Debug, thiserror::Error)]
@@ -62,70 +68,12 @@ pub struct HistoryEntry {
     pub source: String,
 }
 
-/// A Redis connection that is re-established on demand, with a pause after a failure so a
-/// dead Redis costs each request one fast error instead of a connect timeout.
-struct RedisCache {
-    client: redis::Client,
-    timeout: Duration,
-    state: Mutex<(Option<MultiplexedConnection>, Option<Instant>)>,
-}
-
-const REDIS_RETRY_PAUSE: Duration = Duration::from_millis(500);
-
-impl RedisCache {
-    async fn connection(&self) -> Result<MultiplexedConnection, String> {
-        let mut state = self.state.lock().await;
-        if let Some(conn) = &state.0 {
-            return Ok(conn.clone());
-        }
-        if let Some(failed_at) = state.1 {
-            if failed_at.elapsed() < REDIS_RETRY_PAUSE {
-                return Err("Redis unreachable (retrying shortly)".into());
-            }
-        }
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout))
-            .set_response_timeout(Some(self.timeout));
-        match self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-        {
-            Ok(conn) => {
-                *state = (Some(conn.clone()), None);
-                Ok(conn)
-            }
-            Err(e) => {
-                *state = (None, Some(Instant::now()));
-                Err(e.to_string())
-            }
-        }
-    }
-
-    async fn forget(&self) {
-        *self.state.lock().await = (None, Some(Instant::now()));
-    }
-
-    async fn run<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, String> {
-        let mut conn = self.connection().await?;
-        match cmd.query_async(&mut conn).await {
-            Ok(value) => Ok(value),
-            Err(e) => {
-                if !matches!(e.kind(), redis::ErrorKind::Parse) {
-                    self.forget().await;
-                }
-                Err(e.to_string())
-            }
-        }
-    }
-}
-
 /// Cache-first access to the read models.
 pub struct OddsStore {
     redis: RedisCache,
     /// Every read ends within the statement timeout (plus the client margin), so a lock or a
     /// frozen Postgres costs a 503, not a request (and a shutdown) that never ends.
-    pg: DeadlinePool,
+    pg: Postgres,
     metrics: Metrics,
     feed: Arc<Feed>,
 }
@@ -145,30 +93,19 @@ impl OddsStore {
     /// Connects lazily: the service starts (and answers 503) while a dependency is down.
     pub fn new(
         redis_url: &str,
-        database_url: &str,
-        max_db_connections: u32,
-        statement_timeout: Duration,
         redis_timeout: Duration,
+        database_url: &str,
+        settings: &PoolSettings,
         metrics: Metrics,
         feed: Arc<Feed>,
     ) -> Result<OddsStore, StoreError> {
         let client = redis::Client::open(redis_url)
             .map_err(|e| StoreError::Config(format!("REDIS_URL: {e}")))?;
-        let settings = PoolSettings {
-            max_connections: max_db_connections,
-            acquire_timeout: Duration::from_secs(2),
-            statement_timeout,
-            lock_timeout: Duration::ZERO,
-        };
-        let pg = DeadlinePool::connect_lazy(database_url, &settings)
+        let pool = DeadlinePool::connect_lazy(database_url, settings)
             .map_err(|e| StoreError::Config(format!("DATABASE_URL: {e}")))?;
         Ok(OddsStore {
-            redis: RedisCache {
-                client,
-                timeout: redis_timeout,
-                state: Mutex::new((None, None)),
-            },
-            pg,
+            redis: RedisCache::new(client, redis_timeout),
+            pg: Postgres::new(pool, metrics.clone()),
             metrics,
             feed,
         })
@@ -201,9 +138,9 @@ impl OddsStore {
             Ok(updates) => return Ok(Some((updates, Source::Database))),
             Err(e) => e,
         };
-        if let Some(down) = self.feed.status().down {
+        if let Some(why) = self.feed.cache_distrusted() {
             return Err(StoreError::Unavailable(format!(
-                "{db_error}; the cache is not trusted while live updates are stopped ({down})"
+                "{db_error}; the cache is not trusted ({why})"
             )));
         }
         self.metrics.store_fallbacks.inc();
@@ -245,12 +182,12 @@ impl OddsStore {
         event_id: &str,
         market: &str,
     ) -> Result<Option<(OddsUpdate, Source)>, StoreError> {
-        if let Some(down) = self.feed.status().down {
+        if let Some(why) = self.feed.cache_distrusted() {
             self.metrics.store_fallbacks.inc();
             return match self.current_from_database(event_id, market).await {
                 Ok(update) => Ok(update.map(|u| (u, Source::Database))),
                 Err(e) => Err(StoreError::Unavailable(format!(
-                    "Postgres: {e}; the cache is not trusted while live updates are stopped ({down})"
+                    "Postgres: {e}; the cache is not trusted ({why})"
                 ))),
             };
         }
@@ -318,14 +255,9 @@ impl OddsStore {
         decode(&rows).map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))
     }
 
-    /// Current odds of every market of every event (up to `limit` events): Postgres, else
-    /// the cache (SCAN).
-    pub async fn all_current(&self, limit: u32) -> Result<Vec<OddsUpdate>, StoreError> {
-        self.current_after(None, limit).await
-    }
-
     /// Current odds of every market of up to `limit` events with ids after `after`, in
-    /// (event, market) order (keyset paging by event): Postgres, else the cache (SCAN).
+    /// (event, market) order (keyset paging by event): Postgres, else the cache (SCAN) while
+    /// it is trusted.
     pub async fn current_after(
         &self,
         after: Option<&str>,
@@ -335,6 +267,12 @@ impl OddsStore {
             Ok(all) => return Ok(all),
             Err(e) => e,
         };
+        if let Some(why) = self.feed.cache_distrusted() {
+            return Err(StoreError::Unavailable(format!(
+                "{db_error}; the cache is not trusted ({why})"
+            )));
+        }
+        self.metrics.store_fallbacks.inc();
         let mut cursor: u64 = 0;
         let mut updates = Vec::new();
         loop {
@@ -413,10 +351,7 @@ impl OddsStore {
         if self.redis.run::<String>(&redis::cmd("PING")).await.is_ok() {
             return true;
         }
-        self.pg
-            .run(async |conn| sqlx::query("SELECT 1").execute(conn).await)
-            .await
-            .is_ok()
+        self.pg.ping().await
     }
 }
 
