@@ -61,7 +61,10 @@ impl Launcher {
         if let Err(error) = child.wait_ready(READY_TIMEOUT).await {
             let lines = child.last_lines();
             child.terminate(STOP_GRACE).await;
-            return Err(error.context(format!("new {name} replica; last output:\n{}", lines.join("\n"))));
+            return Err(error.context(format!(
+                "new {name} replica; last output:\n{}",
+                lines.join("\n")
+            )));
         }
         let pid = child.pid;
         // Beside its stage's other replicas: `stop` goes through the stages in reverse start

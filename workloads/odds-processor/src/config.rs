@@ -199,7 +199,14 @@ impl ProcessorConfig {
     fn consumer_defaults<'a>(&'a self, classic: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
         let mut defaults = vec![
             ("group.id", self.kafka_group.as_str()),
-            ("group.protocol", if classic.is_empty() { "consumer" } else { "classic" }),
+            (
+                "group.protocol",
+                if classic.is_empty() {
+                    "consumer"
+                } else {
+                    "classic"
+                },
+            ),
             // Offsets are committed by hand, only once a batch is durable.
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
@@ -208,8 +215,8 @@ impl ProcessorConfig {
             // every update pays at low rates. Measured with `odds-demo bench` (5000/s, 1000
             // clients): p50 363 ms at the default, 49 ms at 10.
             ("fetch.wait.max.ms", "10"),
-            // Requests to a broker that vanished silently expire after this (default 60 s).
-            ("socket.timeout.ms", "10000"),
+            // Requests to a broker that vanished silently expire after the shared
+            // `socket.timeout.ms` (`odds_runtime::kafka::SHARED_DEFAULTS`), 2.5 s.
             ("statistics.interval.ms", "5000"),
             // Bounds what librdkafka prefetches while the processor is paused (Postgres down).
             ("queued.max.messages.kbytes", "16384"),
@@ -225,8 +232,13 @@ impl ProcessorConfig {
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("message.timeout.ms", "30000"),
-            ("socket.timeout.ms", "10000"),
-            ("request.timeout.ms", "10000"),
+            ("request.timeout.ms", "2500"),
+            // The DLQ producer idles between bad records, so its connection may have died
+            // silently long before the next one (after a network partition): a produce on it
+            // waited for the request timeout (10.4 s in `make chaos`, a poison record right
+            // after the brokers' outage) while the record's partition stood still. A
+            // connection idle for 1 s is closed; the next bad record opens a fresh one.
+            ("connections.max.idle.ms", "1000"),
         ])
     }
 }
@@ -273,15 +285,17 @@ mod tests {
     #[test]
     fn the_session_timeout_is_set_only_under_the_classic_protocol() {
         let mut config = ProcessorConfig::new("k:9092", "postgres://db/odds", "redis://r");
-        let has_session = |props: &[(String, String)]| {
-            props.iter().any(|(name, _)| name == "session.timeout.ms")
-        };
+        let has_session =
+            |props: &[(String, String)]| props.iter().any(|(name, _)| name == "session.timeout.ms");
         assert!(!has_session(&config.consumer_properties()));
         config.kafka.props = vec![("group.protocol".into(), "classic".into())];
         let props = config.consumer_properties();
         assert!(has_session(&props));
         assert_eq!(
-            props.iter().rev().find(|(name, _)| name == "group.protocol"),
+            props
+                .iter()
+                .rev()
+                .find(|(name, _)| name == "group.protocol"),
             Some(&("group.protocol".to_owned(), "classic".to_owned()))
         );
     }

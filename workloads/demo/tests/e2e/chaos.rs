@@ -9,7 +9,8 @@
 //! `make test` runs it once and asserts what must always hold (nothing lost, no regression,
 //! the stores agree, the DLQ holds the bad records). `make chaos` runs it `CHAOS_RUNS` (3)
 //! times and prints the table of the README ("Faults and recovery"): median freezes against
-//! the targets. Timings are reported, not asserted: the machine is shared.
+//! the targets. Timings are reported, not asserted: the machine is shared. `CHAOS_KEEP_LOGS=1`
+//! keeps the stages' logs and prints where they are.
 
 #[path = "chaos/checks.rs"]
 mod checks;
@@ -52,13 +53,20 @@ async fn the_pipeline_recovers_from_every_ordinary_fault_losing_nothing() {
     report::print_table(&results);
     for (run, result) in results.iter().enumerate() {
         let run = run + 1;
-        assert!(result.lost.is_empty(), "run {run}: sent but not stored: {:?}", result.lost);
+        assert!(
+            result.lost.is_empty(),
+            "run {run}: sent but not stored: {:?}",
+            result.lost
+        );
         assert!(
             result.lost_after_kafka.is_empty(),
             "run {run}: in Kafka but not stored: {:?}",
             result.lost_after_kafka
         );
-        assert_eq!(result.regressions, 0, "run {run}: clients were shown older versions");
+        assert_eq!(
+            result.regressions, 0,
+            "run {run}: clients were shown older versions"
+        );
     }
 }
 
@@ -67,18 +75,41 @@ async fn one_run() -> RunResult {
     options.version_base = None; // restarts must keep versions rising, as in production
     let mut launcher = Launcher::start(options).await.unwrap();
     let events: Vec<String> = (1..=EVENTS).map(|i| format!("MATCH_{i:03}")).collect();
-    let pool = sqlx::PgPool::connect(&launcher.infra.database_url).await.unwrap();
+    let pool = sqlx::PgPool::connect(&launcher.infra.database_url)
+        .await
+        .unwrap();
+    if std::env::var_os("CHAOS_KEEP_LOGS").is_some() {
+        let data: String = sqlx::query_scalar("SELECT current_setting('data_directory')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let server_log = std::path::Path::new(&data).with_file_name("server.log");
+        keep_logs_on_panic(vec![launcher.log_dir().to_path_buf(), server_log]);
+    }
     operations::add_refusing_constraint(&pool).await;
 
     let endpoints = Endpoints::new(launcher.service_addrs());
-    let mut observers = Observers::start(launcher.supplier_url().unwrap(), &endpoints, &events, CLIENTS);
+    let supplier_ops = launcher.child("supplier-simulator").unwrap().ops_addr;
+    let mut observers = Observers::start(
+        launcher.supplier_url().unwrap(),
+        supplier_ops,
+        &endpoints,
+        &events,
+        CLIENTS,
+    );
     moving_again(&launcher, &observers, Instant::now() + SETTLE, "start").await;
 
     let mut windows = Vec::new();
     for operation in Operation::ALL {
         let started = Instant::now();
         let clock = operation.perform(&mut launcher, &endpoints, &pool).await;
-        moving_again(&launcher, &observers, Instant::now() + SETTLE, operation.name()).await;
+        moving_again(
+            &launcher,
+            &observers,
+            Instant::now() + SETTLE,
+            operation.name(),
+        )
+        .await;
         windows.push(Window {
             operation,
             started,
@@ -92,6 +123,12 @@ async fn one_run() -> RunResult {
     drop(observers);
     pool.close().await;
     launcher.stop().await;
+    if std::env::var_os("CHAOS_KEEP_LOGS").is_some() {
+        println!(
+            "chaos: the stages' logs are in {}",
+            launcher.keep_logs().display()
+        );
+    }
     result
 }
 
@@ -108,7 +145,10 @@ async fn moving_again(launcher: &Launcher, observers: &Observers, since: Instant
         }
         if !told && since.elapsed() > Duration::from_secs(5) {
             told = true;
-            println!("chaos diag after {after}: still behind: {behind:?}; {}", diagnosis(launcher).await);
+            println!(
+                "chaos diag after {after}: still behind: {behind:?}; {}",
+                diagnosis(launcher).await
+            );
         }
         assert!(
             Instant::now() < deadline,
@@ -117,6 +157,25 @@ async fn moving_again(launcher: &Launcher, observers: &Observers, since: Instant
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Copies the stages' and Postgres' logs somewhere that outlives a failed run (the launcher
+/// removes its own when it is dropped).
+fn keep_logs_on_panic(paths: Vec<std::path::PathBuf>) {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let kept = std::env::temp_dir().join(format!("chaos-logs-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&kept);
+        for path in &paths {
+            let _ = std::process::Command::new("cp")
+                .arg("-r")
+                .arg(path)
+                .arg(&kept)
+                .status();
+        }
+        eprintln!("chaos: the logs are kept in {}", kept.display());
+        previous(info);
+    }));
 }
 
 /// What the stages report, for a run that is slow to recover.

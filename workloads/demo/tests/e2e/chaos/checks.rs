@@ -7,7 +7,9 @@
 
 use super::clients::Observers;
 use super::freeze::Key;
-use odds_contracts::names::{dlq_headers, redis_current_key, TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
+use odds_contracts::names::{
+    dlq_headers, redis_current_key, TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ,
+};
 use odds_contracts::OddsUpdate;
 use odds_demo::Launcher;
 use sqlx::PgPool;
@@ -27,7 +29,11 @@ pub struct EndOfRun {
     pub lost_after_kafka: Vec<(Key, u64)>,
 }
 
-pub async fn at_the_end(launcher: &mut Launcher, observers: &mut Observers, pool: &PgPool) -> EndOfRun {
+pub async fn at_the_end(
+    launcher: &mut Launcher,
+    observers: &mut Observers,
+    pool: &PgPool,
+) -> EndOfRun {
     launcher.stop_stage("supplier-simulator").await.unwrap();
     observers.supplier_stopped().await;
     let (last_sent, sent_versions) = {
@@ -58,7 +64,8 @@ pub async fn at_the_end(launcher: &mut Launcher, observers: &mut Observers, pool
         current.len() == last_sent.len()
             && current.iter().all(|(id, market, version, h, d, a)| {
                 let s = &last_sent[&(id.clone(), market.clone())];
-                *version as u64 == s.version && (*h, *d, *a) == (s.odds.home, s.odds.draw, s.odds.away)
+                *version as u64 == s.version
+                    && (*h, *d, *a) == (s.odds.home, s.odds.draw, s.odds.away)
             })
     })
     .await;
@@ -86,29 +93,47 @@ pub async fn at_the_end(launcher: &mut Launcher, observers: &mut Observers, pool
     eventually("every client shows the final prices", || async {
         observers.clients.iter().all(|client| {
             let shown = client.lock().unwrap();
-            last_sent.iter().all(|(key, s)| shown.newest(key) == s.version)
+            last_sent
+                .iter()
+                .all(|(key, s)| shown.newest(key) == s.version)
         })
     })
     .await;
 
-    let (rows, distinct): (i64, i64) =
-        sqlx::query_as("SELECT count(*), count(DISTINCT (event_id, market, version)) FROM odds_history")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+    let (rows, distinct): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT (event_id, market, version)) FROM odds_history",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
     assert_eq!(rows, distinct, "each version once in odds_history");
     let stored = history(pool).await;
     let lost: Vec<(Key, u64)> = sent_versions.difference(&stored).cloned().collect();
 
     let brokers = &launcher.infra.kafka_brokers;
-    let dlq = odds_testkit::read_topic(brokers, TOPIC_ODDS_UPDATES_DLQ, 3, Duration::from_secs(1), Duration::from_secs(60))
-        .await
-        .unwrap();
-    let reasons: BTreeSet<String> = dlq.iter().filter_map(|r| r.header(dlq_headers::REASON)).collect();
+    let dlq = odds_testkit::read_topic(
+        brokers,
+        TOPIC_ODDS_UPDATES_DLQ,
+        3,
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
+    let reasons: BTreeSet<String> = dlq
+        .iter()
+        .filter_map(|r| r.header(dlq_headers::REASON))
+        .collect();
     for reason in ["invalid_json", "invalid_update", "storage_rejected"] {
-        assert!(reasons.contains(reason), "{reason} missing on the DLQ: {reasons:?}");
+        assert!(
+            reasons.contains(reason),
+            "{reason} missing on the DLQ: {reasons:?}"
+        );
     }
-    let dead_lettered: BTreeSet<(Key, u64)> = dlq.iter().filter_map(|r| versioned(r.payload.as_deref()?)).collect();
+    let dead_lettered: BTreeSet<(Key, u64)> = dlq
+        .iter()
+        .filter_map(|r| versioned(r.payload.as_deref()?))
+        .collect();
     let records = odds_testkit::read_topic(
         brokers,
         TOPIC_ODDS_UPDATES,
@@ -118,7 +143,10 @@ pub async fn at_the_end(launcher: &mut Launcher, observers: &mut Observers, pool
     )
     .await
     .unwrap();
-    let in_kafka: BTreeSet<(Key, u64)> = records.iter().filter_map(|r| versioned(r.payload.as_deref()?)).collect();
+    let in_kafka: BTreeSet<(Key, u64)> = records
+        .iter()
+        .filter_map(|r| versioned(r.payload.as_deref()?))
+        .collect();
     let lost_after_kafka = in_kafka
         .difference(&stored)
         .filter(|v| !dead_lettered.contains(*v))
@@ -132,10 +160,11 @@ pub async fn at_the_end(launcher: &mut Launcher, observers: &mut Observers, pool
 }
 
 async fn history(pool: &PgPool) -> BTreeSet<(Key, u64)> {
-    let rows: Vec<(String, String, i64)> = sqlx::query_as("SELECT event_id, market, version FROM odds_history")
-        .fetch_all(pool)
-        .await
-        .unwrap();
+    let rows: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT event_id, market, version FROM odds_history")
+            .fetch_all(pool)
+            .await
+            .unwrap();
     rows.into_iter()
         .map(|(event, market, version)| ((event, market), version as u64))
         .collect()
@@ -154,7 +183,10 @@ where
 {
     let deadline = Instant::now() + SETTLE_LIMIT;
     while !condition().await {
-        assert!(Instant::now() < deadline, "never true within {SETTLE_LIMIT:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "never true within {SETTLE_LIMIT:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

@@ -65,6 +65,7 @@ pub struct Observers {
 impl Observers {
     pub fn start(
         supplier_url: String,
+        supplier_ops: SocketAddr,
         endpoints: &Endpoints,
         events: &[String],
         clients: usize,
@@ -73,6 +74,7 @@ impl Observers {
         let supplier_gone = Arc::new(AtomicBool::new(false));
         let tap = tokio::spawn(tap_supplier(
             supplier_url,
+            supplier_ops,
             sent.clone(),
             supplier_gone.clone(),
         ));
@@ -140,8 +142,30 @@ impl Drop for Observers {
 
 /// Reads the supplier's stream as a second client (the supplier sends every client the same
 /// stream). Reconnects across supplier restarts; returns once the stream ends after `gone`.
-async fn tap_supplier(url: String, sent: Arc<Mutex<Sent>>, gone: Arc<AtomicBool>) {
+///
+/// It connects only while ingest is connected (the supplier counts its clients): what it sees
+/// is then what ingest received too. Connected first, it would see the restarted supplier's
+/// first image and deltas, which no ingest ever received, as sent.
+async fn tap_supplier(
+    url: String,
+    supplier_ops: SocketAddr,
+    sent: Arc<Mutex<Sent>>,
+    gone: Arc<AtomicBool>,
+) {
     loop {
+        let ingest_connected = match odds_testkit::http_get(supplier_ops, "/metrics").await {
+            Ok(r) => {
+                odds_demo::metrics_text::Samples::parse(&r.body).sum("odds_sim_clients") >= 1.0
+            }
+            Err(_) => false,
+        };
+        if !ingest_connected {
+            if gone.load(Ordering::SeqCst) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
         if let Ok((mut ws, _)) = tokio_tungstenite::connect_async(&url).await {
             while let Some(Ok(message)) = ws.next().await {
                 let at = Instant::now();

@@ -108,7 +108,12 @@ impl Operation {
 
     /// Performs the operation; returns the moment from which its freeze is counted (its
     /// start, or for an outage the moment the dependency is back).
-    pub async fn perform(self, launcher: &mut Launcher, endpoints: &Endpoints, pool: &PgPool) -> Instant {
+    pub async fn perform(
+        self,
+        launcher: &mut Launcher,
+        endpoints: &Endpoints,
+        pool: &PgPool,
+    ) -> Instant {
         let started = Instant::now();
         match self {
             Operation::RollIngest => drop(launcher.roll("odds-ingest").await.unwrap()),
@@ -253,7 +258,9 @@ async fn produce(brokers: &str, records: &[(&str, Vec<u8>)]) {
     for (key, payload) in records {
         producer
             .send(
-                FutureRecord::to(TOPIC_ODDS_UPDATES).key(*key).payload(payload),
+                FutureRecord::to(TOPIC_ODDS_UPDATES)
+                    .key(*key)
+                    .payload(payload),
                 Duration::from_secs(30),
             )
             .await

@@ -36,7 +36,11 @@ pub struct RunResult {
 impl RunResult {
     pub fn new(windows: &[Window], observers: &Observers, end: EndOfRun) -> RunResult {
         let sent = observers.sent.lock().unwrap();
-        let shown: Vec<_> = observers.clients.iter().map(|c| c.lock().unwrap().clone()).collect();
+        let shown: Vec<_> = observers
+            .clients
+            .iter()
+            .map(|c| c.lock().unwrap().clone())
+            .collect();
         // Each moment belongs to the last window started before it.
         let window_of = |at: Instant| windows.iter().rposition(|w| w.started <= at);
         let faults = windows
@@ -52,7 +56,10 @@ impl RunResult {
                     .lost
                     .iter()
                     .filter(|(key, version)| {
-                        let at = sent.upstream.accepted[key].iter().find(|(v, _)| v == version).map(|(_, at)| *at);
+                        let at = sent.upstream.accepted[key]
+                            .iter()
+                            .find(|(v, _)| v == version)
+                            .map(|(_, at)| *at);
                         at.and_then(window_of) == Some(index)
                     })
                     .count();
@@ -76,7 +83,9 @@ impl RunResult {
             lost_after_kafka: end.lost_after_kafka,
             regressions: shown.iter().map(|s| s.regressions.len()).sum(),
             shown_regressions: shown.iter().flat_map(|s| s.regressions.clone()).collect(),
-            reconnects: observers.reconnects.load(std::sync::atomic::Ordering::Relaxed),
+            reconnects: observers
+                .reconnects
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -90,7 +99,11 @@ impl RunResult {
             self.reconnects,
         );
         for fault in &self.faults {
-            let at = fault.freeze.key.as_ref().map_or(String::new(), |(e, m)| format!(" ({e} {m})"));
+            let at = fault
+                .freeze
+                .key
+                .as_ref()
+                .map_or(String::new(), |(e, m)| format!(" ({e} {m})"));
             println!(
                 "chaos run {run}: {}: freeze {}{at}, lost {}, regressions {}",
                 fault.operation.name(),
@@ -116,7 +129,10 @@ pub fn print_table(runs: &[RunResult]) {
     println!("| fault or operation | target | freeze, median | runs | lost | regressions | met |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     for (index, operation) in Operation::ALL.iter().enumerate() {
-        let freezes: Vec<Duration> = runs.iter().map(|r| r.faults[index].freeze.longest).collect();
+        let freezes: Vec<Duration> = runs
+            .iter()
+            .map(|r| r.faults[index].freeze.longest)
+            .collect();
         let median = median(&freezes);
         let lost: usize = runs.iter().map(|r| r.faults[index].lost).sum();
         let regressions: usize = runs.iter().map(|r| r.faults[index].regressions).sum();
@@ -127,7 +143,10 @@ pub fn print_table(runs: &[RunResult]) {
             None if lost == 0 && regressions == 0 => "(reported)",
             None => "**no**",
         };
-        let each: Vec<String> = freezes.iter().map(|f| format!("{:.2}", f.as_secs_f64())).collect();
+        let each: Vec<String> = freezes
+            .iter()
+            .map(|f| format!("{:.2}", f.as_secs_f64()))
+            .collect();
         println!(
             "| {} | {} | {} | {} | {lost} | {regressions} | {met} |",
             operation.name(),
@@ -137,7 +156,10 @@ pub fn print_table(runs: &[RunResult]) {
         );
     }
     let sent: Vec<String> = runs.iter().map(|r| r.sent.to_string()).collect();
-    let lost: usize = runs.iter().map(|r| r.lost.len() + r.lost_after_kafka.len()).sum();
+    let lost: usize = runs
+        .iter()
+        .map(|r| r.lost.len() + r.lost_after_kafka.len())
+        .sum();
     let regressions: usize = runs.iter().map(|r| r.regressions).sum();
     println!();
     println!(
