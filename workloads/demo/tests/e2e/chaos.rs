@@ -84,6 +84,11 @@ async fn one_run() -> RunResult {
             .await
             .unwrap();
         let server_log = std::path::Path::new(&data).with_file_name("server.log");
+        let signals = launcher.log_dir().join("postmaster-signals.log");
+        trace_signals(
+            &std::path::Path::new(&data).join("postmaster.pid"),
+            &signals,
+        );
         keep_logs_on_panic(vec![launcher.log_dir().to_path_buf(), server_log]);
     }
     operations::add_refusing_constraint(&pool).await;
@@ -176,6 +181,23 @@ fn keep_logs_on_panic(paths: Vec<std::path::PathBuf>) {
         eprintln!("chaos: the logs are kept in {}", kept.display());
         previous(info);
     }));
+}
+
+/// Records the signals the throwaway Postgres receives, with their senders (`strace`, when
+/// installed): a stray SIGTERM from outside the run shuts it down ("smart shutdown").
+fn trace_signals(pid_file: &std::path::Path, out: &std::path::Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_owned))
+    else {
+        return;
+    };
+    let _ = std::process::Command::new("strace")
+        .args(["-e", "trace=none", "-tt", "-p", &pid, "-o"])
+        .arg(out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
 }
 
 /// What the stages report, for a run that is slow to recover.
