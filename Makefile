@@ -12,6 +12,7 @@ STAGES := -p supplier-simulator -p odds-ingest -p odds-processor -p odds-service
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 BENCH_RUNS ?= 3
+CHAOS_RUNS ?= 3
 
 .PHONY: help deps demo test rootfs chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt chaos profile
 .PHONY: kind-up images deploy port-forward e2e-kind kind-down
@@ -71,9 +72,13 @@ rootfs: ## the image's base root filesystem from its Debian packages (workloads/
 
 test: deps fmt-check clippy rootfs unit chart-test ## fmt check, clippy -D warnings, every test against real servers (pods in the image's root filesystem), chart validation
 
-chaos: deps ## the fault run: real stages through restarts, kills and outages; prints the recovery report
+chaos: deps ## the fault run, CHAOS_RUNS (3) times: Kubernetes operations and faults; prints the freeze/lost/regressions table
 	$(CARGO) build --bins $(STAGES)
-	$(CARGO) nextest run -p odds-demo --test e2e --no-capture chaos
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  CHAOS_RUNS=$(CHAOS_RUNS) $(CARGO) nextest run -p odds-demo --test e2e --no-capture chaos; \
+	else \
+	  CHAOS_RUNS=$(CHAOS_RUNS) $(CARGO) test -p odds-demo --test e2e chaos -- --nocapture; \
+	fi
 
 bench: bench-criterion bench-pipeline ## criterion benchmarks, then the pipeline benchmark
 

@@ -30,6 +30,24 @@ pub struct ChildSpec {
     pub ops_addr: SocketAddr,
 }
 
+impl ChildSpec {
+    /// `LISTEN_ADDR` of the spec, when set and an address.
+    pub fn listen_addr(&self) -> Option<SocketAddr> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == odds_contracts::env::LISTEN_ADDR)
+            .and_then(|(_, v)| v.parse().ok())
+    }
+
+    /// Sets (or adds) one environment variable.
+    pub fn set_env(&mut self, name: &str, value: String) {
+        match self.env.iter_mut().find(|(k, _)| k == name) {
+            Some(entry) => entry.1 = value,
+            None => self.env.push((name.to_owned(), value)),
+        }
+    }
+}
+
 type Lines = Arc<Mutex<VecDeque<String>>>;
 
 /// A running stage.
@@ -37,6 +55,8 @@ pub struct ChildProcess {
     pub name: &'static str,
     pub pid: u32,
     pub ops_addr: SocketAddr,
+    /// Where it serves its clients (`LISTEN_ADDR`), for stages that have any.
+    pub listen_addr: Option<SocketAddr>,
     lines: Lines,
     exit: watch::Receiver<Option<ExitStatus>>,
 }
@@ -70,6 +90,7 @@ impl ChildProcess {
             name: spec.name,
             pid,
             ops_addr: spec.ops_addr,
+            listen_addr: spec.listen_addr(),
             lines,
             exit,
         })

@@ -9,12 +9,25 @@ use anyhow::Context;
 use odds_contracts::env;
 use odds_contracts::names::{TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
 use odds_testkit::{PostgresDurability, PostgresServer, TestRedis};
+use rdkafka::client::Client;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
+use rdkafka::ClientConfig;
 
 /// Partitions of `odds_updates` on the mock cluster (demo and tests; the benchmark chooses
 /// its own, see `BenchArgs::kafka_partitions`).
 pub const DEMO_PARTITIONS: i32 = 6;
+
+/// The hosted broker's consumer-group heartbeat interval (KIP-848 protocol; on a real broker
+/// `group.consumer.heartbeat.interval.ms`). A partition that changes owner waits for the old
+/// owner's next heartbeat (it is told to release it) and then the new owner's (it is given
+/// it): two intervals bound how long a rollout or a scale step holds a partition still.
+pub const GROUP_HEARTBEAT_MS: i32 = 250;
+/// The hosted broker's consumer-group session timeout (`group.consumer.session.timeout.ms`):
+/// how long the partitions of a processor that died without leaving (SIGKILL, a node lost)
+/// wait before another member takes them. Above the 2 s of the fault run's Kafka outage, so
+/// living members are not fenced by it; 14 heartbeats at the interval above.
+pub const GROUP_SESSION_TIMEOUT_MS: i32 = 3500;
 
 pub struct Infra {
     pub database_url: String,
@@ -23,7 +36,9 @@ pub struct Infra {
     // Owned servers, stopped and deleted when the infra is dropped.
     postgres: Option<PostgresServer>,
     redis: Option<TestRedis>,
-    kafka: Option<MockCluster<'static, DefaultProducerContext>>,
+    /// The client that owns the hosted mock cluster (created with `test.mock.num.brokers`,
+    /// which is what gives access to the broker's group settings).
+    kafka: Option<BaseProducer>,
 }
 
 impl Infra {
@@ -54,10 +69,24 @@ impl Infra {
         let (kafka_brokers, kafka) = match set(env::KAFKA_BROKERS) {
             Some(brokers) => (brokers, None),
             None => {
-                let cluster = MockCluster::new(1).context("starting the Kafka mock cluster")?;
+                let owner: BaseProducer = ClientConfig::new()
+                    .set("test.mock.num.brokers", "1")
+                    .create()
+                    .context("starting the Kafka mock cluster")?;
+                let cluster = owner
+                    .client()
+                    .mock_cluster()
+                    .context("the Kafka mock cluster did not start")?;
                 cluster.create_topic(TOPIC_ODDS_UPDATES, partitions, 1)?;
                 cluster.create_topic(TOPIC_ODDS_UPDATES_DLQ, 1, 1)?;
-                (cluster.bootstrap_servers(), Some(cluster))
+                let bootstrap = cluster.bootstrap_servers();
+                drop(cluster);
+                set_consumer_group_timings(
+                    owner.client(),
+                    GROUP_SESSION_TIMEOUT_MS,
+                    GROUP_HEARTBEAT_MS,
+                )?;
+                (bootstrap, Some(owner))
             }
         };
         Ok(Infra {
@@ -86,7 +115,36 @@ impl Infra {
     }
 
     /// The Kafka mock cluster, when this infra hosts it (fault injection).
-    pub fn kafka_cluster(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
-        self.kafka.as_ref()
+    pub fn kafka_cluster(&self) -> Option<MockCluster<'_, DefaultProducerContext>> {
+        self.kafka.as_ref()?.client().mock_cluster()
     }
+}
+
+/// Sets the mock broker's KIP-848 consumer-group heartbeat interval and session timeout, which
+/// the rdkafka crate does not expose.
+#[allow(unsafe_code)]
+fn set_consumer_group_timings(
+    owner: &Client<DefaultProducerContext>,
+    session_timeout_ms: i32,
+    heartbeat_ms: i32,
+) -> anyhow::Result<()> {
+    // SAFETY: `native_ptr` is the live handle `owner` holds for the duration of this call; the
+    // mock cluster it returns (null if none) lives as long as that handle, and both setters
+    // only store an integer under the cluster's own lock.
+    let set = unsafe {
+        let cluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(owner.native_ptr());
+        if !cluster.is_null() {
+            rdkafka::bindings::rd_kafka_mock_set_group_consumer_session_timeout_ms(
+                cluster,
+                session_timeout_ms,
+            );
+            rdkafka::bindings::rd_kafka_mock_set_group_consumer_heartbeat_interval_ms(
+                cluster,
+                heartbeat_ms,
+            );
+        }
+        !cluster.is_null()
+    };
+    anyhow::ensure!(set, "the Kafka mock cluster has no handle");
+    Ok(())
 }

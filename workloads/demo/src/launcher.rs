@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-const READY_TIMEOUT: Duration = Duration::from_secs(90);
-const STOP_GRACE: Duration = Duration::from_secs(15);
+pub(crate) const READY_TIMEOUT: Duration = Duration::from_secs(90);
+/// What the kubelet waits between SIGTERM and SIGKILL (Kubernetes' default grace is 30 s).
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(15);
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -85,10 +86,10 @@ pub struct Launcher {
     pub children: Vec<ChildProcess>,
     /// odds-service's REST/WebSocket address.
     pub service_addr: SocketAddr,
-    /// How each stage was started, for [`Launcher::restart`].
-    specs: Vec<ChildSpec>,
+    /// How each stage was started, for [`Launcher::restart`] and new replicas.
+    pub(crate) specs: Vec<ChildSpec>,
     /// The stages' log files (`<stage>.log`), removed with the launcher.
-    log_dir: tempfile::TempDir,
+    pub(crate) log_dir: tempfile::TempDir,
 }
 
 impl Launcher {

@@ -4,7 +4,8 @@
 //! ([`infra`]: Postgres, Redis, a Kafka mock cluster, or the URLs you give it), starts each
 //! stage's real binary as a child process with the same environment variables the operator
 //! sets ([`children`]), shows what flows ([`status`]), and takes everything down again.
-//! Scaling and restarts are Kubernetes' job.
+//! Scaling and restarts are Kubernetes' job; [`replicas`] performs them the way Kubernetes
+//! does, for the fault run.
 
 pub mod bench;
 pub mod children;
@@ -12,6 +13,7 @@ pub mod infra;
 pub mod launcher;
 pub mod metrics_text;
 pub mod procfs;
+pub mod replicas;
 pub mod status;
 
 pub use launcher::{Launcher, LauncherOptions};

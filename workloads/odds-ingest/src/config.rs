@@ -96,9 +96,9 @@ impl IngestConfig {
             // A broker that vanishes without closing its connections (a crash, a partition)
             // holds in-flight requests until these expire; librdkafka's 30-60 s defaults kept
             // prices still for over a minute in the fault run (`make chaos`). Retries are safe:
-            // the producer is idempotent.
-            ("socket.timeout.ms", "10000"),
-            ("request.timeout.ms", "10000"),
+            // the producer is idempotent. The socket timeout is the shared one
+            // (`odds_runtime::kafka::SHARED_DEFAULTS`); a produce's own timeout matches it.
+            ("request.timeout.ms", "2500"),
         ])
     }
 

@@ -169,9 +169,44 @@ impl ProcessorConfig {
     }
 
     /// Consumer properties: the processor's defaults, then `KAFKA_PROP_*`, then flags.
+    ///
+    /// The group protocol is KIP-848's (`group.protocol=consumer`): the broker assigns
+    /// partitions incrementally on heartbeats, so a member joining or leaving moves only the
+    /// partitions that change owner, within two heartbeats, while every other partition keeps
+    /// flowing. Under the classic protocol a join stopped the whole group until every member
+    /// had rejoined. Heartbeat interval and session timeout are then broker settings
+    /// (`group.consumer.heartbeat.interval.ms`, `group.consumer.session.timeout.ms`), which
+    /// the client must not set. `group.protocol=classic` (a broker older than Kafka 4.0) gets
+    /// the classic defaults instead.
     pub fn consumer_properties(&self) -> Vec<(String, String)> {
-        self.kafka.client_properties(&[
+        let props = self.kafka.client_properties(&self.consumer_defaults(&[]));
+        let classic = props
+            .iter()
+            .rev()
+            .find(|(name, _)| name == "group.protocol")
+            .is_some_and(|(_, value)| value.eq_ignore_ascii_case("classic"));
+        if !classic {
+            return props;
+        }
+        self.kafka.client_properties(&self.consumer_defaults(&[
+            // A crashed processor's partitions wait for its session to expire before another
+            // member takes them: librdkafka's 45 s default meant 88 s without prices in the
+            // fault run (`make chaos`); 10 s is Kafka's own former default.
+            ("session.timeout.ms", "10000"),
+        ]))
+    }
+
+    fn consumer_defaults<'a>(&'a self, classic: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        let mut defaults = vec![
             ("group.id", self.kafka_group.as_str()),
+            (
+                "group.protocol",
+                if classic.is_empty() {
+                    "consumer"
+                } else {
+                    "classic"
+                },
+            ),
             // Offsets are committed by hand, only once a batch is durable.
             ("enable.auto.commit", "false"),
             ("enable.auto.offset.store", "false"),
@@ -180,16 +215,14 @@ impl ProcessorConfig {
             // every update pays at low rates. Measured with `odds-demo bench` (5000/s, 1000
             // clients): p50 363 ms at the default, 49 ms at 10.
             ("fetch.wait.max.ms", "10"),
-            // A crashed processor's partitions wait for its session to expire before another
-            // member takes them: librdkafka's 45 s default meant 88 s without prices in the
-            // fault run (`make chaos`); 10 s is Kafka's own former default.
-            ("session.timeout.ms", "10000"),
-            // Requests to a broker that vanished silently expire after this (default 60 s).
-            ("socket.timeout.ms", "10000"),
+            // Requests to a broker that vanished silently expire after the shared
+            // `socket.timeout.ms` (`odds_runtime::kafka::SHARED_DEFAULTS`), 2.5 s.
             ("statistics.interval.ms", "5000"),
             // Bounds what librdkafka prefetches while the processor is paused (Postgres down).
             ("queued.max.messages.kbytes", "16384"),
-        ])
+        ];
+        defaults.extend_from_slice(classic);
+        defaults
     }
 
     /// Dead-letter producer properties: idempotent, acks=all, bounded wait per attempt (a DLQ
@@ -199,8 +232,13 @@ impl ProcessorConfig {
             ("enable.idempotence", "true"),
             ("acks", "all"),
             ("message.timeout.ms", "30000"),
-            ("socket.timeout.ms", "10000"),
-            ("request.timeout.ms", "10000"),
+            ("request.timeout.ms", "2500"),
+            // The DLQ producer idles between bad records, so its connection may have died
+            // silently long before the next one (after a network partition): a produce on it
+            // waited for the request timeout (10.4 s in `make chaos`, a poison record right
+            // after the brokers' outage) while the record's partition stood still. A
+            // connection idle for 1 s is closed; the next bad record opens a fresh one.
+            ("connections.max.idle.ms", "1000"),
         ])
     }
 }
@@ -239,6 +277,27 @@ mod tests {
         );
         assert!(props.contains(&("fetch.wait.max.ms".to_owned(), "10".to_owned())));
         assert!(props.contains(&("enable.auto.commit".to_owned(), "false".to_owned())));
+        assert!(props.contains(&("group.protocol".to_owned(), "consumer".to_owned())));
+    }
+
+    /// librdkafka refuses a client-side session timeout under the KIP-848 protocol, and the
+    /// classic protocol needs one shorter than its 45 s default.
+    #[test]
+    fn the_session_timeout_is_set_only_under_the_classic_protocol() {
+        let mut config = ProcessorConfig::new("k:9092", "postgres://db/odds", "redis://r");
+        let has_session =
+            |props: &[(String, String)]| props.iter().any(|(name, _)| name == "session.timeout.ms");
+        assert!(!has_session(&config.consumer_properties()));
+        config.kafka.props = vec![("group.protocol".into(), "classic".into())];
+        let props = config.consumer_properties();
+        assert!(has_session(&props));
+        assert_eq!(
+            props
+                .iter()
+                .rev()
+                .find(|(name, _)| name == "group.protocol"),
+            Some(&("group.protocol".to_owned(), "classic".to_owned()))
+        );
     }
 
     #[test]

@@ -4,10 +4,28 @@
 //! librdkafka property through without a new flag per property. Keeping that here gives one
 //! documented precedence rule for every stage: `bootstrap.servers`, then the stage's own
 //! defaults (chosen for latency and safety), then `KAFKA_PROP_<NAME>` variables, then
-//! `--kafka-prop name=value` flags; the later setting of a property wins.
+//! `--kafka-prop name=value` flags; the later setting of a property wins. Before the stage's
+//! defaults come the few every client shares ([`SHARED_DEFAULTS`]).
 
 use odds_contracts::env;
 use odds_contracts::names::{TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
+
+/// Defaults of every client of every stage.
+///
+/// Measured with the fault run (`make chaos`: every broker down 2 s, on connections that die
+/// without a word, as on a network partition or a lost node): with librdkafka's 60 s request
+/// timeout (10 s here before) a request sent as the brokers went away held its stage until it
+/// expired, and prices stayed still 8.7 s after the brokers were back. A request expired
+/// after 2.5 s is retried at once on a new connection (ingest's producer is idempotent, a
+/// consumer's fetch or heartbeat is safe to repeat); the processor's fetches return within
+/// `fetch.wait.max.ms` (10 ms) and a produce on a healthy broker in milliseconds, so only a
+/// connection that is gone waits that long. Reconnects back off to at most 1 s (librdkafka's
+/// 10 s cap is the Java client's 1 s): one connection attempt per second and broker is
+/// nothing to a broker that is up.
+pub const SHARED_DEFAULTS: [(&str, &str); 2] = [
+    ("socket.timeout.ms", "2500"),
+    ("reconnect.backoff.max.ms", "1000"),
+];
 
 /// Kafka flags, flattened into a stage's clap config.
 #[derive(Debug, Clone, clap::Args)]
@@ -54,8 +72,9 @@ impl KafkaArgs {
     ) -> Vec<(String, String)> {
         let mut props = vec![("bootstrap.servers".to_owned(), self.brokers.clone())];
         props.extend(
-            stage_defaults
+            SHARED_DEFAULTS
                 .iter()
+                .chain(stage_defaults)
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
         );
         props.extend(env_kafka_props(vars));

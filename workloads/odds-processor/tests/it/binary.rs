@@ -69,6 +69,7 @@ async fn service_processes_reports_and_stops_cleanly_on_sigterm() {
         .env("REDIS_URL", redis.url())
         .env("HTTP_ADDR", addr.to_string())
         .env("BATCH_MAX", "100")
+        .env("KAFKA_PROP_GROUP_PROTOCOL", "classic")
         .env("KAFKA_PROP_SESSION_TIMEOUT_MS", "6000")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
