@@ -14,7 +14,7 @@
 //! operator sets or reads; the tests check the built objects against Strimzi 1.2's CRD).
 
 use super::metadata;
-use super::topic::{StrimziCondition, STRIMZI_CLUSTER_LABEL};
+use super::topic::{strimzi_ready, StrimziCondition, STRIMZI_CLUSTER_LABEL};
 use crate::crd::{KafkaAuthentication, KafkaAuthenticationType, SecretKeyRef};
 use crate::validate::{KafkaSource, ValidPipeline};
 use kube::CustomResource;
@@ -97,12 +97,9 @@ pub struct KafkaUserStatus {
 impl KafkaUser {
     /// Strimzi reports `Ready=True` once the user, its ACLs and its Secret exist.
     pub fn is_ready(&self) -> bool {
-        self.status.as_ref().is_some_and(|status| {
-            status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+        self.status
+            .as_ref()
+            .is_some_and(|status| strimzi_ready(&status.conditions))
     }
 }
 

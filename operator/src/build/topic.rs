@@ -74,13 +74,17 @@ impl KafkaTopic {
     /// Strimzi reports `Ready=True` once the topic exists in Kafka as specified. (Its
     /// `observedGeneration` is not compared: a later partition increase keeps the topic usable.)
     pub fn is_ready(&self) -> bool {
-        self.status.as_ref().is_some_and(|status| {
-            status
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-        })
+        self.status
+            .as_ref()
+            .is_some_and(|status| strimzi_ready(&status.conditions))
     }
+}
+
+/// Whether Strimzi's conditions on one of its resources say `Ready=True`.
+pub fn strimzi_ready(conditions: &[StrimziCondition]) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// The pipeline a KafkaTopic belongs to, by its labels: what the controller's KafkaTopic watch

@@ -533,10 +533,7 @@ async fn a_ready_kafka_user_without_its_secret_still_holds_the_clients_back() {
 #[tokio::test]
 async fn a_rotated_password_rolls_exactly_the_kafka_clients() {
     let h = harness(sample(), true).await;
-    h.reconcile().await;
-    h.topics_ready().await;
-    h.migration_done().await;
-    h.reconcile().await;
+    h.roll_out().await;
     let hash = |d: Option<Deployment>| {
         d.unwrap()
             .spec
@@ -576,10 +573,7 @@ async fn a_rotated_password_rolls_exactly_the_kafka_clients() {
 #[tokio::test]
 async fn turning_authentication_off_deletes_the_kafka_user_and_the_login() {
     let h = harness(sample(), true).await;
-    h.reconcile().await;
-    h.topics_ready().await;
-    h.migration_done().await;
-    h.reconcile().await;
+    h.roll_out().await;
     h.change(json!({"spec": {"kafka": {"authentication": null}}}))
         .await;
     assert!(h

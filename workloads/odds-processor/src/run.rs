@@ -27,12 +27,15 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Proce
     .await?;
     tracing::info!(%addr, "ops server listening");
     let config = args.processor;
+    // Its own token: the beat must also stop (with its last, `leaving` beat) when the
+    // processor stops by itself for good, not only on SIGTERM, or the process never exits.
+    let beat_stop = shutdown.child_token();
     let heartbeat = crate::heartbeat::spawn(
         &config.redis_url,
         config.redis_timeout(),
         metrics.clone(),
         readiness.clone(),
-        shutdown.clone(),
+        beat_stop.clone(),
     )
     .map_err(crate::cache::CacheError::from)?;
     let processor = Processor::new(&config, metrics, readiness, shutdown)?;
@@ -44,6 +47,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Proce
         "processor started"
     );
     let stopped = processor.run().await;
+    beat_stop.cancel();
     let _ = heartbeat.await;
     ops_stop.cancel();
     let _ = ops_task.await;
