@@ -117,7 +117,15 @@ impl OddsStore {
         &self,
         event_id: &str,
     ) -> Result<Vec<OddsUpdate>, StoreError> {
-        let query = sqlx::query(read_models::CURRENT_OF_EVENT).bind(event_id);
+        self.database_rows(sqlx::query(read_models::CURRENT_OF_EVENT).bind(event_id))
+            .await
+    }
+
+    /// Every row of `query`, decoded; any failure is the store's `Unavailable`.
+    async fn database_rows(
+        &self,
+        query: sqlx::query::Query<'_, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    ) -> Result<Vec<OddsUpdate>, StoreError> {
         let rows = self
             .pg
             .run(async |conn| query.fetch_all(conn).await)
@@ -247,12 +255,7 @@ impl OddsStore {
         let query = sqlx::query(read_models::CURRENT_OF_EVENTS_AFTER)
             .bind(after)
             .bind(i64::from(limit));
-        let rows = self
-            .pg
-            .run(async |conn| query.fetch_all(conn).await)
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))?;
-        decode(&rows).map_err(|e| StoreError::Unavailable(format!("Postgres: {e}")))
+        self.database_rows(query).await
     }
 
     /// Current odds of every market of up to `limit` events with ids after `after`, in
