@@ -219,9 +219,11 @@ fn kafka_trigger(pipeline: &ValidPipeline, target: Option<i64>) -> ScaleTrigger 
         ("allowIdleConsumers".into(), "false".into()),
     ]);
     metadata.extend(triggerauth::trigger_metadata(pipeline));
-    let authentication_ref = triggerauth::build(pipeline).map(|_| AuthenticationRef {
-        name: triggerauth::name_in(&pipeline.name),
-    });
+    // The TriggerAuthentication exists exactly when the pipeline logs in to Kafka.
+    let authentication_ref =
+        super::kafkauser::authentication(pipeline).map(|_| AuthenticationRef {
+            name: triggerauth::name_in(&pipeline.name),
+        });
     ScaleTrigger {
         type_: "kafka".into(),
         name: Some("consumer-lag".into()),

@@ -533,14 +533,7 @@ async fn keda_uninstalled_after_start_up_is_reported_then_cpu_takes_over() {
 #[tokio::test]
 async fn keda_is_discovered_by_its_scaled_object_resource() {
     use odds_operator::discovery::keda_installed;
-    let resources = |names: &[&str]| {
-        json!({
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "keda.sh/v1alpha1",
-            "resources": names.iter().map(|n| json!({
-                "name": n, "singularName": "", "namespaced": true, "kind": "K", "verbs": ["get"]
-            })).collect::<Vec<_>>()
-        })
-    };
+    let resources = |names: &[&str]| crate::fixtures::api_resource_list("keda.sh/v1alpha1", names);
     for (names, installed) in [
         (&["scaledjobs", "scaledobjects"][..], true),
         (&["scaledjobs"][..], false),
@@ -776,14 +769,8 @@ async fn the_pod_monitor_crd_uninstalled_after_start_up_is_reported_then_cpu_tak
 #[tokio::test]
 async fn pod_monitors_are_discovered_by_their_resource() {
     use odds_operator::discovery::pod_monitors_installed;
-    let resources = |names: &[&str]| {
-        json!({
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "monitoring.coreos.com/v1",
-            "resources": names.iter().map(|n| json!({
-                "name": n, "singularName": "", "namespaced": true, "kind": "K", "verbs": ["get"]
-            })).collect::<Vec<_>>()
-        })
-    };
+    let resources =
+        |names: &[&str]| crate::fixtures::api_resource_list("monitoring.coreos.com/v1", names);
     for (names, installed) in [
         (&["podmonitors", "servicemonitors"][..], true),
         (&["servicemonitors", "prometheusrules"][..], false),

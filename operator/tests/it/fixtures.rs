@@ -247,3 +247,14 @@ pub fn hash(d: &Deployment) -> String {
         .unwrap()[CONFIG_HASH_ANNOTATION]
         .clone()
 }
+
+/// The API server's answer to discovery of `group_version`: an `APIResourceList` naming
+/// `names` (what the operator's discovery of optional CRDs reads).
+pub fn api_resource_list(group_version: &str, names: &[&str]) -> serde_json::Value {
+    serde_json::json!({
+        "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version,
+        "resources": names.iter().map(|n| serde_json::json!({
+            "name": n, "singularName": "", "namespaced": true, "kind": "K", "verbs": ["get"]
+        })).collect::<Vec<_>>()
+    })
+}

@@ -240,11 +240,7 @@ impl Default for Options {
 }
 
 pub fn secret(name: &str, value: &str) -> Secret {
-    let mut secret = Secret::default();
-    secret.metadata.name = Some(name.into());
-    secret.metadata.namespace = Some(NS.into());
-    secret.data = Some([("url".to_string(), ByteString(value.as_bytes().to_vec()))].into());
-    secret
+    secret_with(name, &[("url", value)])
 }
 
 /// A Secret with the given keys and values.

@@ -344,14 +344,8 @@ async fn user_env_overriding_the_operators_applies_cleanly() {
 #[tokio::test]
 async fn strimzi_is_discovered_by_its_kafka_topic_resource() {
     use odds_operator::discovery::strimzi_installed;
-    let resources = |names: &[&str]| {
-        json!({
-            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "kafka.strimzi.io/v1",
-            "resources": names.iter().map(|n| json!({
-                "name": n, "singularName": "", "namespaced": true, "kind": "K", "verbs": ["get"]
-            })).collect::<Vec<_>>()
-        })
-    };
+    let resources =
+        |names: &[&str]| crate::fixtures::api_resource_list("kafka.strimzi.io/v1", names);
     type Serve<'a> = &'a dyn Fn(&crate::harness::Harness);
     let cases: [(Serve, Option<bool>); 4] = [
         (
