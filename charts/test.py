@@ -5,6 +5,7 @@ reason; the last line is 'N passed, N failed' and the exit code is non-zero on a
 """
 
 import base64
+import functools
 import hashlib
 import importlib.util
 import json
@@ -1086,53 +1087,28 @@ TARGET_LABELS = {"namespace", "pod", "container", "job", "instance", "service", 
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 
 
-# Full name -> name without prefix, for files with several prefixed registries.
-AMBIGUOUS = {}
+# The binaries whose served metric families the dashboard and alerts may query.
+METRIC_BINARIES = ("supplier-simulator", "odds-ingest", "odds-processor", "odds-service", "odds-operator")
 
 
+@functools.cache
 def exported_metrics():
-    """Metric name -> (type, labels), from the metric constructors in the Rust sources."""
-    pattern = re.compile(
-        r'\b(IntCounter|IntGauge|Counter|Gauge|IntCounterVec|IntGaugeVec|CounterVec|GaugeVec|Histogram|HistogramVec)'
-        r'::(?:new|with_opts)\(\s*(?:(?:Histogram)?Opts::new\(\s*)?"([a-z_:][a-z0-9_:]*)"', re.S)
-    # A file that registers through `PrefixedRegistry::new(component::X)` (odds_runtime::metrics)
-    # names its metrics without the `odds_<component>_` prefix the registry adds; with two
-    # registries in one file each name is counted under both (the crate's own test checks
-    # which one registers it).
-    runtime = (ROOT / "workloads" / "runtime" / "src" / "metrics.rs").read_text()
-    components = dict(re.findall(r'pub const (\w+): &str = "(\w+)";', runtime))
+    """Metric name -> (type, labels) of every family the built binaries serve on /metrics, as
+    each prints it with --print-metric-families (ODDS_BIN_DIR: where charts/test.sh built them).
+    A histogram's labels include `le`."""
+    bin_dir = pathlib.Path(os.environ.get("ODDS_BIN_DIR", ROOT / "target" / "debug"))
     found = {}
-    for base in ("workloads", "operator"):
-        for path in (ROOT / base).rglob("*.rs"):
-            parts = path.relative_to(ROOT).parts
-            if "target" in parts or "tests" in parts or "benches" in parts:
-                continue
-            text = path.read_text().split("#[cfg(test)]")[0]  # unit tests register examples
-            prefixes = [f"odds_{components[c]}_" for c in re.findall(r'PrefixedRegistry::new\(\s*component::(\w+)', text)
-                        if c in components]
-            matches = list(pattern.finditer(text))
-            for i, m in enumerate(matches):
-                end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-                labels = set()
-                if m.group(1).endswith("Vec"):
-                    window = text[m.end():end]
-                    slice_match = re.search(r'&\[([^\]]*)\]', window)
-                    labels = set(re.findall(r'"(\w+)"', slice_match.group(1))) if slice_match else set()
-                if m.group(1).startswith("Histogram"):
-                    labels.add("le")
-                for prefix in prefixes or [""]:
-                    found[prefix + m.group(2)] = (m.group(1), labels)
-                    if len(prefixes) > 1:
-                        AMBIGUOUS[prefix + m.group(2)] = m.group(2)
-    # The hop families (odds_runtime::hops) are one constructor shared by three components:
-    # `odds_<component>_hop_seconds{hop}` for each component that owns a hop in `ALL`.
-    hops = (ROOT / "workloads" / "runtime" / "src" / "hops.rs").read_text()
-    hop_metric = re.search(r'pub const METRIC: &str = "(\w+)";', hops).group(1)
-    hop_label = re.search(r'pub const LABEL: &str = "(\w+)";', hops).group(1)
-    owners = re.search(r'pub const ALL: \[\(&str, &str\); \d+\] = \[(.*?)\];', hops, re.S).group(1)
-    for owner in set(re.findall(r'component::(\w+)\)', owners)):
-        found[f"odds_{components[owner]}_{hop_metric}"] = ("HistogramVec", {hop_label, "le"})
-    assert len(found) >= 30, f"only {len(found)} metrics found in the Rust sources"
+    for binary in METRIC_BINARIES:
+        path = bin_dir / binary
+        assert path.exists(), f"{path} not built: run charts/test.sh, which builds the binaries first"
+        printed = subprocess.run([str(path), "--print-metric-families"], capture_output=True, text=True,
+                                 env={"PATH": os.environ.get("PATH", "")}, timeout=60)
+        assert printed.returncode == 0, f"{binary} --print-metric-families: {printed.stderr}"
+        for family in json.loads(printed.stdout):
+            labels = set(family["labels"]) | ({"le"} if family["type"] == "histogram" else set())
+            assert family["name"] not in found, f"{family['name']} served by two binaries"
+            found[family["name"]] = (family["type"], labels)
+    assert len(found) >= 30, f"only {len(found)} metric families served by {', '.join(METRIC_BINARIES)}"
     return found
 
 
@@ -1154,7 +1130,7 @@ def query_metrics(expr, exported, where):
         if name in exported:
             return name
         for suffix in HISTOGRAM_SUFFIXES:
-            if name.endswith(suffix) and exported.get(name[: -len(suffix)], ("",))[0].startswith("Histogram"):
+            if name.endswith(suffix) and exported.get(name[: -len(suffix)], ("",))[0] == "histogram":
                 return name[: -len(suffix)]
         return name
 
@@ -1303,11 +1279,8 @@ def queried_metrics_listed():
     assert not (others - external), f"queried but neither exported by a binary nor listed external: {sorted(others - external)}"
     assert ours == listed, (f"dashboards/queried-metrics.txt is stale: add {sorted(ours - listed)}, "
                             f"remove {sorted(listed - ours)}")
-    # A name of a file with two registries, charted under one prefix, is not "not charted"
-    # under the other.
-    charted_bases = {AMBIGUOUS[m] for m in ours if m in AMBIGUOUS}
-    unused = {m for m in set(exported) - ours if AMBIGUOUS.get(m) not in charted_bases}
-    return f"{len(ours)} project metrics queried, all registered in the Rust sources ({len(unused)} not charted: {sorted(unused)})"
+    unused = set(exported) - ours
+    return f"{len(ours)} project metrics queried, all served by the binaries ({len(unused)} not charted: {sorted(unused)})"
 
 
 def monitoring_render():

@@ -4,8 +4,9 @@
 # built children (golden file) and the samples against the Kubernetes JSON schemas (PyPI
 # kubernetes-validate) and the CRDs; checks the restricted Pod Security Standard, the kind
 # flow's scripts (shellcheck) and manifests, the dashboard and the alerts (PromQL parsed with
-# PyPI promql-parser, metric names checked against the Rust sources). Installs the Python
-# packages into a venv under the cargo target dir.
+# PyPI promql-parser, metric names, types and labels checked against what each binary serves:
+# they are built here and print their metric families). Installs the Python packages into a
+# venv under the cargo target dir.
 #
 #   bash charts/test.sh            # from the repository root; exits non-zero on any failure
 set -euo pipefail
@@ -23,4 +24,7 @@ if ! "$venv/bin/python" -c "import helm_python, kubernetes_validate, promql_pars
   "$venv/bin/pip" install --quiet --disable-pip-version-check \
     "helm-python-sdk==0.2.2" "kubernetes-validate==1.37.0" "promql-parser==0.11.0"
 fi
+# The binaries whose metric families the dashboards and alerts query (a no-op after `make unit`).
+"${CARGO:-cargo}" build --manifest-path "$root/Cargo.toml" --locked --quiet --bins -p supplier-simulator -p odds-ingest -p odds-processor -p odds-service -p odds-operator
+export ODDS_BIN_DIR="$target/debug"
 exec "$venv/bin/python" "$root/charts/test.py" "$root"

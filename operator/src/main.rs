@@ -5,7 +5,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use odds_operator::render::{render, secrets_from_yaml, RenderOptions};
 use odds_operator::run::{run, RunArgs};
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::PathBuf;
 
 /// Kubernetes operator for the odds pipeline.
@@ -62,6 +62,11 @@ struct RenderArgs {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if odds_runtime::cli::metric_families_requested() {
+        let registry = odds_operator::metrics::Metrics::registry()?;
+        odds_operator::metrics::Metrics::register(&registry)?;
+        return Ok(odds_runtime::metrics::print_families(&[&registry])?);
+    }
     let cli = Cli::parse();
     let args = match cli.command {
         Some(Command::Crd) => return print_crd(),
@@ -117,12 +122,6 @@ fn print_crd() -> anyhow::Result<()> {
 
 /// Writes `yaml` to standard output; a reader that closed the pipe early is not an error.
 fn write_stdout(yaml: &str) -> anyhow::Result<()> {
-    let mut stdout = std::io::stdout().lock();
-    match stdout
-        .write_all(yaml.as_bytes())
-        .and_then(|()| stdout.flush())
-    {
-        Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
-        other => Ok(other?),
-    }
+    odds_runtime::cli::print_stdout(yaml)?;
+    Ok(())
 }

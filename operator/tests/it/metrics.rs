@@ -11,8 +11,7 @@ use odds_operator::metrics::{Metrics, PipelineSeries};
 use odds_runtime::metrics::{component, missing_queried};
 use prometheus::proto::MetricFamily;
 
-/// The names the dashboard and alerts query.
-const QUERIED: &str = include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt");
+use odds_runtime::metrics::QUERIED_METRICS as QUERIED;
 
 fn family(families: &[MetricFamily], name: &str) -> Option<MetricFamily> {
     families.iter().find(|f| f.name() == name).cloned()

@@ -105,9 +105,7 @@ mod tests {
 
     #[test]
     fn every_metric_the_status_line_reads_is_in_the_dashboards_list() {
-        let queried = odds_runtime::metrics::queried_names(include_str!(
-            "../../../charts/odds-operator/dashboards/queried-metrics.txt"
-        ));
+        let queried = odds_runtime::metrics::queried_names(odds_runtime::metrics::QUERIED_METRICS);
         for name in metric::ALL {
             assert!(
                 queried.contains(&name),

@@ -4,6 +4,11 @@ use odds_ingest::{run, IngestConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if odds_runtime::cli::metric_families_requested() {
+        let registry = odds_ingest::metrics::IngestMetrics::registry()?;
+        odds_ingest::metrics::IngestMetrics::register(&registry)?;
+        return Ok(odds_runtime::metrics::print_families(&[&registry])?);
+    }
     let config = IngestConfig::parse();
     if let Err(message) = config.check() {
         IngestConfig::command()

@@ -121,9 +121,7 @@ mod tests {
     use super::*;
     use odds_runtime::metrics::missing_queried;
 
-    /// The names the dashboards and alerts query.
-    const QUERIED: &str =
-        include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt");
+    use odds_runtime::metrics::QUERIED_METRICS as QUERIED;
 
     #[test]
     fn every_ingest_metric_the_dashboards_query_is_registered() {

@@ -5,6 +5,11 @@ use odds_processor::{run, Cli};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if odds_runtime::cli::metric_families_requested() {
+        let registry = odds_processor::metrics::Metrics::registry()?;
+        odds_processor::metrics::Metrics::register(&registry)?;
+        return Ok(odds_runtime::metrics::print_families(&[&registry])?);
+    }
     match Cli::invocation() {
         Invocation::Migrate(args) => {
             odds_runtime::telemetry::init(args.ops.log_format, &args.ops.log_filter)?;

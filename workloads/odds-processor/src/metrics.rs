@@ -206,7 +206,7 @@ mod tests {
         let registry = Metrics::registry().unwrap();
         Metrics::register(&registry).unwrap();
         let missing = odds_runtime::metrics::missing_queried(
-            include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt"),
+            odds_runtime::metrics::QUERIED_METRICS,
             odds_runtime::metrics::component::PROCESSOR,
             &[&registry],
         );

@@ -5,6 +5,13 @@ use odds_service::ServiceConfig;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    if odds_runtime::cli::metric_families_requested() {
+        let metrics = odds_service::metrics::Metrics::new()?;
+        return Ok(odds_runtime::metrics::print_families(&[
+            &metrics.ws_registry,
+            &metrics.api_registry,
+        ])?);
+    }
     let config = ServiceConfig::parse();
     odds_runtime::telemetry::init(config.ops.log_format, &config.ops.log_filter)?;
     let shutdown = odds_runtime::shutdown::on_signals();

@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn every_service_metric_the_dashboards_query_is_registered() {
         let metrics = Metrics::new().unwrap();
-        let list = include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt");
+        let list = odds_runtime::metrics::QUERIED_METRICS;
         for c in [component::WEBSOCKET, component::API] {
             let missing = missing_queried(list, c, &[&metrics.ws_registry, &metrics.api_registry]);
             assert!(

@@ -18,6 +18,18 @@ pub fn write_quietly(out: &mut impl Write, text: &str) -> std::io::Result<bool> 
     }
 }
 
+/// The flag of [`crate::OpsArgs::print_metric_families`].
+pub const PRINT_METRIC_FAMILIES: &str = "--print-metric-families";
+
+/// Whether the command line asks for the metric families only. Read from the raw arguments
+/// before clap parses them, as `--version` is, because a stage's required settings (brokers,
+/// database) mean nothing to a command that starts nothing.
+pub fn metric_families_requested() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .any(|arg| arg == PRINT_METRIC_FAMILIES)
+}
+
 /// Prints `text` to standard output; `Ok(false)` when the reader has gone (EPIPE).
 pub fn print_stdout(text: &str) -> std::io::Result<bool> {
     write_quietly(&mut std::io::stdout().lock(), text)

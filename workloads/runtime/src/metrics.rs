@@ -8,8 +8,9 @@
 //! query (`charts/odds-operator/dashboards/queried-metrics.txt`, see [`queried_names`]).
 
 use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 use prometheus::Registry;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// The project's namespace: the first word of every metric name.
@@ -44,14 +45,25 @@ pub fn component_of(name: &str) -> Option<&'static str> {
         .find(|c| name.starts_with(&format!("{}_", prefix(c))))
 }
 
-/// A registry that serves its metrics as `odds_<component>_<name>` and remembers every name
+/// What a dashboard query can rely on of one metric family: its full name, its type and the
+/// names of its own labels (a histogram's `le` not included).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FamilyShape {
+    pub name: String,
+    /// `counter`, `gauge`, `histogram`, `summary` or `untyped`, as the text format says.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub labels: Vec<String>,
+}
+
+/// A registry that serves its metrics as `odds_<component>_<name>` and remembers every family
 /// registered, labelled or not (a labelled metric is scraped only once a label value exists,
 /// so the scrape alone cannot show what is registered).
 #[derive(Clone, Debug)]
 pub struct PrefixedRegistry {
     prefix: String,
     registry: Registry,
-    names: Arc<Mutex<BTreeSet<String>>>,
+    families: Arc<Mutex<BTreeMap<String, FamilyShape>>>,
 }
 
 impl PrefixedRegistry {
@@ -60,22 +72,43 @@ impl PrefixedRegistry {
         Ok(PrefixedRegistry {
             registry: Registry::new_custom(Some(prefix.clone()), None)?,
             prefix,
-            names: Arc::default(),
+            families: Arc::default(),
         })
     }
 
     /// Registers `collector`; give it its name without the component's prefix.
     pub fn register<C: Collector + 'static>(&self, collector: C) -> Result<(), prometheus::Error> {
-        let names: Vec<String> = collector
+        // A collector's families carry their type even before any labelled series exists.
+        let kinds: BTreeMap<String, String> = collector
+            .collect()
+            .iter()
+            .map(|f| {
+                (
+                    f.name().to_owned(),
+                    type_name(f.get_field_type()).to_owned(),
+                )
+            })
+            .collect();
+        let shapes: Vec<FamilyShape> = collector
             .desc()
             .iter()
-            .map(|d| format!("{}_{}", self.prefix, d.fq_name))
+            .map(|d| FamilyShape {
+                name: format!("{}_{}", self.prefix, d.fq_name),
+                kind: kinds
+                    .get(&d.fq_name)
+                    .cloned()
+                    .unwrap_or_else(|| "untyped".to_owned()),
+                labels: d
+                    .const_label_pairs
+                    .iter()
+                    .map(|l| l.name().to_owned())
+                    .chain(d.variable_labels.iter().cloned())
+                    .collect(),
+            })
             .collect();
         self.registry.register(Box::new(collector))?;
-        self.names
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(names);
+        let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
+        families.extend(shapes.into_iter().map(|s| (s.name.clone(), s)));
         Ok(())
     }
 
@@ -86,12 +119,56 @@ impl PrefixedRegistry {
 
     /// Full names of everything registered (histograms by their base name).
     pub fn names(&self) -> BTreeSet<String> {
-        self.names
+        self.families
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    /// Every family registered, by full name.
+    pub fn families(&self) -> Vec<FamilyShape> {
+        self.families
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 }
+
+fn type_name(kind: MetricType) -> &'static str {
+    match kind {
+        MetricType::COUNTER => "counter",
+        MetricType::GAUGE => "gauge",
+        MetricType::HISTOGRAM => "histogram",
+        MetricType::SUMMARY => "summary",
+        MetricType::UNTYPED => "untyped",
+    }
+}
+
+/// The families a binary serves, as the JSON `--print-metric-families` prints: one array,
+/// sorted by name. The chart's dashboard and alert checks (`charts/test.py`) read this from
+/// each built binary instead of guessing from source text.
+pub fn families_json(registries: &[&PrefixedRegistry]) -> String {
+    let mut all: Vec<FamilyShape> = registries.iter().flat_map(|r| r.families()).collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    // Serialising plain strings into JSON cannot fail.
+    serde_json::to_string_pretty(&all).unwrap_or_default() + "\n"
+}
+
+/// Prints [`families_json`] to standard output (the `--print-metric-families` flag).
+pub fn print_families(registries: &[&PrefixedRegistry]) -> std::io::Result<()> {
+    crate::cli::print_stdout(&families_json(registries)).map(drop)
+}
+
+/// The list of metric names the chart's dashboards and alerts query, one per line
+/// (`charts/odds-operator/dashboards/queried-metrics.txt`, kept current by `make chart-test`).
+/// Embedded here once so every crate's test that checks its registry against it reads the
+/// same file through one path.
+pub const QUERIED_METRICS: &str =
+    include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt");
 
 /// The metric names of a `queried-metrics.txt` text: one per line, `#` comments and blank
 /// lines skipped.
@@ -122,9 +199,7 @@ mod tests {
     use super::*;
     use prometheus::{IntCounter, IntCounterVec, Opts};
 
-    /// The list the dashboards and alerts query.
-    const QUERIED: &str =
-        include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt");
+    const QUERIED: &str = QUERIED_METRICS;
 
     #[test]
     fn every_queried_name_belongs_to_exactly_one_component() {
@@ -168,5 +243,36 @@ mod tests {
             Some(component::WEBSOCKET)
         );
         assert_eq!(component_of("odds_wsx"), None);
+    }
+
+    #[test]
+    fn families_carry_type_and_labels_before_any_series_exists() {
+        let registry = PrefixedRegistry::new(component::INGEST).unwrap();
+        let latency = prometheus::HistogramVec::new(
+            prometheus::HistogramOpts::new("latency_seconds", "latency"),
+            &["hop", "stage"],
+        )
+        .unwrap();
+        registry.register(latency).unwrap();
+        registry
+            .register(prometheus::IntGauge::new("clients", "clients").unwrap())
+            .unwrap();
+        let json = families_json(&[&registry]);
+        let shapes: Vec<FamilyShape> = serde_json::from_str(&json).unwrap();
+        assert_eq!(
+            shapes,
+            [
+                FamilyShape {
+                    name: "odds_ingest_clients".into(),
+                    kind: "gauge".into(),
+                    labels: vec![],
+                },
+                FamilyShape {
+                    name: "odds_ingest_latency_seconds".into(),
+                    kind: "histogram".into(),
+                    labels: vec!["hop".into(), "stage".into()],
+                },
+            ]
+        );
     }
 }

@@ -29,6 +29,13 @@ pub struct OpsArgs {
     /// Log filter in RUST_LOG syntax, e.g. `info` or `info,odds_ingest=debug`.
     #[arg(long, env = env::RUST_LOG, default_value = "info")]
     pub log_filter: String,
+    /// Print the metric families this binary serves on /metrics (name, type, label names;
+    /// JSON) and exit without starting anything. The chart's dashboard and alert checks read
+    /// it, so they compare against what runs rather than against source text.
+    /// Checked before the other options are parsed (see
+    /// [`crate::cli::metric_families_requested`]), so the settings a run needs are not asked for.
+    #[arg(long)]
+    pub print_metric_families: bool,
 }
 
 #[derive(Clone)]

@@ -12,4 +12,4 @@ pub mod server;
 
 pub use config::SimulatorConfig;
 pub use feed::OddsFeed;
-pub use server::{run, SimulatorServer};
+pub use server::{metrics_registry, run, SimulatorServer};

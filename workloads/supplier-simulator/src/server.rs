@@ -98,6 +98,14 @@ pub struct SimulatorServer {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// The simulator's registry with every metric it serves registered, for
+/// `--print-metric-families`.
+pub fn metrics_registry() -> Result<PrefixedRegistry, prometheus::Error> {
+    let registry = PrefixedRegistry::new(component::SIMULATOR)?;
+    Metrics::register(&registry)?;
+    Ok(registry)
+}
+
 impl SimulatorServer {
     /// Binds both servers and starts the generator; returns once clients can connect.
     pub async fn start(
@@ -298,9 +306,7 @@ mod tests {
     use super::*;
     use odds_runtime::metrics::missing_queried;
 
-    /// The names the dashboards and alerts query.
-    const QUERIED: &str =
-        include_str!("../../../charts/odds-operator/dashboards/queried-metrics.txt");
+    use odds_runtime::metrics::QUERIED_METRICS as QUERIED;
 
     #[test]
     fn every_simulator_metric_the_dashboards_query_is_registered() {
