@@ -1330,6 +1330,25 @@ def monitoring_render():
     return f"ServiceMonitor, PodMonitor ({selected} Deployments), PrometheusRule, dashboard ConfigMap; NOTES.txt names the next command"
 
 
+def ports_agree():
+    """The chart's operator port is the one the binary listens on by default (its --help)."""
+    binary = pathlib.Path(os.environ.get("ODDS_BIN_DIR", ROOT / "target" / "debug")) / "odds-operator"
+    usage = subprocess.run([str(binary), "--help"], capture_output=True, text=True, check=True,
+                           env={"PATH": os.environ.get("PATH", "")}).stdout
+    m = re.search(r"--http-addr <HTTP_ADDR>.*?\[default: [0-9.]+:(\d+)\]", usage, re.S)
+    assert m, f"odds-operator --help names no default --http-addr:\n{usage}"
+    port = int(m.group(1))
+    objects = render({})
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    assert env["HTTP_ADDR"] == f"0.0.0.0:{port}", env["HTTP_ADDR"]
+    assert [p["containerPort"] for p in container["ports"]] == [port], container["ports"]
+    service = next(o for o in objects if o["kind"] == "Service" and o["metadata"]["name"].endswith("-metrics"))
+    assert [p["port"] for p in service["spec"]["ports"]] == [port], service["spec"]["ports"]
+    return f"operator ops port {port} in its Deployment, probes and metrics Service"
+
+
 check("helm lint --strict", lint)
 check("render with default values", default_render)
 check("render with custom values", custom_render)
@@ -1353,6 +1372,7 @@ check("Grafana dashboard parses", dashboard_valid)
 check("PrometheusRule is well-formed", prometheus_rule_valid)
 check("queried metrics are exported and listed", queried_metrics_listed)
 check("monitoring objects render", monitoring_render)
+check("the chart's ports are the binaries'", ports_agree)
 
 print(f"{RESULTS['passed']} passed, {RESULTS['failed']} failed")
 sys.exit(1 if RESULTS["failed"] else 0)

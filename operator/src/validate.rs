@@ -46,7 +46,7 @@ pub enum KafkaSource {
 }
 
 /// Port of Strimzi's plain listener (`<cluster>-kafka-bootstrap:9092`).
-pub const PLAIN_LISTENER_PORT: i32 = 9092;
+pub const PLAIN_LISTENER_PORT: i32 = odds_contracts::ports::KAFKA_PLAIN as i32;
 
 impl KafkaSource {
     /// The port of the Strimzi listener the workloads use: the secured one with

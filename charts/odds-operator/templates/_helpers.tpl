@@ -21,3 +21,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- define "odds-operator.serviceAccountName" -}}
 {{- default (include "odds-operator.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
+
+{{- /* The operator's /healthz /readyz /metrics port: odds_contracts::ports::OPS, the binary's
+default HTTP_ADDR (charts/test.py checks the two agree). */ -}}
+{{- define "odds-operator.opsPort" -}}
+9000
+{{- end -}}

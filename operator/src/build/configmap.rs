@@ -32,10 +32,7 @@ pub fn name_in(pipeline: &str) -> String {
 pub fn bootstrap_servers(pipeline: &ValidPipeline) -> String {
     match &pipeline.kafka {
         KafkaSource::Strimzi { cluster, .. } => {
-            format!(
-                "{cluster}-kafka-bootstrap:{}",
-                pipeline.kafka.listener_port()
-            )
+            odds_contracts::ports::strimzi_bootstrap(cluster, None, pipeline.kafka.listener_port())
         }
         KafkaSource::External { bootstrap_servers } => bootstrap_servers.clone(),
     }

@@ -30,6 +30,7 @@ use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
+use odds_contracts::ports;
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -44,11 +45,11 @@ pub const FIELD_MANAGER: &str = "odds-operator";
 /// Pod template annotation whose change rolls the pods when config or Secrets change.
 pub const CONFIG_HASH_ANNOTATION: &str = "odds-pipeline.github.io/config-hash";
 /// Port every workload serves `/healthz` `/readyz` `/metrics` on (`HTTP_ADDR`).
-pub const OPS_PORT: i32 = 9000;
+pub const OPS_PORT: i32 = ports::OPS as i32;
 /// Port the odds service's API listens on inside the pod.
-pub const API_PORT: i32 = 8080;
+pub const API_PORT: i32 = ports::API as i32;
 /// Port the simulator's WebSocket feed listens on.
-pub const SIMULATOR_PORT: i32 = 8090;
+pub const SIMULATOR_PORT: i32 = ports::SIMULATOR as i32;
 
 /// The workloads the operator deploys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

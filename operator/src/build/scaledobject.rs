@@ -116,13 +116,11 @@ impl ScaledObject {
 /// so Strimzi's bootstrap Service needs its namespace-qualified name there.
 pub fn keda_bootstrap_servers(pipeline: &ValidPipeline) -> String {
     match &pipeline.kafka {
-        KafkaSource::Strimzi { cluster, .. } => {
-            format!(
-                "{cluster}-kafka-bootstrap.{}.svc:{}",
-                pipeline.namespace,
-                pipeline.kafka.listener_port()
-            )
-        }
+        KafkaSource::Strimzi { cluster, .. } => odds_contracts::ports::strimzi_bootstrap(
+            cluster,
+            Some(&pipeline.namespace),
+            pipeline.kafka.listener_port(),
+        ),
         KafkaSource::External { .. } => configmap::bootstrap_servers(pipeline),
     }
 }

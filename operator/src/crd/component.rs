@@ -223,7 +223,7 @@ impl Default for ServiceSpec {
 }
 
 fn default_service_port() -> i32 {
-    8080
+    odds_contracts::ports::API as i32
 }
 
 /// Kubernetes Service type.

@@ -6,7 +6,7 @@
 //! value out of range is an error naming the flag, never silently clamped.
 
 use clap::builder::RangedU64ValueParser;
-use odds_contracts::env;
+use odds_contracts::{env, ports};
 use odds_runtime::OpsArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -20,7 +20,7 @@ pub struct ServiceConfig {
 
     /// Address of the public server: REST `/v1/...`, WebSocket `/ws/odds`, page `/`,
     /// `/openapi.json`.
-    #[arg(long, env = env::LISTEN_ADDR, default_value = "0.0.0.0:8080")]
+    #[arg(long, env = env::LISTEN_ADDR, default_value_t = ports::any_address(ports::API))]
     pub listen_addr: SocketAddr,
 
     /// Redis holding the current-odds cache and the `odds:updates` pub/sub channel.

@@ -10,7 +10,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use odds_contracts::env;
+use odds_contracts::{env, ports};
 use prometheus::{Encoder, Registry, TextEncoder};
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 #[derive(Debug, Clone, clap::Args)]
 pub struct OpsArgs {
     /// Address of the health, readiness and metrics server.
-    #[arg(long, env = env::HTTP_ADDR, default_value = "0.0.0.0:9000")]
+    #[arg(long, env = env::HTTP_ADDR, default_value_t = ports::any_address(ports::OPS))]
     pub http_addr: SocketAddr,
     /// Log format.
     #[arg(long, env = env::LOG_FORMAT, value_enum, default_value = "text")]

@@ -1,7 +1,7 @@
 //! Command-line and environment configuration of the simulator.
 
-use odds_contracts::env;
 use odds_contracts::Market;
+use odds_contracts::{env, ports};
 use odds_runtime::OpsArgs;
 use std::net::SocketAddr;
 
@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 #[command(version, about, long_about = None)]
 pub struct SimulatorConfig {
     /// Address of the WebSocket server (clients connect to ws://ADDR/ws).
-    #[arg(long, env = env::LISTEN_ADDR, default_value = "0.0.0.0:8090")]
+    #[arg(long, env = env::LISTEN_ADDR, default_value_t = ports::any_address(ports::SIMULATOR))]
     pub listen_addr: SocketAddr,
 
     /// Number of events. The first four are MATCH_001..MATCH_004 with fixed teams; more are generated.
