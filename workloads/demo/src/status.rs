@@ -1,4 +1,6 @@
-//! The live status line: what flows through the pipeline right now.
+//! The live status line: what flows through the pipeline right now, and what a client sees
+//! of it (the freshness canary's p99 age and longest freeze, the figures the operator puts
+//! in a pipeline's status).
 
 use crate::launcher::Launcher;
 use crate::metrics_text::{quantile_between, Samples};
@@ -63,9 +65,30 @@ impl Scrape {
 #[derive(Default)]
 pub struct StatusBoard {
     last: Option<(Instant, Scrape)>,
+    canary: Option<odds_canary::Canary>,
+}
+
+/// The canary's part of the line: `canary p99 12ms freeze 0.00s`, or why it has none.
+pub fn canary_figures(summary: &odds_canary::Summary) -> String {
+    let freeze = summary.longest_freeze.as_secs_f64();
+    match (summary.p99_ms, &summary.sight) {
+        (_, odds_canary::Sight::Blind { why, .. }) => {
+            format!("canary blind {freeze:.2}s ({})", why.describe())
+        }
+        (Some(p99), _) => format!("canary p99 {p99}ms freeze {freeze:.2}s"),
+        (None, _) => format!("canary p99 - freeze {freeze:.2}s"),
+    }
 }
 
 impl StatusBoard {
+    /// A board whose line also shows `canary`'s figures.
+    pub fn with_canary(canary: odds_canary::Canary) -> StatusBoard {
+        StatusBoard {
+            last: None,
+            canary: Some(canary),
+        }
+    }
+
     pub async fn line(&mut self, launcher: &Launcher) -> String {
         let now = Instant::now();
         let scrape = Scrape::take(launcher).await;
@@ -95,7 +118,10 @@ impl StatusBoard {
             None => "collecting figures…".to_owned(),
         };
         self.last = Some((now, scrape));
-        line
+        match &self.canary {
+            Some(canary) => format!("{line} | {}", canary_figures(&canary.summary())),
+            None => line,
+        }
     }
 }
 
