@@ -127,7 +127,33 @@ impl StatusBoard {
 
 #[cfg(test)]
 mod tests {
-    use super::metric;
+    use super::{canary_figures, metric};
+    use odds_canary::{Blindness, Sight, Summary};
+    use std::time::Duration;
+
+    #[test]
+    fn the_line_shows_the_canarys_p99_and_freeze_or_why_it_is_blind() {
+        let mut summary = Summary {
+            measured_at: chrono::Utc::now(),
+            window: Duration::from_secs(60),
+            frames_sampled: 10,
+            p50_ms: Some(4),
+            p99_ms: Some(12),
+            longest_freeze: Duration::from_millis(210),
+            longest_freeze_key: None,
+            supplier_skew_p50_ms: None,
+            sight: Sight::Watching,
+        };
+        assert_eq!(canary_figures(&summary), "canary p99 12ms freeze 0.21s");
+        summary.sight = Sight::Blind {
+            since: chrono::Utc::now(),
+            why: Blindness::NotLive("no processor heartbeat".into()),
+        };
+        assert_eq!(
+            canary_figures(&summary),
+            "canary blind 0.21s (odds-service says live updates stopped: no processor heartbeat)"
+        );
+    }
 
     #[test]
     fn every_metric_the_status_line_reads_is_in_the_dashboards_list() {
