@@ -11,9 +11,11 @@
 use crate::apply::{self, apply_all, ApplyError};
 use crate::build::scaling::Scaler;
 use crate::build::{self, service, Component, MigrationState};
+use crate::canaries::Canaries;
 use crate::crd::{ConditionType, OddsPipeline, OddsPipelineStatus, Reason};
 pub use crate::events::{fit_note, EVENT_NOTE_LIMIT, TRUNCATED_MARKER};
 use crate::events::{publish, send};
+use crate::freshness::Objective;
 use crate::metrics::Metrics;
 use crate::observe::{self, DereferenceError};
 use crate::prune;
@@ -135,10 +137,14 @@ pub struct Context {
     /// KEDA's).
     pub pod_monitors: Arc<AtomicBool>,
     /// Per pipeline (`namespace/name`): its status as last written or confirmed by a
-    /// reconcile, while its processor scales by lag ([`refresh_lags`] keeps its LAG fresh
-    /// between reconciles); `None` otherwise. Each slot's lock serializes the pipeline's
-    /// status writes, so a refresh never writes an older status over a reconcile's.
+    /// reconcile, while something refreshes it between reconciles ([`refresh_lags`] the LAG
+    /// of a processor that scales by lag, [`refresh_freshness`] the figures of a measured
+    /// pipeline); `None` otherwise. Each slot's lock serializes the pipeline's status
+    /// writes, so a refresh never writes an older status over a reconcile's or another
+    /// refresh's.
     lag_slots: Mutex<BTreeMap<String, LagSlot>>,
+    /// The freshness canary of every valid, running pipeline.
+    pub canaries: Arc<Canaries>,
     /// The time conditions' transitions are stamped with (tests move it on at will).
     pub clock: Clock,
     /// Cancelled when this replica loses the leader Lease: every reconcile stops at once,
@@ -155,13 +161,18 @@ pub type Clock = Arc<dyn Fn() -> chrono::DateTime<chrono::Utc> + Send + Sync>;
 /// One pipeline's entry in [`Context::lag_slots`].
 type LagSlot = Arc<tokio::sync::Mutex<Option<LagWatch>>>;
 
-/// A pipeline whose processor scales by lag, as its last reconcile left it.
+/// A pipeline whose status is refreshed between reconciles, as its last reconcile left it.
 #[derive(Clone, Debug)]
 struct LagWatch {
     namespace: String,
     name: String,
+    /// The pipeline as reconciled (what events are about).
+    pipeline: OddsPipeline,
     /// The stored status (what the reconcile wrote, or found already so).
     status: OddsPipelineStatus,
+    /// Whether its processor scales by lag (and the pipeline is not degraded): the LAG
+    /// refresh is for it.
+    lag_based: bool,
 }
 
 impl Context {
@@ -183,6 +194,7 @@ impl Context {
             keda: Arc::new(AtomicBool::new(false)),
             pod_monitors: Arc::new(AtomicBool::new(false)),
             lag_slots: Mutex::new(BTreeMap::new()),
+            canaries: Arc::new(Canaries::live()),
             clock: Arc::new(chrono::Utc::now),
             lost_leadership: CancellationToken::new(),
         }
@@ -246,6 +258,9 @@ const REQUEUE_BUSY: Duration = Duration::from_secs(15);
 pub const LAG_REFRESH: Duration = Duration::from_secs(30);
 /// Requeue interval of a settled pipeline (drift check), or of one waiting for the user.
 const REQUEUE_IDLE: Duration = Duration::from_secs(300);
+/// How often [`refresh_freshness`] writes the canaries' figures into the statuses: how
+/// fresh FRESH is, and how soon `Fresh` turns (a few status writes a minute per pipeline).
+pub const FRESHNESS_REFRESH: Duration = Duration::from_secs(15);
 
 /// Reconciles one pipeline. Stops at once, before its next request, when this replica loses
 /// the leader Lease (`ctx.lost_leadership`).
@@ -299,6 +314,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         // with `topicDeletionPolicy: Delete`); re-applying them would fight a foreground
         // deletion.
         ctx.drop_lag_slot(&key(pipeline));
+        ctx.canaries.stop(&key(pipeline));
         return Ok(Action::await_change());
     }
     if pipeline.is_paused() {
@@ -308,6 +324,9 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         let mut watch = slot.lock().await;
         *watch = None;
         ctx.drop_lag_slot(&key(pipeline));
+        // Paused children are not the operator's to judge: the status keeps the last
+        // figures (with their `measuredAt`) and nothing is measured until it resumes.
+        ctx.canaries.stop(&key(pipeline));
         if paused != previous {
             publish(
                 ctx,
@@ -360,6 +379,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         Ok(valid) => valid,
         Err(invalid) => {
             // Nothing is applied: what runs keeps running until the spec is fixed.
+            ctx.canaries.stop(&key(pipeline));
             observed.failure = Some(Failure {
                 reason: Reason::InvalidSpec,
                 message: invalid.to_string(),
@@ -367,6 +387,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
             return report.finish(observed).await;
         }
     };
+    measure_freshness(ctx, pipeline);
     let migration = match observe::migration(client, &valid).await {
         Ok(migration) => migration,
         Err(error) => return report.fail(observed, error.into()).await,
@@ -471,6 +492,121 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
     report.finish(observed).await
 }
 
+/// Starts (or keeps) the canary of a pipeline that passed validation (so `spec.slo` is
+/// valid): the WebSocket of its odds-service Service, judged by `spec.slo`.
+fn measure_freshness(ctx: &Context, pipeline: &OddsPipeline) {
+    let pipeline_key = key(pipeline);
+    match Objective::of(&pipeline.spec.slo) {
+        Ok(objective) => ctx.canaries.ensure(
+            &pipeline_key,
+            service::web_socket_url(pipeline),
+            objective,
+            pipeline.spec.slo.window.clone(),
+        ),
+        Err(_) => ctx.canaries.stop(&pipeline_key),
+    }
+}
+
+/// One event when the `Fresh` verdict changes (status or reason): Warning when it turns
+/// bad, Normal when it recovers; a first verdict that is good is not news.
+async fn announce_freshness(
+    ctx: &Context,
+    pipeline: &OddsPipeline,
+    previous: &OddsPipelineStatus,
+    next: &OddsPipelineStatus,
+) {
+    let Some(now) = next.condition(ConditionType::Fresh) else {
+        return;
+    };
+    let before = previous.condition(ConditionType::Fresh);
+    let same = before.is_some_and(|b| b.status == now.status && b.reason == now.reason);
+    let first_and_good = before.is_none() && now.status == "True";
+    if same || first_and_good {
+        return;
+    }
+    let type_ = if now.status == "True" {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    publish(
+        ctx,
+        pipeline,
+        type_,
+        &now.reason,
+        "Measure",
+        now.message.clone(),
+    )
+    .await;
+}
+
+/// Writes every measured pipeline's canary figures into its status between reconciles (the
+/// status the last reconcile left, with new `freshness` and `Fresh`), announces verdict
+/// changes, and publishes the canaries' metrics. No child is read or applied.
+pub async fn refresh_freshness(ctx: &Context) {
+    let now = (ctx.clock)().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for slot in ctx.all_lag_slots() {
+        let mut guard = slot.lock().await;
+        let Some(watch) = guard.as_mut() else {
+            continue;
+        };
+        let pipeline_key = key_of(&watch.namespace, &watch.name);
+        let Some(reading) = ctx.canaries.reading(&pipeline_key) else {
+            continue;
+        };
+        let next = status::with_freshness(&watch.status, &reading, &now);
+        if next != watch.status {
+            let written = tokio::time::timeout(
+                RECONCILE_DEADLINE,
+                write_status(&ctx.client, &watch.name, &watch.namespace, &next),
+            )
+            .await;
+            match written {
+                Ok(Ok(())) => {
+                    announce_freshness(ctx, &watch.pipeline, &watch.status, &next).await;
+                    ctx.report_conditions(&watch.pipeline, &next);
+                    watch.status = next;
+                }
+                Ok(Err(StatusError {
+                    source: kube::Error::Api(status),
+                    ..
+                })) if status.code == 404 => {
+                    // Deleted (a pipeline without finalizers is never reconciled again).
+                    if let Some(metrics) = &ctx.metrics {
+                        metrics.freshness.forget(&watch.namespace, &watch.name);
+                    }
+                    *guard = None;
+                    drop(guard);
+                    ctx.drop_lag_slot(&pipeline_key);
+                    ctx.canaries.stop(&pipeline_key);
+                    continue;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(pipeline = %pipeline_key, %error, "cannot write the freshness figures");
+                }
+                Err(_) => {
+                    tracing::warn!(pipeline = %pipeline_key, "writing the freshness figures timed out");
+                }
+            }
+        }
+        if let Some(metrics) = &ctx.metrics {
+            let freshness = &metrics.freshness;
+            ctx.canaries
+                .report(freshness, &watch.namespace, &watch.name, &pipeline_key);
+        }
+    }
+}
+
+/// [`refresh_freshness`] every [`FRESHNESS_REFRESH`], for as long as the controller runs.
+pub async fn refresh_freshness_periodically(ctx: Arc<Context>) {
+    let mut ticks = tokio::time::interval(FRESHNESS_REFRESH);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        refresh_freshness(&ctx).await;
+    }
+}
+
 /// Publishes one event per deleted child.
 async fn announce_deleted(ctx: &Context, pipeline: &OddsPipeline, deleted: Vec<prune::Deleted>) {
     for (what, reference) in deleted {
@@ -547,8 +683,11 @@ struct Report<'a> {
 impl Report<'_> {
     /// Computes and (only if it changed) writes the status, publishes a Warning event when a
     /// degradation begins or changes, and picks the requeue interval.
-    async fn finish(&self, observed: Observed) -> Result<Action, Error> {
+    async fn finish(&self, mut observed: Observed) -> Result<Action, Error> {
+        let pipeline_key = key(self.pipeline);
+        observed.freshness = self.ctx.canaries.reading(&pipeline_key);
         let next = status::compute(self.previous, &observed, self.now);
+        announce_freshness(self.ctx, self.pipeline, self.previous, &next).await;
         if let Some(failure) = status::degradation(&observed) {
             let before = self
                 .previous
@@ -611,7 +750,6 @@ impl Report<'_> {
             .get(&Component::Processor)
             .is_some_and(|s| s.scaler == Scaler::Keda);
         let name = self.pipeline.name_any();
-        let pipeline_key = key(self.pipeline);
         let slot = self.ctx.lag_slot(&pipeline_key);
         let mut watch = slot.lock().await;
         if &next != self.previous {
@@ -619,11 +757,16 @@ impl Report<'_> {
         }
         self.ctx.report_conditions(self.pipeline, &next);
         // Between reconciles the LAG column follows KEDA's decisions through
-        // [`refresh_lags`]; a degraded pipeline waits for a change instead.
-        *watch = (lag_based && !degraded).then(|| LagWatch {
+        // [`refresh_lags`] (a degraded pipeline waits for a change instead), and the
+        // freshness figures follow the canary through [`refresh_freshness`].
+        let lag_based = lag_based && !degraded;
+        let measured = self.ctx.canaries.measures(&pipeline_key);
+        *watch = (lag_based || measured).then(|| LagWatch {
             namespace: self.namespace.to_string(),
             name,
+            pipeline: self.pipeline.clone(),
             status: next.clone(),
+            lag_based,
         });
         if watch.is_none() {
             self.ctx.drop_lag_slot(&pipeline_key);
@@ -742,7 +885,7 @@ async fn write_status(
 pub async fn refresh_lags(ctx: &Context) {
     for slot in ctx.all_lag_slots() {
         let mut guard = slot.lock().await;
-        let Some(watch) = guard.as_mut() else {
+        let Some(watch) = guard.as_mut().filter(|w| w.lag_based) else {
             continue;
         };
         let refreshed =

@@ -6,14 +6,17 @@
 //! Validation is the only way to a [`validate::ValidPipeline`], and the builders take nothing
 //! else, so they never meet a spec that breaks a rule. Each step has its own error type, and
 //! every outcome, failures included, ends in the pipeline's status ([`controller`]); a
-//! workload whose rollout is stuck does too ([`rollout`]).
+//! workload whose rollout is stuck does too ([`rollout`]). What clients see is judged apart:
+//! a canary client per pipeline ([`canaries`]) against `spec.slo` ([`freshness`]).
 
 pub mod apply;
 pub mod build;
+pub mod canaries;
 pub mod controller;
 pub mod crd;
 pub mod discovery;
 pub mod events;
+pub mod freshness;
 pub mod leader;
 pub mod metrics;
 pub mod observe;

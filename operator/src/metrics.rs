@@ -8,14 +8,15 @@
 //! - `watch_errors_total{resource,reason}`: failures of the controller's list/watch streams;
 //! - `leader`: 1 while this replica holds the leader Lease;
 //! - `pipeline_condition{namespace,pipeline,type,status}`: 1 for each condition's current
-//!   status, 0 for the others; removed when the pipeline is deleted.
+//!   status, 0 for the others; removed when the pipeline is deleted;
+//! - the freshness canaries' series ([`FreshnessMetrics`], fed by [`crate::canaries`]).
 
 use crate::crd::{Condition, ConditionType, OddsPipeline};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use odds_runtime::metrics::{component, PrefixedRegistry};
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
 use std::collections::BTreeSet;
 
@@ -38,6 +39,7 @@ pub struct Metrics {
     pub watch_errors: IntCounterVec,
     pub leader: IntGauge,
     pub conditions: IntGaugeVec,
+    pub freshness: FreshnessMetrics,
 }
 
 impl Metrics {
@@ -83,6 +85,7 @@ impl Metrics {
                 ),
                 &["namespace", "pipeline", "type", "status"],
             )?,
+            freshness: FreshnessMetrics::new()?,
         };
         registry.register(metrics.reconciles.clone())?;
         registry.register(metrics.failures.clone())?;
@@ -91,6 +94,7 @@ impl Metrics {
         registry.register(metrics.watch_errors.clone())?;
         registry.register(metrics.leader.clone())?;
         registry.register(metrics.conditions.clone())?;
+        metrics.freshness.register(registry)?;
         Ok(metrics)
     }
 
@@ -124,6 +128,102 @@ impl Metrics {
     /// Removes every condition series of pipeline `namespace/name` (it was deleted).
     pub fn forget_pipeline(&self, namespace: &str, name: &str) {
         self.set_conditions(namespace, name, &[]);
+        self.freshness.forget(namespace, name);
+    }
+}
+
+/// The freshness canaries' series, per pipeline (`namespace`, `pipeline`).
+#[derive(Clone, Debug)]
+pub struct FreshnessMetrics {
+    /// Prices received with an age: the SLI's events.
+    pub frames: IntCounterVec,
+    /// Of those, the ones older than the pipeline's `slo.freshnessP99Ms`: the SLI's errors
+    /// (the objective's budget is 1 % of the events).
+    pub slow_frames: IntCounterVec,
+    pub age_p99: GaugeVec,
+    pub longest_freeze: GaugeVec,
+    pub watching: IntGaugeVec,
+    pub objective_p99: GaugeVec,
+    pub objective_freeze: GaugeVec,
+}
+
+impl FreshnessMetrics {
+    pub fn new() -> Result<FreshnessMetrics, prometheus::Error> {
+        Ok(FreshnessMetrics {
+            frames: IntCounterVec::new(
+                Opts::new(
+                    "canary_frames_total",
+                    "Prices the freshness canary received with an age (ingested_at)",
+                ),
+                &["namespace", "pipeline"],
+            )?,
+            slow_frames: IntCounterVec::new(
+                Opts::new(
+                    "canary_slow_frames_total",
+                    "Prices the freshness canary received older than the pipeline's slo.freshnessP99Ms",
+                ),
+                &["namespace", "pipeline"],
+            )?,
+            age_p99: GaugeVec::new(
+                Opts::new(
+                    "canary_age_p99_seconds",
+                    "99th percentile age of the canary's prices over slo.window (NaN without data)",
+                ),
+                &["namespace", "pipeline"],
+            )?,
+            longest_freeze: GaugeVec::new(
+                Opts::new(
+                    "canary_longest_freeze_seconds",
+                    "Longest freeze the canary saw over slo.window, one in progress included",
+                ),
+                &["namespace", "pipeline"],
+            )?,
+            watching: IntGaugeVec::new(
+                Opts::new(
+                    "canary_watching",
+                    "1 while the canary is connected and live updates flow, 0 while it is blind",
+                ),
+                &["namespace", "pipeline"],
+            )?,
+            objective_p99: GaugeVec::new(
+                Opts::new(
+                    "slo_freshness_p99_seconds",
+                    "The pipeline's slo.freshnessP99Ms, in seconds",
+                ),
+                &["namespace", "pipeline"],
+            )?,
+            objective_freeze: GaugeVec::new(
+                Opts::new(
+                    "slo_max_freeze_seconds",
+                    "The pipeline's slo.maxFreezeSeconds",
+                ),
+                &["namespace", "pipeline"],
+            )?,
+        })
+    }
+
+    /// Registers every series on `registry`.
+    pub fn register(&self, registry: &PrefixedRegistry) -> Result<(), prometheus::Error> {
+        registry.register(self.frames.clone())?;
+        registry.register(self.slow_frames.clone())?;
+        registry.register(self.age_p99.clone())?;
+        registry.register(self.longest_freeze.clone())?;
+        registry.register(self.watching.clone())?;
+        registry.register(self.objective_p99.clone())?;
+        registry.register(self.objective_freeze.clone())?;
+        Ok(())
+    }
+
+    /// Removes pipeline `namespace/name`'s series (it is no longer measured).
+    pub fn forget(&self, namespace: &str, name: &str) {
+        let labels = [namespace, name];
+        let _ = self.frames.remove_label_values(&labels);
+        let _ = self.slow_frames.remove_label_values(&labels);
+        let _ = self.age_p99.remove_label_values(&labels);
+        let _ = self.longest_freeze.remove_label_values(&labels);
+        let _ = self.watching.remove_label_values(&labels);
+        let _ = self.objective_p99.remove_label_values(&labels);
+        let _ = self.objective_freeze.remove_label_values(&labels);
     }
 }
 

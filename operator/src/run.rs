@@ -129,8 +129,11 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), RunEr
     let ctx = Arc::new(ctx);
     // The LAG column of lag-scaled pipelines, refreshed between reconciles.
     let lag_refresh = tokio::spawn(controller::refresh_lags_periodically(ctx.clone()));
+    // The canaries' figures in the statuses, refreshed between reconciles.
+    let freshness_refresh = tokio::spawn(controller::refresh_freshness_periodically(ctx.clone()));
     operate(&client, &scope, ctx, shutdown.clone()).await;
     lag_refresh.abort();
+    freshness_refresh.abort();
     stop_renewing.cancel();
     if let Some(keeper) = keeper {
         match keeper.await {

@@ -6,7 +6,9 @@
 
 use crate::build::scaling::Scaling;
 use crate::build::{Component, MigrationState};
+use crate::canaries::Reading;
 use crate::crd::{ComponentStatus, Condition, ConditionType, HeldBack, OddsPipelineStatus, Reason};
+use crate::freshness;
 use std::collections::BTreeMap;
 
 /// Why the reconcile could not bring the pipeline into shape: becomes `Degraded=True` with
@@ -42,6 +44,9 @@ pub struct Observed {
     /// The watches this pipeline depends on that have failed for a while, one message each
     /// (`Watching=False`, `WatchFailed`); empty when they all work.
     pub watch_failures: Vec<String>,
+    /// What the pipeline's freshness canary says now; `None` when it is not measured (an
+    /// invalid spec), and then the status has no freshness and no `Fresh` condition.
+    pub freshness: Option<Reading>,
 }
 
 /// What `status.processor.lag` says when no lag-based decision was reported.
@@ -283,6 +288,9 @@ pub fn compute(
         // Not decided in this reconcile: what the previous one reported still holds.
         conditions.extend(previous.condition(ConditionType::Autoscaling).cloned());
     }
+    if let Some(reading) = &observed.freshness {
+        conditions.push(fresh_condition(previous, reading, observed.generation, now));
+    }
 
     let component = |c: Component| {
         let before = match c {
@@ -323,7 +331,55 @@ pub fn compute(
                 reason: why.to_string(),
             })
             .collect(),
+        freshness: observed
+            .freshness
+            .as_ref()
+            .map(|r| freshness::freshness_status(&r.summary, &r.objective, &r.window)),
     }
+}
+
+/// `previous` with the freshness of `reading` (figures and the `Fresh` condition) and
+/// nothing else changed: what the canary refresh writes between reconciles.
+pub fn with_freshness(
+    previous: &OddsPipelineStatus,
+    reading: &Reading,
+    now: &str,
+) -> OddsPipelineStatus {
+    let mut status = previous.clone();
+    let generation = previous
+        .condition(ConditionType::Fresh)
+        .and_then(|c| c.observed_generation)
+        .or(previous.observed_generation);
+    let fresh = fresh_condition(previous, reading, generation, now);
+    status
+        .conditions
+        .retain(|c| c.type_ != ConditionType::Fresh.as_str());
+    status.conditions.push(fresh);
+    status.freshness = Some(freshness::freshness_status(
+        &reading.summary,
+        &reading.objective,
+        &reading.window,
+    ));
+    status
+}
+
+/// The `Fresh` condition of `reading` ([`freshness::fresh_condition`]).
+fn fresh_condition(
+    previous: &OddsPipelineStatus,
+    reading: &Reading,
+    generation: Option<i64>,
+    now: &str,
+) -> Condition {
+    let (ok, reason, message) = freshness::fresh_condition(&reading.summary, &reading.objective);
+    condition(
+        previous,
+        ConditionType::Fresh,
+        ok,
+        reason,
+        message,
+        generation,
+        now,
+    )
 }
 
 /// One condition; its transition time is kept from `previous` while its status stays.

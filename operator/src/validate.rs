@@ -256,6 +256,7 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
             }
         }
     }
+    problems.extend(crate::freshness::slo_problems(&spec.slo));
     if spec.postgres.migration_deadline_seconds < MIN_MIGRATION_DEADLINE_SECONDS {
         problems.push(format!(
             "postgres.migrationDeadlineSeconds must be at least {MIN_MIGRATION_DEADLINE_SECONDS}"

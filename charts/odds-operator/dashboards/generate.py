@@ -77,6 +77,37 @@ stat("DLQ /s", f"{rate('odds_ingest_dlq_total')} + {rate('odds_proc_dead_lettere
      [(0.01, "orange"), (0.1, "red")])
 newline(4)
 
+row("Freshness (what clients see: the operator's canary, spec.slo)")
+# The canary's series come from the operator (honorLabels keeps `namespace`), one per
+# pipeline; the objective is 99 % of prices younger than slo.freshnessP99Ms.
+SLOW = "odds_operator_canary_slow_frames_total"
+FRAMES = "odds_operator_canary_frames_total"
+stat("Canary age p99", f"max(odds_operator_canary_age_p99_seconds{SEL})", 0, 6, "s",
+     [(0.25, "orange"), (1, "red")],
+     "99th percentile age (now - ingested_at) of the prices the canary received over slo.window.")
+stat("Longest freeze", f"max(odds_operator_canary_longest_freeze_seconds{SEL})", 6, 6, "s",
+     [(1, "orange"), (5, "red")],
+     "Longest a price that changed upstream stayed frozen on the canary's screen (window), one in progress included.")
+stat("Error budget burn (1h)",
+     f"(sum(rate({SLOW}{SEL}[1h])) / sum(rate({FRAMES}{SEL}[1h]))) / 0.01", 12, 6, "short",
+     [(1, "orange"), (14.4, "red")],
+     "Share of prices older than the objective over the last hour, in units of the 1 % budget: 1 spends it exactly in the SLO period, 14.4 pages.")
+stat("Canary watching", f"min(odds_operator_canary_watching{SEL})", 18, 6, "short",
+     [(1, "green")], "1 while the canary is connected and live updates flow; 0 = blind (disconnected, unreachable or not live).",
+     base="red")
+newline(4)
+ts("Canary age and freeze", [
+    (f"max by (namespace, pipeline) (odds_operator_canary_age_p99_seconds{SEL})", "{{pipeline}} age p99"),
+    (f"max by (namespace, pipeline) (odds_operator_slo_freshness_p99_seconds{SEL})", "{{pipeline}} objective"),
+    (f"max by (namespace, pipeline) (odds_operator_canary_longest_freeze_seconds{SEL})", "{{pipeline}} longest freeze"),
+    (f"max by (namespace, pipeline) (odds_operator_slo_max_freeze_seconds{SEL})", "{{pipeline}} max freeze"),
+], 0, w=12, unit="s")
+ts("Prices over the objective", [
+    (f"sum by (namespace, pipeline) (rate({SLOW}{SEL}{RI})) / sum by (namespace, pipeline) (rate({FRAMES}{SEL}{RI}))",
+     "{{pipeline}} share over objective"),
+], 12, w=12, unit="percentunit", desc="The SLI's error ratio; the budget is 0.01.")
+newline()
+
 row("Flow")
 ts("Updates/s per stage", [
     (rate("odds_sim_updates_sent_total"), "simulator sent"),

@@ -5,7 +5,8 @@
 //! read the datastores through it. One policy per workload, selecting its pods by the same
 //! labels as its Deployment, with both directions listed:
 //! - ingress: metrics scrapes (port `metrics`, from anywhere: Prometheus runs where the
-//!   cluster puts it), odds-service's API port from anywhere, the simulator's feed from this
+//!   cluster puts it), odds-service's API port from anywhere (its clients, and the operator's
+//!   freshness canary, `crate::canaries`, wherever the operator runs), the simulator's feed from this
 //!   pipeline's ingest pods only;
 //! - egress: DNS (port 53), and per workload only the peers its configuration names: Kafka
 //!   (Strimzi's broker pods of `clusterRef`, or the ports of `bootstrapServers`), Redis and

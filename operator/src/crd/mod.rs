@@ -11,10 +11,15 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 mod component;
+mod freshness;
 mod status;
 pub use component::{
     AutoscalingSpec, ComponentSpec, IngressSpec, OddsServiceSpec, PdbSpec, PodOverrides,
     ScalingMode, ServiceSpec, ServiceType,
+};
+pub use freshness::{
+    FreshnessStatus, SloSpec, DEFAULT_FRESHNESS_P99_MS, DEFAULT_MAX_FREEZE_SECONDS, DEFAULT_WINDOW,
+    MAX_FREEZE_SECONDS, MAX_FRESHNESS_P99_MS, MAX_SAMPLE_EVENTS,
 };
 pub use status::{
     ComponentStatus, Condition, ConditionType, HeldBack, OddsPipelineStatus, Reason, ScalingStatus,
@@ -42,6 +47,7 @@ pub const PAUSE_ANNOTATION: &str = "odds-pipeline.github.io/pause-reconciliation
     printcolumn = r#"{"name":"Processor","type":"string","jsonPath":".status.processor.summary"}"#,
     printcolumn = r#"{"name":"Odds-Service","type":"string","jsonPath":".status.oddsService.summary"}"#,
     printcolumn = r#"{"name":"Lag","type":"string","jsonPath":".status.processor.lag","description":"Consumer lag the processor's last scaling decision saw (Lag mode), else unknown"}"#,
+    printcolumn = r#"{"name":"Fresh","type":"string","jsonPath":".status.freshness.summary","description":"p99 age of the prices the operator's canary client received over spec.slo.window, or frozen/no data/unreachable"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     // Same rule as `validate::name_problem`: the name becomes Service names (DNS-1035),
     // label values and `<name>-migrate-<10 hex>` (a Job name, at most 63 characters).
@@ -101,6 +107,10 @@ pub struct OddsPipelineSpec {
     /// Stop all changes to the children (they keep running as they are).
     #[serde(default)]
     pub paused: bool,
+    /// The freshness objective clients' prices are held to, measured by the operator's
+    /// canary client (`status.freshness`, the `Fresh` condition).
+    #[serde(default)]
+    pub slo: SloSpec,
 }
 
 /// One NetworkPolicy per workload (and the migration Job): ingest and processor accept only

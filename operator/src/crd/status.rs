@@ -14,7 +14,7 @@ pub struct OddsPipelineStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing`, `Degraded`, `TopicReady`, `Migrated`, `Autoscaling`,
-    /// `Watching`, `ReconciliationPaused`.
+    /// `Watching`, `ReconciliationPaused`, `Fresh`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Ingest pods.
@@ -33,6 +33,9 @@ pub struct OddsPipelineStatus {
     // Serialized when empty too: the status apply then replaces the list as a whole.
     #[serde(default)]
     pub held_back: Vec<HeldBack>,
+    /// How fresh the prices the operator's canary client received were, over `slo.window`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freshness: Option<super::FreshnessStatus>,
 }
 
 /// A workload kept at its previous version.
@@ -128,11 +131,15 @@ pub enum ConditionType {
     /// while, `WatchFailed`, so changes of that kind are only seen on the periodic requeue).
     Watching,
     ReconciliationPaused,
+    /// The prices the canary client received meet `spec.slo` (`False`: `Stale`, `Frozen`,
+    /// `NoData` or `CanaryUnreachable`). Not part of `Ready`: it judges what clients see,
+    /// not whether the workloads run.
+    Fresh,
 }
 
 impl ConditionType {
     /// Every condition type, in the order the status lists them.
-    pub const ALL: [ConditionType; 8] = [
+    pub const ALL: [ConditionType; 9] = [
         Self::TopicReady,
         Self::Migrated,
         Self::Degraded,
@@ -141,6 +148,7 @@ impl ConditionType {
         Self::ReconciliationPaused,
         Self::Autoscaling,
         Self::Watching,
+        Self::Fresh,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -153,6 +161,7 @@ impl ConditionType {
             Self::Autoscaling => "Autoscaling",
             Self::Watching => "Watching",
             Self::ReconciliationPaused => "ReconciliationPaused",
+            Self::Fresh => "Fresh",
         }
     }
 }
@@ -219,6 +228,17 @@ pub enum Reason {
     FailedCreate,
     /// A workload's rollout made no progress within the Deployment's deadline.
     ProgressDeadlineExceeded,
+    /// `Fresh=True`: the canary's p99 age and longest freeze are within `spec.slo`.
+    WithinObjective,
+    /// The canary's p99 age is above `slo.freshnessP99Ms`.
+    Stale,
+    /// A price stayed frozen longer than `slo.maxFreezeSeconds` (or is frozen now).
+    Frozen,
+    /// The canary received no price with an age in the window (nothing moved, or the
+    /// ingest that stamps accept times is older than the operator).
+    NoData,
+    /// The canary cannot connect to the pipeline's odds-service Service.
+    CanaryUnreachable,
 }
 
 impl Reason {
@@ -255,6 +275,11 @@ impl Reason {
             Self::ContainerConfigError => "ContainerConfigError",
             Self::FailedCreate => "FailedCreate",
             Self::ProgressDeadlineExceeded => "ProgressDeadlineExceeded",
+            Self::WithinObjective => "WithinObjective",
+            Self::Stale => "Stale",
+            Self::Frozen => "Frozen",
+            Self::NoData => "NoData",
+            Self::CanaryUnreachable => "CanaryUnreachable",
         }
     }
 }

@@ -159,7 +159,15 @@ fn crd_has_names_columns_and_status_subresource() {
         .collect();
     assert_eq!(
         columns,
-        ["Ready", "Ingest", "Processor", "Odds-Service", "Lag", "Age"]
+        [
+            "Ready",
+            "Ingest",
+            "Processor",
+            "Odds-Service",
+            "Lag",
+            "Fresh",
+            "Age"
+        ]
     );
 }
 

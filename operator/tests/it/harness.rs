@@ -397,6 +397,8 @@ pub async fn harness_with_objects(
     let registry = Metrics::registry().unwrap();
     let metrics = Metrics::register(&registry).unwrap();
     let mut context = Context::new(client.clone(), Some("test".into()), Some(metrics.clone()));
+    // No Service to connect to: the tests hand the canaries their summaries (`feed`).
+    context.canaries = Arc::new(odds_operator::canaries::Canaries::fed());
     // Each reading is a minute later than the one before: a status recomputed with a new
     // transition time would differ from the stored one, which the steady-state test catches.
     let minutes = Arc::new(AtomicUsize::new(0));
@@ -1141,6 +1143,14 @@ impl Harness {
     pub async fn refresh_lags(&self) {
         self.operator.store(true, Ordering::SeqCst);
         odds_operator::controller::refresh_lags(&self.ctx).await;
+        self.operator.store(false, Ordering::SeqCst);
+    }
+
+    /// One pass of the operator's freshness refresh
+    /// ([`odds_operator::controller::refresh_freshness`]).
+    pub async fn refresh_freshness(&self) {
+        self.operator.store(true, Ordering::SeqCst);
+        odds_operator::controller::refresh_freshness(&self.ctx).await;
         self.operator.store(false, Ordering::SeqCst);
     }
 

@@ -9,6 +9,7 @@ mod contract;
 mod crd;
 mod discovery;
 mod fixtures;
+mod freshness;
 mod harness;
 mod kafka_auth;
 mod keda_schema;

@@ -61,11 +61,18 @@ fn the_operators_metrics_are_odds_operator_names_in_the_shared_registry() {
         names,
         [
             "odds_operator_api_errors_total",
+            "odds_operator_canary_age_p99_seconds",
+            "odds_operator_canary_frames_total",
+            "odds_operator_canary_longest_freeze_seconds",
+            "odds_operator_canary_slow_frames_total",
+            "odds_operator_canary_watching",
             "odds_operator_leader",
             "odds_operator_pipeline_condition",
             "odds_operator_reconcile_duration_seconds",
             "odds_operator_reconcile_errors_total",
             "odds_operator_reconciles_total",
+            "odds_operator_slo_freshness_p99_seconds",
+            "odds_operator_slo_max_freeze_seconds",
             "odds_operator_watch_errors_total",
         ]
     );

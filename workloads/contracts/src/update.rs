@@ -47,6 +47,14 @@ pub fn stored_price(value: f64) -> f64 {
 ///
 /// JSON is snake_case with an RFC 3339 `updated_at`. `version` rises by one with every update of
 /// an event; consumers use it to ignore anything not newer than what they hold.
+///
+/// `ingested_at` is the cluster's clock, not the supplier's: the moment ingest accepted the
+/// update (set by ingest, whatever a supplier sends in its place). It travels to the Redis
+/// pub/sub message and so to the `odds` frame, so a client's age of a price
+/// (now − `ingested_at`) compares two readings of cluster time; `updated_at` − `ingested_at`
+/// is the supplier's skew plus its hop, reported apart. Absent (and left out of the JSON) on
+/// updates read back from Postgres, which does not store it, and on records of an older
+/// ingest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OddsUpdate {
     pub event_id: String,
@@ -58,6 +66,35 @@ pub struct OddsUpdate {
     #[serde(default)]
     pub source: String,
     pub version: u64,
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "ingested_at_millis"
+    )]
+    pub ingested_at: Option<DateTime<Utc>>,
+}
+
+/// `ingested_at` as RFC 3339 with milliseconds (`2026-12-06T11:00:00.123Z`): enough for an age
+/// measured in milliseconds, and shorter on every frame than chrono's nanoseconds.
+mod ingested_at_millis {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<DateTime<Utc>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(at) => serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<DateTime<Utc>>, D::Error> {
+        Option::<DateTime<Utc>>::deserialize(deserializer)
+    }
 }
 
 /// Decimal odds of the three outcomes of a 1X2-style market.
@@ -245,6 +282,14 @@ impl OddsUpdate {
             return Err(ValidationError::SourceTooLong);
         }
         reject_control_characters("source", &self.source)
+    }
+
+    /// The same update stamped as accepted by ingest at `at` (replacing any `ingested_at` a
+    /// supplier sent: only ingest's clock counts).
+    /// Kept at the millisecond the JSON carries, so the update equals its decoded copy.
+    pub fn accepted_at(mut self, at: DateTime<Utc>) -> OddsUpdate {
+        self.ingested_at = Some(chrono::SubsecRound::trunc_subsecs(at, 3));
+        self
     }
 
     /// JSON encoding. Serializing this type cannot fail: it holds only strings, numbers

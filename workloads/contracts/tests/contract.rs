@@ -86,6 +86,7 @@ fn valid_update() -> impl Strategy<Value = OddsUpdate> {
                 updated_at,
                 source,
                 version,
+                ingested_at: None,
             },
         )
 }
@@ -353,4 +354,41 @@ fn prebuilt_frames_match_serde_encoding() {
         err,
         r#"{"type":"error","code":"too_many_subscriptions","message":"limit 100"}"#
     );
+}
+
+#[test]
+fn ingested_at_is_optional_millisecond_rfc3339_and_left_out_when_absent() {
+    let old = r#"{"event_id":"M","home_team":"A","away_team":"B","market":"1X2",
+        "odds":{"home":2.0,"draw":3.0,"away":4.0},"updated_at":"2026-01-01T00:00:00Z","version":3}"#;
+    let update: OddsUpdate = serde_json::from_str(old).expect("an update without the stamp");
+    assert_eq!(update.ingested_at, None);
+    assert!(
+        !update.to_json().contains("ingested_at"),
+        "{}",
+        update.to_json()
+    );
+
+    let at = Utc.with_ymd_and_hms(2026, 12, 6, 11, 0, 0).unwrap()
+        + chrono::Duration::nanoseconds(123_456_789);
+    let stamped = update.accepted_at(at);
+    let json = stamped.to_json();
+    assert!(
+        json.contains(r#""ingested_at":"2026-12-06T11:00:00.123Z""#),
+        "{json}"
+    );
+    let decoded = parse_update(json.as_bytes()).expect("valid");
+    assert_eq!(decoded, stamped, "the stamp survives a round trip exactly");
+    // A later stamp replaces an earlier one: ingest's accept time is the only truth.
+    let restamped = decoded.accepted_at(at + chrono::Duration::seconds(1));
+    assert_eq!(
+        restamped.ingested_at,
+        Some(
+            Utc.with_ymd_and_hms(2026, 12, 6, 11, 0, 1).unwrap()
+                + chrono::Duration::milliseconds(123)
+        )
+    );
+    assert!(matches!(
+        parse_update(br#"{"event_id":"M","home_team":"A","away_team":"B","market":"1X2","odds":{"home":2.0,"draw":3.0,"away":4.0},"updated_at":"2026-01-01T00:00:00Z","version":3,"ingested_at":"yesterday"}"#),
+        Err(RejectReason::InvalidJson(_))
+    ));
 }

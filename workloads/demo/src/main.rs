@@ -126,7 +126,15 @@ async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
     let until = (args.duration > 0)
         .then(|| tokio::time::Instant::now() + Duration::from_secs(args.duration));
     let tty = std::io::stdout().is_terminal();
-    let mut board = StatusBoard::default();
+    // A client like any other, through the same address: the figures the operator's canary
+    // reports for a cluster pipeline (p99 age on ingest's clock, longest freeze), over the
+    // last minute.
+    let mut board =
+        StatusBoard::with_canary(odds_canary::Canary::start(odds_canary::CanaryConfig {
+            url: format!("ws://{}/ws/odds", launcher.service_addr),
+            sample: vec![odds_contracts::ws::ALL_EVENTS.to_string()],
+            window: Duration::from_secs(60),
+        }));
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),

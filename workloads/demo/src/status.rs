@@ -1,4 +1,6 @@
-//! The live status line: what flows through the pipeline right now.
+//! The live status line: what flows through the pipeline right now, and what a client sees
+//! of it (the freshness canary's p99 age and longest freeze, the figures the operator puts
+//! in a pipeline's status).
 
 use crate::launcher::Launcher;
 use crate::metrics_text::{quantile_between, Samples};
@@ -63,9 +65,30 @@ impl Scrape {
 #[derive(Default)]
 pub struct StatusBoard {
     last: Option<(Instant, Scrape)>,
+    canary: Option<odds_canary::Canary>,
+}
+
+/// The canary's part of the line: `canary p99 12ms freeze 0.00s`, or why it has none.
+pub fn canary_figures(summary: &odds_canary::Summary) -> String {
+    let freeze = summary.longest_freeze.as_secs_f64();
+    match (summary.p99_ms, &summary.sight) {
+        (_, odds_canary::Sight::Blind { why, .. }) => {
+            format!("canary blind {freeze:.2}s ({})", why.describe())
+        }
+        (Some(p99), _) => format!("canary p99 {p99}ms freeze {freeze:.2}s"),
+        (None, _) => format!("canary p99 - freeze {freeze:.2}s"),
+    }
 }
 
 impl StatusBoard {
+    /// A board whose line also shows `canary`'s figures.
+    pub fn with_canary(canary: odds_canary::Canary) -> StatusBoard {
+        StatusBoard {
+            last: None,
+            canary: Some(canary),
+        }
+    }
+
     pub async fn line(&mut self, launcher: &Launcher) -> String {
         let now = Instant::now();
         let scrape = Scrape::take(launcher).await;
@@ -95,13 +118,42 @@ impl StatusBoard {
             None => "collecting figures…".to_owned(),
         };
         self.last = Some((now, scrape));
-        line
+        match &self.canary {
+            Some(canary) => format!("{line} | {}", canary_figures(&canary.summary())),
+            None => line,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::metric;
+    use super::{canary_figures, metric};
+    use odds_canary::{Blindness, Sight, Summary};
+    use std::time::Duration;
+
+    #[test]
+    fn the_line_shows_the_canarys_p99_and_freeze_or_why_it_is_blind() {
+        let mut summary = Summary {
+            measured_at: chrono::Utc::now(),
+            window: Duration::from_secs(60),
+            frames_sampled: 10,
+            p50_ms: Some(4),
+            p99_ms: Some(12),
+            longest_freeze: Duration::from_millis(210),
+            longest_freeze_key: None,
+            supplier_skew_p50_ms: None,
+            sight: Sight::Watching,
+        };
+        assert_eq!(canary_figures(&summary), "canary p99 12ms freeze 0.21s");
+        summary.sight = Sight::Blind {
+            since: chrono::Utc::now(),
+            why: Blindness::NotLive("no processor heartbeat".into()),
+        };
+        assert_eq!(
+            canary_figures(&summary),
+            "canary blind 0.21s (odds-service says live updates stopped: no processor heartbeat)"
+        );
+    }
 
     #[test]
     fn every_metric_the_status_line_reads_is_in_the_dashboards_list() {

@@ -1,7 +1,8 @@
 //! The ingest loop: each supplier frame becomes a Kafka record, on the topic or on the DLQ.
 //!
 //! Valid updates are re-encoded from the parsed value, so what goes on the topic is exactly the
-//! contract's shape whatever extra fields a supplier sends. Everything else is dead-lettered
+//! contract's shape whatever extra fields a supplier sends, stamped with the moment ingest
+//! accepted them (`ingested_at`, the clock a client's freshness is measured on). Everything else is dead-lettered
 //! with its reason. On shutdown the supplier socket is closed first, frames already read are
 //! still produced, and the producer is drained — all within one deadline
 //! (`--shutdown-flush-ms`), after which exactly what was accepted and not delivered is counted
@@ -241,6 +242,8 @@ async fn process_frame(
     match frame {
         SupplierFrame::Text(text) => match parse_update(text.as_bytes()) {
             Ok(update) => {
+                // Ingest's clock, never the supplier's (see `OddsUpdate::ingested_at`).
+                let update = update.accepted_at(received.wall);
                 metrics
                     .supplier_to_ingest
                     .observe(hops::seconds_between(update.updated_at, received.wall));

@@ -269,6 +269,38 @@ async fn supplier_drop_is_followed_by_reconnect_and_resume() {
         .unwrap();
 }
 
+/// `ingested_at` is ingest's clock: set on every update, and a supplier's own value (here a
+/// day old) is replaced, so a client's age of a price never trusts the supplier's clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_stamps_its_own_accept_time_over_any_the_supplier_sends() {
+    let kafka = TestKafka::start(1, 1).unwrap();
+    let forged = chrono::Utc::now() - chrono::Duration::days(1);
+    let plain = update("E1", 1);
+    let claimed = update("E1", 2).accepted_at(forged);
+    let addr = scripted_supplier(vec![vec![text(&plain), text(&claimed)]]).await;
+    let shutdown = CancellationToken::new();
+    let before = chrono::Utc::now() - chrono::Duration::milliseconds(1);
+    let ingest = start_ingest(&format!("ws://{addr}/"), &kafka, &shutdown).await;
+    let records = kafka
+        .read_topic(TOPIC_ODDS_UPDATES, 2, QUIET, TIMEOUT)
+        .await
+        .unwrap();
+    let after = chrono::Utc::now();
+    let updates = decode_keyed(&records);
+    assert_eq!(updates.len(), 2);
+    for stamped in &updates {
+        let at = stamped.ingested_at.expect("ingest stamps every update");
+        assert!(
+            before <= at && at <= after,
+            "{at} outside {before}..{after}"
+        );
+    }
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), ingest.wait())
+        .await
+        .unwrap();
+}
+
 /// A supplier that goes silent without closing (frozen, or the route to it dropped) is pinged,
 /// then left after three ping intervals, and ingest connects again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -121,6 +121,7 @@ async fn produce_all(kafka: &TestKafka, updates: u64, events: u64) {
             updated_at: Utc::now(),
             source: "bench".into(),
             version: i / events + 1,
+            ingested_at: None,
         };
         let json = update.to_json();
         let record = FutureRecord::to(TOPIC_ODDS_UPDATES)

@@ -127,6 +127,7 @@ pub fn current_from_row(row: &PgRow) -> Result<OddsUpdate, sqlx::Error> {
         source: row.try_get("source")?,
         // The schema's CHECK (version >= 1) makes this conversion total.
         version: u64::try_from(row.try_get::<i64, _>("version")?).unwrap_or(0),
+        ingested_at: None,
     })
 }
 

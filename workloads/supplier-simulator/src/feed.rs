@@ -183,6 +183,7 @@ fn quote(event: &EventState, market: &MarketState, now: DateTime<Utc>) -> OddsUp
         updated_at: now,
         source: SOURCE.to_owned(),
         version: market.version,
+        ingested_at: None,
     }
 }
 

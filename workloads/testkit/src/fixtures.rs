@@ -23,5 +23,6 @@ pub fn sample_update_in(event_id: &str, market: &str, version: u64) -> OddsUpdat
         updated_at: chrono::Utc::now(),
         source: "test".into(),
         version,
+        ingested_at: None,
     }
 }

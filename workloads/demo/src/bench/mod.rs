@@ -25,7 +25,9 @@ use futures_util::{SinkExt, StreamExt};
 use odds_contracts::{Market, OddsUpdate};
 use odds_testkit::{http_get, PostgresDurability};
 use report::{median_run, per_thousand, BENCH_PROCESS, SATURATED_BELOW_IDLE};
-pub use report::{BenchReport, KafkaUsed, Latency, Machine, PostgresSettings, RunFigures};
+pub use report::{
+    BenchReport, CanaryFigures, KafkaUsed, Latency, Machine, PostgresSettings, RunFigures,
+};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -204,6 +206,12 @@ async fn measure(
         let event = event_id((i % args.events) as usize + 1);
         clients.push(tokio::spawn(client(url, event, stop_rx.clone())));
     }
+    // Beside the clients, the same canary the operator runs per pipeline, over the whole run.
+    let canary = odds_canary::Canary::start(odds_canary::CanaryConfig {
+        url: format!("ws://{}/ws/odds", launcher.service_addr),
+        sample: vec![odds_contracts::ws::ALL_EVENTS.to_string()],
+        window: Duration::from_secs(args.duration * 4 + 120),
+    });
     let started = Instant::now();
 
     let send_deadline = started + Duration::from_secs(args.duration * 4 + 60);
@@ -252,6 +260,8 @@ async fn measure(
         }
     }
     let _ = stop_tx.send(true);
+    let canary_figures = CanaryFigures::of(&canary.summary());
+    canary.stop().await;
     let mut latencies = Vec::new();
     for c in clients {
         latencies.extend(c.await.context("client task")??);
@@ -308,6 +318,7 @@ async fn measure(
         postgres,
         hops: closed.hops,
         runs: Vec::new(),
+        canary: Some(canary_figures),
     })
 }
 

@@ -104,6 +104,32 @@ pub struct BenchReport {
     /// With `--runs` above 1, every run's headline figures in the order they ran; the rest of
     /// the report is the run with the median p50. Empty for a single run.
     pub runs: Vec<RunFigures>,
+    /// The freshness canary's figures over the same clients' time: age measured from
+    /// ingest's accept time (`ingested_at`), where the clients' latency starts at the
+    /// supplier's `updated_at` (the supplier → ingest hop apart, both clocks are this
+    /// machine's, so the two should agree within a few ms).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryFigures>,
+}
+
+/// What `odds-demo bench`'s canary measured (see [`BenchReport::canary`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct CanaryFigures {
+    pub p50_ms: Option<u64>,
+    pub p99_ms: Option<u64>,
+    pub longest_freeze_s: f64,
+    pub frames_sampled: u64,
+}
+
+impl CanaryFigures {
+    pub fn of(summary: &odds_canary::Summary) -> CanaryFigures {
+        CanaryFigures {
+            p50_ms: summary.p50_ms,
+            p99_ms: summary.p99_ms,
+            longest_freeze_s: summary.longest_freeze.as_millis() as f64 / 1000.0,
+            frames_sampled: summary.frames_sampled,
+        }
+    }
 }
 
 /// One run's headline figures, kept beside the median run's report (see [`median_run`]).
@@ -306,6 +332,17 @@ impl BenchReport {
             "latency ms (supplier updated_at → client receive): p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
             self.latency_ms.p50, self.latency_ms.p99, self.latency_ms.p999, self.latency_ms.max
         );
+        if let Some(canary) = &self.canary {
+            let ms = |v: Option<u64>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+            let _ = writeln!(
+                out,
+                "canary age ms (ingest ingested_at → canary receive): p50 {} p99 {}, longest freeze {:.2} s, {} prices",
+                ms(canary.p50_ms),
+                ms(canary.p99_ms),
+                canary.longest_freeze_s,
+                canary.frames_sampled
+            );
+        }
         if let Some(us) = self.service_cpu_us_per_delivery {
             let _ = writeln!(out, "odds-service CPU per delivered message: {us:.1} µs");
         }
@@ -484,6 +521,7 @@ mod tests {
             },
             hops: Vec::new(),
             runs: Vec::new(),
+            canary: None,
         }
     }
 

@@ -318,6 +318,7 @@ async fn every_update_validation_accepts_is_stored_and_read_back() {
             updated_at: chrono::DateTime::from_timestamp(secs, (i % 1000) as u32 * 1000).unwrap(),
             source,
             version,
+            ingested_at: None,
         };
         match candidate.validate() {
             Ok(()) => accepted.push(candidate),
