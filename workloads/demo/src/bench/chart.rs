@@ -126,7 +126,8 @@ fn percentiles(l: &super::report::Latency) -> [f64; 4] {
     [l.p50, l.p99, l.p999, l.max]
 }
 
-/// p50 and p99 of every measured hop of the median run, as horizontal bars (log scale).
+/// p50 and p99 of every measured hop of the median run, as horizontal bars (log scale), the
+/// first hop on top.
 fn hop_breakdown(area: &Area<'_>, report: &BenchReport) -> Result<(), ChartError> {
     let hops: Vec<(&str, f64, f64)> = report
         .hops
@@ -154,7 +155,11 @@ fn hop_breakdown(area: &Area<'_>, report: &BenchReport) -> Result<(), ChartError
             if (y - i).abs() > 0.01 || i < 0.0 {
                 return String::new();
             }
-            names.get(i as usize).cloned().unwrap_or_default()
+            let from_top = names.len() as f64 - 1.0 - i;
+            if from_top < 0.0 {
+                return String::new();
+            }
+            names.get(from_top as usize).cloned().unwrap_or_default()
         })
         .x_desc("ms (log)")
         .draw()
@@ -163,9 +168,11 @@ fn hop_breakdown(area: &Area<'_>, report: &BenchReport) -> Result<(), ChartError
         (0usize, "p50", PERCENTILE_COLOURS[0]),
         (1, "p99", PERCENTILE_COLOURS[1]),
     ] {
+        let count = hops.len();
         let bars = hops.iter().enumerate().map(move |(i, (_, p50, p99))| {
             let value = if band == 0 { *p50 } else { *p99 };
-            let top = i as f64 - 0.35 + band as f64 * 0.35;
+            let row = (count - 1 - i) as f64;
+            let top = row + 0.05 - band as f64 * 0.35;
             Rectangle::new(
                 [(floor, top), (value.max(floor), top + 0.3)],
                 colour.filled(),
@@ -177,7 +184,13 @@ fn hop_breakdown(area: &Area<'_>, report: &BenchReport) -> Result<(), ChartError
             .label(name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 16, y + 4)], colour.filled()));
     }
-    legend(&mut chart)
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(drawing)
 }
 
 /// Sustained updates/s against the offered rate, with the line where they are equal.
