@@ -12,9 +12,12 @@ STAGES := -p supplier-simulator -p odds-ingest -p odds-processor -p odds-service
 DEMO_ARGS ?=
 BENCH_ARGS ?=
 BENCH_RUNS ?= 3
+# The Kafka the benchmarks run against: empty = librdkafka's hosted mock (or KAFKA_BROKERS),
+# tansu = a real Kafka-protocol broker, installed once into TOOLS_DIR by scripts/tansu.sh.
+BROKER ?=
 CHAOS_RUNS ?= 3
 
-.PHONY: help deps demo test rootfs chart-test fmt-check clippy unit bench bench-criterion bench-pipeline fmt chaos profile
+.PHONY: help deps demo test rootfs chart-test fmt-check clippy unit bench bench-criterion bench-pipeline bench-ingest fmt chaos profile
 .PHONY: kind-up images deploy port-forward e2e-kind kind-down
 
 help: ## list the targets
@@ -85,9 +88,16 @@ bench: bench-criterion bench-pipeline ## criterion benchmarks, then the pipeline
 bench-criterion: deps ## criterion benchmarks (reports under the target dir's criterion/), ws-load and loopback-floor
 	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --workspace
 
-bench-pipeline: deps ## whole-pipeline benchmark, median of BENCH_RUNS (3) runs; writes target/bench/pipeline.json (BENCH_ARGS="--find-max" etc.)
+bench-pipeline: deps ## whole-pipeline benchmark, median of BENCH_RUNS (3) runs; writes target/bench/pipeline.json and .svg (BENCH_ARGS="--find-max", BROKER=tansu)
+	@case "$(BROKER)" in tansu|"") ;; *) echo "BROKER must be tansu or empty (the hosted mock)" >&2; exit 2;; esac
 	$(CARGO) build --release --bins $(STAGES)
-	ulimit -n 65536 2>/dev/null || true; $(TARGET_DIR)/release/odds-demo bench --runs $(BENCH_RUNS) --out target/bench/pipeline.json $(BENCH_ARGS)
+	ulimit -n 65536 2>/dev/null || true; \
+	if [ "$(BROKER)" = tansu ]; then tansu="$$(bash scripts/tansu.sh install)"; export TANSU_BIN="$$tansu"; fi; \
+	$(TARGET_DIR)/release/odds-demo bench --runs $(BENCH_RUNS) --out target/bench/pipeline.json $(BENCH_ARGS)
+
+bench-ingest: deps ## ingest alone: simulator -> ingest -> Kafka over one connection (BENCH_INGEST_RATE, BROKER=tansu)
+	@case "$(BROKER)" in tansu|"") ;; *) echo "BROKER must be tansu or empty (the hosted mock)" >&2; exit 2;; esac
+	$(if $(filter tansu,$(BROKER)),bash scripts/tansu.sh run) $(CARGO) bench -p odds-ingest --bench ingest -- pipeline
 
 profile: deps ## perf CPU profile of each stage under odds-demo bench; flamegraphs in target/profile/ (PROFILE_ARGS, PROFILE_SECONDS)
 	bash scripts/profile.sh

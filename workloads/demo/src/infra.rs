@@ -3,8 +3,10 @@
 //! Each comes from the environment when set (`DATABASE_URL`, `REDIS_URL`, `KAFKA_BROKERS`),
 //! otherwise it is started here and removed on drop: a throwaway Postgres and Redis from the
 //! machine's binaries, and librdkafka's mock cluster for Kafka (real protocol over TCP, so
-//! kcat or any client can read the topics while the demo runs).
+//! kcat or any client can read the topics while the demo runs), or, when asked for, a fresh
+//! Tansu broker ([`crate::broker`]) for the benchmark.
 
+use crate::broker::TansuBroker;
 use anyhow::Context;
 use odds_contracts::env;
 use odds_contracts::names::{TOPIC_ODDS_UPDATES, TOPIC_ODDS_UPDATES_DLQ};
@@ -13,6 +15,7 @@ use rdkafka::client::Client;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
 use rdkafka::ClientConfig;
+use std::path::{Path, PathBuf};
 
 /// Partitions of `odds_updates` on the mock cluster (demo and tests; the benchmark chooses
 /// its own, see `BenchArgs::kafka_partitions`).
@@ -39,13 +42,32 @@ pub struct Infra {
     /// The client that owns the hosted mock cluster (created with `test.mock.num.brokers`,
     /// which is what gives access to the broker's group settings).
     kafka: Option<BaseProducer>,
+    /// The Tansu broker started here, when [`KafkaChoice::Tansu`] asked for one.
+    broker: Option<TansuBroker>,
+}
+
+/// Where Kafka comes from when `KAFKA_BROKERS` is not set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum KafkaChoice {
+    /// librdkafka's mock cluster, hosted in this process.
+    #[default]
+    HostedMock,
+    /// A fresh Tansu broker started from this binary (memory storage), topics created up
+    /// front; it takes precedence over `KAFKA_BROKERS`.
+    Tansu(PathBuf),
 }
 
 impl Infra {
     /// Uses the URLs from the environment where set, starting the rest; a Postgres started
     /// here runs with `postgres` durability (a Postgres given by URL is used as it is), a
-    /// hosted mock Kafka with `partitions` partitions of `odds_updates`.
-    pub async fn provide(postgres: PostgresDurability, partitions: i32) -> anyhow::Result<Infra> {
+    /// Kafka started here (`kafka`) with `partitions` partitions of `odds_updates`. A broker
+    /// started here logs into `log_dir`.
+    pub async fn provide(
+        postgres: PostgresDurability,
+        kafka: &KafkaChoice,
+        partitions: i32,
+        log_dir: &Path,
+    ) -> anyhow::Result<Infra> {
         let set = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
 
         let (database_url, postgres) = match set(env::DATABASE_URL) {
@@ -66,7 +88,17 @@ impl Infra {
                 (server.url(), Some(server))
             }
         };
-        let (kafka_brokers, kafka) = match set(env::KAFKA_BROKERS) {
+        let broker = match kafka {
+            KafkaChoice::Tansu(binary) => {
+                Some(TansuBroker::start(binary, partitions, log_dir).await?)
+            }
+            KafkaChoice::HostedMock => None,
+        };
+        let given = broker
+            .as_ref()
+            .map(|b| b.bootstrap.clone())
+            .or_else(|| set(env::KAFKA_BROKERS));
+        let (kafka_brokers, kafka) = match given {
             Some(brokers) => (brokers, None),
             None => {
                 let owner: BaseProducer = ClientConfig::new()
@@ -96,7 +128,20 @@ impl Infra {
             postgres,
             redis,
             kafka,
+            broker,
         })
+    }
+
+    /// The Tansu broker started here, if any.
+    pub fn broker(&self) -> Option<&TansuBroker> {
+        self.broker.as_ref()
+    }
+
+    /// Stops the Tansu broker started here, if any (after the stages have drained into it).
+    pub async fn stop_broker(&self) {
+        if let Some(broker) = &self.broker {
+            broker.stop().await;
+        }
     }
 
     /// The throwaway Postgres, when this infra started it (fault tests stop and start it).

@@ -5,7 +5,7 @@
 //! each stage drains what the one before it handed over.
 
 use crate::children::{ChildProcess, ChildSpec};
-use crate::infra::{Infra, DEMO_PARTITIONS};
+use crate::infra::{Infra, KafkaChoice, DEMO_PARTITIONS};
 use anyhow::{bail, Context};
 use odds_contracts::{env, Market};
 use odds_testkit::{free_port, PostgresDurability};
@@ -37,8 +37,10 @@ pub struct LauncherOptions {
     pub postgres: PostgresDurability,
     /// Markets the supplier quotes for every event.
     pub markets: Vec<Market>,
-    /// Partitions of `odds_updates` when the launcher hosts the mock Kafka.
+    /// Partitions of `odds_updates` when the launcher starts Kafka (mock or Tansu).
     pub kafka_partitions: i32,
+    /// Which Kafka to start when `KAFKA_BROKERS` is not set (Tansu wins over it).
+    pub kafka: KafkaChoice,
 }
 
 impl LauncherOptions {
@@ -59,6 +61,7 @@ impl LauncherOptions {
             // (event, market).
             markets: Market::ALL.to_vec(),
             kafka_partitions: DEMO_PARTITIONS,
+            kafka: KafkaChoice::HostedMock,
         })
     }
 }
@@ -66,6 +69,9 @@ impl LauncherOptions {
 /// The processor's fetch wait against the hosted mock broker (see [`Launcher::start`]).
 const MOCK_FETCH_WAIT_ENV: &str = "KAFKA_PROP_FETCH_WAIT_MAX_MS";
 const MOCK_FETCH_WAIT_MS: &str = "1";
+/// The processor's consumer-group protocol against a broker started here (see
+/// [`Launcher::start`]).
+const GROUP_PROTOCOL_ENV: &str = "KAFKA_PROP_GROUP_PROTOCOL";
 
 /// Where cargo put the binaries: beside this executable, or one level up from `deps/` when
 /// this is a test or bench executable.
@@ -107,11 +113,17 @@ impl Launcher {
                 );
             }
         }
-        let infra = Infra::provide(options.postgres, options.kafka_partitions).await?;
         let log_dir = tempfile::Builder::new()
             .prefix("odds-demo-logs-")
             .tempdir()
             .context("creating the log directory")?;
+        let infra = Infra::provide(
+            options.postgres,
+            &options.kafka,
+            options.kafka_partitions,
+            log_dir.path(),
+        )
+        .await?;
 
         migrate(&options.bin_dir, &infra.database_url).await?;
 
@@ -147,6 +159,11 @@ impl Launcher {
             // fetch.wait.max.ms and does not wake it when data arrives (a real broker
             // answers at once), which alone cost ~5 ms per update at the processor's 10 ms.
             processor_env.push((MOCK_FETCH_WAIT_ENV, MOCK_FETCH_WAIT_MS.to_owned()));
+        }
+        if infra.broker().is_some() {
+            // Tansu 0.6 has no KIP-848 consumer-group API (ConsumerGroupHeartbeat): the
+            // processor joins with the classic protocol, as it would on a Kafka before 4.0.
+            processor_env.push((GROUP_PROTOCOL_ENV, "classic".to_owned()));
         }
         let specs = vec![
             spec("odds-processor", processor_env)?,
@@ -281,7 +298,8 @@ impl Launcher {
         ready.with_context(|| format!("restarted {name}; last output:\n{}", lines.join("\n")))
     }
 
-    /// Stops every stage, newest first, each with SIGTERM and a grace period.
+    /// Stops every stage, newest first, each with SIGTERM and a grace period, then the
+    /// Kafka broker if one was started here.
     pub async fn stop(&mut self) {
         for child in self.children.iter().rev() {
             match child.terminate(STOP_GRACE).await {
@@ -291,6 +309,7 @@ impl Launcher {
                 _ => {}
             }
         }
+        self.infra.stop_broker().await;
     }
 
     pub fn log_dir(&self) -> &Path {

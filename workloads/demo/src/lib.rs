@@ -8,6 +8,7 @@
 //! does, for the fault run.
 
 pub mod bench;
+pub mod broker;
 pub mod children;
 pub mod infra;
 pub mod launcher;

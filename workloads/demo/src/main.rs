@@ -116,6 +116,7 @@ async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
         postgres: odds_testkit::PostgresDurability::FastUnsafe,
         markets: args.markets.clone(),
         kafka_partitions: odds_demo::infra::DEMO_PARTITIONS,
+        kafka: odds_demo::infra::KafkaChoice::HostedMock,
     })
     .await
     .context("starting the pipeline")?;

@@ -19,18 +19,18 @@ use odds_contracts::names::dlq_headers;
 use odds_contracts::{OddsUpdate, RejectReason};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Name of this stage in DLQ headers.
 pub const STAGE: &str = "odds-ingest";
 
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: ThreadedProducer<DeliveryContext>,
     topic: Arc<str>,
     dlq_topic: Arc<str>,
     permits: Arc<Semaphore>,
@@ -41,11 +41,14 @@ pub struct Publisher {
     fatal: tokio_util::sync::CancellationToken,
     /// Why the DLQ refused a dead letter for good, set before `fatal` is cancelled.
     dlq_refusal: Arc<OnceLock<String>>,
+    /// Cancelled by [`Publisher::close`]: ends the task that handles refused records (which
+    /// holds a clone of the publisher, and so of the producer and its polling thread).
+    closed: tokio_util::sync::CancellationToken,
 }
 
 /// What became of a record handed to the producer.
 enum Enqueued {
-    Sent(DeliveryFuture),
+    Sent,
     /// The producer is dead (fatal error): the record was counted as undelivered.
     Stopped,
     /// The producer refused the record itself (too large, unknown topic): no retry helps.
@@ -53,8 +56,8 @@ enum Enqueued {
 }
 
 /// What a record is, for accounting when Kafka acknowledges it.
-#[derive(Clone, Copy)]
-enum RecordKind {
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum RecordKind {
     /// A valid update, with when its frame was received (the start of its hop to Kafka).
     Update {
         received: Instant,
@@ -62,25 +65,111 @@ enum RecordKind {
     DeadLetter(&'static str),
 }
 
+/// What travels with a record through librdkafka to its delivery report.
+#[derive(Debug)]
+pub(crate) struct Tracked {
+    kind: RecordKind,
+    /// When the record was handed to the producer.
+    sent: Instant,
+}
+
+/// A record Kafka refused, handed from librdkafka's polling thread to the stage's runtime,
+/// which decides between the DLQ and stopping.
+struct Refusal {
+    kind: RecordKind,
+    error: KafkaError,
+    payload: Vec<u8>,
+}
+
+/// Accounts for every delivery report on librdkafka's polling thread: an acknowledged record
+/// is counted and its in-flight slot given back right there, with no task, channel or wake-up
+/// per record (a spawned task per record was a large share of ingest's CPU). Only the rare
+/// refusal goes to the runtime, which dead-letters or stops.
+pub(crate) struct DeliveryContext {
+    metrics: IngestMetrics,
+    permits: Arc<Semaphore>,
+    refusals: mpsc::UnboundedSender<Refusal>,
+}
+
+impl ClientContext for DeliveryContext {}
+
+impl ProducerContext for DeliveryContext {
+    type DeliveryOpaque = Box<Tracked>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, tracked: Box<Tracked>) {
+        let metrics = &self.metrics;
+        metrics.in_flight.dec();
+        metrics
+            .produce_latency
+            .observe(tracked.sent.elapsed().as_secs_f64());
+        match (result, tracked.kind) {
+            (Ok(_), RecordKind::Update { received }) => {
+                // The hop first: whoever sees an update counted as produced sees its hop.
+                metrics
+                    .ingest_to_kafka_ack
+                    .observe(received.elapsed().as_secs_f64());
+                metrics.updates_produced.inc();
+                self.permits.add_permits(1);
+            }
+            (Ok(_), RecordKind::DeadLetter(code)) => {
+                metrics.dead_lettered.with_label_values(&[code]).inc();
+                self.permits.add_permits(1);
+            }
+            (Err((error, message)), kind) => {
+                let payload = rdkafka::Message::payload(message)
+                    .unwrap_or_default()
+                    .to_vec();
+                let refusal = Refusal {
+                    kind,
+                    error: error.clone(),
+                    payload,
+                };
+                // The receiver lives as long as the publisher; if it is gone the stage has
+                // stopped and the slot no longer matters.
+                if self.refusals.send(refusal).is_err() {
+                    self.permits.add_permits(1);
+                }
+            }
+        }
+    }
+}
+
 impl Publisher {
+    /// Creates the producer, and the task (on the current runtime) that handles the records
+    /// Kafka refuses, until [`Publisher::close`].
     pub fn new(config: &IngestConfig, metrics: IngestMetrics) -> Result<Publisher, KafkaError> {
         let mut client = ClientConfig::new();
         for (name, value) in config.producer_properties() {
             client.set(name, value);
         }
         let max_in_flight = config.max_in_flight as usize;
-        Ok(Publisher {
-            producer: client.create()?,
+        let permits = Arc::new(Semaphore::new(max_in_flight));
+        let (refusals, refused) = mpsc::unbounded_channel();
+        let context = DeliveryContext {
+            metrics: metrics.clone(),
+            permits: permits.clone(),
+            refusals,
+        };
+        let publisher = Publisher {
+            producer: client.create_with_context(context)?,
             topic: config.kafka.topic.as_str().into(),
             dlq_topic: config.kafka.dlq_topic.as_str().into(),
-            permits: Arc::new(Semaphore::new(max_in_flight)),
+            permits,
             max_in_flight,
             metrics,
             fatal: tokio_util::sync::CancellationToken::new(),
             dlq_refusal: Arc::new(OnceLock::new()),
-        })
+            closed: tokio_util::sync::CancellationToken::new(),
+        };
+        tokio::spawn(handle_refusals(refused, publisher.clone()));
+        Ok(publisher)
     }
 
+    /// Ends the refusal task once nothing more will be produced (after the drain), so the
+    /// producer and its polling thread go away with the stage.
+    pub fn close(&self) {
+        self.closed.cancel();
+    }
     /// Why the DLQ refused a dead letter for good, if it did (the stage then stopped).
     pub fn dlq_refusal(&self) -> Option<String> {
         self.dlq_refusal.get().cloned()
@@ -130,27 +219,25 @@ impl Publisher {
     /// Produces a valid update to the updates topic, keyed by its event id. Returns once the
     /// record is handed to the producer (waiting for a permit if too many are in flight).
     /// `received` is when its frame came in: the acknowledgement is timed from there.
-    pub async fn publish(&self, update: &OddsUpdate, received: Instant) {
-        let payload = update.to_json();
+    /// `payload` is the update's JSON as it goes on the topic.
+    pub async fn publish(&self, update: &OddsUpdate, payload: &[u8], received: Instant) {
         let permit = self.permit().await;
+        let kind = RecordKind::Update { received };
         let enqueued = self
             .send_retrying_when_full(|| {
-                FutureRecord::to(&self.topic)
+                BaseRecord::with_opaque_to(&self.topic, tracked(kind))
                     .key(update.event_id.as_str())
-                    .payload(payload.as_str())
+                    .payload(payload)
             })
             .await;
         match enqueued {
-            Enqueued::Sent(delivery) => {
-                self.track(delivery, permit, RecordKind::Update { received })
-            }
+            Enqueued::Sent => self.in_flight(permit),
             Enqueued::Stopped => {}
             Enqueued::Refused(error) => {
                 self.metrics.produce_errors.inc();
                 tracing::error!(%error, "the producer refused an update for good; dead-lettering it");
                 drop(permit);
-                let bytes = payload.as_bytes();
-                self.dead_letter_code(bytes, bytes.len(), "produce_failed", &error.to_string())
+                self.dead_letter_code(payload, payload.len(), "produce_failed", &error.to_string())
                     .await;
             }
         }
@@ -199,15 +286,16 @@ impl Publisher {
             }
         };
         let permit = self.permit().await;
+        let kind = RecordKind::DeadLetter(code);
         let enqueued = self
             .send_retrying_when_full(|| {
-                FutureRecord::<(), [u8]>::to(&self.dlq_topic)
+                BaseRecord::<(), [u8], _>::with_opaque_to(&self.dlq_topic, tracked(kind))
                     .payload(bounded.kept)
                     .headers(headers())
             })
             .await;
         match enqueued {
-            Enqueued::Sent(delivery) => self.track(delivery, permit, RecordKind::DeadLetter(code)),
+            Enqueued::Sent => self.in_flight(permit),
             Enqueued::Stopped => {}
             Enqueued::Refused(error) => self.refuse_dead_letters(code, &error),
         }
@@ -225,7 +313,7 @@ impl Publisher {
     /// every retry: it is returned.
     async fn send_retrying_when_full<'a, K, P>(
         &self,
-        record: impl Fn() -> FutureRecord<'a, K, P>,
+        record: impl Fn() -> BaseRecord<'a, K, P, Box<Tracked>>,
     ) -> Enqueued
     where
         K: rdkafka::message::ToBytes + ?Sized + 'a,
@@ -236,8 +324,8 @@ impl Publisher {
                 self.metrics.shutdown_undelivered.inc();
                 return Enqueued::Stopped;
             }
-            match self.producer.send_result(record()) {
-                Ok(delivery) => return Enqueued::Sent(delivery),
+            match self.producer.send(record()) {
+                Ok(()) => return Enqueued::Sent,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
@@ -247,63 +335,42 @@ impl Publisher {
         }
     }
 
-    fn track(
-        &self,
-        delivery: DeliveryFuture,
-        permit: Option<OwnedSemaphorePermit>,
-        kind: RecordKind,
-    ) {
-        let publisher = self.clone();
-        let sent = Instant::now();
+    /// A record is with librdkafka: its slot is given back by the delivery report
+    /// ([`DeliveryContext`]), not by dropping the permit.
+    fn in_flight(&self, permit: Option<OwnedSemaphorePermit>) {
         self.metrics.in_flight.inc();
-        tokio::spawn(async move {
-            let outcome = delivery.await;
-            publisher.metrics.in_flight.dec();
-            publisher
-                .metrics
-                .produce_latency
-                .observe(sent.elapsed().as_secs_f64());
-            match (outcome, kind) {
-                (Ok(Ok(_)), RecordKind::Update { received }) => {
-                    // The hop first: whoever sees an update counted as produced sees its hop.
-                    publisher
-                        .metrics
-                        .ingest_to_kafka_ack
-                        .observe(received.elapsed().as_secs_f64());
-                    publisher.metrics.updates_produced.inc();
-                }
-                (Ok(Ok(_)), RecordKind::DeadLetter(code)) => publisher
-                    .metrics
-                    .dead_lettered
-                    .with_label_values(&[code])
-                    .inc(),
-                (Ok(Err((error, _))), _) if publisher.is_fatal(&error) => {}
-                (Ok(Err((error, message))), RecordKind::Update { .. }) => {
-                    publisher.metrics.produce_errors.inc();
-                    tracing::error!(%error, "Kafka refused an update for good; dead-lettering it");
-                    drop(permit);
-                    let payload = rdkafka::Message::payload(&message).unwrap_or_default();
-                    publisher
-                        .dead_letter_code(
-                            payload,
-                            payload.len(),
-                            "produce_failed",
-                            &error.to_string(),
-                        )
-                        .await;
-                    return;
-                }
-                (Ok(Err((error, _))), RecordKind::DeadLetter(code)) => {
-                    // The producer never times a record out: only a refusal gets here.
-                    publisher.refuse_dead_letters(code, &error);
-                }
-                (Err(_canceled), _) => {
-                    publisher.metrics.produce_errors.inc();
-                    tracing::error!("producer dropped before acknowledging a record");
-                }
+        if let Some(permit) = permit {
+            permit.forget();
+        }
+    }
+
+    /// A record Kafka refused for good: an update goes to the DLQ, a dead letter stops the
+    /// stage. Its slot is given back first, so re-routing can never wait on itself.
+    async fn refused(&self, refusal: Refusal) {
+        self.permits.add_permits(1);
+        let Refusal {
+            kind,
+            error,
+            payload,
+        } = refusal;
+        if self.is_fatal(&error) {
+            return;
+        }
+        match kind {
+            RecordKind::Update { .. } => {
+                self.metrics.produce_errors.inc();
+                tracing::error!(%error, "Kafka refused an update for good; dead-lettering it");
+                self.dead_letter_code(
+                    &payload,
+                    payload.len(),
+                    "produce_failed",
+                    &error.to_string(),
+                )
+                .await;
             }
-            drop(permit);
-        });
+            // The producer never times a record out: only a refusal gets here.
+            RecordKind::DeadLetter(code) => self.refuse_dead_letters(code, &error),
+        }
     }
 
     /// Waits until every in-flight record is acknowledged or `deadline` is cancelled; returns
@@ -328,6 +395,28 @@ impl Publisher {
             .client()
             .fetch_metadata(Some(&self.topic), timeout)
             .is_ok()
+    }
+}
+
+fn tracked(kind: RecordKind) -> Box<Tracked> {
+    Box::new(Tracked {
+        kind,
+        sent: Instant::now(),
+    })
+}
+
+/// Handles the records Kafka refused, one at a time in the order refused, until the
+/// publisher is closed.
+async fn handle_refusals(mut refused: mpsc::UnboundedReceiver<Refusal>, publisher: Publisher) {
+    loop {
+        let refusal = tokio::select! {
+            _ = publisher.closed.cancelled() => return,
+            refusal = refused.recv() => match refusal {
+                Some(refusal) => refusal,
+                None => return,
+            },
+        };
+        publisher.refused(refusal).await;
     }
 }
 

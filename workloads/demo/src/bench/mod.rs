@@ -14,9 +14,11 @@
 //! process used in the window, the machine's idle share, and the Postgres settings in effect
 //! — durable by default, since that is what production promises.
 
+pub mod chart;
 pub mod hops;
 pub mod report;
 
+use crate::infra::KafkaChoice;
 use crate::launcher::{Launcher, LauncherOptions};
 use crate::procfs;
 use crate::status::Scrape;
@@ -24,9 +26,10 @@ use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::{Market, OddsUpdate};
 use odds_testkit::{http_get, PostgresDurability};
-use report::{median_run, per_thousand, BENCH_PROCESS, SATURATED_BELOW_IDLE};
+use report::{median_run, per_thousand, BENCH_PROCESS, BROKER_PROCESS, SATURATED_BELOW_IDLE};
 pub use report::{
-    BenchReport, CanaryFigures, KafkaUsed, Latency, Machine, PostgresSettings, RunFigures,
+    BenchReport, CanaryFigures, KafkaUsed, Latency, Machine, PostgresSettings, RateStep,
+    RunFigures,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -52,9 +55,18 @@ pub struct BenchArgs {
     /// Number of events.
     #[arg(long, default_value_t = 100)]
     pub events: u32,
-    /// Raise the rate (×1.5 per step) until p99 > 100 ms or loss; report the highest that held.
+    /// Raise the rate (×1.5 per step) until p99 passes --max-p99-ms or anything is skipped,
+    /// rejected or lost; report the highest that held.
     #[arg(long)]
     pub find_max: bool,
+    /// The p99 latency (ms) a rate must stay within to hold (--find-max and the summary).
+    #[arg(long, default_value_t = 100.0)]
+    pub max_p99_ms: f64,
+    /// Run every run against a fresh Tansu broker started from this binary (memory storage,
+    /// topics created up front) instead of the hosted mock or KAFKA_BROKERS. `make
+    /// bench-pipeline BROKER=tansu` installs Tansu and sets this.
+    #[arg(long, env = "TANSU_BIN")]
+    pub tansu: Option<PathBuf>,
     /// Where to write the JSON report.
     #[arg(long, default_value = "target/bench/pipeline.json")]
     pub out: PathBuf,
@@ -62,7 +74,8 @@ pub struct BenchArgs {
     /// power-loss safety, so not what production promises (the report says so).
     #[arg(long)]
     pub fast_unsafe_postgres: bool,
-    /// Partitions of `odds_updates` on the hosted mock Kafka (ignored with `KAFKA_BROKERS`).
+    /// Partitions of `odds_updates` on the hosted mock Kafka or Tansu (ignored with
+    /// `KAFKA_BROKERS`).
     /// The mock keeps the last 5 MB of each partition and finds a fetch's offset by walking
     /// that log from its start on every fetch, so each partition adds to the mock's CPU and
     /// to the Kafka hops as its log fills (6 at 5000/s: ingest→ack p50 7.3 ms instead of
@@ -78,10 +91,12 @@ pub struct BenchArgs {
     pub runs: u32,
 }
 
-/// Runs the benchmark (or the search for the highest rate) and writes the report.
+/// Runs the benchmark (or the search for the highest rate) and writes the report and its
+/// chart.
 pub async fn run(args: BenchArgs, bin_dir: PathBuf) -> anyhow::Result<BenchReport> {
     let mut rate = args.rate;
     let mut best: Option<BenchReport> = None;
+    let mut steps = Vec::new();
     loop {
         let mut reports = Vec::new();
         for _ in 0..args.runs {
@@ -93,6 +108,9 @@ pub async fn run(args: BenchArgs, bin_dir: PathBuf) -> anyhow::Result<BenchRepor
         let report = median_run(reports).context("--runs is at least 1")?;
         let _ = odds_runtime::cli::print_stdout(&report.spread());
         let held = report.held();
+        if args.find_max {
+            steps.push(RateStep::of(&report));
+        }
         if args.find_max && !held {
             let _ = odds_runtime::cli::print_stdout(&format!(
                 "--find-max stops at {rate}/s: {}\n",
@@ -103,11 +121,12 @@ pub async fn run(args: BenchArgs, bin_dir: PathBuf) -> anyhow::Result<BenchRepor
             best = Some(report.clone());
         }
         if !args.find_max || !held {
-            let chosen = if args.find_max {
+            let mut chosen = if args.find_max {
                 best.unwrap_or(report)
             } else {
                 report
             };
+            chosen.find_max_steps = steps;
             write_report(&args.out, &chosen)?;
             return Ok(chosen);
         }
@@ -121,7 +140,13 @@ fn write_report(path: &PathBuf, report: &BenchReport) -> anyhow::Result<()> {
     }
     let json = serde_json::to_string_pretty(report)?;
     std::fs::write(path, json).with_context(|| format!("writing {}", path.display()))?;
-    let _ = odds_runtime::cli::print_stdout(&format!("report written to {}\n", path.display()));
+    let svg = path.with_extension("svg");
+    chart::write(&svg, report)?;
+    let _ = odds_runtime::cli::print_stdout(&format!(
+        "report written to {}, its chart to {}\n",
+        path.display(),
+        svg.display()
+    ));
     Ok(())
 }
 
@@ -144,6 +169,10 @@ async fn run_once(args: &BenchArgs, rate: u32, bin_dir: PathBuf) -> anyhow::Resu
         // One market: figures stay comparable with earlier runs.
         markets: vec![Market::MatchResult],
         kafka_partitions: args.kafka_partitions,
+        kafka: match &args.tansu {
+            Some(binary) => KafkaChoice::Tansu(binary.clone()),
+            None => KafkaChoice::HostedMock,
+        },
     };
     let mut launcher = Launcher::start(options).await?;
     // A stage that dies ends the run at once, with its reason, instead of a timeout later.
@@ -259,6 +288,9 @@ async fn measure(
             rss_mb.insert(child.name.to_owned(), (rss * 10.0).round() / 10.0);
         }
     }
+    if let Some((rss, _)) = launcher.infra.broker().and_then(|b| b.usage()) {
+        rss_mb.insert(BROKER_PROCESS.to_owned(), (rss * 10.0).round() / 10.0);
+    }
     let _ = stop_tx.send(true);
     let canary_figures = CanaryFigures::of(&canary.summary());
     canary.stop().await;
@@ -304,14 +336,8 @@ async fn measure(
         window_s: (closed.seconds * 10.0).round() / 10.0,
         caught_up,
         kafka_offset_resets: closed.offset_resets,
-        kafka: match launcher.infra.kafka_cluster() {
-            Some(_) => KafkaUsed::HostedMock {
-                partitions: args.kafka_partitions,
-            },
-            None => KafkaUsed::Brokers {
-                bootstrap: launcher.infra.kafka_brokers.clone(),
-            },
-        },
+        kafka: kafka_used(launcher, args.kafka_partitions),
+        max_p99_ms: args.max_p99_ms,
         cpu_s_per_1000_updates: closed.cpu_per_1000,
         cpu_s: closed.cpu_s,
         machine: closed.machine,
@@ -319,6 +345,7 @@ async fn measure(
         hops: closed.hops,
         runs: Vec::new(),
         canary: Some(canary_figures),
+        find_max_steps: Vec::new(),
     })
 }
 
@@ -433,13 +460,34 @@ impl Window {
     }
 }
 
-/// CPU seconds so far of every stage and of this process.
+/// The Kafka a run used.
+fn kafka_used(launcher: &Launcher, partitions: i32) -> KafkaUsed {
+    if launcher.infra.kafka_cluster().is_some() {
+        KafkaUsed::HostedMock { partitions }
+    } else if launcher.infra.broker().is_some() {
+        KafkaUsed::Tansu {
+            bootstrap: launcher.infra.kafka_brokers.clone(),
+            partitions,
+        }
+    } else {
+        KafkaUsed::Brokers {
+            bootstrap: launcher.infra.kafka_brokers.clone(),
+        }
+    }
+}
+
+/// CPU seconds so far of every stage, of the Tansu broker started here, and of this process.
 fn cpu_now(launcher: &Launcher) -> BTreeMap<String, f64> {
     let mut cpu: BTreeMap<String, f64> = launcher
         .children
         .iter()
         .filter_map(|c| Some((c.name.to_owned(), procfs::process_cpu_seconds(c.pid)?)))
         .collect();
+    if let Some(broker) = launcher.infra.broker() {
+        if let Some(used) = procfs::process_cpu_seconds(broker.pid()) {
+            cpu.insert(BROKER_PROCESS.to_owned(), used);
+        }
+    }
     if let Some(own) = procfs::own_cpu_seconds() {
         cpu.insert(BENCH_PROCESS.to_owned(), own);
     }
