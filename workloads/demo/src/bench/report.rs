@@ -571,11 +571,8 @@ pub(crate) mod tests {
             },
             hops: Vec::new(),
             runs: Vec::new(),
-<<<<<<< HEAD
             canary: None,
-=======
             find_max_steps: Vec::new(),
->>>>>>> throughput
         }
     }
 
