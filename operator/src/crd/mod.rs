@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 mod component;
+mod observability;
 mod status;
 pub use component::{
     AutoscalingSpec, ComponentSpec, IngressSpec, OddsServiceSpec, PdbSpec, PodOverrides,
     ScalingMode, ServiceSpec, ServiceType,
 };
+pub use observability::{default_sampling_ratio, tracing_problems, ObservabilitySpec, TracingSpec};
 pub use status::{
     ComponentStatus, Condition, ConditionType, HeldBack, OddsPipelineStatus, Reason, ScalingStatus,
 };
@@ -98,6 +100,9 @@ pub struct OddsPipelineSpec {
     /// NetworkPolicies that let each workload talk only to what it needs.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// What the workloads report besides metrics: distributed tracing.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub observability: ObservabilitySpec,
     /// Stop all changes to the children (they keep running as they are).
     #[serde(default)]
     pub paused: bool,
@@ -126,6 +131,10 @@ impl Default for NetworkPolicySpec {
 
 fn default_true() -> bool {
     true
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Which image to run.

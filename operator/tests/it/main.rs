@@ -24,4 +24,5 @@ mod render;
 mod rollout;
 mod status;
 mod topics;
+mod tracing;
 mod watch;

@@ -16,7 +16,9 @@ use crate::metrics::IngestMetrics;
 use chrono::Utc;
 use odds_contracts::dead_letter::{bound_detail, bound_payload};
 use odds_contracts::names::dlq_headers;
+use odds_contracts::traced::TRACEPARENT_HEADER;
 use odds_contracts::{OddsUpdate, RejectReason};
+use odds_runtime::otel::{self, SpanContext, TraceSpan};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
@@ -27,6 +29,9 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Name of this stage in DLQ headers.
 pub const STAGE: &str = "odds-ingest";
+/// A sampled update's span from its hand-off to the producer to Kafka's acknowledgement; its
+/// context is the record's `traceparent` header.
+const PRODUCE_SPAN: &str = "odds-ingest produce";
 
 #[derive(Clone)]
 pub struct Publisher {
@@ -130,22 +135,45 @@ impl Publisher {
     /// Produces a valid update to the updates topic, keyed by its event id. Returns once the
     /// record is handed to the producer (waiting for a permit if too many are in flight).
     /// `received` is when its frame came in: the acknowledgement is timed from there.
-    pub async fn publish(&self, update: &OddsUpdate, received: Instant) {
+    /// `trace` is the update's span when it is sampled: the record then carries a
+    /// `traceparent` header (and nothing more is done for unsampled updates).
+    pub async fn publish(
+        &self,
+        update: &OddsUpdate,
+        received: Instant,
+        trace: Option<&SpanContext>,
+    ) {
         let payload = update.to_json();
         let permit = self.permit().await;
+        let mut produce = trace.and_then(|parent| {
+            otel::start_child(PRODUCE_SPAN, otel::SpanKind::Producer, parent, Vec::new())
+        });
+        let traceparent = produce
+            .as_ref()
+            .map(|span| otel::format_traceparent(otel::SpanApi::span_context(span)));
         let enqueued = self
             .send_retrying_when_full(|| {
-                FutureRecord::to(&self.topic)
+                let record = FutureRecord::to(&self.topic)
                     .key(update.event_id.as_str())
-                    .payload(payload.as_str())
+                    .payload(payload.as_str());
+                match &traceparent {
+                    Some(value) => record.headers(
+                        OwnedHeaders::new_with_capacity(1)
+                            .insert(header(TRACEPARENT_HEADER, value)),
+                    ),
+                    None => record,
+                }
             })
             .await;
         match enqueued {
             Enqueued::Sent(delivery) => {
-                self.track(delivery, permit, RecordKind::Update { received })
+                self.track(delivery, permit, RecordKind::Update { received }, produce)
             }
             Enqueued::Stopped => {}
             Enqueued::Refused(error) => {
+                if let Some(span) = produce.as_mut() {
+                    otel::fail(span, "the producer refused the update");
+                }
                 self.metrics.produce_errors.inc();
                 tracing::error!(%error, "the producer refused an update for good; dead-lettering it");
                 drop(permit);
@@ -207,7 +235,9 @@ impl Publisher {
             })
             .await;
         match enqueued {
-            Enqueued::Sent(delivery) => self.track(delivery, permit, RecordKind::DeadLetter(code)),
+            Enqueued::Sent(delivery) => {
+                self.track(delivery, permit, RecordKind::DeadLetter(code), None)
+            }
             Enqueued::Stopped => {}
             Enqueued::Refused(error) => self.refuse_dead_letters(code, &error),
         }
@@ -252,12 +282,18 @@ impl Publisher {
         delivery: DeliveryFuture,
         permit: Option<OwnedSemaphorePermit>,
         kind: RecordKind,
+        produce: Option<TraceSpan>,
     ) {
         let publisher = self.clone();
         let sent = Instant::now();
         self.metrics.in_flight.inc();
         tokio::spawn(async move {
             let outcome = delivery.await;
+            if let Some(mut span) = produce {
+                if !matches!(outcome, Ok(Ok(_))) {
+                    otel::fail(&mut span, "Kafka did not acknowledge the update");
+                }
+            }
             publisher.metrics.in_flight.dec();
             publisher
                 .metrics
