@@ -112,7 +112,7 @@ kind-up: ## kind cluster + Strimzi 1.2 + KEDA + Kafka, Redis, Postgres (waits un
 images: ## build the odds-pipeline image and load it into the kind nodes
 	bash charts/kind/images.sh
 
-deploy: ## install the operator chart and the sample OddsPipeline; waits for condition=Ready
+deploy: ## install the operator chart and the sample OddsPipeline; waits for condition=Ready (TRACING=1: with Jaeger v2)
 	bash charts/kind/deploy.sh
 
 port-forward: ## the odds page, REST and /ws/odds on localhost:8080, metrics on :9000 (Ctrl-C stops)

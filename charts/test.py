@@ -1024,6 +1024,16 @@ def kind_flow_dry_run():
                                 r"^helm .* upgrade --install odds-operator .*/charts/odds-operator --namespace odds-system",
                                 rf"^kubectl {ctx} apply -n default -f .*/oddspipeline\.yaml",
                                 rf"^kubectl {ctx} wait -n default oddspipeline/demo --for=condition=Ready"], "deploy")
+        assert not any("jaeger" in c or "observability" in c for c in calls), "no tracing unless asked"
+        result, calls = run("deploy.sh", TRACING="1")
+        assert result.returncode == 0, result.stdout + result.stderr
+        expect_in_order(calls, [rf"^kubectl {ctx} apply -n default -f .*/operator/samples/jaeger\.yaml",
+                                rf"^kubectl {ctx} rollout status -n default deployment/jaeger",
+                                rf"^kubectl {ctx} apply -n default -f .*/oddspipeline\.yaml",
+                                rf"^kubectl {ctx} patch -n default oddspipeline/demo --type merge -p "
+                                r'\{"spec":\{"observability":\{"tracing":\{"endpoint":"http://jaeger\.default:4318",'
+                                r'"samplingRatio":0\.01\}\}\}\}$',
+                                rf"^kubectl {ctx} wait -n default oddspipeline/demo --for=condition=Ready"], "deploy TRACING=1")
         result, calls = run("e2e.sh")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "e2e-kind: every step passed" in result.stdout, result.stdout

@@ -19,5 +19,11 @@ say "  metrics:    http://localhost:${metrics_port}/metrics"
 say "  try:        target/release/odds-demo watch --url ws://localhost:${port}/ws/odds MATCH_001"
 say "  status:     kubectl --context $CONTEXT get oddspipelines -n $NAMESPACE"
 say "(Ctrl-C stops the port-forward)"
+if k get -n "$NAMESPACE" service/jaeger >/dev/null 2>&1; then
+  # Deployed by `make deploy TRACING=1`: its UI beside the odds service.
+  say "  traces:     http://localhost:${JAEGER_PORT:-16686}/ (Jaeger: service odds-ingest, Find Traces)"
+  kubectl --context "$CONTEXT" port-forward -n "$NAMESPACE" service/jaeger \
+    "${JAEGER_PORT:-16686}:16686" &
+fi
 exec kubectl --context "$CONTEXT" port-forward -n "$NAMESPACE" "service/$service" \
   "${port}:8080" "${metrics_port}:9000"

@@ -99,6 +99,8 @@ pub struct ValidPipeline {
     /// `activeDeadlineSeconds` of the migration Job.
     pub migration_deadline_seconds: i64,
     pub network_policy: NetworkPolicySpec,
+    /// Where the workloads send traces (`spec.observability.tracing`), if anywhere.
+    pub tracing: Option<crate::crd::TracingSpec>,
     pub facts: Facts,
 }
 
@@ -176,6 +178,9 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
         }
     };
     problems.extend(authentication_problems(kafka));
+    if let Some(tracing) = &spec.observability.tracing {
+        problems.extend(crate::crd::tracing_problems(tracing));
+    }
     let supplier = match (&spec.supplier.url, &spec.supplier.simulator) {
         (Some(url), None) => Some(Supplier::External { url: url.clone() }),
         (Some(url), Some(sim)) if !sim.enabled => Some(Supplier::External { url: url.clone() }),
@@ -310,6 +315,7 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
                     .cloned(),
                 migration_deadline_seconds: spec.postgres.migration_deadline_seconds,
                 network_policy: spec.network_policy.clone(),
+                tracing: spec.observability.tracing.clone(),
                 facts: facts.clone(),
             })
         }

@@ -46,6 +46,36 @@ pub fn supplier_url(pipeline: &ValidPipeline) -> String {
     }
 }
 
+/// The standard OpenTelemetry variables of `spec.observability.tracing` (none without it):
+/// every workload exports to the collector with a parent-based ratio sampler, its service
+/// name its binary's, and its spans name the namespace and the pipeline.
+pub fn tracing_entries(pipeline: &ValidPipeline) -> Vec<(String, String)> {
+    let Some(tracing) = &pipeline.tracing else {
+        return Vec::new();
+    };
+    [
+        (env::OTEL_EXPORTER_OTLP_ENDPOINT, tracing.endpoint.clone()),
+        (
+            env::OTEL_TRACES_SAMPLER,
+            "parentbased_traceidratio".to_owned(),
+        ),
+        (
+            env::OTEL_TRACES_SAMPLER_ARG,
+            tracing.sampling_ratio.to_string(),
+        ),
+        (
+            env::OTEL_RESOURCE_ATTRIBUTES,
+            format!(
+                "k8s.namespace.name={},odds.pipeline={}",
+                pipeline.namespace, pipeline.name
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(key, value)| (key.to_owned(), value))
+    .collect()
+}
+
 /// Builds the ConfigMap.
 pub fn build(pipeline: &ValidPipeline) -> ConfigMap {
     let mut data: BTreeMap<String, String> = [
@@ -63,6 +93,7 @@ pub fn build(pipeline: &ValidPipeline) -> ConfigMap {
     for (key, value) in super::kafkauser::config_entries(pipeline) {
         data.insert(key.into(), value);
     }
+    data.extend(tracing_entries(pipeline));
     if let Supplier::Simulator(sim) = &pipeline.supplier {
         data.insert(env::SIM_EVENTS.into(), sim.events.to_string());
         data.insert(env::SIM_RATE.into(), sim.rate.to_string());

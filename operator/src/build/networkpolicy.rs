@@ -12,7 +12,8 @@
 //!   (Strimzi's broker pods of `clusterRef`, or the ports of `bootstrapServers`), Redis and
 //!   Postgres (the ports of the URLs in their Secrets: the operator never sees where a
 //!   Secret's host is, so any address on that port), the supplier (the simulator's pods, or
-//!   the port of the external URL).
+//!   the port of the external URL), and the trace collector's port when
+//!   `observability.tracing` is set.
 
 use super::{selector_labels, Component, API_PORT, OPS_PORT, SIMULATOR_PORT};
 use crate::crd::SecretKeyRef;
@@ -122,6 +123,15 @@ fn egress(pipeline: &ValidPipeline, component: Component) -> Vec<NetworkPolicyEg
     let ports = datastore_ports(pipeline, component);
     if !ports.is_empty() {
         rules.push(port_rule(&ports));
+    }
+    // The trace collector (`spec.observability.tracing`): any address on its port, as for
+    // an external datastore.
+    if let Some(port) = pipeline
+        .tracing
+        .as_ref()
+        .and_then(|tracing| url_port(&tracing.endpoint))
+    {
+        rules.push(port_rule(&[port]));
     }
     with_dns(rules)
 }

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 mod component;
 mod freshness;
+mod observability;
 mod status;
 pub use component::{
     AutoscalingSpec, ComponentSpec, IngressSpec, OddsServiceSpec, PdbSpec, PodOverrides,
@@ -21,6 +22,7 @@ pub use freshness::{
     FreshnessStatus, SloSpec, DEFAULT_FRESHNESS_P99_MS, DEFAULT_MAX_FREEZE_SECONDS, DEFAULT_WINDOW,
     MAX_FREEZE_SECONDS, MAX_FRESHNESS_P99_MS, MAX_SAMPLE_EVENTS,
 };
+pub use observability::{default_sampling_ratio, tracing_problems, ObservabilitySpec, TracingSpec};
 pub use status::{
     ComponentStatus, Condition, ConditionType, HeldBack, OddsPipelineStatus, Reason, ScalingStatus,
 };
@@ -104,6 +106,9 @@ pub struct OddsPipelineSpec {
     /// NetworkPolicies that let each workload talk only to what it needs.
     #[serde(default)]
     pub network_policy: NetworkPolicySpec,
+    /// What the workloads report besides metrics: distributed tracing.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub observability: ObservabilitySpec,
     /// Stop all changes to the children (they keep running as they are).
     #[serde(default)]
     pub paused: bool,
@@ -136,6 +141,10 @@ impl Default for NetworkPolicySpec {
 
 fn default_true() -> bool {
     true
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// Which image to run.

@@ -25,4 +25,5 @@ mod render;
 mod rollout;
 mod status;
 mod topics;
+mod tracing;
 mod watch;

@@ -15,6 +15,22 @@ pub const RUST_LOG: &str = "RUST_LOG";
 /// Address a stage serves its own protocol on (simulator `/ws`, odds-service REST and WS).
 pub const LISTEN_ADDR: &str = "LISTEN_ADDR";
 
+// --- tracing (every stage; the standard OpenTelemetry names, read by the shared runtime) ---
+/// Collector base URL (`http://host:4318`); unset: tracing off.
+pub const OTEL_EXPORTER_OTLP_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT";
+pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+pub const OTEL_EXPORTER_OTLP_TRACES_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL";
+pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+/// The sampler's ratio (`0.01` keeps 1 % of updates).
+pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+pub const OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+pub const OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+pub const OTEL_SDK_DISABLED: &str = "OTEL_SDK_DISABLED";
+pub const OTEL_TRACES_EXPORTER: &str = "OTEL_TRACES_EXPORTER";
+/// The SDK's batch exporter: milliseconds between exports (default 5000).
+pub const OTEL_BSP_SCHEDULE_DELAY: &str = "OTEL_BSP_SCHEDULE_DELAY";
+
 // --- Kafka clients (ingest, processor) ---
 pub const KAFKA_BROKERS: &str = "KAFKA_BROKERS";
 pub const KAFKA_TOPIC: &str = "KAFKA_TOPIC";

@@ -3,7 +3,8 @@
 //! Stages are separate processes that only meet through Kafka, Redis and WebSockets, so the
 //! shapes and names that cross those boundaries live here, once: the [`OddsUpdate`] event and
 //! its validation, the reasons an input is rejected ([`RejectReason`]), topic and Redis names
-//! ([`names`]), ports ([`ports`]), and the client protocol of `/ws/odds` ([`ws`]). A workload crate depends on
+//! ([`names`]), ports ([`ports`]), the client protocol of `/ws/odds` ([`ws`]), and where a
+//! sampled update's trace context travels ([`traced`]). A workload crate depends on
 //! this crate and never on another workload.
 
 pub mod cache_status;
@@ -13,6 +14,7 @@ pub mod heartbeat;
 pub mod names;
 pub mod ports;
 mod reject;
+pub mod traced;
 mod update;
 pub mod ws;
 

@@ -41,6 +41,75 @@ pub struct LauncherOptions {
     pub kafka_partitions: i32,
     /// Which Kafka to start when `KAFKA_BROKERS` is not set (Tansu wins over it).
     pub kafka: KafkaChoice,
+    /// Where the stages send traces, if anywhere.
+    pub tracing: Option<TraceExport>,
+}
+
+/// Trace export for every stage: the standard `OTEL_*` environment (see
+/// `odds_runtime::otel::config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceExport {
+    /// Collector base URL (`http://host:4318`).
+    pub endpoint: String,
+    /// Share of updates traced, 0 to 1 (parent-based: a traced update is traced end to end).
+    pub sampling_ratio: f64,
+    /// Milliseconds between the stages' exports; `None` keeps the SDK's 5 s.
+    pub export_every_ms: Option<u64>,
+}
+
+/// `--otlp-endpoint` and `--trace-sampling-ratio`, shared by `odds-demo run` and `bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TraceArgs {
+    /// Send the stages' traces to this OTLP/HTTP collector: its base URL, such as
+    /// http://127.0.0.1:4318 (Jaeger v2 and the OpenTelemetry Collector listen there). No
+    /// traces without it.
+    #[arg(long, env = "DEMO_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// Share of the supplier's updates traced end to end, 0 to 1, when traces are sent.
+    #[arg(long, default_value_t = 0.01, value_parser = parse_ratio)]
+    pub trace_sampling_ratio: f64,
+}
+
+impl TraceArgs {
+    /// The export these flags ask for, if any.
+    pub fn export(&self) -> Option<TraceExport> {
+        self.otlp_endpoint.as_ref().map(|endpoint| TraceExport {
+            endpoint: endpoint.clone(),
+            sampling_ratio: self.trace_sampling_ratio,
+            export_every_ms: None,
+        })
+    }
+}
+
+/// A sampling ratio: a number from 0 to 1.
+pub fn parse_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+        _ => Err(format!(
+            "{text:?} is not a ratio from 0 to 1 (0.01 traces 1 % of updates)"
+        )),
+    }
+}
+
+impl TraceExport {
+    /// The variables to set on every stage.
+    pub fn env(&self) -> Vec<(String, String)> {
+        let mut vars = vec![
+            (env::OTEL_EXPORTER_OTLP_ENDPOINT, self.endpoint.clone()),
+            (
+                env::OTEL_TRACES_SAMPLER,
+                "parentbased_traceidratio".to_owned(),
+            ),
+            (
+                env::OTEL_TRACES_SAMPLER_ARG,
+                self.sampling_ratio.to_string(),
+            ),
+        ];
+        if let Some(every) = self.export_every_ms {
+            vars.push((env::OTEL_BSP_SCHEDULE_DELAY, every.to_string()));
+        }
+        vars.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    }
 }
 
 impl LauncherOptions {
@@ -62,6 +131,7 @@ impl LauncherOptions {
             markets: Market::ALL.to_vec(),
             kafka_partitions: DEMO_PARTITIONS,
             kafka: KafkaChoice::HostedMock,
+            tracing: None,
         })
     }
 }
@@ -129,13 +199,20 @@ impl Launcher {
 
         let service_addr: SocketAddr = ([127, 0, 0, 1], options.port).into();
         let sim_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let tracing_env = options
+            .tracing
+            .as_ref()
+            .map(TraceExport::env)
+            .unwrap_or_default();
         let common = |ops: SocketAddr| {
-            vec![
+            let mut vars = vec![
                 (env::HTTP_ADDR.to_owned(), ops.to_string()),
                 (env::LOG_FORMAT.to_owned(), "text".to_owned()),
                 (env::RUST_LOG.to_owned(), options.log_filter.clone()),
                 ("NO_COLOR".to_owned(), "1".to_owned()),
-            ]
+            ];
+            vars.extend(tracing_env.iter().cloned());
+            vars
         };
         let spec = |name: &'static str, env: Vec<(&str, String)>| -> anyhow::Result<ChildSpec> {
             let ops: SocketAddr = ([127, 0, 0, 1], free_port()?).into();

@@ -17,4 +17,4 @@ pub mod procfs;
 pub mod replicas;
 pub mod status;
 
-pub use launcher::{Launcher, LauncherOptions};
+pub use launcher::{Launcher, LauncherOptions, TraceArgs, TraceExport};

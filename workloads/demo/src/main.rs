@@ -69,6 +69,8 @@ struct RunArgs {
     /// Log level of the stages (RUST_LOG syntax); their logs are kept in files.
     #[arg(long, default_value = "info")]
     log_filter: String,
+    #[command(flatten)]
+    trace: odds_demo::TraceArgs,
 }
 
 /// `println!` that ends quietly when standard output's reader has gone (EPIPE) instead of
@@ -117,6 +119,7 @@ async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
         markets: args.markets.clone(),
         kafka_partitions: odds_demo::infra::DEMO_PARTITIONS,
         kafka: odds_demo::infra::KafkaChoice::HostedMock,
+        tracing: args.trace.export(),
     })
     .await
     .context("starting the pipeline")?;

@@ -7,8 +7,8 @@
 //! version once. The supplier's stream is deterministic, so the test regenerates it to know
 //! what was sent.
 //!
-//! The browser test ([`browser`]) and the fault run ([`chaos`]) live in this binary too, so the
-//! demo's tests link the stages' dependencies once.
+//! The browser test ([`browser`]), the fault run ([`chaos`]) and the trace test ([`traces`])
+//! live in this binary too, so the demo's tests link the stages' dependencies once.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use futures_util::{SinkExt, StreamExt};
@@ -27,6 +27,8 @@ use tokio_tungstenite::tungstenite::Message;
 mod browser;
 #[path = "e2e/chaos.rs"]
 mod chaos;
+#[path = "e2e/tracing.rs"]
+mod traces;
 
 const EVENTS: u32 = 4;
 const TOTAL: u64 = 800;

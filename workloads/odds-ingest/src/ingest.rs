@@ -19,6 +19,7 @@ use crate::IngestError;
 use odds_contracts::{parse_update, RejectReason};
 use odds_runtime::hops;
 use odds_runtime::ops::ops_router;
+use odds_runtime::otel::{self, SpanApi as _};
 use odds_runtime::{serve_http, Readiness};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +41,8 @@ const FRAME_QUEUE: usize = 1024;
 /// Bytes of frames read ahead of the producer: bounds memory whatever the frames' sizes.
 const FRAME_QUEUE_BYTES: u32 = 8 * 1024 * 1024;
 const KAFKA_PROBE_EVERY: Duration = Duration::from_secs(2);
+/// A sampled update's root span: from its frame's arrival until it is handed to the producer.
+const RECEIVE_SPAN: &str = "odds-ingest receive";
 
 /// A running ingest stage.
 pub struct Ingest {
@@ -259,10 +262,22 @@ async fn process_frame(
                     .supplier_to_ingest
                     .observe(hops::seconds_between(update.updated_at, received.wall));
                 record_version(versions.observe(&update), metrics, &update.event_id);
+                // A root span from the frame's arrival, for sampled updates only: for the
+                // others (and with tracing off) nothing more is built.
+                let receive =
+                    otel::start_root(RECEIVE_SPAN, otel::SpanKind::Consumer, received.wall.into());
+                let trace = receive.as_ref().map(|span| span.span_context());
                 let payload = update.to_json();
                 publisher
-                    .publish(&update, payload.as_bytes(), received.at)
+                    .publish(&update, payload.as_bytes(), received.at, trace)
                     .await;
+                if let Some(mut span) = receive {
+                    span.set_attributes(otel::update_attributes(
+                        &update.event_id,
+                        &update.market,
+                        update.version,
+                    ));
+                }
             }
             Err(reason) => {
                 tracing::debug!(reason = reason.code(), detail = %reason, "rejecting frame");

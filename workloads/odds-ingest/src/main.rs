@@ -15,7 +15,13 @@ async fn main() -> anyhow::Result<()> {
             .error(clap::error::ErrorKind::ArgumentConflict, message)
             .exit();
     }
-    odds_runtime::telemetry::init(config.ops.log_format, &config.ops.log_filter)?;
+    let traces = odds_runtime::telemetry::init_with_tracing(
+        config.ops.log_format,
+        &config.ops.log_filter,
+        "odds-ingest",
+    )?;
     let shutdown = odds_runtime::shutdown::on_signals();
-    run(config, shutdown).await.context("odds-ingest failed")
+    let outcome = run(config, shutdown).await.context("odds-ingest failed");
+    traces.shutdown().await;
+    outcome
 }

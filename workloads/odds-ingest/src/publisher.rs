@@ -16,7 +16,9 @@ use crate::metrics::IngestMetrics;
 use chrono::Utc;
 use odds_contracts::dead_letter::{bound_detail, bound_payload};
 use odds_contracts::names::dlq_headers;
+use odds_contracts::traced::TRACEPARENT_HEADER;
 use odds_contracts::{OddsUpdate, RejectReason};
+use odds_runtime::otel::{self, SpanContext, TraceSpan};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -27,6 +29,9 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Name of this stage in DLQ headers.
 pub const STAGE: &str = "odds-ingest";
+/// A sampled update's span from its hand-off to the producer to Kafka's acknowledgement; its
+/// context is the record's `traceparent` header.
+const PRODUCE_SPAN: &str = "odds-ingest produce";
 
 #[derive(Clone)]
 pub struct Publisher {
@@ -66,11 +71,58 @@ pub(crate) enum RecordKind {
 }
 
 /// What travels with a record through librdkafka to its delivery report.
-#[derive(Debug)]
 pub(crate) struct Tracked {
     kind: RecordKind,
     /// When the record was handed to the producer.
     sent: Instant,
+    /// A sampled update's produce span, ended by the delivery report.
+    produce: Option<TraceSpan>,
+}
+
+/// A sampled update's produce span until librdkafka takes its record: a record refused as
+/// queue-full comes back, and with it the span, for the next attempt.
+struct SpanSlot(std::sync::Mutex<Option<TraceSpan>>);
+
+impl SpanSlot {
+    fn new(span: Option<TraceSpan>) -> SpanSlot {
+        SpanSlot(std::sync::Mutex::new(span))
+    }
+
+    fn take(&self) -> Option<TraceSpan> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+    }
+
+    /// The `traceparent` header value naming the span, if there is one.
+    fn traceparent(&self) -> Option<String> {
+        let slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.as_ref()
+            .map(|span| otel::format_traceparent(otel::SpanApi::span_context(span)))
+    }
+
+    /// What rides with a record of `kind`: the span moves into it.
+    fn tracked(&self, kind: RecordKind) -> Box<Tracked> {
+        Box::new(Tracked {
+            kind,
+            sent: Instant::now(),
+            produce: self.take(),
+        })
+    }
+
+    /// A record librdkafka handed back: its span waits for the next attempt.
+    fn restore(&self, tracked: Box<Tracked>) {
+        if let Some(span) = tracked.produce {
+            *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(span);
+        }
+    }
+
+    fn fail(&self, why: &'static str) {
+        if let Some(mut span) = self.take() {
+            otel::fail(&mut span, why);
+        }
+    }
 }
 
 /// A record Kafka refused, handed from librdkafka's polling thread to the stage's runtime,
@@ -97,12 +149,18 @@ impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<Tracked>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, tracked: Box<Tracked>) {
+        let Tracked {
+            kind,
+            sent,
+            produce,
+        } = *tracked;
         let metrics = &self.metrics;
         metrics.in_flight.dec();
-        metrics
-            .produce_latency
-            .observe(tracked.sent.elapsed().as_secs_f64());
-        match (result, tracked.kind) {
+        metrics.produce_latency.observe(sent.elapsed().as_secs_f64());
+        if let (Some(mut span), Err(_)) = (produce, result) {
+            otel::fail(&mut span, "Kafka did not acknowledge the update");
+        }
+        match (result, kind) {
             (Ok(_), RecordKind::Update { received }) => {
                 // The hop first: whoever sees an update counted as produced sees its hop.
                 metrics
@@ -219,21 +277,41 @@ impl Publisher {
     /// Produces a valid update to the updates topic, keyed by its event id. Returns once the
     /// record is handed to the producer (waiting for a permit if too many are in flight).
     /// `received` is when its frame came in: the acknowledgement is timed from there.
-    /// `payload` is the update's JSON as it goes on the topic.
-    pub async fn publish(&self, update: &OddsUpdate, payload: &[u8], received: Instant) {
+    /// `payload` is the update's JSON as it goes on the topic. `trace` is the update's span
+    /// when it is sampled: the record then carries a `traceparent` header and a produce span
+    /// that ends with Kafka's answer (nothing more is done for unsampled updates).
+    pub async fn publish(
+        &self,
+        update: &OddsUpdate,
+        payload: &[u8],
+        received: Instant,
+        trace: Option<&SpanContext>,
+    ) {
         let permit = self.permit().await;
         let kind = RecordKind::Update { received };
+        let produce = SpanSlot::new(trace.and_then(|parent| {
+            otel::start_child(PRODUCE_SPAN, otel::SpanKind::Producer, parent, Vec::new())
+        }));
+        let traceparent = produce.traceparent();
         let enqueued = self
-            .send_retrying_when_full(|| {
-                BaseRecord::with_opaque_to(&self.topic, tracked(kind))
+            .send_retrying_when_full(&produce, || {
+                let record = BaseRecord::with_opaque_to(&self.topic, produce.tracked(kind))
                     .key(update.event_id.as_str())
-                    .payload(payload)
+                    .payload(payload);
+                match &traceparent {
+                    Some(value) => record.headers(
+                        OwnedHeaders::new_with_capacity(1)
+                            .insert(header(TRACEPARENT_HEADER, value)),
+                    ),
+                    None => record,
+                }
             })
             .await;
         match enqueued {
             Enqueued::Sent => self.in_flight(permit),
             Enqueued::Stopped => {}
             Enqueued::Refused(error) => {
+                produce.fail("the producer refused the update");
                 self.metrics.produce_errors.inc();
                 tracing::error!(%error, "the producer refused an update for good; dead-lettering it");
                 drop(permit);
@@ -287,9 +365,10 @@ impl Publisher {
         };
         let permit = self.permit().await;
         let kind = RecordKind::DeadLetter(code);
+        let untraced = SpanSlot::new(None);
         let enqueued = self
-            .send_retrying_when_full(|| {
-                BaseRecord::<(), [u8], _>::with_opaque_to(&self.dlq_topic, tracked(kind))
+            .send_retrying_when_full(&untraced, || {
+                BaseRecord::<(), [u8], _>::with_opaque_to(&self.dlq_topic, untraced.tracked(kind))
                     .payload(bounded.kept)
                     .headers(headers())
             })
@@ -313,6 +392,7 @@ impl Publisher {
     /// every retry: it is returned.
     async fn send_retrying_when_full<'a, K, P>(
         &self,
+        span: &SpanSlot,
         record: impl Fn() -> BaseRecord<'a, K, P, Box<Tracked>>,
     ) -> Enqueued
     where
@@ -326,11 +406,17 @@ impl Publisher {
             }
             match self.producer.send(record()) {
                 Ok(()) => return Enqueued::Sent,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
+                    span.restore(returned.delivery_opaque);
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((error, _)) if self.is_fatal(&error) => return Enqueued::Stopped,
-                Err((error, _)) => return Enqueued::Refused(error),
+                Err((error, returned)) => {
+                    span.restore(returned.delivery_opaque);
+                    if self.is_fatal(&error) {
+                        return Enqueued::Stopped;
+                    }
+                    return Enqueued::Refused(error);
+                }
             }
         }
     }
@@ -396,13 +482,6 @@ impl Publisher {
             .fetch_metadata(Some(&self.topic), timeout)
             .is_ok()
     }
-}
-
-fn tracked(kind: RecordKind) -> Box<Tracked> {
-    Box::new(Tracked {
-        kind,
-        sent: Instant::now(),
-    })
 }
 
 /// Handles the records Kafka refused, one at a time in the order refused, until the

@@ -17,6 +17,8 @@ pub struct SourceRecord {
     pub key: Option<Vec<u8>>,
     /// `None` for a record without a value (a tombstone): rejected as invalid JSON.
     pub payload: Option<Vec<u8>>,
+    /// The sampled trace the record belongs to (its `traceparent` header), if tracing is on.
+    pub trace: Option<odds_runtime::otel::SpanContext>,
 }
 
 /// Why a record was dead-lettered: the contract's reason code and a readable detail.
@@ -143,6 +145,7 @@ mod tests {
             offset,
             key: None,
             payload: Some(payload.to_vec()),
+            trace: None,
         }
     }
 

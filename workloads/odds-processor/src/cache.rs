@@ -29,9 +29,10 @@ use redis::{AsyncConnectionConfig, Client, Script};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// KEYS[i] is the cache key of the i-th update; ARGV[1] the channel; ARGV[2i] the update's
-/// version (decimal) and ARGV[2i+1] its JSON. Returns the (1-based) indexes of the updates
-/// that advanced.
+/// KEYS[i] is the cache key of the i-th update; ARGV[1] the channel; ARGV[3i-1] the update's
+/// version (decimal), ARGV[3i] its JSON and ARGV[3i+1] what to append to the published
+/// message: empty, or a sampled update's trace context (see [`odds_contracts::traced`]; the
+/// cached value never carries it). Returns the (1-based) indexes of the updates that advanced.
 ///
 /// Versions are compared as decimal text, never as Lua numbers: those are doubles, exact only
 /// up to 2^53, and the contract allows versions up to 2^63 - 1, where neighbouring versions
@@ -55,8 +56,8 @@ local function newer(a, b)
 end
 local advanced = {}
 for i, key in ipairs(KEYS) do
-  local version = canonical(ARGV[2 * i])
-  local json = ARGV[2 * i + 1]
+  local version = canonical(ARGV[3 * i - 1])
+  local json = ARGV[3 * i]
   local held = redis.call('GET', key)
   local held_version = nil
   if held then
@@ -65,7 +66,7 @@ for i, key in ipairs(KEYS) do
   -- A missing or unreadable cached value is replaced: the update is the best we know.
   if version and (held_version == nil or newer(version, held_version)) then
     redis.call('SET', key, json)
-    redis.call('PUBLISH', ARGV[1], json)
+    redis.call('PUBLISH', ARGV[1], json .. ARGV[3 * i + 1])
     advanced[#advanced + 1] = i
   end
 end
@@ -140,6 +141,16 @@ impl Cache {
         &mut self,
         updates: &[&OddsUpdate],
     ) -> Result<Vec<OddsUpdate>, CacheError> {
+        self.set_newest_traced(updates, |_| None).await
+    }
+
+    /// [`Cache::set_newest`], publishing each update with what `trace_suffix` returns for it
+    /// appended (a sampled update's trace context, [`odds_contracts::traced::pubsub_suffix`]).
+    pub async fn set_newest_traced(
+        &mut self,
+        updates: &[&OddsUpdate],
+        trace_suffix: impl Fn(&OddsUpdate) -> Option<String>,
+    ) -> Result<Vec<OddsUpdate>, CacheError> {
         if updates.is_empty() {
             return Ok(Vec::new());
         }
@@ -154,7 +165,8 @@ impl Cache {
                 invocation
                     .key(redis_current_key(&update.event_id, &update.market))
                     .arg(update.version)
-                    .arg(update.to_json());
+                    .arg(update.to_json())
+                    .arg(trace_suffix(update).unwrap_or_default());
             }
             invocation.invoke_async(&mut connection).await
         };

@@ -3,7 +3,8 @@
 //! It consumes `odds_updates` in a consumer group, writes each batch to Postgres in one
 //! transaction (history + version-guarded current snapshot), updates the Redis cache and
 //! publishes what advanced, dead-letters what is not a valid update, and commits offsets only
-//! after the batch is durable. See [`processor`] for the phases and [`run`] for the service.
+//! after the batch is durable. See [`processor`] for the phases, [`run`] for the service and
+//! [`trace`] for its part of a sampled update's trace.
 
 pub mod batch;
 pub mod brokers;
@@ -16,6 +17,7 @@ pub mod metrics;
 pub mod processor;
 pub mod run;
 pub mod store;
+pub mod trace;
 
 pub use config::{Cli, Command, MigrateArgs, ProcessorConfig, RunArgs};
 pub use metrics::Metrics;

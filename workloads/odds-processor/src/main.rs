@@ -16,9 +16,15 @@ async fn main() -> anyhow::Result<()> {
             run::migrate(&args).await?;
         }
         Invocation::Run(args) => {
-            odds_runtime::telemetry::init(args.ops.log_format, &args.ops.log_filter)?;
+            let traces = odds_runtime::telemetry::init_with_tracing(
+                args.ops.log_format,
+                &args.ops.log_filter,
+                "odds-processor",
+            )?;
             let shutdown = odds_runtime::shutdown::on_signals();
-            run::run(*args, shutdown).await?;
+            let outcome = run::run(*args, shutdown).await;
+            traces.shutdown().await;
+            outcome?;
         }
     }
     Ok(())

@@ -13,10 +13,15 @@ async fn main() -> anyhow::Result<()> {
         ])?);
     }
     let config = ServiceConfig::parse();
-    odds_runtime::telemetry::init(config.ops.log_format, &config.ops.log_filter)?;
+    let traces = odds_runtime::telemetry::init_with_tracing(
+        config.ops.log_format,
+        &config.ops.log_filter,
+        "odds-service",
+    )?;
     let shutdown = odds_runtime::shutdown::on_signals();
     let service = odds_service::start(&config, shutdown).await?;
     service.wait().await;
     tracing::info!("odds-service stopped");
+    traces.shutdown().await;
     Ok(())
 }

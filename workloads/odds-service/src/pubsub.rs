@@ -28,6 +28,8 @@ use odds_contracts::heartbeat::Heartbeat;
 use odds_contracts::names::{
     REDIS_CACHE_STATUS_CHANNEL, REDIS_HEARTBEAT_CHANNEL, REDIS_UPDATES_CHANNEL,
 };
+use odds_contracts::traced::split_pubsub;
+use odds_runtime::otel::{self, SpanApi as _, TraceSpan};
 use odds_runtime::regressions::LatestVersions;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,6 +43,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often what time decides (a report's lease, the heartbeat timeout) is re-evaluated.
 const TICK_EVERY: Duration = Duration::from_millis(250);
 const RESYNC_FIRST_BACKOFF: Duration = Duration::from_millis(250);
+/// A sampled update's span in this process: its hand-off to every subscriber's queue.
+const PUBLISH_SPAN: &str = "odds-service publish";
 
 /// Everything the subscriber needs.
 pub struct Subscriber {
@@ -166,7 +170,10 @@ impl Subscriber {
                         continue;
                     }
                     self.metrics.ws_updates_received.inc();
-                    match odds_contracts::parse_update(message.get_payload_bytes()) {
+                    // A sampled update carries its trace context after the JSON: split off
+                    // here, so clients get exactly the update.
+                    let (json, traceparent) = split_pubsub(message.get_payload_bytes());
+                    match odds_contracts::parse_update(json) {
                         Ok(update) => {
                             let seen = latest.observe(&update.event_id, &update.market, update.version);
                             if let Some(seen) = seen {
@@ -180,7 +187,9 @@ impl Subscriber {
                             // First, so a client told that updates stopped hears they resumed
                             // before it gets one.
                             self.feed.update_received();
+                            let span = publish_span(traceparent, &update);
                             self.hub.publish(&EncodedUpdate::new(&update));
+                            drop(span);
                         }
                         Err(reason) => {
                             self.metrics.ws_updates_invalid.inc();
@@ -254,6 +263,25 @@ pub async fn resync(hub: Arc<Hub>, store: Arc<OddsStore>, metrics: Metrics) {
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// The span of a sampled update's fan-out, a child of the processor's context in the message;
+/// `None` (and nothing parsed) when tracing is off or the update is not sampled.
+fn publish_span(
+    traceparent: Option<&[u8]>,
+    update: &odds_contracts::OddsUpdate,
+) -> Option<TraceSpan> {
+    if !otel::enabled() {
+        return None;
+    }
+    let parent = otel::parse_traceparent(traceparent?)?;
+    let mut span = otel::start_child(PUBLISH_SPAN, otel::SpanKind::Consumer, &parent, Vec::new())?;
+    span.set_attributes(otel::update_attributes(
+        &update.event_id,
+        &update.market,
+        update.version,
+    ));
+    Some(span)
 }
 
 fn offer(hub: &Hub, metrics: &Metrics, updates: &[odds_contracts::OddsUpdate]) {

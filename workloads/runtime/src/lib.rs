@@ -2,14 +2,16 @@
 //!
 //! Each stage is a long-running process on Kubernetes, and they all need the same operational
 //! surface: structured logs ([`telemetry`]), `/healthz` `/readyz` `/metrics` ([`ops`]),
-//! readiness that reflects real dependencies ([`Readiness`]), and a clean stop on SIGTERM
-//! ([`shutdown`]). Keeping it here means the operator can probe every workload the same way.
+//! readiness that reflects real dependencies ([`Readiness`]), a clean stop on SIGTERM
+//! ([`shutdown`]), and distributed tracing that is off until configured ([`otel`]). Keeping
+//! it here means the operator can probe (and configure) every workload the same way.
 
 pub mod cli;
 pub mod hops;
 pub mod kafka;
 pub mod metrics;
 pub mod ops;
+pub mod otel;
 mod readiness;
 pub mod regressions;
 pub mod shutdown;
@@ -31,4 +33,6 @@ pub enum RuntimeError {
     },
     #[error("logging: {0}")]
     Logging(String),
+    #[error("tracing: {0}")]
+    Tracing(String),
 }

@@ -1,4 +1,5 @@
-//! Structured logging via `tracing`: JSON lines in clusters, readable text on a terminal.
+//! Structured logging via `tracing`: JSON lines in clusters, readable text on a terminal; and
+//! the pipeline stages' entry point that also sets up trace export ([`init_with_tracing`]).
 
 use crate::RuntimeError;
 use tracing_subscriber::EnvFilter;
@@ -22,4 +23,16 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), RuntimeError> {
         LogFormat::Text => builder.try_init(),
     };
     result.map_err(|e| RuntimeError::Logging(e.to_string()))
+}
+
+/// [`init`], then OpenTelemetry tracing from the `OTEL_*` environment (see
+/// [`crate::otel::config`]), with `service` as the default service name. Must run inside the
+/// Tokio runtime; keep the guard and shut it down before exiting.
+pub fn init_with_tracing(
+    format: LogFormat,
+    filter: &str,
+    service: &'static str,
+) -> Result<crate::otel::TracingGuard, RuntimeError> {
+    init(format, filter)?;
+    crate::otel::init_from_env(service)
 }

@@ -4,11 +4,12 @@
 //! atomic scripts, consumer-group commits), so tests talk to real servers, never mocks of our
 //! own making. Each test gets its own database, its own `redis-server` and its own Kafka mock
 //! cluster, so tests run in parallel without seeing each other's data and nobody has to start
-//! anything by hand.
+//! anything by hand. Tracing tests get a real OTLP receiver ([`OtlpReceiver`]).
 
 mod fixtures;
 mod http;
 mod kafka;
+mod otlp;
 mod postgres;
 mod process;
 mod redis_server;
@@ -16,6 +17,7 @@ mod redis_server;
 pub use fixtures::{sample_update, sample_update_in};
 pub use http::{echo_peer, http_get, http_get_within, HttpResponse};
 pub use kafka::{read_topic, ReadRecord, TestKafka};
+pub use otlp::{OtlpReceiver, ReceivedSpan};
 pub use postgres::{PostgresDurability, PostgresServer, TestDatabase};
 pub use process::{free_port, output_with_closed_stdout};
 pub use redis_server::TestRedis;

@@ -89,6 +89,12 @@ pub struct BenchArgs {
     /// lists every run's headline figures (one run on a shared machine is not a figure).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub runs: u32,
+    #[command(flatten)]
+    pub trace: crate::TraceArgs,
+    /// Trace the run into an OTLP receiver in this process (a collector's work, without
+    /// one): what tracing costs the stages at `--trace-sampling-ratio`.
+    #[arg(long, conflicts_with = "otlp_endpoint")]
+    pub otlp_sink: bool,
 }
 
 /// Runs the benchmark (or the search for the highest rate) and writes the report and its
@@ -152,6 +158,18 @@ fn write_report(path: &PathBuf, report: &BenchReport) -> anyhow::Result<()> {
 
 async fn run_once(args: &BenchArgs, rate: u32, bin_dir: PathBuf) -> anyhow::Result<BenchReport> {
     let total = u64::from(rate) * args.duration;
+    let sink = match args.otlp_sink {
+        true => Some(odds_testkit::OtlpReceiver::start().await?),
+        false => None,
+    };
+    let tracing = match &sink {
+        Some(sink) => Some(crate::TraceExport {
+            endpoint: sink.endpoint(),
+            sampling_ratio: args.trace.trace_sampling_ratio,
+            export_every_ms: None,
+        }),
+        None => args.trace.export(),
+    };
     let options = LauncherOptions {
         bin_dir,
         port: odds_testkit::free_port()?,
@@ -173,6 +191,7 @@ async fn run_once(args: &BenchArgs, rate: u32, bin_dir: PathBuf) -> anyhow::Resu
             Some(binary) => KafkaChoice::Tansu(binary.clone()),
             None => KafkaChoice::HostedMock,
         },
+        tracing,
     };
     let mut launcher = Launcher::start(options).await?;
     // A stage that dies ends the run at once, with its reason, instead of a timeout later.
@@ -181,6 +200,13 @@ async fn run_once(args: &BenchArgs, rate: u32, bin_dir: PathBuf) -> anyhow::Resu
         error = launcher.unexpected_exit() => Err(error),
     };
     launcher.stop().await;
+    if let Some(sink) = &sink {
+        let _ = odds_runtime::cli::print_stdout(&format!(
+            "traces: {} spans received by the OTLP sink in {} export requests\n",
+            sink.spans().len(),
+            sink.requests()
+        ));
+    }
     match result {
         Ok(report) => Ok(report),
         Err(error) => {

@@ -11,12 +11,15 @@ use super::{DurableBatch, Processor, Received, CHECK_DLQ, CHECK_POSTGRES, DB_FIR
 use crate::batch::{newest_per_market, Batch, Decoded, Rejection, SourceRecord};
 use crate::metrics::phase;
 use crate::store::{Applied, StoreError};
+use crate::trace::{BatchTrace, POSTGRES_SPAN};
 use crate::ProcessorError;
 use odds_contracts::{OddsUpdate, STORAGE_REJECTED};
+use odds_runtime::otel;
 use rdkafka::consumer::Consumer;
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 impl Processor {
     /// Dead-letters the invalid records and writes the valid ones to Postgres, retrying with
@@ -25,7 +28,27 @@ impl Processor {
     /// they never hold up the partition. `None` when shutdown came first, or when the DLQ
     /// refused a dead letter for good (the processor halts): the batch is abandoned and its
     /// offsets stay uncommitted.
-    pub async fn make_durable(&mut self, mut batch: Batch) -> Option<DurableBatch> {
+    ///
+    /// A batch holding sampled records is traced ([`BatchTrace`]): the returned batch carries
+    /// its span, and the batch's log lines name its trace.
+    pub async fn make_durable(&mut self, batch: Batch) -> Option<DurableBatch> {
+        let trace = BatchTrace::start(&batch.records);
+        let logs = trace
+            .as_ref()
+            .map_or_else(tracing::Span::none, BatchTrace::log_span);
+        let mut durable = self
+            .write_durably(batch, trace.as_ref())
+            .instrument(logs)
+            .await?;
+        durable.trace = trace;
+        Some(durable)
+    }
+
+    async fn write_durably(
+        &mut self,
+        mut batch: Batch,
+        trace: Option<&BatchTrace>,
+    ) -> Option<DurableBatch> {
         let started = Instant::now();
         let mut decoded = batch.decode();
         // Rejections not yet acknowledged by the DLQ.
@@ -50,7 +73,12 @@ impl Processor {
                     Some(_) => Ok::<_, StoreError>(None),
                     None => {
                         let write = Instant::now();
-                        let applied = self.store.apply_isolating(&decoded.updates).await?;
+                        let mut span = trace.and_then(|t| t.child(POSTGRES_SPAN));
+                        let applied = self.store.apply_isolating(&decoded.updates).await;
+                        if let (Some(span), Err(error)) = (span.as_mut(), &applied) {
+                            otel::fail(span, error.to_string());
+                        }
+                        let applied = applied?;
                         self.metrics
                             .postgres_commit
                             .observe(write.elapsed().as_secs_f64());
@@ -132,6 +160,7 @@ impl Processor {
             records: batch.len(),
             dead_lettered: decoded.rejected.len(),
             started,
+            trace: None,
         })
     }
 

@@ -20,10 +20,12 @@ use crate::consumer::{self, CommitLedger, ProcessorConsumer, ProcessorContext};
 use crate::dlq::DeadLetters;
 use crate::metrics::{phase, Metrics};
 use crate::store::{Applied, Store};
+use crate::trace::{BatchTrace, REDIS_SPAN};
 use crate::ProcessorError;
 use futures_util::FutureExt;
 use odds_contracts::OddsUpdate;
 use odds_runtime::hops;
+use odds_runtime::otel::{self, SpanApi as _};
 use odds_runtime::Readiness;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
@@ -33,6 +35,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 // Readiness check names.
 /// False while librdkafka reports every broker unreachable (see [`crate::brokers`]).
@@ -64,6 +67,8 @@ pub struct DurableBatch {
     pub records: usize,
     pub dead_lettered: usize,
     started: Instant,
+    /// The batch's span, when it holds sampled records; ends when the batch is dropped.
+    pub trace: Option<BatchTrace>,
 }
 
 /// What one [`Processor::step`] did.
@@ -261,6 +266,7 @@ impl Processor {
                     offset: message.offset(),
                     key: message.key().map(<[u8]>::to_vec),
                     payload: message.payload().map(<[u8]>::to_vec),
+                    trace: crate::trace::record_context(&message),
                 })
             }
             Err(error) => {
@@ -348,7 +354,33 @@ impl Processor {
         }
         let current: Vec<&OddsUpdate> = durable.current.iter().collect();
         let write = Instant::now();
-        match self.cache.set_newest(&current).await {
+        let Some(trace) = &durable.trace else {
+            let written = self.cache.set_newest(&current).await;
+            return self.cache_written(written, write);
+        };
+        let mut step = trace.child(REDIS_SPAN);
+        let step_context = step.as_ref().map(|span| span.span_context().clone());
+        let written = self
+            .cache
+            .set_newest_traced(&current, |update| {
+                trace.publish_suffix(update, step_context.as_ref())
+            })
+            .instrument(trace.log_span())
+            .await;
+        if let (Some(span), Err(error)) = (step.as_mut(), &written) {
+            otel::fail(span, error.to_string());
+        }
+        let _logs = trace.log_span().entered();
+        self.cache_written(written, write)
+    }
+
+    /// Accounts for a cache write of the batch's current updates; returns how many advanced.
+    fn cache_written(
+        &mut self,
+        written: Result<Vec<OddsUpdate>, CacheError>,
+        write: Instant,
+    ) -> usize {
+        match written {
             Ok(advanced) => {
                 self.metrics
                     .redis_publish
