@@ -227,8 +227,7 @@ mod tests {
                 conflate_ms: None
             })
         );
-        let asked =
-            ClientMessage::parse(r#"{"type":"subscribe","eventId":"E1","conflateMs":250}"#);
+        let asked = ClientMessage::parse(r#"{"type":"subscribe","eventId":"E1","conflateMs":250}"#);
         assert_eq!(
             asked,
             Ok(ClientMessage::Subscribe {
@@ -236,7 +235,11 @@ mod tests {
                 conflate_ms: Some(250)
             })
         );
-        for bad in [r#""conflateMs":60001"#, r#""conflateMs":-1"#, r#""conflateMs":"5""#] {
+        for bad in [
+            r#""conflateMs":60001"#,
+            r#""conflateMs":-1"#,
+            r#""conflateMs":"5""#,
+        ] {
             let text = format!(r#"{{"type":"subscribe","eventId":"E1",{bad}}}"#);
             let error = ClientMessage::parse(&text).err().map(|e| e.code);
             assert_eq!(error, Some(ErrorCode::InvalidMessage), "{bad}");

@@ -391,7 +391,13 @@ async fn main() -> Result<()> {
         if late < args.late_clients && Instant::now() >= next_late {
             let (ready, _) = tokio::sync::mpsc::channel(1);
             let event = event_id(late % args.load.events);
-            tasks.push(tokio::spawn(client(addr, event, shared.clone(), ready, true)));
+            tasks.push(tokio::spawn(client(
+                addr,
+                event,
+                shared.clone(),
+                ready,
+                true,
+            )));
             late += 1;
             next_late += late_every;
         }

@@ -8,8 +8,8 @@
 use crate::metrics::Metrics;
 use crate::store::{keep_events, OddsStore, StoreError};
 use crate::ws::{serve_connection, WsContext};
-use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::connect_info::Connected;
+use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
@@ -324,7 +324,9 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
     if !has_token(headers, header::UPGRADE, "websocket")
         || !has_token(headers, header::CONNECTION, "upgrade")
     {
-        return Err(bad("expected a WebSocket upgrade (Upgrade: websocket, Connection: upgrade)"));
+        return Err(bad(
+            "expected a WebSocket upgrade (Upgrade: websocket, Connection: upgrade)",
+        ));
     }
     if headers
         .get(header::SEC_WEBSOCKET_VERSION)

@@ -239,7 +239,9 @@ impl Hub {
             if let Some(oldest) = oldest {
                 // One observation per client write: the batch's oldest update's wait.
                 let hop = done.saturating_duration_since(oldest);
-                self.metrics.ws_hop_to_client_write.observe(hop.as_secs_f64());
+                self.metrics
+                    .ws_hop_to_client_write
+                    .observe(hop.as_secs_f64());
             }
         }
         report.frames = odds;

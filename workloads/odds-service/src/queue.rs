@@ -554,9 +554,11 @@ impl ClientQueue {
             }
         }
         state.pending -= forgotten;
-        state
-            .held
-            .retain(|s| s.update.as_ref().is_some_and(|u| !unfollowed(&u.key.event_id)));
+        state.held.retain(|s| {
+            s.update
+                .as_ref()
+                .is_some_and(|u| !unfollowed(&u.key.event_id))
+        });
         for (key, held) in state.newest.iter_mut() {
             if unfollowed(&key.event_id) {
                 held.shown = false;

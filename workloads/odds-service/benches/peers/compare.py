@@ -50,7 +50,9 @@ def build_ws_load(cargo, dev):
 
 def run(ws_load, ours, server, load, extra):
     cmd = [ws_load] + LOADS[load] + extra
-    cmd += ["--service-bin", PEERS.get(server, ours)]
+    # `name=path` runs another odds-service build (e.g. the previous release) as `name`.
+    binary = server.split("=", 1)[1] if "=" in server else PEERS.get(server, ours)
+    cmd += ["--service-bin", binary]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"ws-load failed for {server} at load {load}:\n{done.stdout}\n{done.stderr}")
@@ -94,11 +96,12 @@ def main():
         for load in args.loads.split(","):
             for server in args.servers.split(","):
                 text = run(ws_load, args.ours, server, load, args.extra)
-                with open(os.path.join(args.out, f"{server}-{load}-{i}.txt"), "w") as f:
+                name = server.split("=", 1)[0]
+                with open(os.path.join(args.out, f"{name}-{load}-{i}.txt"), "w") as f:
                     f.write(text)
                 parsed = parse(text)
-                results.setdefault((server, load), []).append(parsed)
-                print(f"run {i} load {load} {server}: {parsed}", flush=True)
+                results.setdefault((name, load), []).append(parsed)
+                print(f"run {i} load {load} {name}: {parsed}", flush=True)
     print()
     print("| server | load | CPU per delivered message µs (user + system) | delivered share % "
           "| deliveries/s | p50 ms | p99 ms | ordering violations | KiB per client | machine idle % |")

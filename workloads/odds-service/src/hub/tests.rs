@@ -48,7 +48,10 @@ fn a_batch_reaches_each_client_with_every_version_in_one_write() {
         .flat_map(|v| [update("E1", v), update("E2", v)])
         .collect();
     let report = hub.publish_batch(&batch);
-    assert_eq!((report.updates, report.clients_reached, report.frames), (8, 2, 8));
+    assert_eq!(
+        (report.updates, report.clients_reached, report.frames),
+        (8, 2, 8)
+    );
     assert_eq!(sa.writes.load(Ordering::Relaxed), 1);
     assert_eq!(sb.writes.load(Ordering::Relaxed), 1);
     let expected: Vec<(String, u64)> = (1..=4).map(|v| ("E1".into(), v)).collect();

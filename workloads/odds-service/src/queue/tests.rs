@@ -28,7 +28,10 @@ impl FakeSocket {
         let mut at = 0;
         while at < bytes.len() {
             let (len, header) = match bytes[at + 1] {
-                126 => (usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])), 4),
+                126 => (
+                    usize::from(u16::from_be_bytes([bytes[at + 2], bytes[at + 3]])),
+                    4,
+                ),
                 127 => panic!("no test frame is that large"),
                 n => (usize::from(n), 2),
             };
@@ -101,12 +104,28 @@ fn a_client_that_keeps_up_gets_every_version_in_one_write_per_batch() {
     // pending, so a burst never makes a reading client look slow.
     let (queue, socket) = queue(2);
     for version in 1..=5 {
-        assert_eq!(queue.push_live(&update("E1", version)).0, PushOutcome::Queued);
+        assert_eq!(
+            queue.push_live(&update("E1", version)).0,
+            PushOutcome::Queued
+        );
     }
     assert_eq!(queue.push(&update("E1", 3), false), PushOutcome::Stale);
-    assert_eq!(queue.write(), Framed { odds: 5, snapshots: 0 });
-    assert_eq!(socket.writes.load(Ordering::Relaxed), 1, "one write per batch");
-    assert_eq!(sent(&queue, &socket), (1..=5).map(|v| odds("E1", v)).collect::<Vec<_>>());
+    assert_eq!(
+        queue.write(),
+        Framed {
+            odds: 5,
+            snapshots: 0
+        }
+    );
+    assert_eq!(
+        socket.writes.load(Ordering::Relaxed),
+        1,
+        "one write per batch"
+    );
+    assert_eq!(
+        sent(&queue, &socket),
+        (1..=5).map(|v| odds("E1", v)).collect::<Vec<_>>()
+    );
     assert_eq!(queue.write_state(), WriteState::default());
 }
 
@@ -126,11 +145,17 @@ fn a_blocked_client_conflates_per_market_and_catches_up_in_order() {
     queue.push_live(&update("E1", 1));
     queue.write();
     assert!(queue.write_state().blocked, "the socket took nothing");
-    assert_eq!(queue.push_live(&update("E1", 2)), (PushOutcome::Queued, false));
+    assert_eq!(
+        queue.push_live(&update("E1", 2)),
+        (PushOutcome::Queued, false)
+    );
     assert_eq!(queue.push(&update("E1", 3), false), PushOutcome::Conflated);
     assert_eq!(queue.push(&update("E2", 1), false), PushOutcome::Queued);
     assert_eq!(queue.push(&half_time("E1", 4), false), PushOutcome::Queued);
-    assert_eq!(queue.push(&half_time("E1", 5), false), PushOutcome::Conflated);
+    assert_eq!(
+        queue.push(&half_time("E1", 5), false),
+        PushOutcome::Conflated
+    );
     assert_eq!(queue.pending_len(), 3);
     socket.set_room(usize::MAX);
     let (state, framed) = queue.flush(false);
@@ -169,7 +194,10 @@ fn a_slow_client_with_too_many_pending_markets_overflows_and_holds_nothing() {
     queue.push(&update("E2", 1), false);
     // Versions of pending markets conflate: no growth, no overflow.
     for version in 2..100 {
-        assert_eq!(queue.push(&update("E2", version), false), PushOutcome::Conflated);
+        assert_eq!(
+            queue.push(&update("E2", version), false),
+            PushOutcome::Conflated
+        );
     }
     assert_eq!(queue.push(&update("E3", 1), false), PushOutcome::Overflow);
     assert!(queue.write_state().overflowed);
@@ -187,7 +215,11 @@ fn memory_stays_bounded_for_a_stuck_client_under_a_long_burst() {
     }
     // One frame went into the buffer before the socket was found full; the rest wait as
     // one pending update per market.
-    assert!(queue.unwritten_bytes() < 1024, "{}", queue.unwritten_bytes());
+    assert!(
+        queue.unwritten_bytes() < 1024,
+        "{}",
+        queue.unwritten_bytes()
+    );
     assert_eq!(queue.pending_len(), 20);
     assert!(!queue.write_state().overflowed);
 }
@@ -206,12 +238,18 @@ fn a_conflating_client_gets_the_newest_per_market_only_on_its_tick() {
     let (queue, socket) = queue(10);
     queue.set_conflating(true);
     for version in 1..=5 {
-        assert!(!queue.push_live(&update("E1", version)).1, "not written by the fan-out");
+        assert!(
+            !queue.push_live(&update("E1", version)).1,
+            "not written by the fan-out"
+        );
     }
     queue.push_live(&update("E2", 1));
     queue.write();
     queue.flush(false);
-    assert!(socket.frames().is_empty(), "nothing before the interval's tick");
+    assert!(
+        socket.frames().is_empty(),
+        "nothing before the interval's tick"
+    );
     assert_eq!(queue.flush(true).1.odds, 2);
     assert_eq!(sent(&queue, &socket), vec![odds("E1", 5), odds("E2", 1)]);
     queue.set_conflating(false);
@@ -241,7 +279,10 @@ fn markets_of_one_event_are_kept_apart_and_unsubscribe_drops_every_market() {
     assert_eq!(queue.push(&update("E1", 1), false), PushOutcome::Queued);
     // A newer version of another market neither replaces nor makes stale the first.
     assert_eq!(queue.push(&half_time("E1", 2), false), PushOutcome::Queued);
-    assert_eq!(queue.push(&half_time("E1", 3), false), PushOutcome::Conflated);
+    assert_eq!(
+        queue.push(&half_time("E1", 3), false),
+        PushOutcome::Conflated
+    );
     queue.resume();
     assert_eq!(sent(&queue, &socket), vec![odds("E1", 1), odds("E1", 3)]);
     assert_eq!(queue.push(&half_time("E1", 3), false), PushOutcome::Stale);

@@ -305,7 +305,10 @@ impl Connection {
         if self.last_seen.elapsed() > self.ctx.ping_interval * 3 {
             return Some(Exit::Close(close_code::POLICY, "heartbeat timeout"));
         }
-        self.write_exit(self.queue.send_control(&frames::control(frames::OP_PING, &[])))
+        self.write_exit(
+            self.queue
+                .send_control(&frames::control(frames::OP_PING, &[])),
+        )
     }
 
     /// Why the connection must end, from how its writing stands.

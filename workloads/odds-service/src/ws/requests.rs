@@ -132,10 +132,7 @@ impl Connection {
         }
     }
 
-    pub(super) fn on_read(
-        &mut self,
-        done: ReadDone,
-    ) -> Option<Exit> {
+    pub(super) fn on_read(&mut self, done: ReadDone) -> Option<Exit> {
         match done {
             ReadDone::Event { event, result } => self.answer_subscribe(event, result),
             ReadDone::Page(Ok(page)) => {

@@ -486,7 +486,10 @@ async fn a_client_that_asks_for_conflation_gets_the_newest_version_per_interval(
     }
     // The client that did not ask gets every version; the one that asked gets a few, the
     // newest last, rising.
-    assert_eq!(versions_until(&mut every, 100).await, (2..=100).collect::<Vec<_>>());
+    assert_eq!(
+        versions_until(&mut every, 100).await,
+        (2..=100).collect::<Vec<_>>()
+    );
     let conflated = versions_until(&mut conflating, 100).await;
     assert!(
         conflated.len() < 99 && conflated.windows(2).all(|w| w[0] < w[1]),
@@ -501,7 +504,10 @@ async fn a_client_that_asks_for_conflation_gets_the_newest_version_per_interval(
     .await;
     assert_eq!(next_json(&mut conflating).await["type"], "subscribed");
     let again = next_json(&mut conflating).await;
-    assert_eq!((again["type"].as_str(), again["data"]["version"].as_u64()), (Some("snapshot"), Some(100)));
+    assert_eq!(
+        (again["type"].as_str(), again["data"]["version"].as_u64()),
+        (Some("snapshot"), Some(100))
+    );
     for v in 101..=110 {
         env.publish(&update("CFL", v, 2.0)).await;
     }
