@@ -8,6 +8,12 @@
 //! with the service, so when the tool itself is near the machine's limit the figures describe
 //! the tool rather than the service, and the report says so.
 //!
+//! `--service-bin` also runs the peer relays kept in `benches/peers/` (Bun, Node.js), which
+//! take the same environment; `make bench-fanout` compares them (`peers/compare.py`). CPU is
+//! reported as user and system time apart. Every client checks that versions only rise per
+//! (event, market), including `--late-clients` (default 50) that subscribe mid-stream, whose
+//! frames feed only that check.
+//!
 //! `cargo bench -p odds-service --bench ws-load -- --clients 1000 --events 25 --rate 5000 --seconds 20`
 //! (or build the service alone with `cargo build --release -p odds-service --bin odds-service`
 //! and run the tool from the dev profile: `cargo test -p odds-service --bench ws-load --
