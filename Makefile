@@ -16,8 +16,15 @@ BENCH_RUNS ?= 3
 # tansu = a real Kafka-protocol broker, installed once into TOOLS_DIR by scripts/tansu.sh.
 BROKER ?=
 CHAOS_RUNS ?= 3
+# The fan-out comparison: runs per server and load, the loads (see benches/peers/compare.py),
+# and where the peer relays' npm packages are installed (exact versions from the lock file).
+FANOUT_RUNS ?= 3
+FANOUT_LOADS ?= a,e
+FANOUT_SERVERS ?= ours,bun,node
+PEERS_SRC := workloads/odds-service/benches/peers
+PEERS_DIR ?= $(abspath $(TARGET_DIR))/bench-peers
 
-.PHONY: help deps demo test rootfs chart-test fmt-check clippy unit bench bench-criterion bench-pipeline bench-ingest fmt chaos profile
+.PHONY: help deps demo test rootfs chart-test fmt-check clippy unit bench bench-criterion bench-fanout bench-peers bench-pipeline bench-ingest fmt chaos profile
 .PHONY: kind-up images deploy port-forward e2e-kind kind-down
 
 help: ## list the targets
@@ -83,10 +90,24 @@ chaos: deps ## the fault run, CHAOS_RUNS (3) times: Kubernetes operations and fa
 	  CHAOS_RUNS=$(CHAOS_RUNS) $(CARGO) test -p odds-demo --test e2e chaos -- --nocapture; \
 	fi
 
-bench: bench-criterion bench-pipeline ## criterion benchmarks, then the pipeline benchmark
+bench: bench-criterion bench-fanout bench-pipeline ## criterion benchmarks, the fan-out comparison, then the pipeline benchmark
 
-bench-criterion: deps ## criterion benchmarks (reports under the target dir's criterion/), ws-load and loopback-floor
-	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench --workspace
+bench-criterion: deps ## criterion benchmarks of every crate but odds-service (reports under the target dir's criterion/)
+	$(CARGO) bench --workspace --exclude odds-service
+
+bench-peers: ## install the fan-out comparison's Bun and Node.js relays' packages (npm ci, exact versions) into PEERS_DIR
+	@command -v npm >/dev/null || { echo "bench-peers: needs node and npm (apt-get install nodejs npm)"; exit 1; }
+	mkdir -p $(PEERS_DIR)
+	cp $(PEERS_SRC)/package.json $(PEERS_SRC)/package-lock.json $(PEERS_SRC)/*.mjs $(PEERS_DIR)/
+	cd $(PEERS_DIR) && { [ -x node_modules/bun/bin/bun.exe ] && npm ls --silent >/dev/null 2>&1 || npm ci --no-audit --no-fund; }
+
+bench-fanout: deps bench-peers ## ws-load: odds-service vs Bun vs Node.js relays, FANOUT_RUNS (3) interleaved runs per load, medians; then loopback-floor
+	$(CARGO) build --release -p odds-service --bin odds-service
+	ulimit -n 65536 2>/dev/null || true; \
+	PEERS_DIR=$(PEERS_DIR) CARGO="$(CARGO)" python3 $(PEERS_SRC)/compare.py --runs $(FANOUT_RUNS) \
+	  --loads $(FANOUT_LOADS) --servers $(FANOUT_SERVERS) --out target/bench/fanout \
+	  --ours $(TARGET_DIR)/release/odds-service
+	ulimit -n 65536 2>/dev/null || true; $(CARGO) bench -p odds-service --bench loopback-floor
 
 bench-pipeline: deps ## whole-pipeline benchmark, median of BENCH_RUNS (3) runs; writes target/bench/pipeline.json and .svg (BENCH_ARGS="--find-max", BROKER=tansu)
 	@case "$(BROKER)" in tansu|"") ;; *) echo "BROKER must be tansu or empty (the hosted mock)" >&2; exit 2;; esac

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 /// `eventId` that subscribes to (or unsubscribes from) every event.
 pub const ALL_EVENTS: &str = "*";
 
+/// Largest conflation interval a client may ask for (`conflateMs`), in milliseconds.
+pub const MAX_CONFLATE_MS: u64 = 60_000;
+
 /// What a client may send.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -17,6 +20,16 @@ pub enum ClientMessage {
     Subscribe {
         #[serde(rename = "eventId")]
         event_id: String,
+        /// Asks for conflation (as Betfair's stream API's `conflateMs`): at most one write
+        /// per interval, carrying the newest version of each (event, market) that changed.
+        /// Applies to the whole connection; a later subscribe carrying it replaces it, `0`
+        /// turns it off. Without it the server sends every version to a client that keeps up.
+        #[serde(
+            rename = "conflateMs",
+            default,
+            skip_serializing_if = "Option::is_none"
+        )]
+        conflate_ms: Option<u64>,
     },
     Unsubscribe {
         #[serde(rename = "eventId")]
@@ -127,10 +140,25 @@ impl ClientMessage {
                 message: format!("unknown type {kind:?}; expected subscribe, unsubscribe or ping"),
             });
         }
-        serde_json::from_value(value).map_err(|e| ProtocolError {
+        let message = serde_json::from_value(value).map_err(|e| ProtocolError {
             code: ErrorCode::InvalidMessage,
             message: format!("invalid {kind} message: {e}"),
-        })
+        })?;
+        if let ClientMessage::Subscribe {
+            conflate_ms: Some(ms),
+            ..
+        } = &message
+        {
+            if *ms > MAX_CONFLATE_MS {
+                return Err(ProtocolError {
+                    code: ErrorCode::InvalidMessage,
+                    message: format!(
+                        "invalid subscribe message: conflateMs {ms} exceeds {MAX_CONFLATE_MS}"
+                    ),
+                });
+            }
+        }
+        Ok(message)
     }
 }
 
@@ -186,5 +214,35 @@ mod tests {
         let parsed: ServerMessage =
             serde_json::from_str(r#"{"type":"status","live":true}"#).unwrap_or(ServerMessage::Pong);
         assert_eq!(parsed, ServerMessage::status(None));
+    }
+
+    #[test]
+    fn subscribe_takes_an_optional_bounded_conflation_interval() {
+        use super::{ClientMessage, ErrorCode};
+        let plain = ClientMessage::parse(r#"{"type":"subscribe","eventId":"E1"}"#);
+        assert_eq!(
+            plain,
+            Ok(ClientMessage::Subscribe {
+                event_id: "E1".into(),
+                conflate_ms: None
+            })
+        );
+        let asked = ClientMessage::parse(r#"{"type":"subscribe","eventId":"E1","conflateMs":250}"#);
+        assert_eq!(
+            asked,
+            Ok(ClientMessage::Subscribe {
+                event_id: "E1".into(),
+                conflate_ms: Some(250)
+            })
+        );
+        for bad in [
+            r#""conflateMs":60001"#,
+            r#""conflateMs":-1"#,
+            r#""conflateMs":"5""#,
+        ] {
+            let text = format!(r#"{{"type":"subscribe","eventId":"E1",{bad}}}"#);
+            let error = ClientMessage::parse(&text).err().map(|e| e.code);
+            assert_eq!(error, Some(ErrorCode::InvalidMessage), "{bad}");
+        }
     }
 }

@@ -306,7 +306,8 @@ fn client_messages_accept_the_seed_format() {
     assert_eq!(
         ClientMessage::parse(r#"{"type":"subscribe","eventId":"MATCH_002"}"#),
         Ok(ClientMessage::Subscribe {
-            event_id: "MATCH_002".into()
+            event_id: "MATCH_002".into(),
+            conflate_ms: None
         })
     );
     assert_eq!(

@@ -8,6 +8,12 @@
 //! with the service, so when the tool itself is near the machine's limit the figures describe
 //! the tool rather than the service, and the report says so.
 //!
+//! `--service-bin` also runs the peer relays kept in `benches/peers/` (Bun, Node.js), which
+//! take the same environment; `make bench-fanout` compares them (`peers/compare.py`). CPU is
+//! reported as user and system time apart. Every client checks that versions only rise per
+//! (event, market), including `--late-clients` (default 50) that subscribe mid-stream, whose
+//! frames feed only that check.
+//!
 //! `cargo bench -p odds-service --bench ws-load -- --clients 1000 --events 25 --rate 5000 --seconds 20`
 //! (or build the service alone with `cargo build --release -p odds-service --bin odds-service`
 //! and run the tool from the dev profile: `cargo test -p odds-service --bench ws-load --
@@ -25,6 +31,7 @@ use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL};
 use odds_contracts::{Odds, OddsUpdate};
 use odds_testkit::{free_port, http_get, TestDatabase, TestRedis};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -39,11 +46,15 @@ struct Args {
     /// Extra `NAME=VALUE` environment for the service (`--service-env`, repeatable), to
     /// compare settings such as `WS_WRITE_COALESCE_MS` or `TOKIO_WORKER_THREADS`.
     service_env: Vec<(String, String)>,
+    /// Clients that subscribe while updates are published (spread over the run): their
+    /// frames only feed the ordering check, not the delivery figures.
+    late_clients: usize,
 }
 
 fn parse_args() -> Result<Args> {
     let mut service_bin = env!("CARGO_BIN_EXE_odds-service").to_owned();
     let mut service_env = Vec::new();
+    let mut late_clients = 50;
     let defaults = Load {
         clients: 1000,
         events: 25,
@@ -53,6 +64,7 @@ fn parse_args() -> Result<Args> {
     let load = defaults.parse(|flag, value| {
         match flag {
             "--service-bin" => service_bin = value()?,
+            "--late-clients" => late_clients = value()?.parse()?,
             "--service-env" => {
                 let pair = value()?;
                 let (name, val) = pair
@@ -68,6 +80,7 @@ fn parse_args() -> Result<Args> {
         load,
         service_bin,
         service_env,
+        late_clients,
     })
 }
 
@@ -89,10 +102,9 @@ fn update(event: usize, version: u64) -> OddsUpdate {
     }
 }
 
-/// User + system CPU seconds of a process (all threads); `pid` may be `self`.
-fn cpu_seconds(pid: &str) -> Option<f64> {
-    let (user, system) = common::cpu_seconds(&format!("/proc/{pid}/stat"))?;
-    Some(user + system)
+/// (user, system) CPU seconds of a process (all threads); `pid` may be `self`.
+fn cpu_seconds(pid: &str) -> Option<(f64, f64)> {
+    common::cpu_seconds(&format!("/proc/{pid}/stat"))
 }
 
 /// (all, idle + iowait) CPU ticks of the machine from `/proc/stat`.
@@ -113,8 +125,8 @@ fn machine_ticks() -> Option<(u64, u64)> {
 /// CPU readings at one moment: the service's, this tool's, the machine's.
 #[derive(Clone, Copy)]
 struct CpuReading {
-    service: Option<f64>,
-    own: Option<f64>,
+    service: Option<(f64, f64)>,
+    own: Option<(f64, f64)>,
     machine: Option<(u64, u64)>,
 }
 
@@ -150,6 +162,9 @@ struct Frame {
 #[derive(Deserialize)]
 struct FrameData {
     updated_at: DateTime<Utc>,
+    event_id: String,
+    market: String,
+    version: u64,
 }
 
 /// Latency histogram in 50 µs buckets up to 2 s (lock-free: clients record concurrently).
@@ -159,6 +174,9 @@ const BUCKETS: usize = 40_000;
 struct Shared {
     measuring: AtomicBool,
     delivered: AtomicU64,
+    /// Frames (snapshot or odds) whose version was not newer than one the same client had
+    /// already received for that (event, market): the ordering check.
+    regressions: AtomicU64,
     latency_buckets: Vec<AtomicU64>,
 }
 
@@ -190,11 +208,15 @@ impl Shared {
     }
 }
 
+/// One client: subscribes, reads every frame, checks that versions only rise per (event,
+/// market), and (unless `late`: a client that subscribes mid-stream, only checked) records
+/// the latency of each `odds` frame while measuring.
 async fn client(
     addr: SocketAddr,
     event: String,
     shared: Arc<Shared>,
     ready: tokio::sync::mpsc::Sender<()>,
+    late: bool,
 ) -> Result<()> {
     // A small read buffer: tungstenite zero-fills all of it (128 KiB by default) before every
     // read, which would make the clients, not the service, the limit.
@@ -207,6 +229,7 @@ async fn client(
     )))
     .await?;
     let mut signalled = false;
+    let mut newest: HashMap<(String, String), u64> = HashMap::new();
     while let Some(message) = ws.next().await {
         let Message::Text(text) = message? else {
             continue;
@@ -216,10 +239,20 @@ async fn client(
             signalled = true;
             let _ = ready.send(()).await;
         }
-        if frame.kind != "odds" || !shared.measuring.load(Ordering::Relaxed) {
+        let Some(data) = frame.data else {
+            continue;
+        };
+        let seen = newest
+            .entry((data.event_id.clone(), data.market.clone()))
+            .or_insert(0);
+        if data.version <= *seen {
+            shared.regressions.fetch_add(1, Ordering::Relaxed);
+        }
+        *seen = (*seen).max(data.version);
+        if frame.kind != "odds" || late || !shared.measuring.load(Ordering::Relaxed) {
             continue;
         }
-        if let Some(data) = frame.data {
+        {
             let micros = (Utc::now() - data.updated_at)
                 .num_microseconds()
                 .unwrap_or(0);
@@ -250,7 +283,14 @@ fn publish(redis_url: String, events: usize, rate: u64, seconds: u64) -> Result<
             let mut pipe = redis::pipe();
             for _ in 0..per_tick {
                 versions[next_event] += 1;
-                let json = update(next_event, versions[next_event]).to_json();
+                let update = update(next_event, versions[next_event]);
+                let json = update.to_json();
+                // As the processor does: the cache first (what a relay's snapshot reads), then
+                // the channel.
+                pipe.cmd("SET")
+                    .arg(redis_current_key(&update.event_id, &update.market))
+                    .arg(&json)
+                    .ignore();
                 pipe.cmd("PUBLISH")
                     .arg(REDIS_UPDATES_CHANNEL)
                     .arg(json)
@@ -311,6 +351,7 @@ async fn main() -> Result<()> {
     let shared = Arc::new(Shared {
         measuring: AtomicBool::new(false),
         delivered: AtomicU64::new(0),
+        regressions: AtomicU64::new(0),
         latency_buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
     });
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.load.clients);
@@ -322,6 +363,7 @@ async fn main() -> Result<()> {
             event_id(i % args.load.events),
             shared.clone(),
             ready_tx.clone(),
+            false,
         ));
         tasks.push(task);
         if i % 200 == 199 {
@@ -348,8 +390,23 @@ async fn main() -> Result<()> {
     );
     let publisher = std::thread::spawn(move || publish(url, events, rate, seconds));
     let mut rss_peak = rss_connected;
+    let late_every = Duration::from_secs(seconds).div_f64(args.late_clients.max(1) as f64 + 1.0);
+    let (mut late, mut next_late) = (0, Instant::now() + late_every);
     while !publisher.is_finished() {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        if late < args.late_clients && Instant::now() >= next_late {
+            let (ready, _) = tokio::sync::mpsc::channel(1);
+            let event = event_id(late % args.load.events);
+            tasks.push(tokio::spawn(client(
+                addr,
+                event,
+                shared.clone(),
+                ready,
+                true,
+            )));
+            late += 1;
+            next_late += late_every;
+        }
         rss_peak = rss_peak.max(rss_kib(pid));
     }
     let published = publisher
@@ -391,6 +448,12 @@ async fn main() -> Result<()> {
         shared.percentile_ms(0.99),
         shared.percentile_ms(0.999)
     );
+    println!(
+        "  ordering: {} frames not newer than one already received for their (event, market) \
+         ({} clients, {late} of them subscribed mid-stream)",
+        shared.regressions.load(Ordering::Relaxed),
+        args.load.clients + late
+    );
     for line in fanout.lines().filter(|l| {
         l.starts_with("odds_ws_conflated_total")
             || l.starts_with("odds_ws_slow_client_closes_total")
@@ -417,17 +480,25 @@ const NEAR_A_CORE: f64 = 0.9;
 /// The CPU part of the report: the service's cost per delivery, this tool's own use, and a
 /// warning when the tool or the machine, rather than the service, may have been the limit.
 fn print_cpu(before: &CpuReading, after: &CpuReading, window_s: f64, delivered: u64) {
-    let used = |b: Option<f64>, a: Option<f64>| Some((a? - b?).max(0.0));
+    let used = |b: Option<(f64, f64)>, a: Option<(f64, f64)>| {
+        let ((bu, bs), (au, as_)) = (b?, a?);
+        Some(((au - bu).max(0.0), (as_ - bs).max(0.0)))
+    };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let per = |s: f64| s * 1e6 / delivered.max(1) as f64;
     match used(before.service, after.service) {
-        Some(service) => println!(
-            "  service CPU: {service:.2} s ({:.2} cores), {:.1} us per delivered message",
-            service / window_s,
-            service * 1e6 / delivered.max(1) as f64
+        Some((user, system)) => println!(
+            "  service CPU: {:.2} s ({:.2} cores), {:.2} us per delivered message (user {:.2} + \
+             system {:.2})",
+            user + system,
+            (user + system) / window_s,
+            per(user + system),
+            per(user),
+            per(system)
         ),
         None => println!("  service CPU: unknown (no /proc/<pid>/stat)"),
     }
-    let own = used(before.own, after.own);
+    let own = used(before.own, after.own).map(|(user, system)| user + system);
     if let Some(own) = own {
         println!(
             "  ws-load's own CPU (clients + publisher): {own:.2} s ({:.2} cores of {cores})",

@@ -8,9 +8,9 @@
 use crate::metrics::Metrics;
 use crate::store::{keep_events, OddsStore, StoreError};
 use crate::ws::{serve_connection, WsContext};
+use axum::extract::connect_info::Connected;
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{MatchedPath, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{Html, IntoResponse, Response};
@@ -19,9 +19,10 @@ use axum::{Json, Router};
 use odds_contracts::Market;
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 /// Page size of `/v1/events` when `limit` is not given, and the largest allowed.
 pub const DEFAULT_PAGE: u32 = 50;
@@ -249,11 +250,108 @@ async fn history(
     Ok(Json(json!({"event_id": id, "history": entries})).into_response())
 }
 
+/// A duplicate of an accepted connection's socket, made when the connection is accepted
+/// (`ConnectInfo`): the WebSocket fan-out writes frames to it directly, without the HTTP
+/// server's connection in between. Taken by the connection's upgrade; a connection that is
+/// never upgraded drops it with the connection.
+#[derive(Clone)]
+pub struct ClientSocket(Arc<Mutex<Option<std::io::Result<socket2::Socket>>>>);
+
+impl ClientSocket {
+    fn take(&self) -> std::io::Result<tokio::net::TcpStream> {
+        let taken = self.0.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let socket = taken.unwrap_or_else(|| {
+            Err(std::io::Error::other(
+                "the connection's socket was already taken",
+            ))
+        })?;
+        let std_socket = std::net::TcpStream::from(socket);
+        std_socket.set_nonblocking(true)?;
+        tokio::net::TcpStream::from_std(std_socket)
+    }
+}
+
+/// The public listener: accepts as axum's `TcpListener` does, then bounds each connection's
+/// kernel send buffer (the default autotuning lets one stuck client park megabytes in the
+/// kernel, hiding it from the slow-client logic) and turns Nagle off.
+pub struct PublicListener {
+    pub inner: tokio::net::TcpListener,
+    /// SO_SNDBUF per connection; 0 keeps the OS default.
+    pub send_buffer: usize,
+}
+
+impl axum::serve::Listener for PublicListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, addr) = axum::serve::Listener::accept(&mut self.inner).await;
+        let socket = socket2::SockRef::from(&tcp);
+        if self.send_buffer > 0 {
+            if let Err(error) = socket.set_send_buffer_size(self.send_buffer) {
+                tracing::debug!(%error, "cannot set SO_SNDBUF");
+            }
+        }
+        let _ = socket.set_tcp_nodelay(true);
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
+
+impl Connected<axum::serve::IncomingStream<'_, PublicListener>> for ClientSocket {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PublicListener>) -> Self {
+        let duplicate = socket2::SockRef::from(stream.io()).try_clone();
+        ClientSocket(Arc::new(Mutex::new(Some(duplicate))))
+    }
+}
+
+/// Whether a header holds `token` in its comma-separated list (case-insensitive).
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The RFC 6455 opening handshake's checks; the accept key on success.
+fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
+    let bad = |message: &str| ApiError::new(StatusCode::BAD_REQUEST, "bad_upgrade", message);
+    if !has_token(headers, header::UPGRADE, "websocket")
+        || !has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return Err(bad(
+            "expected a WebSocket upgrade (Upgrade: websocket, Connection: upgrade)",
+        ));
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        return Err(ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "bad_upgrade",
+            "Sec-WebSocket-Version must be 13",
+        ));
+    }
+    let key = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or_else(|| bad("missing Sec-WebSocket-Key"))?;
+    Ok(derive_accept_key(key.as_bytes()))
+}
+
+/// Checks the origin, the shutdown and the connection limit, answers the upgrade itself, and
+/// hands the upgraded connection with its socket's duplicate to [`serve_connection`].
 async fn ws_upgrade(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
+    ConnectInfo(client): ConnectInfo<ClientSocket>,
+    mut request: Request,
 ) -> Response {
+    let headers = request.headers();
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("").trim_end_matches('/');
         let allowed = state.allowed_origins.is_empty()
@@ -275,6 +373,10 @@ async fn ws_upgrade(
             .into_response();
         }
     }
+    let accept = match handshake_key(headers) {
+        Ok(accept) => accept,
+        Err(error) => return error.into_response(),
+    };
     if state.ws.shutdown.is_cancelled() {
         return ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -296,15 +398,31 @@ async fn ws_upgrade(
         )
         .into_response();
     };
-    // tungstenite defaults to 128 KiB read and write buffers per connection; our frames are
-    // ~300 bytes, so small buffers keep 10k idle clients in a few hundred MiB.
-    let hard_limit = (state.ws.max_message_bytes * 16).max(16 * 1024);
+    let socket = match client.take() {
+        Ok(socket) => socket,
+        Err(error) => {
+            tracing::warn!(%error, "cannot use the connection's socket for WebSocket writes");
+            return ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "cannot serve a WebSocket on this connection",
+            )
+            .into_response();
+        }
+    };
+    let upgrade = hyper::upgrade::on(&mut request);
     let ctx = state.ws.clone();
-    upgrade
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(8 * 1024)
-        .max_write_buffer_size(256 * 1024)
-        .max_message_size(hard_limit)
-        .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| serve_connection(socket, ctx, permit))
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => serve_connection(upgraded, socket, ctx, permit).await,
+            Err(error) => tracing::debug!(%error, "WebSocket upgrade failed"),
+        }
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+        .body(axum::body::Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }

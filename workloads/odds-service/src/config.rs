@@ -112,14 +112,6 @@ pub struct ServiceConfig {
           value_parser = RangedU64ValueParser::<usize>::new().range(0..=64 * 1024 * 1024))]
     pub ws_send_buffer_bytes: usize,
 
-    /// Least milliseconds between two writes of updates to one client: updates arriving
-    /// meanwhile go out in one flush (fewer syscalls, at most this much added latency), and
-    /// an event updated several times within the window is sent once, at its newest version.
-    /// 0 (the default) writes at once, so a client that keeps up receives every version.
-    #[arg(long, env = env::WS_WRITE_COALESCE_MS, default_value_t = 0,
-          value_parser = clap::value_parser!(u64).range(0..=1000))]
-    pub ws_write_coalesce_ms: u64,
-
     /// Interval of server pings; a client silent for three intervals is disconnected.
     #[arg(long, env = env::WS_PING_INTERVAL_SECS, default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
@@ -215,7 +207,6 @@ mod tests {
             ("--database-max-connections", "0"),
             ("--database-acquire-timeout-ms", "99"),
             ("--heartbeat-timeout-ms", "-1"),
-            ("--ws-write-coalesce-ms", "1001"),
             ("--ws-max-connections", "-1"),
         ] {
             let err = ServiceConfig::try_parse_from([

@@ -1,20 +1,22 @@
-//! Fan-out of updates to WebSocket clients: who follows what, and each client's queue.
+//! Fan-out of updates to WebSocket clients: who follows what, and the fan-out itself.
 //!
-//! An update is encoded once ([`EncodedUpdate`]) and the same bytes are handed to every
-//! subscriber. Clients follow events; current odds are per (event, market), so each
-//! connection has a [`ClientQueue`] (see [`crate::queue`]) that holds at most one pending
-//! update per (event, market) and never goes back in version.
+//! An update is encoded once ([`EncodedUpdate`]: its JSON and its complete WebSocket frame)
+//! and the same bytes are appended to every subscriber's write buffer. The pub/sub reader
+//! hands over what it read in one go as a batch ([`Hub::publish_batch`]); each client reached
+//! by the batch is then written once, with one non-blocking syscall, from the fan-out itself:
+//! no task is woken per delivery, and a burst leaves as several frames per write, as
+//! uWebSockets' corked topic publishing does. A client whose socket would block is left to its
+//! connection task (see [`crate::queue`]).
 
+use crate::frames;
 use crate::metrics::Metrics;
-pub use crate::queue::{ClientQueue, Pending, PushOutcome};
-use axum::extract::ws::Utf8Bytes;
-use odds_contracts::ws::ServerMessage;
+pub use crate::queue::{ClientQueue, PushOutcome};
 use odds_contracts::OddsUpdate;
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// What a client's queue keeps one of: an event's odds in one market.
 ///
@@ -81,9 +83,9 @@ pub struct EncodedUpdate {
     pub key: MarketKey,
     pub version: u64,
     /// The update's JSON, for the rarer `snapshot` frames.
-    pub data_json: Arc<str>,
-    /// The complete `odds` frame, shared (reference-counted) by every subscriber.
-    pub odds_frame: Utf8Bytes,
+    pub data_json: Box<str>,
+    /// The complete `odds` WebSocket frame (header included), copied to every subscriber.
+    pub odds_frame: Box<[u8]>,
     /// When this process received it, for the fan-out latency histogram.
     pub received_at: Instant,
 }
@@ -91,26 +93,31 @@ pub struct EncodedUpdate {
 impl EncodedUpdate {
     pub fn new(update: &OddsUpdate) -> Arc<EncodedUpdate> {
         let json = update.to_json();
+        let mut odds_frame = Vec::new();
+        frames::append_update(&mut odds_frame, "odds", &json);
         Arc::new(EncodedUpdate {
             key: MarketKey::new(&update.event_id, &update.market),
             version: update.version,
-            odds_frame: Utf8Bytes::from(ServerMessage::odds_frame(&json)),
-            data_json: Arc::from(json),
+            odds_frame: odds_frame.into_boxed_slice(),
+            data_json: json.into_boxed_str(),
             received_at: Instant::now(),
         })
-    }
-
-    /// The frame to send: the shared `odds` frame, or a `snapshot` frame built for this client.
-    pub fn frame(&self, as_snapshot: bool) -> Utf8Bytes {
-        if as_snapshot {
-            Utf8Bytes::from(ServerMessage::snapshot_frame(&self.data_json))
-        } else {
-            self.odds_frame.clone()
-        }
     }
 }
 
 type Subscribers = Vec<(u64, Arc<ClientQueue>)>;
+
+/// What one batch's fan-out did (for tracing and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FanoutReport {
+    pub updates: usize,
+    /// Clients written to (each once).
+    pub clients_reached: usize,
+    /// `odds` frames framed for clients (written, or left to a blocked client's task).
+    pub frames: u64,
+    /// The longest single client write of the batch.
+    pub slowest_write: Duration,
+}
 
 /// Who follows which event, and the fan-out itself.
 pub struct Hub {
@@ -177,29 +184,70 @@ impl Hub {
     }
 
     /// Hands one update to every client following its event (or all events).
-    pub fn publish(&self, update: &Arc<EncodedUpdate>) {
-        let map = self.by_event.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some(subscribers) = map.get(&update.key.event_id) {
-            for (_, queue) in subscribers {
-                self.count(queue.push(update, false));
-            }
-        }
-        drop(map);
-        let all = self
-            .all_events
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (_, queue) in all.iter() {
-            self.count(queue.push(update, false));
-        }
+    pub fn publish(&self, update: &Arc<EncodedUpdate>) -> FanoutReport {
+        self.publish_batch(std::slice::from_ref(update))
     }
 
-    fn count(&self, outcome: PushOutcome) {
-        match outcome {
-            PushOutcome::Conflated => self.metrics.ws_conflated.inc(),
-            PushOutcome::Stale => self.metrics.ws_stale_skipped.inc(),
-            PushOutcome::Queued | PushOutcome::Overflow => {}
+    /// Fans a batch of updates out: appends each update's frame to the write buffer of every
+    /// client following its event (or all events), in order, then writes each client reached
+    /// once. The one place where a batch is fanned out.
+    pub fn publish_batch(&self, batch: &[Arc<EncodedUpdate>]) -> FanoutReport {
+        let mut touched = Vec::new();
+        let (mut conflated, mut stale) = (0, 0);
+        let mut offer = |queue: &Arc<ClientQueue>, update: &Arc<EncodedUpdate>| {
+            let (outcome, first) = queue.push_live(update);
+            match outcome {
+                PushOutcome::Conflated => conflated += 1,
+                PushOutcome::Stale => stale += 1,
+                PushOutcome::Queued | PushOutcome::Overflow => {}
+            }
+            if first {
+                touched.push(queue.clone());
+            }
+        };
+        {
+            let map = self.by_event.read().unwrap_or_else(PoisonError::into_inner);
+            let all = self
+                .all_events
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            for update in batch {
+                for (_, queue) in map.get(&update.key.event_id).into_iter().flatten() {
+                    offer(queue, update);
+                }
+                for (_, queue) in all.iter() {
+                    offer(queue, update);
+                }
+            }
         }
+        self.metrics.ws_conflated.inc_by(conflated);
+        self.metrics.ws_stale_skipped.inc_by(stale);
+        let oldest = batch.iter().map(|u| u.received_at).min();
+        let mut report = FanoutReport {
+            updates: batch.len(),
+            clients_reached: touched.len(),
+            ..FanoutReport::default()
+        };
+        let (mut odds, mut snapshots) = (0, 0);
+        for queue in &touched {
+            let started = Instant::now();
+            let framed = queue.write();
+            let done = Instant::now();
+            report.slowest_write = report.slowest_write.max(done - started);
+            odds += framed.odds;
+            snapshots += framed.snapshots;
+            if let Some(oldest) = oldest {
+                // One observation per client write: the batch's oldest update's wait.
+                let hop = done.saturating_duration_since(oldest);
+                self.metrics
+                    .ws_hop_to_client_write
+                    .observe(hop.as_secs_f64());
+            }
+        }
+        report.frames = odds;
+        self.metrics.ws_odds_sent.inc_by(odds);
+        self.metrics.ws_snapshots_sent.inc_by(snapshots);
+        report
     }
 
     /// Events some client follows, and whether any client follows all events (for resync).
@@ -221,44 +269,4 @@ impl Hub {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn update(event: &str, version: u64) -> Arc<EncodedUpdate> {
-        EncodedUpdate::new(&odds_testkit::sample_update(event, version))
-    }
-
-    fn drain_versions(queue: &ClientQueue) -> Vec<(String, u64)> {
-        let mut out = Vec::new();
-        assert!(!queue.drain(usize::MAX, &mut out));
-        out.into_iter()
-            .map(|p| (p.update.key.event_id.to_string(), p.update.version))
-            .collect()
-    }
-
-    #[test]
-    fn publish_reaches_only_followers_of_the_event_and_all_event_clients() {
-        let hub = Hub::new(Metrics::new().unwrap());
-        let (a, b, c) = (
-            Arc::new(ClientQueue::new(10)),
-            Arc::new(ClientQueue::new(10)),
-            Arc::new(ClientQueue::new(10)),
-        );
-        hub.subscribe(1, &a, "E1".into());
-        hub.subscribe(2, &b, "E2".into());
-        hub.subscribe_all(3, &c);
-        hub.publish(&update("E1", 1));
-        assert_eq!(
-            (a.pending_len(), b.pending_len(), c.pending_len()),
-            (1, 0, 1)
-        );
-        hub.unsubscribe(1, "E1");
-        hub.unsubscribe_all(3);
-        hub.publish(&update("E1", 2));
-        assert_eq!(drain_versions(&a), vec![("E1".into(), 1)]);
-        assert_eq!(drain_versions(&c), vec![("E1".into(), 1)]);
-        let (events, any_all) = hub.followed_events();
-        assert_eq!(events, vec![Arc::<str>::from("E2")]);
-        assert!(!any_all);
-    }
-}
+mod tests;

@@ -12,6 +12,7 @@
 pub mod api;
 pub mod config;
 pub mod feed;
+pub mod frames;
 pub mod hub;
 pub mod metrics;
 pub mod pubsub;
@@ -102,7 +103,6 @@ pub async fn start(
         max_pending_events: config.ws_max_pending_events,
         slow_client_timeout: config.slow_client_timeout(),
         ping_interval: config.ping_interval(),
-        write_coalesce: std::time::Duration::from_millis(config.ws_write_coalesce_ms),
     });
     // Parsing bounds the limit far below the semaphore's maximum.
     let max_connections = config.ws_max_connections.min(Semaphore::MAX_PERMITS);
@@ -160,32 +160,24 @@ pub async fn start(
     })
 }
 
-/// Serves the public router with a bounded kernel send buffer per connection: the default
-/// autotuning lets one stuck client park megabytes in the kernel, hiding it from the
-/// slow-client logic (which then never conflates) and costing memory outside our accounting.
+/// Serves the public router on [`api::PublicListener`] (bounded kernel send buffers, each
+/// connection's socket duplicate as its connect info).
 async fn serve_public(
     addr: SocketAddr,
     send_buffer: usize,
     router: axum::Router,
     shutdown: CancellationToken,
 ) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
-    use axum::serve::ListenerExt;
     let bind_error = |source| odds_runtime::RuntimeError::Bind { addr, source };
-    let listener = tokio::net::TcpListener::bind(addr)
+    let inner = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(bind_error)?;
-    let bound = listener.local_addr().map_err(bind_error)?;
-    let listener = listener.tap_io(move |tcp| {
-        let socket = socket2::SockRef::from(&*tcp);
-        if send_buffer > 0 {
-            if let Err(error) = socket.set_send_buffer_size(send_buffer) {
-                tracing::debug!(%error, "cannot set SO_SNDBUF");
-            }
-        }
-        let _ = socket.set_tcp_nodelay(true);
-    });
+    let bound = inner.local_addr().map_err(bind_error)?;
+    let listener = api::PublicListener { inner, send_buffer };
     let task = tokio::spawn(async move {
-        let server = axum::serve(listener, router.into_make_service())
+        // The connect info is each connection's socket duplicate (see `api::ClientSocket`).
+        let service = router.into_make_service_with_connect_info::<api::ClientSocket>();
+        let server = axum::serve(listener, service)
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         odds_runtime::ops::serve_until_drained(
             server,

@@ -22,7 +22,7 @@ use crate::feed::Feed;
 use crate::hub::{EncodedUpdate, Hub};
 use crate::metrics::Metrics;
 use crate::store::OddsStore;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use odds_contracts::cache_status::CacheStatus;
 use odds_contracts::heartbeat::Heartbeat;
 use odds_contracts::names::{
@@ -45,6 +45,9 @@ const TICK_EVERY: Duration = Duration::from_millis(250);
 const RESYNC_FIRST_BACKOFF: Duration = Duration::from_millis(250);
 /// A sampled update's span in this process: its hand-off to every subscriber's queue.
 const PUBLISH_SPAN: &str = "odds-service publish";
+/// Most pub/sub messages fanned out as one batch: bounds what one client's write buffer
+/// takes from one batch.
+const MAX_BATCH: usize = 256;
 
 /// Everything the subscriber needs.
 pub struct Subscriber {
@@ -146,54 +149,33 @@ impl Subscriber {
             tokio::select! {
                 _ = shutdown.cancelled() => break "shutting down".to_owned(),
                 message = stream.next() => {
-                    let Some(message) = message else {
+                    let Some(first) = message else {
                         tracing::warn!("pub/sub connection lost");
                         break "Redis pub/sub connection lost".to_owned();
                     };
-                    if message.get_channel_name() == REDIS_HEARTBEAT_CHANNEL {
-                        match Heartbeat::parse(message.get_payload_bytes()) {
-                            Some(beat) => self.feed.heartbeat(beat),
-                            None => tracing::warn!("invalid beat on the heartbeat channel"),
+                    // What has arrived already is fanned out as one batch: each client
+                    // reached gets one write for all of it.
+                    let mut batch = Vec::new();
+                    // Sampled updates' spans, ended once the batch is fanned out.
+                    let mut spans = Vec::new();
+                    let mut next = Some(first);
+                    let mut read = 0;
+                    while let Some(message) = next.take() {
+                        if let Some(update) = self.on_message(&message, &mut latest, &mut resync, &mut spans) {
+                            batch.push(update);
                         }
-                        continue;
+                        read += 1;
+                        if read < MAX_BATCH {
+                            next = stream.next().now_or_never().flatten();
+                        }
                     }
-                    if message.get_channel_name() == REDIS_CACHE_STATUS_CHANNEL {
-                        match CacheStatus::parse(message.get_payload_bytes()) {
-                            Some(report) => {
-                                if self.feed.cache_report(report) {
-                                    resync.abort();
-                                    resync = self.spawn_resync();
-                                }
-                            }
-                            None => tracing::warn!("invalid report on the cache-status channel"),
-                        }
-                        continue;
-                    }
-                    self.metrics.ws_updates_received.inc();
-                    // A sampled update carries its trace context after the JSON: split off
-                    // here, so clients get exactly the update.
-                    let (json, traceparent) = split_pubsub(message.get_payload_bytes());
-                    match odds_contracts::parse_update(json) {
-                        Ok(update) => {
-                            let seen = latest.observe(&update.event_id, &update.market, update.version);
-                            if let Some(seen) = seen {
-                                self.metrics.ws_regressions.record(
-                                    &update.event_id,
-                                    &update.market,
-                                    update.version,
-                                    seen,
-                                );
-                            }
-                            // First, so a client told that updates stopped hears they resumed
-                            // before it gets one.
-                            self.feed.update_received();
-                            let span = publish_span(traceparent, &update);
-                            self.hub.publish(&EncodedUpdate::new(&update));
-                            drop(span);
-                        }
-                        Err(reason) => {
-                            self.metrics.ws_updates_invalid.inc();
-                            tracing::warn!(code = reason.code(), %reason, "invalid update on pub/sub");
+                    if !batch.is_empty() {
+                        // First, so a client told that updates stopped hears they resumed
+                        // before it gets one.
+                        self.feed.update_received();
+                        let report = self.hub.publish_batch(&batch);
+                        for mut span in spans {
+                            span.set_attributes(fanout_attributes(&report));
                         }
                     }
                 }
@@ -215,6 +197,60 @@ impl Subscriber {
         };
         resync.abort();
         lost
+    }
+
+    /// Handles one pub/sub message: a heartbeat or cache report is applied (a report that ends
+    /// a failure restarts the resync), an update is checked and encoded for the batch.
+    fn on_message(
+        &self,
+        message: &redis::Msg,
+        latest: &mut LatestVersions,
+        resync: &mut tokio::task::JoinHandle<()>,
+        spans: &mut Vec<TraceSpan>,
+    ) -> Option<Arc<EncodedUpdate>> {
+        if message.get_channel_name() == REDIS_HEARTBEAT_CHANNEL {
+            match Heartbeat::parse(message.get_payload_bytes()) {
+                Some(beat) => self.feed.heartbeat(beat),
+                None => tracing::warn!("invalid beat on the heartbeat channel"),
+            }
+            return None;
+        }
+        if message.get_channel_name() == REDIS_CACHE_STATUS_CHANNEL {
+            match CacheStatus::parse(message.get_payload_bytes()) {
+                Some(report) => {
+                    if self.feed.cache_report(report) {
+                        resync.abort();
+                        *resync = self.spawn_resync();
+                    }
+                }
+                None => tracing::warn!("invalid report on the cache-status channel"),
+            }
+            return None;
+        }
+        self.metrics.ws_updates_received.inc();
+        // A sampled update carries its trace context after the JSON: split off here, so
+        // clients get exactly the update.
+        let (json, traceparent) = split_pubsub(message.get_payload_bytes());
+        match odds_contracts::parse_update(json) {
+            Ok(update) => {
+                spans.extend(publish_span(traceparent, &update));
+                let seen = latest.observe(&update.event_id, &update.market, update.version);
+                if let Some(seen) = seen {
+                    self.metrics.ws_regressions.record(
+                        &update.event_id,
+                        &update.market,
+                        update.version,
+                        seen,
+                    );
+                }
+                Some(EncodedUpdate::new(&update))
+            }
+            Err(reason) => {
+                self.metrics.ws_updates_invalid.inc();
+                tracing::warn!(code = reason.code(), %reason, "invalid update on pub/sub");
+                None
+            }
+        }
     }
 }
 
@@ -284,9 +320,23 @@ fn publish_span(
     Some(span)
 }
 
+/// What a sampled update's fan-out span records of its batch.
+fn fanout_attributes(report: &crate::hub::FanoutReport) -> [otel::KeyValue; 3] {
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    [
+        otel::KeyValue::new("odds.fanout.clients_reached", count(report.clients_reached)),
+        otel::KeyValue::new("odds.fanout.batch_updates", count(report.updates)),
+        otel::KeyValue::new(
+            "odds.fanout.slowest_write_us",
+            i64::try_from(report.slowest_write.as_micros()).unwrap_or(i64::MAX),
+        ),
+    ]
+}
+
 fn offer(hub: &Hub, metrics: &Metrics, updates: &[odds_contracts::OddsUpdate]) {
-    for update in updates {
-        metrics.ws_resynced_events.inc();
-        hub.publish(&EncodedUpdate::new(update));
+    metrics.ws_resynced_events.inc_by(updates.len() as u64);
+    let batch: Vec<_> = updates.iter().map(EncodedUpdate::new).collect();
+    for chunk in batch.chunks(MAX_BATCH) {
+        hub.publish_batch(chunk);
     }
 }

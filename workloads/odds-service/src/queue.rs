@@ -1,39 +1,54 @@
-//! One connection's queue of updates: bounded, conflating, never going back in version, and
-//! putting each market's `snapshot` before its `odds`.
+//! One connection's outgoing side: the frames waiting to be written, the socket they are
+//! written to, and the rules that keep them in order, never going back in version, and
+//! bounded.
 //!
-//! It holds at most one pending update per (event, market): the newest (conflation). It
-//! remembers the highest version it accepted per (event, market) for the life of the
+//! While the client keeps up, every version reaches it: the fan-out appends each update's
+//! pre-built frame to the client's write buffer and, once per pub/sub batch, writes the buffer
+//! with one non-blocking syscall. Only when that would block (the socket's send buffer is full)
+//! does the client become *deferred*: further updates wait in a queue that keeps the newest
+//! version per (event, market) (conflation), the connection's task writes when the socket
+//! drains, and a client with more pending markets than its limit is closed as a slow consumer.
+//! A client that asked for a conflation interval, or that the connection holds back (a feed
+//! `status` it must get first), is deferred the same way.
+//!
+//! The queue remembers the highest version it accepted per (event, market) for the life of the
 //! connection, so a client never receives an older or equal version of a market after a newer
 //! one, whatever order pub/sub, resyncs and snapshot reads deliver them in, and across
-//! unsubscribing and subscribing again. A queue that would hold more than its limit of pending
-//! markets is marked overflowed and its connection is closed as a slow consumer.
-//!
-//! Snapshot reads run beside the connection's writes, so the queue also keeps the protocol's
-//! order. Every (event, market) remembers whether the client was given a frame for it since it
-//! (re)subscribed ("shown"). While one event's subscribe waits for its snapshot, that event's
-//! updates are held back (its `subscribed` reply must come first); while a `*` snapshot is
-//! paged out, an update of a market not shown yet goes out as that market's `snapshot`, and the
-//! page that brings the same or an older version later adds nothing. So no `odds` frame ever
-//! precedes its market's `snapshot`, and live updates keep flowing during the reads.
+//! unsubscribing and subscribing again. Every (event, market) remembers whether the client was
+//! given a frame for it since it (re)subscribed ("shown"). While one event's subscribe waits for
+//! its snapshot, that event's updates are held back (its `subscribed` reply must come first);
+//! while a `*` snapshot is paged out, an update of a market not shown yet goes out as that
+//! market's `snapshot`, and the page that brings the same or an older version later adds
+//! nothing. So no `odds` frame ever precedes its market's `snapshot`.
 
+use crate::frames;
 use crate::hub::{EncodedUpdate, KeyMap, MarketKey};
 use odds_contracts::Market;
 use std::collections::VecDeque;
+use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::Notify;
 
-/// One update waiting to be written to a client.
-#[derive(Debug)]
-pub struct Pending {
-    pub update: Arc<EncodedUpdate>,
-    /// Send as `snapshot` (answer to subscribe) rather than `odds`.
-    pub as_snapshot: bool,
+/// Write-buffer capacity a client keeps between writes; a larger one (after a burst or a
+/// snapshot page) is given back, so an idle connection stays small.
+const KEEP_CAPACITY: usize = 4 * 1024;
+
+/// Where a client's bytes go: a socket written without blocking.
+pub trait SocketWrite: Send + Sync {
+    /// Writes what the socket accepts now; `WouldBlock` when it accepts nothing.
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+}
+
+impl SocketWrite for tokio::net::TcpStream {
+    fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
+        tokio::net::TcpStream::try_write(self, buf)
+    }
 }
 
 /// What [`ClientQueue::push`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
-    /// Queued as a new pending (event, market).
+    /// Framed for the next write, or queued as a new pending (event, market).
     Queued,
     /// Replaced an older pending version of the same (event, market).
     Conflated,
@@ -43,24 +58,67 @@ pub enum PushOutcome {
     Overflow,
 }
 
+/// How the client's writing stands (for its connection task).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriteState {
+    /// Bytes are waiting for the socket to drain: the connection writes them when it can.
+    pub blocked: bool,
+    /// Too many markets pending while deferred: close as a slow consumer.
+    pub overflowed: bool,
+    /// A write failed: the client is gone.
+    pub failed: bool,
+}
+
+/// Frames written since last asked, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Framed {
+    pub odds: u64,
+    pub snapshots: u64,
+}
+
 /// The newest version of a market this client was given or has pending.
 struct Held {
     update: Arc<EncodedUpdate>,
     /// A frame of this market was queued since the client (re)subscribed to its event.
     shown: bool,
+    /// Sequence number of this market's slot in the deferred queue, if it may still be there.
+    slot: Option<u64>,
+}
+
+/// An update waiting in the deferred queue or the held-back area; `None` once forgotten.
+struct Slot {
+    update: Option<Arc<EncodedUpdate>>,
+    as_snapshot: bool,
 }
 
 #[derive(Default)]
 struct QueueState {
-    order: VecDeque<MarketKey>,
-    pending: KeyMap<Pending>,
-    /// Kept after an unsubscribe, so that a later subscribe never shows anything older.
+    /// Bytes framed and not yet written, in the order the client gets them.
+    out: Vec<u8>,
+    /// Updates waiting while the client is deferred, oldest first, one per market.
+    deferred: VecDeque<Slot>,
+    /// Sequence number of `deferred`'s front slot.
+    head: u64,
+    /// Slots of `deferred` not forgotten.
+    pending: usize,
+    /// The held-back event's updates, one per market.
+    held: Vec<Slot>,
     newest: KeyMap<Held>,
-    overflowed: bool,
     /// The event whose subscribe is reading its snapshot: its updates wait for the answer.
     held_back: Option<Arc<str>>,
     /// A `*` snapshot is being paged out.
     all_snapshot: bool,
+    /// The socket took less than `out` (it would block).
+    blocked: bool,
+    /// The connection holds updates back until it has told the client something first.
+    paused: bool,
+    /// The client asked for a conflation interval: its connection writes on a timer.
+    conflating: bool,
+    overflowed: bool,
+    failed: bool,
+    /// In the fan-out's list of clients to write at the end of its batch.
+    touched: bool,
+    framed: Framed,
 }
 
 impl QueueState {
@@ -68,30 +126,121 @@ impl QueueState {
         self.all_snapshot || self.held_back.as_deref() == Some(event_id)
     }
 
+    fn is_deferred(&self) -> bool {
+        self.blocked || self.paused || self.conflating
+    }
+
     /// Marks an event's markets as not shown: its next frame of each is a snapshot.
     fn unshow(&mut self, event_id: &str) {
         for market in Market::ALL {
-            if let Some(held) = self
-                .newest
-                .get_mut(&MarketKey::new(event_id, market.as_str()))
-            {
+            let key = MarketKey::new(event_id, market.as_str());
+            if let Some(held) = self.newest.get_mut(&key) {
                 held.shown = false;
             }
         }
     }
+
+    fn render(&mut self, update: &EncodedUpdate, as_snapshot: bool) {
+        if as_snapshot {
+            frames::append_update(&mut self.out, "snapshot", &update.data_json);
+            self.framed.snapshots += 1;
+        } else {
+            self.out.extend_from_slice(&update.odds_frame);
+            self.framed.odds += 1;
+        }
+    }
+
+    /// The deferred slot `seq` if it still holds an update of `key`.
+    fn slot_mut(&mut self, seq: Option<u64>, key: &MarketKey) -> Option<&mut Slot> {
+        let index = usize::try_from(seq?.checked_sub(self.head)?).ok()?;
+        self.deferred
+            .get_mut(index)
+            .filter(|s| s.update.as_ref().is_some_and(|u| u.key == *key))
+    }
+
+    /// Frames up to `max` deferred updates into `out`.
+    fn drain_deferred(&mut self, max: usize) {
+        let mut moved = 0;
+        while moved < max {
+            let Some(slot) = self.deferred.pop_front() else {
+                break;
+            };
+            self.head += 1;
+            if let Some(update) = slot.update {
+                self.pending -= 1;
+                moved += 1;
+                self.render(&update, slot.as_snapshot);
+            }
+        }
+    }
+
+    /// Writes `out` until the socket would block. Returns true when everything was written.
+    fn write_out(&mut self, socket: &dyn SocketWrite) -> bool {
+        let mut sent = 0;
+        while sent < self.out.len() {
+            match socket.try_write(&self.out[sent..]) {
+                Ok(0) => {
+                    self.failed = true;
+                    break;
+                }
+                Ok(n) => sent += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.blocked = true;
+                    break;
+                }
+                Err(_) => {
+                    self.failed = true;
+                    break;
+                }
+            }
+        }
+        if sent == self.out.len() {
+            self.out.clear();
+            if self.out.capacity() > KEEP_CAPACITY {
+                self.out = Vec::new();
+            }
+            true
+        } else {
+            self.out.drain(..sent);
+            false
+        }
+    }
+
+    /// Drops everything queued; `out` stays, so the close frame follows whole frames.
+    fn overflow(&mut self) -> PushOutcome {
+        self.overflowed = true;
+        self.head += self.deferred.len() as u64;
+        self.deferred = VecDeque::new();
+        self.held = Vec::new();
+        self.pending = 0;
+        PushOutcome::Overflow
+    }
+
+    fn write_state(&self) -> WriteState {
+        WriteState {
+            blocked: self.blocked,
+            overflowed: self.overflowed,
+            failed: self.failed,
+        }
+    }
 }
 
-/// A connection's bounded, conflating queue of updates.
+/// A connection's outgoing frames: written at once while the client keeps up, queued with
+/// conflation (bounded) while it does not.
 pub struct ClientQueue {
     state: Mutex<QueueState>,
+    socket: Arc<dyn SocketWrite>,
+    /// Wakes the connection task: the client blocked, overflowed or failed.
     notify: Notify,
     max_pending: usize,
 }
 
 impl ClientQueue {
-    pub fn new(max_pending: usize) -> ClientQueue {
+    pub fn new(max_pending: usize, socket: Arc<dyn SocketWrite>) -> ClientQueue {
         ClientQueue {
             state: Mutex::new(QueueState::default()),
+            socket,
             notify: Notify::new(),
             max_pending: max_pending.max(1),
         }
@@ -103,15 +252,31 @@ impl ClientQueue {
 
     /// Offers an update; only a version newer than any this client accepted is kept. A
     /// snapshot older than what the client already saw (a cache or replica behind, after an
-    /// unsubscribe and subscribe) is answered with the newest it saw instead.
+    /// unsubscribe and subscribe) is answered with the newest it saw instead. What is framed
+    /// is written by the next [`write`](ClientQueue::write).
     pub fn push(&self, update: &Arc<EncodedUpdate>, as_snapshot: bool) -> PushOutcome {
         let mut state = self.lock();
         let outcome = self.push_locked(&mut state, update, as_snapshot);
-        drop(state);
-        if matches!(outcome, PushOutcome::Queued | PushOutcome::Overflow) {
+        if outcome == PushOutcome::Overflow {
+            drop(state);
             self.notify.notify_one();
         }
         outcome
+    }
+
+    /// [`push`](ClientQueue::push) for the fan-out: also says whether this client was not yet
+    /// on the fan-out's list of clients to write (it is now).
+    pub fn push_live(&self, update: &Arc<EncodedUpdate>) -> (PushOutcome, bool) {
+        let mut state = self.lock();
+        let outcome = self.push_locked(&mut state, update, false);
+        if outcome == PushOutcome::Overflow {
+            drop(state);
+            self.notify.notify_one();
+            return (outcome, false);
+        }
+        let first = !state.out.is_empty() && !state.blocked && !state.touched;
+        state.touched |= first;
+        (outcome, first)
     }
 
     fn push_locked(
@@ -130,20 +295,29 @@ impl ClientQueue {
                 if !as_snapshot {
                     return PushOutcome::Stale;
                 }
-                if let Some(pending) = state.pending.get_mut(&update.key) {
+                let slot = held.slot;
+                let shown = held.shown;
+                held.shown = true;
+                let held_newest = held.update.clone();
+                if let Some(pending) = state.slot_mut(slot, &update.key) {
                     // Something at least as new is pending: deliver that as the snapshot.
                     pending.as_snapshot = true;
-                    held.shown = true;
                     return PushOutcome::Stale;
                 }
-                if held.shown {
+                if let Some(pending) = state
+                    .held
+                    .iter_mut()
+                    .find(|s| s.update.as_ref().is_some_and(|u| u.key == update.key))
+                {
+                    pending.as_snapshot = true;
+                    return PushOutcome::Stale;
+                }
+                if shown {
                     // This subscription already has this market (a live update was its
                     // snapshot): a page read later adds nothing.
                     return PushOutcome::Stale;
                 }
-                held.shown = true;
-                let newest = held.update.clone();
-                return self.enqueue(state, &newest, true);
+                return self.place(state, &held_newest, true);
             }
             Some(held) => {
                 let first = !held.shown;
@@ -155,71 +329,143 @@ impl ClientQueue {
                 let held = Held {
                     update: update.clone(),
                     shown: true,
+                    slot: None,
                 };
                 state.newest.insert(update.key.clone(), held);
                 as_snapshot || awaiting
             }
         };
-        if let Some(pending) = state.pending.get_mut(&update.key) {
-            pending.update = update.clone();
-            pending.as_snapshot |= snapshot;
-            return PushOutcome::Conflated;
-        }
-        self.enqueue(state, update, snapshot)
+        self.place(state, update, snapshot)
     }
 
-    /// Adds a pending entry for an (event, market) that has none, or overflows.
-    fn enqueue(
+    /// Puts an accepted update where it waits: the held-back area, the deferred queue
+    /// (conflating per market), or straight into the write buffer.
+    fn place(
         &self,
         state: &mut QueueState,
         update: &Arc<EncodedUpdate>,
         as_snapshot: bool,
     ) -> PushOutcome {
-        if state.pending.len() >= self.max_pending {
-            state.overflowed = true;
-            state.pending.clear();
-            state.order.clear();
-            return PushOutcome::Overflow;
-        }
-        state.order.push_back(update.key.clone());
-        state.pending.insert(
-            update.key.clone(),
-            Pending {
-                update: update.clone(),
+        if state.held_back.as_deref() == Some(&*update.key.event_id) {
+            let same = |s: &&mut Slot| s.update.as_ref().is_some_and(|u| u.key == update.key);
+            if let Some(slot) = state.held.iter_mut().find(same) {
+                slot.update = Some(update.clone());
+                slot.as_snapshot |= as_snapshot;
+                return PushOutcome::Conflated;
+            }
+            state.held.push(Slot {
+                update: Some(update.clone()),
                 as_snapshot,
-            },
-        );
+            });
+            return PushOutcome::Queued;
+        }
+        if !state.is_deferred() {
+            state.render(update, as_snapshot);
+            return PushOutcome::Queued;
+        }
+        let seq = state.newest.get(&update.key).and_then(|h| h.slot);
+        if let Some(slot) = state.slot_mut(seq, &update.key) {
+            slot.update = Some(update.clone());
+            slot.as_snapshot |= as_snapshot;
+            return PushOutcome::Conflated;
+        }
+        if state.pending >= self.max_pending {
+            return state.overflow();
+        }
+        let seq = state.head + state.deferred.len() as u64;
+        state.deferred.push_back(Slot {
+            update: Some(update.clone()),
+            as_snapshot,
+        });
+        state.pending += 1;
+        if let Some(held) = state.newest.get_mut(&update.key) {
+            held.slot = Some(seq);
+        }
         PushOutcome::Queued
     }
 
-    /// Moves up to `max` pending updates, oldest first, into `out`, leaving those of a
-    /// held-back event in place. Returns true when the queue overflowed (the connection must
-    /// be closed instead).
-    pub fn drain(&self, max: usize, out: &mut Vec<Pending>) -> bool {
+    /// Writes what is framed, without blocking; for the fan-out at the end of its batch.
+    /// Returns the frames written (or left to the connection) since the last call. A socket
+    /// that would block or fails hands the client to its connection task.
+    pub fn write(&self) -> Framed {
         let mut state = self.lock();
-        if state.overflowed {
-            return true;
+        state.touched = false;
+        let before = state.write_state();
+        if !state.blocked && !state.failed {
+            state.write_out(&*self.socket);
         }
-        let mut held_back = Vec::new();
-        while out.len() < max {
-            let Some(key) = state.order.pop_front() else {
-                break;
-            };
-            if state.held_back.as_deref() == Some(&*key.event_id) {
-                held_back.push(key);
-            } else if let Some(pending) = state.pending.remove(&key) {
-                out.push(pending);
-            }
-        }
-        let more = !state.order.is_empty();
-        for key in held_back.into_iter().rev() {
-            state.order.push_front(key);
-        }
-        if more {
-            // More is waiting: make sure the writer comes back for it.
+        let framed = std::mem::take(&mut state.framed);
+        let changed = state.write_state() != before;
+        drop(state);
+        if changed {
             self.notify.notify_one();
         }
-        false
+        framed
+    }
+
+    /// The connection's write: writes what is framed and the deferred updates too (unless
+    /// paused, or conflating and this is not the interval's `tick`), until the socket would
+    /// block. A client whose buffer is written and whose queue is empty or not due is no
+    /// longer blocked.
+    pub fn flush(&self, tick: bool) -> (WriteState, Framed) {
+        let mut state = self.lock();
+        let drain = !state.paused && (tick || !state.conflating);
+        while !state.failed {
+            if !state.out.is_empty() {
+                state.blocked = false;
+                if !state.write_out(&*self.socket) {
+                    break;
+                }
+            }
+            if !drain || state.pending == 0 {
+                state.blocked = false;
+                if state.pending == 0 {
+                    // Only forgotten slots are left: drop them, keeping sequence numbers unique.
+                    state.head += state.deferred.len() as u64;
+                    state.deferred.clear();
+                }
+                break;
+            }
+            state.drain_deferred(self.max_pending.min(256));
+        }
+        (state.write_state(), std::mem::take(&mut state.framed))
+    }
+
+    /// Frames a message of the connection's own (a reply, a status, a pong, a close) after
+    /// everything framed so far, and writes if the socket is not blocked.
+    pub fn send_control(&self, frame: &[u8]) -> WriteState {
+        let mut state = self.lock();
+        if state.failed {
+            return state.write_state();
+        }
+        state.out.extend_from_slice(frame);
+        if !state.blocked {
+            state.write_out(&*self.socket);
+        }
+        state.write_state()
+    }
+
+    pub fn write_state(&self) -> WriteState {
+        self.lock().write_state()
+    }
+
+    /// Holds updates back in the (conflating) deferred queue until [`resume`], e.g. until the
+    /// client has been told that live updates are flowing again.
+    ///
+    /// [`resume`]: ClientQueue::resume
+    pub fn pause(&self) {
+        self.lock().paused = true;
+    }
+
+    /// Ends [`pause`](ClientQueue::pause); the caller flushes.
+    pub fn resume(&self) {
+        self.lock().paused = false;
+    }
+
+    /// The client asked for (or stopped asking for) a conflation interval: updates then wait
+    /// in the conflating queue and the connection flushes them on its timer.
+    pub fn set_conflating(&self, conflating: bool) {
+        self.lock().conflating = conflating;
     }
 
     /// An event's subscribe reads its snapshot: hold its updates back until [`release`], and
@@ -230,16 +476,44 @@ impl ClientQueue {
         let mut state = self.lock();
         state.unshow(event_id);
         state.held_back = Some(event_id.clone());
+        // What the deferred queue already holds of the event waits with what comes next.
+        let QueueState {
+            deferred,
+            held,
+            pending,
+            ..
+        } = &mut *state;
+        for slot in deferred.iter_mut() {
+            let Some(update) = slot.update.take_if(|u| *u.key.event_id == **event_id) else {
+                continue;
+            };
+            *pending -= 1;
+            let same = |s: &&mut Slot| s.update.as_ref().is_some_and(|u| u.key == update.key);
+            match held.iter_mut().find(same) {
+                Some(existing) => {
+                    existing.as_snapshot |= slot.as_snapshot;
+                    existing.update = Some(update);
+                }
+                None => held.push(Slot {
+                    update: Some(update),
+                    as_snapshot: slot.as_snapshot,
+                }),
+            }
+        }
     }
 
-    /// The subscribe was answered: what was held back may go out.
+    /// The subscribe was answered: what was held back goes out (the caller flushes).
     pub fn release(&self) {
         let mut state = self.lock();
         state.held_back = None;
-        let waiting = !state.order.is_empty();
-        drop(state);
-        if waiting {
-            self.notify.notify_one();
+        for slot in std::mem::take(&mut state.held) {
+            if let Some(update) = slot.update {
+                if self.place(&mut state, &update, slot.as_snapshot) == PushOutcome::Overflow {
+                    drop(state);
+                    self.notify.notify_one();
+                    return;
+                }
+            }
         }
     }
 
@@ -268,8 +542,23 @@ impl ClientQueue {
     /// [`ClientQueue::forget`] for every event `unfollowed` says the client stopped following.
     pub fn forget_events(&self, unfollowed: impl Fn(&str) -> bool) {
         let mut state = self.lock();
-        state.pending.retain(|key, _| !unfollowed(&key.event_id));
-        state.order.retain(|key| !unfollowed(&key.event_id));
+        let mut forgotten = 0;
+        for slot in state.deferred.iter_mut() {
+            if slot
+                .update
+                .as_ref()
+                .is_some_and(|u| unfollowed(&u.key.event_id))
+            {
+                slot.update = None;
+                forgotten += 1;
+            }
+        }
+        state.pending -= forgotten;
+        state.held.retain(|s| {
+            s.update
+                .as_ref()
+                .is_some_and(|u| !unfollowed(&u.key.event_id))
+        });
         for (key, held) in state.newest.iter_mut() {
             if unfollowed(&key.event_id) {
                 held.shown = false;
@@ -277,152 +566,22 @@ impl ClientQueue {
         }
     }
 
-    /// Number of (event, market) updates waiting (for tests and diagnostics).
+    /// Number of (event, market) updates waiting in the deferred queue and the held-back area.
     pub fn pending_len(&self) -> usize {
-        self.lock().pending.len()
+        let state = self.lock();
+        state.pending + state.held.len()
     }
 
-    /// Completes when something was pushed since the last drain.
+    /// Bytes framed and not yet written (for tests and the memory bound).
+    pub fn unwritten_bytes(&self) -> usize {
+        self.lock().out.len()
+    }
+
+    /// Completes when the client blocked, overflowed or failed since the last wait.
     pub async fn notified(&self) {
         self.notify.notified().await;
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn update(event: &str, version: u64) -> Arc<EncodedUpdate> {
-        EncodedUpdate::new(&odds_testkit::sample_update(event, version))
-    }
-
-    fn half_time(event: &str, version: u64) -> Arc<EncodedUpdate> {
-        EncodedUpdate::new(&odds_testkit::sample_update_in(event, "HT_1X2", version))
-    }
-
-    fn drain_versions(queue: &ClientQueue) -> Vec<(String, u64, bool)> {
-        let mut out = Vec::new();
-        assert!(!queue.drain(usize::MAX, &mut out));
-        out.into_iter()
-            .map(|p| {
-                (
-                    p.update.key.event_id.to_string(),
-                    p.update.version,
-                    p.as_snapshot,
-                )
-            })
-            .collect()
-    }
-
-    #[test]
-    fn keeps_only_the_newest_version_per_event_and_never_goes_back() {
-        let queue = ClientQueue::new(10);
-        assert_eq!(queue.push(&update("E1", 1), false), PushOutcome::Queued);
-        assert_eq!(queue.push(&update("E2", 1), false), PushOutcome::Queued);
-        assert_eq!(queue.push(&update("E1", 3), false), PushOutcome::Conflated);
-        assert_eq!(queue.push(&update("E1", 2), false), PushOutcome::Stale);
-        assert_eq!(
-            drain_versions(&queue),
-            vec![("E1".into(), 3, false), ("E2".into(), 1, false)]
-        );
-        // Already delivered: equal and older versions are never queued again.
-        assert_eq!(queue.push(&update("E1", 3), false), PushOutcome::Stale);
-        assert_eq!(queue.push(&update("E1", 4), false), PushOutcome::Queued);
-    }
-
-    #[test]
-    fn markets_of_one_event_are_kept_and_conflated_apart() {
-        let queue = ClientQueue::new(10);
-        assert_eq!(queue.push(&update("E1", 1), false), PushOutcome::Queued);
-        // A newer version of another market neither replaces nor makes stale the first.
-        assert_eq!(queue.push(&half_time("E1", 2), false), PushOutcome::Queued);
-        assert_eq!(
-            queue.push(&half_time("E1", 3), false),
-            PushOutcome::Conflated
-        );
-        assert_eq!(
-            drain_versions(&queue),
-            vec![("E1".into(), 1, false), ("E1".into(), 3, false)]
-        );
-        assert_eq!(queue.push(&half_time("E1", 3), false), PushOutcome::Stale);
-        assert_eq!(queue.push(&update("E1", 2), false), PushOutcome::Queued);
-        assert_eq!(queue.push(&half_time("E1", 4), false), PushOutcome::Queued);
-        queue.forget("E1");
-        assert_eq!(queue.pending_len(), 0, "unsubscribe drops every market");
-    }
-
-    #[test]
-    fn stale_snapshot_marks_the_newer_pending_update_as_snapshot() {
-        let queue = ClientQueue::new(10);
-        queue.push(&update("E1", 7), false);
-        assert_eq!(queue.push(&update("E1", 5), true), PushOutcome::Stale);
-        assert_eq!(drain_versions(&queue), vec![("E1".into(), 7, true)]);
-    }
-
-    #[test]
-    fn overflow_when_too_many_events_are_pending() {
-        let queue = ClientQueue::new(2);
-        queue.push(&update("E1", 1), false);
-        queue.push(&update("E2", 1), false);
-        assert_eq!(queue.push(&update("E3", 1), false), PushOutcome::Overflow);
-        let mut out = Vec::new();
-        assert!(queue.drain(10, &mut out));
-        assert!(out.is_empty());
-    }
-
-    #[test]
-    fn a_resubscribe_gets_a_snapshot_never_older_than_what_was_seen() {
-        let queue = ClientQueue::new(10);
-        queue.push(&update("E1", 4), false);
-        assert_eq!(drain_versions(&queue), vec![("E1".into(), 4, false)]);
-        queue.forget("E1");
-        assert_eq!(queue.pending_len(), 0);
-        // The store answers with an older version (a lagging replica or cache): the client
-        // gets the version it already saw as its snapshot, not the older one.
-        assert_eq!(queue.push(&update("E1", 2), true), PushOutcome::Queued);
-        assert_eq!(drain_versions(&queue), vec![("E1".into(), 4, true)]);
-        queue.forget("E1");
-        assert_eq!(queue.push(&update("E1", 6), true), PushOutcome::Queued);
-        assert_eq!(drain_versions(&queue), vec![("E1".into(), 6, true)]);
-    }
-
-    #[test]
-    fn a_held_back_event_waits_for_its_answer_and_starts_with_a_snapshot() {
-        let queue = ClientQueue::new(10);
-        let event: Arc<str> = Arc::from("E1");
-        queue.hold_back(&event);
-        queue.push(&update("E1", 5), false);
-        queue.push(&update("E2", 1), false);
-        assert_eq!(drain_versions(&queue), vec![("E2".into(), 1, false)]);
-        // The snapshot read returns an older version: the live one is the snapshot.
-        assert_eq!(queue.push(&update("E1", 4), true), PushOutcome::Stale);
-        assert_eq!(drain_versions(&queue), vec![]);
-        queue.release();
-        assert_eq!(drain_versions(&queue), vec![("E1".into(), 5, true)]);
-        assert_eq!(queue.push(&update("E1", 6), false), PushOutcome::Queued);
-        assert_eq!(drain_versions(&queue), vec![("E1".into(), 6, false)]);
-    }
-
-    #[test]
-    fn during_a_star_snapshot_a_live_update_is_the_snapshot_and_the_page_adds_nothing() {
-        let queue = ClientQueue::new(10);
-        queue.push(&update("OLD", 1), false);
-        drain_versions(&queue);
-        queue.begin_all_snapshot();
-        queue.push(&update("LATE", 6), false);
-        queue.push(&update("OLD", 2), false);
-        assert_eq!(
-            drain_versions(&queue),
-            vec![("LATE".into(), 6, true), ("OLD".into(), 2, true)]
-        );
-        // The page read before those updates were written brings older versions.
-        assert_eq!(queue.push(&update("LATE", 5), true), PushOutcome::Stale);
-        assert_eq!(queue.push(&update("OLD", 2), true), PushOutcome::Stale);
-        assert_eq!(queue.push(&update("NEW", 1), true), PushOutcome::Queued);
-        queue.end_all_snapshot();
-        assert_eq!(drain_versions(&queue), vec![("NEW".into(), 1, true)]);
-        // An event first seen after the snapshot gets `odds`, as before.
-        queue.push(&update("BRAND_NEW", 1), false);
-        assert_eq!(drain_versions(&queue), vec![("BRAND_NEW".into(), 1, false)]);
-    }
-}
+pub(crate) mod tests;

@@ -10,7 +10,7 @@
 //! keeps up is never taken for a slow one however many events there are or however slow the
 //! reads. Meanwhile the queue sends a live update of a market not shown yet as its snapshot.
 
-use super::{ClientSink, Connection, Exit};
+use super::{Connection, Exit};
 use crate::hub::EncodedUpdate;
 use crate::store::{event_count, Source, StoreError};
 use futures_util::future::BoxFuture;
@@ -72,7 +72,7 @@ impl Connection {
 
     /// Moves the `*` snapshot on and starts waiting requests, as far as it can without a read
     /// in flight.
-    pub(super) async fn advance(&mut self, socket: &mut ClientSink) -> Option<Exit> {
+    pub(super) fn advance(&mut self) -> Option<Exit> {
         loop {
             if self.paging.is_some() {
                 self.pump_pages();
@@ -85,8 +85,8 @@ impl Connection {
             }
             let request = self.requests.pop_front()?;
             let exit = match request {
-                Request::Subscribe(event_id) => self.subscribe(socket, event_id).await,
-                Request::Unsubscribe(event_id) => self.unsubscribe(socket, event_id).await,
+                Request::Subscribe(event_id) => self.subscribe(event_id),
+                Request::Unsubscribe(event_id) => self.unsubscribe(event_id),
             };
             if exit.is_some() {
                 return exit;
@@ -109,6 +109,7 @@ impl Connection {
             for update in &page {
                 self.queue.push(&EncodedUpdate::new(update), true);
             }
+            super::count(&self.ctx.metrics, self.queue.flush(false).1);
             match page.last() {
                 Some(last) if event_count(&page) == page_events => {
                     paging.after = Some(last.event_id.clone());
@@ -131,13 +132,9 @@ impl Connection {
         }
     }
 
-    pub(super) async fn on_read(
-        &mut self,
-        socket: &mut ClientSink,
-        done: ReadDone,
-    ) -> Option<Exit> {
+    pub(super) fn on_read(&mut self, done: ReadDone) -> Option<Exit> {
         match done {
-            ReadDone::Event { event, result } => self.answer_subscribe(socket, event, result).await,
+            ReadDone::Event { event, result } => self.answer_subscribe(event, result),
             ReadDone::Page(Ok(page)) => {
                 if let Some(paging) = self.paging.as_mut() {
                     paging.ready = Some(page);
@@ -148,13 +145,12 @@ impl Connection {
                 self.paging = None;
                 self.queue.end_all_snapshot();
                 let text = error.to_string();
-                self.error(socket, ErrorCode::Unavailable, text, Some(ALL_EVENTS))
-                    .await
+                self.error(ErrorCode::Unavailable, text, Some(ALL_EVENTS))
             }
         }
     }
 
-    async fn subscribe(&mut self, socket: &mut ClientSink, event_id: String) -> Option<Exit> {
+    fn subscribe(&mut self, event_id: String) -> Option<Exit> {
         let already = if event_id == ALL_EVENTS {
             self.all_events
         } else {
@@ -166,16 +162,14 @@ impl Connection {
                 self.ctx.max_subscriptions
             );
             let code = ErrorCode::TooManySubscriptions;
-            return self.error(socket, code, text, Some(&event_id)).await;
+            return self.error(code, text, Some(&event_id));
         }
         if event_id == ALL_EVENTS {
-            return self.subscribe_all(socket).await;
+            return self.subscribe_all();
         }
         if let Err(e) = odds_contracts::validate_event_id(&event_id) {
             let code = ErrorCode::InvalidEventId;
-            return self
-                .error(socket, code, e.to_string(), Some(&event_id))
-                .await;
+            return self.error(code, e.to_string(), Some(&event_id));
         }
         let event: Arc<str> = Arc::from(event_id.as_str());
         // Hold back, then register, then read: an update published while we read the
@@ -190,9 +184,8 @@ impl Connection {
         None
     }
 
-    async fn answer_subscribe(
+    fn answer_subscribe(
         &mut self,
-        socket: &mut ClientSink,
         event: Arc<str>,
         result: Result<Option<(Vec<OddsUpdate>, Source)>, StoreError>,
     ) -> Option<Exit> {
@@ -202,13 +195,12 @@ impl Connection {
                 if self.events.insert(event) {
                     self.ctx.metrics.ws_subscriptions.inc();
                 }
-                let reply = self
-                    .reply(socket, ServerMessage::Subscribed { event_id })
-                    .await;
+                let reply = self.reply(ServerMessage::Subscribed { event_id });
                 for update in &markets {
                     self.queue.push(&EncodedUpdate::new(update), true);
                 }
                 self.queue.release();
+                self.flush(false);
                 return reply;
             }
             Ok(None) => (
@@ -218,16 +210,17 @@ impl Connection {
             Err(e) => (ErrorCode::Unavailable, e.to_string()),
         };
         self.queue.release();
+        self.flush(false);
         if !self.events.contains(event_id.as_str()) {
             self.ctx.hub.unsubscribe(self.id, &event_id);
             if !self.all_events {
                 self.queue.forget(&event_id);
             }
         }
-        self.error(socket, code, text, Some(&event_id)).await
+        self.error(code, text, Some(&event_id))
     }
 
-    async fn subscribe_all(&mut self, socket: &mut ClientSink) -> Option<Exit> {
+    fn subscribe_all(&mut self) -> Option<Exit> {
         // Before registering: the first update that comes must already find every market
         // awaiting its snapshot.
         self.queue.begin_all_snapshot();
@@ -239,7 +232,7 @@ impl Connection {
         let reply = ServerMessage::Subscribed {
             event_id: ALL_EVENTS.to_owned(),
         };
-        if let Some(exit) = self.reply(socket, reply).await {
+        if let Some(exit) = self.reply(reply) {
             return Some(exit);
         }
         self.paging = Some(Paging {
@@ -249,7 +242,7 @@ impl Connection {
         None
     }
 
-    async fn unsubscribe(&mut self, socket: &mut ClientSink, event_id: String) -> Option<Exit> {
+    fn unsubscribe(&mut self, event_id: String) -> Option<Exit> {
         if event_id == ALL_EVENTS {
             self.ctx.hub.unsubscribe_all(self.id);
             if std::mem::take(&mut self.all_events) {
@@ -268,7 +261,6 @@ impl Connection {
                 self.ctx.metrics.ws_subscriptions.dec();
             }
         }
-        self.reply(socket, ServerMessage::Unsubscribed { event_id })
-            .await
+        self.reply(ServerMessage::Unsubscribed { event_id })
     }
 }

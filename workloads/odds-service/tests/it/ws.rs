@@ -463,3 +463,57 @@ async fn silent_clients_are_pinged_then_reaped() {
     assert_eq!(&bytes[close + 4..close + 21], b"heartbeat timeout");
     env.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_asks_for_conflation_gets_the_newest_version_per_interval() {
+    let env = Env::start(&[]).await;
+    env.write(&update("CFL", 1, 2.0)).await;
+    env.wait_for_pubsub().await;
+    let mut every = connect(env.addr()).await;
+    subscribe(&mut every, "CFL").await;
+    let mut conflating = connect(env.addr()).await;
+    send(
+        &mut conflating,
+        r#"{"type":"subscribe","eventId":"CFL","conflateMs":2000}"#,
+    )
+    .await;
+    assert_eq!(next_json(&mut conflating).await["type"], "subscribed");
+    // The snapshot waits for the first interval like everything else.
+    let snapshot = next_json(&mut conflating).await;
+    assert_eq!(snapshot["type"], "snapshot");
+    for v in 2..=100 {
+        env.publish(&update("CFL", v, 2.0)).await;
+    }
+    // The client that did not ask gets every version; the one that asked gets a few, the
+    // newest last, rising.
+    assert_eq!(
+        versions_until(&mut every, 100).await,
+        (2..=100).collect::<Vec<_>>()
+    );
+    let conflated = versions_until(&mut conflating, 100).await;
+    assert!(
+        conflated.len() < 99 && conflated.windows(2).all(|w| w[0] < w[1]),
+        "{conflated:?}"
+    );
+    assert!(env.metrics().ws_conflated.get() > 0);
+    // `conflateMs: 0` turns it off: every version again.
+    send(
+        &mut conflating,
+        r#"{"type":"subscribe","eventId":"CFL","conflateMs":0}"#,
+    )
+    .await;
+    assert_eq!(next_json(&mut conflating).await["type"], "subscribed");
+    let again = next_json(&mut conflating).await;
+    assert_eq!(
+        (again["type"].as_str(), again["data"]["version"].as_u64()),
+        (Some("snapshot"), Some(100))
+    );
+    for v in 101..=110 {
+        env.publish(&update("CFL", v, 2.0)).await;
+    }
+    assert_eq!(
+        versions_until(&mut conflating, 110).await,
+        (101..=110).collect::<Vec<_>>()
+    );
+    env.stop().await;
+}

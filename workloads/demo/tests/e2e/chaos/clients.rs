@@ -225,7 +225,7 @@ async fn follow_once(
         tokio::select! {
             _ = retry.tick() => {
                 for event in std::mem::take(&mut refused) {
-                    let subscribe = ClientMessage::Subscribe { event_id: event };
+                    let subscribe = ClientMessage::Subscribe { event_id: event, conflate_ms: None };
                     sink.send(Message::text(serde_json::to_string(&subscribe).unwrap())).await?;
                 }
             }
