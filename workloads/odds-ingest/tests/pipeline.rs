@@ -187,15 +187,17 @@ async fn broker_outage_and_request_errors_lose_and_duplicate_nothing() {
     let _ingest = start_ingest_with(config, &shutdown).await;
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    let outage_from = chrono::Utc::now().timestamp_millis() - IN_FLIGHT_BEFORE_OUTAGE_MS;
     kafka.cluster().broker_down(1).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     kafka.cluster().broker_up(1).unwrap();
+    let outage_to = chrono::Utc::now().timestamp_millis();
 
     let records = kafka
         .read_topic(TOPIC_ODDS_UPDATES, 3_006, QUIET, TIMEOUT)
         .await
         .unwrap();
-    let (records, reappended) = without_mock_reappends(&records);
+    let (records, reappended) = without_mock_reappends(&records, outage_from..=outage_to);
     let updates = decode_keyed(&records);
     assert_eq!(
         updates.len(),
@@ -207,17 +209,29 @@ async fn broker_outage_and_request_errors_lose_and_duplicate_nothing() {
     shutdown.cancel();
 }
 
+/// How long before the broker goes down a produce request may have been sent and still be
+/// waiting for the response the outage cuts off (ingest's request timeout is 2.5 s).
+const IN_FLIGHT_BEFORE_OUTAGE_MS: i64 = 10_000;
+
 /// `records` without the mock broker's re-appends, and how many records those held.
 ///
 /// librdkafka's mock checks an idempotent producer's sequence numbers only for transactional
 /// producers, so a produce request whose response the broker outage cut off is appended again
 /// when librdkafka retries it, where a real broker drops the retry (seen as one extra record
 /// in 2 of 39 stress runs). With one request in flight the retry lands right after the original
-/// in its partition: a run of records repeated at once. Only such a run is removed; a repeat
-/// anywhere else stays for the assertions to catch.
+/// in its partition: a run of records repeated at once, byte for byte and with the original's
+/// timestamps, which the producer set when the records were first produced, within `outage`
+/// (ms since the epoch). Only such a run is removed: an application re-send would carry new
+/// timestamps, and a repeat anywhere else stays for the assertions to catch.
 fn without_mock_reappends(
     records: &[odds_testkit::ReadRecord],
+    outage: std::ops::RangeInclusive<i64>,
 ) -> (Vec<odds_testkit::ReadRecord>, usize) {
+    let retried = |a: &odds_testkit::ReadRecord, b: &odds_testkit::ReadRecord| {
+        a.payload == b.payload
+            && a.timestamp_ms == b.timestamp_ms
+            && a.timestamp_ms.is_some_and(|t| outage.contains(&t))
+    };
     let mut partitions: std::collections::BTreeMap<i32, Vec<&odds_testkit::ReadRecord>> =
         std::collections::BTreeMap::new();
     for record in records {
@@ -229,7 +243,7 @@ fn without_mock_reappends(
         let mut i = 0;
         while i < log.len() {
             let repeated = (1..=(log.len() - i) / 2)
-                .find(|&k| (0..k).all(|j| log[i + j].payload == log[i + k + j].payload));
+                .find(|&k| (0..k).all(|j| retried(log[i + j], log[i + k + j])));
             let run = repeated.unwrap_or(1);
             kept.extend(log[i..i + run].iter().map(|r| (*r).clone()));
             if repeated.is_some() {
@@ -578,13 +592,18 @@ async fn librdkafka_reports_reach_the_tracing_output() {
 
 #[test]
 fn only_a_run_repeated_at_once_in_one_partition_counts_as_a_mock_reappend() {
-    let record = |partition: i32, offset: i64, payload: &str| odds_testkit::ReadRecord {
-        partition,
-        offset,
-        key: None,
-        payload: Some(payload.as_bytes().to_vec()),
-        headers: Vec::new(),
-    };
+    let stamped =
+        |partition: i32, offset: i64, payload: &str, timestamp_ms: i64| odds_testkit::ReadRecord {
+            partition,
+            offset,
+            key: None,
+            payload: Some(payload.as_bytes().to_vec()),
+            headers: Vec::new(),
+            timestamp_ms: Some(timestamp_ms),
+        };
+    // Produced in the outage window (100..=200) unless stamped otherwise.
+    let record =
+        |partition: i32, offset: i64, payload: &str| stamped(partition, offset, payload, 150);
     let payloads = |records: &[odds_testkit::ReadRecord]| -> Vec<String> {
         records
             .iter()
@@ -603,7 +622,19 @@ fn only_a_run_repeated_at_once_in_one_partition_counts_as_a_mock_reappend() {
         record(1, 1, "y"),
         record(1, 2, "x"),
     ];
-    let (kept, removed) = without_mock_reappends(&log);
+    let (kept, removed) = without_mock_reappends(&log, 100..=200);
     assert_eq!(removed, 2);
     assert_eq!(payloads(&kept), ["a", "b", "c", "d", "x", "y", "x"]);
+
+    // A repeat at once with new timestamps is a re-send, not the producer's retry; one of
+    // records produced outside the outage was not touched by it: both stay.
+    let resent = [
+        stamped(0, 0, "a", 150),
+        stamped(0, 1, "a", 160),
+        stamped(1, 0, "b", 50),
+        stamped(1, 1, "b", 50),
+    ];
+    let (kept, removed) = without_mock_reappends(&resent, 100..=200);
+    assert_eq!(removed, 0);
+    assert_eq!(payloads(&kept), ["a", "a", "b", "b"]);
 }

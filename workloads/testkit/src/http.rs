@@ -1,9 +1,14 @@
-//! A minimal HTTP/1.1 client for tests, so test binaries need no HTTP client crate.
+//! An HTTP/1.1 `GET` for tests: hyper's client connection (the HTTP stack kube and axum
+//! already build) behind one call that returns status, headers and body text, with a deadline
+//! every polling test needs.
 
 use crate::{Result, TestkitError};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 /// A response: status code and body text.
@@ -54,94 +59,54 @@ pub async fn http_get_within(
 }
 
 async fn get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
-    let io = |what: &str| {
-        let what = what.to_owned();
-        move |source| TestkitError::Io { what, source }
+    let failed = |what: &str| {
+        let what = format!("{what} (GET {path} from {addr})");
+        move |error: hyper::Error| TestkitError::Io {
+            what,
+            source: std::io::Error::other(error),
+        }
     };
-    let mut stream = TcpStream::connect(addr).await.map_err(io("connecting"))?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
+    let stream = TcpStream::connect(addr)
         .await
-        .map_err(io("writing request"))?;
-    // Read until the body announced by Content-Length is complete (some servers keep the
-    // connection open despite `Connection: close`), or to the end of the stream.
-    let mut raw = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = stream
-            .read(&mut chunk)
-            .await
-            .map_err(io("reading response"))?;
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&chunk[..n]);
-        if let Some(expected) = complete_length(&raw) {
-            if raw.len() >= expected {
-                break;
-            }
-        }
-    }
-    parse_response(&raw)
-}
-
-/// Total response length when the head is complete and declares a Content-Length.
-fn complete_length(raw: &[u8]) -> Option<usize> {
-    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = String::from_utf8_lossy(&raw[..head_end]);
-    let length = head.lines().find_map(|l| {
-        let (name, value) = l.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("content-length")
-            .then(|| value.trim().parse::<usize>().ok())?
-    })?;
-    Some(head_end + length)
-}
-
-fn parse_response(raw: &[u8]) -> Result<HttpResponse> {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| TestkitError::Setup(format!("malformed HTTP response: {text}")))?;
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| TestkitError::Setup(format!("no status line: {head}")))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    let chunked = headers
+        .map_err(|source| TestkitError::Io {
+            what: format!("connecting to {addr}"),
+            source,
+        })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(failed("handshake"))?;
+    // The connection task ends with the response (Connection: close) or with this request.
+    let driver = tokio::spawn(connection);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .header(hyper::header::CONNECTION, "close")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| TestkitError::Setup(format!("GET {path}: {e}")))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(failed("request"))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
         .iter()
-        .any(|(n, v)| n.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
-        dechunk(body)
-    } else {
-        body.to_owned()
-    };
+        .map(|(n, v)| {
+            let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            (n.as_str().to_owned(), value)
+        })
+        .collect();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(failed("reading body"))?
+        .to_bytes();
+    driver.abort();
     Ok(HttpResponse {
         status,
         headers,
-        body,
+        body: String::from_utf8_lossy(&body).into_owned(),
     })
-}
-
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
 }
 
 /// A peer that accepts connections and writes back whatever each one sends: what a client

@@ -44,6 +44,9 @@ pub struct ReadRecord {
     pub key: Option<Vec<u8>>,
     pub payload: Option<Vec<u8>>,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// The record's timestamp in milliseconds since the epoch (the producer's CreateTime):
+    /// a producer's retry of a request carries its records' original timestamps.
+    pub timestamp_ms: Option<i64>,
 }
 
 impl ReadRecord {
@@ -119,6 +122,7 @@ pub async fn read_topic(
                 offset: m.offset(),
                 key: m.key().map(<[u8]>::to_vec),
                 payload: m.payload().map(<[u8]>::to_vec),
+                timestamp_ms: m.timestamp().to_millis(),
                 headers: m
                     .headers()
                     .map(|h| {
