@@ -160,7 +160,10 @@ async fn follow(
             }
             _ = resubscribe.tick() => {
                 for event_id in std::mem::take(&mut pending) {
-                    let subscribe = ClientMessage::Subscribe { event_id };
+                    let subscribe = ClientMessage::Subscribe {
+                        event_id,
+                        conflate_ms: None,
+                    };
                     let Ok(text) = serde_json::to_string(&subscribe) else { continue };
                     if let Err(error) = sink.send(Message::text(text)).await {
                         return format!("sending a subscription: {error}");

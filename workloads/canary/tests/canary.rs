@@ -44,7 +44,7 @@ async fn accept_subscriber(listener: &TcpListener, expected: &str) -> Server {
         let Some(Ok(Message::Text(text))) = ws.next().await else {
             panic!("the canary closed before subscribing");
         };
-        if let Ok(ClientMessage::Subscribe { event_id }) = ClientMessage::parse(&text) {
+        if let Ok(ClientMessage::Subscribe { event_id, .. }) = ClientMessage::parse(&text) {
             assert_eq!(event_id, expected);
             let subscribed = ServerMessage::Subscribed { event_id };
             ws.send(Message::text(subscribed.to_json())).await.unwrap();

@@ -97,7 +97,10 @@ impl SpanSlot {
 
     /// The `traceparent` header value naming the span, if there is one.
     fn traceparent(&self) -> Option<String> {
-        let slot = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let slot = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         slot.as_ref()
             .map(|span| otel::format_traceparent(otel::SpanApi::span_context(span)))
     }
@@ -114,7 +117,10 @@ impl SpanSlot {
     /// A record librdkafka handed back: its span waits for the next attempt.
     fn restore(&self, tracked: Box<Tracked>) {
         if let Some(span) = tracked.produce {
-            *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(span);
+            *self
+                .0
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(span);
         }
     }
 
@@ -156,7 +162,9 @@ impl ProducerContext for DeliveryContext {
         } = *tracked;
         let metrics = &self.metrics;
         metrics.in_flight.dec();
-        metrics.produce_latency.observe(sent.elapsed().as_secs_f64());
+        metrics
+            .produce_latency
+            .observe(sent.elapsed().as_secs_f64());
         if let (Some(mut span), Err(_)) = (produce, result) {
             otel::fail(&mut span, "Kafka did not acknowledge the update");
         }

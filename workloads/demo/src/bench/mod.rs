@@ -28,8 +28,7 @@ use odds_contracts::{Market, OddsUpdate};
 use odds_testkit::{http_get, PostgresDurability};
 use report::{median_run, per_thousand, BENCH_PROCESS, BROKER_PROCESS, SATURATED_BELOW_IDLE};
 pub use report::{
-    BenchReport, CanaryFigures, KafkaUsed, Latency, Machine, PostgresSettings, RateStep,
-    RunFigures,
+    BenchReport, CanaryFigures, KafkaUsed, Latency, Machine, PostgresSettings, RateStep, RunFigures,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
