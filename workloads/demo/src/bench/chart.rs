@@ -106,18 +106,7 @@ fn latency_per_run(area: &Area<'_>, report: &BenchReport) -> Result<(), ChartErr
             .map(|(run, p)| (run as f64 + 1.0, p[i]))
             .filter(|(_, v)| v.is_finite() && *v > 0.0)
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-            .map_err(drawing)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-        chart
-            .draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 4, colour.filled())),
-            )
-            .map_err(drawing)?;
+        line_with_points(&mut chart, points, colour, name)?;
     }
     legend(&mut chart)
 }
@@ -297,20 +286,35 @@ fn latency_by_rate(area: &Area<'_>, steps: &[RateStep], max_p99_ms: f64) -> Resu
             })
             .filter(|(_, v)| v.is_finite() && *v > 0.0)
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
-            .map_err(drawing)?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
-        chart
-            .draw_series(
-                points
-                    .into_iter()
-                    .map(|p| Circle::new(p, 4, colour.filled())),
-            )
-            .map_err(drawing)?;
+        line_with_points(&mut chart, points, colour, name)?;
     }
     legend(&mut chart)
+}
+
+/// One labelled series: the line through `points`, and a dot on each.
+fn line_with_points<'a, X, Y>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    points: Vec<(f64, f64)>,
+    colour: RGBColor,
+    name: &str,
+) -> Result<(), ChartError>
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    chart
+        .draw_series(LineSeries::new(points.clone(), colour.stroke_width(2)))
+        .map_err(drawing)?
+        .label(name)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour));
+    chart
+        .draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, colour.filled())),
+        )
+        .map_err(drawing)?;
+    Ok(())
 }
 
 fn legend<'a, X, Y>(
