@@ -90,200 +90,49 @@ pub fn degradation(observed: &Observed) -> Option<Failure> {
 }
 
 /// Computes the new status; `previous` supplies stable transition times, `now` the time of
-/// transitions that happen in this reconcile.
+/// transitions that happen in this reconcile. Each condition is decided by a function of its
+/// own below, from what was observed; this one puts them in their order and the components'
+/// statuses beside them.
 pub fn compute(
     previous: &OddsPipelineStatus,
     observed: &Observed,
     now: &str,
 ) -> OddsPipelineStatus {
-    let mut conditions = Vec::new();
-    let mut set = |type_: ConditionType, ok: bool, reason: Reason, message: String| {
-        conditions.push(condition(
-            previous,
-            type_,
-            ok,
-            reason,
-            message,
-            observed.generation,
-            now,
-        ));
-    };
-
-    let not_ready: Vec<String> = observed
-        .components
-        .iter()
-        .filter(|(_, s)| s.ready_replicas < s.desired_replicas)
-        .map(|(c, s)| format!("{} {}", c.suffix(), s.summary))
-        .collect();
-    let blocked: Vec<String> = observed
-        .blocked
-        .iter()
-        .map(|(c, why)| format!("{} {why}", c.suffix()))
-        .collect();
-
-    let (topic_reason, topic_message) = match (observed.topics_ready, observed.external_kafka) {
-        (true, true) => (
-            Reason::ExternalKafka,
-            "topics are managed outside Strimzi".to_string(),
-        ),
-        (true, false) => (Reason::TopicsReady, "KafkaTopics are Ready".to_string()),
-        (false, _) => (
-            Reason::WaitingForTopic,
-            "waiting for the KafkaTopics to become Ready".to_string(),
-        ),
-    };
-    set(
-        ConditionType::TopicReady,
-        observed.topics_ready,
-        topic_reason,
-        topic_message,
-    );
-
-    let (migrated, migration_reason, migration_message) = match &observed.migration {
-        MigrationState::Succeeded => (
-            true,
-            Reason::Migrated,
-            "schema migration succeeded".to_string(),
-        ),
-        MigrationState::Pending => (
-            false,
-            Reason::MigrationPending,
-            "schema migration has not finished".to_string(),
-        ),
-        MigrationState::Failed(why) => (false, Reason::MigrationFailed, why.clone()),
-    };
-    set(
-        ConditionType::Migrated,
-        migrated,
-        migration_reason,
-        migration_message,
-    );
-
+    let waiting = Waiting::of(observed);
     let degraded = degradation(observed);
-    match &degraded {
-        Some(failure) => set(
-            ConditionType::Degraded,
-            true,
-            failure.reason,
-            failure.message.clone(),
+    let migration = migrated(observed);
+    let is_migrated = migration.ok;
+    let mut verdicts = vec![
+        (ConditionType::TopicReady, topic_ready(observed)),
+        (ConditionType::Migrated, migration),
+        (ConditionType::Degraded, degraded_verdict(&degraded)),
+        (ConditionType::Progressing, progressing(&degraded, &waiting)),
+        (
+            ConditionType::Ready,
+            ready(observed, &degraded, is_migrated, &waiting),
         ),
-        None => set(
-            ConditionType::Degraded,
-            false,
-            Reason::AsExpected,
-            "no problems found".into(),
+        // A paused pipeline never gets here: its status comes from [`paused`].
+        (
+            ConditionType::ReconciliationPaused,
+            Verdict::new(false, Reason::Reconciling, "reconciliation is active"),
         ),
-    }
-
-    let progressing = degraded.is_none() && (!blocked.is_empty() || !not_ready.is_empty());
-    if progressing {
-        let mut parts = blocked.clone();
-        parts.extend(not_ready.iter().map(|s| format!("{s} ready")));
-        set(
-            ConditionType::Progressing,
-            true,
-            Reason::RollingOut,
-            parts.join(", "),
-        );
-    } else {
-        set(
-            ConditionType::Progressing,
-            false,
-            Reason::Idle,
-            "nothing is rolling out".into(),
-        );
-    }
-
-    let ready = degraded.is_none()
-        && observed.topics_ready
-        && migrated
-        && blocked.is_empty()
-        && not_ready.is_empty();
-    let (ready_reason, ready_message) = if ready {
-        (
-            Reason::AllComponentsReady,
-            "every component is ready".to_string(),
-        )
-    } else if let Some(failure) = &degraded {
-        (failure.reason, failure.message.clone())
-    } else if !blocked.is_empty() {
-        (Reason::Waiting, blocked.join(", "))
-    } else if !observed.topics_ready {
-        (
-            Reason::WaitingForTopic,
-            "waiting for the KafkaTopics".to_string(),
-        )
-    } else if !migrated {
-        (
-            Reason::MigrationPending,
-            "waiting for the schema migration".to_string(),
-        )
-    } else {
-        (
-            Reason::ComponentsNotReady,
-            format!("not ready: {}", not_ready.join(", ")),
-        )
-    };
-    set(ConditionType::Ready, ready, ready_reason, ready_message);
-
-    // A paused pipeline never gets here: its status comes from [`paused`].
-    set(
-        ConditionType::ReconciliationPaused,
-        false,
-        Reason::Reconciling,
-        "reconciliation is active".into(),
-    );
-
-    if !observed.scaling.is_empty() {
-        let fallbacks: Vec<(Reason, String)> = observed
-            .scaling
-            .iter()
-            .filter(|(_, s)| !s.as_requested())
-            .map(|(c, s)| (s.reason, format!("{}: {}", c.suffix(), s.message)))
-            .collect();
-        match fallbacks.first() {
-            Some((reason, _)) => set(
-                ConditionType::Autoscaling,
-                false,
-                *reason,
-                fallbacks
-                    .iter()
-                    .map(|(_, m)| m.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            ),
-            None => set(
-                ConditionType::Autoscaling,
-                true,
-                Reason::AsRequested,
-                observed
-                    .scaling
-                    .iter()
-                    .map(|(c, s)| format!("{}: {}", c.suffix(), s.mode))
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            ),
-        }
-    }
-
-    // Not part of `Ready`: the pipeline runs; the operator only notices changes of the
-    // failing kind late (on its periodic requeue).
-    if observed.watch_failures.is_empty() {
-        set(
-            ConditionType::Watching,
-            true,
-            Reason::AsExpected,
-            "every watch the operator keeps for this pipeline works".into(),
-        );
-    } else {
-        set(
-            ConditionType::Watching,
-            false,
-            Reason::WatchFailed,
-            observed.watch_failures.join("; "),
-        );
-    }
-
+    ];
+    verdicts.extend(autoscaling(observed).map(|v| (ConditionType::Autoscaling, v)));
+    verdicts.push((ConditionType::Watching, watching(observed)));
+    let mut conditions: Vec<Condition> = verdicts
+        .into_iter()
+        .map(|(type_, v)| {
+            condition(
+                previous,
+                type_,
+                v.ok,
+                v.reason,
+                v.message,
+                observed.generation,
+                now,
+            )
+        })
+        .collect();
     if observed.scaling.is_empty() {
         // Not decided in this reconcile: what the previous one reported still holds.
         conditions.extend(previous.condition(ConditionType::Autoscaling).cloned());
@@ -291,37 +140,12 @@ pub fn compute(
     if let Some(reading) = &observed.freshness {
         conditions.push(fresh_condition(previous, reading, observed.generation, now));
     }
-
-    let component = |c: Component| {
-        let before = match c {
-            Component::Ingest => previous.ingest.as_ref(),
-            Component::Processor => previous.processor.as_ref(),
-            Component::OddsService => previous.odds_service.as_ref(),
-            Component::Simulator => None,
-        };
-        observed.components.get(&c).cloned().map(|mut status| {
-            status.scaling = match observed.scaling.get(&c) {
-                Some(scaling) => Some(scaling.status()),
-                None => before.and_then(|b| b.scaling.clone()),
-            };
-            if c == Component::Processor {
-                status.lag = Some(match (observed.lag, observed.scaling.is_empty()) {
-                    (Some(lag), _) => lag.to_string(),
-                    (None, false) => LAG_UNKNOWN.to_string(),
-                    (None, true) => before
-                        .and_then(|b| b.lag.clone())
-                        .unwrap_or_else(|| LAG_UNKNOWN.to_string()),
-                });
-            }
-            status
-        })
-    };
     OddsPipelineStatus {
         observed_generation: observed.generation,
         conditions,
-        ingest: component(Component::Ingest),
-        processor: component(Component::Processor),
-        odds_service: component(Component::OddsService),
+        ingest: status_of_component(previous, observed, Component::Ingest),
+        processor: status_of_component(previous, observed, Component::Processor),
+        odds_service: status_of_component(previous, observed, Component::OddsService),
         web_socket_url: observed.web_socket_url.clone(),
         held_back: observed
             .blocked
@@ -336,6 +160,217 @@ pub fn compute(
             .as_ref()
             .map(|r| freshness::freshness_status(&r.summary, &r.objective, &r.window)),
     }
+}
+
+/// One condition's decision, before it becomes a [`Condition`] with its transition time.
+struct Verdict {
+    ok: bool,
+    reason: Reason,
+    message: String,
+}
+
+impl Verdict {
+    fn new(ok: bool, reason: Reason, message: impl Into<String>) -> Verdict {
+        Verdict {
+            ok,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// What still keeps components from being up: those held back (with why) and those with
+/// fewer ready replicas than desired.
+struct Waiting {
+    blocked: Vec<String>,
+    not_ready: Vec<String>,
+}
+
+impl Waiting {
+    fn of(observed: &Observed) -> Waiting {
+        Waiting {
+            blocked: observed
+                .blocked
+                .iter()
+                .map(|(c, why)| format!("{} {why}", c.suffix()))
+                .collect(),
+            not_ready: observed
+                .components
+                .iter()
+                .filter(|(_, s)| s.ready_replicas < s.desired_replicas)
+                .map(|(c, s)| format!("{} {}", c.suffix(), s.summary))
+                .collect(),
+        }
+    }
+
+    fn nothing(&self) -> bool {
+        self.blocked.is_empty() && self.not_ready.is_empty()
+    }
+}
+
+fn topic_ready(observed: &Observed) -> Verdict {
+    match (observed.topics_ready, observed.external_kafka) {
+        (true, true) => Verdict::new(
+            true,
+            Reason::ExternalKafka,
+            "topics are managed outside Strimzi",
+        ),
+        (true, false) => Verdict::new(true, Reason::TopicsReady, "KafkaTopics are Ready"),
+        (false, _) => Verdict::new(
+            false,
+            Reason::WaitingForTopic,
+            "waiting for the KafkaTopics to become Ready",
+        ),
+    }
+}
+
+fn migrated(observed: &Observed) -> Verdict {
+    match &observed.migration {
+        MigrationState::Succeeded => {
+            Verdict::new(true, Reason::Migrated, "schema migration succeeded")
+        }
+        MigrationState::Pending => Verdict::new(
+            false,
+            Reason::MigrationPending,
+            "schema migration has not finished",
+        ),
+        MigrationState::Failed(why) => Verdict::new(false, Reason::MigrationFailed, why.clone()),
+    }
+}
+
+fn degraded_verdict(degraded: &Option<Failure>) -> Verdict {
+    match degraded {
+        Some(failure) => Verdict::new(true, failure.reason, failure.message.clone()),
+        None => Verdict::new(false, Reason::AsExpected, "no problems found"),
+    }
+}
+
+/// Rolling out: something is held back or not ready yet, and nothing is wrong.
+fn progressing(degraded: &Option<Failure>, waiting: &Waiting) -> Verdict {
+    if degraded.is_none() && !waiting.nothing() {
+        let mut parts = waiting.blocked.clone();
+        parts.extend(waiting.not_ready.iter().map(|s| format!("{s} ready")));
+        Verdict::new(true, Reason::RollingOut, parts.join(", "))
+    } else {
+        Verdict::new(false, Reason::Idle, "nothing is rolling out")
+    }
+}
+
+/// Ready when nothing is wrong or pending; otherwise the first thing in the way, most
+/// serious first.
+fn ready(
+    observed: &Observed,
+    degraded: &Option<Failure>,
+    migrated: bool,
+    waiting: &Waiting,
+) -> Verdict {
+    if let Some(failure) = degraded {
+        Verdict::new(false, failure.reason, failure.message.clone())
+    } else if !waiting.blocked.is_empty() {
+        Verdict::new(false, Reason::Waiting, waiting.blocked.join(", "))
+    } else if !observed.topics_ready {
+        Verdict::new(
+            false,
+            Reason::WaitingForTopic,
+            "waiting for the KafkaTopics",
+        )
+    } else if !migrated {
+        Verdict::new(
+            false,
+            Reason::MigrationPending,
+            "waiting for the schema migration",
+        )
+    } else if !waiting.not_ready.is_empty() {
+        Verdict::new(
+            false,
+            Reason::ComponentsNotReady,
+            format!("not ready: {}", waiting.not_ready.join(", ")),
+        )
+    } else {
+        Verdict::new(true, Reason::AllComponentsReady, "every component is ready")
+    }
+}
+
+/// As requested, or the first fallback with every component's reason; `None` when this
+/// reconcile did not decide scaling (the previous condition stands).
+fn autoscaling(observed: &Observed) -> Option<Verdict> {
+    if observed.scaling.is_empty() {
+        return None;
+    }
+    let fallbacks: Vec<(Reason, String)> = observed
+        .scaling
+        .iter()
+        .filter(|(_, s)| !s.as_requested())
+        .map(|(c, s)| (s.reason, format!("{}: {}", c.suffix(), s.message)))
+        .collect();
+    let joined = |parts: Vec<String>, sep: &str| parts.join(sep);
+    Some(match fallbacks.first() {
+        Some((reason, _)) => Verdict::new(
+            false,
+            *reason,
+            joined(fallbacks.iter().map(|(_, m)| m.clone()).collect(), "; "),
+        ),
+        None => Verdict::new(
+            true,
+            Reason::AsRequested,
+            joined(
+                observed
+                    .scaling
+                    .iter()
+                    .map(|(c, s)| format!("{}: {}", c.suffix(), s.mode))
+                    .collect(),
+                ", ",
+            ),
+        ),
+    })
+}
+
+/// Not part of `Ready`: the pipeline runs; the operator only notices changes of the failing
+/// kind late (on its periodic requeue).
+fn watching(observed: &Observed) -> Verdict {
+    if observed.watch_failures.is_empty() {
+        Verdict::new(
+            true,
+            Reason::AsExpected,
+            "every watch the operator keeps for this pipeline works",
+        )
+    } else {
+        Verdict::new(
+            false,
+            Reason::WatchFailed,
+            observed.watch_failures.join("; "),
+        )
+    }
+}
+
+/// A component's status as observed, with its scaling (this reconcile's, or the previous
+/// one's when not decided now) and, for the processor, its lag.
+fn status_of_component(
+    previous: &OddsPipelineStatus,
+    observed: &Observed,
+    c: Component,
+) -> Option<ComponentStatus> {
+    let before = match c {
+        Component::Ingest => previous.ingest.as_ref(),
+        Component::Processor => previous.processor.as_ref(),
+        Component::OddsService => previous.odds_service.as_ref(),
+        Component::Simulator => None,
+    };
+    let mut status = observed.components.get(&c).cloned()?;
+    status.scaling = match observed.scaling.get(&c) {
+        Some(scaling) => Some(scaling.status()),
+        None => before.and_then(|b| b.scaling.clone()),
+    };
+    if c == Component::Processor {
+        status.lag = Some(match (observed.lag, observed.scaling.is_empty()) {
+            (Some(lag), _) => lag.to_string(),
+            (None, false) => LAG_UNKNOWN.to_string(),
+            (None, true) => before
+                .and_then(|b| b.lag.clone())
+                .unwrap_or_else(|| LAG_UNKNOWN.to_string()),
+        });
+    }
+    Some(status)
 }
 
 /// `previous` with the freshness of `reading` (figures and the `Fresh` condition) and
