@@ -57,7 +57,8 @@ enum Enqueued {
     /// The producer is dead (fatal error): the record was counted as undelivered.
     Stopped,
     /// The producer refused the record itself (too large, unknown topic): no retry helps.
-    Refused(KafkaError),
+    /// What rode with the record comes back with it (a sampled update's span, to fail).
+    Refused(KafkaError, Box<Tracked>),
 }
 
 /// What a record is, for accounting when Kafka acknowledges it.
@@ -79,55 +80,13 @@ pub(crate) struct Tracked {
     produce: Option<TraceSpan>,
 }
 
-/// A sampled update's produce span until librdkafka takes its record: a record refused as
-/// queue-full comes back, and with it the span, for the next attempt.
-struct SpanSlot(std::sync::Mutex<Option<TraceSpan>>);
-
-impl SpanSlot {
-    fn new(span: Option<TraceSpan>) -> SpanSlot {
-        SpanSlot(std::sync::Mutex::new(span))
-    }
-
-    fn take(&self) -> Option<TraceSpan> {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-    }
-
-    /// The `traceparent` header value naming the span, if there is one.
-    fn traceparent(&self) -> Option<String> {
-        let slot = self
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        slot.as_ref()
-            .map(|span| otel::format_traceparent(otel::SpanApi::span_context(span)))
-    }
-
-    /// What rides with a record of `kind`: the span moves into it.
-    fn tracked(&self, kind: RecordKind) -> Box<Tracked> {
+impl Tracked {
+    fn new(kind: RecordKind, produce: Option<TraceSpan>) -> Box<Tracked> {
         Box::new(Tracked {
             kind,
             sent: Instant::now(),
-            produce: self.take(),
+            produce,
         })
-    }
-
-    /// A record librdkafka handed back: its span waits for the next attempt.
-    fn restore(&self, tracked: Box<Tracked>) {
-        if let Some(span) = tracked.produce {
-            *self
-                .0
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(span);
-        }
-    }
-
-    fn fail(&self, why: &'static str) {
-        if let Some(mut span) = self.take() {
-            otel::fail(&mut span, why);
-        }
     }
 }
 
@@ -297,13 +256,15 @@ impl Publisher {
     ) {
         let permit = self.permit().await;
         let kind = RecordKind::Update { received };
-        let produce = SpanSlot::new(trace.and_then(|parent| {
+        let produce = trace.and_then(|parent| {
             otel::start_child(PRODUCE_SPAN, otel::SpanKind::Producer, parent, Vec::new())
-        }));
-        let traceparent = produce.traceparent();
+        });
+        let traceparent = produce
+            .as_ref()
+            .map(|span| otel::format_traceparent(otel::SpanApi::span_context(span)));
         let enqueued = self
-            .send_retrying_when_full(&produce, || {
-                let record = BaseRecord::with_opaque_to(&self.topic, produce.tracked(kind))
+            .send_retrying_when_full(Tracked::new(kind, produce), |tracked| {
+                let record = BaseRecord::with_opaque_to(&self.topic, tracked)
                     .key(update.event_id.as_str())
                     .payload(payload);
                 match &traceparent {
@@ -318,8 +279,10 @@ impl Publisher {
         match enqueued {
             Enqueued::Sent => self.in_flight(permit),
             Enqueued::Stopped => {}
-            Enqueued::Refused(error) => {
-                produce.fail("the producer refused the update");
+            Enqueued::Refused(error, tracked) => {
+                if let Some(mut span) = tracked.produce {
+                    otel::fail(&mut span, "the producer refused the update");
+                }
                 self.metrics.produce_errors.inc();
                 tracing::error!(%error, "the producer refused an update for good; dead-lettering it");
                 drop(permit);
@@ -373,10 +336,9 @@ impl Publisher {
         };
         let permit = self.permit().await;
         let kind = RecordKind::DeadLetter(code);
-        let untraced = SpanSlot::new(None);
         let enqueued = self
-            .send_retrying_when_full(&untraced, || {
-                BaseRecord::<(), [u8], _>::with_opaque_to(&self.dlq_topic, untraced.tracked(kind))
+            .send_retrying_when_full(Tracked::new(kind, None), |tracked| {
+                BaseRecord::<(), [u8], _>::with_opaque_to(&self.dlq_topic, tracked)
                     .payload(bounded.kept)
                     .headers(headers())
             })
@@ -384,7 +346,7 @@ impl Publisher {
         match enqueued {
             Enqueued::Sent => self.in_flight(permit),
             Enqueued::Stopped => {}
-            Enqueued::Refused(error) => self.refuse_dead_letters(code, &error),
+            Enqueued::Refused(error, _) => self.refuse_dead_letters(code, &error),
         }
     }
 
@@ -400,8 +362,8 @@ impl Publisher {
     /// every retry: it is returned.
     async fn send_retrying_when_full<'a, K, P>(
         &self,
-        span: &SpanSlot,
-        record: impl Fn() -> BaseRecord<'a, K, P, Box<Tracked>>,
+        mut tracked: Box<Tracked>,
+        record: impl Fn(Box<Tracked>) -> BaseRecord<'a, K, P, Box<Tracked>>,
     ) -> Enqueued
     where
         K: rdkafka::message::ToBytes + ?Sized + 'a,
@@ -412,18 +374,17 @@ impl Publisher {
                 self.metrics.shutdown_undelivered.inc();
                 return Enqueued::Stopped;
             }
-            match self.producer.send(record()) {
+            // Timed from each attempt: waiting for room in the local queue is not Kafka's.
+            tracked.sent = Instant::now();
+            match self.producer.send(record(tracked)) {
                 Ok(()) => return Enqueued::Sent,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
-                    span.restore(returned.delivery_opaque);
+                    tracked = returned.delivery_opaque;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
+                Err((error, _)) if self.is_fatal(&error) => return Enqueued::Stopped,
                 Err((error, returned)) => {
-                    span.restore(returned.delivery_opaque);
-                    if self.is_fatal(&error) {
-                        return Enqueued::Stopped;
-                    }
-                    return Enqueued::Refused(error);
+                    return Enqueued::Refused(error, returned.delivery_opaque)
                 }
             }
         }
