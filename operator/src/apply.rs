@@ -101,37 +101,42 @@ pub fn classify(kind: &str, error: &kube::Error) -> Reason {
     }
 }
 
-/// Applies `desired` in `namespace`; returns what happened and the object as stored (with
-/// its status, which the status computation reads).
-pub async fn apply<K>(
-    client: &kube::Client,
-    namespace: &str,
-    desired: &K,
-) -> Result<(Outcome, K), ApplyError>
-where
+/// A kind of child the operator applies: namespaced, and read and written as JSON.
+pub trait Child:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + Debug
+    + Serialize
+    + DeserializeOwned
+{
+}
+
+impl<K> Child for K where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + Debug
         + Serialize
-        + DeserializeOwned,
+        + DeserializeOwned
 {
+}
+
+/// Applies `desired` in `namespace`; returns what happened and the object as stored (with
+/// its status, which the status computation reads).
+pub async fn apply<K: Child>(
+    client: &kube::Client,
+    namespace: &str,
+    desired: &K,
+) -> Result<(Outcome, K), ApplyError> {
     let (outcome, _, after) = apply_seen(client, namespace, desired).await?;
     Ok((outcome, after))
 }
 
 /// [`apply`], also returning the object as it was before (absent when created).
-async fn apply_seen<K>(
+async fn apply_seen<K: Child>(
     client: &kube::Client,
     namespace: &str,
     desired: &K,
-) -> Result<(Outcome, Option<K>, K), ApplyError>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + Debug
-        + Serialize
-        + DeserializeOwned,
-{
+) -> Result<(Outcome, Option<K>, K), ApplyError> {
     let api: Api<K> = Api::namespaced(client.clone(), namespace);
     let name = desired.name_any();
     let named = name.as_str();
@@ -259,22 +264,17 @@ async fn apply_each(
     children: &Children,
     changes: &mut Vec<Change>,
 ) -> Result<(), ApplyError> {
-    if let Some(cm) = &children.config_map {
-        record(changes, apply(client, namespace, cm).await?);
-    }
+    let mut to = Recorder {
+        client,
+        namespace,
+        changes,
+    };
+    to.apply(&children.config_map).await?;
     // Before any pod: a workload never runs without the policy that confines it.
-    for policy in &children.network_policies {
-        record(changes, apply(client, namespace, policy).await?);
-    }
-    for topic in &children.topics {
-        record(changes, apply(client, namespace, topic).await?);
-    }
-    if let Some(user) = &children.kafka_user {
-        record(changes, apply(client, namespace, user).await?);
-    }
-    if let Some(job) = &children.migration_job {
-        record(changes, apply(client, namespace, job).await?);
-    }
+    to.apply(&children.network_policies).await?;
+    to.apply(&children.topics).await?;
+    to.apply(&children.kafka_user).await?;
+    to.apply(&children.migration_job).await?;
     for deployment in &children.deployments {
         hand_over_replicas(client, namespace, deployment).await?;
         let (outcome, before, after) = apply_seen(client, namespace, deployment).await?;
@@ -286,40 +286,41 @@ async fn apply_each(
             _ => None,
         };
         if let Some(change) = recorded(outcome, &after) {
-            changes.push(Change { scaled, ..change });
+            to.changes.push(Change { scaled, ..change });
         }
     }
-    for service in &children.services {
-        record(changes, apply(client, namespace, service).await?);
-    }
-    for pdb in &children.pdbs {
-        record(changes, apply(client, namespace, pdb).await?);
-    }
-    for hpa in &children.hpas {
-        record(changes, apply(client, namespace, hpa).await?);
-    }
+    to.apply(&children.services).await?;
+    to.apply(&children.pdbs).await?;
+    to.apply(&children.hpas).await?;
     // The series source before the ScaledObject that queries it.
-    if let Some(pod_monitor) = &children.pod_monitor {
-        record(changes, apply(client, namespace, pod_monitor).await?);
-    }
+    to.apply(&children.pod_monitor).await?;
     // The login before the trigger that uses it.
-    if let Some(auth) = &children.trigger_authentication {
-        record(changes, apply(client, namespace, auth).await?);
-    }
-    for scaled_object in &children.scaled_objects {
-        record(changes, apply(client, namespace, scaled_object).await?);
-    }
-    if let Some(ingress) = &children.ingress {
-        record(changes, apply(client, namespace, ingress).await?);
-    }
+    to.apply(&children.trigger_authentication).await?;
+    to.apply(&children.scaled_objects).await?;
+    to.apply(&children.ingress).await?;
     Ok(())
 }
 
-fn record<K: Resource<DynamicType = ()>>(
-    changes: &mut Vec<Change>,
-    (outcome, stored): (Outcome, K),
-) {
-    changes.extend(recorded(outcome, &stored));
+/// Applies children in a namespace, recording each change.
+struct Recorder<'a> {
+    client: &'a kube::Client,
+    namespace: &'a str,
+    changes: &'a mut Vec<Change>,
+}
+
+impl Recorder<'_> {
+    /// Applies each of `objects` in order (a list, or an `Option` of one), stopping at the
+    /// first the API server refuses.
+    async fn apply<'k, K: Child + 'k>(
+        &mut self,
+        objects: impl IntoIterator<Item = &'k K>,
+    ) -> Result<(), ApplyError> {
+        for object in objects {
+            let (outcome, stored) = apply(self.client, self.namespace, object).await?;
+            self.changes.extend(recorded(outcome, &stored));
+        }
+        Ok(())
+    }
 }
 
 fn recorded<K: Resource<DynamicType = ()>>(outcome: Outcome, stored: &K) -> Option<Change> {

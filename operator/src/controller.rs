@@ -10,7 +10,7 @@
 
 use crate::apply::{self, apply_all, ApplyError};
 use crate::build::scaling::Scaler;
-use crate::build::{self, service, Component, MigrationState};
+use crate::build::{self, service, Component, Facts, MigrationState};
 use crate::canaries::Canaries;
 use crate::crd::{ConditionType, OddsPipeline, OddsPipelineStatus, Reason};
 pub use crate::events::{fit_note, EVENT_NOTE_LIMIT, TRUNCATED_MARKER};
@@ -20,7 +20,7 @@ use crate::metrics::Metrics;
 use crate::observe::{self, DereferenceError};
 use crate::prune;
 use crate::status::{self, Failure, Observed, LAG_UNKNOWN};
-use crate::validate::validate;
+use crate::validate::{validate, ValidPipeline};
 use crate::watch::WatchHealth;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -303,9 +303,12 @@ pub async fn reconcile(pipeline: Arc<OddsPipeline>, ctx: Arc<Context>) -> Result
     result
 }
 
+/// One reconcile, as the steps controller-rs and Stackable's operators take: dereference
+/// (what the cluster has) → validate → build → apply → observe → status. Each step says
+/// what stops the rest ([`Stop`]); [`Report`] turns what was observed up to there into the
+/// status.
 async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Action, Error> {
     let namespace = pipeline.namespace().ok_or(Error::NoNamespace)?;
-    let client = &ctx.client;
     let previous = pipeline.status.clone().unwrap_or_default();
     let now = (ctx.clock)().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
 
@@ -318,35 +321,12 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         return Ok(Action::await_change());
     }
     if pipeline.is_paused() {
-        let paused = status::paused(&previous, pipeline.metadata.generation, &now);
-        // No LAG refresh writes over the paused status.
-        let slot = ctx.lag_slot(&key(pipeline));
-        let mut watch = slot.lock().await;
-        *watch = None;
-        ctx.drop_lag_slot(&key(pipeline));
-        // Paused children are not the operator's to judge: the status keeps the last
-        // figures (with their `measuredAt`) and nothing is measured until it resumes.
-        ctx.canaries.stop(&key(pipeline));
-        if paused != previous {
-            publish(
-                ctx,
-                pipeline,
-                EventType::Normal,
-                Reason::Paused.as_str(),
-                "Paused",
-                "reconciliation paused; children are left as they are".into(),
-            )
-            .await;
-            write_status(client, &pipeline.name_any(), &namespace, &paused).await?;
-        }
-        ctx.report_conditions(pipeline, &paused);
-        return Ok(Action::await_change());
+        return pause(ctx, pipeline, &namespace, &previous, &now).await;
     }
 
-    let strimzi = pipeline.spec.kafka.cluster_ref.is_some();
     let mut observed = Observed {
         generation: pipeline.metadata.generation,
-        external_kafka: !strimzi,
+        external_kafka: pipeline.spec.kafka.cluster_ref.is_none(),
         web_socket_url: Some(service::web_socket_url(pipeline)),
         watch_failures: ctx.watches.failures_for(pipeline),
         ..Observed::default()
@@ -358,64 +338,192 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
         previous: &previous,
         now: &now,
     };
+    match converge(&report, &mut observed).await {
+        Ok(()) => report.finish(observed).await,
+        Err(Stop::Waits(failure)) => {
+            observed.failure = Some(failure);
+            report.finish(observed).await
+        }
+        Err(Stop::Failed(error)) => report.fail(observed, error).await,
+    }
+}
 
-    if strimzi && !ctx.strimzi_installed() {
+/// Why a reconcile stopped before its last step.
+enum Stop {
+    /// The pipeline cannot run as it is (a bad spec, no Strimzi): nothing is applied, the
+    /// status says why, and nothing is retried until something changes.
+    Waits(Failure),
+    /// A step failed: the status says so and the controller retries with backoff.
+    Failed(Error),
+}
+
+impl From<DereferenceError> for Stop {
+    fn from(error: DereferenceError) -> Self {
+        Stop::Failed(error.into())
+    }
+}
+
+impl From<ApplyError> for Stop {
+    fn from(error: ApplyError) -> Self {
+        Stop::Failed(error.into())
+    }
+}
+
+/// A paused pipeline: its children are left as they are and its status says so.
+async fn pause(
+    ctx: &Context,
+    pipeline: &OddsPipeline,
+    namespace: &str,
+    previous: &OddsPipelineStatus,
+    now: &str,
+) -> Result<Action, Error> {
+    let paused = status::paused(previous, pipeline.metadata.generation, now);
+    // No LAG refresh writes over the paused status.
+    let slot = ctx.lag_slot(&key(pipeline));
+    let mut watch = slot.lock().await;
+    *watch = None;
+    ctx.drop_lag_slot(&key(pipeline));
+    // Paused children are not the operator's to judge: the status keeps the last
+    // figures (with their `measuredAt`) and nothing is measured until it resumes.
+    ctx.canaries.stop(&key(pipeline));
+    if &paused != previous {
+        publish(
+            ctx,
+            pipeline,
+            EventType::Normal,
+            Reason::Paused.as_str(),
+            "Paused",
+            "reconciliation paused; children are left as they are".into(),
+        )
+        .await;
+        write_status(&ctx.client, &pipeline.name_any(), namespace, &paused).await?;
+    }
+    ctx.report_conditions(pipeline, &paused);
+    Ok(Action::await_change())
+}
+
+/// The steps that bring the children into shape, each filling in `observed` as it goes.
+async fn converge(report: &Report<'_>, observed: &mut Observed) -> Result<(), Stop> {
+    let facts = dereference(report, observed).await?;
+    let valid = validated(report, &facts)?;
+    measure_freshness(report.ctx, report.pipeline);
+    let (children, keep) = build_children(report, &valid, observed).await?;
+    apply_children(report, &valid, &children, &keep, observed).await?;
+    observe_workloads(report, &valid, &children, observed).await?;
+    Ok(())
+}
+
+/// Dereference: what the cluster has that the spec refers to (topics, Secrets, the
+/// optional APIs).
+async fn dereference(report: &Report<'_>, observed: &mut Observed) -> Result<Facts, Stop> {
+    let ctx = report.ctx;
+    if !observed.external_kafka && !ctx.strimzi_installed() {
         // Nothing is applied: the workloads would only wait for topics nobody creates.
-        observed.failure = Some(Failure {
+        return Err(Stop::Waits(Failure {
             reason: Reason::StrimziNotInstalled,
             message: "kafka.clusterRef is set, but the cluster has no Strimzi KafkaTopic CRD (kafka.strimzi.io/v1): install Strimzi, or set kafka.bootstrapServers instead".into(),
-        });
-        return report.finish(observed).await;
+        }));
     }
-
-    let mut facts = match observe::facts(client, pipeline, &namespace).await {
-        Ok(facts) => facts,
-        Err(error) => return report.fail(observed, error.into()).await,
-    };
+    let mut facts = observe::facts(&ctx.client, report.pipeline, report.namespace).await?;
     facts.keda_installed = ctx.keda_installed();
     facts.pod_monitors_installed = ctx.pod_monitors_installed();
     observed.topics_ready = facts.topics_ready;
-    let valid = match validate(pipeline, &facts) {
-        Ok(valid) => valid,
-        Err(invalid) => {
-            // Nothing is applied: what runs keeps running until the spec is fixed.
-            ctx.canaries.stop(&key(pipeline));
-            observed.failure = Some(Failure {
-                reason: Reason::InvalidSpec,
-                message: invalid.to_string(),
-            });
-            return report.finish(observed).await;
-        }
-    };
-    measure_freshness(ctx, pipeline);
-    let migration = match observe::migration(client, &valid).await {
-        Ok(migration) => migration,
-        Err(error) => return report.fail(observed, error.into()).await,
-    };
-    observed.migration = migration.clone();
+    Ok(facts)
+}
 
-    let mut children = build::children(&valid, &migration);
+/// Validate: the spec against the rules and the facts.
+fn validated(report: &Report<'_>, facts: &Facts) -> Result<ValidPipeline, Stop> {
+    validate(report.pipeline, facts).map_err(|invalid| {
+        // Nothing is applied: what runs keeps running until the spec is fixed.
+        report.ctx.canaries.stop(&key(report.pipeline));
+        Stop::Waits(Failure {
+            reason: Reason::InvalidSpec,
+            message: invalid.to_string(),
+        })
+    })
+}
+
+/// Build: the children the spec asks for, and the autoscalers it no longer wants removed
+/// before anything is applied.
+async fn build_children(
+    report: &Report<'_>,
+    valid: &ValidPipeline,
+    observed: &mut Observed,
+) -> Result<(build::Children, prune::Keep), Stop> {
+    let (ctx, pipeline) = (report.ctx, report.pipeline);
+    let client = &ctx.client;
+    let migration = observe::migration(client, valid).await?;
+    observed.migration = migration.clone();
+    let mut children = build::children(valid, &migration);
     observed.blocked = children.blocked.clone();
     observed.scaling = children.scaling.clone();
-    announce_scaling_modes(ctx, pipeline, &previous, &children).await;
-    let keep = prune::Keep::of(&valid, &children);
+    announce_scaling_modes(ctx, pipeline, report.previous, &children).await;
+    let keep = prune::Keep::of(valid, &children);
     // Before anything is applied: the autoscaler a component no longer wants goes first, so
     // the one it wants now never scales the same Deployment beside it.
-    match prune::autoscalers(client, &valid, &keep).await {
-        Ok(deleted) => announce_deleted(ctx, pipeline, deleted).await,
-        Err(error) => return report.fail(observed, error.into()).await,
-    }
+    let deleted = prune::autoscalers(client, valid, &keep).await?;
+    announce_deleted(ctx, pipeline, deleted).await;
     // An HPA, or a fixed `replicas`, waits until the ScaledObject it replaces is gone (the
     // ScaledObject's deletion reconciles the pipeline again through the watch): until then
     // KEDA's HPA may still scale the Deployment.
-    match prune::scaled_objects_leaving(client, &valid, &keep).await {
-        Ok(leaving) => {
-            children.await_release(&valid, &leaving);
-            observed.scaling = children.scaling.clone();
+    let leaving = prune::scaled_objects_leaving(client, valid, &keep).await?;
+    children.await_release(valid, &leaving);
+    observed.scaling = children.scaling.clone();
+    Ok((children, keep))
+}
+
+/// Apply: every child, then what is no longer wanted pruned; each change is an event.
+async fn apply_children(
+    report: &Report<'_>,
+    valid: &ValidPipeline,
+    children: &build::Children,
+    keep: &prune::Keep,
+    observed: &Observed,
+) -> Result<(), Stop> {
+    let (ctx, pipeline) = (report.ctx, report.pipeline);
+    let (changes, applied) = apply_all(&ctx.client, report.namespace, children).await;
+    announce_changes(ctx, pipeline, changes).await;
+    applied?;
+    let migrated = observed.migration == MigrationState::Succeeded;
+    let deleted = prune::prune(&ctx.client, valid, keep, migrated).await?;
+    announce_deleted(ctx, pipeline, deleted).await;
+    announce_blocked(ctx, pipeline, report.previous, children).await;
+    Ok(())
+}
+
+/// Observe: the workloads' pods and, for a processor scaled by lag, its lag.
+async fn observe_workloads(
+    report: &Report<'_>,
+    valid: &ValidPipeline,
+    children: &build::Children,
+    observed: &mut Observed,
+) -> Result<(), Stop> {
+    let ctx = report.ctx;
+    let workloads = observe::components(&ctx.client, &valid.name, report.namespace).await?;
+    (observed.components, observed.stuck) = (workloads.components, workloads.stuck);
+    let lag_based = children
+        .scaling
+        .get(&Component::Processor)
+        .is_some_and(|s| s.scaler == Scaler::Keda);
+    if lag_based {
+        // Informational: a failed read leaves the lag unknown rather than failing the
+        // reconcile that already brought the children into shape.
+        match observe::processor_lag(&ctx.client, &valid.name, report.namespace).await {
+            Ok(lag) => observed.lag = lag,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the processor's lag");
+                if let Some(metrics) = &ctx.metrics {
+                    metrics.api_error("get", &error.source);
+                }
+            }
         }
-        Err(error) => return report.fail(observed, error.into()).await,
     }
-    let (changes, applied) = apply_all(client, &namespace, &children).await;
+    Ok(())
+}
+
+/// One event per applied change, and one more per Deployment whose `replicas` the spec
+/// changed.
+async fn announce_changes(ctx: &Context, pipeline: &OddsPipeline, changes: Vec<apply::Change>) {
     for change in changes {
         let action = format!("{:?}", change.outcome);
         let note = format!("{action} {} {}", change.kind, change.name);
@@ -441,14 +549,15 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
             send(ctx, pipeline, &event).await;
         }
     }
-    if let Err(error) = applied {
-        return report.fail(observed, error.into()).await;
-    }
-    let migrated = migration == MigrationState::Succeeded;
-    match prune::prune(client, &valid, &keep, migrated).await {
-        Ok(deleted) => announce_deleted(ctx, pipeline, deleted).await,
-        Err(error) => return report.fail(observed, error.into()).await,
-    }
+}
+
+/// A `RolloutBlocked` event for each workload newly held back.
+async fn announce_blocked(
+    ctx: &Context,
+    pipeline: &OddsPipeline,
+    previous: &OddsPipelineStatus,
+    children: &build::Children,
+) {
     for (component, why) in &children.blocked {
         // On transitions only: a workload that stays held back is not news.
         let was = previous
@@ -467,29 +576,6 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
             .await;
         }
     }
-    (observed.components, observed.stuck) =
-        match observe::components(client, &valid.name, &namespace).await {
-            Ok(workloads) => (workloads.components, workloads.stuck),
-            Err(error) => return report.fail(observed, error.into()).await,
-        };
-    let lag_based = children
-        .scaling
-        .get(&Component::Processor)
-        .is_some_and(|s| s.scaler == Scaler::Keda);
-    if lag_based {
-        // Informational: a failed read leaves the lag unknown rather than failing the
-        // reconcile that already brought the children into shape.
-        match observe::processor_lag(client, &valid.name, &namespace).await {
-            Ok(lag) => observed.lag = lag,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the processor's lag");
-                if let Some(metrics) = &ctx.metrics {
-                    metrics.api_error("get", &error.source);
-                }
-            }
-        }
-    }
-    report.finish(observed).await
 }
 
 /// Starts (or keeps) the canary of a pipeline that passed validation (so `spec.slo` is
@@ -684,16 +770,29 @@ impl Report<'_> {
     /// Computes and (only if it changed) writes the status, publishes a Warning event when a
     /// degradation begins or changes, and picks the requeue interval.
     async fn finish(&self, mut observed: Observed) -> Result<Action, Error> {
-        let pipeline_key = key(self.pipeline);
-        observed.freshness = self.ctx.canaries.reading(&pipeline_key);
+        observed.freshness = self.ctx.canaries.reading(&key(self.pipeline));
         let next = status::compute(self.previous, &observed, self.now);
         announce_freshness(self.ctx, self.pipeline, self.previous, &next).await;
-        if let Some(failure) = status::degradation(&observed) {
-            let before = self
-                .previous
-                .condition(ConditionType::Degraded)
-                .filter(|c| c.status == "True");
-            let news = before.is_none_or(|c| {
+        self.announce_degradation(&observed, &next).await;
+        self.announce_watch_failure(&observed, &next).await;
+        self.store(&observed, &next).await?;
+        // A degraded pipeline waits for a change (the spec, a Secret, a retry annotation,
+        // or the controller's own retry of a transient error), with a slow recheck.
+        if next.is_true(ConditionType::Ready) || next.is_true(ConditionType::Degraded) {
+            Ok(Action::requeue(REQUEUE_IDLE))
+        } else {
+            Ok(Action::requeue(REQUEUE_BUSY))
+        }
+    }
+
+    /// A Warning event when a degradation begins or changes, a Normal one when it heals.
+    async fn announce_degradation(&self, observed: &Observed, next: &OddsPipelineStatus) {
+        let was_degraded = self
+            .previous
+            .condition(ConditionType::Degraded)
+            .filter(|c| c.status == "True");
+        if let Some(failure) = status::degradation(observed) {
+            let news = was_degraded.is_none_or(|c| {
                 c.reason != failure.reason.as_str() || c.message != failure.message
             });
             if news {
@@ -707,11 +806,7 @@ impl Report<'_> {
                 )
                 .await;
             }
-        } else if let Some(was) = self
-            .previous
-            .condition(ConditionType::Degraded)
-            .filter(|c| c.status == "True")
-        {
+        } else if let Some(was) = was_degraded {
             // Healed: said once, on the transition, as the degradation was.
             publish(
                 self.ctx,
@@ -722,17 +817,21 @@ impl Report<'_> {
                 format!(
                     "no longer degraded (was {}): {}",
                     was.reason,
-                    ready_summary(&next)
+                    ready_summary(next)
                 ),
             )
             .await;
         }
+    }
+
+    /// A Warning event when a watch the pipeline depends on starts failing.
+    async fn announce_watch_failure(&self, observed: &Observed, next: &OddsPipelineStatus) {
         let watch_failed = |status: &OddsPipelineStatus| {
             status
                 .condition(ConditionType::Watching)
                 .is_some_and(|c| c.status == "False")
         };
-        if watch_failed(&next) && !watch_failed(self.previous) {
+        if watch_failed(next) && !watch_failed(self.previous) {
             publish(
                 self.ctx,
                 self.pipeline,
@@ -743,7 +842,12 @@ impl Report<'_> {
             )
             .await;
         }
-        let ready = next.is_true(ConditionType::Ready);
+    }
+
+    /// Writes `next` (only if it changed) under the pipeline's lag slot, and leaves in that
+    /// slot what the refreshes between reconciles need.
+    async fn store(&self, observed: &Observed, next: &OddsPipelineStatus) -> Result<(), Error> {
+        let pipeline_key = key(self.pipeline);
         let degraded = next.is_true(ConditionType::Degraded);
         let lag_based = observed
             .scaling
@@ -752,10 +856,10 @@ impl Report<'_> {
         let name = self.pipeline.name_any();
         let slot = self.ctx.lag_slot(&pipeline_key);
         let mut watch = slot.lock().await;
-        if &next != self.previous {
-            write_status(&self.ctx.client, &name, self.namespace, &next).await?;
+        if next != self.previous {
+            write_status(&self.ctx.client, &name, self.namespace, next).await?;
         }
-        self.ctx.report_conditions(self.pipeline, &next);
+        self.ctx.report_conditions(self.pipeline, next);
         // Between reconciles the LAG column follows KEDA's decisions through
         // [`refresh_lags`] (a degraded pipeline waits for a change instead), and the
         // freshness figures follow the canary through [`refresh_freshness`].
@@ -771,39 +875,29 @@ impl Report<'_> {
         if watch.is_none() {
             self.ctx.drop_lag_slot(&pipeline_key);
         }
-        drop(watch);
-        // A degraded pipeline waits for a change (the spec, a Secret, a retry annotation,
-        // or the controller's own retry of a transient error), with a slow recheck.
-        if ready || degraded {
-            Ok(Action::requeue(REQUEUE_IDLE))
-        } else {
-            Ok(Action::requeue(REQUEUE_BUSY))
-        }
+        Ok(())
     }
 
     /// Reports `error` in the status (as far as the API server lets us) and returns it, so
     /// the controller retries with backoff.
     async fn fail(&self, mut observed: Observed, error: Error) -> Result<Action, Error> {
         observed.failure = error.failure();
-        if observed
-            .failure
-            .as_ref()
-            .is_some_and(|f| f.reason == Reason::KedaNotInstalled)
-        {
-            // KEDA was uninstalled after start-up: scale by CPU from the next reconcile on
-            // (its retry comes with backoff) rather than failing until a restart.
-            tracing::warn!("KEDA's ScaledObject API is gone: falling back to CPU autoscaling");
-            self.ctx.keda.store(false, Ordering::Relaxed);
-        }
-        if observed
-            .failure
-            .as_ref()
-            .is_some_and(|f| f.reason == Reason::MetricsUnavailable)
-        {
-            // Likewise for the Prometheus Operator's PodMonitor: connections mode scales by
-            // CPU from the next reconcile on.
-            tracing::warn!("the PodMonitor API is gone: connections autoscaling falls back to CPU");
-            self.ctx.pod_monitors.store(false, Ordering::Relaxed);
+        match observed.failure.as_ref().map(|f| f.reason) {
+            Some(Reason::KedaNotInstalled) => {
+                // KEDA was uninstalled after start-up: scale by CPU from the next reconcile
+                // on (its retry comes with backoff) rather than failing until a restart.
+                tracing::warn!("KEDA's ScaledObject API is gone: falling back to CPU autoscaling");
+                self.ctx.keda.store(false, Ordering::Relaxed);
+            }
+            Some(Reason::MetricsUnavailable) => {
+                // Likewise for the Prometheus Operator's PodMonitor: connections mode scales
+                // by CPU from the next reconcile on.
+                tracing::warn!(
+                    "the PodMonitor API is gone: connections autoscaling falls back to CPU"
+                );
+                self.ctx.pod_monitors.store(false, Ordering::Relaxed);
+            }
+            _ => {}
         }
         if observed.failure.is_some() {
             match observe::components(&self.ctx.client, &self.pipeline.name_any(), self.namespace)

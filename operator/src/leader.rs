@@ -177,15 +177,8 @@ impl Elector {
                 }),
             };
             let sent = Instant::now();
-            return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(created) => {
-                    self.observe(Record::of(&created));
-                    self.written = Some(sent);
-                    Ok(true)
-                }
-                Err(error) if is_conflict(&error) => Ok(false),
-                Err(error) => Err(error),
-            };
+            let created = self.api.create(&PostParams::default(), &lease).await;
+            return self.after_write(created, sent);
         };
         let record = Record::of(&lease);
         self.observe(record.clone());
@@ -211,11 +204,21 @@ impl Elector {
         spec.lease_duration_seconds = Some(self.config.duration_seconds());
         // `replace` sends the resourceVersion we read: a concurrent writer makes this a 409.
         let sent = Instant::now();
-        match self
+        let replaced = self
             .api
             .replace(&self.config.name, &PostParams::default(), &lease)
-            .await
-        {
+            .await;
+        self.after_write(replaced, sent)
+    }
+
+    /// The outcome of writing the Lease (sent at `sent`): `Ok(true)` when this replica now
+    /// holds it, `Ok(false)` when another writer came first (409).
+    fn after_write(
+        &mut self,
+        result: Result<Lease, kube::Error>,
+        sent: Instant,
+    ) -> Result<bool, kube::Error> {
+        match result {
             Ok(written) => {
                 self.observe(Record::of(&written));
                 self.written = Some(sent);

@@ -193,12 +193,12 @@ pub async fn operate(
     let lost = ctx.lost_leadership.clone();
     let stop = CancellationToken::new();
     let stopper = tokio::spawn({
-        let (stop, shutdown, lost) = (stop.clone(), shutdown.clone(), lost.clone());
+        let (stop, stopping) = (
+            stop.clone(),
+            either_cancelled(shutdown.clone(), lost.clone()),
+        );
         async move {
-            tokio::select! {
-                () = shutdown.cancelled() => {}
-                () = lost.cancelled() => {}
-            }
+            stopping.await;
             stop.cancel();
         }
     });
@@ -209,60 +209,10 @@ pub async fn operate(
     };
     let mut warned = Discovered::default();
     loop {
-        if !found.strimzi && !warned.strimzi {
-            tracing::warn!(
-                "Strimzi's KafkaTopic CRD (kafka.strimzi.io/v1) is not installed: KafkaTopics are not watched, and pipelines with kafka.clusterRef report Degraded/StrimziNotInstalled until it is"
-            );
-        }
-        if !found.keda && !warned.keda {
-            tracing::warn!(
-                "KEDA's ScaledObject CRD (keda.sh/v1alpha1) is not installed: lag and connections autoscaling fall back to CPU (Autoscaling/KedaNotInstalled) until it is"
-            );
-        }
-        if !found.pod_monitors && !warned.pod_monitors {
-            tracing::warn!(
-                "the Prometheus Operator's PodMonitor CRD (monitoring.coreos.com/v1) is not installed: connections autoscaling with podMonitor falls back to CPU (Autoscaling/MetricsUnavailable) until it is"
-            );
-        }
-        // Warned again if it goes missing again after coming back.
-        warned = Discovered {
-            strimzi: !found.strimzi,
-            keda: !found.keda,
-            pod_monitors: !found.pod_monitors,
-        };
+        warned = warn_missing(found, warned);
         let changed = CancellationToken::new();
         let poll = tokio::spawn(discovery.poll(found, changed.clone()));
-        // One controller per served namespace (each lists and watches only there), or one
-        // for the whole cluster.
-        let runs = scopes(&scope.namespaces).into_iter().map(|namespace| {
-            controller(
-                client,
-                namespace,
-                found.strimzi && scope.watch_kafka_topics,
-                found.keda,
-                found.pod_monitors,
-                &ctx,
-            )
-            .graceful_shutdown_on({
-                let (shutdown, changed) = (shutdown.clone(), changed.clone());
-                async move {
-                    tokio::select! {
-                        () = shutdown.cancelled() => {}
-                        () = changed.cancelled() => {}
-                    }
-                }
-            })
-            .run(reconcile, error_policy, ctx.clone())
-            // Not graceful: dropping the stream aborts the reconciles in flight.
-            .take_until(lost.clone().cancelled_owned())
-            .for_each(|result| async move {
-                match result {
-                    Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
-                    Err(error) => tracing::debug!(%error, "reconcile did not complete"),
-                }
-            })
-        });
-        futures_util::future::join_all(runs).await;
+        run_controllers(client, scope, &ctx, found, &shutdown, &changed).await;
         if !changed.is_cancelled() || stop.is_cancelled() {
             poll.abort();
             break;
@@ -283,6 +233,74 @@ pub async fn operate(
         found = now;
     }
     stopper.abort();
+}
+
+/// Resolves when `a` or `b` is cancelled.
+async fn either_cancelled(a: CancellationToken, b: CancellationToken) {
+    tokio::select! {
+        () = a.cancelled() => {}
+        () = b.cancelled() => {}
+    }
+}
+
+/// Warns once about each optional API the cluster does not serve (again if it goes missing
+/// again after coming back); returns what was warned about.
+fn warn_missing(found: Discovered, warned: Discovered) -> Discovered {
+    if !found.strimzi && !warned.strimzi {
+        tracing::warn!(
+            "Strimzi's KafkaTopic CRD (kafka.strimzi.io/v1) is not installed: KafkaTopics are not watched, and pipelines with kafka.clusterRef report Degraded/StrimziNotInstalled until it is"
+        );
+    }
+    if !found.keda && !warned.keda {
+        tracing::warn!(
+            "KEDA's ScaledObject CRD (keda.sh/v1alpha1) is not installed: lag and connections autoscaling fall back to CPU (Autoscaling/KedaNotInstalled) until it is"
+        );
+    }
+    if !found.pod_monitors && !warned.pod_monitors {
+        tracing::warn!(
+            "the Prometheus Operator's PodMonitor CRD (monitoring.coreos.com/v1) is not installed: connections autoscaling with podMonitor falls back to CPU (Autoscaling/MetricsUnavailable) until it is"
+        );
+    }
+    Discovered {
+        strimzi: !found.strimzi,
+        keda: !found.keda,
+        pod_monitors: !found.pod_monitors,
+    }
+}
+
+/// Runs one controller per served namespace (each lists and watches only there), or one for
+/// the whole cluster, with the watches `found` allows, until `shutdown` or `changed` (they
+/// drain) or the loss of leadership (they stop at once).
+async fn run_controllers(
+    client: &kube::Client,
+    scope: &Scope,
+    ctx: &Arc<Context>,
+    found: Discovered,
+    shutdown: &CancellationToken,
+    changed: &CancellationToken,
+) {
+    let lost = &ctx.lost_leadership;
+    let runs = scopes(&scope.namespaces).into_iter().map(|namespace| {
+        controller(
+            client,
+            namespace,
+            found.strimzi && scope.watch_kafka_topics,
+            found.keda,
+            found.pod_monitors,
+            ctx,
+        )
+        .graceful_shutdown_on(either_cancelled(shutdown.clone(), changed.clone()))
+        .run(reconcile, error_policy, ctx.clone())
+        // Not graceful: dropping the stream aborts the reconciles in flight.
+        .take_until(lost.clone().cancelled_owned())
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(pipeline = %object.name, "reconciled"),
+                Err(error) => tracing::debug!(%error, "reconcile did not complete"),
+            }
+        })
+    });
+    futures_util::future::join_all(runs).await;
 }
 
 fn api<K>(client: &kube::Client, namespace: Option<&str>) -> Api<K>
@@ -338,13 +356,62 @@ pub fn controller(
 ) -> Controller<OddsPipeline> {
     let health = &ctx.watches;
     let children = watcher::Config::default().labels("app.kubernetes.io/managed-by=odds-operator");
+    let owned_here = |controller: Controller<OddsPipeline>| Owned {
+        controller,
+        client,
+        namespace,
+        config: &children,
+        health,
+    };
+    let mut watching = owned_here(pipelines(client, namespace, ctx))
+        .owns::<ConfigMap>()
+        .owns::<Job>()
+        .owns::<Deployment>()
+        .owns::<Service>()
+        .owns::<PodDisruptionBudget>()
+        .owns::<HorizontalPodAutoscaler>()
+        .owns::<Ingress>()
+        .owns::<NetworkPolicy>();
+    if watch_topics {
+        // By label, not owner reference: with `topicDeletionPolicy: Retain` a topic has none,
+        // and Strimzi marking it Ready must still reconcile its pipeline.
+        let topics = observed(
+            health,
+            watcher(api::<KafkaTopic>(client, namespace), children.clone()),
+        )
+        .touched_objects();
+        watching.controller = watching
+            .controller
+            .watches_stream(topics, |kafka_topic| topic::pipeline_of(&kafka_topic));
+        // Strimzi's user operator marking the KafkaUser Ready releases ingest and processor.
+        watching = watching.owns::<KafkaUser>();
+    }
+    if watch_scaled_objects {
+        watching = watching
+            .owns::<ScaledObject>()
+            .owns::<TriggerAuthentication>();
+    }
+    if watch_pod_monitors {
+        watching = watching.owns::<PodMonitor>();
+    }
+    watch_secrets(watching.controller, client, namespace, health)
+}
+
+/// The controller of the pipelines: each watch event also keeps the pipelines' condition
+/// series (a deleted pipeline's go), and only a change of [`controller::reconcile_trigger`]
+/// reconciles.
+fn pipelines(
+    client: &kube::Client,
+    namespace: Option<&str>,
+    ctx: &Arc<Context>,
+) -> Controller<OddsPipeline> {
     let (reader, writer) = reflector::store();
     let mut series = PipelineSeries::default();
     let metrics = ctx.metrics.clone();
     let pipelines = reflector(
         writer,
         observed(
-            health,
+            &ctx.watches,
             watcher(
                 api::<OddsPipeline>(client, namespace),
                 watcher::Config::default(),
@@ -358,48 +425,19 @@ pub fn controller(
     )
     .applied_objects()
     .predicate_filter(controller::reconcile_trigger, Default::default());
-    let mut controller = Controller::for_stream(pipelines, reader)
-        .owns_stream(owned::<ConfigMap>(client, namespace, &children, health))
-        .owns_stream(owned::<Job>(client, namespace, &children, health))
-        .owns_stream(owned::<Deployment>(client, namespace, &children, health))
-        .owns_stream(owned::<Service>(client, namespace, &children, health))
-        .owns_stream(owned::<PodDisruptionBudget>(
-            client, namespace, &children, health,
-        ))
-        .owns_stream(owned::<HorizontalPodAutoscaler>(
-            client, namespace, &children, health,
-        ))
-        .owns_stream(owned::<Ingress>(client, namespace, &children, health))
-        .owns_stream(owned::<NetworkPolicy>(client, namespace, &children, health));
-    if watch_topics {
-        // By label, not owner reference: with `topicDeletionPolicy: Retain` a topic has none,
-        // and Strimzi marking it Ready must still reconcile its pipeline.
-        let topics = observed(
-            health,
-            watcher(api::<KafkaTopic>(client, namespace), children.clone()),
-        )
-        .touched_objects();
-        controller =
-            controller.watches_stream(topics, |kafka_topic| topic::pipeline_of(&kafka_topic));
-        // Strimzi's user operator marking the KafkaUser Ready releases ingest and processor.
-        controller =
-            controller.owns_stream(owned::<KafkaUser>(client, namespace, &children, health));
-    }
-    if watch_scaled_objects {
-        controller =
-            controller.owns_stream(owned::<ScaledObject>(client, namespace, &children, health));
-        controller = controller.owns_stream(owned::<TriggerAuthentication>(
-            client, namespace, &children, health,
-        ));
-    }
-    if watch_pod_monitors {
-        controller =
-            controller.owns_stream(owned::<PodMonitor>(client, namespace, &children, health));
-    }
-    // Secrets are referenced, not owned: map a changed Secret to the pipelines using it.
-    // Metadata only: a cluster-wide watch of full Secrets would hold every Secret's data in
-    // memory (Helm release Secrets alone can be ~1 MiB each). The reconcile reads the few
-    // Secrets a pipeline references by name.
+    Controller::for_stream(pipelines, reader)
+}
+
+/// Adds the Secrets pipelines reference: referenced, not owned, so a changed Secret maps to
+/// the pipelines using it. Metadata only: a cluster-wide watch of full Secrets would hold
+/// every Secret's data in memory (Helm release Secrets alone can be ~1 MiB each). The
+/// reconcile reads the few Secrets a pipeline references by name.
+fn watch_secrets(
+    controller: Controller<OddsPipeline>,
+    client: &kube::Client,
+    namespace: Option<&str>,
+    health: &Arc<WatchHealth>,
+) -> Controller<OddsPipeline> {
     let pipelines = controller.store();
     let secrets = observed(
         health,
@@ -419,6 +457,41 @@ pub fn controller(
     })
 }
 
+/// A controller being given the children it owns, each kind's watch made alike.
+struct Owned<'a> {
+    controller: Controller<OddsPipeline>,
+    client: &'a kube::Client,
+    namespace: Option<&'a str>,
+    config: &'a watcher::Config,
+    health: &'a Arc<WatchHealth>,
+}
+
+impl Owned<'_> {
+    /// Adds the children of kind `K`: a change of one reconciles its owner. Their watch is
+    /// of metadata (what `Controller::owns` runs), reported to `health`.
+    fn owns<K>(mut self) -> Self
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+            + Clone
+            + DeserializeOwned
+            + Debug
+            + Send
+            + Sync
+            + 'static,
+    {
+        let stream = observed(
+            self.health,
+            watcher(
+                api::<PartialObjectMeta<K>>(self.client, self.namespace),
+                self.config.clone(),
+            ),
+        )
+        .touched_objects();
+        self.controller = self.controller.owns_stream(stream);
+        self
+    }
+}
+
 /// `events` (a watch of `K`), each reported to `health` under `K`'s plural.
 pub fn observed<K, S>(
     health: &Arc<WatchHealth>,
@@ -431,31 +504,4 @@ where
     let health = health.clone();
     let resource = K::plural(&()).into_owned();
     events.inspect(move |item| health.observe(&resource, item))
-}
-
-/// The metadata watch of the children of kind `K` (what `Controller::owns` runs), reported
-/// to `health`.
-fn owned<K>(
-    client: &kube::Client,
-    namespace: Option<&str>,
-    config: &watcher::Config,
-    health: &Arc<WatchHealth>,
-) -> impl Stream<Item = watcher::Result<PartialObjectMeta<K>>> + Send + 'static
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    observed(
-        health,
-        watcher(
-            api::<PartialObjectMeta<K>>(client, namespace),
-            config.clone(),
-        ),
-    )
-    .touched_objects()
 }

@@ -154,17 +154,90 @@ impl ValidPipeline {
     }
 }
 
-/// Validates `pipeline` against the rules and what the cluster already has (`facts`).
+/// Validates `pipeline` against the rules and what the cluster already has (`facts`): one
+/// check per spec section, every problem reported at once, in spec order.
 pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline, InvalidSpec> {
     let spec = &pipeline.spec;
     let mut problems = Vec::new();
     let name = pipeline.name_any();
-    if let Some(problem) = name_problem(&name) {
-        problems.push(problem);
-    }
+    problems.extend(name_problem(&name));
     let namespace = pipeline.namespace().unwrap_or_default();
-    let kafka = &spec.kafka;
-    let source = match (&kafka.cluster_ref, &kafka.bootstrap_servers) {
+    let source = kafka_source(&spec.kafka, &mut problems);
+    problems.extend(authentication_problems(&spec.kafka));
+    if let Some(tracing) = &spec.observability.tracing {
+        problems.extend(crate::crd::tracing_problems(tracing));
+    }
+    let supplier = supplier(&spec.supplier, &mut problems);
+    let consumer_group = consumer_group(&spec.kafka, &namespace, &name, &mut problems);
+    problems.extend(topic_problems(&name, &spec.kafka, facts));
+    problems.extend(workload_problems(spec));
+    problems.extend(simulator_problems(&spec.supplier));
+    problems.extend(crate::freshness::slo_problems(&spec.slo));
+    if spec.postgres.migration_deadline_seconds < MIN_MIGRATION_DEADLINE_SECONDS {
+        problems.push(format!(
+            "postgres.migrationDeadlineSeconds must be at least {MIN_MIGRATION_DEADLINE_SECONDS}"
+        ));
+    }
+    problems.extend(secret_problems(spec, facts));
+    match (source, supplier) {
+        (Some(kafka), Some(supplier)) if problems.is_empty() => Ok(valid_pipeline(
+            pipeline,
+            facts,
+            (name, namespace),
+            kafka,
+            supplier,
+            consumer_group,
+        )),
+        _ => Err(InvalidSpec { problems }),
+    }
+}
+
+/// The [`ValidPipeline`] of a spec without problems: what [`validate`] decided, and the rest
+/// of the spec as it is.
+fn valid_pipeline(
+    pipeline: &OddsPipeline,
+    facts: &Facts,
+    (name, namespace): (String, String),
+    kafka: KafkaSource,
+    supplier: Supplier,
+    consumer_group: String,
+) -> ValidPipeline {
+    let spec = &pipeline.spec;
+    let mut owner = pipeline.controller_owner_ref(&());
+    if let Some(owner) = owner.as_mut() {
+        owner.block_owner_deletion = Some(true);
+    }
+    ValidPipeline {
+        name,
+        namespace,
+        owner,
+        image: spec.image.clone(),
+        kafka,
+        consumer_group,
+        supplier,
+        topic: spec.kafka.topic.clone(),
+        dlq_topic: spec.kafka.dlq_topic.clone(),
+        topic_deletion_policy: spec.kafka.topic_deletion_policy,
+        redis_url: spec.redis.url_secret_ref.clone(),
+        postgres_url: spec.postgres.url_secret_ref.clone(),
+        postgres_read_url: spec.postgres.read_url_secret_ref.clone(),
+        ingest: spec.ingest.clone(),
+        processor: spec.processor.clone(),
+        odds_service: spec.odds_service.clone(),
+        migration_retry: pipeline
+            .annotations()
+            .get(RETRY_MIGRATION_ANNOTATION)
+            .cloned(),
+        migration_deadline_seconds: spec.postgres.migration_deadline_seconds,
+        network_policy: spec.network_policy.clone(),
+        tracing: spec.observability.tracing.clone(),
+        facts: facts.clone(),
+    }
+}
+
+/// `kafka.clusterRef` or `kafka.bootstrapServers`, exactly one of them.
+fn kafka_source(kafka: &crate::crd::KafkaSpec, problems: &mut Vec<String>) -> Option<KafkaSource> {
+    match (&kafka.cluster_ref, &kafka.bootstrap_servers) {
         (Some(cluster), None) => Some(KafkaSource::Strimzi {
             cluster: cluster.clone(),
             authentication: kafka.authentication.clone(),
@@ -176,12 +249,12 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
             problems.push("set exactly one of kafka.clusterRef and kafka.bootstrapServers".into());
             None
         }
-    };
-    problems.extend(authentication_problems(kafka));
-    if let Some(tracing) = &spec.observability.tracing {
-        problems.extend(crate::crd::tracing_problems(tracing));
     }
-    let supplier = match (&spec.supplier.url, &spec.supplier.simulator) {
+}
+
+/// `supplier.url` or an enabled `supplier.simulator`, exactly one of them.
+fn supplier(supplier: &crate::crd::SupplierSpec, problems: &mut Vec<String>) -> Option<Supplier> {
+    match (&supplier.url, &supplier.simulator) {
         (Some(url), None) => Some(Supplier::External { url: url.clone() }),
         (Some(url), Some(sim)) if !sim.enabled => Some(Supplier::External { url: url.clone() }),
         (None, Some(sim)) if sim.enabled => Some(Supplier::Simulator(sim.clone())),
@@ -190,21 +263,36 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
                 .push("set exactly one of supplier.url and an enabled supplier.simulator".into());
             None
         }
-    };
-    let consumer_group = match &kafka.consumer_group {
+    }
+}
+
+/// `kafka.consumerGroup`, else the default group of pipeline `name`.
+fn consumer_group(
+    kafka: &crate::crd::KafkaSpec,
+    namespace: &str,
+    name: &str,
+    problems: &mut Vec<String>,
+) -> String {
+    match &kafka.consumer_group {
         Some(group) => {
             problems.extend(consumer_group_problem(group));
             group.clone()
         }
-        None => crate::build::configmap::default_consumer_group(&namespace, &name),
-    };
+        None => crate::build::configmap::default_consumer_group(namespace, name),
+    }
+}
+
+/// What is wrong with `kafka.topic` and `kafka.dlqTopic`: their KafkaTopic names, the
+/// partitions (at least one, never fewer than the topic has), and the two colliding.
+fn topic_problems(name: &str, kafka: &crate::crd::KafkaSpec, facts: &Facts) -> Vec<String> {
+    let mut problems = Vec::new();
     // KafkaTopics exist only with `clusterRef`; a bad pipeline name is name_problem's to report.
-    if kafka.cluster_ref.is_some() && name_problem(&name).is_none() {
+    if kafka.cluster_ref.is_some() && name_problem(name).is_none() {
         for (field, topic) in [
             ("kafka.topic.name", &kafka.topic),
             ("kafka.dlqTopic.name", &kafka.dlq_topic),
         ] {
-            problems.extend(topic_resource_problem(&name, field, topic));
+            problems.extend(topic_resource_problem(name, field, topic));
         }
     }
     if kafka.topic.partitions < 1 {
@@ -226,15 +314,22 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
             kafka.topic.name, kafka.dlq_topic.name
         ));
     }
+    problems
+}
+
+/// What is wrong with the workloads' sections: more processors than partitions, and each
+/// component's replicas, autoscaling and overrides.
+fn workload_problems(spec: &crate::crd::OddsPipelineSpec) -> Vec<String> {
+    let mut problems = Vec::new();
+    let partitions = spec.kafka.topic.partitions;
     let processor_max = spec
         .processor
         .autoscaling
         .as_ref()
         .map_or(spec.processor.replicas, |a| a.max_replicas);
-    if processor_max > kafka.topic.partitions {
+    if processor_max > partitions {
         problems.push(format!(
-            "processor replicas ({processor_max}) exceed kafka.topic.partitions ({}): extra consumers would sit idle",
-            kafka.topic.partitions
+            "processor replicas ({processor_max}) exceed kafka.topic.partitions ({partitions}): extra consumers would sit idle"
         ));
     }
     for (name, component, allowed) in [
@@ -252,21 +347,26 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
     ] {
         check_component(name, component, allowed, &mut problems);
     }
-    if let Some(sim) = &spec.supplier.simulator {
-        for (field, value) in [("events", sim.events), ("rate", sim.rate)] {
-            if !(1..=MAX_SIMULATOR_VALUE).contains(&value) {
-                problems.push(format!(
-                    "supplier.simulator.{field} ({value}) must be 1 to {MAX_SIMULATOR_VALUE}, what the simulator accepts"
-                ));
-            }
-        }
-    }
-    problems.extend(crate::freshness::slo_problems(&spec.slo));
-    if spec.postgres.migration_deadline_seconds < MIN_MIGRATION_DEADLINE_SECONDS {
-        problems.push(format!(
-            "postgres.migrationDeadlineSeconds must be at least {MIN_MIGRATION_DEADLINE_SECONDS}"
-        ));
-    }
+    problems
+}
+
+/// `supplier.simulator`'s events and rate within what the simulator accepts.
+fn simulator_problems(supplier: &crate::crd::SupplierSpec) -> Vec<String> {
+    let Some(sim) = &supplier.simulator else {
+        return Vec::new();
+    };
+    [("events", sim.events), ("rate", sim.rate)]
+        .into_iter()
+        .filter(|(_, value)| !(1..=MAX_SIMULATOR_VALUE).contains(value))
+        .map(|(field, value)| format!(
+            "supplier.simulator.{field} ({value}) must be 1 to {MAX_SIMULATOR_VALUE}, what the simulator accepts"
+        ))
+        .collect()
+}
+
+/// The Secrets the spec references: each must exist and hold its key.
+fn secret_problems(spec: &crate::crd::OddsPipelineSpec, facts: &Facts) -> Vec<String> {
+    let mut problems = Vec::new();
     let mut refs = vec![&spec.redis.url_secret_ref, &spec.postgres.url_secret_ref];
     refs.extend(spec.postgres.read_url_secret_ref.as_ref());
     let mut missing = Vec::new();
@@ -285,42 +385,7 @@ pub fn validate(pipeline: &OddsPipeline, facts: &Facts) -> Result<ValidPipeline,
     if !missing.is_empty() {
         problems.push(format!("missing Secret(s): {}", missing.join(", ")));
     }
-
-    match (source, supplier) {
-        (Some(kafka), Some(supplier)) if problems.is_empty() => {
-            let mut owner = pipeline.controller_owner_ref(&());
-            if let Some(owner) = owner.as_mut() {
-                owner.block_owner_deletion = Some(true);
-            }
-            Ok(ValidPipeline {
-                name,
-                namespace,
-                owner,
-                image: spec.image.clone(),
-                kafka,
-                topic: spec.kafka.topic.clone(),
-                dlq_topic: spec.kafka.dlq_topic.clone(),
-                topic_deletion_policy: spec.kafka.topic_deletion_policy,
-                consumer_group,
-                supplier,
-                redis_url: spec.redis.url_secret_ref.clone(),
-                postgres_url: spec.postgres.url_secret_ref.clone(),
-                postgres_read_url: spec.postgres.read_url_secret_ref.clone(),
-                ingest: spec.ingest.clone(),
-                processor: spec.processor.clone(),
-                odds_service: spec.odds_service.clone(),
-                migration_retry: pipeline
-                    .annotations()
-                    .get(RETRY_MIGRATION_ANNOTATION)
-                    .cloned(),
-                migration_deadline_seconds: spec.postgres.migration_deadline_seconds,
-                network_policy: spec.network_policy.clone(),
-                tracing: spec.observability.tracing.clone(),
-                facts: facts.clone(),
-            })
-        }
-        _ => Err(InvalidSpec { problems }),
-    }
+    problems
 }
 
 /// Why `name` cannot name a pipeline, if it cannot: it becomes Service names (DNS-1035

@@ -60,11 +60,7 @@ pub fn build(pipeline: &ValidPipeline, component: Component, config_hash: &str) 
                     tolerations: (!overrides.tolerations.is_empty())
                         .then(|| overrides.tolerations.clone()),
                     affinity: overrides.affinity.clone(),
-                    volumes: Some(vec![Volume {
-                        name: "tmp".into(),
-                        empty_dir: Some(EmptyDirVolumeSource::default()),
-                        ..Volume::default()
-                    }]),
+                    volumes: Some(vec![tmp_volume()]),
                     ..PodSpec::default()
                 }),
             },
@@ -99,12 +95,26 @@ fn container(pipeline: &ValidPipeline, component: Component, spec: &ComponentSpe
         readiness_probe: Some(probe("/readyz", 5, 3)),
         liveness_probe: Some(probe("/healthz", 10, 6)),
         security_context: Some(security_context()),
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".into(),
-            mount_path: "/tmp".into(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![tmp_mount()]),
         ..Container::default()
+    }
+}
+
+/// The scratch volume at `/tmp` every container gets: the root filesystem is read-only.
+pub(super) fn tmp_volume() -> Volume {
+    Volume {
+        name: "tmp".into(),
+        empty_dir: Some(EmptyDirVolumeSource::default()),
+        ..Volume::default()
+    }
+}
+
+/// Where [`tmp_volume`] is mounted.
+pub(super) fn tmp_mount() -> VolumeMount {
+    VolumeMount {
+        name: "tmp".into(),
+        mount_path: "/tmp".into(),
+        ..VolumeMount::default()
     }
 }
 

@@ -14,14 +14,14 @@
 //! a newer one succeeded. Raising `postgres.migrationDeadlineSeconds` after a Job ran out of
 //! time does the same: a deadline other than the default is in the hash too.
 
-use super::deployment::{pod_security_context, secret_env, security_context};
+use super::deployment::{
+    pod_security_context, secret_env, security_context, tmp_mount, tmp_volume,
+};
 use super::{metadata, short_hex, Component};
 use crate::crd::DEFAULT_MIGRATION_DEADLINE_SECONDS;
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
-use k8s_openapi::api::core::v1::{
-    Container, EmptyDirVolumeSource, PodSpec, PodTemplateSpec, Volume, VolumeMount,
-};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use sha2::{Digest, Sha256};
 
@@ -83,18 +83,10 @@ fn template(pipeline: &ValidPipeline) -> PodTemplateSpec {
                     &pipeline.postgres_url,
                 )]),
                 security_context: Some(security_context()),
-                volume_mounts: Some(vec![VolumeMount {
-                    name: "tmp".into(),
-                    mount_path: "/tmp".into(),
-                    ..VolumeMount::default()
-                }]),
+                volume_mounts: Some(vec![tmp_mount()]),
                 ..Container::default()
             }],
-            volumes: Some(vec![Volume {
-                name: "tmp".into(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Volume::default()
-            }]),
+            volumes: Some(vec![tmp_volume()]),
             ..PodSpec::default()
         }),
     }

@@ -296,14 +296,7 @@ async fn switching_modes_removes_the_other_autoscaler_first_and_never_drops_repl
     );
 
     // At no point did the Deployment fall below what it had.
-    let history: Vec<Option<i32>> = h
-        .replica_history
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(name, _)| name == "demo-processor")
-        .map(|(_, r)| *r)
-        .collect();
+    let history = h.replicas_over_time("demo-processor");
     assert!(!history.is_empty());
     assert!(
         history.iter().all(|r| r.is_some_and(|r| r >= 2)),
@@ -385,14 +378,7 @@ async fn turning_lag_autoscaling_off_applies_the_spec_replicas_only_once_keda_le
         replicas(&h.deployment("demo-processor").await.unwrap()),
         Some(3)
     );
-    let history: Vec<Option<i32>> = h
-        .replica_history
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(name, _)| name == "demo-processor")
-        .map(|(_, r)| *r)
-        .collect();
+    let history = h.replicas_over_time("demo-processor");
     assert_eq!(history.last(), Some(&Some(3)));
     assert!(
         !history[..history.len() - 1].contains(&Some(3)),

@@ -5,7 +5,8 @@
 //! review the diff.
 
 use crate::fixtures::{
-    container, env, env_var, hash, ready_facts, replicas, sample, valid, PipelineExt,
+    assert_golden, container, egress_ports, env, env_var, hash, ready_facts, replicas, sample,
+    valid, PipelineExt,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use odds_operator::build::{self, job, Children, Component, MigrationState};
@@ -38,18 +39,7 @@ fn sample_children_match_the_golden_file() {
         .iter()
         .map(|d| format!("---\n{}", serde_yaml::to_string(d).unwrap()))
         .collect();
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/golden/sample-children.yaml"
-    );
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(path, &rendered).unwrap();
-    }
-    let golden = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        golden == rendered,
-        "children differ from {path}; if intended, rerun with UPDATE_GOLDEN=1 and review the diff"
-    );
+    assert_golden("sample-children.yaml", &rendered, "children");
     assert!(children.blocked.is_empty());
 }
 
@@ -547,21 +537,7 @@ fn only_the_odds_service_may_reach_the_read_replica() {
         &validate(&read, &facts).unwrap(),
         &MigrationState::Succeeded,
     );
-    let egress_ports = |name: &str| -> Vec<u64> {
-        let policy = children
-            .network_policies
-            .iter()
-            .find(|p| p.metadata.name.as_deref() == Some(name))
-            .unwrap();
-        let egress = serde_json::to_value(&policy.spec.as_ref().unwrap().egress).unwrap();
-        egress
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|rule| rule["ports"].as_array().unwrap().clone())
-            .filter_map(|p| p["port"].as_u64())
-            .collect()
-    };
+    let egress_ports = |name: &str| egress_ports(&children, name);
     assert!(egress_ports("demo-odds-service").contains(&5433));
     assert!(
         !egress_ports("demo-processor").contains(&5433),

@@ -221,6 +221,37 @@ pub fn job_container(job: &Job) -> &Container {
         .containers[0]
 }
 
+/// Compares `rendered` with the golden file `tests/golden/<file>` (`what` names it in the
+/// failure); with `UPDATE_GOLDEN` set, writes it there first.
+pub fn assert_golden(file: &str, rendered: &str, what: &str) {
+    let path = format!("{}/tests/golden/{file}", env!("CARGO_MANIFEST_DIR"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, rendered).unwrap();
+    }
+    let golden = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        golden == rendered,
+        "{what} differ from {path}; if intended, rerun with UPDATE_GOLDEN=1 and review the diff"
+    );
+}
+
+/// The ports the egress rules of NetworkPolicy `name` among `children` allow.
+pub fn egress_ports(children: &odds_operator::build::Children, name: &str) -> Vec<u64> {
+    let policy = children
+        .network_policies
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .unwrap();
+    let egress = serde_json::to_value(&policy.spec.as_ref().unwrap().egress).unwrap();
+    egress
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|rule| rule["ports"].as_array().cloned().unwrap_or_default())
+        .filter_map(|port| port["port"].as_u64())
+        .collect()
+}
+
 pub fn env(d: &Deployment) -> Vec<EnvVar> {
     container(d).env.clone().unwrap_or_default()
 }

@@ -796,12 +796,49 @@ impl tower::Service<http::Request<Body>> for Recording {
     }
 }
 
+/// A namespaced kind the in-memory API stores and lists.
+pub trait Stored:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+    + Clone
+    + serde::de::DeserializeOwned
+    + std::fmt::Debug
+{
+}
+
+impl<K> Stored for K where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+{
+}
+
 impl Harness {
     pub fn api<K>(&self) -> Api<K>
     where
         K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
     {
         Api::namespaced(self.client.clone(), NS)
+    }
+
+    /// Every stored object of kind `K` in the test namespace.
+    pub async fn all<K: Stored>(&self) -> Vec<K> {
+        self.api::<K>()
+            .list(&Default::default())
+            .await
+            .unwrap()
+            .items
+    }
+
+    /// `spec.replicas` of every stored state of Deployment `name`, in order.
+    pub fn replicas_over_time(&self, name: &str) -> Vec<Option<i32>> {
+        self.replica_history
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(stored, _)| stored == name)
+            .map(|(_, replicas)| *replicas)
+            .collect()
     }
 
     /// From now on, `verb` requests on `resource` (e.g. `patch`, `deployments`) fail with
@@ -988,13 +1025,7 @@ impl Harness {
         job::name(&fixtures::valid(&self.pipeline().await))
     }
 
-    pub async fn patch_status<K>(&self, name: &str, status: Value)
-    where
-        K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-            + Clone
-            + serde::de::DeserializeOwned
-            + std::fmt::Debug,
-    {
+    pub async fn patch_status<K: Stored>(&self, name: &str, status: Value) {
         self.api::<K>()
             .patch_status(
                 name,
@@ -1222,13 +1253,15 @@ impl Harness {
         self.metrics.failures.with_label_values(&[label]).get()
     }
 
+    /// Every event stored for the pipeline.
+    pub async fn stored_events(&self) -> Vec<k8s_openapi::api::events::v1::Event> {
+        self.all().await
+    }
+
     /// Events published for the pipeline, as `(type, reason, note)`.
     pub async fn events(&self) -> Vec<(String, String, String)> {
-        let api: Api<k8s_openapi::api::events::v1::Event> = self.api();
-        api.list(&Default::default())
+        self.stored_events()
             .await
-            .unwrap()
-            .items
             .into_iter()
             .map(|e| {
                 (
@@ -1242,11 +1275,8 @@ impl Harness {
 
     /// How many events with `reason` were published (a series counts once per publish).
     pub async fn event_count(&self, reason: &str) -> i32 {
-        let api: Api<k8s_openapi::api::events::v1::Event> = self.api();
-        api.list(&Default::default())
+        self.stored_events()
             .await
-            .unwrap()
-            .items
             .iter()
             .filter(|e| e.reason.as_deref() == Some(reason))
             .map(|e| e.series.as_ref().map_or(1, |s| s.count))

@@ -5,7 +5,7 @@
 //! against Strimzi 1.2's and KEDA 2.20.2's CRDs, and the client settings against librdkafka
 //! itself: the properties the pods end up with must make a client librdkafka accepts.
 
-use crate::fixtures::{cpu_request, ready_facts, sample, valid, PipelineExt, NS};
+use crate::fixtures::{cpu_request, env, ready_facts, sample, valid, PipelineExt, NS};
 use crate::harness::{harness, Harness};
 use crate::keda_schema::problems;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -407,17 +407,8 @@ fn only_the_kafka_clients_read_the_credentials_and_reach_the_secured_port() {
             .iter()
             .find(|d| d.metadata.name.as_deref() == Some(&component.name_in("demo")))
             .unwrap();
-        d.spec
-            .as_ref()
-            .unwrap()
-            .template
-            .spec
-            .as_ref()
-            .unwrap()
-            .containers[0]
-            .env
+        env(d)
             .iter()
-            .flatten()
             .filter_map(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
             .map(|r| format!("{}/{}", r.name, r.key))
             .collect()

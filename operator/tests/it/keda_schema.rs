@@ -6,7 +6,9 @@
 //! fields, enums, bounds and lengths, and no field the schema does not know (the API server would
 //! silently prune it, so KEDA would never see what the operator meant).
 
-use crate::fixtures::{autoscaling_defaults, cpu_request, ready_facts, sample, PipelineExt};
+use crate::fixtures::{
+    assert_golden, autoscaling_defaults, cpu_request, ready_facts, sample, PipelineExt,
+};
 use odds_operator::build::{self, Component, MigrationState, ScaledObject};
 use odds_operator::crd::{AutoscalingSpec, OddsPipeline, ScalingMode};
 use odds_operator::validate::validate;
@@ -251,18 +253,7 @@ fn built_scaled_objects_match_the_golden_file() {
             ));
         }
     }
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/golden/keda-scaledobjects.yaml"
-    );
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(path, &rendered).unwrap();
-    }
-    let golden = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        golden == rendered,
-        "ScaledObjects differ from {path}; if intended, rerun with UPDATE_GOLDEN=1 and review the diff"
-    );
+    assert_golden("keda-scaledobjects.yaml", &rendered, "ScaledObjects");
 }
 
 #[test]

@@ -174,36 +174,34 @@ async fn api_errors_the_reconcile_meets_are_counted_by_verb_and_code() {
     let h = harness(sample(), true).await;
     let count =
         |verb: &str, code: &str| h.metrics.api_errors.with_label_values(&[verb, code]).get();
-    h.fail(
-        "patch",
-        "configmaps",
-        422,
-        "Invalid",
-        "the ConfigMap is invalid",
-    );
-    assert!(h.try_reconcile().await.is_err());
-    assert_eq!(count("patch", "422"), 1);
-    h.heal();
-    h.fail(
-        "get",
-        "secrets",
-        503,
-        "ServiceUnavailable",
-        "try again later",
-    );
-    assert!(h.try_reconcile().await.is_err());
-    assert_eq!(count("get", "503"), 1);
-    h.heal();
-    h.fail(
-        "patch",
-        "oddspipelines/status",
-        403,
-        "Forbidden",
-        "cannot patch status",
-    );
-    assert!(h.try_reconcile().await.is_err());
-    assert_eq!(count("patch", "403"), 1);
-    h.heal();
+    for (verb, resource, code, reason, message) in [
+        (
+            "patch",
+            "configmaps",
+            422,
+            "Invalid",
+            "the ConfigMap is invalid",
+        ),
+        (
+            "get",
+            "secrets",
+            503,
+            "ServiceUnavailable",
+            "try again later",
+        ),
+        (
+            "patch",
+            "oddspipelines/status",
+            403,
+            "Forbidden",
+            "cannot patch status",
+        ),
+    ] {
+        h.fail(verb, resource, code, reason, message);
+        assert!(h.try_reconcile().await.is_err());
+        assert_eq!(count(verb, &code.to_string()), 1, "{verb} {resource}");
+        h.heal();
+    }
     h.reconcile().await;
     assert_eq!(
         (

@@ -6,7 +6,7 @@
 //! does not know). `charts/test.py` validates the golden file again with a full JSON-schema
 //! validator, with the chart's own ServiceMonitor, PodMonitor and PrometheusRule.
 
-use crate::fixtures::ready_facts;
+use crate::fixtures::{assert_golden, ready_facts};
 use crate::keda_schema::{pipelines, problems};
 use odds_operator::build::{self, MigrationState, PodMonitor};
 use odds_operator::validate::validate;
@@ -103,16 +103,5 @@ fn built_pod_monitors_match_the_golden_file() {
             serde_yaml::to_string(&as_json(&monitor)).unwrap()
         ));
     }
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/golden/pod-monitors.yaml"
-    );
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(path, &rendered).unwrap();
-    }
-    let golden = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        golden == rendered,
-        "PodMonitors differ from {path}; if intended, rerun with UPDATE_GOLDEN=1 and review the diff"
-    );
+    assert_golden("pod-monitors.yaml", &rendered, "PodMonitors");
 }

@@ -5,13 +5,14 @@
 //! server-side apply behaviour the harness adds: the autoscaling hand-over and env list maps.
 
 use crate::fixtures::{replicas, sample, PipelineExt};
-use crate::harness::{harness, harness_with, Options};
+use crate::harness::{harness, harness_with, Harness, Options};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use odds_operator::build::{Component, FIELD_MANAGER};
 use odds_operator::controller::Error;
+use odds_operator::crd::OddsPipeline;
 use odds_operator::validate::RETRY_MIGRATION_ANNOTATION;
 use serde_json::json;
 use std::sync::atomic::Ordering;
@@ -121,16 +122,21 @@ async fn an_unreadable_cluster_is_degraded_read_failed_and_counted_as_dereferenc
     assert_eq!(h.errors("apply"), 0);
 }
 
-#[tokio::test]
-async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_applied() {
-    let h = harness_with(
-        sample(),
+/// A cluster without Strimzi's KafkaTopic CRD.
+async fn without_strimzi(pipeline: OddsPipeline) -> Harness {
+    harness_with(
+        pipeline,
         Options {
             strimzi: false,
             ..Options::default()
         },
     )
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_applied() {
+    let h = without_strimzi(sample()).await;
     h.reconcile().await;
     let degraded = h
         .assert_condition("Degraded", "True", "StrimziNotInstalled")
@@ -143,14 +149,7 @@ async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_appli
         .iter()
         .any(|(t, r, _)| t == "Warning" && r == "StrimziNotInstalled"));
     // Brokers managed elsewhere need no Strimzi.
-    let h = harness_with(
-        sample().external_kafka("kafka:9092"),
-        Options {
-            strimzi: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let h = without_strimzi(sample().external_kafka("kafka:9092")).await;
     h.reconcile().await;
     assert_eq!(h.condition("Degraded").await.status, "False");
     assert!(h.deployment("demo-ingest").await.is_some());
@@ -158,14 +157,7 @@ async fn without_strimzi_a_cluster_ref_pipeline_is_degraded_and_nothing_is_appli
 
 #[tokio::test]
 async fn a_kafka_topic_crd_removed_after_start_up_is_strimzi_not_installed() {
-    let h = harness_with(
-        sample(),
-        Options {
-            strimzi: false,
-            ..Options::default()
-        },
-    )
-    .await;
+    let h = without_strimzi(sample()).await;
     // Discovery saw Strimzi, but the API server no longer serves KafkaTopics (404).
     h.ctx.strimzi.store(true, Ordering::Relaxed);
     assert!(matches!(h.try_reconcile().await, Err(Error::Apply(_))));
@@ -242,15 +234,8 @@ async fn turning_on_autoscaling_never_drops_below_the_current_replicas() {
     }}}))
     .await;
     let stored = replicas(&h.deployment("demo-processor").await.unwrap());
-    let history: Vec<_> = h
-        .replica_history
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(name, _)| name == "demo-processor")
-        .map(|(_, r)| *r)
-        .chain([stored])
-        .collect();
+    let mut history = h.replicas_over_time("demo-processor");
+    history.push(stored);
     assert!(
         history.iter().all(|r| r.is_some_and(|r| r >= 4)),
         "replicas over the hand-over: {history:?}"

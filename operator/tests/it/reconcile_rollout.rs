@@ -4,7 +4,7 @@
 use crate::fixtures::{container, image, job_container, pod, sample};
 use crate::harness::harness;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Probe, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::ResourceExt;
 use odds_operator::build::KafkaTopic;
@@ -56,28 +56,9 @@ async fn create_builds_owned_labelled_children() {
         assert_eq!(d.labels()["app.kubernetes.io/instance"], "demo");
         let c = container(&d);
         assert_eq!(c.image.as_deref(), Some("odds-pipeline:dev"));
-        assert_eq!(
-            c.readiness_probe
-                .as_ref()
-                .unwrap()
-                .http_get
-                .as_ref()
-                .unwrap()
-                .path
-                .as_deref(),
-            Some("/readyz")
-        );
-        assert_eq!(
-            c.liveness_probe
-                .as_ref()
-                .unwrap()
-                .http_get
-                .as_ref()
-                .unwrap()
-                .path
-                .as_deref(),
-            Some("/healthz")
-        );
+        let path = |probe: &Option<Probe>| probe.as_ref()?.http_get.as_ref()?.path.clone();
+        assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(path(&c.liveness_probe).as_deref(), Some("/healthz"));
         let sc = c.security_context.as_ref().unwrap();
         assert_eq!(
             (

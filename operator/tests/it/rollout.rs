@@ -94,25 +94,22 @@ fn each_cause_has_its_reason_and_the_message_kubernetes_gave() {
         json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
         "message": "pods \"demo-ingest-5d4\" is forbidden: exceeded quota: compute, requested: cpu=500m"}]),
     );
-    let failure = stuck(&quota, &[]).unwrap();
-    assert_eq!(failure.reason, Reason::FailedCreate);
-    assert!(
-        failure.message.contains("exceeded quota"),
-        "{}",
-        failure.message
-    );
-
     let deadline = deployment(
         json!([{"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
         "message": "ReplicaSet \"demo-ingest-5d4\" has timed out progressing."}]),
     );
-    let failure = stuck(&deadline, &[]).unwrap();
-    assert_eq!(failure.reason, Reason::ProgressDeadlineExceeded);
-    assert!(
-        failure.message.contains("timed out progressing"),
-        "{}",
-        failure.message
-    );
+    for (stored, reason, says) in [
+        (&quota, Reason::FailedCreate, "exceeded quota"),
+        (
+            &deadline,
+            Reason::ProgressDeadlineExceeded,
+            "timed out progressing",
+        ),
+    ] {
+        let failure = stuck(stored, &[]).unwrap();
+        assert_eq!(failure.reason, reason);
+        assert!(failure.message.contains(says), "{}", failure.message);
+    }
     // Pods that cannot start are the cause the deadline only follows.
     let crash = pod("p4", "CrashLoopBackOff", "");
     assert_eq!(

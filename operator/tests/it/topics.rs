@@ -38,11 +38,8 @@ async fn topic_owners(h: &Harness, name: &str) -> Vec<(String, String, String, O
 
 /// How many `Created` events name a KafkaTopic (a series counts once per publish).
 async fn topic_creations(h: &Harness) -> i32 {
-    let api: kube::Api<k8s_openapi::api::events::v1::Event> = h.api();
-    api.list(&Default::default())
+    h.stored_events()
         .await
-        .unwrap()
-        .items
         .iter()
         .filter(|e| {
             e.reason.as_deref() == Some("Created")
@@ -61,24 +58,9 @@ async fn owned_children_gone(h: &Harness) -> bool {
         .await
         .unwrap()
         .is_none()
-        && h.api::<Deployment>()
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-        && h.api::<Service>()
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
-        && h.api::<Job>()
-            .list(&Default::default())
-            .await
-            .unwrap()
-            .items
-            .is_empty()
+        && h.all::<Deployment>().await.is_empty()
+        && h.all::<Service>().await.is_empty()
+        && h.all::<Job>().await.is_empty()
 }
 
 #[test]

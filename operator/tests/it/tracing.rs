@@ -5,7 +5,9 @@
 //! `golden/tracing-config.yaml` is the traced sample's ConfigMap; regenerate it with
 //! `UPDATE_GOLDEN=1 cargo test -p odds-operator tracing` after an intended change.
 
-use crate::fixtures::{hash, repo_file, sample, sample_json, valid, PipelineExt};
+use crate::fixtures::{
+    assert_golden, egress_ports, hash, repo_file, sample, sample_json, valid, PipelineExt,
+};
 use kube::core::cel::Validator;
 use odds_operator::build::{self, MigrationState};
 use odds_operator::crd::{OddsPipeline, TracingSpec};
@@ -95,18 +97,7 @@ fn every_workload_gets_the_otel_environment_and_the_golden_config_holds() {
     let children = build::children(&valid(&traced(COLLECTOR, 0.05)), &MigrationState::Succeeded);
     let config_map = children.config_map.clone().unwrap();
     let rendered = serde_yaml::to_string(&config_map).unwrap();
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/golden/tracing-config.yaml"
-    );
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(path, &rendered).unwrap();
-    }
-    let golden = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(
-        golden == rendered,
-        "the ConfigMap differs from {path}; if intended, rerun with UPDATE_GOLDEN=1"
-    );
+    assert_golden("tracing-config.yaml", &rendered, "the ConfigMap's fields");
     let data = config_map.data.unwrap();
     assert_eq!(data["OTEL_EXPORTER_OTLP_ENDPOINT"], COLLECTOR);
     assert_eq!(data["OTEL_TRACES_SAMPLER"], "parentbased_traceidratio");
@@ -153,21 +144,11 @@ fn turning_tracing_on_or_changing_the_ratio_rolls_the_pods() {
 
 #[test]
 fn the_workloads_may_reach_the_collector_port_and_only_then() {
-    let egress_ports = |p: &OddsPipeline, policy: &str| -> Vec<u64> {
-        let children = build::children(&valid(p), &MigrationState::Succeeded);
-        let policy = children
-            .network_policies
-            .iter()
-            .find(|n| n.metadata.name.as_deref() == Some(policy))
-            .unwrap();
-        let egress = serde_json::to_value(&policy.spec.as_ref().unwrap().egress).unwrap();
-        egress
-            .as_array()
-            .unwrap()
-            .iter()
-            .flat_map(|rule| rule["ports"].as_array().cloned().unwrap_or_default())
-            .filter_map(|port| port["port"].as_u64())
-            .collect()
+    let egress_ports = |p: &OddsPipeline, policy: &str| {
+        egress_ports(
+            &build::children(&valid(p), &MigrationState::Succeeded),
+            policy,
+        )
     };
     for policy in ["demo-ingest", "demo-processor", "demo-odds-service"] {
         assert!(

@@ -12,10 +12,8 @@ use tokio_util::sync::CancellationToken;
 
 const FORBIDDEN: &str = "kafkatopics.kafka.strimzi.io is forbidden: User \"system:serviceaccount:odds-system:odds-operator\" cannot list resource \"kafkatopics\" in API group \"kafka.strimzi.io\" in the namespace \"default\"";
 
-/// The cluster as the operator meets it: discovery answers (Strimzi, no KEDA), watches
-/// stay quiet, and listing KafkaTopics is forbidden (the Role lacks `list`).
-fn forbid_listing_topics(h: &Harness) {
-    h.fail("list", "kafkatopics", 403, "Forbidden", FORBIDDEN);
+/// Discovery answers every group version with Strimzi's KafkaTopic (without `list`).
+fn discovery_answers(h: &Harness) {
     h.answer(
         "list",
         "",
@@ -23,6 +21,13 @@ fn forbid_listing_topics(h: &Harness) {
                "resources": [{"name": "kafkatopics", "singularName": "", "namespaced": true,
                               "kind": "KafkaTopic", "verbs": ["get"]}]}),
     );
+}
+
+/// The cluster as the operator meets it: discovery answers (Strimzi, no KEDA), watches
+/// stay quiet, and listing KafkaTopics is forbidden (the Role lacks `list`).
+fn forbid_listing_topics(h: &Harness) {
+    h.fail("list", "kafkatopics", 403, "Forbidden", FORBIDDEN);
+    discovery_answers(h);
 }
 
 fn watch_errors(h: &Harness, resource: &str, reason: &str) -> u64 {
@@ -75,13 +80,7 @@ async fn a_forbidden_watch_is_warned_once_counted_and_shown_in_the_status() {
     h.heal();
     let failed = watch_errors(&h, "kafkatopics", "forbidden");
     let _quiet = h.quiet_watches();
-    h.answer(
-        "list",
-        "",
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "x/v1",
-               "resources": [{"name": "kafkatopics", "singularName": "", "namespaced": true,
-                              "kind": "KafkaTopic", "verbs": ["get"]}]}),
-    );
+    discovery_answers(&h);
     tokio::time::sleep(Duration::from_secs(60)).await;
     assert_eq!(h.condition("Watching").await.status, "True");
     assert_eq!(watch_errors(&h, "kafkatopics", "forbidden"), failed);

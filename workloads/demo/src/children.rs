@@ -162,16 +162,9 @@ impl ChildProcess {
 
     /// Resident memory (MiB) and CPU time (s) so far, from /proc.
     pub fn usage(&self) -> Option<(f64, f64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let rss_kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()?;
+        let rss = crate::procfs::process_rss_mib(self.pid)?;
         let cpu = crate::procfs::process_cpu_seconds(self.pid)?;
-        Some((rss_kib / 1024.0, cpu))
+        Some((rss, cpu))
     }
 }
 

@@ -136,11 +136,11 @@ impl LauncherOptions {
     }
 }
 
-/// The processor's fetch wait against the hosted mock broker (see [`Launcher::start`]).
+/// The processor's fetch wait against the hosted mock broker (see [`processor_env`]).
 const MOCK_FETCH_WAIT_ENV: &str = "KAFKA_PROP_FETCH_WAIT_MAX_MS";
 const MOCK_FETCH_WAIT_MS: &str = "1";
 /// The processor's consumer-group protocol against a broker started here (see
-/// [`Launcher::start`]).
+/// [`processor_env`]).
 const GROUP_PROTOCOL_ENV: &str = "KAFKA_PROP_GROUP_PROTOCOL";
 
 /// Where cargo put the binaries: beside this executable, or one level up from `deps/` when
@@ -169,20 +169,10 @@ pub struct Launcher {
 }
 
 impl Launcher {
+    /// Provides Kafka, Postgres and Redis, migrates, and starts the stages in order, each
+    /// once the one before it is ready.
     pub async fn start(options: LauncherOptions) -> anyhow::Result<Launcher> {
-        for name in [
-            "supplier-simulator",
-            "odds-ingest",
-            "odds-processor",
-            "odds-service",
-        ] {
-            if !options.bin_dir.join(name).is_file() {
-                bail!(
-                    "{name} not found in {}; build the stages first: cargo build --release --bins",
-                    options.bin_dir.display()
-                );
-            }
-        }
+        check_binaries(&options.bin_dir)?;
         let log_dir = tempfile::Builder::new()
             .prefix("odds-demo-logs-")
             .tempdir()
@@ -198,86 +188,7 @@ impl Launcher {
         migrate(&options.bin_dir, &infra.database_url).await?;
 
         let service_addr: SocketAddr = ([127, 0, 0, 1], options.port).into();
-        let sim_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let tracing_env = options
-            .tracing
-            .as_ref()
-            .map(TraceExport::env)
-            .unwrap_or_default();
-        let common = |ops: SocketAddr| {
-            let mut vars = vec![
-                (env::HTTP_ADDR.to_owned(), ops.to_string()),
-                (env::LOG_FORMAT.to_owned(), "text".to_owned()),
-                (env::RUST_LOG.to_owned(), options.log_filter.clone()),
-                ("NO_COLOR".to_owned(), "1".to_owned()),
-            ];
-            vars.extend(tracing_env.iter().cloned());
-            vars
-        };
-        let spec = |name: &'static str, env: Vec<(&str, String)>| -> anyhow::Result<ChildSpec> {
-            let ops: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-            let mut all = common(ops);
-            all.extend(env.into_iter().map(|(k, v)| (k.to_owned(), v)));
-            Ok(ChildSpec {
-                name,
-                binary: options.bin_dir.join(name),
-                args: Vec::new(),
-                env: all,
-                ops_addr: ops,
-            })
-        };
-        let mut processor_env = vec![
-            (env::KAFKA_BROKERS, infra.kafka_brokers.clone()),
-            (env::DATABASE_URL, infra.database_url.clone()),
-            (env::REDIS_URL, infra.redis_url.clone()),
-        ];
-        if infra.kafka_cluster().is_some() {
-            // librdkafka's mock broker parks a fetch that finds no data for the whole
-            // fetch.wait.max.ms and does not wake it when data arrives (a real broker
-            // answers at once), which alone cost ~5 ms per update at the processor's 10 ms.
-            processor_env.push((MOCK_FETCH_WAIT_ENV, MOCK_FETCH_WAIT_MS.to_owned()));
-        }
-        if infra.broker().is_some() {
-            // Tansu 0.6 has no KIP-848 consumer-group API (ConsumerGroupHeartbeat): the
-            // processor joins with the classic protocol, as it would on a Kafka before 4.0.
-            processor_env.push((GROUP_PROTOCOL_ENV, "classic".to_owned()));
-        }
-        let specs = vec![
-            spec("odds-processor", processor_env)?,
-            spec(
-                "odds-service",
-                vec![
-                    (env::LISTEN_ADDR, service_addr.to_string()),
-                    (env::DATABASE_URL, infra.database_url.clone()),
-                    (env::REDIS_URL, infra.redis_url.clone()),
-                ],
-            )?,
-            spec(
-                "supplier-simulator",
-                vec![
-                    (env::LISTEN_ADDR, sim_addr.to_string()),
-                    (env::SIM_RATE, options.rate.to_string()),
-                    (env::SIM_EVENTS, options.events.to_string()),
-                    (env::SIM_SEED, options.seed.to_string()),
-                    (env::SIM_MARKETS, market_list(&options.markets)),
-                    (env::SIM_TOTAL, options.total.to_string()),
-                ]
-                .into_iter()
-                .chain(
-                    options
-                        .version_base
-                        .map(|base| (env::SIM_VERSION_BASE, base.to_string())),
-                )
-                .collect(),
-            )?,
-            spec(
-                "odds-ingest",
-                vec![
-                    (env::SUPPLIER_URL, format!("ws://{sim_addr}/ws")),
-                    (env::KAFKA_BROKERS, infra.kafka_brokers.clone()),
-                ],
-            )?,
-        ];
+        let specs = stage_specs(&options, &infra, service_addr)?;
         let mut launcher = Launcher {
             infra,
             children: Vec::new(),
@@ -398,6 +309,116 @@ impl Launcher {
     pub fn keep_logs(self) -> PathBuf {
         self.log_dir.keep()
     }
+}
+
+/// Fails, saying how to build them, unless every stage binary is in `bin_dir`.
+fn check_binaries(bin_dir: &Path) -> anyhow::Result<()> {
+    for name in [
+        "supplier-simulator",
+        "odds-ingest",
+        "odds-processor",
+        "odds-service",
+    ] {
+        if !bin_dir.join(name).is_file() {
+            bail!(
+                "{name} not found in {}; build the stages first: cargo build --release --bins",
+                bin_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// How each stage is started, in start order: processor, odds-service, supplier-simulator,
+/// odds-ingest.
+fn stage_specs(
+    options: &LauncherOptions,
+    infra: &Infra,
+    service_addr: SocketAddr,
+) -> anyhow::Result<Vec<ChildSpec>> {
+    let sim_addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let stage = |name: &'static str, env: Vec<(&str, String)>| stage_spec(options, name, env);
+    Ok(vec![
+        stage("odds-processor", processor_env(infra))?,
+        stage(
+            "odds-service",
+            vec![
+                (env::LISTEN_ADDR, service_addr.to_string()),
+                (env::DATABASE_URL, infra.database_url.clone()),
+                (env::REDIS_URL, infra.redis_url.clone()),
+            ],
+        )?,
+        stage("supplier-simulator", simulator_env(options, sim_addr))?,
+        stage(
+            "odds-ingest",
+            vec![
+                (env::SUPPLIER_URL, format!("ws://{sim_addr}/ws")),
+                (env::KAFKA_BROKERS, infra.kafka_brokers.clone()),
+            ],
+        )?,
+    ])
+}
+
+/// Stage `name` with its own `env` after what every stage gets: its ops address (a free
+/// port), plain-text logs at the options' level, and the trace export.
+fn stage_spec(
+    options: &LauncherOptions,
+    name: &'static str,
+    env: Vec<(&str, String)>,
+) -> anyhow::Result<ChildSpec> {
+    let ops: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let mut all = vec![
+        (env::HTTP_ADDR.to_owned(), ops.to_string()),
+        (env::LOG_FORMAT.to_owned(), "text".to_owned()),
+        (env::RUST_LOG.to_owned(), options.log_filter.clone()),
+        ("NO_COLOR".to_owned(), "1".to_owned()),
+    ];
+    all.extend(options.tracing.iter().flat_map(TraceExport::env));
+    all.extend(env.into_iter().map(|(k, v)| (k.to_owned(), v)));
+    Ok(ChildSpec {
+        name,
+        binary: options.bin_dir.join(name),
+        args: Vec::new(),
+        env: all,
+        ops_addr: ops,
+    })
+}
+
+/// The processor's environment, with what the Kafka started here needs of it.
+fn processor_env(infra: &Infra) -> Vec<(&'static str, String)> {
+    let mut processor_env = vec![
+        (env::KAFKA_BROKERS, infra.kafka_brokers.clone()),
+        (env::DATABASE_URL, infra.database_url.clone()),
+        (env::REDIS_URL, infra.redis_url.clone()),
+    ];
+    if infra.kafka_cluster().is_some() {
+        // librdkafka's mock broker parks a fetch that finds no data for the whole
+        // fetch.wait.max.ms and does not wake it when data arrives (a real broker
+        // answers at once), which alone cost ~5 ms per update at the processor's 10 ms.
+        processor_env.push((MOCK_FETCH_WAIT_ENV, MOCK_FETCH_WAIT_MS.to_owned()));
+    }
+    if infra.broker().is_some() {
+        // Tansu 0.6 has no KIP-848 consumer-group API (ConsumerGroupHeartbeat): the
+        // processor joins with the classic protocol, as it would on a Kafka before 4.0.
+        processor_env.push((GROUP_PROTOCOL_ENV, "classic".to_owned()));
+    }
+    processor_env
+}
+
+/// The supplier simulator's environment: its address and what it sends.
+fn simulator_env(options: &LauncherOptions, addr: SocketAddr) -> Vec<(&'static str, String)> {
+    let mut vars = vec![
+        (env::LISTEN_ADDR, addr.to_string()),
+        (env::SIM_RATE, options.rate.to_string()),
+        (env::SIM_EVENTS, options.events.to_string()),
+        (env::SIM_SEED, options.seed.to_string()),
+        (env::SIM_MARKETS, market_list(&options.markets)),
+        (env::SIM_TOTAL, options.total.to_string()),
+    ];
+    if let Some(base) = options.version_base {
+        vars.push((env::SIM_VERSION_BASE, base.to_string()));
+    }
+    vars
 }
 
 /// Applies the migrations with the processor's own `migrate` command, as the operator's Job does.

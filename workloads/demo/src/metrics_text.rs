@@ -1,4 +1,11 @@
 //! Just enough of the Prometheus text format to read our own services' `/metrics`.
+//!
+//! Not the `prometheus-parse` crate: it parses each sample into a typed value with its labels
+//! in a `HashMap` and folds a histogram's buckets into one value, while what reads these
+//! scrapes wants series by their exposition text (`name{labels}`, as the chaos test's
+//! diagnosis prints them) and sums buckets across label sets; mapping its model back would
+//! take as many lines as this parser, for a crate that brings `regex` (with its Unicode
+//! tables) and a second `itertools` along.
 
 use std::collections::BTreeMap;
 
@@ -76,18 +83,21 @@ impl Samples {
     }
 }
 
+/// The cumulative count of the bucket of `buckets` whose upper bound is `le`; 0 when there is
+/// none.
+pub fn count_at(buckets: &[(f64, f64)], le: f64) -> f64 {
+    buckets
+        .iter()
+        .find(|(b, _)| b.to_bits() == le.to_bits())
+        .map_or(0.0, |(_, n)| *n)
+}
+
 /// The `q` quantile (0..1) of the observations between two scrapes of a histogram, as the
 /// upper bound of the bucket it falls in. `None` when nothing was observed.
 pub fn quantile_between(before: &[(f64, f64)], after: &[(f64, f64)], q: f64) -> Option<f64> {
     let counts: Vec<(f64, f64)> = after
         .iter()
-        .map(|(le, n)| {
-            let prev = before
-                .iter()
-                .find(|(b, _)| b.to_bits() == le.to_bits())
-                .map_or(0.0, |(_, n)| *n);
-            (*le, n - prev)
-        })
+        .map(|(le, n)| (*le, n - count_at(before, *le)))
         .collect();
     let total = counts.last()?.1;
     if total <= 0.0 {

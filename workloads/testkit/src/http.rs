@@ -114,16 +114,7 @@ async fn get(addr: SocketAddr, path: &str) -> Result<HttpResponse> {
 /// reconnect can be handed it as its own source port). It never answers a request, whatever
 /// the protocol. Stops when the returned task is aborted.
 pub async fn echo_peer() -> Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|source| TestkitError::Io {
-            what: "binding the echo peer".into(),
-            source,
-        })?;
-    let addr = listener.local_addr().map_err(|source| TestkitError::Io {
-        what: "reading the echo peer's address".into(),
-        source,
-    })?;
+    let (listener, addr) = crate::process::bind_loopback("the echo peer").await?;
     let task = tokio::spawn(async move {
         while let Ok((socket, _)) = listener.accept().await {
             tokio::spawn(async move {

@@ -6,7 +6,7 @@
 //! `ExportTraceServiceResponse`; 415 for another content type, 400 for a body that does not
 //! decode) and keeps every span with its service name.
 
-use crate::{Result, TestkitError};
+use crate::Result;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -73,16 +73,7 @@ impl Drop for OtlpReceiver {
 impl OtlpReceiver {
     /// Listens on a free loopback port.
     pub async fn start() -> Result<OtlpReceiver> {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|source| TestkitError::Io {
-                what: "binding the OTLP receiver".into(),
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| TestkitError::Io {
-            what: "the OTLP receiver's address".into(),
-            source,
-        })?;
+        let (listener, addr) = crate::process::bind_loopback("the OTLP receiver").await?;
         let received = Arc::new(Mutex::new(Received::default()));
         let router = Router::new()
             .route("/v1/traces", post(export))

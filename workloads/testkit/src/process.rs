@@ -23,6 +23,24 @@ pub fn free_port() -> Result<u16> {
     Ok(port)
 }
 
+/// A listener on a free loopback port and its address; `what` names it in errors (a test
+/// server of this kit: the echo peer, the OTLP receiver).
+pub(crate) async fn bind_loopback(
+    what: &str,
+) -> Result<(tokio::net::TcpListener, std::net::SocketAddr)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|source| TestkitError::Io {
+            what: format!("binding {what}"),
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| TestkitError::Io {
+        what: format!("reading {what}'s address"),
+        source,
+    })?;
+    Ok((listener, addr))
+}
+
 /// Finds a server binary on PATH or in the usual Debian location for versioned servers.
 pub(crate) fn find_binary(name: &str) -> Result<PathBuf> {
     let from_path = std::env::var_os("PATH")

@@ -6,7 +6,7 @@
 //! shows which hop to work on. A hop whose series a stage does not serve is reported as not
 //! measured rather than as zero.
 
-use crate::metrics_text::Samples;
+use crate::metrics_text::{count_at, Samples};
 use crate::status::Scrape;
 use odds_runtime::hops;
 use odds_runtime::metrics::component;
@@ -79,13 +79,7 @@ pub fn bucket_deltas(before: &[(f64, f64)], after: &[(f64, f64)]) -> Vec<(f64, f
     };
     after
         .iter()
-        .map(|(le, n)| {
-            let earlier = before
-                .iter()
-                .find(|(b, _)| b.to_bits() == le.to_bits())
-                .map_or(0.0, |(_, n)| *n);
-            (*le, (n - earlier).max(0.0))
-        })
+        .map(|(le, n)| (*le, (n - count_at(before, *le)).max(0.0)))
         .collect()
 }
 
@@ -121,35 +115,35 @@ mod tests {
 
     /// Two scrapes of ingest, as its /metrics serves them: before the window 10 observations,
     /// after it 110, so the window holds 100: 40 ≤ 1 ms, 50 in (1, 2] ms, 9 in (2, 5] ms and
-    /// one above 10 s.
-    const BEFORE: &str = r#"# TYPE odds_ingest_hop_seconds histogram
-odds_ingest_hop_seconds_bucket{hop="supplier_to_ingest",le="0.001"} 10
-odds_ingest_hop_seconds_bucket{hop="supplier_to_ingest",le="0.002"} 10
-odds_ingest_hop_seconds_bucket{hop="supplier_to_ingest",le="0.005"} 10
-odds_ingest_hop_seconds_bucket{hop="supplier_to_ingest",le="10"} 10
-odds_ingest_hop_seconds_bucket{hop="supplier_to_ingest",le="+Inf"} 10
-odds_ingest_hop_seconds_sum{hop="supplier_to_ingest"} 0.005
-odds_ingest_hop_seconds_count{hop="supplier_to_ingest"} 10
-odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="0.001"} 0
-odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="0.002"} 0
-odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="0.005"} 0
-odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="10"} 0
-odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="+Inf"} 0
-"#;
-    const AFTER: &str = r#"# TYPE odds_ingest_hop_seconds histogram
-odds_ingest_hop_seconds_bucket{hop="supplier_to_ingest",le="0.001"} 50
-odds_ingest_hop_seconds_bucket{hop="supplier_to_ingest",le="0.002"} 100
-odds_ingest_hop_seconds_bucket{hop="supplier_to_ingest",le="0.005"} 109
-odds_ingest_hop_seconds_bucket{hop="supplier_to_ingest",le="10"} 109
-odds_ingest_hop_seconds_bucket{hop="supplier_to_ingest",le="+Inf"} 110
-odds_ingest_hop_seconds_sum{hop="supplier_to_ingest"} 30.2
-odds_ingest_hop_seconds_count{hop="supplier_to_ingest"} 110
-odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="0.001"} 0
-odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="0.002"} 0
-odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="0.005"} 0
-odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="10"} 0
-odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="+Inf"} 0
-"#;
+    /// one above 10 s. Its produce acknowledgements saw nothing.
+    fn ingest_scrape(supplier_buckets: [u64; 5], sum: f64) -> String {
+        let mut text = "# TYPE odds_ingest_hop_seconds histogram\n".to_owned();
+        for (hop, counts) in [
+            ("supplier_to_ingest", supplier_buckets),
+            ("ingest_to_kafka_ack", [0; 5]),
+        ] {
+            for (le, count) in ["0.001", "0.002", "0.005", "10", "+Inf"].iter().zip(counts) {
+                text.push_str(&format!(
+                    "odds_ingest_hop_seconds_bucket{{hop=\"{hop}\",le=\"{le}\"}} {count}\n"
+                ));
+            }
+            if hop == "supplier_to_ingest" {
+                text.push_str(&format!(
+                    "odds_ingest_hop_seconds_sum{{hop=\"{hop}\"}} {sum}\nodds_ingest_hop_seconds_count{{hop=\"{hop}\"}} {}\n",
+                    counts[4]
+                ));
+            }
+        }
+        text
+    }
+
+    fn before() -> Scrape {
+        scrape(&ingest_scrape([10, 10, 10, 10, 10], 0.005))
+    }
+
+    fn after() -> Scrape {
+        scrape(&ingest_scrape([50, 100, 109, 109, 110], 30.2))
+    }
 
     fn scrape(ingest: &str) -> Scrape {
         Scrape {
@@ -160,7 +154,7 @@ odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="+Inf"} 0
 
     #[test]
     fn percentiles_come_from_the_window_interpolated_within_buckets() {
-        let hops = breakdown(&scrape(BEFORE), &scrape(AFTER));
+        let hops = breakdown(&before(), &after());
         let names: Vec<_> = hops.iter().map(|h| h.hop).collect();
         let pipeline_order: Vec<_> = hops::ALL.iter().map(|(h, _)| *h).collect();
         assert_eq!(names, pipeline_order);
@@ -178,7 +172,7 @@ odds_ingest_hop_seconds_bucket{hop="ingest_to_kafka_ack",le="+Inf"} 0
 
     #[test]
     fn an_idle_hop_is_measured_with_no_figures_and_a_missing_one_is_not_measured() {
-        let hops = breakdown(&scrape(BEFORE), &scrape(AFTER));
+        let hops = breakdown(&before(), &after());
         let ack = &hops[1];
         assert_eq!(
             (ack.hop, ack.measured, ack.count),

@@ -215,20 +215,16 @@ async fn run_once(args: &BenchArgs, rate: u32, bin_dir: PathBuf) -> anyhow::Resu
     }
 }
 
+/// One run's measurement, from the pipeline being up to its report: waits for the start-up
+/// backlog to drain, opens the window, lets the clients and the canary listen while the
+/// supplier sends, waits for Postgres to have everything, and closes the window.
 async fn measure(
     launcher: &Launcher,
     args: &BenchArgs,
     rate: u32,
     total: u64,
 ) -> anyhow::Result<BenchReport> {
-    let last_event = format!("/v1/events/{}/odds", event_id(args.events as usize));
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(http_get(launcher.service_addr, &last_event).await, Ok(r) if r.status == 200) {
-        if Instant::now() > deadline {
-            bail!("events never became visible through odds-service");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_visible(launcher, args.events).await?;
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&launcher.infra.database_url)
@@ -236,100 +232,32 @@ async fn measure(
     // The window starts once the pipeline has caught up with the supplier: the consumer
     // group's first join holds the first records for seconds, and draining that backlog is
     // start-up, not the pipeline's latency (counted in, it was the "stalls" of 1.5–2 s in
-    // every run's kafka→processor p99). It waits at most a quarter of the sending time: an
-    // overloaded pipeline never catches up, and waiting longer would leave nothing to
-    // measure. The CPU, idle and hop figures cover the window, and the per-1000 figures the
-    // updates persisted in it.
-    let catch_up_limit = Duration::from_secs(args.duration) / 4;
-    let caught_up = wait_caught_up(launcher, args.events, rate, catch_up_limit).await;
-    if !caught_up {
-        tracing::warn!(
-            "the pipeline did not catch up with the supplier within {:.1} s; measuring anyway",
-            catch_up_limit.as_secs_f64()
-        );
-    }
-    let persisted_before: i64 = sqlx::query_scalar("SELECT count(*) FROM odds_history")
-        .fetch_one(&pool)
-        .await?;
+    // every run's kafka→processor p99). The CPU, idle and hop figures cover the window, and
+    // the per-1000 figures the updates persisted in it.
+    let caught_up = catch_up(launcher, args, rate).await;
+    let persisted_before = persisted_count(&pool).await?;
     let window = Window::open(launcher).await;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut clients = Vec::new();
-    for i in 0..args.clients {
-        let url = format!("ws://{}/ws/odds", launcher.service_addr);
-        let event = event_id((i % args.events) as usize + 1);
-        clients.push(tokio::spawn(client(url, event, stop_rx.clone())));
-    }
-    // Beside the clients, the same canary the operator runs per pipeline, over the whole run.
-    let canary = odds_canary::Canary::start(odds_canary::CanaryConfig {
-        url: format!("ws://{}/ws/odds", launcher.service_addr),
-        sample: vec![odds_contracts::ws::ALL_EVENTS.to_string()],
-        window: Duration::from_secs(args.duration * 4 + 120),
-    });
+    let listeners = Listeners::start(launcher, args);
     let started = Instant::now();
-
-    let send_deadline = started + Duration::from_secs(args.duration * 4 + 60);
-    loop {
-        let sent = Scrape::take(launcher)
-            .await
-            .simulator
-            .sum("odds_sim_updates_sent_total") as u64;
-        if sent >= total {
-            break;
-        }
-        if Instant::now() > send_deadline {
-            bail!("supplier sent only {sent} of {total} updates in time");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_sent(
+        launcher,
+        total,
+        started + Duration::from_secs(args.duration * 4 + 60),
+    )
+    .await?;
     let sent_done = started.elapsed();
     // What the supplier sent that is new: its deltas plus its first image (one new version per
     // event); later images after a reconnect repeat versions already stored.
     let total = total + u64::from(args.events);
-
-    let mut persisted: i64 = 0;
-    let mut unchanged_since = Instant::now();
-    let mut drained_at = started.elapsed();
-    while (persisted as u64) < total && unchanged_since.elapsed() < Duration::from_secs(10) {
-        let now: i64 = sqlx::query_scalar("SELECT count(*) FROM odds_history")
-            .fetch_one(&pool)
-            .await?;
-        if now != persisted {
-            persisted = now;
-            unchanged_since = Instant::now();
-            drained_at = started.elapsed();
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (persisted, drained_at) = wait_persisted(&pool, total, started).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let in_window = (persisted - persisted_before).max(0) as u64;
     let closed = window.close(launcher, in_window).await;
     let skipped = closed.skipped;
     let accepted = total.saturating_sub(skipped.versions_never_ingested + skipped.dead_lettered);
     let postgres = postgres_settings(&pool, launcher).await?;
-    let mut rss_mb = BTreeMap::new();
-    for child in &launcher.children {
-        if let Some((rss, _)) = child.usage() {
-            rss_mb.insert(child.name.to_owned(), (rss * 10.0).round() / 10.0);
-        }
-    }
-    if let Some((rss, _)) = launcher.infra.broker().and_then(|b| b.usage()) {
-        rss_mb.insert(BROKER_PROCESS.to_owned(), (rss * 10.0).round() / 10.0);
-    }
-    let _ = stop_tx.send(true);
-    let canary_figures = CanaryFigures::of(&canary.summary());
-    canary.stop().await;
-    let mut latencies = Vec::new();
-    for c in clients {
-        latencies.extend(c.await.context("client task")??);
-    }
-    latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| {
-        latencies
-            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let rss_mb = rss_mb(launcher);
+    let (latencies, canary) = listeners.stop().await?;
     // Every delivery counted by the clients falls in the window (they connect after it opens).
     let service_cpu_us_per_delivery = closed
         .cpu_s
@@ -351,12 +279,7 @@ async fn measure(
         // Persisted in the window, over the window up to the last one persisted: sustained.
         updates_per_sec: in_window as f64 / drained_at.as_secs_f64().max(0.001),
         deliveries_per_sec: latencies.len() as f64 / sent_done.as_secs_f64().max(0.001),
-        latency_ms: Latency {
-            p50: pick(0.5),
-            p99: pick(0.99),
-            p999: pick(0.999),
-            max: latencies.last().copied().unwrap_or(f64::NAN),
-        },
+        latency_ms: Latency::of_sorted(&latencies),
         rss_mb,
         window_s: (closed.seconds * 10.0).round() / 10.0,
         caught_up,
@@ -369,9 +292,142 @@ async fn measure(
         postgres,
         hops: closed.hops,
         runs: Vec::new(),
-        canary: Some(canary_figures),
+        canary: Some(canary),
         find_max_steps: Vec::new(),
     })
+}
+
+/// Waits for the start-up backlog to drain, at most a quarter of the sending time: an
+/// overloaded pipeline never catches up, and waiting longer would leave nothing to measure.
+/// `false` when it did not (the report says so).
+async fn catch_up(launcher: &Launcher, args: &BenchArgs, rate: u32) -> bool {
+    let catch_up_limit = Duration::from_secs(args.duration) / 4;
+    let caught_up = wait_caught_up(launcher, args.events, rate, catch_up_limit).await;
+    if !caught_up {
+        tracing::warn!(
+            "the pipeline did not catch up with the supplier within {:.1} s; measuring anyway",
+            catch_up_limit.as_secs_f64()
+        );
+    }
+    caught_up
+}
+
+/// Waits until the last event is visible through odds-service: the pipeline is up.
+async fn wait_visible(launcher: &Launcher, events: u32) -> anyhow::Result<()> {
+    let last_event = format!("/v1/events/{}/odds", event_id(events as usize));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(http_get(launcher.service_addr, &last_event).await, Ok(r) if r.status == 200) {
+        if Instant::now() > deadline {
+            bail!("events never became visible through odds-service");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Rows in `odds_history` now.
+async fn persisted_count(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
+    Ok(sqlx::query_scalar("SELECT count(*) FROM odds_history")
+        .fetch_one(pool)
+        .await?)
+}
+
+/// Waits until the supplier has sent `total` updates (its own count); an error after
+/// `deadline`.
+async fn wait_sent(launcher: &Launcher, total: u64, deadline: Instant) -> anyhow::Result<()> {
+    loop {
+        let sent = Scrape::take(launcher)
+            .await
+            .simulator
+            .sum("odds_sim_updates_sent_total") as u64;
+        if sent >= total {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("supplier sent only {sent} of {total} updates in time");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until `odds_history` holds `total` rows, or has not grown for 10 s: the rows then,
+/// and when (since `started`) the last of them arrived.
+async fn wait_persisted(
+    pool: &sqlx::PgPool,
+    total: u64,
+    started: Instant,
+) -> anyhow::Result<(i64, Duration)> {
+    let mut persisted: i64 = 0;
+    let mut unchanged_since = Instant::now();
+    let mut drained_at = started.elapsed();
+    while (persisted as u64) < total && unchanged_since.elapsed() < Duration::from_secs(10) {
+        let now = persisted_count(pool).await?;
+        if now != persisted {
+            persisted = now;
+            unchanged_since = Instant::now();
+            drained_at = started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok((persisted, drained_at))
+}
+
+/// Resident memory (MiB) of every stage and of the broker started here.
+fn rss_mb(launcher: &Launcher) -> BTreeMap<String, f64> {
+    let mut rss_mb = BTreeMap::new();
+    for child in &launcher.children {
+        if let Some((rss, _)) = child.usage() {
+            rss_mb.insert(child.name.to_owned(), (rss * 10.0).round() / 10.0);
+        }
+    }
+    if let Some((rss, _)) = launcher.infra.broker().and_then(|b| b.usage()) {
+        rss_mb.insert(BROKER_PROCESS.to_owned(), (rss * 10.0).round() / 10.0);
+    }
+    rss_mb
+}
+
+/// What listens on `/ws/odds` during a run: the clients, each subscribed to one event, and
+/// beside them the same canary the operator runs per pipeline.
+struct Listeners {
+    clients: Vec<tokio::task::JoinHandle<anyhow::Result<Vec<f64>>>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    canary: odds_canary::Canary,
+}
+
+impl Listeners {
+    fn start(launcher: &Launcher, args: &BenchArgs) -> Listeners {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let url = format!("ws://{}/ws/odds", launcher.service_addr);
+        let clients = (0..args.clients)
+            .map(|i| {
+                let event = event_id((i % args.events) as usize + 1);
+                tokio::spawn(client(url.clone(), event, stopped.clone()))
+            })
+            .collect();
+        let canary = odds_canary::Canary::start(odds_canary::CanaryConfig {
+            url,
+            sample: vec![odds_contracts::ws::ALL_EVENTS.to_string()],
+            window: Duration::from_secs(args.duration * 4 + 120),
+        });
+        Listeners {
+            clients,
+            stop,
+            canary,
+        }
+    }
+
+    /// Stops them: every client's latencies (ms), sorted, and the canary's figures.
+    async fn stop(self) -> anyhow::Result<(Vec<f64>, CanaryFigures)> {
+        let _ = self.stop.send(true);
+        let canary = CanaryFigures::of(&self.canary.summary());
+        self.canary.stop().await;
+        let mut latencies = Vec::new();
+        for c in self.clients {
+            latencies.extend(c.await.context("client task")??);
+        }
+        latencies.sort_by(f64::total_cmp);
+        Ok((latencies, canary))
+    }
 }
 
 /// An event's current odds younger than this (plus the time between two of its updates)

@@ -25,6 +25,24 @@ pub struct Latency {
     pub max: f64,
 }
 
+impl Latency {
+    /// The quantiles of `sorted` (ascending); NaN where there is none.
+    pub fn of_sorted(sorted: &[f64]) -> Latency {
+        let pick = |q: f64| {
+            sorted
+                .get(((sorted.len() as f64 * q) as usize).min(sorted.len().saturating_sub(1)))
+                .copied()
+                .unwrap_or(f64::NAN)
+        };
+        Latency {
+            p50: pick(0.5),
+            p99: pick(0.99),
+            p999: pick(0.999),
+            max: sorted.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
 /// The Postgres settings in effect during the run, as the server reported them (`SHOW`).
 #[derive(Debug, Clone, Serialize)]
 pub struct PostgresSettings {
@@ -349,11 +367,20 @@ impl BenchReport {
 
     /// The text printed after a run.
     pub fn summary(&self) -> String {
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
+        let mut out = self.headline();
+        out.push_str(&self.latency_lines());
+        out.push_str(&self.setting_lines());
+        out.push_str(&self.machine_lines());
+        out.push_str(&self.cpu_table());
+        out.push_str(&self.hop_table());
+        out
+    }
+
+    /// Where the updates went, and the rates; then why any fell short.
+    fn headline(&self) -> String {
+        let mut out = format!(
             "rate {}/s for {} s, {} clients: sent {}, skipped by the supplier {}, to the DLQ \
-             {}, accepted {}, persisted {}, lost {}; {:.0} updates/s, {:.0} deliveries/s",
+             {}, accepted {}, persisted {}, lost {}; {:.0} updates/s, {:.0} deliveries/s\n",
             self.rate_target,
             self.duration_s,
             self.ws_clients,
@@ -372,9 +399,13 @@ impl BenchReport {
         if let Some(warning) = self.mock_limit_warning() {
             let _ = writeln!(out, "{warning}");
         }
-        let _ = writeln!(
-            out,
-            "latency ms (supplier updated_at → client receive): p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}",
+        out
+    }
+
+    /// The clients' latency, the canary's age, and the fan-out's CPU per delivery.
+    fn latency_lines(&self) -> String {
+        let mut out = format!(
+            "latency ms (supplier updated_at → client receive): p50 {:.1} p99 {:.1} p99.9 {:.1} max {:.1}\n",
             self.latency_ms.p50, self.latency_ms.p99, self.latency_ms.p999, self.latency_ms.max
         );
         if let Some(canary) = &self.canary {
@@ -391,10 +422,15 @@ impl BenchReport {
         if let Some(us) = self.service_cpu_us_per_delivery {
             let _ = writeln!(out, "odds-service CPU per delivered message: {us:.1} µs");
         }
+        out
+    }
+
+    /// What Postgres promised and which Kafka ran, with a warning when the processor fell
+    /// behind Kafka's retention.
+    fn setting_lines(&self) -> String {
         let pg = &self.postgres;
-        let _ = writeln!(
-            out,
-            "postgres ({}): fsync {}, synchronous_commit {}, full_page_writes {}{}",
+        let mut out = format!(
+            "postgres ({}): fsync {}, synchronous_commit {}, full_page_writes {}{}\nkafka: {}\n",
             pg.started_as,
             pg.fsync,
             pg.synchronous_commit,
@@ -403,9 +439,9 @@ impl BenchReport {
                 ""
             } else {
                 " — NOT durable: commits are cheaper than production's"
-            }
+            },
+            self.kafka
         );
-        let _ = writeln!(out, "kafka: {}", self.kafka);
         if self.kafka_offset_resets > 0 {
             let _ = writeln!(
                 out,
@@ -420,13 +456,18 @@ impl BenchReport {
                 }
             );
         }
+        out
+    }
+
+    /// The machine's cores and idle share, with a warning when it was saturated or the
+    /// window opened before the pipeline caught up.
+    fn machine_lines(&self) -> String {
         let idle = self
             .machine
             .idle_share
             .map_or_else(|| "unknown".to_owned(), |s| format!("{:.1} %", s * 100.0));
-        let _ = writeln!(
-            out,
-            "machine: {} cores, idle {idle} of the {:.1} s window",
+        let mut out = format!(
+            "machine: {} cores, idle {idle} of the {:.1} s window\n",
             self.machine.cores, self.window_s
         );
         if self.machine.saturated {
@@ -444,8 +485,6 @@ impl BenchReport {
                  opened: the figures include the start-up backlog"
             );
         }
-        out.push_str(&self.cpu_table());
-        out.push_str(&self.hop_table());
         out
     }
 
