@@ -12,7 +12,8 @@ use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
 use crate::publisher::Publisher;
 use crate::supplier::{
-    stream_supplier, ByteBudget, QueuedFrame, Received, SupplierFrame, SupplierLink, READY_SUPPLIER,
+    stream_supplier, ByteBudget, QueuedFrame, Received, SupplierFrame, SupplierLink,
+    SupplierReader, READY_SUPPLIER,
 };
 use crate::versions::{VersionCheck, VersionTracker};
 use crate::IngestError;
@@ -143,14 +144,14 @@ impl Ingest {
         .await?;
 
         let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
-        let reader = tokio::spawn(stream_supplier(
+        let reader = tokio::spawn(stream_supplier(SupplierReader {
             link,
-            frames_tx,
-            ByteBudget::new(FRAME_QUEUE_BYTES),
-            readiness.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+            frames: frames_tx,
+            budget: ByteBudget::new(FRAME_QUEUE_BYTES),
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        }));
         let stage_publisher = publisher.clone();
         let probe = tokio::spawn(probe_kafka(
             publisher.clone(),

@@ -160,24 +160,9 @@ pub fn backoff_delay(attempt: u32, min: Duration, max: Duration, rng: &mut impl 
     )
 }
 
-/// Reads the supplier until `shutdown`; frames go to `frames`. Returns when shut down or when
-/// the receiving side is gone.
-pub async fn stream_supplier(
-    link: SupplierLink,
-    frames: mpsc::Sender<QueuedFrame>,
-    budget: ByteBudget,
-    readiness: Readiness,
-    metrics: IngestMetrics,
-    shutdown: CancellationToken,
-) {
-    let reader = SupplierReader {
-        link,
-        frames,
-        budget,
-        readiness,
-        metrics,
-        shutdown,
-    };
+/// Reads the supplier until `reader.shutdown`; frames go to `reader.frames`. Returns when shut
+/// down or when the receiving side is gone.
+pub async fn stream_supplier(reader: SupplierReader) {
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng();
     let mut attempt: u32 = 0;
     loop {
@@ -229,14 +214,15 @@ enum Next {
     End,
 }
 
-/// The supplier side of the stage: where it connects and where the frames go.
-struct SupplierReader {
-    link: SupplierLink,
-    frames: mpsc::Sender<QueuedFrame>,
-    budget: ByteBudget,
-    readiness: Readiness,
-    metrics: IngestMetrics,
-    shutdown: CancellationToken,
+/// The supplier side of the stage: where it connects, where the frames go (the queue and its
+/// byte budget), and what it reports to.
+pub struct SupplierReader {
+    pub link: SupplierLink,
+    pub frames: mpsc::Sender<QueuedFrame>,
+    pub budget: ByteBudget,
+    pub readiness: Readiness,
+    pub metrics: IngestMetrics,
+    pub shutdown: CancellationToken,
 }
 
 impl SupplierReader {

@@ -71,11 +71,6 @@ async fn overlapped_batches_never_commit_ahead_of_postgres_and_keep_each_events_
             "P{e:02} published out of order: {versions:?}"
         );
     }
-    shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop_cleanly(&shutdown, task).await;
     assert_eq!(committed_total(&kafka, &group, 1), total);
 }
