@@ -12,7 +12,8 @@ use crate::config::IngestConfig;
 use crate::metrics::IngestMetrics;
 use crate::publisher::Publisher;
 use crate::supplier::{
-    stream_supplier, ByteBudget, QueuedFrame, Received, SupplierFrame, SupplierLink, READY_SUPPLIER,
+    stream_supplier, ByteBudget, QueuedFrame, Received, SupplierFrame, SupplierLink,
+    SupplierReader, READY_SUPPLIER,
 };
 use crate::versions::{VersionCheck, VersionTracker};
 use crate::IngestError;
@@ -55,6 +56,65 @@ pub struct Ingest {
     ops_task: JoinHandle<()>,
 }
 
+/// Stops the stage like a shutdown when the producer hits a fatal error (the idempotent
+/// producer can no longer guarantee order or exactly-once) or the DLQ refuses dead letters
+/// for good, readiness saying why first; `run` then fails, so the process exits non-zero and
+/// the orchestrator starts a fresh producer (and shows the restarts).
+fn watch_fatal(watched: Publisher, stop: CancellationToken, readiness: Readiness) {
+    tokio::spawn(async move {
+        let fatal = watched.fatal_token();
+        tokio::select! {
+            _ = fatal.cancelled() => {
+                let check = if watched.dlq_refusal().is_some() {
+                    READY_DLQ
+                } else {
+                    READY_PRODUCER
+                };
+                readiness.set(check, false);
+                stop.cancel();
+            }
+            _ = stop.cancelled() => {}
+        }
+    });
+}
+
+/// How the stage reaches its supplier, from the configuration.
+fn supplier_link(config: &IngestConfig) -> SupplierLink {
+    let (reconnect_min, reconnect_max) = config.reconnect_bounds();
+    SupplierLink {
+        url: config.supplier_url.clone(),
+        max_message_bytes: config.max_ws_message_bytes as usize,
+        reconnect_min,
+        reconnect_max,
+        ping_interval: Duration::from_millis(config.supplier_ping_interval_ms),
+    }
+}
+
+/// The end of a stopping stage: waits for Kafka's acknowledgements until the deadline,
+/// closes the producer, and counts and reports every record accepted from the supplier that
+/// never reached Kafka (`unproduced` were never handed to the producer).
+async fn drain_and_report(
+    publisher: &Publisher,
+    unproduced: u64,
+    deadline: &CancellationToken,
+    metrics: &IngestMetrics,
+) {
+    let unacknowledged = publisher.drain_until(deadline).await;
+    publisher.close();
+    let undelivered = unproduced + unacknowledged;
+    metrics.shutdown_undelivered.inc_by(undelivered);
+    if undelivered > 0 {
+        tracing::error!(
+            undelivered,
+            unproduced,
+            unacknowledged,
+            "shutdown: records accepted from the supplier were not delivered to Kafka"
+        );
+    } else {
+        tracing::info!("shutdown: every record acknowledged");
+    }
+}
+
 impl Ingest {
     /// Starts every task of the stage; returns once the ops server listens.
     pub async fn start(
@@ -72,33 +132,8 @@ impl Ingest {
         // shutdown, readiness saying why first; `run` then fails, so the process exits
         // non-zero and the orchestrator starts a fresh producer (and shows the restarts).
         let shutdown = shutdown.child_token();
-        tokio::spawn({
-            let (watched, stop, readiness) =
-                (publisher.clone(), shutdown.clone(), readiness.clone());
-            async move {
-                let fatal = watched.fatal_token();
-                tokio::select! {
-                    _ = fatal.cancelled() => {
-                        let check = if watched.dlq_refusal().is_some() {
-                            READY_DLQ
-                        } else {
-                            READY_PRODUCER
-                        };
-                        readiness.set(check, false);
-                        stop.cancel();
-                    }
-                    _ = stop.cancelled() => {}
-                }
-            }
-        });
-        let (reconnect_min, reconnect_max) = config.reconnect_bounds();
-        let link = SupplierLink {
-            url: config.supplier_url.clone(),
-            max_message_bytes: config.max_ws_message_bytes as usize,
-            reconnect_min,
-            reconnect_max,
-            ping_interval: Duration::from_millis(config.supplier_ping_interval_ms),
-        };
+        watch_fatal(publisher.clone(), shutdown.clone(), readiness.clone());
+        let link = supplier_link(&config);
         // The ops server outlives the pipeline a little so /metrics shows the final drain.
         let ops_shutdown = CancellationToken::new();
         let (ops_addr, ops_task) = serve_http(
@@ -109,14 +144,14 @@ impl Ingest {
         .await?;
 
         let (frames_tx, frames_rx) = mpsc::channel(FRAME_QUEUE);
-        let reader = tokio::spawn(stream_supplier(
+        let reader = tokio::spawn(stream_supplier(SupplierReader {
             link,
-            frames_tx,
-            ByteBudget::new(FRAME_QUEUE_BYTES),
-            readiness.clone(),
-            metrics.clone(),
-            shutdown.clone(),
-        ));
+            frames: frames_tx,
+            budget: ByteBudget::new(FRAME_QUEUE_BYTES),
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+        }));
         let stage_publisher = publisher.clone();
         let probe = tokio::spawn(probe_kafka(
             publisher.clone(),
@@ -130,20 +165,7 @@ impl Ingest {
             let unproduced = process_frames(frames_rx, &publisher, &stage_metrics, &deadline).await;
             let _ = reader.await;
             probe.abort();
-            let unacknowledged = publisher.drain_until(&deadline).await;
-            publisher.close();
-            let undelivered = unproduced + unacknowledged;
-            stage_metrics.shutdown_undelivered.inc_by(undelivered);
-            if undelivered > 0 {
-                tracing::error!(
-                    undelivered,
-                    unproduced,
-                    unacknowledged,
-                    "shutdown: records accepted from the supplier were not delivered to Kafka"
-                );
-            } else {
-                tracing::info!("shutdown: every record acknowledged");
-            }
+            drain_and_report(&publisher, unproduced, &deadline, &stage_metrics).await;
             ops_shutdown.cancel();
         });
         tracing::info!(%ops_addr, supplier = %config.supplier_url, brokers = %config.kafka.brokers, "odds-ingest started");

@@ -4,7 +4,7 @@
 use odds_contracts::RejectReason;
 use odds_runtime::hops::{self, HopHistogram};
 use odds_runtime::metrics::{component, PrefixedRegistry};
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 #[derive(Clone)]
 pub struct IngestMetrics {
@@ -31,84 +31,70 @@ impl IngestMetrics {
         PrefixedRegistry::new(component::INGEST)
     }
 
+    /// Creates ingest's metrics and registers them in `registry`: one declaration per metric.
     pub fn register(registry: &PrefixedRegistry) -> Result<IngestMetrics, prometheus::Error> {
         let hop_family = HopHistogram::for_component(registry, component::INGEST)?;
+        let r = registry;
         let m = IngestMetrics {
-            frames_received: IntCounter::new(
+            frames_received: r.counter(
                 "frames_received_total",
                 "WebSocket frames received from the supplier",
             )?,
-            updates_produced: IntCounter::new(
+            updates_produced: r.counter(
                 "updates_produced_total",
                 "Valid updates acknowledged by Kafka",
             )?,
-            dead_lettered: IntCounterVec::new(
-                Opts::new(
-                    "dlq_total",
-                    "Rejected frames acknowledged on the DLQ, by reason",
-                ),
+            dead_lettered: r.counter_vec(
+                "dlq_total",
+                "Rejected frames acknowledged on the DLQ, by reason",
                 &["reason"],
             )?,
-            produce_errors: IntCounter::new(
+            produce_errors: r.counter(
                 "produce_errors_total",
                 "Records Kafka refused for good (logged, and dead-lettered when possible)",
             )?,
-            reconnects: IntCounter::new(
+            reconnects: r.counter(
                 "reconnects_total",
                 "Supplier connection attempts after the first",
             )?,
-            in_flight: IntGauge::new(
+            in_flight: r.gauge(
                 "in_flight",
                 "Records sent to Kafka and not yet acknowledged",
             )?,
-            produce_latency: Histogram::with_opts(
-                HistogramOpts::new(
-                    "produce_latency_seconds",
-                    "Time from handing a record to the producer to Kafka's acknowledgement",
-                )
-                .buckets(vec![
+            produce_latency: r.histogram(
+                "produce_latency_seconds",
+                "Time from handing a record to the producer to Kafka's acknowledgement",
+                vec![
                     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
-                ]),
+                ],
             )?,
-            shutdown_undelivered: IntCounter::new(
+            shutdown_undelivered: r.counter(
                 "shutdown_undelivered_total",
                 "Records accepted from the supplier and never delivered to Kafka: left at the \
                  shutdown deadline, lost with a producer that hit a fatal error, or dead letters \
                  the DLQ refused for good",
             )?,
-            version_gaps: IntCounter::new(
+            version_gaps: r.counter(
                 "version_gaps_total",
                 "Updates whose version skipped versions of their event (missed updates)",
             )?,
-            versions_skipped: IntCounter::new(
+            versions_skipped: r.counter(
                 "versions_skipped_total",
                 "Versions never seen, summed over the gaps",
             )?,
-            version_regressions: IntCounterVec::new(
-                Opts::new(
-                    "version_regressions_total",
-                    "Updates not newer than their event's last version, by reason \
-                     (repeated: expected after a reconnect's image; older: the supplier went back)",
-                ),
+            version_regressions: r.counter_vec(
+                "version_regressions_total",
+                "Updates not newer than their event's last version, by reason \
+                 (repeated: expected after a reconnect's image; older: the supplier went back)",
                 &["reason"],
             )?,
             supplier_to_ingest: hop_family.hop(hops::SUPPLIER_TO_INGEST),
             ingest_to_kafka_ack: hop_family.hop(hops::INGEST_TO_KAFKA_ACK),
         };
-        registry.register(m.shutdown_undelivered.clone())?;
-        registry.register(m.version_gaps.clone())?;
-        registry.register(m.versions_skipped.clone())?;
-        registry.register(m.version_regressions.clone())?;
+        // Pre-create the labelled series so dashboards show zeros instead of gaps.
         for reason in odds_runtime::regressions::REASONS {
             m.version_regressions.with_label_values(&[reason]);
         }
-        registry.register(m.frames_received.clone())?;
-        registry.register(m.updates_produced.clone())?;
-        registry.register(m.dead_lettered.clone())?;
-        registry.register(m.produce_errors.clone())?;
-        registry.register(m.reconnects.clone())?;
-        registry.register(m.in_flight.clone())?;
-        registry.register(m.produce_latency.clone())?;
         for code in RejectReason::CODES.iter().chain(&["produce_failed"]) {
             m.dead_lettered.with_label_values(&[code]);
         }

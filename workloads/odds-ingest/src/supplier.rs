@@ -160,135 +160,217 @@ pub fn backoff_delay(attempt: u32, min: Duration, max: Duration, rng: &mut impl 
     )
 }
 
-/// Reads the supplier until `shutdown`; frames go to `frames`. Returns when shut down or when
-/// the receiving side is gone.
-pub async fn stream_supplier(
-    link: SupplierLink,
-    frames: mpsc::Sender<QueuedFrame>,
-    budget: ByteBudget,
-    readiness: Readiness,
-    metrics: IngestMetrics,
-    shutdown: CancellationToken,
-) {
-    let ws_config = WebSocketConfig::default()
-        .max_message_size(Some(link.max_message_bytes))
-        .max_frame_size(Some(link.max_message_bytes));
+/// Reads the supplier until `reader.shutdown`; frames go to `reader.frames`. Returns when shut
+/// down or when the receiving side is gone.
+pub async fn stream_supplier(reader: SupplierReader) {
     let mut rng = <rand::rngs::SmallRng as rand::SeedableRng>::from_os_rng();
     let mut attempt: u32 = 0;
     loop {
-        let silence_limit = link.ping_interval * 3;
-        let connect = tokio::time::timeout(
-            silence_limit,
-            tokio_tungstenite::connect_async_with_config(&link.url, Some(ws_config), false),
-        );
-        let connected = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = connect => r.unwrap_or_else(|_| Err(Error::Io(ErrorKind::TimedOut.into()))),
+        let Some(connected) = reader.connect().await else {
+            return;
         };
         match connected {
-            Ok((mut ws, _)) => {
-                tracing::info!(url = %link.url, "connected to supplier");
-                readiness.set(READY_SUPPLIER, true);
+            Ok(ws) => {
+                tracing::info!(url = %reader.link.url, "connected to supplier");
                 attempt = 0;
-                let mut last_heard = Instant::now();
-                let mut liveness = tokio::time::interval(link.ping_interval);
-                liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                // The first tick would come at once; the first check is due one interval on.
-                liveness.reset();
-                // Registered with the token once per connection, not once per frame.
-                let stopped = shutdown.cancelled();
-                tokio::pin!(stopped);
-                loop {
-                    let next = tokio::select! {
-                        _ = &mut stopped => {
-                            readiness.set(READY_SUPPLIER, false);
-                            let _ = tokio::time::timeout(SEND_GRACE, ws.close(None)).await;
-                            return;
-                        }
-                        _ = liveness.tick() => {
-                            let silent = last_heard.elapsed();
-                            if silent >= silence_limit {
-                                tracing::warn!(?silent, "supplier silent; reconnecting");
-                                break;
-                            }
-                            if silent >= link.ping_interval {
-                                let ping = ws.send(Message::Ping(Bytes::new()));
-                                let sent = tokio::time::timeout(SEND_GRACE, ping).await;
-                                if !matches!(sent, Ok(Ok(()))) {
-                                    tracing::warn!("cannot ping the supplier; reconnecting");
-                                    break;
-                                }
-                            }
-                            continue;
-                        }
-                        next = ws.next() => next,
-                    };
-                    let received = Received::now();
-                    last_heard = received.at;
-                    let frame = match next {
-                        Some(Ok(Message::Text(text))) => SupplierFrame::Text(text),
-                        Some(Ok(Message::Binary(bytes))) => SupplierFrame::Binary(bytes),
-                        Some(Ok(Message::Close(reason))) => {
-                            tracing::warn!(?reason, "supplier closed the connection");
-                            break;
-                        }
-                        Some(Ok(_)) => continue, // ping/pong are handled by tungstenite
-                        Some(Err(Error::Capacity(CapacityError::MessageTooLong {
-                            size,
-                            max_size,
-                        }))) => {
-                            tracing::warn!(
-                                size,
-                                max_size,
-                                "supplier sent a message over the read limit; dead-lettering \
-                                 its size and reconnecting"
-                            );
-                            let frame = SupplierFrame::Oversize {
-                                size,
-                                max: max_size,
-                            };
-                            if !hand_over(&frames, &budget, frame, received, &shutdown, &metrics)
-                                .await
-                            {
-                                return;
-                            }
-                            break;
-                        }
-                        Some(Err(error)) => {
-                            tracing::warn!(%error, "supplier connection failed");
-                            break;
-                        }
-                        None => {
-                            tracing::warn!("supplier connection ended");
-                            break;
-                        }
-                    };
-                    metrics.frames_received.inc();
-                    if !hand_over(&frames, &budget, frame, received, &shutdown, &metrics).await {
-                        readiness.set(READY_SUPPLIER, false);
-                        let _ = tokio::time::timeout(SEND_GRACE, ws.close(None)).await;
-                        return;
-                    }
-                    // Waiting on a full queue is backpressure, not supplier silence.
-                    last_heard = Instant::now();
+                reader.readiness.set(READY_SUPPLIER, true);
+                let ended = reader.read(ws).await;
+                reader.readiness.set(READY_SUPPLIER, false);
+                if ended == Ended::Stop {
+                    return;
                 }
-                readiness.set(READY_SUPPLIER, false);
             }
             Err(error) => {
-                tracing::warn!(url = %link.url, attempt, %error, "cannot connect to supplier")
+                tracing::warn!(url = %reader.link.url, attempt, %error, "cannot connect to supplier")
             }
         }
         attempt = attempt.saturating_add(1);
-        metrics.reconnects.inc();
-        let delay = backoff_delay(attempt, link.reconnect_min, link.reconnect_max, &mut rng);
+        if !reader.wait_to_reconnect(attempt, &mut rng).await {
+            return;
+        }
+    }
+}
+
+type SupplierSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// How one connection's reading ended.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    /// The connection failed, closed or went silent: connect again.
+    Reconnect,
+    /// Shutdown, or the processing side is gone.
+    Stop,
+}
+
+/// What one read from the socket asks of the reader.
+enum Next {
+    Frame(SupplierFrame),
+    /// A control frame (tungstenite answers pings itself).
+    Skip,
+    /// A message over the read limit: dead-letter its size, then reconnect.
+    Oversize(SupplierFrame),
+    /// The connection is over: reconnect.
+    End,
+}
+
+/// The supplier side of the stage: where it connects, where the frames go (the queue and its
+/// byte budget), and what it reports to.
+pub struct SupplierReader {
+    pub link: SupplierLink,
+    pub frames: mpsc::Sender<QueuedFrame>,
+    pub budget: ByteBudget,
+    pub readiness: Readiness,
+    pub metrics: IngestMetrics,
+    pub shutdown: CancellationToken,
+}
+
+impl SupplierReader {
+    /// One connect attempt, bounded like the silence of a connection; `None` on shutdown.
+    async fn connect(&self) -> Option<Result<SupplierSocket, Error>> {
+        let ws_config = WebSocketConfig::default()
+            .max_message_size(Some(self.link.max_message_bytes))
+            .max_frame_size(Some(self.link.max_message_bytes));
+        let connect = tokio::time::timeout(
+            self.link.ping_interval * 3,
+            tokio_tungstenite::connect_async_with_config(&self.link.url, Some(ws_config), false),
+        );
+        tokio::select! {
+            _ = self.shutdown.cancelled() => None,
+            r = connect => Some(
+                r.unwrap_or_else(|_| Err(Error::Io(ErrorKind::TimedOut.into())))
+                    .map(|(ws, _)| ws),
+            ),
+        }
+    }
+
+    /// Reads one connection's frames into the queue, pinging it when silent, until it ends.
+    async fn read(&self, mut ws: SupplierSocket) -> Ended {
+        let mut last_heard = Instant::now();
+        let mut liveness = tokio::time::interval(self.link.ping_interval);
+        liveness.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick would come at once; the first check is due one interval on.
+        liveness.reset();
+        // Registered with the token once per connection, not once per frame.
+        let stopped = self.shutdown.cancelled();
+        tokio::pin!(stopped);
+        loop {
+            let next = tokio::select! {
+                _ = &mut stopped => {
+                    let _ = tokio::time::timeout(SEND_GRACE, ws.close(None)).await;
+                    return Ended::Stop;
+                }
+                _ = liveness.tick() => {
+                    if !self.check_liveness(&mut ws, last_heard.elapsed()).await {
+                        return Ended::Reconnect;
+                    }
+                    continue;
+                }
+                next = ws.next() => next,
+            };
+            let received = Received::now();
+            last_heard = received.at;
+            let frame = match classify(next) {
+                Next::Frame(frame) => frame,
+                Next::Skip => continue,
+                Next::Oversize(frame) => {
+                    return match self.hand_over(frame, received).await {
+                        true => Ended::Reconnect,
+                        false => Ended::Stop,
+                    };
+                }
+                Next::End => return Ended::Reconnect,
+            };
+            self.metrics.frames_received.inc();
+            if !self.hand_over(frame, received).await {
+                let _ = tokio::time::timeout(SEND_GRACE, ws.close(None)).await;
+                return Ended::Stop;
+            }
+            // Waiting on a full queue is backpressure, not supplier silence.
+            last_heard = Instant::now();
+        }
+    }
+
+    /// Pings a connection silent for a ping interval; `false` when it has been silent too
+    /// long or the ping cannot go out (reconnect).
+    async fn check_liveness(&self, ws: &mut SupplierSocket, silent: Duration) -> bool {
+        if silent >= self.link.ping_interval * 3 {
+            tracing::warn!(?silent, "supplier silent; reconnecting");
+            return false;
+        }
+        if silent >= self.link.ping_interval {
+            let ping = ws.send(Message::Ping(Bytes::new()));
+            let sent = tokio::time::timeout(SEND_GRACE, ping).await;
+            if !matches!(sent, Ok(Ok(()))) {
+                tracing::warn!("cannot ping the supplier; reconnecting");
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn hand_over(&self, frame: SupplierFrame, received: Received) -> bool {
+        hand_over(
+            &self.frames,
+            &self.budget,
+            frame,
+            received,
+            &self.shutdown,
+            &self.metrics,
+        )
+        .await
+    }
+
+    /// Counts the reconnect and waits its backoff; `false` on shutdown.
+    async fn wait_to_reconnect(&self, attempt: u32, rng: &mut impl Rng) -> bool {
+        self.metrics.reconnects.inc();
+        let delay = backoff_delay(
+            attempt,
+            self.link.reconnect_min,
+            self.link.reconnect_max,
+            rng,
+        );
         tracing::info!(
             attempt,
             delay_ms = delay.as_millis() as u64,
             "reconnecting to supplier"
         );
         tokio::select! {
-            _ = shutdown.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
+            _ = self.shutdown.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+}
+
+/// What a read from the socket means for the reader (and the log line of an ending).
+fn classify(next: Option<Result<Message, Error>>) -> Next {
+    match next {
+        Some(Ok(Message::Text(text))) => Next::Frame(SupplierFrame::Text(text)),
+        Some(Ok(Message::Binary(bytes))) => Next::Frame(SupplierFrame::Binary(bytes)),
+        Some(Ok(Message::Close(reason))) => {
+            tracing::warn!(?reason, "supplier closed the connection");
+            Next::End
+        }
+        Some(Ok(_)) => Next::Skip, // ping/pong are handled by tungstenite
+        Some(Err(Error::Capacity(CapacityError::MessageTooLong { size, max_size }))) => {
+            tracing::warn!(
+                size,
+                max_size,
+                "supplier sent a message over the read limit; dead-lettering \
+                 its size and reconnecting"
+            );
+            Next::Oversize(SupplierFrame::Oversize {
+                size,
+                max: max_size,
+            })
+        }
+        Some(Err(error)) => {
+            tracing::warn!(%error, "supplier connection failed");
+            Next::End
+        }
+        None => {
+            tracing::warn!("supplier connection ended");
+            Next::End
         }
     }
 }

@@ -7,6 +7,7 @@
 
 use odds_contracts::{parse_update, OddsUpdate, RejectReason};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 
 /// One record as read from Kafka, owned (the consumer's borrowed message can't be kept).
 #[derive(Debug, Clone, PartialEq)]
@@ -55,6 +56,45 @@ pub struct Decoded {
     /// storage refuses the update).
     pub sources: Vec<usize>,
     pub rejected: Vec<(SourceRecord, Rejection)>,
+}
+
+impl Decoded {
+    /// Reorders the updates (and their sources alike) into `writers` contiguous groups of
+    /// disjoint events and returns the groups' ranges, empty ones left out: one per Postgres
+    /// writer. An event always lands in the same group, and the order read is kept within
+    /// each group, so every event's updates keep their order (ties go to the first read).
+    pub fn group_by_writer(&mut self, writers: usize) -> Vec<Range<usize>> {
+        let writers = writers.max(1);
+        let mut groups: Vec<Vec<(OddsUpdate, usize)>> = vec![Vec::new(); writers];
+        let updates = std::mem::take(&mut self.updates);
+        let sources = std::mem::take(&mut self.sources);
+        for (update, source) in updates.into_iter().zip(sources) {
+            let group = writer_of(&update.event_id, writers);
+            groups[group].push((update, source));
+        }
+        let mut ranges = Vec::with_capacity(writers);
+        for group in groups {
+            let start = self.updates.len();
+            for (update, source) in group {
+                self.updates.push(update);
+                self.sources.push(source);
+            }
+            if self.updates.len() > start {
+                ranges.push(start..self.updates.len());
+            }
+        }
+        ranges
+    }
+}
+
+/// The writer group of an event: FNV-1a of its id, so the same on every run and replica.
+fn writer_of(event_id: &str, writers: usize) -> usize {
+    let hash = event_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    (hash % writers as u64) as usize
 }
 
 impl Batch {
@@ -169,6 +209,65 @@ mod tests {
             got,
             vec![("A", "1X2", 1), ("B", "1X2", 7), ("B", "HT_1X2", 6)]
         );
+    }
+
+    #[test]
+    fn writer_groups_hold_disjoint_events_each_in_the_order_read() {
+        let events = ["A", "B", "C", "D", "E", "F", "G"];
+        let mut decoded = Decoded::default();
+        for round in 0..3_u64 {
+            for event in events {
+                decoded.updates.push(update(event, 10 - round));
+                decoded.sources.push(decoded.sources.len());
+            }
+        }
+        let before: Vec<(String, u64, usize)> = decoded
+            .updates
+            .iter()
+            .zip(&decoded.sources)
+            .map(|(u, s)| (u.event_id.clone(), u.version, *s))
+            .collect();
+        let ranges = decoded.group_by_writer(3);
+        assert!(ranges.len() > 1, "seven events should spread over writers");
+        // The ranges tile the updates, and each source still points at its own update.
+        assert_eq!(ranges.first().map(|r| r.start), Some(0));
+        assert_eq!(ranges.last().map(|r| r.end), Some(decoded.updates.len()));
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        for (update, source) in decoded.updates.iter().zip(&decoded.sources) {
+            assert_eq!(before[*source].0, update.event_id);
+            assert_eq!(before[*source].1, update.version);
+        }
+        // No event in two groups; within an event, the order read (falling versions here).
+        let mut owner = HashMap::new();
+        for (group, range) in ranges.iter().enumerate() {
+            for update in &decoded.updates[range.clone()] {
+                assert_eq!(
+                    *owner.entry(update.event_id.clone()).or_insert(group),
+                    group
+                );
+            }
+        }
+        for event in events {
+            let versions: Vec<u64> = decoded
+                .updates
+                .iter()
+                .filter(|u| u.event_id == event)
+                .map(|u| u.version)
+                .collect();
+            assert_eq!(versions, vec![10, 9, 8]);
+        }
+    }
+
+    #[test]
+    fn one_writer_keeps_the_batch_as_read() {
+        let mut decoded = Decoded {
+            updates: vec![update("B", 2), update("A", 1)],
+            sources: vec![0, 1],
+            rejected: Vec::new(),
+        };
+        assert_eq!(decoded.group_by_writer(1), vec![0..2]);
+        assert_eq!(decoded.updates[0].event_id, "B");
+        assert!(Decoded::default().group_by_writer(4).is_empty());
     }
 
     #[test]

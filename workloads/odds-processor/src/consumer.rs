@@ -33,16 +33,49 @@ pub type ProcessorConsumer = rdkafka::consumer::StreamConsumer<ProcessorContext>
 pub struct CommitLedger {
     durable: Arc<Mutex<BTreeMap<PartitionKey, i64>>>,
     revoked: Arc<Mutex<Vec<PartitionKey>>>,
+    revocations: Arc<Mutex<Revocations>>,
+}
+
+/// How many revokes this consumer has seen, and the count at each partition's latest one.
+#[derive(Default, Debug)]
+struct Revocations {
+    count: u64,
+    latest: BTreeMap<PartitionKey, u64>,
 }
 
 impl CommitLedger {
-    /// Records offsets whose records are durable (only ever moves forward).
-    pub fn mark_durable(&self, offsets: &BTreeMap<PartitionKey, i64>) {
+    /// Records offsets whose records are durable (only ever moves forward). `read_in` is
+    /// [`CommitLedger::revocations`] as it was when the records were read: a partition
+    /// revoked since then is skipped. Its revoke already committed what was durable then and
+    /// forgot it; an offset recorded now would be committed later over whatever its new
+    /// owner committed, moving the group backwards (the records are durable either way, and
+    /// the new owner reads them again from the committed offset).
+    pub fn mark_durable(&self, offsets: &BTreeMap<PartitionKey, i64>, read_in: u64) {
+        let revocations = self
+            .revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
         for (partition, offset) in offsets {
+            if revocations
+                .latest
+                .get(partition)
+                .is_some_and(|revoked| *revoked > read_in)
+            {
+                continue;
+            }
             let entry = durable.entry(partition.clone()).or_insert(*offset);
             *entry = (*entry).max(*offset);
         }
+    }
+
+    /// How many revokes this consumer has seen: taken when a batch's records are read, and
+    /// given back to [`CommitLedger::mark_durable`] with its offsets.
+    pub fn revocations(&self) -> u64 {
+        self.revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .count
     }
 
     /// The durable offsets as a commit list (empty when nothing is recorded).
@@ -58,6 +91,17 @@ impl CommitLedger {
 
     /// Removes and returns the durable offsets of `partitions`, remembering them as revoked.
     fn revoke(&self, partitions: &[PartitionKey]) -> KafkaResult<TopicPartitionList> {
+        // Taken before `durable`, as in `mark_durable`: a batch marked durable concurrently
+        // is either recorded before this revoke commits and forgets it, or skipped.
+        let mut revocations = self
+            .revocations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        revocations.count += 1;
+        let count = revocations.count;
+        revocations
+            .latest
+            .extend(partitions.iter().map(|p| (p.clone(), count)));
         let mut durable = self.durable.lock().unwrap_or_else(PoisonError::into_inner);
         let mut to_commit = BTreeMap::new();
         for p in partitions {
@@ -259,6 +303,59 @@ pub fn subscribe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn key(partition: i32) -> PartitionKey {
+        ("odds_updates".to_owned(), partition)
+    }
+
+    fn offsets(pairs: &[(i32, i64)]) -> BTreeMap<PartitionKey, i64> {
+        pairs.iter().map(|(p, o)| (key(*p), *o)).collect()
+    }
+
+    fn committed(ledger: &CommitLedger) -> Vec<(i32, i64)> {
+        let list = ledger.durable_list().unwrap();
+        list.elements()
+            .iter()
+            .map(|e| (e.partition(), e.offset().to_raw().unwrap_or(-1)))
+            .collect()
+    }
+
+    #[test]
+    fn durable_offsets_only_move_forward() {
+        let ledger = CommitLedger::default();
+        ledger.mark_durable(&offsets(&[(0, 10), (1, 4)]), ledger.revocations());
+        ledger.mark_durable(&offsets(&[(0, 7)]), ledger.revocations());
+        assert_eq!(committed(&ledger), vec![(0, 10), (1, 4)]);
+    }
+
+    #[test]
+    fn a_batch_read_before_a_revoke_does_not_commit_the_revoked_partition() {
+        let ledger = CommitLedger::default();
+        ledger.mark_durable(&offsets(&[(0, 5), (1, 5)]), ledger.revocations());
+        // Batch N is read, then partition 0 is revoked while N is still being written or
+        // published: the revoke commits offset 5 of partition 0 and forgets it.
+        let read_in = ledger.revocations();
+        let on_revoke = ledger.revoke(&[key(0)]).unwrap();
+        assert_eq!(on_revoke.elements()[0].offset().to_raw(), Some(5));
+        ledger.mark_durable(&offsets(&[(0, 9), (1, 9)]), read_in);
+        // Partition 0's offset would overwrite its new owner's: only partition 1 advances.
+        assert_eq!(committed(&ledger), vec![(1, 9)]);
+    }
+
+    #[test]
+    fn a_partition_assigned_again_before_the_read_is_committed_as_usual() {
+        let ledger = CommitLedger::default();
+        ledger.revoke(&[key(0)]).unwrap();
+        // Reassigned; this batch's records were read after the revoke.
+        let read_in = ledger.revocations();
+        ledger.mark_durable(&offsets(&[(0, 12)]), read_in);
+        assert_eq!(committed(&ledger), vec![(0, 12)]);
+        // A later revoke of another partition does not hold back partition 0.
+        let read_in = ledger.revocations();
+        ledger.revoke(&[key(1)]).unwrap();
+        ledger.mark_durable(&offsets(&[(0, 20)]), read_in);
+        assert_eq!(committed(&ledger), vec![(0, 20)]);
+    }
 
     /// What librdkafka 2.12 logs when a fetch finds its offset gone (rdkafka_offset.c).
     const OUT_OF_RANGE: &str = "odds_updates [0]: offset reset (at offset 120 (leader epoch \

@@ -9,8 +9,7 @@ use odds_runtime::hops::{self, HopHistogram};
 use odds_runtime::metrics::{component, PrefixedRegistry};
 use odds_runtime::regressions::RegressionLog;
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts,
+    exponential_buckets, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
 /// Phases that count errors in `odds_proc_errors_total{phase}`.
@@ -72,16 +71,16 @@ impl Metrics {
         PrefixedRegistry::new(component::PROCESSOR)
     }
 
-    /// Creates the metrics and registers them in `registry`.
+    /// Creates the metrics and registers them in `registry`: one declaration per metric,
+    /// its name and help beside the field it fills.
     pub fn register(registry: &PrefixedRegistry) -> Result<Metrics, prometheus::Error> {
         let hop = HopHistogram::for_component(registry, component::PROCESSOR)?;
-        let version_regressions = IntCounterVec::new(
-            Opts::new(
-                "version_regressions_total",
-                "Updates not newer than the version Postgres held for their event and market \
-                 (or an earlier record of the batch had), by reason (repeated: a redelivery \
-                 or a supplier's image; older: something upstream went back).",
-            ),
+        let r = registry;
+        let version_regressions = r.counter_vec(
+            "version_regressions_total",
+            "Updates not newer than the version Postgres held for their event and market \
+             (or an earlier record of the batch had), by reason (repeated: a redelivery \
+             or a supplier's image; older: something upstream went back).",
             &["reason"],
         )?;
         let metrics = Metrics {
@@ -89,102 +88,82 @@ impl Metrics {
             batch_wait: hop.hop(hops::BATCH_WAIT),
             postgres_commit: hop.hop(hops::POSTGRES_COMMIT),
             redis_publish: hop.hop(hops::REDIS_PUBLISH),
-            messages_consumed: IntCounter::new(
+            messages_consumed: r.counter(
                 "messages_consumed_total",
                 "Records read from Kafka, valid or not.",
             )?,
-            db_writes: IntCounter::new(
+            db_writes: r.counter(
                 "db_writes_total",
                 "Batches committed to Postgres (one transaction each).",
             )?,
-            db_rows: IntCounterVec::new(
-                Opts::new("db_rows_total", "Rows changed in Postgres, by table."),
+            db_rows: r.counter_vec(
+                "db_rows_total",
+                "Rows changed in Postgres, by table.",
                 &["table"],
             )?,
-            cache_sets: IntCounter::new(
+            cache_sets: r.counter(
                 "cache_sets_total",
                 "Cache keys advanced to a newer version (each also published).",
             )?,
-            errors: IntCounterVec::new(
-                Opts::new("errors_total", "Errors by processing phase."),
-                &["phase"],
-            )?,
-            dead_lettered: IntCounterVec::new(
-                Opts::new(
-                    "dead_lettered_total",
-                    "Records sent to the DLQ, by reason code.",
-                ),
+            errors: r.counter_vec("errors_total", "Errors by processing phase.", &["phase"])?,
+            dead_lettered: r.counter_vec(
+                "dead_lettered_total",
+                "Records sent to the DLQ, by reason code.",
                 &["reason"],
             )?,
-            stale_skipped: IntCounter::new(
+            stale_skipped: r.counter(
                 "stale_updates_skipped_total",
                 "Updates not newer than the stored version: not cached, not published.",
             )?,
-            version_regressions: version_regressions.clone(),
-            regressions: RegressionLog::new(version_regressions, "odds-processor"),
-            batch_size: Histogram::with_opts(
-                HistogramOpts::new("batch_size", "Records per batch.")
-                    .buckets(exponential_buckets(1.0, 4.0, 9)?),
+            regressions: RegressionLog::new(version_regressions.clone(), "odds-processor"),
+            version_regressions,
+            batch_size: r.histogram(
+                "batch_size",
+                "Records per batch.",
+                exponential_buckets(1.0, 4.0, 9)?,
             )?,
-            batch_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "batch_seconds",
-                    "Batch latency: first record received to offsets committed.",
-                )
-                .buckets(exponential_buckets(0.0005, 2.0, 16)?),
+            batch_seconds: r.histogram(
+                "batch_seconds",
+                "Batch latency: first record received to offsets committed.",
+                exponential_buckets(0.0005, 2.0, 16)?,
             )?,
-            update_age_seconds: Histogram::with_opts(
-                HistogramOpts::new(
-                    "update_age_seconds",
-                    "End-to-end age of applied updates (now - updated_at).",
-                )
-                .buckets(exponential_buckets(0.001, 2.0, 18)?),
+            update_age_seconds: r.histogram(
+                "update_age_seconds",
+                "End-to-end age of applied updates (now - updated_at).",
+                exponential_buckets(0.001, 2.0, 18)?,
             )?,
-            consumer_lag: IntGaugeVec::new(
-                Opts::new(
-                    "consumer_lag",
-                    "Messages behind the high watermark, by partition.",
-                ),
+            consumer_lag: r.gauge_vec(
+                "consumer_lag",
+                "Messages behind the high watermark, by partition.",
                 &["topic", "partition"],
             )?,
-            cache_stale: IntGauge::new(
+            cache_stale: r.gauge(
                 "cache_stale",
                 "1 while the Redis cache awaits repair from Postgres.",
             )?,
-            cache_repairs: IntCounter::new(
+            cache_repairs: r.counter(
                 "cache_repairs_total",
                 "Completed repairs of the Redis cache from Postgres.",
             )?,
-            offset_resets: IntCounter::new(
+            offset_resets: r.counter(
                 "offset_resets_total",
                 "Consumer positions reset because they fell out of the log: records skipped.",
             )?,
         };
-        registry.register(metrics.messages_consumed.clone())?;
-        registry.register(metrics.db_writes.clone())?;
-        registry.register(metrics.db_rows.clone())?;
-        registry.register(metrics.cache_sets.clone())?;
-        registry.register(metrics.errors.clone())?;
-        registry.register(metrics.dead_lettered.clone())?;
-        registry.register(metrics.stale_skipped.clone())?;
-        registry.register(metrics.version_regressions.clone())?;
-        registry.register(metrics.batch_size.clone())?;
-        registry.register(metrics.batch_seconds.clone())?;
-        registry.register(metrics.update_age_seconds.clone())?;
-        registry.register(metrics.consumer_lag.clone())?;
-        registry.register(metrics.cache_stale.clone())?;
-        registry.register(metrics.cache_repairs.clone())?;
-        registry.register(metrics.offset_resets.clone())?;
-        // Pre-create the labelled series so dashboards show zeros instead of gaps.
+        metrics.precreate_series();
+        Ok(metrics)
+    }
+
+    /// Pre-creates the labelled series so dashboards show zeros instead of gaps.
+    fn precreate_series(&self) {
         for p in phase::ALL {
-            metrics.errors.with_label_values(&[p]);
+            self.errors.with_label_values(&[p]);
         }
         for code in odds_contracts::RejectReason::CODES {
-            metrics.dead_lettered.with_label_values(&[code]);
+            self.dead_lettered.with_label_values(&[code]);
         }
-        metrics.db_rows.with_label_values(&["odds_current"]);
-        metrics.db_rows.with_label_values(&["odds_history"]);
-        Ok(metrics)
+        self.db_rows.with_label_values(&["odds_current"]);
+        self.db_rows.with_label_values(&["odds_history"]);
     }
 
     /// Metrics in a registry of their own, for embedding (tests, bench).

@@ -9,7 +9,9 @@
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricType;
-use prometheus::Registry;
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -110,6 +112,58 @@ impl PrefixedRegistry {
         let mut families = self.families.lock().unwrap_or_else(PoisonError::into_inner);
         families.extend(shapes.into_iter().map(|s| (s.name.clone(), s)));
         Ok(())
+    }
+
+    /// A counter registered under `name` (without the prefix): a metric's declaration is
+    /// one line of its component's `register`, not a construction and a registration apart.
+    pub fn counter(&self, name: &str, help: &str) -> Result<IntCounter, prometheus::Error> {
+        self.registered(IntCounter::new(name, help)?)
+    }
+
+    /// A counter with `labels`, registered under `name`.
+    pub fn counter_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntCounterVec, prometheus::Error> {
+        self.registered(IntCounterVec::new(Opts::new(name, help), labels)?)
+    }
+
+    /// A gauge registered under `name`.
+    pub fn gauge(&self, name: &str, help: &str) -> Result<IntGauge, prometheus::Error> {
+        self.registered(IntGauge::new(name, help)?)
+    }
+
+    /// A gauge with `labels`, registered under `name`.
+    pub fn gauge_vec(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> Result<IntGaugeVec, prometheus::Error> {
+        self.registered(IntGaugeVec::new(Opts::new(name, help), labels)?)
+    }
+
+    /// A histogram with `buckets`, registered under `name`.
+    pub fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: Vec<f64>,
+    ) -> Result<Histogram, prometheus::Error> {
+        self.registered(Histogram::with_opts(
+            HistogramOpts::new(name, help).buckets(buckets),
+        )?)
+    }
+
+    /// Registers `collector` and hands it back.
+    pub fn registered<C: Collector + Clone + 'static>(
+        &self,
+        collector: C,
+    ) -> Result<C, prometheus::Error> {
+        self.register(collector.clone())?;
+        Ok(collector)
     }
 
     /// The registry to serve on `/metrics`.

@@ -9,17 +9,49 @@
 
 use super::{DurableBatch, Processor, Received, CHECK_DLQ, CHECK_POSTGRES, DB_FIRST_BACKOFF};
 use crate::batch::{newest_per_market, Batch, Decoded, Rejection, SourceRecord};
+use crate::dlq::DlqError;
 use crate::metrics::phase;
-use crate::store::{Applied, StoreError};
+use crate::store::{Applied, Isolated, StoreError, DB_WRITERS};
 use crate::trace::{BatchTrace, POSTGRES_SPAN};
 use crate::ProcessorError;
 use odds_contracts::{OddsUpdate, STORAGE_REJECTED};
 use odds_runtime::otel;
 use rdkafka::consumer::Consumer;
 use std::collections::HashMap;
+use std::ops::Range;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
+
+/// Where the durable phase of one batch stands between attempts.
+struct Durability {
+    decoded: Decoded,
+    /// The Postgres writers' ranges of `decoded.updates`.
+    parts: Vec<Range<usize>>,
+    /// Rejections not yet acknowledged by the DLQ.
+    undelivered: Vec<(SourceRecord, Rejection)>,
+    /// What Postgres applied, once it has.
+    stored: Option<Applied>,
+}
+
+impl Durability {
+    fn new(batch: &Batch) -> Durability {
+        let (decoded, parts) = decode_for_writers(batch);
+        Durability {
+            undelivered: decoded.rejected.clone(),
+            decoded,
+            parts,
+            stored: None,
+        }
+    }
+}
+
+/// The batch decoded, its updates grouped by Postgres writer (see [`crate::store::Store::apply_parts`]).
+fn decode_for_writers(batch: &Batch) -> (Decoded, Vec<Range<usize>>) {
+    let mut decoded = batch.decode();
+    let parts = decoded.group_by_writer(DB_WRITERS);
+    (decoded, parts)
+}
 
 impl Processor {
     /// Dead-letters the invalid records and writes the valid ones to Postgres, retrying with
@@ -44,92 +76,35 @@ impl Processor {
         Some(durable)
     }
 
+    /// The durable phase's loop: one attempt at the DLQ and Postgres at a time, until both
+    /// are done ([`Processor::attempt`], [`Processor::settle_dlq`], [`Processor::settle_db`]),
+    /// waiting paused between attempts that met an outage; then the batch's accounting.
     async fn write_durably(
         &mut self,
         mut batch: Batch,
         trace: Option<&BatchTrace>,
     ) -> Option<DurableBatch> {
         let started = Instant::now();
-        let mut decoded = batch.decode();
-        // Rejections not yet acknowledged by the DLQ.
-        let mut undelivered: Vec<(SourceRecord, Rejection)> = decoded.rejected.clone();
-        let mut stored: Option<Applied> = None;
+        // Read before any wait below: a revoke while paused counts as after the batch's read.
+        let read_in = self.ledger.revocations();
+        let mut state = Durability::new(&batch);
         let mut backoff = DB_FIRST_BACKOFF;
         let mut paused = false;
         let applied = loop {
-            if stored.is_none() && batch.len() != decoded.sources.len() + decoded.rejected.len() {
+            if state.stored.is_none()
+                && batch.len() != state.decoded.sources.len() + state.decoded.rejected.len()
+            {
                 // A rebalance while waiting took records away: keep only what is still ours.
-                decoded = batch.decode();
-                undelivered.retain(|(r, _)| batch.records.contains(r));
+                (state.decoded, state.parts) = decode_for_writers(&batch);
+                state.undelivered.retain(|(r, _)| batch.records.contains(r));
             }
-            let dlq = async {
-                if undelivered.is_empty() {
-                    return Ok(());
-                }
-                self.dlq.send_all(&undelivered).await
-            };
-            let db = async {
-                match stored {
-                    Some(_) => Ok::<_, StoreError>(None),
-                    None => {
-                        let write = Instant::now();
-                        let mut span = trace.and_then(|t| t.child(POSTGRES_SPAN));
-                        let applied = self.store.apply_isolating(&decoded.updates).await;
-                        if let (Some(span), Err(error)) = (span.as_mut(), &applied) {
-                            otel::fail(span, error.to_string());
-                        }
-                        let applied = applied?;
-                        self.metrics
-                            .postgres_commit
-                            .observe(write.elapsed().as_secs_f64());
-                        Ok(Some(applied))
-                    }
-                }
-            };
-            let (dlq_result, db_result) = tokio::join!(dlq, db);
-            let dlq_ok = dlq_result.is_ok();
-            match dlq_result {
-                Ok(()) => {
-                    for (_, why) in undelivered.drain(..) {
-                        self.metrics
-                            .dead_lettered
-                            .with_label_values(&[why.code])
-                            .inc();
-                        self.metrics.error(if why.code == STORAGE_REJECTED {
-                            phase::DB
-                        } else {
-                            phase::DECODE
-                        });
-                    }
-                }
-                Err(error) if error.is_permanent() => {
-                    self.metrics.error(phase::DLQ);
-                    self.halt(CHECK_DLQ, ProcessorError::DlqRefused(error));
-                    return None;
-                }
-                Err(error) => {
-                    self.metrics.error(phase::DLQ);
-                    tracing::warn!(%error, "dead-lettering failed; retrying the batch");
-                }
-            }
-            match db_result {
-                Ok(Some(isolated)) => {
-                    let refused = self.set_aside_refused(&batch, &mut decoded, isolated.refused);
-                    undelivered.extend(refused);
-                    stored = Some(isolated.applied);
-                    self.readiness.set(CHECK_POSTGRES, true);
-                }
-                Ok(None) => {}
-                Err(error) => {
-                    self.metrics.error(phase::DB);
-                    self.readiness.set(CHECK_POSTGRES, false);
-                    tracing::warn!(%error, retry_in = ?backoff, "batch not durable; retrying");
-                }
-            }
-            if let (Some(done), true) = (&stored, undelivered.is_empty()) {
+            let (dlq_result, db_result) = self.attempt(&state, trace).await;
+            let dlq_ok = self.settle_dlq(dlq_result, &mut state.undelivered)?;
+            self.settle_db(db_result, &batch, &mut state, backoff);
+            if let (Some(done), true) = (&state.stored, state.undelivered.is_empty()) {
                 break done.clone();
             }
-            if dlq_ok && stored.is_some() {
+            if dlq_ok && state.stored.is_some() {
                 continue; // only storage's refusals are left to dead-letter: no outage to wait out
             }
             paused = true;
@@ -142,6 +117,116 @@ impl Processor {
             self.set_paused(false);
         }
         self.readiness.set(CHECK_POSTGRES, true);
+        let mut durable = self.account(batch, state.decoded, applied, started);
+        durable.read_in = read_in;
+        Some(durable)
+    }
+
+    /// Sends what the DLQ has not acknowledged and, unless the batch is already stored,
+    /// writes it to Postgres: both at once.
+    async fn attempt(
+        &self,
+        state: &Durability,
+        trace: Option<&BatchTrace>,
+    ) -> (Result<(), DlqError>, Result<Option<Isolated>, StoreError>) {
+        let dlq = async {
+            if state.undelivered.is_empty() {
+                return Ok(());
+            }
+            self.dlq.send_all(&state.undelivered).await
+        };
+        let db = async {
+            if state.stored.is_some() {
+                return Ok(None);
+            }
+            let write = Instant::now();
+            let mut span = trace.and_then(|t| t.child(POSTGRES_SPAN));
+            let applied = self
+                .store
+                .apply_parts(&state.decoded.updates, &state.parts)
+                .await;
+            if let (Some(span), Err(error)) = (span.as_mut(), &applied) {
+                otel::fail(span, error.to_string());
+            }
+            let applied = applied?;
+            self.metrics
+                .postgres_commit
+                .observe(write.elapsed().as_secs_f64());
+            Ok(Some(applied))
+        };
+        tokio::join!(dlq, db)
+    }
+
+    /// Accounts for a DLQ attempt: `Some(true)` when everything undelivered is now
+    /// acknowledged, `Some(false)` after an outage (retried), `None` when the DLQ refused for
+    /// good (the processor halts).
+    fn settle_dlq(
+        &mut self,
+        result: Result<(), DlqError>,
+        undelivered: &mut Vec<(SourceRecord, Rejection)>,
+    ) -> Option<bool> {
+        match result {
+            Ok(()) => {
+                for (_, why) in undelivered.drain(..) {
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[why.code])
+                        .inc();
+                    self.metrics.error(if why.code == STORAGE_REJECTED {
+                        phase::DB
+                    } else {
+                        phase::DECODE
+                    });
+                }
+                Some(true)
+            }
+            Err(error) if error.is_permanent() => {
+                self.metrics.error(phase::DLQ);
+                self.halt(CHECK_DLQ, ProcessorError::DlqRefused(error));
+                None
+            }
+            Err(error) => {
+                self.metrics.error(phase::DLQ);
+                tracing::warn!(%error, "dead-lettering failed; retrying the batch");
+                Some(false)
+            }
+        }
+    }
+
+    /// Accounts for a Postgres attempt: a stored batch hands what storage refused to the
+    /// DLQ; an outage fails readiness until a write succeeds.
+    fn settle_db(
+        &mut self,
+        result: Result<Option<Isolated>, StoreError>,
+        batch: &Batch,
+        state: &mut Durability,
+        retry_in: Duration,
+    ) {
+        match result {
+            Ok(Some(isolated)) => {
+                let refused = self.set_aside_refused(batch, &mut state.decoded, isolated.refused);
+                state.undelivered.extend(refused);
+                state.stored = Some(isolated.applied);
+                self.readiness.set(CHECK_POSTGRES, true);
+            }
+            Ok(None) => {}
+            Err(error) => {
+                self.metrics.error(phase::DB);
+                self.readiness.set(CHECK_POSTGRES, false);
+                tracing::warn!(%error, ?retry_in, "batch not durable; retrying");
+            }
+        }
+    }
+
+    /// The metrics of a durable batch and what it hands on: its offsets, and the newest
+    /// update per market that Postgres now holds (the cache's candidates).
+    fn account(
+        &self,
+        batch: Batch,
+        decoded: Decoded,
+        applied: Applied,
+        started: Instant,
+    ) -> DurableBatch {
         self.record_applied(&decoded.updates, &applied);
         let newest = newest_per_market(&decoded.updates);
         let candidates = newest.len();
@@ -153,15 +238,16 @@ impl Processor {
         self.metrics
             .stale_skipped
             .inc_by((candidates - current.len()) as u64);
-        Some(DurableBatch {
+        DurableBatch {
             next_offsets: batch.next_offsets(),
+            read_in: 0,
             current,
             applied,
             records: batch.len(),
             dead_lettered: decoded.rejected.len(),
             started,
             trace: None,
-        })
+        }
     }
 
     /// Moves the updates storage refused out of `decoded` (so nothing downstream treats them

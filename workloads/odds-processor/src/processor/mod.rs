@@ -7,35 +7,44 @@
 //! commit leaves its batch to be read again, and the version guards make that replay change
 //! nothing. Tests stop between phases by calling them separately and dropping the processor.
 //!
+//! [`Processor::run`] overlaps two batches: while batch N+1 is collected and made durable,
+//! batch N, already durable, is published to Redis, and N's offsets are committed once both
+//! are done. Doing the phases one after another left Postgres idle while Redis published
+//! and Redis idle while Postgres committed (issue #26). Batches are still made durable,
+//! published and committed one at a time and in the order read, so per-event order and the
+//! commit-after-durable rule hold as in `step`; a partition revoked while a durable batch
+//! waited for its publish is not committed by it (see [`CommitLedger::mark_durable`]).
+//!
 //! The phases are not cancel-safe: dropping a phase's future mid-way forgets records this
 //! consumer has already read, and a later commit would skip them. Stop a running processor
 //! with its shutdown token (the phases return at safe points), never by dropping `step`.
 
 mod durable;
+mod publish;
 
 use crate::batch::{Batch, SourceRecord};
-use crate::cache::{Cache, CacheError, StatusReporter};
+use crate::cache::Cache;
 use crate::config::ProcessorConfig;
 use crate::consumer::{self, CommitLedger, ProcessorConsumer, ProcessorContext};
 use crate::dlq::DeadLetters;
 use crate::metrics::{phase, Metrics};
 use crate::store::{Applied, Store};
-use crate::trace::{BatchTrace, REDIS_SPAN};
+use crate::trace::BatchTrace;
 use crate::ProcessorError;
 use futures_util::FutureExt;
 use odds_contracts::OddsUpdate;
 use odds_runtime::hops;
-use odds_runtime::otel::{self, SpanApi as _};
 use odds_runtime::Readiness;
+use publish::CacheWriter;
 use rdkafka::consumer::{CommitMode, Consumer};
 use rdkafka::error::{KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::BorrowedMessage;
 use rdkafka::Message;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
 // Readiness check names.
 /// False while librdkafka reports every broker unreachable (see [`crate::brokers`]).
@@ -50,17 +59,15 @@ pub const CHECK_REDIS: &str = "redis";
 
 /// With nothing to read, the loop wakes this often to check its dependencies.
 const IDLE_TICK: Duration = Duration::from_millis(500);
-/// How often an idle processor checks that Redis still answers (a restart empties it).
-const CACHE_CHECK_EVERY: Duration = Duration::from_secs(5);
 const DB_FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const REPAIR_FIRST_BACKOFF: Duration = Duration::from_millis(250);
-/// A repair retry costs a PING while Redis is down, so recovery is noticed within seconds.
-const REPAIR_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A batch whose effects are durable and whose offsets may be committed.
 #[derive(Debug)]
 pub struct DurableBatch {
     pub next_offsets: BTreeMap<(String, i32), i64>,
+    /// The ledger's revocation count when the batch's records were read: partitions revoked
+    /// after it are not this batch's to commit ([`CommitLedger::mark_durable`]).
+    pub read_in: u64,
     /// The newest update per event that is also what Postgres now holds: cache candidates.
     pub current: Vec<OddsUpdate>,
     pub applied: Applied,
@@ -85,6 +92,13 @@ pub enum StepOutcome {
     Stopped,
 }
 
+/// What one round of [`Processor::run`] made of the next batch.
+enum Round {
+    Durable(Box<DurableBatch>),
+    Idle,
+    Stopped,
+}
+
 enum Received {
     Record(SourceRecord),
     Timeout,
@@ -95,9 +109,9 @@ pub struct Processor {
     consumer: ProcessorConsumer,
     ledger: CommitLedger,
     store: Store,
-    cache: Cache,
-    /// Tells readers (on Redis' cache-status channel) while cache writes fail.
-    cache_status: StatusReporter,
+    /// Shared with the publish of the previous batch, which runs beside the next one's
+    /// durable phase; only one of them holds it at a time.
+    cache: Arc<tokio::sync::Mutex<CacheWriter>>,
     dlq: DeadLetters,
     metrics: Metrics,
     readiness: Readiness,
@@ -110,9 +124,6 @@ pub struct Processor {
     db_max_backoff: Duration,
     /// Records received while paused (Postgres down); bounded by librdkafka's prefetch.
     pending: Vec<SourceRecord>,
-    next_repair: Instant,
-    repair_backoff: Duration,
-    next_cache_check: Instant,
 }
 
 impl Processor {
@@ -134,15 +145,15 @@ impl Processor {
         readiness.set(CHECK_DLQ, true);
         // Not ready until the first repair shows that Redis takes writes.
         readiness.set(CHECK_REDIS, false);
-        let now = Instant::now();
         metrics.cache_stale.set(1);
         let cache = Cache::new(&config.redis_url, config.redis_timeout())?;
+        let store = Store::connect_lazy(&config.database_url, config.statement_timeout())?;
+        let cache = CacheWriter::new(cache, store.clone(), metrics.clone(), readiness.clone());
         Ok(Processor {
             consumer,
             ledger,
-            store: Store::connect_lazy(&config.database_url, config.statement_timeout())?,
-            cache_status: cache.status_reporter(),
-            cache,
+            store,
+            cache: Arc::new(tokio::sync::Mutex::new(cache)),
             dlq: DeadLetters::new(&config.kafka.dlq_topic, &config.dlq_producer_properties())?,
             metrics,
             readiness,
@@ -154,9 +165,6 @@ impl Processor {
             batch_max_wait: config.batch_max_wait(),
             db_max_backoff: config.db_retry_max_backoff(),
             pending: Vec::new(),
-            next_repair: now,
-            repair_backoff: REPAIR_FIRST_BACKOFF,
-            next_cache_check: now + CACHE_CHECK_EVERY,
         })
     }
 
@@ -169,9 +177,10 @@ impl Processor {
         self.consumer.assignment().map(|a| a.count()).unwrap_or(0)
     }
 
-    /// Whether the Redis cache awaits a repair from Postgres.
+    /// Whether the Redis cache awaits a repair from Postgres (also while a publish holds the
+    /// cache: it may be failing right now).
     pub fn cache_is_stale(&self) -> bool {
-        self.cache.is_stale()
+        self.cache.try_lock().map_or(true, |cache| cache.is_stale())
     }
 
     /// One full round: batch → durable → cache → commit. Idle rounds do maintenance.
@@ -195,13 +204,56 @@ impl Processor {
         }
     }
 
-    /// Runs steps until shutdown, then commits what is durable and leaves the group. An
-    /// error when the processor stopped by itself (see [`Processor::halt`]).
+    /// Runs rounds until shutdown, then publishes and commits what is durable and leaves the
+    /// group. Each round makes the next batch durable while the previous one is published
+    /// (see the module doc); a batch's offsets are committed after both its durable write and
+    /// its publish. An error when the processor stopped by itself (see [`Processor::halt`]).
     pub async fn run(mut self) -> Result<(), ProcessorError> {
-        while self.step().await != StepOutcome::Stopped {}
+        // Durable, not yet published nor committed.
+        let mut unpublished: Option<DurableBatch> = None;
+        loop {
+            let publish = self.publish_beside(unpublished.take());
+            let (round, published) = tokio::join!(self.durable_round(), publish);
+            if let Some(published) = published {
+                self.commit(&published);
+            }
+            match round {
+                Round::Durable(durable) => unpublished = Some(*durable),
+                Round::Idle => self.maintain().await,
+                Round::Stopped => break,
+            }
+        }
         let fatal = self.fatal.take();
         self.close();
         fatal.map_or(Ok(()), Err)
+    }
+
+    /// Collects the next batch and makes it durable.
+    async fn durable_round(&mut self) -> Round {
+        let Some(batch) = self.next_batch().await else {
+            if self.shutdown.is_cancelled() {
+                return Round::Stopped;
+            }
+            return Round::Idle;
+        };
+        match self.make_durable(batch).await {
+            Some(durable) => Round::Durable(Box::new(durable)),
+            None => Round::Stopped,
+        }
+    }
+
+    /// Publishes `durable` (when there is one) without borrowing the processor, so that it
+    /// can run beside [`Processor::durable_round`]; hands the batch back for its commit.
+    fn publish_beside(
+        &self,
+        durable: Option<DurableBatch>,
+    ) -> impl std::future::Future<Output = Option<DurableBatch>> + 'static {
+        let cache = Arc::clone(&self.cache);
+        async move {
+            let durable = durable?;
+            cache.lock().await.publish(&durable).await;
+            Some(durable)
+        }
     }
 
     /// Stops the processor for a reason no retry can change: readiness and the log say so at
@@ -348,93 +400,13 @@ impl Processor {
     /// and leaves the cache stale (repaired later), it never fails the batch. Returns how many
     /// keys advanced.
     pub async fn update_cache(&mut self, durable: &DurableBatch) -> usize {
-        if self.cache.is_stale() {
-            // A repair reads Postgres after this batch committed, so it covers the batch.
-            return self.repair_cache_if_due().await.unwrap_or(0);
-        }
-        let current: Vec<&OddsUpdate> = durable.current.iter().collect();
-        let write = Instant::now();
-        let Some(trace) = &durable.trace else {
-            let written = self.cache.set_newest(&current).await;
-            return self.cache_written(written, write);
-        };
-        let mut step = trace.child(REDIS_SPAN);
-        let step_context = step.as_ref().map(|span| span.span_context().clone());
-        let written = self
-            .cache
-            .set_newest_traced(&current, |update| {
-                trace.publish_suffix(update, step_context.as_ref())
-            })
-            .instrument(trace.log_span())
-            .await;
-        if let (Some(span), Err(error)) = (step.as_mut(), &written) {
-            otel::fail(span, error.to_string());
-        }
-        let _logs = trace.log_span().entered();
-        self.cache_written(written, write)
-    }
-
-    /// Accounts for a cache write of the batch's current updates; returns how many advanced.
-    fn cache_written(
-        &mut self,
-        written: Result<Vec<OddsUpdate>, CacheError>,
-        write: Instant,
-    ) -> usize {
-        match written {
-            Ok(advanced) => {
-                self.metrics
-                    .redis_publish
-                    .observe(write.elapsed().as_secs_f64());
-                self.metrics.cache_sets.inc_by(advanced.len() as u64);
-                advanced.len()
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cache update failed; cache will be repaired from Postgres");
-                self.cache_failed(&error);
-                0
-            }
-        }
-    }
-
-    /// Repairs the cache when a retry is due; `None` if not attempted or failed.
-    async fn repair_cache_if_due(&mut self) -> Option<usize> {
-        let now = Instant::now();
-        if now < self.next_repair {
-            return None;
-        }
-        match self.cache.repair_from(&self.store).await {
-            Ok(advanced) => {
-                self.metrics.cache_repairs.inc();
-                self.metrics.cache_sets.inc_by(advanced as u64);
-                self.metrics.cache_stale.set(0);
-                self.readiness.set(CHECK_REDIS, true);
-                self.cache_status.healthy();
-                self.repair_backoff = REPAIR_FIRST_BACKOFF;
-                tracing::info!(advanced, "cache repaired from Postgres");
-                Some(advanced)
-            }
-            Err(error) => {
-                self.cache_failed(&error);
-                self.next_repair = now + self.repair_backoff;
-                self.repair_backoff = (self.repair_backoff * 2).min(REPAIR_MAX_BACKOFF);
-                tracing::warn!(%error, retry_in = ?self.repair_backoff, "cache repair failed");
-                None
-            }
-        }
-    }
-
-    /// A cache write, check or repair failed: count it, fail readiness and tell readers. Only
-    /// a successful repair clears this (the cache may have missed writes meanwhile).
-    fn cache_failed(&mut self, error: &CacheError) {
-        self.metrics.error(phase::CACHE);
-        self.metrics.cache_stale.set(1);
-        self.readiness.set(CHECK_REDIS, false);
-        self.cache_status.failing(error.to_string());
+        self.cache.lock().await.publish(durable).await
     }
 
     /// Marks the batch's offsets durable and commits every durable offset.
     pub fn commit(&mut self, durable: &DurableBatch) {
-        self.ledger.mark_durable(&durable.next_offsets);
+        self.ledger
+            .mark_durable(&durable.next_offsets, durable.read_in);
         match self.ledger.durable_list() {
             Ok(list) if list.count() > 0 => {
                 // Async: the effects are already durable; a lost commit only means redelivery.
@@ -464,15 +436,6 @@ impl Processor {
             let ok = self.store.ping().await.is_ok();
             self.readiness.set(CHECK_POSTGRES, ok);
         }
-        if !self.cache.is_stale() && Instant::now() >= self.next_cache_check {
-            self.next_cache_check = Instant::now() + CACHE_CHECK_EVERY;
-            if let Err(error) = self.cache.check().await {
-                tracing::warn!(%error, "Redis does not answer; cache will be repaired from Postgres");
-                self.cache_failed(&error);
-            }
-        }
-        if self.cache.is_stale() {
-            self.repair_cache_if_due().await;
-        }
+        self.cache.lock().await.maintain().await;
     }
 }

@@ -130,6 +130,19 @@ where
     }
 }
 
+/// Cancels a running processor and waits for `run` to return `Ok` (within [`PATIENCE`]).
+pub async fn stop_cleanly(
+    shutdown: &CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), odds_processor::ProcessorError>>,
+) {
+    shutdown.cancel();
+    tokio::time::timeout(PATIENCE, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
 /// Polls `done` until it holds.
 pub async fn wait_until<F, Fut>(what: &str, mut done: F)
 where

@@ -9,4 +9,5 @@ mod delivery;
 mod dlq;
 mod group;
 mod outages;
+mod pipeline;
 mod versions;

@@ -66,12 +66,7 @@ async fn postgres_outage_pauses_without_losing_or_committing_early() {
         assert_eq!(current_version(&db, &format!("E{e}")).await, Some(2));
         assert_eq!(cached(&redis, &format!("E{e}")).await.unwrap().version, 2);
     }
-    shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop_cleanly(&shutdown, task).await;
 }
 
 /// A batch whose statement waits on a lock (a migration's DDL, a long transaction) is treated
@@ -216,12 +211,7 @@ async fn redis_outage_keeps_postgres_and_commits_then_repairs_the_cache() {
     assert_eq!(repaired.home_team, "E1 home");
     assert_eq!(repaired.odds, update("E1", 2).odds);
 
-    shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop_cleanly(&shutdown, task).await;
 }
 
 /// Every report on the cache-status channel, collected in the background.
@@ -298,12 +288,7 @@ async fn redis_refusing_writes_fails_readiness_and_is_reported_until_repaired() 
         reports.lock().unwrap().last().map(|r| r.healthy) == Some(true)
     })
     .await;
-    shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop_cleanly(&shutdown, task).await;
 }
 
 /// Every broker gone: readiness says `kafka` is down (it was set once, at start, and never
@@ -356,10 +341,5 @@ async fn kafka_readiness_follows_the_brokers_down_and_back() {
     })
     .await;
     assert_eq!(current_version(&db, "K2").await, Some(2));
-    shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop_cleanly(&shutdown, task).await;
 }
