@@ -17,7 +17,7 @@ pub use crate::events::{fit_note, EVENT_NOTE_LIMIT, TRUNCATED_MARKER};
 use crate::events::{publish, send};
 use crate::freshness::Objective;
 use crate::metrics::Metrics;
-use crate::observe::{self, DereferenceError};
+use crate::observe::{self, DereferenceError, RedisUrl};
 use crate::prune;
 use crate::status::{self, Failure, Observed, LAG_UNKNOWN};
 use crate::validate::validate;
@@ -387,7 +387,7 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
             return report.finish(observed).await;
         }
     };
-    measure_freshness(ctx, pipeline);
+    measure_freshness(ctx, pipeline, facts.redis_url.clone());
     let migration = match observe::migration(client, &valid).await {
         Ok(migration) => migration,
         Err(error) => return report.fail(observed, error.into()).await,
@@ -493,13 +493,15 @@ async fn reconcile_inner(pipeline: &OddsPipeline, ctx: &Context) -> Result<Actio
 }
 
 /// Starts (or keeps) the canary of a pipeline that passed validation (so `spec.slo` is
-/// valid): the WebSocket of its odds-service Service, judged by `spec.slo`.
-fn measure_freshness(ctx: &Context, pipeline: &OddsPipeline) {
+/// valid): the WebSocket of its odds-service Service, judged by `spec.slo`, its figures
+/// published to the pipeline's Redis for the odds page.
+fn measure_freshness(ctx: &Context, pipeline: &OddsPipeline, redis: Option<RedisUrl>) {
     let pipeline_key = key(pipeline);
     match Objective::of(&pipeline.spec.slo) {
         Ok(objective) => ctx.canaries.ensure(
             &pipeline_key,
             service::web_socket_url(pipeline),
+            redis,
             objective,
             pipeline.spec.slo.window.clone(),
         ),

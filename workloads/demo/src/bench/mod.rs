@@ -260,12 +260,13 @@ async fn measure(
         let event = event_id((i % args.events) as usize + 1);
         clients.push(tokio::spawn(client(url, event, stop_rx.clone())));
     }
-    // Beside the clients, the same canary the operator runs per pipeline, over the whole run.
-    let canary = odds_canary::Canary::start(odds_canary::CanaryConfig {
-        url: format!("ws://{}/ws/odds", launcher.service_addr),
-        sample: vec![odds_contracts::ws::ALL_EVENTS.to_string()],
-        window: Duration::from_secs(args.duration * 4 + 120),
-    });
+    // Beside the clients, the same canary the operator runs per pipeline, over the whole run
+    // (its figures on the odds page too, while the bench runs).
+    let canary = crate::status::start_canary(
+        launcher,
+        Duration::from_secs(args.duration * 4 + 120),
+        "odds-demo bench",
+    )?;
     let started = Instant::now();
 
     let send_deadline = started + Duration::from_secs(args.duration * 4 + 60);
