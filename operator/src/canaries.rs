@@ -9,9 +9,15 @@
 //! `freshnessP99Ms`: the objective allows 1 % of them), the window's `canary_age_p99_seconds`
 //! and `canary_longest_freeze_seconds`, `canary_watching` (0 while blind), and the
 //! objective itself (`slo_freshness_p99_seconds`, `slo_max_freeze_seconds`).
+//!
+//! Each canary also publishes its figures to the pipeline's Redis (the URL of its Secret,
+//! [`RedisUrl`]), where odds-service serves them to the odds page (`GET /v1/freshness`): the
+//! page shows the figures the status shows. A write that fails never stops the canary; it
+//! counts in `canary_publish_failures_total` and is logged once per outage.
 
 use crate::freshness::Objective;
 use crate::metrics::FreshnessMetrics;
+use crate::observe::RedisUrl;
 use odds_canary::{Canary, CanaryConfig, Sight, Summary};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -29,12 +35,16 @@ enum Measure {
 #[derive(Debug)]
 struct Entry {
     url: String,
+    /// Where its figures are published, if the Redis Secret could be read.
+    redis: Option<RedisUrl>,
     objective: Objective,
     /// `slo.window` as the user wrote it, for the status.
     window: String,
     measure: Measure,
     /// The frame counts already added to the counters.
     counted: (u64, u64),
+    /// The failed publications already added to their counter.
+    counted_publish_failures: u64,
 }
 
 /// Every pipeline's canary, by `namespace/name`.
@@ -73,13 +83,21 @@ impl Canaries {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Makes sure pipeline `key` is measured at `url` against `objective` (a changed URL,
-    /// sample or window starts a new canary; a changed threshold only changes the verdict).
-    /// Must be called inside a tokio runtime.
-    pub fn ensure(&self, key: &str, url: String, objective: Objective, window: String) {
+    /// Makes sure pipeline `key` is measured at `url` against `objective`, its figures
+    /// published to `redis` (a changed URL, Redis, sample or window starts a new canary; a
+    /// changed threshold only changes the verdict). Must be called inside a tokio runtime.
+    pub fn ensure(
+        &self,
+        key: &str,
+        url: String,
+        redis: Option<RedisUrl>,
+        objective: Objective,
+        window: String,
+    ) {
         let mut entries = self.lock();
         if let Some(entry) = entries.get_mut(key) {
             let same_canary = entry.url == url
+                && entry.redis == redis
                 && entry.objective.sample == objective.sample
                 && entry.objective.window == objective.window;
             if same_canary {
@@ -91,23 +109,26 @@ impl Canaries {
         let measure = if self.fed {
             Measure::Fed(None)
         } else {
-            tracing::info!(pipeline = key, %url, "starting the freshness canary");
-            Measure::Live(Canary::start(CanaryConfig {
-                url: url.clone(),
-                sample: objective.sample.clone(),
-                window: objective.window,
-            }))
+            Measure::Live(start_live(key, &url, redis.as_ref(), &objective))
         };
         entries.insert(
             key.to_string(),
             Entry {
                 url,
+                redis,
                 objective,
                 window,
                 measure,
                 counted: (0, 0),
+                counted_publish_failures: 0,
             },
         );
+    }
+
+    /// Where pipeline `key`'s canary publishes its figures (`None` when it is not measured or
+    /// its Redis Secret could not be read).
+    pub fn publishes_to(&self, key: &str) -> Option<RedisUrl> {
+        self.lock().get(key)?.redis.clone()
     }
 
     /// Stops measuring pipeline `key` (its canary disconnects).
@@ -195,5 +216,38 @@ impl Canaries {
             .objective_freeze
             .with_label_values(&labels)
             .set(entry.objective.max_freeze.as_secs_f64());
+        if let Measure::Live(canary) = &entry.measure {
+            let failed = canary.publications().map_or(0, |p| p.failed());
+            metrics
+                .publish_failures
+                .with_label_values(&labels)
+                .inc_by(failed.saturating_sub(entry.counted_publish_failures));
+            entry.counted_publish_failures = failed.max(entry.counted_publish_failures);
+        }
     }
+}
+
+/// Who the operator's canaries name as their figures' source on the odds page.
+pub const PUBLISHER: &str = "odds-operator";
+
+/// A canary connected to `url`, publishing to `redis` when it is known (a URL that is not
+/// one is logged and leaves the canary measuring, unpublished).
+fn start_live(key: &str, url: &str, redis: Option<&RedisUrl>, objective: &Objective) -> Canary {
+    tracing::info!(pipeline = key, %url, "starting the freshness canary");
+    let mut canary = Canary::start(CanaryConfig {
+        url: url.to_string(),
+        sample: objective.sample.clone(),
+        window: objective.window,
+    });
+    match redis {
+        Some(RedisUrl(redis)) => {
+            if let Err(error) = canary.publish_to(redis, PUBLISHER) {
+                tracing::warn!(pipeline = key, %error, "the canary's figures are not published");
+            }
+        }
+        None => {
+            tracing::warn!(pipeline = key, "the Redis Secret is not readable: the canary's figures are not published");
+        }
+    }
+    canary
 }

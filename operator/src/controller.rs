@@ -17,7 +17,7 @@ pub use crate::events::{fit_note, EVENT_NOTE_LIMIT, TRUNCATED_MARKER};
 use crate::events::{publish, send};
 use crate::freshness::Objective;
 use crate::metrics::Metrics;
-use crate::observe::{self, DereferenceError};
+use crate::observe::{self, DereferenceError, RedisUrl};
 use crate::prune;
 use crate::status::{self, Failure, Observed, LAG_UNKNOWN};
 use crate::validate::{validate, ValidPipeline};
@@ -406,7 +406,7 @@ async fn pause(
 async fn converge(report: &Report<'_>, observed: &mut Observed) -> Result<(), Stop> {
     let facts = dereference(report, observed).await?;
     let valid = validated(report, &facts)?;
-    measure_freshness(report.ctx, report.pipeline);
+    measure_freshness(report.ctx, report.pipeline, facts.redis_url.clone());
     let (children, keep) = build_children(report, &valid, observed).await?;
     apply_children(report, &valid, &children, &keep, observed).await?;
     observe_workloads(report, &valid, &children, observed).await?;
@@ -579,13 +579,15 @@ async fn announce_blocked(
 }
 
 /// Starts (or keeps) the canary of a pipeline that passed validation (so `spec.slo` is
-/// valid): the WebSocket of its odds-service Service, judged by `spec.slo`.
-fn measure_freshness(ctx: &Context, pipeline: &OddsPipeline) {
+/// valid): the WebSocket of its odds-service Service, judged by `spec.slo`, its figures
+/// published to the pipeline's Redis for the odds page.
+fn measure_freshness(ctx: &Context, pipeline: &OddsPipeline, redis: Option<RedisUrl>) {
     let pipeline_key = key(pipeline);
     match Objective::of(&pipeline.spec.slo) {
         Ok(objective) => ctx.canaries.ensure(
             &pipeline_key,
             service::web_socket_url(pipeline),
+            redis,
             objective,
             pipeline.spec.slo.window.clone(),
         ),

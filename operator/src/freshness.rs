@@ -14,11 +14,14 @@
 //! The verdict, most urgent first: `CanaryUnreachable` (the canary cannot connect: nothing
 //! else can be judged), `Frozen` (a freeze longer than `maxFreezeSeconds`, one in progress
 //! included), `NoData` (no price with an age in the window), `Stale` (p99 age above
-//! `freshnessP99Ms`), else `WithinObjective`.
+//! `freshnessP99Ms`), else `WithinObjective`. The judgement itself is the canary crate's
+//! ([`odds_canary::verdict`]), shared with the fault run that proves it on the real binaries;
+//! this module gives it the `Fresh` condition's reasons and words.
 
 use crate::crd::MAX_SAMPLE_EVENTS;
 use crate::crd::{FreshnessStatus, Reason, SloSpec, MAX_FREEZE_SECONDS, MAX_FRESHNESS_P99_MS};
-use odds_canary::{Blindness, Sight, Summary};
+use odds_canary::verdict::{judge, Thresholds, Verdict};
+use odds_canary::{Sight, Summary};
 use std::time::Duration;
 
 /// Shortest and longest `slo.window`.
@@ -48,6 +51,14 @@ impl Objective {
             window: parse_window(&slo.window).unwrap_or(MIN_WINDOW),
             sample: slo.sample.clone(),
         })
+    }
+
+    /// The thresholds the canary's verdict is judged by.
+    pub fn thresholds(&self) -> Thresholds {
+        Thresholds {
+            p99: self.p99,
+            max_freeze: self.max_freeze,
+        }
     }
 }
 
@@ -120,69 +131,68 @@ pub fn parse_window(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(total))
 }
 
-/// The `Fresh` condition: whether it holds, why, and what to tell the user.
+/// The `Fresh` condition: whether it holds, why, and what to tell the user. The verdict is
+/// the canary crate's ([`odds_canary::verdict`], which the fault run asserts too); this maps
+/// it to the condition's reason and words.
 pub fn fresh_condition(summary: &Summary, objective: &Objective) -> (bool, Reason, String) {
     let window = format_window(objective.window);
-    if let Sight::Blind {
-        why: Blindness::Unreachable(error),
-        ..
-    } = &summary.sight
-    {
-        return (
+    match judge(summary, &objective.thresholds()) {
+        Verdict::CanaryUnreachable(error) => (
             false,
             Reason::CanaryUnreachable,
             format!("the canary cannot connect to the odds-service Service: {error}"),
-        );
-    }
-    if summary.longest_freeze > objective.max_freeze {
-        let r#where = match (&summary.sight, &summary.longest_freeze_key) {
-            (Sight::Blind { why, .. }, None) => format!("in progress: {}", why.describe()),
-            (_, Some((event, market))) => format!("on {event} {market}"),
-            (_, None) => "on a market".to_string(),
-        };
-        return (
-            false,
-            Reason::Frozen,
-            format!(
-                "a price stayed frozen for {} ({where}), longer than slo.maxFreezeSeconds {}s",
-                format_seconds(summary.longest_freeze),
-                objective.max_freeze.as_secs()
-            ),
-        );
-    }
-    let (Some(p50), Some(p99)) = (summary.p50_ms, summary.p99_ms) else {
-        let why = match &summary.sight {
-            Sight::Blind { why, .. } => why.describe(),
-            Sight::Starting => "the canary has not connected yet".into(),
-            Sight::Watching => "no price changed, or ingest does not stamp ingested_at".into(),
-        };
-        return (
-            false,
-            Reason::NoData,
-            format!("the canary received no price with an age in the last {window}: {why}"),
-        );
-    };
-    let objective_ms = objective.p99.as_millis();
-    if u128::from(p99) > objective_ms {
-        return (
+        ),
+        Verdict::Frozen => {
+            let r#where = match (&summary.sight, &summary.longest_freeze_key) {
+                (Sight::Blind { why, .. }, None) => format!("in progress: {}", why.describe()),
+                (_, Some((event, market))) => format!("on {event} {market}"),
+                (_, None) => "on a market".to_string(),
+            };
+            (
+                false,
+                Reason::Frozen,
+                format!(
+                    "a price stayed frozen for {} ({where}), longer than slo.maxFreezeSeconds {}s",
+                    format_seconds(summary.longest_freeze),
+                    objective.max_freeze.as_secs()
+                ),
+            )
+        }
+        Verdict::NoData => {
+            let why = match &summary.sight {
+                Sight::Blind { why, .. } => why.describe(),
+                Sight::Starting => "the canary has not connected yet".into(),
+                Sight::Watching => "no price changed, or ingest does not stamp ingested_at".into(),
+            };
+            (
+                false,
+                Reason::NoData,
+                format!("the canary received no price with an age in the last {window}: {why}"),
+            )
+        }
+        Verdict::Stale { p99_ms } => (
             false,
             Reason::Stale,
             format!(
-                "p99 age {p99}ms over the last {window} is above slo.freshnessP99Ms {objective_ms}ms (p50 {p50}ms, {} prices)",
+                "p99 age {p99_ms}ms over the last {window} is above slo.freshnessP99Ms {}ms (p50 {}ms, {} prices)",
+                objective.p99.as_millis(),
+                summary.p50_ms.unwrap_or(0),
                 summary.frames_sampled
             ),
-        );
-    }
-    (
-        true,
-        Reason::WithinObjective,
-        format!(
-            "p99 age {p99}ms (objective {objective_ms}ms), longest freeze {} (at most {}s), over the last {window} ({} prices)",
-            format_seconds(summary.longest_freeze),
-            objective.max_freeze.as_secs(),
-            summary.frames_sampled
         ),
-    )
+        Verdict::WithinObjective => (
+            true,
+            Reason::WithinObjective,
+            format!(
+                "p99 age {}ms (objective {}ms), longest freeze {} (at most {}s), over the last {window} ({} prices)",
+                summary.p99_ms.unwrap_or(0),
+                objective.p99.as_millis(),
+                format_seconds(summary.longest_freeze),
+                objective.max_freeze.as_secs(),
+                summary.frames_sampled
+            ),
+        ),
+    }
 }
 
 /// `status.freshness` of `summary`, measured over `slo.window` as the user wrote it.
@@ -235,6 +245,7 @@ fn format_window(window: Duration) -> String {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use odds_canary::Blindness;
 
     fn objective() -> Objective {
         Objective::of(&SloSpec::default()).unwrap_or_else(|p| panic!("{p:?}"))

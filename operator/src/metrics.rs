@@ -145,6 +145,8 @@ pub struct FreshnessMetrics {
     pub watching: IntGaugeVec,
     pub objective_p99: GaugeVec,
     pub objective_freeze: GaugeVec,
+    /// Writes of the canary's figures to the pipeline's Redis that failed.
+    pub publish_failures: IntCounterVec,
 }
 
 impl FreshnessMetrics {
@@ -199,6 +201,13 @@ impl FreshnessMetrics {
                 ),
                 &["namespace", "pipeline"],
             )?,
+            publish_failures: IntCounterVec::new(
+                Opts::new(
+                    "canary_publish_failures_total",
+                    "Writes of the canary's figures to the pipeline's Redis (for the odds page) that failed",
+                ),
+                &["namespace", "pipeline"],
+            )?,
         })
     }
 
@@ -211,6 +220,7 @@ impl FreshnessMetrics {
         registry.register(self.watching.clone())?;
         registry.register(self.objective_p99.clone())?;
         registry.register(self.objective_freeze.clone())?;
+        registry.register(self.publish_failures.clone())?;
         Ok(())
     }
 
@@ -224,6 +234,7 @@ impl FreshnessMetrics {
         let _ = self.watching.remove_label_values(&labels);
         let _ = self.objective_p99.remove_label_values(&labels);
         let _ = self.objective_freeze.remove_label_values(&labels);
+        let _ = self.publish_failures.remove_label_values(&labels);
     }
 }
 

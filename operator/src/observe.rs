@@ -37,7 +37,9 @@ fn reading(what: impl Into<String>) -> impl FnOnce(kube::Error) -> DereferenceEr
 /// Reads what validation and the build need to know: Secrets and topics.
 ///
 /// A referenced Secret is read in full, but only digests of its values leave this
-/// function; the values themselves are never stored, logged or written anywhere.
+/// function, and the ports of its URLs; the values themselves are never logged or written
+/// anywhere. One value is kept, in memory only: the Redis URL, to which the pipeline's
+/// freshness canary publishes its figures for the odds page ([`RedisUrl`]).
 pub async fn facts(
     client: &kube::Client,
     pipeline: &OddsPipeline,
@@ -51,6 +53,10 @@ pub async fn facts(
             .await
             .map_err(reading(format!("Secret {name}")))?;
         if let Some(secret) = found {
+            let redis = &pipeline.spec.redis.url_secret_ref;
+            if name == redis.name {
+                facts.redis_url = secret_string(&secret, &redis.key).map(RedisUrl);
+            }
             facts.ports.insert(name.clone(), url_ports(&secret));
             facts.secrets.insert(name, key_digests(&secret));
         }
@@ -111,6 +117,27 @@ async fn kafka_user_ready(
     let credentials = user_keys.iter().all(|key| has(&name, key));
     let ca = !auth.tls || has(&kafkauser::cluster_ca_secret(cluster), "ca.crt");
     Ok(ready && credentials && ca)
+}
+
+/// The pipeline's Redis URL, read from its Secret: where the freshness canary publishes its
+/// figures ([`crate::canaries`]). It holds a credential, so it never shows in logs: its
+/// `Debug` prints no part of it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl(pub String);
+
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RedisUrl(<from its Secret>)")
+    }
+}
+
+/// The value of `key` in `secret` as text (`stringData` winning, as in [`key_digests`]).
+fn secret_string(secret: &Secret, key: &str) -> Option<String> {
+    let from_strings = secret.string_data.as_ref().and_then(|d| d.get(key)).cloned();
+    from_strings.or_else(|| {
+        let bytes = secret.data.as_ref()?.get(key)?;
+        String::from_utf8(bytes.0.clone()).ok()
+    })
 }
 
 /// A digest of each key's value. `stringData` counts as the API server stores it: merged

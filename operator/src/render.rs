@@ -143,6 +143,8 @@ fn children(
         existing_partitions: None,
         keda_installed: options.keda,
         pod_monitors_installed: options.pod_monitors,
+        // Nothing is measured while rendering.
+        redis_url: None,
     };
     let valid =
         validate(pipeline, &facts).map_err(|source| RenderError::Invalid { name, source })?;

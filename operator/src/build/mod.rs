@@ -117,6 +117,9 @@ pub struct Facts {
     /// `Ready` and the Secrets its credentials come from (the user's and the cluster CA's)
     /// exist. Ingest and the processor wait for it: their pods could not start without them.
     pub kafka_user_ready: bool,
+    /// The Redis URL from its Secret, for the freshness canary's published figures (never
+    /// used by a builder: no child holds it).
+    pub redis_url: Option<crate::observe::RedisUrl>,
 }
 
 /// Where the migration Job of the current image stands.

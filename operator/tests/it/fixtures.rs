@@ -191,6 +191,7 @@ pub fn ready_facts() -> Facts {
         ports: BTreeMap::new(),
         pod_monitors_installed: false,
         kafka_user_ready: true,
+        redis_url: None,
     }
 }
 

@@ -5,6 +5,8 @@
 use crate::fixtures::{sample, NS};
 use crate::harness::{harness, Harness};
 use chrono::TimeZone;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Patch, PatchParams};
 use odds_canary::{Blindness, Sight, Summary};
 use serde_json::json;
 use std::time::Duration;
@@ -159,6 +161,26 @@ async fn fresh_follows_the_canary_through_frozen_and_stale_and_back_with_events(
         .find(|(_, reason, _)| reason == "WithinObjective")
         .unwrap();
     assert_eq!(recovered.0, "Normal");
+}
+
+/// The canary's figures go to the Redis the pipeline's Secret names (for the odds page), and
+/// follow a rotated Secret; the URL never shows in a log line.
+#[tokio::test]
+async fn the_canary_publishes_to_the_redis_of_the_pipelines_secret() {
+    let h = reconciled().await;
+    let target = h.ctx.canaries.publishes_to(KEY).expect("a publication target");
+    assert_eq!(target.0, "redis://redis:6379");
+    assert_eq!(format!("{target:?}"), "RedisUrl(<from its Secret>)");
+    let rotated = json!({"stringData": {"url": "redis://:rotated@redis-2:6379"}});
+    h.api::<Secret>()
+        .patch("odds-redis", &PatchParams::default(), &Patch::Merge(&rotated))
+        .await
+        .unwrap();
+    h.reconcile().await;
+    assert_eq!(
+        h.ctx.canaries.publishes_to(KEY).map(|url| url.0),
+        Some("redis://:rotated@redis-2:6379".to_string())
+    );
 }
 
 #[tokio::test]

@@ -64,6 +64,7 @@ fn the_operators_metrics_are_odds_operator_names_in_the_shared_registry() {
             "odds_operator_canary_age_p99_seconds",
             "odds_operator_canary_frames_total",
             "odds_operator_canary_longest_freeze_seconds",
+            "odds_operator_canary_publish_failures_total",
             "odds_operator_canary_slow_frames_total",
             "odds_operator_canary_watching",
             "odds_operator_leader",

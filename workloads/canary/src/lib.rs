@@ -15,10 +15,14 @@
 //! Where it runs: the operator's leader starts one per pipeline, pointed at the pipeline's
 //! odds-service Service (see the operator's `freshness` module for why), `make demo` runs one
 //! beside its status line, and `odds-demo bench` one beside its clients, so every place shows
-//! the same measurement made by the same code.
+//! the same measurement made by the same code. Each of them also publishes its figures to
+//! the pipeline's Redis ([`publish`]), where odds-service serves them to the odds page, and
+//! judges them with the same [`verdict`].
 
 pub mod client;
+pub mod publish;
+pub mod verdict;
 pub mod window;
 
-pub use client::{Canary, CanaryConfig};
+pub use client::{Canary, CanaryConfig, Endpoints};
 pub use window::{Blindness, FrameKind, Key, Recorder, Sight, Summary};

@@ -3,13 +3,14 @@
 //! Stages are separate processes that only meet through Kafka, Redis and WebSockets, so the
 //! shapes and names that cross those boundaries live here, once: the [`OddsUpdate`] event and
 //! its validation, the reasons an input is rejected ([`RejectReason`]), topic and Redis names
-//! ([`names`]), ports ([`ports`]), the client protocol of `/ws/odds` ([`ws`]), and where a
-//! sampled update's trace context travels ([`traced`]). A workload crate depends on
-//! this crate and never on another workload.
+//! ([`names`]), ports ([`ports`]), the client protocol of `/ws/odds` ([`ws`]), the freshness
+//! canary's published figures ([`freshness`]), and where a sampled update's trace context
+//! travels ([`traced`]). A workload crate depends on this crate and never on another workload.
 
 pub mod cache_status;
 pub mod dead_letter;
 pub mod env;
+pub mod freshness;
 pub mod heartbeat;
 pub mod names;
 pub mod ports;

@@ -44,6 +44,10 @@ pub const REDIS_CACHE_STATUS_CHANNEL: &str = "odds:cache-status";
 /// readers can tell a quiet market from a pipeline stopped upstream of Redis.
 pub const REDIS_HEARTBEAT_CHANNEL: &str = "odds:heartbeat";
 
+/// Key holding the freshness canary's latest JSON [`crate::freshness::FreshnessReport`]
+/// (written with a time-to-live, so it disappears when no canary runs).
+pub const REDIS_FRESHNESS_KEY: &str = "odds:freshness";
+
 /// The cache key of one event's current odds in one market. The market comes last and is
 /// one of a fixed set of names without `:`, so no two (event, market) pairs share a key even
 /// when event ids contain `:`.

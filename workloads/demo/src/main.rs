@@ -132,13 +132,13 @@ async fn run(args: RunArgs, bin_dir: PathBuf) -> anyhow::Result<()> {
     let tty = std::io::stdout().is_terminal();
     // A client like any other, through the same address: the figures the operator's canary
     // reports for a cluster pipeline (p99 age on ingest's clock, longest freeze), over the
-    // last minute.
-    let mut board =
-        StatusBoard::with_canary(odds_canary::Canary::start(odds_canary::CanaryConfig {
-            url: format!("ws://{}/ws/odds", launcher.service_addr),
-            sample: vec![odds_contracts::ws::ALL_EVENTS.to_string()],
-            window: Duration::from_secs(60),
-        }));
+    // last minute, on this line and on the odds page.
+    let canary = odds_demo::status::start_canary(
+        &launcher,
+        Duration::from_secs(60),
+        odds_demo::status::CANARY_PUBLISHER,
+    )?;
+    let mut board = StatusBoard::with_canary(canary);
     let outcome = loop {
         tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),

@@ -68,6 +68,27 @@ pub struct StatusBoard {
     canary: Option<odds_canary::Canary>,
 }
 
+/// Who the local run's canaries name as their figures' source on the odds page.
+pub const CANARY_PUBLISHER: &str = "odds-demo";
+
+/// The local run's freshness canary: a client like any other of `launcher`'s odds-service,
+/// following every event, summarising over `window`, and publishing its figures to the
+/// pipeline's Redis, where the odds page reads them (`GET /v1/freshness`): the page and the
+/// status line show one canary's figures. Must be called inside a tokio runtime.
+pub fn start_canary(
+    launcher: &Launcher,
+    window: std::time::Duration,
+    publisher: &str,
+) -> Result<odds_canary::Canary, odds_canary::client::BadRedisUrl> {
+    let mut canary = odds_canary::Canary::start(odds_canary::CanaryConfig {
+        url: format!("ws://{}/ws/odds", launcher.service_addr),
+        sample: vec![odds_contracts::ws::ALL_EVENTS.to_string()],
+        window,
+    });
+    canary.publish_to(&launcher.infra.redis_url, publisher)?;
+    Ok(canary)
+}
+
 /// The canary's part of the line: `canary p99 12ms freeze 0.00s`, or why it has none.
 pub fn canary_figures(summary: &odds_canary::Summary) -> String {
     let freeze = summary.longest_freeze.as_secs_f64();

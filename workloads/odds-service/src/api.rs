@@ -1,5 +1,6 @@
-//! The public HTTP surface: REST `/v1/...`, the WebSocket upgrade at `/ws/odds`, the live
-//! page at `/` and the OpenAPI document at `/openapi.json`.
+//! The public HTTP surface: REST `/v1/...` (odds, and the freshness canary's figures at
+//! `/v1/freshness`), the WebSocket upgrade at `/ws/odds`, the live page at `/` and the
+//! OpenAPI document at `/openapi.json`.
 //!
 //! Every error is a JSON body `{"error":{"code","message"}}` with 400 (bad id or parameter),
 //! 404 (unknown event or route) or 503 (neither Redis nor Postgres can answer); store errors
@@ -102,6 +103,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events/{id}/markets", get(markets))
         .route("/v1/events/{id}/odds", get(current_odds))
         .route("/v1/events/{id}/history", get(history))
+        .route("/v1/freshness", get(freshness))
         .route("/ws/odds", get(ws_upgrade))
         .route_layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),
@@ -248,6 +250,24 @@ async fn history(
         return Err(ApiError::unknown_event(&id));
     }
     Ok(Json(json!({"event_id": id, "history": entries})).into_response())
+}
+
+/// The freshness canary's latest figures (see `odds_contracts::freshness`): 200 with the
+/// report, 404 when no canary published one within its time-to-live, 503 when Redis cannot
+/// answer. A report never outlives its canary by more than the time-to-live, so the page
+/// never shows a dead canary's figures as current.
+async fn freshness(State(state): State<AppState>) -> Result<Response, ApiError> {
+    match state.store.freshness().await? {
+        Some(report) => Ok(Json(report).into_response()),
+        None => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "no_canary",
+            format!(
+                "no freshness canary published figures in the last {} s",
+                odds_contracts::freshness::FRESHNESS_TTL_MS / 1000
+            ),
+        )),
+    }
 }
 
 /// A duplicate of an accepted connection's socket, made when the connection is accepted

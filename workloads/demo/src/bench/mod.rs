@@ -237,7 +237,7 @@ async fn measure(
     let caught_up = catch_up(launcher, args, rate).await;
     let persisted_before = persisted_count(&pool).await?;
     let window = Window::open(launcher).await;
-    let listeners = Listeners::start(launcher, args);
+    let listeners = Listeners::start(launcher, args)?;
     let started = Instant::now();
     wait_sent(
         launcher,
@@ -395,7 +395,7 @@ struct Listeners {
 }
 
 impl Listeners {
-    fn start(launcher: &Launcher, args: &BenchArgs) -> Listeners {
+    fn start(launcher: &Launcher, args: &BenchArgs) -> anyhow::Result<Listeners> {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let url = format!("ws://{}/ws/odds", launcher.service_addr);
         let clients = (0..args.clients)
@@ -404,16 +404,17 @@ impl Listeners {
                 tokio::spawn(client(url.clone(), event, stopped.clone()))
             })
             .collect();
-        let canary = odds_canary::Canary::start(odds_canary::CanaryConfig {
-            url,
-            sample: vec![odds_contracts::ws::ALL_EVENTS.to_string()],
-            window: Duration::from_secs(args.duration * 4 + 120),
-        });
-        Listeners {
+        // Its figures are on the odds page too while the bench runs.
+        let canary = crate::status::start_canary(
+            launcher,
+            Duration::from_secs(args.duration * 4 + 120),
+            "odds-demo bench",
+        )?;
+        Ok(Listeners {
             clients,
             stop,
             canary,
-        }
+        })
     }
 
     /// Stops them: every client's latencies (ms), sorted, and the canary's figures.

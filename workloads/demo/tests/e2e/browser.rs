@@ -1,7 +1,9 @@
 //! The live odds page in a real browser: headless Chromium, driven over the DevTools protocol.
 //!
 //! The page must show every event with its teams, receive live updates after the snapshot
-//! (odds change on screen, with up/down marks), and say it is connected. A screenshot is saved
+//! (odds change on screen, with up/down marks), and say it is connected. It must also show
+//! the freshness canary's figures (`GET /v1/freshness`): "no canary figures" while none
+//! runs, then exactly the figures the demo's canary published. A screenshot is saved
 //! as `target/odds-page.png`. Chromium comes from Debian's `chromium` package, which
 //! `make test` installs; without it this test fails and says how to install it.
 
@@ -30,6 +32,10 @@ const READ_PAGE: &str = r##"JSON.stringify({
     odds: [...r.querySelectorAll("td.odds")].map(td => td.dataset.value).join("/"),
     moved: r.querySelectorAll("td.up, td.down").length,
   })),
+  freshness: (() => {
+    const el = document.getElementById("freshness");
+    return { state: el.className, text: el.textContent, ...el.dataset };
+  })(),
 })"##;
 
 struct DevTools {
@@ -59,6 +65,15 @@ impl DevTools {
                 }
             }
         }
+    }
+
+    /// Has the page fetch `/v1/freshness` now, and waits until it showed the answer.
+    async fn refresh_freshness(&mut self) {
+        self.call(
+            "Runtime.evaluate",
+            json!({"expression": "refreshFreshness()", "awaitPromise": true}),
+        )
+        .await;
     }
 
     async fn read_page(&mut self) -> Value {
@@ -179,6 +194,8 @@ async fn odds_page_updates_live_in_chromium() {
         "moves are marked up/down: {second}"
     );
 
+    page_shows_the_canarys_figures(&launcher, &mut devtools).await;
+
     let shot = devtools
         .call("Page.captureScreenshot", json!({"format": "png"}))
         .await;
@@ -192,4 +209,84 @@ async fn odds_page_updates_live_in_chromium() {
 
     let _ = browser.kill().await;
     launcher.stop().await;
+}
+
+/// "No canary figures" before a canary runs; then, with the demo's canary publishing, the
+/// very figures it wrote to Redis. The page is made to fetch between two reads of Redis that
+/// agree, so what it shows must be that report (no race with the canary's next write).
+async fn page_shows_the_canarys_figures(launcher: &Launcher, devtools: &mut DevTools) {
+    devtools.refresh_freshness().await;
+    let before = devtools.read_page().await;
+    assert_eq!(before["freshness"]["state"], "none", "{before}");
+    assert_eq!(
+        before["freshness"]["text"],
+        "no canary figures (no freshness canary published figures in the last 6 s)"
+    );
+
+    let canary = odds_demo::status::start_canary(
+        launcher,
+        Duration::from_secs(60),
+        odds_demo::status::CANARY_PUBLISHER,
+    )
+    .unwrap();
+    let redis = redis::Client::open(launcher.infra.redis_url.as_str()).unwrap();
+    let mut redis = redis.get_multiplexed_async_connection().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let written = published(&mut redis).await;
+        devtools.refresh_freshness().await;
+        let page = devtools.read_page().await;
+        let still = published(&mut redis).await;
+        let measured = written
+            .as_ref()
+            .is_some_and(|r| r.frames > 0 && r.blind.is_none() && r.p99_ms.is_some());
+        if let (true, Some(report)) = (measured && written == still, written.clone()) {
+            let shown = &page["freshness"];
+            assert_eq!(report.publisher, "odds-demo");
+            assert_eq!(shown["state"], "measured", "{page}");
+            assert_eq!(
+                shown["measuredAt"],
+                serde_json::to_value(&report).unwrap()["measuredAt"],
+                "{page}"
+            );
+            let p99 = report.p99_ms.unwrap();
+            assert_eq!(shown["p99Ms"], p99.to_string(), "{page}");
+            assert_eq!(
+                shown["longestFreezeMs"],
+                report.longest_freeze_ms.to_string()
+            );
+            assert_eq!(shown["frames"], report.frames.to_string());
+            // Seconds with two decimals, rounded half up as the page does.
+            let hundredths = (report.longest_freeze_ms + 5) / 10;
+            assert_eq!(
+                shown["text"],
+                format!(
+                    "canary p99 {p99} ms · longest freeze {}.{:02} s",
+                    hundredths / 100,
+                    hundredths % 100
+                ),
+                "{page}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed the canary's figures: Redis {written:?}, page {page}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(canary.publications().map(|p| p.failed()), Some(0));
+    canary.stop().await;
+}
+
+/// The report the canary last wrote to the pipeline's Redis.
+async fn published(
+    redis: &mut redis::aio::MultiplexedConnection,
+) -> Option<odds_contracts::freshness::FreshnessReport> {
+    let text: Option<String> = redis::cmd("GET")
+        .arg(odds_contracts::names::REDIS_FRESHNESS_KEY)
+        .query_async(redis)
+        .await
+        .unwrap();
+    text.and_then(|t| odds_contracts::freshness::FreshnessReport::parse(t.as_bytes()))
 }

@@ -4,7 +4,9 @@
 //! and every Kafka broker down, records no stage should accept), judged as a client sees it:
 //! WebSocket clients measure how long each froze their prices ([`freeze`]), and at the end
 //! nothing the supplier sent is missing from `odds_history` and no client was ever shown an
-//! older version after a newer one.
+//! older version after a newer one. A freshness canary runs beside the clients ([`canary`]):
+//! the processor's SIGKILL must turn its `Fresh` verdict to `Frozen` and back to
+//! `WithinObjective`, and its freeze must agree with the clients' within 10 %.
 //!
 //! `make test` runs it once and asserts what must always hold (nothing lost, no regression,
 //! the stores agree, the DLQ holds the bad records). `make chaos` runs it `CHAOS_RUNS` (3)
@@ -12,6 +14,8 @@
 //! the targets. Timings are reported, not asserted: the machine is shared. `CHAOS_KEEP_LOGS=1`
 //! keeps the stages' logs and prints where they are.
 
+#[path = "chaos/canary.rs"]
+mod canary;
 #[path = "chaos/checks.rs"]
 mod checks;
 #[path = "chaos/clients.rs"]
@@ -25,6 +29,7 @@ mod report;
 
 use clients::{Endpoints, Observers};
 use odds_demo::{Launcher, LauncherOptions};
+use odds_canary::verdict::Verdict;
 use operations::Operation;
 use report::{RunResult, Window};
 use std::time::{Duration, Instant};
@@ -102,10 +107,17 @@ async fn one_run() -> RunResult {
         &events,
         CLIENTS,
     );
+    let canary = canary::JudgedCanary::start(&endpoints, &events);
     moving_again(&launcher, &observers, Instant::now() + SETTLE, "start").await;
 
     let mut windows = Vec::new();
     for operation in Operation::ALL {
+        if operation == Operation::KillProcessorMidBatch {
+            // Fresh before, so that the kill's verdict is the kill's.
+            canary
+                .verdict(Instant::now(), "WithinObjective before the kill", Verdict::is_fresh)
+                .await;
+        }
         let started = Instant::now();
         let clock = operation.perform(&mut launcher, &endpoints, &pool).await;
         moving_again(
@@ -115,13 +127,18 @@ async fn one_run() -> RunResult {
             operation.name(),
         )
         .await;
-        windows.push(Window {
+        let window = Window {
             operation,
             started,
             clock,
             ended: Instant::now(),
-        });
+        };
+        if operation == Operation::KillProcessorMidBatch {
+            kill_is_judged_frozen_then_fresh(&canary, &observers, &window).await;
+        }
+        windows.push(window);
     }
+    drop(canary);
 
     let end = checks::at_the_end(&mut launcher, &mut observers, &pool).await;
     let result = RunResult::new(&windows, &observers, end);
@@ -135,6 +152,53 @@ async fn one_run() -> RunResult {
         );
     }
     result
+}
+
+/// The canary's verdict on the processor's kill: `Frozen`, then `WithinObjective` again,
+/// with a freeze that agrees with the run's own clients' within 10 % (see [`canary`]).
+async fn kill_is_judged_frozen_then_fresh(
+    canary: &canary::JudgedCanary,
+    observers: &Observers,
+    window: &Window,
+) {
+    let frozen = canary
+        .verdict(window.started, "Frozen after the kill", |v| {
+            *v == Verdict::Frozen
+        })
+        .await;
+    let fresh = canary
+        .verdict(frozen, "WithinObjective after the recovery", Verdict::is_fresh)
+        .await;
+    let measured = canary.longest_measured_freeze(window.started, fresh);
+    let seen = {
+        let sent = observers.sent.lock().unwrap();
+        observers
+            .clients
+            .iter()
+            .map(|c| {
+                freeze::longest_freeze(&sent.upstream, &c.lock().unwrap(), window.clock, window.ended)
+                    .longest
+            })
+            .max()
+            .unwrap_or_default()
+    };
+    println!(
+        "chaos: processor kill: canary freeze {:.3} s, clients' {:.3} s; Frozen {:.1} s after the kill, fresh again {:.1} s later",
+        measured.as_secs_f64(),
+        seen.as_secs_f64(),
+        frozen.duration_since(window.started).as_secs_f64(),
+        fresh.duration_since(frozen).as_secs_f64(),
+    );
+    assert!(
+        measured > canary::THRESHOLDS.max_freeze,
+        "the canary measured no freeze above {:?} for the kill: {measured:?}",
+        canary::THRESHOLDS.max_freeze
+    );
+    let gap = measured.abs_diff(seen);
+    assert!(
+        gap.as_secs_f64() <= seen.as_secs_f64() * 0.10,
+        "the canary's freeze {measured:?} and the clients' {seen:?} differ by more than 10 %"
+    );
 }
 
 /// Waits until every client shows, for every (event, market), a version the supplier sent at

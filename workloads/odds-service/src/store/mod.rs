@@ -20,7 +20,8 @@ mod redis_cache;
 use crate::feed::Feed;
 use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
-use odds_contracts::names::{redis_current_key, REDIS_CURRENT_PREFIX};
+use odds_contracts::freshness::FreshnessReport;
+use odds_contracts::names::{redis_current_key, REDIS_CURRENT_PREFIX, REDIS_FRESHNESS_KEY};
 use odds_contracts::{Market, Odds, OddsUpdate};
 use odds_schema::pool::{DeadlinePool, PoolSettings};
 use odds_schema::read_models;
@@ -347,6 +348,23 @@ impl OddsStore {
                 },
             )
             .collect())
+    }
+
+    /// The freshness canary's latest report (`None` when no canary published one within its
+    /// time-to-live); Redis only: the report lives nowhere else.
+    pub async fn freshness(&self) -> Result<Option<FreshnessReport>, StoreError> {
+        let text = self
+            .redis
+            .run::<Option<String>>(redis::cmd("GET").arg(REDIS_FRESHNESS_KEY))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("Redis: {e}")))?;
+        Ok(text.and_then(|text| {
+            let report = FreshnessReport::parse(text.as_bytes());
+            if report.is_none() {
+                tracing::warn!(%text, "the freshness report in Redis is not one");
+            }
+            report
+        }))
     }
 
     /// True when Redis or Postgres answers (readiness: either can serve reads).

@@ -66,6 +66,57 @@ async fn redis_down_postgres_answers_and_both_down_is_503() {
     env.stop().await;
 }
 
+/// The canary's report is served as written; none (a canary that stopped writing, whose key
+/// expired) is a 404 that says so, and Redis down a 503: never old figures shown as current.
+#[tokio::test]
+async fn freshness_serves_the_canarys_latest_report_or_says_there_is_none() {
+    use odds_contracts::freshness::FreshnessReport;
+    use odds_contracts::names::REDIS_FRESHNESS_KEY;
+    let mut env = Env::start(&["--redis-timeout-ms=300"]).await;
+    let none = http_get(env.addr(), "/v1/freshness").await.unwrap();
+    assert_eq!(none.status, 404, "{}", none.body);
+    assert_eq!(none.json().unwrap()["error"]["code"], "no_canary");
+
+    let report = FreshnessReport {
+        publisher: "test".into(),
+        measured_at: chrono::Utc::now(),
+        window_seconds: 60,
+        frames: 120,
+        p50_ms: Some(4),
+        p99_ms: Some(12),
+        longest_freeze_ms: 210,
+        longest_freeze_at: Some("E1 1X2".into()),
+        blind: None,
+    };
+    let mut redis = env.redis.connection().await.unwrap();
+    let () = redis::cmd("SET")
+        .arg(REDIS_FRESHNESS_KEY)
+        .arg(report.to_json())
+        .arg("PX")
+        .arg(300)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let served = http_get(env.addr(), "/v1/freshness").await.unwrap();
+    assert_eq!(served.status, 200, "{}", served.body);
+    assert_eq!(
+        FreshnessReport::parse(served.body.as_bytes()),
+        Some(report.clone())
+    );
+    // Once its time-to-live passes, it is gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while http_get(env.addr(), "/v1/freshness").await.unwrap().status != 404 {
+        assert!(std::time::Instant::now() < deadline, "the report never expired");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    env.redis.stop();
+    let down = http_get(env.addr(), "/v1/freshness").await.unwrap();
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert_eq!(down.json().unwrap()["error"]["code"], "unavailable");
+    env.stop().await;
+}
+
 /// A read waiting on a lock ends at the statement timeout: history (Postgres only) is 503,
 /// current odds come from the cache while the live feed is up.
 #[tokio::test]
@@ -230,6 +281,7 @@ async fn openapi_document_describes_the_real_routes_and_the_page_is_served() {
         "/v1/events/{id}/markets",
         "/v1/events/{id}/odds",
         "/v1/events/{id}/history",
+        "/v1/freshness",
         "/ws/odds",
     ] {
         assert!(doc["paths"][path]["get"].is_object(), "{path} missing");

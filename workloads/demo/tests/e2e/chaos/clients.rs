@@ -39,6 +39,11 @@ impl Endpoints {
         self.0.lock().unwrap().retain(|a| *a != addr);
     }
 
+    /// Every address, now.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.0.lock().unwrap().clone()
+    }
+
     fn pick(&self, n: usize) -> Option<SocketAddr> {
         let addrs = self.0.lock().unwrap();
         (!addrs.is_empty()).then(|| addrs[n % addrs.len()])
