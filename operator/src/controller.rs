@@ -405,7 +405,7 @@ async fn pause(
 /// The steps that bring the children into shape, each filling in `observed` as it goes.
 async fn converge(report: &Report<'_>, observed: &mut Observed) -> Result<(), Stop> {
     let facts = dereference(report, observed).await?;
-    let valid = validated(report, &facts)?;
+    let valid = validated(report, &facts).map_err(Stop::Waits)?;
     measure_freshness(report.ctx, report.pipeline, facts.redis_url.clone());
     let (children, keep) = build_children(report, &valid, observed).await?;
     apply_children(report, &valid, &children, &keep, observed).await?;
@@ -432,14 +432,14 @@ async fn dereference(report: &Report<'_>, observed: &mut Observed) -> Result<Fac
 }
 
 /// Validate: the spec against the rules and the facts.
-fn validated(report: &Report<'_>, facts: &Facts) -> Result<ValidPipeline, Stop> {
+fn validated(report: &Report<'_>, facts: &Facts) -> Result<ValidPipeline, Failure> {
     validate(report.pipeline, facts).map_err(|invalid| {
         // Nothing is applied: what runs keeps running until the spec is fixed.
         report.ctx.canaries.stop(&key(report.pipeline));
-        Stop::Waits(Failure {
+        Failure {
             reason: Reason::InvalidSpec,
             message: invalid.to_string(),
-        })
+        }
     })
 }
 

@@ -9,6 +9,9 @@
 
 use std::collections::BTreeMap;
 
+/// Where a series' label set starts (`name{labels}`).
+const LABELS_OPEN: char = '{';
+
 /// Samples by full series name (`name{labels}`), e.g. `odds_proc_consumer_lag{partition="0"}`.
 #[derive(Debug, Clone, Default)]
 pub struct Samples(pub BTreeMap<String, f64>);
@@ -30,9 +33,8 @@ impl Samples {
     pub fn sum(&self, name: &str) -> f64 {
         self.0
             .iter()
-            .filter(|(series, _)| {
-                series.as_str() == name || series.starts_with(&format!("{name}{{"))
-            })
+            // The name alone, or the name with its label set.
+            .filter(|(series, _)| series.split(LABELS_OPEN).next() == Some(name))
             .map(|(_, v)| v)
             .sum()
     }
