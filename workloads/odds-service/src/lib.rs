@@ -76,20 +76,7 @@ pub async fn start(
 ) -> Result<RunningService, StartError> {
     let metrics = metrics::Metrics::new()?;
     let feed = feed::Feed::new(config.heartbeat_timeout(), config.upstream_max_silence());
-    let settings = odds_schema::pool::PoolSettings {
-        max_connections: config.database_max_connections,
-        acquire_timeout: config.acquire_timeout(),
-        statement_timeout: config.statement_timeout(),
-        lock_timeout: Duration::ZERO,
-    };
-    let store = Arc::new(store::OddsStore::new(
-        &config.redis_url,
-        config.redis_timeout(),
-        config.read_database_url(),
-        &settings,
-        metrics.clone(),
-        feed.clone(),
-    )?);
+    let store = open_store(config, &metrics, &feed)?;
     let hub = Arc::new(hub::Hub::new(metrics.clone()));
     let readiness = Readiness::new(&[STORE_CHECK, LIVE_CHECK]);
     let ws = Arc::new(ws::WsContext {
@@ -144,10 +131,7 @@ pub async fn start(
     ));
     let task = tokio::spawn(async move {
         shutdown.cancelled().await;
-        // Upgraded connections outlive the HTTP server; each returns its permit once its
-        // "going away" close frame is out, so holding every permit means all are closed.
-        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
-        let _ = tokio::time::timeout(CLOSE_GRACE, connections.acquire_many(all)).await;
+        wait_for_clients_closed(&connections, max_connections).await;
         let _ = tokio::join!(ops_task, api_task, pubsub_task, probe_task);
     });
     tracing::info!(%listen_addr, %ops_addr, "odds-service started");
@@ -158,6 +142,36 @@ pub async fn start(
         feed,
         task,
     })
+}
+
+/// The cache-first store with its Postgres pool, from the configuration.
+fn open_store(
+    config: &ServiceConfig,
+    metrics: &metrics::Metrics,
+    feed: &Arc<feed::Feed>,
+) -> Result<Arc<store::OddsStore>, StartError> {
+    let settings = odds_schema::pool::PoolSettings {
+        max_connections: config.database_max_connections,
+        acquire_timeout: config.acquire_timeout(),
+        statement_timeout: config.statement_timeout(),
+        lock_timeout: Duration::ZERO,
+    };
+    Ok(Arc::new(store::OddsStore::new(
+        &config.redis_url,
+        config.redis_timeout(),
+        config.read_database_url(),
+        &settings,
+        metrics.clone(),
+        feed.clone(),
+    )?))
+}
+
+/// Waits, at most [`CLOSE_GRACE`], until every WebSocket connection is closed. Upgraded
+/// connections outlive the HTTP server; each returns its permit once its "going away" close
+/// frame is out, so holding every permit means all are closed.
+async fn wait_for_clients_closed(connections: &Semaphore, max_connections: usize) {
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(CLOSE_GRACE, connections.acquire_many(all)).await;
 }
 
 /// Serves the public router on [`api::PublicListener`] (bounded kernel send buffers, each

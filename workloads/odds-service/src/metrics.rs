@@ -58,13 +58,56 @@ pub struct Metrics {
 /// Why a metric could not be created or registered (only on a programming error).
 pub type MetricsError = prometheus::Error;
 
+/// The REST API's and the store's metrics (`odds_api_*`), created apart from the fan-out's.
+struct ApiMetrics {
+    requests: IntCounterVec,
+    latency: HistogramVec,
+    store_fallbacks: IntCounter,
+    store_postgres_unreachable: IntGauge,
+    store_postgres_skipped: IntCounter,
+}
+
+impl ApiMetrics {
+    fn new() -> Result<ApiMetrics, MetricsError> {
+        let latency_buckets = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ];
+        Ok(ApiMetrics {
+            requests: IntCounterVec::new(
+                Opts::new("requests_total", "REST requests by route and status"),
+                &["route", "status"],
+            )?,
+            latency: HistogramVec::new(
+                HistogramOpts::new(
+                    "request_duration_seconds",
+                    "REST request latency by route and status",
+                )
+                .buckets(latency_buckets),
+                &["route", "status"],
+            )?,
+            store_fallbacks: IntCounter::new(
+                "store_fallbacks_total",
+                "Reads answered by Postgres because Redis failed or the cache was not trusted \
+                 (live feed down)",
+            )?,
+            store_postgres_unreachable: IntGauge::new(
+                "store_postgres_unreachable",
+                "1 while Postgres was found unreachable: reads go to the cache (or fail) at once \
+                 until a background probe reaches it",
+            )?,
+            store_postgres_skipped: IntCounter::new(
+                "store_postgres_skipped_total",
+                "Reads that did not try Postgres because it was found unreachable moments ago",
+            )?,
+        })
+    }
+}
+
 impl Metrics {
     pub fn new() -> Result<Metrics, MetricsError> {
         let ws_registry = PrefixedRegistry::new(component::WEBSOCKET)?;
         let api_registry = PrefixedRegistry::new(component::API)?;
-        let latency_buckets = vec![
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-        ];
+        let api = ApiMetrics::new()?;
         let ws_messages_sent = IntCounterVec::new(
             Opts::new("messages_sent_total", "Frames sent to clients, by type"),
             &["type"],
@@ -129,44 +172,27 @@ impl Metrics {
                 "resync_retries_total",
                 "Resync rounds retried because Postgres could not answer every read",
             )?,
-            api_requests: IntCounterVec::new(
-                Opts::new("requests_total", "REST requests by route and status"),
-                &["route", "status"],
-            )?,
-            api_latency: HistogramVec::new(
-                HistogramOpts::new(
-                    "request_duration_seconds",
-                    "REST request latency by route and status",
-                )
-                .buckets(latency_buckets),
-                &["route", "status"],
-            )?,
-            store_fallbacks: IntCounter::new(
-                "store_fallbacks_total",
-                "Reads answered by Postgres because Redis failed or the cache was not trusted \
-                 (live feed down)",
-            )?,
-            store_postgres_unreachable: IntGauge::new(
-                "store_postgres_unreachable",
-                "1 while Postgres was found unreachable: reads go to the cache (or fail) at once \
-                 until a background probe reaches it",
-            )?,
-            store_postgres_skipped: IntCounter::new(
-                "store_postgres_skipped_total",
-                "Reads that did not try Postgres because it was found unreachable moments ago",
-            )?,
+            api_requests: api.requests,
+            api_latency: api.latency,
+            store_fallbacks: api.store_fallbacks,
+            store_postgres_unreachable: api.store_postgres_unreachable,
+            store_postgres_skipped: api.store_postgres_skipped,
             ws_registry,
             api_registry,
         };
         metrics.register_all()?;
-        // Pre-create the label values so dashboards show zeros instead of gaps.
+        metrics.precreate_labels();
+        Ok(metrics)
+    }
+
+    /// Pre-creates the label values so dashboards show zeros instead of gaps.
+    fn precreate_labels(&self) {
         for kind in MESSAGE_TYPES {
-            metrics.ws_messages_sent.with_label_values(&[kind]);
+            self.ws_messages_sent.with_label_values(&[kind]);
         }
         for reason in REJECT_REASONS {
-            metrics.ws_connections_rejected.with_label_values(&[reason]);
+            self.ws_connections_rejected.with_label_values(&[reason]);
         }
-        Ok(metrics)
     }
 
     /// Every registry, for `/metrics`.

@@ -35,13 +35,29 @@ const KEEP_CAPACITY: usize = 4 * 1024;
 
 /// Where a client's bytes go: a socket written without blocking.
 pub trait SocketWrite: Send + Sync {
-    /// Writes what the socket accepts now; `WouldBlock` when it accepts nothing.
+    /// Writes what the socket accepts now; `WouldBlock` when it accepts nothing. For the
+    /// connection task, which then waits for the socket to drain: a `WouldBlock` here must
+    /// make that wait real.
     fn try_write(&self, buf: &[u8]) -> io::Result<usize>;
+
+    /// The fan-out's write: as [`try_write`](SocketWrite::try_write), but free to skip the
+    /// runtime's readiness bookkeeping, since a socket that would block is handed to the
+    /// connection task, whose next `try_write` does that bookkeeping.
+    fn send_now(&self, buf: &[u8]) -> io::Result<usize> {
+        self.try_write(buf)
+    }
 }
 
 impl SocketWrite for tokio::net::TcpStream {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         tokio::net::TcpStream::try_write(self, buf)
+    }
+
+    /// A plain non-blocking `send(2)`: tokio's `try_write` checks and updates the
+    /// registration's readiness around every call, a few percent of the fan-out's CPU in a
+    /// profile at 200 000 deliveries/s, for a readiness only the blocked path waits on.
+    fn send_now(&self, buf: &[u8]) -> io::Result<usize> {
+        socket2::SockRef::from(self).send(buf)
     }
 }
 
@@ -174,11 +190,18 @@ impl QueueState {
         }
     }
 
-    /// Writes `out` until the socket would block. Returns true when everything was written.
-    fn write_out(&mut self, socket: &dyn SocketWrite) -> bool {
+    /// Writes `out` until the socket would block (with the fan-out's write when `fanout`).
+    /// Returns true when everything was written.
+    fn write_out(&mut self, socket: &dyn SocketWrite, fanout: bool) -> bool {
         let mut sent = 0;
         while sent < self.out.len() {
-            match socket.try_write(&self.out[sent..]) {
+            let rest = &self.out[sent..];
+            let written = if fanout {
+                socket.send_now(rest)
+            } else {
+                socket.try_write(rest)
+            };
+            match written {
                 Ok(0) => {
                     self.failed = true;
                     break;
@@ -392,7 +415,7 @@ impl ClientQueue {
         state.touched = false;
         let before = state.write_state();
         if !state.blocked && !state.failed {
-            state.write_out(&*self.socket);
+            state.write_out(&*self.socket, true);
         }
         let framed = std::mem::take(&mut state.framed);
         let changed = state.write_state() != before;
@@ -413,7 +436,7 @@ impl ClientQueue {
         while !state.failed {
             if !state.out.is_empty() {
                 state.blocked = false;
-                if !state.write_out(&*self.socket) {
+                if !state.write_out(&*self.socket, false) {
                     break;
                 }
             }
@@ -440,7 +463,7 @@ impl ClientQueue {
         }
         state.out.extend_from_slice(frame);
         if !state.blocked {
-            state.write_out(&*self.socket);
+            state.write_out(&*self.socket, false);
         }
         state.write_state()
     }

@@ -1,18 +1,3 @@
-//! `/ws/odds`: one task per connection that handles client messages, writes queued updates,
-//! pings, and closes with a reason, beside a small reader task that only reads the socket.
-//!
-//! The reader task exists because the connection task wakes once per delivery, and polling
-//! the read side on every wake cost a read attempt each time; everything else stays in the
-//! one connection task, which keeps the per-client footprint small. No store read holds the
-//! connection: subscribe and unsubscribe requests are answered in order, one at a time, and
-//! the snapshot read a subscribe waits for is a future the loop polls beside everything else
-//! ([`requests`]), so pings are answered and live updates written meanwhile. Subscribing
-//! registers with the hub *before* reading the snapshot, so no update can fall in the gap, and
-//! the queue keeps each market's snapshot first ([`crate::queue`]). Writes are bounded by a
-//! timeout: a client that stays stuck is closed as slow. When live updates stop or resume
-//! (see [`crate::feed::Feed`]) every connection sends a `status` message, so no client waits
-//! on a silent socket without knowing why.
-
 //! `/ws/odds`: one task per connection that reads the client's messages, answers them, pings,
 //! tells the client about the feed, and writes whatever the fan-out could not write itself.
 //!
@@ -195,13 +180,8 @@ impl Connection {
         let mut ping = tokio::time::interval(self.ctx.ping_interval);
         ping.reset();
         let mut feed = self.ctx.feed.watch();
-        // A client that connects while updates are stopped is told at once; a live feed is
-        // the normal case and says nothing.
-        let status = feed.borrow_and_update().clone();
-        if !status.is_live() {
-            if let Some(exit) = self.status(&status) {
-                return exit;
-            }
+        if let Some(exit) = self.greet(&mut feed) {
+            return exit;
         }
         let shutdown = self.ctx.shutdown.clone().cancelled_owned();
         tokio::pin!(shutdown);
@@ -259,13 +239,7 @@ impl Connection {
                     }
                 }
                 message = incoming.next(), if self.requests.len() < MAX_WAITING_REQUESTS => {
-                    self.last_seen = Instant::now();
-                    let exit = match message {
-                        None => Some(Exit::ClientGone),
-                        Some(Err(error)) => Some(read_error_exit(error)),
-                        Some(Ok(message)) => self.on_message(message),
-                    };
-                    if let Some(exit) = exit {
+                    if let Some(exit) = self.on_incoming(message) {
                         return exit;
                     }
                 }
@@ -279,6 +253,29 @@ impl Connection {
             if let Some(exit) = self.advance() {
                 return exit;
             }
+        }
+    }
+
+    /// A client that connects while updates are stopped is told at once; a live feed is the
+    /// normal case and says nothing.
+    fn greet(&mut self, feed: &mut watch::Receiver<FeedStatus>) -> Option<Exit> {
+        let status = feed.borrow_and_update().clone();
+        if status.is_live() {
+            return None;
+        }
+        self.status(&status)
+    }
+
+    /// What the client sent (or that it is gone).
+    fn on_incoming(
+        &mut self,
+        message: Option<Result<Message, tungstenite::Error>>,
+    ) -> Option<Exit> {
+        self.last_seen = Instant::now();
+        match message {
+            None => Some(Exit::ClientGone),
+            Some(Err(error)) => Some(read_error_exit(error)),
+            Some(Ok(message)) => self.on_message(message),
         }
     }
 
