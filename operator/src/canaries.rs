@@ -246,7 +246,10 @@ fn start_live(key: &str, url: &str, redis: Option<&RedisUrl>, objective: &Object
             }
         }
         None => {
-            tracing::warn!(pipeline = key, "the Redis Secret is not readable: the canary's figures are not published");
+            tracing::warn!(
+                pipeline = key,
+                "the Redis Secret is not readable: the canary's figures are not published"
+            );
         }
     }
     canary

@@ -133,7 +133,11 @@ impl std::fmt::Debug for RedisUrl {
 
 /// The value of `key` in `secret` as text (`stringData` winning, as in [`key_digests`]).
 fn secret_string(secret: &Secret, key: &str) -> Option<String> {
-    let from_strings = secret.string_data.as_ref().and_then(|d| d.get(key)).cloned();
+    let from_strings = secret
+        .string_data
+        .as_ref()
+        .and_then(|d| d.get(key))
+        .cloned();
     from_strings.or_else(|| {
         let bytes = secret.data.as_ref()?.get(key)?;
         String::from_utf8(bytes.0.clone()).ok()

@@ -168,12 +168,20 @@ async fn fresh_follows_the_canary_through_frozen_and_stale_and_back_with_events(
 #[tokio::test]
 async fn the_canary_publishes_to_the_redis_of_the_pipelines_secret() {
     let h = reconciled().await;
-    let target = h.ctx.canaries.publishes_to(KEY).expect("a publication target");
+    let target = h
+        .ctx
+        .canaries
+        .publishes_to(KEY)
+        .expect("a publication target");
     assert_eq!(target.0, "redis://redis:6379");
     assert_eq!(format!("{target:?}"), "RedisUrl(<from its Secret>)");
     let rotated = json!({"stringData": {"url": "redis://:rotated@redis-2:6379"}});
     h.api::<Secret>()
-        .patch("odds-redis", &PatchParams::default(), &Patch::Merge(&rotated))
+        .patch(
+            "odds-redis",
+            &PatchParams::default(),
+            &Patch::Merge(&rotated),
+        )
         .await
         .unwrap();
     h.reconcile().await;

@@ -78,7 +78,10 @@ mod tests {
         let json = report.to_json();
         assert!(json.contains(r#""p99Ms":12"#), "{json}");
         assert!(json.contains(r#""longestFreezeMs":210"#), "{json}");
-        assert!(json.contains(r#""measuredAt":"2026-12-06T12:00:00Z""#), "{json}");
+        assert!(
+            json.contains(r#""measuredAt":"2026-12-06T12:00:00Z""#),
+            "{json}"
+        );
         assert!(!json.contains("blind"), "{json}");
         assert_eq!(FreshnessReport::parse(json.as_bytes()), Some(report));
         assert_eq!(FreshnessReport::parse(b"{}"), None);

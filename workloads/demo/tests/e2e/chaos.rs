@@ -28,8 +28,8 @@ mod operations;
 mod report;
 
 use clients::{Endpoints, Observers};
-use odds_demo::{Launcher, LauncherOptions};
 use odds_canary::verdict::Verdict;
+use odds_demo::{Launcher, LauncherOptions};
 use operations::Operation;
 use report::{RunResult, Window};
 use std::time::{Duration, Instant};
@@ -115,7 +115,11 @@ async fn one_run() -> RunResult {
         if operation == Operation::KillProcessorMidBatch {
             // Fresh before, so that the kill's verdict is the kill's.
             canary
-                .verdict(Instant::now(), "WithinObjective before the kill", Verdict::is_fresh)
+                .verdict(
+                    Instant::now(),
+                    "WithinObjective before the kill",
+                    Verdict::is_fresh,
+                )
                 .await;
         }
         let started = Instant::now();
@@ -167,7 +171,11 @@ async fn kill_is_judged_frozen_then_fresh(
         })
         .await;
     let fresh = canary
-        .verdict(frozen, "WithinObjective after the recovery", Verdict::is_fresh)
+        .verdict(
+            frozen,
+            "WithinObjective after the recovery",
+            Verdict::is_fresh,
+        )
         .await;
     let measured = canary.longest_measured_freeze(window.started, fresh);
     let seen = {
@@ -176,8 +184,13 @@ async fn kill_is_judged_frozen_then_fresh(
             .clients
             .iter()
             .map(|c| {
-                freeze::longest_freeze(&sent.upstream, &c.lock().unwrap(), window.clock, window.ended)
-                    .longest
+                freeze::longest_freeze(
+                    &sent.upstream,
+                    &c.lock().unwrap(),
+                    window.clock,
+                    window.ended,
+                )
+                .longest
             })
             .max()
             .unwrap_or_default()

@@ -106,7 +106,10 @@ async fn freshness_serves_the_canarys_latest_report_or_says_there_is_none() {
     // Once its time-to-live passes, it is gone.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while http_get(env.addr(), "/v1/freshness").await.unwrap().status != 404 {
-        assert!(std::time::Instant::now() < deadline, "the report never expired");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the report never expired"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 

@@ -48,9 +48,8 @@ struct Judged {
     measured_freeze: Option<Duration>,
 }
 
-/// The canary, and every verdict on it so far.
+/// The canary (owned by its judging task: it stops with it), and every verdict so far.
 pub struct JudgedCanary {
-    canary: Arc<Canary>,
     log: Arc<Mutex<Vec<Judged>>>,
     judge: JoinHandle<()>,
 }
@@ -58,7 +57,7 @@ pub struct JudgedCanary {
 impl JudgedCanary {
     pub fn start(endpoints: &Endpoints, events: &[String]) -> JudgedCanary {
         let addresses = endpoints.clone();
-        let canary = Arc::new(Canary::start_following(
+        let canary = Canary::start_following(
             CanaryConfig {
                 url: "the odds-service endpoints".into(),
                 sample: events.to_vec(),
@@ -71,14 +70,19 @@ impl JudgedCanary {
                     .map(|addr| format!("ws://{addr}/ws/odds"))
                     .collect()
             }),
-        ));
+        );
         let log = Arc::new(Mutex::new(Vec::new()));
-        let judge = tokio::spawn(judge_every(canary.clone(), log.clone()));
-        JudgedCanary { canary, log, judge }
+        let judge = tokio::spawn(judge_every(canary, log.clone()));
+        JudgedCanary { log, judge }
     }
 
     /// Waits for the first verdict judged at or after `after` that `wanted` accepts; when.
-    pub async fn verdict(&self, after: Instant, wanted: &str, accepts: fn(&Verdict) -> bool) -> Instant {
+    pub async fn verdict(
+        &self,
+        after: Instant,
+        wanted: &str,
+        accepts: fn(&Verdict) -> bool,
+    ) -> Instant {
         let deadline = Instant::now() + VERDICT_LIMIT;
         loop {
             let found = self
@@ -130,7 +134,7 @@ impl Drop for JudgedCanary {
     }
 }
 
-async fn judge_every(canary: Arc<Canary>, log: Arc<Mutex<Vec<Judged>>>) {
+async fn judge_every(canary: Canary, log: Arc<Mutex<Vec<Judged>>>) {
     loop {
         let summary = canary.summary();
         let measured = summary.longest_freeze_key.is_some();
