@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod config;
+pub mod encoded;
 pub mod feed;
 pub mod frames;
 pub mod hub;

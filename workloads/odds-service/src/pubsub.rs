@@ -18,8 +18,9 @@
 //! A resync that cannot read Postgres is retried, with backoff, until it has read everything
 //! it set out to: a client must not stay on a price it missed because Postgres blinked.
 
+use crate::encoded::EncodedUpdate;
 use crate::feed::Feed;
-use crate::hub::{EncodedUpdate, Hub};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::store::OddsStore;
 use futures_util::{FutureExt, StreamExt};

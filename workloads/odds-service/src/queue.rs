@@ -21,8 +21,8 @@
 //! market's `snapshot`, and the page that brings the same or an older version later adds
 //! nothing. So no `odds` frame ever precedes its market's `snapshot`.
 
+use crate::encoded::{EncodedUpdate, KeyMap, MarketKey};
 use crate::frames;
-use crate::hub::{EncodedUpdate, KeyMap, MarketKey};
 use odds_contracts::Market;
 use std::collections::VecDeque;
 use std::io;

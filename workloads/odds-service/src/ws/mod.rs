@@ -23,9 +23,9 @@ mod requests;
 
 use crate::feed::{Feed, FeedStatus};
 use crate::frames;
-use crate::hub::{ClientQueue, Hub};
+use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::queue::{Framed, WriteState};
+use crate::queue::{ClientQueue, Framed, WriteState};
 use crate::store::OddsStore;
 use axum::extract::ws::close_code;
 use futures_util::StreamExt;

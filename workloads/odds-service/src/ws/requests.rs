@@ -11,7 +11,7 @@
 //! reads. Meanwhile the queue sends a live update of a market not shown yet as its snapshot.
 
 use super::{Connection, Exit};
-use crate::hub::EncodedUpdate;
+use crate::encoded::EncodedUpdate;
 use crate::store::{event_count, Source, StoreError};
 use futures_util::future::BoxFuture;
 use odds_contracts::ws::{ErrorCode, ServerMessage, ALL_EVENTS};
