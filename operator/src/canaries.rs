@@ -17,7 +17,7 @@
 
 use crate::freshness::Objective;
 use crate::metrics::FreshnessMetrics;
-use crate::observe::RedisUrl;
+use crate::urls::RedisUrl;
 use odds_canary::{Canary, CanaryConfig, Sight, Summary};
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};

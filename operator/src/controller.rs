@@ -14,12 +14,13 @@ use crate::build::{self, service, Component, Facts, MigrationState};
 use crate::canaries::Canaries;
 use crate::crd::{ConditionType, OddsPipeline, OddsPipelineStatus, Reason};
 pub use crate::events::{fit_note, EVENT_NOTE_LIMIT, TRUNCATED_MARKER};
-use crate::events::{publish, send};
+use crate::events::{publish, send, EventSink};
 use crate::freshness::Objective;
 use crate::metrics::Metrics;
-use crate::observe::{self, DereferenceError, RedisUrl};
+use crate::observe::{self, DereferenceError};
 use crate::prune;
 use crate::status::{self, Failure, Observed, LAG_UNKNOWN};
+use crate::urls::RedisUrl;
 use crate::validate::{validate, ValidPipeline};
 use crate::watch::WatchHealth;
 use kube::api::{Api, Patch, PatchParams};
@@ -153,6 +154,16 @@ pub struct Context {
     /// Failures of the controller's watches, shown in the status of the pipelines that
     /// depend on them.
     pub watches: Arc<WatchHealth>,
+}
+
+impl EventSink for Context {
+    fn recorder(&self) -> &Recorder {
+        &self.recorder
+    }
+
+    fn metrics(&self) -> Option<&Metrics> {
+        self.metrics.as_ref()
+    }
 }
 
 /// A source of the current time.

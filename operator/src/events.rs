@@ -5,14 +5,21 @@
 //! publishing never fails a reconcile (a refused event is logged and counted), and a note
 //! never exceeds what the API server accepts (1 KiB), or the event would be lost.
 
-use crate::controller::Context;
 use crate::crd::OddsPipeline;
-use kube::runtime::events::{Event, EventType};
+use crate::metrics::Metrics;
+use kube::runtime::events::{Event, EventType, Recorder};
 use kube::Resource;
+
+/// Where events go and where a refused one is counted: the reconcile's context implements
+/// it, so this module does not depend on the controller that calls it.
+pub(crate) trait EventSink {
+    fn recorder(&self) -> &Recorder;
+    fn metrics(&self) -> Option<&Metrics>;
+}
 
 /// Publishes an event about the pipeline itself.
 pub(crate) async fn publish(
-    ctx: &Context,
+    ctx: &impl EventSink,
     pipeline: &OddsPipeline,
     type_: EventType,
     reason: &str,
@@ -31,7 +38,7 @@ pub(crate) async fn publish(
 
 /// Publishes `event` about `pipeline`; a failure is logged, never fails the reconcile. A
 /// note longer than the API server accepts is truncated ([`fit_note`]).
-pub(crate) async fn send(ctx: &Context, pipeline: &OddsPipeline, event: &Event) {
+pub(crate) async fn send(ctx: &impl EventSink, pipeline: &OddsPipeline, event: &Event) {
     let fitted;
     let event = match event.note.as_deref().map(fit_note) {
         Some(std::borrow::Cow::Owned(note)) => {
@@ -46,9 +53,13 @@ pub(crate) async fn send(ctx: &Context, pipeline: &OddsPipeline, event: &Event) 
         }
         _ => event,
     };
-    if let Err(error) = ctx.recorder.publish(event, &pipeline.object_ref(&())).await {
+    if let Err(error) = ctx
+        .recorder()
+        .publish(event, &pipeline.object_ref(&()))
+        .await
+    {
         tracing::warn!(%error, reason = %event.reason, "cannot publish event");
-        if let Some(metrics) = &ctx.metrics {
+        if let Some(metrics) = ctx.metrics() {
             metrics.api_error("create", &error);
         }
     }

@@ -25,5 +25,6 @@ pub mod render;
 pub mod rollout;
 pub mod run;
 pub mod status;
+pub mod urls;
 pub mod validate;
 pub mod watch;

@@ -9,6 +9,7 @@ use crate::build::{MigrationState, ScaledObject};
 use crate::crd::{ComponentStatus, KafkaAuthenticationType, OddsPipeline};
 use crate::rollout;
 use crate::status::{self, Failure};
+pub use crate::urls::{url_host_port, url_port, RedisUrl};
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -119,18 +120,6 @@ async fn kafka_user_ready(
     Ok(ready && credentials && ca)
 }
 
-/// The pipeline's Redis URL, read from its Secret: where the freshness canary publishes its
-/// figures ([`crate::canaries`]). It holds a credential, so it never shows in logs: its
-/// `Debug` prints no part of it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct RedisUrl(pub String);
-
-impl std::fmt::Debug for RedisUrl {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("RedisUrl(<from its Secret>)")
-    }
-}
-
 /// The value of `key` in `secret` as text (`stringData` winning, as in [`key_digests`]).
 fn secret_string(secret: &Secret, key: &str) -> Option<String> {
     let from_strings = secret
@@ -176,35 +165,6 @@ pub fn url_ports(secret: &Secret) -> BTreeMap<String, u16> {
     data.chain(strings)
         .filter_map(|(key, value)| Some((key.clone(), url_port(&value)?)))
         .collect()
-}
-
-/// The port of `url` (`scheme://[user[:password]@]host[:port][/...]`), or its scheme's
-/// default.
-pub fn url_port(url: &str) -> Option<u16> {
-    url_host_port(url).map(|(_, port)| port)
-}
-
-/// The host and port of `url` (`scheme://[user[:password]@]host[:port][/...]`); the port is
-/// the scheme's default when the URL names none. An IPv6 host keeps its brackets.
-pub fn url_host_port(url: &str) -> Option<(&str, u16)> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?']).next()?;
-    let host_port = authority.rsplit('@').next()?;
-    // An IPv6 literal is bracketed: the port follows the closing bracket.
-    let after_host = host_port.rsplit(']').next()?;
-    if let Some((_, port)) = after_host.rsplit_once(':') {
-        let host = &host_port[..host_port.len() - port.len() - 1];
-        return Some((host, port.parse().ok()?));
-    }
-    let port = match scheme {
-        "redis" => 6379,
-        "rediss" => 6380,
-        "postgres" | "postgresql" => 5432,
-        "ws" | "http" => 80,
-        "wss" | "https" => 443,
-        _ => return None,
-    };
-    Some((host_port, port))
 }
 
 fn digest(value: &[u8]) -> String {

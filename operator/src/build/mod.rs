@@ -119,7 +119,7 @@ pub struct Facts {
     pub kafka_user_ready: bool,
     /// The Redis URL from its Secret, for the freshness canary's published figures (never
     /// used by a builder: no child holds it).
-    pub redis_url: Option<crate::observe::RedisUrl>,
+    pub redis_url: Option<crate::urls::RedisUrl>,
 }
 
 /// Where the migration Job of the current image stands.

@@ -17,7 +17,7 @@
 
 use super::{selector_labels, Component, API_PORT, OPS_PORT, SIMULATOR_PORT};
 use crate::crd::SecretKeyRef;
-use crate::observe::url_port;
+use crate::urls::url_port;
 use crate::validate::{KafkaSource, Supplier, ValidPipeline};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyEgressRule, NetworkPolicyIngressRule, NetworkPolicyPeer,
