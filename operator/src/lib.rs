@@ -19,6 +19,8 @@ pub mod events;
 pub mod freshness;
 pub mod leader;
 pub mod metrics;
+pub mod model;
+pub mod names;
 pub mod observe;
 pub mod prune;
 pub mod render;

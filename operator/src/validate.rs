@@ -7,12 +7,12 @@
 //! never a crash or a retry loop. What passes is turned into types that cannot express the
 //! invalid cases (one Kafka source, one supplier), so the builders never re-check the spec.
 
-use crate::build::{Component, Facts};
 use crate::crd::{
     ComponentSpec, ImageSpec, KafkaAuthentication, KafkaAuthenticationType, NetworkPolicySpec,
     OddsPipeline, OddsServiceSpec, ScalingMode, SecretKeyRef, SimulatorSpec, TopicDeletionPolicy,
     TopicSpec, MAX_CONSUMER_GROUP_LENGTH, MAX_SIMULATOR_VALUE, MIN_MIGRATION_DEADLINE_SECONDS,
 };
+use crate::model::{Component, Facts};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::{Resource, ResourceExt};
 
@@ -85,7 +85,7 @@ pub struct ValidPipeline {
     /// Whether the KafkaTopics carry the owner reference (`Delete`) or outlive the pipeline.
     pub topic_deletion_policy: TopicDeletionPolicy,
     /// The processor's Kafka consumer group, which KEDA's lag trigger reads too:
-    /// `kafka.consumerGroup`, else [`crate::build::configmap::default_consumer_group`].
+    /// `kafka.consumerGroup`, else [`crate::names::default_consumer_group`].
     pub consumer_group: String,
     pub supplier: Supplier,
     pub redis_url: SecretKeyRef,
@@ -126,30 +126,6 @@ impl ValidPipeline {
             Component::Processor,
             Component::OddsService,
         ]);
-        out
-    }
-
-    /// The Secret keys a component's pods read, as `(env var, Secret key)`: the datastore
-    /// URLs, and with `kafka.authentication` the Kafka credentials and cluster CA.
-    pub fn secret_env(&self, component: Component) -> Vec<(&'static str, SecretKeyRef)> {
-        use odds_contracts::env;
-        let mut out = Vec::new();
-        match component {
-            Component::Simulator => {}
-            Component::Ingest => out.extend(crate::build::kafkauser::secret_env(self)),
-            Component::Processor => {
-                out.push((env::DATABASE_URL, self.postgres_url.clone()));
-                out.push((env::REDIS_URL, self.redis_url.clone()));
-                out.extend(crate::build::kafkauser::secret_env(self));
-            }
-            Component::OddsService => {
-                out.push((env::DATABASE_URL, self.postgres_url.clone()));
-                out.push((env::REDIS_URL, self.redis_url.clone()));
-                if let Some(read) = &self.postgres_read_url {
-                    out.push((env::DATABASE_READ_URL, read.clone()));
-                }
-            }
-        }
         out
     }
 }
@@ -278,7 +254,7 @@ fn consumer_group(
             problems.extend(consumer_group_problem(group));
             group.clone()
         }
-        None => crate::build::configmap::default_consumer_group(namespace, name),
+        None => crate::names::default_consumer_group(namespace, name),
     }
 }
 
@@ -306,8 +282,7 @@ fn topic_problems(name: &str, kafka: &crate::crd::KafkaSpec, facts: &Facts) -> V
             ));
         }
     }
-    if crate::build::topic::kube_name(&kafka.topic.name)
-        == crate::build::topic::kube_name(&kafka.dlq_topic.name)
+    if crate::names::kube_name(&kafka.topic.name) == crate::names::kube_name(&kafka.dlq_topic.name)
     {
         problems.push(format!(
             "kafka.topic.name ({}) and kafka.dlqTopic.name ({}) differ only by case, `_` or `.`: they would be one KafkaTopic",
@@ -448,11 +423,11 @@ pub fn consumer_group_problem(group: &str) -> Option<String> {
 }
 
 /// Why `topic` (the spec field `field`) cannot be a topic of pipeline `pipeline` with
-/// `clusterRef`, if it cannot: its KafkaTopic, [`crate::build::topic::resource_name`], must be
+/// `clusterRef`, if it cannot: its KafkaTopic, [`crate::names::resource_name`], must be
 /// a DNS-1123 subdomain (at most 253 characters, starting and ending with a letter or digit).
 /// The CRD has the same rule in CEL.
 pub fn topic_resource_problem(pipeline: &str, field: &str, topic: &TopicSpec) -> Option<String> {
-    let resource = crate::build::topic::resource_name(pipeline, topic);
+    let resource = crate::names::resource_name(pipeline, topic);
     let alphanumeric =
         |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
     let subdomain = resource.len() <= MAX_SUBDOMAIN_LENGTH

@@ -5,23 +5,11 @@
 //! Secrets never land here: they are referenced per container.
 
 use super::{metadata, SIMULATOR_PORT};
+pub use crate::names::{default_consumer_group, CONSUMER_GROUP_PREFIX};
 use crate::validate::{KafkaSource, Supplier, ValidPipeline};
 use k8s_openapi::api::core::v1::ConfigMap;
 use odds_contracts::env;
 use std::collections::BTreeMap;
-
-/// First part of a pipeline's default consumer group, and the one group every pipeline used
-/// before groups were per pipeline (`kafka.consumerGroup: odds-processor` keeps it).
-pub const CONSUMER_GROUP_PREFIX: &str = "odds-processor";
-
-/// The consumer group of pipeline `name` in `namespace` when the spec names none:
-/// `odds-processor.<namespace>.<name>`. Namespaces are unique in a cluster and names in a
-/// namespace, so two pipelines never get one group; `.` cannot occur in either (DNS-1123
-/// labels and the pipeline name rule), so the parts cannot run into each other. At most
-/// 15 + 63 + 1 + 44 = 123 characters, all of them legal in a Kafka group id.
-pub fn default_consumer_group(namespace: &str, name: &str) -> String {
-    format!("{CONSUMER_GROUP_PREFIX}.{namespace}.{name}")
-}
 
 /// Name of the ConfigMap of pipeline `pipeline`.
 pub fn name_in(pipeline: &str) -> String {

@@ -18,9 +18,11 @@ pub mod scaledobject;
 pub mod scaling;
 pub mod service;
 pub mod topic;
+
+pub use crate::model::{Component, Facts};
 pub mod triggerauth;
 
-use crate::crd::Reason;
+use crate::crd::{Reason, SecretKeyRef};
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -51,75 +53,11 @@ pub const API_PORT: i32 = ports::API as i32;
 /// Port the simulator's WebSocket feed listens on.
 pub const SIMULATOR_PORT: i32 = ports::SIMULATOR as i32;
 
-/// The workloads the operator deploys.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Component {
-    Simulator,
-    Ingest,
-    Processor,
-    OddsService,
-}
-
 impl Component {
-    /// Name suffix and `app.kubernetes.io/component` label.
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Self::Simulator => "simulator",
-            Self::Ingest => "ingest",
-            Self::Processor => "processor",
-            Self::OddsService => "odds-service",
-        }
-    }
-
-    /// The binary in the image that this component runs.
-    pub fn binary(self) -> &'static str {
-        match self {
-            Self::Simulator => "supplier-simulator",
-            Self::Ingest => "odds-ingest",
-            Self::Processor => "odds-processor",
-            Self::OddsService => "odds-service",
-        }
-    }
-
-    /// Name of this component's children (Deployment, PDB, Service...) in pipeline `name`.
-    pub fn name_in(self, pipeline: &str) -> String {
-        format!("{pipeline}-{}", self.suffix())
-    }
-
     /// Name of this component's children (Deployment, PDB, Service...).
     pub fn name(self, pipeline: &ValidPipeline) -> String {
         self.name_in(&pipeline.name)
     }
-}
-
-/// What the reconciler observed before validating: facts the spec alone does not give.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Facts {
-    /// Referenced Secrets that exist, by name: for each key, a digest of its value. Only
-    /// the digests of keys a component reads go into its config hash, so rotating a
-    /// credential rolls exactly the pods that use it, and a label edit rolls nothing.
-    pub secrets: BTreeMap<String, BTreeMap<String, String>>,
-    /// Whether the updates and DLQ topics are usable (Strimzi `Ready`, or external Kafka).
-    pub topics_ready: bool,
-    /// Partition count of the existing updates `KafkaTopic`, if one exists.
-    pub existing_partitions: Option<i32>,
-    /// Whether the cluster serves KEDA's `ScaledObject` (keda.sh/v1alpha1): lag and
-    /// connections modes need it, and fall back to CPU without it.
-    pub keda_installed: bool,
-    /// The port of each referenced Secret key that holds a URL with one, by Secret name and
-    /// key: the NetworkPolicies let the workloads reach exactly those ports. A port is not a
-    /// credential; the rest of the value is never kept.
-    pub ports: BTreeMap<String, BTreeMap<String, u16>>,
-    /// Whether the cluster serves the Prometheus Operator's `PodMonitor`
-    /// (monitoring.coreos.com/v1): connections mode's series come from one.
-    pub pod_monitors_installed: bool,
-    /// With `kafka.authentication`: whether Strimzi has made the pipeline's KafkaUser
-    /// `Ready` and the Secrets its credentials come from (the user's and the cluster CA's)
-    /// exist. Ingest and the processor wait for it: their pods could not start without them.
-    pub kafka_user_ready: bool,
-    /// The Redis URL from its Secret, for the freshness canary's published figures (never
-    /// used by a builder: no child holds it).
-    pub redis_url: Option<crate::urls::RedisUrl>,
 }
 
 /// Where the migration Job of the current image stands.
@@ -366,4 +304,32 @@ fn config_hash(pipeline: &ValidPipeline, config_map: &ConfigMap, component: Comp
 /// The first 16 hex digits of a digest: plenty to tell versions apart, short enough for names.
 pub fn short_hex(digest: &[u8]) -> String {
     digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+// Here rather than in `validate`: which env var reads which Secret key is a fact of the
+// children built (the ConfigMap and Deployments), and validation only needs the keys.
+impl ValidPipeline {
+    /// The Secret keys a component's pods read, as `(env var, Secret key)`: the datastore
+    /// URLs, and with `kafka.authentication` the Kafka credentials and cluster CA.
+    pub fn secret_env(&self, component: Component) -> Vec<(&'static str, SecretKeyRef)> {
+        use odds_contracts::env;
+        let mut out = Vec::new();
+        match component {
+            Component::Simulator => {}
+            Component::Ingest => out.extend(kafkauser::secret_env(self)),
+            Component::Processor => {
+                out.push((env::DATABASE_URL, self.postgres_url.clone()));
+                out.push((env::REDIS_URL, self.redis_url.clone()));
+                out.extend(kafkauser::secret_env(self));
+            }
+            Component::OddsService => {
+                out.push((env::DATABASE_URL, self.postgres_url.clone()));
+                out.push((env::REDIS_URL, self.redis_url.clone()));
+                if let Some(read) = &self.postgres_read_url {
+                    out.push((env::DATABASE_READ_URL, read.clone()));
+                }
+            }
+        }
+        out
+    }
 }

@@ -14,7 +14,8 @@
 //! operator itself never deletes a KafkaTopic ([`crate::prune`]).
 
 use super::metadata;
-use crate::crd::{OddsPipeline, TopicDeletionPolicy, TopicSpec};
+use crate::crd::{OddsPipeline, TopicDeletionPolicy};
+pub use crate::names::{kube_name, resource_name};
 use crate::validate::{KafkaSource, ValidPipeline};
 use kube::runtime::reflector::ObjectRef;
 use kube::{CustomResource, ResourceExt};
@@ -105,18 +106,6 @@ pub fn pipeline_of(topic: &KafkaTopic) -> Option<ObjectRef<OddsPipeline>> {
         Some(namespace) => reference.within(&namespace),
         None => reference,
     })
-}
-
-/// Kubernetes name of the KafkaTopic for topic `topic` of pipeline `pipeline`.
-pub fn resource_name(pipeline: &str, topic: &TopicSpec) -> String {
-    format!("{pipeline}-{}", kube_name(&topic.name))
-}
-
-/// A Kafka topic name as a Kubernetes name: `_` and `.` are not allowed there, nor upper
-/// case. Two topics with the same `kube_name` would be one KafkaTopic, so validation
-/// rejects that.
-pub fn kube_name(topic: &str) -> String {
-    topic.to_lowercase().replace(['_', '.'], "-")
 }
 
 /// The updates topic and the DLQ, when a Strimzi cluster is referenced; none otherwise.

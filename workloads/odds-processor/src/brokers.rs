@@ -7,7 +7,7 @@
 //! connection state and so also tell when one is back. A record received is no evidence: it
 //! may have been fetched before the outage.
 
-use crate::processor::CHECK_KAFKA;
+use crate::checks::CHECK_KAFKA;
 use odds_runtime::Readiness;
 use rdkafka::statistics::Statistics;
 use std::sync::atomic::{AtomicBool, Ordering};

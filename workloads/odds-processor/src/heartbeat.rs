@@ -7,8 +7,8 @@
 //! its own with its own Redis connection: a Redis that hangs never slows the processing loop,
 //! and a processing loop that hangs stops nothing here but what the beat reports.
 
+use crate::checks::{CHECK_KAFKA, CHECK_POSTGRES};
 use crate::metrics::Metrics;
-use crate::processor::{CHECK_KAFKA, CHECK_POSTGRES};
 use odds_contracts::heartbeat::{Heartbeat, HEARTBEAT_EVERY_MS};
 use odds_contracts::names::REDIS_HEARTBEAT_CHANNEL;
 use odds_runtime::Readiness;

@@ -9,6 +9,7 @@
 pub mod batch;
 pub mod brokers;
 pub mod cache;
+pub mod checks;
 pub mod config;
 pub mod consumer;
 pub mod dlq;

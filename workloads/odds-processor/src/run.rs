@@ -3,9 +3,10 @@
 //! SIGTERM cancels the token; the processor finishes or abandons (uncommitted) the batch in
 //! flight, commits what is durable and leaves the group, then the ops server stops.
 
+use crate::checks::{CHECK_DLQ, CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS};
 use crate::config::{MigrateArgs, RunArgs};
 use crate::metrics::Metrics;
-use crate::processor::{Processor, CHECK_DLQ, CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS};
+use crate::processor::Processor;
 use crate::ProcessorError;
 use odds_runtime::{ops::ops_router, serve_http, Readiness};
 use odds_schema::pool::PoolSettings;

@@ -24,6 +24,7 @@ mod publish;
 
 use crate::batch::{Batch, SourceRecord};
 use crate::cache::Cache;
+pub use crate::checks::{CHECK_DLQ, CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS};
 use crate::config::ProcessorConfig;
 use crate::consumer::{self, CommitLedger, ProcessorConsumer, ProcessorContext};
 use crate::dlq::DeadLetters;
@@ -45,17 +46,6 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-// Readiness check names.
-/// False while librdkafka reports every broker unreachable (see [`crate::brokers`]).
-pub const CHECK_KAFKA: &str = "kafka";
-/// False once the DLQ refused a dead letter for good; the processor then stops.
-pub const CHECK_DLQ: &str = "dlq";
-pub const CHECK_POSTGRES: &str = "postgres";
-/// False while cache writes fail (Redis down, out of memory, read-only) until a repair from
-/// Postgres succeeds. Postgres writes and commits go on meanwhile; the check tells whoever
-/// looks that readers of the cache are served by Postgres and live updates are stopped.
-pub const CHECK_REDIS: &str = "redis";
 
 /// With nothing to read, the loop wakes this often to check its dependencies.
 const IDLE_TICK: Duration = Duration::from_millis(500);
