@@ -36,6 +36,23 @@ async fn topic_owners(h: &Harness, name: &str) -> Vec<(String, String, String, O
         .collect()
 }
 
+/// Each topic names the sample pipeline as its one (controlling) owner, so that garbage
+/// collection deletes it with the pipeline.
+async fn assert_every_topic_owned_by_the_pipeline(h: &Harness) {
+    for name in TOPICS {
+        assert_eq!(
+            topic_owners(h, name).await,
+            vec![(
+                "OddsPipeline".into(),
+                "demo".into(),
+                "0c6f-uid".into(),
+                Some(true)
+            )],
+            "{name}"
+        );
+    }
+}
+
 /// How many `Created` events name a KafkaTopic (a series counts once per publish).
 async fn topic_creations(h: &Harness) -> i32 {
     h.stored_events()
@@ -192,18 +209,7 @@ async fn with_delete_the_topics_go_with_the_pipeline() {
     let h = harness(deleting_topics(), true).await;
     h.roll_out().await;
     assert_eq!(h.condition("Ready").await.status, "True");
-    for name in TOPICS {
-        assert_eq!(
-            topic_owners(&h, name).await,
-            vec![(
-                "OddsPipeline".into(),
-                "demo".into(),
-                "0c6f-uid".into(),
-                Some(true)
-            )],
-            "{name}"
-        );
-    }
+    assert_every_topic_owned_by_the_pipeline(&h).await;
 
     h.delete_pipeline().await;
 
@@ -334,18 +340,7 @@ async fn switching_the_policy_adds_and_removes_the_owner_reference() {
 
     h.change(json!({"spec": {"kafka": {"topicDeletionPolicy": "Delete"}}}))
         .await;
-    for name in TOPICS {
-        assert_eq!(
-            topic_owners(&h, name).await,
-            vec![(
-                "OddsPipeline".into(),
-                "demo".into(),
-                "0c6f-uid".into(),
-                Some(true)
-            )],
-            "{name}"
-        );
-    }
+    assert_every_topic_owned_by_the_pipeline(&h).await;
     let events = h.events().await;
     assert!(
         events
