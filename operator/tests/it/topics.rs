@@ -53,6 +53,17 @@ async fn assert_every_topic_owned_by_the_pipeline(h: &Harness) {
     }
 }
 
+/// Every topic of the pipeline still exists (`true`: retained) or is gone (`false`: deleted).
+async fn assert_topics_exist(h: &Harness, exist: bool) {
+    for name in TOPICS {
+        assert_eq!(
+            topic(h, name).await.is_some(),
+            exist,
+            "{name} exists: {exist}"
+        );
+    }
+}
+
 /// How many `Created` events name a KafkaTopic (a series counts once per publish).
 async fn topic_creations(h: &Harness) -> i32 {
     h.stored_events()
@@ -192,9 +203,7 @@ async fn deleting_the_pipeline_retains_its_topics_by_default() {
     h.delete_pipeline().await;
 
     assert!(owned_children_gone(&h).await, "garbage collection ran");
-    for name in TOPICS {
-        assert!(topic(&h, name).await.is_some(), "{name} retained");
-    }
+    assert_topics_exist(&h, true).await;
     let after = topic(&h, "demo-odds-updates").await.unwrap();
     assert_eq!(after.uid(), before.uid(), "the same object");
     assert_eq!(after.spec, before.spec, "partitions, replicas, config kept");
@@ -214,9 +223,7 @@ async fn with_delete_the_topics_go_with_the_pipeline() {
     h.delete_pipeline().await;
 
     assert!(owned_children_gone(&h).await);
-    for name in TOPICS {
-        assert!(topic(&h, name).await.is_none(), "{name} deleted");
-    }
+    assert_topics_exist(&h, false).await;
 }
 
 #[tokio::test]
@@ -371,9 +378,7 @@ async fn switching_the_policy_adds_and_removes_the_owner_reference() {
 
     // And the switch is what deletion honours.
     h.delete_pipeline().await;
-    for name in TOPICS {
-        assert!(topic(&h, name).await.is_some(), "{name} retained");
-    }
+    assert_topics_exist(&h, true).await;
 }
 
 #[tokio::test]
