@@ -529,13 +529,7 @@ async fn keda_is_discovered_by_its_scaled_object_resource() {
         assert_eq!(keda_installed(&h.client).await.unwrap(), installed);
     }
     let h = harness(sample(), true).await;
-    h.fail(
-        "list",
-        "",
-        404,
-        "NotFound",
-        "the server could not find the requested resource",
-    );
+    h.fail_not_served("list", "");
     assert!(!keda_installed(&h.client).await.unwrap(), "404: not served");
     let h = harness(sample(), true).await;
     h.fail("list", "", 503, "ServiceUnavailable", "try later");
@@ -766,13 +760,7 @@ async fn pod_monitors_are_discovered_by_their_resource() {
         assert_eq!(pod_monitors_installed(&h.client).await.unwrap(), installed);
     }
     let h = harness(sample(), true).await;
-    h.fail(
-        "list",
-        "",
-        404,
-        "NotFound",
-        "the server could not find the requested resource",
-    );
+    h.fail_not_served("list", "");
     assert!(!pod_monitors_installed(&h.client).await.unwrap());
 }
 

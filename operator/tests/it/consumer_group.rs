@@ -91,13 +91,7 @@ fn validation_refuses_a_group_kafka_tools_cannot_name() {
         .map(|e| e.problems.join("; "))
         .unwrap_or_default()
     };
-    for bad in [
-        "",
-        "odds processor",
-        "odds/processor",
-        "gruppe-ä",
-        &"g".repeat(250),
-    ] {
+    for bad in &crate::fixtures::invalid_consumer_groups() {
         assert!(
             problems(bad).contains("kafka.consumerGroup")
                 && problems(bad).contains("must be 1 to 249 of a-z, A-Z, 0-9, '.', '_' and '-'"),

@@ -239,13 +239,7 @@ async fn a_crd_removed_at_run_time_restarts_the_controller_without_its_watch() {
     // KEDA is uninstalled: the API server closes the watches of its CRD, and every request
     // for its resources, discovery included, meets 404.
     h.heal();
-    h.fail(
-        "*",
-        "scaledobjects",
-        404,
-        "NotFound",
-        "the server could not find the requested resource",
-    );
+    h.fail_not_served("*", "scaledobjects");
     not_served(&h, "keda.sh");
     serve_both(&h);
     let _quiet = h.quiet_watches();

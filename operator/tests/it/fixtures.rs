@@ -205,6 +205,18 @@ pub fn pod(d: &Deployment) -> &PodSpec {
     d.spec.as_ref().unwrap().template.spec.as_ref().unwrap()
 }
 
+/// Consumer group overrides Kafka would refuse as a group id: empty, a space, a slash, a
+/// non-ASCII letter, and one character over the 249 allowed.
+pub fn invalid_consumer_groups() -> Vec<String> {
+    vec![
+        String::new(),
+        "odds processor".into(),
+        "odds/processor".into(),
+        "gruppe-ä".into(),
+        "g".repeat(250),
+    ]
+}
+
 /// The (only) container of a Deployment.
 pub fn container(d: &Deployment) -> &Container {
     &pod(d).containers[0]

@@ -850,6 +850,18 @@ impl Harness {
             .push(Fault::error(verb, resource, code, reason, message));
     }
 
+    /// [`Harness::fail`] with the API server's 404 for what it does not serve (an uninstalled
+    /// CRD's resources, or a group version in discovery).
+    pub fn fail_not_served(&self, verb: &str, resource: &str) {
+        self.fail(
+            verb,
+            resource,
+            404,
+            "NotFound",
+            "the server could not find the requested resource",
+        );
+    }
+
     /// [`Harness::fail`] for requests in API `group` only (discovery of one group version is
     /// a `list` of resource `""` in that group).
     pub fn fail_in(

@@ -298,15 +298,7 @@ fn pod_environment(
         .iter()
         .find(|d| d.metadata.name.as_deref() == Some(&component.name_in("demo")))
         .unwrap();
-    let container = &deployment
-        .spec
-        .as_ref()
-        .unwrap()
-        .template
-        .spec
-        .as_ref()
-        .unwrap()
-        .containers[0];
+    let container = crate::fixtures::container(deployment);
     for var in container.env.iter().flatten() {
         let value = match (&var.value, &var.value_from) {
             (Some(value), _) => value.clone(),

@@ -341,18 +341,7 @@ async fn strimzi_is_discovered_by_its_kafka_topic_resource() {
             &|h| h.answer("list", "", resources(&["kafkas"])),
             Some(false),
         ),
-        (
-            &|h| {
-                h.fail(
-                    "list",
-                    "",
-                    404,
-                    "NotFound",
-                    "the server could not find the requested resource",
-                )
-            },
-            Some(false),
-        ),
+        (&|h| h.fail_not_served("list", ""), Some(false)),
         // No answer: says nothing about Strimzi.
         (
             &|h| h.fail("list", "", 503, "ServiceUnavailable", "try later"),

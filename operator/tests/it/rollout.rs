@@ -42,53 +42,40 @@ fn pod(name: &str, waiting: &str, message: &str) -> Pod {
 #[test]
 fn each_cause_has_its_reason_and_the_message_kubernetes_gave() {
     let none = deployment(json!([]));
-    let image = pod(
-        "p1",
-        "ImagePullBackOff",
-        "Back-off pulling image \"odds-pipeline:typo\"",
-    );
-    let failure = stuck(&none, &[image]).unwrap();
-    assert_eq!(failure.reason, Reason::ImagePullFailed);
-    assert!(
-        failure
-            .message
-            .contains("pod p1 container ingest: ImagePullBackOff"),
-        "{}",
-        failure.message
-    );
-    assert!(
-        failure.message.contains("odds-pipeline:typo"),
-        "{}",
-        failure.message
-    );
-
-    let crash = pod(
-        "p2",
-        "CrashLoopBackOff",
-        "back-off 5m0s restarting failed container",
-    );
-    let failure = stuck(&none, &[crash]).unwrap();
-    assert_eq!(failure.reason, Reason::CrashLoop);
-    assert!(
-        failure.message.contains(
-            "after 7 restarts, last exit code 2 (Error): error: unexpected argument '--nope'"
+    // (pod, waiting reason, Kubernetes' message, expected reason, what the message must say)
+    let pods: [(&str, &str, &str, Reason, &[&str]); 3] = [
+        (
+            "p1",
+            "ImagePullBackOff",
+            "Back-off pulling image \"odds-pipeline:typo\"",
+            Reason::ImagePullFailed,
+            &[
+                "pod p1 container ingest: ImagePullBackOff",
+                "odds-pipeline:typo",
+            ],
         ),
-        "{}",
-        failure.message
-    );
-
-    let config = pod(
-        "p3",
-        "CreateContainerConfigError",
-        "couldn't find key url in Secret default/odds-redis",
-    );
-    let failure = stuck(&none, &[config]).unwrap();
-    assert_eq!(failure.reason, Reason::ContainerConfigError);
-    assert!(
-        failure.message.contains("couldn't find key url"),
-        "{}",
-        failure.message
-    );
+        (
+            "p2",
+            "CrashLoopBackOff",
+            "back-off 5m0s restarting failed container",
+            Reason::CrashLoop,
+            &["after 7 restarts, last exit code 2 (Error): error: unexpected argument '--nope'"],
+        ),
+        (
+            "p3",
+            "CreateContainerConfigError",
+            "couldn't find key url in Secret default/odds-redis",
+            Reason::ContainerConfigError,
+            &["couldn't find key url"],
+        ),
+    ];
+    for (name, waiting, message, reason, says) in pods {
+        let failure = stuck(&none, &[pod(name, waiting, message)]).unwrap();
+        assert_eq!(failure.reason, reason, "{name}");
+        for said in says {
+            assert!(failure.message.contains(said), "{}", failure.message);
+        }
+    }
 
     let quota = deployment(
         json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",

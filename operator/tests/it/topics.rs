@@ -36,6 +36,34 @@ async fn topic_owners(h: &Harness, name: &str) -> Vec<(String, String, String, O
         .collect()
 }
 
+/// Each topic names the sample pipeline as its one (controlling) owner, so that garbage
+/// collection deletes it with the pipeline.
+async fn assert_every_topic_owned_by_the_pipeline(h: &Harness) {
+    for name in TOPICS {
+        assert_eq!(
+            topic_owners(h, name).await,
+            vec![(
+                "OddsPipeline".into(),
+                "demo".into(),
+                "0c6f-uid".into(),
+                Some(true)
+            )],
+            "{name}"
+        );
+    }
+}
+
+/// Every topic of the pipeline still exists (`true`: retained) or is gone (`false`: deleted).
+async fn assert_topics_exist(h: &Harness, exist: bool) {
+    for name in TOPICS {
+        assert_eq!(
+            topic(h, name).await.is_some(),
+            exist,
+            "{name} exists: {exist}"
+        );
+    }
+}
+
 /// How many `Created` events name a KafkaTopic (a series counts once per publish).
 async fn topic_creations(h: &Harness) -> i32 {
     h.stored_events()
@@ -175,9 +203,7 @@ async fn deleting_the_pipeline_retains_its_topics_by_default() {
     h.delete_pipeline().await;
 
     assert!(owned_children_gone(&h).await, "garbage collection ran");
-    for name in TOPICS {
-        assert!(topic(&h, name).await.is_some(), "{name} retained");
-    }
+    assert_topics_exist(&h, true).await;
     let after = topic(&h, "demo-odds-updates").await.unwrap();
     assert_eq!(after.uid(), before.uid(), "the same object");
     assert_eq!(after.spec, before.spec, "partitions, replicas, config kept");
@@ -192,25 +218,12 @@ async fn with_delete_the_topics_go_with_the_pipeline() {
     let h = harness(deleting_topics(), true).await;
     h.roll_out().await;
     assert_eq!(h.condition("Ready").await.status, "True");
-    for name in TOPICS {
-        assert_eq!(
-            topic_owners(&h, name).await,
-            vec![(
-                "OddsPipeline".into(),
-                "demo".into(),
-                "0c6f-uid".into(),
-                Some(true)
-            )],
-            "{name}"
-        );
-    }
+    assert_every_topic_owned_by_the_pipeline(&h).await;
 
     h.delete_pipeline().await;
 
     assert!(owned_children_gone(&h).await);
-    for name in TOPICS {
-        assert!(topic(&h, name).await.is_none(), "{name} deleted");
-    }
+    assert_topics_exist(&h, false).await;
 }
 
 #[tokio::test]
@@ -334,18 +347,7 @@ async fn switching_the_policy_adds_and_removes_the_owner_reference() {
 
     h.change(json!({"spec": {"kafka": {"topicDeletionPolicy": "Delete"}}}))
         .await;
-    for name in TOPICS {
-        assert_eq!(
-            topic_owners(&h, name).await,
-            vec![(
-                "OddsPipeline".into(),
-                "demo".into(),
-                "0c6f-uid".into(),
-                Some(true)
-            )],
-            "{name}"
-        );
-    }
+    assert_every_topic_owned_by_the_pipeline(&h).await;
     let events = h.events().await;
     assert!(
         events
@@ -376,9 +378,7 @@ async fn switching_the_policy_adds_and_removes_the_owner_reference() {
 
     // And the switch is what deletion honours.
     h.delete_pipeline().await;
-    for name in TOPICS {
-        assert!(topic(&h, name).await.is_some(), "{name} retained");
-    }
+    assert_topics_exist(&h, true).await;
 }
 
 #[tokio::test]

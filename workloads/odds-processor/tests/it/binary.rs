@@ -2,10 +2,9 @@
 //! with environment configuration, ops endpoints, and a clean stop on SIGTERM.
 
 use crate::common::*;
-use odds_testkit::{free_port, http_get, TestDatabase, TestKafka, TestRedis};
+use odds_testkit::{free_port, http_get, TestDatabase};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_odds-processor");
 
@@ -56,9 +55,7 @@ async fn bad_configuration_fails_with_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_processes_reports_and_stops_cleanly_on_sigterm() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
+    let (kafka, db, redis, _) = start_stack(1, 1).await;
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
         .parse()
         .unwrap();
@@ -102,17 +99,7 @@ async fn service_processes_reports_and_stops_cleanly_on_sigterm() {
         .status()
         .unwrap();
     assert!(kill.success());
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no exit after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = wait_for_exit(&mut child, "no exit after SIGTERM").await;
     assert!(status.success(), "clean exit: {status:?}");
     assert_eq!(
         committed_total(&kafka, "binary-test", 1),

@@ -25,6 +25,28 @@ pub async fn migrated_database() -> TestDatabase {
     db
 }
 
+/// A mock Kafka cluster (`brokers`, `partitions` per topic), a migrated database, a Redis
+/// and a processor configuration over the three: what nearly every test starts from.
+pub async fn start_stack(
+    brokers: i32,
+    partitions: i32,
+) -> (TestKafka, TestDatabase, TestRedis, ProcessorConfig) {
+    let kafka = TestKafka::start(brokers, partitions).unwrap();
+    let db = migrated_database().await;
+    let redis = TestRedis::start().await.unwrap();
+    let config = config(&kafka, &db, &redis);
+    (kafka, db, redis, config)
+}
+
+/// Asks librdkafka for statistics (where lag and broker states come from) every
+/// `interval_ms` instead of every 5 s, so what they report shows soon in a test.
+pub fn report_statistics_every(config: &mut ProcessorConfig, interval_ms: u32) {
+    config
+        .kafka
+        .props
+        .push(("statistics.interval.ms".into(), interval_ms.to_string()));
+}
+
 pub fn config(kafka: &TestKafka, db: &TestDatabase, redis: &TestRedis) -> ProcessorConfig {
     let mut config = ProcessorConfig::new(kafka.bootstrap_servers(), db.url(), &redis.url());
     config.kafka_group = format!("test-{}", uuid_like());
@@ -136,11 +158,33 @@ pub async fn stop_cleanly(
     task: tokio::task::JoinHandle<Result<(), odds_processor::ProcessorError>>,
 ) {
     shutdown.cancel();
+    join_cleanly(task).await;
+}
+
+/// Waits for a processor's `run`, already told to stop, to return `Ok` (within [`PATIENCE`]).
+pub async fn join_cleanly(
+    task: tokio::task::JoinHandle<Result<(), odds_processor::ProcessorError>>,
+) {
     tokio::time::timeout(PATIENCE, task)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
+}
+
+/// Waits (within [`PATIENCE`]) for a child process to exit; `what` names the wait on timeout.
+pub async fn wait_for_exit(
+    child: &mut std::process::Child,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Polls `done` until it holds.

@@ -10,11 +10,8 @@ use std::time::Duration;
 
 #[tokio::test]
 async fn duplicates_and_out_of_order_versions_change_nothing() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
+    let (kafka, db, redis, mut config) = start_stack(1, 1).await;
     let subscriber = Subscriber::start(&redis).await;
-    let mut config = config(&kafka, &db, &redis);
     // Two per batch: the duplicates land both inside one batch and across batches.
     config.batch_max = 2;
     let mut h = processor(&config);
@@ -49,10 +46,7 @@ async fn duplicates_and_out_of_order_versions_change_nothing() {
 
 #[tokio::test]
 async fn poison_records_are_dead_lettered_and_never_block() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let config = config(&kafka, &db, &redis);
+    let (kafka, db, redis, config) = start_stack(1, 1).await;
     let mut h = processor(&config);
     let producer = producer(&kafka);
     let mut low_odds = update("E2", 1);
@@ -194,10 +188,7 @@ async fn updates_storage_refuses_are_isolated_and_dead_lettered() {
 
 #[tokio::test]
 async fn crash_after_postgres_commit_before_offset_commit_replays_harmlessly() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let config = config(&kafka, &db, &redis);
+    let (kafka, db, redis, config) = start_stack(1, 1).await;
     let producer = producer(&kafka);
     let updates: Vec<_> = (1..=5)
         .flat_map(|v| [update("A", v), update("B", v)])
@@ -413,11 +404,8 @@ fn any_text() -> impl proptest::strategy::Strategy<Value = String> {
 /// through to WebSocket clients.)
 #[tokio::test]
 async fn same_version_different_content_first_read_wins_everywhere() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
+    let (kafka, db, redis, mut config) = start_stack(1, 1).await;
     let subscriber = Subscriber::start(&redis).await;
-    let mut config = config(&kafka, &db, &redis);
     config.batch_max = 2_000;
     let mut h = processor(&config);
     let producer = producer(&kafka);
@@ -475,11 +463,8 @@ async fn same_version_different_content_first_read_wins_everywhere() {
 
 #[tokio::test]
 async fn each_market_of_an_event_has_its_own_current_odds() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
+    let (kafka, db, redis, config) = start_stack(1, 1).await;
     let subscriber = Subscriber::start(&redis).await;
-    let config = config(&kafka, &db, &redis);
     let mut h = processor(&config);
     let producer = producer(&kafka);
     let match_result = update("E1", 1);

@@ -7,7 +7,7 @@ use odds_contracts::dead_letter::{sha256_hex, DLQ_MAX_PAYLOAD};
 use odds_contracts::names::{dlq_headers, TOPIC_ODDS_UPDATES};
 use odds_processor::processor::{CHECK_DLQ, CHECK_KAFKA, CHECK_POSTGRES};
 use odds_processor::ProcessorError;
-use odds_testkit::{free_port, http_get, TestKafka, TestRedis};
+use odds_testkit::{free_port, http_get, TestKafka};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
@@ -28,10 +28,7 @@ fn large_record_producer(kafka: &TestKafka) -> FutureProducer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_larger_than_the_dlq_limit_is_dead_lettered_bounded() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let config = config(&kafka, &db, &redis);
+    let (kafka, db, _redis, config) = start_stack(1, 1).await;
     let mut h = processor(&config);
     let huge: Vec<u8> = (0..HUGE).map(|i| (i % 251) as u8).collect();
     large_record_producer(&kafka)
@@ -83,10 +80,7 @@ async fn a_record_larger_than_the_dlq_limit_is_dead_lettered_bounded() {
 /// `dlq` first, `run` returns the refusal, and nothing past the poison is committed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dlq_refusing_for_good_stops_the_processor_after_readiness_says_so() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let config = config(&kafka, &db, &redis);
+    let (kafka, _db, _redis, config) = start_stack(1, 1).await;
     let group = config.kafka_group.clone();
     let h = processor(&config);
     let (readiness, shutdown) = (h.readiness.clone(), h.shutdown.clone());
@@ -121,10 +115,7 @@ async fn a_dlq_refusing_for_good_stops_the_processor_after_readiness_says_so() {
 /// A clean stop leaves the `dlq` check alone: it turns false for a refusal, not on every stop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_returns_ok_with_the_dlq_check_still_true() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let config = config(&kafka, &db, &redis);
+    let (kafka, _db, _redis, config) = start_stack(1, 1).await;
     let group = config.kafka_group.clone();
     let h = processor(&config);
     let (readiness, shutdown) = (h.readiness.clone(), h.shutdown.clone());
@@ -143,9 +134,7 @@ async fn a_clean_stop_returns_ok_with_the_dlq_check_still_true() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exits_non_zero_when_the_dlq_refuses_for_good() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
+    let (kafka, db, redis, _) = start_stack(1, 1).await;
     let producer = producer(&kafka);
     produce_raw(&producer, "junk", Some(b"not json")).await;
     kafka.cluster().request_errors(
@@ -166,17 +155,7 @@ async fn the_binary_exits_non_zero_when_the_dlq_refuses_for_good() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + PATIENCE;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the binary never exited"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let status = wait_for_exit(&mut child, "the binary never exited").await;
     let output = child.wait_with_output().unwrap();
     let logs = format!(
         "{}{}",

@@ -2,18 +2,15 @@
 //! exactly once in effect, and each event's versions published in order.
 
 use crate::common::*;
-use odds_testkit::{TestKafka, TestRedis};
+use odds_testkit::TestKafka;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_processors_split_partitions_and_keep_per_event_order() {
     const PARTITIONS: i32 = 4;
     const EVENTS: u64 = 20;
     const VERSIONS: u64 = 10;
-    let kafka = TestKafka::start(1, PARTITIONS).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
+    let (kafka, db, redis, config) = start_stack(1, PARTITIONS).await;
     let subscriber = Subscriber::start(&redis).await;
-    let config = config(&kafka, &db, &redis);
     let group = config.kafka_group.clone();
     let mut a = processor(&config);
     let mut b = processor(&config);
@@ -108,16 +105,8 @@ async fn two_processors_split_partitions_and_keep_per_event_order() {
     }
     a.shutdown.cancel();
     b.shutdown.cancel();
-    tokio::time::timeout(PATIENCE, task_a)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    tokio::time::timeout(PATIENCE, task_b)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    join_cleanly(task_a).await;
+    join_cleanly(task_b).await;
     assert_eq!(committed_total(&kafka, &group, PARTITIONS), total);
 }
 
@@ -126,10 +115,7 @@ async fn members_joining_and_leaving_mid_stream_lose_nothing() {
     const PARTITIONS: i32 = 4;
     const EVENTS: u64 = 40;
     const VERSIONS: u64 = 25;
-    let kafka = TestKafka::start(1, PARTITIONS).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let mut config = config(&kafka, &db, &redis);
+    let (kafka, db, _redis, mut config) = start_stack(1, PARTITIONS).await;
     config.batch_max = 20; // many small batches, so rebalances land mid-batch
     let group = config.kafka_group.clone();
     let producer = producer(&kafka);
@@ -153,11 +139,7 @@ async fn members_joining_and_leaving_mid_stream_lose_nothing() {
             a_stop.cancel(); // A leaves mid-stream: its partitions move to B
         }
     }
-    tokio::time::timeout(PATIENCE, task_a)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    join_cleanly(task_a).await;
     wait_until("every update committed", || async {
         committed_total(&kafka, &group, PARTITIONS) == total
     })
@@ -168,12 +150,7 @@ async fn members_joining_and_leaving_mid_stream_lose_nothing() {
         EVENTS as i64
     );
     let (b_stop, task_b) = b.unwrap();
-    b_stop.cancel();
-    tokio::time::timeout(PATIENCE, task_b)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop_cleanly(&b_stop, task_b).await;
 }
 
 /// The lag the processor reports (`odds_proc_consumer_lag{topic,partition}`), by partition;
@@ -233,16 +210,10 @@ async fn produce_on(producer: &rdkafka::producer::FutureProducer, partition: i32
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reported_lag_per_partition_is_the_backlog_and_falls_to_zero_as_it_drains() {
     const PARTITIONS: i32 = 4;
-    let kafka = TestKafka::start(1, PARTITIONS).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let mut config = config(&kafka, &db, &redis);
+    let (kafka, _db, _redis, mut config) = start_stack(1, PARTITIONS).await;
     config.batch_max = 10; // many small commits: the lag falls in steps
                            // Statistics (where the lag comes from) every 10 ms instead of every 5 s.
-    config
-        .kafka
-        .props
-        .push(("statistics.interval.ms".into(), "10".into()));
+    report_statistics_every(&mut config, 10);
     let group = config.kafka_group.clone();
     let producer = producer(&kafka);
 
@@ -328,14 +299,8 @@ async fn reported_lag_per_partition_is_the_backlog_and_falls_to_zero_as_it_drain
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebalance_removes_the_lag_series_of_the_partitions_a_processor_lost() {
     const PARTITIONS: i32 = 4;
-    let kafka = TestKafka::start(1, PARTITIONS).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let mut config = config(&kafka, &db, &redis);
-    config
-        .kafka
-        .props
-        .push(("statistics.interval.ms".into(), "10".into()));
+    let (kafka, _db, _redis, mut config) = start_stack(1, PARTITIONS).await;
+    report_statistics_every(&mut config, 10);
     let group = config.kafka_group.clone();
     let producer = producer(&kafka);
     let all: std::collections::BTreeSet<i32> = (0..PARTITIONS).collect();
@@ -415,10 +380,7 @@ async fn a_rebalance_removes_the_lag_series_of_the_partitions_a_processor_lost()
 /// never read. That loss must show (metric, consume error, error log), never be silent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_position_that_retention_passed_is_counted_as_skipped_records() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let config = config(&kafka, &db, &redis);
+    let (kafka, _db, _redis, config) = start_stack(1, 1).await;
     let producer = producer(&kafka);
     produce(&producer, &[update("A", 1)]).await;
     let mut first = processor(&config);

@@ -74,10 +74,7 @@ async fn postgres_outage_pauses_without_losing_or_committing_early() {
 /// it goes through when the lock is released, and shutdown is not held while it waits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_waiting_on_a_lock_is_retried_and_does_not_hold_shutdown() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let mut config = config(&kafka, &db, &redis);
+    let (kafka, db, _redis, mut config) = start_stack(1, 1).await;
     config.database_statement_timeout_ms = 300;
     let group = config.kafka_group.clone();
     let h = processor(&config);
@@ -137,10 +134,7 @@ async fn a_batch_waiting_on_a_lock_is_retried_and_does_not_hold_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_outage_keeps_postgres_and_commits_then_repairs_the_cache() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let mut redis = TestRedis::start().await.unwrap();
-    let config = config(&kafka, &db, &redis);
+    let (kafka, db, mut redis, config) = start_stack(1, 1).await;
     let group = config.kafka_group.clone();
     let h = processor(&config);
     let (metrics, readiness, shutdown) = (h.metrics.clone(), h.readiness.clone(), h.shutdown);
@@ -236,10 +230,7 @@ async fn status_reports(redis: &TestRedis) -> Arc<Mutex<Vec<CacheStatus>>> {
 /// (PUBLISH still works), and once Redis takes writes again the cache is repaired.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_refusing_writes_fails_readiness_and_is_reported_until_repaired() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let config = config(&kafka, &db, &redis);
+    let (kafka, db, redis, config) = start_stack(1, 1).await;
     let group = config.kafka_group.clone();
     let h = processor(&config);
     let (readiness, shutdown) = (h.readiness.clone(), h.shutdown);
@@ -297,15 +288,9 @@ async fn redis_refusing_writes_fails_readiness_and_is_reported_until_repaired() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_readiness_follows_the_brokers_down_and_back() {
     use odds_processor::processor::CHECK_KAFKA;
-    let kafka = TestKafka::start(2, 2).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let mut config = config(&kafka, &db, &redis);
+    let (kafka, db, _redis, mut config) = start_stack(2, 2).await;
     // Broker states come with the statistics: report them often so recovery shows soon.
-    config
-        .kafka
-        .props
-        .push(("statistics.interval.ms".into(), "500".into()));
+    report_statistics_every(&mut config, 500);
     let group = config.kafka_group.clone();
     let h = processor(&config);
     let (readiness, shutdown) = (h.readiness.clone(), h.shutdown);

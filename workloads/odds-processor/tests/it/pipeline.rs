@@ -3,17 +3,13 @@
 //! event's versions must still reach Postgres, Redis and subscribers in order.
 
 use crate::common::*;
-use odds_testkit::{TestKafka, TestRedis};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn overlapped_batches_never_commit_ahead_of_postgres_and_keep_each_events_order() {
     const EVENTS: u64 = 30;
     const VERSIONS: u64 = 12;
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
+    let (kafka, db, redis, mut config) = start_stack(1, 1).await;
     let subscriber = Subscriber::start(&redis).await;
-    let mut config = config(&kafka, &db, &redis);
     // Small batches: many of them overlap while the stream is produced.
     config.batch_max = 7;
     let group = config.kafka_group.clone();

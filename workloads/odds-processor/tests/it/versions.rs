@@ -4,7 +4,7 @@
 use crate::common::*;
 use odds_contracts::MAX_VERSION;
 use odds_processor::cache::Cache;
-use odds_testkit::{TestKafka, TestRedis};
+use odds_testkit::TestRedis;
 use proptest::strategy::{Strategy, ValueTree};
 use proptest::test_runner::TestRunner;
 use std::time::Duration;
@@ -69,11 +69,8 @@ async fn the_cache_compares_versions_exactly_at_every_boundary_and_across_the_ra
 /// each newer version above 2^53, and the end of the range.
 #[tokio::test]
 async fn updates_above_two_to_the_53_reach_postgres_cache_and_subscribers() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
+    let (kafka, db, redis, mut config) = start_stack(1, 1).await;
     let subscriber = Subscriber::start(&redis).await;
-    let mut config = config(&kafka, &db, &redis);
     config.batch_max = 1; // one version per batch: each must advance the cache on its own
     let mut h = processor(&config);
     let producer = producer(&kafka);
@@ -122,10 +119,7 @@ async fn updates_above_two_to_the_53_reach_postgres_cache_and_subscribers() {
 /// batch read before, and exactly, at the top of the range too.
 #[tokio::test]
 async fn regressions_are_counted_with_their_reason() {
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let db = migrated_database().await;
-    let redis = TestRedis::start().await.unwrap();
-    let mut config = config(&kafka, &db, &redis);
+    let (kafka, _db, _redis, mut config) = start_stack(1, 1).await;
     config.batch_max = 2;
     let mut h = processor(&config);
     let producer = producer(&kafka);
