@@ -15,7 +15,6 @@ use futures_util::{SinkExt, StreamExt};
 use odds_contracts::names::redis_current_key;
 use odds_contracts::ws::ServerMessage;
 use odds_contracts::{Market, OddsUpdate};
-use odds_demo::status::Scrape;
 use odds_demo::{Launcher, LauncherOptions};
 use odds_testkit::http_get;
 use std::collections::BTreeMap;
@@ -102,18 +101,9 @@ async fn pipeline_delivers_live_updates_and_ends_consistent() {
     );
 
     // Let the supplier finish and the pipeline drain.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let sent = Scrape::take(&launcher)
-            .await
-            .simulator
-            .sum("odds_sim_updates_sent_total");
-        if sent as u64 >= TOTAL {
-            break;
-        }
-        assert!(Instant::now() < deadline, "supplier sent only {sent}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    odds_demo::bench::wait_sent(&launcher, TOTAL, Instant::now() + Duration::from_secs(120))
+        .await
+        .unwrap();
     let pool = sqlx::PgPool::connect(&launcher.infra.database_url)
         .await
         .unwrap();

@@ -334,7 +334,7 @@ async fn persisted_count(pool: &sqlx::PgPool) -> anyhow::Result<i64> {
 
 /// Waits until the supplier has sent `total` updates (its own count); an error after
 /// `deadline`.
-async fn wait_sent(launcher: &Launcher, total: u64, deadline: Instant) -> anyhow::Result<()> {
+pub async fn wait_sent(launcher: &Launcher, total: u64, deadline: Instant) -> anyhow::Result<()> {
     loop {
         let sent = Scrape::take(launcher)
             .await

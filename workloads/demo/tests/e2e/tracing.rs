@@ -37,18 +37,9 @@ async fn a_sampled_update_is_one_trace_across_the_stages_and_an_unsampled_one_no
     let mut launcher = Launcher::start(options).await.unwrap();
     let frames = tokio::spawn(odds_frames(launcher.service_addr.to_string()));
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let sent = Scrape::take(&launcher)
-            .await
-            .simulator
-            .sum("odds_sim_updates_sent_total");
-        if sent as u64 >= TOTAL {
-            break;
-        }
-        assert!(Instant::now() < deadline, "supplier sent only {sent}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    odds_demo::bench::wait_sent(&launcher, TOTAL, Instant::now() + Duration::from_secs(120))
+        .await
+        .unwrap();
     // The stages export what they hold when they stop.
     let scrape = Scrape::take(&launcher).await;
     launcher.stop().await;
