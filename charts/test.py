@@ -1037,6 +1037,13 @@ def kind_flow_dry_run():
         result, calls = run("e2e.sh")
         assert result.returncode == 0, result.stdout + result.stderr
         assert "e2e-kind: every step passed" in result.stdout, result.stdout
+        # Under either topicDeletionPolicy: the topics' owners read, the pipeline deleted, and
+        # its children checked gone.
+        pipeline_deleted = [
+            rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
+            rf"^kubectl {ctx} delete -n default oddspipeline/demo --wait",
+            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies,kafkausers -l app\.kubernetes\.io/instance=demo",
+        ]
         expect_in_order(calls, [
             rf"^kubectl {ctx} apply -n default -f .*/oddspipeline\.yaml",
             rf"^kubectl {ctx} wait -n default kafkauser/demo-kafka-client --for=condition=Ready",
@@ -1048,9 +1055,7 @@ def kind_flow_dry_run():
             r"\{\.status\.processor\.summary\}",
             # topicDeletionPolicy Retain (the default): the topics have no owner, and outlive
             # the pipeline; the script then deletes them itself.
-            rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
-            rf"^kubectl {ctx} delete -n default oddspipeline/demo --wait",
-            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies,kafkausers -l app\.kubernetes\.io/instance=demo",
+            *pipeline_deleted,
             rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
             rf"^kubectl {ctx} wait -n default kafkatopics -l {selector} --for=condition=Ready",
             rf"^kubectl {ctx} delete -n default kafkatopics -l {selector} --wait",
@@ -1065,9 +1070,7 @@ def kind_flow_dry_run():
         expect_in_order(calls, [
             rf"^kubectl {ctx} patch -n default oddspipeline/demo --type merge -p "
             r'\{"spec":\{"kafka":\{"topicDeletionPolicy":"Delete"\}\}\}$',
-            rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o jsonpath=.*ownerReferences",
-            rf"^kubectl {ctx} delete -n default oddspipeline/demo --wait",
-            r"get -n default deployments,services,jobs,configmaps,poddisruptionbudgets,horizontalpodautoscalers,ingresses,networkpolicies,kafkausers -l app\.kubernetes\.io/instance=demo",
+            *pipeline_deleted,
             rf"^kubectl {ctx} get -n default kafkatopics -l {selector} -o name$",
         ], "e2e (Delete)")
         assert not any(" delete -n default kafkatopics" in c for c in calls), calls

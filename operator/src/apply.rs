@@ -246,7 +246,7 @@ pub struct Change {
 
 /// Applies every child, in dependency order (config and topics before the workloads that
 /// read them; autoscalers after their Deployments, and only once the autoscaler of another
-/// kind was removed by `prune::autoscalers`). Returns what was created or changed, and the first refusal, if any: what was
+/// kind was removed by `prune::Pruner::autoscalers`). Returns what was created or changed, and the first refusal, if any: what was
 /// applied before it stays applied and is reported, so events match the cluster.
 pub async fn apply_all(
     client: &kube::Client,

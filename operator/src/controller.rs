@@ -14,18 +14,18 @@ use crate::build::{self, service, Component, Facts, MigrationState};
 use crate::canaries::Canaries;
 use crate::crd::{ConditionType, OddsPipeline, OddsPipelineStatus, Reason};
 pub use crate::events::{fit_note, EVENT_NOTE_LIMIT, TRUNCATED_MARKER};
-use crate::events::{publish, send, EventSink};
+use crate::events::{publish, publish_about_child, EventSink};
 use crate::freshness::Objective;
 use crate::metrics::Metrics;
 use crate::observe::{self, DereferenceError};
-use crate::prune;
+use crate::prune::{self, Pruner};
 use crate::status::{self, Failure, Observed, LAG_UNKNOWN};
 use crate::urls::RedisUrl;
 use crate::validate::{validate, ValidPipeline};
 use crate::watch::WatchHealth;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::{Resource, ResourceExt};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
@@ -418,8 +418,8 @@ async fn converge(report: &Report<'_>, observed: &mut Observed) -> Result<(), St
     let facts = dereference(report, observed).await?;
     let valid = validated(report, &facts).map_err(Stop::Waits)?;
     measure_freshness(report.ctx, report.pipeline, facts.redis_url.clone());
-    let (children, keep) = build_children(report, &valid, observed).await?;
-    apply_children(report, &valid, &children, &keep, observed).await?;
+    let (children, pruner) = build_children(report, &valid, observed).await?;
+    apply_children(report, &children, &pruner, observed).await?;
     observe_workloads(report, &valid, &children, observed).await?;
     Ok(())
 }
@@ -456,11 +456,11 @@ fn validated(report: &Report<'_>, facts: &Facts) -> Result<ValidPipeline, Failur
 
 /// Build: the children the spec asks for, and the autoscalers it no longer wants removed
 /// before anything is applied.
-async fn build_children(
-    report: &Report<'_>,
-    valid: &ValidPipeline,
+async fn build_children<'a>(
+    report: &Report<'a>,
+    valid: &'a ValidPipeline,
     observed: &mut Observed,
-) -> Result<(build::Children, prune::Keep), Stop> {
+) -> Result<(build::Children, Pruner<'a>), Stop> {
     let (ctx, pipeline) = (report.ctx, report.pipeline);
     let client = &ctx.client;
     let migration = observe::migration(client, valid).await?;
@@ -468,27 +468,26 @@ async fn build_children(
     let mut children = build::children(valid, &migration);
     observed.blocked = children.blocked.clone();
     observed.scaling = children.scaling.clone();
-    announce_scaling_modes(ctx, pipeline, report.previous, &children).await;
-    let keep = prune::Keep::of(valid, &children);
+    report.announce_scaling_modes(&children).await;
+    let pruner = Pruner::new(client, valid, &children);
     // Before anything is applied: the autoscaler a component no longer wants goes first, so
     // the one it wants now never scales the same Deployment beside it.
-    let deleted = prune::autoscalers(client, valid, &keep).await?;
+    let deleted = pruner.autoscalers().await?;
     announce_deleted(ctx, pipeline, deleted).await;
     // An HPA, or a fixed `replicas`, waits until the ScaledObject it replaces is gone (the
     // ScaledObject's deletion reconciles the pipeline again through the watch): until then
     // KEDA's HPA may still scale the Deployment.
-    let leaving = prune::scaled_objects_leaving(client, valid, &keep).await?;
+    let leaving = pruner.scaled_objects_leaving().await?;
     children.await_release(valid, &leaving);
     observed.scaling = children.scaling.clone();
-    Ok((children, keep))
+    Ok((children, pruner))
 }
 
 /// Apply: every child, then what is no longer wanted pruned; each change is an event.
 async fn apply_children(
     report: &Report<'_>,
-    valid: &ValidPipeline,
     children: &build::Children,
-    keep: &prune::Keep,
+    pruner: &Pruner<'_>,
     observed: &Observed,
 ) -> Result<(), Stop> {
     let (ctx, pipeline) = (report.ctx, report.pipeline);
@@ -496,9 +495,9 @@ async fn apply_children(
     announce_changes(ctx, pipeline, changes).await;
     applied?;
     let migrated = observed.migration == MigrationState::Succeeded;
-    let deleted = prune::prune(&ctx.client, valid, keep, migrated).await?;
+    let deleted = pruner.prune(migrated).await?;
     announce_deleted(ctx, pipeline, deleted).await;
-    announce_blocked(ctx, pipeline, report.previous, children).await;
+    report.announce_blocked(children).await;
     Ok(())
 }
 
@@ -538,53 +537,14 @@ async fn announce_changes(ctx: &Context, pipeline: &OddsPipeline, changes: Vec<a
     for change in changes {
         let action = format!("{:?}", change.outcome);
         let note = format!("{action} {} {}", change.kind, change.name);
-        let event = Event {
-            type_: EventType::Normal,
-            reason: action,
-            note: Some(note),
-            action: "Apply".into(),
-            secondary: Some(change.reference.clone()),
-        };
-        send(ctx, pipeline, &event).await;
+        let reference = change.reference.clone();
+        publish_about_child(ctx, pipeline, &action, "Apply", note, reference).await;
         if let Some((was, now)) = change.scaled {
-            let event = Event {
-                type_: EventType::Normal,
-                reason: "Scaled".into(),
-                note: Some(format!(
-                    "Scaled Deployment {} from {was} to {now} replicas (spec)",
-                    change.name
-                )),
-                action: "Scale".into(),
-                secondary: Some(change.reference),
-            };
-            send(ctx, pipeline, &event).await;
-        }
-    }
-}
-
-/// A `RolloutBlocked` event for each workload newly held back.
-async fn announce_blocked(
-    ctx: &Context,
-    pipeline: &OddsPipeline,
-    previous: &OddsPipelineStatus,
-    children: &build::Children,
-) {
-    for (component, why) in &children.blocked {
-        // On transitions only: a workload that stays held back is not news.
-        let was = previous
-            .held_back
-            .iter()
-            .any(|h| h.component == component.suffix() && h.reason == why.as_str());
-        if !was {
-            publish(
-                ctx,
-                pipeline,
-                EventType::Normal,
-                "RolloutBlocked",
-                "Rollout",
-                format!("{} waits: {why}", component.suffix()),
-            )
-            .await;
+            let note = format!(
+                "Scaled Deployment {} from {was} to {now} replicas (spec)",
+                change.name
+            );
+            publish_about_child(ctx, pipeline, "Scaled", "Scale", note, change.reference).await;
         }
     }
 }
@@ -698,75 +658,25 @@ pub async fn refresh_freshness(ctx: &Context) {
 
 /// [`refresh_freshness`] every [`FRESHNESS_REFRESH`], for as long as the controller runs.
 pub async fn refresh_freshness_periodically(ctx: Arc<Context>) {
-    let mut ticks = tokio::time::interval(FRESHNESS_REFRESH);
+    every(FRESHNESS_REFRESH, || refresh_freshness(&ctx)).await
+}
+
+/// Runs `step` every `period`, for ever; a step that overruns delays the next rather than
+/// bunching the missed ones up.
+async fn every<F: std::future::Future<Output = ()>>(period: Duration, mut step: impl FnMut() -> F) {
+    let mut ticks = tokio::time::interval(period);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticks.tick().await;
-        refresh_freshness(&ctx).await;
+        step().await;
     }
 }
 
 /// Publishes one event per deleted child.
 async fn announce_deleted(ctx: &Context, pipeline: &OddsPipeline, deleted: Vec<prune::Deleted>) {
     for (what, reference) in deleted {
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "Deleted".into(),
-            note: Some(format!("Deleted {what}: no longer in the spec")),
-            action: "Prune".into(),
-            secondary: Some(reference),
-        };
-        send(ctx, pipeline, &event).await;
-    }
-}
-
-/// Publishes a `ScalingModeChanged` event for each component whose mode in force (or the
-/// reason for it) differs from what the previous status reported.
-async fn announce_scaling_modes(
-    ctx: &Context,
-    pipeline: &OddsPipeline,
-    previous: &OddsPipelineStatus,
-    children: &build::Children,
-) {
-    for (component, scaling) in &children.scaling {
-        let before = match component {
-            Component::Ingest => previous.ingest.as_ref(),
-            Component::Processor => previous.processor.as_ref(),
-            Component::OddsService => previous.odds_service.as_ref(),
-            Component::Simulator => None,
-        }
-        .and_then(|s| s.scaling.as_ref());
-        // The first mode of a component is in its status, not news; a change is.
-        let Some(before) = before else { continue };
-        let now = scaling.status();
-        if before.mode == now.mode && before.reason == now.reason {
-            continue;
-        }
-        let was = &before.mode;
-        // Events fold into a series by reason, action and related object, not by note: the
-        // transition as the action and the Deployment as the related object keep each
-        // change of each component its own event.
-        let deployment = k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("apps/v1".into()),
-            kind: Some("Deployment".into()),
-            name: Some(component.name_in(&pipeline.name_any())),
-            namespace: pipeline.namespace(),
-            ..Default::default()
-        };
-        let event = Event {
-            type_: EventType::Normal,
-            reason: "ScalingModeChanged".into(),
-            note: Some(format!(
-                "{} scales by {} (was {was}), {}: {}",
-                component.suffix(),
-                now.mode,
-                now.reason,
-                now.message
-            )),
-            action: format!("{was}To{}", now.mode),
-            secondary: Some(deployment),
-        };
-        send(ctx, pipeline, &event).await;
+        let note = format!("Deleted {what}: no longer in the spec");
+        publish_about_child(ctx, pipeline, "Deleted", "Prune", note, reference).await;
     }
 }
 
@@ -795,6 +705,78 @@ impl Report<'_> {
             Ok(Action::requeue(REQUEUE_IDLE))
         } else {
             Ok(Action::requeue(REQUEUE_BUSY))
+        }
+    }
+
+    /// A `RolloutBlocked` event for each workload newly held back.
+    async fn announce_blocked(&self, children: &build::Children) {
+        let (ctx, pipeline, previous) = (self.ctx, self.pipeline, self.previous);
+        for (component, why) in &children.blocked {
+            // On transitions only: a workload that stays held back is not news.
+            let was = previous
+                .held_back
+                .iter()
+                .any(|h| h.component == component.suffix() && h.reason == why.as_str());
+            if !was {
+                publish(
+                    ctx,
+                    pipeline,
+                    EventType::Normal,
+                    "RolloutBlocked",
+                    "Rollout",
+                    format!("{} waits: {why}", component.suffix()),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Publishes a `ScalingModeChanged` event for each component whose mode in force (or the
+    /// reason for it) differs from what the previous status reported.
+    async fn announce_scaling_modes(&self, children: &build::Children) {
+        let (ctx, pipeline, previous) = (self.ctx, self.pipeline, self.previous);
+        for (component, scaling) in &children.scaling {
+            let before = match component {
+                Component::Ingest => previous.ingest.as_ref(),
+                Component::Processor => previous.processor.as_ref(),
+                Component::OddsService => previous.odds_service.as_ref(),
+                Component::Simulator => None,
+            }
+            .and_then(|s| s.scaling.as_ref());
+            // The first mode of a component is in its status, not news; a change is.
+            let Some(before) = before else { continue };
+            let now = scaling.status();
+            if before.mode == now.mode && before.reason == now.reason {
+                continue;
+            }
+            let was = &before.mode;
+            // Events fold into a series by reason, action and related object, not by note: the
+            // transition as the action and the Deployment as the related object keep each
+            // change of each component its own event.
+            let deployment = k8s_openapi::api::core::v1::ObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: Some("Deployment".into()),
+                name: Some(component.name_in(&pipeline.name_any())),
+                namespace: pipeline.namespace(),
+                ..Default::default()
+            };
+            let note = format!(
+                "{} scales by {} (was {was}), {}: {}",
+                component.suffix(),
+                now.mode,
+                now.reason,
+                now.message
+            );
+            let action = format!("{was}To{}", now.mode);
+            publish_about_child(
+                ctx,
+                pipeline,
+                "ScalingModeChanged",
+                &action,
+                note,
+                deployment,
+            )
+            .await;
         }
     }
 
@@ -1017,12 +999,7 @@ pub async fn refresh_lags(ctx: &Context) {
 
 /// [`refresh_lags`] every [`LAG_REFRESH`], for as long as the controller runs.
 pub async fn refresh_lags_periodically(ctx: Arc<Context>) {
-    let mut ticks = tokio::time::interval(LAG_REFRESH);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticks.tick().await;
-        refresh_lags(&ctx).await;
-    }
+    every(LAG_REFRESH, || refresh_lags(&ctx)).await
 }
 
 /// Why one pipeline's lag was not refreshed.

@@ -7,6 +7,7 @@
 
 use crate::crd::OddsPipeline;
 use crate::metrics::Metrics;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::Resource;
 
@@ -26,14 +27,38 @@ pub(crate) async fn publish(
     action: &str,
     note: String,
 ) {
-    let event = Event {
+    send(ctx, pipeline, &event(type_, reason, action, note, None)).await;
+}
+
+/// Publishes a Normal event about the pipeline that names one of its children as the related
+/// object. Events fold into a series by reason, action and related object, not by note: the
+/// related object keeps the changes of each child a series of their own.
+pub(crate) async fn publish_about_child(
+    ctx: &impl EventSink,
+    pipeline: &OddsPipeline,
+    reason: &str,
+    action: &str,
+    note: String,
+    child: ObjectReference,
+) {
+    let event = event(EventType::Normal, reason, action, note, Some(child));
+    send(ctx, pipeline, &event).await;
+}
+
+fn event(
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+    related: Option<ObjectReference>,
+) -> Event {
+    Event {
         type_,
         reason: reason.into(),
         note: Some(note),
         action: action.into(),
-        secondary: None,
-    };
-    send(ctx, pipeline, &event).await;
+        secondary: related,
+    }
 }
 
 /// Publishes `event` about `pipeline`; a failure is logged, never fails the reconcile. A
@@ -42,13 +67,13 @@ pub(crate) async fn send(ctx: &impl EventSink, pipeline: &OddsPipeline, event: &
     let fitted;
     let event = match event.note.as_deref().map(fit_note) {
         Some(std::borrow::Cow::Owned(note)) => {
-            fitted = Event {
-                type_: event.type_,
-                reason: event.reason.clone(),
-                note: Some(note),
-                action: event.action.clone(),
-                secondary: event.secondary.clone(),
-            };
+            fitted = self::event(
+                event.type_,
+                &event.reason,
+                &event.action,
+                note,
+                event.secondary.clone(),
+            );
             &fitted
         }
         _ => event,

@@ -15,6 +15,7 @@ use crate::crd::{Condition, ConditionType, OddsPipeline};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use odds_runtime::metrics::{component, PrefixedRegistry};
+use prometheus::core::Collector;
 use prometheus::{
     GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
 };
@@ -50,52 +51,52 @@ impl Metrics {
 
     /// Creates the metrics and registers them on `registry`.
     pub fn register(registry: &PrefixedRegistry) -> Result<Self, prometheus::Error> {
-        let metrics = Self {
-            reconciles: IntCounter::new("reconciles_total", "Reconciles started")?,
-            failures: IntCounterVec::new(
-                Opts::new(
-                    "reconcile_errors_total",
-                    "Reconciles that failed, by the step that failed",
-                ),
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            registered(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+        };
+        Ok(Self {
+            reconciles: registered(
+                registry,
+                IntCounter::new("reconciles_total", "Reconciles started")?,
+            )?,
+            failures: counter(
+                "reconcile_errors_total",
+                "Reconciles that failed, by the step that failed",
                 &["error"],
             )?,
-            duration: Histogram::with_opts(
-                HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration")
-                    .buckets(DURATION_BUCKETS.to_vec()),
+            duration: registered(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration")
+                        .buckets(DURATION_BUCKETS.to_vec()),
+                )?,
             )?,
-            api_errors: IntCounterVec::new(
-                Opts::new(
-                    "api_errors_total",
-                    "Kubernetes API errors the reconcile met, by verb and HTTP code",
-                ),
+            api_errors: counter(
+                "api_errors_total",
+                "Kubernetes API errors the reconcile met, by verb and HTTP code",
                 &["verb", "code"],
             )?,
-            watch_errors: IntCounterVec::new(
-                Opts::new(
-                    "watch_errors_total",
-                    "Failures of the controller's list/watch streams, by resource and reason",
-                ),
+            watch_errors: counter(
+                "watch_errors_total",
+                "Failures of the controller's list/watch streams, by resource and reason",
                 &["resource", "reason"],
             )?,
-            leader: IntGauge::new("leader", "1 while this replica holds the leader Lease")?,
-            conditions: IntGaugeVec::new(
-                Opts::new(
-                    "pipeline_condition",
-                    "OddsPipeline status conditions: 1 for the condition's current status",
-                ),
-                &["namespace", "pipeline", "type", "status"],
+            leader: registered(
+                registry,
+                IntGauge::new("leader", "1 while this replica holds the leader Lease")?,
             )?,
-            freshness: FreshnessMetrics::new()?,
-        };
-        registry.register(metrics.reconciles.clone())?;
-        registry.register(metrics.failures.clone())?;
-        registry.register(metrics.duration.clone())?;
-        registry.register(metrics.api_errors.clone())?;
-        registry.register(metrics.watch_errors.clone())?;
-        registry.register(metrics.leader.clone())?;
-        registry.register(metrics.conditions.clone())?;
-        metrics.freshness.register(registry)?;
-        Ok(metrics)
+            conditions: registered(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pipeline_condition",
+                        "OddsPipeline status conditions: 1 for the condition's current status",
+                    ),
+                    &["namespace", "pipeline", "type", "status"],
+                )?,
+            )?,
+            freshness: FreshnessMetrics::register(registry)?,
+        })
     }
 
     /// Counts one API error of a request with `verb` (`get`, `list`, `patch`, `create`,
@@ -150,78 +151,58 @@ pub struct FreshnessMetrics {
 }
 
 impl FreshnessMetrics {
-    pub fn new() -> Result<FreshnessMetrics, prometheus::Error> {
+    /// Creates the series and registers them on `registry`.
+    pub fn register(registry: &PrefixedRegistry) -> Result<FreshnessMetrics, prometheus::Error> {
         Ok(FreshnessMetrics {
-            frames: IntCounterVec::new(
-                Opts::new(
-                    "canary_frames_total",
-                    "Prices the freshness canary received with an age (ingested_at)",
-                ),
-                &["namespace", "pipeline"],
+            frames: per_pipeline(
+                registry,
+                IntCounterVec::new,
+                "canary_frames_total",
+                "Prices the freshness canary received with an age (ingested_at)",
             )?,
-            slow_frames: IntCounterVec::new(
-                Opts::new(
-                    "canary_slow_frames_total",
-                    "Prices the freshness canary received older than the pipeline's slo.freshnessP99Ms",
-                ),
-                &["namespace", "pipeline"],
+            slow_frames: per_pipeline(
+                registry,
+                IntCounterVec::new,
+                "canary_slow_frames_total",
+                "Prices the freshness canary received older than the pipeline's slo.freshnessP99Ms",
             )?,
-            age_p99: GaugeVec::new(
-                Opts::new(
-                    "canary_age_p99_seconds",
-                    "99th percentile age of the canary's prices over slo.window (NaN without data)",
-                ),
-                &["namespace", "pipeline"],
+            age_p99: per_pipeline(
+                registry,
+                GaugeVec::new,
+                "canary_age_p99_seconds",
+                "99th percentile age of the canary's prices over slo.window (NaN without data)",
             )?,
-            longest_freeze: GaugeVec::new(
-                Opts::new(
-                    "canary_longest_freeze_seconds",
-                    "Longest freeze the canary saw over slo.window, one in progress included",
-                ),
-                &["namespace", "pipeline"],
+            longest_freeze: per_pipeline(
+                registry,
+                GaugeVec::new,
+                "canary_longest_freeze_seconds",
+                "Longest freeze the canary saw over slo.window, one in progress included",
             )?,
-            watching: IntGaugeVec::new(
-                Opts::new(
-                    "canary_watching",
-                    "1 while the canary is connected and live updates flow, 0 while it is blind",
-                ),
-                &["namespace", "pipeline"],
+            watching: per_pipeline(
+                registry,
+                IntGaugeVec::new,
+                "canary_watching",
+                "1 while the canary is connected and live updates flow, 0 while it is blind",
             )?,
-            objective_p99: GaugeVec::new(
-                Opts::new(
-                    "slo_freshness_p99_seconds",
-                    "The pipeline's slo.freshnessP99Ms, in seconds",
-                ),
-                &["namespace", "pipeline"],
+            objective_p99: per_pipeline(
+                registry,
+                GaugeVec::new,
+                "slo_freshness_p99_seconds",
+                "The pipeline's slo.freshnessP99Ms, in seconds",
             )?,
-            objective_freeze: GaugeVec::new(
-                Opts::new(
-                    "slo_max_freeze_seconds",
-                    "The pipeline's slo.maxFreezeSeconds",
-                ),
-                &["namespace", "pipeline"],
+            objective_freeze: per_pipeline(
+                registry,
+                GaugeVec::new,
+                "slo_max_freeze_seconds",
+                "The pipeline's slo.maxFreezeSeconds",
             )?,
-            publish_failures: IntCounterVec::new(
-                Opts::new(
-                    "canary_publish_failures_total",
-                    "Writes of the canary's figures to the pipeline's Redis (for the odds page) that failed",
-                ),
-                &["namespace", "pipeline"],
+            publish_failures: per_pipeline(
+                registry,
+                IntCounterVec::new,
+                "canary_publish_failures_total",
+                "Writes of the canary's figures to the pipeline's Redis (for the odds page) that failed",
             )?,
         })
-    }
-
-    /// Registers every series on `registry`.
-    pub fn register(&self, registry: &PrefixedRegistry) -> Result<(), prometheus::Error> {
-        registry.register(self.frames.clone())?;
-        registry.register(self.slow_frames.clone())?;
-        registry.register(self.age_p99.clone())?;
-        registry.register(self.longest_freeze.clone())?;
-        registry.register(self.watching.clone())?;
-        registry.register(self.objective_p99.clone())?;
-        registry.register(self.objective_freeze.clone())?;
-        registry.register(self.publish_failures.clone())?;
-        Ok(())
     }
 
     /// Removes pipeline `namespace/name`'s series (it is no longer measured).
@@ -287,4 +268,27 @@ impl PipelineSeries {
             }
         }
     }
+}
+
+/// `collector`, registered on `registry`.
+fn registered<C: Collector + Clone + 'static>(
+    registry: &PrefixedRegistry,
+    collector: C,
+) -> Result<C, prometheus::Error> {
+    registry.register(collector.clone())?;
+    Ok(collector)
+}
+
+/// A family with one series per pipeline (labels `namespace` and `pipeline`), made by `new`
+/// and registered on `registry`.
+fn per_pipeline<C: Collector + Clone + 'static>(
+    registry: &PrefixedRegistry,
+    new: fn(Opts, &[&str]) -> Result<C, prometheus::Error>,
+    name: &str,
+    help: &str,
+) -> Result<C, prometheus::Error> {
+    registered(
+        registry,
+        new(Opts::new(name, help), &["namespace", "pipeline"])?,
+    )
 }

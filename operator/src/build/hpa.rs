@@ -9,7 +9,7 @@
 
 use super::metadata;
 use super::scaledobject::scale_down_behavior;
-use super::scaling::{self, Scaler};
+use super::scaling::{self, Autoscaled, Scaler};
 use crate::validate::ValidPipeline;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec, MetricSpec,
@@ -18,42 +18,45 @@ use k8s_openapi::api::autoscaling::v2::{
 
 /// One autoscaler per component whose scaling decision is an HPA.
 pub fn build(pipeline: &ValidPipeline) -> Vec<HorizontalPodAutoscaler> {
-    pipeline
-        .components()
+    scaling::autoscaled_by(pipeline, Scaler::Hpa)
         .into_iter()
-        .filter(|c| scaling::decide(pipeline, *c).scaler == Scaler::Hpa)
-        .filter_map(|component| {
-            let scaling = scaling::spec(pipeline, component)?;
-            let (min, max) = scaling::bounds(pipeline, component, &scaling);
-            Some(HorizontalPodAutoscaler {
-                metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
-                spec: Some(HorizontalPodAutoscalerSpec {
-                    scale_target_ref: CrossVersionObjectReference {
-                        api_version: Some("apps/v1".into()),
-                        kind: "Deployment".into(),
-                        name: component.name(pipeline),
-                    },
-                    min_replicas: Some(min),
-                    max_replicas: max,
-                    // Only when asked: the HPA's default (300 s) applies otherwise.
-                    behavior: scaling
-                        .scale_down_stabilization_seconds
-                        .map(scale_down_behavior),
-                    metrics: Some(vec![MetricSpec {
-                        type_: "Resource".into(),
-                        resource: Some(ResourceMetricSource {
-                            name: "cpu".into(),
-                            target: MetricTarget {
-                                type_: "Utilization".into(),
-                                average_utilization: Some(scaling.target_cpu_utilization),
-                                ..MetricTarget::default()
-                            },
-                        }),
-                        ..MetricSpec::default()
-                    }]),
-                }),
-                status: None,
-            })
-        })
+        .map(
+            |Autoscaled {
+                 component,
+                 spec,
+                 min,
+                 max,
+             }| {
+                HorizontalPodAutoscaler {
+                    metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
+                    spec: Some(HorizontalPodAutoscalerSpec {
+                        scale_target_ref: CrossVersionObjectReference {
+                            api_version: Some("apps/v1".into()),
+                            kind: "Deployment".into(),
+                            name: component.name(pipeline),
+                        },
+                        min_replicas: Some(min),
+                        max_replicas: max,
+                        // Only when asked: the HPA's default (300 s) applies otherwise.
+                        behavior: spec
+                            .scale_down_stabilization_seconds
+                            .map(scale_down_behavior),
+                        metrics: Some(vec![MetricSpec {
+                            type_: "Resource".into(),
+                            resource: Some(ResourceMetricSource {
+                                name: "cpu".into(),
+                                target: MetricTarget {
+                                    type_: "Utilization".into(),
+                                    average_utilization: Some(spec.target_cpu_utilization),
+                                    ..MetricTarget::default()
+                                },
+                            }),
+                            ..MetricSpec::default()
+                        }]),
+                    }),
+                    status: None,
+                }
+            },
+        )
         .collect()
 }

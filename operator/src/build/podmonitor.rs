@@ -40,12 +40,12 @@ pub struct PodMonitorSpec {
 }
 
 /// One scraped port (subset).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PodMetricsEndpoint {
     pub port: String,
     pub path: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interval: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relabelings: Vec<RelabelConfig>,

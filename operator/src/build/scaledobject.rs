@@ -7,7 +7,9 @@
 //! CRD schema). Built only where [`super::scaling::decide`] chose KEDA, so a Deployment never
 //! has both a ScaledObject and the operator's HPA.
 
-use super::scaling::{self, Scaler, DEFAULT_POLLING_INTERVAL, DEFAULT_SCALE_DOWN_WINDOW};
+use super::scaling::{
+    self, Autoscaled, Scaler, DEFAULT_POLLING_INTERVAL, DEFAULT_SCALE_DOWN_WINDOW,
+};
 use super::scaling::{DEFAULT_TARGET_CONNECTIONS, DEFAULT_TARGET_LAG};
 use super::{configmap, metadata, triggerauth, Component};
 use crate::crd::ScalingMode;
@@ -19,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// KEDA ScaledObject spec (subset).
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "keda.sh",
@@ -30,59 +33,51 @@ use std::collections::BTreeMap;
 #[serde(rename_all = "camelCase")]
 pub struct ScaledObjectSpec {
     pub scale_target_ref: ScaleTargetRef,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub polling_interval: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_replica_count: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_replica_count: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub advanced: Option<AdvancedConfig>,
     pub triggers: Vec<ScaleTrigger>,
 }
 
 /// The workload a ScaledObject scales.
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleTargetRef {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kind: Option<String>,
     pub name: String,
 }
 
 /// `spec.advanced` (subset).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct AdvancedConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub horizontal_pod_autoscaler_config: Option<HpaConfig>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub restore_to_original_replica_count: Option<bool>,
 }
 
 /// `spec.advanced.horizontalPodAutoscalerConfig` (subset).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HpaConfig {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub behavior: Option<HorizontalPodAutoscalerBehavior>,
 }
 
 /// One trigger: a scaler type and its metadata (all values are strings in KEDA).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaleTrigger {
     #[serde(rename = "type")]
     pub type_: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric_type: Option<String>,
     pub metadata: BTreeMap<String, String>,
     /// The TriggerAuthentication the trigger logs in with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication_ref: Option<AuthenticationRef>,
 }
 
@@ -93,11 +88,11 @@ pub struct AuthenticationRef {
 }
 
 /// KEDA ScaledObject status (subset).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ScaledObjectStatus {
     /// The HorizontalPodAutoscaler KEDA created for this ScaledObject.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hpa_name: Option<String>,
 }
 
@@ -139,52 +134,55 @@ pub fn connections_query(pipeline: &ValidPipeline) -> String {
 
 /// One ScaledObject per component whose scaling decision is KEDA.
 pub fn build(pipeline: &ValidPipeline) -> Vec<ScaledObject> {
-    pipeline
-        .components()
+    scaling::autoscaled_by(pipeline, Scaler::Keda)
         .into_iter()
-        .filter(|c| scaling::decide(pipeline, *c).scaler == Scaler::Keda)
-        .filter_map(|component| {
-            let spec = scaling::spec(pipeline, component)?;
-            let (min, max) = scaling::bounds(pipeline, component, &spec);
-            let trigger = match spec.mode {
-                ScalingMode::Lag => kafka_trigger(pipeline, spec.target_lag_per_replica),
-                ScalingMode::Connections => prometheus_trigger(
-                    pipeline,
-                    spec.prometheus_address.as_deref().unwrap_or_default(),
-                    spec.target_connections_per_replica,
-                ),
-                ScalingMode::Cpu => return None,
-            };
-            let window = spec
-                .scale_down_stabilization_seconds
-                .unwrap_or(DEFAULT_SCALE_DOWN_WINDOW);
-            Some(ScaledObject {
-                metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
-                spec: ScaledObjectSpec {
-                    scale_target_ref: ScaleTargetRef {
-                        api_version: Some("apps/v1".into()),
-                        kind: Some("Deployment".into()),
-                        name: component.name(pipeline),
-                    },
-                    polling_interval: Some(
-                        spec.polling_interval_seconds
-                            .unwrap_or(DEFAULT_POLLING_INTERVAL),
+        .filter_map(
+            |Autoscaled {
+                 component,
+                 spec,
+                 min,
+                 max,
+             }| {
+                let trigger = match spec.mode {
+                    ScalingMode::Lag => kafka_trigger(pipeline, spec.target_lag_per_replica),
+                    ScalingMode::Connections => prometheus_trigger(
+                        pipeline,
+                        spec.prometheus_address.as_deref().unwrap_or_default(),
+                        spec.target_connections_per_replica,
                     ),
-                    min_replica_count: Some(min),
-                    max_replica_count: Some(max),
-                    advanced: Some(AdvancedConfig {
-                        horizontal_pod_autoscaler_config: Some(HpaConfig {
-                            behavior: Some(scale_down_behavior(window)),
+                    ScalingMode::Cpu => return None,
+                };
+                let window = spec
+                    .scale_down_stabilization_seconds
+                    .unwrap_or(DEFAULT_SCALE_DOWN_WINDOW);
+                Some(ScaledObject {
+                    metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
+                    spec: ScaledObjectSpec {
+                        scale_target_ref: ScaleTargetRef {
+                            api_version: Some("apps/v1".into()),
+                            kind: Some("Deployment".into()),
+                            name: component.name(pipeline),
+                        },
+                        polling_interval: Some(
+                            spec.polling_interval_seconds
+                                .unwrap_or(DEFAULT_POLLING_INTERVAL),
+                        ),
+                        min_replica_count: Some(min),
+                        max_replica_count: Some(max),
+                        advanced: Some(AdvancedConfig {
+                            horizontal_pod_autoscaler_config: Some(HpaConfig {
+                                behavior: Some(scale_down_behavior(window)),
+                            }),
+                            // Deleting the ScaledObject (a switch to CPU or fixed replicas) leaves
+                            // the replicas where they are; the next owner takes them from there.
+                            restore_to_original_replica_count: Some(false),
                         }),
-                        // Deleting the ScaledObject (a switch to CPU or fixed replicas) leaves
-                        // the replicas where they are; the next owner takes them from there.
-                        restore_to_original_replica_count: Some(false),
-                    }),
-                    triggers: vec![trigger],
-                },
-                status: None,
-            })
-        })
+                        triggers: vec![trigger],
+                    },
+                    status: None,
+                })
+            },
+        )
         .collect()
 }
 

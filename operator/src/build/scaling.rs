@@ -66,16 +66,41 @@ pub fn spec(pipeline: &ValidPipeline, component: Component) -> Option<Autoscalin
 
 /// The replica bounds an autoscaler gets: for the processor, capped at the topic's
 /// partitions (validation already rejects more; the cap keeps the builders safe on their own).
-pub fn bounds(
-    pipeline: &ValidPipeline,
-    component: Component,
-    spec: &AutoscalingSpec,
-) -> (i32, i32) {
+fn bounds(pipeline: &ValidPipeline, component: Component, spec: &AutoscalingSpec) -> (i32, i32) {
     let max = match component {
         Component::Processor => spec.max_replicas.min(pipeline.topic.partitions),
         _ => spec.max_replicas,
     };
     (spec.min_replicas.min(max), max)
+}
+
+/// A component whose replicas an autoscaler owns: its autoscaling spec and the bounds its
+/// autoscaler gets.
+#[derive(Clone, Debug)]
+pub struct Autoscaled {
+    pub component: Component,
+    pub spec: AutoscalingSpec,
+    pub min: i32,
+    pub max: i32,
+}
+
+/// The components whose replicas `scaler` owns (what its builder makes an object for).
+pub fn autoscaled_by(pipeline: &ValidPipeline, scaler: Scaler) -> Vec<Autoscaled> {
+    pipeline
+        .components()
+        .into_iter()
+        .filter(|c| decide(pipeline, *c).scaler == scaler)
+        .filter_map(|component| {
+            let spec = spec(pipeline, component)?;
+            let (min, max) = bounds(pipeline, component, &spec);
+            Some(Autoscaled {
+                component,
+                spec,
+                min,
+                max,
+            })
+        })
+        .collect()
 }
 
 /// Decides what owns `component`'s replicas.

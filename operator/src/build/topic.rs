@@ -27,6 +27,7 @@ use std::collections::BTreeMap;
 pub const STRIMZI_CLUSTER_LABEL: &str = "strimzi.io/cluster";
 
 /// Strimzi KafkaTopic spec (subset).
+#[serde_with::skip_serializing_none]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[kube(
     group = "kafka.strimzi.io",
@@ -38,36 +39,32 @@ pub const STRIMZI_CLUSTER_LABEL: &str = "strimzi.io/cluster";
 )]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaTopicSpec {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partitions: Option<i32>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replicas: Option<i32>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub config: BTreeMap<String, serde_json::Value>,
 }
 
 /// Strimzi KafkaTopic status (subset).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KafkaTopicStatus {
     #[serde(default)]
     pub conditions: Vec<StrimziCondition>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
 
 /// Strimzi condition (subset).
+#[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StrimziCondition {
     #[serde(rename = "type")]
     pub type_: String,
     pub status: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 

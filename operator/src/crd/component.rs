@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Settings every workload has.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new(
     "!has(self.autoscaling) || (has(self.resources) && has(self.resources.requests) && 'cpu' in self.resources.requests)"
@@ -19,11 +20,9 @@ pub struct ComponentSpec {
     #[schemars(range(min = 0))]
     pub replicas: i32,
     /// Container resource requests and limits.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Horizontal pod autoscaling on CPU (for the processor, `maxReplicas` may not exceed
     /// the topic's partitions).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoscaling: Option<AutoscalingSpec>,
     /// Pod disruption budget.
     #[serde(default)]
@@ -46,6 +45,7 @@ impl Default for ComponentSpec {
 }
 
 /// Autoscaler bounds and what to scale by.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("self.minReplicas <= self.maxReplicas")
     .message("autoscaling.minReplicas must not exceed autoscaling.maxReplicas"))]
@@ -73,19 +73,16 @@ pub struct AutoscalingSpec {
     pub target_cpu_utilization: i32,
     /// `Lag`: messages of consumer lag one replica is expected to work off (KEDA's
     /// `lagThreshold`); replicas = total lag / this, within the bounds. Default 1000.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_lag_per_replica: Option<i64>,
     /// `Connections`: open WebSocket connections per replica. Default 5000, half of what one
     /// replica was measured to hold (10 000 clients in 121 MiB RSS, README "Performance"),
     /// leaving room for the fan-out's CPU.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub target_connections_per_replica: Option<i64>,
     /// `Connections`: address of a Prometheus that scrapes the odds service's pods with the
     /// `namespace`, `pipeline` and `component` labels (the operator's PodMonitor, see
     /// `podMonitor`, or the chart's), e.g. `http://prometheus-operated.monitoring.svc:9090`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1))]
     pub prometheus_address: Option<String>,
     /// `Connections`: whether the operator creates a Prometheus Operator `PodMonitor`
@@ -95,7 +92,6 @@ pub struct AutoscalingSpec {
     /// CPU (`Autoscaling=False`, `MetricsUnavailable`). Set false when something else already
     /// scrapes the pods with those labels, e.g. the chart's `monitoring.podMonitor` (both
     /// would scrape each pod twice and the summed connections would count double).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_monitor: Option<bool>,
     /// `Connections`: extra labels on the operator's PodMonitor, e.g. `release:
     /// kube-prometheus-stack` when your Prometheus selects PodMonitors by label
@@ -104,11 +100,9 @@ pub struct AutoscalingSpec {
     pub pod_monitor_labels: BTreeMap<String, String>,
     /// Seconds of lower recommendations the autoscaler waits for before it scales down (the
     /// HPA's scale-down stabilisation window). Default 300, the HPA's own default.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: Option<i32>,
     /// `Lag` and `Connections`: seconds between KEDA's checks of the metric. Default 30.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub polling_interval_seconds: Option<i32>,
 }
@@ -165,6 +159,7 @@ impl Default for PdbSpec {
 }
 
 /// Pod-level overrides.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PodOverrides {
@@ -175,7 +170,6 @@ pub struct PodOverrides {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
     /// Pod affinity rules.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub affinity: Option<Affinity>,
     /// Extra environment variables. An entry replaces the operator's variable of the same
     /// name; each name may appear once (the list is a map keyed by `name`, as a container's
@@ -186,6 +180,7 @@ pub struct PodOverrides {
 }
 
 /// The odds service: a workload plus how clients reach it.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct OddsServiceSpec {
@@ -196,7 +191,6 @@ pub struct OddsServiceSpec {
     #[serde(default)]
     pub service: ServiceSpec,
     /// Optional Ingress for HTTP and WebSocket clients.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingress: Option<IngressSpec>,
 }
 
@@ -248,12 +242,12 @@ impl ServiceType {
 }
 
 /// Ingress exposure.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct IngressSpec {
     /// Host name clients use.
     pub host: String,
     /// IngressClass name (cluster default when absent).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_name: Option<String>,
 }

@@ -71,14 +71,13 @@ fn default_sample() -> Vec<String> {
 }
 
 /// What the canary measured over the objective's window.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct FreshnessStatus {
     /// Median age of the prices the canary received, in milliseconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p50_ms: Option<i64>,
     /// 99th percentile age, in milliseconds (what `slo.freshnessP99Ms` bounds).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub p99_ms: Option<i64>,
     /// The longest a price that changed upstream stayed frozen on the canary's screen, in
     /// seconds (what `slo.maxFreezeSeconds` bounds); a freeze in progress counts.
@@ -87,7 +86,6 @@ pub struct FreshnessStatus {
     pub frames_sampled: i64,
     /// Median of ingest's accept time minus the supplier's `updated_at`, in milliseconds:
     /// the supplier's clock skew plus its hop to ingest (never part of the age).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub supplier_skew_ms: Option<i64>,
     /// When the figures were taken (RFC 3339).
     pub measured_at: String,

@@ -6,6 +6,7 @@
 //! can check on its own are CEL `x-kubernetes-validations`; [`crate::validate`] repeats them
 //! (and adds the ones that need observed state) so a cluster without CEL is still safe.
 
+use kube::core::{Message, Rule};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -56,30 +57,16 @@ pub const PAUSE_ANNOTATION: &str = "odds-pipeline.github.io/pause-reconciliation
     validation = Rule::new(
         "self.metadata.name.size() <= 44 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')"
     ).message("metadata.name must be at most 44 characters of lower-case letters, digits and '-', start with a letter and end with a letter or digit (it names Services and the migration Job)"),
-    // Same rule as `validate::topic_resource_problem`: with `clusterRef` each topic becomes a
-    // KafkaTopic named `<name>-<topic>` (`build::topic::resource_name`: lower case, `_` and
-    // `.` as `-`), which must be a DNS-1123 subdomain. On the root, as only it sees the name.
-    validation = Rule::new(
-        "!has(self.spec.kafka.clusterRef) || ((self.metadata.name + '-' + self.spec.kafka.topic.name.lowerAscii().replace('_', '-').replace('.', '-')).size() <= 253 && (self.metadata.name + '-' + self.spec.kafka.topic.name.lowerAscii().replace('_', '-').replace('.', '-')).matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))"
-    ).message("kafka.topic.name gives an invalid KafkaTopic name: <metadata.name>-<topic name in lower case, '_' and '.' as '-'> must be a DNS-1123 subdomain, at most 253 characters and not starting or ending with '-', so the topic name may not end with '-', '_' or '.' and may have at most 252 characters minus the pipeline name's length"),
-    validation = Rule::new(
-        "!has(self.spec.kafka.clusterRef) || ((self.metadata.name + '-' + self.spec.kafka.dlqTopic.name.lowerAscii().replace('_', '-').replace('.', '-')).size() <= 253 && (self.metadata.name + '-' + self.spec.kafka.dlqTopic.name.lowerAscii().replace('_', '-').replace('.', '-')).matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))"
-    ).message("kafka.dlqTopic.name gives an invalid KafkaTopic name: <metadata.name>-<topic name in lower case, '_' and '.' as '-'> must be a DNS-1123 subdomain, at most 253 characters and not starting or ending with '-', so the topic name may not end with '-', '_' or '.' and may have at most 252 characters minus the pipeline name's length")
+    validation = kafka_topic_name_rule("topic"),
+    validation = kafka_topic_name_rule("dlqTopic")
 )]
 #[x_kube(validation = Rule::new(
     "!has(self.processor.autoscaling) ? self.processor.replicas <= self.kafka.topic.partitions : self.processor.autoscaling.maxReplicas <= self.kafka.topic.partitions"
 ).message("processor replicas (or autoscaling.maxReplicas) must not exceed kafka.topic.partitions: extra consumers would sit idle"))]
-// Lag is a Kafka consumer's signal and connections the WebSocket tier's; the same rules are
-// in `validate::check_component`.
-#[x_kube(validation = Rule::new(
-    "!has(self.ingest.autoscaling) || !has(self.ingest.autoscaling.mode) || self.ingest.autoscaling.mode == 'Cpu'"
-).message("ingest.autoscaling.mode must be Cpu (Lag is the processor's, Connections the odds service's)"))]
-#[x_kube(validation = Rule::new(
-    "!has(self.processor.autoscaling) || !has(self.processor.autoscaling.mode) || self.processor.autoscaling.mode != 'Connections'"
-).message("processor.autoscaling.mode must be Cpu or Lag"))]
-#[x_kube(validation = Rule::new(
-    "!has(self.oddsService.autoscaling) || !has(self.oddsService.autoscaling.mode) || self.oddsService.autoscaling.mode != 'Lag'"
-).message("oddsService.autoscaling.mode must be Cpu or Connections"))]
+// Lag is a Kafka consumer's signal and connections the WebSocket tier's.
+#[x_kube(validation = autoscaling_mode_rule("ingest", "== 'Cpu'", "must be Cpu (Lag is the processor's, Connections the odds service's)"))]
+#[x_kube(validation = autoscaling_mode_rule("processor", "!= 'Connections'", "must be Cpu or Lag"))]
+#[x_kube(validation = autoscaling_mode_rule("oddsService", "!= 'Lag'", "must be Cpu or Connections"))]
 #[serde(rename_all = "camelCase")]
 pub struct OddsPipelineSpec {
     /// Container image holding every pipeline binary.
@@ -116,6 +103,34 @@ pub struct OddsPipelineSpec {
     /// canary client (`status.freshness`, the `Fresh` condition).
     #[serde(default)]
     pub slo: SloSpec,
+}
+
+/// With `clusterRef` each topic becomes a KafkaTopic named `<name>-<topic>`
+/// (`build::topic::resource_name`: lower case, `_` and `.` as `-`), which must be a DNS-1123
+/// subdomain: the rule for `kafka.<topic>.name` (as `validate::topic_resource_problem`). On
+/// the root, as only it sees the name.
+fn kafka_topic_name_rule(topic: &str) -> Rule {
+    let resource = format!(
+        "(self.metadata.name + '-' + self.spec.kafka.{topic}.name.lowerAscii().replace('_', '-').replace('.', '-'))"
+    );
+    Rule::new(format!(
+        "!has(self.spec.kafka.clusterRef) || ({resource}.size() <= 253 && {resource}.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$'))"
+    ))
+    .message(Message::Message(format!(
+        "kafka.{topic}.name gives an invalid KafkaTopic name: <metadata.name>-<topic name in lower case, '_' and '.' as '-'> must be a DNS-1123 subdomain, at most 253 characters and not starting or ending with '-', so the topic name may not end with '-', '_' or '.' and may have at most 252 characters minus the pipeline name's length"
+    )))
+}
+
+/// The modes `<component>.autoscaling.mode` may take, where set: `allowed` compares the mode
+/// in CEL, `must` says what it must be (as `validate::check_component`).
+fn autoscaling_mode_rule(component: &str, allowed: &str, must: &str) -> Rule {
+    let mode = format!("self.{component}.autoscaling.mode");
+    Rule::new(format!(
+        "!has(self.{component}.autoscaling) || !has({mode}) || {mode} {allowed}"
+    ))
+    .message(Message::Message(format!(
+        "{component}.autoscaling.mode {must}"
+    )))
 }
 
 /// One NetworkPolicy per workload (and the migration Job): ingest and processor accept only
@@ -208,6 +223,7 @@ impl PullPolicy {
 }
 
 /// Kafka: a Strimzi cluster in this namespace, or any brokers by address.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[x_kube(validation = Rule::new("has(self.clusterRef) != has(self.bootstrapServers)")
     .message("set exactly one of kafka.clusterRef and kafka.bootstrapServers"))]
@@ -228,12 +244,10 @@ pub struct KafkaSpec {
     /// `KafkaTopic`s and connects to `<clusterRef>-kafka-bootstrap:9092`. May not change or
     /// be removed once set (that would point the pipeline at another cluster): create a new
     /// pipeline instead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_ref: Option<String>,
     /// Comma-separated `host:port` list of brokers managed elsewhere (topics must exist).
     /// May change (brokers are added and replaced; the list only says how to reach the
     /// cluster).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap_servers: Option<String>,
     /// Kafka consumer group of the processor; KEDA's lag trigger reads the same group.
     /// Default `odds-processor.<namespace>.<name>`, one group per pipeline, so pipelines on
@@ -241,7 +255,6 @@ pub struct KafkaSpec {
     /// grants, or `odds-processor` to keep the group of operator versions before per-pipeline
     /// groups. 1 to 249 of `a-z A-Z 0-9 . _ -`. A new group starts at the earliest retained
     /// record: the processor replays the topic, which its version guards make harmless.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new(
         "self.size() <= 249 && self.matches('^[a-zA-Z0-9._-]+$')"
     ).message("kafka.consumerGroup must be 1 to 249 of a-z, A-Z, 0-9, '.', '_' and '-'"))]
@@ -270,7 +283,6 @@ pub struct KafkaSpec {
     /// credentials from the Secret Strimzi makes for it (and the cluster CA from
     /// `<clusterRef>-cluster-ca-cert`). For `bootstrapServers`, pass credentials as
     /// `KAFKA_PROP_*` variables in `podOverrides.env` instead.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authentication: Option<KafkaAuthentication>,
 }
 
@@ -420,13 +432,13 @@ pub struct RedisSpec {
 }
 
 /// Postgres connection.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PostgresSpec {
     /// Secret key holding the `postgres://` URL (read-write: processor and migrations).
     pub url_secret_ref: SecretKeyRef,
     /// Optional Secret key holding a read replica URL for the odds service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub read_url_secret_ref: Option<SecretKeyRef>,
     /// Seconds the schema migration Job may run before Kubernetes fails it
     /// (`activeDeadlineSeconds`; the `Migrated` condition then says why). Raise it for a
@@ -449,16 +461,15 @@ fn default_migration_deadline() -> i64 {
 }
 
 /// Where the odds come from.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[x_kube(validation = Rule::new("has(self.url) != (has(self.simulator) && self.simulator.enabled)")
     .message("set exactly one of supplier.url and an enabled supplier.simulator"))]
 #[serde(rename_all = "camelCase")]
 pub struct SupplierSpec {
     /// WebSocket URL of an external supplier feed.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
     /// The in-cluster simulator, deployed by the operator.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub simulator: Option<SimulatorSpec>,
 }
 

@@ -9,12 +9,12 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 /// Observability settings of the pipeline's workloads.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ObservabilitySpec {
     /// Distributed tracing: each sampled update becomes one trace from ingest through the
     /// processor to the odds service's fan-out. Off when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tracing: Option<TracingSpec>,
 }
 

@@ -7,34 +7,29 @@ use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
 /// What the operator observed and did.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct OddsPipelineStatus {
     /// The `metadata.generation` this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Ready`, `Progressing`, `Degraded`, `TopicReady`, `Migrated`, `Autoscaling`,
     /// `Watching`, `ReconciliationPaused`, `Fresh`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Ingest pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ingest: Option<ComponentStatus>,
     /// Processor pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub processor: Option<ComponentStatus>,
     /// Odds service pods.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub odds_service: Option<ComponentStatus>,
     /// In-cluster WebSocket URL of the odds service.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub web_socket_url: Option<String>,
     /// Workloads kept at their previous version, and why.
     // Serialized when empty too: the status apply then replaces the list as a whole.
     #[serde(default)]
     pub held_back: Vec<HeldBack>,
     /// How fresh the prices the operator's canary client received were, over `slo.window`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freshness: Option<super::FreshnessStatus>,
 }
 
@@ -49,6 +44,7 @@ pub struct HeldBack {
 }
 
 /// Pod counts of one workload.
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct ComponentStatus {
@@ -59,13 +55,11 @@ pub struct ComponentStatus {
     /// `ready/desired`, for `kubectl get`.
     pub summary: String,
     /// How the replica count is decided now, and why.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scaling: Option<ScalingStatus>,
     /// Processor only: the consumer lag (messages, all partitions) the last scaling decision
     /// saw, as KEDA's autoscaler reported it (the ScaledObject's HPA: average per replica ×
     /// replicas); `unknown` when no lag-based decision has been reported (CPU or fixed
     /// replicas, KEDA not installed, or no decision yet).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lag: Option<String>,
 }
 
@@ -84,6 +78,7 @@ pub struct ScalingStatus {
 }
 
 /// The standard Kubernetes condition shape (`metav1.Condition`).
+#[serde_with::skip_serializing_none]
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
@@ -97,7 +92,6 @@ pub struct Condition {
     /// Human-readable detail.
     pub message: String,
     /// The generation the condition was computed for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// When `status` last changed (RFC 3339).
     pub last_transition_time: String,

@@ -2,7 +2,7 @@
 //! through KEDA ScaledObjects when KEDA is installed, CPU otherwise, never both autoscalers
 //! on one Deployment, and mode switches that never let `replicas` fall.
 
-use crate::fixtures::{replicas, sample};
+use crate::fixtures::{assert_contains, assert_each_begins_a_line, replicas, sample};
 use crate::harness::{harness, Harness};
 use crate::harness::{harness_with, harness_with_objects, Options};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -29,18 +29,15 @@ fn cpu_mode() -> Value {
 }
 
 async fn hpa(h: &Harness, name: &str) -> Option<HorizontalPodAutoscaler> {
-    h.api::<HorizontalPodAutoscaler>()
-        .get_opt(name)
-        .await
-        .unwrap()
+    h.get::<HorizontalPodAutoscaler>(name).await
 }
 
 async fn scaled_object(h: &Harness, name: &str) -> Option<ScaledObject> {
-    h.api::<ScaledObject>().get_opt(name).await.unwrap()
+    h.get::<ScaledObject>(name).await
 }
 
 async fn pod_monitor(h: &Harness, name: &str) -> Option<PodMonitor> {
-    h.api::<PodMonitor>().get_opt(name).await.unwrap()
+    h.get::<PodMonitor>(name).await
 }
 
 /// `monitor` scrapes every pod of pipeline `demo` (and only those) on the port they serve
@@ -85,12 +82,7 @@ fn assert_scrapes_the_pipeline_with_its_labels(monitor: &PodMonitor) {
 }
 
 async fn processor_status(h: &Harness) -> ComponentStatus {
-    h.pipeline()
-        .await
-        .status
-        .unwrap()
-        .processor
-        .expect("processor status")
+    h.status().await.processor.expect("processor status")
 }
 
 /// A rolled-out sample whose processor then switches to `patch`'s autoscaling.
@@ -204,11 +196,7 @@ async fn lag_mode_without_keda_is_a_cpu_hpa_and_says_keda_not_installed() {
     let autoscaling = h
         .assert_condition("Autoscaling", "False", "KedaNotInstalled")
         .await;
-    assert!(
-        autoscaling.message.contains("processor"),
-        "{}",
-        autoscaling.message
-    );
+    assert_contains(&autoscaling.message, "processor");
     let status = processor_status(&h).await;
     let scaling = status.scaling.unwrap();
     assert_eq!(
@@ -217,11 +205,7 @@ async fn lag_mode_without_keda_is_a_cpu_hpa_and_says_keda_not_installed() {
     );
     assert_eq!(status.lag.as_deref(), Some("unknown"));
     assert!(
-        !h.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, group, _)| group == "keda.sh"),
+        !h.asked_group("keda.sh"),
         "without KEDA no ScaledObject is ever asked for"
     );
     // Ready does not depend on the fallback: the pipeline still works.
@@ -311,16 +295,14 @@ async fn switching_modes_removes_the_other_autoscaler_first_and_never_drops_repl
         .filter(|(_, reason, note)| reason == "ScalingModeChanged" && note.starts_with("processor"))
         .map(|(_, _, note)| note)
         .collect();
-    for expected in [
-        "processor scales by Cpu (was Fixed)",
-        "processor scales by Lag (was Cpu)",
-        "processor scales by Cpu (was Lag)",
-    ] {
-        assert!(
-            modes.iter().any(|n| n.starts_with(expected)),
-            "{expected}: {modes:?}"
-        );
-    }
+    assert_each_begins_a_line(
+        &modes,
+        &[
+            "processor scales by Cpu (was Fixed)",
+            "processor scales by Lag (was Cpu)",
+            "processor scales by Cpu (was Lag)",
+        ],
+    );
 }
 
 #[tokio::test]
@@ -354,13 +336,7 @@ async fn turning_lag_autoscaling_off_applies_the_spec_replicas_only_once_keda_le
     assert_eq!(h.event_count("Scaled").await, 0);
     let scaling = processor_status(&h).await.scaling.unwrap();
     assert_eq!(scaling.mode, "Fixed");
-    assert!(
-        scaling
-            .message
-            .contains("once KEDA has released the Deployment"),
-        "{}",
-        scaling.message
-    );
+    assert_contains(&scaling.message, "once KEDA has released the Deployment");
     // Another reconcile (a watch event) while KEDA still holds on changes nothing.
     h.reconcile().await;
     assert_eq!(
@@ -454,15 +430,7 @@ async fn connections_mode_scales_on_prometheus_when_an_address_is_given_and_cpu_
     assert_eq!(trigger.metadata["ignoreNullValues"], "false");
     let monitor = pod_monitor(&h, "demo-metrics").await.expect("PodMonitor");
     assert_scrapes_the_pipeline_with_its_labels(&monitor);
-    let scaling = h
-        .pipeline()
-        .await
-        .status
-        .unwrap()
-        .odds_service
-        .unwrap()
-        .scaling
-        .unwrap();
+    let scaling = odds_service_scaling(&h).await;
     assert_eq!(
         (scaling.mode.as_str(), scaling.reason.as_str()),
         ("Connections", "AsRequested")
@@ -490,12 +458,9 @@ async fn lag_mode_is_refused_where_it_means_nothing() {
     .await;
     let degraded = h.condition("Degraded").await;
     assert_eq!(degraded.reason, "InvalidSpec");
-    assert!(
-        degraded
-            .message
-            .contains("ingest.autoscaling.mode Lag is not one of Cpu"),
-        "{}",
-        degraded.message
+    assert_contains(
+        &degraded.message,
+        "ingest.autoscaling.mode Lag is not one of Cpu",
     );
 }
 
@@ -505,15 +470,20 @@ async fn keda_uninstalled_after_start_up_is_reported_then_cpu_takes_over() {
     let h = harness_with(sample(), Options::default()).await;
     h.roll_out().await;
     h.ctx.keda.store(true, Ordering::Relaxed);
-    h.patch_pipeline(lag_mode()).await;
+    a_gone_crd_falls_back_to_cpu(&h, lag_mode(), "KedaNotInstalled", "demo-processor").await;
+}
+
+/// With a mode whose CRD discovery saw but the API server no longer serves: the reconcile
+/// fails with `Degraded` for `reason`, and the controller's retry scales `deployment` by CPU,
+/// `Autoscaling` saying why.
+async fn a_gone_crd_falls_back_to_cpu(h: &Harness, mode: Value, reason: &str, deployment: &str) {
+    h.patch_pipeline(mode).await;
     assert!(h.try_reconcile().await.is_err());
-    h.assert_condition("Degraded", "True", "KedaNotInstalled")
-        .await;
-    // The controller's retry scales by CPU.
+    h.assert_condition("Degraded", "True", reason).await;
     h.reconcile().await;
     assert_eq!(h.condition("Degraded").await.status, "False");
-    assert!(hpa(&h, "demo-processor").await.is_some());
-    assert_eq!(h.condition("Autoscaling").await.reason, "KedaNotInstalled");
+    assert!(hpa(h, deployment).await.is_some());
+    assert_eq!(h.condition("Autoscaling").await.reason, reason);
 }
 
 #[tokio::test]
@@ -623,14 +593,7 @@ fn connections_mode(pod_monitor: Option<bool>) -> Value {
 }
 
 async fn odds_service_scaling(h: &Harness) -> odds_operator::crd::ScalingStatus {
-    h.pipeline()
-        .await
-        .status
-        .unwrap()
-        .odds_service
-        .unwrap()
-        .scaling
-        .unwrap()
+    h.status().await.odds_service.unwrap().scaling.unwrap()
 }
 
 #[tokio::test]
@@ -659,11 +622,7 @@ async fn connections_mode_without_a_series_source_scales_on_cpu_and_says_metrics
         ("Cpu", "MetricsUnavailable")
     );
     assert!(
-        !h.calls
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|(_, group, _)| group == "monitoring.coreos.com"),
+        !h.asked_group("monitoring.coreos.com"),
         "without the CRD no PodMonitor is ever asked for"
     );
 
@@ -675,12 +634,9 @@ async fn connections_mode_without_a_series_source_scales_on_cpu_and_says_metrics
         (scaling.mode.as_str(), scaling.reason.as_str()),
         ("Connections", "AsRequested")
     );
-    assert!(
-        scaling
-            .message
-            .contains("a scrape outside the operator (podMonitor: false)"),
-        "{}",
-        scaling.message
+    assert_contains(
+        &scaling.message,
+        "a scrape outside the operator (podMonitor: false)",
     );
     assert_eq!(h.condition("Autoscaling").await.reason, "AsRequested");
 }
@@ -732,18 +688,8 @@ async fn the_pod_monitor_crd_uninstalled_after_start_up_is_reported_then_cpu_tak
     let h = Harness::with_keda(sample()).await;
     h.roll_out().await;
     h.ctx.pod_monitors.store(true, Ordering::Relaxed);
-    h.patch_pipeline(connections_mode(None)).await;
-    assert!(h.try_reconcile().await.is_err());
-    h.assert_condition("Degraded", "True", "MetricsUnavailable")
-        .await;
-    // The controller's retry scales by CPU.
-    h.reconcile().await;
-    assert_eq!(h.condition("Degraded").await.status, "False");
-    assert!(hpa(&h, "demo-odds-service").await.is_some());
-    assert_eq!(
-        h.condition("Autoscaling").await.reason,
-        "MetricsUnavailable"
-    );
+    let mode = connections_mode(None);
+    a_gone_crd_falls_back_to_cpu(&h, mode, "MetricsUnavailable", "demo-odds-service").await;
 }
 
 #[tokio::test]
@@ -785,7 +731,7 @@ async fn the_lag_is_refreshed_between_reconciles_without_applying_anything() {
     // A settled lag-scaled pipeline waits like any other: no full reconcile every 30 s.
     let action = h.try_reconcile().await.unwrap();
     assert_eq!(action, Action::requeue(std::time::Duration::from_secs(300)));
-    let before = h.pipeline().await.status.unwrap();
+    let before = h.status().await;
     assert_eq!(
         before.processor.as_ref().unwrap().lag.as_deref(),
         Some("unknown")
@@ -815,7 +761,7 @@ async fn the_lag_is_refreshed_between_reconciles_without_applying_anything() {
         ]
     );
     assert_eq!(h.status_writes.load(Ordering::SeqCst), writes + 1);
-    let after = h.pipeline().await.status.unwrap();
+    let after = h.status().await;
     assert_eq!(
         after.processor.as_ref().unwrap().lag.as_deref(),
         Some("6000")

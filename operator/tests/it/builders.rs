@@ -6,9 +6,10 @@
 
 use crate::fixtures::{
     assert_golden, container, egress_ports, env, env_var, hash, ready_facts, replicas, sample,
-    valid, PipelineExt,
+    valid, PipelineExt, DEPLOYMENTS,
 };
 use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
 use odds_operator::build::{self, job, Children, Component, MigrationState};
 use odds_operator::crd::{IngressSpec, OddsPipeline, PdbSpec, Reason};
 use odds_operator::observe;
@@ -24,6 +25,19 @@ fn deployment<'a>(children: &'a Children, name: &str) -> &'a Deployment {
         .iter()
         .find(|d| d.metadata.name.as_deref() == Some(name))
         .expect(name)
+}
+
+/// Ready facts in which the URL in Secret `secret` names port `port`.
+fn ready_facts_with_url_port(secret: &str, port: u16) -> build::Facts {
+    let mut facts = ready_facts();
+    let url_port = std::collections::BTreeMap::from([("url".to_string(), port)]);
+    facts.ports.insert(secret.into(), url_port);
+    facts
+}
+
+/// The names of `objects`, in order.
+fn names<'a, K: ResourceExt + 'a>(objects: impl IntoIterator<Item = &'a K>) -> Vec<String> {
+    objects.into_iter().map(ResourceExt::name_any).collect()
 }
 
 fn ingest_hash(p: &OddsPipeline, facts: &build::Facts) -> String {
@@ -134,12 +148,14 @@ fn config_hash_follows_config_and_read_secret_values_only() {
     assert_ne!(ingest_hash(&retopic, &facts), base, "config rolls pods");
 
     // A rotated Redis URL rolls the pods that read it, not ingest (which reads no Secret).
-    let mut rotated = ready_facts();
-    rotated
-        .secrets
-        .get_mut("odds-redis")
-        .unwrap()
-        .insert("url".into(), "99".into());
+    // Ready facts, with the digest of key `key` of Secret `odds-redis` set to `digest`.
+    let redis_key = |key: &str, digest: &str| {
+        let mut facts = ready_facts();
+        let redis = facts.secrets.get_mut("odds-redis").unwrap();
+        redis.insert(key.into(), digest.into());
+        facts
+    };
+    let rotated = redis_key("url", "99");
     assert_eq!(ingest_hash(&sample(), &rotated), base);
     let processor_hash = |facts: &build::Facts| {
         let c = build::children(
@@ -150,12 +166,7 @@ fn config_hash_follows_config_and_read_secret_values_only() {
     };
     assert_ne!(processor_hash(&rotated), processor_hash(&facts));
     // Another key of the same Secret (or its labels) is not read by any pod.
-    let mut other_key = ready_facts();
-    other_key
-        .secrets
-        .get_mut("odds-redis")
-        .unwrap()
-        .insert("password".into(), "x".into());
+    let other_key = redis_key("password", "x");
     assert_eq!(processor_hash(&other_key), processor_hash(&facts));
 }
 
@@ -194,11 +205,7 @@ fn disabled_budget_and_optional_ingress() {
         });
     });
     let children = children(&p);
-    let names: Vec<_> = children
-        .pdbs
-        .iter()
-        .map(|b| b.metadata.name.clone().unwrap())
-        .collect();
+    let names = names(&children.pdbs);
     assert_eq!(
         names,
         ["demo-simulator", "demo-ingest", "demo-odds-service"]
@@ -444,21 +451,8 @@ fn processor_autoscaling_gets_its_own_hpa_and_no_replicas() {
 #[test]
 fn network_policies_confine_every_workload_and_the_migration_job_unless_turned_off() {
     let children = children(&sample());
-    let names: Vec<String> = children
-        .network_policies
-        .iter()
-        .map(|p| p.metadata.name.clone().unwrap())
-        .collect();
-    assert_eq!(
-        names,
-        [
-            "demo-simulator",
-            "demo-ingest",
-            "demo-processor",
-            "demo-odds-service",
-            "demo-migration"
-        ]
-    );
+    let names = names(&children.network_policies);
+    assert_eq!(names, [&DEPLOYMENTS[..], &["demo-migration"]].concat());
     for policy in &children.network_policies {
         let spec = policy.spec.as_ref().unwrap();
         assert_eq!(
@@ -475,11 +469,7 @@ fn network_policies_confine_every_workload_and_the_migration_job_unless_turned_o
 
 #[test]
 fn network_policies_open_the_ports_of_the_urls_in_the_secrets() {
-    let mut facts = crate::fixtures::ready_facts();
-    facts.ports.insert(
-        "odds-redis".into(),
-        std::collections::BTreeMap::from([("url".to_string(), 6390u16)]),
-    );
+    let facts = ready_facts_with_url_port("odds-redis", 6390);
     let children = build::children(
         &validate(&sample(), &facts).unwrap(),
         &MigrationState::Succeeded,
@@ -522,11 +512,7 @@ fn url_host_and_port_with_credentials_defaults_and_ipv6() {
 
 #[test]
 fn only_the_odds_service_may_reach_the_read_replica() {
-    let mut facts = crate::fixtures::ready_facts();
-    facts.ports.insert(
-        "ro".into(),
-        std::collections::BTreeMap::from([("url".to_string(), 5433u16)]),
-    );
+    let facts = ready_facts_with_url_port("ro", 5433);
     let read = sample().edit(|p| {
         p.spec.postgres.read_url_secret_ref = Some(odds_operator::crd::SecretKeyRef {
             name: "ro".into(),

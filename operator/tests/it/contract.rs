@@ -119,35 +119,23 @@ fn every_env_the_operator_sets_is_a_contract_variable() {
             .collect();
         secrets_by_component.push((c.name.clone(), secret_vars));
     }
+    let (sasl_password, ca) = (kafkauser::SASL_PASSWORD_ENV, kafkauser::SSL_CA_PEM_ENV);
+    let (database, redis) = (env::DATABASE_URL, env::REDIS_URL);
+    let expected = [
+        ("simulator", vec![]),
+        ("ingest", vec![sasl_password, ca]),
+        ("processor", vec![database, redis, sasl_password, ca]),
+        (
+            "odds-service",
+            vec![database, redis, env::DATABASE_READ_URL],
+        ),
+    ]
+    .map(|(component, vars)| {
+        let vars = vars.into_iter().map(str::to_string).collect::<Vec<_>>();
+        (component.to_string(), vars)
+    });
     assert_eq!(
-        secrets_by_component,
-        [
-            ("simulator".to_string(), vec![]),
-            (
-                "ingest".to_string(),
-                vec![
-                    kafkauser::SASL_PASSWORD_ENV.to_string(),
-                    kafkauser::SSL_CA_PEM_ENV.to_string()
-                ]
-            ),
-            (
-                "processor".to_string(),
-                vec![
-                    env::DATABASE_URL.to_string(),
-                    env::REDIS_URL.to_string(),
-                    kafkauser::SASL_PASSWORD_ENV.to_string(),
-                    kafkauser::SSL_CA_PEM_ENV.to_string()
-                ]
-            ),
-            (
-                "odds-service".to_string(),
-                vec![
-                    env::DATABASE_URL.to_string(),
-                    env::REDIS_URL.to_string(),
-                    env::DATABASE_READ_URL.to_string()
-                ]
-            ),
-        ],
+        secrets_by_component, expected,
         "credentials reach only the pods that use them"
     );
 }

@@ -48,17 +48,11 @@ fn lag_mode() -> Value {
 }
 
 async fn hpa(h: &Harness) -> Option<HorizontalPodAutoscaler> {
-    h.api::<HorizontalPodAutoscaler>()
-        .get_opt("demo-processor")
-        .await
-        .unwrap()
+    h.get::<HorizontalPodAutoscaler>("demo-processor").await
 }
 
 async fn scaled_object(h: &Harness) -> Option<ScaledObject> {
-    h.api::<ScaledObject>()
-        .get_opt("demo-processor")
-        .await
-        .unwrap()
+    h.get::<ScaledObject>("demo-processor").await
 }
 
 #[tokio::test(start_paused = true)]
@@ -112,10 +106,7 @@ async fn a_keda_discovery_error_keeps_the_scaled_object_and_only_a_404_replaces_
     }
 
     // KEDA is uninstalled: its group version is gone (404), and its objects with its CRD.
-    h.api::<ScaledObject>()
-        .delete("demo-processor", &Default::default())
-        .await
-        .unwrap();
+    h.delete::<ScaledObject>("demo-processor").await;
     not_served(&h, "keda.sh");
     serve_both(&h);
     assert!(discovery.refresh().await);

@@ -1,6 +1,6 @@
 //! Test fixtures in one place: the sample pipeline with chained modifiers
-//! (`sample().paused().with_autoscaling(Component::Processor)`), facts, and accessors for
-//! the parts of built objects the tests look at.
+//! (`sample().paused().with_autoscaling(Component::Processor)`), facts, accessors for
+//! the parts of built objects the tests look at, and the assertions they share.
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -13,6 +13,28 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 pub const NS: &str = "default";
+/// The sample's Deployments, one per workload, in the order they are built.
+pub const DEPLOYMENTS: [&str; 4] = [
+    "demo-simulator",
+    "demo-ingest",
+    "demo-processor",
+    "demo-odds-service",
+];
+
+/// Asserts that `text` (a condition's message, say) contains `part`, showing `text` if not.
+#[track_caller]
+pub fn assert_contains(text: &str, part: &str) {
+    assert!(text.contains(part), "{text:?} does not contain {part:?}");
+}
+
+/// Asserts that each of `prefixes` begins one of `lines` (problems, event notes).
+#[track_caller]
+pub fn assert_each_begins_a_line(lines: &[String], prefixes: &[&str]) {
+    for prefix in prefixes {
+        let found = lines.iter().any(|line| line.starts_with(prefix));
+        assert!(found, "{prefix}: {lines:?}");
+    }
+}
 
 /// A file of the repository.
 pub fn repo_file(path: &str) -> PathBuf {
@@ -21,15 +43,39 @@ pub fn repo_file(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// The openAPIV3Schema of `version` in a released CRD vendored beside the project: the file
-/// `file` in the folder named by environment variable `variable`, by default
-/// `../shared/vendor/<default_folder>`. Fails loudly, naming the variable, when it is missing.
-pub fn vendored_crd_schema(
-    variable: &str,
-    default_folder: &str,
-    file: &str,
-    version: &str,
-) -> serde_json::Value {
+/// A release of another operator whose CRD files are vendored beside the project, in the
+/// folder named by environment variable `variable`, by default `../shared/vendor/<folder>`;
+/// `version` is the API version of its kinds the operator uses.
+pub struct VendoredRelease {
+    pub variable: &'static str,
+    pub folder: &'static str,
+    pub version: &'static str,
+}
+
+pub const STRIMZI: VendoredRelease = VendoredRelease {
+    variable: "STRIMZI_CRDS",
+    folder: "strimzi-1.2.0",
+    version: "v1",
+};
+pub const KEDA: VendoredRelease = VendoredRelease {
+    variable: "KEDA_CRDS",
+    folder: "keda-2.20.2",
+    version: "v1alpha1",
+};
+pub const PROMETHEUS_OPERATOR: VendoredRelease = VendoredRelease {
+    variable: "PROMETHEUS_OPERATOR_CRDS",
+    folder: "prometheus-operator-0.93.0",
+    version: "v1",
+};
+
+/// The openAPIV3Schema of the operator's version in the CRD file `file` of `release`. Fails
+/// loudly, naming the variable, when the file is missing.
+pub fn vendored_crd_schema(release: &VendoredRelease, file: &str) -> serde_json::Value {
+    let VendoredRelease {
+        variable,
+        folder: default_folder,
+        version,
+    } = release;
     let folder = std::env::var_os(variable)
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_file(&format!("../shared/vendor/{default_folder}")));
@@ -45,7 +91,7 @@ pub fn vendored_crd_schema(
         .as_array()
         .unwrap()
         .iter()
-        .find(|v| v["name"] == version)
+        .find(|v| v["name"] == *version)
         .unwrap_or_else(|| panic!("{version} in {file}"));
     found["schema"]["openAPIV3Schema"].clone()
 }

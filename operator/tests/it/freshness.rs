@@ -2,11 +2,9 @@
 //! its transitions (Events on each), the metrics, and the canary's life with the pipeline
 //! (started when valid, stopped when paused, invalid or deleted).
 
-use crate::fixtures::{sample, NS};
+use crate::fixtures::{assert_contains, sample, NS};
 use crate::harness::{harness, Harness};
 use chrono::TimeZone;
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Patch, PatchParams};
 use odds_canary::{Blindness, Sight, Summary};
 use serde_json::json;
 use std::time::Duration;
@@ -38,6 +36,12 @@ async fn reconciled() -> Harness {
         "a valid pipeline gets its canary"
     );
     h
+}
+
+/// The canary measured `summary`, and the operator has read it.
+async fn measured(h: &Harness, summary: Summary) {
+    h.ctx.canaries.feed(KEY, summary);
+    h.refresh_freshness().await;
 }
 
 async fn fresh_summary(h: &Harness) -> String {
@@ -77,21 +81,15 @@ fn series(h: &Harness, name: &str) -> Option<f64> {
 async fn fresh_follows_the_canary_through_frozen_and_stale_and_back_with_events() {
     let h = reconciled().await;
     // Nothing measured yet: no figures and no verdict.
-    let status = h.pipeline().await.status.unwrap();
+    let status = h.status().await;
     assert!(status.freshness.is_none());
     assert!(!status.conditions.iter().any(|c| c.type_ == "Fresh"));
 
-    h.ctx
-        .canaries
-        .feed(KEY, summary(Some(90), 150, Sight::Watching));
-    h.refresh_freshness().await;
+    measured(&h, summary(Some(90), 150, Sight::Watching)).await;
     let fresh = h.assert_condition("Fresh", "True", "WithinObjective").await;
-    assert!(
-        fresh.message.contains("p99 age 90ms (objective 250ms)"),
-        "{fresh:?}"
-    );
+    assert_contains(&fresh.message, "p99 age 90ms (objective 250ms)");
     assert_eq!(fresh_summary(&h).await, "90ms");
-    let freshness = h.pipeline().await.status.unwrap().freshness.unwrap();
+    let freshness = h.status().await.freshness.unwrap();
     assert_eq!(
         (freshness.p50_ms, freshness.p99_ms, freshness.frames_sampled),
         (Some(30), Some(90), 4_000)
@@ -112,12 +110,11 @@ async fn fresh_follows_the_canary_through_frozen_and_stale_and_back_with_events(
     };
     let mut frozen = summary(Some(90), 7_300, stopped);
     frozen.longest_freeze_key = None;
-    h.ctx.canaries.feed(KEY, frozen);
-    h.refresh_freshness().await;
+    measured(&h, frozen).await;
     let condition = h.assert_condition("Fresh", "False", "Frozen").await;
-    assert!(
-        condition.message.contains("7.3s (in progress: odds-service says live updates stopped: no processor heartbeat for 3s)"),
-        "{condition:?}"
+    assert_contains(
+        &condition.message,
+        "7.3s (in progress: odds-service says live updates stopped: no processor heartbeat for 3s)",
     );
     assert_eq!(fresh_summary(&h).await, "frozen 7.3s");
     assert_eq!(h.event_count("Frozen").await, 1);
@@ -139,19 +136,13 @@ async fn fresh_follows_the_canary_through_frozen_and_stale_and_back_with_events(
     assert_eq!(h.event_count("Frozen").await, 1);
 
     // Prices flow again, but late.
-    h.ctx
-        .canaries
-        .feed(KEY, summary(Some(900), 1_000, Sight::Watching));
-    h.refresh_freshness().await;
+    measured(&h, summary(Some(900), 1_000, Sight::Watching)).await;
     let stale = h.assert_condition("Fresh", "False", "Stale").await;
-    assert!(stale.message.contains("p99 age 900ms"), "{stale:?}");
+    assert_contains(&stale.message, "p99 age 900ms");
     assert_eq!(h.event_count("Stale").await, 1);
 
     // And on time again.
-    h.ctx
-        .canaries
-        .feed(KEY, summary(Some(60), 200, Sight::Watching));
-    h.refresh_freshness().await;
+    measured(&h, summary(Some(60), 200, Sight::Watching)).await;
     h.assert_condition("Fresh", "True", "WithinObjective").await;
     assert_eq!(h.event_count("WithinObjective").await, 1);
     let recovered = h
@@ -176,15 +167,7 @@ async fn the_canary_publishes_to_the_redis_of_the_pipelines_secret() {
     assert_eq!(target.0, "redis://redis:6379");
     assert_eq!(format!("{target:?}"), "RedisUrl(<from its Secret>)");
     let rotated = json!({"stringData": {"url": "redis://:rotated@redis-2:6379"}});
-    h.api::<Secret>()
-        .patch(
-            "odds-redis",
-            &PatchParams::default(),
-            &Patch::Merge(&rotated),
-        )
-        .await
-        .unwrap();
-    h.reconcile().await;
+    h.change_secret("odds-redis", rotated).await;
     assert_eq!(
         h.ctx.canaries.publishes_to(KEY).map(|url| url.0),
         Some("redis://:rotated@redis-2:6379".to_string())
@@ -198,19 +181,14 @@ async fn an_unreachable_service_and_no_data_are_said_apart() {
         since: chrono::Utc::now(),
         why: Blindness::Unreachable("failed to lookup address information".into()),
     };
-    h.ctx.canaries.feed(KEY, summary(None, 0, unreachable));
-    h.refresh_freshness().await;
+    measured(&h, summary(None, 0, unreachable)).await;
     let condition = h
         .assert_condition("Fresh", "False", "CanaryUnreachable")
         .await;
-    assert!(
-        condition.message.contains("failed to lookup"),
-        "{condition:?}"
-    );
+    assert_contains(&condition.message, "failed to lookup");
     assert_eq!(fresh_summary(&h).await, "unreachable");
 
-    h.ctx.canaries.feed(KEY, summary(None, 0, Sight::Watching));
-    h.refresh_freshness().await;
+    measured(&h, summary(None, 0, Sight::Watching)).await;
     h.assert_condition("Fresh", "False", "NoData").await;
     assert_eq!(fresh_summary(&h).await, "no data");
 }
@@ -221,33 +199,20 @@ async fn a_bad_objective_is_an_invalid_spec_and_stops_the_canary() {
     h.change(json!({"spec": {"slo": {"window": "30s", "freshnessP99Ms": 0}}}))
         .await;
     let degraded = h.assert_condition("Degraded", "True", "InvalidSpec").await;
-    assert!(
-        degraded
-            .message
-            .contains("slo.freshnessP99Ms (0) must be 1 to 60000")
-            && degraded
-                .message
-                .contains("slo.window (30s) must be from 1m to 24h"),
-        "{degraded:?}"
+    assert_contains(
+        &degraded.message,
+        "slo.freshnessP99Ms (0) must be 1 to 60000",
     );
+    assert_contains(&degraded.message, "slo.window (30s) must be from 1m to 24h");
     assert!(!h.ctx.canaries.measures(KEY));
     // Fixed: measured again, with the new objective.
     h.change(json!({"spec": {"slo": {"window": "1h", "freshnessP99Ms": 100}}}))
         .await;
     assert!(h.ctx.canaries.measures(KEY));
-    h.ctx
-        .canaries
-        .feed(KEY, summary(Some(150), 0, Sight::Watching));
-    h.refresh_freshness().await;
+    measured(&h, summary(Some(150), 0, Sight::Watching)).await;
     let stale = h.assert_condition("Fresh", "False", "Stale").await;
-    assert!(
-        stale.message.contains("above slo.freshnessP99Ms 100ms"),
-        "{stale:?}"
-    );
-    assert_eq!(
-        h.pipeline().await.status.unwrap().freshness.unwrap().window,
-        "1h"
-    );
+    assert_contains(&stale.message, "above slo.freshnessP99Ms 100ms");
+    assert_eq!(h.status().await.freshness.unwrap().window, "1h");
 }
 
 #[tokio::test]
@@ -257,18 +222,12 @@ async fn pausing_or_deleting_the_pipeline_stops_its_canary() {
     assert!(!h.ctx.canaries.measures(KEY), "paused");
     h.change(json!({"spec": {"paused": false}})).await;
     assert!(h.ctx.canaries.measures(KEY), "resumed");
-    h.ctx
-        .canaries
-        .feed(KEY, summary(Some(90), 0, Sight::Watching));
-    h.refresh_freshness().await;
+    measured(&h, summary(Some(90), 0, Sight::Watching)).await;
     assert!(series(&h, "odds_operator_canary_age_p99_seconds").is_some());
     h.delete_pipeline().await;
     // Nothing reconciles a deleted pipeline: the next refresh finds it gone (404), stops
     // measuring it and drops its series.
-    h.ctx
-        .canaries
-        .feed(KEY, summary(Some(95), 0, Sight::Watching));
-    h.refresh_freshness().await;
+    measured(&h, summary(Some(95), 0, Sight::Watching)).await;
     assert!(!h.ctx.canaries.measures(KEY), "deleted");
     assert_eq!(series(&h, "odds_operator_canary_age_p99_seconds"), None);
 }

@@ -46,7 +46,7 @@ use kube_fake_client::{interceptor, ClientBuilder, PatchType};
 use odds_operator::build::TriggerAuthentication;
 use odds_operator::build::{job, kafkauser, KafkaTopic, KafkaUser, PodMonitor, ScaledObject};
 use odds_operator::controller::{reconcile, Context, Error};
-use odds_operator::crd::{Condition, OddsPipeline};
+use odds_operator::crd::{Condition, OddsPipeline, OddsPipelineStatus};
 use odds_operator::metrics::Metrics;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet};
@@ -830,6 +830,29 @@ impl Harness {
             .items
     }
 
+    /// Whether the operator made any request to API group `group`.
+    pub fn asked_group(&self, group: &str) -> bool {
+        self.calls
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, g, _)| g == group)
+    }
+
+    /// Deletes the stored object of kind `K` named `name`, as a user or another controller
+    /// would.
+    pub async fn delete<K: Stored>(&self, name: &str) {
+        self.api::<K>()
+            .delete(name, &Default::default())
+            .await
+            .unwrap();
+    }
+
+    /// The stored object of kind `K` named `name`, if there is one.
+    pub async fn get<K: Stored>(&self, name: &str) -> Option<K> {
+        self.api::<K>().get_opt(name).await.unwrap()
+    }
+
     /// `spec.replicas` of every stored state of Deployment `name`, in order.
     pub fn replicas_over_time(&self, name: &str) -> Vec<Option<i32>> {
         self.replica_history
@@ -942,6 +965,11 @@ impl Harness {
         self.api::<OddsPipeline>().get("demo").await.unwrap()
     }
 
+    /// The pipeline's status, which must have been written.
+    pub async fn status(&self) -> OddsPipelineStatus {
+        self.pipeline().await.status.unwrap()
+    }
+
     /// Reconciles once; the reconcile must succeed.
     pub async fn reconcile(&self) {
         self.try_reconcile().await.unwrap();
@@ -962,12 +990,7 @@ impl Harness {
             .delete("demo", &DeleteParams::background())
             .await
             .unwrap();
-        assert!(self
-            .api::<OddsPipeline>()
-            .get_opt("demo")
-            .await
-            .unwrap()
-            .is_none());
+        assert!(self.get::<OddsPipeline>("demo").await.is_none());
     }
 
     /// `kubectl apply` of `pipeline` after [`Harness::delete_pipeline`]: a new object of the
@@ -996,6 +1019,15 @@ impl Harness {
     /// Patches the pipeline and reconciles.
     pub async fn change(&self, patch: Value) {
         self.patch_pipeline(patch).await;
+        self.reconcile().await;
+    }
+
+    /// Merges `patch` into Secret `name`, then reconciles.
+    pub async fn change_secret(&self, name: &str, patch: Value) {
+        self.api::<Secret>()
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .unwrap();
         self.reconcile().await;
     }
 
@@ -1030,7 +1062,7 @@ impl Harness {
     }
 
     pub async fn deployment(&self, name: &str) -> Option<Deployment> {
-        self.api::<Deployment>().get_opt(name).await.unwrap()
+        self.get::<Deployment>(name).await
     }
 
     pub async fn job_name(&self) -> String {
@@ -1058,13 +1090,7 @@ impl Harness {
             .await;
         }
         let user = kafkauser::name_in("demo");
-        if self
-            .api::<KafkaUser>()
-            .get_opt(&user)
-            .await
-            .unwrap()
-            .is_some()
-        {
+        if self.get::<KafkaUser>(&user).await.is_some() {
             self.kafka_user_ready().await;
         }
     }
@@ -1092,13 +1118,17 @@ impl Harness {
         self.patch_status::<Job>(&name, json!({"failed": 4, "conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}]})).await;
     }
 
+    /// From a new pipeline to a failed migration, reconciled: the topics are Ready and the
+    /// migration Job gave up.
+    pub async fn reconcile_into_a_failed_migration(&self) {
+        self.reconcile().await;
+        self.topics_ready().await;
+        self.migration_failed().await;
+        self.reconcile().await;
+    }
+
     pub async fn pods_ready(&self) {
-        for name in [
-            "demo-simulator",
-            "demo-ingest",
-            "demo-processor",
-            "demo-odds-service",
-        ] {
+        for name in fixtures::DEPLOYMENTS {
             let deployment = self.deployment(name).await.expect(name);
             let n = fixtures::replicas(&deployment).unwrap_or(1);
             self.patch_status::<Deployment>(name, json!({"replicas": n, "readyReplicas": n, "updatedReplicas": n, "availableReplicas": n})).await;

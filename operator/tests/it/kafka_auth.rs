@@ -5,7 +5,8 @@
 //! against Strimzi 1.2's and KEDA 2.20.2's CRDs, and the client settings against librdkafka
 //! itself: the properties the pods end up with must make a client librdkafka accepts.
 
-use crate::fixtures::{cpu_request, env, ready_facts, sample, valid, PipelineExt, NS};
+use crate::fixtures::{cpu_request, env, ready_facts, sample, valid, vendored_crd_schema};
+use crate::fixtures::{PipelineExt, KEDA, NS, STRIMZI};
 use crate::harness::{harness, Harness};
 use crate::keda_schema::problems;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -47,21 +48,11 @@ fn variants() -> Vec<(&'static str, OddsPipeline)> {
 }
 
 fn strimzi_user_schema() -> Value {
-    crate::fixtures::vendored_crd_schema(
-        "STRIMZI_CRDS",
-        "strimzi-1.2.0",
-        "044-Crd-kafkauser.yaml",
-        "v1",
-    )
+    vendored_crd_schema(&STRIMZI, "044-Crd-kafkauser.yaml")
 }
 
 fn keda_auth_schema() -> Value {
-    crate::fixtures::vendored_crd_schema(
-        "KEDA_CRDS",
-        "keda-2.20.2",
-        "keda.sh_triggerauthentications.yaml",
-        "v1alpha1",
-    )
+    vendored_crd_schema(&KEDA, "keda.sh_triggerauthentications.yaml")
 }
 
 fn schema_problems(schema: &Value, object: &impl serde::Serialize) -> Vec<String> {
@@ -493,11 +484,7 @@ async fn kafka_clients_wait_for_their_kafka_user_then_start_with_its_credentials
 #[tokio::test]
 async fn a_ready_kafka_user_without_its_secret_still_holds_the_clients_back() {
     let h = harness(sample(), true).await;
-    let secrets = h.api::<Secret>();
-    secrets
-        .delete("demo-kafka-client", &Default::default())
-        .await
-        .unwrap();
+    h.delete::<Secret>("demo-kafka-client").await;
     h.reconcile().await;
     h.topics_ready().await;
     h.migration_done().await;
@@ -508,7 +495,10 @@ async fn a_ready_kafka_user_without_its_secret_still_holds_the_clients_back() {
     // Strimzi's user operator writes the Secret: the watch reconciles, and they start.
     let mut secret = crate::harness::secret_with("demo-kafka-client", &[("password", "s")]);
     secret.metadata.namespace = Some(NS.into());
-    secrets.create(&Default::default(), &secret).await.unwrap();
+    h.api::<Secret>()
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
     h.reconcile().await;
     assert!(held_back(&h).await.is_empty());
 }
@@ -560,10 +550,8 @@ async fn turning_authentication_off_deletes_the_kafka_user_and_the_login() {
     h.change(json!({"spec": {"kafka": {"authentication": null}}}))
         .await;
     assert!(h
-        .api::<KafkaUser>()
-        .get_opt(&kafkauser::name_in("demo"))
+        .get::<KafkaUser>(&kafkauser::name_in("demo"))
         .await
-        .unwrap()
         .is_none());
     // What the operator applies now (server-side apply removes what it applied before and
     // leaves out; the in-memory API keeps map keys, so the apply bodies are checked).

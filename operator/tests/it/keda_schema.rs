@@ -7,7 +7,8 @@
 //! silently prune it, so KEDA would never see what the operator meant).
 
 use crate::fixtures::{
-    assert_golden, autoscaling_defaults, cpu_request, ready_facts, sample, PipelineExt,
+    assert_golden, autoscaling_defaults, cpu_request, ready_facts, sample, vendored_crd_schema,
+    PipelineExt, KEDA,
 };
 use odds_operator::build::{self, Component, MigrationState, ScaledObject};
 use odds_operator::crd::{AutoscalingSpec, OddsPipeline, ScalingMode};
@@ -15,12 +16,7 @@ use odds_operator::validate::validate;
 use serde_json::{json, Value};
 
 fn scaled_object_schema() -> Value {
-    crate::fixtures::vendored_crd_schema(
-        "KEDA_CRDS",
-        "keda-2.20.2",
-        "keda.sh_scaledobjects.yaml",
-        "v1alpha1",
-    )
+    vendored_crd_schema(&KEDA, "keda.sh_scaledobjects.yaml")
 }
 
 /// What the API server would refuse or prune in `value`, by path (also used for the
@@ -233,24 +229,20 @@ fn built_scaled_objects_match_the_golden_file() {
     let mut rendered = String::new();
     for (name, pipeline) in pipelines() {
         let children = keda_children(&pipeline);
-        for so in &children.scaled_objects {
-            let mut value = serde_json::to_value(so).unwrap();
+        // One document of KEDA's `kind`, headed by the variant's name.
+        let document = |mut value: Value, kind: &str| {
             value["apiVersion"] = json!("keda.sh/v1alpha1");
-            value["kind"] = json!("ScaledObject");
-            rendered.push_str(&format!(
-                "--- # {name}\n{}",
-                serde_yaml::to_string(&value).unwrap()
-            ));
+            value["kind"] = json!(kind);
+            format!("--- # {name}\n{}", serde_yaml::to_string(&value).unwrap())
+        };
+        for so in &children.scaled_objects {
+            let value = serde_json::to_value(so).unwrap();
+            rendered.push_str(&document(value, "ScaledObject"));
         }
         // The lag trigger's login on a secured Kafka (the sample's), KEDA's kind too.
         if let Some(auth) = &children.trigger_authentication {
-            let mut value = serde_json::to_value(auth).unwrap();
-            value["apiVersion"] = json!("keda.sh/v1alpha1");
-            value["kind"] = json!("TriggerAuthentication");
-            rendered.push_str(&format!(
-                "--- # {name}\n{}",
-                serde_yaml::to_string(&value).unwrap()
-            ));
+            let value = serde_json::to_value(auth).unwrap();
+            rendered.push_str(&document(value, "TriggerAuthentication"));
         }
     }
     assert_golden("keda-scaledobjects.yaml", &rendered, "ScaledObjects");

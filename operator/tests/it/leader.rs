@@ -32,9 +32,24 @@ fn elector(api: &kube::Client, identity: &str) -> (Elector, Network) {
     )
 }
 
+fn leases(api: &kube::Client) -> Api<Lease> {
+    Api::namespaced(api.clone(), "default")
+}
+
 async fn lease(api: &kube::Client) -> LeaseSpec {
-    let leases: Api<Lease> = Api::namespaced(api.clone(), "default");
-    leases.get(LEASE).await.unwrap().spec.unwrap()
+    leases(api).get(LEASE).await.unwrap().spec.unwrap()
+}
+
+/// Writes `lease` back with `edit` made to its spec, as another writer would.
+async fn write_lease(
+    api: &kube::Client,
+    mut lease: Lease,
+    edit: impl FnOnce(&mut LeaseSpec),
+) -> Result<Lease, kube::Error> {
+    edit(lease.spec.as_mut().unwrap());
+    leases(api)
+        .replace(LEASE, &Default::default(), &lease)
+        .await
 }
 
 #[test]
@@ -93,12 +108,9 @@ async fn a_renew_time_in_the_future_does_not_extend_the_lease() {
     // A holder whose clock runs an hour ahead wrote its lease, then died.
     let (mut ghost, _) = elector(&api, "ghost");
     assert!(ghost.try_acquire_or_renew().await.unwrap());
-    let leases: Api<Lease> = Api::namespaced(api.clone(), "default");
-    let mut skewed = leases.get(LEASE).await.unwrap();
-    skewed.spec.as_mut().unwrap().renew_time =
-        Some(MicroTime(Timestamp::now() + SignedDuration::from_hours(1)));
-    leases
-        .replace(LEASE, &Default::default(), &skewed)
+    let skewed = leases(&api).get(LEASE).await.unwrap();
+    let ahead = MicroTime(Timestamp::now() + SignedDuration::from_hours(1));
+    write_lease(&api, skewed, |spec| spec.renew_time = Some(ahead))
         .await
         .unwrap();
 
@@ -133,19 +145,18 @@ async fn a_stale_write_loses_the_race() {
     assert!(a.try_acquire_or_renew().await.unwrap());
     // Another writer changes the Lease between our read and write: a replace carrying the
     // old resourceVersion must be refused with 409.
-    let leases: Api<Lease> = Api::namespaced(api.clone(), "default");
-    let mut stale = leases.get(LEASE).await.unwrap();
-    let mut fresh = leases.get(LEASE).await.unwrap();
-    fresh.spec.as_mut().unwrap().holder_identity = Some("pod-b".into());
-    leases
-        .replace(LEASE, &Default::default(), &fresh)
-        .await
-        .unwrap();
-    stale.spec.as_mut().unwrap().holder_identity = Some("pod-a".into());
-    let error = leases
-        .replace(LEASE, &Default::default(), &stale)
-        .await
-        .unwrap_err();
+    let stale = leases(&api).get(LEASE).await.unwrap();
+    let fresh = leases(&api).get(LEASE).await.unwrap();
+    write_lease(&api, fresh, |spec| {
+        spec.holder_identity = Some("pod-b".into())
+    })
+    .await
+    .unwrap();
+    let error = write_lease(&api, stale, |spec| {
+        spec.holder_identity = Some("pod-a".into())
+    })
+    .await
+    .unwrap_err();
     assert!(
         matches!(error, kube::Error::Api(ref s) if s.code == 409),
         "{error}"

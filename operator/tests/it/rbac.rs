@@ -71,12 +71,7 @@ async fn used() -> BTreeSet<Grant> {
         .await
         .unwrap();
     h.reconcile().await;
-    assert!(h
-        .api::<ConfigMap>()
-        .get_opt("demo-settings")
-        .await
-        .unwrap()
-        .is_none());
+    assert!(h.get::<ConfigMap>("demo-settings").await.is_none());
     h.change(json!({"spec": {"paused": true}})).await;
     collect(&h);
 
@@ -101,27 +96,15 @@ async fn used() -> BTreeSet<Grant> {
     // KEDA's finalizer holds the ScaledObject until KEDA removed its HPA.
     h.keda_lets_go("demo-processor").await;
     h.reconcile().await;
-    assert!(h
-        .api::<ScaledObject>()
-        .get_opt("demo-processor")
-        .await
-        .unwrap()
-        .is_none());
+    assert!(h.get::<ScaledObject>("demo-processor").await.is_none());
     // The lag trigger's login went with it; the KafkaUser goes with the authentication.
     assert!(h
-        .api::<TriggerAuthentication>()
-        .get_opt("demo-kafka-client")
+        .get::<TriggerAuthentication>("demo-kafka-client")
         .await
-        .unwrap()
         .is_none());
     h.change(json!({"spec": {"kafka": {"authentication": null}}}))
         .await;
-    assert!(h
-        .api::<KafkaUser>()
-        .get_opt("demo-kafka-client")
-        .await
-        .unwrap()
-        .is_none());
+    assert!(h.get::<KafkaUser>("demo-kafka-client").await.is_none());
     collect(&h);
 
     // Connections mode with the Prometheus Operator: the PodMonitor created, then pruned
@@ -134,19 +117,9 @@ async fn used() -> BTreeSet<Grant> {
             "prometheusAddress": "http://prometheus:9090", "podMonitor": pod_monitor}}}})
     };
     h.change(connections(true)).await;
-    assert!(h
-        .api::<PodMonitor>()
-        .get_opt("demo-metrics")
-        .await
-        .unwrap()
-        .is_some());
+    assert!(h.get::<PodMonitor>("demo-metrics").await.is_some());
     h.change(connections(false)).await;
-    assert!(h
-        .api::<PodMonitor>()
-        .get_opt("demo-metrics")
-        .await
-        .unwrap()
-        .is_none());
+    assert!(h.get::<PodMonitor>("demo-metrics").await.is_none());
     h.change(
         json!({"spec": {"processor": {"resources": {"requests": {"cpu": "1"}},
         "autoscaling": {"mode": "Lag", "minReplicas": 2, "maxReplicas": 6}}}}),
@@ -155,14 +128,7 @@ async fn used() -> BTreeSet<Grant> {
     h.keda_hpa_reports("demo-processor", "10", 2).await;
     h.refresh_lags().await;
     assert_eq!(
-        h.pipeline()
-            .await
-            .status
-            .unwrap()
-            .processor
-            .unwrap()
-            .lag
-            .as_deref(),
+        h.status().await.processor.unwrap().lag.as_deref(),
         Some("20")
     );
     collect(&h);

@@ -1,14 +1,14 @@
 //! Reconcile against an in-memory Kubernetes API: changes, steady state, bad specs, pause.
 //! State-based: the tests assert which objects exist and what they contain.
 
-use crate::fixtures::{hash, image, replicas, sample, PipelineExt, NS};
+use crate::fixtures::{assert_contains, hash, image, replicas, sample, PipelineExt, NS};
 use crate::harness::{harness, Harness};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::Api;
 use serde_json::json;
 use std::sync::atomic::Ordering;
 
@@ -78,30 +78,26 @@ async fn hashes(h: &Harness) -> (String, String) {
     )
 }
 
-async fn patch_secret(h: &Harness, patch: serde_json::Value) {
-    h.api::<Secret>()
-        .patch(
-            "odds-postgres",
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-        .unwrap();
-    h.reconcile().await;
-}
-
 #[tokio::test]
 async fn a_changed_secret_value_rolls_the_pods_that_read_it_and_nothing_else_does() {
     let h = harness(sample(), true).await;
     h.roll_out().await;
     let (ingest, processor) = hashes(&h).await;
-    patch_secret(&h, json!({"metadata": {"labels": {"team": "odds"}}})).await;
+    h.change_secret(
+        "odds-postgres",
+        json!({"metadata": {"labels": {"team": "odds"}}}),
+    )
+    .await;
     assert_eq!(
         hashes(&h).await,
         (ingest.clone(), processor.clone()),
         "metadata rolls nothing"
     );
-    patch_secret(&h, json!({"data": {"url": "cG9zdGdyZXM6Ly9uZXc="}})).await;
+    h.change_secret(
+        "odds-postgres",
+        json!({"data": {"url": "cG9zdGdyZXM6Ly9uZXc="}}),
+    )
+    .await;
     let (ingest_after, processor_after) = hashes(&h).await;
     assert_ne!(
         processor_after, processor,
@@ -144,19 +140,12 @@ async fn processor_replicas_above_partitions_are_rejected_with_a_condition() {
     let h = harness(pipeline, true).await;
     h.reconcile().await;
     let degraded = h.assert_condition("Degraded", "True", "InvalidSpec").await;
-    assert!(
-        degraded
-            .message
-            .contains("processor replicas (10) exceed kafka.topic.partitions (6)"),
-        "{}",
-        degraded.message
+    assert_contains(
+        &degraded.message,
+        "processor replicas (10) exceed kafka.topic.partitions (6)",
     );
     assert!(
-        h.api::<ConfigMap>()
-            .get_opt("demo-config")
-            .await
-            .unwrap()
-            .is_none(),
+        h.get::<ConfigMap>("demo-config").await.is_none(),
         "nothing applied"
     );
     assert!(h.applies.lock().unwrap().is_empty());
@@ -184,12 +173,9 @@ async fn missing_secret_is_degraded() {
     h.reconcile().await;
     let degraded = h.condition("Degraded").await;
     assert_eq!(degraded.status, "True");
-    assert!(
-        degraded
-            .message
-            .contains("missing Secret(s): odds-postgres, odds-redis"),
-        "{}",
-        degraded.message
+    assert_contains(
+        &degraded.message,
+        "missing Secret(s): odds-postgres, odds-redis",
     );
 }
 
@@ -239,23 +225,14 @@ async fn children_no_longer_wanted_are_pruned() {
     }}))
     .await;
     assert!(h.deployment("demo-simulator").await.is_none());
+    assert!(h.get::<Service>("demo-simulator").await.is_none());
     assert!(h
-        .api::<Service>()
-        .get_opt("demo-simulator")
+        .get::<PodDisruptionBudget>("demo-simulator")
         .await
-        .unwrap()
         .is_none());
     assert!(h
-        .api::<PodDisruptionBudget>()
-        .get_opt("demo-simulator")
+        .get::<HorizontalPodAutoscaler>("demo-odds-service")
         .await
-        .unwrap()
-        .is_none());
-    assert!(h
-        .api::<HorizontalPodAutoscaler>()
-        .get_opt("demo-odds-service")
-        .await
-        .unwrap()
         .is_none());
     assert!(
         h.deployment("demo-odds-service").await.is_some(),
@@ -274,7 +251,7 @@ async fn old_migration_job_goes_once_the_new_one_succeeded() {
     let h = harness(sample(), true).await;
     let old = h.rolled_out_then_new_image("v2").await;
     assert!(
-        h.api::<Job>().get_opt(&old).await.unwrap().is_some(),
+        h.get::<Job>(&old).await.is_some(),
         "kept while the new one runs"
     );
     assert!(
@@ -283,9 +260,9 @@ async fn old_migration_job_goes_once_the_new_one_succeeded() {
     );
     h.migration_done().await;
     h.reconcile().await;
-    assert!(h.api::<Job>().get_opt(&old).await.unwrap().is_none());
+    assert!(h.get::<Job>(&old).await.is_none());
     let new = h.job_name().await;
-    assert!(h.api::<Job>().get_opt(&new).await.unwrap().is_some());
+    assert!(h.get::<Job>(&new).await.is_some());
 }
 
 #[tokio::test]

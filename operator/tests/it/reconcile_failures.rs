@@ -4,7 +4,7 @@
 //! errors the controller retries) the error metric labelled with the failing step. Also the
 //! server-side apply behaviour the harness adds: the autoscaling hand-over and env list maps.
 
-use crate::fixtures::{replicas, sample, PipelineExt};
+use crate::fixtures::{assert_contains, replicas, sample, PipelineExt};
 use crate::harness::{harness, harness_with, Harness, Options};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -14,7 +14,7 @@ use odds_operator::build::{Component, FIELD_MANAGER};
 use odds_operator::controller::Error;
 use odds_operator::crd::OddsPipeline;
 use odds_operator::validate::RETRY_MIGRATION_ANNOTATION;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 
 const WEBHOOK: &str = "admission webhook \"policy.example.com\" denied the request: images must come from registry.example.com";
@@ -30,12 +30,8 @@ async fn a_refused_apply_is_degraded_apply_failed_with_the_servers_message() {
     let error = h.try_reconcile().await.unwrap_err();
     assert!(matches!(error, Error::Apply(_)), "{error}");
     let degraded = h.assert_condition("Degraded", "True", "ApplyFailed").await;
-    assert!(degraded.message.contains(WEBHOOK), "{}", degraded.message);
-    assert!(
-        degraded.message.contains("Deployment demo-simulator"),
-        "{}",
-        degraded.message
-    );
+    assert_contains(&degraded.message, WEBHOOK);
+    assert_contains(&degraded.message, "Deployment demo-simulator");
     assert_eq!(h.condition("Ready").await.status, "False");
     let warnings: Vec<_> = h
         .events()
@@ -161,22 +157,16 @@ async fn a_kafka_topic_crd_removed_after_start_up_is_strimzi_not_installed() {
     // Discovery saw Strimzi, but the API server no longer serves KafkaTopics (404).
     h.ctx.strimzi.store(true, Ordering::Relaxed);
     assert!(matches!(h.try_reconcile().await, Err(Error::Apply(_))));
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(degraded.reason, "StrimziNotInstalled");
-    assert!(
-        degraded.message.contains("KafkaTopic demo-odds-updates"),
-        "{}",
-        degraded.message
-    );
+    let degraded = h
+        .assert_condition("Degraded", "True", "StrimziNotInstalled")
+        .await;
+    assert_contains(&degraded.message, "KafkaTopic demo-odds-updates");
 }
 
 #[tokio::test]
 async fn a_failed_migration_is_reported_once_and_recovers_through_the_retry_annotation() {
     let h = harness(sample(), true).await;
-    h.reconcile().await;
-    h.topics_ready().await;
-    h.migration_failed().await;
-    h.reconcile().await;
+    h.reconcile_into_a_failed_migration().await;
     let failed_job = h.job_name().await;
     assert_eq!(h.condition("Degraded").await.reason, "MigrationFailed");
     let (blocked, failed) = (
@@ -193,7 +183,7 @@ async fn a_failed_migration_is_reported_once_and_recovers_through_the_retry_anno
         "a workload that stays held back is not news"
     );
     assert_eq!(h.event_count("MigrationFailed").await, failed);
-    let held = h.pipeline().await.status.unwrap().held_back;
+    let held = h.status().await.held_back;
     assert!(held
         .iter()
         .any(|h| h.component == "processor" && h.reason == "WaitingForMigration"));
@@ -202,7 +192,7 @@ async fn a_failed_migration_is_reported_once_and_recovers_through_the_retry_anno
         .await;
     let retry_job = h.job_name().await;
     assert_ne!(retry_job, failed_job, "the retry is a new Job");
-    assert!(h.api::<Job>().get_opt(&retry_job).await.unwrap().is_some());
+    assert!(h.get::<Job>(&retry_job).await.is_some());
     assert_eq!(
         h.condition("Migrated").await.reason,
         "MigrationPending",
@@ -213,7 +203,7 @@ async fn a_failed_migration_is_reported_once_and_recovers_through_the_retry_anno
     assert!(h.deployment("demo-processor").await.is_some());
     assert_eq!(h.condition("Degraded").await.status, "False");
     assert!(
-        h.api::<Job>().get_opt(&failed_job).await.unwrap().is_none(),
+        h.get::<Job>(&failed_job).await.is_none(),
         "the failed Job is pruned once a newer one succeeded"
     );
 }
@@ -264,11 +254,17 @@ async fn turning_on_autoscaling_never_drops_below_the_current_replicas() {
         Some(3)
     );
     assert!(h
-        .api::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>()
-        .get_opt("demo-processor")
+        .get::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>("demo-processor")
         .await
-        .unwrap()
         .is_none());
+}
+
+/// Applies `body` to Deployment demo-ingest as the operator's field manager.
+async fn apply_ingest(h: &Harness, body: &Value) -> Result<Deployment, kube::Error> {
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    h.api::<Deployment>()
+        .patch("demo-ingest", &params, &Patch::Apply(body))
+        .await
 }
 
 #[tokio::test]
@@ -278,14 +274,7 @@ async fn the_harness_applies_real_ssa_rules() {
     // Dropping an owned field without a hand-over loses it, as on a real API server.
     let mut body = h.applied("Deployment/demo-ingest").last().cloned().unwrap();
     body["spec"].as_object_mut().unwrap().remove("replicas");
-    h.api::<Deployment>()
-        .patch(
-            "demo-ingest",
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&body),
-        )
-        .await
-        .unwrap();
+    apply_ingest(&h, &body).await.unwrap();
     assert_eq!(
         replicas(&h.deployment("demo-ingest").await.unwrap()),
         Some(1),
@@ -295,15 +284,7 @@ async fn the_harness_applies_real_ssa_rules() {
     let mut twice = h.applied("Deployment/demo-ingest").last().cloned().unwrap();
     twice["spec"]["template"]["spec"]["containers"][0]["env"] =
         json!([{"name": "A", "value": "1"}, {"name": "A", "value": "2"}]);
-    let error = h
-        .api::<Deployment>()
-        .patch(
-            "demo-ingest",
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&twice),
-        )
-        .await
-        .unwrap_err();
+    let error = apply_ingest(&h, &twice).await.unwrap_err();
     assert!(
         matches!(error, kube::Error::Api(ref s) if s.code == 422),
         "{error}"
@@ -318,12 +299,7 @@ async fn user_env_overriding_the_operators_applies_cleanly() {
     let h = harness(pipeline, true).await;
     h.roll_out().await;
     assert_eq!(h.condition("Degraded").await.status, "False");
-    assert!(h
-        .api::<ConfigMap>()
-        .get_opt("demo-config")
-        .await
-        .unwrap()
-        .is_some());
+    assert!(h.get::<ConfigMap>("demo-config").await.is_some());
 }
 
 #[tokio::test]

@@ -1,7 +1,7 @@
 //! Reconcile against an in-memory Kubernetes API: a pipeline rolling out, step by step.
 //! State-based: the tests assert which objects exist and what they contain.
 
-use crate::fixtures::{container, image, job_container, pod, sample};
+use crate::fixtures::{assert_contains, container, image, job_container, pod, sample, DEPLOYMENTS};
 use crate::harness::harness;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Probe, Service};
@@ -32,19 +32,9 @@ async fn create_builds_owned_labelled_children() {
     assert_eq!(topic.labels()["strimzi.io/cluster"], "odds");
     assert_eq!(topic.spec.partitions, Some(6));
     assert_eq!(topic.spec.config["retention.ms"], json!("604800000"));
-    assert!(h
-        .api::<KafkaTopic>()
-        .get_opt("demo-odds-updates-dlq")
-        .await
-        .unwrap()
-        .is_some());
+    assert!(h.get::<KafkaTopic>("demo-odds-updates-dlq").await.is_some());
 
-    for name in [
-        "demo-simulator",
-        "demo-ingest",
-        "demo-processor",
-        "demo-odds-service",
-    ] {
+    for name in DEPLOYMENTS {
         let d = h.deployment(name).await.expect(name);
         let owner = &d.owner_references()[0];
         assert_eq!(
@@ -101,10 +91,8 @@ async fn create_builds_owned_labelled_children() {
         .collect();
     assert_eq!(ports, [8080, 9000]);
     assert!(h
-        .api::<PodDisruptionBudget>()
-        .get_opt("demo-processor")
+        .get::<PodDisruptionBudget>("demo-processor")
         .await
-        .unwrap()
         .is_some());
     let events = h.events().await;
     assert!(
@@ -140,28 +128,17 @@ async fn topic_not_ready_holds_the_workloads_back() {
     assert_eq!(h.condition("Ready").await.status, "False");
     let progressing = h.condition("Progressing").await;
     assert_eq!(progressing.status, "True");
-    assert!(
-        progressing.message.contains("ingest WaitingForTopic"),
-        "{}",
-        progressing.message
-    );
+    assert_contains(&progressing.message, "ingest WaitingForTopic");
 }
 
 #[tokio::test]
 async fn failed_migration_is_degraded_with_the_jobs_message() {
     let h = harness(sample(), true).await;
-    h.reconcile().await;
-    h.topics_ready().await;
-    h.migration_failed().await;
-    h.reconcile().await;
+    h.reconcile_into_a_failed_migration().await;
     let degraded = h
         .assert_condition("Degraded", "True", "MigrationFailed")
         .await;
-    assert!(
-        degraded.message.contains("backoff limit"),
-        "{}",
-        degraded.message
-    );
+    assert_contains(&degraded.message, "backoff limit");
     assert_eq!(h.condition("Migrated").await.status, "False");
     assert!(
         h.deployment("demo-ingest").await.is_some(),
@@ -196,7 +173,7 @@ async fn new_image_waits_for_its_migration() {
     let old_job = h.rolled_out_then_new_image("v2").await;
     let new_job = h.job_name().await;
     assert_ne!(new_job, old_job);
-    assert!(h.api::<Job>().get_opt(&new_job).await.unwrap().is_some());
+    assert!(h.get::<Job>(&new_job).await.is_some());
     assert_eq!(
         image(&h.deployment("demo-processor").await.unwrap()),
         "odds-pipeline:dev",

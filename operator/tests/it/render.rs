@@ -1,7 +1,7 @@
 //! `odds-operator render`, run as a user runs it: the same children the controller builds,
 //! and the same messages admission and validation give for a bad spec.
 
-use crate::fixtures::{repo_file, sample};
+use crate::fixtures::{assert_contains, repo_file, sample};
 use odds_operator::build::{self, MigrationState};
 use odds_operator::render::{render, secrets_from_yaml, RenderOptions};
 use odds_operator::validate::validate;
@@ -22,6 +22,15 @@ fn run(args: &[&str], stdin: Option<&str>) -> Output {
     input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
     drop(input);
     child.wait_with_output().unwrap()
+}
+
+/// Runs `odds-operator render` as [`run`] does; it must refuse (exit 1), saying `says`
+/// on stderr. Returns the output.
+fn refused(args: &[&str], stdin: Option<&str>, says: &str) -> Output {
+    let out = run(args, stdin);
+    assert_eq!(out.status.code(), Some(1));
+    assert_contains(&String::from_utf8_lossy(&out.stderr), says);
+    out
 }
 
 fn sample_path() -> String {
@@ -113,16 +122,8 @@ fn secret_values_change_the_config_hash_and_a_missing_secret_fails() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("secrets.yaml");
     std::fs::write(&file, only_redis).unwrap();
-    let out = run(
-        &["-f", &sample_path(), "--secrets", file.to_str().unwrap()],
-        None,
-    );
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("missing Secret(s): odds-postgres"),
-        "{stderr}"
-    );
+    let args = ["-f", &sample_path(), "--secrets", file.to_str().unwrap()];
+    refused(&args, None, "missing Secret(s): odds-postgres");
 }
 
 #[test]
@@ -132,13 +133,14 @@ fn a_spec_admission_would_reject_fails_with_the_crd_rule_message() {
         "replicas: 9\n    resources:\n      requests:\n        cpu: 100m\n        memory: 128Mi",
     );
     assert!(text.contains("replicas: 9"));
-    let out = run(&["-f", "-"], Some(&text));
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("OddsPipeline demo: the API server would reject it")
-            && stderr.contains("must not exceed kafka.topic.partitions"),
-        "{stderr}"
+    let out = refused(
+        &["-f", "-"],
+        Some(&text),
+        "OddsPipeline demo: the API server would reject it",
+    );
+    assert_contains(
+        &String::from_utf8_lossy(&out.stderr),
+        "must not exceed kafka.topic.partitions",
     );
     assert!(
         out.stdout.is_empty(),
@@ -151,17 +153,9 @@ fn a_wrongly_typed_field_and_a_foreign_kind_are_refused() {
     let text = std::fs::read_to_string(sample_path())
         .unwrap()
         .replace("partitions: 6", "partitions: six");
-    let out = run(&["-f", "-"], Some(&text));
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("would reject it"));
-
-    let out = run(&["-f", &secrets_path()], None);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("kind \"Secret\" is not an OddsPipeline"),
-        "{stderr}"
-    );
+    refused(&["-f", "-"], Some(&text), "would reject it");
+    let foreign = "kind \"Secret\" is not an OddsPipeline";
+    refused(&["-f", &secrets_path()], None, foreign);
 }
 
 #[test]
@@ -182,9 +176,8 @@ fn discovery_flags_change_what_is_built_as_on_a_cluster() {
     assert!(with_keda.contains("kind: ScaledObject"), "{with_keda}");
     assert!(!without.contains("kind: ScaledObject"));
 
-    let out = run(&["-f", &sample_path(), "--strimzi", "false"], None);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("StrimziNotInstalled"));
+    let args = ["-f", &sample_path(), "--strimzi", "false"];
+    refused(&args, None, "StrimziNotInstalled");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! pipeline `Degraded` with its own reason and the pod's or ReplicaSet's message, published
 //! once as a Warning; healing brings `Ready` back with a Normal `Recovered` event.
 
-use crate::fixtures::sample;
+use crate::fixtures::{assert_contains, sample};
 use crate::harness::harness;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -73,7 +73,7 @@ fn each_cause_has_its_reason_and_the_message_kubernetes_gave() {
         let failure = stuck(&none, &[pod(name, waiting, message)]).unwrap();
         assert_eq!(failure.reason, reason, "{name}");
         for said in says {
-            assert!(failure.message.contains(said), "{}", failure.message);
+            assert_contains(&failure.message, said);
         }
     }
 
@@ -95,7 +95,7 @@ fn each_cause_has_its_reason_and_the_message_kubernetes_gave() {
     ] {
         let failure = stuck(stored, &[]).unwrap();
         assert_eq!(failure.reason, reason);
-        assert!(failure.message.contains(says), "{}", failure.message);
+        assert_contains(&failure.message, says);
     }
     // Pods that cannot start are the cause the deadline only follows.
     let crash = pod("p4", "CrashLoopBackOff", "");
@@ -156,10 +156,7 @@ async fn a_crash_loop_degrades_the_pipeline_once_and_healing_brings_ready_back()
     );
 
     // Healed: the pod runs, the Deployment is ready again.
-    h.api::<Pod>()
-        .delete("demo-ingest-7f9-abc", &Default::default())
-        .await
-        .unwrap();
+    h.delete::<Pod>("demo-ingest-7f9-abc").await;
     h.pods_ready().await;
     h.reconcile().await;
     h.reconcile().await;
@@ -193,11 +190,8 @@ async fn a_deadline_exceeded_rollout_is_degraded_with_the_deployment_message() {
     h.reconcile().await;
     let degraded = h.condition("Degraded").await;
     assert_eq!(degraded.reason, "ProgressDeadlineExceeded");
-    assert!(
-        degraded
-            .message
-            .contains("processor ProgressDeadlineExceeded: ReplicaSet"),
-        "{}",
-        degraded.message
+    assert_contains(
+        &degraded.message,
+        "processor ProgressDeadlineExceeded: ReplicaSet",
     );
 }

@@ -1,6 +1,6 @@
 //! Status computation: conditions, stable transition times, backoff.
 
-use crate::fixtures::{sample, PipelineExt};
+use crate::fixtures::{assert_contains, sample, PipelineExt};
 use odds_operator::build::{Component, MigrationState};
 use odds_operator::controller::backoff;
 use odds_operator::crd::{OddsPipelineStatus, Reason};
@@ -23,17 +23,18 @@ fn healthy() -> Observed {
     }
 }
 
+/// The first status computed for `observed`, at `now`.
+fn first_status(observed: &Observed, now: &str) -> OddsPipelineStatus {
+    compute(&OddsPipelineStatus::default(), observed, now)
+}
+
 fn condition<'a>(status: &'a OddsPipelineStatus, type_: &str) -> &'a odds_operator::crd::Condition {
     status.conditions.iter().find(|c| c.type_ == type_).unwrap()
 }
 
 #[test]
 fn healthy_pipeline_is_ready_and_not_progressing() {
-    let status = compute(
-        &OddsPipelineStatus::default(),
-        &healthy(),
-        "2026-01-01T00:00:00Z",
-    );
+    let status = first_status(&healthy(), "2026-01-01T00:00:00Z");
     assert_eq!(condition(&status, "Ready").status, "True");
     assert_eq!(condition(&status, "Progressing").status, "False");
     assert_eq!(condition(&status, "Degraded").status, "False");
@@ -48,11 +49,7 @@ fn healthy_pipeline_is_ready_and_not_progressing() {
 
 #[test]
 fn transition_time_is_kept_while_status_stays() {
-    let first = compute(
-        &OddsPipelineStatus::default(),
-        &healthy(),
-        "2026-01-01T00:00:00Z",
-    );
+    let first = first_status(&healthy(), "2026-01-01T00:00:00Z");
     let again = compute(&first, &healthy(), "2026-01-01T01:00:00Z");
     assert_eq!(
         again, first,
@@ -67,7 +64,7 @@ fn transition_time_is_kept_while_status_stays() {
         (ready.status.as_str(), ready.last_transition_time.as_str()),
         ("False", "2026-01-01T02:00:00Z")
     );
-    assert!(ready.message.contains("processor 1/2"), "{}", ready.message);
+    assert_contains(&ready.message, "processor 1/2");
     assert_eq!(
         condition(&changed, "TopicReady").last_transition_time,
         "2026-01-01T00:00:00Z"
@@ -82,7 +79,7 @@ fn invalid_spec_and_failed_migration_are_degraded() {
         reason: Reason::InvalidSpec,
         message: "invalid spec: x".into(),
     });
-    let status = compute(&OddsPipelineStatus::default(), &invalid, "t");
+    let status = first_status(&invalid, "t");
     assert_eq!(
         (
             condition(&status, "Degraded").status.as_str(),
@@ -99,7 +96,7 @@ fn invalid_spec_and_failed_migration_are_degraded() {
 
     let mut failed = healthy();
     failed.migration = MigrationState::Failed("relation exists".into());
-    let status = compute(&OddsPipelineStatus::default(), &failed, "t");
+    let status = first_status(&failed, "t");
     assert_eq!(condition(&status, "Degraded").reason, "MigrationFailed");
     assert!(condition(&status, "Degraded")
         .message
@@ -109,7 +106,7 @@ fn invalid_spec_and_failed_migration_are_degraded() {
 
 #[test]
 fn pausing_keeps_the_rest_of_the_status() {
-    let before = compute(&OddsPipelineStatus::default(), &healthy(), "t0");
+    let before = first_status(&healthy(), "t0");
     let status = paused(&before, Some(4), "t1");
     let pause = condition(&status, "ReconciliationPaused");
     assert_eq!(

@@ -3,7 +3,7 @@
 //! garbage collection deletes what names a deleted owner's uid and whose server-side apply
 //! drops owner references the operator stops applying (harness.rs).
 
-use crate::fixtures::{repo_file, sample, valid, PipelineExt};
+use crate::fixtures::{assert_contains, repo_file, sample, valid, PipelineExt};
 use crate::harness::{harness, Harness};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -22,7 +22,12 @@ fn deleting_topics() -> OddsPipeline {
 }
 
 async fn topic(h: &Harness, name: &str) -> Option<KafkaTopic> {
-    h.api::<KafkaTopic>().get_opt(name).await.unwrap()
+    h.get::<KafkaTopic>(name).await
+}
+
+/// The partitions the KafkaTopic `name` asks for.
+async fn partitions(h: &Harness, name: &str) -> Option<i32> {
+    topic(h, name).await.expect(name).spec.partitions
 }
 
 /// `(kind, name, uid, controller)` of each owner reference of a KafkaTopic.
@@ -81,11 +86,7 @@ async fn topic_creations(h: &Harness) -> i32 {
 
 /// Whether the pipeline's workloads and config went (garbage collection of owned children).
 async fn owned_children_gone(h: &Harness) -> bool {
-    h.api::<ConfigMap>()
-        .get_opt("demo-config")
-        .await
-        .unwrap()
-        .is_none()
+    h.get::<ConfigMap>("demo-config").await.is_none()
         && h.all::<Deployment>().await.is_empty()
         && h.all::<Service>().await.is_empty()
         && h.all::<Job>().await.is_empty()
@@ -286,14 +287,7 @@ async fn a_re_created_pipeline_may_not_shrink_a_retained_topic() {
     h.roll_out().await;
     h.change(json!({"spec": {"kafka": {"topic": {"partitions": 12}}}}))
         .await;
-    assert_eq!(
-        topic(&h, "demo-odds-updates")
-            .await
-            .unwrap()
-            .spec
-            .partitions,
-        Some(12)
-    );
+    assert_eq!(partitions(&h, "demo-odds-updates").await, Some(12));
     h.delete_pipeline().await;
 
     // The sample asks for 6 partitions: Kafka cannot remove any.
@@ -301,40 +295,23 @@ async fn a_re_created_pipeline_may_not_shrink_a_retained_topic() {
     let applied = h.applied("KafkaTopic/demo-odds-updates").len();
     h.reconcile().await;
     let degraded = h.assert_condition("Degraded", "True", "InvalidSpec").await;
-    assert!(
-        degraded
-            .message
-            .contains("kafka.topic.partitions may not shrink (topic has 12, spec asks 6)"),
-        "{}",
-        degraded.message
+    assert_contains(
+        &degraded.message,
+        "kafka.topic.partitions may not shrink (topic has 12, spec asks 6)",
     );
     assert_eq!(
         h.applied("KafkaTopic/demo-odds-updates").len(),
         applied,
         "nothing applied"
     );
-    assert_eq!(
-        topic(&h, "demo-odds-updates")
-            .await
-            .unwrap()
-            .spec
-            .partitions,
-        Some(12)
-    );
+    assert_eq!(partitions(&h, "demo-odds-updates").await, Some(12));
 
     // Asking for what the topic has adopts it.
     h.change(json!({"spec": {"kafka": {"topic": {"partitions": 12}}}}))
         .await;
     assert_eq!(h.condition("Degraded").await.status, "False");
     assert_eq!(h.condition("TopicReady").await.status, "True");
-    assert_eq!(
-        topic(&h, "demo-odds-updates")
-            .await
-            .unwrap()
-            .spec
-            .partitions,
-        Some(12)
-    );
+    assert_eq!(partitions(&h, "demo-odds-updates").await, Some(12));
 }
 
 #[tokio::test]

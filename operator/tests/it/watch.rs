@@ -2,7 +2,7 @@
 //! counted by resource and reason, and, once they last, shown in the status of the pipelines
 //! that depend on them; the controller runs against the in-memory API.
 
-use crate::fixtures::{sample, NS};
+use crate::fixtures::{assert_contains, sample, NS};
 use crate::harness::{harness_with, Harness, Options};
 use odds_operator::run::{operate, Scope};
 use odds_operator::watch::{depends_on, PERSISTENT_AFTER};
@@ -60,12 +60,8 @@ async fn a_forbidden_watch_is_warned_once_counted_and_shown_in_the_status() {
     assert!(retries >= 2, "each failed list is counted: {retries}");
     assert_eq!(h.ctx.watches.warnings(), 1, "warned once, not per retry");
     let watching = h.assert_condition("Watching", "False", "WatchFailed").await;
-    assert!(
-        watching.message.contains("the watch of kafkatopics fails")
-            && watching.message.contains("cannot list resource"),
-        "{}",
-        watching.message
-    );
+    assert_contains(&watching.message, "the watch of kafkatopics fails");
+    assert_contains(&watching.message, "cannot list resource");
     assert_eq!(
         h.condition("Degraded").await.status,
         "False",
