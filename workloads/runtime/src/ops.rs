@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use odds_contracts::{env, ports};
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -101,6 +102,14 @@ pub async fn serve_http(
     let bound = listener
         .local_addr()
         .map_err(|source| RuntimeError::Bind { addr, source })?;
+    // Without TCP_NODELAY a small write waits while an earlier one is unacknowledged, and a
+    // peer that only reads (ingest reading the simulator's WebSocket) acknowledges late
+    // (delayed ACK, 40 ms on Linux): a stream of small frames then stalls now and then.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let task = tokio::spawn(async move {
         let server = axum::serve(listener, router.into_make_service())
             .with_graceful_shutdown(shutdown.clone().cancelled_owned());
