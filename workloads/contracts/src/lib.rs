@@ -7,6 +7,7 @@
 //! canary's published figures ([`freshness`]), and where a sampled update's trace context
 //! travels ([`traced`]). A workload crate depends on this crate and never on another workload.
 
+mod accept;
 pub mod cache_status;
 pub mod dead_letter;
 pub mod env;
@@ -19,6 +20,7 @@ pub mod traced;
 mod update;
 pub mod ws;
 
+pub use accept::{accept_update, AcceptedUpdate};
 pub use reject::{parse_update, RejectReason, MAX_UPDATE_BYTES, STORAGE_REJECTED};
 pub use update::{
     stored_price, validate_event_id, Market, Odds, OddsUpdate, UnknownMarket, ValidationError,

@@ -76,16 +76,21 @@ pub struct OddsUpdate {
 
 /// `ingested_at` as RFC 3339 with milliseconds (`2026-12-06T11:00:00.123Z`): enough for an age
 /// measured in milliseconds, and shorter on every frame than chrono's nanoseconds.
-mod ingested_at_millis {
+pub(crate) mod ingested_at_millis {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
+
+    /// The text of an `ingested_at` that [`crate::OddsUpdate::accepted_at`] truncated.
+    pub fn text(at: &DateTime<Utc>) -> String {
+        at.to_rfc3339_opts(SecondsFormat::Millis, true)
+    }
 
     pub fn serialize<S: Serializer>(
         value: &Option<DateTime<Utc>>,
         serializer: S,
     ) -> Result<S::Ok, S::Error> {
         match value {
-            Some(at) => serializer.serialize_str(&at.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            Some(at) => serializer.serialize_str(&text(at)),
             None => serializer.serialize_none(),
         }
     }
@@ -95,6 +100,12 @@ mod ingested_at_millis {
     ) -> Result<Option<DateTime<Utc>>, D::Error> {
         Option::<DateTime<Utc>>::deserialize(deserializer)
     }
+}
+
+/// The instant ingest stamps as `ingested_at` for an update accepted at `at`: kept at the
+/// millisecond the JSON carries.
+pub(crate) fn accepted_instant(at: DateTime<Utc>) -> DateTime<Utc> {
+    chrono::SubsecRound::trunc_subsecs(at, 3)
 }
 
 /// Decimal odds of the three outcomes of a 1X2-style market.
@@ -256,14 +267,46 @@ fn validate_price(field: &'static str, value: f64) -> Result<(), ValidationError
     }
 }
 
-impl OddsUpdate {
+/// The fields the contract's rules judge, borrowed from whichever value holds them (an
+/// [`OddsUpdate`], or a frame decoded without copying its strings at ingest): one set of
+/// rules for both.
+pub(crate) struct Fields<'a> {
+    pub event_id: &'a str,
+    pub home_team: &'a str,
+    pub away_team: &'a str,
+    pub market: &'a str,
+    pub odds: Odds,
+    pub updated_at: DateTime<Utc>,
+    pub source: &'a str,
+    pub version: u64,
+}
+
+/// The [`Fields`] of any value with the contract's field names (an [`OddsUpdate`], ingest's
+/// borrowed decoding): one place that lists them.
+macro_rules! fields_of {
+    ($value:expr) => {
+        $crate::update::Fields {
+            event_id: &$value.event_id,
+            home_team: &$value.home_team,
+            away_team: &$value.away_team,
+            market: &$value.market,
+            odds: $value.odds,
+            updated_at: $value.updated_at,
+            source: &$value.source,
+            version: $value.version,
+        }
+    };
+}
+pub(crate) use fields_of;
+
+impl Fields<'_> {
     /// Checks every rule of the contract; the first broken one is returned.
-    pub fn validate(&self) -> Result<(), ValidationError> {
-        validate_event_id(&self.event_id)?;
-        validate_team("home_team", &self.home_team)?;
-        validate_team("away_team", &self.away_team)?;
-        if Market::parse(&self.market).is_none() {
-            return Err(ValidationError::UnknownMarket(self.market.clone()));
+    pub(crate) fn validate(&self) -> Result<(), ValidationError> {
+        validate_event_id(self.event_id)?;
+        validate_team("home_team", self.home_team)?;
+        validate_team("away_team", self.away_team)?;
+        if Market::parse(self.market).is_none() {
+            return Err(ValidationError::UnknownMarket(self.market.to_owned()));
         }
         validate_price("odds.home", self.odds.home)?;
         validate_price("odds.draw", self.odds.draw)?;
@@ -281,14 +324,21 @@ impl OddsUpdate {
         if self.source.chars().count() > MAX_SOURCE_LEN {
             return Err(ValidationError::SourceTooLong);
         }
-        reject_control_characters("source", &self.source)
+        reject_control_characters("source", self.source)
+    }
+}
+
+impl OddsUpdate {
+    /// Checks every rule of the contract; the first broken one is returned.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        fields_of!(self).validate()
     }
 
     /// The same update stamped as accepted by ingest at `at` (replacing any `ingested_at` a
     /// supplier sent: only ingest's clock counts).
     /// Kept at the millisecond the JSON carries, so the update equals its decoded copy.
     pub fn accepted_at(mut self, at: DateTime<Utc>) -> OddsUpdate {
-        self.ingested_at = Some(chrono::SubsecRound::trunc_subsecs(at, 3));
+        self.ingested_at = Some(accepted_instant(at));
         self
     }
 
@@ -297,5 +347,11 @@ impl OddsUpdate {
     #[allow(clippy::expect_used)]
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).expect("OddsUpdate serialization is infallible")
+    }
+
+    /// [`OddsUpdate::to_json`] appended to `out` (a buffer reused from update to update).
+    #[allow(clippy::expect_used)]
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        serde_json::to_writer(out, self).expect("OddsUpdate serialization is infallible")
     }
 }

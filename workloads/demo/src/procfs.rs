@@ -28,6 +28,59 @@ fn cpu_seconds(process: &Process) -> Option<f64> {
     Some((stat.utime + stat.stime) as f64 / ticks_per_second as f64)
 }
 
+/// One process of a server's tree as /proc shows it: its parent, its own CPU ticks and the
+/// ticks of the children it has reaped (`cutime` + `cstime`: a backend that exited still
+/// counts, in its parent).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessTicks {
+    pub pid: u32,
+    pub parent: u32,
+    pub own: u64,
+    pub reaped_children: u64,
+}
+
+/// The CPU ticks of server `root` and its direct children, the way Postgres runs: one
+/// postmaster whose children are every backend, the checkpointer, the WAL writer, the
+/// autovacuum workers... Children that exited are in the root's reaped ticks, so the sum only
+/// grows between two readings (a child exiting between them moves from one term to the
+/// other). `None` when `root` is not among `processes`.
+pub fn tree_ticks(root: u32, processes: &[ProcessTicks]) -> Option<u64> {
+    let server = processes.iter().find(|p| p.pid == root)?;
+    let children: u64 = processes
+        .iter()
+        .filter(|p| p.parent == root && p.pid != root)
+        .map(|p| p.own)
+        .sum();
+    Some(server.own + server.reaped_children + children)
+}
+
+/// User + system CPU seconds so far of server `root` and its children (see [`tree_ticks`]);
+/// `None` once it has gone.
+pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
+    let processes: Vec<ProcessTicks> = procfs::process::all_processes()
+        .ok()?
+        .filter_map(|process| {
+            let stat = process.ok()?.stat().ok()?;
+            Some(ProcessTicks {
+                pid: u32::try_from(stat.pid).ok()?,
+                parent: u32::try_from(stat.ppid).ok()?,
+                own: stat.utime + stat.stime,
+                reaped_children: u64::try_from(stat.cutime + stat.cstime).unwrap_or(0),
+            })
+        })
+        .collect();
+    let ticks_per_second = procfs::ticks_per_second().max(1);
+    Some(tree_ticks(root, &processes)? as f64 / ticks_per_second as f64)
+}
+
+/// The parent of process `pid` when it is named `name` (the kernel's `comm`); `None` when
+/// `pid` is not a process of this machine's view or its parent has another name.
+pub fn parent_named(pid: u32, name: &str) -> Option<u32> {
+    let stat = Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()?;
+    let parent = Process::new(stat.ppid).ok()?.stat().ok()?;
+    (parent.comm == name).then_some(u32::try_from(parent.pid).ok()?)
+}
+
 /// Resident memory of process `pid` (MiB); `None` once it has gone.
 pub fn process_rss_mib(pid: u32) -> Option<f64> {
     let status = Process::new(i32::try_from(pid).ok()?).ok()?.status().ok()?;
@@ -95,6 +148,35 @@ mod tests {
         // Above the kernel's pid_max: no such process.
         assert_eq!(process_cpu_seconds(u32::MAX / 2), None);
         assert_eq!(process_rss_mib(u32::MAX / 2), None);
+    }
+
+    #[test]
+    fn a_server_tree_is_the_server_its_reaped_and_its_live_children() {
+        let process = |pid, parent, own, reaped_children| ProcessTicks {
+            pid,
+            parent,
+            own,
+            reaped_children,
+        };
+        let processes = [
+            process(1, 0, 5, 1000),
+            // The postmaster, 40 ticks reaped from backends that exited.
+            process(100, 1, 7, 40),
+            process(101, 100, 300, 0),
+            process(102, 100, 20, 0),
+            // A grandchild (a backend's own child) is in its parent's reaped ticks, not here.
+            process(103, 101, 9, 0),
+            // Another server on the machine.
+            process(200, 1, 50, 50),
+            process(201, 200, 500, 0),
+        ];
+        assert_eq!(tree_ticks(100, &processes), Some(7 + 40 + 300 + 20));
+        assert_eq!(tree_ticks(200, &processes), Some(600));
+        assert_eq!(tree_ticks(999, &processes), None);
+        // This process's tree: at least its own CPU.
+        let own = own_cpu_seconds().unwrap();
+        assert!(tree_cpu_seconds(std::process::id()).unwrap() >= own);
+        assert_eq!(tree_cpu_seconds(u32::MAX / 2), None);
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! Ingest benchmarks.
 //!
-//! - `contract/parse_validate` and `contract/serialize`: the two halves of the per-update CPU
-//!   cost of turning a supplier frame into a record (decode + contract checks, re-encode).
+//! - `contract/accept`: what ingest does per frame to turn it into a record (decode with
+//!   borrowed strings, contract checks, the frame's bytes plus `ingested_at` into a reused
+//!   buffer); `contract/parse_validate` and `contract/serialize`: the two halves of the way it
+//!   did it before and of what the processor still does (decode into an `OddsUpdate`,
+//!   re-encode).
 //! - `pipeline/simulator_ingest_<broker>`: `BENCH_INGEST_UPDATES` updates (default 300 000)
 //!   offered by the simulator at `BENCH_INGEST_RATE` updates/s (default 60 000) over one
 //!   WebSocket connection, through ingest to Kafka: the hosted mock, or the broker
@@ -15,7 +18,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use odds_contracts::parse_update;
+use odds_contracts::{accept_update, parse_update};
 use odds_ingest::{Ingest, IngestConfig};
 use odds_testkit::TestKafka;
 use std::time::{Duration, Instant};
@@ -34,6 +37,15 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 fn contract(c: &mut Criterion) {
     let mut group = c.benchmark_group("contract");
     group.throughput(Throughput::Elements(1));
+    let at = chrono::Utc::now();
+    let mut record = Vec::new();
+    group.bench_function("accept", |b| {
+        b.iter(|| {
+            accept_update(std::hint::black_box(UPDATE.as_bytes()), at, &mut record)
+                .unwrap()
+                .version
+        })
+    });
     group.bench_function("parse_validate", |b| {
         b.iter(|| parse_update(std::hint::black_box(UPDATE.as_bytes())).unwrap())
     });

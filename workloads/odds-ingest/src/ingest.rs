@@ -17,7 +17,7 @@ use crate::supplier::{
 };
 use crate::versions::{VersionCheck, VersionTracker};
 use crate::IngestError;
-use odds_contracts::{parse_update, RejectReason};
+use odds_contracts::{accept_update, RejectReason};
 use odds_runtime::hops;
 use odds_runtime::ops::ops_router;
 use odds_runtime::otel::{self, SpanApi as _};
@@ -239,7 +239,7 @@ async fn process_frames(
     metrics: &IngestMetrics,
     deadline: &CancellationToken,
 ) -> u64 {
-    let mut versions = VersionTracker::default();
+    let mut state = FrameState::default();
     let stopped = deadline.cancelled();
     tokio::pin!(stopped);
     let mut unproduced = loop {
@@ -257,7 +257,7 @@ async fn process_frames(
         };
         tokio::select! {
             biased;
-            _ = process_frame(queued.frame, queued.received, publisher, metrics, &mut versions) => {}
+            _ = process_frame(queued.frame, queued.received, publisher, metrics, &mut state) => {}
             _ = &mut stopped => break 1,
         }
     };
@@ -268,44 +268,59 @@ async fn process_frames(
     unproduced
 }
 
+/// What the frame loop keeps from frame to frame: the versions seen, and the buffer each
+/// record is written into (so an update costs no allocation of its own).
+#[derive(Default)]
+struct FrameState {
+    versions: VersionTracker,
+    record: Vec<u8>,
+}
+
 async fn process_frame(
     frame: SupplierFrame,
     received: Received,
     publisher: &Publisher,
     metrics: &IngestMetrics,
-    versions: &mut VersionTracker,
+    state: &mut FrameState,
 ) {
     match frame {
-        SupplierFrame::Text(text) => match parse_update(text.as_bytes()) {
-            Ok(update) => {
-                // Ingest's clock, never the supplier's (see `OddsUpdate::ingested_at`).
-                let update = update.accepted_at(received.wall);
-                metrics
-                    .supplier_to_ingest
-                    .observe(hops::seconds_between(update.updated_at, received.wall));
-                record_version(versions.observe(&update), metrics, &update.event_id);
-                // A root span from the frame's arrival, for sampled updates only: for the
-                // others (and with tracing off) nothing more is built.
-                let receive =
-                    otel::start_root(RECEIVE_SPAN, otel::SpanKind::Consumer, received.wall.into());
-                let trace = receive.as_ref().map(|span| span.span_context());
-                let payload = update.to_json();
-                publisher
-                    .publish(&update, payload.as_bytes(), received.at, trace)
-                    .await;
-                if let Some(mut span) = receive {
-                    span.set_attributes(otel::update_attributes(
-                        &update.event_id,
-                        &update.market,
-                        update.version,
-                    ));
+        SupplierFrame::Text(text) => {
+            // Ingest's clock, never the supplier's (see `OddsUpdate::ingested_at`).
+            match accept_update(text.as_bytes(), received.wall, &mut state.record) {
+                Ok(update) => {
+                    metrics
+                        .supplier_to_ingest
+                        .observe(hops::seconds_between(update.updated_at, received.wall));
+                    let check =
+                        state
+                            .versions
+                            .observe(&update.event_id, &update.market, update.version);
+                    record_version(check, metrics, &update.event_id);
+                    // A root span from the frame's arrival, for sampled updates only: for the
+                    // others (and with tracing off) nothing more is built.
+                    let receive = otel::start_root(
+                        RECEIVE_SPAN,
+                        otel::SpanKind::Consumer,
+                        received.wall.into(),
+                    );
+                    let trace = receive.as_ref().map(|span| span.span_context());
+                    publisher
+                        .publish(&update.event_id, &state.record, received.at, trace)
+                        .await;
+                    if let Some(mut span) = receive {
+                        span.set_attributes(otel::update_attributes(
+                            &update.event_id,
+                            &update.market,
+                            update.version,
+                        ));
+                    }
+                }
+                Err(reason) => {
+                    tracing::debug!(reason = reason.code(), detail = %reason, "rejecting frame");
+                    publisher.dead_letter(text.as_bytes(), &reason).await;
                 }
             }
-            Err(reason) => {
-                tracing::debug!(reason = reason.code(), detail = %reason, "rejecting frame");
-                publisher.dead_letter(text.as_bytes(), &reason).await;
-            }
-        },
+        }
         SupplierFrame::Binary(bytes) => {
             publisher
                 .dead_letter(&bytes, &RejectReason::BinaryFrame)

@@ -11,7 +11,6 @@
 //! expected right after a reconnect, when the supplier's image repeats current versions; an
 //! `older` one means the supplier went backwards and its updates will be ignored downstream.
 
-use odds_contracts::OddsUpdate;
 use odds_runtime::regressions;
 use std::collections::{HashMap, HashSet};
 
@@ -60,35 +59,32 @@ pub struct VersionTracker {
 }
 
 impl VersionTracker {
-    /// Checks `update` against the last version of its event and remembers the newest.
-    pub fn observe(&mut self, update: &OddsUpdate) -> VersionCheck {
-        if self.last.len() >= MAX_TRACKED_EVENTS && !self.last.contains_key(&update.event_id) {
+    /// Checks an update's `version` against the last of its event (and of its `market`), and
+    /// remembers the newest.
+    pub fn observe(&mut self, event_id: &str, market: &str, version: u64) -> VersionCheck {
+        if self.last.len() >= MAX_TRACKED_EVENTS && !self.last.contains_key(event_id) {
             self.last.clear();
             self.logged_regression.clear();
         }
-        if !self.last.contains_key(&update.event_id) {
-            // Cloning the id only for a new event keeps the per-update path allocation-free.
+        if !self.last.contains_key(event_id) {
+            // Copying the id only for a new event keeps the per-update path allocation-free.
             self.last
-                .insert(update.event_id.clone(), EventVersions::default());
+                .insert(event_id.to_owned(), EventVersions::default());
         }
-        let Some(versions) = self.last.get_mut(&update.event_id) else {
+        let Some(versions) = self.last.get_mut(event_id) else {
             return VersionCheck::InOrder;
         };
         let first_of_event = versions.markets.is_empty();
-        let market = match versions
-            .markets
-            .iter()
-            .position(|(m, _)| *m == update.market)
-        {
+        let slot = match versions.markets.iter().position(|(m, _)| *m == market) {
             Some(i) => i,
             None => {
-                versions.markets.push((update.market.clone(), 0));
+                versions.markets.push((market.to_owned(), 0));
                 versions.markets.len() - 1
             }
         };
-        let market_last = versions.markets[market].1;
+        let market_last = versions.markets[slot].1;
         let newest = versions.newest;
-        let check = match update.version {
+        let check = match version {
             _ if first_of_event => VersionCheck::InOrder,
             v if v == market_last => VersionCheck::Repeated,
             v if v < market_last => VersionCheck::Older,
@@ -98,13 +94,13 @@ impl VersionTracker {
             // One more than the event's newest, or a market's first quote at or below it.
             _ => VersionCheck::InOrder,
         };
-        versions.markets[market].1 = market_last.max(update.version);
-        versions.newest = newest.max(update.version);
-        if check == VersionCheck::Older && self.logged_regression.insert(update.event_id.clone()) {
+        versions.markets[slot].1 = market_last.max(version);
+        versions.newest = newest.max(version);
+        if check == VersionCheck::Older && self.logged_regression.insert(event_id.to_owned()) {
             tracing::warn!(
-                event_id = %update.event_id,
-                market = %update.market,
-                version = update.version,
+                event_id,
+                market,
+                version,
                 last_seen = market_last,
                 "supplier sent an older version than before; downstream stages will ignore it \
                  (further regressions of this event are counted, not logged)"
@@ -117,12 +113,11 @@ impl VersionTracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use odds_testkit::sample_update;
 
     #[test]
     fn gaps_and_regressions_are_told_apart() {
         let mut tracker = VersionTracker::default();
-        let mut check = |event: &str, version| tracker.observe(&sample_update(event, version));
+        let mut check = |event: &str, version| tracker.observe(event, "1X2", version);
         assert_eq!(check("E1", 5), VersionCheck::InOrder);
         assert_eq!(check("E1", 6), VersionCheck::InOrder);
         assert_eq!(check("E1", 9), VersionCheck::Gap { skipped: 2 });
@@ -137,7 +132,7 @@ mod tests {
     #[test]
     fn versions_compare_exactly_across_the_contract_range() {
         let mut tracker = VersionTracker::default();
-        let mut check = |version| tracker.observe(&sample_update("E1", version));
+        let mut check = |version| tracker.observe("E1", "1X2", version);
         let exact = 1u64 << 53;
         let top = odds_contracts::MAX_VERSION;
         assert_eq!(check(exact), VersionCheck::InOrder);
@@ -161,9 +156,7 @@ mod tests {
     #[test]
     fn markets_share_the_event_sequence_and_regress_on_their_own() {
         let mut tracker = VersionTracker::default();
-        let mut check = |market: &str, version| {
-            tracker.observe(&odds_testkit::sample_update_in("E1", market, version))
-        };
+        let mut check = |market: &str, version| tracker.observe("E1", market, version);
         assert_eq!(check("1X2", 5), VersionCheck::InOrder);
         assert_eq!(check("HT_1X2", 6), VersionCheck::InOrder);
         assert_eq!(

@@ -1,12 +1,13 @@
 //! The Postgres read models: `odds_current` and `odds_history`, written one batch at a time.
 //!
 //! A batch is one SQL statement (hence one transaction): the arrays of the batch are UNNESTed
-//! once, every update is inserted into history (`ON CONFLICT DO NOTHING`, so replays are
-//! harmless), and the newest update per (event, market) is upserted into `odds_current` only
-//! where it is strictly newer than the stored row. One rule settles two contents at one version, the
-//! same in Postgres, Redis and on the WebSocket: the first one read wins (history keeps it,
-//! `odds_current` keeps it, and Redis's set-if-newer script refuses the later one). Set-based statements keep a batch of thousands of
-//! updates at one round trip.
+//! once, every update is inserted into history (a plain insert; when a version was stored
+//! already, the same statement again with `ON CONFLICT DO NOTHING`, so replays are harmless),
+//! and the newest update per (event, market) is upserted into `odds_current` only where it is
+//! strictly newer than the stored row. One rule settles two contents at one version, the same
+//! in Postgres, Redis and on the WebSocket: the first one read wins (history keeps it,
+//! `odds_current` keeps it, and Redis's set-if-newer script refuses the later one). Set-based
+//! statements keep a batch of thousands of updates at one round trip.
 
 use odds_contracts::OddsUpdate;
 use odds_schema::pool::{DeadlinePool, PoolSettings};
@@ -158,10 +159,20 @@ impl Store {
         if updates.is_empty() {
             return Ok(Applied::default());
         }
-        let rows = self
+        // Versions new to history are the rule: the plain insert first, and only when one was
+        // stored already (a replay) the statement that skips them (see `APPLY_NEW_BATCH`).
+        let new = self
             .db
-            .run(async |conn| read_models::apply_batch(updates).fetch_all(conn).await)
-            .await?;
+            .run(async |conn| read_models::apply_new_batch(updates).fetch_all(conn).await)
+            .await;
+        let rows = match new {
+            Err(error) if read_models::is_history_key_violation(&error) => {
+                self.db
+                    .run(async |conn| read_models::apply_batch(updates).fetch_all(conn).await)
+                    .await?
+            }
+            written => written?,
+        };
         let mut applied = Applied::default();
         for row in rows {
             applied.history_inserted = count(row.try_get("history_inserted")?);

@@ -12,13 +12,12 @@ use sqlx::postgres::{PgArguments, PgRow, Postgres};
 use sqlx::query::Query;
 use sqlx::Row;
 
-/// Applies a batch in one statement: every update into `odds_history` (`ON CONFLICT DO
-/// NOTHING`), the newest per (event, market) into `odds_current` only where strictly newer.
-/// Ties (two contents at one version) go to the first one read. Returns one row per (event,
-/// market) of the batch: `event_id`, `market`, `is_current` (the batch's newest is what is
-/// stored now), `stored_version` (the version stored before the statement, NULL for none),
-/// and the counts `history_inserted` and `current_advanced` (the same on every row).
-pub const APPLY_BATCH: &str = r#"
+/// [`APPLY_BATCH`] and [`APPLY_NEW_BATCH`], which differ only in how history rows go in
+/// (`$history_rows`: the end of the history `INSERT ... SELECT`).
+macro_rules! apply_batch_sql {
+    ($history_rows:literal) => {
+        concat!(
+            r#"
 WITH input AS (
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[],
                          $5::float8[], $6::float8[], $7::float8[], $8::int8[],
@@ -34,9 +33,9 @@ WITH input AS (
                               updated_at, source)
     SELECT event_id, version, market, home_odds::numeric, draw_odds::numeric,
            away_odds::numeric, updated_at, source
-    FROM input ORDER BY ord
-    ON CONFLICT (event_id, market, version) DO NOTHING
-    RETURNING 1
+"#,
+            $history_rows,
+            r#"    RETURNING 1
 ), upsert AS (
     INSERT INTO odds_current (event_id, home_team, away_team, market, home_odds, draw_odds,
                               away_odds, version, updated_at, source)
@@ -66,7 +65,49 @@ SELECT n.event_id, n.market,
        (SELECT count(*) FROM upsert) AS current_advanced
 FROM newest n
     LEFT JOIN odds_current c ON c.event_id = n.event_id AND c.market = n.market
-"#;
+"#
+        )
+    };
+}
+
+/// Applies a batch in one statement: every update into `odds_history` (`ON CONFLICT DO
+/// NOTHING`), the newest per (event, market) into `odds_current` only where strictly newer.
+/// Ties (two contents at one version) go to the first one read. Returns one row per (event,
+/// market) of the batch: `event_id`, `market`, `is_current` (the batch's newest is what is
+/// stored now), `stored_version` (the version stored before the statement, NULL for none),
+/// and the counts `history_inserted` and `current_advanced` (the same on every row).
+pub const APPLY_BATCH: &str = apply_batch_sql!(
+    "    FROM input ORDER BY ord
+    ON CONFLICT (event_id, market, version) DO NOTHING
+"
+);
+
+/// [`APPLY_BATCH`] for a batch none of whose versions is in history yet, the common case:
+/// history rows go in as a plain `INSERT`. `ON CONFLICT` costs every row a speculative
+/// insertion (a probe of the unique index before the insert and a WAL record confirming it),
+/// and the history insert is most of the statement's time (EXPLAIN ANALYZE, issue #26,
+/// docs/performance.md); here a version already
+/// stored, or twice in the batch, fails the whole statement with a unique violation of
+/// [`HISTORY_KEY`] and changes nothing, and the caller applies the batch with
+/// [`APPLY_BATCH`] instead (see [`is_history_key_violation`]).
+pub const APPLY_NEW_BATCH: &str = apply_batch_sql!(
+    "    FROM input
+"
+);
+
+/// The unique constraint of `odds_history`: one row per (event, market, version).
+pub const HISTORY_KEY: &str = "odds_history_event_market_version_key";
+
+/// Whether `error` is [`APPLY_NEW_BATCH`] finding a version already in history (or twice in
+/// its batch): a unique violation (SQLSTATE 23505) of [`HISTORY_KEY`].
+pub fn is_history_key_violation(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => {
+            db.code().as_deref() == Some("23505") && db.constraint() == Some(HISTORY_KEY)
+        }
+        _ => false,
+    }
+}
 
 /// The columns of `odds_current` as [`current_from_row`] reads them (prices as `float8`).
 macro_rules! current_columns {
@@ -143,6 +184,19 @@ pub const HISTORY_NEWEST_FIRST: &str = "SELECT h.version, h.market, \
 
 /// [`APPLY_BATCH`] with `updates` bound as its arrays.
 pub fn apply_batch(updates: &[OddsUpdate]) -> Query<'_, Postgres, PgArguments> {
+    bind_batch(APPLY_BATCH, updates)
+}
+
+/// [`APPLY_NEW_BATCH`] with `updates` bound as its arrays.
+pub fn apply_new_batch(updates: &[OddsUpdate]) -> Query<'_, Postgres, PgArguments> {
+    bind_batch(APPLY_NEW_BATCH, updates)
+}
+
+/// `statement` (one of the batch statements) with `updates` bound as its arrays.
+fn bind_batch<'a>(
+    statement: &'static str,
+    updates: &'a [OddsUpdate],
+) -> Query<'a, Postgres, PgArguments> {
     let n = updates.len();
     let mut event_ids = Vec::with_capacity(n);
     let mut home_teams = Vec::with_capacity(n);
@@ -167,7 +221,7 @@ pub fn apply_batch(updates: &[OddsUpdate]) -> Query<'_, Postgres, PgArguments> {
         updated_at.push(u.updated_at);
         sources.push(u.source.as_str());
     }
-    sqlx::query(APPLY_BATCH)
+    sqlx::query(statement)
         .bind(event_ids)
         .bind(home_teams)
         .bind(away_teams)

@@ -26,7 +26,9 @@ use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::{Market, OddsUpdate};
 use odds_testkit::{http_get, PostgresDurability};
-use report::{median_run, per_thousand, BENCH_PROCESS, BROKER_PROCESS, SATURATED_BELOW_IDLE};
+use report::{
+    median_run, per_thousand, BENCH_PROCESS, BROKER_PROCESS, POSTGRES_PROCESS, SATURATED_BELOW_IDLE,
+};
 pub use report::{
     BenchReport, CanaryFigures, KafkaUsed, Latency, Machine, PostgresSettings, RateStep, RunFigures,
 };
@@ -236,7 +238,8 @@ async fn measure(
     // the per-1000 figures the updates persisted in it.
     let caught_up = catch_up(launcher, args, rate).await;
     let persisted_before = persisted_count(&pool).await?;
-    let window = Window::open(launcher).await;
+    let postmaster = postmaster_pid(&pool).await;
+    let window = Window::open(launcher, postmaster).await;
     let listeners = Listeners::start(launcher, args)?;
     let started = Instant::now();
     wait_sent(
@@ -255,7 +258,7 @@ async fn measure(
     let closed = window.close(launcher, in_window).await;
     let skipped = closed.skipped;
     let accepted = total.saturating_sub(skipped.versions_never_ingested + skipped.dead_lettered);
-    let postgres = postgres_settings(&pool, launcher).await?;
+    let postgres = postgres_settings(&pool, launcher, postmaster).await?;
     let rss_mb = rss_mb(launcher);
     let (latencies, canary) = listeners.stop().await?;
     // Every delivery counted by the clients falls in the window (they connect after it opens).
@@ -464,6 +467,8 @@ struct Window {
     scrape: Scrape,
     cpu_s: BTreeMap<String, f64>,
     machine: Option<procfs::MachineTicks>,
+    /// Postgres' postmaster, when it runs on this machine.
+    postmaster: Option<u32>,
 }
 
 /// What happened in the window.
@@ -501,18 +506,19 @@ impl Skipped {
 }
 
 impl Window {
-    async fn open(launcher: &Launcher) -> Window {
+    async fn open(launcher: &Launcher, postmaster: Option<u32>) -> Window {
         Window {
             started: Instant::now(),
             scrape: Scrape::take(launcher).await,
-            cpu_s: cpu_now(launcher),
+            cpu_s: cpu_now(launcher, postmaster),
             machine: procfs::machine_ticks(),
+            postmaster,
         }
     }
 
     async fn close(self, launcher: &Launcher, updates: u64) -> ClosedWindow {
         let machine = procfs::machine_ticks();
-        let cpu_after = cpu_now(launcher);
+        let cpu_after = cpu_now(launcher, self.postmaster);
         let scrape = Scrape::take(launcher).await;
         let cpu_s: BTreeMap<String, f64> = cpu_after
             .iter()
@@ -558,8 +564,9 @@ fn kafka_used(launcher: &Launcher, partitions: i32) -> KafkaUsed {
     }
 }
 
-/// CPU seconds so far of every stage, of the Tansu broker started here, and of this process.
-fn cpu_now(launcher: &Launcher) -> BTreeMap<String, f64> {
+/// CPU seconds so far of every stage, of the Tansu broker started here, of Postgres' server
+/// processes (the postmaster's tree, when it runs here) and of this process.
+fn cpu_now(launcher: &Launcher, postmaster: Option<u32>) -> BTreeMap<String, f64> {
     let mut cpu: BTreeMap<String, f64> = launcher
         .children
         .iter()
@@ -570,16 +577,32 @@ fn cpu_now(launcher: &Launcher) -> BTreeMap<String, f64> {
             cpu.insert(BROKER_PROCESS.to_owned(), used);
         }
     }
+    if let Some(used) = postmaster.and_then(procfs::tree_cpu_seconds) {
+        cpu.insert(POSTGRES_PROCESS.to_owned(), used);
+    }
     if let Some(own) = procfs::own_cpu_seconds() {
         cpu.insert(BENCH_PROCESS.to_owned(), own);
     }
     cpu
 }
 
+/// Postgres' postmaster, found as the parent of the backend serving `pool`'s connection
+/// (`pg_backend_pid()`), when that backend is a process of this machine named `postgres`:
+/// the throwaway server the benchmark started, or one `DATABASE_URL` names on this machine.
+/// Every Postgres process (backends, WAL writer, checkpointer, autovacuum) is its child.
+async fn postmaster_pid(pool: &sqlx::PgPool) -> Option<u32> {
+    let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(pool)
+        .await
+        .ok()?;
+    procfs::parent_named(u32::try_from(backend).ok()?, "postgres")
+}
+
 /// The durability settings the server reports, whoever started it.
 async fn postgres_settings(
     pool: &sqlx::PgPool,
     launcher: &Launcher,
+    postmaster_pid: Option<u32>,
 ) -> anyhow::Result<PostgresSettings> {
     let show = |name: &'static str| async move {
         sqlx::query_scalar::<_, String>(&format!("SHOW {name}"))
@@ -597,6 +620,7 @@ async fn postgres_settings(
         fsync: show("fsync").await?,
         synchronous_commit: show("synchronous_commit").await?,
         full_page_writes: show("full_page_writes").await?,
+        postmaster_pid,
     })
 }
 

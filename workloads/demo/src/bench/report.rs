@@ -16,6 +16,9 @@ pub const SATURATED_BELOW_IDLE: f64 = 0.10;
 pub const BENCH_PROCESS: &str = "odds-demo-bench";
 /// The key of the Kafka broker the benchmark started (Tansu) in the CPU and memory maps.
 pub const BROKER_PROCESS: &str = "kafka-broker (tansu)";
+/// The key of Postgres' server processes (the postmaster and all its children: backends,
+/// WAL writer, checkpointer, autovacuum) in the CPU maps.
+pub const POSTGRES_PROCESS: &str = "postgres (server)";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Latency {
@@ -52,6 +55,11 @@ pub struct PostgresSettings {
     pub fsync: String,
     pub synchronous_commit: String,
     pub full_page_writes: String,
+    /// The postmaster whose processes' CPU is in the CPU maps as [`POSTGRES_PROCESS`]: the
+    /// parent of the backend serving the benchmark's own connection. `None` when that
+    /// backend is not a process of this machine (a remote server or another PID namespace):
+    /// Postgres' CPU is then not measured.
+    pub postmaster_pid: Option<u32>,
 }
 
 impl PostgresSettings {
@@ -429,8 +437,12 @@ impl BenchReport {
     /// behind Kafka's retention.
     fn setting_lines(&self) -> String {
         let pg = &self.postgres;
+        let cpu = match pg.postmaster_pid {
+            Some(pid) => format!("; CPU: postmaster {pid} and its children"),
+            None => "; CPU not measured (the server is not a process of this machine)".to_owned(),
+        };
         let mut out = format!(
-            "postgres ({}): fsync {}, synchronous_commit {}, full_page_writes {}{}\nkafka: {}\n",
+            "postgres ({}): fsync {}, synchronous_commit {}, full_page_writes {}{}{cpu}\nkafka: {}\n",
             pg.started_as,
             pg.fsync,
             pg.synchronous_commit,
@@ -607,12 +619,37 @@ pub(crate) mod tests {
                 fsync: fsync.into(),
                 synchronous_commit: "on".into(),
                 full_page_writes: "on".into(),
+                postmaster_pid: Some(4242),
             },
             hops: Vec::new(),
             runs: Vec::new(),
             canary: None,
             find_max_steps: Vec::new(),
         }
+    }
+
+    #[test]
+    fn the_summary_says_whose_cpu_postgres_is_or_that_it_is_not_measured() {
+        let mut measured = report(0.5, "on");
+        measured.cpu_s.insert(POSTGRES_PROCESS.to_owned(), 6.0);
+        measured.cpu_s_per_1000_updates = per_thousand(&measured.cpu_s, 5000);
+        let summary = measured.summary();
+        assert!(
+            summary.contains("CPU: postmaster 4242 and its children"),
+            "{summary}"
+        );
+        assert!(summary.contains("postgres (server)"), "{summary}");
+        assert!(summary.contains("1.200"), "{summary}");
+        let json = serde_json::to_value(&measured).unwrap();
+        assert_eq!(json["cpu_s"][POSTGRES_PROCESS], 6.0);
+        assert_eq!(json["postgres"]["postmaster_pid"], 4242);
+        let mut remote = report(0.5, "on");
+        remote.postgres.postmaster_pid = None;
+        assert!(
+            remote.summary().contains("CPU not measured"),
+            "{}",
+            remote.summary()
+        );
     }
 
     #[test]

@@ -1,0 +1,185 @@
+//! Ingest's accept step: a supplier frame checked against the contract and turned into the
+//! record that goes on the topic, without copying its strings or re-encoding it.
+//!
+//! Decoding into an [`OddsUpdate`] (five owned strings) and encoding it again was most of
+//! ingest's own CPU per update. A frame that carries exactly the contract's fields is already
+//! in the contract's shape, so its record is the frame's own bytes with `ingested_at` added
+//! before the closing brace, and checking it needs only borrowed strings. A frame with any
+//! other field, or with an `ingested_at` of its own (only ingest's clock counts), is decoded
+//! and re-encoded as before, so what goes on the topic is the contract's shape whatever a
+//! supplier sends. The same bytes are accepted or rejected, with the same reason, as by
+//! [`parse_update`], which the processor uses: the borrowed decoding accepts a subset of what
+//! it accepts, and the rules are the same (`update::Fields`).
+
+use crate::reject::{parse_update, RejectReason, MAX_UPDATE_BYTES};
+use crate::update::{accepted_instant, fields_of, ingested_at_millis, Odds};
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use std::borrow::Cow;
+
+/// What ingest needs of an accepted update once its record is written: its key, what its
+/// version is checked against, and the supplier's clock for the first hop.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AcceptedUpdate<'a> {
+    pub event_id: Cow<'a, str>,
+    pub market: Cow<'a, str>,
+    pub version: u64,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// The contract's fields and nothing else, strings borrowed from the frame where they hold no
+/// escapes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContractFields<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow)]
+    home_team: Cow<'a, str>,
+    #[serde(borrow)]
+    away_team: Cow<'a, str>,
+    #[serde(borrow)]
+    market: Cow<'a, str>,
+    odds: Odds,
+    updated_at: DateTime<Utc>,
+    #[serde(default, borrow)]
+    source: Cow<'a, str>,
+    version: u64,
+}
+
+/// Checks `frame` as [`parse_update`] does and, when it is valid, writes into `record`
+/// (cleared first) the update stamped as accepted by ingest at `at`
+/// ([`crate::OddsUpdate::accepted_at`]): the JSON that goes on the topic.
+pub fn accept_update<'a>(
+    frame: &'a [u8],
+    at: DateTime<Utc>,
+    record: &mut Vec<u8>,
+) -> Result<AcceptedUpdate<'a>, RejectReason> {
+    record.clear();
+    if frame.len() <= MAX_UPDATE_BYTES {
+        if let Ok(fields) = serde_json::from_slice::<ContractFields<'a>>(frame) {
+            if let Some(closing) = closing_brace(frame) {
+                fields_of!(fields).validate()?;
+                record.extend_from_slice(&frame[..closing]);
+                record.extend_from_slice(b",\"ingested_at\":\"");
+                record
+                    .extend_from_slice(ingested_at_millis::text(&accepted_instant(at)).as_bytes());
+                record.extend_from_slice(b"\"}");
+                return Ok(AcceptedUpdate {
+                    event_id: fields.event_id,
+                    market: fields.market,
+                    version: fields.version,
+                    updated_at: fields.updated_at,
+                });
+            }
+        }
+    }
+    // Other fields, an `ingested_at` of the supplier's, or not an update at all: the full
+    // decoding decides, with its reason.
+    let update = parse_update(frame)?.accepted_at(at);
+    update.write_json(record);
+    Ok(AcceptedUpdate {
+        event_id: Cow::Owned(update.event_id),
+        market: Cow::Owned(update.market),
+        version: update.version,
+        updated_at: update.updated_at,
+    })
+}
+
+/// Where the object's closing brace is: the last byte that is not JSON whitespace.
+fn closing_brace(frame: &[u8]) -> Option<usize> {
+    let last = frame
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))?;
+    (frame[last] == b'}').then_some(last)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::OddsUpdate;
+
+    const FRAME: &str = r#"{"event_id":"MATCH_002","home_team":"Liverpool","away_team":"Everton","market":"1X2","odds":{"home":1.85,"draw":3.6,"away":4.2},"updated_at":"2026-11-28T10:00:00.123Z","source":"supplier-simulator","version":7}"#;
+
+    fn at() -> DateTime<Utc> {
+        "2026-12-06T11:00:00.123456789Z".parse().unwrap()
+    }
+
+    /// What the record must decode to: the frame as `parse_update` reads it, accepted at `at`.
+    fn expected(frame: &str) -> OddsUpdate {
+        parse_update(frame.as_bytes()).unwrap().accepted_at(at())
+    }
+
+    fn accept(frame: &str) -> (Result<AcceptedUpdate<'_>, RejectReason>, Vec<u8>) {
+        let mut record = b"left over from the last frame".to_vec();
+        let accepted = accept_update(frame.as_bytes(), at(), &mut record);
+        (accepted, record)
+    }
+
+    #[test]
+    fn a_contract_frame_is_forwarded_as_it_is_with_ingested_at_added() {
+        let (accepted, record) = accept(FRAME);
+        let accepted = accepted.unwrap();
+        let text = std::str::from_utf8(&record).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "{},\"ingested_at\":\"2026-12-06T11:00:00.123Z\"}}",
+                &FRAME[..FRAME.len() - 1]
+            )
+        );
+        assert!(matches!(accepted.event_id, Cow::Borrowed("MATCH_002")));
+        assert_eq!(accepted.market, "1X2");
+        assert_eq!(accepted.version, 7);
+        assert_eq!(accepted.updated_at, expected(FRAME).updated_at);
+        let decoded: OddsUpdate = serde_json::from_slice(&record).unwrap();
+        assert_eq!(decoded, expected(FRAME));
+    }
+
+    #[test]
+    fn every_accepted_frame_becomes_the_contracts_fields_stamped_with_ingest_time() {
+        let extra = FRAME.replace("\"version\":7", "\"version\":7,\"extra\":[1,{\"a\":2}]");
+        let stamped = FRAME.replace(
+            "\"version\":7",
+            "\"version\":7,\"ingested_at\":\"2030-01-01T00:00:00Z\"",
+        );
+        let escaped = FRAME.replace("Everton", "Ever\\u0074on \\\"FC\\\"");
+        let spaced = format!("  {}  \n", FRAME.replace(",", " , "));
+        for frame in [&extra, &stamped, &escaped, &spaced] {
+            let (accepted, record) = accept(frame);
+            let accepted = accepted.unwrap();
+            let decoded: OddsUpdate = serde_json::from_slice(&record).unwrap();
+            assert_eq!(decoded, expected(frame), "{frame}");
+            assert_eq!(accepted.event_id, "MATCH_002");
+            let fields: serde_json::Value = serde_json::from_slice(&record).unwrap();
+            assert!(fields.get("extra").is_none(), "{frame}");
+            assert_eq!(fields["ingested_at"], "2026-12-06T11:00:00.123Z", "{frame}");
+        }
+    }
+
+    #[test]
+    fn rejections_are_parse_updates_with_the_same_reason() {
+        let frames = [
+            FRAME.replace("\"version\":7", "\"version\":0"),
+            FRAME.replace("1.85", "1.0"),
+            FRAME.replace("\"1X2\"", "\"OU_2.5\""),
+            FRAME
+                .replace("\"version\":7", "\"version\":7,\"extra\":1")
+                .replace("4.2", "1e999"),
+            FRAME.replace("Everton", "Ever\\u0000ton"),
+            FRAME.replace("\"version\":7}", "\"version\":7,\"version\":8}"),
+            FRAME[..FRAME.len() - 1].to_owned(),
+            "[]".to_owned(),
+            " ".repeat(MAX_UPDATE_BYTES + 1),
+            format!("{}{}", FRAME, " ".repeat(MAX_UPDATE_BYTES)),
+        ];
+        for frame in &frames {
+            let (accepted, _) = accept(frame);
+            assert_eq!(
+                accepted.unwrap_err(),
+                parse_update(frame.as_bytes()).unwrap_err(),
+                "{frame}"
+            );
+        }
+    }
+}
