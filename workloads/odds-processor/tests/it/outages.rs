@@ -6,6 +6,7 @@ use crate::common::*;
 use futures_util::StreamExt;
 use odds_contracts::cache_status::CacheStatus;
 use odds_contracts::names::REDIS_CACHE_STATUS_CHANNEL;
+use odds_contracts::JsonMessage;
 use odds_processor::processor::{CHECK_POSTGRES, CHECK_REDIS};
 use odds_testkit::{TestDatabase, TestKafka, TestRedis};
 use std::sync::{Arc, Mutex};
