@@ -12,6 +12,7 @@
 use crate::window::{Sight, Summary};
 use odds_contracts::freshness::{FreshnessReport, FRESHNESS_PUBLISH_EVERY_MS, FRESHNESS_TTL_MS};
 use odds_contracts::names::REDIS_FRESHNESS_KEY;
+use odds_contracts::JsonMessage;
 use redis::aio::MultiplexedConnection;
 use redis::AsyncConnectionConfig;
 use std::sync::atomic::{AtomicU64, Ordering};

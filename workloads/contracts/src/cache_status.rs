@@ -8,6 +8,7 @@
 //! [`CACHE_STATUS_LEASE_MS`] pass without a new failure report (the processor may have died
 //! or been replaced): a report is a lease, so no reader waits for a message that never comes.
 
+use crate::json::JsonMessage;
 use serde::{Deserialize, Serialize};
 
 /// How often a processor repeats a failure report while its cache writes keep failing.
@@ -24,6 +25,8 @@ pub struct CacheStatus {
     pub reason: Option<String>,
 }
 
+impl JsonMessage for CacheStatus {}
+
 impl CacheStatus {
     pub fn healthy() -> CacheStatus {
         CacheStatus {
@@ -37,17 +40,6 @@ impl CacheStatus {
             healthy: false,
             reason: Some(reason.into()),
         }
-    }
-
-    /// JSON text. Serializing this type cannot fail (string keys only).
-    #[allow(clippy::expect_used)]
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("CacheStatus serialization is infallible")
-    }
-
-    /// Parses a report; `None` for anything else (logged by the reader).
-    pub fn parse(bytes: &[u8]) -> Option<CacheStatus> {
-        serde_json::from_slice(bytes).ok()
     }
 }
 

@@ -9,6 +9,7 @@
 //! died leaves no key after a few missed writes, so the page says "no canary figures" instead
 //! of showing old figures as current. odds-service serves the key as `GET /v1/freshness`.
 
+use crate::json::JsonMessage;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -43,18 +44,7 @@ pub struct FreshnessReport {
     pub blind: Option<String>,
 }
 
-impl FreshnessReport {
-    /// JSON text. Serializing this type cannot fail (string keys only).
-    #[allow(clippy::expect_used)]
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("FreshnessReport serialization is infallible")
-    }
-
-    /// Parses a report; `None` for anything else.
-    pub fn parse(bytes: &[u8]) -> Option<FreshnessReport> {
-        serde_json::from_slice(bytes).ok()
-    }
-}
+impl JsonMessage for FreshnessReport {}
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,7 @@
 //! its timeout, or hears a processor say it cannot move prices, tells its clients that live
 //! updates stopped, and that they flow again once beats say so.
 
+use crate::json::JsonMessage;
 use serde::{Deserialize, Serialize};
 
 /// How often a processor beats.
@@ -35,18 +36,9 @@ pub struct Heartbeat {
     pub leaving: bool,
 }
 
+impl JsonMessage for Heartbeat {}
+
 impl Heartbeat {
-    /// JSON text. Serializing this type cannot fail (string keys only).
-    #[allow(clippy::expect_used)]
-    pub fn to_json(&self) -> String {
-        serde_json::to_string(self).expect("Heartbeat serialization is infallible")
-    }
-
-    /// Parses a beat; `None` for anything else (logged by the reader).
-    pub fn parse(bytes: &[u8]) -> Option<Heartbeat> {
-        serde_json::from_slice(bytes).ok()
-    }
-
     /// Why this processor cannot move prices, when its beat says so.
     pub fn stall(&self) -> Option<&'static str> {
         if !self.kafka {

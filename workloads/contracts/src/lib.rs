@@ -4,8 +4,9 @@
 //! shapes and names that cross those boundaries live here, once: the [`OddsUpdate`] event and
 //! its validation, the reasons an input is rejected ([`RejectReason`]), topic and Redis names
 //! ([`names`]), ports ([`ports`]), the client protocol of `/ws/odds` ([`ws`]), the freshness
-//! canary's published figures ([`freshness`]), and where a sampled update's trace context
-//! travels ([`traced`]). A workload crate depends on this crate and never on another workload.
+//! canary's published figures ([`freshness`]), one way to write and read such JSON messages
+//! ([`JsonMessage`]), and where a sampled update's trace context travels ([`traced`]). A
+//! workload crate depends on this crate and never on another workload.
 
 mod accept;
 pub mod cache_status;
@@ -13,6 +14,7 @@ pub mod dead_letter;
 pub mod env;
 pub mod freshness;
 pub mod heartbeat;
+mod json;
 pub mod names;
 pub mod ports;
 mod reject;
@@ -21,6 +23,7 @@ mod update;
 pub mod ws;
 
 pub use accept::{accept_update, AcceptedUpdate};
+pub use json::JsonMessage;
 pub use reject::{parse_update, RejectReason, MAX_UPDATE_BYTES, STORAGE_REJECTED};
 pub use update::{
     stored_price, validate_event_id, Market, Odds, OddsUpdate, UnknownMarket, ValidationError,

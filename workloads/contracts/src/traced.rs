@@ -37,25 +37,17 @@ pub fn pubsub_suffix(traceparent: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Odds, OddsUpdate};
+    use crate::OddsUpdate;
 
     #[test]
     fn the_update_comes_back_unchanged_with_or_without_a_trace() {
-        let update = OddsUpdate {
-            event_id: "MATCH_001".into(),
-            home_team: "Line\nbreak".into(),
-            away_team: "Away".into(),
-            market: "1X2".into(),
-            odds: Odds {
-                home: 2.1,
-                draw: 3.3,
-                away: 3.6,
-            },
-            updated_at: chrono::Utc::now(),
-            source: "test".into(),
-            version: 7,
-            ingested_at: None,
-        };
+        let update: OddsUpdate = serde_json::from_value(serde_json::json!({
+            "event_id": "MATCH_001", "home_team": "Line\nbreak", "away_team": "Away",
+            "market": "1X2", "odds": {"home": 2.1, "draw": 3.3, "away": 3.6},
+            "updated_at": "2026-12-06T12:00:00Z", "source": "test", "version": 7,
+        }))
+        .unwrap();
+        assert!(update.home_team.contains('\n'));
         let json = update.to_json();
         assert!(!json.contains('\n'), "compact JSON escapes newlines");
         let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";

@@ -1,6 +1,7 @@
 //! Command-line and environment configuration of odds-ingest.
 
 use odds_contracts::env;
+use odds_runtime::cli::{millis, Millis};
 use odds_runtime::{KafkaArgs, OpsArgs};
 use std::time::Duration;
 
@@ -32,23 +33,20 @@ pub struct IngestConfig {
     pub compression: String,
 
     /// First reconnect delay after the supplier connection fails (ms); doubles per attempt.
-    #[arg(long, env = env::RECONNECT_MIN_MS, default_value_t = 100,
-          value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub reconnect_min_ms: u64,
+    #[arg(long, env = env::RECONNECT_MIN_MS, default_value = "100", value_parser = millis(1..=600_000))]
+    pub reconnect_min_ms: Millis,
 
     /// Cap of the reconnect delay (ms), at least the first delay. Each delay is drawn at random
     /// below the current step.
-    #[arg(long, env = env::RECONNECT_MAX_MS, default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(1..=600_000))]
-    pub reconnect_max_ms: u64,
+    #[arg(long, env = env::RECONNECT_MAX_MS, default_value = "10000", value_parser = millis(1..=600_000))]
+    pub reconnect_max_ms: Millis,
 
     /// After this long without a frame from the supplier ingest pings it (ms); after three
     /// intervals of silence it reconnects (a half-open connection, a frozen supplier). A
     /// connect attempt also gets three intervals, and so does one message: a message that
     /// takes longer to arrive counts as silence.
-    #[arg(long, env = env::SUPPLIER_PING_INTERVAL_MS, default_value_t = 5000,
-          value_parser = clap::value_parser!(u64).range(50..=600_000))]
-    pub supplier_ping_interval_ms: u64,
+    #[arg(long, env = env::SUPPLIER_PING_INTERVAL_MS, default_value = "5000", value_parser = millis(50..=600_000))]
+    pub supplier_ping_interval_ms: Millis,
 
     /// Largest WebSocket message read from the supplier (bytes); larger closes the connection.
     /// Frames above the update limit (16 KiB) but below this are dead-lettered as `oversize`.
@@ -59,9 +57,8 @@ pub struct IngestConfig {
     /// How long shutdown waits for Kafka to take the records already read (ms). Keep it below
     /// the orchestrator's grace period (Kubernetes: 30 s); what is still undelivered then is
     /// counted and logged.
-    #[arg(long, env = env::SHUTDOWN_FLUSH_MS, default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub shutdown_flush_ms: u64,
+    #[arg(long, env = env::SHUTDOWN_FLUSH_MS, default_value = "10000", value_parser = millis(0..=600_000))]
+    pub shutdown_flush_ms: Millis,
 
     #[command(flatten)]
     pub ops: OpsArgs,
@@ -115,8 +112,8 @@ impl IngestConfig {
 
     pub fn reconnect_bounds(&self) -> (Duration, Duration) {
         (
-            Duration::from_millis(self.reconnect_min_ms),
-            Duration::from_millis(self.reconnect_max_ms),
+            self.reconnect_min_ms.duration(),
+            self.reconnect_max_ms.duration(),
         )
     }
 }

@@ -19,9 +19,10 @@ use crate::versions::{VersionCheck, VersionTracker};
 use crate::IngestError;
 use odds_contracts::{accept_update, RejectReason};
 use odds_runtime::hops;
-use odds_runtime::ops::ops_router;
+use odds_runtime::metrics::ComponentMetrics;
+use odds_runtime::ops::serve_ops;
 use odds_runtime::otel::{self, SpanApi as _};
-use odds_runtime::{serve_http, Readiness};
+use odds_runtime::Readiness;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -86,7 +87,7 @@ fn supplier_link(config: &IngestConfig) -> SupplierLink {
         max_message_bytes: config.max_ws_message_bytes as usize,
         reconnect_min,
         reconnect_max,
-        ping_interval: Duration::from_millis(config.supplier_ping_interval_ms),
+        ping_interval: config.supplier_ping_interval_ms.duration(),
     }
 }
 
@@ -121,8 +122,7 @@ impl Ingest {
         config: IngestConfig,
         shutdown: CancellationToken,
     ) -> Result<Ingest, IngestError> {
-        let registry = IngestMetrics::registry()?;
-        let metrics = IngestMetrics::register(&registry)?;
+        let (registry, metrics) = IngestMetrics::registered()?;
         let readiness = Readiness::new(&[READY_SUPPLIER, READY_KAFKA, READY_PRODUCER, READY_DLQ]);
         readiness.set(READY_PRODUCER, true);
         readiness.set(READY_DLQ, true);
@@ -136,9 +136,10 @@ impl Ingest {
         let link = supplier_link(&config);
         // The ops server outlives the pipeline a little so /metrics shows the final drain.
         let ops_shutdown = CancellationToken::new();
-        let (ops_addr, ops_task) = serve_http(
+        let (ops_addr, ops_task) = serve_ops(
             config.ops.http_addr,
-            ops_router(readiness.clone(), registry.registry().clone()),
+            &readiness,
+            &registry,
             ops_shutdown.clone(),
         )
         .await?;
@@ -158,8 +159,7 @@ impl Ingest {
             readiness.clone(),
             shutdown.clone(),
         ));
-        let deadline =
-            shutdown_deadline(&shutdown, Duration::from_millis(config.shutdown_flush_ms));
+        let deadline = shutdown_deadline(&shutdown, config.shutdown_flush_ms.duration());
         let stage_metrics = metrics.clone();
         let task = tokio::spawn(async move {
             let unproduced = process_frames(frames_rx, &publisher, &stage_metrics, &deadline).await;

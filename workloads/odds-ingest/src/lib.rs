@@ -24,8 +24,6 @@ pub enum IngestError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error(transparent)]
     Runtime(#[from] odds_runtime::RuntimeError),
-    #[error("metrics registration: {0}")]
-    Metrics(#[from] prometheus::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("fatal Kafka producer error (accepted records not yet delivered were counted as undelivered): {0}")]

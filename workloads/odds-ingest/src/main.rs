@@ -1,13 +1,16 @@
+//! `odds-ingest` binary: parse the configuration, then run the stage until SIGTERM.
+
 use anyhow::Context;
 use clap::{CommandFactory, Parser};
+use odds_ingest::metrics::IngestMetrics;
 use odds_ingest::{run, IngestConfig};
+use odds_runtime::cli::{metric_families_requested, StageProcess};
+use odds_runtime::metrics::{print_families, ComponentMetrics};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if odds_runtime::cli::metric_families_requested() {
-        let registry = odds_ingest::metrics::IngestMetrics::registry()?;
-        odds_ingest::metrics::IngestMetrics::register(&registry)?;
-        return Ok(odds_runtime::metrics::print_families(&[&registry])?);
+    if metric_families_requested() {
+        return Ok(print_families(&[&IngestMetrics::registered()?.0])?);
     }
     let config = IngestConfig::parse();
     if let Err(message) = config.check() {
@@ -15,13 +18,7 @@ async fn main() -> anyhow::Result<()> {
             .error(clap::error::ErrorKind::ArgumentConflict, message)
             .exit();
     }
-    let traces = odds_runtime::telemetry::init_with_tracing(
-        config.ops.log_format,
-        &config.ops.log_filter,
-        "odds-ingest",
-    )?;
-    let shutdown = odds_runtime::shutdown::on_signals();
-    let outcome = run(config, shutdown).await.context("odds-ingest failed");
-    traces.shutdown().await;
-    outcome
+    let process = StageProcess::start("odds-ingest", &config.ops)?;
+    let outcome = run(config, process.shutdown.clone()).await;
+    process.finish(outcome.context("odds-ingest failed")).await
 }

@@ -3,7 +3,7 @@
 
 use odds_contracts::RejectReason;
 use odds_runtime::hops::{self, HopHistogram};
-use odds_runtime::metrics::{component, PrefixedRegistry};
+use odds_runtime::metrics::{component, ComponentMetrics, PrefixedRegistry};
 use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 
 #[derive(Clone)]
@@ -25,14 +25,11 @@ pub struct IngestMetrics {
     pub ingest_to_kafka_ack: Histogram,
 }
 
-impl IngestMetrics {
-    /// Ingest's registry: everything below is served as `odds_ingest_<name>`.
-    pub fn registry() -> Result<PrefixedRegistry, prometheus::Error> {
-        PrefixedRegistry::new(component::INGEST)
-    }
+/// Served as `odds_ingest_<name>`.
+impl ComponentMetrics for IngestMetrics {
+    const COMPONENT: &'static str = component::INGEST;
 
-    /// Creates ingest's metrics and registers them in `registry`: one declaration per metric.
-    pub fn register(registry: &PrefixedRegistry) -> Result<IngestMetrics, prometheus::Error> {
+    fn register(registry: &PrefixedRegistry) -> Result<IngestMetrics, prometheus::Error> {
         let hop_family = HopHistogram::for_component(registry, component::INGEST)?;
         let r = registry;
         let m = IngestMetrics {
@@ -111,8 +108,7 @@ mod tests {
 
     #[test]
     fn every_ingest_metric_the_dashboards_query_is_registered() {
-        let registry = IngestMetrics::registry().unwrap();
-        IngestMetrics::register(&registry).unwrap();
+        let (registry, _) = IngestMetrics::registered().unwrap();
         assert_eq!(
             missing_queried(QUERIED, component::INGEST, &[&registry]),
             Vec::<String>::new()
@@ -124,8 +120,7 @@ mod tests {
 
     #[test]
     fn ingest_serves_its_two_hops_before_the_first_update() {
-        let registry = IngestMetrics::registry().unwrap();
-        IngestMetrics::register(&registry).unwrap();
+        let (registry, _) = IngestMetrics::registered().unwrap();
         let name = hops::metric_name(component::INGEST);
         let families = registry.registry().gather();
         let family = families.iter().find(|f| f.name() == name).unwrap();

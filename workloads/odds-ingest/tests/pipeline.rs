@@ -15,9 +15,6 @@ use supplier_simulator::{SimulatorConfig, SimulatorServer};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-const QUIET: Duration = Duration::from_secs(2);
-const TIMEOUT: Duration = Duration::from_secs(90);
-
 async fn simulator(
     rate: u32,
     total: u64,
@@ -262,25 +259,20 @@ async fn supplier_drop_is_followed_by_reconnect_and_resume() {
     let first: Vec<_> = (1..=50).map(|v| text(&update("E1", v))).collect();
     let second: Vec<_> = (51..=100).map(|v| text(&update("E1", v))).collect();
     let addr = scripted_supplier(vec![first, second]).await;
-    let shutdown = CancellationToken::new();
-    let ingest = start_ingest(&format!("ws://{addr}/"), &kafka, &shutdown).await;
+    let started = Started::reading(addr, &kafka).await;
 
-    let records = kafka
-        .read_topic(TOPIC_ODDS_UPDATES, 100, QUIET, TIMEOUT)
-        .await
-        .unwrap();
-    let updates = decode_keyed(&records);
+    let updates = read_updates(&kafka, 100).await;
     assert_eq!(updates.len(), 100);
     assert_complete_in_order(&updates);
-    let metrics = http_get(ingest.ops_addr, "/metrics").await.unwrap().body;
+    let metrics = http_get(started.ingest.ops_addr, "/metrics")
+        .await
+        .unwrap()
+        .body;
     assert!(
         metrics.contains("odds_ingest_reconnects_total 1"),
         "{metrics}"
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), ingest.wait())
-        .await
-        .unwrap();
+    started.stop().await;
 }
 
 /// `ingested_at` is ingest's clock: set on every update, and a supplier's own value (here a
@@ -292,15 +284,10 @@ async fn ingest_stamps_its_own_accept_time_over_any_the_supplier_sends() {
     let plain = update("E1", 1);
     let claimed = update("E1", 2).accepted_at(forged);
     let addr = scripted_supplier(vec![vec![text(&plain), text(&claimed)]]).await;
-    let shutdown = CancellationToken::new();
     let before = chrono::Utc::now() - chrono::Duration::milliseconds(1);
-    let ingest = start_ingest(&format!("ws://{addr}/"), &kafka, &shutdown).await;
-    let records = kafka
-        .read_topic(TOPIC_ODDS_UPDATES, 2, QUIET, TIMEOUT)
-        .await
-        .unwrap();
+    let started = Started::reading(addr, &kafka).await;
+    let updates = read_updates(&kafka, 2).await;
     let after = chrono::Utc::now();
-    let updates = decode_keyed(&records);
     assert_eq!(updates.len(), 2);
     for stamped in &updates {
         let at = stamped.ingested_at.expect("ingest stamps every update");
@@ -309,10 +296,7 @@ async fn ingest_stamps_its_own_accept_time_over_any_the_supplier_sends() {
             "{at} outside {before}..{after}"
         );
     }
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), ingest.wait())
-        .await
-        .unwrap();
+    started.stop().await;
 }
 
 /// A supplier that goes silent without closing (frozen, or the route to it dropped) is pinged,
@@ -322,9 +306,8 @@ async fn a_silent_supplier_is_left_and_reconnected() {
     let kafka = TestKafka::start(1, 2).unwrap();
     let (addr, connections) = mute_supplier().await;
     let mut config = IngestConfig::local(&format!("ws://{addr}/"), kafka.bootstrap_servers());
-    config.supplier_ping_interval_ms = 100;
-    let shutdown = CancellationToken::new();
-    let ingest = start_ingest_with(config, &shutdown).await;
+    config.supplier_ping_interval_ms = odds_runtime::cli::Millis(100);
+    let started = Started::with(config).await;
 
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while connections.load(std::sync::atomic::Ordering::SeqCst) < 2 {
@@ -334,15 +317,16 @@ async fn a_silent_supplier_is_left_and_reconnected() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let metrics = http_get(ingest.ops_addr, "/metrics").await.unwrap().body;
+    let metrics = http_get(started.ingest.ops_addr, "/metrics")
+        .await
+        .unwrap()
+        .body;
     assert!(
         metric(&metrics, "odds_ingest_reconnects_total").unwrap_or(0.0) >= 1.0,
         "{metrics}"
     );
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), ingest.wait())
-        .await
-        .expect("shutdown waited on the silent supplier");
+    // Shutdown does not wait on the silent supplier.
+    started.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -420,7 +404,7 @@ async fn shutdown_during_a_kafka_outage_is_bounded_and_counts_the_undelivered() 
     let sim = simulator(2_000, 0, 4, &shutdown).await;
     let mut config = IngestConfig::local(&sim.url(), kafka.bootstrap_servers());
     config.max_in_flight = 50;
-    config.shutdown_flush_ms = 1_000;
+    config.shutdown_flush_ms = odds_runtime::cli::Millis(1_000);
     let ingest_shutdown = CancellationToken::new();
     let ingest = start_ingest_with(config, &ingest_shutdown).await;
 
@@ -571,9 +555,7 @@ async fn librdkafka_reports_reach_the_tracing_output() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let refusing = closed.local_addr().unwrap().to_string();
     drop(closed);
-    let shutdown = CancellationToken::new();
-    let config = IngestConfig::local(&format!("ws://{addr}/"), &refusing);
-    let ingest = start_ingest_with(config, &shutdown).await;
+    let started = Started::with(IngestConfig::local(&format!("ws://{addr}/"), &refusing)).await;
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     while seen.lock().unwrap().is_empty() {
         assert!(
@@ -584,10 +566,7 @@ async fn librdkafka_reports_reach_the_tracing_output() {
     }
     let reports = seen.lock().unwrap().join("\n");
     assert!(reports.contains(&refusing), "{reports}");
-    shutdown.cancel();
-    tokio::time::timeout(Duration::from_secs(30), ingest.wait())
-        .await
-        .unwrap();
+    started.stop().await;
 }
 
 #[test]

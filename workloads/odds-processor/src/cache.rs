@@ -23,7 +23,7 @@
 use crate::store::{Store, StoreError};
 use odds_contracts::cache_status::{CacheStatus, CACHE_STATUS_EVERY_MS};
 use odds_contracts::names::{redis_current_key, REDIS_CACHE_STATUS_CHANNEL, REDIS_UPDATES_CHANNEL};
-use odds_contracts::OddsUpdate;
+use odds_contracts::{JsonMessage, OddsUpdate};
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, Script};
 use std::time::Duration;

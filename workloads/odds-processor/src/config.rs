@@ -6,8 +6,8 @@
 
 use clap::{ArgMatches, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use odds_contracts::env;
+use odds_runtime::cli::{millis, Millis};
 use odds_runtime::{KafkaArgs, OpsArgs};
-use std::time::Duration;
 
 /// Batches only reach this size when records are waiting (a backlog); then larger batches
 /// catch up faster: `odds-demo bench --rate 30000 --kafka-partitions 6` persisted a median
@@ -78,9 +78,8 @@ pub struct MigrateArgs {
     /// Longest a migration statement waits for a lock, in milliseconds; then the migration
     /// fails (the Job retries it). While a DDL statement waits, every later reader and writer
     /// of its table queues behind it, so a long wait would stall the whole pipeline.
-    #[arg(long, env = env::DATABASE_LOCK_TIMEOUT_MS, default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
-    pub lock_timeout_ms: u64,
+    #[arg(long, env = env::DATABASE_LOCK_TIMEOUT_MS, default_value = "10000", value_parser = millis(1..=3_600_000))]
+    pub lock_timeout_ms: Millis,
     #[command(flatten)]
     pub ops: OpsArgs,
 }
@@ -116,24 +115,20 @@ pub struct ProcessorConfig {
     /// it (and with 0, at once) the batch takes what is already waiting and closes. 0 lets
     /// batches grow with the load by themselves: what arrives while one batch is written is
     /// the next batch.
-    #[arg(long, env = env::BATCH_MAX_WAIT_MS, default_value_t = 0,
-          value_parser = clap::value_parser!(u64).range(0..=60_000))]
-    pub batch_max_wait_ms: u64,
+    #[arg(long, env = env::BATCH_MAX_WAIT_MS, default_value = "0", value_parser = millis(0..=60_000))]
+    pub batch_max_wait_ms: Millis,
     /// Cap of the backoff between retries of a batch while Postgres is unavailable, in ms.
-    #[arg(long, env = env::DB_RETRY_MAX_BACKOFF_MS, default_value_t = 5000,
-          value_parser = clap::value_parser!(u64).range(10..=600_000))]
-    pub db_retry_max_backoff_ms: u64,
+    #[arg(long, env = env::DB_RETRY_MAX_BACKOFF_MS, default_value = "5000", value_parser = millis(10..=600_000))]
+    pub db_retry_max_backoff_ms: Millis,
     /// Timeout of one Redis request (connect or script call), in milliseconds.
-    #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = 2000,
-          value_parser = clap::value_parser!(u64).range(10..=60_000))]
-    pub redis_timeout_ms: u64,
+    #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value = "2000", value_parser = millis(10..=60_000))]
+    pub redis_timeout_ms: Millis,
     /// Longest a Postgres statement may run (Postgres' `statement_timeout`; the processor
     /// gives up 1 s later if the server does not answer at all), in milliseconds. A batch
     /// past it, waiting on a lock or a frozen server, is retried like an outage.
-    #[arg(long, env = env::DATABASE_STATEMENT_TIMEOUT_MS,
-          default_value_t = DEFAULT_STATEMENT_TIMEOUT_MS,
-          value_parser = clap::value_parser!(u64).range(100..=600_000))]
-    pub database_statement_timeout_ms: u64,
+    #[arg(long, env = env::DATABASE_STATEMENT_TIMEOUT_MS, value_parser = millis(100..=600_000),
+          default_value_t = Millis(DEFAULT_STATEMENT_TIMEOUT_MS))]
+    pub database_statement_timeout_ms: Millis,
 }
 
 impl ProcessorConfig {
@@ -145,27 +140,11 @@ impl ProcessorConfig {
             database_url: database_url.to_owned(),
             redis_url: redis_url.to_owned(),
             batch_max: DEFAULT_BATCH_MAX,
-            batch_max_wait_ms: 0,
-            db_retry_max_backoff_ms: 5000,
-            redis_timeout_ms: 2000,
-            database_statement_timeout_ms: DEFAULT_STATEMENT_TIMEOUT_MS,
+            batch_max_wait_ms: Millis(0),
+            db_retry_max_backoff_ms: Millis(5000),
+            redis_timeout_ms: Millis(2000),
+            database_statement_timeout_ms: Millis(DEFAULT_STATEMENT_TIMEOUT_MS),
         }
-    }
-
-    pub fn batch_max_wait(&self) -> Duration {
-        Duration::from_millis(self.batch_max_wait_ms)
-    }
-
-    pub fn db_retry_max_backoff(&self) -> Duration {
-        Duration::from_millis(self.db_retry_max_backoff_ms)
-    }
-
-    pub fn redis_timeout(&self) -> Duration {
-        Duration::from_millis(self.redis_timeout_ms)
-    }
-
-    pub fn statement_timeout(&self) -> Duration {
-        Duration::from_millis(self.database_statement_timeout_ms)
     }
 
     /// Consumer properties: the processor's defaults, then `KAFKA_PROP_*`, then flags.

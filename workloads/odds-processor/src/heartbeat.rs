@@ -11,6 +11,7 @@ use crate::checks::{CHECK_KAFKA, CHECK_POSTGRES};
 use crate::metrics::Metrics;
 use odds_contracts::heartbeat::{Heartbeat, HEARTBEAT_EVERY_MS};
 use odds_contracts::names::REDIS_HEARTBEAT_CHANNEL;
+use odds_contracts::JsonMessage;
 use odds_runtime::Readiness;
 use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client};

@@ -40,8 +40,6 @@ pub enum ProcessorError {
     Store(#[from] store::StoreError),
     #[error(transparent)]
     Cache(#[from] cache::CacheError),
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Runtime(#[from] odds_runtime::RuntimeError),
     #[error("migrating the database: {0}")]

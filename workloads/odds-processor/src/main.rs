@@ -1,14 +1,14 @@
 //! `odds-processor` binary: parse the configuration, then run or migrate.
 
 use odds_processor::config::Invocation;
-use odds_processor::{run, Cli};
+use odds_processor::{run, Cli, Metrics};
+use odds_runtime::cli::{metric_families_requested, StageProcess};
+use odds_runtime::metrics::{print_families, ComponentMetrics};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if odds_runtime::cli::metric_families_requested() {
-        let registry = odds_processor::metrics::Metrics::registry()?;
-        odds_processor::metrics::Metrics::register(&registry)?;
-        return Ok(odds_runtime::metrics::print_families(&[&registry])?);
+    if metric_families_requested() {
+        return Ok(print_families(&[&Metrics::registered()?.0])?);
     }
     match Cli::invocation() {
         Invocation::Migrate(args) => {
@@ -16,15 +16,9 @@ async fn main() -> anyhow::Result<()> {
             run::migrate(&args).await?;
         }
         Invocation::Run(args) => {
-            let traces = odds_runtime::telemetry::init_with_tracing(
-                args.ops.log_format,
-                &args.ops.log_filter,
-                "odds-processor",
-            )?;
-            let shutdown = odds_runtime::shutdown::on_signals();
-            let outcome = run::run(*args, shutdown).await;
-            traces.shutdown().await;
-            outcome?;
+            let process = StageProcess::start("odds-processor", &args.ops)?;
+            let outcome = run::run(*args, process.shutdown.clone()).await;
+            process.finish(outcome).await?;
         }
     }
     Ok(())

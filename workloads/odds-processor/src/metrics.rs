@@ -6,7 +6,7 @@
 //! reason, stale updates skipped).
 
 use odds_runtime::hops::{self, HopHistogram};
-use odds_runtime::metrics::{component, PrefixedRegistry};
+use odds_runtime::metrics::{component, ComponentMetrics, PrefixedRegistry};
 use odds_runtime::regressions::RegressionLog;
 use prometheus::{
     exponential_buckets, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
@@ -65,15 +65,12 @@ pub struct Metrics {
     pub redis_publish: Histogram,
 }
 
-impl Metrics {
-    /// The processor's registry: every name gets the `odds_proc_` prefix.
-    pub fn registry() -> Result<PrefixedRegistry, prometheus::Error> {
-        PrefixedRegistry::new(component::PROCESSOR)
-    }
+/// Served as `odds_proc_<name>`.
+impl ComponentMetrics for Metrics {
+    const COMPONENT: &'static str = component::PROCESSOR;
 
-    /// Creates the metrics and registers them in `registry`: one declaration per metric,
-    /// its name and help beside the field it fills.
-    pub fn register(registry: &PrefixedRegistry) -> Result<Metrics, prometheus::Error> {
+    /// One declaration per metric, its name and help beside the field it fills.
+    fn register(registry: &PrefixedRegistry) -> Result<Metrics, prometheus::Error> {
         let hop = HopHistogram::for_component(registry, component::PROCESSOR)?;
         let r = registry;
         let version_regressions = r.counter_vec(
@@ -153,7 +150,9 @@ impl Metrics {
         metrics.precreate_series();
         Ok(metrics)
     }
+}
 
+impl Metrics {
     /// Pre-creates the labelled series so dashboards show zeros instead of gaps.
     fn precreate_series(&self) {
         for p in phase::ALL {
@@ -179,11 +178,11 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::Metrics;
+    use odds_runtime::metrics::ComponentMetrics;
 
     #[test]
     fn every_processor_metric_the_dashboards_query_is_registered() {
-        let registry = Metrics::registry().unwrap();
-        Metrics::register(&registry).unwrap();
+        let (registry, _) = Metrics::registered().unwrap();
         let missing = odds_runtime::metrics::missing_queried(
             odds_runtime::metrics::QUERIED_METRICS,
             odds_runtime::metrics::component::PROCESSOR,

@@ -8,7 +8,9 @@ use crate::config::{MigrateArgs, RunArgs};
 use crate::metrics::Metrics;
 use crate::processor::Processor;
 use crate::ProcessorError;
-use odds_runtime::{ops::ops_router, serve_http, Readiness};
+use odds_runtime::metrics::ComponentMetrics;
+use odds_runtime::ops::serve_ops;
+use odds_runtime::Readiness;
 use odds_schema::pool::PoolSettings;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -16,16 +18,11 @@ use tokio_util::sync::CancellationToken;
 /// Runs the processor until `shutdown` is cancelled, or until it stops by itself for a reason
 /// no retry can change (then with that error, after readiness said so).
 pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), ProcessorError> {
-    let registry = Metrics::registry()?;
-    let metrics = Metrics::register(&registry)?;
+    let (registry, metrics) = Metrics::registered()?;
     let readiness = Readiness::new(&[CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS, CHECK_DLQ]);
     let ops_stop = CancellationToken::new();
-    let (addr, ops_task) = serve_http(
-        args.ops.http_addr,
-        ops_router(readiness.clone(), registry.registry().clone()),
-        ops_stop.clone(),
-    )
-    .await?;
+    let (addr, ops_task) =
+        serve_ops(args.ops.http_addr, &readiness, &registry, ops_stop.clone()).await?;
     tracing::info!(%addr, "ops server listening");
     let config = args.processor;
     // Its own token: the beat must also stop (with its last, `leaving` beat) when the
@@ -33,7 +30,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Proce
     let beat_stop = shutdown.child_token();
     let heartbeat = crate::heartbeat::spawn(
         &config.redis_url,
-        config.redis_timeout(),
+        config.redis_timeout_ms.duration(),
         metrics.clone(),
         readiness.clone(),
         beat_stop.clone(),
@@ -44,7 +41,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Proce
         topic = %config.kafka.topic,
         group = %config.kafka_group,
         batch_max = config.batch_max,
-        batch_max_wait_ms = config.batch_max_wait_ms,
+        batch_max_wait_ms = config.batch_max_wait_ms.0,
         "processor started"
     );
     let stopped = processor.run().await;
@@ -63,7 +60,7 @@ pub async fn migrate(args: &MigrateArgs) -> Result<(), ProcessorError> {
         // A migration takes as long as it takes, but a DDL statement waiting on a lock queues
         // every reader and writer of its table behind it: that wait is bounded.
         statement_timeout: Duration::ZERO,
-        lock_timeout: Duration::from_millis(args.lock_timeout_ms),
+        lock_timeout: args.lock_timeout_ms.duration(),
     };
     let pool = odds_schema::pool::connect_lazy(&args.database_url, &settings)?;
     odds_schema::migrate_waiting_for_others(

@@ -142,6 +142,12 @@ fn event_id(path: Result<Path<String>, PathRejection>) -> Result<String, ApiErro
     Ok(id)
 }
 
+/// The query parameters, or a 400 saying what is wrong with them.
+fn params<T>(query: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    let Query(params) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    Ok(params)
+}
+
 fn limit(value: Option<u32>, default: u32, max: u32) -> Result<u32, ApiError> {
     match value.unwrap_or(default) {
         n if (1..=max).contains(&n) => Ok(n),
@@ -161,7 +167,7 @@ async fn list_events(
     State(state): State<AppState>,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let query = params(query)?;
     let limit = limit(query.limit, DEFAULT_PAGE, MAX_PAGE)?;
     if let Some(cursor) = &query.cursor {
         odds_contracts::validate_event_id(cursor)
@@ -200,7 +206,7 @@ async fn current_odds(
     query: Result<Query<MarketQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = event_id(path)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let query = params(query)?;
     let market = market(query.market.as_deref())?.unwrap_or(Market::MatchResult);
     let (update, source) = state
         .store
@@ -242,7 +248,7 @@ async fn history(
     query: Result<Query<HistoryQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let id = event_id(path)?;
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let query = params(query)?;
     let limit = limit(query.limit, DEFAULT_HISTORY, MAX_HISTORY)?;
     let market = market(query.market.as_deref())?;
     let entries = state.store.history(&id, market, limit).await?;
@@ -364,6 +370,17 @@ fn handshake_key(headers: &HeaderMap) -> Result<String, ApiError> {
     Ok(derive_accept_key(key.as_bytes()))
 }
 
+/// Answers a refused upgrade with `error`, counted under `reason` in
+/// `odds_ws_connections_rejected_total`.
+fn refuse_upgrade(state: &AppState, reason: &str, error: ApiError) -> Response {
+    state
+        .metrics
+        .ws_connections_rejected
+        .with_label_values(&[reason])
+        .inc();
+    error.into_response()
+}
+
 /// Checks the origin, the shutdown and the connection limit, answers the upgrade itself, and
 /// hands the upgraded connection with its socket's duplicate to [`serve_connection`].
 async fn ws_upgrade(
@@ -380,17 +397,12 @@ async fn ws_upgrade(
                 .iter()
                 .any(|o| o == "*" || o.eq_ignore_ascii_case(origin));
         if !allowed {
-            state
-                .metrics
-                .ws_connections_rejected
-                .with_label_values(&["origin"])
-                .inc();
-            return ApiError::new(
+            let error = ApiError::new(
                 StatusCode::FORBIDDEN,
                 "origin_not_allowed",
                 format!("origin {origin:?} is not allowed"),
-            )
-            .into_response();
+            );
+            return refuse_upgrade(&state, "origin", error);
         }
     }
     let accept = match handshake_key(headers) {
@@ -406,17 +418,12 @@ async fn ws_upgrade(
         .into_response();
     }
     let Ok(permit) = state.connections.clone().try_acquire_owned() else {
-        state
-            .metrics
-            .ws_connections_rejected
-            .with_label_values(&["limit"])
-            .inc();
-        return ApiError::new(
+        let error = ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "too_many_connections",
             "connection limit reached",
-        )
-        .into_response();
+        );
+        return refuse_upgrade(&state, "limit", error);
     };
     let socket = match client.take() {
         Ok(socket) => socket,

@@ -7,6 +7,7 @@
 
 use clap::builder::RangedU64ValueParser;
 use odds_contracts::{env, ports};
+use odds_runtime::cli::{millis, Millis};
 use odds_runtime::OpsArgs;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -43,30 +44,26 @@ pub struct ServiceConfig {
     /// Longest a Postgres read may run, in milliseconds (Postgres' `statement_timeout`; the
     /// service gives up 1 s later if the server does not answer at all). A read past it
     /// answers 503 instead of holding the request and graceful shutdown.
-    #[arg(long, env = env::DATABASE_STATEMENT_TIMEOUT_MS, default_value_t = 5000,
-          value_parser = clap::value_parser!(u64).range(100..=600_000))]
-    pub database_statement_timeout_ms: u64,
+    #[arg(long, env = env::DATABASE_STATEMENT_TIMEOUT_MS, default_value = "5000", value_parser = millis(100..=600_000))]
+    pub database_statement_timeout_ms: Millis,
 
     /// Longest wait for a Postgres connection, in milliseconds (a new one included: connect
     /// and authenticate). A wait that ends in failure marks Postgres unreachable: reads then
     /// go to the cache (or fail) at once until a background probe reaches it again.
-    #[arg(long, env = env::DATABASE_ACQUIRE_TIMEOUT_MS, default_value_t = 2000,
-          value_parser = clap::value_parser!(u64).range(100..=600_000))]
-    pub database_acquire_timeout_ms: u64,
+    #[arg(long, env = env::DATABASE_ACQUIRE_TIMEOUT_MS, default_value = "2000", value_parser = millis(100..=600_000))]
+    pub database_acquire_timeout_ms: Millis,
 
     /// Without a processor heartbeat (or an update) for this many milliseconds, WebSocket
     /// clients are told that live updates stopped (`status` `live:false`). Processors beat
     /// every second. 0 turns the watch off (processors that do not beat).
-    #[arg(long, env = env::HEARTBEAT_TIMEOUT_MS, default_value_t = 3000,
-          value_parser = clap::value_parser!(u64).range(0..=600_000))]
-    pub heartbeat_timeout_ms: u64,
+    #[arg(long, env = env::HEARTBEAT_TIMEOUT_MS, default_value = "3000", value_parser = millis(0..=600_000))]
+    pub heartbeat_timeout_ms: Millis,
 
     /// When no processor has read a record from Kafka (and no update arrived) for this many
     /// milliseconds, WebSocket clients are told the supplier is silent (`live:false`). 0
     /// turns it off (a feed that may legitimately stay quiet this long).
-    #[arg(long, env = env::UPSTREAM_MAX_SILENCE_MS, default_value_t = 60_000,
-          value_parser = clap::value_parser!(u64).range(0..=86_400_000))]
-    pub upstream_max_silence_ms: u64,
+    #[arg(long, env = env::UPSTREAM_MAX_SILENCE_MS, default_value = "60000", value_parser = millis(0..=86_400_000))]
+    pub upstream_max_silence_ms: Millis,
 
     /// Most WebSocket connections this process accepts; further upgrades get 503.
     #[arg(long, env = env::WS_MAX_CONNECTIONS, default_value_t = 20_000,
@@ -102,9 +99,8 @@ pub struct ServiceConfig {
     pub ws_max_pending_events: usize,
 
     /// How long one write to a client may stay blocked before the client is closed as slow.
-    #[arg(long, env = env::WS_SLOW_CLIENT_TIMEOUT_MS, default_value_t = 10_000,
-          value_parser = clap::value_parser!(u64).range(10..=600_000))]
-    pub ws_slow_client_timeout_ms: u64,
+    #[arg(long, env = env::WS_SLOW_CLIENT_TIMEOUT_MS, default_value = "10000", value_parser = millis(10..=600_000))]
+    pub ws_slow_client_timeout_ms: Millis,
 
     /// Kernel send buffer (SO_SNDBUF) of each client socket, in bytes; 0 keeps the OS default
     /// (which autotunes up to megabytes per stuck client).
@@ -118,9 +114,8 @@ pub struct ServiceConfig {
     pub ws_ping_interval_secs: u64,
 
     /// Timeout of one Redis command or connection attempt before falling back to Postgres.
-    #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value_t = 500,
-          value_parser = clap::value_parser!(u64).range(10..=60_000))]
-    pub redis_timeout_ms: u64,
+    #[arg(long, env = env::REDIS_TIMEOUT_MS, default_value = "500", value_parser = millis(10..=60_000))]
+    pub redis_timeout_ms: Millis,
 }
 
 impl ServiceConfig {
@@ -141,32 +136,8 @@ impl ServiceConfig {
             .collect()
     }
 
-    pub fn slow_client_timeout(&self) -> Duration {
-        Duration::from_millis(self.ws_slow_client_timeout_ms)
-    }
-
     pub fn ping_interval(&self) -> Duration {
         Duration::from_secs(self.ws_ping_interval_secs)
-    }
-
-    pub fn statement_timeout(&self) -> Duration {
-        Duration::from_millis(self.database_statement_timeout_ms)
-    }
-
-    pub fn redis_timeout(&self) -> Duration {
-        Duration::from_millis(self.redis_timeout_ms)
-    }
-
-    pub fn acquire_timeout(&self) -> Duration {
-        Duration::from_millis(self.database_acquire_timeout_ms)
-    }
-
-    pub fn heartbeat_timeout(&self) -> Duration {
-        Duration::from_millis(self.heartbeat_timeout_ms)
-    }
-
-    pub fn upstream_max_silence(&self) -> Duration {
-        Duration::from_millis(self.upstream_max_silence_ms)
     }
 }
 

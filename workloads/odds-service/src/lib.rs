@@ -35,8 +35,6 @@ use tokio_util::sync::CancellationToken;
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error(transparent)]
@@ -76,7 +74,10 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<RunningService, StartError> {
     let metrics = metrics::Metrics::new()?;
-    let feed = feed::Feed::new(config.heartbeat_timeout(), config.upstream_max_silence());
+    let feed = feed::Feed::new(
+        config.heartbeat_timeout_ms.duration(),
+        config.upstream_max_silence_ms.duration(),
+    );
     let store = open_store(config, &metrics, &feed)?;
     let hub = Arc::new(hub::Hub::new(metrics.clone()));
     let readiness = Readiness::new(&[STORE_CHECK, LIVE_CHECK]);
@@ -89,7 +90,7 @@ pub async fn start(
         max_subscriptions: config.ws_max_subscriptions,
         max_message_bytes: config.ws_max_message_bytes,
         max_pending_events: config.ws_max_pending_events,
-        slow_client_timeout: config.slow_client_timeout(),
+        slow_client_timeout: config.ws_slow_client_timeout_ms.duration(),
         ping_interval: config.ping_interval(),
     });
     // Parsing bounds the limit far below the semaphore's maximum.
@@ -117,7 +118,7 @@ pub async fn start(
     .await?;
     let subscriber = pubsub::Subscriber {
         redis_url: config.redis_url.clone(),
-        timeout: config.redis_timeout(),
+        timeout: config.redis_timeout_ms.duration(),
         hub,
         store: store.clone(),
         metrics: metrics.clone(),
@@ -153,13 +154,13 @@ fn open_store(
 ) -> Result<Arc<store::OddsStore>, StartError> {
     let settings = odds_schema::pool::PoolSettings {
         max_connections: config.database_max_connections,
-        acquire_timeout: config.acquire_timeout(),
-        statement_timeout: config.statement_timeout(),
+        acquire_timeout: config.database_acquire_timeout_ms.duration(),
+        statement_timeout: config.database_statement_timeout_ms.duration(),
         lock_timeout: Duration::ZERO,
     };
     Ok(Arc::new(store::OddsStore::new(
         &config.redis_url,
-        config.redis_timeout(),
+        config.redis_timeout_ms.duration(),
         config.read_database_url(),
         &settings,
         metrics.clone(),

@@ -9,7 +9,7 @@ use odds_runtime::hops::{self, HopHistogram};
 use odds_runtime::metrics::{component, PrefixedRegistry};
 use odds_runtime::regressions::RegressionLog;
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Registry,
 };
 
 /// Frame types counted in `odds_ws_messages_sent_total{type}`.
@@ -56,7 +56,7 @@ pub struct Metrics {
 }
 
 /// Why a metric could not be created or registered (only on a programming error).
-pub type MetricsError = prometheus::Error;
+pub type MetricsError = odds_runtime::RuntimeError;
 
 /// The REST API's and the store's metrics (`odds_api_*`), created apart from the fan-out's.
 struct ApiMetrics {
@@ -68,34 +68,35 @@ struct ApiMetrics {
 }
 
 impl ApiMetrics {
-    fn new() -> Result<ApiMetrics, MetricsError> {
+    fn register(r: &PrefixedRegistry) -> Result<ApiMetrics, MetricsError> {
         let latency_buckets = vec![
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ];
         Ok(ApiMetrics {
-            requests: IntCounterVec::new(
-                Opts::new("requests_total", "REST requests by route and status"),
+            requests: r.counter_vec(
+                "requests_total",
+                "REST requests by route and status",
                 &["route", "status"],
             )?,
-            latency: HistogramVec::new(
+            latency: r.registered(HistogramVec::new(
                 HistogramOpts::new(
                     "request_duration_seconds",
                     "REST request latency by route and status",
                 )
                 .buckets(latency_buckets),
                 &["route", "status"],
-            )?,
-            store_fallbacks: IntCounter::new(
+            )?)?,
+            store_fallbacks: r.counter(
                 "store_fallbacks_total",
                 "Reads answered by Postgres because Redis failed or the cache was not trusted \
                  (live feed down)",
             )?,
-            store_postgres_unreachable: IntGauge::new(
+            store_postgres_unreachable: r.gauge(
                 "store_postgres_unreachable",
                 "1 while Postgres was found unreachable: reads go to the cache (or fail) at once \
                  until a background probe reaches it",
             )?,
-            store_postgres_skipped: IntCounter::new(
+            store_postgres_skipped: r.counter(
                 "store_postgres_skipped_total",
                 "Reads that did not try Postgres because it was found unreachable moments ago",
             )?,
@@ -107,68 +108,66 @@ impl Metrics {
     pub fn new() -> Result<Metrics, MetricsError> {
         let ws_registry = PrefixedRegistry::new(component::WEBSOCKET)?;
         let api_registry = PrefixedRegistry::new(component::API)?;
-        let api = ApiMetrics::new()?;
-        let ws_messages_sent = IntCounterVec::new(
-            Opts::new("messages_sent_total", "Frames sent to clients, by type"),
+        let api = ApiMetrics::register(&api_registry)?;
+        let w = &ws_registry;
+        let ws_messages_sent = w.counter_vec(
+            "messages_sent_total",
+            "Frames sent to clients, by type",
             &["type"],
         )?;
-        let hop = HopHistogram::for_component(&ws_registry, component::WEBSOCKET)?;
-        let ws_version_regressions = IntCounterVec::new(
-            Opts::new(
-                "version_regressions_total",
-                "Updates received on pub/sub not newer than one received before for their \
-                 event and market, by reason (repeated, older)",
-            ),
+        let hop = HopHistogram::for_component(w, component::WEBSOCKET)?;
+        let ws_version_regressions = w.counter_vec(
+            "version_regressions_total",
+            "Updates received on pub/sub not newer than one received before for their \
+             event and market, by reason (repeated, older)",
             &["reason"],
         )?;
         let metrics = Metrics {
             ws_hop_to_client_write: hop.hop(hops::SERVICE_TO_CLIENT_WRITE),
-            ws_connections: IntGauge::new("connections", "Open WebSocket connections")?,
-            ws_connections_rejected: IntCounterVec::new(
-                Opts::new(
-                    "connections_rejected_total",
-                    "WebSocket upgrades refused, by reason",
-                ),
+            ws_connections: w.gauge("connections", "Open WebSocket connections")?,
+            ws_connections_rejected: w.counter_vec(
+                "connections_rejected_total",
+                "WebSocket upgrades refused, by reason",
                 &["reason"],
             )?,
-            ws_subscriptions: IntGauge::new(
+            ws_subscriptions: w.gauge(
                 "subscriptions",
                 "Event subscriptions over all connections (`*` counts once)",
             )?,
             ws_odds_sent: ws_messages_sent.with_label_values(&["odds"]),
             ws_snapshots_sent: ws_messages_sent.with_label_values(&["snapshot"]),
             ws_messages_sent,
-            ws_conflated: IntCounter::new(
+            ws_conflated: w.counter(
                 "conflated_total",
                 "Updates replaced by a newer version before a slow client received them",
             )?,
-            ws_stale_skipped: IntCounter::new(
+            ws_stale_skipped: w.counter(
                 "stale_skipped_total",
                 "Updates not sent because the client already had that version or a newer one",
             )?,
-            ws_slow_client_closes: IntCounter::new(
+            ws_slow_client_closes: w.counter(
                 "slow_client_closes_total",
                 "Connections closed because the client could not keep up",
             )?,
-            ws_updates_received: IntCounter::new(
+            ws_updates_received: w.counter(
                 "updates_received_total",
                 "Updates received on the Redis pub/sub channel",
             )?,
-            ws_updates_invalid: IntCounter::new(
+            ws_updates_invalid: w.counter(
                 "updates_invalid_total",
                 "Pub/sub messages that were not valid updates (dropped and logged)",
             )?,
             ws_regressions: RegressionLog::new(ws_version_regressions.clone(), "odds-service"),
             ws_version_regressions,
-            ws_pubsub_reconnects: IntCounter::new(
+            ws_pubsub_reconnects: w.counter(
                 "pubsub_reconnects_total",
                 "Times the Redis pub/sub subscription was re-established",
             )?,
-            ws_resynced_events: IntCounter::new(
+            ws_resynced_events: w.counter(
                 "resynced_events_total",
                 "Events re-read from the cache/Postgres after a pub/sub reconnect",
             )?,
-            ws_resync_retries: IntCounter::new(
+            ws_resync_retries: w.counter(
                 "resync_retries_total",
                 "Resync rounds retried because Postgres could not answer every read",
             )?,
@@ -180,7 +179,6 @@ impl Metrics {
             ws_registry,
             api_registry,
         };
-        metrics.register_all()?;
         metrics.precreate_labels();
         Ok(metrics)
     }
@@ -201,30 +199,6 @@ impl Metrics {
             self.ws_registry.registry().clone(),
             self.api_registry.registry().clone(),
         ]
-    }
-
-    fn register_all(&self) -> Result<(), MetricsError> {
-        let r = &self.ws_registry;
-        r.register(self.ws_connections.clone())?;
-        r.register(self.ws_connections_rejected.clone())?;
-        r.register(self.ws_subscriptions.clone())?;
-        r.register(self.ws_messages_sent.clone())?;
-        r.register(self.ws_conflated.clone())?;
-        r.register(self.ws_stale_skipped.clone())?;
-        r.register(self.ws_slow_client_closes.clone())?;
-        r.register(self.ws_updates_received.clone())?;
-        r.register(self.ws_updates_invalid.clone())?;
-        r.register(self.ws_version_regressions.clone())?;
-        r.register(self.ws_pubsub_reconnects.clone())?;
-        r.register(self.ws_resynced_events.clone())?;
-        r.register(self.ws_resync_retries.clone())?;
-        let r = &self.api_registry;
-        r.register(self.api_requests.clone())?;
-        r.register(self.api_latency.clone())?;
-        r.register(self.store_fallbacks.clone())?;
-        r.register(self.store_postgres_unreachable.clone())?;
-        r.register(self.store_postgres_skipped.clone())?;
-        Ok(())
     }
 }
 

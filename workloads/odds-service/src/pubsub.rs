@@ -30,6 +30,7 @@ use odds_contracts::names::{
     REDIS_CACHE_STATUS_CHANNEL, REDIS_HEARTBEAT_CHANNEL, REDIS_UPDATES_CHANNEL,
 };
 use odds_contracts::traced::split_pubsub;
+use odds_contracts::JsonMessage;
 use odds_runtime::otel::{self, SpanApi as _, TraceSpan};
 use odds_runtime::regressions::LatestVersions;
 use std::sync::Arc;

@@ -155,34 +155,34 @@ mod tests {
         }
     }
 
+    /// A beat of `id` saying whether it reaches Postgres and Kafka.
+    fn stalled(id: &str, postgres: bool, kafka: bool) -> Heartbeat {
+        Heartbeat {
+            postgres,
+            kafka,
+            ..beat(id, 10)
+        }
+    }
+
     #[test]
     fn silence_stalls_and_lost_beats_each_have_their_reason() {
         let t0 = Instant::now();
         let at = |ms| t0 + Duration::from_millis(ms);
+        // What the verdict at `ms` says; empty while prices can move.
+        let says = |up: &mut Upstream, ms| up.verdict(at(ms)).unwrap_or_default();
         let mut up = Upstream::new(Duration::from_secs(3), Duration::from_secs(30), t0);
         assert_eq!(up.verdict(at(2999)), None, "a grace for the first beat");
-        assert!(up.verdict(at(3000)).unwrap().contains("no heartbeat"));
+        assert!(says(&mut up, 3000).contains("no heartbeat"));
         up.beat(beat("a", 10), at(3000));
         assert_eq!(up.verdict(at(3000)), None);
 
-        let stuck = Heartbeat {
-            postgres: false,
-            ..beat("b", 10)
-        };
-        up.beat(stuck, at(4000));
-        assert!(up
-            .verdict(at(4000))
-            .unwrap()
-            .contains("cannot write to Postgres"));
+        up.beat(stalled("b", false, true), at(4000));
+        assert!(says(&mut up, 4000).contains("cannot write to Postgres"));
         // An update says Postgres takes writes again before b's next beat does.
         up.update(at(4100));
         assert_eq!(up.verdict(at(4100)), None);
-        let cut_off = Heartbeat {
-            kafka: false,
-            ..beat("b", 10)
-        };
-        up.beat(cut_off, at(4200));
-        assert!(up.verdict(at(4200)).unwrap().contains("cannot reach Kafka"));
+        up.beat(stalled("b", true, false), at(4200));
+        assert!(says(&mut up, 4200).contains("cannot reach Kafka"));
         up.update(at(4300));
         assert!(up.verdict(at(4300)).is_some(), "a Kafka stall is b's own");
         // b stops beating; a goes on: b is forgotten after the timeout.
@@ -193,10 +193,7 @@ mod tests {
 
         // Beats go on but no processor has read a record for 30 s.
         up.beat(beat("a", 30_000), at(40_000));
-        assert!(up
-            .verdict(at(40_000))
-            .unwrap()
-            .contains("supplier is silent"));
+        assert!(says(&mut up, 40_000).contains("supplier is silent"));
         up.update(at(40_100));
         assert_eq!(up.verdict(at(40_100)), None);
 
@@ -209,7 +206,7 @@ mod tests {
             at(41_000),
         );
         assert_eq!(up.processors().count(), 0);
-        assert!(up.verdict(at(43_100)).unwrap().contains("no heartbeat"));
+        assert!(says(&mut up, 43_100).contains("no heartbeat"));
 
         let mut off = Upstream::new(Duration::ZERO, Duration::ZERO, t0);
         assert_eq!(off.verdict(at(1_000_000)), None);

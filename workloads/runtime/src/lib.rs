@@ -3,8 +3,9 @@
 //! Each stage is a long-running process on Kubernetes, and they all need the same operational
 //! surface: structured logs ([`telemetry`]), `/healthz` `/readyz` `/metrics` ([`ops`]),
 //! readiness that reflects real dependencies ([`Readiness`]), a clean stop on SIGTERM
-//! ([`shutdown`]), and distributed tracing that is off until configured ([`otel`]). Keeping
-//! it here means the operator can probe (and configure) every workload the same way.
+//! ([`shutdown`]), and distributed tracing that is off until configured ([`otel`]), all
+//! started the same way by every stage's `main` ([`cli::StageProcess`]). Keeping it here
+//! means the operator can probe (and configure) every workload the same way.
 
 pub mod cli;
 pub mod hops;
@@ -33,6 +34,10 @@ pub enum RuntimeError {
     },
     #[error("logging: {0}")]
     Logging(String),
+    /// A metric could not be created or registered (a programming error: a name twice, a bad
+    /// name or label).
+    #[error("metrics registration: {0}")]
+    Metrics(#[from] prometheus::Error),
     #[error("tracing: {0}")]
     Tracing(String),
 }

@@ -1,11 +1,12 @@
 //! Metric names: `odds_<component>_<name>`, one prefixed registry per component.
 //!
 //! Each component (a stage, or a part of one) registers its metrics through a
-//! [`PrefixedRegistry`] made in one place in its crate, under names without the prefix; the
-//! registry adds `odds_<component>_` when it is scraped, as kube-rs' controller-rs does. The
-//! components and their prefixes are listed once, in [`component`], so two stages cannot
-//! pick the same prefix and a test can tell which stage must register a name the dashboards
-//! query (`charts/odds-operator/dashboards/queried-metrics.txt`, see [`queried_names`]).
+//! [`PrefixedRegistry`] made in one place in its crate (its [`ComponentMetrics`]), under
+//! names without the prefix; the registry adds `odds_<component>_` when it is scraped, as
+//! kube-rs' controller-rs does. The components and their prefixes are listed once, in
+//! [`component`], so two stages cannot pick the same prefix and a test can tell which stage
+//! must register a name the dashboards query
+//! (`charts/odds-operator/dashboards/queried-metrics.txt`, see [`queried_names`]).
 
 use prometheus::core::Collector;
 use prometheus::proto::MetricType;
@@ -189,6 +190,31 @@ impl PrefixedRegistry {
             .values()
             .cloned()
             .collect()
+    }
+}
+
+/// A component's metrics: one struct whose fields are registered in the component's registry.
+///
+/// Each stage's metrics struct implements it, so making the registry, registering into it and
+/// handing both to `main`, the ops server and the tests is written once.
+pub trait ComponentMetrics: Sized {
+    /// The component ([`component`]) whose prefix every name gets.
+    const COMPONENT: &'static str;
+
+    /// Creates the metrics and registers each in `registry`: one declaration per metric.
+    fn register(registry: &PrefixedRegistry) -> Result<Self, prometheus::Error>;
+
+    /// The component's registry: what is registered in it is served as
+    /// `odds_<component>_<name>`.
+    fn registry() -> Result<PrefixedRegistry, prometheus::Error> {
+        PrefixedRegistry::new(Self::COMPONENT)
+    }
+
+    /// A new registry with these metrics registered in it, and the metrics.
+    fn registered() -> Result<(PrefixedRegistry, Self), crate::RuntimeError> {
+        let registry = Self::registry()?;
+        let metrics = Self::register(&registry)?;
+        Ok((registry, metrics))
     }
 }
 

@@ -4,6 +4,7 @@
 //! `/readyz` answers 200 only while every [`Readiness`] check passes (send me traffic);
 //! `/metrics` is the Prometheus text format of the service's registry.
 
+use crate::metrics::PrefixedRegistry;
 use crate::{Readiness, RuntimeError};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -116,6 +117,18 @@ pub async fn serve_http(
         serve_until_drained(server, &shutdown, DRAIN_GRACE, "ops").await;
     });
     Ok((bound, task))
+}
+
+/// Serves the ops routes of `readiness` and one component's `registry` on `addr` until
+/// `shutdown` is cancelled, as [`serve_http`] does: the ops server of a one-registry stage.
+pub async fn serve_ops(
+    addr: SocketAddr,
+    readiness: &Readiness,
+    registry: &PrefixedRegistry,
+    shutdown: CancellationToken,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), RuntimeError> {
+    let router = ops_router(readiness.clone(), registry.registry().clone());
+    serve_http(addr, router, shutdown).await
 }
 
 /// How long a server waits after shutdown for its open connections to finish.

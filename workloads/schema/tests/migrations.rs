@@ -10,6 +10,11 @@ async fn names(pool: &PgPool, sql: &str) -> Vec<String> {
     sqlx::query_scalar(sql).fetch_all(pool).await.unwrap()
 }
 
+/// The one number `sql` selects.
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
 #[tokio::test]
 async fn migrations_apply_twice_and_create_the_schema() {
     let db = TestDatabase::create().await.unwrap();
@@ -36,10 +41,11 @@ async fn migrations_apply_twice_and_create_the_schema() {
         );
     }
 
-    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
-        .fetch_one(db.pool())
-        .await
-        .unwrap();
+    let applied = count(
+        db.pool(),
+        "SELECT count(*) FROM _sqlx_migrations WHERE success",
+    )
+    .await;
     assert_eq!(applied, 3, "second run applied nothing new");
 
     let constraints = names(
@@ -48,12 +54,11 @@ async fn migrations_apply_twice_and_create_the_schema() {
     )
     .await;
     assert!(constraints.contains(&"odds_history_event_market_version_key".to_string()));
-    let fks: i64 = sqlx::query_scalar(
+    let fks = count(
+        db.pool(),
         "SELECT count(*) FROM pg_constraint WHERE contype = 'f' AND conrelid = 'bets'::regclass",
     )
-    .fetch_one(db.pool())
-    .await
-    .unwrap();
+    .await;
     assert_eq!(fks, 2, "bets reference users and wallets");
 
     // Money is never float: every *_minor column is bigint, every odds column numeric.

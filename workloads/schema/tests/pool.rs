@@ -27,6 +27,16 @@ async fn lock_odds_current(db: &TestDatabase) -> sqlx::Transaction<'static, sqlx
         .unwrap()
 }
 
+/// The error `statement` fails with; fails the test as `hung` if it is still waiting after
+/// [`HANG`].
+async fn failure_within_hang<T: std::fmt::Debug, E: std::fmt::Debug>(
+    statement: impl std::future::Future<Output = Result<T, E>>,
+    hung: &str,
+) -> E {
+    let outcome = tokio::time::timeout(HANG, statement).await;
+    outcome.unwrap_or_else(|_| panic!("{hung}")).unwrap_err()
+}
+
 fn sqlstate(error: &sqlx::Error) -> Option<String> {
     error
         .as_database_error()
@@ -42,10 +52,7 @@ async fn a_statement_waiting_on_a_lock_is_cancelled_by_postgres() {
 
     let pool = connect_lazy(db.url(), &settings(Duration::from_millis(300))).unwrap();
     let blocked = sqlx::query("SELECT count(*) FROM odds_current").fetch_one(&pool);
-    let error = tokio::time::timeout(HANG, blocked)
-        .await
-        .expect("the statement waited on the lock without end")
-        .unwrap_err();
+    let error = failure_within_hang(blocked, "the statement waited on the lock without end").await;
     assert_eq!(sqlstate(&error).as_deref(), Some("57014"), "{error}"); // query_canceled
 
     locker.rollback().await.unwrap();
@@ -69,10 +76,7 @@ async fn lock_timeout_ends_a_wait_for_a_lock_and_nothing_else() {
     )
     .unwrap();
     let blocked = sqlx::query("ALTER TABLE odds_current ADD COLUMN note text").execute(&pool);
-    let error = tokio::time::timeout(HANG, blocked)
-        .await
-        .expect("the DDL waited on the lock without end")
-        .unwrap_err();
+    let error = failure_within_hang(blocked, "the DDL waited on the lock without end").await;
     assert_eq!(sqlstate(&error).as_deref(), Some("55P03"), "{error}"); // lock_not_available
     locker.rollback().await.unwrap();
     // A statement that runs long without waiting on a lock is left alone.
@@ -101,10 +105,7 @@ async fn the_client_gives_up_on_a_statement_the_server_does_not_end_in_time() {
         sqlx::query("SELECT pg_sleep(30)").execute(conn).await?;
         Ok(())
     });
-    let error = tokio::time::timeout(HANG, sleeping)
-        .await
-        .expect("run() did not end the wait")
-        .unwrap_err();
+    let error = failure_within_hang(sleeping, "run() did not end the wait").await;
     match &error {
         sqlx::Error::Io(io) => assert_eq!(io.kind(), std::io::ErrorKind::TimedOut, "{error}"),
         other => panic!("expected a timeout, got {other}"),

@@ -15,8 +15,8 @@ use axum::extract::State;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
-use odds_runtime::metrics::{component, PrefixedRegistry};
-use odds_runtime::ops::ops_router;
+use odds_runtime::metrics::{component, ComponentMetrics, PrefixedRegistry};
+use odds_runtime::ops::serve_ops;
 use odds_runtime::{serve_http, Readiness, RuntimeError};
 use prometheus::{IntCounter, IntGauge};
 use std::net::SocketAddr;
@@ -34,8 +34,6 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum SimulatorError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
-    #[error("metrics registration: {0}")]
-    Metrics(#[from] prometheus::Error),
 }
 
 #[derive(Clone)]
@@ -47,34 +45,32 @@ struct Metrics {
     updates_skipped: IntCounter,
 }
 
-impl Metrics {
+/// Served as `odds_sim_<name>`.
+impl ComponentMetrics for Metrics {
+    const COMPONENT: &'static str = component::SIMULATOR;
+
     fn register(registry: &PrefixedRegistry) -> Result<Metrics, prometheus::Error> {
-        let m = Metrics {
-            updates_sent: IntCounter::new(
+        let r = registry;
+        Ok(Metrics {
+            updates_sent: r.counter(
                 "updates_sent_total",
                 "Updates generated and broadcast to connected clients",
             )?,
-            image_frames: IntCounter::new(
+            image_frames: r.counter(
                 "image_frames_total",
                 "Current-odds frames sent to clients on connect (the initial image)",
             )?,
-            clients: IntGauge::new("clients", "Connected WebSocket clients")?,
-            slow_disconnects: IntCounter::new(
+            clients: r.gauge("clients", "Connected WebSocket clients")?,
+            slow_disconnects: r.counter(
                 "slow_client_disconnects_total",
                 "Clients disconnected because they fell too far behind",
             )?,
-            updates_skipped: IntCounter::new(
+            updates_skipped: r.counter(
                 "updates_skipped_total",
                 "Updates a client that fell behind never received (it was disconnected and \
                  gets the current image on reconnect, not the versions in between)",
             )?,
-        };
-        registry.register(m.updates_sent.clone())?;
-        registry.register(m.image_frames.clone())?;
-        registry.register(m.clients.clone())?;
-        registry.register(m.slow_disconnects.clone())?;
-        registry.register(m.updates_skipped.clone())?;
-        Ok(m)
+        })
     }
 }
 
@@ -100,10 +96,8 @@ pub struct SimulatorServer {
 
 /// The simulator's registry with every metric it serves registered, for
 /// `--print-metric-families`.
-pub fn metrics_registry() -> Result<PrefixedRegistry, prometheus::Error> {
-    let registry = PrefixedRegistry::new(component::SIMULATOR)?;
-    Metrics::register(&registry)?;
-    Ok(registry)
+pub fn metrics_registry() -> Result<PrefixedRegistry, RuntimeError> {
+    Ok(Metrics::registered()?.0)
 }
 
 impl SimulatorServer {
@@ -112,8 +106,7 @@ impl SimulatorServer {
         config: SimulatorConfig,
         shutdown: CancellationToken,
     ) -> Result<SimulatorServer, SimulatorError> {
-        let registry = PrefixedRegistry::new(component::SIMULATOR)?;
-        let metrics = Metrics::register(&registry)?;
+        let (registry, metrics) = Metrics::registered()?;
         let (frames, _) = broadcast::channel(config.client_queue as usize);
         let (clients, _) = watch::channel(0usize);
         let version_base = config.version_base.unwrap_or_else(clock_version_base);
@@ -130,9 +123,10 @@ impl SimulatorServer {
             .route("/ws", get(upgrade))
             .with_state(shared.clone());
         let (ws_addr, ws_task) = serve_http(config.listen_addr, app, shutdown.clone()).await?;
-        let (ops_addr, ops_task) = serve_http(
+        let (ops_addr, ops_task) = serve_ops(
             config.ops.http_addr,
-            ops_router(Readiness::new(&[]), registry.registry().clone()),
+            &Readiness::new(&[]),
+            &registry,
             shutdown.clone(),
         )
         .await?;
@@ -364,8 +358,7 @@ mod tests {
 
     #[test]
     fn every_simulator_metric_the_dashboards_query_is_registered() {
-        let registry = PrefixedRegistry::new(component::SIMULATOR).unwrap();
-        Metrics::register(&registry).unwrap();
+        let registry = metrics_registry().unwrap();
         assert_eq!(
             missing_queried(QUERIED, component::SIMULATOR, &[&registry]),
             Vec::<String>::new()

@@ -27,16 +27,27 @@ async fn read_updates(url: &str, count: usize) -> Vec<OddsUpdate> {
     updates
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_receive_the_whole_versioned_stream() {
+/// A local simulator streaming `total` updates at `rate` a second, `adjust`ed, and the token
+/// that stops it.
+async fn simulator(
+    rate: u32,
+    total: u64,
+    adjust: impl FnOnce(&mut SimulatorConfig),
+) -> (SimulatorServer, CancellationToken) {
     let mut config = SimulatorConfig::local();
-    config.rate = 5_000;
-    config.total = 1_000;
-    config.events = 8;
+    config.rate = rate;
+    config.total = total;
+    adjust(&mut config);
     let shutdown = CancellationToken::new();
     let server = SimulatorServer::start(config, shutdown.clone())
         .await
         .unwrap();
+    (server, shutdown)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_receive_the_whole_versioned_stream() {
+    let (server, shutdown) = simulator(5_000, 1_000, |config| config.events = 8).await;
 
     // The image (every event at version 1) comes first, then the 1000 deltas.
     let updates = read_updates(&server.url(), 8 + 1_000).await;
@@ -65,14 +76,8 @@ async fn clients_receive_the_whole_versioned_stream() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_client_is_dropped_and_others_keep_up() {
-    let mut config = SimulatorConfig::local();
-    config.rate = 20_000;
-    config.total = 100_000;
-    config.client_queue = 16_384;
-    let shutdown = CancellationToken::new();
-    let server = SimulatorServer::start(config, shutdown.clone())
-        .await
-        .unwrap();
+    let (server, shutdown) =
+        simulator(20_000, 100_000, |config| config.client_queue = 16_384).await;
 
     // Connects and never reads.
     let (_stuck, _) = tokio_tungstenite::connect_async(server.url())

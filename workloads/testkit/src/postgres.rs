@@ -10,7 +10,6 @@ use crate::process::{find_binary, free_port, run, running_as_root};
 use crate::{Result, TestkitError};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{Executor, PgPool};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 use tempfile::TempDir;
@@ -85,9 +84,8 @@ impl PostgresServer {
             running: false,
             durability,
         };
-        let data = server.data_dir();
         run(
-            server.command("initdb")?.arg("-D").arg(&data).args([
+            server.on_data("initdb")?.args([
                 "-A",
                 "trust",
                 "-U",
@@ -103,8 +101,11 @@ impl PostgresServer {
         Ok(server)
     }
 
-    fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+    /// [`Self::command`] on this server's data directory (`-D`).
+    fn on_data(&self, binary: &str) -> Result<Command> {
+        let mut cmd = self.command(binary)?;
+        cmd.arg("-D").arg(self.dir.path().join("data"));
+        Ok(cmd)
     }
 
     /// Builds a command for a Postgres binary, as the `postgres` OS user when we are root.
@@ -136,14 +137,9 @@ impl PostgresServer {
     pub fn stop(&mut self) -> Result<()> {
         if self.running {
             self.running = false;
-            let data = self.data_dir();
             run(
-                self.command("pg_ctl")?.arg("-D").arg(&data).args([
-                    "-m",
-                    "immediate",
-                    "-w",
-                    "stop",
-                ]),
+                self.on_data("pg_ctl")?
+                    .args(["-m", "immediate", "-w", "stop"]),
                 "pg_ctl stop",
             )?;
         }
@@ -152,7 +148,6 @@ impl PostgresServer {
 
     /// Starts the server (again) on the same port and data directory.
     pub async fn start_again(&mut self) -> Result<()> {
-        let data = self.data_dir();
         let mut options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1",
             self.port,
@@ -162,9 +157,7 @@ impl PostgresServer {
             options.push_str(&format!(" -c {name}={value}"));
         }
         run(
-            self.command("pg_ctl")?
-                .arg("-D")
-                .arg(&data)
+            self.on_data("pg_ctl")?
                 .arg("-l")
                 .arg(self.dir.path().join("server.log"))
                 .args(["-w", "-t", "60", "-o", &options, "start"]),

@@ -108,7 +108,7 @@ fn latency_per_run(area: &Area<'_>, report: &BenchReport) -> Result<(), ChartErr
             .collect();
         line_with_points(&mut chart, points, colour, name)?;
     }
-    legend(&mut chart)
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 fn percentiles(l: &super::report::Latency) -> [f64; 4] {
@@ -173,13 +173,7 @@ fn hop_breakdown(area: &Area<'_>, report: &BenchReport) -> Result<(), ChartError
             .label(name)
             .legend(move |(x, y)| Rectangle::new([(x, y - 4), (x + 16, y + 4)], colour.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(drawing)
+    legend(&mut chart, SeriesLabelPosition::LowerRight)
 }
 
 /// Sustained updates/s against the offered rate, with the line where they are equal.
@@ -233,7 +227,7 @@ fn throughput_by_rate(area: &Area<'_>, steps: &[RateStep]) -> Result<(), ChartEr
             Circle::new(p, 5, marker)
         }))
         .map_err(drawing)?;
-    legend(&mut chart)
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// p50 and p99 latency against the offered rate (log scale), with the p99 limit.
@@ -288,7 +282,7 @@ fn latency_by_rate(area: &Area<'_>, steps: &[RateStep], max_p99_ms: f64) -> Resu
             .collect();
         line_with_points(&mut chart, points, colour, name)?;
     }
-    legend(&mut chart)
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// One labelled series: the line through `points`, and a dot on each.
@@ -319,6 +313,7 @@ where
 
 fn legend<'a, X, Y>(
     chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
 ) -> Result<(), ChartError>
 where
     X: plotters::coord::ranged1d::Ranged,
@@ -326,7 +321,7 @@ where
 {
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
+        .position(position)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .draw()
@@ -344,19 +339,8 @@ pub fn write(path: &std::path::Path, report: &BenchReport) -> anyhow::Result<()>
 mod tests {
     use super::*;
     use crate::bench::hops::HopLatency;
-    use crate::bench::report::tests::report;
+    use crate::bench::report::tests::{hop, report};
     use crate::bench::report::{Latency, RunFigures};
-
-    fn hop(hop: &'static str, p50: f64, p99: f64) -> HopLatency {
-        HopLatency {
-            hop,
-            stage: "odds-ingest",
-            measured: true,
-            count: 100,
-            p50_ms: Some(p50),
-            p99_ms: Some(p99),
-        }
-    }
 
     fn run(p50: f64) -> RunFigures {
         RunFigures {

@@ -575,6 +575,23 @@ pub fn per_thousand(cpu_s: &BTreeMap<String, f64>, updates: u64) -> BTreeMap<Str
 pub(crate) mod tests {
     use super::*;
 
+    /// A measured hop of ingest's (shared with the chart's tests).
+    pub(crate) fn hop(hop: &'static str, p50: f64, p99: f64) -> HopLatency {
+        HopLatency {
+            hop,
+            stage: "odds-ingest",
+            measured: true,
+            count: 100,
+            p50_ms: Some(p50),
+            p99_ms: Some(p99),
+        }
+    }
+
+    fn assert_not_in_summary(report: &BenchReport, text: &str) {
+        let summary = report.summary();
+        assert!(!summary.contains(text), "{summary}");
+    }
+
     /// A report of one clean run (shared with the chart's tests).
     pub(crate) fn report(idle: f64, fsync: &str) -> BenchReport {
         let cpu_s = BTreeMap::from([
@@ -695,11 +712,7 @@ pub(crate) mod tests {
     fn every_update_that_did_not_reach_history_is_named_by_its_cause() {
         let clean = report(0.5, "on");
         assert!(clean.shortfall().is_empty() && clean.held());
-        assert!(
-            !clean.summary().contains("SHORTFALL"),
-            "{}",
-            clean.summary()
-        );
+        assert_not_in_summary(&clean, "SHORTFALL");
         // The supplier dropped ingest as a slow consumer: skipped, not lost.
         let skipped = BenchReport {
             supplier_skipped: 3789,
@@ -721,22 +734,8 @@ pub(crate) mod tests {
         // ... and with the mock's produce acknowledgement the slowest hop, the mock is named.
         let mock_bound = BenchReport {
             hops: vec![
-                HopLatency {
-                    hop: "supplier_to_ingest",
-                    stage: "ingest",
-                    count: 10,
-                    p50_ms: Some(1.0),
-                    p99_ms: Some(2.0),
-                    measured: true,
-                },
-                HopLatency {
-                    hop: "ingest_to_kafka_ack",
-                    stage: "ingest",
-                    count: 10,
-                    p50_ms: Some(30.0),
-                    p99_ms: Some(80.0),
-                    measured: true,
-                },
+                hop("supplier_to_ingest", 1.0, 2.0),
+                hop("ingest_to_kafka_ack", 30.0, 80.0),
             ],
             ..skipped.clone()
         };
@@ -749,11 +748,7 @@ pub(crate) mod tests {
             },
             ..mock_bound
         };
-        assert!(
-            !real.summary().contains("hosted mock broker"),
-            "{}",
-            real.summary()
-        );
+        assert_not_in_summary(&real, "hosted mock broker");
         // Rejected and lost are separate causes; lost is what was accepted and not stored.
         let both = BenchReport {
             dead_lettered: 5,

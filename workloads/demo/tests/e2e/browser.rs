@@ -9,6 +9,7 @@
 
 use base64::Engine;
 use futures_util::{SinkExt, StreamExt};
+use odds_contracts::JsonMessage;
 use odds_demo::{Launcher, LauncherOptions};
 use odds_testkit::{free_port, http_get};
 use serde_json::{json, Value};

@@ -2,14 +2,21 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use futures_util::{SinkExt, StreamExt};
+use odds_contracts::names::TOPIC_ODDS_UPDATES;
 use odds_contracts::OddsUpdate;
 use odds_testkit::ReadRecord;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
+
+/// How long a topic read waits for more records once it has what it asked for.
+pub const QUIET: Duration = Duration::from_secs(2);
+/// How long a test waits for what it expects.
+pub const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// A supplier that plays one script per connection, closing each connection after its script
 /// except the last, which stays open (reading, so ingest's pings are answered) until the test
@@ -76,6 +83,45 @@ pub async fn start_ingest(
         shutdown,
     )
     .await
+}
+
+/// Ingest started by a test, with the token that stops it.
+pub struct Started {
+    pub ingest: odds_ingest::Ingest,
+    pub shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Started {
+    /// Ingest with the test defaults, reading the supplier at `addr` and producing to `kafka`.
+    pub async fn reading(addr: SocketAddr, kafka: &odds_testkit::TestKafka) -> Started {
+        let config =
+            odds_ingest::IngestConfig::local(&format!("ws://{addr}/"), kafka.bootstrap_servers());
+        Started::with(config).await
+    }
+
+    /// Ingest with a configuration the test adjusted.
+    pub async fn with(config: odds_ingest::IngestConfig) -> Started {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let ingest = start_ingest_with(config, &shutdown).await;
+        Started { ingest, shutdown }
+    }
+
+    /// Stops ingest and waits for it, at most Kubernetes' grace period (30 s).
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(std::time::Duration::from_secs(30), self.ingest.wait())
+            .await
+            .expect("ingest stops within the grace period");
+    }
+}
+
+/// The next `count` records of `odds_updates`, decoded (see [`decode_keyed`]).
+pub async fn read_updates(kafka: &odds_testkit::TestKafka, count: usize) -> Vec<OddsUpdate> {
+    let records = kafka
+        .read_topic(TOPIC_ODDS_UPDATES, count, QUIET, TIMEOUT)
+        .await
+        .unwrap();
+    decode_keyed(&records)
 }
 
 /// Ingest with a configuration the test adjusted.

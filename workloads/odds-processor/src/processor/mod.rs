@@ -136,8 +136,11 @@ impl Processor {
         // Not ready until the first repair shows that Redis takes writes.
         readiness.set(CHECK_REDIS, false);
         metrics.cache_stale.set(1);
-        let cache = Cache::new(&config.redis_url, config.redis_timeout())?;
-        let store = Store::connect_lazy(&config.database_url, config.statement_timeout())?;
+        let cache = Cache::new(&config.redis_url, config.redis_timeout_ms.duration())?;
+        let store = Store::connect_lazy(
+            &config.database_url,
+            config.database_statement_timeout_ms.duration(),
+        )?;
         let cache = CacheWriter::new(cache, store.clone(), metrics.clone(), readiness.clone());
         Ok(Processor {
             consumer,
@@ -152,8 +155,8 @@ impl Processor {
             batch_max: usize::try_from(config.batch_max)
                 .unwrap_or(usize::MAX)
                 .max(1),
-            batch_max_wait: config.batch_max_wait(),
-            db_max_backoff: config.db_retry_max_backoff(),
+            batch_max_wait: config.batch_max_wait_ms.duration(),
+            db_max_backoff: config.db_retry_max_backoff_ms.duration(),
             pending: Vec::new(),
         })
     }

@@ -2,8 +2,7 @@
 //! with environment configuration, ops endpoints, and a clean stop on SIGTERM.
 
 use crate::common::*;
-use odds_testkit::{free_port, http_get, TestDatabase};
-use std::net::SocketAddr;
+use odds_testkit::{http_get, TestDatabase};
 use std::process::{Command, Stdio};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_odds-processor");
@@ -56,15 +55,8 @@ async fn bad_configuration_fails_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_processes_reports_and_stops_cleanly_on_sigterm() {
     let (kafka, db, redis, _) = start_stack(1, 1).await;
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
-        .parse()
-        .unwrap();
-    let mut child = Command::new(BINARY)
-        .env("KAFKA_BROKERS", kafka.bootstrap_servers())
-        .env("KAFKA_GROUP", "binary-test")
-        .env("DATABASE_URL", db.url())
-        .env("REDIS_URL", redis.url())
-        .env("HTTP_ADDR", addr.to_string())
+    let (mut command, addr) = processor_binary(&kafka, &db, &redis, "binary-test");
+    let mut child = command
         .env("BATCH_MAX", "100")
         .env("KAFKA_PROP_GROUP_PROTOCOL", "classic")
         .env("KAFKA_PROP_SESSION_TIMEOUT_MS", "6000")

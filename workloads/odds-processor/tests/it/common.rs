@@ -5,6 +5,7 @@ use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL, TOPIC_ODDS
 use odds_contracts::{Odds, OddsUpdate};
 use odds_processor::processor::{CHECK_KAFKA, CHECK_POSTGRES};
 use odds_processor::{Metrics, Processor, ProcessorConfig};
+use odds_runtime::cli::Millis;
 use odds_runtime::Readiness;
 use odds_testkit::{TestDatabase, TestKafka, TestRedis};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -51,8 +52,8 @@ pub fn config(kafka: &TestKafka, db: &TestDatabase, redis: &TestRedis) -> Proces
     let mut config = ProcessorConfig::new(kafka.bootstrap_servers(), db.url(), &redis.url());
     config.kafka_group = format!("test-{}", uuid_like());
     config.batch_max = 50;
-    config.db_retry_max_backoff_ms = 500;
-    config.redis_timeout_ms = 1000;
+    config.db_retry_max_backoff_ms = Millis(500);
+    config.redis_timeout_ms = Millis(1000);
     // A crashed member is noticed after its session timeout: keep it short in tests. The
     // classic protocol, whose timings the client sets: the test kit's mock broker keeps the
     // KIP-848 protocol's 30 s session (`make chaos` measures that protocol, with the broker
@@ -249,15 +250,18 @@ pub async fn count(db: &TestDatabase, sql: &str) -> i64 {
 }
 
 pub async fn current_version(db: &TestDatabase, event: &str) -> Option<i64> {
-    sqlx::query_scalar("SELECT version FROM odds_current WHERE event_id = $1")
-        .bind(event)
-        .fetch_optional(db.pool())
-        .await
-        .unwrap()
+    let sql = "SELECT version FROM odds_current WHERE event_id = $1";
+    versions(db, sql, event).await.into_iter().next()
 }
 
 pub async fn history_versions(db: &TestDatabase, event: &str) -> Vec<i64> {
-    sqlx::query_scalar("SELECT version FROM odds_history WHERE event_id = $1 ORDER BY version")
+    let sql = "SELECT version FROM odds_history WHERE event_id = $1 ORDER BY version";
+    versions(db, sql, event).await
+}
+
+/// The versions `sql` selects for `event`, its one parameter.
+async fn versions(db: &TestDatabase, sql: &'static str, event: &str) -> Vec<i64> {
+    sqlx::query_scalar(sql)
         .bind(event)
         .fetch_all(db.pool())
         .await
@@ -278,6 +282,20 @@ pub async fn cached_in(redis: &TestRedis, event: &str, market: &str) -> Option<O
         .await
         .ok()?;
     json.map(|j| serde_json::from_str(&j).unwrap())
+}
+
+/// `events` events named `{prefix}00`, `{prefix}01`, ...
+pub fn event_names(prefix: &str, events: u64) -> Vec<String> {
+    (0..events).map(|e| format!("{prefix}{e:02}")).collect()
+}
+
+/// Produces versions 1 to `versions` of each of `events`, one round of every event per
+/// version.
+pub async fn produce_rounds(producer: &FutureProducer, events: &[String], versions: u64) {
+    for version in 1..=versions {
+        let round: Vec<_> = events.iter().map(|e| update(e, version)).collect();
+        produce(producer, &round).await;
+    }
 }
 
 /// Everything published on the updates channel, collected in the background.
@@ -305,6 +323,24 @@ impl Subscriber {
         subscriber
     }
 
+    /// Waits until every one of `events` has had version `last` published, then asserts that
+    /// each event's versions were published rising, each once.
+    pub async fn assert_published_in_order_up_to(&self, events: &[String], last: u64) {
+        wait_until("every event's last version published", || async {
+            events
+                .iter()
+                .all(|event| self.versions_of(event).last() == Some(&last))
+        })
+        .await;
+        for event in events {
+            let versions = self.versions_of(event);
+            assert!(
+                versions.windows(2).all(|w| w[0] < w[1]),
+                "{event} published out of order or twice: {versions:?}"
+            );
+        }
+    }
+
     pub fn versions_of(&self, event: &str) -> Vec<u64> {
         self.seen
             .lock()
@@ -323,6 +359,43 @@ pub struct DeadLetter {
     pub detail: String,
     pub payload: Option<Vec<u8>>,
     pub headers: std::collections::HashMap<String, String>,
+}
+
+impl DeadLetter {
+    /// Asserts that the record was rejected for `reason`, with `detail` in its detail.
+    pub fn assert_rejected(&self, reason: &str, detail: &str) {
+        assert_eq!(self.reason, reason);
+        assert!(self.detail.contains(detail), "{}", self.detail);
+    }
+}
+
+/// Denies every produce request from now on (as an ACL on the topics would).
+pub fn deny_produce(kafka: &TestKafka) {
+    kafka.cluster().request_errors(
+        rdkafka::types::RDKafkaApiKey::Produce,
+        &[rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
+    );
+}
+
+/// The `odds-processor` binary configured for the test stack by environment, in consumer
+/// group `group`, with a free ops address (returned).
+pub fn processor_binary(
+    kafka: &TestKafka,
+    db: &TestDatabase,
+    redis: &TestRedis,
+    group: &str,
+) -> (std::process::Command, std::net::SocketAddr) {
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", odds_testkit::free_port().unwrap())
+        .parse()
+        .unwrap();
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_odds-processor"));
+    command
+        .env("KAFKA_BROKERS", kafka.bootstrap_servers())
+        .env("KAFKA_GROUP", group)
+        .env("DATABASE_URL", db.url())
+        .env("REDIS_URL", redis.url())
+        .env("HTTP_ADDR", addr.to_string());
+    (command, addr)
 }
 
 /// Reads `n` records of the DLQ topic, by the source offset they were rejected at.

@@ -7,12 +7,10 @@ use odds_contracts::dead_letter::{sha256_hex, DLQ_MAX_PAYLOAD};
 use odds_contracts::names::{dlq_headers, TOPIC_ODDS_UPDATES};
 use odds_processor::processor::{CHECK_DLQ, CHECK_KAFKA, CHECK_POSTGRES};
 use odds_processor::ProcessorError;
-use odds_testkit::{free_port, http_get, TestKafka};
+use odds_testkit::{http_get, TestKafka};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use rdkafka::ClientConfig;
-use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 /// Larger than the DLQ producer's default `message.max.bytes` (1 000 000).
@@ -88,10 +86,7 @@ async fn a_dlq_refusing_for_good_stops_the_processor_after_readiness_says_so() {
     produce(&producer, &[update("E1", 1)]).await;
     produce_raw(&producer, "junk", Some(b"not json")).await;
     // From here on every produce request is denied: only the processor's DLQ producer sends any.
-    kafka.cluster().request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
-    );
+    deny_produce(&kafka);
     let task = tokio::spawn(h.processor.run());
     let stopped = tokio::time::timeout(PATIENCE, task)
         .await
@@ -137,19 +132,9 @@ async fn the_binary_exits_non_zero_when_the_dlq_refuses_for_good() {
     let (kafka, db, redis, _) = start_stack(1, 1).await;
     let producer = producer(&kafka);
     produce_raw(&producer, "junk", Some(b"not json")).await;
-    kafka.cluster().request_errors(
-        RDKafkaApiKey::Produce,
-        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED; 64],
-    );
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_port().unwrap())
-        .parse()
-        .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_odds-processor"))
-        .env("KAFKA_BROKERS", kafka.bootstrap_servers())
-        .env("KAFKA_GROUP", "dlq-refused")
-        .env("DATABASE_URL", db.url())
-        .env("REDIS_URL", redis.url())
-        .env("HTTP_ADDR", addr.to_string())
+    deny_produce(&kafka);
+    let (mut command, addr) = processor_binary(&kafka, &db, &redis, "dlq-refused");
+    let mut child = command
         .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -15,32 +15,12 @@ async fn two_processors_split_partitions_and_keep_per_event_order() {
     let mut a = processor(&config);
     let mut b = processor(&config);
     // Join both before producing, so the work is actually split.
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (na, nb) = (
-            a.processor.assigned_partitions(),
-            b.processor.assigned_partitions(),
-        );
-        if na > 0 && nb > 0 && na + nb == PARTITIONS as usize {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "group never balanced"
-        );
-        a.processor.step().await;
-        b.processor.step().await;
-    }
+    step_both_until_split(&mut a, &mut b, PARTITIONS, |_, _| true).await;
     let task_a = tokio::spawn(a.processor.run());
     let task_b = tokio::spawn(b.processor.run());
 
-    let producer = producer(&kafka);
-    for version in 1..=VERSIONS {
-        let round: Vec<_> = (0..EVENTS)
-            .map(|e| update(&format!("EV{e:02}"), version))
-            .collect();
-        produce(&producer, &round).await;
-    }
+    let events = event_names("EV", EVENTS);
+    produce_rounds(&producer(&kafka), &events, VERSIONS).await;
     let total = (EVENTS * VERSIONS) as i64;
     wait_until("every update committed", || async {
         committed_total(&kafka, &group, PARTITIONS) == total
@@ -88,21 +68,12 @@ async fn two_processors_split_partitions_and_keep_per_event_order() {
         total as u64,
         "each update read once"
     );
-    for e in 0..EVENTS {
-        let event = format!("EV{e:02}");
-        assert_eq!(cached(&redis, &event).await.unwrap().version, VERSIONS);
+    for event in &events {
+        assert_eq!(cached(&redis, event).await.unwrap().version, VERSIONS);
     }
-    wait_until("newest versions published", || async {
-        (0..EVENTS).all(|e| subscriber.versions_of(&format!("EV{e:02}")).last() == Some(&VERSIONS))
-    })
-    .await;
-    for e in 0..EVENTS {
-        let seen = subscriber.versions_of(&format!("EV{e:02}"));
-        assert!(
-            seen.windows(2).all(|w| w[0] < w[1]),
-            "EV{e:02} published out of order or twice: {seen:?}"
-        );
-    }
+    subscriber
+        .assert_published_in_order_up_to(&events, VERSIONS)
+        .await;
     a.shutdown.cancel();
     b.shutdown.cancel();
     join_cleanly(task_a).await;
@@ -327,24 +298,10 @@ async fn a_rebalance_removes_the_lag_series_of_the_partitions_a_processor_lost()
 
     // B joins: the group splits the partitions, and B reports the lag of its share.
     let mut b = processor(&config);
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        let (na, nb) = (
-            a.processor.assigned_partitions(),
-            b.processor.assigned_partitions(),
-        );
-        if na > 0 && nb > 0 && na + nb == PARTITIONS as usize && partitions(&b.metrics).len() == nb
-        {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "group never balanced: A owns {na}, B owns {nb}, B reports {:?}",
-            partitions(&b.metrics)
-        );
-        a.processor.step().await;
-        b.processor.step().await;
-    }
+    step_both_until_split(&mut a, &mut b, PARTITIONS, |b, nb| {
+        partitions(&b.metrics).len() == nb
+    })
+    .await;
     // Statistics arrive every 10 ms: give A many rounds to report what it has now.
     let settle = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
     while tokio::time::Instant::now() < settle {
@@ -406,4 +363,30 @@ async fn a_position_that_retention_passed_is_counted_as_skipped_records() {
     })
     .await;
     assert!(metrics.errors.with_label_values(&["consume"]).get() >= 1);
+}
+
+/// Steps `a` and `b` until the group has split all `partitions` between them, each owning
+/// some, and `also` holds of B and its share; fails after [`PATIENCE`].
+async fn step_both_until_split(
+    a: &mut Harness,
+    b: &mut Harness,
+    partitions: i32,
+    also: impl Fn(&Harness, usize) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let (na, nb) = (
+            a.processor.assigned_partitions(),
+            b.processor.assigned_partitions(),
+        );
+        if na > 0 && nb > 0 && na + nb == partitions as usize && also(b, nb) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "group never balanced: A owns {na}, B owns {nb}"
+        );
+        a.processor.step().await;
+        b.processor.step().await;
+    }
 }

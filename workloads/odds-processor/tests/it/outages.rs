@@ -6,7 +6,9 @@ use crate::common::*;
 use futures_util::StreamExt;
 use odds_contracts::cache_status::CacheStatus;
 use odds_contracts::names::REDIS_CACHE_STATUS_CHANNEL;
+use odds_contracts::JsonMessage;
 use odds_processor::processor::{CHECK_POSTGRES, CHECK_REDIS};
+use odds_runtime::cli::Millis;
 use odds_testkit::{TestDatabase, TestKafka, TestRedis};
 use std::sync::{Arc, Mutex};
 
@@ -75,7 +77,7 @@ async fn postgres_outage_pauses_without_losing_or_committing_early() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_waiting_on_a_lock_is_retried_and_does_not_hold_shutdown() {
     let (kafka, db, _redis, mut config) = start_stack(1, 1).await;
-    config.database_statement_timeout_ms = 300;
+    config.database_statement_timeout_ms = Millis(300);
     let group = config.kafka_group.clone();
     let h = processor(&config);
     let (readiness, metrics, shutdown) = (h.readiness.clone(), h.metrics.clone(), h.shutdown);

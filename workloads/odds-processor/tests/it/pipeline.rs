@@ -16,16 +16,10 @@ async fn overlapped_batches_never_commit_ahead_of_postgres_and_keep_each_events_
     let h = processor(&config);
     let shutdown = h.shutdown.clone();
     let task = tokio::spawn(h.processor.run());
+    let events = event_names("P", EVENTS);
     let producing = tokio::spawn({
-        let producer = producer(&kafka);
-        async move {
-            for version in 1..=VERSIONS {
-                let round: Vec<_> = (0..EVENTS)
-                    .map(|e| update(&format!("P{e:02}"), version))
-                    .collect();
-                produce(&producer, &round).await;
-            }
-        }
+        let (producer, events) = (producer(&kafka), events.clone());
+        async move { produce_rounds(&producer, &events, VERSIONS).await }
     });
     // Every record is a distinct (event, version), read in offset order from one partition:
     // the committed offset counts records, and the history rows count the records stored.
@@ -51,22 +45,13 @@ async fn overlapped_batches_never_commit_ahead_of_postgres_and_keep_each_events_
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     producing.await.unwrap();
-    for e in 0..EVENTS {
-        let event = format!("P{e:02}");
-        assert_eq!(current_version(&db, &event).await, Some(VERSIONS as i64));
-        assert_eq!(cached(&redis, &event).await.unwrap().version, VERSIONS);
+    for event in &events {
+        assert_eq!(current_version(&db, event).await, Some(VERSIONS as i64));
+        assert_eq!(cached(&redis, event).await.unwrap().version, VERSIONS);
     }
-    wait_until("every event's last version published", || async {
-        (0..EVENTS).all(|e| subscriber.versions_of(&format!("P{e:02}")).last() == Some(&VERSIONS))
-    })
-    .await;
-    for e in 0..EVENTS {
-        let versions = subscriber.versions_of(&format!("P{e:02}"));
-        assert!(
-            versions.windows(2).all(|w| w[0] < w[1]),
-            "P{e:02} published out of order: {versions:?}"
-        );
-    }
+    subscriber
+        .assert_published_in_order_up_to(&events, VERSIONS)
+        .await;
     stop_cleanly(&shutdown, task).await;
     assert_eq!(committed_total(&kafka, &group, 1), total);
 }

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use chrono::{DateTime, Utc};
 use odds_contracts::freshness::FreshnessReport;
 use odds_contracts::names::{redis_current_key, REDIS_CURRENT_PREFIX, REDIS_FRESHNESS_KEY};
-use odds_contracts::{Market, Odds, OddsUpdate};
+use odds_contracts::{JsonMessage, Market, Odds, OddsUpdate};
 use odds_schema::pool::{DeadlinePool, PoolSettings};
 use odds_schema::read_models;
 use postgres::Postgres;

@@ -43,6 +43,26 @@ impl Env {
         Self::start_with(TestDatabase::create().await.unwrap(), extra).await
     }
 
+    /// A service started with `extra` flags after `updates` were written as the processor
+    /// writes them, its pub/sub subscription up: what a client connecting now is served.
+    pub async fn with_written(extra: &[&str], updates: &[OddsUpdate]) -> Env {
+        Env::start(extra).await.written(updates).await
+    }
+
+    /// [`Env::with_written`] on a Postgres server of the test's own: the test may stop it.
+    pub async fn own_postgres_with_written(updates: &[OddsUpdate]) -> Env {
+        let db = TestDatabase::on_own_server().await.unwrap();
+        Env::start_with(db, &[]).await.written(updates).await
+    }
+
+    async fn written(self, updates: &[OddsUpdate]) -> Env {
+        for update in updates {
+            self.write(update).await;
+        }
+        self.wait_for_pubsub().await;
+        self
+    }
+
     pub async fn start_with(db: TestDatabase, extra: &[&str]) -> Env {
         odds_schema::migrate(db.pool()).await.unwrap();
         let redis = TestRedis::start().await.unwrap();
@@ -107,10 +127,23 @@ impl Env {
 
     /// Writes `u` to the read models with the processor's own statement.
     pub async fn write_postgres(&self, u: &OddsUpdate) {
-        odds_schema::read_models::apply_batch(std::slice::from_ref(u))
+        self.write_postgres_all(std::slice::from_ref(u)).await;
+    }
+
+    /// Writes `updates` to the read models in one statement, the processor's own.
+    pub async fn write_postgres_all(&self, updates: &[OddsUpdate]) {
+        odds_schema::read_models::apply_batch(updates)
             .execute(self.db.pool())
             .await
             .unwrap();
+    }
+
+    /// Writes version 1 of each of `events` (home price 2.0) to the read models, then waits
+    /// until the service's pub/sub subscription is up: the image a `*` client is resynced to.
+    pub async fn write_image(&self, events: &[String]) {
+        let image: Vec<_> = events.iter().map(|e| update(e, 1, 2.0)).collect();
+        self.write_postgres_all(&image).await;
+        self.wait_for_pubsub().await;
     }
 
     pub async fn write_cache(&self, u: &OddsUpdate) {
@@ -175,6 +208,23 @@ pub async fn connect(addr: std::net::SocketAddr) -> Client {
     let (client, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws/odds"))
         .await
         .unwrap();
+    client
+}
+
+/// A client reading through a 2 KiB socket buffer, subscribed to `event`: the server cannot
+/// park a backlog in TCP, so the client falls behind as soon as it stops reading.
+pub async fn small_buffer_client(
+    addr: std::net::SocketAddr,
+    event: &str,
+) -> tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let stream = socket.connect(addr).await.unwrap();
+    let (mut client, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws/odds"), stream)
+        .await
+        .unwrap();
+    let subscribe = format!(r#"{{"type":"subscribe","eventId":"{event}"}}"#);
+    client.send(Message::text(subscribe)).await.unwrap();
     client
 }
 
@@ -283,19 +333,20 @@ pub struct TestProcessor {
 impl TestProcessor {
     pub fn start(kafka: &odds_testkit::TestKafka, env: &Env) -> TestProcessor {
         use odds_processor::{Metrics, Processor, ProcessorConfig};
+        use odds_runtime::cli::Millis;
         let mut config =
             ProcessorConfig::new(kafka.bootstrap_servers(), env.db.url(), &env.redis.url());
         config.batch_max = 50;
-        config.redis_timeout_ms = 500;
-        config.db_retry_max_backoff_ms = 500;
+        config.redis_timeout_ms = Millis(500);
+        config.db_retry_max_backoff_ms = Millis(500);
         // A lock held longer is an outage to it (tests stall it that way).
-        config.database_statement_timeout_ms = 1000;
+        config.database_statement_timeout_ms = Millis(1000);
         let readiness = odds_runtime::Readiness::default();
         let shutdown = CancellationToken::new();
         let metrics = Metrics::unregistered().unwrap();
         let heartbeat = odds_processor::heartbeat::spawn(
             &config.redis_url,
-            config.redis_timeout(),
+            config.redis_timeout_ms.duration(),
             metrics.clone(),
             readiness.clone(),
             shutdown.clone(),

@@ -72,6 +72,7 @@ async fn redis_down_postgres_answers_and_both_down_is_503() {
 async fn freshness_serves_the_canarys_latest_report_or_says_there_is_none() {
     use odds_contracts::freshness::FreshnessReport;
     use odds_contracts::names::REDIS_FRESHNESS_KEY;
+    use odds_contracts::JsonMessage;
     let mut env = Env::start(&["--redis-timeout-ms=300"]).await;
     let none = http_get(env.addr(), "/v1/freshness").await.unwrap();
     assert_eq!(none.status, 404, "{}", none.body);

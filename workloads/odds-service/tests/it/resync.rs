@@ -87,9 +87,7 @@ async fn redis_restart_is_followed_by_a_resync_of_newer_versions_only() {
 
 #[tokio::test]
 async fn healthy_subscription_is_kept_without_reconnects() {
-    let env = Env::start(&[]).await;
-    env.write(&update("K1", 1, 2.0)).await;
-    env.wait_for_pubsub().await;
+    let env = Env::with_written(&[], &[update("K1", 1, 2.0)]).await;
     let mut client = connect(env.addr()).await;
     subscribe(&mut client, "K1").await;
     // Longer than the subscriber's keep-alive ping interval (5 s).
@@ -119,7 +117,7 @@ async fn redis_refusing_writes_then_down_clients_are_told_and_converge_on_postgr
     let mut config =
         ProcessorConfig::new(kafka.bootstrap_servers(), env.db.url(), &env.redis.url());
     config.batch_max = 50;
-    config.redis_timeout_ms = 500;
+    config.redis_timeout_ms = odds_runtime::cli::Millis(500);
     let readiness = Readiness::default();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let processor = Processor::new(
@@ -213,10 +211,7 @@ async fn redis_refusing_writes_then_down_clients_are_told_and_converge_on_postgr
 /// retried until it can, so the client gets the version it missed.
 #[tokio::test]
 async fn a_failed_resync_is_retried_until_postgres_answers() {
-    let db = odds_testkit::TestDatabase::on_own_server().await.unwrap();
-    let mut env = Env::start_with(db, &[]).await;
-    env.write(&update("Y1", 1, 2.0)).await;
-    env.wait_for_pubsub().await;
+    let mut env = Env::own_postgres_with_written(&[update("Y1", 1, 2.0)]).await;
     let mut client = connect(env.addr()).await;
     subscribe(&mut client, "Y1").await;
 
@@ -248,12 +243,7 @@ async fn a_failed_resync_is_retried_until_postgres_answers() {
 async fn the_star_resync_reads_every_event() {
     let mut env = Env::start(&[]).await;
     let events: Vec<String> = (0..=10_000).map(|i| format!("Z{i:05}")).collect();
-    let image: Vec<_> = events.iter().map(|e| update(e, 1, 2.0)).collect();
-    odds_schema::read_models::apply_batch(&image)
-        .execute(env.db.pool())
-        .await
-        .unwrap();
-    env.wait_for_pubsub().await;
+    env.write_image(&events).await;
     let mut client = connect(env.addr()).await;
     send(&mut client, r#"{"type":"subscribe","eventId":"*"}"#).await;
     assert_eq!(next_json(&mut client).await["type"], "subscribed");

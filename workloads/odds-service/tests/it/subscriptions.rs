@@ -203,12 +203,7 @@ async fn frames_per_event(
 async fn a_star_snapshot_under_live_traffic_keeps_every_promise() {
     let env = Env::start(&["--ws-max-pending-events=256"]).await;
     let events: Vec<String> = (0..300).map(|i| format!("Q{i:03}")).collect();
-    let image: Vec<_> = events.iter().map(|e| update(e, 1, 2.0)).collect();
-    odds_schema::read_models::apply_batch(&image)
-        .execute(env.db.pool())
-        .await
-        .unwrap();
-    env.wait_for_pubsub().await;
+    env.write_image(&events).await;
     let stop = Arc::new(AtomicBool::new(false));
     let mut conn = env.redis.connection().await.unwrap();
     let live: Vec<String> = events.iter().step_by(6).cloned().collect();

@@ -7,10 +7,27 @@ use crate::common::{
     update, Env, TestProcessor,
 };
 use odds_testkit::TestKafka;
+use rdkafka::producer::FutureProducer;
 use std::time::Duration;
 
 /// Generous: the machine is shared and loaded.
 const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A service started with `flags` and fed by one processor from a Kafka of its own, through
+/// which version 1 of `event` has reached REST (answered from `source`, when given).
+async fn fed_service(
+    flags: &[&str],
+    event: &str,
+    source: Option<&str>,
+) -> (Env, TestKafka, FutureProducer, TestProcessor) {
+    let env = Env::start(flags).await;
+    let kafka = TestKafka::start(1, 1).unwrap();
+    let producer = producer(&kafka);
+    let processor = TestProcessor::start(&kafka, &env);
+    produce(&producer, &update(event, 1, 2.0)).await;
+    rest_until(&env, event, 1, source, PATIENCE).await;
+    (env, kafka, producer, processor)
+}
 
 /// A processor killed, one started, Postgres unable to take its writes (a lock held past its
 /// statement timeout: the processor's outage path, without restarting a server on a loaded
@@ -18,12 +35,8 @@ const PATIENCE: Duration = Duration::from_secs(30);
 /// flow again afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_hear_when_the_upstream_stops_and_when_it_moves_again() {
-    let env = Env::start(&["--heartbeat-timeout-ms=2000"]).await;
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let producer = producer(&kafka);
-    let first = TestProcessor::start(&kafka, &env);
-    produce(&producer, &update("H1", 1, 2.0)).await;
-    rest_until(&env, "H1", 1, None, PATIENCE).await;
+    let (env, kafka, producer, first) =
+        fed_service(&["--heartbeat-timeout-ms=2000"], "H1", None).await;
     let mut client = connect(env.addr()).await;
     subscribe(&mut client, "H1").await;
 
@@ -78,12 +91,8 @@ async fn clients_hear_when_the_upstream_stops_and_when_it_moves_again() {
 /// processor has repaired the cache, then trusts it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_trusts_the_cache_again_only_after_a_repair() {
-    let env = Env::start(&["--redis-timeout-ms=300"]).await;
-    let kafka = TestKafka::start(1, 1).unwrap();
-    let producer = producer(&kafka);
-    let first = TestProcessor::start(&kafka, &env);
-    produce(&producer, &update("T1", 1, 2.0)).await;
-    rest_until(&env, "T1", 1, Some("cache"), PATIENCE).await;
+    let (env, kafka, producer, first) =
+        fed_service(&["--redis-timeout-ms=300"], "T1", Some("cache")).await;
 
     env.redis.refuse_writes().await.unwrap();
     produce(&producer, &update("T1", 2, 2.1)).await;

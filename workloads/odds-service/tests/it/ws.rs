@@ -1,7 +1,8 @@
 //! WebSocket fan-out against real Redis and Postgres with real WebSocket clients.
 
 use crate::common::{
-    assert_silent, close_frame, connect, next_json, send, subscribe, update, Client, Env,
+    assert_silent, close_frame, connect, next_json, send, small_buffer_client, subscribe, update,
+    Client, Env,
 };
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::OddsUpdate;
@@ -11,10 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn subscribe_snapshot_update_unsubscribe_and_ping() {
-    let env = Env::start(&[]).await;
-    env.write(&update("E1", 1, 2.0)).await;
-    env.write(&update("E2", 1, 2.0)).await;
-    env.wait_for_pubsub().await;
+    let env = Env::with_written(&[], &[update("E1", 1, 2.0), update("E2", 1, 2.0)]).await;
     let mut client = connect(env.addr()).await;
     let snapshot = subscribe(&mut client, "E1").await;
     assert_eq!(snapshot["data"]["version"], 1);
@@ -98,10 +96,7 @@ async fn unknown_and_invalid_events_get_errors() {
 
 #[tokio::test]
 async fn all_events_subscription_gets_snapshots_and_every_event() {
-    let env = Env::start(&[]).await;
-    env.write(&update("A1", 4, 2.0)).await;
-    env.write(&update("A2", 9, 2.0)).await;
-    env.wait_for_pubsub().await;
+    let env = Env::with_written(&[], &[update("A1", 4, 2.0), update("A2", 9, 2.0)]).await;
     let mut client = connect(env.addr()).await;
     send(&mut client, r#"{"type":"subscribe","eventId":"*"}"#).await;
     assert_eq!(next_json(&mut client).await["type"], "subscribed");
@@ -154,10 +149,7 @@ async fn all_events_snapshot_larger_than_the_queue_is_sent_whole() {
 /// Postgres is down, so the snapshot comes from it.
 #[tokio::test]
 async fn resubscribe_never_shows_an_older_version() {
-    let db = odds_testkit::TestDatabase::on_own_server().await.unwrap();
-    let mut env = Env::start_with(db, &[]).await;
-    env.write(&update("R1", 2, 2.0)).await;
-    env.wait_for_pubsub().await;
+    let mut env = Env::own_postgres_with_written(&[update("R1", 2, 2.0)]).await;
     let mut client = connect(env.addr()).await;
     send(&mut client, r#"{"type":"subscribe","eventId":"R1"}"#).await;
     assert_eq!(next_json(&mut client).await["type"], "subscribed");
@@ -197,24 +189,10 @@ async fn versions_until(client: &mut Client, last: u64) -> Vec<u64> {
 
 #[tokio::test]
 async fn thousand_versions_fast_client_sees_all_slow_client_sees_increasing_up_to_the_last() {
-    let env = Env::start(&[]).await;
-    env.write(&update("ORD", 1, 2.0)).await;
-    env.wait_for_pubsub().await;
+    let env = Env::with_written(&[], &[update("ORD", 1, 2.0)]).await;
     let mut fast = connect(env.addr()).await;
     subscribe(&mut fast, "ORD").await;
-    // A slow client with a tiny receive buffer, so the server cannot park everything in TCP.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(2048).unwrap();
-    let stream = socket.connect(env.addr()).await.unwrap();
-    let (mut slow, _) =
-        tokio_tungstenite::client_async(format!("ws://{}/ws/odds", env.addr()), stream)
-            .await
-            .unwrap();
-    let slow_stream: &mut tokio_tungstenite::WebSocketStream<tokio::net::TcpStream> = &mut slow;
-    slow_stream
-        .send(Message::text(r#"{"type":"subscribe","eventId":"ORD"}"#))
-        .await
-        .unwrap();
+    let mut slow = small_buffer_client(env.addr(), "ORD").await;
 
     let fast_reader = tokio::spawn(async move { versions_until(&mut fast, 1000).await });
     for v in 2..=1000 {
@@ -276,17 +254,7 @@ async fn stuck_client_is_closed_as_slow_while_others_keep_receiving() {
         env.write(&update(&format!("S{i:02}"), 1, 2.0)).await;
     }
     env.wait_for_pubsub().await;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(2048).unwrap();
-    let stream = socket.connect(env.addr()).await.unwrap();
-    let (mut stuck, _) =
-        tokio_tungstenite::client_async(format!("ws://{}/ws/odds", env.addr()), stream)
-            .await
-            .unwrap();
-    stuck
-        .send(Message::text(r#"{"type":"subscribe","eventId":"*"}"#))
-        .await
-        .unwrap();
+    let mut stuck = small_buffer_client(env.addr(), "*").await;
     let mut healthy = connect(env.addr()).await;
     subscribe(&mut healthy, "S00").await;
     let mut healthy_versions = Vec::new();
@@ -405,22 +373,19 @@ async fn disallowed_origin_is_refused_and_connection_limit_holds() {
         "--ws-max-connections=2",
     ])
     .await;
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let mut request = format!("ws://{}/ws/odds", env.addr())
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("origin", "https://evil.example".parse().unwrap());
-    let err = tokio_tungstenite::connect_async(request).await.unwrap_err();
+    let from = |origin: &str| {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = format!("ws://{}/ws/odds", env.addr())
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("origin", origin.parse().unwrap());
+        tokio_tungstenite::connect_async(request)
+    };
+    let err = from("https://evil.example").await.unwrap_err();
     assert!(err.to_string().contains("403"), "{err}");
-    let mut request = format!("ws://{}/ws/odds", env.addr())
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("origin", "https://ok.example".parse().unwrap());
-    let (_first, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let (_first, _) = from("https://ok.example").await.unwrap();
     let _second = connect(env.addr()).await;
     let err = tokio_tungstenite::connect_async(format!("ws://{}/ws/odds", env.addr()))
         .await
@@ -466,9 +431,7 @@ async fn silent_clients_are_pinged_then_reaped() {
 
 #[tokio::test]
 async fn a_client_that_asks_for_conflation_gets_the_newest_version_per_interval() {
-    let env = Env::start(&[]).await;
-    env.write(&update("CFL", 1, 2.0)).await;
-    env.wait_for_pubsub().await;
+    let env = Env::with_written(&[], &[update("CFL", 1, 2.0)]).await;
     let mut every = connect(env.addr()).await;
     subscribe(&mut every, "CFL").await;
     let mut conflating = connect(env.addr()).await;
