@@ -20,43 +20,39 @@ use k8s_openapi::api::autoscaling::v2::{
 pub fn build(pipeline: &ValidPipeline) -> Vec<HorizontalPodAutoscaler> {
     scaling::autoscaled_by(pipeline, Scaler::Hpa)
         .into_iter()
-        .map(
-            |Autoscaled {
-                 component,
-                 spec,
-                 min,
-                 max,
-             }| {
-                HorizontalPodAutoscaler {
-                    metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
-                    spec: Some(HorizontalPodAutoscalerSpec {
-                        scale_target_ref: CrossVersionObjectReference {
-                            api_version: Some("apps/v1".into()),
-                            kind: "Deployment".into(),
-                            name: component.name(pipeline),
-                        },
-                        min_replicas: Some(min),
-                        max_replicas: max,
-                        // Only when asked: the HPA's default (300 s) applies otherwise.
-                        behavior: spec
-                            .scale_down_stabilization_seconds
-                            .map(scale_down_behavior),
-                        metrics: Some(vec![MetricSpec {
-                            type_: "Resource".into(),
-                            resource: Some(ResourceMetricSource {
-                                name: "cpu".into(),
-                                target: MetricTarget {
-                                    type_: "Utilization".into(),
-                                    average_utilization: Some(spec.target_cpu_utilization),
-                                    ..MetricTarget::default()
-                                },
-                            }),
-                            ..MetricSpec::default()
-                        }]),
-                    }),
-                    status: None,
-                }
-            },
-        )
+        .map(|scaled| autoscaler(pipeline, scaled))
         .collect()
+}
+
+fn autoscaler(pipeline: &ValidPipeline, scaled: Autoscaled) -> HorizontalPodAutoscaler {
+    let (component, spec) = (scaled.component, &scaled.spec);
+    HorizontalPodAutoscaler {
+        metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: component.name(pipeline),
+            },
+            min_replicas: Some(scaled.min),
+            max_replicas: scaled.max,
+            // Only when asked: the HPA's default (300 s) applies otherwise.
+            behavior: spec
+                .scale_down_stabilization_seconds
+                .map(scale_down_behavior),
+            metrics: Some(vec![MetricSpec {
+                type_: "Resource".into(),
+                resource: Some(ResourceMetricSource {
+                    name: "cpu".into(),
+                    target: MetricTarget {
+                        type_: "Utilization".into(),
+                        average_utilization: Some(spec.target_cpu_utilization),
+                        ..MetricTarget::default()
+                    },
+                }),
+                ..MetricSpec::default()
+            }]),
+        }),
+        status: None,
+    }
 }

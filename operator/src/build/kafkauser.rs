@@ -14,7 +14,7 @@
 //! operator sets or reads; the tests check the built objects against Strimzi 1.2's CRD).
 
 use super::metadata;
-use super::topic::{strimzi_ready, StrimziCondition, STRIMZI_CLUSTER_LABEL};
+use super::topic::{StrimziStatus, STRIMZI_CLUSTER_LABEL};
 use crate::crd::{KafkaAuthentication, KafkaAuthenticationType, SecretKeyRef};
 use crate::validate::{KafkaSource, ValidPipeline};
 use kube::CustomResource;
@@ -43,7 +43,7 @@ pub const SSL_KEY_PEM_ENV: &str = "KAFKA_PROP_SSL_KEY_PEM";
     version = "v1",
     kind = "KafkaUser",
     namespaced,
-    status = "KafkaUserStatus",
+    status = "StrimziStatus",
     derive = "Default"
 )]
 #[serde(rename_all = "camelCase")]
@@ -86,20 +86,10 @@ pub struct AclResource {
     pub pattern_type: String,
 }
 
-/// Strimzi KafkaUser status (subset).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct KafkaUserStatus {
-    #[serde(default)]
-    pub conditions: Vec<StrimziCondition>,
-}
-
 impl KafkaUser {
     /// Strimzi reports `Ready=True` once the user, its ACLs and its Secret exist.
     pub fn is_ready(&self) -> bool {
-        self.status
-            .as_ref()
-            .is_some_and(|status| strimzi_ready(&status.conditions))
+        self.status.as_ref().is_some_and(StrimziStatus::is_ready)
     }
 }
 

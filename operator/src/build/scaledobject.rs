@@ -136,54 +136,51 @@ pub fn connections_query(pipeline: &ValidPipeline) -> String {
 pub fn build(pipeline: &ValidPipeline) -> Vec<ScaledObject> {
     scaling::autoscaled_by(pipeline, Scaler::Keda)
         .into_iter()
-        .filter_map(
-            |Autoscaled {
-                 component,
-                 spec,
-                 min,
-                 max,
-             }| {
-                let trigger = match spec.mode {
-                    ScalingMode::Lag => kafka_trigger(pipeline, spec.target_lag_per_replica),
-                    ScalingMode::Connections => prometheus_trigger(
-                        pipeline,
-                        spec.prometheus_address.as_deref().unwrap_or_default(),
-                        spec.target_connections_per_replica,
-                    ),
-                    ScalingMode::Cpu => return None,
-                };
-                let window = spec
-                    .scale_down_stabilization_seconds
-                    .unwrap_or(DEFAULT_SCALE_DOWN_WINDOW);
-                Some(ScaledObject {
-                    metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
-                    spec: ScaledObjectSpec {
-                        scale_target_ref: ScaleTargetRef {
-                            api_version: Some("apps/v1".into()),
-                            kind: Some("Deployment".into()),
-                            name: component.name(pipeline),
-                        },
-                        polling_interval: Some(
-                            spec.polling_interval_seconds
-                                .unwrap_or(DEFAULT_POLLING_INTERVAL),
-                        ),
-                        min_replica_count: Some(min),
-                        max_replica_count: Some(max),
-                        advanced: Some(AdvancedConfig {
-                            horizontal_pod_autoscaler_config: Some(HpaConfig {
-                                behavior: Some(scale_down_behavior(window)),
-                            }),
-                            // Deleting the ScaledObject (a switch to CPU or fixed replicas) leaves
-                            // the replicas where they are; the next owner takes them from there.
-                            restore_to_original_replica_count: Some(false),
-                        }),
-                        triggers: vec![trigger],
-                    },
-                    status: None,
-                })
-            },
-        )
+        .filter_map(|scaled| scaled_object(pipeline, scaled))
         .collect()
+}
+
+/// The ScaledObject of one component KEDA scales, with the trigger of its mode.
+fn scaled_object(pipeline: &ValidPipeline, scaled: Autoscaled) -> Option<ScaledObject> {
+    let (component, spec) = (scaled.component, &scaled.spec);
+    let trigger = match spec.mode {
+        ScalingMode::Lag => kafka_trigger(pipeline, spec.target_lag_per_replica),
+        ScalingMode::Connections => prometheus_trigger(
+            pipeline,
+            spec.prometheus_address.as_deref().unwrap_or_default(),
+            spec.target_connections_per_replica,
+        ),
+        ScalingMode::Cpu => return None,
+    };
+    let window = spec
+        .scale_down_stabilization_seconds
+        .unwrap_or(DEFAULT_SCALE_DOWN_WINDOW);
+    Some(ScaledObject {
+        metadata: metadata(pipeline, component.name(pipeline), component.suffix()),
+        spec: ScaledObjectSpec {
+            scale_target_ref: ScaleTargetRef {
+                api_version: Some("apps/v1".into()),
+                kind: Some("Deployment".into()),
+                name: component.name(pipeline),
+            },
+            polling_interval: Some(
+                spec.polling_interval_seconds
+                    .unwrap_or(DEFAULT_POLLING_INTERVAL),
+            ),
+            min_replica_count: Some(scaled.min),
+            max_replica_count: Some(scaled.max),
+            advanced: Some(AdvancedConfig {
+                horizontal_pod_autoscaler_config: Some(HpaConfig {
+                    behavior: Some(scale_down_behavior(window)),
+                }),
+                // Deleting the ScaledObject (a switch to CPU or fixed replicas) leaves the
+                // replicas where they are; the next owner takes them from there.
+                restore_to_original_replica_count: Some(false),
+            }),
+            triggers: vec![trigger],
+        },
+        status: None,
+    })
 }
 
 /// The HPA behaviour with a scale-down stabilisation window of `seconds`.

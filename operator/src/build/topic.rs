@@ -34,7 +34,7 @@ pub const STRIMZI_CLUSTER_LABEL: &str = "strimzi.io/cluster";
     version = "v1",
     kind = "KafkaTopic",
     namespaced,
-    status = "KafkaTopicStatus",
+    status = "StrimziStatus",
     derive = "Default"
 )]
 #[serde(rename_all = "camelCase")]
@@ -46,11 +46,11 @@ pub struct KafkaTopicSpec {
     pub config: BTreeMap<String, serde_json::Value>,
 }
 
-/// Strimzi KafkaTopic status (subset).
+/// The status of a Strimzi kind (subset: what KafkaTopic and KafkaUser share).
 #[serde_with::skip_serializing_none]
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct KafkaTopicStatus {
+pub struct StrimziStatus {
     #[serde(default)]
     pub conditions: Vec<StrimziCondition>,
     pub observed_generation: Option<i64>,
@@ -68,21 +68,21 @@ pub struct StrimziCondition {
     pub message: Option<String>,
 }
 
+impl StrimziStatus {
+    /// Whether Strimzi's conditions say `Ready=True`.
+    pub fn is_ready(&self) -> bool {
+        self.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    }
+}
+
 impl KafkaTopic {
     /// Strimzi reports `Ready=True` once the topic exists in Kafka as specified. (Its
     /// `observedGeneration` is not compared: a later partition increase keeps the topic usable.)
     pub fn is_ready(&self) -> bool {
-        self.status
-            .as_ref()
-            .is_some_and(|status| strimzi_ready(&status.conditions))
+        self.status.as_ref().is_some_and(StrimziStatus::is_ready)
     }
-}
-
-/// Whether Strimzi's conditions on one of its resources say `Ready=True`.
-pub fn strimzi_ready(conditions: &[StrimziCondition]) -> bool {
-    conditions
-        .iter()
-        .any(|c| c.type_ == "Ready" && c.status == "True")
 }
 
 /// The pipeline a KafkaTopic belongs to, by its labels: what the controller's KafkaTopic watch

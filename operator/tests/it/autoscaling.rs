@@ -456,12 +456,11 @@ async fn lag_mode_is_refused_where_it_means_nothing() {
         "autoscaling": {"mode": "Lag", "minReplicas": 1, "maxReplicas": 2}
     }}}))
     .await;
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(degraded.reason, "InvalidSpec");
-    assert_contains(
-        &degraded.message,
+    h.assert_degraded(
+        "InvalidSpec",
         "ingest.autoscaling.mode Lag is not one of Cpu",
-    );
+    )
+    .await;
 }
 
 #[tokio::test]

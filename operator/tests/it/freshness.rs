@@ -198,11 +198,9 @@ async fn a_bad_objective_is_an_invalid_spec_and_stops_the_canary() {
     let h = reconciled().await;
     h.change(json!({"spec": {"slo": {"window": "30s", "freshnessP99Ms": 0}}}))
         .await;
-    let degraded = h.assert_condition("Degraded", "True", "InvalidSpec").await;
-    assert_contains(
-        &degraded.message,
-        "slo.freshnessP99Ms (0) must be 1 to 60000",
-    );
+    let degraded = h
+        .assert_degraded("InvalidSpec", "slo.freshnessP99Ms (0) must be 1 to 60000")
+        .await;
     assert_contains(&degraded.message, "slo.window (30s) must be from 1m to 24h");
     assert!(!h.ctx.canaries.measures(KEY));
     // Fixed: measured again, with the new objective.

@@ -1061,6 +1061,13 @@ impl Harness {
         condition
     }
 
+    /// Asserts that the pipeline is `Degraded` for `reason`, its message saying `says`.
+    pub async fn assert_degraded(&self, reason: &str, says: &str) -> Condition {
+        let degraded = self.assert_condition("Degraded", "True", reason).await;
+        fixtures::assert_contains(&degraded.message, says);
+        degraded
+    }
+
     pub async fn deployment(&self, name: &str) -> Option<Deployment> {
         self.get::<Deployment>(name).await
     }

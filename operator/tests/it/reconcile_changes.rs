@@ -1,7 +1,7 @@
 //! Reconcile against an in-memory Kubernetes API: changes, steady state, bad specs, pause.
 //! State-based: the tests assert which objects exist and what they contain.
 
-use crate::fixtures::{assert_contains, hash, image, replicas, sample, PipelineExt, NS};
+use crate::fixtures::{hash, image, replicas, sample, PipelineExt, NS};
 use crate::harness::{harness, Harness};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
@@ -139,11 +139,11 @@ async fn processor_replicas_above_partitions_are_rejected_with_a_condition() {
     pipeline.spec.processor.replicas = 10;
     let h = harness(pipeline, true).await;
     h.reconcile().await;
-    let degraded = h.assert_condition("Degraded", "True", "InvalidSpec").await;
-    assert_contains(
-        &degraded.message,
+    h.assert_degraded(
+        "InvalidSpec",
         "processor replicas (10) exceed kafka.topic.partitions (6)",
-    );
+    )
+    .await;
     assert!(
         h.get::<ConfigMap>("demo-config").await.is_none(),
         "nothing applied"
@@ -171,12 +171,11 @@ async fn processor_replicas_above_partitions_are_rejected_with_a_condition() {
 async fn missing_secret_is_degraded() {
     let h = harness(sample(), false).await;
     h.reconcile().await;
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(degraded.status, "True");
-    assert_contains(
-        &degraded.message,
+    h.assert_degraded(
+        "InvalidSpec",
         "missing Secret(s): odds-postgres, odds-redis",
-    );
+    )
+    .await;
 }
 
 #[tokio::test]

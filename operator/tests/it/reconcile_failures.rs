@@ -29,8 +29,7 @@ async fn a_refused_apply_is_degraded_apply_failed_with_the_servers_message() {
         .await;
     let error = h.try_reconcile().await.unwrap_err();
     assert!(matches!(error, Error::Apply(_)), "{error}");
-    let degraded = h.assert_condition("Degraded", "True", "ApplyFailed").await;
-    assert_contains(&degraded.message, WEBHOOK);
+    let degraded = h.assert_degraded("ApplyFailed", WEBHOOK).await;
     assert_contains(&degraded.message, "Deployment demo-simulator");
     assert_eq!(h.condition("Ready").await.status, "False");
     let warnings: Vec<_> = h
@@ -157,10 +156,8 @@ async fn a_kafka_topic_crd_removed_after_start_up_is_strimzi_not_installed() {
     // Discovery saw Strimzi, but the API server no longer serves KafkaTopics (404).
     h.ctx.strimzi.store(true, Ordering::Relaxed);
     assert!(matches!(h.try_reconcile().await, Err(Error::Apply(_))));
-    let degraded = h
-        .assert_condition("Degraded", "True", "StrimziNotInstalled")
+    h.assert_degraded("StrimziNotInstalled", "KafkaTopic demo-odds-updates")
         .await;
-    assert_contains(&degraded.message, "KafkaTopic demo-odds-updates");
 }
 
 #[tokio::test]

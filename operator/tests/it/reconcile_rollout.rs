@@ -135,10 +135,7 @@ async fn topic_not_ready_holds_the_workloads_back() {
 async fn failed_migration_is_degraded_with_the_jobs_message() {
     let h = harness(sample(), true).await;
     h.reconcile_into_a_failed_migration().await;
-    let degraded = h
-        .assert_condition("Degraded", "True", "MigrationFailed")
-        .await;
-    assert_contains(&degraded.message, "backoff limit");
+    h.assert_degraded("MigrationFailed", "backoff limit").await;
     assert_eq!(h.condition("Migrated").await.status, "False");
     assert!(
         h.deployment("demo-ingest").await.is_some(),

@@ -188,10 +188,9 @@ async fn a_deadline_exceeded_rollout_is_degraded_with_the_deployment_message() {
     )
     .await;
     h.reconcile().await;
-    let degraded = h.condition("Degraded").await;
-    assert_eq!(degraded.reason, "ProgressDeadlineExceeded");
-    assert_contains(
-        &degraded.message,
+    h.assert_degraded(
+        "ProgressDeadlineExceeded",
         "processor ProgressDeadlineExceeded: ReplicaSet",
-    );
+    )
+    .await;
 }

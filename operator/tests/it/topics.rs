@@ -3,7 +3,7 @@
 //! garbage collection deletes what names a deleted owner's uid and whose server-side apply
 //! drops owner references the operator stops applying (harness.rs).
 
-use crate::fixtures::{assert_contains, repo_file, sample, valid, PipelineExt};
+use crate::fixtures::{repo_file, sample, valid, PipelineExt};
 use crate::harness::{harness, Harness};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -294,11 +294,11 @@ async fn a_re_created_pipeline_may_not_shrink_a_retained_topic() {
     h.create_pipeline(sample()).await;
     let applied = h.applied("KafkaTopic/demo-odds-updates").len();
     h.reconcile().await;
-    let degraded = h.assert_condition("Degraded", "True", "InvalidSpec").await;
-    assert_contains(
-        &degraded.message,
+    h.assert_degraded(
+        "InvalidSpec",
         "kafka.topic.partitions may not shrink (topic has 12, spec asks 6)",
-    );
+    )
+    .await;
     assert_eq!(
         h.applied("KafkaTopic/demo-odds-updates").len(),
         applied,
