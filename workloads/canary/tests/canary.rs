@@ -57,6 +57,19 @@ async fn send(ws: &mut Server, message: ServerMessage) {
     ws.send(Message::text(message.to_json())).await.unwrap();
 }
 
+/// A canary over `window` following `sample` on a local server not started yet: the listener
+/// it will connect to, and the canary.
+async fn canary_for(sample: &str, window: Duration) -> (TcpListener, Canary) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let canary = Canary::start(CanaryConfig {
+        url: format!("ws://{addr}/ws/odds"),
+        sample: vec![sample.into()],
+        window,
+    });
+    (listener, canary)
+}
+
 /// Polls the canary's summary until `done` holds.
 async fn until(canary: &Canary, what: &str, done: impl Fn(&Summary) -> bool) -> Summary {
     let deadline = tokio::time::Instant::now() + DEADLINE;
@@ -75,13 +88,7 @@ async fn until(canary: &Canary, what: &str, done: impl Fn(&Summary) -> bool) -> 
 
 #[tokio::test]
 async fn measures_ages_and_sees_the_reconnect_gap_as_a_freeze() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let canary = Canary::start(CanaryConfig {
-        url: format!("ws://{addr}/ws/odds"),
-        sample: vec!["*".into()],
-        window: Duration::from_secs(300),
-    });
+    let (listener, canary) = canary_for("*", Duration::from_secs(300)).await;
     let mut first = accept_subscriber(&listener, "*").await;
     send(
         &mut first,
@@ -166,13 +173,7 @@ async fn a_refused_connection_is_reported_as_unreachable() {
 
 #[tokio::test]
 async fn a_stopped_pipeline_is_blindness_until_the_server_says_live_again() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let canary = Canary::start(CanaryConfig {
-        url: format!("ws://{addr}/ws/odds"),
-        sample: vec!["E1".into()],
-        window: Duration::from_secs(60),
-    });
+    let (listener, canary) = canary_for("E1", Duration::from_secs(60)).await;
     let mut ws = accept_subscriber(&listener, "E1").await;
     until(&canary, "watching", |s| s.sight == Sight::Watching).await;
     send(
