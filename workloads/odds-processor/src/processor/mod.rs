@@ -262,18 +262,24 @@ impl Processor {
     /// Commits the durable offsets synchronously and leaves the group (dropping the consumer
     /// closes it, which revokes its partitions).
     pub fn close(self) {
+        self.commit_durable(CommitMode::Sync, "final commit");
+        self.consumer.unsubscribe();
+        tracing::info!("processor stopped");
+    }
+
+    /// Commits every durable offset; a failed commit is counted and logged, never fatal: what
+    /// it would have committed is only redelivered, and the version guards make that harmless.
+    fn commit_durable(&self, mode: CommitMode, what: &str) {
         match self.ledger.durable_list() {
             Ok(list) if list.count() > 0 => {
-                if let Err(error) = self.consumer.commit(&list, CommitMode::Sync) {
+                if let Err(error) = self.consumer.commit(&list, mode) {
                     self.metrics.error(phase::COMMIT);
-                    tracing::warn!(%error, "final commit failed; records will be redelivered");
+                    tracing::warn!(%error, "{what} failed; records will be redelivered");
                 }
             }
             Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "building the final commit list"),
+            Err(error) => tracing::warn!(%error, "building the list for the {what}"),
         }
-        self.consumer.unsubscribe();
-        tracing::info!("processor stopped");
     }
 
     /// The next record, waiting at most `timeout`; a zero timeout only takes a record that is
@@ -400,17 +406,8 @@ impl Processor {
     pub fn commit(&mut self, durable: &DurableBatch) {
         self.ledger
             .mark_durable(&durable.next_offsets, durable.read_in);
-        match self.ledger.durable_list() {
-            Ok(list) if list.count() > 0 => {
-                // Async: the effects are already durable; a lost commit only means redelivery.
-                if let Err(error) = self.consumer.commit(&list, CommitMode::Async) {
-                    self.metrics.error(phase::COMMIT);
-                    tracing::warn!(%error, "offset commit failed; records will be redelivered");
-                }
-            }
-            Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "building the commit list"),
-        }
+        // Async: the effects are already durable; a lost commit only means redelivery.
+        self.commit_durable(CommitMode::Async, "offset commit");
         self.metrics.batch_size.observe(durable.records as f64);
         self.metrics
             .batch_seconds
