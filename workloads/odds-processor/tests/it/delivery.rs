@@ -225,6 +225,16 @@ async fn crash_after_postgres_commit_before_offset_commit_replays_harmlessly() {
     .await
     .unwrap();
     assert_eq!(before, after, "replay left odds_current identical");
+    // The replay meets history's unique key: a replay, never data storage refuses.
+    assert_eq!(
+        second
+            .metrics
+            .dead_lettered
+            .with_label_values(&["storage_rejected"])
+            .get(),
+        0,
+        "a replayed version is not dead-lettered"
+    );
     assert_eq!(count(&db, snapshot).await, 10, "no duplicate history rows");
     assert_eq!(
         count(
