@@ -3,8 +3,11 @@
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use odds_operator::metrics::Metrics;
 use odds_operator::render::{render, secrets_from_yaml, RenderOptions};
 use odds_operator::run::{run, RunArgs};
+use odds_runtime::cli::{metric_families_requested, print_stdout, StageProcess};
+use odds_runtime::metrics::print_families;
 use std::io::Read;
 use std::path::PathBuf;
 
@@ -60,12 +63,14 @@ struct RenderArgs {
     secrets: Option<PathBuf>,
 }
 
+/// Started as every stage's `main` is ([`StageProcess`]): the same logging, trace export
+/// (when `OTEL_*` asks for it) and stop signals, and the same `--print-metric-families`.
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    if odds_runtime::cli::metric_families_requested() {
-        let registry = odds_operator::metrics::Metrics::registry()?;
-        odds_operator::metrics::Metrics::register(&registry)?;
-        return Ok(odds_runtime::metrics::print_families(&[&registry])?);
+    if metric_families_requested() {
+        let registry = Metrics::registry()?;
+        Metrics::register(&registry)?;
+        return Ok(print_families(&[&registry])?);
     }
     let cli = Cli::parse();
     let args = match cli.command {
@@ -74,10 +79,9 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Run(args)) => *args,
         None => cli.run,
     };
-    odds_runtime::telemetry::init(args.ops.log_format, &args.ops.log_filter)?;
-    let shutdown = odds_runtime::shutdown::on_signals();
-    run(args, shutdown).await?;
-    Ok(())
+    let process = StageProcess::start("odds-operator", &args.ops)?;
+    let outcome = run(args, process.shutdown.clone()).await;
+    Ok(process.finish(outcome).await?)
 }
 
 /// Prints the children of the pipelines in `args.file`; an invalid spec is an error (exit 1).
@@ -98,7 +102,8 @@ fn print_render(args: &RenderArgs) -> anyhow::Result<()> {
         secrets,
     };
     let yaml = render(&pipelines, &options)?;
-    write_stdout(&yaml)
+    print_stdout(&yaml)?;
+    Ok(())
 }
 
 fn read_file(path: &PathBuf) -> anyhow::Result<String> {
@@ -115,13 +120,9 @@ fn read_file(path: &PathBuf) -> anyhow::Result<String> {
 }
 
 /// Prints the CRD. A reader that stops early (`odds-operator crd | head`) closes the pipe;
-/// that is the reader's choice, not an error, so EPIPE ends the command quietly.
+/// that is the reader's choice, not an error, so EPIPE ends the command quietly
+/// ([`print_stdout`]).
 fn print_crd() -> anyhow::Result<()> {
-    write_stdout(&odds_operator::crd::crd_yaml()?)
-}
-
-/// Writes `yaml` to standard output; a reader that closed the pipe early is not an error.
-fn write_stdout(yaml: &str) -> anyhow::Result<()> {
-    odds_runtime::cli::print_stdout(yaml)?;
+    print_stdout(&odds_operator::crd::crd_yaml()?)?;
     Ok(())
 }

@@ -52,25 +52,20 @@ impl Metrics {
     /// Creates the metrics and registers them on `registry`.
     pub fn register(registry: &PrefixedRegistry) -> Result<Self, prometheus::Error> {
         let counter = |name: &str, help: &str, labels: &[&str]| {
-            registered(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
+            registry.registered(IntCounterVec::new(Opts::new(name, help), labels)?)
         };
         Ok(Self {
-            reconciles: registered(
-                registry,
-                IntCounter::new("reconciles_total", "Reconciles started")?,
-            )?,
+            reconciles: registry
+                .registered(IntCounter::new("reconciles_total", "Reconciles started")?)?,
             failures: counter(
                 "reconcile_errors_total",
                 "Reconciles that failed, by the step that failed",
                 &["error"],
             )?,
-            duration: registered(
-                registry,
-                Histogram::with_opts(
-                    HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration")
-                        .buckets(DURATION_BUCKETS.to_vec()),
-                )?,
-            )?,
+            duration: registry.registered(Histogram::with_opts(
+                HistogramOpts::new("reconcile_duration_seconds", "Reconcile duration")
+                    .buckets(DURATION_BUCKETS.to_vec()),
+            )?)?,
             api_errors: counter(
                 "api_errors_total",
                 "Kubernetes API errors the reconcile met, by verb and HTTP code",
@@ -81,20 +76,17 @@ impl Metrics {
                 "Failures of the controller's list/watch streams, by resource and reason",
                 &["resource", "reason"],
             )?,
-            leader: registered(
-                registry,
-                IntGauge::new("leader", "1 while this replica holds the leader Lease")?,
-            )?,
-            conditions: registered(
-                registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "pipeline_condition",
-                        "OddsPipeline status conditions: 1 for the condition's current status",
-                    ),
-                    &["namespace", "pipeline", "type", "status"],
-                )?,
-            )?,
+            leader: registry.registered(IntGauge::new(
+                "leader",
+                "1 while this replica holds the leader Lease",
+            )?)?,
+            conditions: registry.registered(IntGaugeVec::new(
+                Opts::new(
+                    "pipeline_condition",
+                    "OddsPipeline status conditions: 1 for the condition's current status",
+                ),
+                &["namespace", "pipeline", "type", "status"],
+            )?)?,
             freshness: FreshnessMetrics::register(registry)?,
         })
     }
@@ -270,15 +262,6 @@ impl PipelineSeries {
     }
 }
 
-/// `collector`, registered on `registry`.
-fn registered<C: Collector + Clone + 'static>(
-    registry: &PrefixedRegistry,
-    collector: C,
-) -> Result<C, prometheus::Error> {
-    registry.register(collector.clone())?;
-    Ok(collector)
-}
-
 /// A family with one series per pipeline (labels `namespace` and `pipeline`), made by `new`
 /// and registered on `registry`.
 fn per_pipeline<C: Collector + Clone + 'static>(
@@ -287,8 +270,5 @@ fn per_pipeline<C: Collector + Clone + 'static>(
     name: &str,
     help: &str,
 ) -> Result<C, prometheus::Error> {
-    registered(
-        registry,
-        new(Opts::new(name, help), &["namespace", "pipeline"])?,
-    )
+    registry.registered(new(Opts::new(name, help), &["namespace", "pipeline"])?)
 }

@@ -17,7 +17,6 @@ use super::metadata;
 use super::topic::{StrimziStatus, STRIMZI_CLUSTER_LABEL};
 use crate::crd::{KafkaAuthentication, KafkaAuthenticationType, SecretKeyRef};
 use crate::validate::{KafkaSource, ValidPipeline};
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -36,20 +35,13 @@ pub const SSL_CERTIFICATE_PEM_ENV: &str = "KAFKA_PROP_SSL_CERTIFICATE_PEM";
 /// `ssl.key.pem`: the client certificate's key (mutual TLS).
 pub const SSL_KEY_PEM_ENV: &str = "KAFKA_PROP_SSL_KEY_PEM";
 
-/// Strimzi KafkaUser spec (subset).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[kube(
-    group = "kafka.strimzi.io",
-    version = "v1",
-    kind = "KafkaUser",
-    namespaced,
-    status = "StrimziStatus",
-    derive = "Default"
-)]
-#[serde(rename_all = "camelCase")]
-pub struct KafkaUserSpec {
-    pub authentication: UserAuthentication,
-    pub authorization: UserAuthorization,
+foreign_kind! {
+    group = "kafka.strimzi.io", version = "v1", kind = "KafkaUser", status = "StrimziStatus";
+    /// Strimzi KafkaUser spec (subset).
+    pub struct KafkaUserSpec {
+        pub authentication: UserAuthentication,
+        pub authorization: UserAuthorization,
+    }
 }
 
 /// `spec.authentication` (subset).

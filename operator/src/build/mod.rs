@@ -5,6 +5,35 @@
 //! dereference → validate → build → apply → status. The builders take only what validation
 //! produced, so they never meet a spec that breaks a rule. One module per kind of child.
 
+/// Declares the typed mirror of a kind another operator owns (Strimzi, KEDA, the Prometheus
+/// Operator): a namespaced `kube::CustomResource` whose spec is `$spec` and whose root type
+/// is named by `kind`. Every mirror derives the same traits and names its fields in
+/// camelCase, so only what differs is written at each kind: its group, version, kind and
+/// status type. The mirrors hold only the fields the operator sets or reads; the tests check
+/// the built objects against each project's released CRD.
+macro_rules! foreign_kind {
+    (
+        $($key:ident = $value:literal),+;
+        $(#[$attr:meta])*
+        pub struct $spec:ident { $($body:tt)* }
+    ) => {
+        $(#[$attr])*
+        #[derive(
+            kube::CustomResource,
+            serde::Serialize,
+            serde::Deserialize,
+            Clone,
+            Debug,
+            PartialEq,
+            Default,
+            schemars::JsonSchema,
+        )]
+        #[kube($($key = $value),+, namespaced, derive = "Default")]
+        #[serde(rename_all = "camelCase")]
+        pub struct $spec { $($body)* }
+    };
+}
+
 pub mod configmap;
 pub mod deployment;
 pub mod hpa;

@@ -14,7 +14,6 @@ use super::{metadata, Component};
 use crate::crd::ScalingMode;
 use crate::validate::ValidPipeline;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -24,19 +23,14 @@ pub const METRICS_PORT_NAME: &str = "metrics";
 /// How often Prometheus scrapes the pods (as the chart's PodMonitor does).
 pub const SCRAPE_INTERVAL: &str = "15s";
 
-/// PodMonitor spec (subset).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(
-    group = "monitoring.coreos.com",
-    version = "v1",
-    kind = "PodMonitor",
-    namespaced
-)]
-#[serde(rename_all = "camelCase")]
-pub struct PodMonitorSpec {
-    /// The pods to scrape (in the PodMonitor's own namespace: no `namespaceSelector`).
-    pub selector: LabelSelector,
-    pub pod_metrics_endpoints: Vec<PodMetricsEndpoint>,
+foreign_kind! {
+    group = "monitoring.coreos.com", version = "v1", kind = "PodMonitor";
+    /// PodMonitor spec (subset).
+    pub struct PodMonitorSpec {
+        /// The pods to scrape (in the PodMonitor's own namespace: no `namespaceSelector`).
+        pub selector: LabelSelector,
+        pub pod_metrics_endpoints: Vec<PodMetricsEndpoint>,
+    }
 }
 
 /// One scraped port (subset).

@@ -15,29 +15,22 @@ use super::{configmap, metadata, triggerauth, Component};
 use crate::crd::ScalingMode;
 use crate::validate::{KafkaSource, ValidPipeline};
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// KEDA ScaledObject spec (subset).
-#[serde_with::skip_serializing_none]
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
-#[kube(
-    group = "keda.sh",
-    version = "v1alpha1",
-    kind = "ScaledObject",
-    namespaced,
-    status = "ScaledObjectStatus"
-)]
-#[serde(rename_all = "camelCase")]
-pub struct ScaledObjectSpec {
-    pub scale_target_ref: ScaleTargetRef,
-    pub polling_interval: Option<i32>,
-    pub min_replica_count: Option<i32>,
-    pub max_replica_count: Option<i32>,
-    pub advanced: Option<AdvancedConfig>,
-    pub triggers: Vec<ScaleTrigger>,
+foreign_kind! {
+    group = "keda.sh", version = "v1alpha1", kind = "ScaledObject", status = "ScaledObjectStatus";
+    /// KEDA ScaledObject spec (subset).
+    #[serde_with::skip_serializing_none]
+    pub struct ScaledObjectSpec {
+        pub scale_target_ref: ScaleTargetRef,
+        pub polling_interval: Option<i32>,
+        pub min_replica_count: Option<i32>,
+        pub max_replica_count: Option<i32>,
+        pub advanced: Option<AdvancedConfig>,
+        pub triggers: Vec<ScaleTrigger>,
+    }
 }
 
 /// The workload a ScaledObject scales.

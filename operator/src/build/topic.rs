@@ -18,7 +18,7 @@ use crate::crd::{OddsPipeline, TopicDeletionPolicy};
 pub use crate::names::{kube_name, resource_name};
 use crate::validate::{KafkaSource, ValidPipeline};
 use kube::runtime::reflector::ObjectRef;
-use kube::{CustomResource, ResourceExt};
+use kube::ResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -26,24 +26,17 @@ use std::collections::BTreeMap;
 /// Label the Strimzi topic operator uses to pick the cluster.
 pub const STRIMZI_CLUSTER_LABEL: &str = "strimzi.io/cluster";
 
-/// Strimzi KafkaTopic spec (subset).
-#[serde_with::skip_serializing_none]
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[kube(
-    group = "kafka.strimzi.io",
-    version = "v1",
-    kind = "KafkaTopic",
-    namespaced,
-    status = "StrimziStatus",
-    derive = "Default"
-)]
-#[serde(rename_all = "camelCase")]
-pub struct KafkaTopicSpec {
-    pub topic_name: Option<String>,
-    pub partitions: Option<i32>,
-    pub replicas: Option<i32>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub config: BTreeMap<String, serde_json::Value>,
+foreign_kind! {
+    group = "kafka.strimzi.io", version = "v1", kind = "KafkaTopic", status = "StrimziStatus";
+    /// Strimzi KafkaTopic spec (subset).
+    #[serde_with::skip_serializing_none]
+    pub struct KafkaTopicSpec {
+        pub topic_name: Option<String>,
+        pub partitions: Option<i32>,
+        pub replicas: Option<i32>,
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        pub config: BTreeMap<String, serde_json::Value>,
+    }
 }
 
 /// The status of a Strimzi kind (subset: what KafkaTopic and KafkaUser share).

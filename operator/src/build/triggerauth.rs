@@ -14,25 +14,18 @@ use super::kafkauser::{self, SASL_USERNAME_ENV};
 use super::{configmap, metadata, Component};
 use crate::crd::KafkaAuthenticationType;
 use crate::validate::ValidPipeline;
-use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// KEDA TriggerAuthentication spec (subset).
-#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[kube(
-    group = "keda.sh",
-    version = "v1alpha1",
-    kind = "TriggerAuthentication",
-    namespaced,
-    derive = "Default"
-)]
-#[serde(rename_all = "camelCase")]
-pub struct TriggerAuthenticationSpec {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub secret_target_ref: Vec<TargetRef>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub config_map_target_ref: Vec<TargetRef>,
+foreign_kind! {
+    group = "keda.sh", version = "v1alpha1", kind = "TriggerAuthentication";
+    /// KEDA TriggerAuthentication spec (subset).
+    pub struct TriggerAuthenticationSpec {
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub secret_target_ref: Vec<TargetRef>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub config_map_target_ref: Vec<TargetRef>,
+    }
 }
 
 /// One trigger parameter read from a key of a Secret or ConfigMap.

@@ -21,6 +21,15 @@ pub fn any_address(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::UNSPECIFIED, port))
 }
 
+/// `ws://127.0.0.1:port{path}`: a WebSocket server on this machine, the default of a client
+/// run next to it (ingest reading the simulator, `odds-demo watch` reading odds-service).
+pub fn loopback_ws_url(port: u16, path: &str) -> String {
+    format!(
+        "ws://{}{path}",
+        SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+    )
+}
+
 /// The bootstrap address of Strimzi cluster `cluster`: its `-kafka-bootstrap` Service on
 /// `port`, namespace-qualified when the client runs in another namespace (KEDA's operator).
 pub fn strimzi_bootstrap(
@@ -48,6 +57,15 @@ mod tests {
         assert_eq!(
             strimzi_bootstrap("k", Some("kafka"), 9093),
             "k-kafka-bootstrap.kafka.svc:9093"
+        );
+    }
+
+    #[test]
+    fn loopback_urls_name_this_machine() {
+        assert_eq!(loopback_ws_url(SIMULATOR, "/ws"), "ws://127.0.0.1:8090/ws");
+        assert_eq!(
+            loopback_ws_url(API, "/ws/odds"),
+            "ws://127.0.0.1:8080/ws/odds"
         );
     }
 }

@@ -1,6 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use odds_contracts::{env, Market};
+use odds_contracts::{env, ports, Market};
 use odds_demo::bench::{self, BenchArgs};
 use odds_demo::launcher::default_bin_dir;
 use odds_demo::status::StatusBoard;
@@ -35,7 +35,7 @@ enum Command {
     /// Subscribe to an event (or `*` for all) on /ws/odds and print every message.
     Watch {
         /// The odds-service WebSocket URL.
-        #[arg(long, default_value = "ws://127.0.0.1:8080/ws/odds")]
+        #[arg(long, default_value_t = ports::loopback_ws_url(ports::API, "/ws/odds"))]
         url: String,
         /// Event id to follow, `*` for every event.
         #[arg(default_value = "*")]
@@ -46,7 +46,7 @@ enum Command {
 #[derive(Debug, Clone, clap::Args)]
 struct RunArgs {
     /// Port of odds-service: the odds page, REST /v1 and WebSocket /ws/odds.
-    #[arg(long, env = "DEMO_PORT", default_value_t = 8080)]
+    #[arg(long, env = "DEMO_PORT", default_value_t = ports::API)]
     port: u16,
     /// Supplier updates per second.
     #[arg(long, env = env::SIM_RATE, default_value_t = 50)]

@@ -1,6 +1,6 @@
 //! Command-line and environment configuration of odds-ingest.
 
-use odds_contracts::env;
+use odds_contracts::{env, ports};
 use odds_runtime::cli::{millis, Millis};
 use odds_runtime::{KafkaArgs, OpsArgs};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 #[command(version, about, long_about = None)]
 pub struct IngestConfig {
     /// WebSocket URL of the supplier feed.
-    #[arg(long, env = env::SUPPLIER_URL, default_value = "ws://127.0.0.1:8090/ws")]
+    #[arg(long, env = env::SUPPLIER_URL, default_value_t = ports::loopback_ws_url(ports::SIMULATOR, "/ws"))]
     pub supplier_url: String,
 
     #[command(flatten)]

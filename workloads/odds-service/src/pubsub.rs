@@ -238,12 +238,7 @@ impl Subscriber {
                 spans.extend(publish_span(traceparent, &update));
                 let seen = latest.observe(&update.event_id, &update.market, update.version);
                 if let Some(seen) = seen {
-                    self.metrics.ws_regressions.record(
-                        &update.event_id,
-                        &update.market,
-                        update.version,
-                        seen,
-                    );
+                    self.metrics.ws_regressions.record_update(&update, seen);
                 }
                 Some(EncodedUpdate::new(&update))
             }
