@@ -11,6 +11,7 @@
 use crate::encoded::EncodedUpdate;
 use crate::metrics::Metrics;
 use crate::queue::{ClientQueue, PushOutcome};
+use odds_contracts::OddsUpdate;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -92,6 +93,22 @@ impl Hub {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .retain(|(id, _)| *id != client);
+    }
+
+    /// Encodes an update with its event id shared with the hub's entry for the event, when
+    /// some client follows it (see [`crate::encoded`]): every key of the event is then the
+    /// same allocation, which the fan-out compares without reading it.
+    pub fn encode(&self, update: &OddsUpdate) -> Arc<EncodedUpdate> {
+        let shared = self
+            .by_event
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_key_value(update.event_id.as_str())
+            .map(|(event, _)| event.clone());
+        match shared {
+            Some(event) => EncodedUpdate::with_event(update, event),
+            None => EncodedUpdate::new(update),
+        }
     }
 
     /// Hands one update to every client following its event (or all events).

@@ -240,7 +240,7 @@ impl Subscriber {
                 if let Some(seen) = seen {
                     self.metrics.ws_regressions.record_update(&update, seen);
                 }
-                Some(EncodedUpdate::new(&update))
+                Some(self.hub.encode(&update))
             }
             Err(reason) => {
                 self.metrics.ws_updates_invalid.inc();
@@ -332,7 +332,7 @@ fn fanout_attributes(report: &crate::hub::FanoutReport) -> [otel::KeyValue; 3] {
 
 fn offer(hub: &Hub, metrics: &Metrics, updates: &[odds_contracts::OddsUpdate]) {
     metrics.ws_resynced_events.inc_by(updates.len() as u64);
-    let batch: Vec<_> = updates.iter().map(EncodedUpdate::new).collect();
+    let batch: Vec<_> = updates.iter().map(|u| hub.encode(u)).collect();
     for chunk in batch.chunks(MAX_BATCH) {
         hub.publish_batch(chunk);
     }

@@ -1,5 +1,6 @@
 use super::*;
 use crate::queue::tests::FakeSocket;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::Ordering;
 
 fn update(event: &str, version: u64) -> Arc<EncodedUpdate> {
@@ -58,4 +59,29 @@ fn a_batch_reaches_each_client_with_every_version_in_one_write() {
     assert_eq!(versions(&sa), expected);
     assert_eq!(versions(&sb).len(), 4);
     assert_eq!(hub.metrics.ws_conflated.get(), 0, "nothing conflated");
+}
+
+#[test]
+fn encoded_keys_share_the_followed_event_id_and_known_markets() {
+    let hub = Hub::new(Metrics::new().unwrap());
+    let (a, _) = client();
+    let followed: Arc<str> = "E1".into();
+    hub.subscribe(1, &a, followed.clone());
+    let first = hub.encode(&odds_testkit::sample_update("E1", 1));
+    let second = hub.encode(&odds_testkit::sample_update("E1", 2));
+    assert!(Arc::ptr_eq(&first.key.event_id, &followed));
+    assert!(Arc::ptr_eq(&first.key.market, &second.key.market));
+    // Shared or not, a key equals (and hashes as) the one built from the same strings.
+    let unfollowed = hub.encode(&odds_testkit::sample_update("E2", 1));
+    assert!(!Arc::ptr_eq(&unfollowed.key.event_id, &followed));
+    for encoded in [&first, &unfollowed] {
+        let fresh = crate::encoded::MarketKey::new(&encoded.key.event_id, &encoded.key.market);
+        assert_eq!(encoded.key, fresh);
+        let hash = |key: &crate::encoded::MarketKey| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            key.hash(&mut hasher);
+            hasher.finish()
+        };
+        assert_eq!(hash(&encoded.key), hash(&fresh));
+    }
 }

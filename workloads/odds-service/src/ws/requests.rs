@@ -11,7 +11,6 @@
 //! reads. Meanwhile the queue sends a live update of a market not shown yet as its snapshot.
 
 use super::{Connection, Exit};
-use crate::encoded::EncodedUpdate;
 use crate::store::{event_count, Source, StoreError};
 use futures_util::future::BoxFuture;
 use odds_contracts::ws::{ErrorCode, ServerMessage, ALL_EVENTS};
@@ -107,7 +106,7 @@ impl Connection {
                 return;
             }
             for update in &page {
-                self.queue.push(&EncodedUpdate::new(update), true);
+                self.queue.push(&self.ctx.hub.encode(update), true);
             }
             super::count(&self.ctx.metrics, self.queue.flush(false).1);
             match page.last() {
@@ -197,7 +196,7 @@ impl Connection {
                 }
                 let reply = self.reply(ServerMessage::Subscribed { event_id });
                 for update in &markets {
-                    self.queue.push(&EncodedUpdate::new(update), true);
+                    self.queue.push(&self.ctx.hub.encode(update), true);
                 }
                 self.queue.release();
                 self.flush(false);
