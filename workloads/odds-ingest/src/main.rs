@@ -7,7 +7,12 @@ use odds_ingest::{run, IngestConfig};
 use odds_runtime::cli::{metric_families_requested, StageProcess};
 use odds_runtime::metrics::{print_families, ComponentMetrics};
 
-#[tokio::main]
+// One runtime thread: the supplier reader hands every frame to the frame loop, and on a
+// multi-threaded runtime the two ran on different workers, so a frame often cost a
+// cross-thread wake-up (a futex call) on top of its own work. librdkafka has its own threads
+// for the broker I/O and the delivery reports; the blocking metadata probe runs on tokio's
+// blocking pool (issue #26).
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     if metric_families_requested() {
         return Ok(print_families(&[&IngestMetrics::registered()?.0])?);

@@ -6,7 +6,8 @@
 //! made durable. Decoding splits it into valid updates and rejections for the DLQ.
 
 use odds_contracts::{parse_update, OddsUpdate, RejectReason};
-use std::collections::{BTreeMap, HashMap};
+use odds_schema::read_models;
+use std::collections::BTreeMap;
 use std::ops::Range;
 
 /// One record as read from Kafka, owned (the consumer's borrowed message can't be kept).
@@ -152,27 +153,19 @@ pub fn decode_record(record: &SourceRecord) -> Result<OddsUpdate, Rejection> {
 
 /// The newest update of each (event, market) in `updates`, ordered by that key (a stable
 /// order keeps row locks in Postgres and keys in Redis in the same order for every batch).
-/// Ties go to the first read, as in Postgres and Redis.
+/// Ties go to the first read, as in Postgres and Redis (the batch statement marks the same
+/// updates: [`read_models::newest_indices`]).
 pub fn newest_per_market(updates: &[OddsUpdate]) -> Vec<&OddsUpdate> {
-    let mut newest: HashMap<(&str, &str), &OddsUpdate> = HashMap::with_capacity(updates.len());
-    for update in updates {
-        newest
-            .entry((update.event_id.as_str(), update.market.as_str()))
-            .and_modify(|held| {
-                if update.version > held.version {
-                    *held = update;
-                }
-            })
-            .or_insert(update);
-    }
-    let mut out: Vec<&OddsUpdate> = newest.into_values().collect();
-    out.sort_unstable_by(|a, b| (&a.event_id, &a.market).cmp(&(&b.event_id, &b.market)));
-    out
+    read_models::newest_indices(updates)
+        .into_iter()
+        .map(|index| &updates[index])
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn update(id: &str, version: u64) -> OddsUpdate {
         odds_testkit::sample_update(id, version)

@@ -249,3 +249,43 @@ async fn a_migration_waits_for_one_in_progress() {
     .await;
     assert_eq!(applied, ["1", "2", "3"]);
 }
+
+/// The batch statements take prices as `numeric` text (`read_models::numeric_text`) instead of
+/// casting `float8` in the server: every price must be stored with the value and scale the
+/// cast gave, short ones as well as those past 15 significant digits, large and small.
+#[tokio::test]
+async fn prices_as_numeric_text_store_what_the_float8_cast_stored() {
+    let db = TestDatabase::create().await.unwrap();
+    let values = [
+        1.85,
+        2.1,
+        3.6,
+        1.01,
+        1000.0,
+        1.0000000000000002,
+        1.2345678901234567,
+        0.1 + 0.2 + 1.0,
+        12.345678901234567,
+        123_456.789_012_345_67,
+        1e20,
+        1.5e300,
+        f64::MAX,
+        1e-5 + 1.0,
+        0.000_123_456_789_012_345_67,
+        -7.25,
+        0.0,
+    ];
+    for value in values {
+        let text = odds_schema::read_models::numeric_text(value);
+        let (cast, read, same): (String, String, bool) = sqlx::query_as(
+            "SELECT $1::float8::numeric::text, $2::numeric::text, $1::float8::numeric = $2::numeric",
+        )
+        .bind(value)
+        .bind(&text)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert!(same, "{value}: cast {cast}, from {text:?} {read}");
+        assert_eq!(read, cast, "{value}: the scale differs (from {text:?})");
+    }
+}
