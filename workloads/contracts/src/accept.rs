@@ -46,6 +46,9 @@ struct ContractFields<'a> {
     #[serde(default, borrow)]
     source: Cow<'a, str>,
     version: u64,
+    /// Refused from a supplier (ingest stamps its own), carried by what the processor publishes.
+    #[serde(default, with = "ingested_at_millis")]
+    ingested_at: Option<DateTime<Utc>>,
 }
 
 /// Checks `frame` as [`parse_update`] does and, when it is valid, writes into `record`
@@ -59,7 +62,7 @@ pub fn accept_update<'a>(
     record.clear();
     if frame.len() <= MAX_UPDATE_BYTES {
         if let Ok(fields) = serde_json::from_slice::<ContractFields<'a>>(frame) {
-            if let Some(closing) = closing_brace(frame) {
+            if let (Some(closing), None) = (closing_brace(frame), fields.ingested_at) {
                 fields_of!(fields).validate()?;
                 record.extend_from_slice(&frame[..closing]);
                 record.extend_from_slice(b",\"ingested_at\":\"");
@@ -104,6 +107,57 @@ fn push_ingested_at(at: DateTime<Utc>, record: &mut Vec<u8>) {
         }
         record.extend_from_slice(text.as_bytes());
     });
+}
+
+/// An update read from Redis' pub/sub channel and checked as [`parse_update`] checks it: what
+/// the odds service routes and orders it by, and the JSON its clients get.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublishedUpdate<'a> {
+    pub event_id: Cow<'a, str>,
+    pub market: Cow<'a, str>,
+    pub version: u64,
+    /// The update's JSON: the payload's own text when it holds only the contract's fields
+    /// (what the processor publishes, [`crate::OddsUpdate::to_json`]), else the payload decoded
+    /// and encoded again, so clients always get the contract's fields.
+    pub json: Cow<'a, str>,
+}
+
+/// Checks a pub/sub payload (its trace context already split off) as [`parse_update`] does,
+/// without copying its strings or encoding it again when it holds only the contract's fields.
+///
+/// Decoding and re-encoding each update was most of the odds service's own work per update.
+/// The payload's text is used as it is only where [`parse_update`] reads it as the same update
+/// as the re-encoded text: exactly the contract's fields (no other, none twice), and an
+/// `ingested_at` with no digits below the millisecond (the encoder writes milliseconds). For
+/// what the processor publishes the text is byte for byte the re-encoded one.
+pub fn check_published(payload: &[u8]) -> Result<PublishedUpdate<'_>, RejectReason> {
+    if payload.len() <= MAX_UPDATE_BYTES {
+        if let Ok(fields) = serde_json::from_slice::<ContractFields<'_>>(payload) {
+            let in_millis = fields
+                .ingested_at
+                .is_none_or(|at| accepted_instant(at) == at);
+            if let (Some(closing), Ok(text), true) = (
+                closing_brace(payload),
+                std::str::from_utf8(payload),
+                in_millis,
+            ) {
+                fields_of!(fields).validate()?;
+                return Ok(PublishedUpdate {
+                    event_id: fields.event_id,
+                    market: fields.market,
+                    version: fields.version,
+                    json: Cow::Borrowed(&text[..=closing]),
+                });
+            }
+        }
+    }
+    let update = parse_update(payload)?;
+    Ok(PublishedUpdate {
+        json: Cow::Owned(update.to_json()),
+        event_id: Cow::Owned(update.event_id),
+        market: Cow::Owned(update.market),
+        version: update.version,
+    })
 }
 
 /// Where the object's closing brace is: the last byte that is not JSON whitespace.
@@ -177,6 +231,59 @@ mod tests {
         }
     }
 
+    /// What the odds service sent before [`check_published`]: the payload decoded and
+    /// encoded again.
+    fn reencoded(payload: &str) -> String {
+        parse_update(payload.as_bytes()).unwrap().to_json()
+    }
+
+    #[test]
+    fn what_the_processor_publishes_is_passed_on_byte_for_byte() {
+        for ingested_at in [None, Some(at())] {
+            let mut update = parse_update(FRAME.as_bytes()).unwrap();
+            if let Some(at) = ingested_at {
+                update = update.accepted_at(at);
+            }
+            let payload = update.to_json();
+            let checked = check_published(payload.as_bytes()).unwrap();
+            assert!(matches!(checked.json, Cow::Borrowed(_)));
+            assert_eq!(checked.json, reencoded(&payload));
+            assert!(matches!(checked.event_id, Cow::Borrowed("MATCH_002")));
+            assert_eq!(checked.market, "1X2");
+            assert_eq!(checked.version, 7);
+        }
+    }
+
+    #[test]
+    fn any_other_payload_gives_clients_the_same_update_as_before() {
+        let stamped = FRAME.replace(
+            "\"version\":7",
+            "\"version\":7,\"ingested_at\":\"2026-12-06T11:00:00.123Z\"",
+        );
+        let fine = stamped.replace(".123Z", ".123456Z");
+        let extra = FRAME.replace("\"version\":7", "\"version\":7,\"extra\":1");
+        let escaped = FRAME.replace("Everton", "Ever\\u0074on \\\"FC\\\"");
+        let spaced = format!("  {}  \n", stamped.replace(",", " , "));
+        let unsourced = FRAME.replace(",\"source\":\"supplier-simulator\"", "");
+        for payload in [&stamped, &fine, &extra, &escaped, &spaced, &unsourced] {
+            let checked = check_published(payload.as_bytes()).unwrap();
+            let before = reencoded(payload);
+            assert_eq!(
+                parse_update(checked.json.as_bytes()).unwrap(),
+                parse_update(before.as_bytes()).unwrap(),
+                "{payload}"
+            );
+            let fields: serde_json::Value = serde_json::from_str(&checked.json).unwrap();
+            assert!(fields.get("extra").is_none(), "{payload}");
+            assert_eq!(checked.event_id, "MATCH_002");
+            assert_eq!(checked.version, 7);
+        }
+        assert!(matches!(
+            check_published(fine.as_bytes()).unwrap().json,
+            Cow::Owned(_)
+        ));
+    }
+
     #[test]
     fn each_frame_is_stamped_with_its_own_millisecond() {
         let mut record = Vec::new();
@@ -213,11 +320,9 @@ mod tests {
         ];
         for frame in &frames {
             let (accepted, _) = accept(frame);
-            assert_eq!(
-                accepted.unwrap_err(),
-                parse_update(frame.as_bytes()).unwrap_err(),
-                "{frame}"
-            );
+            let reason = parse_update(frame.as_bytes()).unwrap_err();
+            assert_eq!(accepted.unwrap_err(), reason, "{frame}");
+            assert_eq!(check_published(frame.as_bytes()).unwrap_err(), reason);
         }
     }
 }

@@ -22,7 +22,7 @@ pub mod traced;
 mod update;
 pub mod ws;
 
-pub use accept::{accept_update, AcceptedUpdate};
+pub use accept::{accept_update, check_published, AcceptedUpdate, PublishedUpdate};
 pub use json::JsonMessage;
 pub use reject::{parse_update, RejectReason, MAX_UPDATE_BYTES, STORAGE_REJECTED};
 pub use update::{

@@ -113,14 +113,25 @@ impl EncodedUpdate {
 
     /// [`EncodedUpdate::new`] with the key's event id shared from `event_id` (the same id).
     pub fn with_event(update: &OddsUpdate, event_id: Arc<str>) -> Arc<EncodedUpdate> {
-        let json = update.to_json();
+        EncodedUpdate::from_json(event_id, &update.market, update.version, update.to_json())
+    }
+
+    /// The update whose JSON is `json` (already checked against the contract), keyed by
+    /// `event_id` and `market`: no decoding, no encoding.
+    pub fn from_json(
+        event_id: Arc<str>,
+        market: &str,
+        version: u64,
+        json: impl Into<Box<str>>,
+    ) -> Arc<EncodedUpdate> {
+        let json: Box<str> = json.into();
         let mut odds_frame = Vec::new();
         frames::append_update(&mut odds_frame, "odds", &json);
         Arc::new(EncodedUpdate {
-            key: MarketKey::with_event(event_id, &update.market),
-            version: update.version,
+            key: MarketKey::with_event(event_id, market),
+            version,
             odds_frame: odds_frame.into_boxed_slice(),
-            data_json: json.into_boxed_str(),
+            data_json: json,
             received_at: Instant::now(),
         })
     }

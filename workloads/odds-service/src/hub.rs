@@ -11,7 +11,7 @@
 use crate::encoded::EncodedUpdate;
 use crate::metrics::Metrics;
 use crate::queue::{ClientQueue, PushOutcome};
-use odds_contracts::OddsUpdate;
+use odds_contracts::{OddsUpdate, PublishedUpdate};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -99,16 +99,27 @@ impl Hub {
     /// some client follows it (see [`crate::encoded`]): every key of the event is then the
     /// same allocation, which the fan-out compares without reading it.
     pub fn encode(&self, update: &OddsUpdate) -> Arc<EncodedUpdate> {
-        let shared = self
-            .by_event
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get_key_value(update.event_id.as_str())
-            .map(|(event, _)| event.clone());
-        match shared {
+        match self.shared_event(&update.event_id) {
             Some(event) => EncodedUpdate::with_event(update, event),
             None => EncodedUpdate::new(update),
         }
+    }
+
+    /// [`Hub::encode`] of an update from pub/sub, whose JSON is used as it is.
+    pub fn encode_published(&self, update: PublishedUpdate<'_>) -> Arc<EncodedUpdate> {
+        let event = self
+            .shared_event(&update.event_id)
+            .unwrap_or_else(|| Arc::from(&*update.event_id));
+        EncodedUpdate::from_json(event, &update.market, update.version, update.json)
+    }
+
+    /// The hub's own allocation of `event_id`, while some client follows it.
+    fn shared_event(&self, event_id: &str) -> Option<Arc<str>> {
+        self.by_event
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_key_value(event_id)
+            .map(|(event, _)| event.clone())
     }
 
     /// Hands one update to every client following its event (or all events).

@@ -233,14 +233,17 @@ impl Subscriber {
         // A sampled update carries its trace context after the JSON: split off here, so
         // clients get exactly the update.
         let (json, traceparent) = split_pubsub(message.get_payload_bytes());
-        match odds_contracts::parse_update(json) {
+        match odds_contracts::check_published(json) {
             Ok(update) => {
-                spans.extend(publish_span(traceparent, &update));
-                let seen = latest.observe(&update.event_id, &update.market, update.version);
-                if let Some(seen) = seen {
-                    self.metrics.ws_regressions.record_update(&update, seen);
+                let (event_id, market, version) =
+                    (&*update.event_id, &*update.market, update.version);
+                spans.extend(publish_span(traceparent, event_id, market, version));
+                if let Some(seen) = latest.observe(event_id, market, version) {
+                    self.metrics
+                        .ws_regressions
+                        .record(event_id, market, version, seen);
                 }
-                Some(self.hub.encode(&update))
+                Some(self.hub.encode_published(update))
             }
             Err(reason) => {
                 self.metrics.ws_updates_invalid.inc();
@@ -302,18 +305,16 @@ pub async fn resync(hub: Arc<Hub>, store: Arc<OddsStore>, metrics: Metrics) {
 /// `None` (and nothing parsed) when tracing is off or the update is not sampled.
 fn publish_span(
     traceparent: Option<&[u8]>,
-    update: &odds_contracts::OddsUpdate,
+    event_id: &str,
+    market: &str,
+    version: u64,
 ) -> Option<TraceSpan> {
     if !otel::enabled() {
         return None;
     }
     let parent = otel::parse_traceparent(traceparent?)?;
     let mut span = otel::start_child(PUBLISH_SPAN, otel::SpanKind::Consumer, &parent, Vec::new())?;
-    span.set_attributes(otel::update_attributes(
-        &update.event_id,
-        &update.market,
-        update.version,
-    ));
+    span.set_attributes(otel::update_attributes(event_id, market, version));
     Some(span)
 }
 

@@ -85,3 +85,30 @@ fn encoded_keys_share_the_followed_event_id_and_known_markets() {
         assert_eq!(hash(&encoded.key), hash(&fresh));
     }
 }
+
+#[test]
+fn a_published_update_is_framed_as_the_encoder_framed_it_without_its_trace_context() {
+    let hub = Hub::new(Metrics::new().unwrap());
+    let (queue, _socket) = client();
+    hub.subscribe(1, &queue, "E1".into());
+    let mut update = odds_testkit::sample_update("E1", 7).accepted_at(chrono::Utc::now());
+    update.home_team = "Atlético \"B\"".into();
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    for suffix in [
+        String::new(),
+        odds_contracts::traced::pubsub_suffix(traceparent),
+    ] {
+        // As the processor publishes it (odds-processor's cache: the JSON, then the suffix).
+        let message = format!("{}{suffix}", update.to_json());
+        let (json, _) = odds_contracts::traced::split_pubsub(message.as_bytes());
+        let spliced = hub.encode_published(odds_contracts::check_published(json).unwrap());
+        let encoded = hub.encode(&update);
+        assert_eq!(spliced.odds_frame, encoded.odds_frame);
+        assert_eq!(spliced.data_json, encoded.data_json);
+        assert_eq!(spliced.key, encoded.key);
+        assert!(Arc::ptr_eq(&spliced.key.event_id, &encoded.key.event_id));
+        assert_eq!(spliced.version, 7);
+        let frame = String::from_utf8_lossy(&spliced.odds_frame);
+        assert!(!frame.contains(traceparent) && !frame.contains('\n'));
+    }
+}
