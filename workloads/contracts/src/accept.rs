@@ -101,7 +101,7 @@ fn push_ingested_at(at: DateTime<Utc>, record: &mut Vec<u8>) {
     let at = accepted_instant(at);
     let millis = at.timestamp_millis();
     LAST_STAMP.with_borrow_mut(|(last, text)| {
-        if *last != millis || text.is_empty() {
+        if *last != millis {
             *text = ingested_at_millis::text(&at);
             *last = millis;
         }

@@ -7,7 +7,6 @@
 //! again) is expected after a supplier's reconnect image or a Kafka redelivery; `older` means
 //! something upstream went backwards, and that update is ignored from there on.
 
-use odds_contracts::OddsUpdate;
 use prometheus::IntCounterVec;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -80,12 +79,6 @@ impl RegressionLog {
             );
         }
         Some(reason)
-    }
-
-    /// [`RegressionLog::record`] for `update` against the `last_seen` version of its market:
-    /// what the processor and the odds service count, each against what it saw before.
-    pub fn record_update(&self, update: &OddsUpdate, last_seen: u64) -> Option<&'static str> {
-        self.record(&update.event_id, &update.market, update.version, last_seen)
     }
 
     fn first_of_event(&self, event_id: &str) -> bool {

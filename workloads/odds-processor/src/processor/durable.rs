@@ -314,7 +314,12 @@ impl Processor {
             let key = (update.event_id.as_str(), update.market.as_str());
             let seen = newest.get(&key).copied().or(applied.stored_before(update));
             if let Some(seen) = seen {
-                self.metrics.regressions.record_update(update, seen);
+                self.metrics.regressions.record(
+                    &update.event_id,
+                    &update.market,
+                    update.version,
+                    seen,
+                );
             }
             let held = newest.entry(key).or_insert(update.version);
             *held = (*held).max(update.version).max(seen.unwrap_or(0));
