@@ -24,8 +24,42 @@ use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::{ClientConfig, ClientContext};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 pub type ProcessorConsumer = rdkafka::consumer::StreamConsumer<ProcessorContext>;
+
+/// The processor's group consumer. Dropping it leaves the group within [`CLOSE_DEADLINE`]
+/// (see [`close`]), however the processor ends: after its run, or dropped by a test.
+pub struct GroupConsumer(Option<ProcessorConsumer>);
+
+impl std::ops::Deref for GroupConsumer {
+    type Target = ProcessorConsumer;
+
+    // `None` only inside `drop`, after which nothing can reach it.
+    #[allow(clippy::expect_used)]
+    fn deref(&self) -> &ProcessorConsumer {
+        self.0
+            .as_ref()
+            .expect("the consumer is taken only when dropped")
+    }
+}
+
+impl Drop for GroupConsumer {
+    fn drop(&mut self) {
+        let Some(consumer) = self.0.take() else {
+            return;
+        };
+        let metrics = consumer.context().metrics.clone();
+        if !close(consumer, CLOSE_DEADLINE) {
+            metrics.error(crate::metrics::phase::CONSUME);
+            tracing::error!(
+                deadline = ?CLOSE_DEADLINE,
+                "leaving the consumer group did not finish in time; going on without it (the \
+                 broker expires the membership; durable offsets were committed before)"
+            );
+        }
+    }
+}
 
 /// Offsets made durable (next offset to read per partition) and partitions revoked since the
 /// processor last looked; shared between the processor and the rebalance callbacks.
@@ -285,7 +319,7 @@ pub fn subscribe(
     topic: &str,
     props: &[(String, String)],
     context: ProcessorContext,
-) -> KafkaResult<ProcessorConsumer> {
+) -> KafkaResult<GroupConsumer> {
     let mut config = ClientConfig::new();
     for (name, value) in props {
         config.set(name, value);
@@ -297,7 +331,35 @@ pub fn subscribe(
     config.set_log_level(RDKafkaLogLevel::Warning);
     let consumer: ProcessorConsumer = config.create_with_context(context)?;
     consumer.subscribe(&[topic])?;
-    Ok(consumer)
+    Ok(GroupConsumer(Some(consumer)))
+}
+
+/// How long leaving the group may take at shutdown before the stage gives up waiting.
+pub const CLOSE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// Leaves the group (librdkafka's close: revoke, rebalance callback, leave) on a thread of its
+/// own and waits for it at most `deadline`; whether it finished in time.
+///
+/// Dropping a consumer runs librdkafka's close, which waits without a timeout for answers
+/// from librdkafka's own threads, and one was seen never to come (the close-time rebalance's
+/// assign, against the mock cluster). A stage must still exit when told to: its offsets are
+/// committed before this, and the broker expires a member that never said goodbye. A close
+/// given up on is the caller's to report; its thread is left to finish or die with the
+/// process.
+pub fn close<C: ConsumerContext + 'static>(
+    consumer: rdkafka::consumer::StreamConsumer<C>,
+    deadline: Duration,
+) -> bool {
+    let (closed, done) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kafka-close".into())
+        .spawn(move || {
+            drop(consumer);
+            // The caller may have stopped waiting: nobody to tell then.
+            let _ = closed.send(());
+        });
+    // Without a thread (the closure and the consumer in it are gone): nothing to wait for.
+    spawned.is_err() || done.recv_timeout(deadline).is_ok()
 }
 
 #[cfg(test)]

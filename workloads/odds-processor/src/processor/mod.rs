@@ -26,7 +26,7 @@ use crate::batch::{Batch, SourceRecord};
 use crate::cache::Cache;
 pub use crate::checks::{CHECK_DLQ, CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS};
 use crate::config::ProcessorConfig;
-use crate::consumer::{self, CommitLedger, ProcessorConsumer, ProcessorContext};
+use crate::consumer::{self, CommitLedger, GroupConsumer, ProcessorContext};
 use crate::dlq::DeadLetters;
 use crate::metrics::{phase, Metrics};
 use crate::store::{Applied, Store};
@@ -96,7 +96,7 @@ enum Received {
 }
 
 pub struct Processor {
-    consumer: ProcessorConsumer,
+    consumer: GroupConsumer,
     ledger: CommitLedger,
     store: Store,
     /// Shared with the publish of the previous batch, which runs beside the next one's
@@ -260,10 +260,11 @@ impl Processor {
     }
 
     /// Commits the durable offsets synchronously and leaves the group (dropping the consumer
-    /// closes it, which revokes its partitions).
+    /// closes it, which revokes its partitions; see [`GroupConsumer`]).
     pub fn close(self) {
         self.commit_durable(CommitMode::Sync, "final commit");
         self.consumer.unsubscribe();
+        drop(self.consumer);
         tracing::info!("processor stopped");
     }
 

@@ -390,3 +390,90 @@ async fn step_both_until_split(
         b.processor.step().await;
     }
 }
+
+/// A consumer context that records its assignment and, on a revoke, waits for the test to
+/// let it go: a close that librdkafka never finishes, on demand.
+struct StuckOnRevoke {
+    assigned: std::sync::atomic::AtomicBool,
+    gate: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl rdkafka::ClientContext for StuckOnRevoke {}
+
+impl rdkafka::consumer::ConsumerContext for StuckOnRevoke {
+    fn pre_rebalance(
+        &self,
+        _: &rdkafka::consumer::BaseConsumer<Self>,
+        rebalance: &rdkafka::consumer::Rebalance<'_>,
+    ) {
+        match rebalance {
+            rdkafka::consumer::Rebalance::Assign(list) if list.count() > 0 => {
+                self.assigned
+                    .store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+            rdkafka::consumer::Rebalance::Revoke(_) => {
+                let _ = self.gate.lock().unwrap().recv();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A consumer of the group in `config` whose revoke waits for `gate`, once it owns the
+/// partition (the rebalance callbacks run while it is polled).
+async fn assigned_consumer(
+    config: &odds_processor::ProcessorConfig,
+    gate: std::sync::mpsc::Receiver<()>,
+) -> rdkafka::consumer::StreamConsumer<StuckOnRevoke> {
+    use rdkafka::consumer::Consumer;
+    let mut client = rdkafka::ClientConfig::new();
+    for (name, value) in config.consumer_properties() {
+        client.set(name, value);
+    }
+    let consumer: rdkafka::consumer::StreamConsumer<StuckOnRevoke> = client
+        .create_with_context(StuckOnRevoke {
+            assigned: false.into(),
+            gate: std::sync::Mutex::new(gate),
+        })
+        .unwrap();
+    consumer
+        .subscribe(&[odds_contracts::names::TOPIC_ODDS_UPDATES])
+        .unwrap();
+    wait_until("the partition is assigned", || async {
+        let wait = std::time::Duration::from_millis(50);
+        let _ = tokio::time::timeout(wait, consumer.recv()).await;
+        consumer
+            .context()
+            .assigned
+            .load(std::sync::atomic::Ordering::SeqCst)
+    })
+    .await;
+    consumer
+}
+
+/// Leaving the group is given up at its deadline when librdkafka's close never finishes (as
+/// seen once: the close-time rebalance waiting forever), so a stopping processor still exits;
+/// a close that can finish does, within the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_that_never_finishes_is_given_up_at_its_deadline() {
+    use odds_processor::consumer::close;
+    use std::time::Duration;
+    let (_kafka, _db, _redis, config) = start_stack(1, 1).await;
+
+    // The control: the revoke is let go at once, so the close finishes.
+    let (release, gate) = std::sync::mpsc::channel();
+    release.send(()).unwrap();
+    let consumer = assigned_consumer(&config, gate).await;
+    let closing = tokio::task::spawn_blocking(move || close(consumer, PATIENCE));
+    assert!(
+        closing.await.unwrap(),
+        "a close free to finish was given up"
+    );
+
+    // Stuck: the revoke cannot finish before the release below, so the deadline ends the wait.
+    let (release, gate) = std::sync::mpsc::channel();
+    let consumer = assigned_consumer(&config, gate).await;
+    let closing = tokio::task::spawn_blocking(move || close(consumer, Duration::from_millis(200)));
+    assert!(!closing.await.unwrap(), "the close finished while stuck");
+    release.send(()).unwrap();
+}

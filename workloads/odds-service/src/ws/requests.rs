@@ -220,6 +220,15 @@ impl Connection {
     }
 
     fn subscribe_all(&mut self) -> Option<Exit> {
+        // Answer first: once registered, the fan-out may write a live update (as its market's
+        // snapshot) at any moment, and the client must hear `subscribed` before that. Nothing
+        // published in between is missed: the pages are read after registering.
+        let reply = ServerMessage::Subscribed {
+            event_id: ALL_EVENTS.to_owned(),
+        };
+        if let Some(exit) = self.reply(reply) {
+            return Some(exit);
+        }
         // Before registering: the first update that comes must already find every market
         // awaiting its snapshot.
         self.queue.begin_all_snapshot();
@@ -227,12 +236,6 @@ impl Connection {
         if !self.all_events {
             self.all_events = true;
             self.ctx.metrics.ws_subscriptions.inc();
-        }
-        let reply = ServerMessage::Subscribed {
-            event_id: ALL_EVENTS.to_owned(),
-        };
-        if let Some(exit) = self.reply(reply) {
-            return Some(exit);
         }
         self.paging = Some(Paging {
             after: None,
