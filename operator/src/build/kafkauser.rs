@@ -17,8 +17,6 @@ use super::metadata;
 use super::topic::{StrimziStatus, STRIMZI_CLUSTER_LABEL};
 use crate::crd::{KafkaAuthentication, KafkaAuthenticationType, SecretKeyRef};
 use crate::validate::{KafkaSource, ValidPipeline};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 /// `security.protocol`.
 pub const SECURITY_PROTOCOL_ENV: &str = "KAFKA_PROP_SECURITY_PROTOCOL";
@@ -44,38 +42,35 @@ foreign_kind! {
     }
 }
 
-/// `spec.authentication` (subset).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-pub struct UserAuthentication {
-    #[serde(rename = "type")]
-    pub type_: String,
-}
+mirror_types! {
+    /// `spec.authentication` (subset).
+    pub struct UserAuthentication {
+        #[serde(rename = "type")]
+        pub type_: String,
+    }
 
-/// `spec.authorization` (subset): Kafka's own ACLs.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-pub struct UserAuthorization {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub acls: Vec<AclRule>,
-}
+    /// `spec.authorization` (subset): Kafka's own ACLs.
+    pub struct UserAuthorization {
+        #[serde(rename = "type")]
+        pub type_: String,
+        pub acls: Vec<AclRule>,
+    }
 
-/// One ACL rule.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-pub struct AclRule {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub resource: AclResource,
-    pub operations: Vec<String>,
-}
+    /// One ACL rule.
+    pub struct AclRule {
+        #[serde(rename = "type")]
+        pub type_: String,
+        pub resource: AclResource,
+        pub operations: Vec<String>,
+    }
 
-/// The resource an ACL rule is about.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AclResource {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub name: String,
-    pub pattern_type: String,
+    /// The resource an ACL rule is about.
+    pub struct AclResource {
+        #[serde(rename = "type")]
+        pub type_: String,
+        pub name: String,
+        pub pattern_type: String,
+    }
 }
 
 impl KafkaUser {

@@ -5,32 +5,48 @@
 //! dereference → validate → build → apply → status. The builders take only what validation
 //! produced, so they never meet a spec that breaks a rule. One module per kind of child.
 
+/// Declares the types a mirror is made of (a kind's spec, the objects inside it, its status):
+/// every one derives the same traits, names its fields in camelCase and leaves an unset
+/// `Option` out of the JSON, so each type states only its fields. `skip_serializing_none`
+/// comes first: it must rewrite the fields before serde's derive reads them.
+macro_rules! mirror_types {
+    ($($(#[$attr:meta])* pub struct $name:ident { $($body:tt)* })+) => {
+        $(
+            #[serde_with::skip_serializing_none]
+            #[derive(
+                serde::Serialize,
+                serde::Deserialize,
+                Clone,
+                Debug,
+                PartialEq,
+                Default,
+                schemars::JsonSchema,
+            )]
+            #[serde(rename_all = "camelCase")]
+            $(#[$attr])*
+            pub struct $name { $($body)* }
+        )+
+    };
+}
+
 /// Declares the typed mirror of a kind another operator owns (Strimzi, KEDA, the Prometheus
 /// Operator): a namespaced `kube::CustomResource` whose spec is `$spec` and whose root type
-/// is named by `kind`. Every mirror derives the same traits and names its fields in
-/// camelCase, so only what differs is written at each kind: its group, version, kind and
-/// status type. The mirrors hold only the fields the operator sets or reads; the tests check
-/// the built objects against each project's released CRD.
+/// is named by `kind`, a [`mirror_types!`] type like the rest of the mirror, so only what
+/// differs is written at each kind: its group, version, kind and status type. The mirrors
+/// hold only the fields the operator sets or reads; the tests check the built objects against
+/// each project's released CRD.
 macro_rules! foreign_kind {
     (
         $($key:ident = $value:literal),+;
         $(#[$attr:meta])*
         pub struct $spec:ident { $($body:tt)* }
     ) => {
-        $(#[$attr])*
-        #[derive(
-            kube::CustomResource,
-            serde::Serialize,
-            serde::Deserialize,
-            Clone,
-            Debug,
-            PartialEq,
-            Default,
-            schemars::JsonSchema,
-        )]
-        #[kube($($key = $value),+, namespaced, derive = "Default")]
-        #[serde(rename_all = "camelCase")]
-        pub struct $spec { $($body)* }
+        mirror_types! {
+            $(#[$attr])*
+            #[derive(kube::CustomResource)]
+            #[kube($($key = $value),+, namespaced, derive = "Default")]
+            pub struct $spec { $($body)* }
+        }
     };
 }
 

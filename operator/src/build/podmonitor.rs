@@ -14,8 +14,6 @@ use super::{metadata, Component};
 use crate::crd::ScalingMode;
 use crate::validate::ValidPipeline;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Name of the container port every workload serves `/metrics` on.
@@ -33,24 +31,21 @@ foreign_kind! {
     }
 }
 
-/// One scraped port (subset).
-#[serde_with::skip_serializing_none]
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PodMetricsEndpoint {
-    pub port: String,
-    pub path: String,
-    pub interval: Option<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub relabelings: Vec<RelabelConfig>,
-}
+mirror_types! {
+    /// One scraped port (subset).
+    pub struct PodMetricsEndpoint {
+        pub port: String,
+        pub path: String,
+        pub interval: Option<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub relabelings: Vec<RelabelConfig>,
+    }
 
-/// A relabelling of the scraped target (subset: the default `replace` action).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RelabelConfig {
-    pub source_labels: Vec<String>,
-    pub target_label: String,
+    /// A relabelling of the scraped target (subset: the default `replace` action).
+    pub struct RelabelConfig {
+        pub source_labels: Vec<String>,
+        pub target_label: String,
+    }
 }
 
 /// Name of the pipeline's PodMonitor.

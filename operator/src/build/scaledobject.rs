@@ -15,14 +15,11 @@ use super::{configmap, metadata, triggerauth, Component};
 use crate::crd::ScalingMode;
 use crate::validate::{KafkaSource, ValidPipeline};
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscalerBehavior};
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 foreign_kind! {
     group = "keda.sh", version = "v1alpha1", kind = "ScaledObject", status = "ScaledObjectStatus";
     /// KEDA ScaledObject spec (subset).
-    #[serde_with::skip_serializing_none]
     pub struct ScaledObjectSpec {
         pub scale_target_ref: ScaleTargetRef,
         pub polling_interval: Option<i32>,
@@ -33,60 +30,46 @@ foreign_kind! {
     }
 }
 
-/// The workload a ScaledObject scales.
-#[serde_with::skip_serializing_none]
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ScaleTargetRef {
-    pub api_version: Option<String>,
-    pub kind: Option<String>,
-    pub name: String,
-}
+mirror_types! {
+    /// The workload a ScaledObject scales.
+    pub struct ScaleTargetRef {
+        pub api_version: Option<String>,
+        pub kind: Option<String>,
+        pub name: String,
+    }
 
-/// `spec.advanced` (subset).
-#[serde_with::skip_serializing_none]
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AdvancedConfig {
-    pub horizontal_pod_autoscaler_config: Option<HpaConfig>,
-    pub restore_to_original_replica_count: Option<bool>,
-}
+    /// `spec.advanced` (subset).
+    pub struct AdvancedConfig {
+        pub horizontal_pod_autoscaler_config: Option<HpaConfig>,
+        pub restore_to_original_replica_count: Option<bool>,
+    }
 
-/// `spec.advanced.horizontalPodAutoscalerConfig` (subset).
-#[serde_with::skip_serializing_none]
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HpaConfig {
-    pub behavior: Option<HorizontalPodAutoscalerBehavior>,
-}
+    /// `spec.advanced.horizontalPodAutoscalerConfig` (subset).
+    pub struct HpaConfig {
+        pub behavior: Option<HorizontalPodAutoscalerBehavior>,
+    }
 
-/// One trigger: a scaler type and its metadata (all values are strings in KEDA).
-#[serde_with::skip_serializing_none]
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ScaleTrigger {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub name: Option<String>,
-    pub metric_type: Option<String>,
-    pub metadata: BTreeMap<String, String>,
-    /// The TriggerAuthentication the trigger logs in with.
-    pub authentication_ref: Option<AuthenticationRef>,
-}
+    /// One trigger: a scaler type and its metadata (all values are strings in KEDA).
+    pub struct ScaleTrigger {
+        #[serde(rename = "type")]
+        pub type_: String,
+        pub name: Option<String>,
+        pub metric_type: Option<String>,
+        pub metadata: BTreeMap<String, String>,
+        /// The TriggerAuthentication the trigger logs in with.
+        pub authentication_ref: Option<AuthenticationRef>,
+    }
 
-/// `triggers[].authenticationRef`.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-pub struct AuthenticationRef {
-    pub name: String,
-}
+    /// `triggers[].authenticationRef`.
+    pub struct AuthenticationRef {
+        pub name: String,
+    }
 
-/// KEDA ScaledObject status (subset).
-#[serde_with::skip_serializing_none]
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ScaledObjectStatus {
-    /// The HorizontalPodAutoscaler KEDA created for this ScaledObject.
-    pub hpa_name: Option<String>,
+    /// KEDA ScaledObject status (subset).
+    pub struct ScaledObjectStatus {
+        /// The HorizontalPodAutoscaler KEDA created for this ScaledObject.
+        pub hpa_name: Option<String>,
+    }
 }
 
 impl ScaledObject {

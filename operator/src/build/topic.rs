@@ -19,8 +19,6 @@ pub use crate::names::{kube_name, resource_name};
 use crate::validate::{KafkaSource, ValidPipeline};
 use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
 /// Label the Strimzi topic operator uses to pick the cluster.
@@ -29,7 +27,6 @@ pub const STRIMZI_CLUSTER_LABEL: &str = "strimzi.io/cluster";
 foreign_kind! {
     group = "kafka.strimzi.io", version = "v1", kind = "KafkaTopic", status = "StrimziStatus";
     /// Strimzi KafkaTopic spec (subset).
-    #[serde_with::skip_serializing_none]
     pub struct KafkaTopicSpec {
         pub topic_name: Option<String>,
         pub partitions: Option<i32>,
@@ -39,26 +36,22 @@ foreign_kind! {
     }
 }
 
-/// The status of a Strimzi kind (subset: what KafkaTopic and KafkaUser share).
-#[serde_with::skip_serializing_none]
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StrimziStatus {
-    #[serde(default)]
-    pub conditions: Vec<StrimziCondition>,
-    pub observed_generation: Option<i64>,
-}
+mirror_types! {
+    /// Strimzi condition (subset).
+    pub struct StrimziCondition {
+        #[serde(rename = "type")]
+        pub type_: String,
+        pub status: String,
+        pub reason: Option<String>,
+        pub message: Option<String>,
+    }
 
-/// Strimzi condition (subset).
-#[serde_with::skip_serializing_none]
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct StrimziCondition {
-    #[serde(rename = "type")]
-    pub type_: String,
-    pub status: String,
-    pub reason: Option<String>,
-    pub message: Option<String>,
+    /// The status of a Strimzi kind (subset: what KafkaTopic and KafkaUser share).
+    pub struct StrimziStatus {
+        #[serde(default)]
+        pub conditions: Vec<StrimziCondition>,
+        pub observed_generation: Option<i64>,
+    }
 }
 
 impl StrimziStatus {

@@ -14,8 +14,6 @@ use super::kafkauser::{self, SASL_USERNAME_ENV};
 use super::{configmap, metadata, Component};
 use crate::crd::KafkaAuthenticationType;
 use crate::validate::ValidPipeline;
-use schemars::JsonSchema;
-use serde::{Deserialize, Serialize};
 
 foreign_kind! {
     group = "keda.sh", version = "v1alpha1", kind = "TriggerAuthentication";
@@ -28,12 +26,13 @@ foreign_kind! {
     }
 }
 
-/// One trigger parameter read from a key of a Secret or ConfigMap.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
-pub struct TargetRef {
-    pub parameter: String,
-    pub name: String,
-    pub key: String,
+mirror_types! {
+    /// One trigger parameter read from a key of a Secret or ConfigMap.
+    pub struct TargetRef {
+        pub parameter: String,
+        pub name: String,
+        pub key: String,
+    }
 }
 
 /// Name of the TriggerAuthentication: the KafkaUser's, whose credentials it uses.

@@ -20,12 +20,13 @@
 //! (`maxmemory` with `allkeys-lru`, as the chart's Redis and `make demo` set). An evicted key
 //! is harmless: readers fall back to Postgres and the next update sets it again.
 
+use crate::redis_link::RedisLink;
 use crate::store::{Store, StoreError};
 use odds_contracts::cache_status::{CacheStatus, CACHE_STATUS_EVERY_MS};
 use odds_contracts::names::{redis_current_key, REDIS_CACHE_STATUS_CHANNEL, REDIS_UPDATES_CHANNEL};
 use odds_contracts::{JsonMessage, OddsUpdate};
 use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client, Script};
+use redis::Script;
 use std::time::Duration;
 use tokio::sync::watch;
 
@@ -85,9 +86,7 @@ pub enum CacheError {
 }
 
 pub struct Cache {
-    client: Client,
-    config: AsyncConnectionConfig,
-    connection: Option<MultiplexedConnection>,
+    link: RedisLink,
     script: Script,
     /// True while Redis may miss updates that Postgres has. Starts true: a (re)started
     /// processor cannot know what happened to Redis while it was away.
@@ -98,11 +97,7 @@ impl Cache {
     /// A cache client; nothing connects until first use.
     pub fn new(redis_url: &str, timeout: Duration) -> Result<Cache, CacheError> {
         Ok(Cache {
-            client: Client::open(redis_url)?,
-            config: AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(timeout))
-                .set_response_timeout(Some(timeout)),
-            connection: None,
+            link: RedisLink::new(redis_url, timeout)?,
             script: Script::new(SET_IF_NEWER),
             stale: true,
         })
@@ -113,22 +108,14 @@ impl Cache {
     }
 
     async fn connection(&mut self) -> Result<MultiplexedConnection, CacheError> {
-        if let Some(connection) = &self.connection {
-            return Ok(connection.clone());
-        }
-        let connection = self
-            .client
-            .get_multiplexed_async_connection_with_config(&self.config)
-            .await?;
-        self.connection = Some(connection.clone());
-        Ok(connection)
+        Ok(self.link.connection().await?)
     }
 
     /// Any Redis error may mean lost writes: drop the connection (the next use reconnects)
     /// and remember that the cache needs a repair.
     fn failed<T>(&mut self, error: CacheError) -> Result<T, CacheError> {
         if matches!(error, CacheError::Redis(_)) {
-            self.connection = None;
+            self.link.reset();
             self.stale = true;
         }
         Err(error)
@@ -186,7 +173,7 @@ impl Cache {
     /// the reporter is dropped.
     pub fn status_reporter(&self) -> StatusReporter {
         let (tx, rx) = watch::channel(None);
-        tokio::spawn(report_status(self.client.clone(), self.config.clone(), rx));
+        tokio::spawn(report_status(self.link.separate(), rx));
         StatusReporter { tx }
     }
 
@@ -259,13 +246,8 @@ impl StatusReporter {
 /// fail, and one healthy report when they recover. Best effort: a report that cannot be
 /// published is dropped (readers see Redis down themselves, and a failure report is a lease
 /// that expires).
-async fn report_status(
-    client: Client,
-    config: AsyncConnectionConfig,
-    mut failure: watch::Receiver<Option<String>>,
-) {
+async fn report_status(mut link: RedisLink, mut failure: watch::Receiver<Option<String>>) {
     let every = Duration::from_millis(CACHE_STATUS_EVERY_MS);
-    let mut connection: Option<MultiplexedConnection> = None;
     let mut reported_failure = false;
     loop {
         let reason = failure.borrow_and_update().clone();
@@ -275,25 +257,12 @@ async fn report_status(
             None => None,
         };
         if let Some(status) = status {
-            if connection.is_none() {
-                connection = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await
-                    .ok();
-            }
-            if let Some(c) = connection.as_mut() {
-                let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                    .arg(REDIS_CACHE_STATUS_CHANNEL)
-                    .arg(status.to_json())
-                    .query_async(c)
-                    .await;
-                match published {
-                    Ok(_) => reported_failure = !status.healthy,
-                    Err(error) => {
-                        tracing::debug!(%error, "cache status report not published");
-                        connection = None;
-                    }
-                }
+            match link
+                .publish(REDIS_CACHE_STATUS_CHANNEL, status.to_json())
+                .await
+            {
+                Ok(()) => reported_failure = !status.healthy,
+                Err(error) => tracing::debug!(%error, "cache status report not published"),
             }
         }
         let failing = failure.borrow().is_some();

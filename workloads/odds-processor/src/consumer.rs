@@ -231,7 +231,7 @@ impl ClientContext for ProcessorContext {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if is_skipping_offset_reset(level, fac, message) {
             self.metrics.offset_resets.inc();
-            self.metrics.error(crate::metrics::phase::CONSUME);
+            self.metrics.error(crate::metrics::Phase::Consume);
             tracing::error!(
                 target: "librdkafka",
                 librdkafka = message,
@@ -280,7 +280,7 @@ impl ConsumerContext for ProcessorContext {
                 match self.ledger.revoke(&partitions) {
                     Ok(commit) if commit.count() > 0 => {
                         if let Err(error) = consumer.commit(&commit, CommitMode::Sync) {
-                            self.metrics.error(crate::metrics::phase::COMMIT);
+                            self.metrics.error(crate::metrics::Phase::Commit);
                             tracing::warn!(%error, "commit on revoke failed; records will be redelivered");
                         }
                     }
@@ -293,7 +293,7 @@ impl ConsumerContext for ProcessorContext {
                 self.own(&partitions_of(list));
             }
             Rebalance::Error(error) => {
-                self.metrics.error(crate::metrics::phase::CONSUME);
+                self.metrics.error(crate::metrics::Phase::Consume);
                 tracing::warn!(%error, "rebalance error");
                 // rdkafka then drops the assignment (under the eager protocol, the
                 // processor's); the group's next assign says what this consumer owns.

@@ -9,12 +9,11 @@
 
 use crate::checks::{CHECK_KAFKA, CHECK_POSTGRES};
 use crate::metrics::Metrics;
+use crate::redis_link::RedisLink;
 use odds_contracts::heartbeat::{Heartbeat, HEARTBEAT_EVERY_MS};
 use odds_contracts::names::REDIS_HEARTBEAT_CHANNEL;
 use odds_contracts::JsonMessage;
 use odds_runtime::Readiness;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Client};
 use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -34,17 +33,9 @@ pub fn spawn(
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, redis::RedisError> {
-    let client = Client::open(redis_url)?;
-    let config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(timeout))
-        .set_response_timeout(Some(timeout));
+    let mut publisher = Publisher(RedisLink::new(redis_url, timeout)?);
     let mut beats = Beats::new(metrics, readiness, Instant::now());
     Ok(tokio::spawn(async move {
-        let mut publisher = Publisher {
-            client,
-            config,
-            connection: None,
-        };
         let mut tick = tokio::time::interval(Duration::from_millis(HEARTBEAT_EVERY_MS));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -118,38 +109,17 @@ impl Beats {
     }
 }
 
-struct Publisher {
-    client: Client,
-    config: AsyncConnectionConfig,
-    connection: Option<MultiplexedConnection>,
-}
+/// Publishes beats, best effort: a beat that cannot be published is dropped.
+struct Publisher(RedisLink);
 
 impl Publisher {
     async fn publish(&mut self, beat: &Heartbeat) {
-        if self.connection.is_none() {
-            match self
-                .client
-                .get_multiplexed_async_connection_with_config(&self.config)
-                .await
-            {
-                Ok(connection) => self.connection = Some(connection),
-                Err(error) => {
-                    tracing::debug!(%error, "heartbeat not published");
-                    return;
-                }
-            }
-        }
-        let Some(connection) = self.connection.as_mut() else {
-            return;
-        };
-        let published: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-            .arg(REDIS_HEARTBEAT_CHANNEL)
-            .arg(beat.to_json())
-            .query_async(connection)
+        let published = self
+            .0
+            .publish(REDIS_HEARTBEAT_CHANNEL, beat.to_json())
             .await;
         if let Err(error) = published {
             tracing::debug!(%error, "heartbeat not published");
-            self.connection = None;
         }
     }
 }

@@ -16,6 +16,7 @@ pub mod dlq;
 pub mod heartbeat;
 pub mod metrics;
 pub mod processor;
+mod redis_link;
 pub mod run;
 pub mod store;
 pub mod trace;

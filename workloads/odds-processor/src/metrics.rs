@@ -12,15 +12,39 @@ use prometheus::{
     exponential_buckets, Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
 };
 
-/// Phases that count errors in `odds_proc_errors_total{phase}`.
-pub mod phase {
-    pub const CONSUME: &str = "consume";
-    pub const DECODE: &str = "decode";
-    pub const DLQ: &str = "dlq";
-    pub const DB: &str = "db";
-    pub const CACHE: &str = "cache";
-    pub const COMMIT: &str = "commit";
-    pub const ALL: [&str; 6] = [CONSUME, DECODE, DLQ, DB, CACHE, COMMIT];
+/// Where an error happened: the `phase` label of `odds_proc_errors_total{phase}`. A type
+/// rather than strings, so a call site cannot count under a label no dashboard knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Consume,
+    Decode,
+    Dlq,
+    Db,
+    Cache,
+    Commit,
+}
+
+impl Phase {
+    pub const ALL: [Phase; 6] = [
+        Phase::Consume,
+        Phase::Decode,
+        Phase::Dlq,
+        Phase::Db,
+        Phase::Cache,
+        Phase::Commit,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Consume => "consume",
+            Phase::Decode => "decode",
+            Phase::Dlq => "dlq",
+            Phase::Db => "db",
+            Phase::Cache => "cache",
+            Phase::Commit => "commit",
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -155,8 +179,8 @@ impl ComponentMetrics for Metrics {
 impl Metrics {
     /// Pre-creates the labelled series so dashboards show zeros instead of gaps.
     fn precreate_series(&self) {
-        for p in phase::ALL {
-            self.errors.with_label_values(&[p]);
+        for phase in Phase::ALL {
+            self.errors.with_label_values(&[phase.label()]);
         }
         for code in odds_contracts::RejectReason::CODES {
             self.dead_lettered.with_label_values(&[code]);
@@ -170,8 +194,8 @@ impl Metrics {
         Metrics::register(&Metrics::registry()?)
     }
 
-    pub fn error(&self, phase: &str) {
-        self.errors.with_label_values(&[phase]).inc();
+    pub fn error(&self, phase: Phase) {
+        self.errors.with_label_values(&[phase.label()]).inc();
     }
 }
 

@@ -10,7 +10,7 @@
 use super::{DurableBatch, Processor, Received, CHECK_DLQ, CHECK_POSTGRES, DB_FIRST_BACKOFF};
 use crate::batch::{newest_per_market, Batch, Decoded, Rejection, SourceRecord};
 use crate::dlq::DlqError;
-use crate::metrics::phase;
+use crate::metrics::Phase;
 use crate::store::{Applied, Isolated, StoreError, DB_WRITERS};
 use crate::trace::{BatchTrace, POSTGRES_SPAN};
 use crate::ProcessorError;
@@ -173,20 +173,20 @@ impl Processor {
                         .with_label_values(&[why.code])
                         .inc();
                     self.metrics.error(if why.code == STORAGE_REJECTED {
-                        phase::DB
+                        Phase::Db
                     } else {
-                        phase::DECODE
+                        Phase::Decode
                     });
                 }
                 Some(true)
             }
             Err(error) if error.is_permanent() => {
-                self.metrics.error(phase::DLQ);
+                self.metrics.error(Phase::Dlq);
                 self.halt(CHECK_DLQ, ProcessorError::DlqRefused(error));
                 None
             }
             Err(error) => {
-                self.metrics.error(phase::DLQ);
+                self.metrics.error(Phase::Dlq);
                 tracing::warn!(%error, "dead-lettering failed; retrying the batch");
                 Some(false)
             }
@@ -211,7 +211,7 @@ impl Processor {
             }
             Ok(None) => {}
             Err(error) => {
-                self.metrics.error(phase::DB);
+                self.metrics.error(Phase::Db);
                 self.readiness.set(CHECK_POSTGRES, false);
                 tracing::warn!(%error, ?retry_in, "batch not durable; retrying");
             }

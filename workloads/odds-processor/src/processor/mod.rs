@@ -28,7 +28,7 @@ pub use crate::checks::{CHECK_DLQ, CHECK_KAFKA, CHECK_POSTGRES, CHECK_REDIS};
 use crate::config::ProcessorConfig;
 use crate::consumer::{self, CommitLedger, GroupConsumer, ProcessorContext};
 use crate::dlq::DeadLetters;
-use crate::metrics::{phase, Metrics};
+use crate::metrics::{Metrics, Phase};
 use crate::store::{Applied, Store};
 use crate::trace::BatchTrace;
 use crate::ProcessorError;
@@ -274,7 +274,7 @@ impl Processor {
         match self.ledger.durable_list() {
             Ok(list) if list.count() > 0 => {
                 if let Err(error) = self.consumer.commit(&list, mode) {
-                    self.metrics.error(phase::COMMIT);
+                    self.metrics.error(Phase::Commit);
                     tracing::warn!(%error, "{what} failed; records will be redelivered");
                 }
             }
@@ -328,7 +328,7 @@ impl Processor {
                         .brokers()
                         .all_down(&error.to_string());
                 }
-                self.metrics.error(phase::CONSUME);
+                self.metrics.error(Phase::Consume);
                 tracing::warn!(%error, "consumer error");
                 Received::Timeout
             }

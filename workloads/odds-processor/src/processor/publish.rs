@@ -8,7 +8,7 @@
 
 use super::{DurableBatch, CHECK_REDIS};
 use crate::cache::{Cache, CacheError, StatusReporter};
-use crate::metrics::{phase, Metrics};
+use crate::metrics::{Metrics, Phase};
 use crate::store::Store;
 use crate::trace::REDIS_SPAN;
 use odds_contracts::OddsUpdate;
@@ -140,7 +140,7 @@ impl CacheWriter {
     /// A cache write, check or repair failed: count it, fail readiness and tell readers. Only
     /// a successful repair clears this (the cache may have missed writes meanwhile).
     fn failed(&mut self, error: &CacheError) {
-        self.metrics.error(phase::CACHE);
+        self.metrics.error(Phase::Cache);
         self.metrics.cache_stale.set(1);
         self.readiness.set(CHECK_REDIS, false);
         self.status.failing(error.to_string());
