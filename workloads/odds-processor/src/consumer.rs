@@ -51,7 +51,7 @@ impl Drop for GroupConsumer {
         };
         let metrics = consumer.context().metrics.clone();
         if !close(consumer, CLOSE_DEADLINE) {
-            metrics.error(crate::metrics::phase::CONSUME);
+            metrics.error(crate::metrics::Phase::Consume);
             tracing::error!(
                 deadline = ?CLOSE_DEADLINE,
                 "leaving the consumer group did not finish in time; going on without it (the \
