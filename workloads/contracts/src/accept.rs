@@ -55,16 +55,19 @@ struct ContractFields<'a> {
 /// (cleared first) the update stamped as accepted by ingest at `at`
 /// ([`crate::OddsUpdate::accepted_at`]): the JSON that goes on the topic.
 pub fn accept_update<'a>(
-    frame: &'a [u8],
+    frame: &'a str,
     at: DateTime<Utc>,
     record: &mut Vec<u8>,
 ) -> Result<AcceptedUpdate<'a>, RejectReason> {
     record.clear();
-    if frame.len() <= MAX_UPDATE_BYTES {
-        if let Ok(fields) = serde_json::from_slice::<ContractFields<'a>>(frame) {
-            if let (Some(closing), None) = (closing_brace(frame), fields.ingested_at) {
+    let bytes = frame.as_bytes();
+    if bytes.len() <= MAX_UPDATE_BYTES {
+        // From `str`, not bytes: the frame is known UTF-8 (a WebSocket text frame), and
+        // decoding bytes checks every key and string for UTF-8 again.
+        if let Ok(fields) = serde_json::from_str::<ContractFields<'a>>(frame) {
+            if let (Some(closing), None) = (closing_brace(bytes), fields.ingested_at) {
                 fields_of!(fields).validate()?;
-                record.extend_from_slice(&frame[..closing]);
+                record.extend_from_slice(&bytes[..closing]);
                 record.extend_from_slice(b",\"ingested_at\":\"");
                 push_ingested_at(at, record);
                 record.extend_from_slice(b"\"}");
@@ -79,7 +82,7 @@ pub fn accept_update<'a>(
     }
     // Other fields, an `ingested_at` of the supplier's, or not an update at all: the full
     // decoding decides, with its reason.
-    let update = parse_update(frame)?.accepted_at(at);
+    let update = parse_update(bytes)?.accepted_at(at);
     update.write_json(record);
     Ok(AcceptedUpdate {
         event_id: Cow::Owned(update.event_id),
@@ -186,7 +189,7 @@ mod tests {
 
     fn accept(frame: &str) -> (Result<AcceptedUpdate<'_>, RejectReason>, Vec<u8>) {
         let mut record = b"left over from the last frame".to_vec();
-        let accepted = accept_update(frame.as_bytes(), at(), &mut record);
+        let accepted = accept_update(frame, at(), &mut record);
         (accepted, record)
     }
 
@@ -296,7 +299,7 @@ mod tests {
             (900, "2026-12-06T11:00:00.124Z"),
         ] {
             let when = base + chrono::Duration::microseconds(offset_us);
-            accept_update(FRAME.as_bytes(), when, &mut record).unwrap();
+            accept_update(FRAME, when, &mut record).unwrap();
             let fields: serde_json::Value = serde_json::from_slice(&record).unwrap();
             assert_eq!(fields["ingested_at"], stamp, "{when}");
         }

@@ -41,7 +41,7 @@ fn contract(c: &mut Criterion) {
     let mut record = Vec::new();
     group.bench_function("accept", |b| {
         b.iter(|| {
-            accept_update(std::hint::black_box(UPDATE.as_bytes()), at, &mut record)
+            accept_update(std::hint::black_box(UPDATE), at, &mut record)
                 .unwrap()
                 .version
         })

@@ -286,7 +286,7 @@ async fn process_frame(
     match frame {
         SupplierFrame::Text(text) => {
             // Ingest's clock, never the supplier's (see `OddsUpdate::ingested_at`).
-            match accept_update(text.as_bytes(), received.wall, &mut state.record) {
+            match accept_update(text.as_str(), received.wall, &mut state.record) {
                 Ok(update) => {
                     metrics
                         .supplier_to_ingest

@@ -26,7 +26,7 @@ use rdkafka::{ClientConfig, ClientContext};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, Semaphore, SemaphorePermit};
 
 /// Name of this stage in DLQ headers.
 pub const STAGE: &str = "odds-ingest";
@@ -369,8 +369,10 @@ impl Publisher {
 
     /// A slot for one record in flight. The semaphore is never closed, so `None` cannot
     /// happen in practice; if it did, sending without a slot is still correct.
-    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
-        self.permits.clone().acquire_owned().await.ok()
+    /// Borrowed, not owned: an owned permit clones (and drops) the semaphore's `Arc`, two
+    /// atomic operations more per record.
+    async fn permit(&self) -> Option<SemaphorePermit<'_>> {
+        self.permits.acquire().await.ok()
     }
 
     /// librdkafka's local queue can still fill (e.g. tiny `queue.buffering.max.messages`):
@@ -391,13 +393,15 @@ impl Publisher {
                 self.metrics.shutdown_undelivered.inc();
                 return Enqueued::Stopped;
             }
-            // Timed from each attempt: waiting for room in the local queue is not Kafka's.
-            tracked.sent = Instant::now();
             match self.producer.send(record(tracked)) {
                 Ok(()) => return Enqueued::Sent,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), returned)) => {
                     tracked = returned.delivery_opaque;
                     tokio::time::sleep(Duration::from_millis(5)).await;
+                    // Timed from the attempt that is taken: waiting for room in the local
+                    // queue is not Kafka's. (The first attempt's time is `Tracked::new`'s:
+                    // one clock reading per record.)
+                    tracked.sent = Instant::now();
                 }
                 Err((error, _)) if self.is_fatal(&error) => return Enqueued::Stopped,
                 Err((error, returned)) => {
@@ -409,7 +413,7 @@ impl Publisher {
 
     /// A record is with librdkafka: its slot is given back by the delivery report
     /// ([`DeliveryContext`]), not by dropping the permit.
-    fn in_flight(&self, permit: Option<OwnedSemaphorePermit>) {
+    fn in_flight(&self, permit: Option<SemaphorePermit<'_>>) {
         self.metrics.in_flight.inc();
         if let Some(permit) = permit {
             permit.forget();

@@ -275,19 +275,23 @@ impl SupplierReader {
                 Next::Skip => continue,
                 Next::Oversize(frame) => {
                     return match self.hand_over(frame, received).await {
-                        true => Ended::Reconnect,
-                        false => Ended::Stop,
+                        HandedOver::Stopped => Ended::Stop,
+                        HandedOver::AtOnce | HandedOver::AfterWaiting => Ended::Reconnect,
                     };
                 }
                 Next::End => return Ended::Reconnect,
             };
             self.metrics.frames_received.inc();
-            if !self.hand_over(frame, received).await {
-                let _ = tokio::time::timeout(SEND_GRACE, ws.close(None)).await;
-                return Ended::Stop;
+            match self.hand_over(frame, received).await {
+                HandedOver::AtOnce => {}
+                // Waiting on a full queue is backpressure, not supplier silence. (Only then
+                // is the clock read again: once per frame is a visible share of the CPU.)
+                HandedOver::AfterWaiting => last_heard = Instant::now(),
+                HandedOver::Stopped => {
+                    let _ = tokio::time::timeout(SEND_GRACE, ws.close(None)).await;
+                    return Ended::Stop;
+                }
             }
-            // Waiting on a full queue is backpressure, not supplier silence.
-            last_heard = Instant::now();
         }
     }
 
@@ -309,7 +313,7 @@ impl SupplierReader {
         true
     }
 
-    async fn hand_over(&self, frame: SupplierFrame, received: Received) -> bool {
+    async fn hand_over(&self, frame: SupplierFrame, received: Received) -> HandedOver {
         hand_over(
             &self.frames,
             &self.budget,
@@ -375,9 +379,19 @@ fn classify(next: Option<Result<Message, Error>>) -> Next {
     }
 }
 
-/// Queues one frame, waiting while the queue is full (backpressure, not buffering). `false`
-/// when shutdown came first, in which case the frame, already read from the supplier, is
-/// counted as undelivered; or when the processing side is gone.
+/// How [`hand_over`] went.
+#[derive(Debug, PartialEq)]
+enum HandedOver {
+    /// Queued without waiting (the common case).
+    AtOnce,
+    /// Queued after waiting for room.
+    AfterWaiting,
+    /// Shutdown came first, in which case the frame, already read from the supplier, is
+    /// counted as undelivered; or the processing side is gone.
+    Stopped,
+}
+
+/// Queues one frame, waiting while the queue is full (backpressure, not buffering).
 async fn hand_over(
     frames: &mpsc::Sender<QueuedFrame>,
     budget: &ByteBudget,
@@ -385,13 +399,13 @@ async fn hand_over(
     received: Received,
     shutdown: &CancellationToken,
     metrics: &IngestMetrics,
-) -> bool {
+) -> HandedOver {
     // The common case, room in the queue, takes no wait: registering with the shutdown token
     // on every frame (a lock, twice) was a visible share of ingest's CPU per update.
     let waiting = match budget.try_reserve(frame, received) {
         Ok(queued) => match frames.try_send(queued) {
-            Ok(()) => return true,
-            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+            Ok(()) => return HandedOver::AtOnce,
+            Err(mpsc::error::TrySendError::Closed(_)) => return HandedOver::Stopped,
             Err(mpsc::error::TrySendError::Full(queued)) => Waiting::ForQueue(queued),
         },
         Err((frame, received)) => Waiting::ForBudget(frame, received),
@@ -401,14 +415,17 @@ async fn hand_over(
             Waiting::ForQueue(queued) => queued,
             Waiting::ForBudget(frame, received) => budget.reserve(frame, received).await,
         };
-        frames.send(queued).await.is_ok()
+        match frames.send(queued).await {
+            Ok(()) => HandedOver::AfterWaiting,
+            Err(_) => HandedOver::Stopped,
+        }
     };
     tokio::select! {
-        sent = queued => sent,
+        handed = queued => handed,
         _ = shutdown.cancelled() => {
             metrics.shutdown_undelivered.inc();
             tracing::error!("shutdown: a frame read from the supplier could not be queued");
-            false
+            HandedOver::Stopped
         }
     }
 }

@@ -51,6 +51,36 @@ struct EventVersions {
     markets: Vec<(String, u64)>,
 }
 
+impl EventVersions {
+    /// Checks `version` against this event's last (and its `market`'s), and remembers the
+    /// newest; also returns the market's last version before this one.
+    fn observe(&mut self, market: &str, version: u64) -> (VersionCheck, u64) {
+        let first_of_event = self.markets.is_empty();
+        let slot = match self.markets.iter().position(|(m, _)| *m == market) {
+            Some(i) => i,
+            None => {
+                self.markets.push((market.to_owned(), 0));
+                self.markets.len() - 1
+            }
+        };
+        let market_last = self.markets[slot].1;
+        let newest = self.newest;
+        let check = match version {
+            _ if first_of_event => VersionCheck::InOrder,
+            v if v == market_last => VersionCheck::Repeated,
+            v if v < market_last => VersionCheck::Older,
+            v if v > newest.saturating_add(1) => VersionCheck::Gap {
+                skipped: v - newest - 1,
+            },
+            // One more than the event's newest, or a market's first quote at or below it.
+            _ => VersionCheck::InOrder,
+        };
+        self.markets[slot].1 = market_last.max(version);
+        self.newest = newest.max(version);
+        (check, market_last)
+    }
+}
+
 /// The last versions seen per event and market.
 #[derive(Debug, Default)]
 pub struct VersionTracker {
@@ -62,40 +92,21 @@ impl VersionTracker {
     /// Checks an update's `version` against the last of its event (and of its `market`), and
     /// remembers the newest.
     pub fn observe(&mut self, event_id: &str, market: &str, version: u64) -> VersionCheck {
-        if self.last.len() >= MAX_TRACKED_EVENTS && !self.last.contains_key(event_id) {
-            self.last.clear();
-            self.logged_regression.clear();
-        }
-        if !self.last.contains_key(event_id) {
-            // Copying the id only for a new event keeps the per-update path allocation-free.
-            self.last
-                .insert(event_id.to_owned(), EventVersions::default());
-        }
-        let Some(versions) = self.last.get_mut(event_id) else {
-            return VersionCheck::InOrder;
-        };
-        let first_of_event = versions.markets.is_empty();
-        let slot = match versions.markets.iter().position(|(m, _)| *m == market) {
-            Some(i) => i,
+        // One hash lookup for a known event (the per-update path), no allocation; the id is
+        // copied only for a new event.
+        let (check, market_last) = match self.last.get_mut(event_id) {
+            Some(versions) => versions.observe(market, version),
             None => {
-                versions.markets.push((market.to_owned(), 0));
-                versions.markets.len() - 1
+                if self.last.len() >= MAX_TRACKED_EVENTS {
+                    self.last.clear();
+                    self.logged_regression.clear();
+                }
+                let mut versions = EventVersions::default();
+                let seen = versions.observe(market, version);
+                self.last.insert(event_id.to_owned(), versions);
+                seen
             }
         };
-        let market_last = versions.markets[slot].1;
-        let newest = versions.newest;
-        let check = match version {
-            _ if first_of_event => VersionCheck::InOrder,
-            v if v == market_last => VersionCheck::Repeated,
-            v if v < market_last => VersionCheck::Older,
-            v if v > newest.saturating_add(1) => VersionCheck::Gap {
-                skipped: v - newest - 1,
-            },
-            // One more than the event's newest, or a market's first quote at or below it.
-            _ => VersionCheck::InOrder,
-        };
-        versions.markets[slot].1 = market_last.max(version);
-        versions.newest = newest.max(version);
         if check == VersionCheck::Older && self.logged_regression.insert(event_id.to_owned()) {
             tracing::warn!(
                 event_id,
