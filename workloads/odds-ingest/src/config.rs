@@ -23,8 +23,10 @@ pub struct IngestConfig {
           value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub max_in_flight: u32,
 
-    /// Producer linger (ms): how long librdkafka waits to fill a batch. Low = low latency.
-    #[arg(long, env = env::KAFKA_LINGER_MS, default_value_t = 2,
+    /// Producer linger (ms): how long librdkafka waits to fill a batch. Lower: less wait on
+    /// the way to Kafka at low rates; higher: fewer, larger produce requests (less CPU per
+    /// update in ingest and the broker). 5 nearly halves both against 2 for about 1.5 ms more.
+    #[arg(long, env = env::KAFKA_LINGER_MS, default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(0..=900_000))]
     pub linger_ms: u32,
 
