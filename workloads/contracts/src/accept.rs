@@ -134,16 +134,16 @@ pub struct PublishedUpdate<'a> {
 /// `ingested_at` with no digits below the millisecond (the encoder writes milliseconds). For
 /// what the processor publishes the text is byte for byte the re-encoded one.
 pub fn check_published(payload: &[u8]) -> Result<PublishedUpdate<'_>, RejectReason> {
-    if payload.len() <= MAX_UPDATE_BYTES {
-        if let Ok(fields) = serde_json::from_slice::<ContractFields<'_>>(payload) {
+    // UTF-8 checked once, here: decoding from bytes would check every key and string again.
+    if let (true, Ok(text)) = (
+        payload.len() <= MAX_UPDATE_BYTES,
+        std::str::from_utf8(payload),
+    ) {
+        if let Ok(fields) = serde_json::from_str::<ContractFields<'_>>(text) {
             let in_millis = fields
                 .ingested_at
                 .is_none_or(|at| accepted_instant(at) == at);
-            if let (Some(closing), Ok(text), true) = (
-                closing_brace(payload),
-                std::str::from_utf8(payload),
-                in_millis,
-            ) {
+            if let (Some(closing), true) = (closing_brace(payload), in_millis) {
                 fields_of!(fields).validate()?;
                 return Ok(PublishedUpdate {
                     event_id: fields.event_id,
