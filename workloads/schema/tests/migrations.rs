@@ -133,12 +133,7 @@ async fn markets_migration_upgrades_a_populated_database() {
         .fetch_all(db.pool())
         .await
         .unwrap();
-    let current: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT market, version FROM odds_current WHERE event_id = 'E1' ORDER BY market",
-    )
-    .fetch_all(db.pool())
-    .await
-    .unwrap();
+    let current = db.current_market_versions("E1").await.unwrap();
     assert_eq!(current, vec![("1X2".into(), 7), ("HT_1X2".into(), 8)]);
 }
 

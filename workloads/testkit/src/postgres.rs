@@ -243,6 +243,18 @@ impl TestDatabase {
         self.server.as_mut()
     }
 
+    /// What `odds_current` holds for `event_id`: (market, version), in market order. The
+    /// read-model check the processor's and the schema's tests share.
+    pub async fn current_market_versions(&self, event_id: &str) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query_as(
+            "SELECT market, version FROM odds_current WHERE event_id = $1 ORDER BY market",
+        )
+        .bind(event_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// `table` (or a comma-separated list) locked in `mode` (`ACCESS EXCLUSIVE`, say) by an
     /// open transaction, as a migration or a long transaction would hold it, until the
     /// returned transaction ends.

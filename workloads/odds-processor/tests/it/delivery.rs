@@ -476,12 +476,7 @@ async fn each_market_of_an_event_has_its_own_current_odds() {
     })
     .await;
 
-    let current: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT market, version FROM odds_current WHERE event_id = 'E1' ORDER BY market",
-    )
-    .fetch_all(db.pool())
-    .await
-    .unwrap();
+    let current = db.current_market_versions("E1").await.unwrap();
     assert_eq!(current, vec![("1X2".into(), 1), ("HT_1X2".into(), 2)]);
     assert_eq!(history_versions(&db, "E1").await, vec![1, 2]);
     assert_eq!(cached_in(&redis, "E1", "1X2").await, Some(match_result));
