@@ -134,11 +134,12 @@ pub struct PublishedUpdate<'a> {
 /// `ingested_at` with no digits below the millisecond (the encoder writes milliseconds). For
 /// what the processor publishes the text is byte for byte the re-encoded one.
 pub fn check_published(payload: &[u8]) -> Result<PublishedUpdate<'_>, RejectReason> {
-    // UTF-8 checked once, here: decoding from bytes would check every key and string again.
-    if let (true, Ok(text)) = (
-        payload.len() <= MAX_UPDATE_BYTES,
-        std::str::from_utf8(payload),
-    ) {
+    // UTF-8 checked once, here (and only for a payload short enough to take this path):
+    // decoding from bytes would check every key and string again.
+    let text = (payload.len() <= MAX_UPDATE_BYTES)
+        .then(|| std::str::from_utf8(payload).ok())
+        .flatten();
+    if let Some(text) = text {
         if let Ok(fields) = serde_json::from_str::<ContractFields<'_>>(text) {
             let in_millis = fields
                 .ingested_at

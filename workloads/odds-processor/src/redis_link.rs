@@ -6,7 +6,8 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, RedisResult};
 use std::time::Duration;
 
-#[derive(Clone)]
+/// Not `Clone`: a copy would share the connection but reset it on its own; a task that needs
+/// the same Redis takes [`RedisLink::separate`].
 pub(crate) struct RedisLink {
     client: Client,
     config: AsyncConnectionConfig,
@@ -29,8 +30,9 @@ impl RedisLink {
     /// behind this link's commands (or stall them) gets one.
     pub(crate) fn separate(&self) -> RedisLink {
         RedisLink {
+            client: self.client.clone(),
+            config: self.config.clone(),
             connection: None,
-            ..self.clone()
         }
     }
 
