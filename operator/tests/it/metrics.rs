@@ -84,12 +84,7 @@ fn the_operators_metrics_are_odds_operator_names_in_the_shared_registry() {
     );
     metrics.reconciles.inc();
     metrics.leader.set(1);
-    let served: Vec<String> = registry
-        .registry()
-        .gather()
-        .iter()
-        .map(|f| f.name().to_string())
-        .collect();
+    let served = registry.served_names();
     assert!(served.contains(&"odds_operator_reconciles_total".to_string()));
     assert!(
         served.iter().all(|n| n.starts_with("odds_operator_")),

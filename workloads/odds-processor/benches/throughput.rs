@@ -16,7 +16,6 @@ use odds_runtime::Readiness;
 use odds_testkit::{TestDatabase, TestKafka, TestRedis};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -83,10 +82,7 @@ fn main() {
 
 /// Fails if the mock cluster's retention dropped records (low watermark above 0).
 fn assert_log_complete(kafka: &TestKafka, updates: u64) {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
-        .create()
-        .unwrap();
+    let consumer: BaseConsumer = kafka.client_config().create().unwrap();
     let mut kept = 0;
     for partition in 0..PARTITIONS {
         let (low, high) = consumer
@@ -99,8 +95,8 @@ fn assert_log_complete(kafka: &TestKafka, updates: u64) {
 }
 
 async fn produce_all(kafka: &TestKafka, updates: u64, events: u64) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
+    let producer: FutureProducer = kafka
+        .client_config()
         .set("linger.ms", "5")
         .set("queue.buffering.max.messages", "1000000")
         .create()

@@ -8,6 +8,7 @@
 //! and a processing loop that hangs stops nothing here but what the beat reports.
 
 use crate::checks::{CHECK_KAFKA, CHECK_POSTGRES};
+use crate::config::ProcessorConfig;
 use crate::metrics::Metrics;
 use crate::redis_link::RedisLink;
 use odds_contracts::heartbeat::{Heartbeat, HEARTBEAT_EVERY_MS};
@@ -26,14 +27,15 @@ const STARTUP_GRACE: Duration = Duration::from_secs(10);
 
 /// Starts beating until `shutdown`, then sends one `leaving` beat. Nothing connects before
 /// the first beat; a beat that cannot be published is dropped (readers notice the silence).
+/// Beats go to the Redis of `config`, within its Redis timeout.
 pub fn spawn(
-    redis_url: &str,
-    timeout: Duration,
+    config: &ProcessorConfig,
     metrics: Metrics,
     readiness: Readiness,
     shutdown: CancellationToken,
 ) -> Result<JoinHandle<()>, redis::RedisError> {
-    let mut publisher = Publisher(RedisLink::new(redis_url, timeout)?);
+    let timeout = config.redis_timeout_ms.duration();
+    let mut publisher = Publisher(RedisLink::new(&config.redis_url, timeout)?);
     let mut beats = Beats::new(metrics, readiness, Instant::now());
     Ok(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(HEARTBEAT_EVERY_MS));

@@ -29,8 +29,7 @@ pub async fn run(args: RunArgs, shutdown: CancellationToken) -> Result<(), Proce
     // processor stops by itself for good, not only on SIGTERM, or the process never exits.
     let beat_stop = shutdown.child_token();
     let heartbeat = crate::heartbeat::spawn(
-        &config.redis_url,
-        config.redis_timeout_ms.duration(),
+        &config,
         metrics.clone(),
         readiness.clone(),
         beat_stop.clone(),

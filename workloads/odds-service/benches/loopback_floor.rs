@@ -37,13 +37,7 @@ struct Args {
 
 fn parse_args() -> Result<Args> {
     let (mut frames_per_write, mut send_buffer) = (1, 32 * 1024);
-    let defaults = Load {
-        clients: 1000,
-        events: 100,
-        rate: 1000,
-        seconds: 15,
-    };
-    let load = defaults.parse(|flag, value| {
+    let load = Load::E.parse(|flag, value| {
         match flag {
             "--frames-per-write" => frames_per_write = value()?.parse()?,
             "--send-buffer" => send_buffer = value()?.parse()?,

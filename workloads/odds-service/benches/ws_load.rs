@@ -56,10 +56,8 @@ fn parse_args() -> Result<Args> {
     let mut service_env = Vec::new();
     let mut late_clients = 50;
     let defaults = Load {
-        clients: 1000,
-        events: 25,
-        rate: 5000,
         seconds: 20,
+        ..Load::A
     };
     let load = defaults.parse(|flag, value| {
         match flag {

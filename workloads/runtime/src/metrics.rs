@@ -172,6 +172,16 @@ impl PrefixedRegistry {
         &self.registry
     }
 
+    /// Full names of the families `/metrics` serves now: a labelled family appears once it has
+    /// a child, so this can be shorter than [`names`](PrefixedRegistry::names).
+    pub fn served_names(&self) -> Vec<String> {
+        self.registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_owned())
+            .collect()
+    }
+
     /// Full names of everything registered (histograms by their base name).
     pub fn names(&self) -> BTreeSet<String> {
         self.families
@@ -302,13 +312,7 @@ mod tests {
         registry.register(plain.clone()).unwrap();
         registry.register(labelled).unwrap();
         plain.inc();
-        let served: Vec<String> = registry
-            .registry()
-            .gather()
-            .iter()
-            .map(|f| f.name().to_owned())
-            .collect();
-        assert_eq!(served, ["odds_proc_things_total"]);
+        assert_eq!(registry.served_names(), ["odds_proc_things_total"]);
         assert_eq!(
             registry.names().into_iter().collect::<Vec<_>>(),
             ["odds_proc_errors_total", "odds_proc_things_total"]

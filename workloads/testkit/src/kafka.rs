@@ -30,6 +30,14 @@ impl TestKafka {
         &self.bootstrap
     }
 
+    /// A client's configuration with `bootstrap.servers` set to this cluster: each test adds
+    /// what makes its producer or consumer its own.
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut config = rdkafka::ClientConfig::new();
+        config.set("bootstrap.servers", &self.bootstrap);
+        config
+    }
+
     /// The mock cluster, for fault injection (`broker_down`, `request_errors`, ...).
     pub fn cluster(&self) -> &MockCluster<'static, DefaultProducerContext> {
         &self.cluster

@@ -4,7 +4,7 @@
 use odds_testkit::{TestDatabase, TestKafka, TestRedis};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use std::time::Duration;
 
 #[tokio::test]
@@ -82,8 +82,8 @@ async fn redis_answers_and_restarts_empty_on_the_same_port() {
 #[tokio::test]
 async fn kafka_mock_cluster_round_trips_a_keyed_record() {
     let kafka = TestKafka::start(3, 4).unwrap();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
+    let producer: FutureProducer = kafka
+        .client_config()
         .set("enable.idempotence", "true")
         .create()
         .unwrap();
@@ -96,8 +96,8 @@ async fn kafka_mock_cluster_round_trips_a_keyed_record() {
         )
         .await
         .unwrap();
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
+    let consumer: StreamConsumer = kafka
+        .client_config()
         .set("group.id", "selftest")
         .set("auto.offset.reset", "earliest")
         .create()

@@ -11,7 +11,6 @@ use odds_testkit::{TestDatabase, TestKafka, TestRedis};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
-use rdkafka::ClientConfig;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -113,8 +112,8 @@ pub fn update(event: &str, version: u64) -> OddsUpdate {
 }
 
 pub fn producer(kafka: &TestKafka) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
+    kafka
+        .client_config()
         .set("enable.idempotence", "true")
         .create()
         .unwrap()
@@ -208,8 +207,8 @@ pub fn group_offsets(
     group: &str,
     partitions: i32,
 ) -> std::collections::BTreeMap<i32, (i64, i64)> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
+    let consumer: BaseConsumer = kafka
+        .client_config()
         .set("group.id", group)
         .create()
         .unwrap();

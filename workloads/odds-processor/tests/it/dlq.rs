@@ -9,7 +9,6 @@ use odds_processor::processor::{CHECK_DLQ, CHECK_KAFKA, CHECK_POSTGRES};
 use odds_processor::ProcessorError;
 use odds_testkit::{http_get, TestKafka};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::ClientConfig;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -17,8 +16,8 @@ use std::time::Duration;
 const HUGE: usize = 2 * 1024 * 1024;
 
 fn large_record_producer(kafka: &TestKafka) -> FutureProducer {
-    ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
+    kafka
+        .client_config()
         .set("message.max.bytes", (4 * HUGE).to_string())
         .create()
         .unwrap()

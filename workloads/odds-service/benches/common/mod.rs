@@ -14,6 +14,26 @@ pub struct Load {
 }
 
 impl Load {
+    /// The fan-out comparison's load a: each client follows a busy event (200 updates a
+    /// second), so a pub/sub batch holds several frames for the same socket.
+    #[allow(dead_code)] // each tool starts from one of the two loads
+    pub const A: Load = Load {
+        clients: 1000,
+        events: 25,
+        rate: 5000,
+        seconds: 15,
+    };
+
+    /// Load e: each client's event changes 10 times a second, so most writes carry one
+    /// frame (the per-delivery cost with little to batch).
+    #[allow(dead_code)]
+    pub const E: Load = Load {
+        clients: 1000,
+        events: 100,
+        rate: 1000,
+        seconds: 15,
+    };
+
     /// Reads the command line over these defaults: `--clients`, `--events`, `--rate` and
     /// `--seconds` here, any other flag through `other`, which takes the flag and a source of
     /// its value and says whether it knew the flag. `--bench`, which cargo passes to every

@@ -345,8 +345,7 @@ impl TestProcessor {
         let shutdown = CancellationToken::new();
         let metrics = Metrics::unregistered().unwrap();
         let heartbeat = odds_processor::heartbeat::spawn(
-            &config.redis_url,
-            config.redis_timeout_ms.duration(),
+            &config,
             metrics.clone(),
             readiness.clone(),
             shutdown.clone(),
@@ -384,10 +383,7 @@ impl TestProcessor {
 
 /// A producer for `odds_updates` on `kafka`.
 pub fn producer(kafka: &odds_testkit::TestKafka) -> rdkafka::producer::FutureProducer {
-    rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
-        .create()
-        .unwrap()
+    kafka.client_config().create().unwrap()
 }
 
 /// Produces `u` keyed by its event, as ingest does.

@@ -38,10 +38,7 @@ fn start_processor(env: &Env, kafka: &TestKafka) -> Running {
     Running {
         stop,
         task: tokio::spawn(processor.run()),
-        producer: rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", kafka.bootstrap_servers())
-            .create()
-            .unwrap(),
+        producer: kafka.client_config().create().unwrap(),
     }
 }
 

@@ -128,10 +128,7 @@ async fn redis_refusing_writes_then_down_clients_are_told_and_converge_on_postgr
     )
     .unwrap();
     let processor = tokio::spawn(processor.run());
-    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", kafka.bootstrap_servers())
-        .create()
-        .unwrap();
+    let producer: rdkafka::producer::FutureProducer = kafka.client_config().create().unwrap();
     let event = "F1";
     produce(&producer, &update(event, 1, 2.0)).await;
     rest_until(&env, event, 1, Some("cache"), PATIENCE).await;
