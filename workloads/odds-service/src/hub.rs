@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::queue::{ClientQueue, PushOutcome};
 use odds_contracts::{OddsUpdate, PublishedUpdate};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,8 @@ pub struct Hub {
     /// Clients reached by one batch from which its writes are split over two threads; `None`
     /// writes from one.
     split_writes_at: Option<usize>,
+    /// The OS refused the second thread once: every batch is written from one from then on.
+    split_refused: AtomicBool,
 }
 
 /// What the writes of one batch (or half of one) did.
@@ -71,6 +73,7 @@ impl Hub {
             next_client: AtomicU64::new(1),
             metrics,
             split_writes_at: None,
+            split_refused: AtomicBool::new(false),
         }
     }
 
@@ -78,7 +81,7 @@ impl Hub {
     /// 0, or a machine with one core, keeps them on one.
     pub fn split_writes_at(mut self, clients: usize) -> Hub {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.split_writes_at = (clients > 0 && cores > 1).then_some(clients.max(2));
+        self.split_writes_at = split_threshold(clients, cores);
         self
     }
 
@@ -196,7 +199,9 @@ impl Hub {
         self.metrics.ws_stale_skipped.inc_by(stale);
         let oldest = batch.iter().map(|u| u.received_at).min();
         let tally = match self.split_writes_at {
-            Some(at) if touched.len() >= at => self.write_split(&touched, oldest),
+            Some(at) if touched.len() >= at && !self.split_refused.load(Ordering::Relaxed) => {
+                self.write_split(&touched, oldest)
+            }
             _ => self.write_clients(&touched, oldest),
         };
         self.metrics.ws_odds_sent.inc_by(tally.odds);
@@ -212,7 +217,8 @@ impl Hub {
     /// Writes the second half of `clients` from a scoped thread while this one writes the
     /// first; both are done when it returns, so the next batch never overtakes this one. Each
     /// client is written by one of the two, so its frames keep their order. A thread the OS
-    /// refuses leaves every write to this one.
+    /// refuses leaves every write to this one, for this batch and every later one (said once:
+    /// a host out of threads would otherwise get a warning per batch).
     fn write_split(&self, clients: &[Arc<ClientQueue>], oldest: Option<Instant>) -> WriteTally {
         let (first, second) = clients.split_at(clients.len() / 2);
         std::thread::scope(|scope| {
@@ -228,7 +234,8 @@ impl Hub {
                     }
                 }
                 Err(error) => {
-                    tracing::warn!(%error, "no second fan-out thread; writing from one");
+                    self.split_refused.store(true, Ordering::Relaxed);
+                    tracing::warn!(%error, "no second fan-out thread: every batch is written from one from now on");
                     self.write_clients(clients, oldest)
                 }
             }
@@ -275,6 +282,12 @@ impl Hub {
             .is_empty();
         (events, any_all)
     }
+}
+
+/// The batch size from which writes are split, for a threshold of `clients` on `cores` cores:
+/// none for 0 or one core, and at least 2, so each half has a client.
+fn split_threshold(clients: usize, cores: usize) -> Option<usize> {
+    (clients > 0 && cores > 1).then_some(clients.max(2))
 }
 
 #[cfg(test)]

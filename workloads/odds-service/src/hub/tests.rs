@@ -63,10 +63,9 @@ fn a_batch_reaching_many_clients_is_written_from_two_threads_each_client_once_in
         assert_eq!(writers.len(), 1, "client {i} is written once");
         threads.extend(writers);
     }
-    threads.sort();
-    threads.dedup();
-    assert_eq!(threads.len(), 2, "{threads:?}");
-    assert!(threads.iter().any(|t| t == "fanout-write"), "{threads:?}");
+    // The first half (4 clients) on the calling thread, the other 5 on the helper.
+    let helper = threads.iter().filter(|t| *t == "fanout-write").count();
+    assert_eq!((threads.len() - helper, helper), (4, 5), "{threads:?}");
 
     // Under the threshold (3 clients follow E1), the batch stays on the calling thread.
     hub.publish(&update("E1", 6));
@@ -148,4 +147,12 @@ fn a_published_update_is_framed_as_the_encoder_framed_it_without_its_trace_conte
         let frame = String::from_utf8_lossy(&spliced.odds_frame);
         assert!(!frame.contains(traceparent) && !frame.contains('\n'));
     }
+}
+
+#[test]
+fn writes_split_only_from_a_positive_threshold_on_more_than_one_core() {
+    assert_eq!(split_threshold(0, 8), None);
+    assert_eq!(split_threshold(128, 1), None);
+    assert_eq!(split_threshold(128, 2), Some(128));
+    assert_eq!(split_threshold(1, 2), Some(2), "each half has a client");
 }
