@@ -136,9 +136,11 @@ pub struct PublishedUpdate<'a> {
 pub fn check_published(payload: &[u8]) -> Result<PublishedUpdate<'_>, RejectReason> {
     // UTF-8 checked once, here (and only for a payload short enough to take this path):
     // decoding from bytes would check every key and string again.
-    let text = (payload.len() <= MAX_UPDATE_BYTES)
-        .then(|| std::str::from_utf8(payload).ok())
-        .flatten();
+    let text = if payload.len() <= MAX_UPDATE_BYTES {
+        std::str::from_utf8(payload).ok()
+    } else {
+        None
+    };
     if let Some(text) = text {
         if let Ok(fields) = serde_json::from_str::<ContractFields<'_>>(text) {
             let in_millis = fields
