@@ -24,13 +24,14 @@ use crate::procfs;
 use crate::status::Scrape;
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
+use odds_contracts::freshness::FreshnessReport;
 use odds_contracts::{Market, OddsUpdate};
 use odds_testkit::{http_get, PostgresDurability};
 use report::{
     median_run, per_thousand, BENCH_PROCESS, BROKER_PROCESS, POSTGRES_PROCESS, SATURATED_BELOW_IDLE,
 };
 pub use report::{
-    BenchReport, CanaryFigures, KafkaUsed, Latency, Machine, PostgresSettings, RateStep, RunFigures,
+    BenchReport, KafkaUsed, Latency, Machine, PostgresSettings, RateStep, RunFigures,
 };
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,6 +40,8 @@ use supplier_simulator::feed::event_id;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
+/// Who the bench's canary says it is, on the odds page and in the report.
+const CANARY_PUBLISHER: &str = "odds-demo bench";
 /// Each client's WebSocket read buffer (see [`client`]).
 const CLIENT_READ_BUFFER: usize = 4 * 1024;
 
@@ -411,7 +414,7 @@ impl Listeners {
         let canary = crate::status::start_canary(
             launcher,
             Duration::from_secs(args.duration * 4 + 120),
-            "odds-demo bench",
+            CANARY_PUBLISHER,
         )?;
         Ok(Listeners {
             clients,
@@ -421,9 +424,9 @@ impl Listeners {
     }
 
     /// Stops them: every client's latencies (ms), sorted, and the canary's figures.
-    async fn stop(self) -> anyhow::Result<(Vec<f64>, CanaryFigures)> {
+    async fn stop(self) -> anyhow::Result<(Vec<f64>, FreshnessReport)> {
         let _ = self.stop.send(true);
-        let canary = CanaryFigures::of(&self.canary.summary());
+        let canary = odds_canary::publish::report(&self.canary.summary(), CANARY_PUBLISHER);
         self.canary.stop().await;
         let mut latencies = Vec::new();
         for c in self.clients {

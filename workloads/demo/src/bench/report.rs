@@ -6,6 +6,7 @@
 //! it had not, since then part of every latency is waiting for a core.
 
 use super::hops::HopLatency;
+use odds_contracts::freshness::FreshnessReport;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -134,35 +135,16 @@ pub struct BenchReport {
     /// With `--runs` above 1, every run's headline figures in the order they ran; the rest of
     /// the report is the run with the median p50. Empty for a single run.
     pub runs: Vec<RunFigures>,
-    /// The freshness canary's figures over the same clients' time: age measured from
+    /// The freshness canary's figures over the same clients' time, in the form
+    /// `/v1/freshness` serves (publisher `odds-demo bench`): age measured from
     /// ingest's accept time (`ingested_at`), where the clients' latency starts at the
     /// supplier's `updated_at` (the supplier → ingest hop apart, both clocks are this
     /// machine's, so the two should agree within a few ms).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub canary: Option<CanaryFigures>,
+    pub canary: Option<FreshnessReport>,
     /// With `--find-max`, every rate tried (its median run), in the order tried, the last one
     /// the rate that did not hold. Empty otherwise.
     pub find_max_steps: Vec<RateStep>,
-}
-
-/// What `odds-demo bench`'s canary measured (see [`BenchReport::canary`]).
-#[derive(Debug, Clone, Serialize)]
-pub struct CanaryFigures {
-    pub p50_ms: Option<u64>,
-    pub p99_ms: Option<u64>,
-    pub longest_freeze_s: f64,
-    pub frames_sampled: u64,
-}
-
-impl CanaryFigures {
-    pub fn of(summary: &odds_canary::Summary) -> CanaryFigures {
-        CanaryFigures {
-            p50_ms: summary.p50_ms,
-            p99_ms: summary.p99_ms,
-            longest_freeze_s: summary.longest_freeze.as_millis() as f64 / 1000.0,
-            frames_sampled: summary.frames_sampled,
-        }
-    }
 }
 
 /// One rate `--find-max` tried: what the median run of that rate sustained.
@@ -423,8 +405,8 @@ impl BenchReport {
                 "canary age ms (ingest ingested_at → canary receive): p50 {} p99 {}, longest freeze {:.2} s, {} prices",
                 ms(canary.p50_ms),
                 ms(canary.p99_ms),
-                canary.longest_freeze_s,
-                canary.frames_sampled
+                canary.longest_freeze_ms as f64 / 1000.0,
+                canary.frames
             );
         }
         if let Some(us) = self.service_cpu_us_per_delivery {
@@ -667,6 +649,36 @@ pub(crate) mod tests {
             "{}",
             remote.summary()
         );
+    }
+
+    #[test]
+    fn the_canarys_figures_are_reported_as_v1_freshness_serves_them() {
+        let canary = FreshnessReport {
+            publisher: "odds-demo bench".into(),
+            measured_at: chrono::DateTime::UNIX_EPOCH,
+            window_seconds: 60,
+            frames: 1234,
+            p50_ms: Some(5),
+            p99_ms: Some(13),
+            longest_freeze_ms: 210,
+            longest_freeze_at: Some("MATCH_001 1X2".into()),
+            blind: None,
+        };
+        let with_canary = BenchReport {
+            canary: Some(canary.clone()),
+            ..report(0.5, "on")
+        };
+        let summary = with_canary.summary();
+        assert!(
+            summary.contains("canary age ms (ingest ingested_at → canary receive): p50 5 p99 13, longest freeze 0.21 s, 1234 prices"),
+            "{summary}"
+        );
+        let json = serde_json::to_string(&with_canary).unwrap();
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+        use odds_contracts::JsonMessage as _;
+        let parsed = FreshnessReport::parse(value["canary"].to_string().as_bytes());
+        assert_eq!(parsed, Some(canary));
+        assert_not_in_summary(&report(0.5, "on"), "canary");
     }
 
     #[test]
