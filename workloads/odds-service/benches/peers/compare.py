@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """The fan-out comparison of `make bench-fanout`: odds-service, a Bun relay and a Node.js `ws`
 relay under the same ws-load runs, interleaved (run 1 of every server and load, then run 2,
-...), summarised as medians with their range. Raw ws-load outputs go to --out.
+...), summarised as medians with their range, then each load's verdict against Bun (issue
+#25's relative targets: CPU per delivery below Bun's, p99 no worse). Raw ws-load outputs go to
+--out; `--from DIR` summarises such outputs again without running anything.
 
 The relays are started by ws-load itself (`--service-bin`), so every server gets the same
 Redis, Postgres, clients and publisher; PEERS_DIR must hold the npm install of package.json
@@ -68,12 +70,44 @@ def parse(text):
     return out
 
 
+def values_of(runs, key, index=0):
+    return [r[key][index] for r in runs if key in r]
+
+
 def median(runs, key, index=0):
-    values = [r[key][index] for r in runs if key in r]
+    values = values_of(runs, key, index)
     if not values:
         return "n/a"
     med = statistics.median(values)
     return f"{med:.2f} ({min(values):.2f} – {max(values):.2f})" if len(values) > 1 else f"{med:.2f}"
+
+
+# ws-load's own CPU (cores of 2) from which its clients, not the server, may set the pace.
+LOAD_GENERATOR_LIMIT = 0.9
+
+
+def against_peer(results, load, peer="bun"):
+    """Issue #25's relative targets for one load, from the medians: ours' CPU per delivery and
+    p99 against the peer's in the same run set, and whether the load generator was the limit.
+    None when the set did not run both."""
+    ours, theirs = results.get(("ours", load)), results.get((peer, load))
+    if not ours or not theirs:
+        return None
+    def med(runs, key, index=0):
+        return statistics.median(values_of(runs, key, index) or [float("nan")])
+
+    cpu, cpu_peer = med(ours, "cpu"), med(theirs, "cpu")
+    p99, p99_peer = med(ours, "latency", 1), med(theirs, "latency", 1)
+    share = med(ours, "share")
+    busiest = max(values_of(ours, "own") + values_of(theirs, "own") or [0.0])
+    verdict = (f"load {load}: ours / {peer} CPU per delivery {cpu / cpu_peer:.2f} ({cpu:.2f} vs "
+               f"{cpu_peer:.2f} µs: {'below' if cpu < cpu_peer else 'NOT below'}), p99 "
+               f"{p99 / p99_peer:.2f} ({p99:.2f} vs {p99_peer:.2f} ms: "
+               f"{'no worse' if p99 <= p99_peer else 'WORSE'}), ours delivered {share:.2f} %")
+    if busiest >= LOAD_GENERATOR_LIMIT:
+        verdict += (f"; ws-load used up to {busiest:.2f} cores, so its clients may have set the "
+                    "pace, not the servers")
+    return verdict
 
 
 def main():
@@ -83,10 +117,35 @@ def main():
     p.add_argument("--servers", default="ours,bun,node")
     p.add_argument("--cargo", default=os.environ.get("CARGO", "cargo"))
     p.add_argument("--out", default="target/bench/fanout")
-    p.add_argument("--ours", required=True, help="the odds-service binary (a release build)")
+    p.add_argument("--ours", help="the odds-service binary (a release build); not with --from")
     p.add_argument("--dev", action="store_true", help="ws-load from the dev profile")
+    p.add_argument("--from", dest="saved", metavar="DIR",
+                   help="summarise the raw outputs an earlier run left in DIR instead of running")
     p.add_argument("extra", nargs="*", help="further ws-load flags")
     args = p.parse_args()
+    results = saved(args) if args.saved else measured(args)
+    summarise(results, args.loads.split(","))
+
+
+def saved(args):
+    """The parsed outputs of an earlier run set, as `measured` returns them."""
+    results = {}
+    for i in range(1, args.runs + 1):
+        for load in args.loads.split(","):
+            for server in args.servers.split(","):
+                name = server.split("=", 1)[0]
+                path = os.path.join(args.saved, f"{name}-{load}-{i}.txt")
+                if os.path.exists(path):
+                    with open(path) as f:
+                        results.setdefault((name, load), []).append(parse(f.read()))
+    if not results:
+        sys.exit(f"no ws-load outputs in {args.saved}")
+    return results
+
+
+def measured(args):
+    if not args.ours:
+        sys.exit("--ours is required unless --from names saved outputs")
     if "PEERS_DIR" not in os.environ and set(args.servers.split(",")) & set(PEERS):
         sys.exit("PEERS_DIR is not set: run `make bench-peers` (or the Makefile's bench-fanout)")
     os.makedirs(args.out, exist_ok=True)
@@ -102,6 +161,10 @@ def main():
                 parsed = parse(text)
                 results.setdefault((name, load), []).append(parsed)
                 print(f"run {i} load {load} {name}: {parsed}", flush=True)
+    return results
+
+
+def summarise(results, loads):
     print()
     print("| server | load | CPU per delivered message µs (user + system) | delivered share % "
           "| deliveries/s | p50 ms | p99 ms | ordering violations | KiB per client | machine idle % |")
@@ -111,6 +174,11 @@ def main():
               f"{median(runs, 'cpu', 2)}) | {median(runs, 'share')} | {median(runs, 'rate')} | "
               f"{median(runs, 'latency')} | {median(runs, 'latency', 1)} | "
               f"{median(runs, 'ordering')} | {median(runs, 'rss')} | {median(runs, 'idle')} |")
+    print()
+    for load in loads:
+        verdict = against_peer(results, load)
+        if verdict:
+            print(verdict)
 
 
 if __name__ == "__main__":
