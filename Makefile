@@ -24,7 +24,7 @@ FANOUT_SERVERS ?= ours,bun,node
 PEERS_SRC := workloads/odds-service/benches/peers
 PEERS_DIR ?= $(abspath $(TARGET_DIR))/bench-peers
 
-.PHONY: help deps demo test rootfs chart-test fmt-check clippy unit bench bench-criterion bench-fanout bench-peers bench-pipeline bench-ingest fmt chaos profile
+.PHONY: help deps demo test rootfs chart-test scripts-test fmt-check clippy unit bench bench-criterion bench-fanout bench-peers bench-pipeline bench-ingest fmt chaos profile
 .PHONY: kind-up images deploy port-forward e2e-kind kind-down
 
 help: ## list the targets
@@ -77,10 +77,13 @@ unit:
 chart-test: ## render the Helm chart with the Helm library and validate every manifest (no cluster)
 	bash charts/test.sh
 
+scripts-test: ## unit tests of the fan-out comparison's script (compare.py: ws-load's output, the verdict against Bun)
+	PYTHONDONTWRITEBYTECODE=1 python3 $(PEERS_SRC)/test_compare.py
+
 rootfs: ## the image's base root filesystem from its Debian packages (workloads/image/base-packages.txt; needs root)
 	bash workloads/image/rootfs.sh $(TARGET_DIR)/rootfs
 
-test: deps fmt-check clippy rootfs unit chart-test ## fmt check, clippy -D warnings, every test against real servers (pods in the image's root filesystem), chart validation
+test: deps fmt-check clippy rootfs unit chart-test scripts-test ## fmt check, clippy -D warnings, every test against real servers (pods in the image's root filesystem), chart validation, the bench scripts' tests
 
 chaos: deps ## the fault run, CHAOS_RUNS (3) times: Kubernetes operations and faults; prints the freeze/lost/regressions table
 	$(CARGO) build --bins $(STAGES)
