@@ -9,6 +9,7 @@ The relays are started by ws-load itself (`--service-bin`), so every server gets
 Redis, Postgres, clients and publisher; PEERS_DIR must hold the npm install of package.json
 (the Makefile's bench-peers target does that)."""
 import argparse
+import glob
 import os
 import re
 import statistics
@@ -94,11 +95,14 @@ def against_peer(results, load, peer="bun"):
     if not ours or not theirs:
         return None
     def med(runs, key, index=0):
-        return statistics.median(values_of(runs, key, index) or [float("nan")])
+        values = values_of(runs, key, index)
+        return statistics.median(values) if values else None
 
     cpu, cpu_peer = med(ours, "cpu"), med(theirs, "cpu")
     p99, p99_peer = med(ours, "latency", 1), med(theirs, "latency", 1)
     share = med(ours, "share")
+    if not cpu or not cpu_peer or not p99 or not p99_peer or share is None:
+        return f"load {load}: no verdict against {peer}: a figure is missing from ws-load's output"
     busiest = max(values_of(ours, "own") + values_of(theirs, "own") or [0.0])
     verdict = (f"load {load}: ours / {peer} CPU per delivery {cpu / cpu_peer:.2f} ({cpu:.2f} vs "
                f"{cpu_peer:.2f} µs: {'below' if cpu < cpu_peer else 'NOT below'}), p99 "
@@ -149,6 +153,9 @@ def measured(args):
     if "PEERS_DIR" not in os.environ and set(args.servers.split(",")) & set(PEERS):
         sys.exit("PEERS_DIR is not set: run `make bench-peers` (or the Makefile's bench-fanout)")
     os.makedirs(args.out, exist_ok=True)
+    # Outputs of an earlier set would mix into `--from`'s reading of this one.
+    for old in glob.glob(os.path.join(args.out, "*-*-*.txt")):
+        os.remove(old)
     ws_load = build_ws_load(args.cargo, args.dev)
     results = {}
     for i in range(1, args.runs + 1):

@@ -65,6 +65,11 @@ class AgainstPeerTest(unittest.TestCase):
         self.assertIn("63.00 vs 55.00 ms: WORSE", verdict)
         self.assertIn("ws-load used up to 0.98 cores", verdict)
 
+    def test_a_missing_figure_gives_no_verdict_rather_than_a_wrong_one(self):
+        without_p99 = compare.parse(output(4.0, 40.0).replace("p99 40.0 ms", "p99 (none)"))
+        results = {("ours", "a"): [without_p99], ("bun", "a"): runs(output(4.2, 55.0))}
+        self.assertIn("no verdict against bun", compare.against_peer(results, "a"))
+
     def test_no_verdict_without_both_servers(self):
         results = {("ours", "a"): runs(output(4.4, 63.0))}
         self.assertIsNone(compare.against_peer(results, "a"))
