@@ -94,6 +94,7 @@ def against_peer(results, load, peer="bun"):
     ours, theirs = results.get(("ours", load)), results.get((peer, load))
     if not ours or not theirs:
         return None
+
     def med(runs, key, index=0):
         values = values_of(runs, key, index)
         return statistics.median(values) if values else None
