@@ -40,8 +40,9 @@ use supplier_simulator::feed::event_id;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
-/// Who the bench's canary says it is, on the odds page and in the report.
-const CANARY_PUBLISHER: &str = "odds-demo bench";
+/// Who the bench's canary says it is, on the odds page and in the report (`make demo`'s is
+/// [`crate::status::CANARY_PUBLISHER`]).
+const BENCH_CANARY_PUBLISHER: &str = "odds-demo bench";
 /// Each client's WebSocket read buffer (see [`client`]).
 const CLIENT_READ_BUFFER: usize = 4 * 1024;
 
@@ -414,7 +415,7 @@ impl Listeners {
         let canary = crate::status::start_canary(
             launcher,
             Duration::from_secs(args.duration * 4 + 120),
-            CANARY_PUBLISHER,
+            BENCH_CANARY_PUBLISHER,
         )?;
         Ok(Listeners {
             clients,
@@ -426,7 +427,7 @@ impl Listeners {
     /// Stops them: every client's latencies (ms), sorted, and the canary's figures.
     async fn stop(self) -> anyhow::Result<(Vec<f64>, FreshnessReport)> {
         let _ = self.stop.send(true);
-        let canary = odds_canary::publish::report(&self.canary.summary(), CANARY_PUBLISHER);
+        let canary = odds_canary::publish::report(&self.canary.summary(), BENCH_CANARY_PUBLISHER);
         self.canary.stop().await;
         let mut latencies = Vec::new();
         for c in self.clients {

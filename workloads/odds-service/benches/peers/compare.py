@@ -75,6 +75,11 @@ def values_of(runs, key, index=0):
     return [r[key][index] for r in runs if key in r]
 
 
+def median_value(runs, key, index=0):
+    values = values_of(runs, key, index)
+    return statistics.median(values) if values else None
+
+
 def median(runs, key, index=0):
     values = values_of(runs, key, index)
     if not values:
@@ -94,16 +99,12 @@ def against_peer(results, load, peer="bun"):
     ours, theirs = results.get(("ours", load)), results.get((peer, load))
     if not ours or not theirs:
         return None
-
-    def med(runs, key, index=0):
-        values = values_of(runs, key, index)
-        return statistics.median(values) if values else None
-
-    cpu, cpu_peer = med(ours, "cpu"), med(theirs, "cpu")
-    p99, p99_peer = med(ours, "latency", 1), med(theirs, "latency", 1)
-    share = med(ours, "share")
+    cpu, cpu_peer = median_value(ours, "cpu"), median_value(theirs, "cpu")
+    p99, p99_peer = median_value(ours, "latency", 1), median_value(theirs, "latency", 1)
+    share = median_value(ours, "share")
     if not cpu or not cpu_peer or not p99 or not p99_peer or share is None:
-        return f"load {load}: no verdict against {peer}: a figure is missing from ws-load's output"
+        return (f"load {load}: no verdict against {peer}: a figure is missing (or zero) in "
+                "ws-load's output")
     busiest = max(values_of(ours, "own") + values_of(theirs, "own") or [0.0])
     verdict = (f"load {load}: ours / {peer} CPU per delivery {cpu / cpu_peer:.2f} ({cpu:.2f} vs "
                f"{cpu_peer:.2f} µs: {'below' if cpu < cpu_peer else 'NOT below'}), p99 "
@@ -133,16 +134,17 @@ def main():
 
 
 def saved(args):
-    """The parsed outputs of an earlier run set, as `measured` returns them."""
+    """The parsed outputs of an earlier run set, as `measured` returns them: every run found,
+    whatever `--runs` that set had."""
     results = {}
-    for i in range(1, args.runs + 1):
-        for load in args.loads.split(","):
-            for server in args.servers.split(","):
-                name = server.split("=", 1)[0]
-                path = os.path.join(args.saved, f"{name}-{load}-{i}.txt")
-                if os.path.exists(path):
-                    with open(path) as f:
-                        results.setdefault((name, load), []).append(parse(f.read()))
+    run_number = re.compile(r"-(\d+)\.txt$")
+    for load in args.loads.split(","):
+        for server in args.servers.split(","):
+            name = server.split("=", 1)[0]
+            paths = glob.glob(os.path.join(args.saved, f"{name}-{load}-*.txt"))
+            for path in sorted(paths, key=lambda p: int(run_number.search(p).group(1))):
+                with open(path) as f:
+                    results.setdefault((name, load), []).append(parse(f.read()))
     if not results:
         sys.exit(f"no ws-load outputs in {args.saved}")
     return results

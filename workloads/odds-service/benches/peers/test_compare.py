@@ -79,13 +79,15 @@ class AgainstPeerTest(unittest.TestCase):
 class SavedTest(unittest.TestCase):
     def test_saved_outputs_are_read_back_per_server_and_load(self):
         with tempfile.TemporaryDirectory() as folder:
-            for name, run, cpu in [("ours", 1, 4.0), ("ours", 2, 5.0), ("bun", 1, 6.0)]:
+            # Run 10 of a longer set than `--runs` says, written before run 2.
+            for name, run, cpu in [("ours", 1, 4.0), ("ours", 10, 9.0), ("ours", 2, 5.0),
+                                   ("bun", 1, 6.0)]:
                 with open(os.path.join(folder, f"{name}-a-{run}.txt"), "w") as f:
                     f.write(output(cpu, 40.0))
             args = SimpleNamespace(saved=folder, runs=3, loads="a,e", servers="ours,bun,node")
             results = compare.saved(args)
             self.assertEqual(sorted(results), [("bun", "a"), ("ours", "a")])
-            self.assertEqual([r["cpu"][0] for r in results[("ours", "a")]], [4.0, 5.0])
+            self.assertEqual([r["cpu"][0] for r in results[("ours", "a")]], [4.0, 5.0, 9.0])
 
 
 if __name__ == "__main__":
