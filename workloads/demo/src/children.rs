@@ -162,8 +162,8 @@ impl ChildProcess {
 
     /// Resident memory (MiB) and CPU time (s) so far, from /proc.
     pub fn usage(&self) -> Option<(f64, f64)> {
-        let rss = crate::procfs::process_rss_mib(self.pid)?;
-        let cpu = crate::procfs::process_cpu_seconds(self.pid)?;
+        let rss = odds_testkit::usage::process_rss_mib(self.pid)?;
+        let cpu = odds_testkit::usage::process_cpu_seconds(self.pid)?;
         Some((rss, cpu))
     }
 }

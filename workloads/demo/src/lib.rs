@@ -13,7 +13,6 @@ pub mod children;
 pub mod infra;
 pub mod launcher;
 pub mod metrics_text;
-pub mod procfs;
 pub mod replicas;
 pub mod status;
 

@@ -19,6 +19,7 @@ mod common;
 use anyhow::{bail, Context, Result};
 use common::Load;
 use odds_contracts::ws::ServerMessage;
+use odds_testkit::usage::{self, CpuSplit, ThreadCpu};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,17 +65,9 @@ fn odds_frame() -> Result<Vec<u8>> {
     Ok(frame)
 }
 
-/// This thread's CPU so far: (total from the scheduler in ns, user s, system s).
-fn thread_cpu() -> Result<(u64, f64, f64)> {
-    let schedstat = std::fs::read_to_string("/proc/thread-self/schedstat")?;
-    let on_cpu_ns = schedstat
-        .split_whitespace()
-        .next()
-        .context("empty schedstat")?
-        .parse()?;
-    let (user, system) =
-        common::cpu_seconds("/proc/thread-self/stat").context("unreadable thread stat")?;
-    Ok((on_cpu_ns, user, system))
+/// This thread's CPU so far.
+fn thread_cpu() -> Result<ThreadCpu> {
+    usage::thread_cpu().context("unreadable /proc/thread-self/stat or schedstat")
 }
 
 struct WriterReport {
@@ -82,8 +75,7 @@ struct WriterReport {
     writes: u64,
     elapsed: Duration,
     on_cpu_ns: u64,
-    user_s: f64,
-    system_s: f64,
+    cpu: CpuSplit,
 }
 
 /// Writes `frame` to every follower of each published event, paced at `rate` updates/s.
@@ -91,7 +83,7 @@ fn write_frames(args: &Args, sockets: &mut [TcpStream], frame: &[u8]) -> Result<
     let group = frame.repeat(args.frames_per_write);
     let updates = args.load.rate * args.load.seconds / args.frames_per_write as u64;
     let interval = Duration::from_secs_f64(args.frames_per_write as f64 / args.load.rate as f64);
-    let (cpu0, user0, system0) = thread_cpu()?;
+    let before = thread_cpu()?;
     let start = Instant::now();
     let (mut frames, mut writes) = (0u64, 0u64);
     for update in 0..updates {
@@ -107,14 +99,13 @@ fn write_frames(args: &Args, sockets: &mut [TcpStream], frame: &[u8]) -> Result<
         }
     }
     let elapsed = start.elapsed();
-    let (cpu1, user1, system1) = thread_cpu()?;
+    let after = thread_cpu()?;
     Ok(WriterReport {
         frames,
         writes,
         elapsed,
-        on_cpu_ns: cpu1 - cpu0,
-        user_s: user1 - user0,
-        system_s: system1 - system0,
+        on_cpu_ns: after.on_cpu_ns.saturating_sub(before.on_cpu_ns),
+        cpu: after.split.since(&before.split),
     })
 }
 
@@ -168,7 +159,7 @@ fn main() -> Result<()> {
     }
     let per_frame_us = report.on_cpu_ns as f64 / 1000.0 / report.frames as f64;
     // The split comes from 10 ms ticks: a share, not a second figure of the total.
-    let sampled = (report.user_s + report.system_s).max(0.01);
+    let sampled = report.cpu.total().max(0.01);
     println!(
         "loopback-floor: {} clients, {} events, {} updates/s, {:.1} s, {} frame(s) of {} bytes per write",
         args.load.clients,
@@ -187,8 +178,8 @@ fn main() -> Result<()> {
     println!(
         "  writing thread CPU: {:.2} s, {per_frame_us:.2} us per frame ({:.0} % kernel, {:.0} % user)",
         report.on_cpu_ns as f64 / 1e9,
-        100.0 * report.system_s / sampled,
-        100.0 * report.user_s / sampled
+        100.0 * report.cpu.system / sampled,
+        100.0 * report.cpu.user / sampled
     );
     Ok(())
 }

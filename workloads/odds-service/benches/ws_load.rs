@@ -29,6 +29,7 @@ use common::Load;
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::names::{redis_current_key, REDIS_UPDATES_CHANNEL};
 use odds_contracts::{Odds, OddsUpdate};
+use odds_testkit::usage::{self, CpuSplit, MachineTicks};
 use odds_testkit::{free_port, http_get, TestDatabase, TestRedis};
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -100,54 +101,27 @@ fn update(event: usize, version: u64) -> OddsUpdate {
     }
 }
 
-/// (user, system) CPU seconds of a process (all threads); `pid` may be `self`.
-fn cpu_seconds(pid: &str) -> Option<(f64, f64)> {
-    common::cpu_seconds(&format!("/proc/{pid}/stat"))
-}
-
-/// (all, idle + iowait) CPU ticks of the machine from `/proc/stat`.
-fn machine_ticks() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let values: Vec<u64> = stat
-        .lines()
-        .find(|l| l.starts_with("cpu "))?
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    // user nice system idle iowait irq softirq steal; guest time is inside user already.
-    Some((values.iter().take(8).sum(), values.get(3)? + values.get(4)?))
-}
-
 /// CPU readings at one moment: the service's, this tool's, the machine's.
 #[derive(Clone, Copy)]
 struct CpuReading {
-    service: Option<(f64, f64)>,
-    own: Option<(f64, f64)>,
-    machine: Option<(u64, u64)>,
+    service: Option<CpuSplit>,
+    own: Option<CpuSplit>,
+    machine: Option<MachineTicks>,
 }
 
 impl CpuReading {
     fn take(service_pid: u32) -> CpuReading {
         CpuReading {
-            service: cpu_seconds(&service_pid.to_string()),
-            own: cpu_seconds("self"),
-            machine: machine_ticks(),
+            service: usage::process_cpu_split(service_pid),
+            own: usage::own_cpu_split(),
+            machine: usage::machine_ticks(),
         }
     }
 }
 
+/// The service's resident memory; 0 once it has gone (the report then shows it).
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    usage::process_rss_kib(pid).unwrap_or(0)
 }
 
 #[derive(Deserialize)]
@@ -308,10 +282,58 @@ async fn main() -> Result<()> {
     let db = TestDatabase::create().await?;
     odds_schema::migrate(db.pool()).await?;
     let redis = TestRedis::start().await?;
+    seed(&db, &redis, args.load.events).await?;
+    let mut service = Service::start(&args, &db, &redis).await?;
+    let rss_idle = rss_kib(service.pid);
+
+    let shared = Arc::new(Shared {
+        measuring: AtomicBool::new(false),
+        delivered: AtomicU64::new(0),
+        regressions: AtomicU64::new(0),
+        latency_buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
+    });
+    let connecting = Instant::now();
+    let mut tasks = connect_clients(service.addr, &args.load, &shared).await?;
+    let connect_secs = connecting.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_connected = rss_kib(service.pid);
+
+    let run = measure(&args, &service, &redis, &shared, &mut tasks, rss_connected).await?;
+    let fanout = http_get(service.ops, "/metrics")
+        .await
+        .map(|r| r.body)
+        .unwrap_or_default();
+    let _ = service.child.start_kill();
+    let _ = service.child.wait().await;
+    for task in &tasks {
+        task.abort();
+    }
+    print_delivery(&args, &shared, &run, connect_secs);
+    for line in fanout.lines().filter(|l| {
+        l.starts_with("odds_ws_conflated_total")
+            || l.starts_with("odds_ws_slow_client_closes_total")
+            || l.starts_with("odds_ws_hop_seconds_count")
+    }) {
+        println!("  service metric: {line}");
+    }
+    let delivered = shared.delivered.load(Ordering::Relaxed);
+    print_cpu(&run.cpu_before, &run.cpu_after, run.cpu_window, delivered);
+    println!(
+        "  service RSS: idle {} KiB, with clients {} KiB ({:.1} KiB/client), peak {} KiB",
+        rss_idle,
+        rss_connected,
+        (rss_connected.saturating_sub(rss_idle)) as f64 / args.load.clients as f64,
+        run.rss_peak
+    );
+    Ok(())
+}
+
+/// Writes one update per event to Postgres and the cache, as the processor writes them:
+/// snapshots read Postgres.
+async fn seed(db: &TestDatabase, redis: &TestRedis, events: usize) -> Result<()> {
     let mut conn = redis.connection().await?;
-    for e in 0..args.load.events {
+    for e in 0..events {
         let u = update(e, 1);
-        // Postgres and the cache, as the processor writes them: snapshots read Postgres.
         odds_schema::read_models::apply_batch(std::slice::from_ref(&u))
             .execute(db.pool())
             .await?;
@@ -321,44 +343,67 @@ async fn main() -> Result<()> {
             .query_async(&mut conn)
             .await?;
     }
-    let (port, ops_port) = (free_port()?, free_port()?);
-    let mut service = tokio::process::Command::new(&args.service_bin)
-        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-        .env("HTTP_ADDR", format!("127.0.0.1:{ops_port}"))
-        .env("REDIS_URL", redis.url())
-        .env("DATABASE_URL", db.url())
-        .env("WS_MAX_CONNECTIONS", (args.load.clients + 100).to_string())
-        .env("RUST_LOG", "warn")
-        .envs(args.service_env.iter().map(|(k, v)| (k, v)))
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting odds-service")?;
-    let pid = service.id().context("service pid")?;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    let ops: SocketAddr = format!("127.0.0.1:{ops_port}").parse()?;
-    let started = Instant::now();
-    while !matches!(http_get(ops, "/readyz").await, Ok(r) if r.status == 200) {
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("service not ready after 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_idle = rss_kib(pid);
+    Ok(())
+}
 
-    let shared = Arc::new(Shared {
-        measuring: AtomicBool::new(false),
-        delivered: AtomicU64::new(0),
-        regressions: AtomicU64::new(0),
-        latency_buckets: (0..BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-    });
-    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(args.load.clients);
-    let connecting = Instant::now();
-    let mut tasks = Vec::with_capacity(args.load.clients);
-    for i in 0..args.load.clients {
+/// The server under test: a child process (killed when dropped) on two free ports.
+struct Service {
+    child: tokio::process::Child,
+    pid: u32,
+    /// `/ws/odds`.
+    addr: SocketAddr,
+    /// `/readyz` and `/metrics`.
+    ops: SocketAddr,
+}
+
+impl Service {
+    /// Starts `--service-bin` against the seeded stores; returns once it is ready, plus half a
+    /// second so its idle RSS has settled.
+    async fn start(args: &Args, db: &TestDatabase, redis: &TestRedis) -> Result<Service> {
+        let (port, ops_port) = (free_port()?, free_port()?);
+        let child = tokio::process::Command::new(&args.service_bin)
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("HTTP_ADDR", format!("127.0.0.1:{ops_port}"))
+            .env("REDIS_URL", redis.url())
+            .env("DATABASE_URL", db.url())
+            .env("WS_MAX_CONNECTIONS", (args.load.clients + 100).to_string())
+            .env("RUST_LOG", "warn")
+            .envs(args.service_env.iter().map(|(k, v)| (k, v)))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting odds-service")?;
+        let pid = child.id().context("service pid")?;
+        let service = Service {
+            child,
+            pid,
+            addr: format!("127.0.0.1:{port}").parse()?,
+            ops: format!("127.0.0.1:{ops_port}").parse()?,
+        };
+        let started = Instant::now();
+        while !matches!(http_get(service.ops, "/readyz").await, Ok(r) if r.status == 200) {
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("service not ready after 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(service)
+    }
+}
+
+/// Opens the load's clients, `i`-th following event `i % events`, and waits until every one
+/// has its snapshot.
+async fn connect_clients(
+    addr: SocketAddr,
+    load: &Load,
+    shared: &Arc<Shared>,
+) -> Result<Vec<tokio::task::JoinHandle<Result<()>>>> {
+    let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel(load.clients);
+    let mut tasks = Vec::with_capacity(load.clients);
+    for i in 0..load.clients {
         let task = tokio::spawn(client(
             addr,
-            event_id(i % args.load.events),
+            event_id(i % load.events),
             shared.clone(),
             ready_tx.clone(),
             false,
@@ -368,17 +413,41 @@ async fn main() -> Result<()> {
             tokio::time::sleep(Duration::from_millis(20)).await; // do not flood the accept queue
         }
     }
-    for _ in 0..args.load.clients {
+    for _ in 0..load.clients {
         tokio::time::timeout(Duration::from_secs(120), ready_rx.recv())
             .await
             .context("clients did not all subscribe")?;
     }
-    let connect_secs = connecting.elapsed().as_secs_f64();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_connected = rss_kib(pid);
+    Ok(tasks)
+}
 
+/// What the measured window gave, beside the clients' shared counters.
+struct Run {
+    published: u64,
+    /// Seconds the publisher ran.
+    elapsed: f64,
+    /// Seconds between the two CPU readings (the publisher's run plus the drain).
+    cpu_window: f64,
+    cpu_before: CpuReading,
+    cpu_after: CpuReading,
+    /// Clients that subscribed mid-stream.
+    late: usize,
+    rss_peak: u64,
+}
+
+/// Publishes the load while measuring, opens the late clients spread over it (pushed to
+/// `tasks`), follows the service's RSS, and stops measuring half a second after the last
+/// update so frames still on their way count.
+async fn measure(
+    args: &Args,
+    service: &Service,
+    redis: &TestRedis,
+    shared: &Arc<Shared>,
+    tasks: &mut Vec<tokio::task::JoinHandle<Result<()>>>,
+    rss_connected: u64,
+) -> Result<Run> {
     shared.measuring.store(true, Ordering::Relaxed);
-    let cpu_before = CpuReading::take(pid);
+    let cpu_before = CpuReading::take(service.pid);
     let run = Instant::now();
     let (url, events, rate, seconds) = (
         redis.url(),
@@ -396,7 +465,7 @@ async fn main() -> Result<()> {
             let (ready, _) = tokio::sync::mpsc::channel(1);
             let event = event_id(late % args.load.events);
             tasks.push(tokio::spawn(client(
-                addr,
+                service.addr,
                 event,
                 shared.clone(),
                 ready,
@@ -405,7 +474,7 @@ async fn main() -> Result<()> {
             late += 1;
             next_late += late_every;
         }
-        rss_peak = rss_peak.max(rss_kib(pid));
+        rss_peak = rss_peak.max(rss_kib(service.pid));
     }
     let published = publisher
         .join()
@@ -413,18 +482,21 @@ async fn main() -> Result<()> {
     let elapsed = run.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     shared.measuring.store(false, Ordering::Relaxed);
-    let cpu_after = CpuReading::take(pid);
-    let cpu_window = run.elapsed().as_secs_f64();
+    Ok(Run {
+        published,
+        elapsed,
+        cpu_after: CpuReading::take(service.pid),
+        cpu_window: run.elapsed().as_secs_f64(),
+        cpu_before,
+        late,
+        rss_peak,
+    })
+}
+
+/// The delivery part of the report: what was published, delivered, how late, in what order.
+fn print_delivery(args: &Args, shared: &Shared, run: &Run, connect_secs: f64) {
+    let (published, elapsed) = (run.published, run.elapsed);
     let delivered = shared.delivered.load(Ordering::Relaxed);
-    let fanout = http_get(ops, "/metrics")
-        .await
-        .map(|r| r.body)
-        .unwrap_or_default();
-    let _ = service.start_kill();
-    let _ = service.wait().await;
-    for task in &tasks {
-        task.abort();
-    }
     let expected = published * (args.load.clients as u64) / (args.load.events as u64);
     println!(
         "ws-load: {} clients, {} events, {} updates/s target, {:.1} s",
@@ -448,26 +520,11 @@ async fn main() -> Result<()> {
     );
     println!(
         "  ordering: {} frames not newer than one already received for their (event, market) \
-         ({} clients, {late} of them subscribed mid-stream)",
+         ({} clients, {} of them subscribed mid-stream)",
         shared.regressions.load(Ordering::Relaxed),
-        args.load.clients + late
+        args.load.clients + run.late,
+        run.late
     );
-    for line in fanout.lines().filter(|l| {
-        l.starts_with("odds_ws_conflated_total")
-            || l.starts_with("odds_ws_slow_client_closes_total")
-            || l.starts_with("odds_ws_hop_seconds_count")
-    }) {
-        println!("  service metric: {line}");
-    }
-    print_cpu(&cpu_before, &cpu_after, cpu_window, delivered);
-    println!(
-        "  service RSS: idle {} KiB, with clients {} KiB ({:.1} KiB/client), peak {} KiB",
-        rss_idle,
-        rss_connected,
-        (rss_connected.saturating_sub(rss_idle)) as f64 / args.load.clients as f64,
-        rss_peak
-    );
-    Ok(())
 }
 
 /// Below this idle share the machine counts as saturated.
@@ -478,14 +535,11 @@ const NEAR_A_CORE: f64 = 0.9;
 /// The CPU part of the report: the service's cost per delivery, this tool's own use, and a
 /// warning when the tool or the machine, rather than the service, may have been the limit.
 fn print_cpu(before: &CpuReading, after: &CpuReading, window_s: f64, delivered: u64) {
-    let used = |b: Option<(f64, f64)>, a: Option<(f64, f64)>| {
-        let ((bu, bs), (au, as_)) = (b?, a?);
-        Some(((au - bu).max(0.0), (as_ - bs).max(0.0)))
-    };
+    let used = |b: Option<CpuSplit>, a: Option<CpuSplit>| Some(a?.since(&b?));
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let per = |s: f64| s * 1e6 / delivered.max(1) as f64;
     match used(before.service, after.service) {
-        Some((user, system)) => println!(
+        Some(CpuSplit { user, system }) => println!(
             "  service CPU: {:.2} s ({:.2} cores), {:.2} us per delivered message (user {:.2} + \
              system {:.2})",
             user + system,
@@ -496,7 +550,7 @@ fn print_cpu(before: &CpuReading, after: &CpuReading, window_s: f64, delivered: 
         ),
         None => println!("  service CPU: unknown (no /proc/<pid>/stat)"),
     }
-    let own = used(before.own, after.own).map(|(user, system)| user + system);
+    let own = used(before.own, after.own).map(|split| split.total());
     if let Some(own) = own {
         println!(
             "  ws-load's own CPU (clients + publisher): {own:.2} s ({:.2} cores of {cores})",
@@ -506,10 +560,7 @@ fn print_cpu(before: &CpuReading, after: &CpuReading, window_s: f64, delivered: 
     let idle = before
         .machine
         .zip(after.machine)
-        .and_then(|((t0, i0), (t1, i1))| {
-            let total = t1.checked_sub(t0)?;
-            (total > 0).then(|| i1.saturating_sub(i0) as f64 / total as f64)
-        });
+        .and_then(|(before, after)| usage::idle_share(before, after));
     if let Some(idle) = idle {
         println!("  machine idle: {:.1} %", idle * 100.0);
     }

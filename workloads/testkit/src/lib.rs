@@ -13,6 +13,7 @@ mod otlp;
 mod postgres;
 mod process;
 mod redis_server;
+pub mod usage;
 
 pub use fixtures::{sample_update, sample_update_in};
 pub use http::{echo_peer, http_get, http_get_within, HttpResponse};

@@ -20,12 +20,12 @@ pub mod report;
 
 use crate::infra::KafkaChoice;
 use crate::launcher::{Launcher, LauncherOptions};
-use crate::procfs;
 use crate::status::Scrape;
 use anyhow::{bail, Context};
 use futures_util::{SinkExt, StreamExt};
 use odds_contracts::freshness::FreshnessReport;
 use odds_contracts::{Market, OddsUpdate};
+use odds_testkit::usage;
 use odds_testkit::{http_get, PostgresDurability};
 use report::{
     median_run, per_thousand, BENCH_PROCESS, BROKER_PROCESS, POSTGRES_PROCESS, SATURATED_BELOW_IDLE,
@@ -470,7 +470,7 @@ struct Window {
     started: Instant,
     scrape: Scrape,
     cpu_s: BTreeMap<String, f64>,
-    machine: Option<procfs::MachineTicks>,
+    machine: Option<usage::MachineTicks>,
     /// Postgres' postmaster, when it runs on this machine.
     postmaster: Option<u32>,
 }
@@ -515,13 +515,13 @@ impl Window {
             started: Instant::now(),
             scrape: Scrape::take(launcher).await,
             cpu_s: cpu_now(launcher, postmaster),
-            machine: procfs::machine_ticks(),
+            machine: usage::machine_ticks(),
             postmaster,
         }
     }
 
     async fn close(self, launcher: &Launcher, updates: u64) -> ClosedWindow {
-        let machine = procfs::machine_ticks();
+        let machine = usage::machine_ticks();
         let cpu_after = cpu_now(launcher, self.postmaster);
         let scrape = Scrape::take(launcher).await;
         let cpu_s: BTreeMap<String, f64> = cpu_after
@@ -534,7 +534,7 @@ impl Window {
         let idle_share = self
             .machine
             .zip(machine)
-            .and_then(|(before, after)| procfs::idle_share(before, after))
+            .and_then(|(before, after)| usage::idle_share(before, after))
             .map(|s| (s * 1000.0).round() / 1000.0);
         ClosedWindow {
             seconds: self.started.elapsed().as_secs_f64(),
@@ -574,17 +574,17 @@ fn cpu_now(launcher: &Launcher, postmaster: Option<u32>) -> BTreeMap<String, f64
     let mut cpu: BTreeMap<String, f64> = launcher
         .children
         .iter()
-        .filter_map(|c| Some((c.name.to_owned(), procfs::process_cpu_seconds(c.pid)?)))
+        .filter_map(|c| Some((c.name.to_owned(), usage::process_cpu_seconds(c.pid)?)))
         .collect();
     if let Some(broker) = launcher.infra.broker() {
-        if let Some(used) = procfs::process_cpu_seconds(broker.pid()) {
+        if let Some(used) = usage::process_cpu_seconds(broker.pid()) {
             cpu.insert(BROKER_PROCESS.to_owned(), used);
         }
     }
-    if let Some(used) = postmaster.and_then(procfs::tree_cpu_seconds) {
+    if let Some(used) = postmaster.and_then(usage::tree_cpu_seconds) {
         cpu.insert(POSTGRES_PROCESS.to_owned(), used);
     }
-    if let Some(own) = procfs::own_cpu_seconds() {
+    if let Some(own) = usage::own_cpu_seconds() {
         cpu.insert(BENCH_PROCESS.to_owned(), own);
     }
     cpu
@@ -599,7 +599,7 @@ async fn postmaster_pid(pool: &sqlx::PgPool) -> Option<u32> {
         .fetch_one(pool)
         .await
         .ok()?;
-    procfs::parent_named(u32::try_from(backend).ok()?, "postgres")
+    usage::parent_named(u32::try_from(backend).ok()?, "postgres")
 }
 
 /// The durability settings the server reports, whoever started it.

@@ -64,14 +64,3 @@ impl Load {
         Ok(self)
     }
 }
-
-/// (user, system) CPU seconds from a `/proc/.../stat` file: a process's (`/proc/<pid>/stat`,
-/// all its threads) or the calling thread's (`/proc/thread-self/stat`).
-pub fn cpu_seconds(stat_path: &str) -> Option<(f64, f64)> {
-    let stat = std::fs::read_to_string(stat_path).ok()?;
-    // Fields after the command name (which may contain spaces) start at ") ".
-    let fields: Vec<&str> = stat.rsplit_once(") ")?.1.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
-    // The kernel counts in USER_HZ ticks, 100 per second on every Linux this runs on.
-    Some((ticks(11)? / 100.0, ticks(12)? / 100.0))
-}

@@ -1,31 +1,88 @@
-//! CPU time and memory from Linux' /proc: per process, and for the whole machine.
+//! CPU time and memory from Linux' /proc: per process, per thread, and for the whole machine.
 //!
-//! The benchmark runs everything on one machine, so a latency figure means little without
+//! The benchmarks run everything on one machine, so a latency figure means little without
 //! knowing who used the CPU meanwhile: each stage, the benchmark itself (its clients and the
-//! hosted Kafka mock broker), and how much of the machine stayed idle. The files are read and
-//! parsed by the `procfs` crate (default features off: no chrono or flate2); what is ours is
-//! what counts as idle and how ticks become seconds.
+//! hosted Kafka mock broker), and how much of the machine stayed idle. `make bench-pipeline`
+//! (odds-demo) and the fan-out benches (odds-service's ws-load and loopback-floor) read them
+//! here, so both count idle time and ticks the same way. The files are read and parsed by the
+//! `procfs` crate (default features off: no chrono or flate2); what is ours is what counts as
+//! idle and how ticks become seconds.
 
-use procfs::process::Process;
-use procfs::{CpuTime, CurrentSI, KernelStats};
+use procfs::process::{Process, Schedstat, Stat};
+use procfs::{CpuTime, CurrentSI, FromRead, KernelStats};
+
+/// CPU seconds, user and system time apart (the fan-out comparison reports both: the kernel's
+/// share is most of a WebSocket server's cost).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuSplit {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuSplit {
+    pub fn total(&self) -> f64 {
+        self.user + self.system
+    }
+
+    /// What was used from `before` to `self` (never negative).
+    pub fn since(&self, before: &CpuSplit) -> CpuSplit {
+        CpuSplit {
+            user: (self.user - before.user).max(0.0),
+            system: (self.system - before.system).max(0.0),
+        }
+    }
+
+    fn of(stat: &Stat) -> CpuSplit {
+        // `USER_HZ`, 100 on every Linux this runs on, asked rather than assumed.
+        let ticks_per_second = procfs::ticks_per_second().max(1) as f64;
+        CpuSplit {
+            user: stat.utime as f64 / ticks_per_second,
+            system: stat.stime as f64 / ticks_per_second,
+        }
+    }
+}
 
 /// User + system CPU seconds of process `pid` so far (all its threads); `None` once it has
 /// gone.
 pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
-    cpu_seconds(&Process::new(i32::try_from(pid).ok()?).ok()?)
+    Some(process_cpu_split(pid)?.total())
+}
+
+/// [`process_cpu_seconds`], user and system apart.
+pub fn process_cpu_split(pid: u32) -> Option<CpuSplit> {
+    let stat = Process::new(i32::try_from(pid).ok()?).ok()?.stat().ok()?;
+    Some(CpuSplit::of(&stat))
 }
 
 /// CPU seconds of this process so far: the benchmark's clients and, when hosted here, the
 /// Kafka mock broker (librdkafka threads are threads of this process).
 pub fn own_cpu_seconds() -> Option<f64> {
-    cpu_seconds(&Process::myself().ok()?)
+    Some(own_cpu_split()?.total())
 }
 
-fn cpu_seconds(process: &Process) -> Option<f64> {
-    let stat = process.stat().ok()?;
-    // `USER_HZ`, 100 on every Linux this runs on, asked rather than assumed.
-    let ticks_per_second = procfs::ticks_per_second().max(1);
-    Some((stat.utime + stat.stime) as f64 / ticks_per_second as f64)
+/// [`own_cpu_seconds`], user and system apart.
+pub fn own_cpu_split() -> Option<CpuSplit> {
+    Some(CpuSplit::of(&Process::myself().ok()?.stat().ok()?))
+}
+
+/// The calling thread's CPU so far: the scheduler's nanoseconds on a core (finer than the
+/// ticks), and user and system time apart.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ThreadCpu {
+    pub on_cpu_ns: u64,
+    pub split: CpuSplit,
+}
+
+/// [`ThreadCpu`] of the calling thread; `None` without `/proc/thread-self`.
+pub fn thread_cpu() -> Option<ThreadCpu> {
+    // Not `Process::new_with_root`: it wants a pid as the directory's name, and
+    // `/proc/thread-self` names a thread.
+    let schedstat = Schedstat::from_file("/proc/thread-self/schedstat").ok()?;
+    let stat = Stat::from_file("/proc/thread-self/stat").ok()?;
+    Some(ThreadCpu {
+        on_cpu_ns: schedstat.sum_exec_runtime,
+        split: CpuSplit::of(&stat),
+    })
 }
 
 /// One process of a server's tree as /proc shows it: its parent, its own CPU ticks and the
@@ -83,8 +140,16 @@ pub fn parent_named(pid: u32, name: &str) -> Option<u32> {
 
 /// Resident memory of process `pid` (MiB); `None` once it has gone.
 pub fn process_rss_mib(pid: u32) -> Option<f64> {
-    let status = Process::new(i32::try_from(pid).ok()?).ok()?.status().ok()?;
-    Some(status.vmrss? as f64 / 1024.0)
+    Some(process_rss_kib(pid)? as f64 / 1024.0)
+}
+
+/// Resident memory of process `pid` (KiB); `None` once it has gone.
+pub fn process_rss_kib(pid: u32) -> Option<u64> {
+    Process::new(i32::try_from(pid).ok()?)
+        .ok()?
+        .status()
+        .ok()?
+        .vmrss
 }
 
 /// The machine's CPU ticks, summed over all cores: all of them, and the idle ones.
@@ -147,7 +212,49 @@ mod tests {
         assert!(process_rss_mib(std::process::id()).unwrap() > 1.0);
         // Above the kernel's pid_max: no such process.
         assert_eq!(process_cpu_seconds(u32::MAX / 2), None);
+        assert_eq!(process_cpu_split(u32::MAX / 2), None);
         assert_eq!(process_rss_mib(u32::MAX / 2), None);
+    }
+
+    #[test]
+    fn the_calling_threads_cpu_grows_while_it_spins_and_splits_into_user_and_system() {
+        let before = thread_cpu().unwrap();
+        let spin = std::time::Instant::now();
+        while spin.elapsed() < std::time::Duration::from_millis(30) {}
+        let after = thread_cpu().unwrap();
+        // The scheduler's count is in nanoseconds: 30 ms of spinning is at least most of it
+        // on a core even on a loaded machine, far above zero.
+        assert!(
+            after.on_cpu_ns > before.on_cpu_ns,
+            "{before:?} -> {after:?}"
+        );
+        let used = after.split.since(&before.split);
+        assert!(used.user >= 0.0 && used.system >= 0.0, "{used:?}");
+        // The thread is part of the process: the process has used at least as much.
+        let own = own_cpu_split().unwrap();
+        assert!(own.total() >= after.split.total(), "{own:?} < {after:?}");
+        assert!(process_rss_kib(std::process::id()).unwrap() > 1024);
+    }
+
+    #[test]
+    fn a_split_since_an_earlier_one_is_what_was_used_and_never_negative() {
+        let before = CpuSplit {
+            user: 1.5,
+            system: 2.0,
+        };
+        let after = CpuSplit {
+            user: 2.0,
+            system: 2.25,
+        };
+        assert_eq!(
+            after.since(&before),
+            CpuSplit {
+                user: 0.5,
+                system: 0.25
+            }
+        );
+        assert_eq!(after.since(&before).total(), 0.75);
+        assert_eq!(before.since(&after).total(), 0.0);
     }
 
     #[test]
