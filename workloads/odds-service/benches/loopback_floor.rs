@@ -158,7 +158,7 @@ fn main() -> Result<()> {
         runtime.block_on(reader)??;
     }
     let per_frame_us = report.on_cpu_ns as f64 / 1000.0 / report.frames as f64;
-    // The split comes from 10 ms ticks: a share, not a second figure of the total.
+    // The split comes from USER_HZ ticks (10 ms): a share, not a second figure of the total.
     let sampled = report.cpu.total().max(0.01);
     println!(
         "loopback-floor: {} clients, {} events, {} updates/s, {:.1} s, {} frame(s) of {} bytes per write",

@@ -316,8 +316,12 @@ async fn main() -> Result<()> {
     }) {
         println!("  service metric: {line}");
     }
-    let delivered = shared.delivered.load(Ordering::Relaxed);
-    print_cpu(&run.cpu_before, &run.cpu_after, run.cpu_window, delivered);
+    print_cpu(
+        &run.cpu_before,
+        &run.cpu_after,
+        run.cpu_window,
+        run.delivered,
+    );
     println!(
         "  service RSS: idle {} KiB, with clients {} KiB ({:.1} KiB/client), peak {} KiB",
         rss_idle,
@@ -424,6 +428,8 @@ async fn connect_clients(
 /// What the measured window gave, beside the clients' shared counters.
 struct Run {
     published: u64,
+    /// `odds` frames the clients received while measuring.
+    delivered: u64,
     /// Seconds the publisher ran.
     elapsed: f64,
     /// Seconds between the two CPU readings (the publisher's run plus the drain).
@@ -482,12 +488,15 @@ async fn measure(
     let elapsed = run.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     shared.measuring.store(false, Ordering::Relaxed);
+    let cpu_after = CpuReading::take(service.pid);
+    let cpu_window = run.elapsed().as_secs_f64();
     Ok(Run {
         published,
+        delivered: shared.delivered.load(Ordering::Relaxed),
         elapsed,
-        cpu_after: CpuReading::take(service.pid),
-        cpu_window: run.elapsed().as_secs_f64(),
+        cpu_window,
         cpu_before,
+        cpu_after,
         late,
         rss_peak,
     })
@@ -495,8 +504,7 @@ async fn measure(
 
 /// The delivery part of the report: what was published, delivered, how late, in what order.
 fn print_delivery(args: &Args, shared: &Shared, run: &Run, connect_secs: f64) {
-    let (published, elapsed) = (run.published, run.elapsed);
-    let delivered = shared.delivered.load(Ordering::Relaxed);
+    let (published, delivered, elapsed) = (run.published, run.delivered, run.elapsed);
     let expected = published * (args.load.clients as u64) / (args.load.events as u64);
     println!(
         "ws-load: {} clients, {} events, {} updates/s target, {:.1} s",

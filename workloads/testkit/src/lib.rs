@@ -4,7 +4,8 @@
 //! atomic scripts, consumer-group commits), so tests talk to real servers, never mocks of our
 //! own making. Each test gets its own database, its own `redis-server` and its own Kafka mock
 //! cluster, so tests run in parallel without seeing each other's data and nobody has to start
-//! anything by hand. Tracing tests get a real OTLP receiver ([`OtlpReceiver`]).
+//! anything by hand. Tracing tests get a real OTLP receiver ([`OtlpReceiver`]); the benchmarks
+//! read who used the CPU and memory meanwhile from [`usage`].
 
 mod fixtures;
 mod http;

@@ -1,6 +1,6 @@
 //! What the fan-out tools (`ws-load`, `loopback-floor`) share: the load they put on a
-//! fan-out, parsed from the same flags, and the CPU counters they read from `/proc`, so their
-//! figures can be laid side by side.
+//! fan-out, parsed from the same flags, so their figures can be laid side by side (their CPU
+//! counters come from `odds_testkit::usage`, as the pipeline benchmark's do).
 
 use anyhow::{bail, Context, Result};
 
