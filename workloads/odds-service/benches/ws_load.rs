@@ -102,7 +102,6 @@ fn update(event: usize, version: u64) -> OddsUpdate {
 }
 
 /// CPU readings at one moment: the service's, this tool's, the machine's.
-#[derive(Clone, Copy)]
 struct CpuReading {
     service: Option<CpuSplit>,
     own: Option<CpuSplit>,
@@ -298,7 +297,7 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_connected = rss_kib(service.pid);
 
-    let run = measure(&args, &service, &redis, &shared, &mut tasks, rss_connected).await?;
+    let run = measure(&args, &service, &redis, &shared, &mut tasks).await?;
     let fanout = http_get(service.ops, "/metrics")
         .await
         .map(|r| r.body)
@@ -316,37 +315,33 @@ async fn main() -> Result<()> {
     }) {
         println!("  service metric: {line}");
     }
-    print_cpu(
-        &run.cpu_before,
-        &run.cpu_after,
-        run.cpu_window,
-        run.delivered,
-    );
+    print_cpu(&run);
     println!(
         "  service RSS: idle {} KiB, with clients {} KiB ({:.1} KiB/client), peak {} KiB",
         rss_idle,
         rss_connected,
         (rss_connected.saturating_sub(rss_idle)) as f64 / args.load.clients as f64,
-        run.rss_peak
+        run.rss_peak.max(rss_connected)
     );
     Ok(())
 }
 
-/// Writes one update per event to Postgres and the cache, as the processor writes them:
-/// snapshots read Postgres.
+/// Writes one update per event to Postgres and the cache, as the processor writes them (one
+/// batch statement, one pipeline): snapshots read Postgres.
 async fn seed(db: &TestDatabase, redis: &TestRedis, events: usize) -> Result<()> {
-    let mut conn = redis.connection().await?;
-    for e in 0..events {
-        let u = update(e, 1);
-        odds_schema::read_models::apply_batch(std::slice::from_ref(&u))
-            .execute(db.pool())
-            .await?;
-        let _: () = redis::cmd("SET")
+    let updates: Vec<OddsUpdate> = (0..events).map(|e| update(e, 1)).collect();
+    odds_schema::read_models::apply_batch(&updates)
+        .execute(db.pool())
+        .await?;
+    let mut pipe = redis::pipe();
+    for u in &updates {
+        pipe.cmd("SET")
             .arg(redis_current_key(&u.event_id, &u.market))
             .arg(u.to_json())
-            .query_async(&mut conn)
-            .await?;
+            .ignore();
     }
+    pipe.query_async::<()>(&mut redis.connection().await?)
+        .await?;
     Ok(())
 }
 
@@ -438,6 +433,7 @@ struct Run {
     cpu_after: CpuReading,
     /// Clients that subscribed mid-stream.
     late: usize,
+    /// The service's largest RSS sampled while publishing (KiB).
     rss_peak: u64,
 }
 
@@ -450,7 +446,6 @@ async fn measure(
     redis: &TestRedis,
     shared: &Arc<Shared>,
     tasks: &mut Vec<tokio::task::JoinHandle<Result<()>>>,
-    rss_connected: u64,
 ) -> Result<Run> {
     shared.measuring.store(true, Ordering::Relaxed);
     let cpu_before = CpuReading::take(service.pid);
@@ -462,7 +457,7 @@ async fn measure(
         args.load.seconds,
     );
     let publisher = std::thread::spawn(move || publish(url, events, rate, seconds));
-    let mut rss_peak = rss_connected;
+    let mut rss_peak = 0;
     let late_every = Duration::from_secs(seconds).div_f64(args.late_clients.max(1) as f64 + 1.0);
     let (mut late, mut next_late) = (0, Instant::now() + late_every);
     while !publisher.is_finished() {
@@ -542,7 +537,13 @@ const NEAR_A_CORE: f64 = 0.9;
 
 /// The CPU part of the report: the service's cost per delivery, this tool's own use, and a
 /// warning when the tool or the machine, rather than the service, may have been the limit.
-fn print_cpu(before: &CpuReading, after: &CpuReading, window_s: f64, delivered: u64) {
+fn print_cpu(run: &Run) {
+    let (before, after, window_s, delivered) = (
+        &run.cpu_before,
+        &run.cpu_after,
+        run.cpu_window,
+        run.delivered,
+    );
     let used = |b: Option<CpuSplit>, a: Option<CpuSplit>| Some(a?.since(&b?));
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let per = |s: f64| s * 1e6 / delivered.max(1) as f64;

@@ -33,13 +33,17 @@ impl CpuSplit {
     }
 
     fn of(stat: &Stat) -> CpuSplit {
-        // `USER_HZ`, 100 on every Linux this runs on, asked rather than assumed.
-        let ticks_per_second = procfs::ticks_per_second().max(1) as f64;
         CpuSplit {
-            user: stat.utime as f64 / ticks_per_second,
-            system: stat.stime as f64 / ticks_per_second,
+            user: seconds(stat.utime),
+            system: seconds(stat.stime),
         }
     }
+}
+
+/// CPU ticks as seconds: /proc counts in `USER_HZ`, 100 on every Linux this runs on, asked
+/// rather than assumed.
+fn seconds(ticks: u64) -> f64 {
+    ticks as f64 / procfs::ticks_per_second().max(1) as f64
 }
 
 /// User + system CPU seconds of process `pid` so far (all its threads); `None` once it has
@@ -127,8 +131,7 @@ pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
             })
         })
         .collect();
-    let ticks_per_second = procfs::ticks_per_second().max(1);
-    Some(tree_ticks(root, &processes)? as f64 / ticks_per_second as f64)
+    Some(seconds(tree_ticks(root, &processes)?))
 }
 
 /// The parent of process `pid` when it is named `name` (the kernel's `comm`); `None` when
